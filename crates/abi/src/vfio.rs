@@ -1,0 +1,367 @@
+//! The VFIO pieces of `include/uapi/linux/vfio.h` that iommufd serves.
+//!
+//! Two groups: the type1 container API that iommufd emulates on
+//! `/dev/vfio/vfio` (API version, extensions, MAP/UNMAP_DMA, GET_INFO with its
+//! capability chain), and the device cdev API (bind to an iommufd, attach and
+//! detach a page table, optionally per PASID) plus the basic device queries a
+//! mock or passthrough device answers. Every request is `_IO(';', 100 + n)`.
+//!
+//! Several structs end in a C flexible array member (`data[]`, `areas[]`,
+//! ...); the Rust structs stop before it and the trailing bytes are handled
+//! by whoever parses the buffer.
+
+use crate::ioctl::io;
+
+/// `VFIO_TYPE`: the ioctl type byte, `';'` (shared with iommufd).
+pub const VFIO_TYPE: u32 = b';' as u32;
+/// `VFIO_BASE`: first VFIO ioctl number.
+pub const VFIO_BASE: u32 = 100;
+/// `VFIO_API_VERSION`: value returned by [`VFIO_GET_API_VERSION`].
+pub const VFIO_API_VERSION: u32 = 0;
+
+/// Extension IDs for [`VFIO_CHECK_EXTENSION`] / IOMMU types for [`VFIO_SET_IOMMU`].
+pub const VFIO_TYPE1_IOMMU: u32 = 1;
+pub const VFIO_SPAPR_TCE_IOMMU: u32 = 2;
+#[allow(non_upper_case_globals)]
+pub const VFIO_TYPE1v2_IOMMU: u32 = 3;
+pub const VFIO_DMA_CC_IOMMU: u32 = 4;
+pub const VFIO_EEH: u32 = 5;
+/// Former `VFIO_TYPE1_NESTING_IOMMU`; the value is reserved in mainline.
+pub const VFIO_TYPE1_NESTING_IOMMU: u32 = 6;
+#[allow(non_upper_case_globals)]
+pub const VFIO_SPAPR_TCE_v2_IOMMU: u32 = 7;
+pub const VFIO_NOIOMMU_IOMMU: u32 = 8;
+pub const VFIO_UNMAP_ALL: u32 = 9;
+pub const VFIO_UPDATE_VADDR: u32 = 10;
+
+/// `_IO(VFIO_TYPE, VFIO_BASE + n)`.
+const fn vfio_io(n: u32) -> u32 {
+    io(VFIO_TYPE, VFIO_BASE + n)
+}
+
+/// Container (`/dev/vfio/vfio`) requests.
+pub const VFIO_GET_API_VERSION: u32 = vfio_io(0);
+pub const VFIO_CHECK_EXTENSION: u32 = vfio_io(1);
+pub const VFIO_SET_IOMMU: u32 = vfio_io(2);
+/// Device fd requests.
+pub const VFIO_DEVICE_GET_INFO: u32 = vfio_io(7);
+pub const VFIO_DEVICE_GET_REGION_INFO: u32 = vfio_io(8);
+pub const VFIO_DEVICE_GET_IRQ_INFO: u32 = vfio_io(9);
+pub const VFIO_DEVICE_SET_IRQS: u32 = vfio_io(10);
+pub const VFIO_DEVICE_RESET: u32 = vfio_io(11);
+/// Type1 container requests (valid after [`VFIO_SET_IOMMU`]).
+pub const VFIO_IOMMU_GET_INFO: u32 = vfio_io(12);
+pub const VFIO_IOMMU_MAP_DMA: u32 = vfio_io(13);
+pub const VFIO_IOMMU_UNMAP_DMA: u32 = vfio_io(14);
+pub const VFIO_IOMMU_ENABLE: u32 = vfio_io(15);
+pub const VFIO_IOMMU_DISABLE: u32 = vfio_io(16);
+pub const VFIO_IOMMU_DIRTY_PAGES: u32 = vfio_io(17);
+/// Device cdev (`/dev/vfio/devices/vfioN`) requests.
+pub const VFIO_DEVICE_BIND_IOMMUFD: u32 = vfio_io(18);
+pub const VFIO_DEVICE_ATTACH_IOMMUFD_PT: u32 = vfio_io(19);
+pub const VFIO_DEVICE_DETACH_IOMMUFD_PT: u32 = vfio_io(20);
+
+abi_struct! {
+    /// `struct vfio_info_cap_header`: links the capability chain of an INFO
+    /// reply; `next` is an offset from the start of the reply buffer (0 ends).
+    VfioInfoCapHeader, 8 {
+        @0 id: u16,
+        @2 version: u16,
+        @4 next: u32,
+    }
+
+    /// `struct vfio_device_info`: reply of [`VFIO_DEVICE_GET_INFO`].
+    VfioDeviceInfo, 24 {
+        @0 argsz: u32,
+        @4 flags: u32,
+        @8 num_regions: u32,
+        @12 num_irqs: u32,
+        @16 cap_offset: u32,
+        @20 pad: u32,
+    }
+}
+
+/// `vfio_device_info.flags`.
+pub const VFIO_DEVICE_FLAGS_RESET: u32 = 1 << 0;
+pub const VFIO_DEVICE_FLAGS_PCI: u32 = 1 << 1;
+pub const VFIO_DEVICE_FLAGS_PLATFORM: u32 = 1 << 2;
+pub const VFIO_DEVICE_FLAGS_AMBA: u32 = 1 << 3;
+pub const VFIO_DEVICE_FLAGS_CCW: u32 = 1 << 4;
+pub const VFIO_DEVICE_FLAGS_AP: u32 = 1 << 5;
+pub const VFIO_DEVICE_FLAGS_FSL_MC: u32 = 1 << 6;
+pub const VFIO_DEVICE_FLAGS_CAPS: u32 = 1 << 7;
+pub const VFIO_DEVICE_FLAGS_CDX: u32 = 1 << 8;
+
+abi_struct! {
+    /// `struct vfio_region_info`: reply of [`VFIO_DEVICE_GET_REGION_INFO`] for
+    /// region `index`; `offset` is where the region sits in the device fd.
+    VfioRegionInfo, 32 {
+        @0 argsz: u32,
+        @4 flags: u32,
+        @8 index: u32,
+        @12 cap_offset: u32,
+        @16 size: u64,
+        @24 offset: u64,
+    }
+}
+
+/// `vfio_region_info.flags`.
+pub const VFIO_REGION_INFO_FLAG_READ: u32 = 1 << 0;
+pub const VFIO_REGION_INFO_FLAG_WRITE: u32 = 1 << 1;
+pub const VFIO_REGION_INFO_FLAG_MMAP: u32 = 1 << 2;
+pub const VFIO_REGION_INFO_FLAG_CAPS: u32 = 1 << 3;
+
+/// Region info capability IDs.
+pub const VFIO_REGION_INFO_CAP_SPARSE_MMAP: u16 = 1;
+pub const VFIO_REGION_INFO_CAP_TYPE: u16 = 2;
+pub const VFIO_REGION_INFO_CAP_MSIX_MAPPABLE: u16 = 3;
+
+abi_struct! {
+    /// `struct vfio_region_sparse_mmap_area`: one mmap-able window of a region.
+    VfioRegionSparseMmapArea, 16 {
+        @0 offset: u64,
+        @8 size: u64,
+    }
+
+    /// `struct vfio_region_info_cap_sparse_mmap` without its trailing
+    /// `areas[nr_areas]` array of [`VfioRegionSparseMmapArea`].
+    VfioRegionInfoCapSparseMmap, 16 {
+        @0 header: VfioInfoCapHeader,
+        @8 nr_areas: u32,
+        @12 reserved: u32,
+    }
+
+    /// `struct vfio_region_info_cap_type`: bus-specific type of a region.
+    VfioRegionInfoCapType, 16 {
+        @0 header: VfioInfoCapHeader,
+        @8 type_: u32,
+        @12 subtype: u32,
+    }
+
+    /// `struct vfio_irq_info`: reply of [`VFIO_DEVICE_GET_IRQ_INFO`].
+    VfioIrqInfo, 16 {
+        @0 argsz: u32,
+        @4 flags: u32,
+        @8 index: u32,
+        @12 count: u32,
+    }
+}
+
+/// `vfio_irq_info.flags`.
+pub const VFIO_IRQ_INFO_EVENTFD: u32 = 1 << 0;
+pub const VFIO_IRQ_INFO_MASKABLE: u32 = 1 << 1;
+pub const VFIO_IRQ_INFO_AUTOMASKED: u32 = 1 << 2;
+pub const VFIO_IRQ_INFO_NORESIZE: u32 = 1 << 3;
+
+abi_struct! {
+    /// `struct vfio_irq_set` without its trailing `data[]` (none, `u8` bools
+    /// or `i32` eventfds, one per IRQ, as `flags` says). The C struct is
+    /// 20 bytes and 4-byte aligned, so `data` starts at offset 20.
+    VfioIrqSet, 20 {
+        @0 argsz: u32,
+        @4 flags: u32,
+        @8 index: u32,
+        @12 start: u32,
+        @16 count: u32,
+    }
+}
+
+/// `vfio_irq_set.flags`: one data type bit and one action bit.
+pub const VFIO_IRQ_SET_DATA_NONE: u32 = 1 << 0;
+pub const VFIO_IRQ_SET_DATA_BOOL: u32 = 1 << 1;
+pub const VFIO_IRQ_SET_DATA_EVENTFD: u32 = 1 << 2;
+pub const VFIO_IRQ_SET_ACTION_MASK: u32 = 1 << 3;
+pub const VFIO_IRQ_SET_ACTION_UNMASK: u32 = 1 << 4;
+pub const VFIO_IRQ_SET_ACTION_TRIGGER: u32 = 1 << 5;
+pub const VFIO_IRQ_SET_DATA_TYPE_MASK: u32 =
+    VFIO_IRQ_SET_DATA_NONE | VFIO_IRQ_SET_DATA_BOOL | VFIO_IRQ_SET_DATA_EVENTFD;
+pub const VFIO_IRQ_SET_ACTION_TYPE_MASK: u32 =
+    VFIO_IRQ_SET_ACTION_MASK | VFIO_IRQ_SET_ACTION_UNMASK | VFIO_IRQ_SET_ACTION_TRIGGER;
+
+/// Fixed region indexes of a vfio-pci device.
+pub const VFIO_PCI_BAR0_REGION_INDEX: u32 = 0;
+pub const VFIO_PCI_BAR1_REGION_INDEX: u32 = 1;
+pub const VFIO_PCI_BAR2_REGION_INDEX: u32 = 2;
+pub const VFIO_PCI_BAR3_REGION_INDEX: u32 = 3;
+pub const VFIO_PCI_BAR4_REGION_INDEX: u32 = 4;
+pub const VFIO_PCI_BAR5_REGION_INDEX: u32 = 5;
+pub const VFIO_PCI_ROM_REGION_INDEX: u32 = 6;
+pub const VFIO_PCI_CONFIG_REGION_INDEX: u32 = 7;
+pub const VFIO_PCI_VGA_REGION_INDEX: u32 = 8;
+pub const VFIO_PCI_NUM_REGIONS: u32 = 9;
+
+/// Fixed IRQ indexes of a vfio-pci device.
+pub const VFIO_PCI_INTX_IRQ_INDEX: u32 = 0;
+pub const VFIO_PCI_MSI_IRQ_INDEX: u32 = 1;
+pub const VFIO_PCI_MSIX_IRQ_INDEX: u32 = 2;
+pub const VFIO_PCI_ERR_IRQ_INDEX: u32 = 3;
+pub const VFIO_PCI_REQ_IRQ_INDEX: u32 = 4;
+pub const VFIO_PCI_NUM_IRQS: u32 = 5;
+
+abi_struct! {
+    /// `struct vfio_iommu_type1_info`: reply of [`VFIO_IOMMU_GET_INFO`].
+    VfioIommuType1Info, 24 {
+        @0 argsz: u32,
+        @4 flags: u32,
+        @8 iova_pgsizes: u64,
+        @16 cap_offset: u32,
+        @20 pad: u32,
+    }
+}
+
+/// `vfio_iommu_type1_info.flags`.
+pub const VFIO_IOMMU_INFO_PGSIZES: u32 = 1 << 0;
+pub const VFIO_IOMMU_INFO_CAPS: u32 = 1 << 1;
+
+/// Type1 info capability IDs.
+pub const VFIO_IOMMU_TYPE1_INFO_CAP_IOVA_RANGE: u16 = 1;
+pub const VFIO_IOMMU_TYPE1_INFO_CAP_MIGRATION: u16 = 2;
+pub const VFIO_IOMMU_TYPE1_INFO_DMA_AVAIL: u16 = 3;
+
+abi_struct! {
+    /// `struct vfio_iova_range`: inclusive IOVA range `[start, end]`.
+    VfioIovaRange, 16 {
+        @0 start: u64,
+        @8 end: u64,
+    }
+
+    /// `struct vfio_iommu_type1_info_cap_iova_range` without its trailing
+    /// `iova_ranges[nr_iovas]` array of [`VfioIovaRange`].
+    VfioIommuType1InfoCapIovaRange, 16 {
+        @0 header: VfioInfoCapHeader,
+        @8 nr_iovas: u32,
+        @12 reserved: u32,
+    }
+
+    /// `struct vfio_iommu_type1_info_cap_migration`: dirty-logging limits.
+    VfioIommuType1InfoCapMigration, 32 {
+        @0 header: VfioInfoCapHeader,
+        @8 flags: u32,
+        /// Implicit padding in C before the `__u64`.
+        @12 __pad: u32,
+        @16 pgsize_bitmap: u64,
+        @24 max_dirty_bitmap_size: u64,
+    }
+
+    /// `struct vfio_iommu_type1_info_dma_avail`: how many more DMA mappings
+    /// the container accepts.
+    VfioIommuType1InfoDmaAvail, 12 {
+        @0 header: VfioInfoCapHeader,
+        @8 avail: u32,
+    }
+
+    /// `struct vfio_iommu_type1_dma_map`: argument of [`VFIO_IOMMU_MAP_DMA`].
+    VfioIommuType1DmaMap, 32 {
+        @0 argsz: u32,
+        @4 flags: u32,
+        @8 vaddr: u64,
+        @16 iova: u64,
+        @24 size: u64,
+    }
+}
+
+/// `vfio_iommu_type1_dma_map.flags`.
+pub const VFIO_DMA_MAP_FLAG_READ: u32 = 1 << 0;
+pub const VFIO_DMA_MAP_FLAG_WRITE: u32 = 1 << 1;
+pub const VFIO_DMA_MAP_FLAG_VADDR: u32 = 1 << 2;
+
+abi_struct! {
+    /// `struct vfio_bitmap`: user dirty bitmap (one bit per `pgsize`);
+    /// `data` is a user pointer.
+    VfioBitmap, 24 {
+        @0 pgsize: u64,
+        @8 size: u64,
+        @16 data: u64,
+    }
+
+    /// `struct vfio_iommu_type1_dma_unmap`: argument of
+    /// [`VFIO_IOMMU_UNMAP_DMA`], without the trailing `data[]` (a
+    /// [`VfioBitmap`] when the dirty-bitmap flag is set). `size` returns the
+    /// number of bytes unmapped.
+    VfioIommuType1DmaUnmap, 24 {
+        @0 argsz: u32,
+        @4 flags: u32,
+        @8 iova: u64,
+        @16 size: u64,
+    }
+}
+
+/// `vfio_iommu_type1_dma_unmap.flags`.
+pub const VFIO_DMA_UNMAP_FLAG_GET_DIRTY_BITMAP: u32 = 1 << 0;
+pub const VFIO_DMA_UNMAP_FLAG_ALL: u32 = 1 << 1;
+pub const VFIO_DMA_UNMAP_FLAG_VADDR: u32 = 1 << 2;
+
+abi_struct! {
+    /// `struct vfio_iommu_type1_dirty_bitmap` without its trailing `data[]`
+    /// (a [`VfioIommuType1DirtyBitmapGet`] for GET_BITMAP).
+    VfioIommuType1DirtyBitmap, 8 {
+        @0 argsz: u32,
+        @4 flags: u32,
+    }
+
+    /// `struct vfio_iommu_type1_dirty_bitmap_get`.
+    VfioIommuType1DirtyBitmapGet, 40 {
+        @0 iova: u64,
+        @8 size: u64,
+        @16 bitmap: VfioBitmap,
+    }
+}
+
+/// `vfio_iommu_type1_dirty_bitmap.flags`.
+pub const VFIO_IOMMU_DIRTY_PAGES_FLAG_START: u32 = 1 << 0;
+pub const VFIO_IOMMU_DIRTY_PAGES_FLAG_STOP: u32 = 1 << 1;
+pub const VFIO_IOMMU_DIRTY_PAGES_FLAG_GET_BITMAP: u32 = 1 << 2;
+
+abi_struct! {
+    /// `struct vfio_device_bind_iommufd`: bind a device cdev to an iommufd.
+    ///
+    /// Mainline appended `token_uuid_ptr`; callers built against older
+    /// headers pass `argsz` 16 (up to `out_devid`), which stays valid.
+    VfioDeviceBindIommufd, 24 {
+        @0 argsz: u32,
+        @4 flags: u32,
+        @8 iommufd: i32,
+        @12 out_devid: u32,
+        @16 token_uuid_ptr: u64,
+    }
+
+    /// `struct vfio_device_attach_iommufd_pt`: attach the device (or one of
+    /// its PASIDs) to an IOAS/HWPT; `pt_id` returns the HWPT used. `pasid`
+    /// is read only with [`VFIO_DEVICE_ATTACH_PASID`] (older callers pass
+    /// `argsz` 12).
+    VfioDeviceAttachIommufdPt, 16 {
+        @0 argsz: u32,
+        @4 flags: u32,
+        @8 pt_id: u32,
+        @12 pasid: u32,
+    }
+
+    /// `struct vfio_device_detach_iommufd_pt`: detach the device (or one of
+    /// its PASIDs). `pasid` is read only with [`VFIO_DEVICE_DETACH_PASID`]
+    /// (older callers pass `argsz` 8).
+    VfioDeviceDetachIommufdPt, 12 {
+        @0 argsz: u32,
+        @4 flags: u32,
+        @8 pasid: u32,
+    }
+}
+
+/// `vfio_device_bind_iommufd.flags`: `token_uuid_ptr` is valid.
+pub const VFIO_DEVICE_BIND_FLAG_TOKEN: u32 = 1 << 0;
+/// `vfio_device_attach_iommufd_pt.flags`: `pasid` is valid.
+pub const VFIO_DEVICE_ATTACH_PASID: u32 = 1 << 0;
+/// `vfio_device_detach_iommufd_pt.flags`: `pasid` is valid.
+pub const VFIO_DEVICE_DETACH_PASID: u32 = 1 << 0;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_numbers() {
+        assert_eq!(VFIO_GET_API_VERSION, 0x3b64);
+        assert_eq!(VFIO_IOMMU_UNMAP_DMA, 0x3b72);
+        assert_eq!(VFIO_DEVICE_BIND_IOMMUFD, 0x3b76);
+        assert_eq!(VFIO_DEVICE_DETACH_IOMMUFD_PT, 0x3b78);
+    }
+}

@@ -1,0 +1,42 @@
+//! `uiommufd`: the command-line front end.
+//!
+//! - `run [--iommu MODEL] [--trace] -- PROGRAM [ARGS]`: run an unmodified
+//!   program with `/dev/iommu` served by uiommufd (the preload shim);
+//! - `demo`: walk the main iommufd path in-process and say what happened.
+
+mod demo;
+mod run;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "uiommufd", version, about = "Linux iommufd (/dev/iommu) in user space, over emulated IOMMUs")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run PROGRAM with /dev/iommu and /dev/vfio/vfio served by uiommufd.
+    Run(run::RunArgs),
+    /// Open /dev/iommu in-process and walk the main path, printing each step.
+    Demo,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let res = match cli.cmd {
+        Cmd::Run(args) => run::run(args),
+        Cmd::Demo => demo::demo(),
+    };
+    match res {
+        Ok(code) => code,
+        Err(msg) => {
+            eprintln!("uiommufd: {msg}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,81 @@
+//! `uiommufd run`: exec a program with the preload shim.
+
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+use clap::{Args, ValueEnum};
+
+/// The shared object `cargo build` produces for the shim crate.
+const SHIM: &str = "libuiommufd_preload.so";
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum Model {
+    /// The kernel selftest's mock IOMMU (what tools/testing/selftests/iommu uses).
+    Mock,
+}
+
+impl Model {
+    fn env_name(self) -> &'static str {
+        match self {
+            Model::Mock => "mock",
+        }
+    }
+}
+
+#[derive(Args)]
+pub struct RunArgs {
+    /// IOMMU model behind the emulated devices.
+    #[arg(long, value_enum, default_value = "mock")]
+    iommu: Model,
+    /// Log every call on a served descriptor to stderr (also: UIOMMUFD_TRACE=1).
+    #[arg(long)]
+    trace: bool,
+    /// Path of libuiommufd_preload.so (default: next to this binary; also: UIOMMUFD_PRELOAD).
+    #[arg(long, value_name = "PATH")]
+    preload: Option<PathBuf>,
+    /// The program to run, and its arguments.
+    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true, value_name = "PROGRAM")]
+    program: Vec<String>,
+}
+
+fn find_shim(explicit: Option<PathBuf>) -> Result<PathBuf, String> {
+    if let Some(p) = explicit.or_else(|| std::env::var_os("UIOMMUFD_PRELOAD").map(PathBuf::from)) {
+        return if p.is_file() {
+            Ok(p)
+        } else {
+            Err(format!("preload shim {} does not exist", p.display()))
+        };
+    }
+    let exe = std::env::current_exe().map_err(|e| format!("cannot locate the uiommufd binary: {e}"))?;
+    let dir = exe.parent().unwrap_or(Path::new("."));
+    let candidates = [dir.join(SHIM), dir.join("../lib").join(SHIM), dir.join("../lib/uiommufd").join(SHIM)];
+    for c in &candidates {
+        if c.is_file() {
+            return Ok(c.canonicalize().unwrap_or_else(|_| c.clone()));
+        }
+    }
+    Err(format!(
+        "cannot find {SHIM} (looked in {}); build the whole workspace with `cargo build --release`, \
+         or point --preload / UIOMMUFD_PRELOAD at it",
+        candidates.iter().map(|c| c.display().to_string()).collect::<Vec<_>>().join(", ")
+    ))
+}
+
+pub fn run(args: RunArgs) -> Result<ExitCode, String> {
+    let shim = find_shim(args.preload)?;
+    let mut preload = shim.into_os_string();
+    if let Some(existing) = std::env::var_os("LD_PRELOAD").filter(|v| !v.is_empty()) {
+        preload.push(":");
+        preload.push(existing);
+    }
+    let (prog, rest) = args.program.split_first().ok_or("no program given")?;
+    let mut cmd = Command::new(prog);
+    cmd.args(rest).env("LD_PRELOAD", preload).env("UIOMMUFD_IOMMU", args.iommu.env_name());
+    if args.trace {
+        cmd.env("UIOMMUFD_TRACE", "1");
+    }
+    // exec only returns on failure.
+    let err = cmd.exec();
+    Err(format!("cannot run {prog}: {err}"))
+}

@@ -1,0 +1,205 @@
+//! The per-file context (`struct iommufd_ctx`) and its options.
+//!
+//! One [`Iommufd`] exists per open of `/dev/iommu` (or of `/dev/vfio/vfio`,
+//! which differs only in its default accounting mode). Closing the file is
+//! dropping the context: every object is destroyed, leaves first.
+
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
+
+use uiommufd_abi as abi;
+
+use crate::error::{einval, eopnotsupp, eperm, Result};
+use crate::ioas::Ioas;
+use crate::object::{Borrowed, ObjectId, ObjectType, Pending, Table};
+
+/// How pinned pages are charged against `RLIMIT_MEMLOCK`
+/// (`IOMMU_OPTION_RLIMIT_MODE`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AccountMode {
+    /// Value 0: charged to the user (the iommufd default).
+    User = 0,
+    /// Value 1: charged to the process's `mm` (VFIO type1's behaviour).
+    Process = 1,
+}
+
+/// Which device node the context was opened through.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OpenedAs {
+    /// `/dev/iommu`.
+    Iommu,
+    /// `/dev/vfio/vfio` served by iommufd: defaults to process accounting.
+    VfioContainer,
+}
+
+/// One open iommufd: its objects and options.
+pub struct Iommufd {
+    objects: Table,
+    account_mode: AtomicU8,
+}
+
+impl Default for Iommufd {
+    fn default() -> Self {
+        Self::open(OpenedAs::Iommu)
+    }
+}
+
+impl Iommufd {
+    /// A fresh context, as `open("/dev/iommu")` creates.
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::open(OpenedAs::Iommu))
+    }
+
+    /// A fresh context opened through `how`.
+    pub fn open(how: OpenedAs) -> Self {
+        let mode = match how {
+            OpenedAs::Iommu => AccountMode::User,
+            OpenedAs::VfioContainer => AccountMode::Process,
+        };
+        Iommufd { objects: Table::default(), account_mode: AtomicU8::new(mode as u8) }
+    }
+
+    /// The object table (typed lookups for the layers above).
+    pub fn objects(&self) -> &Table {
+        &self.objects
+    }
+
+    /// Borrow object `id` as a `T` for one operation (`ENOENT` otherwise).
+    pub fn get<T: ObjectType>(&self, id: ObjectId) -> Result<Borrowed<T>> {
+        self.objects.get(id)
+    }
+
+    /// `IOMMU_DESTROY`.
+    pub fn destroy(&self, id: ObjectId) -> Result<()> {
+        self.objects.destroy(id)
+    }
+
+    /// `IOMMU_IOAS_ALLOC`, reserve half: the caller publishes with
+    /// [`Pending::publish`] once nothing else can fail (for example after
+    /// copying the ID back to the user).
+    pub fn ioas_alloc_pending(&self) -> Result<(Pending<'_>, Arc<Ioas>)> {
+        let pending = self.objects.reserve()?;
+        let ioas = Arc::new(Ioas::new(pending.id()));
+        Ok((pending, ioas))
+    }
+
+    /// `IOMMU_IOAS_ALLOC`: a new, empty IO address space.
+    pub fn ioas_alloc(&self) -> Result<ObjectId> {
+        let (pending, ioas) = self.ioas_alloc_pending()?;
+        let id = pending.id();
+        pending.publish(ioas);
+        Ok(id)
+    }
+
+    pub fn account_mode(&self) -> AccountMode {
+        match self.account_mode.load(Ordering::Acquire) {
+            0 => AccountMode::User,
+            _ => AccountMode::Process,
+        }
+    }
+
+    /// `IOMMU_OPTION`: get (returns the value) or set (returns `val`) one
+    /// option, with the kernel's checks in the kernel's order.
+    pub fn option(&self, option_id: u32, op: u16, object_id: ObjectId, val: u64) -> Result<u64> {
+        match option_id {
+            abi::IOMMU_OPTION_RLIMIT_MODE => self.option_rlimit_mode(op, object_id, val),
+            abi::IOMMU_OPTION_HUGE_PAGES => {
+                let ioas = self.get::<Ioas>(object_id)?;
+                match op {
+                    abi::IOMMU_OPTION_OP_GET => Ok(ioas.huge_pages() as u64),
+                    abi::IOMMU_OPTION_OP_SET => match val {
+                        0 | 1 => ioas.set_huge_pages(val == 1).map(|()| val),
+                        _ => Err(einval("HUGE_PAGES takes 0 or 1")),
+                    },
+                    _ => Err(eopnotsupp("unknown option op")),
+                }
+            }
+            _ => Err(eopnotsupp("unknown option")),
+        }
+    }
+
+    fn option_rlimit_mode(&self, op: u16, object_id: ObjectId, val: u64) -> Result<u64> {
+        if object_id != 0 {
+            return Err(eopnotsupp("RLIMIT_MODE is global: object_id must be 0"));
+        }
+        match op {
+            abi::IOMMU_OPTION_OP_GET => Ok((self.account_mode() == AccountMode::Process) as u64),
+            abi::IOMMU_OPTION_OP_SET => {
+                if !uiommufd_memory::sys::capable_sys_resource() {
+                    return Err(eperm("RLIMIT_MODE needs CAP_SYS_RESOURCE"));
+                }
+                let mode = match val {
+                    0 => AccountMode::User,
+                    1 => AccountMode::Process,
+                    _ => return Err(einval("RLIMIT_MODE takes 0 or 1")),
+                };
+                // The kernel checks emptiness before the value.
+                self.objects.with_empty(|| self.account_mode.store(mode as u8, Ordering::Release))?;
+                Ok(val)
+            }
+            _ => Err(eopnotsupp("unknown option op")),
+        }
+    }
+}
+
+impl Drop for Iommufd {
+    fn drop(&mut self) {
+        self.objects.destroy_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Errno;
+
+    #[test]
+    fn ioas_alloc_and_destroy() {
+        let ctx = Iommufd::new();
+        let a = ctx.ioas_alloc().unwrap();
+        let b = ctx.ioas_alloc().unwrap();
+        assert_eq!((a, b), (1, 2));
+        ctx.destroy(a).unwrap();
+        assert_eq!(ctx.destroy(a).unwrap_err().errno, Errno::ENOENT);
+        assert_eq!(ctx.objects().len(), 1);
+    }
+
+    #[test]
+    fn huge_pages_option_is_per_ioas() {
+        let ctx = Iommufd::new();
+        let get = |id| ctx.option(abi::IOMMU_OPTION_HUGE_PAGES, abi::IOMMU_OPTION_OP_GET, id, 0);
+        assert_eq!(get(0).unwrap_err().errno, Errno::ENOENT);
+        let id = ctx.ioas_alloc().unwrap();
+        assert_eq!(get(id).unwrap(), 1);
+        let set = |v| ctx.option(abi::IOMMU_OPTION_HUGE_PAGES, abi::IOMMU_OPTION_OP_SET, id, v);
+        assert_eq!(set(2).unwrap_err().errno, Errno::EINVAL);
+        set(0).unwrap();
+        assert_eq!(get(id).unwrap(), 0);
+        set(1).unwrap();
+        assert_eq!(get(id).unwrap(), 1);
+        assert_eq!(
+            ctx.option(abi::IOMMU_OPTION_HUGE_PAGES, 7, id, 0).unwrap_err().errno,
+            Errno::EOPNOTSUPP
+        );
+    }
+
+    #[test]
+    fn rlimit_mode_rules() {
+        let ctx = Iommufd::new();
+        let rl = |op, obj, v| ctx.option(abi::IOMMU_OPTION_RLIMIT_MODE, op, obj, v);
+        assert_eq!(rl(abi::IOMMU_OPTION_OP_GET, 0, 9).unwrap(), 0);
+        assert_eq!(rl(abi::IOMMU_OPTION_OP_GET, 1, 0).unwrap_err().errno, Errno::EOPNOTSUPP);
+        assert_eq!(ctx.option(99, 0, 0, 0).unwrap_err().errno, Errno::EOPNOTSUPP);
+        if uiommufd_memory::sys::capable_sys_resource() {
+            assert_eq!(rl(abi::IOMMU_OPTION_OP_SET, 0, 2).unwrap_err().errno, Errno::EINVAL);
+            rl(abi::IOMMU_OPTION_OP_SET, 0, 1).unwrap();
+            assert_eq!(ctx.account_mode(), AccountMode::Process);
+            ctx.ioas_alloc().unwrap();
+            assert_eq!(rl(abi::IOMMU_OPTION_OP_SET, 0, 0).unwrap_err().errno, Errno::EBUSY);
+        } else {
+            assert_eq!(rl(abi::IOMMU_OPTION_OP_SET, 0, 1).unwrap_err().errno, Errno::EPERM);
+        }
+        let vfio = Iommufd::open(OpenedAs::VfioContainer);
+        assert_eq!(vfio.account_mode(), AccountMode::Process);
+    }
+}

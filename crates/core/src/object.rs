@@ -1,0 +1,416 @@
+//! The object table: IDs, typed lookups, users, reserve → build → publish.
+//!
+//! Model (after `drivers/iommu/iommufd/main.c`):
+//! - IDs are 32-bit, start at 1 and are allocated lowest-free first, as the
+//!   kernel's `xa_alloc` over `[1, INT_MAX]` does; 0 is never an object.
+//! - A slot is *reserved* while its object is being built: the ID is taken
+//!   but lookups and destroy see nothing (`ENOENT`). [`Pending`] owns a
+//!   reservation; dropping it without [`Pending::publish`] frees the ID, so a
+//!   failed create leaves no trace.
+//! - Every object embeds an [`ObjHeader`] with two counts. `users` counts
+//!   dependency edges (a HWPT on an IOAS, a device on a HWPT); `shortterm`
+//!   counts borrows held during one operation ([`Borrowed`]). `IOMMU_DESTROY`
+//!   fails with `EBUSY` while either is non-zero, as the kernel's does (its
+//!   `users` includes the short-term holders). Neither is ever inferred from
+//!   `Arc::strong_count`.
+//! - Destroy removes the object from the table under the table lock and runs
+//!   its teardown (its `Drop`) after the lock is released, so teardown may
+//!   take any engine lock.
+//!
+//! Lock order: the table lock is a leaf: nothing else is taken while it is
+//! held, and no object teardown runs under it.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, RwLock};
+
+use crate::error::{ebusy, enoent, enospc, Result};
+use crate::ioas::Ioas;
+
+/// A 32-bit object ID as seen by user space.
+pub type ObjectId = u32;
+
+/// The kernel limits IDs to `xa_limit_31b`.
+const MAX_ID: u32 = i32::MAX as u32;
+
+/// What kind of object an ID names (`enum iommufd_object_type`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ObjectKind {
+    Ioas,
+}
+
+/// The part every object embeds: its ID and its two counts.
+#[derive(Debug)]
+pub struct ObjHeader {
+    id: ObjectId,
+    users: AtomicU32,
+    shortterm: AtomicU32,
+}
+
+impl ObjHeader {
+    /// A header for the object that will be published under `id`.
+    pub fn new(id: ObjectId) -> Self {
+        ObjHeader { id, users: AtomicU32::new(0), shortterm: AtomicU32::new(0) }
+    }
+
+    pub fn id(&self) -> ObjectId {
+        self.id
+    }
+
+    /// Dependency edges currently held on this object.
+    pub fn users(&self) -> u32 {
+        self.users.load(Ordering::Acquire)
+    }
+
+    fn busy(&self) -> bool {
+        self.users.load(Ordering::Acquire) != 0 || self.shortterm.load(Ordering::Acquire) != 0
+    }
+}
+
+/// A live object in the table.
+#[derive(Clone)]
+pub enum Object {
+    Ioas(Arc<Ioas>),
+}
+
+impl Object {
+    pub fn kind(&self) -> ObjectKind {
+        match self {
+            Object::Ioas(_) => ObjectKind::Ioas,
+        }
+    }
+
+    fn header(&self) -> &ObjHeader {
+        match self {
+            Object::Ioas(o) => o.header(),
+        }
+    }
+}
+
+/// Implemented by each concrete object type to connect it to [`Object`].
+pub trait ObjectType: Send + Sync + Sized + 'static {
+    const KIND: ObjectKind;
+    fn header(&self) -> &ObjHeader;
+    fn into_object(this: Arc<Self>) -> Object;
+    fn from_object(obj: &Object) -> Option<&Arc<Self>>;
+}
+
+enum Slot {
+    Reserved,
+    Live(Object),
+}
+
+#[derive(Default)]
+struct Slots {
+    /// Index = ID; index 0 is never used.
+    slots: Vec<Option<Slot>>,
+    /// IDs below `slots.len()` that are free, for lowest-free allocation.
+    free: BTreeSet<u32>,
+    live: usize,
+}
+
+/// The ID → object table of one iommufd context.
+#[derive(Default)]
+pub struct Table {
+    inner: RwLock<Slots>,
+}
+
+impl Table {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Slots> {
+        // A poisoned lock means a panic elsewhere; the table itself is always
+        // consistent between statements, so keep going.
+        self.inner.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Slots> {
+        self.inner.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Reserve the lowest free ID.
+    pub fn reserve(&self) -> Result<Pending<'_>> {
+        let mut t = self.write();
+        let id = match t.free.pop_first() {
+            Some(id) => id,
+            None => {
+                let next = t.slots.len().max(1);
+                if next as u64 > MAX_ID as u64 {
+                    return Err(enospc("object IDs exhausted"));
+                }
+                if t.slots.is_empty() {
+                    t.slots.push(None);
+                }
+                t.slots.push(None);
+                next as u32
+            }
+        };
+        t.slots[id as usize] = Some(Slot::Reserved);
+        Ok(Pending { table: self, id, done: false })
+    }
+
+    fn release_reserved(&self, id: ObjectId) {
+        let mut t = self.write();
+        if let Some(slot @ Some(Slot::Reserved)) = t.slots.get_mut(id as usize) {
+            *slot = None;
+            t.free.insert(id);
+        }
+    }
+
+    /// Borrow the object `id` for one operation if it is a `T`.
+    pub fn get<T: ObjectType>(&self, id: ObjectId) -> Result<Borrowed<T>> {
+        let t = self.read();
+        match t.slots.get(id as usize) {
+            Some(Some(Slot::Live(obj))) => {
+                let arc = T::from_object(obj).ok_or(enoent("object has another type"))?;
+                // shortterm: held until the Borrowed drops.
+                arc.header().shortterm.fetch_add(1, Ordering::AcqRel);
+                Ok(Borrowed { obj: Arc::clone(arc) })
+            }
+            _ => Err(enoent("no object with this ID")),
+        }
+    }
+
+    /// Kind of the live object `id`, if any.
+    pub fn kind_of(&self, id: ObjectId) -> Option<ObjectKind> {
+        match self.read().slots.get(id as usize) {
+            Some(Some(Slot::Live(obj))) => Some(obj.kind()),
+            _ => None,
+        }
+    }
+
+    /// `IOMMU_DESTROY`: remove `id` unless something still uses it.
+    pub fn destroy(&self, id: ObjectId) -> Result<()> {
+        self.destroy_if(id, |_| true)
+    }
+
+    /// Destroy `id` if it exists, is not busy, and `pred` accepts it.
+    /// A refused predicate reports `ENOENT`, like a lookup of the wrong type.
+    pub fn destroy_if(&self, id: ObjectId, pred: impl FnOnce(&Object) -> bool) -> Result<()> {
+        let removed = {
+            let mut t = self.write();
+            let slot = t.slots.get_mut(id as usize);
+            let Some(slot @ Some(Slot::Live(_))) = slot else {
+                return Err(enoent("no object with this ID"));
+            };
+            let Some(Slot::Live(obj)) = slot.as_ref() else { unreachable!() };
+            if !pred(obj) {
+                return Err(enoent("object has another type"));
+            }
+            if obj.header().busy() {
+                return Err(ebusy("object is in use"));
+            }
+            let Some(Slot::Live(obj)) = slot.take() else { unreachable!() };
+            t.free.insert(id);
+            t.live -= 1;
+            obj
+        };
+        // Teardown runs here, outside the table lock.
+        drop(removed);
+        Ok(())
+    }
+
+    /// Number of published objects.
+    pub fn len(&self) -> usize {
+        self.read().live
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Run `f` under the table's write lock if no object is published or
+    /// reserved (used by options that may only change on an empty context).
+    pub fn with_empty<R>(&self, f: impl FnOnce() -> R) -> Result<R> {
+        let t = self.write();
+        if t.live != 0 || t.slots.iter().any(|s| s.is_some()) {
+            return Err(ebusy("the context already holds objects"));
+        }
+        Ok(f())
+    }
+
+    /// Tear everything down the way closing the file does: repeatedly
+    /// destroy the objects nobody depends on until none are left.
+    pub fn destroy_all(&self) {
+        loop {
+            let batch: Vec<Object> = {
+                let mut t = self.write();
+                let mut out = Vec::new();
+                for id in 0..t.slots.len() {
+                    let leaf = matches!(&t.slots[id], Some(Slot::Live(o)) if !o.header().busy());
+                    if leaf {
+                        if let Some(Slot::Live(o)) = t.slots[id].take() {
+                            out.push(o);
+                        }
+                        t.free.insert(id as u32);
+                        t.live -= 1;
+                    }
+                }
+                out
+            };
+            if batch.is_empty() {
+                break;
+            }
+            drop(batch);
+        }
+    }
+
+    fn publish(&self, id: ObjectId, obj: Object) {
+        let mut t = self.write();
+        debug_assert!(matches!(t.slots[id as usize], Some(Slot::Reserved)));
+        t.slots[id as usize] = Some(Slot::Live(obj));
+        t.live += 1;
+    }
+}
+
+/// A reserved ID whose object is being built. Dropping it unpublished frees
+/// the ID again.
+pub struct Pending<'a> {
+    table: &'a Table,
+    id: ObjectId,
+    done: bool,
+}
+
+impl Pending<'_> {
+    pub fn id(&self) -> ObjectId {
+        self.id
+    }
+
+    /// Make the object visible. Nothing may fail after this.
+    pub fn publish<T: ObjectType>(mut self, obj: Arc<T>) {
+        debug_assert_eq!(obj.header().id(), self.id);
+        self.table.publish(self.id, T::into_object(obj));
+        self.done = true;
+    }
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.table.release_reserved(self.id);
+        }
+    }
+}
+
+/// A short-term borrow of an object for the length of one operation.
+pub struct Borrowed<T: ObjectType> {
+    obj: Arc<T>,
+}
+
+impl<T: ObjectType> Borrowed<T> {
+    pub fn arc(&self) -> &Arc<T> {
+        &self.obj
+    }
+}
+
+impl<T: ObjectType> std::ops::Deref for Borrowed<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.obj
+    }
+}
+
+impl<T: ObjectType> Drop for Borrowed<T> {
+    fn drop(&mut self) {
+        self.obj.header().shortterm.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A long-term dependency edge: holding one makes the target's destroy
+/// return `EBUSY` until it is dropped.
+pub struct Dep<T: ObjectType> {
+    obj: Arc<T>,
+}
+
+impl<T: ObjectType> Dep<T> {
+    /// Add an edge to the object behind `b`.
+    pub fn new(b: &Borrowed<T>) -> Self {
+        // users: one dependency edge, released in Drop.
+        b.obj.header().users.fetch_add(1, Ordering::AcqRel);
+        Dep { obj: Arc::clone(&b.obj) }
+    }
+
+    pub fn arc(&self) -> &Arc<T> {
+        &self.obj
+    }
+}
+
+impl<T: ObjectType> std::ops::Deref for Dep<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.obj
+    }
+}
+
+impl<T: ObjectType> Drop for Dep<T> {
+    fn drop(&mut self) {
+        self.obj.header().users.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Errno;
+
+    fn alloc(t: &Table) -> ObjectId {
+        let p = t.reserve().unwrap();
+        let id = p.id();
+        p.publish(Arc::new(Ioas::new(id)));
+        id
+    }
+
+    #[test]
+    fn ids_start_at_one_and_reuse_lowest_free() {
+        let t = Table::default();
+        assert_eq!(alloc(&t), 1);
+        assert_eq!(alloc(&t), 2);
+        assert_eq!(alloc(&t), 3);
+        t.destroy(2).unwrap();
+        t.destroy(1).unwrap();
+        assert_eq!(alloc(&t), 1);
+        assert_eq!(alloc(&t), 2);
+        assert_eq!(alloc(&t), 4);
+    }
+
+    #[test]
+    fn reserved_ids_are_invisible_and_freed_on_abort() {
+        let t = Table::default();
+        let p = t.reserve().unwrap();
+        assert_eq!(p.id(), 1);
+        assert_eq!(t.get::<Ioas>(1).err().unwrap().errno, Errno::ENOENT);
+        assert_eq!(t.destroy(1).unwrap_err().errno, Errno::ENOENT);
+        drop(p);
+        assert!(t.is_empty());
+        assert_eq!(alloc(&t), 1);
+    }
+
+    #[test]
+    fn busy_while_borrowed_or_depended_on() {
+        let t = Table::default();
+        let id = alloc(&t);
+        let b = t.get::<Ioas>(id).unwrap();
+        assert_eq!(t.destroy(id).unwrap_err().errno, Errno::EBUSY);
+        let d = Dep::new(&b);
+        drop(b);
+        assert_eq!(t.destroy(id).unwrap_err().errno, Errno::EBUSY);
+        drop(d);
+        t.destroy(id).unwrap();
+        assert_eq!(t.destroy(id).unwrap_err().errno, Errno::ENOENT);
+        assert_eq!(t.destroy(0).unwrap_err().errno, Errno::ENOENT);
+        assert_eq!(t.destroy(u32::MAX).unwrap_err().errno, Errno::ENOENT);
+    }
+
+    #[test]
+    fn destroy_all_goes_leaves_first() {
+        let t = Table::default();
+        let a = alloc(&t);
+        let b = alloc(&t);
+        // b depends on a: a stays until the edge is dropped with b... here we
+        // model the edge by parking a Dep inside a closure-owned object.
+        let edge = Dep::new(&t.get::<Ioas>(a).unwrap());
+        assert_eq!(t.destroy(a).unwrap_err().errno, Errno::EBUSY);
+        drop(edge);
+        t.destroy_all();
+        assert!(t.is_empty());
+        let _ = b;
+    }
+}

@@ -1,0 +1,68 @@
+//! Dispatch: from an ioctl on an iommufd file to the engine and back.
+//!
+//! This layer owns the kernel's user-command rules (`iommufd_fops_ioctl` and
+//! `copy_struct_from_user`), implemented once for every command:
+//!
+//! 1. an ioctl number outside the iommufd range goes to the VFIO type1
+//!    compatibility path, which answers `ENOTTY` for what it does not know;
+//! 2. the leading `u32 size` is read first (`EFAULT` if unreadable);
+//! 3. the request must match the table entry exactly (`ENOTTY` otherwise);
+//! 4. `size` below the command's mandatory prefix is `EINVAL`;
+//! 5. a shorter struct is zero-extended; a longer one must be zero past what
+//!    we know (`E2BIG`), read from user memory (`EFAULT` if unreadable);
+//! 6. the handler runs on a private copy and writes back only what the
+//!    kernel writes back, never more than the user's `size`.
+//!
+//! Every user pointer is touched through `uiommufd_memory::user`, so a bad
+//! pointer is `EFAULT` and never a crash.
+
+pub mod file;
+mod handlers;
+mod selftest;
+mod table;
+mod ucmd;
+
+pub use table::{op_name, OPS};
+pub use file::{File, Node};
+pub use ucmd::Ucmd;
+
+use std::sync::Arc;
+
+use uiommufd_abi::{ioctl, Errno, IOMMUFD_CMD_BASE};
+use uiommufd_core::error::ErrnoExt;
+use uiommufd_core::{Error, Iommufd};
+
+/// Run ioctl `request` with argument `arg` on the iommufd context `ctx`.
+///
+/// Returns the ioctl's non-negative result, or the error whose errno the
+/// caller must report (its context says which check failed).
+pub fn iommufd_ioctl(ctx: &Arc<Iommufd>, request: u64, arg: u64) -> Result<i32, Error> {
+    // The kernel's `cmd` is an unsigned int: the upper half of the C
+    // `unsigned long request` is dropped before anything looks at it.
+    let cmd = request as u32;
+    let nr = ioctl::ioc_nr(cmd);
+    let Some(slot) = nr.checked_sub(IOMMUFD_CMD_BASE).filter(|i| (*i as usize) < OPS.len()) else {
+        return vfio_compat_ioctl(ctx, cmd, arg);
+    };
+    let mut size = [0u8; 4];
+    uiommufd_memory::copy_from_user(&mut size, arg).ctx("reading the command size")?;
+    let user_size = u32::from_ne_bytes(size);
+    let op = match &OPS[slot as usize] {
+        Some(op) if op.ioctl == cmd => op,
+        _ => return Err(Error::new(Errno::ENOTTY, "unknown iommufd command")),
+    };
+    if (user_size as usize) < op.min_size {
+        return Err(Error::new(Errno::EINVAL, "size is below the command's mandatory fields"));
+    }
+    let mut ucmd = Ucmd::new(ctx, arg, user_size);
+    (op.execute)(&mut ucmd)
+}
+
+/// The VFIO type1 container ioctls served on an iommufd (`vfio_compat.c`).
+/// Nothing of it is served yet, so every request is unknown.
+fn vfio_compat_ioctl(_ctx: &Arc<Iommufd>, _cmd: u32, _arg: u64) -> Result<i32, Error> {
+    Err(Error::new(Errno::ENOTTY, "unknown ioctl"))
+}
+
+#[cfg(test)]
+mod tests;

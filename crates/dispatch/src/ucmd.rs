@@ -1,0 +1,72 @@
+//! One user command in flight (`struct iommufd_ucmd`).
+
+use std::sync::Arc;
+
+use uiommufd_abi::Errno;
+use uiommufd_core::error::{ErrnoExt, Result};
+use uiommufd_core::Iommufd;
+use uiommufd_memory::user;
+use zerocopy::{FromBytes, Immutable, IntoBytes};
+
+/// How much of a too-long user struct we scan per read when checking that
+/// its unknown tail is zero.
+const ZERO_CHECK_CHUNK: usize = 4096;
+
+/// A command being executed: the context, the user buffer and its size.
+pub struct Ucmd<'a> {
+    pub ctx: &'a Arc<Iommufd>,
+    /// User address of the command struct.
+    pub ubuffer: u64,
+    /// The `size` the user wrote in the struct's first field.
+    pub user_size: u32,
+}
+
+impl<'a> Ucmd<'a> {
+    pub(crate) fn new(ctx: &'a Arc<Iommufd>, ubuffer: u64, user_size: u32) -> Self {
+        Ucmd { ctx, ubuffer, user_size }
+    }
+
+    /// `copy_struct_from_user` into a `T`: zero-extend a short struct,
+    /// require zeros past `size_of::<T>()` in a long one.
+    pub fn read<T: FromBytes + IntoBytes>(&self) -> Result<T> {
+        let ksize = core::mem::size_of::<T>();
+        let usize_ = self.user_size as usize;
+        let mut cmd = T::new_zeroed();
+        if usize_ > ksize {
+            check_zeroed_user(self.ubuffer + ksize as u64, usize_ - ksize)?;
+        }
+        let n = ksize.min(usize_);
+        user::copy_from_user(&mut cmd.as_mut_bytes()[..n], self.ubuffer).ctx("reading the command")?;
+        Ok(cmd)
+    }
+
+    /// `iommufd_ucmd_respond`: copy the whole struct back, truncated to the
+    /// user's size.
+    pub fn respond<T: IntoBytes + Immutable>(&self, cmd: &T) -> Result<()> {
+        let bytes = cmd.as_bytes();
+        let n = bytes.len().min(self.user_size as usize);
+        user::copy_to_user(self.ubuffer, &bytes[..n]).ctx("writing the reply")
+    }
+
+    /// Copy one field back at byte `offset` of the user struct, as handlers
+    /// that reply with a single field do (`IOMMU_OPTION` writes `val64`).
+    pub fn respond_field(&self, offset: usize, bytes: &[u8]) -> Result<()> {
+        user::copy_to_user(self.ubuffer + offset as u64, bytes).ctx("writing the reply")
+    }
+}
+
+/// `check_zeroed_user`: `E2BIG` at the first non-zero byte, `EFAULT` if the
+/// range cannot be read.
+fn check_zeroed_user(addr: u64, len: usize) -> Result<()> {
+    let mut buf = [0u8; ZERO_CHECK_CHUNK];
+    let mut done = 0usize;
+    while done < len {
+        let n = (len - done).min(ZERO_CHECK_CHUNK);
+        user::copy_from_user(&mut buf[..n], addr + done as u64).ctx("reading the command tail")?;
+        if buf[..n].iter().any(|&b| b != 0) {
+            return Err(uiommufd_core::Error::new(Errno::E2BIG, "unknown trailing fields are not zero"));
+        }
+        done += n;
+    }
+    Ok(())
+}

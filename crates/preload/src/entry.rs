@@ -1,0 +1,351 @@
+//! The interposed libc entry points.
+//!
+//! Each function first asks whether the call concerns something we serve;
+//! if not, it forwards the call unchanged to the next definition. The
+//! variadic C prototypes (`open`, `fcntl`, `ioctl`) are declared with their
+//! optional argument spelled out: on the Linux x86-64 and AArch64 calling
+//! conventions a variadic argument travels exactly where a fixed one would,
+//! and we forward it as received.
+
+use std::ffi::CStr;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+
+use libc::{c_char, c_int, c_long, c_uint, c_ulong, c_void, mode_t};
+use uiommufd_dispatch::{File, Node};
+
+use crate::path::{self, Base};
+use crate::real::{self, set_errno};
+use crate::{fdtable, trace};
+
+/// Run `f`, turning a panic into `EIO` instead of unwinding into C.
+fn guard(f: impl FnOnce() -> c_int) -> c_int {
+    catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|_| {
+        set_errno(libc::EIO);
+        -1
+    })
+}
+
+fn fail(errno: c_int) -> c_int {
+    set_errno(errno);
+    -1
+}
+
+/// The IOMMU model chosen through `UIOMMUFD_IOMMU`; `None` if it names a
+/// model we do not have.
+fn model_ok() -> bool {
+    match std::env::var("UIOMMUFD_IOMMU") {
+        Err(_) => true,
+        Ok(m) => m.is_empty() || m == "mock",
+    }
+}
+
+/// Open a served node: back it with a real descriptor, then publish it.
+fn open_served(node: Node, flags: c_int) -> c_int {
+    if flags & libc::O_DIRECTORY != 0 {
+        return fail(libc::ENOTDIR);
+    }
+    if flags & (libc::O_CREAT | libc::O_EXCL) == (libc::O_CREAT | libc::O_EXCL) {
+        return fail(libc::EEXIST);
+    }
+    if !model_ok() {
+        if trace::enabled() {
+            trace::line(format_args!("open({node:?}): UIOMMUFD_IOMMU names no known model"));
+        }
+        return fail(libc::ENODEV);
+    }
+    let backing_flags = (flags & (libc::O_ACCMODE | libc::O_CLOEXEC | libc::O_NONBLOCK)) | libc::O_NOCTTY;
+    // SAFETY: a NUL-terminated literal path; the next `open` is libc's.
+    let fd = unsafe { real::open(c"/dev/null".as_ptr(), backing_flags, 0) };
+    if fd < 0 {
+        return fd;
+    }
+    let file = Arc::new(File::open(node));
+    match fdtable::install(fd, file) {
+        Ok(_) => {
+            if trace::enabled() {
+                trace::line(format_args!("open({node:?}) = {fd}"));
+            }
+            fd
+        }
+        Err(_file) => {
+            // SAFETY: closing the descriptor we just opened.
+            unsafe { real::close(fd) };
+            fail(libc::EMFILE)
+        }
+    }
+}
+
+/// Shared body of the open family.
+///
+/// # Safety
+/// `path` is NULL or a NUL-terminated string, as open(2) requires.
+unsafe fn open_common(base: Base, path: *const c_char, flags: c_int, forward: impl FnOnce() -> c_int) -> c_int {
+    if path.is_null() {
+        return forward();
+    }
+    // SAFETY: the caller passes a C string per open(2).
+    let cpath = unsafe { CStr::from_ptr(path) };
+    match path::node_for(cpath, base) {
+        None => forward(),
+        Some(node) => guard(|| open_served(node, flags)),
+    }
+}
+
+fn base_of(dirfd: c_int) -> Base {
+    if dirfd == libc::AT_FDCWD {
+        Base::Cwd
+    } else {
+        Base::Dir(dirfd)
+    }
+}
+
+/// # Safety
+/// C `open(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn open(path: *const c_char, flags: c_int, mode: mode_t) -> c_int {
+    // SAFETY: forwarded per open(2).
+    unsafe { open_common(Base::Cwd, path, flags, || real::open(path, flags, mode)) }
+}
+
+/// # Safety
+/// C `open64(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn open64(path: *const c_char, flags: c_int, mode: mode_t) -> c_int {
+    // SAFETY: forwarded per open(2).
+    unsafe { open_common(Base::Cwd, path, flags, || real::open64(path, flags, mode)) }
+}
+
+/// # Safety
+/// C `openat(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn openat(dirfd: c_int, path: *const c_char, flags: c_int, mode: mode_t) -> c_int {
+    // SAFETY: forwarded per openat(2).
+    unsafe { open_common(base_of(dirfd), path, flags, || real::openat(dirfd, path, flags, mode)) }
+}
+
+/// # Safety
+/// C `openat64(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn openat64(dirfd: c_int, path: *const c_char, flags: c_int, mode: mode_t) -> c_int {
+    // SAFETY: forwarded per openat(2).
+    unsafe { open_common(base_of(dirfd), path, flags, || real::openat64(dirfd, path, flags, mode)) }
+}
+
+/// # Safety
+/// glibc's fortified `__open_2`.
+#[no_mangle]
+pub unsafe extern "C" fn __open_2(path: *const c_char, flags: c_int) -> c_int {
+    // SAFETY: forwarded per open(2).
+    unsafe { open_common(Base::Cwd, path, flags, || real::open_2(path, flags)) }
+}
+
+/// # Safety
+/// glibc's fortified `__open64_2`.
+#[no_mangle]
+pub unsafe extern "C" fn __open64_2(path: *const c_char, flags: c_int) -> c_int {
+    // SAFETY: forwarded per open(2).
+    unsafe { open_common(Base::Cwd, path, flags, || real::open64_2(path, flags)) }
+}
+
+/// # Safety
+/// glibc's fortified `__openat_2`.
+#[no_mangle]
+pub unsafe extern "C" fn __openat_2(dirfd: c_int, path: *const c_char, flags: c_int) -> c_int {
+    // SAFETY: forwarded per openat(2).
+    unsafe { open_common(base_of(dirfd), path, flags, || real::openat_2(dirfd, path, flags)) }
+}
+
+/// # Safety
+/// glibc's fortified `__openat64_2`.
+#[no_mangle]
+pub unsafe extern "C" fn __openat64_2(dirfd: c_int, path: *const c_char, flags: c_int) -> c_int {
+    // SAFETY: forwarded per openat(2).
+    unsafe { open_common(base_of(dirfd), path, flags, || real::openat64_2(dirfd, path, flags)) }
+}
+
+/// # Safety
+/// C `close(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn close(fd: c_int) -> c_int {
+    if !fdtable::is_ours(fd) {
+        // SAFETY: forwarded per close(2).
+        return unsafe { real::close(fd) };
+    }
+    guard(|| {
+        // Forget the number before the kernel can hand it out again.
+        let file = fdtable::remove(fd);
+        // SAFETY: closing the backing descriptor of a file we served.
+        let rc = unsafe { real::close(fd) };
+        let errno = real::errno();
+        if trace::enabled() {
+            trace::line(format_args!("close({fd}) = {rc}"));
+        }
+        // The engine's teardown for the last descriptor runs here.
+        drop(file);
+        set_errno(errno);
+        rc
+    })
+}
+
+/// After a successful duplication onto `newfd`, make `newfd` refer to what
+/// `oldfd` refers to in our table (or to nothing of ours).
+fn after_dup(oldfd: c_int, newfd: c_int) -> c_int {
+    if newfd < 0 {
+        return newfd;
+    }
+    let errno = real::errno();
+    let stale = fdtable::remove(newfd);
+    if let Some(file) = fdtable::get(oldfd) {
+        if fdtable::install(newfd, file).is_err() {
+            // SAFETY: closing the duplicate we cannot track.
+            unsafe { real::close(newfd) };
+            drop(stale);
+            return fail(libc::EMFILE);
+        }
+        if trace::enabled() {
+            trace::line(format_args!("dup({oldfd}) = {newfd}"));
+        }
+    }
+    drop(stale);
+    set_errno(errno);
+    newfd
+}
+
+/// # Safety
+/// C `dup(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn dup(fd: c_int) -> c_int {
+    // SAFETY: forwarded per dup(2).
+    let r = unsafe { real::dup(fd) };
+    if !fdtable::is_ours(fd) && !fdtable::is_ours(r) {
+        return r;
+    }
+    guard(|| after_dup(fd, r))
+}
+
+/// # Safety
+/// C `dup2(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn dup2(old: c_int, new: c_int) -> c_int {
+    // SAFETY: forwarded per dup2(2).
+    let r = unsafe { real::dup2(old, new) };
+    if old == new || (!fdtable::is_ours(old) && !fdtable::is_ours(new)) {
+        return r;
+    }
+    guard(|| after_dup(old, r))
+}
+
+/// # Safety
+/// C `dup3(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn dup3(old: c_int, new: c_int, flags: c_int) -> c_int {
+    // SAFETY: forwarded per dup3(2).
+    let r = unsafe { real::dup3(old, new, flags) };
+    if !fdtable::is_ours(old) && !fdtable::is_ours(new) {
+        return r;
+    }
+    guard(|| after_dup(old, r))
+}
+
+fn fcntl_common(fd: c_int, cmd: c_int, arg: c_long, forward: impl FnOnce() -> c_int) -> c_int {
+    let r = forward();
+    if (cmd == libc::F_DUPFD || cmd == libc::F_DUPFD_CLOEXEC) && fdtable::is_ours(fd) {
+        let _ = arg;
+        return guard(|| after_dup(fd, r));
+    }
+    r
+}
+
+/// # Safety
+/// C `fcntl(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn fcntl(fd: c_int, cmd: c_int, arg: c_long) -> c_int {
+    // SAFETY: forwarded per fcntl(2).
+    fcntl_common(fd, cmd, arg, || unsafe { real::fcntl(fd, cmd, arg) })
+}
+
+/// # Safety
+/// C `fcntl64(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn fcntl64(fd: c_int, cmd: c_int, arg: c_long) -> c_int {
+    // SAFETY: forwarded per fcntl(2).
+    fcntl_common(fd, cmd, arg, || unsafe { real::fcntl64(fd, cmd, arg) })
+}
+
+/// # Safety
+/// C `close_range(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn close_range(first: c_uint, last: c_uint, flags: c_int) -> c_int {
+    // SAFETY: forwarded per close_range(2).
+    let r = unsafe { real::close_range(first, last, flags) };
+    if r == 0 && flags & libc::CLOSE_RANGE_CLOEXEC as c_int == 0 {
+        let errno = real::errno();
+        guard(|| {
+            for fd in fdtable::ours_in(first, last) {
+                drop(fdtable::remove(fd));
+            }
+            0
+        });
+        set_errno(errno);
+    }
+    r
+}
+
+/// # Safety
+/// C `closefrom(3)`.
+#[no_mangle]
+pub unsafe extern "C" fn closefrom(lowfd: c_int) {
+    // SAFETY: forwarded per closefrom(3).
+    unsafe { real::closefrom(lowfd) };
+    if lowfd >= 0 {
+        guard(|| {
+            for fd in fdtable::ours_in(lowfd as u32, u32::MAX) {
+                drop(fdtable::remove(fd));
+            }
+            0
+        });
+    }
+}
+
+/// Requests the VFS handles for every file before the driver sees them; on
+/// a served descriptor they apply to the backing descriptor.
+fn is_generic_file_ioctl(request: c_ulong) -> bool {
+    matches!(request, libc::FIOCLEX | libc::FIONCLEX | libc::FIONBIO | libc::FIOASYNC)
+}
+
+/// # Safety
+/// C `ioctl(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn ioctl(fd: c_int, request: c_ulong, arg: *mut c_void) -> c_int {
+    if !fdtable::is_ours(fd) || is_generic_file_ioctl(request) {
+        // SAFETY: forwarded per ioctl(2).
+        return unsafe { real::ioctl(fd, request, arg) };
+    }
+    guard(|| {
+        let Some(file) = fdtable::get(fd) else {
+            // Closed under our feet by another thread: behave as the kernel
+            // would for whatever the number now is.
+            // SAFETY: forwarded per ioctl(2).
+            return unsafe { real::ioctl(fd, request, arg) };
+        };
+        let res = file.ioctl(request as u64, arg as u64);
+        if trace::enabled() {
+            trace_ioctl(fd, &file, request, &res);
+        }
+        match res {
+            Ok(v) => v,
+            Err(e) => fail(e.errno.0),
+        }
+    })
+}
+
+fn trace_ioctl(fd: c_int, file: &File, request: c_ulong, res: &Result<i32, uiommufd_core::Error>) {
+    let cmd = request as u32;
+    let name = uiommufd_dispatch::op_name(cmd);
+    let name = name.map(std::borrow::Cow::Borrowed).unwrap_or_else(|| format!("{cmd:#x}").into());
+    match res {
+        Ok(v) => trace::line(format_args!("ioctl({fd} {}, {name}) = {v}", file.describe())),
+        Err(e) => trace::line(format_args!("ioctl({fd} {}, {name}) = -1 {:?} ({})", file.describe(), e.errno, e.context)),
+    }
+}
