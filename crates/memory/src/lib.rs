@@ -11,7 +11,9 @@
 //! - user ranges are `(addr, length)` with `length` in bytes; a range whose
 //!   end overflows `u64` is refused with `EOVERFLOW` before any access.
 
+pub mod frames;
 pub mod sys;
 pub mod user;
+pub mod vma;
 
 pub use user::{copy_from_user, copy_to_user, page_size, probe_user_page};

@@ -49,3 +49,54 @@ pub fn has_cap_sys_resource() -> bool {
     let word = (CAP_SYS_RESOURCE / 32) as usize;
     data[word].effective & (1 << (CAP_SYS_RESOURCE % 32)) != 0
 }
+
+/// Raw memory-management system calls.
+///
+/// The preload shim interposes libc's `mmap`/`munmap`/`mremap`/`madvise`
+/// and calls back into this crate from there; going straight to the kernel
+/// keeps our own calls out of that loop.
+pub mod mm {
+    use uiommufd_abi::Errno;
+
+    fn ret(rc: libc::c_long) -> Result<u64, Errno> {
+        if rc < 0 && rc > -4096 {
+            Err(Errno((-rc) as i32))
+        } else if rc == -1 {
+            Err(Errno(std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EINVAL)))
+        } else {
+            Ok(rc as u64)
+        }
+    }
+
+    /// `mmap(2)` without libc's wrapper.
+    ///
+    /// # Safety
+    /// With `MAP_FIXED` the caller must own `[addr, addr + len)`: whatever is
+    /// mapped there is replaced.
+    pub unsafe fn mmap(addr: u64, len: u64, prot: i32, flags: i32, fd: i32, off: u64) -> Result<u64, Errno> {
+        // SAFETY: the kernel validates every argument; the caller vouches
+        // for the address range it replaces.
+        ret(unsafe { libc::syscall(libc::SYS_mmap, addr, len, prot, flags, fd, off) })
+    }
+
+    /// `mremap(2)` to a fixed address.
+    ///
+    /// # Safety
+    /// The caller must own both ranges: the source loses its pages and the
+    /// destination is replaced.
+    pub unsafe fn mremap_fixed(old: u64, old_len: u64, new_len: u64, new_addr: u64) -> Result<u64, Errno> {
+        let flags = libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED;
+        // SAFETY: as above; the kernel validates the ranges.
+        ret(unsafe { libc::syscall(libc::SYS_mremap, old, old_len, new_len, flags, new_addr) })
+    }
+
+    /// `mprotect(2)`.
+    ///
+    /// # Safety
+    /// Changing protection of memory others rely on can make their accesses
+    /// fault; the caller must own the range.
+    pub unsafe fn mprotect(addr: u64, len: u64, prot: i32) -> Result<(), Errno> {
+        // SAFETY: as above.
+        ret(unsafe { libc::syscall(libc::SYS_mprotect, addr, len, prot) }).map(|_| ())
+    }
+}

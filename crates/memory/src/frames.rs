@@ -1,0 +1,785 @@
+//! Frames: the emulated physical memory behind every IOMMU mapping.
+//!
+//! Model. A *frame* is one host page a device may reach, named by an
+//! emulated page frame number (PFN). Page tables store physical addresses
+//! `pfn << PAGE_SHIFT | offset` exactly as hardware would; only this module
+//! knows where a frame lives in the host address space.
+//!
+//! Pinning a range of the program's memory (the kernel's `pin_user_pages`)
+//! turns each page into a frame *in place*: the frame's host address is the
+//! program's own virtual address, so a device and the program share the
+//! page with no copy. As in the kernel:
+//! - a page has one frame however many times it is pinned; each pin bumps
+//!   the page's pin count ([`pin_count`] is what `IOMMU_TEST_OP_MD_CHECK_REFS`
+//!   reads) and the frame is released when the count returns to zero;
+//! - a pinned page outlives the program's mapping of it. The preload shim
+//!   calls [`before_munmap`], [`before_madvise_dontneed`] and
+//!   [`around_mremap`] before the program changes its mappings; pinned pages
+//!   in the affected range are then *relocated*: moved with `mremap` (the
+//!   same physical pages, shared mappings stay shared) into an arena the
+//!   engine owns, and their frames follow them. The program sees the range
+//!   gone (or fresh zero pages after `MADV_DONTNEED`); devices keep the old
+//!   pages and their contents.
+//!
+//! Runs. Frames are kept in *runs*: a range of pages, contiguous in the host
+//! address space and in PFN space, with a pin count per page (every page of
+//! a run has a count of at least one). PFNs of a new run are congruent to
+//! its virtual page numbers modulo the run's size (up to 1 GiB), so memory
+//! that is huge-page aligned in the program is huge-page aligned physically
+//! and IOMMUs can map it with large pages, as real hardware would see it.
+//!
+//! Access. Devices reach frames through [`read_phys`] / [`write_phys`]. In
+//! place frames are copied with `process_vm_readv/writev`, so a program that
+//! pulled a page away behind our back (glibc's internal `munmap`, which no
+//! preload can see) costs an `EFAULT`, never a crash. Relocated frames are
+//! engine memory and are copied directly, under the registry's read lock,
+//! which relocation and release take for writing.
+//!
+//! Locking: one `RwLock` over the registry. It is a leaf: nothing is called
+//! under it that could re-enter the engine.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use uiommufd_abi::Errno;
+
+use crate::sys::mm;
+use crate::{user, vma};
+
+/// First PFN handed out (4 GiB of emulated physical space below it are left
+/// unused, as real machines keep low memory for other things).
+const FIRST_PFN: u64 = 0x10_0000;
+/// Physical addresses from here up are reserved for page-table pages
+/// (`uiommufd-hw`'s page-table memory window).
+pub const PT_WINDOW_START: u64 = 0x7f00_0000_0000;
+/// Largest PFN alignment we try to preserve (1 GiB of 4 KiB pages).
+const MAX_CONGRUENCE_SHIFT: u32 = 18;
+/// Address-space reserved for relocated frames.
+const ARENA_SIZE: u64 = 1 << 40;
+
+pub fn page_shift() -> u32 {
+    crate::page_size().trailing_zeros()
+}
+
+fn page() -> u64 {
+    crate::page_size() as u64
+}
+
+/// One contiguous stretch of pinned frames, as [`pin_user`] returns them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PinnedRun {
+    /// Virtual address (in the program) of the first page.
+    pub va: u64,
+    /// PFN of the first page; the others follow consecutively.
+    pub pfn: u64,
+    pub npages: u64,
+}
+
+#[derive(Debug)]
+struct Run {
+    pfn: u64,
+    /// Host address of the run's first page.
+    host: u64,
+    /// True while `host` is the program's own mapping of the pages.
+    in_place: bool,
+    pins: Vec<u32>,
+}
+
+impl Run {
+    fn npages(&self) -> u64 {
+        self.pins.len() as u64
+    }
+    fn host_end(&self) -> u64 {
+        self.host + self.npages() * page()
+    }
+}
+
+struct Registry {
+    /// Every run, keyed by first PFN.
+    by_pfn: BTreeMap<u64, Run>,
+    /// In-place runs, keyed by virtual address -> first PFN.
+    by_va: BTreeMap<u64, u64>,
+    next_pfn: u64,
+    arena: Arena,
+}
+
+/// Pages pinned in place; lets the shim's hooks return at once in programs
+/// that pin nothing.
+static IN_PLACE_PAGES: AtomicUsize = AtomicUsize::new(0);
+
+fn registry() -> &'static RwLock<Registry> {
+    static R: OnceLock<RwLock<Registry>> = OnceLock::new();
+    R.get_or_init(|| {
+        RwLock::new(Registry {
+            by_pfn: BTreeMap::new(),
+            by_va: BTreeMap::new(),
+            next_pfn: FIRST_PFN,
+            arena: Arena::default(),
+        })
+    })
+}
+
+fn read() -> RwLockReadGuard<'static, Registry> {
+    registry().read().unwrap_or_else(|p| p.into_inner())
+}
+
+fn write() -> RwLockWriteGuard<'static, Registry> {
+    registry().write().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Registry {
+    /// The in-place run holding virtual address `va`, as its first PFN.
+    fn in_place_at(&self, va: u64) -> Option<u64> {
+        let (_, &pfn) = self.by_va.range(..=va).next_back()?;
+        let run = &self.by_pfn[&pfn];
+        (va < run.host_end()).then_some(pfn)
+    }
+
+    /// The run holding `pfn`, as its first PFN.
+    fn run_of_pfn(&self, pfn: u64) -> Option<u64> {
+        let (&start, run) = self.by_pfn.range(..=pfn).next_back()?;
+        (pfn < start + run.npages()).then_some(start)
+    }
+
+    fn alloc_pfns(&mut self, va: u64, npages: u64) -> Result<u64, Errno> {
+        let vpn = va >> page_shift();
+        let shift = (63 - npages.leading_zeros()).min(MAX_CONGRUENCE_SHIFT);
+        let align = 1u64 << shift;
+        let want = vpn & (align - 1);
+        let mut base = (self.next_pfn & !(align - 1)) | want;
+        if base < self.next_pfn {
+            base += align;
+        }
+        let end = base.checked_add(npages).ok_or(Errno::ENOMEM)?;
+        if end > PT_WINDOW_START >> page_shift() {
+            return Err(Errno::ENOMEM);
+        }
+        self.next_pfn = end;
+        Ok(base)
+    }
+
+    fn insert(&mut self, run: Run) {
+        if run.in_place {
+            IN_PLACE_PAGES.fetch_add(run.pins.len(), Ordering::Relaxed);
+            self.by_va.insert(run.host, run.pfn);
+        }
+        self.by_pfn.insert(run.pfn, run);
+    }
+
+    fn remove(&mut self, pfn: u64) -> Run {
+        let run = self.by_pfn.remove(&pfn).expect("run indexed by its first PFN");
+        if run.in_place {
+            IN_PLACE_PAGES.fetch_sub(run.pins.len(), Ordering::Relaxed);
+            self.by_va.remove(&run.host);
+        }
+        run
+    }
+
+    /// Split the run starting at `pfn` so that a run starts at `at`
+    /// (`pfn < at < pfn + npages`).
+    fn split(&mut self, pfn: u64, at: u64) {
+        let mut left = self.remove(pfn);
+        let k = (at - pfn) as usize;
+        let right = Run {
+            pfn: at,
+            host: left.host + (k as u64) * page(),
+            in_place: left.in_place,
+            pins: left.pins.split_off(k),
+        };
+        self.insert(left);
+        self.insert(right);
+    }
+
+    /// Ensure a run boundary at `pfn` if `pfn` falls inside a run.
+    fn cut_at(&mut self, pfn: u64) {
+        if let Some(start) = self.run_of_pfn(pfn) {
+            if start != pfn {
+                self.split(start, pfn);
+            }
+        }
+    }
+
+    /// Drop pages whose pin count reached zero from the run at `pfn`,
+    /// releasing relocated memory they occupied.
+    fn prune(&mut self, pfn: u64) {
+        if !self.by_pfn[&pfn].pins.contains(&0) {
+            return;
+        }
+        let run = self.remove(pfn);
+        let mut i = 0usize;
+        while i < run.pins.len() {
+            let j = i + run.pins[i..].iter().position(|&c| (c == 0) != (run.pins[i] == 0)).unwrap_or(run.pins.len() - i);
+            let host = run.host + i as u64 * page();
+            let len = (j - i) as u64 * page();
+            if run.pins[i] == 0 {
+                if !run.in_place {
+                    self.arena.release(host, len);
+                }
+            } else {
+                self.insert(Run { pfn: run.pfn + i as u64, host, in_place: run.in_place, pins: run.pins[i..j].to_vec() });
+            }
+            i = j;
+        }
+    }
+}
+
+/// Pin `npages` pages of the program's memory starting at page-aligned
+/// `va`, for writing when `write`. Returns the frames in address order.
+///
+/// Fails with `EFAULT`, pinning nothing, unless the whole range is mapped
+/// readable (and writable when `write`).
+pub fn pin_user(va: u64, npages: u64, write: bool) -> Result<Vec<PinnedRun>, Errno> {
+    let ps = page();
+    if va % ps != 0 {
+        return Err(Errno::EINVAL);
+    }
+    let len = npages.checked_mul(ps).ok_or(Errno::EFAULT)?;
+    let end = va.checked_add(len).ok_or(Errno::EFAULT)?;
+    if npages == 0 {
+        return Ok(Vec::new());
+    }
+    let maps = vma::current()?;
+    vma::check(&maps, va, end, write)?;
+    let mut reg = self::write();
+    let mut out: Vec<PinnedRun> = Vec::new();
+    let mut cur = va;
+    while cur < end {
+        if let Some(pfn) = reg.in_place_at(cur) {
+            let run = reg.by_pfn.get_mut(&pfn).expect("indexed run");
+            let first = ((cur - run.host) / ps) as usize;
+            let n = ((end.min(run.host_end()) - cur) / ps) as usize;
+            for c in &mut run.pins[first..first + n] {
+                *c += 1;
+            }
+            push(&mut out, PinnedRun { va: cur, pfn: run.pfn + first as u64, npages: n as u64 });
+            cur += n as u64 * ps;
+        } else {
+            let gap_end = reg.by_va.range(cur..).next().map_or(end, |(&v, _)| v.min(end));
+            let n = (gap_end - cur) / ps;
+            let pfn = match reg.alloc_pfns(cur, n) {
+                Ok(p) => p,
+                Err(e) => {
+                    drop(reg);
+                    for r in &out {
+                        unpin(r.pfn, r.npages);
+                    }
+                    return Err(e);
+                }
+            };
+            reg.insert(Run { pfn, host: cur, in_place: true, pins: vec![1; n as usize] });
+            push(&mut out, PinnedRun { va: cur, pfn, npages: n });
+            cur = gap_end;
+        }
+    }
+    Ok(out)
+}
+
+/// Append, merging with the previous run when frames continue it.
+fn push(out: &mut Vec<PinnedRun>, r: PinnedRun) {
+    if let Some(last) = out.last_mut() {
+        if last.pfn + last.npages == r.pfn && last.va + last.npages * page() == r.va {
+            last.npages += r.npages;
+            return;
+        }
+    }
+    out.push(r);
+}
+
+/// Drop one pin from each of `npages` frames starting at `pfn`. Frames whose
+/// last pin goes are released. Unknown frames are ignored (a bug upstream
+/// must not become a crash here).
+pub fn unpin(pfn: u64, npages: u64) {
+    if npages == 0 {
+        return;
+    }
+    let mut reg = write();
+    let end = pfn + npages;
+    let mut cur = pfn;
+    let mut touched = Vec::new();
+    while cur < end {
+        let Some(start) = reg.run_of_pfn(cur) else {
+            // Skip to the next run.
+            match reg.by_pfn.range(cur..).next() {
+                Some((&s, _)) if s < end => {
+                    cur = s;
+                    continue;
+                }
+                _ => break,
+            }
+        };
+        let run = reg.by_pfn.get_mut(&start).expect("run");
+        let first = (cur - start) as usize;
+        let n = (end.min(start + run.npages()) - cur) as usize;
+        for c in &mut run.pins[first..first + n] {
+            *c = c.saturating_sub(1);
+        }
+        touched.push(start);
+        cur += n as u64;
+    }
+    for start in touched {
+        reg.prune(start);
+    }
+}
+
+/// How many times the page at virtual address `va` is pinned (0 if it is
+/// not a frame in place).
+pub fn pin_count(va: u64) -> u32 {
+    let va = va & !(page() - 1);
+    let reg = read();
+    reg.in_place_at(va).map_or(0, |pfn| {
+        let run = &reg.by_pfn[&pfn];
+        run.pins[((va - run.host) / page()) as usize]
+    })
+}
+
+/// The PFN of the pinned page at virtual address `va`, if it is one.
+pub fn pfn_at(va: u64) -> Option<u64> {
+    let va = va & !(page() - 1);
+    let reg = read();
+    let pfn = reg.in_place_at(va)?;
+    let run = &reg.by_pfn[&pfn];
+    Some(run.pfn + (va - run.host) / page())
+}
+
+/// Number of frames currently pinned (all runs, all pages).
+pub fn pinned_pages() -> u64 {
+    read().by_pfn.values().map(|r| r.npages()).sum()
+}
+
+/// Sum of pin counts over all frames (what a leak check compares to zero).
+pub fn total_pins() -> u64 {
+    read().by_pfn.values().flat_map(|r| r.pins.iter()).map(|&c| c as u64).sum()
+}
+
+/// Copy from emulated physical memory at `paddr` into `buf`.
+pub fn read_phys(paddr: u64, buf: &mut [u8]) -> Result<(), Errno> {
+    phys_io(paddr, buf.len(), |host, in_place, off, n| {
+        let dst = &mut buf[off..off + n];
+        if in_place {
+            user::copy_from_user(dst, host)
+        } else {
+            // SAFETY: `host` lies in arena memory owned by a live relocated
+            // run; the registry read lock held by phys_io keeps it mapped
+            // and nothing else holds a Rust reference into it.
+            unsafe { std::ptr::copy_nonoverlapping(host as *const u8, dst.as_mut_ptr(), n) };
+            Ok(())
+        }
+    })
+}
+
+/// Copy `data` into emulated physical memory at `paddr`.
+pub fn write_phys(paddr: u64, data: &[u8]) -> Result<(), Errno> {
+    phys_io(paddr, data.len(), |host, in_place, off, n| {
+        let src = &data[off..off + n];
+        if in_place {
+            user::copy_to_user(host, src)
+        } else {
+            // SAFETY: as in read_phys: arena memory of a live run, kept
+            // mapped by the read lock.
+            unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), host as *mut u8, n) };
+            Ok(())
+        }
+    })
+}
+
+fn phys_io(paddr: u64, len: usize, mut f: impl FnMut(u64, bool, usize, usize) -> Result<(), Errno>) -> Result<(), Errno> {
+    let shift = page_shift();
+    let reg = read();
+    let mut done = 0usize;
+    while done < len {
+        let pa = paddr.checked_add(done as u64).ok_or(Errno::EFAULT)?;
+        let pfn = pa >> shift;
+        let start = reg.run_of_pfn(pfn).ok_or(Errno::EFAULT)?;
+        let run = &reg.by_pfn[&start];
+        let off_in_run = pa - (start << shift);
+        let avail = (run.npages() << shift) - off_in_run;
+        let n = (len - done).min(avail as usize);
+        f(run.host + off_in_run, run.in_place, done, n)?;
+        done += n;
+    }
+    Ok(())
+}
+
+/// Address space the engine owns for relocated frames: reserved once as
+/// `PROT_NONE`, handed out by a bump pointer; released blocks go back to
+/// `PROT_NONE` placeholders (the address space itself is not reused).
+#[derive(Default)]
+struct Arena {
+    base: u64,
+    next: u64,
+}
+
+impl Arena {
+    fn reserve(&mut self) -> Result<(), Errno> {
+        if self.base != 0 {
+            return Ok(());
+        }
+        let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE;
+        // SAFETY: a fresh reservation at a kernel-chosen address.
+        let base = unsafe { mm::mmap(0, ARENA_SIZE, libc::PROT_NONE, flags, -1, 0)? };
+        self.base = base;
+        self.next = base;
+        Ok(())
+    }
+
+    /// A block of `len` bytes whose address is congruent to `like` modulo
+    /// `align` (so huge pages keep their alignment).
+    fn alloc(&mut self, len: u64, like: u64, align: u64) -> Result<u64, Errno> {
+        self.reserve()?;
+        let mut addr = (self.next & !(align - 1)) | (like & (align - 1));
+        if addr < self.next {
+            addr += align;
+        }
+        let end = addr.checked_add(len).ok_or(Errno::ENOMEM)?;
+        if end > self.base + ARENA_SIZE {
+            return Err(Errno::ENOMEM);
+        }
+        self.next = end;
+        Ok(addr)
+    }
+
+    fn release(&mut self, addr: u64, len: u64) {
+        let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | libc::MAP_FIXED;
+        // SAFETY: `[addr, addr + len)` is arena memory of frames whose last
+        // pin just went; replacing it with a placeholder frees the pages.
+        let _ = unsafe { mm::mmap(addr, len, libc::PROT_NONE, flags, -1, 0) };
+    }
+}
+
+/// Move every pinned page of `[va, va + len)` out of the program's way.
+/// Returns the relocated ranges as `(old_va, new_host, len)`.
+fn relocate(reg: &mut Registry, va: u64, len: u64) -> Result<Vec<(u64, u64, u64)>, Errno> {
+    let end = va.saturating_add(len);
+    let mut moved = Vec::new();
+    // Collect affected in-place runs first: the loop below re-indexes them.
+    let mut pieces = Vec::new();
+    let first = reg.by_va.range(..=va).next_back().map_or(va, |(&v, _)| v);
+    for (&v, &pfn) in reg.by_va.range(first..end) {
+        let run = &reg.by_pfn[&pfn];
+        let s = v.max(va);
+        let e = run.host_end().min(end);
+        if s < e {
+            pieces.push((pfn, s, e));
+        }
+    }
+    if pieces.is_empty() {
+        return Ok(moved);
+    }
+    let maps = vma::current().unwrap_or_default();
+    for (pfn, s, e) in pieces {
+        // Isolate the affected part of the run.
+        let run_host = reg.by_pfn[&pfn].host;
+        let p_first = pfn + (s - run_host) / page();
+        let p_end = pfn + (e - run_host) / page();
+        reg.cut_at(p_first);
+        reg.cut_at(p_end);
+        let align = if maps.iter().any(|m| m.start <= s && s < m.end && m.hugetlb) { 1 << 30 } else { 1 << 21 };
+        let dst = reg.arena.alloc(e - s, s, align)?;
+        // SAFETY: `[s, e)` holds pinned pages of the program that it is
+        // about to unmap; `dst` is an arena block we own. mremap moves the
+        // pages (and their contents) without copying.
+        unsafe { mm::mremap_fixed(s, e - s, e - s, dst)? };
+        // Devices may write what they could write before; the program may
+        // have left the pages read-only or inaccessible.
+        // SAFETY: `dst` is ours now.
+        if unsafe { mm::mprotect(dst, e - s, libc::PROT_READ | libc::PROT_WRITE) }.is_err() {
+            // SAFETY: as above.
+            let _ = unsafe { mm::mprotect(dst, e - s, libc::PROT_READ) };
+        }
+        let mut run = reg.remove(p_first);
+        run.host = dst;
+        run.in_place = false;
+        reg.insert(run);
+        moved.push((s, dst, e - s));
+    }
+    Ok(moved)
+}
+
+fn fast_path_clear() -> bool {
+    IN_PLACE_PAGES.load(Ordering::Relaxed) == 0
+}
+
+/// The program is about to `munmap(va, len)`: keep pinned pages alive.
+pub fn before_munmap(va: u64, len: u64) {
+    if fast_path_clear() {
+        return;
+    }
+    let mut reg = write();
+    let _ = relocate(&mut reg, va, len);
+}
+
+/// The program is about to `madvise(va, len, MADV_DONTNEED)` (or another
+/// advice that discards contents). Private pinned pages keep their contents
+/// for devices while the program gets fresh zero pages, as with the kernel's
+/// pins; shared mappings keep their pages in both views and need nothing.
+pub fn before_madvise_dontneed(va: u64, len: u64) {
+    if fast_path_clear() {
+        return;
+    }
+    let mut reg = write();
+    let Ok(maps) = vma::current() else { return };
+    let end = va.saturating_add(len);
+    let private: Vec<vma::Vma> =
+        maps.into_iter().filter(|m| !m.shared && m.start < end && va < m.end).collect();
+    for m in private {
+        let s = m.start.max(va);
+        let e = m.end.min(end);
+        let Ok(moved) = relocate(&mut reg, s, e - s) else { continue };
+        for (old, _, n) in moved {
+            let prot = (if m.read { libc::PROT_READ } else { 0 }) | (if m.write { libc::PROT_WRITE } else { 0 });
+            let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED;
+            // SAFETY: `[old, old + n)` was the program's own private mapping
+            // whose pages we just moved away; refilling it with zero pages is
+            // what MADV_DONTNEED gives the program.
+            let _ = unsafe { mm::mmap(old, n, prot, flags, -1, 0) };
+        }
+    }
+}
+
+/// Wrap the program's `mremap(old, old_len, new_len, ...)`, performed by
+/// `real` (which returns the new address or an error). Pinned pages beyond
+/// `new_len` are relocated first (they are about to be unmapped); pinned
+/// pages that move with the mapping keep their frames at the new address.
+pub fn around_mremap(old: u64, old_len: u64, new_len: u64, real: impl FnOnce() -> Result<u64, Errno>) -> Result<u64, Errno> {
+    if fast_path_clear() {
+        return real();
+    }
+    let mut reg = write();
+    let ps = page();
+    let old_len = (old_len + ps - 1) & !(ps - 1);
+    let new_len = (new_len + ps - 1) & !(ps - 1);
+    let mut tail = Vec::new();
+    if new_len < old_len {
+        tail = relocate(&mut reg, old + new_len, old_len - new_len).unwrap_or_default();
+    }
+    let res = real();
+    match res {
+        Ok(new) if new != old => {
+            let keep = old_len.min(new_len);
+            let firsts: Vec<(u64, u64)> = reg.by_va.range(old..old + keep).map(|(&v, &p)| (v, p)).collect();
+            for (v, pfn) in firsts {
+                let mut run = reg.remove(pfn);
+                run.host = v - old + new;
+                reg.insert(run);
+            }
+        }
+        Ok(_) => {}
+        Err(_) => {
+            // Put the tail back where the program still expects it.
+            for (orig, host, n) in tail {
+                // SAFETY: moving our arena block back into the hole it came
+                // from, which the failed mremap left untouched.
+                if unsafe { mm::mremap_fixed(host, n, n, orig) }.is_ok() {
+                    let pfns: Vec<u64> =
+                        reg.by_pfn.iter().filter(|(_, r)| !r.in_place && r.host >= host && r.host < host + n).map(|(&p, _)| p).collect();
+                    for pfn in pfns {
+                        let mut run = reg.remove(pfn);
+                        run.host = run.host - host + orig;
+                        run.in_place = true;
+                        reg.insert(run);
+                    }
+                }
+            }
+        }
+    }
+    res
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Tests share the process-wide registry: serialize them.
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+    struct Map(u64, u64);
+
+    impl Map {
+        fn new(pages: u64, flags: i32) -> Map {
+            let len = pages * page();
+            // SAFETY: a fresh anonymous mapping.
+            let p = unsafe { mm::mmap(0, len, libc::PROT_READ | libc::PROT_WRITE, flags | libc::MAP_ANONYMOUS, -1, 0) }.unwrap();
+            Map(p, len)
+        }
+        fn set(&self, off: u64, b: u8) {
+            user::copy_to_user(self.0 + off, &[b]).unwrap();
+        }
+        fn get(&self, off: u64) -> Result<u8, Errno> {
+            let mut b = [0u8];
+            user::copy_from_user(&mut b, self.0 + off).map(|_| b[0])
+        }
+    }
+
+    fn phys(run: &PinnedRun, page_idx: u64) -> u64 {
+        (run.pfn + page_idx) << page_shift()
+    }
+
+    #[test]
+    fn pin_twice_same_frame_and_counts() {
+        let _g = SERIAL.lock().unwrap();
+        let m = Map::new(4, libc::MAP_PRIVATE);
+        let a = pin_user(m.0, 4, true).unwrap();
+        assert_eq!(a.len(), 1);
+        assert_eq!(pin_count(m.0), 1);
+        let b = pin_user(m.0 + page(), 2, false).unwrap();
+        assert_eq!(b, vec![PinnedRun { va: m.0 + page(), pfn: a[0].pfn + 1, npages: 2 }]);
+        assert_eq!(pin_count(m.0 + page()), 2);
+        assert_eq!(pfn_at(m.0 + 2 * page() + 7), Some(a[0].pfn + 2));
+        unpin(b[0].pfn, 2);
+        assert_eq!(pin_count(m.0 + page()), 1);
+        unpin(a[0].pfn, 4);
+        assert_eq!(pin_count(m.0), 0);
+        assert_eq!(pfn_at(m.0), None);
+    }
+
+    #[test]
+    fn efault_pins_nothing() {
+        let _g = SERIAL.lock().unwrap();
+        let m = Map::new(4, libc::MAP_PRIVATE);
+        // SAFETY: unmapping the second half of our own mapping.
+        unsafe { libc::munmap((m.0 + 2 * page()) as *mut _, (2 * page()) as usize) };
+        let before = total_pins();
+        assert_eq!(pin_user(m.0, 4, false), Err(Errno::EFAULT));
+        assert_eq!(total_pins(), before);
+        // A read-only mapping cannot be pinned for writing.
+        // SAFETY: changing protection of our own mapping.
+        unsafe { libc::mprotect(m.0 as *mut _, page() as usize, libc::PROT_READ) };
+        assert_eq!(pin_user(m.0, 1, true), Err(Errno::EFAULT));
+        let r = pin_user(m.0, 1, false).unwrap();
+        unpin(r[0].pfn, 1);
+    }
+
+    #[test]
+    fn device_io_reaches_program_memory() {
+        let _g = SERIAL.lock().unwrap();
+        let m = Map::new(2, libc::MAP_PRIVATE);
+        let r = pin_user(m.0, 2, true).unwrap();
+        write_phys(phys(&r[0], 0) + page() - 2, b"abcd").unwrap();
+        assert_eq!(m.get(page() - 2).unwrap(), b'a');
+        assert_eq!(m.get(page() + 1).unwrap(), b'd');
+        m.set(5, 0x5a);
+        let mut b = [0u8; 1];
+        read_phys(phys(&r[0], 0) + 5, &mut b).unwrap();
+        assert_eq!(b[0], 0x5a);
+        // Beyond the run: not a frame.
+        assert_eq!(read_phys(phys(&r[0], 2), &mut b), Err(Errno::EFAULT));
+        unpin(r[0].pfn, 2);
+        assert_eq!(read_phys(phys(&r[0], 0), &mut b), Err(Errno::EFAULT));
+    }
+
+    #[test]
+    fn pinned_pages_survive_munmap() {
+        let _g = SERIAL.lock().unwrap();
+        let m = Map::new(3, libc::MAP_PRIVATE);
+        m.set(page() + 3, 42);
+        let r = pin_user(m.0 + page(), 1, true).unwrap();
+        before_munmap(m.0, m.1);
+        // SAFETY: unmapping our own mapping (after the hook, as the shim does).
+        assert_eq!(unsafe { libc::munmap(m.0 as *mut _, m.1 as usize) }, 0);
+        assert_eq!(m.get(page() + 3), Err(Errno::EFAULT), "program no longer sees it");
+        let mut b = [0u8; 1];
+        read_phys(phys(&r[0], 0) + 3, &mut b).unwrap();
+        assert_eq!(b[0], 42, "device still sees the old contents");
+        write_phys(phys(&r[0], 0), &[7]).unwrap();
+        // New memory at the same address is not the pinned frame.
+        // SAFETY: mapping fresh memory where ours was.
+        let again = unsafe {
+            mm::mmap(m.0, m.1, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED, -1, 0)
+        }
+        .unwrap();
+        assert_eq!(again, m.0);
+        assert_eq!(m.get(page()).unwrap(), 0);
+        assert_eq!(pin_count(m.0 + page()), 0);
+        unpin(r[0].pfn, 1);
+        assert_eq!(read_phys(phys(&r[0], 0), &mut b), Err(Errno::EFAULT));
+    }
+
+    #[test]
+    fn shared_pages_stay_shared_after_munmap() {
+        let _g = SERIAL.lock().unwrap();
+        // Two views of one shared object: pin through the first, unmap it,
+        // and the device's writes still show through the second.
+        let fd = {
+            // SAFETY: memfd_create with a NUL-terminated name.
+            let fd = unsafe { libc::memfd_create(c"frames-test".as_ptr(), 0) };
+            assert!(fd >= 0);
+            // SAFETY: sizing our own memfd.
+            assert_eq!(unsafe { libc::ftruncate(fd, page() as i64) }, 0);
+            fd
+        };
+        let map = |flags| {
+            // SAFETY: mapping our memfd.
+            unsafe { mm::mmap(0, page(), libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED | flags, fd, 0) }.unwrap()
+        };
+        let a = map(0);
+        let b = map(0);
+        let r = pin_user(a, 1, true).unwrap();
+        before_munmap(a, page());
+        // SAFETY: unmapping our own view.
+        unsafe { libc::munmap(a as *mut _, page() as usize) };
+        write_phys(phys(&r[0], 0), b"z").unwrap();
+        let mut got = [0u8];
+        user::copy_from_user(&mut got, b).unwrap();
+        assert_eq!(&got, b"z");
+        unpin(r[0].pfn, 1);
+        // SAFETY: closing our memfd and unmapping the second view.
+        unsafe {
+            libc::munmap(b as *mut _, page() as usize);
+            libc::close(fd);
+        }
+    }
+
+    #[test]
+    fn dontneed_gives_program_zeroes_and_device_the_old_page() {
+        let _g = SERIAL.lock().unwrap();
+        let m = Map::new(1, libc::MAP_PRIVATE);
+        m.set(0, 9);
+        let r = pin_user(m.0, 1, true).unwrap();
+        before_madvise_dontneed(m.0, m.1);
+        // SAFETY: advising our own mapping.
+        unsafe { libc::madvise(m.0 as *mut _, m.1 as usize, libc::MADV_DONTNEED) };
+        assert_eq!(m.get(0).unwrap(), 0);
+        let mut b = [0u8];
+        read_phys(phys(&r[0], 0), &mut b).unwrap();
+        assert_eq!(b[0], 9);
+        unpin(r[0].pfn, 1);
+    }
+
+    #[test]
+    fn mremap_move_takes_frames_along() {
+        let _g = SERIAL.lock().unwrap();
+        let m = Map::new(2, libc::MAP_PRIVATE);
+        let r = pin_user(m.0, 2, true).unwrap();
+        let new = around_mremap(m.0, m.1, page(), || {
+            // SAFETY: shrinking and moving our own mapping.
+            let p = unsafe { libc::mremap(m.0 as *mut _, m.1 as usize, page() as usize, libc::MREMAP_MAYMOVE) };
+            if p == libc::MAP_FAILED {
+                Err(Errno::ENOMEM)
+            } else {
+                Ok(p as u64)
+            }
+        })
+        .unwrap();
+        // First page is at `new` (moved or not), still the same frame.
+        assert_eq!(pfn_at(new), Some(r[0].pfn));
+        write_phys(phys(&r[0], 0), &[3]).unwrap();
+        let mut b = [0u8];
+        user::copy_from_user(&mut b, new).unwrap();
+        assert_eq!(b[0], 3);
+        // The cut-off second page is relocated but alive.
+        write_phys(phys(&r[0], 1), &[4]).unwrap();
+        unpin(r[0].pfn, 2);
+    }
+
+    #[test]
+    fn huge_runs_are_physically_aligned_like_virtually() {
+        let _g = SERIAL.lock().unwrap();
+        let pages = 1024;
+        let m = Map::new(pages, libc::MAP_PRIVATE);
+        let r = pin_user(m.0, pages, false).unwrap();
+        let mask = (1u64 << 10) - 1;
+        assert_eq!(r[0].pfn & mask, (m.0 >> page_shift()) & mask);
+        unpin(r[0].pfn, pages);
+    }
+}
