@@ -57,8 +57,10 @@ errnos! {
     ERANGE = 34, "Numerical result out of range";
     EDEADLK = 35, "Resource deadlock avoided";
     ENOSYS = 38, "Function not implemented";
+    EBADE = 52, "Invalid exchange";
     ENODATA = 61, "No data available";
     EOVERFLOW = 75, "Value too large for defined data type";
+    EBADFD = 77, "File descriptor in bad state";
     EMSGSIZE = 90, "Message too long";
     EOPNOTSUPP = 95, "Operation not supported";
     EADDRINUSE = 98, "Address already in use";

@@ -4,16 +4,17 @@
 use std::process::ExitCode;
 
 use uiommufd_abi as abi;
-use uiommufd_dispatch::{File, Node};
+use uiommufd_dispatch::{File, LocalFds, Node};
 use zerocopy::{FromBytes, IntoBytes};
 
 struct Demo {
     file: File,
+    fds: LocalFds,
 }
 
 impl Demo {
     fn ioctl<T: IntoBytes + FromBytes + ?Sized>(&self, name: &str, req: u32, arg: &mut T) -> Result<(), String> {
-        match self.file.ioctl(req as u64, arg.as_mut_bytes().as_mut_ptr() as u64) {
+        match self.file.ioctl(&self.fds, req as u64, arg.as_mut_bytes().as_mut_ptr() as u64) {
             Ok(_) => Ok(()),
             Err(e) => Err(format!("{name} failed: {:?} ({})", e.errno, e.context)),
         }
@@ -23,7 +24,7 @@ impl Demo {
 pub fn demo() -> Result<ExitCode, String> {
     println!("uiommufd demo: the iommufd main path, served in-process by the engine");
     println!();
-    let d = Demo { file: File::open(Node::Iommu) };
+    let d = Demo { file: File::open(Node::Iommu), fds: LocalFds::default() };
     println!("open(\"/dev/iommu\")                      -> an iommufd context (selftest mock IOMMU)");
 
     let mut alloc = abi::IommuIoasAlloc { size: size_of::<abi::IommuIoasAlloc>() as u32, ..Default::default() };
@@ -51,7 +52,7 @@ pub fn demo() -> Result<ExitCode, String> {
     d.ioctl("IOMMU_DESTROY", abi::IOMMU_DESTROY, &mut destroy)?;
     println!("IOMMU_DESTROY IOAS {ioas}                     -> ok");
 
-    match d.file.ioctl(abi::IOMMU_DESTROY as u64, destroy.as_mut_bytes().as_mut_ptr() as u64) {
+    match d.file.ioctl(&d.fds, abi::IOMMU_DESTROY as u64, destroy.as_mut_bytes().as_mut_ptr() as u64) {
         Err(e) => println!("IOMMU_DESTROY IOAS {ioas} again               -> {:?}, as the kernel answers ({})", e.errno, e.context),
         Ok(_) => return Err("destroying a destroyed IOAS succeeded".into()),
     }

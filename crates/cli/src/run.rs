@@ -49,7 +49,13 @@ fn find_shim(explicit: Option<PathBuf>) -> Result<PathBuf, String> {
     }
     let exe = std::env::current_exe().map_err(|e| format!("cannot locate the uiommufd binary: {e}"))?;
     let dir = exe.parent().unwrap_or(Path::new("."));
-    let candidates = [dir.join(SHIM), dir.join("../lib").join(SHIM), dir.join("../lib/uiommufd").join(SHIM)];
+    let candidates = [
+        dir.join(SHIM),
+        // `cargo run` / `cargo test` leave it among the dependencies.
+        dir.join("deps").join(SHIM),
+        dir.join("../lib").join(SHIM),
+        dir.join("../lib/uiommufd").join(SHIM),
+    ];
     for c in &candidates {
         if c.is_file() {
             return Ok(c.canonicalize().unwrap_or_else(|_| c.clone()));

@@ -5,7 +5,7 @@
 //! dropping the context: every object is destroyed, leaves first.
 
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
 
 use uiommufd_abi as abi;
 
@@ -36,6 +36,9 @@ pub enum OpenedAs {
 pub struct Iommufd {
     objects: Table,
     account_mode: AtomicU8,
+    /// The IOAS VFIO compatibility uses (`ictx->vfio_ioas`): not a
+    /// dependency edge; it lapses when the IOAS is destroyed.
+    vfio_ioas: Mutex<Option<(ObjectId, Weak<Ioas>)>>,
 }
 
 impl Default for Iommufd {
@@ -56,7 +59,7 @@ impl Iommufd {
             OpenedAs::Iommu => AccountMode::User,
             OpenedAs::VfioContainer => AccountMode::Process,
         };
-        Iommufd { objects: Table::default(), account_mode: AtomicU8::new(mode as u8) }
+        Iommufd { objects: Table::default(), account_mode: AtomicU8::new(mode as u8), vfio_ioas: Mutex::new(None) }
     }
 
     /// The object table (typed lookups for the layers above).
@@ -89,6 +92,79 @@ impl Iommufd {
         let id = pending.id();
         pending.publish(ioas);
         Ok(id)
+    }
+
+    /// Borrow IOAS `id` (`ENOENT` if it is not one).
+    pub fn ioas(&self, id: ObjectId) -> Result<Borrowed<Ioas>> {
+        self.get::<Ioas>(id)
+    }
+
+    /// `IOMMU_IOAS_MAP`: see [`Ioas::map`].
+    pub fn ioas_map(&self, ioas_id: ObjectId, flags: u32, user_va: u64, length: u64, iova: u64) -> Result<u64> {
+        crate::ioas::check_map_flags(flags, &[iova, length])?;
+        self.ioas(ioas_id)?.map(flags, user_va, length, iova, self.account_mode() == AccountMode::Process)
+    }
+
+    /// `IOMMU_IOAS_UNMAP`: see [`Ioas::unmap`].
+    pub fn ioas_unmap(&self, ioas_id: ObjectId, iova: u64, length: u64) -> Result<u64> {
+        self.ioas(ioas_id)?.unmap(iova, length)
+    }
+
+    /// `IOMMU_IOAS_COPY`: returns the destination IOVA.
+    pub fn ioas_copy(&self, dst: ObjectId, src: ObjectId, flags: u32, length: u64, dst_iova: u64, src_iova: u64) -> Result<u64> {
+        crate::ioas::check_map_flags(flags, &[length, src_iova, dst_iova])?;
+        let list = self.ioas(src)?.iopt().get_pages(src_iova, length)?;
+        let dst = self.ioas(dst)?;
+        let fixed = (flags & crate::ioas::map_flags::FIXED_IOVA != 0).then_some(dst_iova);
+        dst.iopt().map_pages(list, length, fixed, crate::ioas::prot_from_flags(flags))
+    }
+
+    /// `IOMMU_IOAS_IOVA_RANGES`: the usable ranges and the IOVA alignment.
+    pub fn ioas_iova_ranges(&self, ioas_id: ObjectId) -> Result<(Vec<(u64, u64)>, u64)> {
+        Ok(self.ioas(ioas_id)?.iopt().iova_ranges())
+    }
+
+    /// `IOMMU_IOAS_ALLOW_IOVAS`: each range must have `start < last` and
+    /// must not overlap another (`EINVAL`).
+    pub fn ioas_allow_iovas(&self, ioas_id: ObjectId, ranges: Vec<(u64, u64)>) -> Result<()> {
+        let ioas = self.ioas(ioas_id)?;
+        check_allowed(&ranges)?;
+        ioas.iopt().set_allowed(ranges)
+    }
+
+    fn vfio_slot(&self) -> std::sync::MutexGuard<'_, Option<(ObjectId, Weak<Ioas>)>> {
+        self.vfio_ioas.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The VFIO compatibility IOAS, if set and still alive (`ENODEV`
+    /// otherwise).
+    pub fn vfio_ioas(&self) -> Result<Borrowed<Ioas>> {
+        let slot = self.vfio_slot().clone();
+        if let Some((id, weak)) = slot {
+            if let Ok(ioas) = self.get::<Ioas>(id) {
+                if weak.as_ptr() == Arc::as_ptr(ioas.arc()) {
+                    return Ok(ioas);
+                }
+            }
+        }
+        Err(crate::error::enodev("no VFIO compatibility IOAS"))
+    }
+
+    /// `IOMMU_VFIO_IOAS_GET`.
+    pub fn vfio_ioas_get(&self) -> Result<ObjectId> {
+        Ok(self.vfio_ioas()?.id())
+    }
+
+    /// `IOMMU_VFIO_IOAS_SET`.
+    pub fn vfio_ioas_set(&self, ioas_id: ObjectId) -> Result<()> {
+        let ioas = self.ioas(ioas_id)?;
+        *self.vfio_slot() = Some((ioas_id, Arc::downgrade(ioas.arc())));
+        Ok(())
+    }
+
+    /// `IOMMU_VFIO_IOAS_CLEAR`.
+    pub fn vfio_ioas_clear(&self) {
+        *self.vfio_slot() = None;
     }
 
     pub fn account_mode(&self) -> AccountMode {
@@ -140,6 +216,20 @@ impl Iommufd {
             _ => Err(eopnotsupp("unknown option op")),
         }
     }
+}
+
+/// `iommufd_ioas_load_iovas`: each range is non-empty and disjoint from
+/// the ones before it.
+pub fn check_allowed(ranges: &[(u64, u64)]) -> Result<()> {
+    for (i, &(s, l)) in ranges.iter().enumerate() {
+        if s >= l {
+            return Err(einval("allowed range has start >= last"));
+        }
+        if ranges[..i].iter().any(|&(ps, pl)| s <= pl && ps <= l) {
+            return Err(einval("allowed ranges overlap"));
+        }
+    }
+    Ok(())
 }
 
 impl Drop for Iommufd {

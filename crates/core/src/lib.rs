@@ -9,17 +9,28 @@
 //! - [`object`]: the ID table, typed lookups, the users/short-term counts,
 //!   reserve → build → publish;
 //! - [`ctx`]: the per-file context and the global options;
-//! - [`ioas`]: IO address spaces.
+//! - [`ioas`], [`io_pagetable`]: IO address spaces and their IOVA map;
+//! - [`pages`], [`account`]: pinned user pages and their accounting;
+//! - [`hwpt`], [`device`]: hardware page tables and bound devices;
+//! - [`access`]: emulated devices reaching IOAS memory by CPU;
+//! - [`selftest`]: the kernel selftest's mock devices and checks.
 //!
 //! Invariants kept across the engine:
 //! - every failure is an [`Error`] carrying the kernel's errno;
 //! - a failed create leaves no ID, no object and no side effect behind;
 //! - destroy never fails for lack of memory.
 
+pub mod access;
+pub mod account;
 pub mod ctx;
+pub mod device;
 pub mod error;
+pub mod hwpt;
+pub mod io_pagetable;
 pub mod ioas;
 pub mod object;
+pub mod pages;
+pub mod selftest;
 
 pub use ctx::{AccountMode, Iommufd};
 pub use error::{Error, Result};

@@ -24,8 +24,12 @@ use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, RwLock};
 
+use crate::access::Access;
+use crate::device::Device;
 use crate::error::{ebusy, enoent, enospc, Result};
+use crate::hwpt::HwptPaging;
 use crate::ioas::Ioas;
+use crate::selftest::SelftestDevice;
 
 /// A 32-bit object ID as seen by user space.
 pub type ObjectId = u32;
@@ -36,7 +40,12 @@ const MAX_ID: u32 = i32::MAX as u32;
 /// What kind of object an ID names (`enum iommufd_object_type`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ObjectKind {
+    Device,
+    HwptPaging,
     Ioas,
+    Access,
+    /// The kernel selftest's mock device (`IOMMUFD_OBJ_SELFTEST`).
+    Selftest,
 }
 
 /// The part every object embeds: its ID and its two counts.
@@ -70,19 +79,31 @@ impl ObjHeader {
 /// A live object in the table.
 #[derive(Clone)]
 pub enum Object {
+    Device(Arc<Device>),
+    HwptPaging(Arc<HwptPaging>),
     Ioas(Arc<Ioas>),
+    Access(Arc<Access>),
+    Selftest(Arc<SelftestDevice>),
 }
 
 impl Object {
     pub fn kind(&self) -> ObjectKind {
         match self {
+            Object::Device(_) => ObjectKind::Device,
+            Object::HwptPaging(_) => ObjectKind::HwptPaging,
             Object::Ioas(_) => ObjectKind::Ioas,
+            Object::Access(_) => ObjectKind::Access,
+            Object::Selftest(_) => ObjectKind::Selftest,
         }
     }
 
     fn header(&self) -> &ObjHeader {
         match self {
+            Object::Device(o) => o.header(),
+            Object::HwptPaging(o) => o.header(),
             Object::Ioas(o) => o.header(),
+            Object::Access(o) => o.header(),
+            Object::Selftest(o) => o.header(),
         }
     }
 }
@@ -298,6 +319,14 @@ pub struct Borrowed<T: ObjectType> {
 impl<T: ObjectType> Borrowed<T> {
     pub fn arc(&self) -> &Arc<T> {
         &self.obj
+    }
+
+    /// A borrow of an object that is being built and not yet published
+    /// (so that dependency edges can be taken on it).
+    pub fn detached(obj: &Arc<T>) -> Borrowed<T> {
+        // shortterm: held until the Borrowed drops.
+        obj.header().shortterm.fetch_add(1, Ordering::AcqRel);
+        Borrowed { obj: Arc::clone(obj) }
     }
 }
 

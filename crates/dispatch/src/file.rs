@@ -4,10 +4,17 @@
 //! A [`File`] is shared by every descriptor that refers to it (dup, dup2,
 //! fcntl(F_DUPFD)); it is released, and its context torn down, when the last
 //! descriptor closes, exactly as the kernel's `struct file` is.
+//!
+//! Some commands create files (the selftest's access, fault queues): they
+//! ask the [`FdHost`] — the shim's descriptor table, or [`LocalFds`] for
+//! in-process use — to give the new file a descriptor number.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
+use uiommufd_abi::Errno;
 use uiommufd_core::ctx::OpenedAs;
+use uiommufd_core::selftest::SelftestAccess;
 use uiommufd_core::{Error, Iommufd};
 
 /// A device node uiommufd emulates.
@@ -30,10 +37,22 @@ impl Node {
     }
 }
 
+/// Where served files get their descriptor numbers.
+pub trait FdHost: Sync {
+    /// Give `file` a new descriptor (close-on-exec when `cloexec`).
+    fn install(&self, file: Arc<File>, cloexec: bool) -> Result<i32, Errno>;
+    /// Withdraw a descriptor this host just installed (a reply failed).
+    fn uninstall(&self, fd: i32);
+    /// The served file behind `fd`, if any.
+    fn get(&self, fd: i32) -> Option<Arc<File>>;
+}
+
 /// An open file served by uiommufd.
 pub enum File {
     /// `/dev/iommu` or `/dev/vfio/vfio`: an iommufd context.
     Iommufd(Arc<Iommufd>),
+    /// `[iommufd_test_staccess]`: a selftest access.
+    SelftestAccess(Arc<SelftestAccess>),
 }
 
 impl File {
@@ -48,9 +67,10 @@ impl File {
 
     /// `ioctl(2)` with request `request` and argument `arg` (a user address
     /// or a plain integer, depending on the request).
-    pub fn ioctl(&self, request: u64, arg: u64) -> Result<i32, Error> {
+    pub fn ioctl(&self, host: &dyn FdHost, request: u64, arg: u64) -> Result<i32, Error> {
         match self {
-            File::Iommufd(ctx) => crate::iommufd_ioctl(ctx, request, arg),
+            File::Iommufd(ctx) => crate::iommufd_ioctl(ctx, host, request, arg),
+            File::SelftestAccess(_) => Err(Error::new(Errno::ENOTTY, "the test access file has no ioctls")),
         }
     }
 
@@ -58,6 +78,46 @@ impl File {
     pub fn describe(&self) -> &'static str {
         match self {
             File::Iommufd(_) => "iommufd",
+            File::SelftestAccess(_) => "test-access",
         }
+    }
+}
+
+/// An in-process [`FdHost`]: descriptor numbers that exist only in this
+/// table (for the library, the demo and tests).
+pub struct LocalFds {
+    next: Mutex<(i32, HashMap<i32, Arc<File>>)>,
+}
+
+impl Default for LocalFds {
+    fn default() -> Self {
+        LocalFds { next: Mutex::new((1000, HashMap::new())) }
+    }
+}
+
+impl LocalFds {
+    /// Drop descriptor `fd` (`close`); `EBADF` if unknown.
+    pub fn close(&self, fd: i32) -> Result<(), Errno> {
+        let f = self.next.lock().unwrap_or_else(|p| p.into_inner()).1.remove(&fd);
+        f.map(drop).ok_or(Errno::EBADF)
+    }
+}
+
+impl FdHost for LocalFds {
+    fn install(&self, file: Arc<File>, _cloexec: bool) -> Result<i32, Errno> {
+        let mut g = self.next.lock().unwrap_or_else(|p| p.into_inner());
+        let fd = g.0;
+        g.0 += 1;
+        g.1.insert(fd, file);
+        Ok(fd)
+    }
+
+    fn uninstall(&self, fd: i32) {
+        let f = self.next.lock().unwrap_or_else(|p| p.into_inner()).1.remove(&fd);
+        drop(f);
+    }
+
+    fn get(&self, fd: i32) -> Option<Arc<File>> {
+        self.next.lock().unwrap_or_else(|p| p.into_inner()).1.get(&fd).cloned()
     }
 }

@@ -23,7 +23,7 @@ mod table;
 mod ucmd;
 
 pub use table::{op_name, OPS};
-pub use file::{File, Node};
+pub use file::{FdHost, File, LocalFds, Node};
 pub use ucmd::Ucmd;
 
 use std::sync::Arc;
@@ -36,7 +36,7 @@ use uiommufd_core::{Error, Iommufd};
 ///
 /// Returns the ioctl's non-negative result, or the error whose errno the
 /// caller must report (its context says which check failed).
-pub fn iommufd_ioctl(ctx: &Arc<Iommufd>, request: u64, arg: u64) -> Result<i32, Error> {
+pub fn iommufd_ioctl(ctx: &Arc<Iommufd>, host: &dyn FdHost, request: u64, arg: u64) -> Result<i32, Error> {
     // The kernel's `cmd` is an unsigned int: the upper half of the C
     // `unsigned long request` is dropped before anything looks at it.
     let cmd = request as u32;
@@ -54,7 +54,7 @@ pub fn iommufd_ioctl(ctx: &Arc<Iommufd>, request: u64, arg: u64) -> Result<i32, 
     if (user_size as usize) < op.min_size {
         return Err(Error::new(Errno::EINVAL, "size is below the command's mandatory fields"));
     }
-    let mut ucmd = Ucmd::new(ctx, arg, user_size);
+    let mut ucmd = Ucmd::new(ctx, host, arg, user_size);
     (op.execute)(&mut ucmd)
 }
 

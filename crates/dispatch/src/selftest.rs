@@ -1,42 +1,110 @@
-//! `IOMMU_TEST_CMD`: the kernel selftest's mock-driver operations
-//! (`drivers/iommu/iommufd/selftest.c`), the hooks the kernel's own tests use
-//! to look inside iommufd.
+//! `IOMMU_TEST_CMD`: decoding of the kernel selftest's mock-driver
+//! operations (`drivers/iommu/iommufd/selftest.c`). The engine side lives in
+//! `uiommufd_core::selftest`; this file only moves bytes and replies.
+
+use std::sync::Arc;
 
 use uiommufd_abi::test_cmd::{self as t, IommuTestCmd};
-use uiommufd_core::error::{einval, eio, eopnotsupp, ErrnoExt, Result};
-use uiommufd_memory::{page_size, user};
+use uiommufd_core::error::{eopnotsupp, Error, Result};
+use uiommufd_core::selftest as st;
+use uiommufd_core::Errno;
 
+use crate::file::File;
 use crate::ucmd::Ucmd;
 
 pub fn execute(u: &mut Ucmd) -> Result<i32> {
-    let cmd: IommuTestCmd = u.read()?;
+    let mut cmd: IommuTestCmd = u.read()?;
     match cmd.op {
+        t::IOMMU_TEST_OP_ADD_RESERVED => {
+            let c: t::TestAddReserved = cmd.payload_as();
+            st::add_reserved(u.ctx, cmd.id, c.start, c.length)?;
+        }
+        t::IOMMU_TEST_OP_MOCK_DOMAIN | t::IOMMU_TEST_OP_MOCK_DOMAIN_FLAGS => {
+            let flags = if cmd.op == t::IOMMU_TEST_OP_MOCK_DOMAIN_FLAGS {
+                cmd.payload_as::<t::TestMockDomainFlags>().dev_flags
+            } else {
+                0
+            };
+            let pending = st::mock_domain(u.ctx, cmd.id, flags)?;
+            let mut c: t::TestMockDomainFlags = cmd.payload_as();
+            c.out_stdev_id = pending.stdev_id;
+            c.out_hwpt_id = pending.hwpt_id;
+            c.out_idev_id = pending.idev_id;
+            if cmd.op == t::IOMMU_TEST_OP_MOCK_DOMAIN {
+                cmd.set_payload(&t::TestMockDomain {
+                    out_stdev_id: c.out_stdev_id,
+                    out_hwpt_id: c.out_hwpt_id,
+                    out_idev_id: c.out_idev_id,
+                });
+            } else {
+                cmd.set_payload(&c);
+            }
+            // A failed reply drops `pending`, which unbinds the device.
+            u.respond(&cmd)?;
+            pending.publish();
+        }
+        t::IOMMU_TEST_OP_MOCK_DOMAIN_REPLACE => {
+            let mut c: t::TestMockDomainReplace = cmd.payload_as();
+            c.pt_id = st::mock_domain_replace(u.ctx, cmd.id, c.pt_id)?;
+            cmd.set_payload(&c);
+            u.respond(&cmd)?;
+        }
+        t::IOMMU_TEST_OP_MD_CHECK_MAP => {
+            let c: t::TestCheckMap = cmd.payload_as();
+            st::md_check_map(u.ctx, cmd.id, c.iova, c.length, c.uptr)?;
+        }
         t::IOMMU_TEST_OP_MD_CHECK_REFS => {
             let c: t::TestCheckRefs = cmd.payload_as();
-            md_check_refs(c.uptr, c.length, c.refs)?;
-            Ok(0)
+            st::md_check_refs(c.uptr, c.length, c.refs)?;
         }
-        _ => Err(eopnotsupp("unknown or unsupported selftest op")),
+        t::IOMMU_TEST_OP_CREATE_ACCESS => {
+            let mut c: t::TestCreateAccess = cmd.payload_as();
+            let access = st::create_access(u.ctx, cmd.id, c.flags)?;
+            let fd = u.host.install(Arc::new(File::SelftestAccess(access)), true).map_err(|e| Error::new(e, "no descriptor for the access"))?;
+            c.out_access_fd = fd as u32;
+            cmd.set_payload(&c);
+            if let Err(e) = u.respond(&cmd) {
+                u.host.uninstall(fd);
+                return Err(e);
+            }
+        }
+        t::IOMMU_TEST_OP_ACCESS_PAGES => {
+            let mut c: t::TestAccessPages = cmd.payload_as();
+            let access = staccess(u, cmd.id)?;
+            let id = access.access_pages(c.iova, c.length, c.uptr, c.flags)?;
+            c.out_access_pages_id = id;
+            cmd.set_payload(&c);
+            if let Err(e) = u.respond(&cmd) {
+                access.forget_pages(id);
+                return Err(e);
+            }
+        }
+        t::IOMMU_TEST_OP_DESTROY_ACCESS_PAGES => {
+            let c: t::TestDestroyAccessPages = cmd.payload_as();
+            staccess(u, cmd.id)?.destroy_access_pages(c.access_pages_id)?;
+        }
+        t::IOMMU_TEST_OP_ACCESS_RW => {
+            let c: t::TestAccessRw = cmd.payload_as();
+            staccess(u, cmd.id)?.access_rw(c.iova, c.length, c.uptr, c.flags)?;
+        }
+        t::IOMMU_TEST_OP_ACCESS_REPLACE_IOAS => {
+            let c: t::TestAccessReplaceIoas = cmd.payload_as();
+            staccess(u, cmd.id)?.replace_ioas(u.ctx, c.ioas_id)?;
+        }
+        t::IOMMU_TEST_OP_SET_TEMP_MEMORY_LIMIT => {
+            let c: t::TestMemoryLimit = cmd.payload_as();
+            st::set_temp_memory_limit(c.limit)?;
+        }
+        _ => return Err(eopnotsupp("unknown or unsupported selftest op")),
     }
+    Ok(0)
 }
 
-/// `IOMMU_TEST_OP_MD_CHECK_REFS`: every page of `[uptr, uptr + length)` must
-/// be present and pinned exactly `refs` times.
-fn md_check_refs(uptr: u64, length: u64, refs: u32) -> Result<()> {
-    let ps = page_size() as u64;
-    if length % ps != 0 || uptr % ps != 0 || uptr.checked_add(length).is_none() {
-        return Err(einval("range must be page aligned and must not wrap"));
+/// `iommufd_access_get`: the selftest access behind descriptor `fd`
+/// (`EBADFD` if it is anything else).
+fn staccess(u: &Ucmd, fd: u32) -> Result<Arc<st::SelftestAccess>> {
+    match u.host.get(fd as i32).as_deref() {
+        Some(File::SelftestAccess(a)) => Ok(Arc::clone(a)),
+        _ => Err(Error::new(Errno::EBADFD, "not a test access descriptor")),
     }
-    let mut va = uptr;
-    while va < uptr + length {
-        user::probe_user_page(va).ctx("page is not mapped")?;
-        // Nothing in the engine pins user pages yet, so every present page
-        // has a pin count of zero.
-        let pins = 0u32;
-        if pins != refs {
-            return Err(eio("pin count differs"));
-        }
-        va += ps;
-    }
-    Ok(())
 }

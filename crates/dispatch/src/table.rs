@@ -60,26 +60,16 @@ pub static OPS: [Option<Op>; NUM_OPS] = {
     let mut t: [Option<Op>; NUM_OPS] = [const { None }; NUM_OPS];
     t[slot(abi::IOMMU_DESTROY)] = op!(IOMMU_DESTROY, abi::IommuDestroy, id, h::destroy);
     t[slot(abi::IOMMU_IOAS_ALLOC)] = op!(IOMMU_IOAS_ALLOC, abi::IommuIoasAlloc, out_ioas_id, h::ioas_alloc);
-    t[slot(abi::IOMMU_IOAS_ALLOW_IOVAS)] = op!(
-        IOMMU_IOAS_ALLOW_IOVAS,
-        abi::IommuIoasAllowIovas,
-        allowed_iovas,
-        h::not_yet::<abi::IommuIoasAllowIovas>
-    );
+    t[slot(abi::IOMMU_IOAS_ALLOW_IOVAS)] = op!(IOMMU_IOAS_ALLOW_IOVAS, abi::IommuIoasAllowIovas, allowed_iovas, h::ioas_allow_iovas);
     t[slot(abi::IOMMU_IOAS_COPY)] =
-        op!(IOMMU_IOAS_COPY, abi::IommuIoasCopy, src_iova, h::not_yet::<abi::IommuIoasCopy>);
-    t[slot(abi::IOMMU_IOAS_IOVA_RANGES)] = op!(
-        IOMMU_IOAS_IOVA_RANGES,
-        abi::IommuIoasIovaRanges,
-        out_iova_alignment,
-        h::not_yet::<abi::IommuIoasIovaRanges>
-    );
-    t[slot(abi::IOMMU_IOAS_MAP)] = op!(IOMMU_IOAS_MAP, abi::IommuIoasMap, iova, h::not_yet::<abi::IommuIoasMap>);
+        op!(IOMMU_IOAS_COPY, abi::IommuIoasCopy, src_iova, h::ioas_copy);
+    t[slot(abi::IOMMU_IOAS_IOVA_RANGES)] = op!(IOMMU_IOAS_IOVA_RANGES, abi::IommuIoasIovaRanges, out_iova_alignment, h::ioas_iova_ranges);
+    t[slot(abi::IOMMU_IOAS_MAP)] = op!(IOMMU_IOAS_MAP, abi::IommuIoasMap, iova, h::ioas_map);
     t[slot(abi::IOMMU_IOAS_UNMAP)] =
-        op!(IOMMU_IOAS_UNMAP, abi::IommuIoasUnmap, length, h::not_yet::<abi::IommuIoasUnmap>);
+        op!(IOMMU_IOAS_UNMAP, abi::IommuIoasUnmap, length, h::ioas_unmap);
     t[slot(abi::IOMMU_OPTION)] = op!(IOMMU_OPTION, abi::IommuOption, val64, h::option);
     t[slot(abi::IOMMU_VFIO_IOAS)] =
-        op!(IOMMU_VFIO_IOAS, abi::IommuVfioIoas, __reserved, h::not_yet::<abi::IommuVfioIoas>);
+        op!(IOMMU_VFIO_IOAS, abi::IommuVfioIoas, __reserved, h::vfio_ioas);
     t[slot(abi::IOMMU_HWPT_ALLOC)] =
         op!(IOMMU_HWPT_ALLOC, abi::IommuHwptAlloc, __reserved, h::not_yet::<abi::IommuHwptAlloc>);
     t[slot(abi::IOMMU_GET_HW_INFO)] =

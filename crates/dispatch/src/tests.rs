@@ -8,14 +8,14 @@ use uiommufd_abi::Errno;
 use uiommufd_core::Iommufd;
 use zerocopy::{FromBytes, IntoBytes};
 
-use crate::{iommufd_ioctl, OPS};
+use crate::{iommufd_ioctl, LocalFds, OPS};
 
 fn ioctl<T: IntoBytes + FromBytes + ?Sized>(ctx: &Arc<Iommufd>, req: u32, arg: &mut T) -> Result<i32, Errno> {
     raw(ctx, req as u64, arg.as_mut_bytes().as_mut_ptr() as u64)
 }
 
 fn raw(ctx: &Arc<Iommufd>, req: u64, arg: u64) -> Result<i32, Errno> {
-    iommufd_ioctl(ctx, req, arg).map_err(|e| e.errno)
+    iommufd_ioctl(ctx, &LocalFds::default(), req, arg).map_err(|e| e.errno)
 }
 
 #[test]

@@ -5,6 +5,8 @@ use std::sync::Arc;
 use uiommufd_abi::Errno;
 use uiommufd_core::error::{ErrnoExt, Result};
 use uiommufd_core::Iommufd;
+
+use crate::file::FdHost;
 use uiommufd_memory::user;
 use zerocopy::{FromBytes, Immutable, IntoBytes};
 
@@ -15,6 +17,8 @@ const ZERO_CHECK_CHUNK: usize = 4096;
 /// A command being executed: the context, the user buffer and its size.
 pub struct Ucmd<'a> {
     pub ctx: &'a Arc<Iommufd>,
+    /// Gives new files their descriptors.
+    pub host: &'a dyn FdHost,
     /// User address of the command struct.
     pub ubuffer: u64,
     /// The `size` the user wrote in the struct's first field.
@@ -22,8 +26,8 @@ pub struct Ucmd<'a> {
 }
 
 impl<'a> Ucmd<'a> {
-    pub(crate) fn new(ctx: &'a Arc<Iommufd>, ubuffer: u64, user_size: u32) -> Self {
-        Ucmd { ctx, ubuffer, user_size }
+    pub(crate) fn new(ctx: &'a Arc<Iommufd>, host: &'a dyn FdHost, ubuffer: u64, user_size: u32) -> Self {
+        Ucmd { ctx, host, ubuffer, user_size }
     }
 
     /// `copy_struct_from_user` into a `T`: zero-extend a short struct,

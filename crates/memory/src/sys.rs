@@ -2,6 +2,8 @@
 
 /// `CAP_SYS_RESOURCE` from `<linux/capability.h>`.
 const CAP_SYS_RESOURCE: u32 = 24;
+/// `CAP_IPC_LOCK`.
+const CAP_IPC_LOCK: u32 = 14;
 const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
 
 #[repr(C)]
@@ -38,6 +40,21 @@ pub fn capable_sys_resource() -> bool {
 
 /// Whether `CAP_SYS_RESOURCE` is in this process's effective set.
 pub fn has_cap_sys_resource() -> bool {
+    has_cap(CAP_SYS_RESOURCE)
+}
+
+/// `capable(CAP_IPC_LOCK)`: pinned memory is not charged against
+/// `RLIMIT_MEMLOCK`. `UIOMMUFD_CAP_IPC_LOCK=0|1` forces the answer.
+pub fn capable_ipc_lock() -> bool {
+    match std::env::var("UIOMMUFD_CAP_IPC_LOCK").as_deref() {
+        Ok("0") => false,
+        Ok("1") => true,
+        _ => has_cap(CAP_IPC_LOCK),
+    }
+}
+
+/// Whether capability number `cap` is in this process's effective set.
+fn has_cap(cap: u32) -> bool {
     let mut hdr = CapHeader { version: LINUX_CAPABILITY_VERSION_3, pid: 0 };
     let mut data = [CapData::default(); 2];
     // SAFETY: capget writes two CapData records (version 3) into `data` and
@@ -46,8 +63,8 @@ pub fn has_cap_sys_resource() -> bool {
     if rc != 0 {
         return false;
     }
-    let word = (CAP_SYS_RESOURCE / 32) as usize;
-    data[word].effective & (1 << (CAP_SYS_RESOURCE % 32)) != 0
+    let word = (cap / 32) as usize;
+    data[word].effective & (1 << (cap % 32)) != 0
 }
 
 /// Raw memory-management system calls.

@@ -12,15 +12,21 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
 use libc::{c_char, c_int, c_long, c_uint, c_ulong, c_void, mode_t};
-use uiommufd_dispatch::{File, Node};
+use uiommufd_abi::Errno;
+use uiommufd_dispatch::{FdHost, File, Node};
 
 use crate::path::{self, Base};
 use crate::real::{self, set_errno};
 use crate::{fdtable, trace};
 
-/// Run `f`, turning a panic into `EIO` instead of unwinding into C.
+/// Run `f`, which may call into the engine (see [`fdtable::EngineGuard`]),
+/// turning a panic into `EIO` instead of unwinding into C.
 fn guard(f: impl FnOnce() -> c_int) -> c_int {
-    catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|_| {
+    catch_unwind(AssertUnwindSafe(|| {
+        let _engine = fdtable::EngineGuard::enter();
+        f()
+    }))
+    .unwrap_or_else(|_| {
         set_errno(libc::EIO);
         -1
     })
@@ -40,6 +46,45 @@ fn model_ok() -> bool {
     }
 }
 
+/// Back a served file with a fresh real descriptor and publish it.
+fn install_backed(file: Arc<File>, flags: c_int) -> Result<c_int, c_int> {
+    let backing_flags = (flags & (libc::O_ACCMODE | libc::O_CLOEXEC | libc::O_NONBLOCK)) | libc::O_NOCTTY;
+    // SAFETY: a NUL-terminated literal path; the next `open` is libc's.
+    let fd = unsafe { real::open(c"/dev/null".as_ptr(), backing_flags, 0) };
+    if fd < 0 {
+        return Err(real::errno());
+    }
+    match fdtable::install(fd, file) {
+        Ok(_) => Ok(fd),
+        Err(_file) => {
+            // SAFETY: closing the descriptor we just opened.
+            unsafe { real::close(fd) };
+            Err(libc::EMFILE)
+        }
+    }
+}
+
+/// The shim's descriptor table, as the engine sees it.
+pub struct ShimFds;
+
+impl FdHost for ShimFds {
+    fn install(&self, file: Arc<File>, cloexec: bool) -> Result<i32, Errno> {
+        let flags = libc::O_RDWR | if cloexec { libc::O_CLOEXEC } else { 0 };
+        install_backed(file, flags).map_err(Errno)
+    }
+
+    fn uninstall(&self, fd: i32) {
+        let file = fdtable::remove(fd);
+        // SAFETY: closing the backing descriptor of a file we just served.
+        unsafe { real::close(fd) };
+        drop(file);
+    }
+
+    fn get(&self, fd: i32) -> Option<Arc<File>> {
+        fdtable::get(fd)
+    }
+}
+
 /// Open a served node: back it with a real descriptor, then publish it.
 fn open_served(node: Node, flags: c_int) -> c_int {
     if flags & libc::O_DIRECTORY != 0 {
@@ -54,25 +99,14 @@ fn open_served(node: Node, flags: c_int) -> c_int {
         }
         return fail(libc::ENODEV);
     }
-    let backing_flags = (flags & (libc::O_ACCMODE | libc::O_CLOEXEC | libc::O_NONBLOCK)) | libc::O_NOCTTY;
-    // SAFETY: a NUL-terminated literal path; the next `open` is libc's.
-    let fd = unsafe { real::open(c"/dev/null".as_ptr(), backing_flags, 0) };
-    if fd < 0 {
-        return fd;
-    }
-    let file = Arc::new(File::open(node));
-    match fdtable::install(fd, file) {
-        Ok(_) => {
+    match install_backed(Arc::new(File::open(node)), flags) {
+        Ok(fd) => {
             if trace::enabled() {
                 trace::line(format_args!("open({node:?}) = {fd}"));
             }
             fd
         }
-        Err(_file) => {
-            // SAFETY: closing the descriptor we just opened.
-            unsafe { real::close(fd) };
-            fail(libc::EMFILE)
-        }
+        Err(e) => fail(e),
     }
 }
 
@@ -280,14 +314,17 @@ pub unsafe extern "C" fn close_range(first: c_uint, last: c_uint, flags: c_int) 
     // SAFETY: forwarded per close_range(2).
     let r = unsafe { real::close_range(first, last, flags) };
     if r == 0 && flags & libc::CLOSE_RANGE_CLOEXEC as c_int == 0 {
-        let errno = real::errno();
-        guard(|| {
-            for fd in fdtable::ours_in(first, last) {
-                drop(fdtable::remove(fd));
-            }
-            0
-        });
-        set_errno(errno);
+        let ours = fdtable::ours_in(first, last);
+        if !ours.is_empty() {
+            let errno = real::errno();
+            guard(|| {
+                for fd in ours {
+                    drop(fdtable::remove(fd));
+                }
+                0
+            });
+            set_errno(errno);
+        }
     }
     r
 }
@@ -299,12 +336,15 @@ pub unsafe extern "C" fn closefrom(lowfd: c_int) {
     // SAFETY: forwarded per closefrom(3).
     unsafe { real::closefrom(lowfd) };
     if lowfd >= 0 {
-        guard(|| {
-            for fd in fdtable::ours_in(lowfd as u32, u32::MAX) {
-                drop(fdtable::remove(fd));
-            }
-            0
-        });
+        let ours = fdtable::ours_in(lowfd as u32, u32::MAX);
+        if !ours.is_empty() {
+            guard(|| {
+                for fd in ours {
+                    drop(fdtable::remove(fd));
+                }
+                0
+            });
+        }
     }
 }
 
@@ -329,7 +369,7 @@ pub unsafe extern "C" fn ioctl(fd: c_int, request: c_ulong, arg: *mut c_void) ->
             // SAFETY: forwarded per ioctl(2).
             return unsafe { real::ioctl(fd, request, arg) };
         };
-        let res = file.ioctl(request as u64, arg as u64);
+        let res = file.ioctl(&ShimFds, request as u64, arg as u64);
         if trace::enabled() {
             trace_ioctl(fd, &file, request, &res);
         }

@@ -12,11 +12,17 @@
 //! - `fork` cannot catch the lock half-held: a `pthread_atfork` prepare
 //!   handler takes it for writing and both sides release it afterwards;
 //! - a served file's teardown (the engine's close) runs after the lock is
-//!   dropped.
+//!   dropped;
+//! - `fork` cannot catch an engine lock half-held either (an iommufd
+//!   context's object table, say): every call into the engine holds an
+//!   [`EngineGuard`], and the prepare handler first stops new ones and waits
+//!   for those in flight, so the child never inherits a lock owned by a
+//!   thread that does not exist in it.
 //!
 //! Known limit: a signal handler that calls into the shim while its own
 //! thread holds the lock would spin; the windows are a few instructions.
 
+use std::cell::Cell;
 use std::sync::atomic::{AtomicPtr, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Once};
 
@@ -65,12 +71,84 @@ fn write_unlock() {
     LOCK.store(0, Ordering::Release);
 }
 
+/// Calls into the engine in flight (low bits), and `WRITER` while a fork is
+/// being prepared. See [`EngineGuard`].
+static ENGINE: AtomicU32 = AtomicU32::new(0);
+
+thread_local! {
+    /// How many [`EngineGuard`]s this thread holds (engine calls may nest).
+    static ENGINE_DEPTH: Cell<u32> = const { Cell::new(0) };
+}
+
+fn backoff(spins: &mut u32) {
+    if *spins < 64 {
+        *spins += 1;
+        std::hint::spin_loop();
+    } else {
+        std::thread::yield_now();
+    }
+}
+
+/// Held across every call into the engine (open, ioctl, the teardown of a
+/// file). `fork` waits until no thread holds one, so that the child
+/// inherits no engine lock in the locked state.
+pub struct EngineGuard(());
+
+impl EngineGuard {
+    pub fn enter() -> EngineGuard {
+        ensure_atfork();
+        let depth = ENGINE_DEPTH.with(|d| d.replace(d.get() + 1));
+        if depth == 0 {
+            let mut spins = 0;
+            loop {
+                let v = ENGINE.load(Ordering::Relaxed);
+                if v & WRITER == 0
+                    && ENGINE.compare_exchange_weak(v, v + 1, Ordering::Acquire, Ordering::Relaxed).is_ok()
+                {
+                    break;
+                }
+                backoff(&mut spins);
+            }
+        }
+        EngineGuard(())
+    }
+}
+
+impl Drop for EngineGuard {
+    fn drop(&mut self) {
+        if ENGINE_DEPTH.with(|d| d.replace(d.get() - 1)) == 1 {
+            ENGINE.fetch_sub(1, Ordering::Release);
+        }
+    }
+}
+
+/// The engine calls the forking thread itself is in (0 or 1): a fork from
+/// inside one must not wait for itself.
+fn own_engine_calls() -> u32 {
+    ENGINE_DEPTH.with(|d| (d.get() > 0) as u32)
+}
+
 extern "C" fn atfork_prepare() {
+    // Stop new engine calls, then wait for the ones in flight.
+    let mut spins = 0;
+    loop {
+        let v = ENGINE.load(Ordering::Relaxed);
+        if v & WRITER == 0 && ENGINE.compare_exchange_weak(v, v | WRITER, Ordering::Acquire, Ordering::Relaxed).is_ok()
+        {
+            break;
+        }
+        backoff(&mut spins);
+    }
+    let own = own_engine_calls();
+    while ENGINE.load(Ordering::Acquire) != WRITER | own {
+        backoff(&mut spins);
+    }
     write_lock();
 }
 
 extern "C" fn atfork_release() {
     write_unlock();
+    ENGINE.store(own_engine_calls(), Ordering::Release);
 }
 
 static ATFORK: Once = Once::new();

@@ -1,0 +1,475 @@
+//! The preload shim, end to end: small C programs (`tests/c/*.c` at the
+//! repository root) are compiled at test time and run through
+//! `uiommufd run -- PROGRAM`, exactly as a user would run an unmodified
+//! iommufd client.
+//!
+//! The C programs check their own expectations (kernel errnos included) with
+//! `tests/c/check.h`: a failed check prints `FAIL file:line: ...` on stderr
+//! and exits 1; a program that gets to its end prints `PASS <n> checks`.
+//!
+//! Without a C compiler (`$CC`, `cc`, `gcc` or `clang`) the tests that need
+//! one say so on stderr and return.
+
+use std::collections::HashMap;
+use std::ffi::{OsStr, OsString};
+use std::io::Read;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+/// No program here needs more than a fraction of a second; a run that takes
+/// this long is a hang (a deadlock in the shim, say), reported as a failure.
+const RUN_LIMIT: Duration = Duration::from_secs(60);
+
+/// Environment that would change what the shim or the CLI does; the tests
+/// set what they need explicitly.
+const SHIM_ENV: [&str; 4] = ["LD_PRELOAD", "UIOMMUFD_TRACE", "UIOMMUFD_IOMMU", "UIOMMUFD_PRELOAD"];
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().expect("repository root")
+}
+
+/// A directory of our own for this test process, under cargo's temp dir.
+/// Directories left by earlier runs whose process is gone are removed.
+fn work_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let base = Path::new(env!("CARGO_TARGET_TMPDIR")).join("shim-tests");
+        if let Ok(entries) = std::fs::read_dir(&base) {
+            for e in entries.flatten() {
+                let stale = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()).is_some_and(|pid| {
+                    pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists()
+                });
+                if stale {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+        }
+        let dir = base.join(std::process::id().to_string());
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("creating the test work directory");
+        dir
+    })
+}
+
+/// A fresh, empty scratch directory named `name`.
+fn scratch_dir(name: &str) -> PathBuf {
+    let dir = work_dir().join("scratch").join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("creating a scratch directory");
+    dir
+}
+
+/// The C compiler to use: `$CC`, else the first of cc, gcc, clang that runs.
+fn c_compiler() -> Option<&'static OsStr> {
+    static CC: OnceLock<Option<OsString>> = OnceLock::new();
+    CC.get_or_init(|| {
+        let candidates = std::env::var_os("CC").into_iter().chain(["cc", "gcc", "clang"].map(OsString::from));
+        candidates.into_iter().find(|cc| {
+            Command::new(cc)
+                .arg("--version")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        })
+    })
+    .as_deref()
+}
+
+/// Compile `tests/c/<name>.c` (once per test process) and return the
+/// executable, or `None` if there is no C compiler. A compile error fails
+/// the calling test.
+fn compile(name: &'static str) -> Option<PathBuf> {
+    type Built = Mutex<HashMap<&'static str, Arc<OnceLock<PathBuf>>>>;
+    static BUILT: OnceLock<Built> = OnceLock::new();
+    let cc = c_compiler()?;
+    let cell = Arc::clone(BUILT.get_or_init(Default::default).lock().unwrap().entry(name).or_default());
+    let exe = cell.get_or_init(|| {
+        let root = repo_root();
+        let src = root.join("tests/c").join(format!("{name}.c"));
+        let exe = work_dir().join("bin").join(name);
+        std::fs::create_dir_all(exe.parent().unwrap()).unwrap();
+        let out = Command::new(cc)
+            .args(["-std=gnu11", "-Wall", "-Wextra", "-O1", "-g", "-pthread", "-I"])
+            .arg(root.join("include"))
+            .arg("-I")
+            .arg(root.join("tests/c"))
+            .arg("-o")
+            .arg(&exe)
+            .arg(&src)
+            .output()
+            .expect("running the C compiler");
+        let diagnostics = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "compiling {} failed:\n{diagnostics}", src.display());
+        if !diagnostics.trim().is_empty() {
+            eprintln!("warnings compiling {}:\n{diagnostics}", src.display());
+        }
+        exe
+    });
+    Some(exe.clone())
+}
+
+/// The compiled C program `name`, or skip the test (with a note on stderr)
+/// when there is no C compiler.
+macro_rules! c_program {
+    ($name:literal) => {
+        match compile($name) {
+            Some(exe) => exe,
+            None => {
+                eprintln!("skipping: no C compiler found ($CC, cc, gcc, clang) to build tests/c/{}.c", $name);
+                return;
+            }
+        }
+    };
+}
+
+/// `uiommufd run [options] -- program args...`, with a clean environment.
+fn uiommufd_run<S: AsRef<OsStr>>(options: &[&str], program: &[S]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_uiommufd"));
+    cmd.arg("run").args(options).arg("--").args(program);
+    for var in SHIM_ENV {
+        cmd.env_remove(var);
+    }
+    cmd
+}
+
+/// `program args...` run directly, without the shim.
+fn without_shim<S: AsRef<OsStr>>(program: &[S]) -> Command {
+    let mut cmd = Command::new(program[0].as_ref());
+    cmd.args(&program[1..]);
+    for var in SHIM_ENV {
+        cmd.env_remove(var);
+    }
+    cmd
+}
+
+/// What a finished run left behind.
+struct Ran {
+    what: String,
+    /// The pid of the process we started; `uiommufd run` execs the program,
+    /// so it is the program's pid as well.
+    pid: u32,
+    status: ExitStatus,
+    stdout: String,
+    stderr: String,
+}
+
+impl Ran {
+    /// Everything about the run, for assertion messages.
+    fn report(&self) -> String {
+        format!(
+            "{}\n  status: {:?}\n  stdout:\n{}\n  stderr:\n{}",
+            self.what, self.status, self.stdout, self.stderr
+        )
+    }
+
+    /// The run exited 0 after a C program printed `PASS <n> checks`; the
+    /// `PASS` lines (one per process that printed one).
+    fn assert_c_passed(&self) -> Vec<&str> {
+        let passes: Vec<&str> = self.stdout.lines().filter(|l| l.starts_with("PASS ")).collect();
+        assert!(
+            self.status.success() && !passes.is_empty() && !self.stderr.contains("FAIL"),
+            "C program failed: {}",
+            self.report()
+        );
+        passes
+    }
+}
+
+/// Run `cmd` to completion (stdin from /dev/null), failing the test if it
+/// takes longer than [`RUN_LIMIT`].
+fn run(mut cmd: Command) -> Ran {
+    let what = format!("{cmd:?}");
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
+    let pid = child.id();
+    let drain = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            let _ = pipe.read_to_end(&mut buf);
+            String::from_utf8_lossy(&buf).into_owned()
+        })
+    };
+    let stdout = drain(Box::new(child.stdout.take().unwrap()));
+    let stderr = drain(Box::new(child.stderr.take().unwrap()));
+    let deadline = Instant::now() + RUN_LIMIT;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("waiting for the child") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what} did not finish within {RUN_LIMIT:?} (killed)");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    Ran { what, pid, status, stdout: stdout.join().unwrap(), stderr: stderr.join().unwrap() }
+}
+
+/// Assert two outputs are byte-identical, naming the first differing line.
+fn assert_same_text(what: &str, without: &str, with: &str) {
+    if without == with {
+        return;
+    }
+    let (a, b): (Vec<&str>, Vec<&str>) = (without.lines().collect(), with.lines().collect());
+    let i = a.iter().zip(&b).position(|(x, y)| x != y).unwrap_or(a.len().min(b.len()));
+    panic!(
+        "{what} differs under the shim at line {}:\n  without: {:?}\n  with:    {:?}\n--- without the shim:\n{without}\n--- with the shim:\n{with}",
+        i + 1,
+        a.get(i),
+        b.get(i)
+    );
+}
+
+// 1. Transparency.
+
+/// A program that never opens /dev/iommu prints the same results and errnos
+/// (open family, close, dup*, fcntl, ioctl, close_range, closefrom on
+/// files, directories, pipes, /dev/null, and on real files named `iommu`
+/// and `vfio/vfio`) and exits with the same status, with and without the
+/// shim.
+#[test]
+fn program_not_using_iommufd_behaves_identically_under_the_shim() {
+    let exe = c_program!("transparency");
+    let plain = run(without_shim(&[exe.as_os_str(), scratch_dir("transparency-plain").as_os_str()]));
+    let shim = run(uiommufd_run(&[], &[exe.as_os_str(), scratch_dir("transparency-shim").as_os_str()]));
+
+    // The program ran to its end and saw the kernel's answers (it exits 7).
+    assert_eq!(plain.status.code(), Some(7), "{}", plain.report());
+    for expected in [
+        "FIONREAD pipe: 5",
+        "ioctl(pipe, TCGETS)                      -1 ENOTTY",
+        "ioctl(/dev/null, IOMMU_IOAS_ALLOC)       -1 ENOTTY",
+        "read: not an iommu",
+        "done",
+    ] {
+        assert!(plain.stdout.contains(expected), "missing {expected:?}: {}", plain.report());
+    }
+
+    assert_eq!(shim.status.code(), plain.status.code(), "{}", shim.report());
+    assert_same_text("stdout", &plain.stdout, &shim.stdout);
+    assert_same_text("stderr", &plain.stderr, &shim.stderr);
+    assert!(shim.stderr.is_empty(), "{}", shim.report());
+}
+
+/// Ordinary system tools give the same output and status under the shim.
+#[test]
+fn system_tools_behave_identically_under_the_shim() {
+    let cases: &[&[&str]] = &[
+        &["sh", "-c", "echo hi | cat"],
+        &["ls", "-a", "/"],
+        &["sh", "-c", "printf 'b\\na\\nc\\n' | sort -r | tr a-z A-Z; exec 7</dev/null; cat <&7; echo rc=$?"],
+        &["cat", "/nonexistent/uiommufd-test"],
+        &["sh", "-c", "ls -d /dev/null /nonexistent/x; echo ls=$?; exit 5"],
+    ];
+    for argv in cases {
+        let plain = run(without_shim(argv));
+        let shim = run(uiommufd_run(&[], argv));
+        assert!(!plain.stdout.is_empty() || !plain.stderr.is_empty(), "{}", plain.report());
+        assert_eq!(shim.status.code(), plain.status.code(), "{argv:?}:\n{}\nvs\n{}", plain.report(), shim.report());
+        assert_same_text(&format!("stdout of {argv:?}"), &plain.stdout, &shim.stdout);
+        assert_same_text(&format!("stderr of {argv:?}"), &plain.stderr, &shim.stderr);
+    }
+    assert_eq!(run(uiommufd_run(&[], &["sh", "-c", "echo hi | cat"])).stdout, "hi\n");
+}
+
+// 2. /dev/iommu under the shim.
+
+/// open/fstat, IOAS alloc and destroy, ENOTTY/EFAULT/EINVAL/EOPNOTSUPP, the
+/// contexts shared by dup/dup2/dup3/F_DUPFD/F_DUPFD_CLOEXEC and separated by
+/// a second open, EBADF after the last close, numbers reused by the kernel
+/// after close/close_range/closefrom, ENOTDIR/EEXIST open flags, every open
+/// entry point, relative names and /dev/vfio/vfio. See tests/c/iommu_basics.c.
+#[test]
+fn dev_iommu_basics() {
+    let exe = c_program!("iommu_basics");
+    run(uiommufd_run(&[], &[&exe])).assert_c_passed();
+
+    // The same program without the shim cannot get past its first open on
+    // a machine without /dev/iommu: what passed above was the shim's doing.
+    if !Path::new("/dev/iommu").exists() {
+        let plain = run(without_shim(&[&exe]));
+        assert_eq!(plain.status.code(), Some(1), "{}", plain.report());
+        assert!(plain.stderr.contains("errno=ENOENT"), "{}", plain.report());
+    }
+}
+
+// 3. close-on-exec.
+
+/// Served descriptors marked close-on-exec (O_CLOEXEC, F_DUPFD_CLOEXEC,
+/// dup3(O_CLOEXEC), FIOCLEX, F_SETFD, close_range(CLOEXEC)) are gone after
+/// exec; the others survive as open descriptors. The exec'd image has a
+/// working shim, and the parent's descriptors are unaffected.
+#[test]
+fn close_on_exec_of_served_descriptors() {
+    let exe = c_program!("cloexec");
+    let ran = run(uiommufd_run(&[], &[&exe]));
+    let passes = ran.assert_c_passed();
+    assert_eq!(passes.len(), 2, "the exec'd checker and the parent both pass: {}", ran.report());
+}
+
+// 4. Threads.
+
+/// 8 threads each allocate/destroy 1000 IOAS on their own context while
+/// duplicating and closing its descriptors, and another thread churns
+/// pipes: every ID and every FIONREAD is exactly right, nothing crashes.
+#[test]
+fn threads_share_the_descriptor_table() {
+    let exe = c_program!("threads");
+    let ran = run(uiommufd_run(&[], &[&exe]));
+    ran.assert_c_passed();
+    assert!(ran.stdout.contains("pipe rounds > 0"), "{}", ran.report());
+}
+
+// 5. fork.
+
+/// A forked child drives its inherited descriptor and exits 0; the parent's
+/// context does not see the child's changes (today the child works on a
+/// private copy, see tests/c/fork.c). Repeated forks while another thread
+/// issues ioctls on the same context leave the child's shim usable.
+#[test]
+fn fork_child_uses_inherited_descriptor() {
+    let exe = c_program!("fork");
+    run(uiommufd_run(&[], &[&exe])).assert_c_passed();
+}
+
+// 6. Tracing and the IOMMU model.
+
+/// `--trace` prints one line per served ioctl, with the ioctl's name (or
+/// number) and the errno name of a failure; ioctls on other descriptors are
+/// not traced, and nothing is printed without tracing.
+#[test]
+fn trace_prints_one_line_per_served_ioctl() {
+    let exe = c_program!("trace");
+    let ran = run(uiommufd_run(&["--trace"], &[&exe]));
+    ran.assert_c_passed();
+    let fd: i32 = ran
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("fd "))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no fd line: {}", ran.report()));
+
+    let prefix = format!("uiommufd[{}]: ", ran.pid);
+    for line in ran.stderr.lines() {
+        assert!(line.starts_with(&prefix), "stray stderr line {line:?}: {}", ran.report());
+    }
+    let ioctls: Vec<&str> = ran
+        .stderr
+        .lines()
+        .filter_map(|l| l.strip_prefix(&prefix))
+        .filter(|l| l.starts_with("ioctl("))
+        .collect();
+    let expected = [
+        "IOMMU_IOAS_ALLOC) = 0",
+        "IOMMU_IOAS_ALLOC) = 0",
+        "IOMMU_DESTROY) = 0",
+        "IOMMU_DESTROY) = -1 ENOENT",
+        "0x3b7f) = -1 ENOTTY",
+        "IOMMU_IOAS_ALLOC) = -1 EFAULT",
+    ];
+    assert_eq!(ioctls.len(), expected.len(), "one line per served ioctl: {}", ran.report());
+    for (line, want) in ioctls.iter().zip(expected) {
+        let want = format!("ioctl({fd} iommufd, {want}");
+        assert!(line.starts_with(&want), "trace line {line:?} should start with {want:?}");
+    }
+
+    // The same through the environment variable alone.
+    let mut cmd = uiommufd_run(&[], &[&exe]);
+    cmd.env("UIOMMUFD_TRACE", "1");
+    let by_env = run(cmd);
+    by_env.assert_c_passed();
+    assert_eq!(by_env.stderr.lines().filter(|l| l.contains(": ioctl(")).count(), expected.len(), "{}", by_env.report());
+
+    // And nothing at all without tracing.
+    let quiet = run(uiommufd_run(&[], &[&exe]));
+    quiet.assert_c_passed();
+    assert!(quiet.stderr.is_empty(), "{}", quiet.report());
+}
+
+/// An `UIOMMUFD_IOMMU` that names no model makes opening a served node fail
+/// with ENODEV (and says why under --trace); other files are unaffected;
+/// `mock` and the empty string select the mock IOMMU.
+///
+/// `uiommufd run` sets the variable from `--iommu` (default `mock`), so the
+/// program sets it itself through env(1), as a user program could.
+#[test]
+fn unknown_iommu_model_makes_open_fail_enodev() {
+    let exe = c_program!("open_expect");
+    let under_model = |model: &str, path: &OsStr, expect: &str| {
+        let var = format!("UIOMMUFD_IOMMU={model}");
+        run(uiommufd_run(&[], &[OsStr::new("env"), OsStr::new(&var), exe.as_os_str(), path, OsStr::new(expect)]))
+    };
+    under_model("bogus", OsStr::new("/dev/iommu"), "ENODEV").assert_c_passed();
+    under_model("bogus", OsStr::new("/dev/vfio/vfio"), "ENODEV").assert_c_passed();
+    let file = scratch_dir("model").join("iommu");
+    std::fs::write(&file, b"a regular file").unwrap();
+    under_model("bogus", file.as_os_str(), "plain").assert_c_passed();
+    under_model("mock", OsStr::new("/dev/iommu"), "iommufd").assert_c_passed();
+    under_model("", OsStr::new("/dev/iommu"), "iommufd").assert_c_passed();
+
+    let traced = run(uiommufd_run(
+        &["--trace"],
+        &[OsStr::new("env"), OsStr::new("UIOMMUFD_IOMMU=bogus"), exe.as_os_str(), OsStr::new("/dev/iommu"), OsStr::new("ENODEV")],
+    ));
+    traced.assert_c_passed();
+    assert!(traced.stderr.contains("UIOMMUFD_IOMMU names no known model"), "{}", traced.report());
+}
+
+// 7. The program's exit status, and failures of `uiommufd run` itself.
+
+/// The program's exit status, or the signal that killed it, is what
+/// `uiommufd run` reports.
+#[test]
+fn exit_status_is_passed_through() {
+    for code in [0, 1, 3, 42, 255] {
+        let ran = run(uiommufd_run(&[], &["sh", "-c", &format!("exit {code}")]));
+        assert_eq!(ran.status.code(), Some(code), "{}", ran.report());
+    }
+    let killed = run(uiommufd_run(&[], &["sh", "-c", "kill -TERM $$"]));
+    assert_eq!(killed.status.signal(), Some(15), "{}", killed.report());
+}
+
+/// A program that cannot be run, a missing program argument and a missing
+/// shim each give a clear message and a non-zero status (and run nothing).
+#[test]
+fn run_failures_are_reported() {
+    let missing = "/nonexistent/uiommufd-no-such-program";
+    let ran = run(uiommufd_run(&[], &[missing, "arg"]));
+    assert!(!ran.status.success() && ran.status.code().is_some(), "{}", ran.report());
+    assert!(ran.stderr.contains(&format!("cannot run {missing}")), "{}", ran.report());
+    assert!(ran.stderr.contains("No such file or directory"), "{}", ran.report());
+    assert!(ran.stdout.is_empty(), "{}", ran.report());
+
+    let not_on_path = run(uiommufd_run(&[], &["uiommufd-no-such-program-on-path"]));
+    assert!(!not_on_path.status.success(), "{}", not_on_path.report());
+    assert!(not_on_path.stderr.contains("cannot run uiommufd-no-such-program-on-path"), "{}", not_on_path.report());
+
+    let not_executable = scratch_dir("run-failures").join("not-executable");
+    std::fs::write(&not_executable, "#!/bin/sh\necho ran\n").unwrap();
+    let ran = run(uiommufd_run(&[], &[&not_executable]));
+    assert!(!ran.status.success(), "{}", ran.report());
+    assert!(ran.stderr.contains("Permission denied"), "{}", ran.report());
+    assert!(ran.stdout.is_empty(), "{}", ran.report());
+
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_uiommufd"));
+    cmd.arg("run");
+    let no_program = run(cmd);
+    assert!(!no_program.status.success(), "{}", no_program.report());
+    assert!(no_program.stderr.contains("PROGRAM"), "{}", no_program.report());
+
+    let mut cmd = uiommufd_run(&[], &["sh", "-c", "echo ran"]);
+    cmd.env("UIOMMUFD_PRELOAD", "/nonexistent/libuiommufd_preload.so");
+    let no_shim = run(cmd);
+    assert!(!no_shim.status.success(), "{}", no_shim.report());
+    assert!(no_shim.stderr.contains("/nonexistent/libuiommufd_preload.so"), "{}", no_shim.report());
+    assert!(no_shim.stdout.is_empty(), "{}", no_shim.report());
+}

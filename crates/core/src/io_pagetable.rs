@@ -1,0 +1,943 @@
+//! The IOVA → user memory map of an IOAS (`io_pagetable.c`).
+//!
+//! Model. An [`IoPagetable`] holds *areas*: disjoint IOVA ranges, each a
+//! byte slice of one [`Pages`]. Every attached domain maps exactly the areas
+//! (mirrors them); accesses read the same pages. IOVA not covered by an area
+//! is unmapped everywhere. On top of that:
+//! - *reserved* ranges (device reserved regions, domain apertures, the
+//!   selftest's ADD_RESERVED) may never hold an area;
+//! - *allowed* ranges (`IOMMU_IOAS_ALLOW_IOVAS`), when set, bound automatic
+//!   IOVA allocation and may never be reserved;
+//! - `iova_alignment` is the largest minimum page size of any domain or
+//!   access (`PAGE_SIZE` when large pages are disabled); every area's IOVA,
+//!   length and page offset are multiples of it.
+//!
+//! Locking (the kernel's `domains_rwsem -> iova_rwsem -> pages::mutex`):
+//! `domains` is held for writing to attach or detach a domain and for
+//! reading while an area is filled into the domains; `iova` protects the
+//! area tree and the ranges. An area whose `pages` is `None` is being built
+//! or torn down: other threads treat it as busy. Domains are filled without
+//! the `iova` lock, so concurrent maps of different ranges proceed in
+//! parallel.
+//!
+//! Ranges: `last` is inclusive. IOVA may go up to `u64::MAX`, so `last + 1`
+//! is only computed where it cannot overflow (checked otherwise).
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak};
+
+use uiommufd_hw::{self as hw, Domain, Prot};
+
+use crate::error::{ebusy, eexist, einval, enoent, enospc, eoverflow, eperm, Error, Result};
+use crate::pages::{page_size, Pages, PfnRun};
+use crate::Errno;
+
+/// Who put a reserved range in place; removing by owner undoes exactly it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Owner {
+    /// `IOMMU_TEST_OP_ADD_RESERVED` (kept until the IOAS goes).
+    Test,
+    /// The aperture of an attached domain.
+    Domain(u64),
+    /// Reserved regions of a device attached through this IOAS.
+    Device(u64),
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Reserved {
+    start: u64,
+    last: u64,
+    owner: Owner,
+}
+
+#[derive(Debug)]
+struct Area {
+    last: u64,
+    /// `None` while the area is being set up or torn down.
+    pages: Option<Arc<Pages>>,
+    /// Offset of the area's first byte within `pages`.
+    start_byte: u64,
+    prot: Prot,
+    /// Outstanding access pins in this area.
+    num_accesses: u32,
+    /// An unmap is waiting for accesses to let go.
+    prevent_access: bool,
+}
+
+impl Area {
+    fn len(&self, iova: u64) -> u64 {
+        self.last - iova + 1
+    }
+    /// Page index range `[first, last]` of `pages` the area covers.
+    fn index_range(&self, iova: u64) -> (u64, u64) {
+        let ps = page_size();
+        (self.start_byte / ps, (self.start_byte + self.len(iova) - 1) / ps)
+    }
+}
+
+/// An attached domain.
+#[derive(Clone)]
+pub struct DomainEntry {
+    /// Identity of the attachment (also the reserved-range owner).
+    pub token: u64,
+    pub domain: Arc<dyn Domain>,
+}
+
+/// Something that pins pages of this IOAS and must let go before an unmap
+/// completes (`iommufd_access_ops::unmap`).
+pub trait UnmapNotify: Send + Sync {
+    fn unmap(&self, iova: u64, length: u64);
+}
+
+struct Iova {
+    areas: BTreeMap<u64, Area>,
+    reserved: Vec<Reserved>,
+    allowed: Vec<(u64, u64)>,
+    iova_alignment: u64,
+    disable_large_pages: bool,
+    /// Registered accesses: token -> (their alignment, who to notify).
+    accesses: BTreeMap<u64, (u64, Weak<dyn UnmapNotify>)>,
+}
+
+/// One piece of a list of pages to map (`struct iopt_pages_list`).
+#[derive(Clone, Debug)]
+pub struct PagesSlice {
+    pub pages: Arc<Pages>,
+    pub start_byte: u64,
+    pub length: u64,
+}
+
+/// `struct io_pagetable`.
+pub struct IoPagetable {
+    domains: RwLock<Vec<DomainEntry>>,
+    iova: RwLock<Iova>,
+}
+
+static NEXT_TOKEN: AtomicU64 = AtomicU64::new(1);
+
+/// A fresh identity for domains, devices and accesses.
+pub fn new_token() -> u64 {
+    NEXT_TOKEN.fetch_add(1, Ordering::Relaxed)
+}
+
+fn overlaps(a_start: u64, a_last: u64, b_start: u64, b_last: u64) -> bool {
+    a_start <= b_last && b_start <= a_last
+}
+
+impl Iova {
+    fn area_overlapping(&self, start: u64, last: u64) -> Option<u64> {
+        if let Some((&iova, a)) = self.areas.range(..=start).next_back() {
+            if a.last >= start {
+                return Some(iova);
+            }
+        }
+        self.areas.range(start..=last).next().map(|(&k, _)| k)
+    }
+
+    fn reserved_overlapping(&self, start: u64, last: u64) -> bool {
+        self.reserved.iter().any(|r| overlaps(r.start, r.last, start, last))
+    }
+
+    fn allowed_overlapping(&self, start: u64, last: u64) -> bool {
+        self.allowed.iter().any(|&(s, l)| overlaps(s, l, start, last))
+    }
+
+    /// `iopt_check_iova`.
+    fn check_iova(&self, iova: u64, length: u64) -> Result<()> {
+        if iova & (self.iova_alignment - 1) != 0 {
+            return Err(einval("IOVA is not aligned to the IOAS alignment"));
+        }
+        let last = iova.checked_add(length - 1).ok_or(eoverflow("IOVA range wraps"))?;
+        if self.reserved_overlapping(iova, last) {
+            return Err(einval("IOVA range intersects a reserved range"));
+        }
+        if self.area_overlapping(iova, last).is_some() {
+            return Err(eexist("IOVA range is already mapped"));
+        }
+        Ok(())
+    }
+
+    /// Spans of `[from, to]` not covered by reserved ranges or areas.
+    fn free_spans(&self, from: u64, to: u64) -> Vec<(u64, u64)> {
+        let mut used: Vec<(u64, u64)> = self.reserved.iter().map(|r| (r.start, r.last)).collect();
+        used.extend(self.areas.iter().map(|(&s, a)| (s, a.last)));
+        holes_of(used, from, to)
+    }
+
+    /// `iopt_alloc_iova`: find IOVA for `length` bytes of memory that starts
+    /// at user address `uptr` (0 if unknown).
+    fn alloc_iova(&self, uptr: u64, length: u64) -> Result<u64> {
+        let ps = page_size();
+        if length == 0 || length >= u64::MAX / 2 {
+            return Err(eoverflow("length too large to place"));
+        }
+        let page_offset = uptr % ps;
+        let pow = length.next_power_of_two();
+        let mut align = if uptr == 0 { pow } else { pow.min(1u64 << uptr.trailing_zeros()) };
+        // Like the kernel with transparent huge pages: prefer IOVA aligned as
+        // the user VA is, up to a PMD.
+        let max_align = huge_page_size();
+        if align >= max_align {
+            align = max_align;
+        }
+        if align < self.iova_alignment {
+            return Err(einval("user address alignment is below the IOAS alignment"));
+        }
+        let allowed: Vec<(u64, u64)> =
+            if self.allowed.is_empty() { vec![(ps, u64::MAX - ps)] } else { sorted_spans(&self.allowed, ps, u64::MAX - ps) };
+        for (mut s, l) in allowed {
+            if !check_range(&mut s, l, length, align, page_offset) {
+                continue;
+            }
+            for (mut hs, hl) in self.free_spans(s, l) {
+                if check_range(&mut hs, hl, length, align, page_offset) {
+                    return Ok(hs);
+                }
+            }
+        }
+        Err(enospc("no free IOVA range fits"))
+    }
+
+    /// The alignment all domains and accesses require (`iopt_calculate_iova_alignment`).
+    fn required_alignment(&self, domains: &[DomainEntry]) -> u64 {
+        let mut a = if self.disable_large_pages { page_size() } else { 1 };
+        for d in domains {
+            a = a.max(min_pgsize(d.domain.pgsize_bitmap()));
+        }
+        for (al, _) in self.accesses.values() {
+            a = a.max(*al);
+        }
+        a
+    }
+
+    /// `iopt_check_iova_alignment`: every area conforms to `align`.
+    fn check_alignment(&self, align: u64) -> Result<()> {
+        let mask = align - 1;
+        for (&iova, a) in &self.areas {
+            if iova & mask != 0 || a.len(iova) & mask != 0 || (a.start_byte % page_size()) & mask != 0 {
+                return Err(Error::new(Errno::EADDRINUSE, "an existing mapping breaks the new alignment"));
+            }
+        }
+        Ok(())
+    }
+
+    fn recalc_alignment(&mut self, domains: &[DomainEntry]) -> Result<()> {
+        let new = self.required_alignment(domains);
+        if new > self.iova_alignment {
+            self.check_alignment(new)?;
+        }
+        self.iova_alignment = new;
+        Ok(())
+    }
+}
+
+/// `__alloc_iova_check_range`.
+fn check_range(start: &mut u64, last: u64, length: u64, align: u64, page_offset: u64) -> bool {
+    let Some(up) = start.checked_add(align - 1) else { return false };
+    let aligned = (up & !(align - 1)) | page_offset;
+    if aligned >= last || last - aligned < length - 1 {
+        return false;
+    }
+    *start = aligned;
+    true
+}
+
+/// The uncovered parts of `[from, to]` given possibly overlapping `used`.
+fn holes_of(mut used: Vec<(u64, u64)>, from: u64, to: u64) -> Vec<(u64, u64)> {
+    used.sort_unstable();
+    let mut out = Vec::new();
+    let mut cur = from;
+    let mut done = false;
+    for (s, l) in used {
+        if l < cur || done {
+            continue;
+        }
+        if s > to {
+            break;
+        }
+        if s > cur {
+            out.push((cur, s - 1));
+        }
+        match l.checked_add(1) {
+            Some(n) if l < to => cur = cur.max(n),
+            _ => done = true,
+        }
+    }
+    if !done && cur <= to {
+        out.push((cur, to));
+    }
+    out
+}
+
+/// Union of `spans`, clipped to `[from, to]`, in order.
+fn sorted_spans(spans: &[(u64, u64)], from: u64, to: u64) -> Vec<(u64, u64)> {
+    let holes = holes_of(spans.to_vec(), from, to);
+    holes_of(holes, from, to)
+}
+
+fn min_pgsize(bitmap: u64) -> u64 {
+    if bitmap == 0 {
+        page_size()
+    } else {
+        1 << bitmap.trailing_zeros()
+    }
+}
+
+/// The PMD size the kernel's THP would use (`HPAGE_SIZE`).
+fn huge_page_size() -> u64 {
+    512 * page_size()
+}
+
+fn lock_read<T>(l: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(|p| p.into_inner())
+}
+
+fn lock_write<T>(l: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Default for IoPagetable {
+    fn default() -> Self {
+        IoPagetable {
+            domains: RwLock::new(Vec::new()),
+            iova: RwLock::new(Iova {
+                areas: BTreeMap::new(),
+                reserved: Vec::new(),
+                allowed: Vec::new(),
+                iova_alignment: 1,
+                disable_large_pages: false,
+                accesses: BTreeMap::new(),
+            }),
+        }
+    }
+}
+
+/// Map the pinned frames `runs` of an area (IOVA `iova`, pages from byte
+/// `start_byte`, `len` bytes) into `domain`.
+fn map_runs(domain: &dyn Domain, iova: u64, start_byte: u64, len: u64, runs: &[PfnRun], prot: Prot, max_pgsize: u64) -> Result<()> {
+    let ps = page_size();
+    let end_byte = start_byte + len;
+    let mut mapped = 0u64;
+    for r in runs {
+        let b0 = (r.index * ps).max(start_byte);
+        let b1 = ((r.index + r.npages) * ps).min(end_byte);
+        if b0 >= b1 {
+            continue;
+        }
+        let at = iova + (b0 - start_byte);
+        let pa = r.pfn * ps + (b0 - r.index * ps);
+        if let Err(e) = hw::map(domain, at, pa, b1 - b0, prot, max_pgsize) {
+            if mapped != 0 {
+                hw::unmap(domain, iova, mapped, 0);
+            }
+            return Err(Error::new(e, "mapping into the IOMMU domain"));
+        }
+        mapped = b1 - start_byte;
+    }
+    Ok(())
+}
+
+impl IoPagetable {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn max_pgsize(st: &Iova) -> u64 {
+        if st.disable_large_pages {
+            page_size()
+        } else {
+            0
+        }
+    }
+
+    /// Fill one area into one domain: take a user of its pages, map them.
+    fn fill_area(domain: &dyn Domain, iova: u64, area: &Area, pages: &Pages, max_pgsize: u64) -> Result<()> {
+        let (first, last) = area.index_range(iova);
+        let runs = pages.add_user(first, last)?;
+        if let Err(e) = map_runs(domain, iova, area.start_byte, area.len(iova), &runs, area.prot, max_pgsize) {
+            pages.remove_user(first, last);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    fn unfill_area(domain: &dyn Domain, iova: u64, area: &Area, pages: &Pages) {
+        let (first, last) = area.index_range(iova);
+        hw::unmap(domain, iova, area.len(iova), 0);
+        pages.remove_user(first, last);
+    }
+
+    /// `iopt_map_user_pages`: map `length` bytes of user memory at `uptr`.
+    /// With `iova` `None` the IOVA is chosen (and returned).
+    pub fn map_user(&self, uptr: u64, length: u64, iova: Option<u64>, prot: Prot, mode: crate::account::AccountMode) -> Result<u64> {
+        let pages = Arc::new(Pages::new(uptr, length, prot.contains(Prot::WRITE), mode)?);
+        let start_byte = uptr - pages.uptr();
+        self.map_pages(vec![PagesSlice { pages, start_byte, length }], length, iova, prot)
+    }
+
+    /// `iopt_map_pages`: map a list of page slices back to back.
+    pub fn map_pages(&self, list: Vec<PagesSlice>, length: u64, iova: Option<u64>, prot: Prot) -> Result<u64> {
+        // 1. Reserve the IOVA with placeholder areas.
+        let start = {
+            let mut st = lock_write(&self.iova);
+            if length & (st.iova_alignment - 1) != 0 || length == 0 {
+                return Err(einval("length is zero or not aligned to the IOAS alignment"));
+            }
+            let start = match iova {
+                None => {
+                    let first = &list[0];
+                    st.alloc_iova(first.pages.uptr() + first.start_byte, length)?
+                }
+                Some(v) => {
+                    st.check_iova(v, length)?;
+                    v
+                }
+            };
+            let mut at = start;
+            let mut inserted = Vec::new();
+            for elm in &list {
+                let r = (|| {
+                    if prot.contains(Prot::WRITE) && !elm.pages.writable() {
+                        return Err(eperm("pages are not writable"));
+                    }
+                    if (elm.start_byte % page_size()) & (st.iova_alignment - 1) != 0 {
+                        return Err(einval("page offset breaks the IOAS alignment"));
+                    }
+                    let last = at.checked_add(elm.length - 1).ok_or(eoverflow("IOVA range wraps"))?;
+                    elm.start_byte.checked_add(elm.length - 1).ok_or(eoverflow("page range wraps"))?;
+                    Ok(last)
+                })();
+                match r {
+                    Ok(last) => {
+                        st.areas.insert(
+                            at,
+                            Area { last, pages: None, start_byte: elm.start_byte, prot, num_accesses: 0, prevent_access: false },
+                        );
+                        inserted.push(at);
+                        at = last.wrapping_add(1);
+                    }
+                    Err(e) => {
+                        for k in inserted {
+                            st.areas.remove(&k);
+                        }
+                        return Err(e);
+                    }
+                }
+            }
+            start
+        };
+        // 2. Fill every domain.
+        let domains = lock_read(&self.domains);
+        let (max_pgsize, keys) = {
+            let st = lock_read(&self.iova);
+            let mut keys = Vec::new();
+            let mut at = start;
+            for elm in &list {
+                keys.push(at);
+                at = at.wrapping_add(elm.length);
+            }
+            (Self::max_pgsize(&st), keys)
+        };
+        let mut filled: Vec<(usize, usize)> = Vec::new();
+        let mut failure = None;
+        'outer: for (i, elm) in list.iter().enumerate() {
+            let area = Area {
+                last: keys[i] + elm.length - 1,
+                pages: None,
+                start_byte: elm.start_byte,
+                prot,
+                num_accesses: 0,
+                prevent_access: false,
+            };
+            for (j, d) in domains.iter().enumerate() {
+                if let Err(e) = Self::fill_area(d.domain.as_ref(), keys[i], &area, &elm.pages, max_pgsize) {
+                    failure = Some(e);
+                    break 'outer;
+                }
+                filled.push((i, j));
+            }
+        }
+        if let Some(e) = failure {
+            for (i, j) in filled {
+                let elm = &list[i];
+                let area = Area {
+                    last: keys[i] + elm.length - 1,
+                    pages: None,
+                    start_byte: elm.start_byte,
+                    prot,
+                    num_accesses: 0,
+                    prevent_access: false,
+                };
+                Self::unfill_area(domains[j].domain.as_ref(), keys[i], &area, &elm.pages);
+            }
+            let mut st = lock_write(&self.iova);
+            for k in keys {
+                st.areas.remove(&k);
+            }
+            return Err(e);
+        }
+        // 3. Publish: the pages move into the areas while domains are still
+        // read-locked, so a domain attached later sees them filled.
+        let mut st = lock_write(&self.iova);
+        for (k, elm) in keys.into_iter().zip(list) {
+            if let Some(a) = st.areas.get_mut(&k) {
+                a.pages = Some(elm.pages);
+            }
+        }
+        drop(st);
+        drop(domains);
+        Ok(start)
+    }
+
+    /// `iopt_get_pages`: the page slices behind `[iova, iova + length)`,
+    /// which must be covered by contiguous areas.
+    pub fn get_pages(&self, iova: u64, length: u64) -> Result<Vec<PagesSlice>> {
+        if length == 0 {
+            return Err(einval("length is zero"));
+        }
+        let last = iova.checked_add(length - 1).ok_or(eoverflow("IOVA range wraps"))?;
+        let st = lock_read(&self.iova);
+        let mut out = Vec::new();
+        let mut cur = iova;
+        loop {
+            let Some((&a_iova, a)) = st.areas.range(..=cur).next_back() else {
+                return Err(enoent("IOVA range is not fully mapped"));
+            };
+            let Some(pages) = a.pages.as_ref().filter(|_| a.last >= cur) else {
+                return Err(enoent("IOVA range is not fully mapped"));
+            };
+            let piece_last = a.last.min(last);
+            out.push(PagesSlice {
+                pages: Arc::clone(pages),
+                start_byte: a.start_byte + (cur - a_iova),
+                length: piece_last - cur + 1,
+            });
+            if piece_last == last {
+                return Ok(out);
+            }
+            cur = piece_last + 1;
+        }
+    }
+
+    /// `iopt_unmap_iova`: remove every area inside `[iova, iova + length)`;
+    /// an area only partly inside makes it fail with `ENOENT`. Returns the
+    /// bytes unmapped (also on failure, what was unmapped before it).
+    pub fn unmap(&self, iova: u64, length: u64) -> (Result<()>, u64) {
+        if length == 0 {
+            return (Err(einval("length is zero")), 0);
+        }
+        let Some(last) = iova.checked_add(length - 1) else {
+            return (Err(eoverflow("IOVA range wraps")), 0);
+        };
+        self.unmap_range(iova, last)
+    }
+
+    /// `iopt_unmap_all`.
+    pub fn unmap_all(&self) -> (Result<()>, u64) {
+        self.unmap_range(0, u64::MAX)
+    }
+
+    fn unmap_range(&self, mut start: u64, last: u64) -> (Result<()>, u64) {
+        let mut unmapped = 0u64;
+        let mut tries = 0u32;
+        loop {
+            let domains = lock_read(&self.domains);
+            let mut st = lock_write(&self.iova);
+            let Some(a_iova) = st.area_overlapping(start, last) else { return (Ok(()), unmapped) };
+            let area = st.areas.get_mut(&a_iova).expect("found");
+            if area.pages.is_none() {
+                return (Err(ebusy("the range is being mapped or unmapped concurrently")), unmapped);
+            }
+            if a_iova < start || area.last > last {
+                return (Err(enoent("an area crosses the edge of the range")), unmapped);
+            }
+            if a_iova != start {
+                tries = 0;
+            }
+            if area.num_accesses != 0 {
+                area.prevent_access = true;
+                let len = area.len(a_iova);
+                start = a_iova;
+                let notify: Vec<Arc<dyn UnmapNotify>> = st.accesses.values().filter_map(|(_, w)| w.upgrade()).collect();
+                drop(st);
+                drop(domains);
+                for n in notify {
+                    n.unmap(a_iova, len);
+                }
+                tries += 1;
+                if tries > 100 {
+                    return (Err(Error::new(Errno::EDEADLK, "an access does not release its pages")), unmapped);
+                }
+                continue;
+            }
+            let pages = area.pages.take().expect("checked");
+            let area_last = area.last;
+            // Tear down outside the iova lock; the placeholder keeps the
+            // range busy meanwhile.
+            let view = Area {
+                last: area.last,
+                pages: None,
+                start_byte: area.start_byte,
+                prot: area.prot,
+                num_accesses: 0,
+                prevent_access: false,
+            };
+            drop(st);
+            for d in domains.iter() {
+                Self::unfill_area(d.domain.as_ref(), a_iova, &view, &pages);
+            }
+            let mut st = lock_write(&self.iova);
+            st.areas.remove(&a_iova);
+            drop(st);
+            drop(domains);
+            drop(pages);
+            unmapped += area_last - a_iova + 1;
+            if area_last >= last {
+                return (Ok(()), unmapped);
+            }
+            start = area_last + 1;
+        }
+    }
+
+    /// `iopt_table_add_domain`: fill `domain` with every area and start
+    /// keeping it in sync. On failure the domain is left untouched.
+    pub fn add_domain(&self, token: u64, domain: Arc<dyn Domain>) -> Result<()> {
+        let mut domains = lock_write(&self.domains);
+        let mut st = lock_write(&self.iova);
+        let ps = page_size();
+        let new_align = min_pgsize(domain.pgsize_bitmap()).max(st.iova_alignment);
+        if new_align > ps {
+            return Err(einval("domain cannot map PAGE_SIZE"));
+        }
+        if new_align != st.iova_alignment {
+            st.check_alignment(new_align)?;
+        }
+        let ap = domain.aperture();
+        let owner = Owner::Domain(token);
+        let reserve = |st: &mut Iova, s: u64, l: u64| -> Result<()> {
+            if st.area_overlapping(s, l).is_some() || st.allowed_overlapping(s, l) {
+                return Err(Error::new(Errno::EADDRINUSE, "domain aperture excludes mapped or allowed IOVA"));
+            }
+            st.reserved.push(Reserved { start: s, last: l, owner });
+            Ok(())
+        };
+        let r = (|| {
+            if ap.start != 0 {
+                reserve(&mut st, 0, ap.start - 1)?;
+            }
+            if ap.last != u64::MAX {
+                reserve(&mut st, ap.last + 1, u64::MAX)?;
+            }
+            Ok(())
+        })();
+        if let Err(e) = r {
+            st.reserved.retain(|r| r.owner != owner);
+            return Err(e);
+        }
+        let max_pgsize = Self::max_pgsize(&st);
+        let keys: Vec<u64> = st.areas.iter().filter(|(_, a)| a.pages.is_some()).map(|(&k, _)| k).collect();
+        let mut done = Vec::new();
+        for k in keys {
+            let a = &st.areas[&k];
+            let pages = a.pages.as_ref().expect("filtered");
+            if let Err(e) = Self::fill_area(domain.as_ref(), k, a, pages, max_pgsize) {
+                for d in done {
+                    let a = &st.areas[&d];
+                    Self::unfill_area(domain.as_ref(), d, a, a.pages.as_ref().expect("filled"));
+                }
+                st.reserved.retain(|r| r.owner != owner);
+                return Err(e);
+            }
+            done.push(k);
+        }
+        st.iova_alignment = new_align;
+        domains.push(DomainEntry { token, domain });
+        Ok(())
+    }
+
+    /// `iopt_table_remove_domain`.
+    pub fn remove_domain(&self, token: u64) {
+        let mut domains = lock_write(&self.domains);
+        let mut st = lock_write(&self.iova);
+        let Some(pos) = domains.iter().position(|d| d.token == token) else { return };
+        let entry = domains.swap_remove(pos);
+        for (&k, a) in &st.areas {
+            if let Some(p) = &a.pages {
+                Self::unfill_area(entry.domain.as_ref(), k, a, p);
+            }
+        }
+        st.reserved.retain(|r| r.owner != Owner::Domain(token));
+        let _ = st.recalc_alignment(&domains);
+    }
+
+    /// Attached domains.
+    pub fn domains(&self) -> Vec<DomainEntry> {
+        lock_read(&self.domains).clone()
+    }
+
+    /// `IOMMU_IOAS_IOVA_RANGES`: the holes between reserved ranges, and the
+    /// alignment.
+    pub fn iova_ranges(&self) -> (Vec<(u64, u64)>, u64) {
+        let st = lock_read(&self.iova);
+        let used: Vec<(u64, u64)> = st.reserved.iter().map(|r| (r.start, r.last)).collect();
+        (holes_of(used, 0, u64::MAX), st.iova_alignment)
+    }
+
+    pub fn iova_alignment(&self) -> u64 {
+        lock_read(&self.iova).iova_alignment
+    }
+
+    /// `iopt_set_allow_iova`: replace the allowed list. Ranges must not
+    /// intersect reserved ones (`EADDRINUSE`).
+    pub fn set_allowed(&self, ranges: Vec<(u64, u64)>) -> Result<()> {
+        let mut st = lock_write(&self.iova);
+        for &(s, l) in &ranges {
+            if st.reserved_overlapping(s, l) {
+                return Err(Error::new(Errno::EADDRINUSE, "allowed range intersects a reserved range"));
+            }
+        }
+        st.allowed = ranges;
+        Ok(())
+    }
+
+    /// `iopt_reserve_iova`.
+    pub fn reserve(&self, start: u64, last: u64, owner: Owner) -> Result<()> {
+        let mut st = lock_write(&self.iova);
+        if st.area_overlapping(start, last).is_some() || st.allowed_overlapping(start, last) {
+            return Err(Error::new(Errno::EADDRINUSE, "range is mapped or allowed"));
+        }
+        st.reserved.push(Reserved { start, last, owner });
+        Ok(())
+    }
+
+    /// Reserve several ranges for `owner`, all or none.
+    pub fn reserve_all(&self, ranges: &[(u64, u64)], owner: Owner) -> Result<()> {
+        let mut st = lock_write(&self.iova);
+        for &(s, l) in ranges {
+            if st.area_overlapping(s, l).is_some() || st.allowed_overlapping(s, l) {
+                st.reserved.retain(|r| r.owner != owner);
+                return Err(Error::new(Errno::EADDRINUSE, "reserved region is mapped or allowed"));
+            }
+            st.reserved.push(Reserved { start: s, last: l, owner });
+        }
+        Ok(())
+    }
+
+    /// `iopt_remove_reserved_iova`.
+    pub fn remove_reserved(&self, owner: Owner) {
+        lock_write(&self.iova).reserved.retain(|r| r.owner != owner);
+    }
+
+    /// `IOMMU_OPTION_HUGE_PAGES` get.
+    pub fn large_pages(&self) -> bool {
+        !lock_read(&self.iova).disable_large_pages
+    }
+
+    /// `iopt_disable_large_pages` / `iopt_enable_large_pages`.
+    pub fn set_large_pages(&self, enable: bool) -> Result<()> {
+        let domains = lock_write(&self.domains);
+        let mut st = lock_write(&self.iova);
+        if enable {
+            st.disable_large_pages = false;
+            let _ = st.recalc_alignment(&domains);
+            return Ok(());
+        }
+        if st.disable_large_pages {
+            return Ok(());
+        }
+        if !domains.is_empty() && !st.areas.is_empty() {
+            return Err(einval("domains already hold mappings"));
+        }
+        st.disable_large_pages = true;
+        if let Err(e) = st.recalc_alignment(&domains) {
+            st.disable_large_pages = false;
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// `iopt_add_access`: register an access needing `align`.
+    pub fn add_access(&self, token: u64, align: u64, notify: Weak<dyn UnmapNotify>) -> Result<()> {
+        let domains = lock_read(&self.domains);
+        let mut st = lock_write(&self.iova);
+        st.accesses.insert(token, (align, notify));
+        if let Err(e) = st.recalc_alignment(&domains) {
+            st.accesses.remove(&token);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// `iopt_remove_access`.
+    pub fn remove_access(&self, token: u64) {
+        let domains = lock_read(&self.domains);
+        let mut st = lock_write(&self.iova);
+        st.accesses.remove(&token);
+        let _ = st.recalc_alignment(&domains);
+    }
+
+    /// Pin `[iova, iova + length)` for an access (`iommufd_access_pin_pages`
+    /// minus the access bookkeeping): every area in the range gains a user.
+    /// Returns one slice per area, with its frames.
+    pub fn access_pin(&self, iova: u64, length: u64, write: bool) -> Result<Vec<AccessPin>> {
+        if length == 0 {
+            return Err(einval("length is zero"));
+        }
+        let last = iova.checked_add(length - 1).ok_or(eoverflow("IOVA range wraps"))?;
+        let mut st = lock_write(&self.iova);
+        let ps = page_size();
+        let mut out: Vec<AccessPin> = Vec::new();
+        let mut cur = iova;
+        let r = (|| loop {
+            // Contiguous areas only: the next one must start where we are.
+            let Some((&a_iova, a)) = st.areas.range(..=cur).next_back() else {
+                return Err(enoent("IOVA range is not fully mapped"));
+            };
+            if a.last < cur || a.pages.is_none() {
+                return Err(enoent("IOVA range is not fully mapped"));
+            }
+            let piece_last = a.last.min(last);
+            let sb = a.start_byte + (cur - a_iova);
+            // `iopt_area_contig_is_aligned`: whole pages at the seams.
+            let aligned = sb % ps == 0 && (piece_last == last || (a.start_byte + (a.last - a_iova)) % ps == ps - 1);
+            if a.prevent_access || !aligned {
+                return Err(einval("range is being unmapped or not page aligned"));
+            }
+            if !prot_ok(a.prot, write) {
+                return Err(eperm("mapping lacks the access permission"));
+            }
+            let pages = Arc::clone(a.pages.as_ref().expect("checked"));
+            let first = sb / ps;
+            let lastp = (sb + (piece_last - cur)) / ps;
+            let runs = pages.add_user(first, lastp)?;
+            st.areas.get_mut(&a_iova).expect("area").num_accesses += 1;
+            out.push(AccessPin { area_iova: a_iova, iova: cur, last: piece_last, start_byte: sb, first, last_index: lastp, pages, runs });
+            if piece_last == last {
+                return Ok(());
+            }
+            cur = piece_last + 1;
+        })();
+        if let Err(e) = r {
+            drop(st);
+            self.access_unpin(&out);
+            return Err(e);
+        }
+        Ok(out)
+    }
+
+    /// Undo [`IoPagetable::access_pin`].
+    pub fn access_unpin(&self, pins: &[AccessPin]) {
+        let mut st = lock_write(&self.iova);
+        for p in pins {
+            if let Some(a) = st.areas.get_mut(&p.area_iova) {
+                a.num_accesses = a.num_accesses.saturating_sub(1);
+            }
+            p.pages.remove_user(p.first, p.last_index);
+        }
+    }
+
+    /// `iommufd_access_rw`: copy between `data` and `[iova, iova + len)`,
+    /// area by area, through the pages' fast or slow path.
+    pub fn access_rw(&self, iova: u64, data: &mut [u8], write: bool, slow: bool) -> Result<()> {
+        if data.is_empty() {
+            return Err(einval("length is zero"));
+        }
+        let last = iova.checked_add(data.len() as u64 - 1).ok_or(eoverflow("IOVA range wraps"))?;
+        let slices: Vec<(u64, u64, Arc<Pages>, Prot)> = {
+            let st = lock_read(&self.iova);
+            let mut v = Vec::new();
+            let mut cur = iova;
+            loop {
+                let Some((&a_iova, a)) = st.areas.range(..=cur).next_back() else {
+                    return Err(enoent("IOVA range is not fully mapped"));
+                };
+                let Some(pages) = a.pages.as_ref().filter(|_| a.last >= cur) else {
+                    return Err(enoent("IOVA range is not fully mapped"));
+                };
+                if a.prevent_access {
+                    return Err(einval("range is being unmapped"));
+                }
+                let piece_last = a.last.min(last);
+                v.push((cur - iova, a.start_byte + (cur - a_iova), Arc::clone(pages), a.prot));
+                if piece_last == last {
+                    break;
+                }
+                cur = piece_last + 1;
+            }
+            v
+        };
+        for (i, &(off, sb, ref pages, prot)) in slices.iter().enumerate() {
+            if !prot_ok(prot, write) {
+                return Err(eperm("mapping lacks the access permission"));
+            }
+            let end = slices.get(i + 1).map_or(data.len() as u64, |n| n.0);
+            pages.rw(sb, &mut data[off as usize..end as usize], write, slow)?;
+        }
+        Ok(())
+    }
+
+    /// Number of areas (for tests and checkers).
+    pub fn num_areas(&self) -> usize {
+        lock_read(&self.iova).areas.len()
+    }
+
+    /// Every area as `(iova, last, pages, start_byte, prot)`, for checkers.
+    pub fn areas(&self) -> Vec<(u64, u64, Option<Arc<Pages>>, u64, Prot)> {
+        lock_read(&self.iova).areas.iter().map(|(&k, a)| (k, a.last, a.pages.clone(), a.start_byte, a.prot)).collect()
+    }
+}
+
+fn prot_ok(prot: Prot, write: bool) -> bool {
+    if write {
+        prot.contains(Prot::WRITE)
+    } else {
+        prot.contains(Prot::READ)
+    }
+}
+
+/// One area's share of an access pin.
+#[derive(Debug)]
+pub struct AccessPin {
+    pub area_iova: u64,
+    pub iova: u64,
+    pub last: u64,
+    pub start_byte: u64,
+    pub first: u64,
+    pub last_index: u64,
+    pub pages: Arc<Pages>,
+    pub runs: Vec<PfnRun>,
+}
+
+impl Drop for IoPagetable {
+    fn drop(&mut self) {
+        // Destroy never fails: whatever is still mapped is torn down here.
+        let _ = self.unmap_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn holes() {
+        assert_eq!(holes_of(vec![], 0, 10), vec![(0, 10)]);
+        assert_eq!(holes_of(vec![(2, 3), (3, 5)], 0, 10), vec![(0, 1), (6, 10)]);
+        assert_eq!(holes_of(vec![(0, u64::MAX)], 0, u64::MAX), vec![]);
+        assert_eq!(holes_of(vec![(5, u64::MAX)], 0, u64::MAX), vec![(0, 4)]);
+        assert_eq!(holes_of(vec![(0, 4)], 0, u64::MAX), vec![(5, u64::MAX)]);
+        assert_eq!(sorted_spans(&[(8, 9), (1, 2), (2, 4)], 0, 100), vec![(1, 4), (8, 9)]);
+    }
+
+    #[test]
+    fn check_range_like_the_kernel() {
+        let mut s = 0x1001;
+        assert!(check_range(&mut s, 0xffff, 0x1000, 0x1000, 0));
+        assert_eq!(s, 0x2000);
+        let mut s = 0x1000;
+        assert!(!check_range(&mut s, 0x1fff, 0x1001, 0x1000, 0));
+        let mut s = u64::MAX - 1;
+        assert!(!check_range(&mut s, u64::MAX, 1, 0x1000, 0));
+    }
+}

@@ -1,0 +1,505 @@
+//! The kernel selftest's hooks (`selftest.c`): mock devices behind the mock
+//! IOMMU, test accesses, and the checks `IOMMU_TEST_CMD` offers.
+//!
+//! These are the handles the kernel's own tests use to look inside iommufd;
+//! they are also handy for our tests and benchmarks, so they live in the
+//! engine (the dispatcher only decodes the ioctl).
+
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+
+use uiommufd_abi::test_cmd as t;
+use uiommufd_hw::device::{Cap, IommuDevice, PagingRequest};
+use uiommufd_hw::mock::{MockDomain, MOCK_IO_PAGE_SIZE};
+use uiommufd_hw::Domain;
+use uiommufd_memory::{frames, user};
+
+use crate::access::{Access, PinnedRange};
+use crate::device::{self, Device};
+use crate::error::{einval, eio, enomem, eopnotsupp, ErrnoExt, Error, Result};
+use crate::hwpt::HwptPaging;
+use crate::io_pagetable::{Owner, UnmapNotify};
+use crate::ioas::Ioas;
+use crate::object::{Borrowed, Dep, ObjHeader, Object, ObjectId, ObjectKind, ObjectType, Pending};
+use crate::pages::page_size;
+use crate::{Errno, Iommufd};
+
+/// `iommufd_test_memory_limit`: bounds the engine's internal batches.
+static TEMP_MEMORY_LIMIT: AtomicUsize = AtomicUsize::new(65536);
+
+/// `IOMMU_TEST_OP_SET_TEMP_MEMORY_LIMIT`.
+pub fn set_temp_memory_limit(limit: u32) -> Result<()> {
+    // One batch entry is a PFN (u64) and a count (u32).
+    if (limit as usize) < 8 + 4 {
+        return Err(einval("limit below one batch entry"));
+    }
+    TEMP_MEMORY_LIMIT.store(limit as usize, Ordering::Relaxed);
+    Ok(())
+}
+
+/// The current batch memory limit in bytes.
+pub fn temp_memory_limit() -> usize {
+    TEMP_MEMORY_LIMIT.load(Ordering::Relaxed)
+}
+
+/// A device of the selftest's mock IOMMU (`struct mock_dev`).
+#[derive(Debug)]
+pub struct MockDevice {
+    id: u32,
+    flags: u32,
+}
+
+static NEXT_MOCK_DEV: AtomicU32 = AtomicU32::new(0);
+
+impl MockDevice {
+    /// `mock_dev_create`: unknown flags are `EINVAL`.
+    pub fn new(flags: u32) -> Result<MockDevice> {
+        let known = t::MOCK_FLAGS_DEVICE_NO_DIRTY | t::MOCK_FLAGS_DEVICE_HUGE_IOVA | t::MOCK_FLAGS_DEVICE_PASID;
+        if flags & !known != 0 {
+            return Err(einval("unknown mock device flags"));
+        }
+        Ok(MockDevice { id: NEXT_MOCK_DEV.fetch_add(1, Ordering::Relaxed), flags })
+    }
+
+    pub fn flags(&self) -> u32 {
+        self.flags
+    }
+}
+
+impl IommuDevice for MockDevice {
+    fn name(&self) -> String {
+        format!("mock{}", self.id)
+    }
+
+    fn capable(&self, cap: Cap) -> bool {
+        match cap {
+            Cap::CacheCoherency => true,
+            Cap::DirtyTracking => self.flags & t::MOCK_FLAGS_DEVICE_NO_DIRTY == 0,
+            Cap::EnforceCacheCoherency => false,
+        }
+    }
+
+    fn alloc_paging(&self, req: &PagingRequest) -> std::result::Result<Arc<dyn Domain>, Errno> {
+        if req.dirty_tracking && !self.capable(Cap::DirtyTracking) {
+            return Err(Errno::EOPNOTSUPP);
+        }
+        let d = MockDomain::new(self.flags & t::MOCK_FLAGS_DEVICE_HUGE_IOVA != 0)?;
+        if req.dirty_tracking {
+            d.enable_dirty_ops();
+        }
+        Ok(Arc::new(d))
+    }
+
+    fn check_attach(&self, domain: &dyn Domain) -> std::result::Result<(), Errno> {
+        // `mock_domain_nop_attach`: a domain with dirty tracking needs a
+        // device that can track.
+        let mock = domain.as_any().downcast_ref::<MockDomain>().ok_or(Errno::EINVAL)?;
+        if mock.has_dirty_ops() && self.flags & t::MOCK_FLAGS_DEVICE_NO_DIRTY != 0 {
+            return Err(Errno::EINVAL);
+        }
+        Ok(())
+    }
+
+    fn max_pasid_log2(&self) -> u32 {
+        if self.flags & t::MOCK_FLAGS_DEVICE_PASID != 0 {
+            t::MOCK_PASID_WIDTH
+        } else {
+            0
+        }
+    }
+}
+
+/// `IOMMUFD_OBJ_SELFTEST`: a mock device bound to this iommufd.
+pub struct SelftestDevice {
+    hdr: ObjHeader,
+    mock: Arc<MockDevice>,
+    idev_id: ObjectId,
+    idev: Mutex<Option<Dep<Device>>>,
+    ctx: Weak<Iommufd>,
+}
+
+impl std::fmt::Debug for SelftestDevice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SelftestDevice").field("id", &self.hdr.id()).field("idev", &self.idev_id).finish()
+    }
+}
+
+impl SelftestDevice {
+    pub fn idev_id(&self) -> ObjectId {
+        self.idev_id
+    }
+
+    pub fn mock(&self) -> &Arc<MockDevice> {
+        &self.mock
+    }
+
+    fn idev(&self) -> MutexGuard<'_, Option<Dep<Device>>> {
+        self.idev.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The bound device object.
+    pub fn device(&self) -> Option<Arc<Device>> {
+        self.idev().as_ref().map(|d| Arc::clone(d.arc()))
+    }
+
+    /// Detach and unbind (what destroying the object does).
+    fn unbind(&self) {
+        let Some(dep) = self.idev().take() else { return };
+        let ctx = self.ctx.upgrade();
+        if let Some(ctx) = &ctx {
+            dep.detach(ctx);
+        }
+        drop(dep);
+        if let Some(ctx) = ctx {
+            let _ = ctx.objects().destroy_if(self.idev_id, |o| matches!(o, Object::Device(_)));
+        }
+    }
+}
+
+impl Drop for SelftestDevice {
+    fn drop(&mut self) {
+        self.unbind();
+    }
+}
+
+impl ObjectType for SelftestDevice {
+    const KIND: ObjectKind = ObjectKind::Selftest;
+    fn header(&self) -> &ObjHeader {
+        &self.hdr
+    }
+    fn into_object(this: Arc<Self>) -> Object {
+        Object::Selftest(this)
+    }
+    fn from_object(obj: &Object) -> Option<&Arc<Self>> {
+        match obj {
+            Object::Selftest(o) => Some(o),
+            _ => None,
+        }
+    }
+}
+
+/// A mock device created but not yet published (see [`mock_domain`]).
+pub struct PendingMockDevice<'a> {
+    pending: Option<Pending<'a>>,
+    stdev: Arc<SelftestDevice>,
+    pub stdev_id: ObjectId,
+    pub hwpt_id: ObjectId,
+    pub idev_id: ObjectId,
+}
+
+impl PendingMockDevice<'_> {
+    /// Make the mock device visible; nothing can fail after this.
+    pub fn publish(mut self) {
+        if let Some(p) = self.pending.take() {
+            p.publish(Arc::clone(&self.stdev));
+        }
+    }
+}
+
+impl Drop for PendingMockDevice<'_> {
+    fn drop(&mut self) {
+        if self.pending.is_some() {
+            // Not published: undo the attach and the bind.
+            self.stdev.unbind();
+        }
+    }
+}
+
+/// `IOMMU_TEST_OP_MOCK_DOMAIN(_FLAGS)`: create a mock device, bind it and
+/// attach it to `pt_id` (an IOAS or a HWPT).
+pub fn mock_domain(ctx: &Arc<Iommufd>, pt_id: ObjectId, dev_flags: u32) -> Result<PendingMockDevice<'_>> {
+    let pending = ctx.objects().reserve()?;
+    let mock = Arc::new(MockDevice::new(dev_flags)?);
+    let (idev_id, dep) = device::bind(ctx, Arc::clone(&mock) as Arc<dyn IommuDevice>)?;
+    let stdev = Arc::new(SelftestDevice {
+        hdr: ObjHeader::new(pending.id()),
+        mock,
+        idev_id,
+        idev: Mutex::new(Some(dep)),
+        ctx: Arc::downgrade(ctx),
+    });
+    let hwpt_id = {
+        let idev = stdev.device().expect("just bound");
+        match idev.change_pt(ctx, pt_id, false) {
+            Ok(id) => id,
+            Err(e) => {
+                stdev.unbind();
+                return Err(e);
+            }
+        }
+    };
+    let stdev_id = pending.id();
+    Ok(PendingMockDevice { pending: Some(pending), stdev, stdev_id, hwpt_id, idev_id })
+}
+
+/// `IOMMU_TEST_OP_MOCK_DOMAIN_REPLACE`: returns the new HWPT ID.
+pub fn mock_domain_replace(ctx: &Iommufd, stdev_id: ObjectId, pt_id: ObjectId) -> Result<ObjectId> {
+    let stdev = ctx.get::<SelftestDevice>(stdev_id)?;
+    let idev = stdev.device().ok_or(einval("mock device is unbound"))?;
+    idev.change_pt(ctx, pt_id, true)
+}
+
+/// `IOMMU_TEST_OP_ADD_RESERVED`.
+pub fn add_reserved(ctx: &Iommufd, ioas_id: ObjectId, start: u64, length: u64) -> Result<()> {
+    if length == 0 {
+        return Err(einval("length is zero"));
+    }
+    let last = start.checked_add(length - 1).ok_or(crate::error::eoverflow("range wraps"))?;
+    let ioas = ctx.get::<Ioas>(ioas_id)?;
+    ioas.iopt().reserve(start, last, Owner::Test)
+}
+
+/// The mock domain behind paging HWPT `id` (`get_md_pagetable`).
+pub fn mock_domain_of(ctx: &Iommufd, id: ObjectId) -> Result<(Borrowed<HwptPaging>, Arc<dyn Domain>)> {
+    let hwpt = ctx.get::<HwptPaging>(id)?;
+    if hwpt.domain().as_any().downcast_ref::<MockDomain>().is_none() {
+        return Err(einval("not a mock domain"));
+    }
+    let d = Arc::clone(hwpt.domain());
+    Ok((hwpt, d))
+}
+
+/// `IOMMU_TEST_OP_MD_CHECK_MAP`: every mock page of `[iova, iova + length)`
+/// must map the frame under the user address at the same offset.
+pub fn md_check_map(ctx: &Iommufd, hwpt_id: ObjectId, iova: u64, length: u64, uptr: u64) -> Result<()> {
+    let mps = MOCK_IO_PAGE_SIZE;
+    if iova % mps != 0 || length % mps != 0 || uptr % mps != 0 || uptr.checked_add(length).is_none() {
+        return Err(einval("range must be mock-page aligned"));
+    }
+    let (_hwpt, domain) = mock_domain_of(ctx, hwpt_id)?;
+    let mock = domain.as_any().downcast_ref::<MockDomain>().expect("checked");
+    let ps = page_size();
+    let mut off = 0;
+    while off < length {
+        let va = uptr + off;
+        user::probe_user_page(va & !(ps - 1)).ctx("user page is not mapped")?;
+        let pfn = frames::pfn_at(va).ok_or(einval("user page is not pinned"))?;
+        let want = pfn * ps + va % ps;
+        match mock.entry_at(iova + off) {
+            Some(e) if e.paddr == want => {}
+            _ => return Err(einval("mock domain does not map the user page there")),
+        }
+        off += mps;
+    }
+    Ok(())
+}
+
+/// `IOMMU_TEST_OP_MD_CHECK_REFS`: every page of `[uptr, uptr + length)`
+/// must be present and pinned exactly `refs` times.
+pub fn md_check_refs(uptr: u64, length: u64, refs: u32) -> Result<()> {
+    let ps = page_size();
+    if length % ps != 0 || uptr % ps != 0 || uptr.checked_add(length).is_none() {
+        return Err(einval("range must be page aligned and must not wrap"));
+    }
+    let mut va = uptr;
+    while va < uptr + length {
+        user::probe_user_page(va).ctx("page is not mapped")?;
+        if frames::pin_count(va) != refs {
+            return Err(eio("pin count differs"));
+        }
+        va += ps;
+    }
+    Ok(())
+}
+
+/// An access created by `IOMMU_TEST_OP_CREATE_ACCESS` (`struct
+/// selftest_access`); user space reaches it through a file descriptor.
+pub struct SelftestAccess {
+    access: Arc<Access>,
+    /// The unmap callback the access reaches through a `Weak`.
+    _driver: Arc<dyn UnmapNotify>,
+    access_id: ObjectId,
+    /// The driver's edge on the access object (dropped on release).
+    edge: Mutex<Option<Dep<Access>>>,
+    items: Mutex<Items>,
+    ctx: Weak<Iommufd>,
+    released: AtomicBool,
+}
+
+#[derive(Default)]
+struct Items {
+    next_id: u32,
+    list: Vec<Item>,
+}
+
+struct Item {
+    id: u32,
+    iova: u64,
+    length: u64,
+    range: PinnedRange,
+}
+
+impl std::fmt::Debug for SelftestAccess {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SelftestAccess").field("access", &self.access_id).finish()
+    }
+}
+
+/// The driver side of a selftest access: returns pins when asked.
+struct Driver(Weak<SelftestAccess>);
+
+impl UnmapNotify for Driver {
+    fn unmap(&self, iova: u64, length: u64) {
+        if let Some(s) = self.0.upgrade() {
+            s.unmap(iova, length);
+        }
+    }
+}
+
+impl SelftestAccess {
+    fn items(&self) -> MutexGuard<'_, Items> {
+        self.items.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// `iommufd_test_access_unmap`: drop every item touching the range.
+    fn unmap(&self, iova: u64, length: u64) {
+        let last = iova.saturating_add(length.saturating_sub(1));
+        let mut items = self.items();
+        let (gone, keep): (Vec<Item>, Vec<Item>) =
+            std::mem::take(&mut items.list).into_iter().partition(|it| !(iova > it.iova + it.length - 1 || last < it.iova));
+        items.list = keep;
+        for it in gone {
+            self.access.unpin(it.range);
+        }
+    }
+
+    pub fn access(&self) -> &Arc<Access> {
+        &self.access
+    }
+
+    /// `IOMMU_TEST_OP_ACCESS_PAGES`: pin and check against `uptr` (0 skips
+    /// the check). Returns the item ID.
+    pub fn access_pages(&self, iova: u64, length: u64, uptr: u64, flags: u32) -> Result<u32> {
+        if length > 16 * 1024 * 1024 {
+            return Err(enomem("too large for a test access"));
+        }
+        if flags & !(t::MOCK_FLAGS_ACCESS_WRITE | t::MOCK_FLAGS_ACCESS_SYZ) != 0 {
+            return Err(eopnotsupp("unknown access flags"));
+        }
+        if !self.access.needs_pin_pages() {
+            return Err(eopnotsupp("access was not created for pinning"));
+        }
+        let mut items = self.items();
+        let range = self.access.pin(iova, length, flags & t::MOCK_FLAGS_ACCESS_WRITE != 0)?;
+        if uptr != 0 {
+            let ps = page_size();
+            let mut va = uptr - (iova - (iova & !(ps - 1)));
+            let check = (|| {
+                for (pfn, n) in range.pfns() {
+                    for i in 0..n {
+                        user::probe_user_page(va).ctx("user page is not mapped")?;
+                        if frames::pfn_at(va) != Some(pfn + i) {
+                            return Err(Error::new(Errno::EBADE, "pinned page differs from the user page"));
+                        }
+                        va += ps;
+                    }
+                }
+                Ok(())
+            })();
+            if let Err(e) = check {
+                self.access.unpin(range);
+                return Err(e);
+            }
+        }
+        let id = items.next_id;
+        items.next_id += 1;
+        items.list.push(Item { id, iova, length, range });
+        Ok(id)
+    }
+
+    /// Undo [`SelftestAccess::access_pages`] (called on reply failure).
+    pub fn forget_pages(&self, id: u32) {
+        let _ = self.destroy_access_pages(id);
+    }
+
+    /// `IOMMU_TEST_OP_DESTROY_ACCESS_PAGES`.
+    pub fn destroy_access_pages(&self, id: u32) -> Result<()> {
+        let mut items = self.items();
+        let pos = items.list.iter().position(|i| i.id == id).ok_or(crate::error::enoent("no such access pages item"))?;
+        let it = items.list.remove(pos);
+        self.access.unpin(it.range);
+        Ok(())
+    }
+
+    /// `IOMMU_TEST_OP_ACCESS_RW`: copy between the user buffer at `ubuf`
+    /// and IOVA.
+    pub fn access_rw(&self, iova: u64, length: u64, ubuf: u64, flags: u32) -> Result<()> {
+        if length > 16 * 1024 * 1024 {
+            return Err(enomem("too large for a test access"));
+        }
+        if flags & !(t::MOCK_ACCESS_RW_WRITE | t::MOCK_ACCESS_RW_SLOW_PATH | t::MOCK_FLAGS_ACCESS_SYZ) != 0 {
+            return Err(eopnotsupp("unknown access flags"));
+        }
+        let write = flags & t::MOCK_ACCESS_RW_WRITE != 0;
+        let slow = flags & t::MOCK_ACCESS_RW_SLOW_PATH != 0;
+        let mut tmp = vec![0u8; length as usize];
+        if write {
+            user::copy_from_user(&mut tmp, ubuf).ctx("reading the user buffer")?;
+        }
+        self.access.rw(iova, &mut tmp, write, slow)?;
+        if !write {
+            user::copy_to_user(ubuf, &tmp).ctx("writing the user buffer")?;
+        }
+        Ok(())
+    }
+
+    /// `IOMMU_TEST_OP_ACCESS_REPLACE_IOAS`.
+    pub fn replace_ioas(&self, ctx: &Iommufd, ioas_id: ObjectId) -> Result<()> {
+        let ioas = ctx.get::<Ioas>(ioas_id)?;
+        self.access.replace(&ioas)
+    }
+
+    /// The file was closed: return every pin, detach, destroy the access.
+    pub fn release(&self) {
+        if self.released.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        self.unmap(0, u64::MAX);
+        let _ = self.access.change_ioas(None);
+        let edge = self.edge.lock().unwrap_or_else(|p| p.into_inner()).take();
+        drop(edge);
+        if let Some(ctx) = self.ctx.upgrade() {
+            let _ = ctx.objects().destroy_if(self.access_id, |o| matches!(o, Object::Access(_)));
+        }
+    }
+}
+
+impl Drop for SelftestAccess {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+/// `IOMMU_TEST_OP_CREATE_ACCESS` (engine half): create the access object,
+/// attach it to `ioas_id`. The caller wraps it in a file descriptor.
+pub fn create_access(ctx: &Arc<Iommufd>, ioas_id: ObjectId, flags: u32) -> Result<Arc<SelftestAccess>> {
+    if flags & !t::MOCK_FLAGS_ACCESS_CREATE_NEEDS_PIN_PAGES != 0 {
+        return Err(eopnotsupp("unknown access flags"));
+    }
+    let needs_pin = flags & t::MOCK_FLAGS_ACCESS_CREATE_NEEDS_PIN_PAGES != 0;
+    let pending = ctx.objects().reserve()?;
+    let access_id = pending.id();
+    let st = Arc::new_cyclic(|weak: &Weak<SelftestAccess>| {
+        // The access reaches its driver through a Weak; the driver reaches us
+        // through a Weak: no cycle, and we own both.
+        let driver: Arc<dyn UnmapNotify> = Arc::new(Driver(weak.clone()));
+        let access = Arc::new(Access::new(access_id, needs_pin, Arc::downgrade(&driver)));
+        SelftestAccess {
+            _driver: driver,
+            edge: Mutex::new(Some(Dep::new(&Borrowed::detached(&access)))),
+            access,
+            access_id,
+            items: Mutex::new(Items::default()),
+            ctx: Arc::downgrade(ctx),
+            released: AtomicBool::new(false),
+        }
+    });
+    pending.publish(Arc::clone(&st.access));
+    let ioas = ctx.get::<Ioas>(ioas_id);
+    let attach = ioas.and_then(|ioas| st.access.change_ioas(Some(&ioas)));
+    if let Err(e) = attach {
+        st.release();
+        return Err(e);
+    }
+    Ok(st)
+}

@@ -1,0 +1,690 @@
+//! The iommufd selftest's mock IOMMU domain (Linux 6.12
+//! `drivers/iommu/iommufd/selftest.c`, `mock_domain_*`).
+//!
+//! The kernel mock keeps one xarray value per `MOCK_IO_PAGE_SIZE` (half a
+//! CPU page) of IOVA: the physical address plus metadata bits recording how
+//! each piece was mapped. The selftests and the mock's own sanity checks
+//! observe those bits, so this model keeps them too, in a real three-level
+//! page table ([`MockFormat`] on the generic [`pt`](crate::pt) engine):
+//!
+//! - a 2 KiB leaf per piece mapped with `MOCK_IO_PAGE_SIZE`;
+//! - a single 1 MiB leaf for a piece mapped with `MOCK_HUGE_PAGE_SIZE`
+//!   (the kernel stores 512 entries; [`MockDomain::entry_at`] reports, for
+//!   every 2 KiB piece of it, what the kernel's entry for that piece holds).
+//!
+//! Per-entry flags, as the kernel mock sets them:
+//! - START on the first piece a `map_pages` call wrote, LAST on the last one.
+//!   In the kernel both are the *same bit* (`MOCK_PFN_START_IOVA ==
+//!   MOCK_PFN_LAST_IOVA`); we store two bits for clarity but every check
+//!   treats "either" as the kernel's single bit;
+//! - HUGE on every piece written by a call whose `pgsize` was not
+//!   `MOCK_IO_PAGE_SIZE`;
+//! - DIRTY, set by `IOMMU_TEST_OP_DIRTY` ([`MockDomain::mark_dirty`]) and
+//!   harvested by [`MockDomain::read_and_clear_dirty`].
+//!
+//! Where the kernel mock would `WARN_ON`, this model counts in
+//! [`MockDomain::warnings`] (a test of the engine asserts it stays 0).
+//!
+//! Host page size: the kernel sizes the mock from `PAGE_SIZE`; this model
+//! assumes 4 KiB CPU pages ([`HOST_PAGE_SIZE`]), which is what the selftest
+//! ABI constants in `uiommufd-abi` assume too. A host with larger pages needs
+//! a different [`MockFormat::LEAF_SHIFT`].
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use uiommufd_abi::test_cmd;
+use uiommufd_abi::Errno;
+
+use crate::pt::{Format, Lookup, PageTable};
+use crate::{Access, Aperture, Domain, Fault, Prot, Translation};
+
+/// The CPU page size the mock is sized for.
+pub const HOST_PAGE_SIZE: u64 = 4096;
+/// The mock IOMMU's base page: half a CPU page.
+pub const MOCK_IO_PAGE_SIZE: u64 = HOST_PAGE_SIZE / 2;
+/// The mock's huge page, offered with `MOCK_FLAGS_DEVICE_HUGE_IOVA`.
+pub const MOCK_HUGE_PAGE_SIZE: u64 = 512 * MOCK_IO_PAGE_SIZE;
+pub const MOCK_APERTURE_START: u64 = test_cmd::MOCK_APERTURE_START;
+pub const MOCK_APERTURE_LAST: u64 = test_cmd::MOCK_APERTURE_LAST;
+
+const _: () = assert!(MOCK_IO_PAGE_SIZE == test_cmd::MOCK_PAGE_SIZE);
+const _: () = assert!(MOCK_HUGE_PAGE_SIZE == test_cmd::MOCK_HUGE_PAGE_SIZE);
+const _: () = assert!(MOCK_IO_PAGE_SIZE == 1 << MockFormat::LEAF_SHIFT);
+const _: () = assert!(MOCK_HUGE_PAGE_SIZE == MockPt::level_size(1));
+const _: () = assert!(MOCK_APERTURE_LAST <= MockPt::max_iova());
+
+/// Entry bits of [`MockFormat`] (our own layout; the kernel's xarray value
+/// is `paddr / MOCK_IO_PAGE_SIZE` with the flags above `MOCK_PFN_MASK`).
+pub mod bits {
+    /// Valid entry (leaf or table).
+    pub const PRESENT: u64 = 1 << 0;
+    pub const READ: u64 = 1 << 1;
+    pub const WRITE: u64 = 1 << 2;
+    /// Leaf of `MOCK_HUGE_PAGE_SIZE` (level 1): the kernel's
+    /// `MOCK_PFN_HUGE_IOVA`, doubling as the page-size bit.
+    pub const HUGE: u64 = 1 << 3;
+    /// First piece of a `map_pages` call (`MOCK_PFN_START_IOVA`).
+    pub const START: u64 = 1 << 4;
+    /// Last piece of a `map_pages` call (`MOCK_PFN_LAST_IOVA`).
+    pub const LAST: u64 = 1 << 5;
+    /// `MOCK_PFN_DIRTY_IOVA`.
+    pub const DIRTY: u64 = 1 << 6;
+    /// Physical address bits (leaf: 2 KiB-aligned page; table: node).
+    pub const ADDR: u64 = !0x7ff;
+}
+
+/// The mock's page-table format: three levels of 9 bits over 2 KiB pages
+/// (2^38 bytes of IOVA), leaves at level 0 (2 KiB) and level 1 (1 MiB).
+pub struct MockFormat;
+
+impl Format for MockFormat {
+    const LEVELS: u32 = 3;
+    const LEAF_SHIFT: u32 = 11;
+    const LEAF_LEVELS: u32 = 0b11;
+    const DIRTY: u64 = bits::DIRTY;
+
+    #[inline]
+    fn make_leaf(paddr: u64, prot: Prot, level: u32) -> u64 {
+        let mut e = bits::PRESENT | (paddr & bits::ADDR);
+        if prot.contains(Prot::READ) {
+            e |= bits::READ;
+        }
+        if prot.contains(Prot::WRITE) {
+            e |= bits::WRITE;
+        }
+        if level > 0 {
+            e |= bits::HUGE;
+        }
+        e
+    }
+
+    #[inline]
+    fn make_table(table_pa: u64) -> u64 {
+        bits::PRESENT | (table_pa & bits::ADDR)
+    }
+
+    #[inline]
+    fn is_present(entry: u64) -> bool {
+        entry & bits::PRESENT != 0
+    }
+
+    #[inline]
+    fn is_leaf(entry: u64, _level: u32) -> bool {
+        entry & bits::HUGE != 0
+    }
+
+    #[inline]
+    fn leaf_paddr(entry: u64, level: u32) -> u64 {
+        entry & bits::ADDR & !(MockPt::level_size(level) - 1)
+    }
+
+    #[inline]
+    fn leaf_prot(entry: u64) -> Prot {
+        let mut prot = Prot::default();
+        if entry & bits::READ != 0 {
+            prot = prot | Prot::READ;
+        }
+        if entry & bits::WRITE != 0 {
+            prot = prot | Prot::WRITE;
+        }
+        prot
+    }
+}
+
+/// The mock's page table.
+pub type MockPt = PageTable<MockFormat>;
+
+/// What the kernel mock's entry for one `MOCK_IO_PAGE_SIZE` piece holds
+/// (as read by `IOMMU_TEST_OP_MD_CHECK_MAP`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MockEntry {
+    /// Physical address of the piece.
+    pub paddr: u64,
+    pub prot: Prot,
+    /// First piece of its `map_pages` call.
+    pub start: bool,
+    /// Last piece of its `map_pages` call.
+    pub last: bool,
+    /// Mapped with a page size other than `MOCK_IO_PAGE_SIZE`.
+    pub huge: bool,
+    /// Dirty. For a huge mapping this is the state of the whole huge page:
+    /// the kernel would show it only on the piece `IOMMU_TEST_OP_DIRTY`
+    /// named, but harvesting treats the huge page as one either way.
+    pub dirty: bool,
+}
+
+/// A mock IOMMU paging domain.
+#[derive(Debug)]
+pub struct MockDomain {
+    pt: MockPt,
+    pgsize_bitmap: u64,
+    /// Allocated with `IOMMU_HWPT_ALLOC_DIRTY_TRACKING` (the kernel's
+    /// `domain->dirty_ops` being set).
+    dirty_ops: AtomicBool,
+    /// `MOCK_DIRTY_TRACK`.
+    tracking: AtomicBool,
+    warnings: AtomicU64,
+}
+
+impl MockDomain {
+    /// A domain as `mock_domain_alloc_paging()` makes it: no dirty ops.
+    /// `huge_iova`: the device was created with
+    /// `MOCK_FLAGS_DEVICE_HUGE_IOVA`, adding `MOCK_HUGE_PAGE_SIZE` to the
+    /// page sizes.
+    pub fn new(huge_iova: bool) -> Result<Self, Errno> {
+        Self::build(huge_iova, false)
+    }
+
+    /// A domain allocated with `IOMMU_HWPT_ALLOC_DIRTY_TRACKING`: it has
+    /// dirty ops, so [`set_dirty_tracking`](Self::set_dirty_tracking) may
+    /// enable tracking.
+    pub fn with_dirty_ops(huge_iova: bool) -> Result<Self, Errno> {
+        Self::build(huge_iova, true)
+    }
+
+    fn build(huge_iova: bool, dirty_ops: bool) -> Result<Self, Errno> {
+        let mut pgsize_bitmap = MOCK_IO_PAGE_SIZE;
+        if huge_iova {
+            pgsize_bitmap |= MOCK_HUGE_PAGE_SIZE;
+        }
+        Ok(MockDomain {
+            pt: MockPt::new()?,
+            pgsize_bitmap,
+            dirty_ops: AtomicBool::new(dirty_ops),
+            tracking: AtomicBool::new(false),
+            warnings: AtomicU64::new(0),
+        })
+    }
+
+    /// Whether huge pages are in the page-size bitmap.
+    pub fn huge_iova(&self) -> bool {
+        self.pgsize_bitmap & MOCK_HUGE_PAGE_SIZE != 0
+    }
+
+    /// Give the domain dirty ops, as `mock_domain_alloc_user()` does after
+    /// `mock_domain_alloc_paging()` for `IOMMU_HWPT_ALLOC_DIRTY_TRACKING`.
+    pub fn enable_dirty_ops(&self) {
+        self.dirty_ops.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether the domain has dirty ops (was allocated for dirty tracking).
+    pub fn has_dirty_ops(&self) -> bool {
+        self.dirty_ops.load(Ordering::Relaxed)
+    }
+
+    /// The underlying page table, for inspection.
+    pub fn page_table(&self) -> &MockPt {
+        &self.pt
+    }
+
+    /// Whether nothing is mapped (the kernel mock warns when a domain is
+    /// freed with entries left).
+    pub fn is_empty(&self) -> bool {
+        self.pt.is_empty()
+    }
+
+    /// How many times the kernel mock would have hit a `WARN_ON`.
+    pub fn warnings(&self) -> u64 {
+        self.warnings.load(Ordering::Relaxed)
+    }
+
+    fn warn(&self) {
+        self.warnings.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The kernel entry for the `MOCK_IO_PAGE_SIZE` piece holding `iova`.
+    pub fn entry_at(&self, iova: u64) -> Option<MockEntry> {
+        let iova = iova & !(MOCK_IO_PAGE_SIZE - 1);
+        let (entry, level) = self.pt.walk(iova)?;
+        let size = MockPt::level_size(level);
+        let offset = iova & (size - 1);
+        Some(MockEntry {
+            paddr: MockFormat::leaf_paddr(entry, level) + offset,
+            prot: MockFormat::leaf_prot(entry),
+            start: entry & bits::START != 0 && offset == 0,
+            last: entry & bits::LAST != 0 && offset == size - MOCK_IO_PAGE_SIZE,
+            huge: entry & bits::HUGE != 0,
+            dirty: entry & bits::DIRTY != 0,
+        })
+    }
+
+    /// `mock_domain_set_dirty_tracking()`: `EINVAL` to enable it on a
+    /// domain without dirty ops; disabling always succeeds.
+    pub fn set_dirty_tracking(&self, enable: bool) -> Result<(), Errno> {
+        if enable && !self.has_dirty_ops() {
+            return Err(Errno::EINVAL);
+        }
+        self.tracking.store(enable, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Whether dirty tracking is on (`MOCK_DIRTY_TRACK`).
+    pub fn dirty_tracking(&self) -> bool {
+        self.tracking.load(Ordering::Relaxed)
+    }
+
+    /// One bit of `IOMMU_TEST_OP_DIRTY`: mark the entry covering `iova`
+    /// dirty. Returns whether something maps `iova` (the op counts those in
+    /// `out_nr_dirty`). The op itself fails with `EINVAL` while tracking is
+    /// off; that check is the caller's ([`dirty_tracking`](Self::dirty_tracking)).
+    ///
+    /// Note: the 6.12 op looks the entry up at `iova / page_size` with the
+    /// caller's bitmap `page_size`, which only names the right entry when
+    /// `page_size == MOCK_IO_PAGE_SIZE` (all the selftests use); this takes
+    /// the IOVA itself.
+    pub fn mark_dirty(&self, iova: u64) -> bool {
+        self.pt.mark_dirty(iova)
+    }
+
+    /// `mock_domain_read_and_clear_dirty()`.
+    ///
+    /// Walks `[iova, iova + length)` in pieces (always at least one, as the
+    /// kernel's do-while does): an unmapped piece advances 2 KiB; a mapped
+    /// 2 KiB piece is reported as `(cur, MOCK_IO_PAGE_SIZE)` if dirty; a
+    /// piece of a huge mapping reports `(cur, MOCK_HUGE_PAGE_SIZE)` if any
+    /// part of the huge page is dirty and advances a whole huge page from
+    /// `cur`. As in the kernel, `cur` rather than the huge page's head is
+    /// reported, which only matters when `iova` is not huge-aligned. Dirty
+    /// bits are cleared unless `no_clear`.
+    ///
+    /// `record` is the dirty bitmap: `None` is the kernel's NULL bitmap (the
+    /// core clearing stale bits before enabling tracking), which is allowed
+    /// while tracking is off; with a bitmap, tracking must be on (`EINVAL`).
+    pub fn read_and_clear_dirty(
+        &self,
+        iova: u64,
+        length: u64,
+        no_clear: bool,
+        mut record: Option<&mut dyn FnMut(u64, u64)>,
+    ) -> Result<(), Errno> {
+        if record.is_some() && !self.dirty_tracking() {
+            return Err(Errno::EINVAL);
+        }
+        let end = iova.saturating_add(length);
+        let mut cur = iova;
+        loop {
+            let step = match self.pt.lookup(cur) {
+                Lookup::Leaf { entry, level } => {
+                    let size = MockPt::level_size(level);
+                    let mut dirty = entry & bits::DIRTY != 0;
+                    if dirty && !no_clear {
+                        dirty = self.pt.clear_leaf_bits(cur, bits::DIRTY).is_some_and(|(old, _)| old & bits::DIRTY != 0);
+                    }
+                    if dirty {
+                        if let Some(record) = record.as_mut() {
+                            record(cur, size);
+                        }
+                    }
+                    size
+                }
+                // The kernel steps over empty space 2 KiB at a time; jump to
+                // where those steps would leave the empty block.
+                Lookup::Hole { level } => {
+                    let block_last = cur | (MockPt::level_size(level) - 1);
+                    let pieces = (block_last - cur) / MOCK_IO_PAGE_SIZE + 1;
+                    pieces * MOCK_IO_PAGE_SIZE
+                }
+                // Nothing is mapped beyond the table's reach.
+                Lookup::OutOfRange => break,
+            };
+            match cur.checked_add(step) {
+                Some(next) if next < end => cur = next,
+                _ => break,
+            }
+        }
+        Ok(())
+    }
+
+    fn in_aperture(iova: u64, last: u64) -> bool {
+        iova >= MOCK_APERTURE_START && last <= MOCK_APERTURE_LAST
+    }
+
+    /// Whether the kernel's single START/LAST bit is set.
+    fn has_edge(entry: u64) -> bool {
+        entry & (bits::START | bits::LAST) != 0
+    }
+}
+
+impl Domain for MockDomain {
+    fn pgsize_bitmap(&self) -> u64 {
+        self.pgsize_bitmap
+    }
+
+    fn aperture(&self) -> Aperture {
+        Aperture { start: MOCK_APERTURE_START, last: MOCK_APERTURE_LAST }
+    }
+
+    /// `mock_domain_map_pages()`. Differences from the kernel, which trusts
+    /// the core: a size not in the bitmap, a misaligned address or a range
+    /// outside the aperture is `EINVAL`, and mapping over an existing entry
+    /// is `EEXIST` (the kernel overwrites it with a `WARN_ON`; both count as
+    /// warnings here).
+    fn map_pages(&self, iova: u64, paddr: u64, pgsize: u64, pgcount: u64, prot: Prot) -> Result<(), (Errno, u64)> {
+        if (iova | pgsize) & (MOCK_IO_PAGE_SIZE - 1) != 0 {
+            self.warn();
+            return Err((Errno::EINVAL, 0));
+        }
+        if !pgsize.is_power_of_two() || pgsize & self.pgsize_bitmap == 0 {
+            return Err((Errno::EINVAL, 0));
+        }
+        if pgcount == 0 {
+            return Ok(());
+        }
+        let last = pgsize.checked_mul(pgcount).and_then(|total| iova.checked_add(total - 1));
+        if !last.is_some_and(|last| Self::in_aperture(iova, last)) {
+            return Err((Errno::EINVAL, 0));
+        }
+        let result = self.pt.map_marked(iova, paddr, pgsize, pgcount, prot, bits::START, bits::LAST);
+        if let Err((errno, mapped)) = result {
+            if errno == Errno::EEXIST {
+                self.warn();
+            }
+            // Close what was mapped so the caller's unwinding unmap sees a
+            // well-formed range.
+            if mapped != 0 {
+                self.pt.set_leaf_bits(iova + mapped - 1, bits::LAST);
+            }
+        }
+        result
+    }
+
+    /// `mock_domain_unmap_pages()`. Unless huge pages are enabled, the first
+    /// and last pieces unmapped must be the first and last pieces of some
+    /// map call (iommufd only unmaps supersets of what it mapped); a present
+    /// piece that is not counts a warning. Unmapped pieces count as unmapped,
+    /// as in the kernel; a huge page only partly in the range stops the
+    /// unmap there (the kernel never sees that: iommufd refuses to split
+    /// areas of domains that may use huge pages).
+    fn unmap_pages(&self, iova: u64, pgsize: u64, pgcount: u64) -> u64 {
+        if (iova | pgsize) & (MOCK_IO_PAGE_SIZE - 1) != 0 {
+            self.warn();
+            return 0;
+        }
+        let Some(total) = pgsize.checked_mul(pgcount).filter(|&t| t != 0) else { return 0 };
+        if !self.huge_iova() {
+            if let Some(last_piece) = iova.checked_add(total - MOCK_IO_PAGE_SIZE) {
+                let first = self.pt.walk(iova).map(|(e, _)| e);
+                let last = self.pt.walk(last_piece).map(|(e, _)| e);
+                if first.is_some_and(|e| !Self::has_edge(e)) {
+                    self.warn();
+                }
+                if last.is_some_and(|e| !Self::has_edge(e)) {
+                    self.warn();
+                }
+            }
+        }
+        self.pt.unmap(iova, pgsize, pgcount)
+    }
+
+    /// `mock_domain_iova_to_phys()`: no permission check.
+    fn iova_to_phys(&self, iova: u64) -> Option<u64> {
+        self.entry_at(iova).map(|e| e.paddr + (iova & (MOCK_IO_PAGE_SIZE - 1)))
+    }
+
+    fn translate(&self, iova: u64, access: Access) -> Result<Translation, Fault> {
+        if !Self::in_aperture(iova, iova) {
+            return Err(Fault::OutOfRange);
+        }
+        self.pt.translate(iova, access)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const IO: u64 = MOCK_IO_PAGE_SIZE;
+    const HUGE: u64 = MOCK_HUGE_PAGE_SIZE;
+    const BASE: u64 = MOCK_APERTURE_START;
+    const RW: Prot = Prot(Prot::READ.0 | Prot::WRITE.0);
+
+    #[test]
+    fn geometry() {
+        let d = MockDomain::new(false).unwrap();
+        assert_eq!(d.pgsize_bitmap(), 2048);
+        assert_eq!(d.aperture(), Aperture { start: 1 << 24, last: (1 << 31) - 1 });
+        let h = MockDomain::new(true).unwrap();
+        assert_eq!(h.pgsize_bitmap(), 2048 | (1 << 20));
+        assert!(h.huge_iova() && !d.huge_iova());
+    }
+
+    #[test]
+    fn map_flags_and_unmap() {
+        let d = MockDomain::new(false).unwrap();
+        d.map_pages(BASE, 0x10_0000, IO, 4, RW).unwrap();
+        let e: Vec<_> = (0..4).map(|i| d.entry_at(BASE + i * IO).unwrap()).collect();
+        assert_eq!(e[0], MockEntry { paddr: 0x10_0000, prot: RW, start: true, last: false, huge: false, dirty: false });
+        assert!(!e[1].start && !e[1].last && !e[2].start && !e[2].last);
+        assert!(!e[3].start && e[3].last);
+        assert_eq!(e[3].paddr, 0x10_0000 + 3 * IO);
+        // A single-piece map is both first and last.
+        d.map_pages(BASE + 8 * IO, 0x20_0000, IO, 1, Prot::READ).unwrap();
+        let one = d.entry_at(BASE + 8 * IO + 5).unwrap();
+        assert!(one.start && one.last && one.prot == Prot::READ);
+        assert_eq!(d.iova_to_phys(BASE + 8 * IO + 5), Some(0x20_0005));
+        assert_eq!(d.entry_at(BASE + 4 * IO), None);
+        // Unmapping exactly what was mapped: no warnings.
+        assert_eq!(d.unmap_pages(BASE, IO, 4), 4 * IO);
+        assert_eq!(d.unmap_pages(BASE + 8 * IO, IO, 1), IO);
+        assert_eq!(d.warnings(), 0);
+        assert!(d.is_empty());
+        // Holes count as unmapped, as in the kernel.
+        assert_eq!(d.unmap_pages(BASE, IO, 16), 16 * IO);
+    }
+
+    #[test]
+    fn unmap_sanity_checks() {
+        let d = MockDomain::new(false).unwrap();
+        d.map_pages(BASE, 0, IO, 8, RW).unwrap();
+        // Starts in the middle of a map: the first piece lacks START.
+        assert_eq!(d.unmap_pages(BASE + IO, IO, 2), 2 * IO);
+        assert_eq!(d.warnings(), 2); // and the last lacks LAST
+        // Starts on a LAST piece: fine for the kernel (same bit as START).
+        d.map_pages(BASE + 16 * IO, 0, IO, 2, RW).unwrap();
+        assert_eq!(d.unmap_pages(BASE + 17 * IO, IO, 1), IO);
+        assert_eq!(d.warnings(), 2);
+        // With huge pages in the bitmap the checks are off.
+        let h = MockDomain::new(true).unwrap();
+        h.map_pages(BASE, 0, IO, 8, RW).unwrap();
+        h.unmap_pages(BASE + IO, IO, 2);
+        assert_eq!(h.warnings(), 0);
+    }
+
+    #[test]
+    fn huge_pages() {
+        let d = MockDomain::new(true).unwrap();
+        d.map_pages(BASE, 0x4000_0000, HUGE, 2, RW).unwrap();
+        assert_eq!(d.page_table().walk(BASE).unwrap().1, 1);
+        let first = d.entry_at(BASE).unwrap();
+        assert_eq!(first, MockEntry { paddr: 0x4000_0000, prot: RW, start: true, last: false, huge: true, dirty: false });
+        let mid = d.entry_at(BASE + HUGE - IO).unwrap();
+        assert!(!mid.start && !mid.last && mid.huge);
+        assert_eq!(mid.paddr, 0x4000_0000 + HUGE - IO);
+        assert!(!d.entry_at(BASE + HUGE).unwrap().start);
+        let last = d.entry_at(BASE + 2 * HUGE - IO).unwrap();
+        assert!(last.last && !last.start && last.huge);
+        // Huge pages are not in the bitmap of a plain domain.
+        let plain = MockDomain::new(false).unwrap();
+        assert_eq!(plain.map_pages(BASE, 0, HUGE, 1, RW), Err((Errno::EINVAL, 0)));
+        // Unmapping part of a huge page stops at it.
+        assert_eq!(d.unmap_pages(BASE + IO, IO, 1), 0);
+        assert_eq!(d.unmap_pages(BASE, HUGE, 2), 2 * HUGE);
+        assert!(d.is_empty());
+    }
+
+    #[test]
+    fn map_errors() {
+        let d = MockDomain::new(false).unwrap();
+        assert_eq!(d.map_pages(BASE + 1024, 0, IO, 1, RW), Err((Errno::EINVAL, 0)));
+        assert_eq!(d.warnings(), 1);
+        assert_eq!(d.map_pages(BASE, 1024, IO, 1, RW), Err((Errno::EINVAL, 0)));
+        assert_eq!(d.map_pages(BASE, 0, 4096, 1, RW), Err((Errno::EINVAL, 0)));
+        assert_eq!(crate::map(&d, BASE + 1024, 0, IO, RW, 0), Err(Errno::EINVAL));
+        // Over-mapping.
+        d.map_pages(BASE + 4 * IO, 0, IO, 1, RW).unwrap();
+        assert_eq!(d.map_pages(BASE, 0, IO, 8, RW), Err((Errno::EEXIST, 4 * IO)));
+        assert_eq!(d.warnings(), 2);
+        // The partial map got a LAST, so unwinding it is clean.
+        assert!(d.entry_at(BASE + 3 * IO).unwrap().last);
+        assert_eq!(d.unmap_pages(BASE, IO, 4), 4 * IO);
+        assert_eq!(d.warnings(), 2);
+        // Through the core helper: unwinds itself.
+        assert_eq!(crate::map(&d, BASE, 0, 8 * IO, RW, 0), Err(Errno::EEXIST));
+        assert!(d.entry_at(BASE).is_none());
+        assert!(d.entry_at(BASE + 4 * IO).is_some());
+        assert_eq!(d.warnings(), 3);
+    }
+
+    #[test]
+    fn aperture() {
+        let d = MockDomain::new(false).unwrap();
+        assert_eq!(d.map_pages(BASE - IO, 0, IO, 1, RW), Err((Errno::EINVAL, 0)));
+        assert_eq!(d.map_pages(BASE - IO, 0, IO, 2, RW), Err((Errno::EINVAL, 0)));
+        assert_eq!(d.map_pages(MOCK_APERTURE_LAST + 1 - IO, 0, IO, 2, RW), Err((Errno::EINVAL, 0)));
+        assert_eq!(d.map_pages(!(IO - 1), 0, IO, 2, RW), Err((Errno::EINVAL, 0)));
+        d.map_pages(MOCK_APERTURE_LAST + 1 - IO, 0x8000, IO, 1, RW).unwrap();
+        let t = d.translate(MOCK_APERTURE_LAST, Access::Write).unwrap();
+        assert_eq!(t, Translation { paddr: 0x8000 + IO - 1, len: 1, prot: RW });
+        assert_eq!(d.translate(MOCK_APERTURE_LAST + 1, Access::Read), Err(Fault::OutOfRange));
+        assert_eq!(d.translate(0, Access::Read), Err(Fault::OutOfRange));
+        assert_eq!(d.translate(BASE, Access::Read), Err(Fault::NotPresent));
+    }
+
+    #[test]
+    fn permissions_and_iova_to_phys() {
+        let d = MockDomain::new(false).unwrap();
+        d.map_pages(BASE, 0x1000, IO, 1, Prot::WRITE).unwrap();
+        assert_eq!(d.translate(BASE, Access::Read), Err(Fault::Permission));
+        assert!(d.translate(BASE, Access::Write).is_ok());
+        assert_eq!(d.iova_to_phys(BASE + 3), Some(0x1003));
+    }
+
+    #[test]
+    fn dirty_tracking() {
+        let plain = MockDomain::new(false).unwrap();
+        assert!(!plain.has_dirty_ops());
+        assert_eq!(plain.set_dirty_tracking(true), Err(Errno::EINVAL));
+        assert_eq!(plain.set_dirty_tracking(false), Ok(()));
+        plain.enable_dirty_ops();
+        assert_eq!(plain.set_dirty_tracking(true), Ok(()));
+        let arc: std::sync::Arc<dyn Domain> = std::sync::Arc::new(plain);
+        assert!(arc.as_any().downcast_ref::<MockDomain>().is_some_and(|m| m.dirty_tracking()));
+
+        let d = MockDomain::with_dirty_ops(false).unwrap();
+        d.map_pages(BASE, 0, IO, 16, RW).unwrap();
+        let mut out = Vec::new();
+        // A bitmap needs tracking on; the NULL bitmap does not.
+        assert_eq!(d.read_and_clear_dirty(BASE, 16 * IO, false, Some(&mut |i, l| out.push((i, l)))), Err(Errno::EINVAL));
+        assert_eq!(d.read_and_clear_dirty(BASE, 16 * IO, false, None), Ok(()));
+        d.set_dirty_tracking(true).unwrap();
+        assert!(d.dirty_tracking());
+        assert!(d.mark_dirty(BASE + 2 * IO));
+        assert!(d.mark_dirty(BASE + 5 * IO + 7));
+        assert!(!d.mark_dirty(BASE + 100 * IO));
+        assert!(d.entry_at(BASE + 2 * IO).unwrap().dirty);
+        // no_clear reports and keeps.
+        d.read_and_clear_dirty(BASE, 16 * IO, true, Some(&mut |i, l| out.push((i, l)))).unwrap();
+        assert_eq!(out, vec![(BASE + 2 * IO, IO), (BASE + 5 * IO, IO)]);
+        out.clear();
+        d.read_and_clear_dirty(BASE, 16 * IO, false, Some(&mut |i, l| out.push((i, l)))).unwrap();
+        assert_eq!(out, vec![(BASE + 2 * IO, IO), (BASE + 5 * IO, IO)]);
+        out.clear();
+        d.read_and_clear_dirty(BASE, 16 * IO, false, Some(&mut |i, l| out.push((i, l)))).unwrap();
+        assert!(out.is_empty());
+        // The NULL bitmap clears too.
+        d.mark_dirty(BASE);
+        d.read_and_clear_dirty(BASE, IO, false, None).unwrap();
+        assert!(!d.entry_at(BASE).unwrap().dirty);
+        // Zero length still looks at one piece (the kernel's do-while).
+        d.mark_dirty(BASE);
+        d.read_and_clear_dirty(BASE, 0, false, Some(&mut |i, l| out.push((i, l)))).unwrap();
+        assert_eq!(out, vec![(BASE, IO)]);
+        d.unmap_pages(BASE, IO, 16);
+        assert_eq!(d.warnings(), 0);
+    }
+
+    #[test]
+    fn dirty_huge() {
+        let d = MockDomain::with_dirty_ops(true).unwrap();
+        d.set_dirty_tracking(true).unwrap();
+        crate::map(&d, BASE, 0x4000_0000, 4 * HUGE, RW, 0).unwrap();
+        // One piece of every other huge page, as the selftest does.
+        assert!(d.mark_dirty(BASE + 7 * IO));
+        assert!(d.mark_dirty(BASE + 2 * HUGE));
+        let mut out = Vec::new();
+        d.read_and_clear_dirty(BASE, 4 * HUGE, false, Some(&mut |i, l| out.push((i, l)))).unwrap();
+        assert_eq!(out, vec![(BASE, HUGE), (BASE + 2 * HUGE, HUGE)]);
+        // An unaligned start reports from there, a whole huge page long.
+        d.mark_dirty(BASE + HUGE);
+        out.clear();
+        d.read_and_clear_dirty(BASE + HUGE + IO, 10 * IO, false, Some(&mut |i, l| out.push((i, l)))).unwrap();
+        assert_eq!(out, vec![(BASE + HUGE + IO, HUGE)]);
+        // Empty space is skipped whole.
+        out.clear();
+        d.mark_dirty(BASE + 3 * HUGE + 5);
+        d.read_and_clear_dirty(0, MOCK_APERTURE_LAST + 1, false, Some(&mut |i, l| out.push((i, l)))).unwrap();
+        assert_eq!(out, vec![(BASE + 3 * HUGE, HUGE)]);
+        assert_eq!(crate::unmap(&d, BASE, 4 * HUGE, 0), 4 * HUGE);
+        assert!(d.is_empty());
+    }
+
+    #[test]
+    fn core_map_uses_huge_leaves_when_offered() {
+        let leaf_levels = |d: &MockDomain| {
+            let mut levels = Vec::new();
+            d.page_table().for_each_leaf(BASE, 2 * HUGE, |_, level, _| levels.push(level));
+            levels
+        };
+        let h = MockDomain::new(true).unwrap();
+        crate::map(&h, BASE, 0x4010_0000, 2 * HUGE, RW, 0).unwrap();
+        assert_eq!(leaf_levels(&h), vec![1, 1]);
+        assert!((0..1024).all(|i| h.entry_at(BASE + i * IO).unwrap().huge));
+        assert_eq!(h.iova_to_phys(BASE + HUGE + 0x123), Some(0x4020_0123));
+        assert_eq!(crate::unmap(&h, BASE, 2 * HUGE, 0), 2 * HUGE);
+
+        let p = MockDomain::new(false).unwrap();
+        crate::map(&p, BASE, 0x4010_0000, 2 * HUGE, RW, 0).unwrap();
+        assert_eq!(leaf_levels(&p), vec![0; 1024]);
+        assert!((0..1024).all(|i| !p.entry_at(BASE + i * IO).unwrap().huge));
+        assert_eq!(crate::unmap(&p, BASE, 2 * HUGE, 0), 2 * HUGE);
+        assert_eq!(p.warnings(), 0);
+
+        // Capped with max_pgsize, a huge domain uses small leaves too.
+        crate::map(&h, BASE, 0x4010_0000, 2 * HUGE, RW, IO).unwrap();
+        assert_eq!(leaf_levels(&h), vec![0; 1024]);
+        // And an unaligned physical address rules huge leaves out.
+        assert_eq!(crate::unmap(&h, BASE, 2 * HUGE, 0), 2 * HUGE);
+        crate::map(&h, BASE, 0x4010_0800, 2 * HUGE, RW, 0).unwrap();
+        assert_eq!(leaf_levels(&h), vec![0; 1024]);
+    }
+
+    #[test]
+    fn mixed_sizes_unmap_through_core() {
+        // Map with 2 KiB leaves around huge ones and unmap it all in one go.
+        let h = MockDomain::new(true).unwrap();
+        crate::map(&h, BASE + HUGE - 4 * IO, 0x4000_0000 + HUGE - 4 * IO, HUGE + 8 * IO, RW, 0).unwrap();
+        let mut levels = Vec::new();
+        h.page_table().for_each_leaf(BASE, 4 * HUGE, |_, level, _| levels.push(level));
+        assert_eq!(levels, [vec![0; 4], vec![1], vec![0; 4]].concat());
+        assert_eq!(crate::unmap(&h, BASE + HUGE - 4 * IO, HUGE + 8 * IO, 0), HUGE + 8 * IO);
+        assert!(h.is_empty());
+    }
+
+    /// Rough cost of mapping and unmapping 4 KiB (two mock pieces) through
+    /// the Domain trait. `--release -- --ignored --nocapture timing`.
+    #[test]
+    #[ignore]
+    fn timing_mock_map_unmap_4k() {
+        let d = MockDomain::new(false).unwrap();
+        const N: u64 = 1_000_000;
+        let start = std::time::Instant::now();
+        for i in 0..N {
+            let iova = BASE + (i % 1024) * 4096;
+            d.map_pages(iova, iova, IO, 2, RW).unwrap();
+            assert_eq!(d.unmap_pages(iova, IO, 2), 4096);
+        }
+        let ns = start.elapsed().as_nanos() as f64 / N as f64;
+        println!("mock: map_pages+unmap_pages of 4 KiB (2 x 2 KiB) {ns:.1} ns/op");
+        assert_eq!(d.warnings(), 0);
+    }
+}
