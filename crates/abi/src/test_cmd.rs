@@ -143,11 +143,7 @@ abi_struct! {
 impl IommuTestCmd {
     /// A zeroed command for `op` with `size` set to the full struct size.
     pub fn new(op: u32) -> Self {
-        Self {
-            size: size_of::<Self>() as u32,
-            op,
-            ..Self::default()
-        }
+        Self { size: size_of::<Self>() as u32, op, ..Self::default() }
     }
 
     /// Read the payload as the union member `T` (a copy of its first
@@ -387,15 +383,8 @@ mod tests {
     fn payload_round_trip() {
         let mut cmd = IommuTestCmd::new(IOMMU_TEST_OP_DIRTY);
         assert_eq!(cmd.size, 72);
-        let d = TestDirty {
-            flags: 1,
-            iova: 2,
-            length: 3,
-            page_size: 4,
-            uptr: 5,
-            out_nr_dirty: 6,
-            ..Default::default()
-        };
+        let d =
+            TestDirty { flags: 1, iova: 2, length: 3, page_size: 4, uptr: 5, out_nr_dirty: 6, ..Default::default() };
         cmd.set_payload(&d);
         assert_eq!(cmd.payload_as::<TestDirty>(), d);
         // A smaller member overlays the start of the union only.

@@ -351,17 +351,13 @@ fn strip_comments(text: &str) -> String {
         rest = rest[i..].find("*/").map_or("", |j| &rest[i + j + 2..]);
     }
     out.push_str(rest);
-    out.lines()
-        .map(|l| l.split("//").next().unwrap_or(""))
-        .collect::<Vec<_>>()
-        .join("\n")
+    out.lines().map(|l| l.split("//").next().unwrap_or("")).collect::<Vec<_>>().join("\n")
 }
 
 fn has_word(text: &str, word: &str) -> bool {
     let is_ident = |c: char| c.is_ascii_alphanumeric() || c == '_';
-    text.match_indices(word).any(|(i, _)| {
-        !text[..i].ends_with(is_ident) && !text[i + word.len()..].starts_with(is_ident)
-    })
+    text.match_indices(word)
+        .any(|(i, _)| !text[..i].ends_with(is_ident) && !text[i + word.len()..].starts_with(is_ident))
 }
 
 /// Brace-matched body of `struct name { ... }` in `text`.
@@ -389,11 +385,7 @@ fn present_in<'a>(items: &'a [Item], text: &str) -> Vec<&'a Item> {
         if it.is_const {
             return has_word(text, it.group);
         }
-        if let Some(member) = it
-            .group
-            .strip_prefix("TC(")
-            .and_then(|g| g.strip_suffix(')'))
-        {
+        if let Some(member) = it.group.strip_prefix("TC(").and_then(|g| g.strip_suffix(')')) {
             return text.contains(&format!("}} {member};"));
         }
         let name = it.group.trim_start_matches("struct ");
@@ -408,11 +400,7 @@ fn present_in<'a>(items: &'a [Item], text: &str) -> Vec<&'a Item> {
             if it.is_const || it.field.is_some() {
                 return field_present(it);
             }
-            field_present(it)
-                && items
-                    .iter()
-                    .filter(|o| o.group == it.group && o.field.is_some())
-                    .all(field_present)
+            field_present(it) && items.iter().filter(|o| o.group == it.group && o.field.is_some()).all(field_present)
         })
         .collect()
 }
@@ -421,10 +409,7 @@ fn present_in<'a>(items: &'a [Item], text: &str) -> Vec<&'a Item> {
 // Compiling and running the probe.
 
 fn have_cc() -> bool {
-    let ok = Command::new("cc")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
+    let ok = Command::new("cc").arg("--version").output().is_ok_and(|o| o.status.success());
     if !ok {
         eprintln!("c_headers: no C compiler (`cc`), skipping");
     }
@@ -462,34 +447,21 @@ fn probe(dir: &Path, includes: &str, inc_dirs: &[&Path], items: &[&Item]) -> usi
          int main(void)\n{{\n"
     );
     for it in items {
-        src += &format!(
-            "\tprintf(\"%llu\\n\", (unsigned long long)({}));\n",
-            it.c_expr()
-        );
+        src += &format!("\tprintf(\"%llu\\n\", (unsigned long long)({}));\n", it.c_expr());
     }
     src += "\treturn 0;\n}\n";
     let (c, exe) = (dir.join("probe.c"), dir.join("probe"));
     fs::write(&c, &src).unwrap();
     let mut cc = Command::new("cc");
-    cc.args(["-std=gnu11", "-Wall", "-Werror", "-o"])
-        .arg(&exe)
-        .arg(&c);
+    cc.args(["-std=gnu11", "-Wall", "-Werror", "-o"]).arg(&exe).arg(&c);
     for d in inc_dirs {
         cc.arg("-I").arg(d);
     }
     let out = cc.output().unwrap();
-    assert!(
-        out.status.success(),
-        "probe failed to build:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "probe failed to build:\n{}", String::from_utf8_lossy(&out.stderr));
     let out = Command::new(&exe).output().unwrap();
     assert!(out.status.success());
-    let values: Vec<u64> = String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| l.parse().unwrap())
-        .collect();
+    let values: Vec<u64> = String::from_utf8(out.stdout).unwrap().lines().map(|l| l.parse().unwrap()).collect();
     assert_eq!(values.len(), items.len());
     let bad: Vec<String> = items
         .iter()
@@ -509,10 +481,7 @@ fn our_headers_match_rust() {
     let scratch = Scratch::new("ours");
     let dir = &scratch.0;
     let include = repo_include();
-    let ours: Vec<Item> = iommufd_items()
-        .into_iter()
-        .chain(test_cmd_items())
-        .collect();
+    let ours: Vec<Item> = iommufd_items().into_iter().chain(test_cmd_items()).collect();
     let n = probe(
         dir,
         "#include <linux/iommufd.h>\n#include <uiommufd/iommufd_test.h>",
@@ -527,11 +496,7 @@ fn our_headers_match_rust() {
         let vfio = vfio_items();
         let have = present_in(&vfio, &strip_comments(&text));
         let n = probe(dir, "#include <linux/vfio.h>", &[], &have);
-        eprintln!(
-            "c_headers: {n} of {} VFIO items match {}",
-            vfio.len(),
-            sys.display()
-        );
+        eprintln!("c_headers: {n} of {} VFIO items match {}", vfio.len(), sys.display());
     }
 }
 
@@ -555,10 +520,7 @@ fn kernel_tree(dir: &Path) -> Option<PathBuf> {
     }
     let tarball = Path::new("/usr/src/linux-source-6.12.tar.xz");
     if !tarball.exists() {
-        eprintln!(
-            "c_headers: {} absent and UIOMMUFD_KSRC unset, skipping",
-            tarball.display()
-        );
+        eprintln!("c_headers: {} absent and UIOMMUFD_KSRC unset, skipping", tarball.display());
         return None;
     }
     fs::create_dir_all(dir).unwrap();
@@ -622,30 +584,17 @@ fn kernel_6_12_headers_and_selftests() {
     for f in &KFILES[3..] {
         copy(&root.join(f), &st.join(f));
     }
-    copy(
-        &repo_include().join("uiommufd/iommufd_test.h"),
-        &st.join(KFILES[2]),
-    );
+    copy(&repo_include().join("uiommufd/iommufd_test.h"), &st.join(KFILES[2]));
     let sdir = st.join("tools/testing/selftests/iommu");
     for f in ["iommufd.c", "iommufd_fail_nth.c"] {
         let out = Command::new("cc")
-            .args([
-                "-fsyntax-only",
-                "-std=gnu11",
-                "-D_GNU_SOURCE",
-                "-Wall",
-                "-Wno-unused-function",
-            ])
+            .args(["-fsyntax-only", "-std=gnu11", "-D_GNU_SOURCE", "-Wall", "-Wno-unused-function"])
             .arg("-I")
             .arg(repo_include())
             .arg(f)
             .current_dir(&sdir)
             .output()
             .unwrap();
-        assert!(
-            out.status.success(),
-            "{f}:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "{f}:\n{}", String::from_utf8_lossy(&out.stderr));
     }
 }

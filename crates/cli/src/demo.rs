@@ -53,7 +53,10 @@ pub fn demo() -> Result<ExitCode, String> {
     println!("IOMMU_DESTROY IOAS {ioas}                     -> ok");
 
     match d.file.ioctl(&d.fds, abi::IOMMU_DESTROY as u64, destroy.as_mut_bytes().as_mut_ptr() as u64) {
-        Err(e) => println!("IOMMU_DESTROY IOAS {ioas} again               -> {:?}, as the kernel answers ({})", e.errno, e.context),
+        Err(e) => println!(
+            "IOMMU_DESTROY IOAS {ioas} again               -> {:?}, as the kernel answers ({})",
+            e.errno, e.context
+        ),
         Ok(_) => return Err("destroying a destroyed IOAS succeeded".into()),
     }
     println!();

@@ -41,11 +41,7 @@ pub struct RunArgs {
 
 fn find_shim(explicit: Option<PathBuf>) -> Result<PathBuf, String> {
     if let Some(p) = explicit.or_else(|| std::env::var_os("UIOMMUFD_PRELOAD").map(PathBuf::from)) {
-        return if p.is_file() {
-            Ok(p)
-        } else {
-            Err(format!("preload shim {} does not exist", p.display()))
-        };
+        return if p.is_file() { Ok(p) } else { Err(format!("preload shim {} does not exist", p.display())) };
     }
     let exe = std::env::current_exe().map_err(|e| format!("cannot locate the uiommufd binary: {e}"))?;
     let dir = exe.parent().unwrap_or(Path::new("."));

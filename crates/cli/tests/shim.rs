@@ -39,9 +39,11 @@ fn work_dir() -> &'static Path {
         let base = Path::new(env!("CARGO_TARGET_TMPDIR")).join("shim-tests");
         if let Ok(entries) = std::fs::read_dir(&base) {
             for e in entries.flatten() {
-                let stale = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()).is_some_and(|pid| {
-                    pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists()
-                });
+                let stale = e
+                    .file_name()
+                    .to_str()
+                    .and_then(|s| s.parse::<u32>().ok())
+                    .is_some_and(|pid| pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists());
                 if stale {
                     let _ = std::fs::remove_dir_all(e.path());
                 }
@@ -160,10 +162,7 @@ struct Ran {
 impl Ran {
     /// Everything about the run, for assertion messages.
     fn report(&self) -> String {
-        format!(
-            "{}\n  status: {:?}\n  stdout:\n{}\n  stderr:\n{}",
-            self.what, self.status, self.stdout, self.stderr
-        )
+        format!("{}\n  status: {:?}\n  stdout:\n{}\n  stderr:\n{}", self.what, self.status, self.stdout, self.stderr)
     }
 
     /// The run exited 0 after a C program printed `PASS <n> checks`; the
@@ -362,12 +361,8 @@ fn trace_prints_one_line_per_served_ioctl() {
     for line in ran.stderr.lines() {
         assert!(line.starts_with(&prefix), "stray stderr line {line:?}: {}", ran.report());
     }
-    let ioctls: Vec<&str> = ran
-        .stderr
-        .lines()
-        .filter_map(|l| l.strip_prefix(&prefix))
-        .filter(|l| l.starts_with("ioctl("))
-        .collect();
+    let ioctls: Vec<&str> =
+        ran.stderr.lines().filter_map(|l| l.strip_prefix(&prefix)).filter(|l| l.starts_with("ioctl(")).collect();
     let expected = [
         "IOMMU_IOAS_ALLOC) = 0",
         "IOMMU_IOAS_ALLOC) = 0",
@@ -418,7 +413,13 @@ fn unknown_iommu_model_makes_open_fail_enodev() {
 
     let traced = run(uiommufd_run(
         &["--trace"],
-        &[OsStr::new("env"), OsStr::new("UIOMMUFD_IOMMU=bogus"), exe.as_os_str(), OsStr::new("/dev/iommu"), OsStr::new("ENODEV")],
+        &[
+            OsStr::new("env"),
+            OsStr::new("UIOMMUFD_IOMMU=bogus"),
+            exe.as_os_str(),
+            OsStr::new("/dev/iommu"),
+            OsStr::new("ENODEV"),
+        ],
     ));
     traced.assert_c_passed();
     assert!(traced.stderr.contains("UIOMMUFD_IOMMU names no known model"), "{}", traced.report());

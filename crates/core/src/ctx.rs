@@ -111,7 +111,15 @@ impl Iommufd {
     }
 
     /// `IOMMU_IOAS_COPY`: returns the destination IOVA.
-    pub fn ioas_copy(&self, dst: ObjectId, src: ObjectId, flags: u32, length: u64, dst_iova: u64, src_iova: u64) -> Result<u64> {
+    pub fn ioas_copy(
+        &self,
+        dst: ObjectId,
+        src: ObjectId,
+        flags: u32,
+        length: u64,
+        dst_iova: u64,
+        src_iova: u64,
+    ) -> Result<u64> {
         crate::ioas::check_map_flags(flags, &[length, src_iova, dst_iova])?;
         let list = self.ioas(src)?.iopt().get_pages(src_iova, length)?;
         let dst = self.ioas(dst)?;
@@ -267,10 +275,7 @@ mod tests {
         assert_eq!(get(id).unwrap(), 0);
         set(1).unwrap();
         assert_eq!(get(id).unwrap(), 1);
-        assert_eq!(
-            ctx.option(abi::IOMMU_OPTION_HUGE_PAGES, 7, id, 0).unwrap_err().errno,
-            Errno::EOPNOTSUPP
-        );
+        assert_eq!(ctx.option(abi::IOMMU_OPTION_HUGE_PAGES, 7, id, 0).unwrap_err().errno, Errno::EOPNOTSUPP);
     }
 
     #[test]

@@ -1,47 +1,61 @@
-//! Bound devices and their attachment (`device.c`).
+//! Bound devices and their attachments (`device.c`).
 //!
 //! Binding a device to an iommufd creates a *device object* (`idev`); the
 //! binder (a VFIO cdev, or the selftest's mock device) holds a dependency
 //! edge on it until it unbinds, so `IOMMU_DESTROY` of a bound device is
-//! `EBUSY`. A bound device is attached to at most one HWPT at a time
-//! (per PASID, later): attaching to an IOAS picks or creates an *auto
-//! domain*; attaching to a HWPT uses it as is. Attachment reserves the
-//! device's reserved regions in the HWPT's IOAS.
+//! `EBUSY`. A bound device has at most one HWPT per PASID; PASID 0
+//! (`IOMMU_NO_PASID`) is the requester ID itself. Attaching to an IOAS picks
+//! or creates an *auto domain*; attaching to a HWPT uses it as is.
+//! Attachment reserves the device's reserved regions in the HWPT's IOAS.
+//!
+//! PASID rules (mainline's `iommufd_hwpt_pasid_compat`): a PASID may only
+//! use a HWPT allocated with `IOMMU_HWPT_ALLOC_PASID`, and while any PASID
+//! is attached the requester ID may only use such HWPTs too.
 //!
 //! Each device forms its own group (the kernel's `iommufd_group` with one
 //! member), which is what the mock driver and every emulated device here
 //! produce.
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use uiommufd_hw::device::{Cap, IommuDevice, PagingRequest, ResvKind};
 
 use crate::error::{einval, ErrnoExt, Result};
-use crate::hwpt::{HwptPaging, PagingFlags};
+use crate::fault::PageRequest;
+use crate::hwpt::{HwptDep, HwptNested, HwptPaging, PagingFlags};
 use crate::io_pagetable::{new_token, Owner};
 use crate::ioas::Ioas;
 use crate::object::{Borrowed, Dep, ObjHeader, Object, ObjectId, ObjectKind, ObjectType};
 use crate::{Errno, Iommufd};
 
+/// The requester ID's own "PASID".
+pub const NO_PASID: u32 = 0;
+
 /// `struct iommufd_device`.
 pub struct Device {
     hdr: ObjHeader,
     dev: Arc<dyn IommuDevice>,
-    /// Owner identity of the reserved ranges this device puts in an IOAS.
+    /// Owner identity of the reserved ranges this device puts in an IOAS,
+    /// and of its fault groups.
     token: u64,
     enforce_cache_coherency: bool,
-    /// The group lock and the current attachment.
-    attach: Mutex<Option<Attachment>>,
+    /// The group lock: attachments by PASID.
+    attach: Mutex<BTreeMap<u32, HwptDep>>,
     ctx: Weak<Iommufd>,
-}
-
-struct Attachment {
-    hwpt: Dep<HwptPaging>,
 }
 
 impl std::fmt::Debug for Device {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Device").field("id", &self.id()).field("dev", &self.dev.name()).finish()
+    }
+}
+
+/// Whether a HWPT may be used with PASIDs.
+fn pasid_compat(h: &HwptDep) -> bool {
+    match h {
+        HwptDep::Paging(p) => p.pasid_compat(),
+        HwptDep::Nested(n) => n.pasid_compat(),
     }
 }
 
@@ -58,13 +72,18 @@ impl Device {
         self.enforce_cache_coherency
     }
 
-    fn lock(&self) -> MutexGuard<'_, Option<Attachment>> {
+    fn lock(&self) -> MutexGuard<'_, BTreeMap<u32, HwptDep>> {
         self.attach.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The HWPT the device is attached to.
-    pub fn attached_hwpt(&self) -> Option<Arc<HwptPaging>> {
-        self.lock().as_ref().map(|a| Arc::clone(a.hwpt.arc()))
+    /// The ID of the HWPT attached at `pasid`.
+    pub fn attached(&self, pasid: u32) -> Option<ObjectId> {
+        self.lock().get(&pasid).map(|h| h.id())
+    }
+
+    /// The paging HWPT behind the requester ID's attachment.
+    pub fn attached_paging(&self) -> Option<Arc<HwptPaging>> {
+        self.lock().get(&NO_PASID).map(|h| Arc::clone(h.paging()))
     }
 
     fn reserve_regions(&self, ioas: &Ioas) -> Result<()> {
@@ -81,68 +100,84 @@ impl Device {
         ioas.iopt().reserve_all(&ranges, Owner::Device(self.token))
     }
 
-    fn unreserve_regions(&self, ioas: &Ioas) {
-        ioas.iopt().remove_reserved(Owner::Device(self.token));
-    }
-
-    /// `iommufd_hw_pagetable_attach` for an unattached device.
-    fn do_attach(&self, slot: &mut Option<Attachment>, hwpt: &Borrowed<HwptPaging>) -> Result<()> {
-        if let Some(cur) = slot.as_ref() {
-            if !Arc::ptr_eq(cur.hwpt.arc(), hwpt.arc()) {
-                return Err(einval("device is already attached elsewhere"));
+    fn check_pasid(&self, map: &BTreeMap<u32, HwptDep>, pasid: u32, h: &HwptDep) -> Result<()> {
+        if pasid == NO_PASID {
+            if !pasid_compat(h) && map.keys().any(|&p| p != NO_PASID) {
+                return Err(einval("PASIDs are attached: the RID needs a PASID-capable HWPT"));
+            }
+        } else {
+            if !pasid_compat(h) {
+                return Err(einval("HWPT was not allocated for PASID use"));
+            }
+            if map.get(&NO_PASID).is_some_and(|rid| !pasid_compat(rid)) {
+                return Err(einval("the RID's HWPT is not PASID capable"));
             }
         }
-        self.reserve_regions(hwpt.ioas())?;
-        if let Err(e) = self.dev.check_attach(hwpt.domain().as_ref()) {
-            self.unreserve_regions(hwpt.ioas());
-            return Err(crate::Error::new(e, "the IOMMU driver refused the domain"));
-        }
-        *slot = Some(Attachment { hwpt: Dep::new(hwpt) });
         Ok(())
     }
 
-    /// `iommufd_device_do_replace`: swap the attachment, keeping the old
-    /// one if anything fails. Returns the old HWPT for the caller to put.
-    fn do_replace(&self, slot: &mut Option<Attachment>, hwpt: &Borrowed<HwptPaging>) -> Result<Option<Dep<HwptPaging>>> {
-        let Some(cur) = slot.as_ref() else { return Err(einval("device is not attached")) };
-        if Arc::ptr_eq(cur.hwpt.arc(), hwpt.arc()) {
-            return Ok(None);
+    /// Attach (`replace == false`) or replace the attachment at `pasid` with
+    /// `h`. Returns the edge that was replaced, for the caller to put.
+    fn install(
+        &self,
+        map: &mut BTreeMap<u32, HwptDep>,
+        pasid: u32,
+        h: HwptDep,
+        replace: bool,
+    ) -> Result<Option<HwptDep>> {
+        match (map.get(&pasid), replace) {
+            (Some(cur), false) if !cur.same(&h) => return Err(einval("already attached elsewhere")),
+            (None, true) => return Err(einval("not attached")),
+            (Some(cur), true) if cur.same(&h) => return Ok(None),
+            _ => {}
         }
-        let same_ioas = Arc::ptr_eq(cur.hwpt.ioas(), hwpt.ioas());
+        self.check_pasid(map, pasid, &h)?;
+        let new_ioas = Arc::clone(h.paging().ioas());
+        let same_ioas = map.get(&pasid).is_some_and(|cur| Arc::ptr_eq(cur.paging().ioas(), &new_ioas));
         if !same_ioas {
-            self.reserve_regions(hwpt.ioas())?;
+            self.reserve_regions(&new_ioas)?;
         }
-        if let Err(e) = self.dev.check_attach(hwpt.domain().as_ref()) {
-            if !same_ioas {
-                self.unreserve_regions(hwpt.ioas());
+        if let Err(e) = self.dev.check_attach(h.domain().as_ref()) {
+            if !same_ioas && !map.values().any(|o| Arc::ptr_eq(o.paging().ioas(), &new_ioas)) {
+                new_ioas.iopt().remove_reserved(Owner::Device(self.token));
             }
             return Err(crate::Error::new(e, "the IOMMU driver refused the domain"));
         }
-        let old = slot.replace(Attachment { hwpt: Dep::new(hwpt) }).expect("attached");
-        if !same_ioas {
-            self.unreserve_regions(old.hwpt.ioas());
+        let old = map.insert(pasid, h);
+        if let Some(o) = &old {
+            if let Some(f) = o.fault() {
+                f.auto_respond((self.token, pasid));
+            }
+            let ioas = Arc::clone(o.paging().ioas());
+            if !map.values().any(|x| Arc::ptr_eq(x.paging().ioas(), &ioas)) {
+                ioas.iopt().remove_reserved(Owner::Device(self.token));
+            }
         }
-        Ok(Some(old.hwpt))
+        Ok(old)
     }
 
-    /// Attach (`replace == false`) or replace the attachment with `pt_id`,
-    /// an IOAS (auto domain) or a paging HWPT. Returns the HWPT ID.
-    pub fn change_pt(&self, ctx: &Iommufd, pt_id: ObjectId, replace: bool) -> Result<ObjectId> {
+    /// Attach (`replace == false`) or replace the attachment at `pasid` with
+    /// `pt_id`: an IOAS (auto domain), a paging or a nested HWPT. Returns
+    /// the HWPT ID.
+    pub fn change_pt(&self, ctx: &Iommufd, pasid: u32, pt_id: ObjectId, replace: bool) -> Result<ObjectId> {
+        if pasid != NO_PASID && (self.dev.max_pasid_log2() == 0 || (pasid as u64) >> self.dev.max_pasid_log2() != 0) {
+            return Err(einval("the device does not support this PASID"));
+        }
         let old = match ctx.objects().kind_of(pt_id) {
             None => return Err(crate::error::enoent("no object with this ID")),
             Some(ObjectKind::HwptPaging) => {
                 let hwpt = ctx.get::<HwptPaging>(pt_id)?;
-                let mut slot = self.lock();
-                if replace {
-                    self.do_replace(&mut slot, &hwpt)?
-                } else {
-                    self.do_attach(&mut slot, &hwpt)?;
-                    None
-                }
+                let mut map = self.lock();
+                self.install(&mut map, pasid, HwptDep::Paging(Dep::new(&hwpt)), replace)?
+            }
+            Some(ObjectKind::HwptNested) => {
+                let hwpt = ctx.get::<HwptNested>(pt_id)?;
+                let mut map = self.lock();
+                self.install(&mut map, pasid, HwptDep::Nested(Dep::new(&hwpt)), replace)?
             }
             Some(ObjectKind::Ioas) => {
                 let ioas = ctx.get::<Ioas>(pt_id)?;
-                let (id, old) = self.auto_get_domain(ctx, &ioas, replace)?;
+                let (id, old) = self.auto_get_domain(ctx, &ioas, pasid, replace)?;
                 drop(ioas);
                 put_hwpt(ctx, old);
                 return Ok(id);
@@ -154,84 +189,139 @@ impl Device {
     }
 
     /// `iommufd_device_auto_get_domain`.
-    fn auto_get_domain(&self, ctx: &Iommufd, ioas: &Borrowed<Ioas>, replace: bool) -> Result<(ObjectId, Option<Dep<HwptPaging>>)> {
+    fn auto_get_domain(
+        &self,
+        ctx: &Iommufd,
+        ioas: &Borrowed<Ioas>,
+        pasid: u32,
+        replace: bool,
+    ) -> Result<(ObjectId, Option<HwptDep>)> {
         let mut list = ioas.hwpts();
-        let candidates: Vec<Arc<HwptPaging>> = list.iter().filter_map(|w| w.upgrade()).filter(|h| h.is_auto()).collect();
+        let candidates: Vec<Arc<HwptPaging>> =
+            list.iter().filter_map(|w| w.upgrade()).filter(|h| h.is_auto()).collect();
         for h in candidates {
             let Ok(hwpt) = ctx.get::<HwptPaging>(h.id()) else { continue };
-            let mut slot = self.lock();
-            let r = if replace { self.do_replace(&mut slot, &hwpt) } else { self.do_attach(&mut slot, &hwpt).map(|()| None) };
-            match r {
+            let mut map = self.lock();
+            match self.install(&mut map, pasid, HwptDep::Paging(Dep::new(&hwpt)), replace) {
                 Ok(old) => return Ok((hwpt.id(), old)),
                 Err(e) if e.errno == Errno::EINVAL => continue,
                 Err(e) => return Err(e),
             }
         }
-        // Nothing fits: a new auto domain, attached before it is published.
+        // Nothing fits: a new auto domain, attached first ("immediate
+        // attach"), then filled, then published.
         let pending = ctx.objects().reserve()?;
-        let req = PagingRequest::default();
+        let req = PagingRequest { pasid: pasid != NO_PASID, ..Default::default() };
         let domain = self.dev.alloc_paging(&req).ctx("allocating a paging domain")?;
-        let flags = PagingFlags { enforce_cache_coherency: self.enforce_cache_coherency, ..Default::default() };
+        let flags = PagingFlags {
+            enforce_cache_coherency: self.enforce_cache_coherency,
+            pasid: pasid != NO_PASID,
+            ..Default::default()
+        };
         let hwpt = Arc::new(HwptPaging::new(pending.id(), ioas, domain, flags));
         hwpt.set_auto();
-        // The kernel attaches first ("immediate attach"), then fills.
-        let mut slot = self.lock();
-        let borrowed = crate::object::Borrowed::detached(&hwpt);
-        let old = if replace { self.do_replace(&mut slot, &borrowed)? } else { self.do_attach(&mut slot, &borrowed).map(|()| None)? };
+        let borrowed = Borrowed::detached(&hwpt);
+        let mut map = self.lock();
+        let old = self.install(&mut map, pasid, HwptDep::Paging(Dep::new(&borrowed)), replace)?;
         if let Err(e) = hwpt.add_to_iopt() {
             // Undo the attachment.
-            match old {
-                Some(o) => {
-                    let _ = slot.replace(Attachment { hwpt: o });
-                    self.unreserve_regions(ioas);
-                }
-                None => {
-                    *slot = None;
-                    self.unreserve_regions(ioas);
-                }
+            let ours = map.remove(&pasid);
+            if let Some(o) = old {
+                map.insert(pasid, o);
             }
+            let reserved_elsewhere = map.values().any(|x| Arc::ptr_eq(x.paging().ioas(), ioas.arc()));
+            if !reserved_elsewhere {
+                ioas.iopt().remove_reserved(Owner::Device(self.token));
+            }
+            drop(map);
+            drop(ours);
             return Err(e);
         }
         list.push(Arc::downgrade(&hwpt));
         drop(list);
-        drop(slot);
+        drop(map);
         drop(borrowed);
         let id = pending.id();
         pending.publish(hwpt);
         Ok((id, old))
     }
 
-    /// `iommufd_device_detach`.
-    pub fn detach(&self, ctx: &Iommufd) {
-        let old = self.lock().take();
-        if let Some(a) = old {
-            self.unreserve_regions(a.hwpt.ioas());
-            put_hwpt(ctx, Some(a.hwpt));
+    /// `iommufd_device_detach` (for `pasid`): no-op if not attached.
+    pub fn detach(&self, ctx: &Iommufd, pasid: u32) {
+        let old = {
+            let mut map = self.lock();
+            let old = map.remove(&pasid);
+            if let Some(o) = &old {
+                if let Some(f) = o.fault() {
+                    f.auto_respond((self.token, pasid));
+                }
+                let ioas = Arc::clone(o.paging().ioas());
+                if !map.values().any(|x| Arc::ptr_eq(x.paging().ioas(), &ioas)) {
+                    ioas.iopt().remove_reserved(Owner::Device(self.token));
+                }
+            }
+            old
+        };
+        put_hwpt(ctx, old);
+    }
+
+    /// Detach every PASID and the requester ID.
+    pub fn detach_all(&self, ctx: &Iommufd) {
+        let pasids: Vec<u32> = self.lock().keys().copied().collect();
+        // PASIDs first, then the RID, as a driver tears down.
+        for p in pasids.iter().rev() {
+            self.detach(ctx, *p);
         }
+    }
+
+    /// `iommu_report_device_fault`: a page request from this device goes to
+    /// the fault queue of the HWPT attached at its PASID. A PASID without an
+    /// attachment of its own reaches the RID's nested HWPT when the IOMMU
+    /// keeps the PASID table in user space (`user_pasid_table`). Returns
+    /// whether a queue took it.
+    pub fn report_fault(&self, req: PageRequest, user_pasid_table: bool) -> bool {
+        let pasid_valid = req.flags & uiommufd_abi::IOMMU_PGFAULT_FLAGS_PASID_VALID != 0;
+        let key = if pasid_valid { req.pasid } else { NO_PASID };
+        let map = self.lock();
+        let (handle_pasid, h) = match map.get(&key) {
+            Some(h) => (key, h),
+            None if pasid_valid && user_pasid_table => match map.get(&NO_PASID) {
+                Some(h @ HwptDep::Nested(_)) => (NO_PASID, h),
+                _ => return false,
+            },
+            None => return false,
+        };
+        let Some(f) = h.fault() else { return false };
+        f.report(self.id(), (self.token, handle_pasid), vec![req]);
+        true
     }
 }
 
 /// `iommufd_hw_pagetable_put`: drop an attachment edge; an auto domain that
 /// lost its last user is destroyed.
-fn put_hwpt(ctx: &Iommufd, dep: Option<Dep<HwptPaging>>) {
+pub(crate) fn put_hwpt(ctx: &Iommufd, dep: Option<HwptDep>) {
     let Some(dep) = dep else { return };
-    let hwpt = Arc::clone(dep.arc());
+    let auto = dep.is_auto();
+    let id = dep.id();
     drop(dep);
-    if hwpt.is_auto() {
-        let id = hwpt.id();
-        drop(hwpt);
+    if auto {
         let _ = ctx.objects().destroy_if(id, |o| matches!(o, Object::HwptPaging(_)));
     }
 }
 
 impl Drop for Device {
     fn drop(&mut self) {
-        // Unbinding detaches first; a device destroyed while attached (only
-        // when its context is closing) still releases its reserved ranges.
-        if let Some(a) = self.lock().take() {
-            self.unreserve_regions(a.hwpt.ioas());
-            if let Some(ctx) = self.ctx.upgrade() {
-                put_hwpt(&ctx, Some(a.hwpt));
+        // Unbinding detaches first; a device destroyed while attached (its
+        // context closing) still releases what it holds.
+        let map = std::mem::take(&mut *self.lock());
+        let ctx = self.ctx.upgrade();
+        for (pasid, h) in map {
+            if let Some(f) = h.fault() {
+                f.auto_respond((self.token, pasid));
+            }
+            h.paging().ioas().iopt().remove_reserved(Owner::Device(self.token));
+            if let Some(ctx) = &ctx {
+                put_hwpt(ctx, Some(h));
             }
         }
     }
@@ -249,10 +339,10 @@ pub fn bind(ctx: &Arc<Iommufd>, dev: Arc<dyn IommuDevice>) -> Result<(ObjectId, 
         enforce_cache_coherency: dev.capable(Cap::EnforceCacheCoherency),
         dev,
         token: new_token(),
-        attach: Mutex::new(None),
+        attach: Mutex::new(BTreeMap::new()),
         ctx: Arc::downgrade(ctx),
     });
-    let edge = Dep::new(&crate::object::Borrowed::detached(&idev));
+    let edge = Dep::new(&Borrowed::detached(&idev));
     let id = pending.id();
     pending.publish(idev);
     Ok((id, edge))

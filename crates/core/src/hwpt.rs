@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 use uiommufd_hw::Domain;
 
+use crate::fault::Fault;
 use crate::io_pagetable::new_token;
 use crate::ioas::Ioas;
 use crate::object::{Borrowed, Dep, ObjHeader, Object, ObjectId, ObjectKind, ObjectType};
@@ -30,8 +31,12 @@ pub struct HwptPaging {
     nest_parent: bool,
     dirty_tracking: bool,
     enforce_cache_coherency: bool,
+    /// Allocated with `IOMMU_HWPT_ALLOC_PASID`.
+    pasid: bool,
     /// Added to the io_pagetable (filled and kept in sync).
     in_iopt: AtomicBool,
+    /// Where I/O page faults of attached devices go.
+    fault: Option<Dep<Fault>>,
 }
 
 impl std::fmt::Debug for HwptPaging {
@@ -46,6 +51,7 @@ pub struct PagingFlags {
     pub nest_parent: bool,
     pub dirty_tracking: bool,
     pub enforce_cache_coherency: bool,
+    pub pasid: bool,
 }
 
 impl HwptPaging {
@@ -61,8 +67,21 @@ impl HwptPaging {
             nest_parent: flags.nest_parent,
             dirty_tracking: flags.dirty_tracking,
             enforce_cache_coherency: flags.enforce_cache_coherency,
+            pasid: flags.pasid,
             in_iopt: AtomicBool::new(false),
+            fault: None,
         }
+    }
+
+    /// Route page faults to `fault` (`IOMMU_HWPT_FAULT_ID_VALID`); only
+    /// before the HWPT is published.
+    pub fn with_fault(mut self, fault: Option<Dep<Fault>>) -> Self {
+        self.fault = fault;
+        self
+    }
+
+    pub fn fault(&self) -> Option<&Arc<Fault>> {
+        self.fault.as_ref().map(|d| d.arc())
     }
 
     pub fn id(&self) -> ObjectId {
@@ -95,6 +114,11 @@ impl HwptPaging {
 
     pub fn enforce_cache_coherency(&self) -> bool {
         self.enforce_cache_coherency
+    }
+
+    /// May be attached to PASIDs (`IOMMU_HWPT_ALLOC_PASID`).
+    pub fn pasid_compat(&self) -> bool {
+        self.pasid
     }
 
     /// `iopt_table_add_domain`: fill the domain with the IOAS's mappings
@@ -131,4 +155,290 @@ impl ObjectType for HwptPaging {
             _ => None,
         }
     }
+}
+
+/// `struct iommufd_hwpt_nested`: a driver-specific stage-1 domain over a
+/// nesting-parent paging HWPT.
+pub struct HwptNested {
+    hdr: ObjHeader,
+    parent: Dep<HwptPaging>,
+    domain: Arc<dyn Domain>,
+    fault: Option<Dep<Fault>>,
+    pasid: bool,
+}
+
+impl std::fmt::Debug for HwptNested {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HwptNested").field("id", &self.id()).field("parent", &self.parent.id()).finish()
+    }
+}
+
+impl HwptNested {
+    pub fn new(
+        id: ObjectId,
+        parent: &Borrowed<HwptPaging>,
+        domain: Arc<dyn Domain>,
+        fault: Option<Dep<Fault>>,
+        pasid: bool,
+    ) -> Self {
+        HwptNested { hdr: ObjHeader::new(id), parent: Dep::new(parent), domain, fault, pasid }
+    }
+
+    /// May be attached to PASIDs (`IOMMU_HWPT_ALLOC_PASID`).
+    pub fn pasid_compat(&self) -> bool {
+        self.pasid
+    }
+
+    pub fn id(&self) -> ObjectId {
+        self.hdr.id()
+    }
+
+    pub fn parent(&self) -> &Arc<HwptPaging> {
+        self.parent.arc()
+    }
+
+    pub fn domain(&self) -> &Arc<dyn Domain> {
+        &self.domain
+    }
+
+    pub fn fault(&self) -> Option<&Arc<Fault>> {
+        self.fault.as_ref().map(|d| d.arc())
+    }
+}
+
+impl ObjectType for HwptNested {
+    const KIND: ObjectKind = ObjectKind::HwptNested;
+    fn header(&self) -> &ObjHeader {
+        &self.hdr
+    }
+    fn into_object(this: Arc<Self>) -> Object {
+        Object::HwptNested(this)
+    }
+    fn from_object(obj: &Object) -> Option<&Arc<Self>> {
+        match obj {
+            Object::HwptNested(o) => Some(o),
+            _ => None,
+        }
+    }
+}
+
+/// A dependency edge on either kind of HWPT (what an attachment holds).
+pub enum HwptDep {
+    Paging(Dep<HwptPaging>),
+    Nested(Dep<HwptNested>),
+}
+
+impl HwptDep {
+    pub fn id(&self) -> ObjectId {
+        match self {
+            HwptDep::Paging(h) => h.id(),
+            HwptDep::Nested(h) => h.id(),
+        }
+    }
+
+    pub fn domain(&self) -> &Arc<dyn Domain> {
+        match self {
+            HwptDep::Paging(h) => h.domain(),
+            HwptDep::Nested(h) => h.domain(),
+        }
+    }
+
+    /// The paging HWPT whose IOAS this attachment uses (the parent for a
+    /// nested one).
+    pub fn paging(&self) -> &Arc<HwptPaging> {
+        match self {
+            HwptDep::Paging(h) => h.arc(),
+            HwptDep::Nested(h) => h.parent(),
+        }
+    }
+
+    pub fn fault(&self) -> Option<&Arc<Fault>> {
+        match self {
+            HwptDep::Paging(h) => h.fault(),
+            HwptDep::Nested(h) => h.fault(),
+        }
+    }
+
+    /// Same HWPT object?
+    pub fn same(&self, other: &HwptDep) -> bool {
+        match (self, other) {
+            (HwptDep::Paging(a), HwptDep::Paging(b)) => Arc::ptr_eq(a.arc(), b.arc()),
+            (HwptDep::Nested(a), HwptDep::Nested(b)) => Arc::ptr_eq(a.arc(), b.arc()),
+            _ => false,
+        }
+    }
+
+    /// An automatically created paging HWPT (destroyed with its last user).
+    pub fn is_auto(&self) -> bool {
+        matches!(self, HwptDep::Paging(h) if h.is_auto())
+    }
+}
+
+/// Input of `IOMMU_HWPT_ALLOC`.
+pub struct HwptAllocArgs<'a> {
+    pub flags: u32,
+    pub dev_id: ObjectId,
+    pub pt_id: ObjectId,
+    pub fault_id: ObjectId,
+    /// Driver data (`data_type`, `data_len`, a reader of `data_uptr`).
+    pub data: uiommufd_hw::UserData<'a>,
+}
+
+/// A HWPT built by [`hwpt_alloc`], published by [`PendingHwpt::publish`].
+pub struct PendingHwpt<'a> {
+    pending: crate::object::Pending<'a>,
+    hwpt: Object,
+    /// Holds the IOAS's HWPT list lock until publication, as the kernel holds
+    /// `ioas->mutex`, so automatic domain selection never sees it half made.
+    _list: Option<std::sync::MutexGuard<'a, Vec<std::sync::Weak<HwptPaging>>>>,
+}
+
+impl PendingHwpt<'_> {
+    pub fn id(&self) -> ObjectId {
+        self.pending.id()
+    }
+
+    pub fn publish(self) {
+        let PendingHwpt { pending, hwpt, _list } = self;
+        match hwpt {
+            Object::HwptPaging(h) => pending.publish(h),
+            Object::HwptNested(h) => pending.publish(h),
+            _ => unreachable!("only HWPTs are built here"),
+        }
+    }
+}
+
+/// `iommufd_hwpt_alloc`: a paging HWPT on an IOAS or a nested one on a
+/// nesting-parent HWPT, checked in the kernel's order.
+pub fn hwpt_alloc<'c>(
+    ctx: &'c crate::Iommufd,
+    ioas_holder: &'c mut Option<Borrowed<Ioas>>,
+    args: HwptAllocArgs<'_>,
+) -> Result<PendingHwpt<'c>> {
+    use uiommufd_abi as abi;
+    use uiommufd_hw::device::PagingRequest;
+
+    use crate::error::{einval, eopnotsupp, ErrnoExt};
+
+    let HwptAllocArgs { flags, dev_id, pt_id, fault_id, mut data } = args;
+    if (data.data_type == abi::IOMMU_HWPT_DATA_NONE) != (data.len == 0) {
+        return Err(einval("data_type and data_len disagree"));
+    }
+    let idev = ctx.get::<crate::device::Device>(dev_id)?;
+    let kind = ctx.objects().kind_of(pt_id).ok_or(einval("no IOAS or HWPT with this ID"))?;
+    let fault_valid = flags & abi::IOMMU_HWPT_FAULT_ID_VALID != 0;
+    let fault = || -> Result<Option<Dep<Fault>>> {
+        if fault_valid {
+            Ok(Some(Dep::new(&ctx.get::<Fault>(fault_id)?)))
+        } else {
+            Ok(None)
+        }
+    };
+    match kind {
+        ObjectKind::Ioas => {
+            let valid = abi::IOMMU_HWPT_ALLOC_NEST_PARENT
+                | abi::IOMMU_HWPT_ALLOC_DIRTY_TRACKING
+                | abi::IOMMU_HWPT_FAULT_ID_VALID
+                | abi::IOMMU_HWPT_ALLOC_PASID;
+            if flags & !valid != 0 {
+                return Err(eopnotsupp("unknown HWPT flags"));
+            }
+            let dirty = flags & abi::IOMMU_HWPT_ALLOC_DIRTY_TRACKING != 0;
+            let nest_parent = flags & abi::IOMMU_HWPT_ALLOC_NEST_PARENT != 0;
+            if dirty && !idev.dev().capable(uiommufd_hw::device::Cap::DirtyTracking) {
+                return Err(eopnotsupp("the device's IOMMU cannot track dirty pages"));
+            }
+            if fault_valid && nest_parent {
+                return Err(eopnotsupp("a nesting parent cannot take faults"));
+            }
+            if data.len != 0 {
+                return Err(eopnotsupp("paging HWPTs take no driver data"));
+            }
+            *ioas_holder = Some(ctx.get::<Ioas>(pt_id)?);
+            let ioas = ioas_holder.as_ref().expect("just set");
+            let list = ioas.hwpts();
+            let pending = ctx.objects().reserve()?;
+            let req =
+                PagingRequest { nest_parent, dirty_tracking: dirty, pasid: flags & abi::IOMMU_HWPT_ALLOC_PASID != 0 };
+            let domain = idev.dev().alloc_paging(&req).ctx("allocating a paging domain")?;
+            let pf = PagingFlags {
+                nest_parent,
+                dirty_tracking: dirty,
+                enforce_cache_coherency: idev.enforce_cache_coherency(),
+                pasid: req.pasid,
+            };
+            let hwpt = Arc::new(HwptPaging::new(pending.id(), ioas, domain, pf).with_fault(fault()?));
+            hwpt.add_to_iopt()?;
+            let mut list = list;
+            list.push(Arc::downgrade(&hwpt));
+            Ok(PendingHwpt { pending, hwpt: Object::HwptPaging(hwpt), _list: Some(list) })
+        }
+        ObjectKind::HwptPaging => {
+            if flags & !(abi::IOMMU_HWPT_FAULT_ID_VALID | abi::IOMMU_HWPT_ALLOC_PASID) != 0 || data.len == 0 {
+                return Err(eopnotsupp("nested HWPTs take only FAULT_ID_VALID/PASID and need data"));
+            }
+            let parent = ctx.get::<HwptPaging>(pt_id)?;
+            if parent.is_auto() || !parent.nest_parent() || !idev.dev().owns_domain(parent.domain().as_ref()) {
+                return Err(einval("the parent is not a nesting parent of this IOMMU"));
+            }
+            let pending = ctx.objects().reserve()?;
+            let dflags = flags & !abi::IOMMU_HWPT_FAULT_ID_VALID;
+            let domain =
+                idev.dev().alloc_nested(parent.domain(), dflags, &mut data).ctx("allocating a nested domain")?;
+            let pasid = flags & abi::IOMMU_HWPT_ALLOC_PASID != 0;
+            let hwpt = Arc::new(HwptNested::new(pending.id(), &parent, domain, fault()?, pasid));
+            Ok(PendingHwpt { pending, hwpt: Object::HwptNested(hwpt), _list: None })
+        }
+        _ => Err(einval("not an IOAS or a paging HWPT")),
+    }
+}
+
+/// `IOMMU_GET_HW_INFO` result.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HwInfo {
+    pub data_type: u32,
+    pub data: Vec<u8>,
+    pub capabilities: u64,
+    pub max_pasid_log2: u8,
+}
+
+/// `iommufd_get_hw_info` (engine half): `in_type` is the requested type,
+/// `IOMMU_HW_INFO_TYPE_DEFAULT` unless `IOMMU_HW_INFO_FLAG_INPUT_TYPE`.
+pub fn get_hw_info(ctx: &crate::Iommufd, dev_id: ObjectId, in_type: u32) -> Result<HwInfo> {
+    use crate::error::ErrnoExt;
+    use uiommufd_abi as abi;
+    let idev = ctx.get::<crate::device::Device>(dev_id)?;
+    let (data_type, data) = idev.dev().hw_info(in_type).ctx("the driver has no such hardware information")?;
+    let mut capabilities = 0u64;
+    if idev.dev().capable(uiommufd_hw::device::Cap::DirtyTracking) {
+        capabilities |= abi::IOMMU_HW_CAP_DIRTY_TRACKING as u64;
+    }
+    Ok(HwInfo { data_type, data, capabilities, max_pasid_log2: idev.dev().max_pasid_log2() as u8 })
+}
+
+/// `IOMMU_HWPT_SET_DIRTY_TRACKING`.
+pub fn set_dirty_tracking(ctx: &crate::Iommufd, hwpt_id: ObjectId, enable: bool) -> Result<()> {
+    let hwpt = ctx.get::<HwptPaging>(hwpt_id)?;
+    hwpt.ioas().iopt().set_dirty_tracking(hwpt.domain().as_ref(), enable)
+}
+
+/// `IOMMU_HWPT_GET_DIRTY_BITMAP`.
+pub fn get_dirty_bitmap(ctx: &crate::Iommufd, hwpt_id: ObjectId, b: &crate::io_pagetable::DirtyBitmap) -> Result<()> {
+    let hwpt = ctx.get::<HwptPaging>(hwpt_id)?;
+    hwpt.ioas().iopt().read_and_clear_dirty(hwpt.domain().as_ref(), b)
+}
+
+/// `IOMMU_HWPT_INVALIDATE` on a nested HWPT. On return `array.entry_num`
+/// holds the number of requests handled, also on failure.
+pub fn invalidate(ctx: &crate::Iommufd, hwpt_id: ObjectId, array: &mut uiommufd_hw::UserDataArray<'_>) -> Result<()> {
+    let hwpt = match ctx.get::<HwptNested>(hwpt_id) {
+        Ok(h) => h,
+        Err(e) => {
+            array.entry_num = 0;
+            return Err(e);
+        }
+    };
+    hwpt.domain()
+        .cache_invalidate_user(array)
+        .map_err(|e| crate::Error::new(e, "the driver refused an invalidation request"))
 }

@@ -23,6 +23,10 @@
 //! Ranges: `last` is inclusive. IOVA may go up to `u64::MAX`, so `last + 1`
 //! is only computed where it cannot overflow (checked otherwise).
 
+mod dirty;
+
+pub use dirty::DirtyBitmap;
+
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak};
@@ -184,8 +188,11 @@ impl Iova {
         if align < self.iova_alignment {
             return Err(einval("user address alignment is below the IOAS alignment"));
         }
-        let allowed: Vec<(u64, u64)> =
-            if self.allowed.is_empty() { vec![(ps, u64::MAX - ps)] } else { sorted_spans(&self.allowed, ps, u64::MAX - ps) };
+        let allowed: Vec<(u64, u64)> = if self.allowed.is_empty() {
+            vec![(ps, u64::MAX - ps)]
+        } else {
+            sorted_spans(&self.allowed, ps, u64::MAX - ps)
+        };
         for (mut s, l) in allowed {
             if !check_range(&mut s, l, length, align, page_offset) {
                 continue;
@@ -315,7 +322,15 @@ impl Default for IoPagetable {
 
 /// Map the pinned frames `runs` of an area (IOVA `iova`, pages from byte
 /// `start_byte`, `len` bytes) into `domain`.
-fn map_runs(domain: &dyn Domain, iova: u64, start_byte: u64, len: u64, runs: &[PfnRun], prot: Prot, max_pgsize: u64) -> Result<()> {
+fn map_runs(
+    domain: &dyn Domain,
+    iova: u64,
+    start_byte: u64,
+    len: u64,
+    runs: &[PfnRun],
+    prot: Prot,
+    max_pgsize: u64,
+) -> Result<()> {
     let ps = page_size();
     let end_byte = start_byte + len;
     let mut mapped = 0u64;
@@ -370,7 +385,14 @@ impl IoPagetable {
 
     /// `iopt_map_user_pages`: map `length` bytes of user memory at `uptr`.
     /// With `iova` `None` the IOVA is chosen (and returned).
-    pub fn map_user(&self, uptr: u64, length: u64, iova: Option<u64>, prot: Prot, mode: crate::account::AccountMode) -> Result<u64> {
+    pub fn map_user(
+        &self,
+        uptr: u64,
+        length: u64,
+        iova: Option<u64>,
+        prot: Prot,
+        mode: crate::account::AccountMode,
+    ) -> Result<u64> {
         let pages = Arc::new(Pages::new(uptr, length, prot.contains(Prot::WRITE), mode)?);
         let start_byte = uptr - pages.uptr();
         self.map_pages(vec![PagesSlice { pages, start_byte, length }], length, iova, prot)
@@ -412,7 +434,14 @@ impl IoPagetable {
                     Ok(last) => {
                         st.areas.insert(
                             at,
-                            Area { last, pages: None, start_byte: elm.start_byte, prot, num_accesses: 0, prevent_access: false },
+                            Area {
+                                last,
+                                pages: None,
+                                start_byte: elm.start_byte,
+                                prot,
+                                num_accesses: 0,
+                                prevent_access: false,
+                            },
                         );
                         inserted.push(at);
                         at = last.wrapping_add(1);
@@ -812,7 +841,16 @@ impl IoPagetable {
             let lastp = (sb + (piece_last - cur)) / ps;
             let runs = pages.add_user(first, lastp)?;
             st.areas.get_mut(&a_iova).expect("area").num_accesses += 1;
-            out.push(AccessPin { area_iova: a_iova, iova: cur, last: piece_last, start_byte: sb, first, last_index: lastp, pages, runs });
+            out.push(AccessPin {
+                area_iova: a_iova,
+                iova: cur,
+                last: piece_last,
+                start_byte: sb,
+                first,
+                last_index: lastp,
+                pages,
+                runs,
+            });
             if piece_last == last {
                 return Ok(());
             }
@@ -885,6 +923,81 @@ impl IoPagetable {
     /// Every area as `(iova, last, pages, start_byte, prot)`, for checkers.
     pub fn areas(&self) -> Vec<(u64, u64, Option<Arc<Pages>>, u64, Prot)> {
         lock_read(&self.iova).areas.iter().map(|(&k, a)| (k, a.last, a.pages.clone(), a.start_byte, a.prot)).collect()
+    }
+
+    /// `iopt_cut_iova`, for VFIO type1 (v1) compatibility: make each IOVA
+    /// of `iovas` the last byte of the area holding it, splitting that area
+    /// in two. IOVAs in no area are skipped; the cuts are made in order and
+    /// the first refused one stops the walk (earlier cuts stay).
+    ///
+    /// Both halves keep the same [`Pages`], the right one from a later
+    /// `start_byte`; nothing changes in the domains or the pins, which is
+    /// only sound because every split leaves whole pages on each side and
+    /// no huge IOPTE can straddle the cut. Refusals, in the kernel's order:
+    /// - `EBUSY`: the area is being built or torn down;
+    /// - `EINVAL`: the cut is not on the IOAS alignment (in IOVA or in the
+    ///   pages), an access holds pins in the area, or the area is filled
+    ///   into a domain while large pages are enabled.
+    pub fn cut_iova(&self, iovas: &[u64]) -> Result<()> {
+        // Domains only need to stay put (whether any exists decides whether
+        // areas are filled); the area tree is what changes.
+        let domains = lock_read(&self.domains);
+        let mut st = lock_write(&self.iova);
+        let filled = !domains.is_empty();
+        for &iova in iovas {
+            let Some(a_iova) = st.area_overlapping(iova, iova) else { continue };
+            Self::split_area(&mut st, a_iova, iova, filled)?;
+        }
+        Ok(())
+    }
+
+    /// `iopt_area_split`: split the area at `a_iova` so that `iova` ends the
+    /// left part. `filled` says whether the areas are mapped into domains.
+    fn split_area(st: &mut Iova, a_iova: u64, iova: u64, filled: bool) -> Result<()> {
+        let align = st.iova_alignment;
+        let large_pages = !st.disable_large_pages;
+        let area = st.areas.get(&a_iova).expect("found by the caller");
+        if iova == a_iova || iova == area.last {
+            return Ok(());
+        }
+        let Some(pages) = area.pages.as_ref().filter(|_| !area.prevent_access) else {
+            return Err(ebusy("the area is being mapped or unmapped"));
+        };
+        // `a_iova < iova < area.last`: neither sum below can overflow.
+        let new_start = iova + 1;
+        let rhs_start_byte = area.start_byte + (new_start - a_iova);
+        if new_start & (align - 1) != 0 || rhs_start_byte & (align - 1) != 0 {
+            return Err(einval("the cut is not on the IOAS alignment"));
+        }
+        if area.num_accesses != 0 {
+            return Err(einval("an access holds pages of the area"));
+        }
+        if filled && large_pages {
+            return Err(einval("the area may be mapped with large pages"));
+        }
+        // Filled areas only get here with large pages disabled, so the IOAS
+        // alignment is at least a page: the domain users of the old area's
+        // pages split exactly between the halves.
+        debug_assert!(!filled || rhs_start_byte & (page_size() - 1) == 0);
+        let lhs = Area {
+            last: iova,
+            pages: Some(Arc::clone(pages)),
+            start_byte: area.start_byte,
+            prot: area.prot,
+            num_accesses: 0,
+            prevent_access: false,
+        };
+        let rhs = Area {
+            last: area.last,
+            pages: Some(Arc::clone(pages)),
+            start_byte: rhs_start_byte,
+            prot: area.prot,
+            num_accesses: 0,
+            prevent_access: false,
+        };
+        st.areas.insert(a_iova, lhs);
+        st.areas.insert(new_start, rhs);
+        Ok(())
     }
 }
 

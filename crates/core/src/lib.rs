@@ -13,7 +13,8 @@
 //! - [`pages`], [`account`]: pinned user pages and their accounting;
 //! - [`hwpt`], [`device`]: hardware page tables and bound devices;
 //! - [`access`]: emulated devices reaching IOAS memory by CPU;
-//! - [`selftest`]: the kernel selftest's mock devices and checks.
+//! - [`selftest`]: the kernel selftest's mock devices and checks;
+//! - [`vfio_compat`]: VFIO type1 container semantics on the compat IOAS.
 //!
 //! Invariants kept across the engine:
 //! - every failure is an [`Error`] carrying the kernel's errno;
@@ -25,12 +26,14 @@ pub mod account;
 pub mod ctx;
 pub mod device;
 pub mod error;
+pub mod fault;
 pub mod hwpt;
 pub mod io_pagetable;
 pub mod ioas;
 pub mod object;
 pub mod pages;
 pub mod selftest;
+pub mod vfio_compat;
 
 pub use ctx::{AccountMode, Iommufd};
 pub use error::{Error, Result};

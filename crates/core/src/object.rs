@@ -27,7 +27,8 @@ use std::sync::{Arc, RwLock};
 use crate::access::Access;
 use crate::device::Device;
 use crate::error::{ebusy, enoent, enospc, Result};
-use crate::hwpt::HwptPaging;
+use crate::fault::Fault;
+use crate::hwpt::{HwptNested, HwptPaging};
 use crate::ioas::Ioas;
 use crate::selftest::SelftestDevice;
 
@@ -42,7 +43,9 @@ const MAX_ID: u32 = i32::MAX as u32;
 pub enum ObjectKind {
     Device,
     HwptPaging,
+    HwptNested,
     Ioas,
+    Fault,
     Access,
     /// The kernel selftest's mock device (`IOMMUFD_OBJ_SELFTEST`).
     Selftest,
@@ -81,7 +84,9 @@ impl ObjHeader {
 pub enum Object {
     Device(Arc<Device>),
     HwptPaging(Arc<HwptPaging>),
+    HwptNested(Arc<HwptNested>),
     Ioas(Arc<Ioas>),
+    Fault(Arc<Fault>),
     Access(Arc<Access>),
     Selftest(Arc<SelftestDevice>),
 }
@@ -91,7 +96,9 @@ impl Object {
         match self {
             Object::Device(_) => ObjectKind::Device,
             Object::HwptPaging(_) => ObjectKind::HwptPaging,
+            Object::HwptNested(_) => ObjectKind::HwptNested,
             Object::Ioas(_) => ObjectKind::Ioas,
+            Object::Fault(_) => ObjectKind::Fault,
             Object::Access(_) => ObjectKind::Access,
             Object::Selftest(_) => ObjectKind::Selftest,
         }
@@ -101,7 +108,9 @@ impl Object {
         match self {
             Object::Device(o) => o.header(),
             Object::HwptPaging(o) => o.header(),
+            Object::HwptNested(o) => o.header(),
             Object::Ioas(o) => o.header(),
+            Object::Fault(o) => o.header(),
             Object::Access(o) => o.header(),
             Object::Selftest(o) => o.header(),
         }

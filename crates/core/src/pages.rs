@@ -240,12 +240,8 @@ pub fn copy_runs(runs: &[PfnRun], start_byte: u64, data: &mut [u8], write: bool)
         let n = ((run_end - from) as usize).min(data.len() - done);
         let pa = (r.pfn << shift) + (from - run_start);
         let chunk = &mut data[done..done + n];
-        if write {
-            frames::write_phys(pa, chunk)
-        } else {
-            frames::read_phys(pa, chunk)
-        }
-        .ctx("accessing pinned pages")?;
+        if write { frames::write_phys(pa, chunk) } else { frames::read_phys(pa, chunk) }
+            .ctx("accessing pinned pages")?;
         done += n;
     }
     Ok(())

@@ -10,8 +10,9 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use uiommufd_abi::test_cmd as t;
 use uiommufd_hw::device::{Cap, IommuDevice, PagingRequest};
-use uiommufd_hw::mock::{MockDomain, MOCK_IO_PAGE_SIZE};
+use uiommufd_hw::mock::{MockDomain, MockNested, MOCK_IO_PAGE_SIZE};
 use uiommufd_hw::Domain;
+use uiommufd_hw::UserData;
 use uiommufd_memory::{frames, user};
 
 use crate::access::{Access, PinnedRange};
@@ -83,6 +84,7 @@ impl IommuDevice for MockDevice {
         if req.dirty_tracking && !self.capable(Cap::DirtyTracking) {
             return Err(Errno::EOPNOTSUPP);
         }
+
         let d = MockDomain::new(self.flags & t::MOCK_FLAGS_DEVICE_HUGE_IOVA != 0)?;
         if req.dirty_tracking {
             d.enable_dirty_ops();
@@ -92,7 +94,10 @@ impl IommuDevice for MockDevice {
 
     fn check_attach(&self, domain: &dyn Domain) -> std::result::Result<(), Errno> {
         // `mock_domain_nop_attach`: a domain with dirty tracking needs a
-        // device that can track.
+        // device that can track; domains of other drivers never attach.
+        if domain.as_any().is::<MockNested>() {
+            return Ok(());
+        }
         let mock = domain.as_any().downcast_ref::<MockDomain>().ok_or(Errno::EINVAL)?;
         if mock.has_dirty_ops() && self.flags & t::MOCK_FLAGS_DEVICE_NO_DIRTY != 0 {
             return Err(Errno::EINVAL);
@@ -106,6 +111,29 @@ impl IommuDevice for MockDevice {
         } else {
             0
         }
+    }
+
+    fn alloc_nested(
+        &self,
+        parent: &Arc<dyn Domain>,
+        flags: u32,
+        data: &mut UserData<'_>,
+    ) -> std::result::Result<Arc<dyn Domain>, Errno> {
+        Ok(Arc::new(MockNested::new(parent, flags, data)?))
+    }
+
+    /// `mock_domain_hw_info`: the selftest type, asked for by default or by
+    /// name.
+    fn hw_info(&self, in_type: u32) -> std::result::Result<(u32, Vec<u8>), Errno> {
+        if in_type != uiommufd_abi::IOMMU_HW_INFO_TYPE_DEFAULT && in_type != t::IOMMU_HW_INFO_TYPE_SELFTEST {
+            return Err(Errno::EOPNOTSUPP);
+        }
+        let info = t::IommuTestHwInfo { flags: 0, test_reg: t::IOMMU_HW_INFO_SELFTEST_REGVAL };
+        Ok((t::IOMMU_HW_INFO_TYPE_SELFTEST, zerocopy::IntoBytes::as_bytes(&info).to_vec()))
+    }
+
+    fn owns_domain(&self, domain: &dyn Domain) -> bool {
+        domain.as_any().is::<MockDomain>() || domain.as_any().is::<MockNested>()
     }
 }
 
@@ -147,7 +175,7 @@ impl SelftestDevice {
         let Some(dep) = self.idev().take() else { return };
         let ctx = self.ctx.upgrade();
         if let Some(ctx) = &ctx {
-            dep.detach(ctx);
+            dep.detach_all(ctx);
         }
         drop(dep);
         if let Some(ctx) = ctx {
@@ -220,7 +248,7 @@ pub fn mock_domain(ctx: &Arc<Iommufd>, pt_id: ObjectId, dev_flags: u32) -> Resul
     });
     let hwpt_id = {
         let idev = stdev.device().expect("just bound");
-        match idev.change_pt(ctx, pt_id, false) {
+        match idev.change_pt(ctx, crate::device::NO_PASID, pt_id, false) {
             Ok(id) => id,
             Err(e) => {
                 stdev.unbind();
@@ -236,7 +264,7 @@ pub fn mock_domain(ctx: &Arc<Iommufd>, pt_id: ObjectId, dev_flags: u32) -> Resul
 pub fn mock_domain_replace(ctx: &Iommufd, stdev_id: ObjectId, pt_id: ObjectId) -> Result<ObjectId> {
     let stdev = ctx.get::<SelftestDevice>(stdev_id)?;
     let idev = stdev.device().ok_or(einval("mock device is unbound"))?;
-    idev.change_pt(ctx, pt_id, true)
+    idev.change_pt(ctx, crate::device::NO_PASID, pt_id, true)
 }
 
 /// `IOMMU_TEST_OP_ADD_RESERVED`.
@@ -355,8 +383,9 @@ impl SelftestAccess {
     fn unmap(&self, iova: u64, length: u64) {
         let last = iova.saturating_add(length.saturating_sub(1));
         let mut items = self.items();
-        let (gone, keep): (Vec<Item>, Vec<Item>) =
-            std::mem::take(&mut items.list).into_iter().partition(|it| !(iova > it.iova + it.length - 1 || last < it.iova));
+        let (gone, keep): (Vec<Item>, Vec<Item>) = std::mem::take(&mut items.list)
+            .into_iter()
+            .partition(|it| !(iova > it.iova + it.length - 1 || last < it.iova));
         items.list = keep;
         for it in gone {
             self.access.unpin(it.range);
@@ -415,7 +444,8 @@ impl SelftestAccess {
     /// `IOMMU_TEST_OP_DESTROY_ACCESS_PAGES`.
     pub fn destroy_access_pages(&self, id: u32) -> Result<()> {
         let mut items = self.items();
-        let pos = items.list.iter().position(|i| i.id == id).ok_or(crate::error::enoent("no such access pages item"))?;
+        let pos =
+            items.list.iter().position(|i| i.id == id).ok_or(crate::error::enoent("no such access pages item"))?;
         let it = items.list.remove(pos);
         self.access.unpin(it.range);
         Ok(())
@@ -502,4 +532,58 @@ pub fn create_access(ctx: &Arc<Iommufd>, ioas_id: ObjectId, flags: u32) -> Resul
         return Err(e);
     }
     Ok(st)
+}
+
+/// `IOMMU_TEST_OP_DIRTY`: mark dirty the mock pages whose bit is set in the
+/// user bitmap at `uptr` (one bit per `page_size` from `iova`). Returns how
+/// many marked pages were mapped.
+pub fn dirty(ctx: &Iommufd, hwpt_id: ObjectId, iova: u64, length: u64, page_size: u64, uptr: u64) -> Result<u64> {
+    if page_size == 0 || length == 0 || iova % page_size != 0 || length % page_size != 0 || uptr == 0 {
+        return Err(einval("bad dirty range"));
+    }
+    let max = length / page_size;
+    if max > (16 << 20) * 8 {
+        return Err(crate::error::eoverflow("bitmap too large"));
+    }
+    let (_hwpt, domain) = mock_domain_of(ctx, hwpt_id)?;
+    let mock = domain.as_any().downcast_ref::<MockDomain>().expect("checked");
+    if !mock.dirty_tracking() {
+        return Err(einval("dirty tracking is off"));
+    }
+    let mut bits = vec![0u8; max.div_ceil(8) as usize];
+    user::copy_from_user(&mut bits, uptr).ctx("reading the bitmap")?;
+    let mut count = 0;
+    for i in 0..max {
+        if bits[(i / 8) as usize] & (1 << (i % 8)) != 0 && mock.mark_dirty(iova + i * page_size) {
+            count += 1;
+        }
+    }
+    Ok(count)
+}
+
+/// `IOMMU_TEST_OP_MD_CHECK_IOTLB`: mock IOTLB entry `iotlb_id` of nested
+/// HWPT `hwpt_id` must hold `iotlb`.
+pub fn md_check_iotlb(ctx: &Iommufd, hwpt_id: ObjectId, iotlb_id: u32, iotlb: u32) -> Result<()> {
+    let hwpt = ctx.get::<crate::hwpt::HwptNested>(hwpt_id)?;
+    let nested = hwpt.domain().as_any().downcast_ref::<MockNested>().ok_or(einval("not a mock nested domain"))?;
+    match nested.iotlb(iotlb_id) {
+        Some(v) if v == iotlb => Ok(()),
+        _ => Err(einval("mock IOTLB entry differs")),
+    }
+}
+
+/// `IOMMU_TEST_OP_TRIGGER_IOPF`: the mock device `dev_id` raises one page
+/// request (a complete group).
+pub fn trigger_iopf(ctx: &Iommufd, dev_id: ObjectId, pasid: u32, grpid: u32, perm: u32, addr: u64) -> Result<()> {
+    let idev = ctx.get::<Device>(dev_id)?;
+    if !idev.dev().any_domain().is::<MockDevice>() {
+        return Err(einval("not a mock device"));
+    }
+    let mut flags = uiommufd_abi::IOMMU_PGFAULT_FLAGS_LAST_PAGE;
+    if pasid != crate::device::NO_PASID {
+        flags |= uiommufd_abi::IOMMU_PGFAULT_FLAGS_PASID_VALID;
+    }
+    // The mock IOMMU keeps PASID tables in user space (`user_pasid_table`).
+    idev.report_fault(crate::fault::PageRequest { flags, pasid, grpid, perm, addr }, true);
+    Ok(())
 }

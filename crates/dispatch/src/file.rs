@@ -10,10 +10,13 @@
 //! in-process use — to give the new file a descriptor number.
 
 use std::collections::HashMap;
+use std::os::fd::RawFd;
 use std::sync::{Arc, Mutex};
 
 use uiommufd_abi::Errno;
 use uiommufd_core::ctx::OpenedAs;
+use uiommufd_core::fault::Fault;
+use uiommufd_core::object::{Borrowed, Dep};
 use uiommufd_core::selftest::SelftestAccess;
 use uiommufd_core::{Error, Iommufd};
 
@@ -37,6 +40,10 @@ impl Node {
     }
 }
 
+/// Largest single read or write we serve (larger requests are shortened,
+/// as `read(2)` may).
+const MAX_IO: usize = 1 << 20;
+
 /// Where served files get their descriptor numbers.
 pub trait FdHost: Sync {
     /// Give `file` a new descriptor (close-on-exec when `cloexec`).
@@ -53,6 +60,21 @@ pub enum File {
     Iommufd(Arc<Iommufd>),
     /// `[iommufd_test_staccess]`: a selftest access.
     SelftestAccess(Arc<SelftestAccess>),
+    /// `[iommufd-pgfault]`: a fault queue.
+    Fault(FaultFile),
+}
+
+/// The file of a fault object: keeps the context alive and holds an edge on
+/// the object, so `IOMMU_DESTROY` of the fault is `EBUSY` while it is open.
+pub struct FaultFile {
+    fault: Dep<Fault>,
+    _ctx: Arc<Iommufd>,
+}
+
+impl FaultFile {
+    pub fn new(ctx: &Arc<Iommufd>, fault: &Arc<Fault>) -> FaultFile {
+        FaultFile { fault: Dep::new(&Borrowed::detached(fault)), _ctx: Arc::clone(ctx) }
+    }
 }
 
 impl File {
@@ -70,7 +92,7 @@ impl File {
     pub fn ioctl(&self, host: &dyn FdHost, request: u64, arg: u64) -> Result<i32, Error> {
         match self {
             File::Iommufd(ctx) => crate::iommufd_ioctl(ctx, host, request, arg),
-            File::SelftestAccess(_) => Err(Error::new(Errno::ENOTTY, "the test access file has no ioctls")),
+            File::SelftestAccess(_) | File::Fault(_) => Err(Error::new(Errno::ENOTTY, "this file has no ioctls")),
         }
     }
 
@@ -79,6 +101,49 @@ impl File {
         match self {
             File::Iommufd(_) => "iommufd",
             File::SelftestAccess(_) => "test-access",
+            File::Fault(_) => "fault-queue",
+        }
+    }
+
+    /// A descriptor whose readiness the served one must mirror (the backing
+    /// descriptor is made a duplicate of it), if the file has one.
+    pub fn readiness_fd(&self) -> Option<RawFd> {
+        match self {
+            File::Fault(f) => Some(f.fault.readiness_fd()),
+            _ => None,
+        }
+    }
+
+    /// `read(2)` of `count` bytes into user memory at `buf`, at file
+    /// position `pos` (`None` for plain `read`).
+    pub fn read(&self, buf: u64, count: usize, pos: Option<i64>) -> Result<usize, Error> {
+        match self {
+            File::Fault(f) => {
+                if pos.is_some_and(|p| p != 0) {
+                    return Err(Error::new(Errno::ESPIPE, "fault queues have no file position"));
+                }
+                let mut tmp = vec![0u8; count.min(MAX_IO)];
+                let n = f.fault.read(&mut tmp)?;
+                uiommufd_memory::copy_to_user(buf, &tmp[..n]).map_err(|e| Error::new(e, "writing the faults"))?;
+                Ok(n)
+            }
+            // /dev/iommu and the others have no read method.
+            _ => Err(Error::new(Errno::EINVAL, "this file cannot be read")),
+        }
+    }
+
+    /// `write(2)` of `count` bytes from user memory at `buf`.
+    pub fn write(&self, buf: u64, count: usize, pos: Option<i64>) -> Result<usize, Error> {
+        match self {
+            File::Fault(f) => {
+                if pos.is_some_and(|p| p != 0) {
+                    return Err(Error::new(Errno::ESPIPE, "fault queues have no file position"));
+                }
+                let mut tmp = vec![0u8; count.min(MAX_IO)];
+                uiommufd_memory::copy_from_user(&mut tmp, buf).map_err(|e| Error::new(e, "reading the responses"))?;
+                f.fault.write(&tmp)
+            }
+            _ => Err(Error::new(Errno::EINVAL, "this file cannot be written")),
         }
     }
 }

@@ -65,7 +65,8 @@ pub fn ioas_unmap(u: &mut Ucmd) -> Result<i32> {
 /// `IOMMU_IOAS_COPY`.
 pub fn ioas_copy(u: &mut Ucmd) -> Result<i32> {
     let mut cmd: abi::IommuIoasCopy = u.read()?;
-    cmd.dst_iova = u.ctx.ioas_copy(cmd.dst_ioas_id, cmd.src_ioas_id, cmd.flags, cmd.length, cmd.dst_iova, cmd.src_iova)?;
+    cmd.dst_iova =
+        u.ctx.ioas_copy(cmd.dst_ioas_id, cmd.src_ioas_id, cmd.flags, cmd.length, cmd.dst_iova, cmd.src_iova)?;
     u.respond(&cmd)?;
     Ok(0)
 }
@@ -137,4 +138,131 @@ pub fn vfio_ioas(u: &mut Ucmd) -> Result<i32> {
 pub fn not_yet<T: FromBytes + IntoBytes>(u: &mut Ucmd) -> Result<i32> {
     let _cmd: T = u.read()?;
     Err(eopnotsupp("this command is not implemented yet"))
+}
+
+/// `IOMMU_HWPT_ALLOC`.
+pub fn hwpt_alloc(u: &mut Ucmd) -> Result<i32> {
+    use uiommufd_core::hwpt::{self, HwptAllocArgs};
+    let mut cmd: abi::IommuHwptAlloc = u.read()?;
+    if cmd.__reserved != 0 {
+        return Err(eopnotsupp("HWPT_ALLOC reserved field must be 0"));
+    }
+    let mut reader = crate::ucmd::struct_reader(cmd.data_uptr, cmd.data_len as u64);
+    let data = uiommufd_hw::UserData { data_type: cmd.data_type, len: cmd.data_len, reader: &mut reader };
+    let args = HwptAllocArgs { flags: cmd.flags, dev_id: cmd.dev_id, pt_id: cmd.pt_id, fault_id: cmd.fault_id, data };
+    let mut ioas = None;
+    let pending = hwpt::hwpt_alloc(u.ctx, &mut ioas, args)?;
+    cmd.out_hwpt_id = pending.id();
+    u.respond(&cmd)?;
+    pending.publish();
+    Ok(0)
+}
+
+/// `IOMMU_GET_HW_INFO`: copy the driver data truncated to the user's
+/// buffer, zero the rest of it, report the full length.
+pub fn get_hw_info(u: &mut Ucmd) -> Result<i32> {
+    let mut cmd: abi::IommuHwInfo = u.read()?;
+    let known = abi::IOMMU_HW_INFO_FLAG_INPUT_TYPE;
+    if cmd.flags & !known != 0 {
+        return Err(eopnotsupp("unknown GET_HW_INFO flags"));
+    }
+    if cmd.__reserved != [0; 3] {
+        return Err(eopnotsupp("GET_HW_INFO reserved fields must be 0"));
+    }
+    if cmd.flags & abi::IOMMU_HW_INFO_FLAG_INPUT_TYPE == 0 {
+        cmd.set_in_data_type(abi::IOMMU_HW_INFO_TYPE_DEFAULT);
+    }
+    let info = uiommufd_core::hwpt::get_hw_info(u.ctx, cmd.dev_id, cmd.in_data_type())?;
+    let ulen = cmd.data_len as usize;
+    let n = ulen.min(info.data.len());
+    user::copy_to_user(cmd.data_uptr, &info.data[..n]).ctx("writing the hardware information")?;
+    if n < ulen {
+        let zeros = vec![0u8; ulen - n];
+        user::copy_to_user(cmd.data_uptr.wrapping_add(n as u64), &zeros).ctx("clearing the rest of the buffer")?;
+    }
+    cmd.data_len = info.data.len() as u32;
+    cmd.out_data_type = info.data_type;
+    cmd.out_capabilities = info.capabilities;
+    cmd.out_max_pasid_log2 = info.max_pasid_log2;
+    u.respond(&cmd)?;
+    Ok(0)
+}
+
+/// `IOMMU_HWPT_SET_DIRTY_TRACKING`.
+pub fn hwpt_set_dirty_tracking(u: &mut Ucmd) -> Result<i32> {
+    let cmd: abi::IommuHwptSetDirtyTracking = u.read()?;
+    if cmd.flags & !abi::IOMMU_HWPT_DIRTY_TRACKING_ENABLE != 0 {
+        return Err(eopnotsupp("unknown dirty tracking flags"));
+    }
+    let enable = cmd.flags & abi::IOMMU_HWPT_DIRTY_TRACKING_ENABLE != 0;
+    uiommufd_core::hwpt::set_dirty_tracking(u.ctx, cmd.hwpt_id, enable)?;
+    Ok(0)
+}
+
+/// `IOMMU_HWPT_GET_DIRTY_BITMAP`.
+pub fn hwpt_get_dirty_bitmap(u: &mut Ucmd) -> Result<i32> {
+    let cmd: abi::IommuHwptGetDirtyBitmap = u.read()?;
+    if cmd.flags & !abi::IOMMU_HWPT_GET_DIRTY_BITMAP_NO_CLEAR != 0 || cmd.__reserved != 0 {
+        return Err(eopnotsupp("unknown dirty bitmap flags"));
+    }
+    let b = uiommufd_core::io_pagetable::DirtyBitmap {
+        iova: cmd.iova,
+        length: cmd.length,
+        page_size: cmd.page_size,
+        data: cmd.data,
+        no_clear: cmd.flags & abi::IOMMU_HWPT_GET_DIRTY_BITMAP_NO_CLEAR != 0,
+    };
+    uiommufd_core::hwpt::get_dirty_bitmap(u.ctx, cmd.hwpt_id, &b)?;
+    Ok(0)
+}
+
+/// Bound on one `IOMMU_HWPT_INVALIDATE` call, far above real batches.
+const INVALIDATE_ENTRY_NUM_MAX: u32 = 1 << 19;
+
+/// `IOMMU_HWPT_INVALIDATE`: `entry_num` is always written back with the
+/// number of requests handled.
+pub fn hwpt_invalidate(u: &mut Ucmd) -> Result<i32> {
+    let mut cmd: abi::IommuHwptInvalidate = u.read()?;
+    let ps = uiommufd_memory::page_size() as u32;
+    let r = if cmd.__reserved != 0 {
+        cmd.entry_num = 0;
+        Err(eopnotsupp("HWPT_INVALIDATE reserved field must be 0"))
+    } else if cmd.entry_num != 0
+        && (cmd.data_uptr == 0 || cmd.entry_len == 0 || cmd.entry_len > ps || cmd.entry_num > INVALIDATE_ENTRY_NUM_MAX)
+    {
+        cmd.entry_num = 0;
+        Err(Error::new(Errno::EINVAL, "bad invalidation array"))
+    } else {
+        let mut reader = crate::ucmd::array_reader(cmd.data_uptr, cmd.entry_len as u64);
+        let mut array = uiommufd_hw::UserDataArray {
+            data_type: cmd.data_type,
+            entry_len: cmd.entry_len,
+            entry_num: cmd.entry_num,
+            reader: &mut reader,
+        };
+        let r = uiommufd_core::hwpt::invalidate(u.ctx, cmd.hwpt_id, &mut array);
+        cmd.entry_num = array.entry_num;
+        r
+    };
+    u.respond(&cmd)?;
+    r.map(|()| 0)
+}
+
+/// `IOMMU_FAULT_QUEUE_ALLOC`: a fault object and its descriptor.
+pub fn fault_alloc(u: &mut Ucmd) -> Result<i32> {
+    let mut cmd: abi::IommuFaultAlloc = u.read()?;
+    let (pending, fault) = uiommufd_core::fault::fault_alloc(u.ctx, cmd.flags)?;
+    let file = crate::file::FaultFile::new(u.ctx, &fault);
+    let fd = u
+        .host
+        .install(std::sync::Arc::new(crate::File::Fault(file)), true)
+        .map_err(|e| Error::new(e, "no descriptor for the fault queue"))?;
+    cmd.out_fault_id = pending.id();
+    cmd.out_fault_fd = fd as u32;
+    if let Err(e) = u.respond(&cmd) {
+        u.host.uninstall(fd);
+        return Err(e);
+    }
+    pending.publish(fault);
+    Ok(0)
 }

@@ -21,9 +21,10 @@ mod handlers;
 mod selftest;
 mod table;
 mod ucmd;
+mod vfio_compat;
 
-pub use table::{op_name, OPS};
 pub use file::{FdHost, File, LocalFds, Node};
+pub use table::{op_name, OPS};
 pub use ucmd::Ucmd;
 
 use std::sync::Arc;
@@ -58,10 +59,10 @@ pub fn iommufd_ioctl(ctx: &Arc<Iommufd>, host: &dyn FdHost, request: u64, arg: u
     (op.execute)(&mut ucmd)
 }
 
-/// The VFIO type1 container ioctls served on an iommufd (`vfio_compat.c`).
-/// Nothing of it is served yet, so every request is unknown.
-fn vfio_compat_ioctl(_ctx: &Arc<Iommufd>, _cmd: u32, _arg: u64) -> Result<i32, Error> {
-    Err(Error::new(Errno::ENOTTY, "unknown ioctl"))
+/// The VFIO type1 container ioctls served on an iommufd (`vfio_compat.c`);
+/// anything else outside the iommufd table is `ENOTTY`.
+fn vfio_compat_ioctl(ctx: &Arc<Iommufd>, cmd: u32, arg: u64) -> Result<i32, Error> {
+    vfio_compat::ioctl(ctx, cmd, arg)
 }
 
 #[cfg(test)]

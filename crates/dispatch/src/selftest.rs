@@ -60,7 +60,10 @@ pub fn execute(u: &mut Ucmd) -> Result<i32> {
         t::IOMMU_TEST_OP_CREATE_ACCESS => {
             let mut c: t::TestCreateAccess = cmd.payload_as();
             let access = st::create_access(u.ctx, cmd.id, c.flags)?;
-            let fd = u.host.install(Arc::new(File::SelftestAccess(access)), true).map_err(|e| Error::new(e, "no descriptor for the access"))?;
+            let fd = u
+                .host
+                .install(Arc::new(File::SelftestAccess(access)), true)
+                .map_err(|e| Error::new(e, "no descriptor for the access"))?;
             c.out_access_fd = fd as u32;
             cmd.set_payload(&c);
             if let Err(e) = u.respond(&cmd) {
@@ -94,6 +97,20 @@ pub fn execute(u: &mut Ucmd) -> Result<i32> {
         t::IOMMU_TEST_OP_SET_TEMP_MEMORY_LIMIT => {
             let c: t::TestMemoryLimit = cmd.payload_as();
             st::set_temp_memory_limit(c.limit)?;
+        }
+        t::IOMMU_TEST_OP_DIRTY => {
+            let mut c: t::TestDirty = cmd.payload_as();
+            c.out_nr_dirty = st::dirty(u.ctx, cmd.id, c.iova, c.length, c.page_size, c.uptr)?;
+            cmd.set_payload(&c);
+            u.respond(&cmd)?;
+        }
+        t::IOMMU_TEST_OP_MD_CHECK_IOTLB => {
+            let c: t::TestCheckIotlb = cmd.payload_as();
+            st::md_check_iotlb(u.ctx, cmd.id, c.id, c.iotlb)?;
+        }
+        t::IOMMU_TEST_OP_TRIGGER_IOPF => {
+            let c: t::TestTriggerIopf = cmd.payload_as();
+            st::trigger_iopf(u.ctx, c.dev_id, c.pasid, c.grpid, c.perm, c.addr)?;
         }
         _ => return Err(eopnotsupp("unknown or unsupported selftest op")),
     }

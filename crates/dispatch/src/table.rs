@@ -60,52 +60,29 @@ pub static OPS: [Option<Op>; NUM_OPS] = {
     let mut t: [Option<Op>; NUM_OPS] = [const { None }; NUM_OPS];
     t[slot(abi::IOMMU_DESTROY)] = op!(IOMMU_DESTROY, abi::IommuDestroy, id, h::destroy);
     t[slot(abi::IOMMU_IOAS_ALLOC)] = op!(IOMMU_IOAS_ALLOC, abi::IommuIoasAlloc, out_ioas_id, h::ioas_alloc);
-    t[slot(abi::IOMMU_IOAS_ALLOW_IOVAS)] = op!(IOMMU_IOAS_ALLOW_IOVAS, abi::IommuIoasAllowIovas, allowed_iovas, h::ioas_allow_iovas);
-    t[slot(abi::IOMMU_IOAS_COPY)] =
-        op!(IOMMU_IOAS_COPY, abi::IommuIoasCopy, src_iova, h::ioas_copy);
-    t[slot(abi::IOMMU_IOAS_IOVA_RANGES)] = op!(IOMMU_IOAS_IOVA_RANGES, abi::IommuIoasIovaRanges, out_iova_alignment, h::ioas_iova_ranges);
+    t[slot(abi::IOMMU_IOAS_ALLOW_IOVAS)] =
+        op!(IOMMU_IOAS_ALLOW_IOVAS, abi::IommuIoasAllowIovas, allowed_iovas, h::ioas_allow_iovas);
+    t[slot(abi::IOMMU_IOAS_COPY)] = op!(IOMMU_IOAS_COPY, abi::IommuIoasCopy, src_iova, h::ioas_copy);
+    t[slot(abi::IOMMU_IOAS_IOVA_RANGES)] =
+        op!(IOMMU_IOAS_IOVA_RANGES, abi::IommuIoasIovaRanges, out_iova_alignment, h::ioas_iova_ranges);
     t[slot(abi::IOMMU_IOAS_MAP)] = op!(IOMMU_IOAS_MAP, abi::IommuIoasMap, iova, h::ioas_map);
-    t[slot(abi::IOMMU_IOAS_UNMAP)] =
-        op!(IOMMU_IOAS_UNMAP, abi::IommuIoasUnmap, length, h::ioas_unmap);
+    t[slot(abi::IOMMU_IOAS_UNMAP)] = op!(IOMMU_IOAS_UNMAP, abi::IommuIoasUnmap, length, h::ioas_unmap);
     t[slot(abi::IOMMU_OPTION)] = op!(IOMMU_OPTION, abi::IommuOption, val64, h::option);
-    t[slot(abi::IOMMU_VFIO_IOAS)] =
-        op!(IOMMU_VFIO_IOAS, abi::IommuVfioIoas, __reserved, h::vfio_ioas);
-    t[slot(abi::IOMMU_HWPT_ALLOC)] =
-        op!(IOMMU_HWPT_ALLOC, abi::IommuHwptAlloc, __reserved, h::not_yet::<abi::IommuHwptAlloc>);
-    t[slot(abi::IOMMU_GET_HW_INFO)] =
-        op!(IOMMU_GET_HW_INFO, abi::IommuHwInfo, __reserved, h::not_yet::<abi::IommuHwInfo>);
-    t[slot(abi::IOMMU_HWPT_SET_DIRTY_TRACKING)] = op!(
-        IOMMU_HWPT_SET_DIRTY_TRACKING,
-        abi::IommuHwptSetDirtyTracking,
-        __reserved,
-        h::not_yet::<abi::IommuHwptSetDirtyTracking>
-    );
-    t[slot(abi::IOMMU_HWPT_GET_DIRTY_BITMAP)] = op!(
-        IOMMU_HWPT_GET_DIRTY_BITMAP,
-        abi::IommuHwptGetDirtyBitmap,
-        data,
-        h::not_yet::<abi::IommuHwptGetDirtyBitmap>
-    );
-    t[slot(abi::IOMMU_HWPT_INVALIDATE)] = op!(
-        IOMMU_HWPT_INVALIDATE,
-        abi::IommuHwptInvalidate,
-        __reserved,
-        h::not_yet::<abi::IommuHwptInvalidate>
-    );
-    t[slot(abi::IOMMU_FAULT_QUEUE_ALLOC)] = op!(
-        IOMMU_FAULT_QUEUE_ALLOC,
-        abi::IommuFaultAlloc,
-        out_fault_fd,
-        h::not_yet::<abi::IommuFaultAlloc>
-    );
+    t[slot(abi::IOMMU_VFIO_IOAS)] = op!(IOMMU_VFIO_IOAS, abi::IommuVfioIoas, __reserved, h::vfio_ioas);
+    t[slot(abi::IOMMU_HWPT_ALLOC)] = op!(IOMMU_HWPT_ALLOC, abi::IommuHwptAlloc, __reserved, h::hwpt_alloc);
+    t[slot(abi::IOMMU_GET_HW_INFO)] = op!(IOMMU_GET_HW_INFO, abi::IommuHwInfo, __reserved, h::get_hw_info);
+    t[slot(abi::IOMMU_HWPT_SET_DIRTY_TRACKING)] =
+        op!(IOMMU_HWPT_SET_DIRTY_TRACKING, abi::IommuHwptSetDirtyTracking, __reserved, h::hwpt_set_dirty_tracking);
+    t[slot(abi::IOMMU_HWPT_GET_DIRTY_BITMAP)] =
+        op!(IOMMU_HWPT_GET_DIRTY_BITMAP, abi::IommuHwptGetDirtyBitmap, data, h::hwpt_get_dirty_bitmap);
+    t[slot(abi::IOMMU_HWPT_INVALIDATE)] =
+        op!(IOMMU_HWPT_INVALIDATE, abi::IommuHwptInvalidate, __reserved, h::hwpt_invalidate);
+    t[slot(abi::IOMMU_FAULT_QUEUE_ALLOC)] =
+        op!(IOMMU_FAULT_QUEUE_ALLOC, abi::IommuFaultAlloc, out_fault_fd, h::fault_alloc);
     t[slot(abi::IOMMU_IOAS_MAP_FILE)] =
         op!(IOMMU_IOAS_MAP_FILE, abi::IommuIoasMapFile, iova, h::not_yet::<abi::IommuIoasMapFile>);
-    t[slot(abi::IOMMU_VIOMMU_ALLOC)] = op!(
-        IOMMU_VIOMMU_ALLOC,
-        abi::IommuViommuAlloc,
-        out_viommu_id,
-        h::not_yet::<abi::IommuViommuAlloc>
-    );
+    t[slot(abi::IOMMU_VIOMMU_ALLOC)] =
+        op!(IOMMU_VIOMMU_ALLOC, abi::IommuViommuAlloc, out_viommu_id, h::not_yet::<abi::IommuViommuAlloc>);
     t[slot(abi::IOMMU_VDEVICE_ALLOC)] =
         op!(IOMMU_VDEVICE_ALLOC, abi::IommuVdeviceAlloc, virt_id, h::not_yet::<abi::IommuVdeviceAlloc>);
     t[slot(abi::IOMMU_IOAS_CHANGE_PROCESS)] = op!(
@@ -114,12 +91,8 @@ pub static OPS: [Option<Op>; NUM_OPS] = {
         __reserved,
         h::not_yet::<abi::IommuIoasChangeProcess>
     );
-    t[slot(abi::IOMMU_VEVENTQ_ALLOC)] = op!(
-        IOMMU_VEVENTQ_ALLOC,
-        abi::IommuVeventqAlloc,
-        out_veventq_fd,
-        h::not_yet::<abi::IommuVeventqAlloc>
-    );
+    t[slot(abi::IOMMU_VEVENTQ_ALLOC)] =
+        op!(IOMMU_VEVENTQ_ALLOC, abi::IommuVeventqAlloc, out_veventq_fd, h::not_yet::<abi::IommuVeventqAlloc>);
     t[slot(abi::IOMMU_HW_QUEUE_ALLOC)] =
         op!(IOMMU_HW_QUEUE_ALLOC, abi::IommuHwQueueAlloc, length, h::not_yet::<abi::IommuHwQueueAlloc>);
     t[slot(abi::test_cmd::IOMMU_TEST_CMD)] = {

@@ -22,7 +22,7 @@ fn raw(ctx: &Arc<Iommufd>, req: u64, arg: u64) -> Result<i32, Errno> {
 fn unknown_and_mismatched_requests_are_enotty() {
     let ctx = Iommufd::new();
     let mut cmd = abi::IommuDestroy { size: 8, id: 0 };
-    // Below the iommufd range: the VFIO compat path, which knows nothing yet.
+    // Below the iommufd range: the VFIO compat path, which does not know it.
     assert_eq!(ioctl(&ctx, abi::ioctl::io(abi::IOMMUFD_TYPE, 0x7f), &mut cmd), Err(Errno::ENOTTY));
     // Past the table.
     assert_eq!(ioctl(&ctx, abi::ioctl::io(abi::IOMMUFD_TYPE, 0xa1), &mut cmd), Err(Errno::ENOTTY));

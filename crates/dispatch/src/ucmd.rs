@@ -74,3 +74,27 @@ fn check_zeroed_user(addr: u64, len: usize) -> Result<()> {
     }
     Ok(())
 }
+
+/// A reader for driver data at user address `uptr` of `ulen` bytes, with
+/// `copy_struct_from_user` rules against the kernel size (the buffer's).
+pub fn struct_reader(uptr: u64, ulen: u64) -> impl FnMut(&mut [u8]) -> std::result::Result<(), Errno> {
+    move |buf: &mut [u8]| read_struct(uptr, ulen, buf)
+}
+
+/// An entry reader for an array of `entry_len`-byte records at `uptr`.
+pub fn array_reader(uptr: u64, entry_len: u64) -> impl FnMut(u32, &mut [u8]) -> std::result::Result<(), Errno> {
+    move |index: u32, buf: &mut [u8]| {
+        let at = uptr.checked_add(entry_len.checked_mul(index as u64).ok_or(Errno::EOVERFLOW)?).ok_or(Errno::EFAULT)?;
+        read_struct(at, entry_len, buf)
+    }
+}
+
+fn read_struct(uptr: u64, ulen: u64, buf: &mut [u8]) -> std::result::Result<(), Errno> {
+    buf.fill(0);
+    let ksize = buf.len() as u64;
+    let n = ksize.min(ulen) as usize;
+    if ulen > ksize {
+        check_zeroed_user(uptr + ksize, (ulen - ksize) as usize).map_err(|e| e.errno)?;
+    }
+    user::copy_from_user(&mut buf[..n], uptr)
+}

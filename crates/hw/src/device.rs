@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use uiommufd_abi::Errno;
 
-use crate::Domain;
+use crate::{Domain, UserData};
 
 /// `enum iommu_cap`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -52,8 +52,9 @@ pub struct PagingRequest {
     pub pasid: bool,
 }
 
-/// A device as its IOMMU driver presents it.
-pub trait IommuDevice: Send + Sync {
+/// A device as its IOMMU driver presents it. (`any_domain()` from the
+/// supertrait gives the concrete model for driver-specific hooks.)
+pub trait IommuDevice: crate::AnyDomain + Send + Sync {
     /// A human-readable name (`mock0`, `0000:00:02.0`).
     fn name(&self) -> String;
 
@@ -76,4 +77,29 @@ pub trait IommuDevice: Send + Sync {
     fn max_pasid_log2(&self) -> u32 {
         0
     }
+
+    /// Allocate a nested domain on `parent` from driver-specific `data`
+    /// (`domain_alloc_nested`). `flags` are the HWPT flags other than
+    /// `FAULT_ID_VALID`.
+    fn alloc_nested(
+        &self,
+        parent: &Arc<dyn Domain>,
+        flags: u32,
+        data: &mut UserData<'_>,
+    ) -> Result<Arc<dyn Domain>, Errno> {
+        let _ = (parent, flags, data);
+        Err(Errno::EOPNOTSUPP)
+    }
+
+    /// The driver's `hw_info`: for the requested type (`in_type`, 0 for the
+    /// default) the reported type and its data. A driver without hardware
+    /// information reports type 0 (`IOMMU_HW_INFO_TYPE_NONE`) and no data.
+    fn hw_info(&self, in_type: u32) -> Result<(u32, Vec<u8>), Errno> {
+        let _ = in_type;
+        Ok((0, Vec::new()))
+    }
+
+    /// Whether `domain` came from this device's IOMMU driver (the kernel's
+    /// `domain->owner == ops` check for nesting parents).
+    fn owns_domain(&self, domain: &dyn Domain) -> bool;
 }

@@ -875,7 +875,10 @@ mod tests {
         assert_eq!(pt.walk(2 * K4).unwrap().0 & (A | D), A);
         let mut seen = Vec::new();
         pt.read_and_clear_dirty(0, 2 * M2, false, |i, s, d| seen.push((i, s, d)));
-        assert_eq!(seen, vec![(0, K4, false), (K4, K4, true), (2 * K4, K4, false), (3 * K4, K4, false), (M2, M2, true)]);
+        assert_eq!(
+            seen,
+            vec![(0, K4, false), (K4, K4, true), (2 * K4, K4, false), (3 * K4, K4, false), (M2, M2, true)]
+        );
         seen.clear();
         pt.read_and_clear_dirty(K4, M2 + 1, true, |i, s, d| seen.push((i, s, d)));
         assert_eq!(seen, vec![(K4, K4, true), (2 * K4, K4, false), (3 * K4, K4, false), (M2, M2, true)]);
@@ -922,7 +925,7 @@ mod tests {
         assert!(PtMemory::contains(a) && a & (PT_PAGE_SIZE - 1) == 0);
         PtMemory::free(a);
         PtMemory::free(0x1000); // not ours: ignored
-        // Something from the free list or the bump pointer, in the window.
+                                // Something from the free list or the bump pointer, in the window.
         let b = PtMemory::alloc().unwrap();
         assert!(PtMemory::contains(b));
         PtMemory::free(b);
@@ -1008,12 +1011,14 @@ mod tests {
     fn op() -> impl Strategy<Value = Op> {
         let level = prop_oneof![3 => Just(0u32), 1 => Just(1u32)];
         prop_oneof![
-            (level.clone(), 0u64..4096, 0u64..1024, 1u64..40, any::<bool>()).prop_map(|(level, slot, pslot, count, write)| {
-                let size = Pt::level_size(level);
-                let count = if level == 1 { count % 3 + 1 } else { count };
-                let slot = slot % ((16 << 20) / size);
-                Op::Map { iova: slot * size, paddr: (pslot + 1) * size, level, count, write }
-            }),
+            (level.clone(), 0u64..4096, 0u64..1024, 1u64..40, any::<bool>()).prop_map(
+                |(level, slot, pslot, count, write)| {
+                    let size = Pt::level_size(level);
+                    let count = if level == 1 { count % 3 + 1 } else { count };
+                    let slot = slot % ((16 << 20) / size);
+                    Op::Map { iova: slot * size, paddr: (pslot + 1) * size, level, count, write }
+                }
+            ),
             (level, 0u64..4096, 1u64..600).prop_map(|(level, slot, count)| {
                 let size = Pt::level_size(level);
                 let count = if level == 1 { count % 3 + 1 } else { count };
@@ -1027,7 +1032,10 @@ mod tests {
 
     fn overlapping(m: &Model, start: u64, end: u64) -> Vec<(u64, u64)> {
         // Leaves are at most 2 MiB, so look back that far.
-        m.range(start.saturating_sub(M2 - 1)..end).filter(|(&i, &(s, _, _))| i + s > start).map(|(&i, &(s, _, _))| (i, s)).collect()
+        m.range(start.saturating_sub(M2 - 1)..end)
+            .filter(|(&i, &(s, _, _))| i + s > start)
+            .map(|(&i, &(s, _, _))| (i, s))
+            .collect()
     }
 
     fn model_map(m: &mut Model, iova: u64, paddr: u64, size: u64, count: u64, prot: Prot) -> Result<(), (Errno, u64)> {

@@ -209,7 +209,8 @@ impl Registry {
         let run = self.remove(pfn);
         let mut i = 0usize;
         while i < run.pins.len() {
-            let j = i + run.pins[i..].iter().position(|&c| (c == 0) != (run.pins[i] == 0)).unwrap_or(run.pins.len() - i);
+            let j =
+                i + run.pins[i..].iter().position(|&c| (c == 0) != (run.pins[i] == 0)).unwrap_or(run.pins.len() - i);
             let host = run.host + i as u64 * page();
             let len = (j - i) as u64 * page();
             if run.pins[i] == 0 {
@@ -217,7 +218,12 @@ impl Registry {
                     self.arena.release(host, len);
                 }
             } else {
-                self.insert(Run { pfn: run.pfn + i as u64, host, in_place: run.in_place, pins: run.pins[i..j].to_vec() });
+                self.insert(Run {
+                    pfn: run.pfn + i as u64,
+                    host,
+                    in_place: run.in_place,
+                    pins: run.pins[i..j].to_vec(),
+                });
             }
             i = j;
         }
@@ -383,7 +389,11 @@ pub fn write_phys(paddr: u64, data: &[u8]) -> Result<(), Errno> {
     })
 }
 
-fn phys_io(paddr: u64, len: usize, mut f: impl FnMut(u64, bool, usize, usize) -> Result<(), Errno>) -> Result<(), Errno> {
+fn phys_io(
+    paddr: u64,
+    len: usize,
+    mut f: impl FnMut(u64, bool, usize, usize) -> Result<(), Errno>,
+) -> Result<(), Errno> {
     let shift = page_shift();
     let reg = read();
     let mut done = 0usize;
@@ -520,8 +530,7 @@ pub fn before_madvise_dontneed(va: u64, len: u64) {
     let mut reg = write();
     let Ok(maps) = vma::current() else { return };
     let end = va.saturating_add(len);
-    let private: Vec<vma::Vma> =
-        maps.into_iter().filter(|m| !m.shared && m.start < end && va < m.end).collect();
+    let private: Vec<vma::Vma> = maps.into_iter().filter(|m| !m.shared && m.start < end && va < m.end).collect();
     for m in private {
         let s = m.start.max(va);
         let e = m.end.min(end);
@@ -541,7 +550,12 @@ pub fn before_madvise_dontneed(va: u64, len: u64) {
 /// `real` (which returns the new address or an error). Pinned pages beyond
 /// `new_len` are relocated first (they are about to be unmapped); pinned
 /// pages that move with the mapping keep their frames at the new address.
-pub fn around_mremap(old: u64, old_len: u64, new_len: u64, real: impl FnOnce() -> Result<u64, Errno>) -> Result<u64, Errno> {
+pub fn around_mremap(
+    old: u64,
+    old_len: u64,
+    new_len: u64,
+    real: impl FnOnce() -> Result<u64, Errno>,
+) -> Result<u64, Errno> {
     if fast_path_clear() {
         return real();
     }
@@ -571,8 +585,12 @@ pub fn around_mremap(old: u64, old_len: u64, new_len: u64, real: impl FnOnce() -
                 // SAFETY: moving our arena block back into the hole it came
                 // from, which the failed mremap left untouched.
                 if unsafe { mm::mremap_fixed(host, n, n, orig) }.is_ok() {
-                    let pfns: Vec<u64> =
-                        reg.by_pfn.iter().filter(|(_, r)| !r.in_place && r.host >= host && r.host < host + n).map(|(&p, _)| p).collect();
+                    let pfns: Vec<u64> = reg
+                        .by_pfn
+                        .iter()
+                        .filter(|(_, r)| !r.in_place && r.host >= host && r.host < host + n)
+                        .map(|(&p, _)| p)
+                        .collect();
                     for pfn in pfns {
                         let mut run = reg.remove(pfn);
                         run.host = run.host - host + orig;
@@ -599,7 +617,8 @@ mod tests {
         fn new(pages: u64, flags: i32) -> Map {
             let len = pages * page();
             // SAFETY: a fresh anonymous mapping.
-            let p = unsafe { mm::mmap(0, len, libc::PROT_READ | libc::PROT_WRITE, flags | libc::MAP_ANONYMOUS, -1, 0) }.unwrap();
+            let p = unsafe { mm::mmap(0, len, libc::PROT_READ | libc::PROT_WRITE, flags | libc::MAP_ANONYMOUS, -1, 0) }
+                .unwrap();
             Map(p, len)
         }
         fn set(&self, off: u64, b: u8) {
@@ -685,7 +704,14 @@ mod tests {
         // New memory at the same address is not the pinned frame.
         // SAFETY: mapping fresh memory where ours was.
         let again = unsafe {
-            mm::mmap(m.0, m.1, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED, -1, 0)
+            mm::mmap(
+                m.0,
+                m.1,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED,
+                -1,
+                0,
+            )
         }
         .unwrap();
         assert_eq!(again, m.0);

@@ -48,9 +48,20 @@ fn model_ok() -> bool {
 
 /// Back a served file with a fresh real descriptor and publish it.
 fn install_backed(file: Arc<File>, flags: c_int) -> Result<c_int, c_int> {
-    let backing_flags = (flags & (libc::O_ACCMODE | libc::O_CLOEXEC | libc::O_NONBLOCK)) | libc::O_NOCTTY;
-    // SAFETY: a NUL-terminated literal path; the next `open` is libc's.
-    let fd = unsafe { real::open(c"/dev/null".as_ptr(), backing_flags, 0) };
+    let fd = match file.readiness_fd() {
+        // A file with readiness (a fault queue) is backed by a duplicate of
+        // its eventfd, so poll/epoll on the served descriptor see it.
+        Some(ready) => {
+            let cmd = if flags & libc::O_CLOEXEC != 0 { libc::F_DUPFD_CLOEXEC } else { libc::F_DUPFD };
+            // SAFETY: duplicating a descriptor the file owns.
+            unsafe { real::fcntl(ready, cmd, 0) }
+        }
+        None => {
+            let backing_flags = (flags & (libc::O_ACCMODE | libc::O_CLOEXEC | libc::O_NONBLOCK)) | libc::O_NOCTTY;
+            // SAFETY: a NUL-terminated literal path; the next `open` is libc's.
+            unsafe { real::open(c"/dev/null".as_ptr(), backing_flags, 0) }
+        }
+    };
     if fd < 0 {
         return Err(real::errno());
     }
@@ -386,6 +397,97 @@ fn trace_ioctl(fd: c_int, file: &File, request: c_ulong, res: &Result<i32, uiomm
     let name = name.map(std::borrow::Cow::Borrowed).unwrap_or_else(|| format!("{cmd:#x}").into());
     match res {
         Ok(v) => trace::line(format_args!("ioctl({fd} {}, {name}) = {v}", file.describe())),
-        Err(e) => trace::line(format_args!("ioctl({fd} {}, {name}) = -1 {:?} ({})", file.describe(), e.errno, e.context)),
+        Err(e) => {
+            trace::line(format_args!("ioctl({fd} {}, {name}) = -1 {:?} ({})", file.describe(), e.errno, e.context))
+        }
+    }
+}
+
+fn io_result(fd: c_int, what: &str, res: Result<usize, uiommufd_core::Error>) -> isize {
+    if trace::enabled() {
+        match &res {
+            Ok(n) => trace::line(format_args!("{what}({fd}) = {n}")),
+            Err(e) => trace::line(format_args!("{what}({fd}) = -1 {:?} ({})", e.errno, e.context)),
+        }
+    }
+    match res {
+        Ok(n) => n as isize,
+        Err(e) => {
+            set_errno(e.errno.0);
+            -1
+        }
+    }
+}
+
+fn guard_io(f: impl FnOnce() -> isize) -> isize {
+    catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|_| {
+        set_errno(libc::EIO);
+        -1
+    })
+}
+
+/// # Safety
+/// C `read(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn read(fd: c_int, buf: *mut c_void, count: usize) -> isize {
+    match fdtable::is_ours(fd).then(|| fdtable::get(fd)).flatten() {
+        // SAFETY: forwarded per read(2).
+        None => unsafe { real::read(fd, buf, count) },
+        Some(file) => guard_io(|| io_result(fd, "read", file.read(buf as u64, count, None))),
+    }
+}
+
+/// # Safety
+/// C `write(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn write(fd: c_int, buf: *const c_void, count: usize) -> isize {
+    match fdtable::is_ours(fd).then(|| fdtable::get(fd)).flatten() {
+        // SAFETY: forwarded per write(2).
+        None => unsafe { real::write(fd, buf, count) },
+        Some(file) => guard_io(|| io_result(fd, "write", file.write(buf as u64, count, None))),
+    }
+}
+
+/// # Safety
+/// C `pread(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn pread(fd: c_int, buf: *mut c_void, count: usize, off: libc::off_t) -> isize {
+    match fdtable::is_ours(fd).then(|| fdtable::get(fd)).flatten() {
+        // SAFETY: forwarded per pread(2).
+        None => unsafe { real::pread(fd, buf, count, off) },
+        Some(file) => guard_io(|| io_result(fd, "pread", file.read(buf as u64, count, Some(off)))),
+    }
+}
+
+/// # Safety
+/// C `pread64(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn pread64(fd: c_int, buf: *mut c_void, count: usize, off: libc::off64_t) -> isize {
+    match fdtable::is_ours(fd).then(|| fdtable::get(fd)).flatten() {
+        // SAFETY: forwarded per pread(2).
+        None => unsafe { real::pread64(fd, buf, count, off) },
+        Some(file) => guard_io(|| io_result(fd, "pread", file.read(buf as u64, count, Some(off)))),
+    }
+}
+
+/// # Safety
+/// C `pwrite(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn pwrite(fd: c_int, buf: *const c_void, count: usize, off: libc::off_t) -> isize {
+    match fdtable::is_ours(fd).then(|| fdtable::get(fd)).flatten() {
+        // SAFETY: forwarded per pwrite(2).
+        None => unsafe { real::pwrite(fd, buf, count, off) },
+        Some(file) => guard_io(|| io_result(fd, "pwrite", file.write(buf as u64, count, Some(off)))),
+    }
+}
+
+/// # Safety
+/// C `pwrite64(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn pwrite64(fd: c_int, buf: *const c_void, count: usize, off: libc::off64_t) -> isize {
+    match fdtable::is_ours(fd).then(|| fdtable::get(fd)).flatten() {
+        // SAFETY: forwarded per pwrite(2).
+        None => unsafe { real::pwrite64(fd, buf, count, off) },
+        Some(file) => guard_io(|| io_result(fd, "pwrite", file.write(buf as u64, count, Some(off)))),
     }
 }

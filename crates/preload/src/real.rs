@@ -74,6 +74,12 @@ real_fns! {
     FCNTL: "fcntl" => fn fcntl(fd: c_int, cmd: c_int, arg: c_long) -> c_int;
     FCNTL64: "fcntl64" => fn fcntl64(fd: c_int, cmd: c_int, arg: c_long) -> c_int;
     IOCTL: "ioctl" => fn ioctl(fd: c_int, request: c_ulong, arg: *mut c_void) -> c_int;
+    READ: "read" => fn read(fd: c_int, buf: *mut c_void, count: usize) -> isize;
+    WRITE: "write" => fn write(fd: c_int, buf: *const c_void, count: usize) -> isize;
+    PREAD: "pread" => fn pread(fd: c_int, buf: *mut c_void, count: usize, off: libc::off_t) -> isize;
+    PREAD64: "pread64" => fn pread64(fd: c_int, buf: *mut c_void, count: usize, off: libc::off64_t) -> isize;
+    PWRITE: "pwrite" => fn pwrite(fd: c_int, buf: *const c_void, count: usize, off: libc::off_t) -> isize;
+    PWRITE64: "pwrite64" => fn pwrite64(fd: c_int, buf: *const c_void, count: usize, off: libc::off64_t) -> isize;
 }
 
 /// `closefrom(3)` returns nothing, so it cannot use the macro's error path.
