@@ -120,7 +120,7 @@ impl Fault {
     /// not a multiple of the record, `EINVAL` when even the first group does
     /// not fit. Returns the bytes produced.
     pub fn read(&self, buf: &mut [u8]) -> Result<usize> {
-        if buf.len() % FAULT_SIZE != 0 {
+        if !buf.len().is_multiple_of(FAULT_SIZE) {
             return Err(Error::new(Errno::ESPIPE, "read size is not a multiple of the fault record"));
         }
         let mut st = self.lock();
@@ -160,7 +160,7 @@ impl Fault {
     /// `write(2)`: responses, as many as `data` holds. A bad code or an
     /// unknown cookie stops the batch (`EINVAL` if it was the first).
     pub fn write(&self, data: &[u8]) -> Result<usize> {
-        if data.len() % RESPONSE_SIZE != 0 {
+        if !data.len().is_multiple_of(RESPONSE_SIZE) {
             return Err(Error::new(Errno::ESPIPE, "write size is not a multiple of the response record"));
         }
         let mut st = self.lock();

@@ -829,7 +829,8 @@ impl IoPagetable {
             let piece_last = a.last.min(last);
             let sb = a.start_byte + (cur - a_iova);
             // `iopt_area_contig_is_aligned`: whole pages at the seams.
-            let aligned = sb % ps == 0 && (piece_last == last || (a.start_byte + (a.last - a_iova)) % ps == ps - 1);
+            let aligned =
+                sb.is_multiple_of(ps) && (piece_last == last || (a.start_byte + (a.last - a_iova)) % ps == ps - 1);
             if a.prevent_access || !aligned {
                 return Err(einval("range is being unmapped or not page aligned"));
             }
@@ -920,9 +921,19 @@ impl IoPagetable {
         lock_read(&self.iova).areas.len()
     }
 
-    /// Every area as `(iova, last, pages, start_byte, prot)`, for checkers.
-    pub fn areas(&self) -> Vec<(u64, u64, Option<Arc<Pages>>, u64, Prot)> {
-        lock_read(&self.iova).areas.iter().map(|(&k, a)| (k, a.last, a.pages.clone(), a.start_byte, a.prot)).collect()
+    /// Every area, for checkers.
+    pub fn areas(&self) -> Vec<AreaInfo> {
+        lock_read(&self.iova)
+            .areas
+            .iter()
+            .map(|(&iova, a)| AreaInfo {
+                iova,
+                last: a.last,
+                pages: a.pages.clone(),
+                start_byte: a.start_byte,
+                prot: a.prot,
+            })
+            .collect()
     }
 
     /// `iopt_cut_iova`, for VFIO type1 (v1) compatibility: make each IOVA
@@ -1007,6 +1018,17 @@ fn prot_ok(prot: Prot, write: bool) -> bool {
     } else {
         prot.contains(Prot::READ)
     }
+}
+
+/// A snapshot of one area (for checkers and tools).
+#[derive(Clone, Debug)]
+pub struct AreaInfo {
+    pub iova: u64,
+    pub last: u64,
+    /// `None` while the area is being built or torn down.
+    pub pages: Option<Arc<Pages>>,
+    pub start_byte: u64,
+    pub prot: Prot,
 }
 
 /// One area's share of an access pin.

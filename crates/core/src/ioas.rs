@@ -55,7 +55,7 @@ pub fn check_map_flags(flags: u32, values: &[u64]) -> Result<()> {
     if flags & !known != 0 {
         return Err(crate::error::eopnotsupp("unknown map flags"));
     }
-    if values.iter().any(|&v| v >= u64::MAX) {
+    if values.contains(&u64::MAX) {
         return Err(eoverflow("value too large"));
     }
     if flags & (map_flags::WRITEABLE | map_flags::READABLE) == 0 {
@@ -98,7 +98,7 @@ impl Ioas {
             let (r, n) = self.iopt.unmap_all();
             return r.map(|()| n);
         }
-        if iova >= u64::MAX || length >= u64::MAX {
+        if iova == u64::MAX || length == u64::MAX {
             return Err(eoverflow("value too large"));
         }
         let (r, n) = self.iopt.unmap(iova, length);

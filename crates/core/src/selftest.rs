@@ -291,7 +291,11 @@ pub fn mock_domain_of(ctx: &Iommufd, id: ObjectId) -> Result<(Borrowed<HwptPagin
 /// must map the frame under the user address at the same offset.
 pub fn md_check_map(ctx: &Iommufd, hwpt_id: ObjectId, iova: u64, length: u64, uptr: u64) -> Result<()> {
     let mps = MOCK_IO_PAGE_SIZE;
-    if iova % mps != 0 || length % mps != 0 || uptr % mps != 0 || uptr.checked_add(length).is_none() {
+    if !iova.is_multiple_of(mps)
+        || !length.is_multiple_of(mps)
+        || !uptr.is_multiple_of(mps)
+        || uptr.checked_add(length).is_none()
+    {
         return Err(einval("range must be mock-page aligned"));
     }
     let (_hwpt, domain) = mock_domain_of(ctx, hwpt_id)?;
@@ -316,7 +320,7 @@ pub fn md_check_map(ctx: &Iommufd, hwpt_id: ObjectId, iova: u64, length: u64, up
 /// must be present and pinned exactly `refs` times.
 pub fn md_check_refs(uptr: u64, length: u64, refs: u32) -> Result<()> {
     let ps = page_size();
-    if length % ps != 0 || uptr % ps != 0 || uptr.checked_add(length).is_none() {
+    if !length.is_multiple_of(ps) || !uptr.is_multiple_of(ps) || uptr.checked_add(length).is_none() {
         return Err(einval("range must be page aligned and must not wrap"));
     }
     let mut va = uptr;
@@ -538,7 +542,12 @@ pub fn create_access(ctx: &Arc<Iommufd>, ioas_id: ObjectId, flags: u32) -> Resul
 /// user bitmap at `uptr` (one bit per `page_size` from `iova`). Returns how
 /// many marked pages were mapped.
 pub fn dirty(ctx: &Iommufd, hwpt_id: ObjectId, iova: u64, length: u64, page_size: u64, uptr: u64) -> Result<u64> {
-    if page_size == 0 || length == 0 || iova % page_size != 0 || length % page_size != 0 || uptr == 0 {
+    if page_size == 0
+        || length == 0
+        || !iova.is_multiple_of(page_size)
+        || !length.is_multiple_of(page_size)
+        || uptr == 0
+    {
         return Err(einval("bad dirty range"));
     }
     let max = length / page_size;

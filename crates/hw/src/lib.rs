@@ -284,6 +284,86 @@ fn restrict(bitmap: u64, max_pgsize: u64) -> u64 {
     }
 }
 
+/// `struct iommu_dirty_ops`.
+pub trait DirtyOps: Send + Sync {
+    /// Start or stop recording dirty bits.
+    fn set_dirty_tracking(&self, enable: bool) -> Result<(), Errno>;
+
+    /// Report each dirty leaf in `[iova, iova + length)` through `record`
+    /// as `(iova, size)`, clearing the bits unless `no_clear`. With `record`
+    /// `None` the bits are only cleared (what enabling tracking does first).
+    fn read_and_clear_dirty(
+        &self,
+        iova: u64,
+        length: u64,
+        no_clear: bool,
+        record: Option<&mut dyn FnMut(u64, u64)>,
+    ) -> Result<(), Errno>;
+}
+
+/// Reads one user-supplied struct with the kernel's extensible-struct
+/// rules: zero-extend a short one, `E2BIG` for non-zero bytes past what the
+/// kernel knows, `EFAULT` for bad memory. The buffer length is the kernel's
+/// struct size.
+pub type StructReader<'a> = dyn FnMut(&mut [u8]) -> Result<(), Errno> + 'a;
+
+/// Driver-specific data passed with an allocation (`struct iommu_user_data`).
+pub struct UserData<'a> {
+    pub data_type: u32,
+    pub len: u32,
+    pub reader: &'a mut StructReader<'a>,
+}
+
+impl UserData<'_> {
+    /// `iommu_copy_struct_from_user`: the data must be of `data_type`, at
+    /// least `min_len` bytes and no longer than `T` (`EINVAL` otherwise).
+    pub fn read<T: zerocopy::FromBytes + zerocopy::IntoBytes>(
+        &mut self,
+        data_type: u32,
+        min_len: usize,
+    ) -> Result<T, Errno> {
+        let len = self.len as usize;
+        if self.data_type != data_type || len < min_len || len > core::mem::size_of::<T>() {
+            return Err(Errno::EINVAL);
+        }
+        let mut v = T::new_zeroed();
+        (self.reader)(v.as_mut_bytes())?;
+        Ok(v)
+    }
+}
+
+/// Reads entry `index` of a user array into a kernel-sized buffer with the
+/// extensible-struct rules, honouring the array's `entry_len`.
+pub type EntryReader<'a> = dyn FnMut(u32, &mut [u8]) -> Result<(), Errno> + 'a;
+
+/// An array of driver-specific requests (`struct iommu_user_data_array`).
+pub struct UserDataArray<'a> {
+    pub data_type: u32,
+    pub entry_len: u32,
+    /// In: entries supplied. Out: entries handled.
+    pub entry_num: u32,
+    pub reader: &'a mut EntryReader<'a>,
+}
+
+impl UserDataArray<'_> {
+    /// `iommu_copy_struct_from_user_array`: entries shorter than `min_len`
+    /// or longer than `T` are `EINVAL`.
+    pub fn read<T: zerocopy::FromBytes + zerocopy::IntoBytes>(
+        &mut self,
+        data_type: u32,
+        index: u32,
+        min_len: usize,
+    ) -> Result<T, Errno> {
+        let len = self.entry_len as usize;
+        if self.data_type != data_type || len < min_len || len > core::mem::size_of::<T>() {
+            return Err(Errno::EINVAL);
+        }
+        let mut v = T::new_zeroed();
+        (self.reader)(index, v.as_mut_bytes())?;
+        Ok(v)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -433,85 +513,5 @@ mod tests {
         assert_eq!(unmap(&d, !0xfff, 2 * K4, 0), 0);
         assert_eq!(map(&d, 0, 0, 0, Prot::READ, 0), Ok(()));
         assert_eq!(unmap(&d, 0, 0, 0), 0);
-    }
-}
-
-/// `struct iommu_dirty_ops`.
-pub trait DirtyOps: Send + Sync {
-    /// Start or stop recording dirty bits.
-    fn set_dirty_tracking(&self, enable: bool) -> Result<(), Errno>;
-
-    /// Report each dirty leaf in `[iova, iova + length)` through `record`
-    /// as `(iova, size)`, clearing the bits unless `no_clear`. With `record`
-    /// `None` the bits are only cleared (what enabling tracking does first).
-    fn read_and_clear_dirty(
-        &self,
-        iova: u64,
-        length: u64,
-        no_clear: bool,
-        record: Option<&mut dyn FnMut(u64, u64)>,
-    ) -> Result<(), Errno>;
-}
-
-/// Reads one user-supplied struct with the kernel's extensible-struct
-/// rules: zero-extend a short one, `E2BIG` for non-zero bytes past what the
-/// kernel knows, `EFAULT` for bad memory. The buffer length is the kernel's
-/// struct size.
-pub type StructReader<'a> = dyn FnMut(&mut [u8]) -> Result<(), Errno> + 'a;
-
-/// Driver-specific data passed with an allocation (`struct iommu_user_data`).
-pub struct UserData<'a> {
-    pub data_type: u32,
-    pub len: u32,
-    pub reader: &'a mut StructReader<'a>,
-}
-
-impl UserData<'_> {
-    /// `iommu_copy_struct_from_user`: the data must be of `data_type`, at
-    /// least `min_len` bytes and no longer than `T` (`EINVAL` otherwise).
-    pub fn read<T: zerocopy::FromBytes + zerocopy::IntoBytes>(
-        &mut self,
-        data_type: u32,
-        min_len: usize,
-    ) -> Result<T, Errno> {
-        let len = self.len as usize;
-        if self.data_type != data_type || len < min_len || len > core::mem::size_of::<T>() {
-            return Err(Errno::EINVAL);
-        }
-        let mut v = T::new_zeroed();
-        (self.reader)(v.as_mut_bytes())?;
-        Ok(v)
-    }
-}
-
-/// Reads entry `index` of a user array into a kernel-sized buffer with the
-/// extensible-struct rules, honouring the array's `entry_len`.
-pub type EntryReader<'a> = dyn FnMut(u32, &mut [u8]) -> Result<(), Errno> + 'a;
-
-/// An array of driver-specific requests (`struct iommu_user_data_array`).
-pub struct UserDataArray<'a> {
-    pub data_type: u32,
-    pub entry_len: u32,
-    /// In: entries supplied. Out: entries handled.
-    pub entry_num: u32,
-    pub reader: &'a mut EntryReader<'a>,
-}
-
-impl UserDataArray<'_> {
-    /// `iommu_copy_struct_from_user_array`: entries shorter than `min_len`
-    /// or longer than `T` are `EINVAL`.
-    pub fn read<T: zerocopy::FromBytes + zerocopy::IntoBytes>(
-        &mut self,
-        data_type: u32,
-        index: u32,
-        min_len: usize,
-    ) -> Result<T, Errno> {
-        let len = self.entry_len as usize;
-        if self.data_type != data_type || len < min_len || len > core::mem::size_of::<T>() {
-            return Err(Errno::EINVAL);
-        }
-        let mut v = T::new_zeroed();
-        (self.reader)(index, v.as_mut_bytes())?;
-        Ok(v)
     }
 }

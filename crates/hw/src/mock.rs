@@ -435,6 +435,116 @@ impl Domain for MockDomain {
     }
 }
 
+impl DirtyOps for MockDomain {
+    fn set_dirty_tracking(&self, enable: bool) -> Result<(), Errno> {
+        MockDomain::set_dirty_tracking(self, enable)
+    }
+
+    fn read_and_clear_dirty(
+        &self,
+        iova: u64,
+        length: u64,
+        no_clear: bool,
+        record: Option<&mut dyn FnMut(u64, u64)>,
+    ) -> Result<(), Errno> {
+        MockDomain::read_and_clear_dirty(self, iova, length, no_clear, record)
+    }
+}
+
+/// The mock's nested domain (`struct mock_iommu_domain_nested`): a
+/// stage-1 table of the guest's, which the mock does not walk (it translates
+/// through its parent), plus four mock IOTLB entries that
+/// `IOMMU_HWPT_INVALIDATE` clears and `IOMMU_TEST_OP_MD_CHECK_IOTLB` reads.
+pub struct MockNested {
+    parent: Arc<dyn Domain>,
+    iotlb: [AtomicU32; test_cmd::MOCK_NESTED_DOMAIN_IOTLB_NUM as usize],
+}
+
+impl MockNested {
+    /// `mock_domain_alloc_nested`: `parent` must be a mock paging domain
+    /// (`EINVAL`), `flags` must be 0 (`EOPNOTSUPP`), the data must be
+    /// `IOMMU_HWPT_DATA_SELFTEST` with at least `iotlb` (`EINVAL`).
+    pub fn new(parent: &Arc<dyn Domain>, flags: u32, data: &mut UserData<'_>) -> Result<MockNested, Errno> {
+        if flags != 0 {
+            return Err(Errno::EOPNOTSUPP);
+        }
+        if data.data_type != test_cmd::IOMMU_HWPT_DATA_SELFTEST {
+            return Err(Errno::EOPNOTSUPP);
+        }
+        if parent.as_any().downcast_ref::<MockDomain>().is_none() {
+            return Err(Errno::EINVAL);
+        }
+        let cfg: test_cmd::IommuHwptSelftest = data.read(test_cmd::IOMMU_HWPT_DATA_SELFTEST, 4)?;
+        Ok(MockNested { parent: Arc::clone(parent), iotlb: std::array::from_fn(|_| AtomicU32::new(cfg.iotlb)) })
+    }
+
+    /// Mock IOTLB entry `id` (`None` past `MOCK_NESTED_DOMAIN_IOTLB_ID_MAX`).
+    pub fn iotlb(&self, id: u32) -> Option<u32> {
+        self.iotlb.get(id as usize).map(|v| v.load(Ordering::Relaxed))
+    }
+
+    pub fn parent(&self) -> &Arc<dyn Domain> {
+        &self.parent
+    }
+}
+
+impl Domain for MockNested {
+    fn is_nested(&self) -> bool {
+        true
+    }
+
+    fn pgsize_bitmap(&self) -> u64 {
+        self.parent.pgsize_bitmap()
+    }
+
+    fn aperture(&self) -> Aperture {
+        self.parent.aperture()
+    }
+
+    /// A nested domain's stage-1 belongs to the guest: nothing maps it here.
+    fn map_pages(&self, _iova: u64, _paddr: u64, _pgsize: u64, _pgcount: u64, _prot: Prot) -> Result<(), (Errno, u64)> {
+        Err((Errno::EOPNOTSUPP, 0))
+    }
+
+    fn unmap_pages(&self, _iova: u64, _pgsize: u64, _pgcount: u64) -> u64 {
+        0
+    }
+
+    /// The mock's stage 1 is the identity: DMA translates through the parent.
+    fn translate(&self, iova: u64, access: Access) -> Result<Translation, Fault> {
+        self.parent.translate(iova, access)
+    }
+
+    /// `mock_domain_cache_invalidate_user`.
+    fn cache_invalidate_user(&self, array: &mut UserDataArray<'_>) -> Result<(), Errno> {
+        let num = array.entry_num;
+        array.entry_num = 0;
+        if array.data_type != test_cmd::IOMMU_HWPT_INVALIDATE_DATA_SELFTEST {
+            return Err(Errno::EINVAL);
+        }
+        for i in 0..num {
+            // Up to and including `iotlb_id`.
+            let inv: test_cmd::IommuHwptInvalidateSelftest =
+                array.read(test_cmd::IOMMU_HWPT_INVALIDATE_DATA_SELFTEST, i, 8)?;
+            if inv.flags & !test_cmd::IOMMU_TEST_INVALIDATE_FLAG_ALL != 0 {
+                return Err(Errno::EOPNOTSUPP);
+            }
+            if inv.iotlb_id > test_cmd::MOCK_NESTED_DOMAIN_IOTLB_ID_MAX {
+                return Err(Errno::EINVAL);
+            }
+            if inv.flags & test_cmd::IOMMU_TEST_INVALIDATE_FLAG_ALL != 0 {
+                for e in &self.iotlb {
+                    e.store(0, Ordering::Relaxed);
+                }
+            } else {
+                self.iotlb[inv.iotlb_id as usize].store(0, Ordering::Relaxed);
+            }
+            array.entry_num += 1;
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -698,115 +808,5 @@ mod tests {
         let ns = start.elapsed().as_nanos() as f64 / N as f64;
         println!("mock: map_pages+unmap_pages of 4 KiB (2 x 2 KiB) {ns:.1} ns/op");
         assert_eq!(d.warnings(), 0);
-    }
-}
-
-impl DirtyOps for MockDomain {
-    fn set_dirty_tracking(&self, enable: bool) -> Result<(), Errno> {
-        MockDomain::set_dirty_tracking(self, enable)
-    }
-
-    fn read_and_clear_dirty(
-        &self,
-        iova: u64,
-        length: u64,
-        no_clear: bool,
-        record: Option<&mut dyn FnMut(u64, u64)>,
-    ) -> Result<(), Errno> {
-        MockDomain::read_and_clear_dirty(self, iova, length, no_clear, record)
-    }
-}
-
-/// The mock's nested domain (`struct mock_iommu_domain_nested`): a
-/// stage-1 table of the guest's, which the mock does not walk (it translates
-/// through its parent), plus four mock IOTLB entries that
-/// `IOMMU_HWPT_INVALIDATE` clears and `IOMMU_TEST_OP_MD_CHECK_IOTLB` reads.
-pub struct MockNested {
-    parent: Arc<dyn Domain>,
-    iotlb: [AtomicU32; test_cmd::MOCK_NESTED_DOMAIN_IOTLB_NUM as usize],
-}
-
-impl MockNested {
-    /// `mock_domain_alloc_nested`: `parent` must be a mock paging domain
-    /// (`EINVAL`), `flags` must be 0 (`EOPNOTSUPP`), the data must be
-    /// `IOMMU_HWPT_DATA_SELFTEST` with at least `iotlb` (`EINVAL`).
-    pub fn new(parent: &Arc<dyn Domain>, flags: u32, data: &mut UserData<'_>) -> Result<MockNested, Errno> {
-        if flags != 0 {
-            return Err(Errno::EOPNOTSUPP);
-        }
-        if data.data_type != test_cmd::IOMMU_HWPT_DATA_SELFTEST {
-            return Err(Errno::EOPNOTSUPP);
-        }
-        if parent.as_any().downcast_ref::<MockDomain>().is_none() {
-            return Err(Errno::EINVAL);
-        }
-        let cfg: test_cmd::IommuHwptSelftest = data.read(test_cmd::IOMMU_HWPT_DATA_SELFTEST, 4)?;
-        Ok(MockNested { parent: Arc::clone(parent), iotlb: std::array::from_fn(|_| AtomicU32::new(cfg.iotlb)) })
-    }
-
-    /// Mock IOTLB entry `id` (`None` past `MOCK_NESTED_DOMAIN_IOTLB_ID_MAX`).
-    pub fn iotlb(&self, id: u32) -> Option<u32> {
-        self.iotlb.get(id as usize).map(|v| v.load(Ordering::Relaxed))
-    }
-
-    pub fn parent(&self) -> &Arc<dyn Domain> {
-        &self.parent
-    }
-}
-
-impl Domain for MockNested {
-    fn is_nested(&self) -> bool {
-        true
-    }
-
-    fn pgsize_bitmap(&self) -> u64 {
-        self.parent.pgsize_bitmap()
-    }
-
-    fn aperture(&self) -> Aperture {
-        self.parent.aperture()
-    }
-
-    /// A nested domain's stage-1 belongs to the guest: nothing maps it here.
-    fn map_pages(&self, _iova: u64, _paddr: u64, _pgsize: u64, _pgcount: u64, _prot: Prot) -> Result<(), (Errno, u64)> {
-        Err((Errno::EOPNOTSUPP, 0))
-    }
-
-    fn unmap_pages(&self, _iova: u64, _pgsize: u64, _pgcount: u64) -> u64 {
-        0
-    }
-
-    /// The mock's stage 1 is the identity: DMA translates through the parent.
-    fn translate(&self, iova: u64, access: Access) -> Result<Translation, Fault> {
-        self.parent.translate(iova, access)
-    }
-
-    /// `mock_domain_cache_invalidate_user`.
-    fn cache_invalidate_user(&self, array: &mut UserDataArray<'_>) -> Result<(), Errno> {
-        let num = array.entry_num;
-        array.entry_num = 0;
-        if array.data_type != test_cmd::IOMMU_HWPT_INVALIDATE_DATA_SELFTEST {
-            return Err(Errno::EINVAL);
-        }
-        for i in 0..num {
-            // Up to and including `iotlb_id`.
-            let inv: test_cmd::IommuHwptInvalidateSelftest =
-                array.read(test_cmd::IOMMU_HWPT_INVALIDATE_DATA_SELFTEST, i, 8)?;
-            if inv.flags & !test_cmd::IOMMU_TEST_INVALIDATE_FLAG_ALL != 0 {
-                return Err(Errno::EOPNOTSUPP);
-            }
-            if inv.iotlb_id > test_cmd::MOCK_NESTED_DOMAIN_IOTLB_ID_MAX {
-                return Err(Errno::EINVAL);
-            }
-            if inv.flags & test_cmd::IOMMU_TEST_INVALIDATE_FLAG_ALL != 0 {
-                for e in &self.iotlb {
-                    e.store(0, Ordering::Relaxed);
-                }
-            } else {
-                self.iotlb[inv.iotlb_id as usize].store(0, Ordering::Relaxed);
-            }
-            array.entry_num += 1;
-        }
-        Ok(())
     }
 }

@@ -237,7 +237,7 @@ impl Registry {
 /// readable (and writable when `write`).
 pub fn pin_user(va: u64, npages: u64, write: bool) -> Result<Vec<PinnedRun>, Errno> {
     let ps = page();
-    if va % ps != 0 {
+    if !va.is_multiple_of(ps) {
         return Err(Errno::EINVAL);
     }
     let len = npages.checked_mul(ps).ok_or(Errno::EFAULT)?;

@@ -380,7 +380,7 @@ pub unsafe extern "C" fn ioctl(fd: c_int, request: c_ulong, arg: *mut c_void) ->
             // SAFETY: forwarded per ioctl(2).
             return unsafe { real::ioctl(fd, request, arg) };
         };
-        let res = file.ioctl(&ShimFds, request as u64, arg as u64);
+        let res = file.ioctl(&ShimFds, request, arg as u64);
         if trace::enabled() {
             trace_ioctl(fd, &file, request, &res);
         }
