@@ -156,8 +156,8 @@ fn map_is_fixed_iova_with_converted_permissions() {
     iopt(&|io| {
         let areas = io.areas();
         assert_eq!(areas.len(), 2);
-        assert_eq!((areas[0].0, areas[0].4), (MOCK_APERTURE_START, Prot::CACHE | Prot::READ));
-        assert_eq!((areas[1].0, areas[1].4), (MOCK_APERTURE_START + 2 * ps(), Prot::CACHE | Prot::WRITE));
+        assert_eq!((areas[0].iova, areas[0].prot), (MOCK_APERTURE_START, Prot::CACHE | Prot::READ));
+        assert_eq!((areas[1].iova, areas[1].prot), (MOCK_APERTURE_START + 2 * ps(), Prot::CACHE | Prot::WRITE));
     });
     md_check_map(&ctx, hwpt, MOCK_APERTURE_START, 3 * ps(), buf).unwrap();
     // The IOVA is taken as given: overlapping is EEXIST, outside the
@@ -220,9 +220,9 @@ fn v1_unmap_cuts_mappings_and_v1v2_refuses() {
         // Two areas are left, on the same pages, the second further in.
         assert_eq!(iopt_areas.len(), 2);
         let (a, b) = (&iopt_areas[0], &iopt_areas[1]);
-        assert_eq!((a.0, a.1, a.3), (base, base + 2 * ps() - 1, 0));
-        assert_eq!((b.0, b.1, b.3), (base + 4 * ps(), base + n * ps() - 1, 4 * ps()));
-        assert!(Arc::ptr_eq(a.2.as_ref().unwrap(), b.2.as_ref().unwrap()));
+        assert_eq!((a.iova, a.last, a.start_byte), (base, base + 2 * ps() - 1, 0));
+        assert_eq!((b.iova, b.last, b.start_byte), (base + 4 * ps(), base + n * ps() - 1, 4 * ps()));
+        assert!(Arc::ptr_eq(a.pages.as_ref().unwrap(), b.pages.as_ref().unwrap()));
         // The domain and the pins follow exactly.
         md_check_map(&ctx, hwpt, base, 2 * ps(), buf).unwrap();
         md_check_map(&ctx, hwpt, base + 4 * ps(), (n - 4) * ps(), buf + 4 * ps()).unwrap();
@@ -303,7 +303,7 @@ fn map(iopt: &IoPagetable, iova: u64, pages: u64) -> u64 {
 }
 
 fn starts(iopt: &IoPagetable) -> Vec<(u64, u64, u64)> {
-    iopt.areas().iter().map(|a| (a.0, a.1, a.3)).collect()
+    iopt.areas().iter().map(|a| (a.iova, a.last, a.start_byte)).collect()
 }
 
 #[test]
@@ -323,7 +323,7 @@ fn cut_splits_at_any_aligned_iova_and_skips_edges_and_holes() {
         vec![(base, base + 99, 0), (base + 100, base + ps() - 1, 100), (base + ps(), base + 4 * ps() - 1, ps())]
     );
     let areas = iopt.areas();
-    assert!(areas.windows(2).all(|w| Arc::ptr_eq(w[0].2.as_ref().unwrap(), w[1].2.as_ref().unwrap())));
+    assert!(areas.windows(2).all(|w| Arc::ptr_eq(w[0].pages.as_ref().unwrap(), w[1].pages.as_ref().unwrap())));
     // The pieces unmap one by one.
     assert_eq!(iopt.unmap(base + 100, ps() - 100), (Ok(()), ps() - 100));
     assert_eq!(iopt.unmap_all(), (Ok(()), 100 + 3 * ps()));
