@@ -4,6 +4,7 @@
 //!   program with `/dev/iommu` served by uiommufd (the preload shim);
 //! - `demo`: walk the main iommufd path in-process and say what happened.
 
+mod bench;
 mod demo;
 mod run;
 
@@ -24,6 +25,12 @@ enum Cmd {
     Run(run::RunArgs),
     /// Open /dev/iommu in-process and walk the main path, printing each step.
     Demo,
+    /// Measure the hot paths against references taken in the same run.
+    Bench {
+        /// Fewer iterations and a 1 GiB (not 16 GiB) large map.
+        #[arg(long)]
+        quick: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -31,6 +38,7 @@ fn main() -> ExitCode {
     let res = match cli.cmd {
         Cmd::Run(args) => run::run(args),
         Cmd::Demo => demo::demo(),
+        Cmd::Bench { quick } => bench::bench(quick),
     };
     match res {
         Ok(code) => code,
