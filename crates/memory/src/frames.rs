@@ -245,8 +245,7 @@ pub fn pin_user(va: u64, npages: u64, write: bool) -> Result<Vec<PinnedRun>, Err
     if npages == 0 {
         return Ok(Vec::new());
     }
-    let maps = vma::current()?;
-    vma::check(&maps, va, end, write)?;
+    check_user_range(va, npages, write)?;
     let mut reg = self::write();
     let mut out: Vec<PinnedRun> = Vec::new();
     let mut cur = va;
@@ -279,6 +278,29 @@ pub fn pin_user(va: u64, npages: u64, write: bool) -> Result<Vec<PinnedRun>, Err
         }
     }
     Ok(out)
+}
+
+/// Up to this many pages are checked by touching each (a few ns per page,
+/// and it faults them in as `pin_user_pages` does); larger ranges are
+/// checked against the memory map, whose cost does not grow with size.
+const PROBE_PAGES: u64 = 64;
+
+/// `EFAULT` unless every page of the range is mapped readable (and
+/// writable when `write`).
+fn check_user_range(va: u64, npages: u64, write: bool) -> Result<(), Errno> {
+    if npages <= PROBE_PAGES && crate::guard::available() {
+        for i in 0..npages {
+            let page = va + i * page();
+            if write {
+                user::probe_user_page_write(page)?;
+            } else {
+                user::probe_user_page(page)?;
+            }
+        }
+        return Ok(());
+    }
+    let maps = vma::current()?;
+    vma::check(&maps, va, va + npages * page(), write).map(|_| ())
 }
 
 /// Append, merging with the previous run when frames continue it.

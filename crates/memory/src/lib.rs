@@ -12,6 +12,7 @@
 //!   end overflows `u64` is refused with `EOVERFLOW` before any access.
 
 pub mod frames;
+pub mod guard;
 pub mod sys;
 pub mod user;
 pub mod vma;

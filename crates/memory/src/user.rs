@@ -1,9 +1,11 @@
 //! Copies to and from user memory that report faults as `EFAULT`.
 //!
-//! `process_vm_readv(2)` on our own pid walks the page tables in the kernel:
-//! an unmapped or protected address ends the copy with `EFAULT` instead of
-//! raising a signal. This is the one place that hands raw user addresses to
-//! the kernel; callers only ever see byte slices they own.
+//! The fast path is a guarded copy ([`crate::guard`]): plain instructions
+//! whose faults are recovered, like the kernel's `copy_from_user`. Where
+//! that is unavailable, `process_vm_readv(2)` on our own pid does the copy in
+//! the kernel, which also reports a bad address as `EFAULT`. This is the one
+//! place that hands raw user addresses to either; callers only ever see byte
+//! slices they own.
 
 use std::sync::OnceLock;
 
@@ -40,6 +42,9 @@ pub fn copy_from_user(dst: &mut [u8], addr: u64) -> Result<(), Errno> {
         return Ok(());
     }
     check_range(addr, dst.len())?;
+    if crate::guard::available() {
+        return if crate::guard::copy_in(dst, addr) { Ok(()) } else { Err(Errno::EFAULT) };
+    }
     let local = libc::iovec { iov_base: dst.as_mut_ptr().cast(), iov_len: dst.len() };
     let remote = libc::iovec { iov_base: addr as usize as *mut libc::c_void, iov_len: dst.len() };
     // SAFETY: `local` describes `dst`, a live exclusive buffer of exactly
@@ -57,6 +62,9 @@ pub fn copy_to_user(addr: u64, src: &[u8]) -> Result<(), Errno> {
         return Ok(());
     }
     check_range(addr, src.len())?;
+    if crate::guard::available() {
+        return if crate::guard::copy_out(addr, src) { Ok(()) } else { Err(Errno::EFAULT) };
+    }
     let local = libc::iovec { iov_base: src.as_ptr() as *mut libc::c_void, iov_len: src.len() };
     let remote = libc::iovec { iov_base: addr as usize as *mut libc::c_void, iov_len: src.len() };
     // SAFETY: `local` describes `src`, which the kernel only reads; `remote`
@@ -81,8 +89,22 @@ fn finish(n: isize, want: usize) -> Result<(), Errno> {
 /// Check that the page holding `addr` is mapped and readable, as
 /// `get_user_pages` would require. Faults the page in if needed.
 pub fn probe_user_page(addr: u64) -> Result<(), Errno> {
+    if crate::guard::available() {
+        return if crate::guard::probe_read(addr) { Ok(()) } else { Err(Errno::EFAULT) };
+    }
     let mut b = [0u8; 1];
     copy_from_user(&mut b, addr)
+}
+
+/// Check that the page holding `addr` can be written, as a `FOLL_WRITE`
+/// pin requires; breaks copy-on-write sharing like the kernel does.
+/// Without guarded access this can only check readability (callers then
+/// rely on the memory map for permissions).
+pub fn probe_user_page_write(addr: u64) -> Result<(), Errno> {
+    if crate::guard::available() {
+        return if crate::guard::probe_write(addr) { Ok(()) } else { Err(Errno::EFAULT) };
+    }
+    probe_user_page(addr)
 }
 
 #[cfg(test)]
