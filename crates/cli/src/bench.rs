@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use uiommufd_abi as abi;
-use uiommufd_core::selftest;
 use uiommufd_core::Iommufd;
+use uiommufd_core::{hwpt, selftest};
 use uiommufd_dispatch::{File, LocalFds};
 use zerocopy::IntoBytes;
 
@@ -96,18 +96,26 @@ fn print_rows(title: &str, rows: &[Row]) {
     }
 }
 
-/// An IOAS with `domains` mock devices attached.
+/// An IOAS mirrored by `domains` mock IOMMU domains: one mock device
+/// attached (its automatic domain) plus explicitly allocated paging HWPTs,
+/// each with a domain of its own.
 fn ioas_with_domains(domains: usize) -> (Arc<Iommufd>, u32, Vec<selftest::PendingMockDevice<'static>>) {
     let ctx = Iommufd::new();
     let ioas = ctx.ioas_alloc().expect("ioas");
-    // The pending devices borrow the context: keep it alive for the run.
-    let leaked: &'static Arc<Iommufd> = Box::leak(Box::new(Arc::clone(&ctx)));
-    let mut devs = Vec::new();
-    for _ in 0..domains {
-        let d = selftest::mock_domain(leaked, ioas, 0).expect("mock device");
-        devs.push(d);
+    if domains == 0 {
+        return (ctx, ioas, Vec::new());
     }
-    (ctx, ioas, devs)
+    // The pending device borrows the context: keep it alive for the run.
+    let leaked: &'static Arc<Iommufd> = Box::leak(Box::new(Arc::clone(&ctx)));
+    let dev = selftest::mock_domain(leaked, ioas, 0).expect("mock device");
+    for _ in 1..domains {
+        let mut reader = |_: &mut [u8]| Ok(());
+        let data = uiommufd_hw::UserData { data_type: 0, len: 0, reader: &mut reader };
+        let args = hwpt::HwptAllocArgs { flags: 0, dev_id: dev.idev_id, pt_id: ioas, fault_id: 0, data };
+        let mut holder = None;
+        hwpt::hwpt_alloc(leaked, &mut holder, args).expect("hwpt").publish();
+    }
+    (ctx, ioas, vec![dev])
 }
 
 const RW: u32 = abi::IOMMU_IOAS_MAP_READABLE | abi::IOMMU_IOAS_MAP_WRITEABLE | abi::IOMMU_IOAS_MAP_FIXED_IOVA;

@@ -280,10 +280,11 @@ pub fn pin_user(va: u64, npages: u64, write: bool) -> Result<Vec<PinnedRun>, Err
     Ok(out)
 }
 
-/// Up to this many pages are checked by touching each (a few ns per page,
-/// and it faults them in as `pin_user_pages` does); larger ranges are
-/// checked against the memory map, whose cost does not grow with size.
-const PROBE_PAGES: u64 = 64;
+/// Up to this many pages (16 MiB) are checked by touching each: a few ns a
+/// page once present, and it faults missing pages in as `pin_user_pages`
+/// does. Larger ranges are checked against the memory map instead, whose
+/// cost (tens of microseconds) does not grow with the size.
+const PROBE_PAGES: u64 = 4096;
 
 /// `EFAULT` unless every page of the range is mapped readable (and
 /// writable when `write`).

@@ -77,14 +77,11 @@ mod imp {
     }
 
     fn insn_addrs() -> [usize; 3] {
-        // SAFETY: only the addresses of these assembly labels are taken.
-        unsafe {
-            [
-                &raw const uiommufd_guard_copy_insn as usize,
-                &raw const uiommufd_guard_read_insn as usize,
-                &raw const uiommufd_guard_write_insn as usize,
-            ]
-        }
+        [
+            &raw const uiommufd_guard_copy_insn as usize,
+            &raw const uiommufd_guard_read_insn as usize,
+            &raw const uiommufd_guard_write_insn as usize,
+        ]
     }
 
     /// The handlers that were installed before ours: index 0 SIGSEGV, 1 SIGBUS.
@@ -96,8 +93,7 @@ mod imp {
         // handlers; we read and write only the saved instruction pointer.
         let rip = unsafe { &mut (*(uctx as *mut libc::ucontext_t)).uc_mcontext.gregs[libc::REG_RIP as usize] };
         if insn_addrs().contains(&(*rip as usize)) {
-            // SAFETY: taking the address of the fixup label.
-            *rip = unsafe { &raw const uiommufd_guard_fixup as usize } as libc::greg_t;
+            *rip = &raw const uiommufd_guard_fixup as usize as libc::greg_t;
             return;
         }
         let prev = PREV[if sig == libc::SIGBUS { 1 } else { 0 }].load(Ordering::Acquire);
@@ -134,7 +130,7 @@ mod imp {
     pub fn install() -> bool {
         for (i, sig) in [libc::SIGSEGV, libc::SIGBUS].into_iter().enumerate() {
             let mut new: libc::sigaction = unsafe_zeroed();
-            new.sa_sigaction = on_fault as usize;
+            new.sa_sigaction = on_fault as *const () as usize;
             new.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK | libc::SA_NODEFER;
             let mut old = MaybeUninit::<libc::sigaction>::zeroed();
             // SAFETY: valid pointers to a filled sigaction and an output slot.
