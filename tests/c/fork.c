@@ -13,9 +13,13 @@
  * copy semantics; they must change if the shim ever shares contexts
  * across fork.
  *
- * The second part forks repeatedly while another thread keeps issuing
- * ioctls on the same context: the child must find the shim and the engine
- * usable (no lock left held by a thread that does not exist in the child).
+ * The second part forks FORKS times while BUSY_THREADS other threads keep
+ * issuing ioctls on the same context: each child must find the shim and
+ * the engine usable, i.e. no lock (of the descriptor table, of the
+ * context's object table) inherited in the state "held by a thread that
+ * does not exist in the child". A child that hangs is killed by alarm()
+ * and fails the check on its exit status. Without the shim's fork gate
+ * (fdtable::EngineGuard) this part failed in 10 runs out of 10.
  */
 #define _GNU_SOURCE
 #include "iommufd_util.h"
@@ -44,7 +48,7 @@ static void child_uses_its_copy(void)
 	fflush(stdout);
 	pid_t pid = (pid_t)CHECK_OK(fork());
 	if (pid == 0) {
-		alarm(10);
+		alarm(5);
 		CHECK_OK(ioas_lookup(fd, 1));
 		CHECK_ALLOC(fd, 2);
 		CHECK_OK(obj_destroy(fd, 1));
@@ -70,8 +74,6 @@ static void child_uses_its_copy(void)
 	CHECK_OK(close(fd));
 }
 
-#define FORKS 200
-
 static int busy_fd;
 static int stop_busy;
 
@@ -90,19 +92,23 @@ static void *busy(void *arg)
 	return NULL;
 }
 
-static void fork_while_another_thread_works(void)
+#define FORKS 1000
+#define BUSY_THREADS 2
+
+static void fork_while_other_threads_work(void)
 {
-	pthread_t t;
+	pthread_t t[BUSY_THREADS];
 
 	busy_fd = (int)CHECK_OK(open("/dev/iommu", O_RDWR));
 	CHECK_ALLOC(busy_fd, 1);
-	CHECK_EQ(pthread_create(&t, NULL, busy, NULL), 0);
+	for (int i = 0; i < BUSY_THREADS; i++)
+		CHECK_EQ(pthread_create(&t[i], NULL, busy, NULL), 0);
 	for (int i = 0; i < FORKS; i++) {
 		fflush(stdout);
 		pid_t pid = (pid_t)CHECK_OK(fork());
 		if (pid == 0) {
 			/* A hang here is a lock inherited in the held state. */
-			alarm(10);
+			alarm(5);
 			CHECK_OK(ioas_lookup(busy_fd, 1));
 			__u32 id = 0;
 			CHECK_OK(ioas_alloc(busy_fd, &id));
@@ -115,7 +121,8 @@ static void fork_while_another_thread_works(void)
 		check_child_exited_0(pid);
 	}
 	__atomic_store_n(&stop_busy, 1, __ATOMIC_RELEASE);
-	CHECK_EQ(pthread_join(t, NULL), 0);
+	for (int i = 0; i < BUSY_THREADS; i++)
+		CHECK_EQ(pthread_join(t[i], NULL), 0);
 	CHECK_OK(ioas_lookup(busy_fd, 1));
 	CHECK_OK(close(busy_fd));
 }
@@ -123,6 +130,6 @@ static void fork_while_another_thread_works(void)
 int main(void)
 {
 	child_uses_its_copy();
-	fork_while_another_thread_works();
+	fork_while_other_threads_work();
 	return pass();
 }

@@ -101,6 +101,11 @@ static void basics(void)
 	CHECK_EQ(fcntl(fd, F_GETFD), FD_CLOEXEC);
 	CHECK_EQ(fcntl(fd, F_GETFL) & O_ACCMODE, O_RDWR);
 
+	/* An iommufd has no read or write: EINVAL. */
+	char buf[8] = { 0 };
+	CHECK_ERR(read(fd, buf, sizeof(buf)), EINVAL);
+	CHECK_ERR(write(fd, buf, sizeof(buf)), EINVAL);
+
 	CHECK_OK(close(fd));
 	CHECK_ERR(close(fd), EBADF);
 	CHECK_ERR(ioas_alloc(fd, &a.out_ioas_id), EBADF);
@@ -252,6 +257,22 @@ static void open_flags(void)
 	int fd = (int)CHECK_OK(open("/dev/iommu", O_RDWR | O_CREAT, 0600));
 	CHECK_ALLOC(fd, 1);
 	CHECK_OK(close(fd));
+	/* O_PATH never reaches the driver: the descriptor names the node
+	 * (fstat works) but cannot be used (EBADF), and the driver's checks
+	 * (O_CREAT|O_EXCL, the IOMMU model) do not apply. */
+	fd = (int)CHECK_OK(open("/dev/iommu", O_PATH | O_CLOEXEC | O_CREAT | O_EXCL, 0600));
+	struct stat st;
+	CHECK_OK(fstat(fd, &st));
+	CHECK_TRUE(S_ISCHR(st.st_mode));
+	CHECK_EQ(fcntl(fd, F_GETFD), FD_CLOEXEC);
+	CHECK_EQ(fcntl(fd, F_GETFL) & O_PATH, O_PATH);
+	__u32 id;
+	CHECK_ERR(ioas_alloc(fd, &id), EBADF);
+	char c;
+	CHECK_ERR(read(fd, &c, 1), EBADF);
+	CHECK_OK(close(fd));
+	CHECK_ERR(open("/dev/iommu", O_PATH | O_DIRECTORY), ENOTDIR);
+
 	fd = (int)CHECK_OK(open("/dev/iommu", O_RDONLY | O_CLOEXEC | O_NONBLOCK));
 	CHECK_EQ(fcntl(fd, F_GETFD), FD_CLOEXEC);
 	CHECK_EQ(fcntl(fd, F_GETFL) & (O_ACCMODE | O_NONBLOCK), O_RDONLY | O_NONBLOCK);

@@ -101,6 +101,14 @@ fn open_served(node: Node, flags: c_int) -> c_int {
     if flags & libc::O_DIRECTORY != 0 {
         return fail(libc::ENOTDIR);
     }
+    if flags & libc::O_PATH != 0 {
+        // An O_PATH open never reaches the driver (the kernel drops every
+        // flag but O_DIRECTORY, O_NOFOLLOW and O_CLOEXEC) and its
+        // descriptor cannot be used for ioctl (EBADF): an O_PATH descriptor
+        // of the backing character device, not served, is exactly that.
+        // SAFETY: a NUL-terminated literal path; the next `open` is libc's.
+        return unsafe { real::open(c"/dev/null".as_ptr(), libc::O_PATH | (flags & libc::O_CLOEXEC), 0) };
+    }
     if flags & (libc::O_CREAT | libc::O_EXCL) == (libc::O_CREAT | libc::O_EXCL) {
         return fail(libc::EEXIST);
     }
@@ -419,8 +427,13 @@ fn io_result(fd: c_int, what: &str, res: Result<usize, uiommufd_core::Error>) ->
     }
 }
 
+/// [`guard`] for calls that return a byte count.
 fn guard_io(f: impl FnOnce() -> isize) -> isize {
-    catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|_| {
+    catch_unwind(AssertUnwindSafe(|| {
+        let _engine = fdtable::EngineGuard::enter();
+        f()
+    }))
+    .unwrap_or_else(|_| {
         set_errno(libc::EIO);
         -1
     })
