@@ -515,3 +515,15 @@ fn run_failures_are_reported() {
     assert!(no_shim.stderr.contains("/nonexistent/libuiommufd_preload.so"), "{}", no_shim.report());
     assert!(no_shim.stdout.is_empty(), "{}", no_shim.report());
 }
+
+// 8. Pinned memory and signals.
+
+/// Pages pinned by an IOMMU domain outlive munmap, MADV_DONTNEED and
+/// mremap of the program's mapping, keeping their contents for the device;
+/// the program's own SIGSEGV handler still gets the program's faults while
+/// the engine's bad-pointer faults become EFAULT.
+#[test]
+fn pinned_pages_outlive_the_programs_mapping() {
+    let exe = c_program!("pinned_memory");
+    run(uiommufd_run(&[], &[&exe])).assert_c_passed();
+}

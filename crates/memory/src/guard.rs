@@ -144,6 +144,28 @@ mod imp {
         true
     }
 
+    /// Swap the handler our handler chains to for `sig` (what the program
+    /// thinks it installed), returning the previous one. `None` if `sig` is
+    /// not one we guard.
+    pub fn swap_chained(sig: libc::c_int, new: Option<libc::sigaction>) -> Option<libc::sigaction> {
+        let slot = match sig {
+            libc::SIGSEGV => &PREV[0],
+            libc::SIGBUS => &PREV[1],
+            _ => return None,
+        };
+        // SAFETY: a plain C struct; all-zero is SIG_DFL with no flags.
+        let dfl: libc::sigaction = unsafe_zeroed();
+        let cur = slot.load(Ordering::Acquire);
+        // SAFETY: null or a leaked sigaction published with Release.
+        let old = unsafe { cur.as_ref() }.copied().unwrap_or(dfl);
+        if let Some(n) = new {
+            // Leaked on purpose: the handler may read the old one while we
+            // swap, so it is never freed.
+            slot.store(Box::into_raw(Box::new(n)), Ordering::Release);
+        }
+        Some(old)
+    }
+
     fn unsafe_zeroed() -> libc::sigaction {
         // SAFETY: sigaction is a plain C struct for which all-zero is valid.
         unsafe { MaybeUninit::zeroed().assume_init() }
@@ -175,6 +197,9 @@ mod imp {
 mod imp {
     pub fn install() -> bool {
         false
+    }
+    pub fn swap_chained(_: libc::c_int, _: Option<libc::sigaction>) -> Option<libc::sigaction> {
+        None
     }
     pub unsafe fn copy(_: *mut u8, _: *const u8, _: usize) -> bool {
         false
@@ -211,6 +236,17 @@ pub fn available() -> bool {
         }
         _ => false,
     }
+}
+
+/// The program installs a handler for `sig`: while our handler is in place
+/// for a signal we guard, record `new` as the one ours passes foreign faults
+/// to and return what was recorded before (the program's view of the old
+/// disposition). `None` means: not ours, perform the real `sigaction`.
+pub fn chain_sigaction(sig: libc::c_int, new: Option<libc::sigaction>) -> Option<libc::sigaction> {
+    if STATE.load(Ordering::Acquire) != 2 {
+        return None;
+    }
+    imp::swap_chained(sig, new)
 }
 
 /// Copy `src` (user memory, any address) into `dst`. False after a fault.

@@ -504,3 +504,105 @@ pub unsafe extern "C" fn pwrite64(fd: c_int, buf: *const c_void, count: usize, o
         Some(file) => guard_io(|| io_result(fd, "pwrite", file.write(buf as u64, count, Some(off)))),
     }
 }
+
+/// # Safety
+/// C `munmap(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn munmap(addr: *mut c_void, len: usize) -> c_int {
+    // Pinned pages in the range keep living for devices (moved out of the
+    // program's way first), as pages pinned by the kernel do.
+    let _ = catch_unwind(|| uiommufd_memory::frames::before_munmap(addr as u64, len as u64));
+    // SAFETY: forwarded per munmap(2).
+    unsafe { real::munmap(addr, len) }
+}
+
+/// # Safety
+/// C `mremap(2)`; `new_addr` is only read with `MREMAP_FIXED`.
+#[no_mangle]
+pub unsafe extern "C" fn mremap(
+    old: *mut c_void,
+    old_len: usize,
+    new_len: usize,
+    flags: c_int,
+    new_addr: *mut c_void,
+) -> *mut c_void {
+    let forward = || {
+        // SAFETY: forwarded per mremap(2).
+        let p = unsafe { real::mremap(old, old_len, new_len, flags, new_addr) };
+        if p == libc::MAP_FAILED {
+            Err(uiommufd_abi::Errno(real::errno()))
+        } else {
+            Ok(p as u64)
+        }
+    };
+    let res = catch_unwind(AssertUnwindSafe(|| {
+        uiommufd_memory::frames::around_mremap(old as u64, old_len as u64, new_len as u64, forward)
+    }));
+    match res {
+        Ok(Ok(p)) => p as *mut c_void,
+        Ok(Err(e)) => {
+            set_errno(e.0);
+            libc::MAP_FAILED
+        }
+        Err(_) => {
+            set_errno(libc::EIO);
+            libc::MAP_FAILED
+        }
+    }
+}
+
+/// # Safety
+/// C `madvise(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn madvise(addr: *mut c_void, len: usize, advice: c_int) -> c_int {
+    // Advice that drops a private page's contents must not take a pinned
+    // page from devices: they keep it, the program gets a fresh one.
+    if matches!(advice, libc::MADV_DONTNEED | libc::MADV_FREE | MADV_DONTNEED_LOCKED) {
+        let _ = catch_unwind(|| uiommufd_memory::frames::before_madvise_dontneed(addr as u64, len as u64));
+    }
+    // SAFETY: forwarded per madvise(2).
+    unsafe { real::madvise(addr, len, advice) }
+}
+
+/// `MADV_DONTNEED_LOCKED` (Linux 5.18).
+const MADV_DONTNEED_LOCKED: c_int = 24;
+
+/// # Safety
+/// C `sigaction(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn sigaction(sig: c_int, act: *const libc::sigaction, old: *mut libc::sigaction) -> c_int {
+    // While our fault handler guards SIGSEGV/SIGBUS, the program's handler
+    // for them is recorded as the one ours passes foreign faults to.
+    // SAFETY: per sigaction(2), `act` is null or a valid sigaction.
+    let new = unsafe { act.as_ref() }.copied();
+    if let Some(prev) = uiommufd_memory::guard::chain_sigaction(sig, new) {
+        if !old.is_null() {
+            // SAFETY: per sigaction(2), `old` is null or writable.
+            unsafe { *old = prev };
+        }
+        return 0;
+    }
+    // SAFETY: forwarded per sigaction(2).
+    unsafe { real::sigaction(sig, act, old) }
+}
+
+/// # Safety
+/// C `signal(2)` (BSD semantics, as glibc's).
+#[no_mangle]
+pub unsafe extern "C" fn signal(sig: c_int, handler: libc::sighandler_t) -> libc::sighandler_t {
+    if !matches!(sig, libc::SIGSEGV | libc::SIGBUS) {
+        // SAFETY: forwarded per signal(2).
+        return unsafe { real::signal(sig, handler) };
+    }
+    // SAFETY: all-zero is a valid sigaction (SIG_DFL, no flags).
+    let mut act: libc::sigaction = unsafe { std::mem::zeroed() };
+    act.sa_sigaction = handler;
+    act.sa_flags = libc::SA_RESTART;
+    // SAFETY: all-zero is a valid sigaction.
+    let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
+    // SAFETY: both pointers are to live locals.
+    if unsafe { sigaction(sig, &act, &mut old) } != 0 {
+        return libc::SIG_ERR;
+    }
+    old.sa_sigaction
+}

@@ -75,6 +75,11 @@ real_fns! {
     FCNTL64: "fcntl64" => fn fcntl64(fd: c_int, cmd: c_int, arg: c_long) -> c_int;
     IOCTL: "ioctl" => fn ioctl(fd: c_int, request: c_ulong, arg: *mut c_void) -> c_int;
     READ: "read" => fn read(fd: c_int, buf: *mut c_void, count: usize) -> isize;
+    MUNMAP: "munmap" => fn munmap(addr: *mut c_void, len: usize) -> c_int;
+    MREMAP: "mremap" => fn mremap(old: *mut c_void, old_len: usize, new_len: usize, flags: c_int, new_addr: *mut c_void) -> *mut c_void;
+    MADVISE: "madvise" => fn madvise(addr: *mut c_void, len: usize, advice: c_int) -> c_int;
+    SIGACTION: "sigaction" => fn sigaction(sig: c_int, act: *const libc::sigaction, old: *mut libc::sigaction) -> c_int;
+    SIGNAL: "signal" => fn signal(sig: c_int, handler: libc::sighandler_t) -> libc::sighandler_t;
     WRITE: "write" => fn write(fd: c_int, buf: *const c_void, count: usize) -> isize;
     PREAD: "pread" => fn pread(fd: c_int, buf: *mut c_void, count: usize, off: libc::off_t) -> isize;
     PREAD64: "pread64" => fn pread64(fd: c_int, buf: *mut c_void, count: usize, off: libc::off64_t) -> isize;
