@@ -11,6 +11,7 @@
 //! - user ranges are `(addr, length)` with `length` in bytes; a range whose
 //!   end overflows `u64` is refused with `EOVERFLOW` before any access.
 
+pub mod failpoint;
 pub mod frames;
 pub mod guard;
 pub mod sys;

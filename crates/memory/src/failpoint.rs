@@ -1,0 +1,58 @@
+//! Fault injection: the kernel's `fail-nth`, per thread.
+//!
+//! Writing N to `/proc/self/task/TID/fail-nth` makes the N-th fault
+//! injection point that thread passes fail; every point passed counts the
+//! value down, and it reads back as 0 once the failure has fired. The
+//! engine calls [`should_fail`] at each fallible step (allocation, pinning,
+//! page-table allocation, mapping): with injection off (the value 0) that
+//! costs one thread-local read.
+//!
+//! The preload shim serves the `fail-nth` file on top of [`set_nth`] and
+//! [`nth`]; Rust users can call them directly.
+
+use std::cell::Cell;
+
+thread_local! {
+    static NTH: Cell<u32> = const { Cell::new(0) };
+}
+
+/// Arm the calling thread: its `n`-th injection point from now fails
+/// (0 disarms).
+pub fn set_nth(n: u32) {
+    NTH.with(|c| c.set(n));
+}
+
+/// The calling thread's countdown (0: disarmed or already fired).
+pub fn nth() -> u32 {
+    NTH.with(|c| c.get())
+}
+
+/// An injection point: true if this step must fail now.
+#[inline]
+pub fn should_fail() -> bool {
+    NTH.with(|c| {
+        let n = c.get();
+        if n == 0 {
+            return false;
+        }
+        c.set(n - 1);
+        n == 1
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nth_point_fails_once() {
+        assert!(!should_fail());
+        set_nth(3);
+        assert_eq!((should_fail(), should_fail(), should_fail(), should_fail()), (false, false, true, false));
+        assert_eq!(nth(), 0);
+        // Per thread.
+        set_nth(1);
+        std::thread::spawn(|| assert!(!should_fail())).join().unwrap();
+        assert!(should_fail());
+    }
+}
