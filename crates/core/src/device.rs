@@ -43,6 +43,8 @@ pub struct Device {
     /// The group lock: attachments by PASID.
     attach: Mutex<BTreeMap<u32, HwptDep>>,
     ctx: Weak<Iommufd>,
+    /// `idev->vdev` and `idev->destroying` (see [`crate::viommu`]).
+    vdev: Mutex<crate::viommu::VdevLink>,
 }
 
 impl std::fmt::Debug for Device {
@@ -74,6 +76,11 @@ impl Device {
 
     fn lock(&self) -> MutexGuard<'_, BTreeMap<u32, HwptDep>> {
         self.attach.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The device's link to its vDEVICE (taken before a vIOMMU's locks).
+    pub fn vdev_link(&self) -> MutexGuard<'_, crate::viommu::VdevLink> {
+        self.vdev.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The ID of the HWPT attached at `pasid`.
@@ -126,6 +133,8 @@ impl Device {
         replace: bool,
     ) -> Result<Option<HwptDep>> {
         match (map.get(&pasid), replace) {
+            // A PASID is attached once; changing it is a replace.
+            (Some(_), false) if pasid != NO_PASID => return Err(crate::error::ebusy("the PASID is already attached")),
             (Some(cur), false) if !cur.same(&h) => return Err(einval("already attached elsewhere")),
             (None, true) => return Err(einval("not attached")),
             (Some(cur), true) if cur.same(&h) => return Ok(None),
@@ -137,7 +146,12 @@ impl Device {
         if !same_ioas {
             self.reserve_regions(&new_ioas)?;
         }
-        if let Err(e) = self.dev.check_attach(h.domain().as_ref()) {
+        let checked = if pasid == NO_PASID {
+            self.dev.check_attach(h.domain().as_ref())
+        } else {
+            self.dev.check_attach_pasid(pasid, h.domain().as_ref())
+        };
+        if let Err(e) = checked {
             if !same_ioas && !map.values().any(|o| Arc::ptr_eq(o.paging().ioas(), &new_ioas)) {
                 new_ioas.iopt().remove_reserved(Owner::Device(self.token));
             }
@@ -211,13 +225,11 @@ impl Device {
         // Nothing fits: a new auto domain, attached first ("immediate
         // attach"), then filled, then published.
         let pending = ctx.objects().reserve()?;
-        let req = PagingRequest { pasid: pasid != NO_PASID, ..Default::default() };
+        // Like the kernel, an automatic domain is never PASID capable, so a
+        // PASID cannot be attached to an IOAS.
+        let req = PagingRequest::default();
         let domain = self.dev.alloc_paging(&req).ctx("allocating a paging domain")?;
-        let flags = PagingFlags {
-            enforce_cache_coherency: self.enforce_cache_coherency,
-            pasid: pasid != NO_PASID,
-            ..Default::default()
-        };
+        let flags = PagingFlags { enforce_cache_coherency: self.enforce_cache_coherency, ..Default::default() };
         let hwpt = Arc::new(HwptPaging::new(pending.id(), ioas, domain, flags));
         hwpt.set_auto();
         let borrowed = Borrowed::detached(&hwpt);
@@ -251,6 +263,9 @@ impl Device {
         let old = {
             let mut map = self.lock();
             let old = map.remove(&pasid);
+            if old.is_some() {
+                self.dev.detached(pasid);
+            }
             if let Some(o) = &old {
                 if let Some(f) = o.fault() {
                     f.auto_respond((self.token, pasid));
@@ -340,6 +355,7 @@ pub fn bind(ctx: &Arc<Iommufd>, dev: Arc<dyn IommuDevice>) -> Result<(ObjectId, 
         dev,
         token: new_token(),
         attach: Mutex::new(BTreeMap::new()),
+        vdev: Mutex::default(),
         ctx: Arc::downgrade(ctx),
     });
     let edge = Dep::new(&Borrowed::detached(&idev));

@@ -165,6 +165,8 @@ pub struct HwptNested {
     domain: Arc<dyn Domain>,
     fault: Option<Dep<Fault>>,
     pasid: bool,
+    /// The vIOMMU it was allocated through (`hwpt_nested->viommu`).
+    viommu: Option<Dep<crate::viommu::Viommu>>,
 }
 
 impl std::fmt::Debug for HwptNested {
@@ -181,7 +183,19 @@ impl HwptNested {
         fault: Option<Dep<Fault>>,
         pasid: bool,
     ) -> Self {
-        HwptNested { hdr: ObjHeader::new(id), parent: Dep::new(parent), domain, fault, pasid }
+        HwptNested { hdr: ObjHeader::new(id), parent: Dep::new(parent), domain, fault, pasid, viommu: None }
+    }
+
+    /// Belong to `viommu` (allocated with a vIOMMU as `pt_id`); only before
+    /// the HWPT is published.
+    pub fn with_viommu(mut self, viommu: Dep<crate::viommu::Viommu>) -> Self {
+        self.viommu = Some(viommu);
+        self
+    }
+
+    /// The vIOMMU the HWPT was allocated through, if any.
+    pub fn viommu(&self) -> Option<&Arc<crate::viommu::Viommu>> {
+        self.viommu.as_ref().map(|d| d.arc())
     }
 
     /// May be attached to PASIDs (`IOMMU_HWPT_ALLOC_PASID`).
@@ -389,6 +403,17 @@ pub fn hwpt_alloc<'c>(
             let hwpt = Arc::new(HwptNested::new(pending.id(), &parent, domain, fault()?, pasid));
             Ok(PendingHwpt { pending, hwpt: Object::HwptNested(hwpt), _list: None })
         }
+        ObjectKind::Viommu => {
+            // `iommufd_viommu_alloc_hwpt_nested`.
+            let viommu = ctx.get::<crate::viommu::Viommu>(pt_id)?;
+            viommu.check_nested_alloc(&idev, flags, data.len)?;
+            let pending = ctx.objects().reserve()?;
+            let domain = viommu.alloc_domain_nested(flags & !abi::IOMMU_HWPT_FAULT_ID_VALID, &mut data)?;
+            let parent = Borrowed::detached(viommu.parent());
+            let pasid = flags & abi::IOMMU_HWPT_ALLOC_PASID != 0;
+            let hwpt = HwptNested::new(pending.id(), &parent, domain, fault()?, pasid).with_viommu(Dep::new(&viommu));
+            Ok(PendingHwpt { pending, hwpt: Object::HwptNested(Arc::new(hwpt)), _list: None })
+        }
         _ => Err(einval("not an IOAS or a paging HWPT")),
     }
 }
@@ -428,9 +453,13 @@ pub fn get_dirty_bitmap(ctx: &crate::Iommufd, hwpt_id: ObjectId, b: &crate::io_p
     hwpt.ioas().iopt().read_and_clear_dirty(hwpt.domain().as_ref(), b)
 }
 
-/// `IOMMU_HWPT_INVALIDATE` on a nested HWPT. On return `array.entry_num`
+/// `IOMMU_HWPT_INVALIDATE` on a nested HWPT or a vIOMMU (any other kind is
+/// `ENOENT`, as in 6.12; mainline says `EINVAL`). On return `array.entry_num`
 /// holds the number of requests handled, also on failure.
 pub fn invalidate(ctx: &crate::Iommufd, hwpt_id: ObjectId, array: &mut uiommufd_hw::UserDataArray<'_>) -> Result<()> {
+    if ctx.objects().kind_of(hwpt_id) == Some(ObjectKind::Viommu) {
+        return crate::viommu::cache_invalidate(ctx, hwpt_id, array);
+    }
     let hwpt = match ctx.get::<HwptNested>(hwpt_id) {
         Ok(h) => h,
         Err(e) => {

@@ -14,7 +14,9 @@
 //! - [`hwpt`], [`device`]: hardware page tables and bound devices;
 //! - [`access`]: emulated devices reaching IOAS memory by CPU;
 //! - [`selftest`]: the kernel selftest's mock devices and checks;
-//! - [`vfio_compat`]: VFIO type1 container semantics on the compat IOAS.
+//! - [`vfio_compat`]: VFIO type1 container semantics on the compat IOAS;
+//! - [`viommu`], [`veventq`]: virtual IOMMUs with their vDEVICEs, HW queues
+//!   and event queues.
 //!
 //! Invariants kept across the engine:
 //! - every failure is an [`Error`] carrying the kernel's errno;
@@ -30,10 +32,13 @@ pub mod fault;
 pub mod hwpt;
 pub mod io_pagetable;
 pub mod ioas;
+pub mod map_file;
 pub mod object;
 pub mod pages;
 pub mod selftest;
+pub mod veventq;
 pub mod vfio_compat;
+pub mod viommu;
 
 pub use ctx::{AccountMode, Iommufd};
 pub use error::{Error, Result};

@@ -31,6 +31,8 @@ use crate::fault::Fault;
 use crate::hwpt::{HwptNested, HwptPaging};
 use crate::ioas::Ioas;
 use crate::selftest::SelftestDevice;
+use crate::veventq::Veventq;
+use crate::viommu::{HwQueue, Vdevice, Viommu};
 
 /// A 32-bit object ID as seen by user space.
 pub type ObjectId = u32;
@@ -49,6 +51,10 @@ pub enum ObjectKind {
     Access,
     /// The kernel selftest's mock device (`IOMMUFD_OBJ_SELFTEST`).
     Selftest,
+    Viommu,
+    Vdevice,
+    Veventq,
+    HwQueue,
 }
 
 /// The part every object embeds: its ID and its two counts.
@@ -89,6 +95,10 @@ pub enum Object {
     Fault(Arc<Fault>),
     Access(Arc<Access>),
     Selftest(Arc<SelftestDevice>),
+    Viommu(Arc<Viommu>),
+    Vdevice(Arc<Vdevice>),
+    Veventq(Arc<Veventq>),
+    HwQueue(Arc<HwQueue>),
 }
 
 impl Object {
@@ -101,6 +111,10 @@ impl Object {
             Object::Fault(_) => ObjectKind::Fault,
             Object::Access(_) => ObjectKind::Access,
             Object::Selftest(_) => ObjectKind::Selftest,
+            Object::Viommu(_) => ObjectKind::Viommu,
+            Object::Vdevice(_) => ObjectKind::Vdevice,
+            Object::Veventq(_) => ObjectKind::Veventq,
+            Object::HwQueue(_) => ObjectKind::HwQueue,
         }
     }
 
@@ -113,6 +127,10 @@ impl Object {
             Object::Fault(o) => o.header(),
             Object::Access(o) => o.header(),
             Object::Selftest(o) => o.header(),
+            Object::Viommu(o) => o.header(),
+            Object::Vdevice(o) => o.header(),
+            Object::Veventq(o) => o.header(),
+            Object::HwQueue(o) => o.header(),
         }
     }
 }
@@ -234,6 +252,33 @@ impl Table {
             obj
         };
         // Teardown runs here, outside the table lock.
+        drop(removed);
+        Ok(())
+    }
+
+    /// `iommufd_object_tombstone_user`: remove `id` like
+    /// [`destroy_if`](Self::destroy_if) but keep the ID taken: lookups and
+    /// destroy see `ENOENT` and the ID is not handed out again until the
+    /// context closes.
+    pub fn tombstone_if(&self, id: ObjectId, pred: impl FnOnce(&Object) -> bool) -> Result<()> {
+        let removed = {
+            let mut t = self.write();
+            let slot = t.slots.get_mut(id as usize);
+            let Some(slot @ Some(Slot::Live(_))) = slot else {
+                return Err(enoent("no object with this ID"));
+            };
+            let Some(Slot::Live(obj)) = slot.as_ref() else { unreachable!() };
+            if !pred(obj) {
+                return Err(enoent("object has another type"));
+            }
+            if obj.header().busy() {
+                return Err(ebusy("object is in use"));
+            }
+            // A reserved slot nobody owns: invisible and never reused.
+            let Some(Slot::Live(obj)) = slot.replace(Slot::Reserved) else { unreachable!() };
+            t.live -= 1;
+            obj
+        };
         drop(removed);
         Ok(())
     }

@@ -1,9 +1,11 @@
-//! Pinned pages of one user mapping (`pages.c`, `struct iopt_pages`).
+//! Pinned pages of one user or file mapping (`pages.c`, `struct iopt_pages`).
 //!
-//! A [`Pages`] is a logical array of `npages` pages starting at the
-//! page-aligned user address `uptr`. Areas of one or more IOASes take slices
-//! of it (at sub-page byte granularity); HWPT domains and accesses that use a
-//! slice make its pages *users*. A page with at least one user is pinned
+//! A [`Pages`] is a logical array of `npages` pages from a *source*
+//! (`enum iopt_address_type`): the program's memory from the page-aligned
+//! user address `uptr` (`IOMMU_IOAS_MAP`), or a file from the page-aligned
+//! byte offset `uptr` (`IOMMU_IOAS_MAP_FILE`). Areas of one or more IOASes
+//! take slices of it (at sub-page byte granularity); HWPT domains and
+//! accesses that use a slice make its pages *users*. A page with at least one user is pinned
 //! exactly once (one pin in [`uiommufd_memory::frames`]) whatever the number
 //! of users, and is released with its last user. Pages nobody uses are not
 //! pinned at all: mapping into an IOAS without domains pins nothing, as in
@@ -13,21 +15,35 @@
 //! segment has one user count and physically contiguous frames. Indices are
 //! page numbers within this `Pages`; `last` is inclusive, `end` exclusive.
 //!
+//! Sources. User pages are pinned in place ([`frames::pin_user`]). A file's
+//! pages are pinned out of an engine mapping of the file
+//! ([`uiommufd_memory::filemap`]), made when the `Pages` is; only shmem and
+//! hugetlbfs files can be pinned (the kernel's `memfd_pin_folios`), other
+//! files are accepted and fail every pin with `EINVAL`. Everything above
+//! the pins (domains, accesses, copies) sees frames either way; only the
+//! access fast path differs: a file has no user address to copy through,
+//! so accesses to file pages always pin for the copy, as the kernel's do.
+//!
 //! Accounting: pinned pages are charged against `RLIMIT_MEMLOCK` (see
 //! [`crate::account`]) when they are pinned and credited when released; a
 //! charge that would exceed the limit fails with `ENOMEM` and pins nothing.
+//! File pages are charged exactly like user pages. Each `Pages` remembers
+//! the process (and user) it is charged to; [`change_process`] moves the
+//! charges of file pages to the calling process.
 //!
 //! Lock: `state` is the kernel's `pages->mutex`, the innermost engine lock
-//! (the frame registry lock nests inside it).
+//! (the frame registry lock nests inside it). Only [`change_process`] holds
+//! several at once, taken in address order; `owner` nests inside them.
 
 use std::collections::BTreeMap;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
+use uiommufd_memory::filemap::{FileInfo, FileKind, FileMapping};
 use uiommufd_memory::frames::{self, PinnedRun};
 use uiommufd_memory::user;
 
 use crate::account::{Account, AccountMode};
-use crate::error::{einval, eperm, ErrnoExt, Result};
+use crate::error::{einval, eoverflow, eperm, ErrnoExt, Result};
 
 /// Host page size and shift (the unit of pinning).
 pub fn page_size() -> u64 {
@@ -63,14 +79,43 @@ pub struct PfnRun {
     pub npages: u64,
 }
 
+/// Where the pages come from (`enum iopt_address_type`).
+#[derive(Debug)]
+enum Source {
+    /// The program's memory at `Pages::uptr`.
+    User,
+    /// A file from byte `Pages::uptr`, through the engine's mapping of it
+    /// (`None`: a file whose pages cannot be pinned).
+    File(Option<FileMapping>),
+}
+
+/// Who the pinned pages are charged to (the kernel's `source_mm`,
+/// `source_task` and `source_user`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Owner {
+    pid: u32,
+    uid: u32,
+}
+
+impl Owner {
+    fn current() -> Owner {
+        // SAFETY: getuid has no preconditions.
+        Owner { pid: std::process::id(), uid: unsafe { libc::getuid() } }
+    }
+}
+
 /// `struct iopt_pages`.
 #[derive(Debug)]
 pub struct Pages {
-    /// Page-aligned user address of index 0.
+    /// Page-aligned address of index 0: the user address, or for a file
+    /// the byte offset in the file (what IOVA allocation aligns to).
     uptr: u64,
     npages: u64,
     writable: bool,
+    mode: AccountMode,
     account: Account,
+    source: Source,
+    owner: Mutex<Owner>,
     state: Mutex<State>,
 }
 
@@ -84,11 +129,68 @@ impl Pages {
         uptr.checked_add(length).ok_or(crate::error::eoverflow("user range wraps"))?;
         let base = uptr & !(ps - 1);
         let npages = (length + (uptr - base)).div_ceil(ps);
-        Ok(Pages { uptr: base, npages, writable, account: Account::new(mode), state: Mutex::default() })
+        Ok(Pages::with_source(base, npages, writable, mode, Source::User))
     }
 
+    /// `iopt_alloc_file_pages`: describe `length` bytes from byte `start` of
+    /// the file behind `fd`, which [`uiommufd_memory::filemap::inspect`]
+    /// described as `info`. In the kernel's order: a writable mapping needs
+    /// a descriptor open for writing and a file not sealed against writes
+    /// (`EPERM`); then the length rules of [`Pages::new`] (`EINVAL`). A
+    /// shmem or hugetlbfs file is mapped into the engine here (its errors
+    /// are the engine's divergences, see `filemap`).
+    pub fn new_file(
+        fd: i32,
+        info: &FileInfo,
+        start: u64,
+        length: u64,
+        writable: bool,
+        mode: AccountMode,
+    ) -> Result<Pages> {
+        if writable && !info.writable {
+            return Err(eperm("the file is not open for writing"));
+        }
+        if writable && info.write_sealed {
+            return Err(eperm("the file is sealed against writes"));
+        }
+        let ps = page_size();
+        if length == 0 || length > u64::MAX - ps {
+            return Err(einval("length must be non-zero"));
+        }
+        start.checked_add(length - 1).ok_or(eoverflow("file range wraps"))?;
+        let base = start & !(ps - 1);
+        let npages = (length + (start - base)).div_ceil(ps);
+        let mapping = match info.kind {
+            FileKind::Shmem | FileKind::Hugetlb { .. } => {
+                Some(FileMapping::new(fd, base, npages, writable, info.kind).ctx("mapping the file")?)
+            }
+            FileKind::DmaBuf { .. } | FileKind::Other => None,
+        };
+        Ok(Pages::with_source(base, npages, writable, mode, Source::File(mapping)))
+    }
+
+    fn with_source(uptr: u64, npages: u64, writable: bool, mode: AccountMode, source: Source) -> Pages {
+        Pages {
+            uptr,
+            npages,
+            writable,
+            mode,
+            account: Account::new(mode),
+            source,
+            owner: Mutex::new(Owner::current()),
+            state: Mutex::default(),
+        }
+    }
+
+    /// The page-aligned address of index 0: a user address, or a file
+    /// offset for file pages.
     pub fn uptr(&self) -> u64 {
         self.uptr
+    }
+
+    /// Whether the pages come from a file (`IOPT_ADDRESS_FILE`).
+    pub fn is_file(&self) -> bool {
+        matches!(self.source, Source::File(_))
     }
 
     pub fn npages(&self) -> u64 {
@@ -121,9 +223,9 @@ impl Pages {
             self.account.charge(total)?;
         }
         for &(s, e) in &holes {
-            match frames::pin_user(self.uptr + (s << page_shift()), e - s, self.writable) {
+            match self.pin_source(s, e - s) {
                 Ok(runs) => pinned.push((s, runs)),
-                Err(errno) => {
+                Err(err) => {
                     for (_, runs) in &pinned {
                         for r in runs {
                             frames::unpin(r.pfn, r.npages);
@@ -132,7 +234,7 @@ impl Pages {
                     if total != 0 {
                         self.account.credit(total);
                     }
-                    return Err(errno).ctx("pinning user pages");
+                    return Err(err);
                 }
             }
         }
@@ -156,6 +258,17 @@ impl Pages {
         let out = runs_of(&st.segs, first, last);
         merge_around(&mut st.segs, first, last + 1);
         Ok(out)
+    }
+
+    /// Pin `npages` pages from index `first` out of the source.
+    fn pin_source(&self, first: u64, npages: u64) -> Result<Vec<PinnedRun>> {
+        match &self.source {
+            Source::User => {
+                frames::pin_user(self.uptr + (first << page_shift()), npages, self.writable).ctx("pinning user pages")
+            }
+            Source::File(Some(m)) => m.pin(first, npages).map(|r| vec![r]).ctx("pinning file pages"),
+            Source::File(None) => Err(einval("only shmem and hugetlbfs file pages can be pinned")),
+        }
     }
 
     /// Drop a user from pages `[first, last]`; pages left without users are
@@ -197,6 +310,7 @@ impl Pages {
     /// `start_byte`. The fast path goes straight to the user's mapping, as
     /// the kernel's `copy_to/from_user` path does (it does not look at pins);
     /// the slow path pins the pages for the copy and goes through frames.
+    /// File pages have no user mapping and always take the slow path.
     pub fn rw(&self, start_byte: u64, data: &mut [u8], write: bool, slow: bool) -> Result<()> {
         if data.is_empty() {
             return Ok(());
@@ -204,7 +318,7 @@ impl Pages {
         if write && !self.writable {
             return Err(eperm("pages are not writable"));
         }
-        if !slow {
+        if !slow && matches!(self.source, Source::User) {
             let addr = self.uptr + start_byte;
             return if write {
                 user::copy_to_user(addr, data).ctx("writing user memory")
@@ -245,6 +359,72 @@ pub fn copy_runs(runs: &[PfnRun], start_byte: u64, data: &mut [u8], write: bool)
         done += n;
     }
     Ok(())
+}
+
+/// `iommufd_ioas_change_process` for the pages of every area: charge their
+/// pinned pages to the calling process, all or nothing. The caller has
+/// checked that they are all file pages (user pages belong to the address
+/// space that mapped them and cannot move).
+///
+/// As the kernel does: pages charged to another process (or, in user mode,
+/// to another user) have their pinned counts added up per accounting mode;
+/// the totals are charged to the caller first (`ENOMEM` past the limit,
+/// nothing changed), then each old charge is dropped; every `Pages` then
+/// belongs to the caller. Every pages lock is held meanwhile (in address
+/// order, like the kernel's ordered IOAS locks), so no pin comes or goes.
+///
+/// Divergence: the engine lives inside one process and its counters are
+/// that process's. Pages only belong to another process when the engine
+/// was inherited through `fork`; their charges then sit in this copy of the
+/// counters, so moving them changes no total here, and no other process
+/// sees its charge go away. For pages already charged to the caller (the
+/// usual case) nothing moves, as in the kernel.
+pub fn change_process(all: &[Arc<Pages>]) -> Result<()> {
+    let mut list: Vec<&Pages> = all.iter().map(|p| &**p).collect();
+    list.sort_by_key(|p| *p as *const Pages as usize);
+    list.dedup_by_key(|p| *p as *const Pages as usize);
+    let now = Owner::current();
+    let states: Vec<MutexGuard<'_, State>> = list.iter().map(|p| p.lock()).collect();
+    let moving: Vec<bool> = list.iter().map(|p| p.charged_elsewhere(now)).collect();
+    let modes = [AccountMode::User, AccountMode::Process];
+    let mut totals = [0u64; 2];
+    for ((p, st), &m) in list.iter().zip(&states).zip(&moving) {
+        if let (true, Some(i)) = (m, modes.iter().position(|&x| x == p.mode)) {
+            totals[i] += st.npinned;
+        }
+    }
+    for i in 0..modes.len() {
+        if totals[i] == 0 {
+            continue;
+        }
+        if let Err(e) = Account::new(modes[i]).charge(totals[i]) {
+            for j in 0..i {
+                Account::new(modes[j]).credit(totals[j]);
+            }
+            return Err(e);
+        }
+    }
+    for ((p, st), &m) in list.iter().zip(&states).zip(&moving) {
+        if m && st.npinned != 0 {
+            p.account.credit(st.npinned);
+        }
+        *p.owner.lock().unwrap_or_else(|e| e.into_inner()) = now;
+    }
+    Ok(())
+}
+
+impl Pages {
+    /// `need_charge_update`: whether the pinned pages are charged to
+    /// someone other than `now`.
+    fn charged_elsewhere(&self, now: Owner) -> bool {
+        let owner = *self.owner.lock().unwrap_or_else(|e| e.into_inner());
+        match self.mode {
+            AccountMode::None => false,
+            AccountMode::Process => owner.pid != now.pid,
+            // The user's counter also moves with the process's pinned_vm.
+            AccountMode::User => owner.uid != now.uid || owner.pid != now.pid,
+        }
+    }
 }
 
 impl Drop for Pages {

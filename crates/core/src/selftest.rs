@@ -5,14 +5,13 @@
 //! they are also handy for our tests and benchmarks, so they live in the
 //! engine (the dispatcher only decodes the ioctl).
 
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use uiommufd_abi::test_cmd as t;
-use uiommufd_hw::device::{Cap, IommuDevice, PagingRequest};
+use uiommufd_hw::device::IommuDevice;
 use uiommufd_hw::mock::{MockDomain, MockNested, MOCK_IO_PAGE_SIZE};
 use uiommufd_hw::Domain;
-use uiommufd_hw::UserData;
 use uiommufd_memory::{frames, user};
 
 use crate::access::{Access, PinnedRange};
@@ -43,99 +42,8 @@ pub fn temp_memory_limit() -> usize {
     TEMP_MEMORY_LIMIT.load(Ordering::Relaxed)
 }
 
-/// A device of the selftest's mock IOMMU (`struct mock_dev`).
-#[derive(Debug)]
-pub struct MockDevice {
-    id: u32,
-    flags: u32,
-}
-
-static NEXT_MOCK_DEV: AtomicU32 = AtomicU32::new(0);
-
-impl MockDevice {
-    /// `mock_dev_create`: unknown flags are `EINVAL`.
-    pub fn new(flags: u32) -> Result<MockDevice> {
-        let known = t::MOCK_FLAGS_DEVICE_NO_DIRTY | t::MOCK_FLAGS_DEVICE_HUGE_IOVA | t::MOCK_FLAGS_DEVICE_PASID;
-        if flags & !known != 0 {
-            return Err(einval("unknown mock device flags"));
-        }
-        Ok(MockDevice { id: NEXT_MOCK_DEV.fetch_add(1, Ordering::Relaxed), flags })
-    }
-
-    pub fn flags(&self) -> u32 {
-        self.flags
-    }
-}
-
-impl IommuDevice for MockDevice {
-    fn name(&self) -> String {
-        format!("mock{}", self.id)
-    }
-
-    fn capable(&self, cap: Cap) -> bool {
-        match cap {
-            Cap::CacheCoherency => true,
-            Cap::DirtyTracking => self.flags & t::MOCK_FLAGS_DEVICE_NO_DIRTY == 0,
-            Cap::EnforceCacheCoherency => false,
-        }
-    }
-
-    fn alloc_paging(&self, req: &PagingRequest) -> std::result::Result<Arc<dyn Domain>, Errno> {
-        if req.dirty_tracking && !self.capable(Cap::DirtyTracking) {
-            return Err(Errno::EOPNOTSUPP);
-        }
-
-        let d = MockDomain::new(self.flags & t::MOCK_FLAGS_DEVICE_HUGE_IOVA != 0)?;
-        if req.dirty_tracking {
-            d.enable_dirty_ops();
-        }
-        Ok(Arc::new(d))
-    }
-
-    fn check_attach(&self, domain: &dyn Domain) -> std::result::Result<(), Errno> {
-        // `mock_domain_nop_attach`: a domain with dirty tracking needs a
-        // device that can track; domains of other drivers never attach.
-        if domain.as_any().is::<MockNested>() {
-            return Ok(());
-        }
-        let mock = domain.as_any().downcast_ref::<MockDomain>().ok_or(Errno::EINVAL)?;
-        if mock.has_dirty_ops() && self.flags & t::MOCK_FLAGS_DEVICE_NO_DIRTY != 0 {
-            return Err(Errno::EINVAL);
-        }
-        Ok(())
-    }
-
-    fn max_pasid_log2(&self) -> u32 {
-        if self.flags & t::MOCK_FLAGS_DEVICE_PASID != 0 {
-            t::MOCK_PASID_WIDTH
-        } else {
-            0
-        }
-    }
-
-    fn alloc_nested(
-        &self,
-        parent: &Arc<dyn Domain>,
-        flags: u32,
-        data: &mut UserData<'_>,
-    ) -> std::result::Result<Arc<dyn Domain>, Errno> {
-        Ok(Arc::new(MockNested::new(parent, flags, data)?))
-    }
-
-    /// `mock_domain_hw_info`: the selftest type, asked for by default or by
-    /// name.
-    fn hw_info(&self, in_type: u32) -> std::result::Result<(u32, Vec<u8>), Errno> {
-        if in_type != uiommufd_abi::IOMMU_HW_INFO_TYPE_DEFAULT && in_type != t::IOMMU_HW_INFO_TYPE_SELFTEST {
-            return Err(Errno::EOPNOTSUPP);
-        }
-        let info = t::IommuTestHwInfo { flags: 0, test_reg: t::IOMMU_HW_INFO_SELFTEST_REGVAL };
-        Ok((t::IOMMU_HW_INFO_TYPE_SELFTEST, zerocopy::IntoBytes::as_bytes(&info).to_vec()))
-    }
-
-    fn owns_domain(&self, domain: &dyn Domain) -> bool {
-        domain.as_any().is::<MockDomain>() || domain.as_any().is::<MockNested>()
-    }
-}
+/// The mock IOMMU's devices live with the rest of the mock driver.
+pub use uiommufd_hw::mock::MockDevice;
 
 /// `IOMMUFD_OBJ_SELFTEST`: a mock device bound to this iommufd.
 pub struct SelftestDevice {
@@ -176,6 +84,8 @@ impl SelftestDevice {
         let ctx = self.ctx.upgrade();
         if let Some(ctx) = &ctx {
             dep.detach_all(ctx);
+            // Unbinding takes the device's vDEVICE with it.
+            crate::viommu::device_pre_destroy(ctx, &dep);
         }
         drop(dep);
         if let Some(ctx) = ctx {
@@ -237,7 +147,7 @@ impl Drop for PendingMockDevice<'_> {
 /// attach it to `pt_id` (an IOAS or a HWPT).
 pub fn mock_domain(ctx: &Arc<Iommufd>, pt_id: ObjectId, dev_flags: u32) -> Result<PendingMockDevice<'_>> {
     let pending = ctx.objects().reserve()?;
-    let mock = Arc::new(MockDevice::new(dev_flags)?);
+    let mock = Arc::new(MockDevice::new(dev_flags).ctx("unknown mock device flags")?);
     let (idev_id, dep) = device::bind(ctx, Arc::clone(&mock) as Arc<dyn IommuDevice>)?;
     let stdev = Arc::new(SelftestDevice {
         hdr: ObjHeader::new(pending.id()),
@@ -585,7 +495,7 @@ pub fn md_check_iotlb(ctx: &Iommufd, hwpt_id: ObjectId, iotlb_id: u32, iotlb: u3
 /// request (a complete group).
 pub fn trigger_iopf(ctx: &Iommufd, dev_id: ObjectId, pasid: u32, grpid: u32, perm: u32, addr: u64) -> Result<()> {
     let idev = ctx.get::<Device>(dev_id)?;
-    if !idev.dev().any_domain().is::<MockDevice>() {
+    if MockDevice::of(idev.dev()).is_none() {
         return Err(einval("not a mock device"));
     }
     let mut flags = uiommufd_abi::IOMMU_PGFAULT_FLAGS_LAST_PAGE;
@@ -594,5 +504,70 @@ pub fn trigger_iopf(ctx: &Iommufd, dev_id: ObjectId, pasid: u32, grpid: u32, per
     }
     // The mock IOMMU keeps PASID tables in user space (`user_pasid_table`).
     idev.report_fault(crate::fault::PageRequest { flags, pasid, grpid, perm, addr }, true);
+    Ok(())
+}
+
+/// `IOMMU_TEST_OP_DEV_CHECK_CACHE`: cache word `cache_id` of the mock
+/// device behind device object `idev_id` must hold `cache`.
+pub fn dev_check_cache(ctx: &Iommufd, idev_id: ObjectId, cache_id: u32, cache: u32) -> Result<()> {
+    let idev = ctx.get::<Device>(idev_id)?;
+    let mock = MockDevice::of(idev.dev()).ok_or(einval("not a mock device"))?;
+    match mock.cache(cache_id) {
+        Some(v) if v == cache => Ok(()),
+        _ => Err(einval("mock device cache word differs")),
+    }
+}
+
+/// `IOMMU_TEST_OP_TRIGGER_VEVENT`: the mock device behind `dev_id` reports
+/// one event to the vIOMMU it is attached through.
+pub fn trigger_vevent(ctx: &Iommufd, dev_id: ObjectId) -> Result<()> {
+    let idev = ctx.get::<Device>(dev_id)?;
+    let mock = MockDevice::of(idev.dev()).ok_or(einval("not a mock device"))?;
+    mock.trigger_vevent().ctx("the mock device could not report a vIOMMU event")
+}
+
+/// `iommufd_test_get_selftest_obj`: the bound device of mock device
+/// `stdev_id`.
+fn stdev_device(ctx: &Iommufd, stdev_id: ObjectId) -> Result<Arc<Device>> {
+    let stdev = ctx.get::<SelftestDevice>(stdev_id)?;
+    stdev.device().ok_or(einval("mock device is unbound"))
+}
+
+/// `IOMMU_TEST_OP_PASID_ATTACH`: attach `pasid` of mock device `stdev_id`
+/// to `pt_id`; returns the HWPT used.
+pub fn pasid_attach(ctx: &Iommufd, stdev_id: ObjectId, pasid: u32, pt_id: ObjectId) -> Result<ObjectId> {
+    stdev_device(ctx, stdev_id)?.change_pt(ctx, pasid, pt_id, false)
+}
+
+/// `IOMMU_TEST_OP_PASID_REPLACE`: move `pasid` of mock device `stdev_id` to
+/// `pt_id`; returns the HWPT used.
+pub fn pasid_replace(ctx: &Iommufd, stdev_id: ObjectId, pasid: u32, pt_id: ObjectId) -> Result<ObjectId> {
+    stdev_device(ctx, stdev_id)?.change_pt(ctx, pasid, pt_id, true)
+}
+
+/// `IOMMU_TEST_OP_PASID_DETACH`: detach `pasid` (nothing if not attached).
+pub fn pasid_detach(ctx: &Iommufd, stdev_id: ObjectId, pasid: u32) -> Result<()> {
+    stdev_device(ctx, stdev_id)?.detach(ctx, pasid);
+    Ok(())
+}
+
+/// `IOMMU_TEST_OP_PASID_CHECK_HWPT`: `pasid` of mock device `stdev_id` must
+/// be attached to HWPT `hwpt_id`, or to nothing when `hwpt_id` is 0.
+pub fn pasid_check_hwpt(ctx: &Iommufd, stdev_id: ObjectId, pasid: u32, hwpt_id: ObjectId) -> Result<()> {
+    let attached = stdev_device(ctx, stdev_id)?.attached(pasid);
+    if hwpt_id == 0 {
+        return match attached {
+            Some(_) => Err(einval("the PASID is attached")),
+            None => Ok(()),
+        };
+    }
+    match ctx.objects().kind_of(hwpt_id) {
+        None => return Err(crate::error::enoent("no object with this ID")),
+        Some(ObjectKind::HwptPaging | ObjectKind::HwptNested) => {}
+        Some(_) => return Err(einval("not a HWPT")),
+    }
+    if attached != Some(hwpt_id) {
+        return Err(einval("the PASID is attached elsewhere"));
+    }
     Ok(())
 }

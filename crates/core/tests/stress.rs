@@ -195,16 +195,28 @@ fn eight_threads_keep_the_invariants() {
         .map(|t| {
             let (w, barrier, totals) = (Arc::clone(&world), Arc::clone(&barrier), Arc::clone(&totals));
             std::thread::spawn(move || {
-                let mut rng = Rng(seed.wrapping_add(t as u64 * 0x9e37_79b9_7f4a_7c15) | 1);
+                let mut rng = Rng(seed.wrapping_add((t as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)) | 1);
                 let mut devices = Vec::new();
                 let mut stats = [0u64; 7];
+                // A panic must not strand the others at the barrier: every
+                // worker keeps meeting it, and the panic is re-raised at the
+                // end (a hang would hide the failure).
+                let mut failure = None;
                 for _ in 0..ROUNDS {
-                    for _ in 0..OPS_PER_ROUND {
-                        one_op(&w, &mut rng, &mut devices, ctx_static, &mut stats);
+                    if failure.is_none() {
+                        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                            for _ in 0..OPS_PER_ROUND {
+                                one_op(&w, &mut rng, &mut devices, ctx_static, &mut stats);
+                            }
+                        }));
+                        failure = r.err();
                     }
-                    // Park everyone; thread 0 checks.
+                    // Park everyone; the leader checks.
                     if barrier.wait().is_leader() {
-                        check(&w);
+                        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| check(&w)));
+                        if failure.is_none() {
+                            failure = r.err();
+                        }
                     }
                     barrier.wait();
                 }
@@ -212,7 +224,11 @@ fn eight_threads_keep_the_invariants() {
                 for (a, b) in t.iter_mut().zip(stats) {
                     *a += b;
                 }
+                drop(t);
                 drop(devices);
+                if let Some(p) = failure {
+                    std::panic::resume_unwind(p);
+                }
             })
         })
         .collect();

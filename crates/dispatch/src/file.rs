@@ -18,6 +18,7 @@ use uiommufd_core::ctx::OpenedAs;
 use uiommufd_core::fault::Fault;
 use uiommufd_core::object::{Borrowed, Dep};
 use uiommufd_core::selftest::SelftestAccess;
+use uiommufd_core::veventq::Veventq;
 use uiommufd_core::{Error, Iommufd};
 
 /// A device node uiommufd emulates.
@@ -62,6 +63,8 @@ pub enum File {
     SelftestAccess(Arc<SelftestAccess>),
     /// `[iommufd-pgfault]`: a fault queue.
     Fault(FaultFile),
+    /// `[iommufd-viommu-event]`: a vIOMMU event queue.
+    Veventq(VeventqFile),
 }
 
 /// The file of a fault object: keeps the context alive and holds an edge on
@@ -74,6 +77,19 @@ pub struct FaultFile {
 impl FaultFile {
     pub fn new(ctx: &Arc<Iommufd>, fault: &Arc<Fault>) -> FaultFile {
         FaultFile { fault: Dep::new(&Borrowed::detached(fault)), _ctx: Arc::clone(ctx) }
+    }
+}
+
+/// The file of a vEVENTQ, like [`FaultFile`]: `IOMMU_DESTROY` of the queue
+/// is `EBUSY` while it is open.
+pub struct VeventqFile {
+    veventq: Dep<Veventq>,
+    _ctx: Arc<Iommufd>,
+}
+
+impl VeventqFile {
+    pub fn new(ctx: &Arc<Iommufd>, veventq: &Arc<Veventq>) -> VeventqFile {
+        VeventqFile { veventq: Dep::new(&Borrowed::detached(veventq)), _ctx: Arc::clone(ctx) }
     }
 }
 
@@ -92,7 +108,9 @@ impl File {
     pub fn ioctl(&self, host: &dyn FdHost, request: u64, arg: u64) -> Result<i32, Error> {
         match self {
             File::Iommufd(ctx) => crate::iommufd_ioctl(ctx, host, request, arg),
-            File::SelftestAccess(_) | File::Fault(_) => Err(Error::new(Errno::ENOTTY, "this file has no ioctls")),
+            File::SelftestAccess(_) | File::Fault(_) | File::Veventq(_) => {
+                Err(Error::new(Errno::ENOTTY, "this file has no ioctls"))
+            }
         }
     }
 
@@ -102,6 +120,7 @@ impl File {
             File::Iommufd(_) => "iommufd",
             File::SelftestAccess(_) => "test-access",
             File::Fault(_) => "fault-queue",
+            File::Veventq(_) => "viommu-event-queue",
         }
     }
 
@@ -110,6 +129,7 @@ impl File {
     pub fn readiness_fd(&self) -> Option<RawFd> {
         match self {
             File::Fault(f) => Some(f.fault.readiness_fd()),
+            File::Veventq(f) => Some(f.veventq.readiness_fd()),
             _ => None,
         }
     }
@@ -126,6 +146,15 @@ impl File {
                 let n = f.fault.read(&mut tmp)?;
                 uiommufd_memory::copy_to_user(buf, &tmp[..n]).map_err(|e| Error::new(e, "writing the faults"))?;
                 Ok(n)
+            }
+            File::Veventq(f) => {
+                if pos.is_some_and(|p| p != 0) {
+                    return Err(Error::new(Errno::ESPIPE, "event queues have no file position"));
+                }
+                // Each record goes straight to user memory; one that cannot
+                // be written stays queued.
+                let count = count.min(MAX_IO);
+                f.veventq.read(count, |at, bytes| uiommufd_memory::copy_to_user(buf.wrapping_add(at as u64), bytes))
             }
             // /dev/iommu and the others have no read method.
             _ => Err(Error::new(Errno::EINVAL, "this file cannot be read")),

@@ -7,7 +7,7 @@ use uiommufd_abi as abi;
 use uiommufd_core::error::{eopnotsupp, ErrnoExt, Error, Result};
 use uiommufd_core::Errno;
 use uiommufd_memory::user;
-use zerocopy::{FromBytes, IntoBytes};
+use zerocopy::IntoBytes;
 
 use crate::ucmd::Ucmd;
 
@@ -131,13 +131,6 @@ pub fn vfio_ioas(u: &mut Ucmd) -> Result<i32> {
         _ => return Err(eopnotsupp("unknown VFIO_IOAS op")),
     }
     Ok(0)
-}
-
-/// A command whose engine side does not exist yet: the struct is still
-/// parsed under the common rules, then the request is refused.
-pub fn not_yet<T: FromBytes + IntoBytes>(u: &mut Ucmd) -> Result<i32> {
-    let _cmd: T = u.read()?;
-    Err(eopnotsupp("this command is not implemented yet"))
 }
 
 /// `IOMMU_HWPT_ALLOC`.

@@ -18,10 +18,12 @@
 
 pub mod file;
 mod handlers;
+mod map_file;
 mod selftest;
 mod table;
 mod ucmd;
 mod vfio_compat;
+mod viommu;
 
 pub use file::{FdHost, File, LocalFds, Node};
 pub use table::{op_name, OPS};
@@ -67,3 +69,5 @@ fn vfio_compat_ioctl(ctx: &Arc<Iommufd>, cmd: u32, arg: u64) -> Result<i32, Erro
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod viommu_tests;

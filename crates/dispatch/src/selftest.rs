@@ -112,6 +112,37 @@ pub fn execute(u: &mut Ucmd) -> Result<i32> {
             let c: t::TestTriggerIopf = cmd.payload_as();
             st::trigger_iopf(u.ctx, c.dev_id, c.pasid, c.grpid, c.perm, c.addr)?;
         }
+        t::IOMMU_TEST_OP_DEV_CHECK_CACHE => {
+            let c: t::TestCheckDevCache = cmd.payload_as();
+            st::dev_check_cache(u.ctx, cmd.id, c.id, c.cache)?;
+        }
+        t::IOMMU_TEST_OP_TRIGGER_VEVENT => {
+            let c: t::TestTriggerVevent = cmd.payload_as();
+            st::trigger_vevent(u.ctx, c.dev_id)?;
+        }
+        t::IOMMU_TEST_OP_PASID_ATTACH => {
+            let mut c: t::TestPasidAttach = cmd.payload_as();
+            c.pt_id = st::pasid_attach(u.ctx, cmd.id, c.pasid, c.pt_id)?;
+            cmd.set_payload(&c);
+            if let Err(e) = u.respond(&cmd) {
+                let _ = st::pasid_detach(u.ctx, cmd.id, c.pasid);
+                return Err(e);
+            }
+        }
+        t::IOMMU_TEST_OP_PASID_REPLACE => {
+            let mut c: t::TestPasidReplace = cmd.payload_as();
+            c.pt_id = st::pasid_replace(u.ctx, cmd.id, c.pasid, c.pt_id)?;
+            cmd.set_payload(&c);
+            u.respond(&cmd)?;
+        }
+        t::IOMMU_TEST_OP_PASID_DETACH => {
+            let c: t::TestPasidDetach = cmd.payload_as();
+            st::pasid_detach(u.ctx, cmd.id, c.pasid)?;
+        }
+        t::IOMMU_TEST_OP_PASID_CHECK_HWPT => {
+            let c: t::TestPasidCheck = cmd.payload_as();
+            st::pasid_check_hwpt(u.ctx, cmd.id, c.pasid, c.hwpt_id)?;
+        }
         _ => return Err(eopnotsupp("unknown or unsupported selftest op")),
     }
     Ok(0)

@@ -1,12 +1,14 @@
 //! What the engine needs to know about a device behind an IOMMU: the
 //! kernel's `struct device` as seen through `iommu_ops` (capabilities,
-//! reserved regions, domain allocation, attach compatibility).
+//! reserved regions, domain allocation, attach compatibility), and the
+//! vIOMMU driver interface (`iommufd_viommu_ops` one way, the `driver.c`
+//! helpers the other way).
 
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use uiommufd_abi::Errno;
 
-use crate::{Domain, UserData};
+use crate::{Domain, UserData, UserDataArray};
 
 /// `enum iommu_cap`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -102,4 +104,118 @@ pub trait IommuDevice: crate::AnyDomain + Send + Sync {
     /// Whether `domain` came from this device's IOMMU driver (the kernel's
     /// `domain->owner == ops` check for nesting parents).
     fn owns_domain(&self, domain: &dyn Domain) -> bool;
+
+    /// Which IOMMU instance serves the device (the kernel's
+    /// `__iommu_get_iommu_dev`): a vIOMMU only takes devices of the instance
+    /// it was created on. Devices behind the same IOMMU report the same value.
+    fn iommu_instance(&self) -> usize {
+        0
+    }
+
+    /// The attach-time check for a PASID (`set_dev_pasid`); by default the
+    /// same as [`check_attach`](Self::check_attach).
+    fn check_attach_pasid(&self, pasid: u32, domain: &dyn Domain) -> Result<(), Errno> {
+        let _ = pasid;
+        self.check_attach(domain)
+    }
+
+    /// The attachment at `pasid` (0: the requester ID) went away: the device
+    /// is blocked there now.
+    fn detached(&self, pasid: u32) {
+        let _ = pasid;
+    }
+
+    /// Whether the driver can build a vIOMMU of `viommu_type` for this device
+    /// (the kernel's `get_viommu_size()` returning non-zero).
+    fn viommu_supported(&self, viommu_type: u32) -> bool {
+        let _ = viommu_type;
+        false
+    }
+
+    /// `viommu_init`: the driver half of a new vIOMMU of `viommu_type` over
+    /// the nesting parent `parent`, with the driver data of the allocation
+    /// when user space gave some. `core` reaches the engine's half (events,
+    /// vDEVICE lookups) once the vIOMMU exists.
+    fn viommu_init(
+        &self,
+        viommu_type: u32,
+        parent: &Arc<dyn Domain>,
+        data: Option<&mut UserData<'_>>,
+        core: Weak<dyn ViommuCore>,
+    ) -> Result<ViommuInit, Errno> {
+        let _ = (viommu_type, parent, data, core);
+        Err(Errno::EOPNOTSUPP)
+    }
+}
+
+/// What the engine offers a vIOMMU driver (the kernel's `driver.c` helpers:
+/// `iommufd_viommu_report_event`, `iommufd_viommu_find_dev`,
+/// `iommufd_viommu_get_vdev_id`, `iommufd_viommu_alloc_mmap`).
+pub trait ViommuCore: Send + Sync {
+    /// Queue `data` on the vIOMMU's event queue of `veventq_type`
+    /// (`EOPNOTSUPP` when there is none).
+    fn report_event(&self, veventq_type: u32, data: &[u8]) -> Result<(), Errno>;
+
+    /// The device behind virtual ID `virt_id`, if a vDEVICE has it.
+    fn find_dev(&self, virt_id: u64) -> Option<Arc<dyn IommuDevice>>;
+
+    /// The virtual ID of `dev` on this vIOMMU, if it has a vDEVICE here.
+    fn vdev_id(&self, dev: &dyn IommuDevice) -> Option<u64>;
+
+    /// Reserve `length` bytes of the file's mmap offset space for a driver
+    /// region; returns the offset user space would pass to `mmap`.
+    fn alloc_mmap(&self, length: u64) -> Result<u64, Errno>;
+}
+
+/// The result of [`IommuDevice::viommu_init`].
+pub struct ViommuInit {
+    pub driver: Arc<dyn ViommuDriver>,
+    /// Driver data to copy back to the user's buffer (truncated to its
+    /// length), as `iommu_copy_struct_to_user` does.
+    pub user_out: Option<Vec<u8>>,
+}
+
+/// The driver half of a vIOMMU (`struct iommufd_viommu_ops`). Every hook
+/// defaults to `EOPNOTSUPP`, as a missing op does in the kernel.
+pub trait ViommuDriver: crate::AnyDomain + Send + Sync {
+    /// `alloc_domain_nested`: a nested domain of this vIOMMU. `flags` are the
+    /// HWPT flags other than `FAULT_ID_VALID`.
+    fn alloc_domain_nested(&self, flags: u32, data: &mut UserData<'_>) -> Result<Arc<dyn Domain>, Errno> {
+        let _ = (flags, data);
+        Err(Errno::EOPNOTSUPP)
+    }
+
+    /// Whether `cache_invalidate` exists at all.
+    fn can_invalidate(&self) -> bool {
+        false
+    }
+
+    /// `cache_invalidate`: driver-defined requests; on return
+    /// `array.entry_num` is the number handled.
+    fn cache_invalidate(&self, array: &mut UserDataArray<'_>) -> Result<(), Errno> {
+        array.entry_num = 0;
+        Err(Errno::EOPNOTSUPP)
+    }
+
+    /// Whether HW queues of `queue_type` exist (`get_hw_queue_size` non-zero).
+    fn hw_queue_supported(&self, queue_type: u32) -> bool {
+        let _ = queue_type;
+        false
+    }
+
+    /// `hw_queue_init_phys`: bring up queue `index` whose guest memory starts
+    /// at nesting-parent IOVA `base_iova`, physically at `base_pa`.
+    fn hw_queue_init(&self, queue_type: u32, index: u32, base_iova: u64, base_pa: u64) -> Result<HwQueueInit, Errno> {
+        let _ = (queue_type, index, base_iova, base_pa);
+        Err(Errno::EOPNOTSUPP)
+    }
+}
+
+/// The result of [`ViommuDriver::hw_queue_init`].
+pub struct HwQueueInit {
+    /// The driver's queue; dropping it tears the queue down.
+    pub handle: Box<dyn Send + Sync>,
+    /// The index of another queue of this vIOMMU that must outlive this one
+    /// (`iommufd_hw_queue_depend`).
+    pub depends_on: Option<u32>,
 }

@@ -25,16 +25,23 @@
 //! Where the kernel mock would `WARN_ON`, this model counts in
 //! [`MockDomain::warnings`] (a test of the engine asserts it stays 0).
 //!
+//! The rest of the mock driver lives here too: [`MockNested`] (stage 1 with
+//! mock IOTLB words), [`MockDevice`] (the mock's devices and their
+//! per-device ops) and [`MockViommu`] (the mock vIOMMU with its HW queues).
+//!
 //! Host page size: the kernel sizes the mock from `PAGE_SIZE`; this model
 //! assumes 4 KiB CPU pages ([`HOST_PAGE_SIZE`]), which is what the selftest
 //! ABI constants in `uiommufd-abi` assume too. A host with larger pages needs
 //! a different [`MockFormat::LEAF_SHIFT`].
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use uiommufd_abi::test_cmd;
 use uiommufd_abi::Errno;
+use zerocopy::{FromZeros, IntoBytes};
+
+use crate::device::{Cap, HwQueueInit, IommuDevice, PagingRequest, ViommuCore, ViommuDriver, ViommuInit};
 
 use crate::pt::{Format, Lookup, PageTable};
 use crate::{Access, Aperture, DirtyOps, Domain, Fault, Prot, Translation, UserData, UserDataArray};
@@ -458,14 +465,17 @@ impl DirtyOps for MockDomain {
 pub struct MockNested {
     parent: Arc<dyn Domain>,
     iotlb: [AtomicU32; test_cmd::MOCK_NESTED_DOMAIN_IOTLB_NUM as usize],
+    /// The vIOMMU that allocated it (`mock_nested->mock_viommu`), if any.
+    viommu: Option<Weak<MockViommu>>,
 }
 
 impl MockNested {
     /// `mock_domain_alloc_nested`: `parent` must be a mock paging domain
-    /// (`EINVAL`), `flags` must be 0 (`EOPNOTSUPP`), the data must be
-    /// `IOMMU_HWPT_DATA_SELFTEST` with at least `iotlb` (`EINVAL`).
+    /// (`EINVAL`), `flags` may only hold `IOMMU_HWPT_ALLOC_PASID`
+    /// (`EOPNOTSUPP`), the data must be `IOMMU_HWPT_DATA_SELFTEST` with at
+    /// least `iotlb` (`EINVAL`).
     pub fn new(parent: &Arc<dyn Domain>, flags: u32, data: &mut UserData<'_>) -> Result<MockNested, Errno> {
-        if flags != 0 {
+        if flags & !uiommufd_abi::IOMMU_HWPT_ALLOC_PASID != 0 {
             return Err(Errno::EOPNOTSUPP);
         }
         if data.data_type != test_cmd::IOMMU_HWPT_DATA_SELFTEST {
@@ -475,7 +485,16 @@ impl MockNested {
             return Err(Errno::EINVAL);
         }
         let cfg: test_cmd::IommuHwptSelftest = data.read(test_cmd::IOMMU_HWPT_DATA_SELFTEST, 4)?;
-        Ok(MockNested { parent: Arc::clone(parent), iotlb: std::array::from_fn(|_| AtomicU32::new(cfg.iotlb)) })
+        Ok(MockNested {
+            parent: Arc::clone(parent),
+            iotlb: std::array::from_fn(|_| AtomicU32::new(cfg.iotlb)),
+            viommu: None,
+        })
+    }
+
+    /// The vIOMMU this domain belongs to, if it was allocated through one.
+    pub fn viommu(&self) -> Option<Arc<MockViommu>> {
+        self.viommu.as_ref().and_then(Weak::upgrade)
     }
 
     /// Mock IOTLB entry `id` (`None` past `MOCK_NESTED_DOMAIN_IOTLB_ID_MAX`).
@@ -542,6 +561,395 @@ impl Domain for MockNested {
             array.entry_num += 1;
         }
         Ok(())
+    }
+}
+
+/// A device of the selftest's mock IOMMU (`struct mock_dev`), with the mock
+/// driver's per-device operations (`mock_ops`).
+///
+/// Besides what the paging tests need, it carries the state the vIOMMU
+/// tests look at:
+/// - four cache words (`mdev->cache`) that vIOMMU invalidations clear and
+///   `IOMMU_TEST_OP_DEV_CHECK_CACHE` reads;
+/// - the vIOMMU and virtual ID of the nested domain its requester ID is
+///   attached to (`mdev->viommu`, `mdev->vdev_id`), which is where
+///   `IOMMU_TEST_OP_TRIGGER_VEVENT` reports;
+/// - the one-shot failure armed by attaching `IOMMU_TEST_PASID_RESERVED`
+///   (`pasid_1024_fake_error`), which lets the tests watch a failed PASID
+///   replace keep the old domain.
+///
+/// Every mock device sits behind the one mock IOMMU instance.
+#[derive(Debug)]
+pub struct MockDevice {
+    id: u32,
+    flags: u32,
+    cache: [AtomicU32; test_cmd::MOCK_DEV_CACHE_NUM as usize],
+    viommu: Mutex<Option<(Weak<MockViommu>, u64)>>,
+    pasid_fake_error: AtomicBool,
+}
+
+static NEXT_MOCK_DEV: AtomicU32 = AtomicU32::new(0);
+
+impl MockDevice {
+    /// `mock_dev_create`: unknown flags are `EINVAL`.
+    pub fn new(flags: u32) -> Result<MockDevice, Errno> {
+        let known = test_cmd::MOCK_FLAGS_DEVICE_NO_DIRTY
+            | test_cmd::MOCK_FLAGS_DEVICE_HUGE_IOVA
+            | test_cmd::MOCK_FLAGS_DEVICE_PASID;
+        if flags & !known != 0 {
+            return Err(Errno::EINVAL);
+        }
+        Ok(MockDevice {
+            id: NEXT_MOCK_DEV.fetch_add(1, Ordering::Relaxed),
+            flags,
+            cache: std::array::from_fn(|_| AtomicU32::new(test_cmd::IOMMU_TEST_DEV_CACHE_DEFAULT)),
+            viommu: Mutex::new(None),
+            pasid_fake_error: AtomicBool::new(false),
+        })
+    }
+
+    pub fn flags(&self) -> u32 {
+        self.flags
+    }
+
+    /// The mock device behind a device handle, if it is one.
+    pub fn of(dev: &Arc<dyn IommuDevice>) -> Option<&MockDevice> {
+        let dev: &dyn IommuDevice = dev.as_ref();
+        dev.any_domain().downcast_ref::<MockDevice>()
+    }
+
+    /// Cache word `id` (`None` past `MOCK_DEV_CACHE_ID_MAX`).
+    pub fn cache(&self, id: u32) -> Option<u32> {
+        self.cache.get(id as usize).map(|c| c.load(Ordering::Relaxed))
+    }
+
+    fn binding(&self) -> MutexGuard<'_, Option<(Weak<MockViommu>, u64)>> {
+        self.viommu.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// `IOMMU_TEST_OP_TRIGGER_VEVENT`: report one selftest event carrying
+    /// this device's virtual ID to the vIOMMU its requester ID is attached
+    /// through. `ENOENT` without such an attachment (or with virtual ID 0),
+    /// `EOPNOTSUPP` when the vIOMMU has no selftest event queue.
+    pub fn trigger_vevent(&self) -> Result<(), Errno> {
+        let (viommu, virt_id) = self.binding().clone().ok_or(Errno::ENOENT)?;
+        if virt_id == 0 {
+            return Err(Errno::ENOENT);
+        }
+        let core = viommu.upgrade().and_then(|v| v.core.upgrade()).ok_or(Errno::ENOENT)?;
+        // The record holds the low 32 bits of the virtual ID, as the C
+        // struct's `__u32 virt_id` does.
+        let event = test_cmd::IommuViommuEventSelftest { virt_id: virt_id as u32 };
+        core.report_event(test_cmd::IOMMU_VEVENTQ_TYPE_SELFTEST, event.as_bytes())
+    }
+}
+
+impl IommuDevice for MockDevice {
+    fn name(&self) -> String {
+        format!("mock{}", self.id)
+    }
+
+    fn capable(&self, cap: Cap) -> bool {
+        match cap {
+            Cap::CacheCoherency => true,
+            Cap::DirtyTracking => self.flags & test_cmd::MOCK_FLAGS_DEVICE_NO_DIRTY == 0,
+            Cap::EnforceCacheCoherency => false,
+        }
+    }
+
+    fn alloc_paging(&self, req: &PagingRequest) -> Result<Arc<dyn Domain>, Errno> {
+        if req.dirty_tracking && !self.capable(Cap::DirtyTracking) {
+            return Err(Errno::EOPNOTSUPP);
+        }
+        let d = MockDomain::new(self.flags & test_cmd::MOCK_FLAGS_DEVICE_HUGE_IOVA != 0)?;
+        if req.dirty_tracking {
+            d.enable_dirty_ops();
+        }
+        Ok(Arc::new(d))
+    }
+
+    /// `mock_domain_nop_attach`: a domain with dirty tracking needs a device
+    /// that can track; domains of other drivers never attach; a nested
+    /// domain of a vIOMMU needs a vDEVICE of this device on that vIOMMU
+    /// (`ENOENT`), and the attachment records which vIOMMU and virtual ID
+    /// the device now reports events through.
+    fn check_attach(&self, domain: &dyn Domain) -> Result<(), Errno> {
+        let mut binding = None;
+        if let Some(nested) = domain.as_any().downcast_ref::<MockNested>() {
+            if let Some(viommu) = nested.viommu() {
+                let core = viommu.core.upgrade().ok_or(Errno::ENOENT)?;
+                let virt_id = core.vdev_id(self).ok_or(Errno::ENOENT)?;
+                binding = Some((Arc::downgrade(&viommu), virt_id));
+            }
+        } else {
+            let mock = domain.as_any().downcast_ref::<MockDomain>().ok_or(Errno::EINVAL)?;
+            if mock.has_dirty_ops() && self.flags & test_cmd::MOCK_FLAGS_DEVICE_NO_DIRTY != 0 {
+                return Err(Errno::EINVAL);
+            }
+        }
+        *self.binding() = binding;
+        Ok(())
+    }
+
+    /// `mock_domain_set_dev_pasid_nop`: the first attach of
+    /// `IOMMU_TEST_PASID_RESERVED` arms a failure that the next one (a
+    /// replace) reports as `ENOMEM`; detaching disarms it.
+    fn check_attach_pasid(&self, pasid: u32, domain: &dyn Domain) -> Result<(), Errno> {
+        if !self.owns_domain(domain) {
+            return Err(Errno::EINVAL);
+        }
+        if pasid == test_cmd::IOMMU_TEST_PASID_RESERVED {
+            if self.pasid_fake_error.swap(false, Ordering::AcqRel) {
+                return Err(Errno::ENOMEM);
+            }
+            self.pasid_fake_error.store(true, Ordering::Release);
+        }
+        Ok(())
+    }
+
+    /// Attaching the blocking domain: the requester ID leaves its vIOMMU;
+    /// the reserved PASID disarms its failure.
+    fn detached(&self, pasid: u32) {
+        if pasid == 0 {
+            *self.binding() = None;
+        } else if pasid == test_cmd::IOMMU_TEST_PASID_RESERVED {
+            self.pasid_fake_error.store(false, Ordering::Release);
+        }
+    }
+
+    fn max_pasid_log2(&self) -> u32 {
+        if self.flags & test_cmd::MOCK_FLAGS_DEVICE_PASID != 0 {
+            test_cmd::MOCK_PASID_WIDTH
+        } else {
+            0
+        }
+    }
+
+    fn alloc_nested(
+        &self,
+        parent: &Arc<dyn Domain>,
+        flags: u32,
+        data: &mut UserData<'_>,
+    ) -> Result<Arc<dyn Domain>, Errno> {
+        Ok(Arc::new(MockNested::new(parent, flags, data)?))
+    }
+
+    /// `mock_domain_hw_info`: the selftest type, asked for by default or by
+    /// name.
+    fn hw_info(&self, in_type: u32) -> Result<(u32, Vec<u8>), Errno> {
+        if in_type != uiommufd_abi::IOMMU_HW_INFO_TYPE_DEFAULT && in_type != test_cmd::IOMMU_HW_INFO_TYPE_SELFTEST {
+            return Err(Errno::EOPNOTSUPP);
+        }
+        let info = test_cmd::IommuTestHwInfo { flags: 0, test_reg: test_cmd::IOMMU_HW_INFO_SELFTEST_REGVAL };
+        Ok((test_cmd::IOMMU_HW_INFO_TYPE_SELFTEST, info.as_bytes().to_vec()))
+    }
+
+    fn owns_domain(&self, domain: &dyn Domain) -> bool {
+        domain.as_any().is::<MockDomain>() || domain.as_any().is::<MockNested>()
+    }
+
+    /// `mock_get_viommu_size`.
+    fn viommu_supported(&self, viommu_type: u32) -> bool {
+        viommu_type == test_cmd::IOMMU_VIOMMU_TYPE_SELFTEST
+    }
+
+    /// `mock_viommu_init`.
+    fn viommu_init(
+        &self,
+        viommu_type: u32,
+        parent: &Arc<dyn Domain>,
+        data: Option<&mut UserData<'_>>,
+        core: Weak<dyn ViommuCore>,
+    ) -> Result<ViommuInit, Errno> {
+        if !self.viommu_supported(viommu_type) {
+            return Err(Errno::EOPNOTSUPP);
+        }
+        MockViommu::init(parent, data, core)
+    }
+}
+
+/// The mock vIOMMU (`struct mock_viommu`): nested domains that remember it,
+/// invalidation of the per-device caches of its vDEVICEs, and up to
+/// `IOMMU_TEST_HW_QUEUE_MAX` HW queues that must be created in index order
+/// (each one depends on the one before it).
+///
+/// The kernel mock also allocates two pages, puts `in_data` in the first
+/// word and lets user space `mmap` them through the iommufd file at
+/// `out_mmap_offset`. Here the offset and length are reserved and reported,
+/// and the word is kept ([`MockViommu::page_word`]), but nothing can be
+/// mapped: the shim serves no `mmap` of `/dev/iommu`.
+pub struct MockViommu {
+    me: Weak<MockViommu>,
+    core: Weak<dyn ViommuCore>,
+    s2_parent: Arc<dyn Domain>,
+    hw_queues: Arc<Mutex<[bool; test_cmd::IOMMU_TEST_HW_QUEUE_MAX as usize]>>,
+    page_word: u32,
+    mmap: Option<(u64, u64)>,
+}
+
+impl std::fmt::Debug for MockViommu {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MockViommu").field("page_word", &self.page_word).field("mmap", &self.mmap).finish()
+    }
+}
+
+impl MockViommu {
+    /// `mock_viommu_init`: with driver data (`struct iommu_viommu_selftest`,
+    /// at least up to `out_data`, else `EINVAL`), loop `in_data` back in
+    /// `out_data` and in the first word of the driver page, and report
+    /// where that page would be mapped.
+    fn init(
+        parent: &Arc<dyn Domain>,
+        data: Option<&mut UserData<'_>>,
+        core: Weak<dyn ViommuCore>,
+    ) -> Result<ViommuInit, Errno> {
+        if !parent.as_any().is::<MockDomain>() {
+            return Err(Errno::EINVAL);
+        }
+        let mut user_out = None;
+        let mut page_word = 0;
+        let mut mmap = None;
+        if let Some(data) = data {
+            let min_len = core::mem::offset_of!(test_cmd::IommuViommuSelftest, out_data) + 4;
+            if data.data_type != test_cmd::IOMMU_VIOMMU_TYPE_SELFTEST || (data.len as usize) < min_len {
+                return Err(Errno::EINVAL);
+            }
+            let mut cfg = test_cmd::IommuViommuSelftest::new_zeroed();
+            (data.reader)(cfg.as_mut_bytes())?;
+            let length = 2 * HOST_PAGE_SIZE;
+            let offset = core.upgrade().ok_or(Errno::ENOMEM)?.alloc_mmap(length)?;
+            page_word = cfg.in_data;
+            cfg.out_data = cfg.in_data;
+            cfg.out_mmap_offset = offset;
+            cfg.out_mmap_length = length;
+            mmap = Some((offset, length));
+            user_out = Some(cfg.as_bytes().to_vec());
+        }
+        let driver = Arc::new_cyclic(|me| MockViommu {
+            me: me.clone(),
+            core,
+            s2_parent: Arc::clone(parent),
+            hw_queues: Arc::new(Mutex::new([false; test_cmd::IOMMU_TEST_HW_QUEUE_MAX as usize])),
+            page_word,
+            mmap,
+        });
+        Ok(ViommuInit { driver, user_out })
+    }
+
+    /// The first word of the driver page (the `in_data` loopback).
+    pub fn page_word(&self) -> u32 {
+        self.page_word
+    }
+
+    /// `(offset, length)` of the driver page in the file's mmap space.
+    pub fn mmap_region(&self) -> Option<(u64, u64)> {
+        self.mmap
+    }
+
+    fn slots(&self) -> MutexGuard<'_, [bool; test_cmd::IOMMU_TEST_HW_QUEUE_MAX as usize]> {
+        self.hw_queues.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl ViommuDriver for MockViommu {
+    /// `mock_viommu_alloc_domain_nested`.
+    fn alloc_domain_nested(&self, flags: u32, data: &mut UserData<'_>) -> Result<Arc<dyn Domain>, Errno> {
+        if flags & !uiommufd_abi::IOMMU_HWPT_ALLOC_PASID != 0 {
+            return Err(Errno::EOPNOTSUPP);
+        }
+        let mut nested = MockNested::new(&self.s2_parent, 0, data)?;
+        nested.viommu = Some(self.me.clone());
+        Ok(Arc::new(nested))
+    }
+
+    fn can_invalidate(&self) -> bool {
+        true
+    }
+
+    /// `mock_viommu_cache_invalidate`: an empty array of the right type only
+    /// validates the type; otherwise the whole array is read first (a bad
+    /// type or entry is `EINVAL`/`EFAULT` with nothing done), then the
+    /// requests run in order and the first bad one stops the batch.
+    fn cache_invalidate(&self, array: &mut UserDataArray<'_>) -> Result<(), Errno> {
+        let num = array.entry_num;
+        array.entry_num = 0;
+        let ty = test_cmd::IOMMU_VIOMMU_INVALIDATE_DATA_SELFTEST;
+        if num == 0 && array.data_type == ty {
+            return Ok(());
+        }
+        // `iommu_copy_struct_from_full_user_array`.
+        if array.data_type != ty || num == 0 {
+            return Err(Errno::EINVAL);
+        }
+        let mut cmds = Vec::with_capacity(num.min(1 << 16) as usize);
+        for i in 0..num {
+            let mut c = test_cmd::IommuViommuInvalidateSelftest::new_zeroed();
+            (array.reader)(i, c.as_mut_bytes())?;
+            cmds.push(c);
+        }
+        let core = self.core.upgrade();
+        for c in cmds {
+            if c.flags & !test_cmd::IOMMU_TEST_INVALIDATE_FLAG_ALL != 0 {
+                return Err(Errno::EOPNOTSUPP);
+            }
+            if c.cache_id > test_cmd::MOCK_DEV_CACHE_ID_MAX {
+                return Err(Errno::EINVAL);
+            }
+            let dev = core.as_ref().and_then(|core| core.find_dev(c.vdev_id as u64)).ok_or(Errno::EINVAL)?;
+            let mdev = MockDevice::of(&dev).ok_or(Errno::EINVAL)?;
+            if c.flags & test_cmd::IOMMU_TEST_INVALIDATE_FLAG_ALL != 0 {
+                for w in &mdev.cache {
+                    w.store(0, Ordering::Relaxed);
+                }
+            } else {
+                mdev.cache[c.cache_id as usize].store(0, Ordering::Relaxed);
+            }
+            array.entry_num += 1;
+        }
+        Ok(())
+    }
+
+    /// `mock_viommu_get_hw_queue_size`.
+    fn hw_queue_supported(&self, queue_type: u32) -> bool {
+        queue_type == test_cmd::IOMMU_HW_QUEUE_TYPE_SELFTEST
+    }
+
+    /// `mock_hw_queue_init_phys`: indices below `IOMMU_TEST_HW_QUEUE_MAX`
+    /// (`EINVAL`), each once (`EEXIST`), in order (`EIO` while the previous
+    /// index is free); the physical address the core resolved must be what
+    /// the nesting parent maps the queue's IOVA to (`EFAULT`).
+    fn hw_queue_init(&self, queue_type: u32, index: u32, base_iova: u64, base_pa: u64) -> Result<HwQueueInit, Errno> {
+        if !self.hw_queue_supported(queue_type) {
+            return Err(Errno::EOPNOTSUPP);
+        }
+        if index >= test_cmd::IOMMU_TEST_HW_QUEUE_MAX {
+            return Err(Errno::EINVAL);
+        }
+        let mut slots = self.slots();
+        if slots[index as usize] {
+            return Err(Errno::EEXIST);
+        }
+        if index > 0 && !slots[index as usize - 1] {
+            return Err(Errno::EIO);
+        }
+        if self.s2_parent.iova_to_phys(base_iova) != Some(base_pa) {
+            return Err(Errno::EFAULT);
+        }
+        slots[index as usize] = true;
+        let handle = MockHwQueue { slots: Arc::clone(&self.hw_queues), index: index as usize };
+        Ok(HwQueueInit { handle: Box::new(handle), depends_on: index.checked_sub(1) })
+    }
+}
+
+/// A mock HW queue (`struct mock_hw_queue`): frees its index when dropped.
+struct MockHwQueue {
+    slots: Arc<Mutex<[bool; test_cmd::IOMMU_TEST_HW_QUEUE_MAX as usize]>>,
+    index: usize,
+}
+
+impl Drop for MockHwQueue {
+    fn drop(&mut self) {
+        self.slots.lock().unwrap_or_else(|p| p.into_inner())[self.index] = false;
     }
 }
 

@@ -108,9 +108,13 @@ pub trait Format {
 /// out frames in `[PT_WINDOW_START, PT_WINDOW_END)`; every page-table node
 /// of every model gets its "physical" address from here, so an address in
 /// this window found in an entry is always a table, never user memory.
-pub const PT_WINDOW_START: u64 = 0x7f00_0000_0000;
-/// End (exclusive) of the page-table window: 1 TiB, 2^28 nodes.
-pub const PT_WINDOW_END: u64 = 0x8000_0000_0000;
+///
+/// The window sits at 1 GiB..4 GiB, below the first user frame (4 GiB), so
+/// node addresses fit every real IOMMU's address width (VT-d entries can
+/// only encode host addresses below 2^39 or 2^46 on many parts).
+pub const PT_WINDOW_START: u64 = 0x4000_0000;
+/// End (exclusive) of the page-table window: 3 GiB, 3 * 2^18 nodes.
+pub const PT_WINDOW_END: u64 = 0x1_0000_0000;
 /// Size and alignment of one page-table node.
 pub const PT_PAGE_SIZE: u64 = (ENTRIES * 8) as u64;
 
@@ -126,12 +130,12 @@ static PT_FREE_LEN: AtomicUsize = AtomicUsize::new(0);
 /// bit-exact and give every node a unique identity. Fresh addresses come
 /// from a bump pointer through [`PT_WINDOW_START`]..[`PT_WINDOW_END`];
 /// addresses of freed nodes are recycled first so a long-running process
-/// cannot exhaust the window while fewer than 2^28 nodes are alive.
+/// cannot exhaust the window while fewer than 3 * 2^18 nodes are alive.
 pub struct PtMemory;
 
 impl PtMemory {
-    /// A new 4 KiB-aligned page-table address, or `ENOMEM` when 2^28 nodes
-    /// are alive.
+    /// A new 4 KiB-aligned page-table address, or `ENOMEM` when the window
+    /// is full (3 * 2^18 nodes alive).
     pub fn alloc() -> Result<u64, Errno> {
         if PT_FREE_LEN.load(Ordering::Relaxed) != 0 {
             let mut free = PT_FREE.lock().unwrap_or_else(|e| e.into_inner());

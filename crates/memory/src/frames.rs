@@ -28,12 +28,22 @@
 //! that is huge-page aligned in the program is huge-page aligned physically
 //! and IOMMUs can map it with large pages, as real hardware would see it.
 //!
+//! Mapped frames. A file's pages (`IOMMU_IOAS_MAP_FILE`, the kernel's
+//! `memfd_pin_folios`) have no address in the program; the engine maps the
+//! file itself ([`crate::filemap`]) and registers pages of that mapping with
+//! [`pin_mapped`]. Such a run's host address is the engine's shared mapping,
+//! so device writes land in the file and every other mapping of it sees
+//! them. The mapping belongs to its owner, not to this registry: releasing
+//! the last pin frees nothing here, and the owner calls [`forget_mapped`]
+//! before it unmaps.
+//!
 //! Access. Devices reach frames through [`read_phys`] / [`write_phys`]. In
-//! place frames are copied with `process_vm_readv/writev`, so a program that
-//! pulled a page away behind our back (glibc's internal `munmap`, which no
-//! preload can see) costs an `EFAULT`, never a crash. Relocated frames are
-//! engine memory and are copied directly, under the registry's read lock,
-//! which relocation and release take for writing.
+//! place and mapped frames are copied with the fault-safe user copies, so a
+//! program that pulled a page away behind our back (glibc's internal
+//! `munmap`, which no preload can see, or a file truncated under a mapping)
+//! costs an `EFAULT`, never a crash. Relocated frames are engine memory and
+//! are copied directly, under the registry's read lock, which relocation and
+//! release take for writing.
 //!
 //! Locking: one `RwLock` over the registry. It is a leaf: nothing is called
 //! under it that could re-enter the engine.
@@ -69,7 +79,8 @@ fn page() -> u64 {
 /// One contiguous stretch of pinned frames, as [`pin_user`] returns them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PinnedRun {
-    /// Virtual address (in the program) of the first page.
+    /// Virtual address of the first page: in the program for [`pin_user`],
+    /// in the engine's mapping for [`pin_mapped`].
     pub va: u64,
     /// PFN of the first page; the others follow consecutively.
     pub pfn: u64,
@@ -83,6 +94,9 @@ struct Run {
     host: u64,
     /// True while `host` is the program's own mapping of the pages.
     in_place: bool,
+    /// True when `host` is an engine mapping owned by someone else (a
+    /// file's pages, see [`pin_mapped`]).
+    mapped: bool,
     pins: Vec<u32>,
 }
 
@@ -185,6 +199,7 @@ impl Registry {
             pfn: at,
             host: left.host + (k as u64) * page(),
             in_place: left.in_place,
+            mapped: left.mapped,
             pins: left.pins.split_off(k),
         };
         self.insert(left);
@@ -214,7 +229,7 @@ impl Registry {
             let host = run.host + i as u64 * page();
             let len = (j - i) as u64 * page();
             if run.pins[i] == 0 {
-                if !run.in_place {
+                if !run.in_place && !run.mapped {
                     self.arena.release(host, len);
                 }
             } else {
@@ -222,6 +237,7 @@ impl Registry {
                     pfn: run.pfn + i as u64,
                     host,
                     in_place: run.in_place,
+                    mapped: run.mapped,
                     pins: run.pins[i..j].to_vec(),
                 });
             }
@@ -272,7 +288,7 @@ pub fn pin_user(va: u64, npages: u64, write: bool) -> Result<Vec<PinnedRun>, Err
                     return Err(e);
                 }
             };
-            reg.insert(Run { pfn, host: cur, in_place: true, pins: vec![1; n as usize] });
+            reg.insert(Run { pfn, host: cur, in_place: true, mapped: false, pins: vec![1; n as usize] });
             push(&mut out, PinnedRun { va: cur, pfn, npages: n });
             cur = gap_end;
         }
@@ -351,6 +367,34 @@ pub fn unpin(pfn: u64, npages: u64) {
     }
 }
 
+/// Register `npages` pages of an engine mapping, from page-aligned `host`,
+/// as new frames pinned once each (a [`crate::filemap`] pinning a file's
+/// pages). The caller owns the mapping, keeps it mapped while any of these
+/// frames is pinned, registers each of its pages at most once at a time,
+/// and calls [`forget_mapped`] before unmapping it.
+pub fn pin_mapped(host: u64, npages: u64) -> Result<PinnedRun, Errno> {
+    if !host.is_multiple_of(page()) || npages == 0 {
+        return Err(Errno::EINVAL);
+    }
+    npages.checked_mul(page()).and_then(|len| host.checked_add(len)).ok_or(Errno::EINVAL)?;
+    let mut reg = write();
+    let pfn = reg.alloc_pfns(host, npages)?;
+    reg.insert(Run { pfn, host, in_place: false, mapped: true, pins: vec![1; npages as usize] });
+    Ok(PinnedRun { va: host, pfn, npages })
+}
+
+/// The engine mapping `[host, host + len)` is going away: drop every mapped
+/// frame inside it, pinned or not, so no device access can reach it again.
+pub fn forget_mapped(host: u64, len: u64) {
+    let end = host.saturating_add(len);
+    let mut reg = write();
+    let gone: Vec<u64> =
+        reg.by_pfn.iter().filter(|(_, r)| r.mapped && r.host >= host && r.host < end).map(|(&p, _)| p).collect();
+    for pfn in gone {
+        reg.remove(pfn);
+    }
+}
+
 /// How many times the page at virtual address `va` is pinned (0 if it is
 /// not a frame in place).
 pub fn pin_count(va: u64) -> u32 {
@@ -383,9 +427,9 @@ pub fn total_pins() -> u64 {
 
 /// Copy from emulated physical memory at `paddr` into `buf`.
 pub fn read_phys(paddr: u64, buf: &mut [u8]) -> Result<(), Errno> {
-    phys_io(paddr, buf.len(), |host, in_place, off, n| {
+    phys_io(paddr, buf.len(), |host, guarded, off, n| {
         let dst = &mut buf[off..off + n];
-        if in_place {
+        if guarded {
             user::copy_from_user(dst, host)
         } else {
             // SAFETY: `host` lies in arena memory owned by a live relocated
@@ -399,9 +443,9 @@ pub fn read_phys(paddr: u64, buf: &mut [u8]) -> Result<(), Errno> {
 
 /// Copy `data` into emulated physical memory at `paddr`.
 pub fn write_phys(paddr: u64, data: &[u8]) -> Result<(), Errno> {
-    phys_io(paddr, data.len(), |host, in_place, off, n| {
+    phys_io(paddr, data.len(), |host, guarded, off, n| {
         let src = &data[off..off + n];
-        if in_place {
+        if guarded {
             user::copy_to_user(host, src)
         } else {
             // SAFETY: as in read_phys: arena memory of a live run, kept
@@ -428,7 +472,9 @@ fn phys_io(
         let off_in_run = pa - (start << shift);
         let avail = (run.npages() << shift) - off_in_run;
         let n = (len - done).min(avail as usize);
-        f(run.host + off_in_run, run.in_place, done, n)?;
+        // Only relocated frames are known to stay mapped; the others go
+        // through the fault-safe copies.
+        f(run.host + off_in_run, run.in_place || run.mapped, done, n)?;
         done += n;
     }
     Ok(())
@@ -611,7 +657,7 @@ pub fn around_mremap(
                     let pfns: Vec<u64> = reg
                         .by_pfn
                         .iter()
-                        .filter(|(_, r)| !r.in_place && r.host >= host && r.host < host + n)
+                        .filter(|(_, r)| !r.in_place && !r.mapped && r.host >= host && r.host < host + n)
                         .map(|(&p, _)| p)
                         .collect();
                     for pfn in pfns {
@@ -628,11 +674,11 @@ pub fn around_mremap(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// Tests share the process-wide registry: serialize them.
-    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    pub(crate) static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
     struct Map(u64, u64);
 

@@ -12,6 +12,7 @@
 //!   end overflows `u64` is refused with `EOVERFLOW` before any access.
 
 pub mod failpoint;
+pub mod filemap;
 pub mod frames;
 pub mod guard;
 pub mod sys;
