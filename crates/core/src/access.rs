@@ -114,6 +114,17 @@ impl Access {
 
     /// `iommufd_access_pin_pages`.
     pub fn pin(&self, iova: u64, length: u64, write: bool) -> Result<PinnedRange> {
+        self.pin_inner(iova, length, write, false)
+    }
+
+    /// Pin and lock the areas: an unmap of the range fails with `EBUSY`
+    /// while the pin is held (for memory hardware reads on its own, such as
+    /// a HW queue).
+    pub fn pin_locked(&self, iova: u64, length: u64, write: bool) -> Result<PinnedRange> {
+        self.pin_inner(iova, length, write, true)
+    }
+
+    fn pin_inner(&self, iova: u64, length: u64, write: bool, lock: bool) -> Result<PinnedRange> {
         if !self.needs_pin_pages() {
             return Err(einval("access was not created for pinning"));
         }
@@ -122,7 +133,7 @@ impl Access {
         }
         iova.checked_add(length - 1).ok_or(eoverflow("IOVA range wraps"))?;
         let ioas = self.ioas().ok_or(enoent("access is not attached"))?;
-        let pins = ioas.iopt().access_pin(iova, length, write)?;
+        let pins = ioas.iopt().access_pin_locked(iova, length, write, lock)?;
         Ok(PinnedRange { iova, length, pins, ioas })
     }
 

@@ -24,10 +24,9 @@
 //!
 //! HW queue memory is pinned through an internal access object (it takes an
 //! object ID, as in the kernel, and cannot be destroyed by user space) and
-//! must be physically contiguous (`EFAULT`). The kernel also forbids
-//! unmapping that range with `EBUSY` through a per-area lock count; this
-//! engine's io_pagetable has no such count yet, so such an unmap keeps
-//! asking the (silent) internal access to let go and fails with `EDEADLK`.
+//! must be physically contiguous (`EFAULT`). The pin locks its areas, so an
+//! unmap of that range fails with `EBUSY` while the queue exists, as the
+//! kernel's per-area lock count makes it.
 //!
 //! Driver mmap regions (`out_mmap_offset`/`out_mmap_length` of the mock
 //! vIOMMU) are reserved and reported, but the shim serves no `mmap` of the
@@ -590,7 +589,7 @@ fn pin_queue_memory(ctx: &Arc<Iommufd>, viommu: &Viommu, iova: u64, length: u64)
     let mut mem = QueueMemory { ctx: Arc::downgrade(ctx), access, access_id, edge: Some(edge), range: None };
 
     mem.access.change_ioas(Some(&Borrowed::detached(viommu.parent().ioas())))?;
-    let range = mem.access.pin(aligned, span, false)?;
+    let range = mem.access.pin_locked(aligned, span, false)?;
     let runs = range.pfns();
     mem.range = Some(range);
     let mut next = None;
