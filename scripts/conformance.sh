@@ -93,7 +93,7 @@ results="$out/results.txt"
 for t in iommufd iommufd_fail_nth; do
   log="$out/$t.tap"
   set +e
-  (cd "$bin" && timeout --kill-after=10 "$per_binary_timeout" "$uiommufd" run -- "./$t" "${harness_args[@]}") > "$log" 2> "$out/$t.stderr"
+  (cd "$bin" && timeout --kill-after=10 "$per_binary_timeout" "$uiommufd" run --fault-injection -- "./$t" "${harness_args[@]}") > "$log" 2> "$out/$t.stderr"
   rc=$?
   set -e
   if [ $rc -eq 124 ] || [ $rc -eq 137 ]; then

@@ -31,6 +31,11 @@ pub struct RunArgs {
     /// Log every call on a served descriptor to stderr (also: UIOMMUFD_TRACE=1).
     #[arg(long)]
     trace: bool,
+    /// Emulate the kernel's fault injection: serve /proc/self/task/TID/fail-nth
+    /// (the N-th fallible step of the engine on that thread fails) and a
+    /// stand-in /sys/kernel/debug with the fault-injection attribute files.
+    #[arg(long)]
+    fault_injection: bool,
     /// Path of libuiommufd_preload.so (default: next to this binary; also: UIOMMUFD_PRELOAD).
     #[arg(long, value_name = "PATH")]
     preload: Option<PathBuf>,
@@ -77,7 +82,70 @@ pub fn run(args: RunArgs) -> Result<ExitCode, String> {
     if args.trace {
         cmd.env("UIOMMUFD_TRACE", "1");
     }
+    if args.fault_injection {
+        // The stand-in debugfs must outlive the program, so wait for it
+        // instead of exec'ing.
+        let debugfs = Debugfs::create()?;
+        cmd.env("UIOMMUFD_FAULT_INJECTION", "1").env("UIOMMUFD_DEBUGFS", &debugfs.0);
+        let status = cmd.status().map_err(|e| format!("cannot run {prog}: {e}"))?;
+        drop(debugfs);
+        return Ok(exit_code_of(status));
+    }
     // exec only returns on failure.
     let err = cmd.exec();
     Err(format!("cannot run {prog}: {err}"))
+}
+
+/// The shell's convention for a program's status: its exit code, or 128 +
+/// the signal that killed it.
+fn exit_code_of(status: std::process::ExitStatus) -> ExitCode {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(c), _) => ExitCode::from(c as u8),
+        (None, Some(sig)) => ExitCode::from(128u8.wrapping_add(sig as u8)),
+        _ => ExitCode::FAILURE,
+    }
+}
+
+/// A temporary directory standing in for `/sys/kernel/debug`, holding the
+/// fault-injection capabilities' attribute files with the kernel's
+/// defaults (Documentation/fault-injection/fault-injection.rst). Programs
+/// write them freely; only `/proc/.../fail-nth` drives injection.
+struct Debugfs(PathBuf);
+
+impl Debugfs {
+    fn create() -> Result<Debugfs, String> {
+        let base = std::env::temp_dir().join(format!("uiommufd-debugfs-{}", std::process::id()));
+        let err = |e: std::io::Error| format!("cannot create the stand-in debugfs {}: {e}", base.display());
+        std::fs::create_dir_all(&base).map_err(err)?;
+        let d = Debugfs(base.clone());
+        let common = [
+            ("probability", "0"),
+            ("interval", "1"),
+            ("times", "1"),
+            ("space", "0"),
+            ("verbose", "2"),
+            ("verbose_ratelimit_interval_ms", "0"),
+            ("verbose_ratelimit_burst", "0"),
+            ("task-filter", "N"),
+        ];
+        for (cap, extra) in [
+            ("failslab", &[("ignore-gfp-wait", "Y"), ("cache-filter", "N")][..]),
+            ("fail_page_alloc", &[("ignore-gfp-wait", "Y"), ("ignore-gfp-highmem", "Y"), ("min-order", "1")][..]),
+            ("fail_iommufd", &[][..]),
+        ] {
+            let dir = base.join(cap);
+            std::fs::create_dir_all(&dir).map_err(err)?;
+            for (name, value) in common.iter().chain(extra) {
+                std::fs::write(dir.join(name), format!("{value}\n")).map_err(err)?;
+            }
+        }
+        Ok(d)
+    }
+}
+
+impl Drop for Debugfs {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }

@@ -75,6 +75,9 @@ impl Account {
 
     /// Charge `npages`; `ENOMEM` if the limit would be exceeded.
     pub fn charge(&self, npages: u64) -> Result<()> {
+        if uiommufd_memory::failpoint::should_fail() {
+            return Err(enomem("injected failure: accounting"));
+        }
         let Some(c) = self.counter() else { return Ok(()) };
         let limit = limit_pages();
         let mut cur = c.load(Ordering::Relaxed);

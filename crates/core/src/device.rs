@@ -94,6 +94,9 @@ impl Device {
     }
 
     fn reserve_regions(&self, ioas: &Ioas) -> Result<()> {
+        if uiommufd_memory::failpoint::should_fail() {
+            return Err(einval("injected failure: reserved regions"));
+        }
         let ranges: Vec<(u64, u64)> = self
             .dev
             .reserved_regions()

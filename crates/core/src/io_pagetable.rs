@@ -410,6 +410,9 @@ impl IoPagetable {
             if length & (st.iova_alignment - 1) != 0 || length == 0 {
                 return Err(einval("length is zero or not aligned to the IOAS alignment"));
             }
+            if uiommufd_memory::failpoint::should_fail() {
+                return Err(crate::error::enomem("injected failure: area allocation"));
+            }
             let start = match iova {
                 None => {
                     let first = &list[0];

@@ -176,6 +176,9 @@ impl Table {
 
     /// Reserve the lowest free ID.
     pub fn reserve(&self) -> Result<Pending<'_>> {
+        if uiommufd_memory::failpoint::should_fail() {
+            return Err(crate::error::enomem("injected failure: object allocation"));
+        }
         let mut t = self.write();
         let id = match t.free.pop_first() {
             Some(id) => id,

@@ -122,6 +122,9 @@ pub struct Pages {
 impl Pages {
     /// `iopt_alloc_pages`: describe `length` bytes at `uptr`.
     pub fn new(uptr: u64, length: u64, writable: bool, mode: AccountMode) -> Result<Pages> {
+        if uiommufd_memory::failpoint::should_fail() {
+            return Err(crate::error::enomem("injected failure: pages allocation"));
+        }
         let ps = page_size();
         if length == 0 || length > u64::MAX - ps {
             return Err(einval("length must be non-zero"));

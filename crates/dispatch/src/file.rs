@@ -21,13 +21,17 @@ use uiommufd_core::selftest::SelftestAccess;
 use uiommufd_core::veventq::Veventq;
 use uiommufd_core::{Error, Iommufd};
 
-/// A device node uiommufd emulates.
+/// A device node (or control file) uiommufd emulates.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Node {
     /// `/dev/iommu`.
     Iommu,
     /// `/dev/vfio/vfio`, the type1 container node iommufd can stand in for.
     VfioContainer,
+    /// `/proc/self/task/TID/fail-nth` (and its other spellings): the
+    /// kernel's per-task fault injection countdown, driving the engine's
+    /// injection points. Served only when fault injection is enabled.
+    FailNth(i32),
 }
 
 impl Node {
@@ -38,6 +42,22 @@ impl Node {
             b"/dev/vfio/vfio" => Some(Node::VfioContainer),
             _ => None,
         }
+    }
+
+    /// The fail-nth file `path` names, for this process (`pid`) and the
+    /// calling thread (`tid`): `/proc/self/task/T/fail-nth`,
+    /// `/proc/PID/task/T/fail-nth` or `/proc/thread-self/fail-nth`.
+    pub fn fail_nth_from_path(path: &[u8], pid: i32, tid: i32) -> Option<Node> {
+        let s = std::str::from_utf8(path).ok()?;
+        if s == "/proc/thread-self/fail-nth" {
+            return Some(Node::FailNth(tid));
+        }
+        let rest = s.strip_prefix("/proc/")?.strip_suffix("/fail-nth")?;
+        let (who, task) = rest.split_once("/task/")?;
+        if who != "self" && who.parse::<i32>().ok()? != pid {
+            return None;
+        }
+        Some(Node::FailNth(task.parse().ok()?))
     }
 }
 
@@ -63,6 +83,8 @@ pub enum File {
     SelftestAccess(Arc<SelftestAccess>),
     /// `[iommufd-pgfault]`: a fault queue.
     Fault(FaultFile),
+    /// A task's `fail-nth` file.
+    FailNth(FailNthFile),
     /// `[iommufd-viommu-event]`: a vIOMMU event queue.
     Veventq(VeventqFile),
 }
@@ -93,14 +115,31 @@ impl VeventqFile {
     }
 }
 
+/// `/proc/PID/task/TID/fail-nth`: the thread's countdown as text, with a
+/// file position for plain `read(2)`.
+pub struct FailNthFile {
+    tid: i32,
+    pos: std::sync::atomic::AtomicI64,
+}
+
 impl File {
     /// `open(2)` of `node`.
     pub fn open(node: Node) -> File {
         let how = match node {
             Node::Iommu => OpenedAs::Iommu,
             Node::VfioContainer => OpenedAs::VfioContainer,
+            Node::FailNth(tid) => return File::FailNth(FailNthFile { tid, pos: Default::default() }),
         };
         File::Iommufd(Arc::new(Iommufd::open(how)))
+    }
+
+    /// [`File::open`] as the kernel's `open` of the node: creating a context
+    /// is a fault injection point (`ENOMEM`).
+    pub fn try_open(node: Node) -> Result<File, Errno> {
+        if matches!(node, Node::Iommu | Node::VfioContainer) && uiommufd_memory::failpoint::should_fail() {
+            return Err(Errno::ENOMEM);
+        }
+        Ok(File::open(node))
     }
 
     /// `ioctl(2)` with request `request` and argument `arg` (a user address
@@ -108,7 +147,7 @@ impl File {
     pub fn ioctl(&self, host: &dyn FdHost, request: u64, arg: u64) -> Result<i32, Error> {
         match self {
             File::Iommufd(ctx) => crate::iommufd_ioctl(ctx, host, request, arg),
-            File::SelftestAccess(_) | File::Fault(_) | File::Veventq(_) => {
+            File::SelftestAccess(_) | File::Fault(_) | File::Veventq(_) | File::FailNth(_) => {
                 Err(Error::new(Errno::ENOTTY, "this file has no ioctls"))
             }
         }
@@ -121,6 +160,7 @@ impl File {
             File::SelftestAccess(_) => "test-access",
             File::Fault(_) => "fault-queue",
             File::Veventq(_) => "viommu-event-queue",
+            File::FailNth(_) => "fail-nth",
         }
     }
 
@@ -156,6 +196,27 @@ impl File {
                 let count = count.min(MAX_IO);
                 f.veventq.read(count, |at, bytes| uiommufd_memory::copy_to_user(buf.wrapping_add(at as u64), bytes))
             }
+            File::FailNth(f) => {
+                // proc_fail_nth_read: the countdown as "%u\n", read from the
+                // file position. Only the calling thread's countdown is
+                // visible (it is thread-local): another task's is EPERM.
+                if f.tid != uiommufd_memory::sys::gettid() {
+                    return Err(Error::new(Errno::EPERM, "fail-nth of another task"));
+                }
+                let text = format!("{}\n", uiommufd_memory::failpoint::nth());
+                let at = pos.unwrap_or_else(|| f.pos.load(std::sync::atomic::Ordering::Relaxed));
+                if at < 0 {
+                    return Err(Error::new(Errno::EINVAL, "negative file position"));
+                }
+                let from = (at as usize).min(text.len());
+                let n = (text.len() - from).min(count);
+                uiommufd_memory::copy_to_user(buf, &text.as_bytes()[from..from + n])
+                    .map_err(|e| Error::new(e, "writing the value"))?;
+                if pos.is_none() {
+                    f.pos.fetch_add(n as i64, std::sync::atomic::Ordering::Relaxed);
+                }
+                Ok(n)
+            }
             // /dev/iommu and the others have no read method.
             _ => Err(Error::new(Errno::EINVAL, "this file cannot be read")),
         }
@@ -171,6 +232,21 @@ impl File {
                 let mut tmp = vec![0u8; count.min(MAX_IO)];
                 uiommufd_memory::copy_from_user(&mut tmp, buf).map_err(|e| Error::new(e, "reading the responses"))?;
                 f.fault.write(&tmp)
+            }
+            File::FailNth(f) => {
+                // proc_fail_nth_write: an unsigned number, for the calling
+                // task only.
+                let mut tmp = vec![0u8; count.min(64)];
+                uiommufd_memory::copy_from_user(&mut tmp, buf).map_err(|e| Error::new(e, "reading the value"))?;
+                let n: u32 = std::str::from_utf8(&tmp)
+                    .ok()
+                    .and_then(|s| s.trim().parse().ok())
+                    .ok_or(Error::new(Errno::EINVAL, "not an unsigned number"))?;
+                if f.tid != uiommufd_memory::sys::gettid() {
+                    return Err(Error::new(Errno::EPERM, "fail-nth of another task"));
+                }
+                uiommufd_memory::failpoint::set_nth(n);
+                Ok(count)
             }
             _ => Err(Error::new(Errno::EINVAL, "this file cannot be written")),
         }
@@ -213,5 +289,46 @@ impl FdHost for LocalFds {
 
     fn get(&self, fd: i32) -> Option<Arc<File>> {
         self.next.lock().unwrap_or_else(|p| p.into_inner()).1.get(&fd).cloned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fail_nth_paths() {
+        let p = |s: &str| Node::fail_nth_from_path(s.as_bytes(), 100, 101);
+        assert_eq!(p("/proc/self/task/7/fail-nth"), Some(Node::FailNth(7)));
+        assert_eq!(p("/proc/100/task/101/fail-nth"), Some(Node::FailNth(101)));
+        assert_eq!(p("/proc/thread-self/fail-nth"), Some(Node::FailNth(101)));
+        assert_eq!(p("/proc/99/task/101/fail-nth"), None, "another process");
+        assert_eq!(p("/proc/self/task/x/fail-nth"), None);
+        assert_eq!(p("/proc/self/fail-nth"), None);
+    }
+
+    #[test]
+    fn fail_nth_file_reads_and_arms_the_calling_thread() {
+        let tid = uiommufd_memory::sys::gettid();
+        let f = File::open(Node::FailNth(tid));
+        let arm = b"3\n";
+        assert_eq!(f.write(arm.as_ptr() as u64, arm.len(), Some(0)).unwrap(), 2);
+        let mut buf = [0u8; 8];
+        assert_eq!(f.read(buf.as_mut_ptr() as u64, buf.len(), Some(0)).unwrap(), 2);
+        assert_eq!(&buf[..2], b"3\n");
+        // Plain read() advances a file position and then reaches the end.
+        assert_eq!(f.read(buf.as_mut_ptr() as u64, 1, None).unwrap(), 1);
+        assert_eq!(f.read(buf.as_mut_ptr() as u64, 8, None).unwrap(), 1);
+        assert_eq!(f.read(buf.as_mut_ptr() as u64, 8, None).unwrap(), 0);
+        // The third injection point fires.
+        let fired: Vec<bool> = (0..4).map(|_| uiommufd_memory::failpoint::should_fail()).collect();
+        assert_eq!(fired, [false, false, true, false]);
+        assert_eq!(f.read(buf.as_mut_ptr() as u64, 8, Some(0)).unwrap(), 2);
+        assert_eq!(&buf[..2], b"0\n");
+        let bad = b"x";
+        assert_eq!(f.write(bad.as_ptr() as u64, 1, Some(0)).unwrap_err().errno, Errno::EINVAL);
+        // Another task's file: EPERM.
+        let other = File::open(Node::FailNth(tid + 1));
+        assert_eq!(other.write(arm.as_ptr() as u64, 2, Some(0)).unwrap_err().errno, Errno::EPERM);
     }
 }

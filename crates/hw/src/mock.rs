@@ -373,6 +373,11 @@ impl Domain for MockDomain {
     /// is `EEXIST` (the kernel overwrites it with a `WARN_ON`; both count as
     /// warnings here).
     fn map_pages(&self, iova: u64, paddr: u64, pgsize: u64, pgcount: u64, prot: Prot) -> Result<(), (Errno, u64)> {
+        // The kernel mock's own injection point (xarray stores cannot be
+        // failed reliably there).
+        if uiommufd_memory::failpoint::should_fail() {
+            return Err((Errno::ENOENT, 0));
+        }
         if (iova | pgsize) & (MOCK_IO_PAGE_SIZE - 1) != 0 {
             self.warn();
             return Err((Errno::EINVAL, 0));

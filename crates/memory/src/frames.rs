@@ -60,9 +60,12 @@ use crate::{user, vma};
 /// First PFN handed out (4 GiB of emulated physical space below it are left
 /// unused, as real machines keep low memory for other things).
 const FIRST_PFN: u64 = 0x10_0000;
-/// Physical addresses from here up are reserved for page-table pages
-/// (`uiommufd-hw`'s page-table memory window).
-pub const PT_WINDOW_START: u64 = 0x7f00_0000_0000;
+/// End of the emulated physical address space frames live in: 39 bits
+/// (512 GiB), the narrowest host address width among the modelled IOMMUs
+/// (a VT-d client unit's MGAW), so every frame address fits every model's
+/// page-table entries. Page-table pages live below [`FIRST_PFN`] (the
+/// `uiommufd-hw` window at 1-4 GiB).
+pub const PHYS_ADDR_LIMIT: u64 = 1 << 39;
 /// Largest PFN alignment we try to preserve (1 GiB of 4 KiB pages).
 const MAX_CONGRUENCE_SHIFT: u32 = 18;
 /// Address-space reserved for relocated frames.
@@ -156,21 +159,44 @@ impl Registry {
         (pfn < start + run.npages()).then_some(start)
     }
 
+    /// PFNs for a new run of `npages` pinned at `va`: congruent to `va`'s
+    /// page number modulo the run's size (capped at 1 GiB). Bump allocation
+    /// while the space lasts, then first fit over the gaps released runs
+    /// left, so a program that pins and unpins forever never runs out.
     fn alloc_pfns(&mut self, va: u64, npages: u64) -> Result<u64, Errno> {
+        let limit = PHYS_ADDR_LIMIT >> page_shift();
         let vpn = va >> page_shift();
         let shift = (63 - npages.leading_zeros()).min(MAX_CONGRUENCE_SHIFT);
         let align = 1u64 << shift;
         let want = vpn & (align - 1);
-        let mut base = (self.next_pfn & !(align - 1)) | want;
-        if base < self.next_pfn {
-            base += align;
+        // The first PFN at or above `from` with the wanted residue.
+        let fit = |from: u64| -> Option<u64> {
+            let base = (from & !(align - 1)) | want;
+            if base < from {
+                base.checked_add(align)
+            } else {
+                Some(base)
+            }
+        };
+        if let Some(base) = fit(self.next_pfn) {
+            if base.checked_add(npages).is_some_and(|end| end <= limit) {
+                self.next_pfn = base + npages;
+                return Ok(base);
+            }
         }
-        let end = base.checked_add(npages).ok_or(Errno::ENOMEM)?;
-        if end > PT_WINDOW_START >> page_shift() {
-            return Err(Errno::ENOMEM);
+        let mut from = FIRST_PFN;
+        for (&start, run) in &self.by_pfn {
+            if let Some(base) = fit(from) {
+                if base + npages <= start {
+                    return Ok(base);
+                }
+            }
+            from = from.max(start + run.npages());
         }
-        self.next_pfn = end;
-        Ok(base)
+        match fit(from) {
+            Some(base) if base + npages <= limit => Ok(base),
+            _ => Err(Errno::ENOMEM),
+        }
     }
 
     fn insert(&mut self, run: Run) {
@@ -252,6 +278,9 @@ impl Registry {
 /// Fails with `EFAULT`, pinning nothing, unless the whole range is mapped
 /// readable (and writable when `write`).
 pub fn pin_user(va: u64, npages: u64, write: bool) -> Result<Vec<PinnedRun>, Errno> {
+    if crate::failpoint::should_fail() {
+        return Err(Errno::EFAULT);
+    }
     let ps = page();
     if !va.is_multiple_of(ps) {
         return Err(Errno::EINVAL);
@@ -865,6 +894,26 @@ pub(crate) mod tests {
         // The cut-off second page is relocated but alive.
         write_phys(phys(&r[0], 1), &[4]).unwrap();
         unpin(r[0].pfn, 2);
+    }
+
+    #[test]
+    fn released_pfn_space_is_reused_when_the_bump_runs_out() {
+        // A private registry whose bump pointer is at the very end.
+        let run = |pfn, n: u64| Run { pfn, host: 0, in_place: false, mapped: true, pins: vec![1; n as usize] };
+        let limit = PHYS_ADDR_LIMIT >> page_shift();
+        let mut r =
+            Registry { by_pfn: BTreeMap::new(), by_va: BTreeMap::new(), next_pfn: limit - 2, arena: Arena::default() };
+        r.insert(run(FIRST_PFN, 3));
+        r.insert(run(FIRST_PFN + 8, 8));
+        // One page: the bump still has room.
+        assert_eq!(r.alloc_pfns(0x5000, 1), Ok(limit - 2));
+        // Four pages congruent to VPN 4 mod 4: the gap at FIRST_PFN+4..+8.
+        assert_eq!(r.alloc_pfns(0x4000, 4), Ok(FIRST_PFN + 4));
+        // Two pages with residue 1 mod 2 (alloc_pfns does not insert, so
+        // the gap still starts at FIRST_PFN+3).
+        assert_eq!(r.alloc_pfns(0x3000, 2), Ok(FIRST_PFN + 3));
+        // Too big for any gap and for the bump: ENOMEM.
+        assert_eq!(r.alloc_pfns(0, limit), Err(Errno::ENOMEM));
     }
 
     #[test]

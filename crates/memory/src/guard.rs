@@ -296,7 +296,7 @@ mod tests {
         let ro = data.as_ptr() as u64; // in .rodata? no: on the stack, writable
         assert!(probe_write(ro));
         // A read-only page: the code of this very function.
-        assert!(!probe_write(guarded_ops_recover_from_faults as usize as u64));
-        assert!(probe_read(guarded_ops_recover_from_faults as usize as u64));
+        assert!(!probe_write(guarded_ops_recover_from_faults as fn() as usize as u64));
+        assert!(probe_read(guarded_ops_recover_from_faults as fn() as usize as u64));
     }
 }

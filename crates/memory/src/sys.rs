@@ -117,3 +117,9 @@ pub mod mm {
         ret(unsafe { libc::syscall(libc::SYS_mprotect, addr, len, prot) }).map(|_| ())
     }
 }
+
+/// The calling thread's id (`gettid(2)`).
+pub fn gettid() -> i32 {
+    // SAFETY: gettid has no preconditions.
+    unsafe { libc::gettid() }
+}

@@ -112,13 +112,17 @@ fn open_served(node: Node, flags: c_int) -> c_int {
     if flags & (libc::O_CREAT | libc::O_EXCL) == (libc::O_CREAT | libc::O_EXCL) {
         return fail(libc::EEXIST);
     }
-    if !model_ok() {
+    if !matches!(node, Node::FailNth(_)) && !model_ok() {
         if trace::enabled() {
             trace::line(format_args!("open({node:?}): UIOMMUFD_IOMMU names no known model"));
         }
         return fail(libc::ENODEV);
     }
-    match install_backed(Arc::new(File::open(node)), flags) {
+    let file = match File::try_open(node) {
+        Ok(f) => f,
+        Err(e) => return fail(e.0),
+    };
+    match install_backed(Arc::new(file), flags) {
         Ok(fd) => {
             if trace::enabled() {
                 trace::line(format_args!("open({node:?}) = {fd}"));
@@ -151,6 +155,25 @@ fn base_of(dirfd: c_int) -> Base {
     } else {
         Base::Dir(dirfd)
     }
+}
+
+/// # Safety
+/// C `opendir(3)`.
+///
+/// With fault injection emulated, `/sys/kernel/debug` opens the stand-in
+/// directory `uiommufd run` prepared (see [`path::debugfs_dir`]); everything
+/// else is libc's.
+#[no_mangle]
+pub unsafe extern "C" fn opendir(path: *const c_char) -> *mut libc::DIR {
+    if !path.is_null() {
+        // SAFETY: the caller passes a C string per opendir(3).
+        if let Some(dir) = path::debugfs_dir(unsafe { CStr::from_ptr(path) }) {
+            // SAFETY: `dir` is a NUL-terminated path we own.
+            return unsafe { real::opendir(dir.as_ptr()) };
+        }
+    }
+    // SAFETY: forwarded per opendir(3).
+    unsafe { real::opendir(path) }
 }
 
 /// # Safety

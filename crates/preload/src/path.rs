@@ -25,9 +25,42 @@ pub enum Base {
 pub fn node_for(path: &CStr, base: Base) -> Option<Node> {
     let bytes = path.to_bytes();
     let last = bytes.rsplit(|&b| b == b'/').next().unwrap_or(bytes);
-    if last != b"iommu" && last != b"vfio" {
+    let fail_nth = last == b"fail-nth";
+    if last != b"iommu" && last != b"vfio" && !(fail_nth && fault_injection()) {
         return None;
     }
+    let full = absolute(bytes, base)?;
+    if fail_nth {
+        return Node::fail_nth_from_path(&full, std::process::id() as i32, uiommufd_memory::sys::gettid());
+    }
+    Node::from_path(&full)
+}
+
+/// Whether fault injection is emulated (`UIOMMUFD_FAULT_INJECTION=1`, set by
+/// `uiommufd run --fault-injection`): the `fail-nth` files are served and
+/// `/sys/kernel/debug` is redirected (see [`debugfs_dir`]).
+pub fn fault_injection() -> bool {
+    std::env::var_os("UIOMMUFD_FAULT_INJECTION").is_some_and(|v| v == "1")
+}
+
+/// The directory standing in for `/sys/kernel/debug` when `path` names it
+/// and fault injection is emulated: `UIOMMUFD_DEBUGFS`, which `uiommufd
+/// run` populates with the fault-injection attribute files programs
+/// configure (`failslab/`, `fail_page_alloc/`, `fail_iommufd/`).
+pub fn debugfs_dir(path: &CStr) -> Option<std::ffi::CString> {
+    if !fault_injection() {
+        return None;
+    }
+    let full = absolute(path.to_bytes(), Base::Cwd)?;
+    if full != b"/sys/kernel/debug" {
+        return None;
+    }
+    let dir = std::env::var_os("UIOMMUFD_DEBUGFS")?;
+    std::ffi::CString::new(dir.into_encoded_bytes()).ok()
+}
+
+/// `bytes` made absolute against `base` and normalised.
+fn absolute(bytes: &[u8], base: Base) -> Option<Vec<u8>> {
     let mut buf = Vec::with_capacity(64);
     if bytes.first() != Some(&b'/') {
         let dir = match base {
@@ -41,7 +74,7 @@ pub fn node_for(path: &CStr, base: Base) -> Option<Node> {
     if buf.len() > MAX_PATH {
         return None;
     }
-    Node::from_path(&normalize(&buf))
+    Some(normalize(&buf))
 }
 
 /// Lexical normalisation: collapse `//`, drop `.`, apply `..`.

@@ -103,6 +103,23 @@ pub unsafe fn closefrom(lowfd: c_int) {
     unsafe { f(lowfd) }
 }
 
+/// `opendir(3)` returns a pointer, so it cannot use the macro's error path.
+static OPENDIR: Sym = Sym::new(b"opendir\0");
+
+/// # Safety
+/// Same contract as libc's `opendir`.
+pub unsafe fn opendir(path: *const c_char) -> *mut libc::DIR {
+    let addr = OPENDIR.get();
+    if addr == 0 {
+        set_errno(libc::ENOSYS);
+        return std::ptr::null_mut();
+    }
+    // SAFETY: `addr` is libc's `DIR *opendir(const char *)`.
+    let f: unsafe extern "C" fn(*const c_char) -> *mut libc::DIR = unsafe { std::mem::transmute(addr) };
+    // SAFETY: forwarded under the caller's contract.
+    unsafe { f(path) }
+}
+
 pub fn set_errno(e: c_int) {
     // SAFETY: __errno_location returns this thread's errno slot.
     unsafe { *libc::__errno_location() = e };
