@@ -26,6 +26,7 @@ use uiommufd_abi::Errno;
 pub mod device;
 pub mod mock;
 pub mod pt;
+pub mod vtd;
 
 /// Mapping permissions and attributes, with the kernel's `IOMMU_*` values.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
