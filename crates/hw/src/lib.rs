@@ -24,6 +24,7 @@ use core::any::Any;
 use uiommufd_abi::Errno;
 
 pub mod device;
+pub mod dma;
 pub mod mock;
 pub mod pt;
 pub mod vtd;

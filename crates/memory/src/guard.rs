@@ -264,6 +264,13 @@ pub fn copy_out(dst: u64, src: &[u8]) -> bool {
     unsafe { imp::copy(dst as *mut u8, src.as_ptr(), src.len()) }
 }
 
+/// Copy `len` bytes between two user addresses. False after a fault.
+pub fn copy_user(dst: u64, src: u64, len: usize) -> bool {
+    // SAFETY: both ends are user memory (never Rust-owned objects) the
+    // caller asked us to copy between; faults on either are recovered.
+    unsafe { imp::copy(dst as *mut u8, src as *const u8, len) }
+}
+
 /// Whether the byte at `addr` can be read.
 pub fn probe_read(addr: u64) -> bool {
     imp::probe_read(addr)

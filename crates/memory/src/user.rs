@@ -73,6 +73,29 @@ pub fn copy_to_user(addr: u64, src: &[u8]) -> Result<(), Errno> {
     finish(n, src.len())
 }
 
+/// Copy `len` bytes from user address `src` to user address `dst` (the
+/// ranges must not overlap). `EFAULT` if either end faults; a prefix may
+/// then have been written.
+pub fn copy_user_to_user(dst: u64, src: u64, len: usize) -> Result<(), Errno> {
+    if len == 0 {
+        return Ok(());
+    }
+    check_range(src, len)?;
+    check_range(dst, len)?;
+    if crate::guard::available() {
+        return if crate::guard::copy_user(dst, src, len) { Ok(()) } else { Err(Errno::EFAULT) };
+    }
+    let mut bounce = [0u8; 4096];
+    let mut done = 0;
+    while done < len {
+        let n = (len - done).min(bounce.len());
+        copy_from_user(&mut bounce[..n], src + done as u64)?;
+        copy_to_user(dst + done as u64, &bounce[..n])?;
+        done += n;
+    }
+    Ok(())
+}
+
 fn finish(n: isize, want: usize) -> Result<(), Errno> {
     if n < 0 {
         let e = std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EFAULT);
