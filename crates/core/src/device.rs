@@ -88,6 +88,32 @@ impl Device {
         self.lock().get(&pasid).map(|h| h.id())
     }
 
+    /// The domain DMA at `pasid` goes through (`NO_PASID`: the requester
+    /// ID), if anything is attached there.
+    pub fn dma_domain(&self, pasid: u32) -> Option<Arc<dyn uiommufd_hw::Domain>> {
+        self.lock().get(&pasid).map(|h| Arc::clone(h.domain()))
+    }
+
+    /// Whether this device's DMA is enforced coherent: its IOMMU can force
+    /// snooping, so No Snoop requests cannot bypass the CPU caches and a
+    /// guest's `wbinvd` can be a no-op. This is what the kernel's
+    /// `vfio_file_enforced_coherent()` answers KVM for a device cdev (the
+    /// IOMMU capability); HWPTs allocated for such a device enforce
+    /// coherency from before their first map. See [`Device::dma_coherent_now`]
+    /// for the attachment's actual mode.
+    pub fn enforced_coherent(&self) -> bool {
+        self.enforce_cache_coherency
+    }
+
+    /// Whether DMA at `pasid` is coherent right now whatever the device's
+    /// No Snoop setting: attached to a domain that forces snooping. (A
+    /// device that can enforce may still share a non-enforcing HWPT made
+    /// for another device, which the kernel allows.) `None` if nothing is
+    /// attached there.
+    pub fn dma_coherent_now(&self, pasid: u32) -> Option<bool> {
+        self.dma_domain(pasid).map(|d| d.enforce_cache_coherency())
+    }
+
     /// The paging HWPT behind the requester ID's attachment.
     pub fn attached_paging(&self) -> Option<Arc<HwptPaging>> {
         self.lock().get(&NO_PASID).map(|h| Arc::clone(h.paging()))

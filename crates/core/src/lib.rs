@@ -27,6 +27,7 @@ pub mod access;
 pub mod account;
 pub mod ctx;
 pub mod device;
+pub mod dma;
 pub mod error;
 pub mod fault;
 pub mod hwpt;

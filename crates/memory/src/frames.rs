@@ -510,6 +510,17 @@ pub fn copy_phys(dst: u64, src: u64, len: usize) -> Result<(), Errno> {
     Ok(())
 }
 
+/// The program's own page that holds physical address `paddr`, when its
+/// frame is pinned in place (`None` for relocated or file frames, which the
+/// program cannot reach at that address).
+pub fn program_page(paddr: u64) -> Option<u64> {
+    let shift = page_shift();
+    let reg = read();
+    let start = reg.run_of_pfn(paddr >> shift)?;
+    let run = &reg.by_pfn[&start];
+    run.in_place.then(|| run.host + (((paddr >> shift) - start) << shift))
+}
+
 fn phys_io(
     paddr: u64,
     len: usize,

@@ -91,8 +91,20 @@ mod imp {
     extern "C" fn on_fault(sig: libc::c_int, info: *mut libc::siginfo_t, uctx: *mut libc::c_void) {
         // SAFETY: the kernel passes a valid ucontext_t for SA_SIGINFO
         // handlers; we read and write only the saved instruction pointer.
-        let rip = unsafe { &mut (*(uctx as *mut libc::ucontext_t)).uc_mcontext.gregs[libc::REG_RIP as usize] };
-        if insn_addrs().contains(&(*rip as usize)) {
+        let gregs = unsafe { &mut (*(uctx as *mut libc::ucontext_t)).uc_mcontext.gregs };
+        let ours = insn_addrs().contains(&(gregs[libc::REG_RIP as usize] as usize));
+        if sig == libc::SIGSEGV {
+            // Bit 1 of the page-fault error code: the access was a write.
+            let write = gregs[libc::REG_ERR as usize] & 2 != 0;
+            // SAFETY: for SIGSEGV the kernel fills si_addr.
+            let addr = unsafe { (*info).si_addr() } as u64;
+            if crate::coherency::on_fault(addr, ours, write) {
+                // A strict-coherency watch ended: retry the access.
+                return;
+            }
+        }
+        let rip = &mut gregs[libc::REG_RIP as usize];
+        if ours {
             *rip = &raw const uiommufd_guard_fixup as usize as libc::greg_t;
             return;
         }

@@ -123,3 +123,10 @@ pub fn gettid() -> i32 {
     // SAFETY: gettid has no preconditions.
     unsafe { libc::gettid() }
 }
+
+/// Write `buf` to stderr with one `write(2)` (async-signal-safe; errors
+/// ignored).
+pub fn write_stderr(buf: &[u8]) {
+    // SAFETY: `buf` is a live slice of `buf.len()` bytes.
+    let _ = unsafe { libc::write(2, buf.as_ptr().cast(), buf.len()) };
+}

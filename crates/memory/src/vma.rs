@@ -14,10 +14,20 @@ pub struct Vma {
     pub end: u64,
     pub read: bool,
     pub write: bool,
+    pub exec: bool,
     pub shared: bool,
     /// Backed by hugetlbfs (`anon_hugepage`, `/dev/hugepages/...` or a
     /// `KernelPageSize` other than the base page, as far as the map tells).
     pub hugetlb: bool,
+}
+
+impl Vma {
+    /// The mapping's protection as `mmap`'s `PROT_*` bits.
+    pub fn prot(&self) -> i32 {
+        (if self.read { libc::PROT_READ } else { 0 })
+            | (if self.write { libc::PROT_WRITE } else { 0 })
+            | (if self.exec { libc::PROT_EXEC } else { 0 })
+    }
 }
 
 /// Parse the text of `/proc/self/maps`.
@@ -41,6 +51,7 @@ pub fn parse(text: &str) -> Vec<Vma> {
             end,
             read: p[0] == b'r',
             write: p[1] == b'w',
+            exec: p[2] == b'x',
             shared: p[3] == b's',
             hugetlb: path.starts_with("/anon_hugepage") || path.starts_with("/dev/hugepages"),
         });

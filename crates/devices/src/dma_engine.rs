@@ -1,0 +1,636 @@
+//! A descriptor-ring DMA engine: COPY, FILL, COMPARE and NOP over IOVA
+//! space, our own device (`docs/devices/dma-engine.md` is its datasheet).
+//!
+//! What it stores:
+//! - BAR0 (4 KiB) in a memfd ([`SharedMemory`]) that a program may map:
+//!   the registers of [`regs`], and the MSI-X table and PBA;
+//! - its config space ([`ConfigSpace`]: type-0 header, 64-bit BAR0, PCI
+//!   Express capability with FLR, MSI-X with one vector, PASID), and a
+//!   decoded copy of the bits the DMA path reads per request (`ctl`:
+//!   Bus Master Enable, Enable No Snoop, PASID and Privileged Mode Enable,
+//!   MSI-X Enable and Function Mask), refreshed after every config write;
+//! - the ring's consumer state (`ring::Ring`) behind the ring lock, the
+//!   DMA port, and the MSI-X triggers.
+//!
+//! Who runs the ring: one consumer at a time, whoever holds the ring lock.
+//! A worker thread is started lazily, on the first `region_write` to BAR0
+//! or when the BAR's memfd is handed out for mmap, and runs until the
+//! device is reset or dropped (Drop joins it; no thread outlives the
+//! device). It wakes at once on a `region_write` (a condvar kick). Because
+//! program stores through an mmap do not trap, while the BAR is exposed
+//! for mmap the worker also polls `CTRL` and `TAIL` in the shared memory:
+//! it spins for a few rounds after activity, then sleeps with a doubling
+//! interval from 2 µs up to 1 ms, so an mmap'd doorbell is seen within
+//! about a millisecond when idle and at once when busy. Without an mmap it
+//! sleeps until kicked. [`DmaEngine::run_until_idle`] runs the ring on the
+//! caller's thread instead (for Rust users and benchmarks; with
+//! `DmaEngineOptions::worker = false` it is the only consumer).
+//!
+//! Lock order (outermost first): worker slot → ring → config. The port,
+//! the IRQ lines and the worker signal are leaves. No lock is held while
+//! firing an interrupt trigger except the ring lock (the consumer fires
+//! after a completion), so a trigger must not call back into the device.
+//!
+//! Reset (FLR, `PciDevice::reset` or Device Control's Initiate FLR): stop
+//! the worker (the descriptor in flight is abandoned at its next chunk
+//! boundary; COPY is one port call and finishes), then return ring,
+//! registers and config space to power-on values. Triggers and the DMA
+//! port are platform state and stay. If the BAR was exposed for mmap the
+//! worker restarts, still polling the program's mapping.
+
+use std::ffi::CString;
+use std::os::fd::BorrowedFd;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::{self, JoinHandle};
+use std::time::Duration;
+
+use uiommufd_abi::vfio::{VFIO_PCI_BAR0_REGION_INDEX, VFIO_PCI_CONFIG_REGION_INDEX, VFIO_PCI_MSIX_IRQ_INDEX};
+use uiommufd_abi::Errno;
+use uiommufd_hw::dma::{BlockedPort, DmaPort};
+
+use crate::config::{pcie, Bar, BarKind, ConfigSpace, MsixCap, PasidCap, PciId, PcieCap};
+use crate::irq::{IrqLines, IrqTrigger};
+use crate::mmio::SharedMemory;
+use crate::pci::{PciDevice, RegionFlags, RegionInfo};
+
+pub mod regs;
+mod ring;
+
+pub use regs::Descriptor;
+
+/// Vendor ID 0x1234: not assigned to a real product line, the value QEMU's
+/// emulated devices use by convention.
+pub const VENDOR_ID: u16 = 0x1234;
+/// Device ID: "UD".
+pub const DEVICE_ID: u16 = 0x5544;
+/// Class 08h/80h/00h: base system peripheral, other (as Intel's I/OAT and
+/// DSA engines report).
+pub const CLASS_CODE: u32 = 0x08_80_00;
+pub const REVISION_ID: u8 = 1;
+
+/// The identity of every DMA engine.
+pub const PCI_ID: PciId = PciId {
+    vendor_id: VENDOR_ID,
+    device_id: DEVICE_ID,
+    subsystem_vendor_id: VENDOR_ID,
+    subsystem_id: DEVICE_ID,
+    revision_id: REVISION_ID,
+    class_code: CLASS_CODE,
+};
+
+// Decoded config bits (`Inner::ctl`).
+pub(crate) const CTL_BUS_MASTER: u32 = 1 << 0;
+pub(crate) const CTL_NO_SNOOP: u32 = 1 << 1;
+pub(crate) const CTL_PASID: u32 = 1 << 2;
+pub(crate) const CTL_PRIV: u32 = 1 << 3;
+const CTL_MSIX_ENABLE: u32 = 1 << 4;
+const CTL_MSIX_MASK: u32 = 1 << 5;
+
+/// Polling after activity: rounds of `spin_loop` before the first sleep.
+const SPIN_ROUNDS: u32 = 64;
+/// The longest sleep between two looks at an mmap'd BAR.
+const MAX_POLL_INTERVAL: Duration = Duration::from_millis(1);
+
+/// How to build a DMA engine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DmaEngineOptions {
+    /// Max PASID Width of the PASID capability; `None`: no PASID
+    /// capability (PASID descriptors then fail `BAD_PASID`).
+    pub pasid_width: Option<u8>,
+    /// Privileged Mode Supported in the PASID capability.
+    pub privileged_mode: bool,
+    /// Run a worker thread (lazily). Without one the ring only moves in
+    /// [`DmaEngine::run_until_idle`], and an mmap'd doorbell is never seen.
+    pub worker: bool,
+}
+
+impl Default for DmaEngineOptions {
+    fn default() -> Self {
+        DmaEngineOptions { pasid_width: Some(20), privileged_mode: true, worker: true }
+    }
+}
+
+/// The ring as the registers show it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RingState {
+    /// `STATUS` as read.
+    pub status: u32,
+    pub head: u32,
+    pub tail: u32,
+    pub completed: u64,
+    pub errors: u64,
+    pub err_code: u32,
+    pub err_index: u32,
+    pub err_iova: u64,
+}
+
+impl RingState {
+    pub fn enabled(&self) -> bool {
+        self.status & regs::STATUS_ENABLED != 0
+    }
+    pub fn busy(&self) -> bool {
+        self.status & regs::STATUS_BUSY != 0
+    }
+    pub fn halted(&self) -> bool {
+        self.status & regs::STATUS_HALTED != 0
+    }
+    /// The halt code (meaningful while halted).
+    pub fn halt_code(&self) -> u8 {
+        (self.status >> regs::STATUS_HALT_CODE_SHIFT) as u8
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// What the worker thread and the device share.
+pub(crate) struct Inner {
+    name: String,
+    regs: SharedMemory,
+    config: Mutex<ConfigSpace>,
+    /// `CTL_*` bits decoded from config space.
+    pub(crate) ctl: AtomicU32,
+    pub(crate) pasid_width: Option<u8>,
+    port: Mutex<Arc<dyn DmaPort>>,
+    irqs: IrqLines,
+    /// An MSI-X message was held back by Function Mask (PBA bit 0).
+    msix_pending: AtomicBool,
+    ring: Mutex<ring::Ring>,
+    /// Resets in progress: consumers stop at the next boundary.
+    pub(crate) aborting: AtomicUsize,
+    /// A `region_write` happened since the worker last looked.
+    kicked: AtomicBool,
+    signal: Mutex<()>,
+    wake: Condvar,
+    /// The BAR's memfd was handed out: stores may bypass `region_write`.
+    mmap_exposed: AtomicBool,
+}
+
+impl Inner {
+    pub(crate) fn port(&self) -> Arc<dyn DmaPort> {
+        lock(&self.port).clone()
+    }
+
+    fn lock_ring(&self) -> MutexGuard<'_, ring::Ring> {
+        lock(&self.ring)
+    }
+
+    /// Power-on register contents.
+    fn init_registers(&self) {
+        let m = self.regs.mapping();
+        m.zero();
+        m.store_u64(regs::REG_ID as usize, u64::from(regs::ID_VALUE) | u64::from(regs::VERSION_VALUE) << 32);
+        m.store_u64(regs::REG_CAP as usize, regs::CAP_VALUE);
+        // MSI-X Vector Control: Mask Bit set at reset (§7.7.2.8).
+        m.store_u64((regs::MSIX_TABLE + 8) as usize, u64::from(crate::config::msix::VECTOR_MASKED) << 32);
+    }
+
+    fn refresh_ctl(&self, cfg: &ConfigSpace) {
+        let mut ctl = 0;
+        if cfg.bus_master() {
+            ctl |= CTL_BUS_MASTER;
+        }
+        if cfg.no_snoop() {
+            ctl |= CTL_NO_SNOOP;
+        }
+        let p = cfg.pasid_control();
+        if p.enabled {
+            ctl |= CTL_PASID;
+        }
+        if p.privileged {
+            ctl |= CTL_PRIV;
+        }
+        let mc = cfg.msix_control().unwrap_or(0);
+        if mc & crate::config::msix::CONTROL_ENABLE != 0 {
+            ctl |= CTL_MSIX_ENABLE;
+        }
+        if mc & crate::config::msix::CONTROL_FUNCTION_MASK != 0 {
+            ctl |= CTL_MSIX_MASK;
+        }
+        self.ctl.store(ctl, Ordering::Release);
+    }
+
+    /// Raise MSI-X vector 0: a memory write, so it needs Bus Master Enable
+    /// and MSI-X Enable; held pending (PBA bit 0) under Function Mask.
+    /// The per-vector Mask Bit in the table is not honoured (VFIO owns
+    /// vector routing; see the datasheet).
+    pub(crate) fn raise_msix(&self) {
+        let ctl = self.ctl.load(Ordering::Acquire);
+        if ctl & CTL_BUS_MASTER == 0 || ctl & CTL_MSIX_ENABLE == 0 {
+            return;
+        }
+        if ctl & CTL_MSIX_MASK != 0 {
+            self.msix_pending.store(true, Ordering::Release);
+            self.regs.mapping().update_u64(regs::MSIX_PBA as usize, |w| w | 1);
+            // Unmasked meanwhile? Then deliver it now rather than never.
+            self.deliver_pending_msix();
+            return;
+        }
+        self.irqs.fire(VFIO_PCI_MSIX_IRQ_INDEX, 0);
+    }
+
+    fn deliver_pending_msix(&self) {
+        let ctl = self.ctl.load(Ordering::Acquire);
+        let ready = CTL_BUS_MASTER | CTL_MSIX_ENABLE;
+        if ctl & ready != ready || ctl & CTL_MSIX_MASK != 0 {
+            return;
+        }
+        if self.msix_pending.swap(false, Ordering::AcqRel) {
+            self.regs.mapping().update_u64(regs::MSIX_PBA as usize, |w| w & !1);
+            self.irqs.fire(VFIO_PCI_MSIX_IRQ_INDEX, 0);
+        }
+    }
+
+    fn kick(&self) {
+        self.kicked.store(true, Ordering::Release);
+        let _g = lock(&self.signal);
+        self.wake.notify_all();
+    }
+
+    /// The registers whose change means work: `CTRL` and `TAIL`.
+    fn watch(&self) -> (u64, u64) {
+        let m = self.regs.mapping();
+        (m.load_u64(regs::REG_CTRL as usize), m.load_u64(regs::REG_TAIL as usize))
+    }
+
+    /// Sleep until kicked, stopped, or `timeout` (forever if `None`).
+    fn wait_for_kick(&self, stop: &AtomicBool, timeout: Option<Duration>) {
+        let g = lock(&self.signal);
+        if self.kicked.load(Ordering::Acquire) || stop.load(Ordering::Acquire) {
+            return;
+        }
+        match timeout {
+            Some(t) => drop(self.wake.wait_timeout(g, t)),
+            None => drop(self.wake.wait(g)),
+        }
+    }
+}
+
+/// The worker: service the ring whenever `CTRL` or `TAIL` changed or a
+/// `region_write` kicked; otherwise spin, then back off (module comment).
+fn worker_main(inner: &Inner, stop: &AtomicBool) {
+    let mut last = None;
+    let mut idle: u32 = 0;
+    loop {
+        if stop.load(Ordering::Acquire) {
+            return;
+        }
+        let kicked = inner.kicked.swap(false, Ordering::AcqRel);
+        let now = inner.watch();
+        if kicked || last != Some(now) {
+            last = Some(now);
+            inner.service(&mut inner.lock_ring(), stop);
+            idle = 0;
+            continue;
+        }
+        idle = idle.saturating_add(1);
+        if idle <= SPIN_ROUNDS {
+            std::hint::spin_loop();
+            continue;
+        }
+        let timeout = inner.mmap_exposed.load(Ordering::Acquire).then(|| {
+            let exp = (idle - SPIN_ROUNDS).min(10);
+            Duration::from_micros(1 << exp).min(MAX_POLL_INTERVAL)
+        });
+        inner.wait_for_kick(stop, timeout);
+    }
+}
+
+struct Worker {
+    handle: JoinHandle<()>,
+    stop: Arc<AtomicBool>,
+}
+
+/// The DMA engine device. Share it as `Arc<DmaEngine>` (or
+/// `Arc<dyn PciDevice>`); dropping the last handle stops and joins its
+/// worker.
+pub struct DmaEngine {
+    inner: Arc<Inner>,
+    worker: Mutex<Option<Worker>>,
+    options: DmaEngineOptions,
+}
+
+impl std::fmt::Debug for DmaEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DmaEngine")
+            .field("name", &self.inner.name)
+            .field("options", &self.options)
+            .field("ring", &self.ring_state())
+            .finish_non_exhaustive()
+    }
+}
+
+impl DmaEngine {
+    /// A DMA engine with default options (PASID width 20, privileged mode,
+    /// a worker), DMA blocked until [`PciDevice::set_dma_port`].
+    pub fn new(name: &str) -> Result<Self, Errno> {
+        Self::with_options(name, DmaEngineOptions::default())
+    }
+
+    /// A DMA engine as `options` say. `EINVAL` for a PASID width above 20
+    /// or a name with a NUL; the memfd's errors otherwise.
+    pub fn with_options(name: &str, options: DmaEngineOptions) -> Result<Self, Errno> {
+        let config = Self::build_config(&options)?;
+        let memfd_name = CString::new(format!("uiommufd:{name}:bar0")).map_err(|_| Errno::EINVAL)?;
+        let regs = SharedMemory::new(&memfd_name, regs::BAR0_SIZE as usize)?;
+        let mut counts = [0; uiommufd_abi::vfio::VFIO_PCI_NUM_IRQS as usize];
+        counts[VFIO_PCI_MSIX_IRQ_INDEX as usize] = 1;
+        let inner = Arc::new(Inner {
+            name: name.to_owned(),
+            regs,
+            config: Mutex::new(config),
+            ctl: AtomicU32::new(0),
+            pasid_width: options.pasid_width,
+            port: Mutex::new(Arc::new(BlockedPort)),
+            irqs: IrqLines::new(counts),
+            msix_pending: AtomicBool::new(false),
+            ring: Mutex::new(ring::Ring::default()),
+            aborting: AtomicUsize::new(0),
+            kicked: AtomicBool::new(false),
+            signal: Mutex::new(()),
+            wake: Condvar::new(),
+            mmap_exposed: AtomicBool::new(false),
+        });
+        inner.init_registers();
+        inner.refresh_ctl(&lock(&inner.config));
+        Ok(DmaEngine { inner, worker: Mutex::new(None), options })
+    }
+
+    fn build_config(options: &DmaEngineOptions) -> Result<ConfigSpace, Errno> {
+        let mut c = ConfigSpace::new(&PCI_ID);
+        c.add_bar(0, Bar { size: regs::BAR0_SIZE, kind: BarKind::Memory64, prefetchable: false })?;
+        c.add_pcie_capability(PcieCap { port_type: pcie::TYPE_RC_INTEGRATED_ENDPOINT, flr: true })?;
+        c.add_msix_capability(MsixCap {
+            vectors: 1,
+            table_bar: 0,
+            table_offset: regs::MSIX_TABLE as u32,
+            pba_bar: 0,
+            pba_offset: regs::MSIX_PBA as u32,
+        })?;
+        if let Some(width) = options.pasid_width {
+            c.add_pasid_capability(PasidCap { width, execute: false, privileged: options.privileged_mode })?;
+        }
+        Ok(c)
+    }
+
+    /// The options it was built with.
+    pub fn options(&self) -> DmaEngineOptions {
+        self.options
+    }
+
+    /// Run the ring on this thread until it is idle (HEAD == TAIL), halted
+    /// or disabled, acting on `CTRL` first as the worker would. Waits for
+    /// the worker to finish its current batch if it holds the ring; returns
+    /// early if a reset intervenes. Returns the registers afterwards.
+    pub fn run_until_idle(&self) -> RingState {
+        let never = AtomicBool::new(false);
+        self.inner.service(&mut self.inner.lock_ring(), &never);
+        self.ring_state()
+    }
+
+    /// The ring registers as a driver would read them now.
+    pub fn ring_state(&self) -> RingState {
+        let m = self.inner.regs.mapping();
+        let err = m.load_u64(regs::REG_ERR_CODE as usize);
+        RingState {
+            status: m.load_u32(regs::REG_STATUS as usize),
+            head: m.load_u32(regs::REG_HEAD as usize),
+            tail: m.load_u32(regs::REG_TAIL as usize),
+            completed: m.load_u64(regs::REG_COMPLETED as usize),
+            errors: m.load_u64(regs::REG_ERRORS as usize),
+            err_code: err as u32,
+            err_index: (err >> 32) as u32,
+            err_iova: m.load_u64(regs::REG_ERR_IOVA as usize),
+        }
+    }
+
+    /// `region_read` of a 32-bit BAR0 register.
+    pub fn read_reg32(&self, offset: u64) -> Result<u32, Errno> {
+        let mut b = [0u8; 4];
+        self.region_read(VFIO_PCI_BAR0_REGION_INDEX, offset, &mut b)?;
+        Ok(u32::from_le_bytes(b))
+    }
+
+    /// `region_read` of a 64-bit BAR0 register.
+    pub fn read_reg64(&self, offset: u64) -> Result<u64, Errno> {
+        let mut b = [0u8; 8];
+        self.region_read(VFIO_PCI_BAR0_REGION_INDEX, offset, &mut b)?;
+        Ok(u64::from_le_bytes(b))
+    }
+
+    /// `region_write` of a 32-bit BAR0 register.
+    pub fn write_reg32(&self, offset: u64, value: u32) -> Result<(), Errno> {
+        self.region_write(VFIO_PCI_BAR0_REGION_INDEX, offset, &value.to_le_bytes())
+    }
+
+    /// `region_write` of a 64-bit BAR0 register.
+    pub fn write_reg64(&self, offset: u64, value: u64) -> Result<(), Errno> {
+        self.region_write(VFIO_PCI_BAR0_REGION_INDEX, offset, &value.to_le_bytes())
+    }
+
+    /// Whether a worker thread is running (for tests and diagnostics).
+    pub fn worker_running(&self) -> bool {
+        lock(&self.worker).as_ref().is_some_and(|w| !w.handle.is_finished())
+    }
+
+    /// Start the worker if it is not running (and the options want one).
+    /// A failed spawn leaves none; the next register write retries.
+    fn ensure_worker(&self) {
+        if !self.options.worker {
+            return;
+        }
+        let mut slot = lock(&self.worker);
+        if slot.as_ref().is_some_and(|w| !w.handle.is_finished()) {
+            return;
+        }
+        Self::stop_worker(&mut slot, &self.inner);
+        self.spawn_worker(&mut slot);
+    }
+
+    fn spawn_worker(&self, slot: &mut Option<Worker>) {
+        if !self.options.worker {
+            return;
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let (inner, s) = (Arc::clone(&self.inner), Arc::clone(&stop));
+        let spawned = thread::Builder::new()
+            .name(format!("dma-engine:{}", self.inner.name))
+            .spawn(move || worker_main(&inner, &s));
+        if let Ok(handle) = spawned {
+            *slot = Some(Worker { handle, stop });
+        }
+    }
+
+    fn stop_worker(slot: &mut Option<Worker>, inner: &Inner) {
+        if let Some(w) = slot.take() {
+            w.stop.store(true, Ordering::Release);
+            inner.kick();
+            // A worker cannot join itself (a trigger or port calling back
+            // into the device); it exits on its own at the stop flag.
+            if w.handle.thread().id() != thread::current().id() {
+                let _ = w.handle.join();
+            }
+        }
+    }
+}
+
+impl Drop for DmaEngine {
+    fn drop(&mut self) {
+        let mut slot = lock(&self.worker);
+        Self::stop_worker(&mut slot, &self.inner);
+    }
+}
+
+impl PciDevice for DmaEngine {
+    fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    fn id(&self) -> PciId {
+        PCI_ID
+    }
+
+    fn config_read(&self, offset: u64, buf: &mut [u8]) -> Result<(), Errno> {
+        lock(&self.inner.config).read(offset, buf)
+    }
+
+    fn config_write(&self, offset: u64, data: &[u8]) -> Result<(), Errno> {
+        let fx = {
+            let mut cfg = lock(&self.inner.config);
+            let fx = cfg.write(offset, data)?;
+            self.inner.refresh_ctl(&cfg);
+            fx
+        };
+        self.inner.deliver_pending_msix();
+        if fx.flr {
+            self.reset();
+        }
+        Ok(())
+    }
+
+    fn region_info(&self, index: u32) -> Result<RegionInfo, Errno> {
+        match index {
+            VFIO_PCI_BAR0_REGION_INDEX => Ok(RegionInfo {
+                index,
+                size: regs::BAR0_SIZE,
+                flags: RegionFlags::READ | RegionFlags::WRITE | RegionFlags::MMAP,
+            }),
+            VFIO_PCI_CONFIG_REGION_INDEX => Ok(RegionInfo::config()),
+            i if i < self.num_regions() => Ok(RegionInfo::absent(i)),
+            _ => Err(Errno::EINVAL),
+        }
+    }
+
+    fn region_read(&self, index: u32, offset: u64, buf: &mut [u8]) -> Result<(), Errno> {
+        match index {
+            VFIO_PCI_BAR0_REGION_INDEX => self.inner.regs.mapping().read(offset, buf),
+            VFIO_PCI_CONFIG_REGION_INDEX => self.config_read(offset, buf),
+            _ => Err(Errno::EINVAL),
+        }
+    }
+
+    fn region_write(&self, index: u32, offset: u64, data: &[u8]) -> Result<(), Errno> {
+        match index {
+            VFIO_PCI_BAR0_REGION_INDEX => {
+                let word = offset & !7;
+                self.inner.regs.mapping().write(offset, data, regs::writable_mask(word))?;
+                if word == regs::REG_CTRL || word == regs::REG_TAIL {
+                    self.ensure_worker();
+                    self.inner.kick();
+                }
+                Ok(())
+            }
+            VFIO_PCI_CONFIG_REGION_INDEX => self.config_write(offset, data),
+            _ => Err(Errno::EINVAL),
+        }
+    }
+
+    fn region_mmap_fd(&self, index: u32) -> Option<(BorrowedFd<'_>, u64)> {
+        if index != VFIO_PCI_BAR0_REGION_INDEX {
+            return None;
+        }
+        self.inner.mmap_exposed.store(true, Ordering::Release);
+        self.ensure_worker();
+        self.inner.kick();
+        Some((self.inner.regs.fd(), regs::BAR0_SIZE))
+    }
+
+    fn irq_count(&self, index: u32) -> u32 {
+        self.inner.irqs.count(index)
+    }
+
+    fn set_irq_triggers(
+        &self,
+        index: u32,
+        start: u32,
+        triggers: Vec<Option<Arc<dyn IrqTrigger>>>,
+    ) -> Result<(), Errno> {
+        self.inner.irqs.set(index, start, triggers)?;
+        self.sync_msix_enable(index);
+        Ok(())
+    }
+
+    fn clear_irq_triggers(&self, index: u32) -> Result<(), Errno> {
+        self.inner.irqs.clear(index)?;
+        self.sync_msix_enable(index);
+        Ok(())
+    }
+
+    fn trigger_irq(&self, index: u32, start: u32, count: u32) -> Result<(), Errno> {
+        let end = u64::from(start) + u64::from(count);
+        if self.irq_count(index) == 0 || end > u64::from(self.irq_count(index)) {
+            return Err(Errno::EINVAL);
+        }
+        for v in start..start + count {
+            self.inner.irqs.fire(index, v);
+        }
+        Ok(())
+    }
+
+    fn reset(&self) {
+        let mut slot = lock(&self.worker);
+        self.inner.aborting.fetch_add(1, Ordering::AcqRel);
+        Self::stop_worker(&mut slot, &self.inner);
+        {
+            let mut ring = self.inner.lock_ring();
+            ring.reset();
+            self.inner.init_registers();
+            self.inner.msix_pending.store(false, Ordering::Release);
+            let mut cfg = lock(&self.inner.config);
+            cfg.reset();
+            self.inner.refresh_ctl(&cfg);
+        }
+        self.inner.kicked.store(false, Ordering::Release);
+        self.inner.aborting.fetch_sub(1, Ordering::AcqRel);
+        if self.inner.mmap_exposed.load(Ordering::Acquire) {
+            self.spawn_worker(&mut slot);
+        }
+    }
+
+    fn set_dma_port(&self, port: Arc<dyn DmaPort>) {
+        *lock(&self.inner.port) = port;
+    }
+
+    fn pasid_width(&self) -> Option<u8> {
+        self.inner.pasid_width
+    }
+}
+
+impl DmaEngine {
+    /// MSI-X Enable follows whether VFIO attached any MSI-X trigger, as the
+    /// kernel enables MSI-X on the function when user space does.
+    fn sync_msix_enable(&self, index: u32) {
+        if index != VFIO_PCI_MSIX_IRQ_INDEX {
+            return;
+        }
+        let on = self.inner.irqs.any_set(index);
+        {
+            let mut cfg = lock(&self.inner.config);
+            cfg.set_msix_enable(on);
+            self.inner.refresh_ctl(&cfg);
+        }
+        self.inner.deliver_pending_msix();
+    }
+}

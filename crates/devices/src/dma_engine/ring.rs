@@ -1,0 +1,385 @@
+//! The ring: register side effects and descriptor execution.
+//!
+//! Everything here runs with the ring lock held ([`Ring`] is the state
+//! behind it), by whichever consumer holds it: the worker thread or a
+//! caller of `DmaEngine::run_until_idle`. One consumer at a time is the
+//! whole concurrency story of the ring; registers are atomics in shared
+//! memory that the driver may change at any moment, so each is read once
+//! per decision.
+//!
+//! Order of one descriptor (the protocol `docs/devices/dma-engine.md`
+//! promises):
+//! 1. Bus Master Enable clear → halt `BUS_MASTER`, no request issued.
+//! 2. Fetch the 64 bytes at `RING_BASE + HEAD * 64` (no PASID); a fault
+//!    halts `DESC_FETCH_FAULT` with HEAD on this descriptor.
+//! 3. Validate (opcode, reserved flags, PASID rules, length) then run the
+//!    data requests; errors become the completion status.
+//! 4. Write `result`, then `status` (no PASID); a fault halts
+//!    `COMPLETION_FAULT` with HEAD on this descriptor.
+//! 5. Advance HEAD, count, publish registers, raise the interrupt if asked,
+//!    halt if it failed under `HALT_ON_ERROR`.
+//!
+//! Arithmetic: `RING_BASE + (RING_SIZE - 1) * 64` is checked when the ring
+//! is enabled; a descriptor's ranges are checked as `addr + (len - 1)`
+//! with `checked_add` before any request, so no request wraps.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use uiommufd_hw::dma::{DmaAttrs, DmaError, DmaPort};
+
+use super::regs::{self, flags, halt, opcode, status, Descriptor};
+use super::{Inner, CTL_BUS_MASTER, CTL_NO_SNOOP, CTL_PASID, CTL_PRIV};
+
+/// Bytes per FILL write request.
+const FILL_CHUNK: usize = 64 * 1024;
+/// Bytes per COMPARE read request (two buffers).
+const COMPARE_CHUNK: usize = 16 * 1024;
+
+/// The consumer side of the ring: what the device knows that the registers
+/// only mirror.
+#[derive(Debug, Default)]
+pub(crate) struct Ring {
+    /// The device has seen `CTRL.ENABLE` (and latched base and size).
+    enabled: bool,
+    halted: bool,
+    halt_code: u8,
+    /// `STATUS.ERROR`: a descriptor failed since the ring reset.
+    error_seen: bool,
+    base: u64,
+    size: u32,
+    head: u32,
+    completed: u64,
+    errors: u64,
+    /// Reused data buffer for FILL and COMPARE.
+    scratch: Vec<u8>,
+}
+
+/// Why a request was not issued or did not complete.
+enum Fault {
+    /// Bus Master Enable is clear: nothing was sent to the port.
+    BusMaster,
+    Dma(DmaError),
+}
+
+/// Why a descriptor did not reach a completion status.
+enum Interrupted {
+    BusMaster,
+    /// A reset or the worker's stop: abandon it, HEAD stays.
+    Aborted,
+}
+
+/// What the consumer loop does next.
+enum Step {
+    Next,
+    Stop,
+}
+
+/// The function's requester: every request goes through here so that Bus
+/// Master Enable and Enable No Snoop are read at the moment of the request.
+struct Bus<'a> {
+    port: &'a dyn DmaPort,
+    inner: &'a Inner,
+}
+
+impl Bus<'_> {
+    fn attrs(&self, pasid: Option<u32>, privileged: bool) -> Result<DmaAttrs, Fault> {
+        let ctl = self.inner.ctl.load(Ordering::Acquire);
+        if ctl & CTL_BUS_MASTER == 0 {
+            return Err(Fault::BusMaster);
+        }
+        Ok(DmaAttrs { pasid, no_snoop: ctl & CTL_NO_SNOOP != 0, privileged })
+    }
+
+    fn read(&self, iova: u64, buf: &mut [u8], pasid: Option<u32>, privileged: bool) -> Result<(), Fault> {
+        let attrs = self.attrs(pasid, privileged)?;
+        self.port.dma_read(iova, buf, attrs).map_err(Fault::Dma)
+    }
+
+    fn write(&self, iova: u64, data: &[u8], pasid: Option<u32>, privileged: bool) -> Result<(), Fault> {
+        let attrs = self.attrs(pasid, privileged)?;
+        self.port.dma_write(iova, data, attrs).map_err(Fault::Dma)
+    }
+
+    fn copy(&self, dst: u64, src: u64, len: u64, pasid: Option<u32>, privileged: bool) -> Result<(), Fault> {
+        let attrs = self.attrs(pasid, privileged)?;
+        self.port.dma_copy(dst, src, len, attrs).map_err(Fault::Dma)
+    }
+}
+
+/// A data-phase fault as a completion: `(status, result)`.
+fn data_fault(f: Fault) -> Result<(u32, u64), Interrupted> {
+    match f {
+        Fault::BusMaster => Err(Interrupted::BusMaster),
+        Fault::Dma(e) => Ok((if e.write { status::WRITE_FAULT } else { status::READ_FAULT }, e.iova)),
+    }
+}
+
+/// `addr + len - 1` fits in 64 bits (`len` > 0).
+fn range_ok(addr: u64, len: u64) -> bool {
+    addr.checked_add(len - 1).is_some()
+}
+
+impl Ring {
+    /// Power-on state (keeping the scratch allocation).
+    pub(crate) fn reset(&mut self) {
+        let scratch = std::mem::take(&mut self.scratch);
+        *self = Ring { scratch, ..Ring::default() };
+    }
+}
+
+impl Inner {
+    /// Mirror the ring state into STATUS, HEAD and the counters.
+    fn publish(&self, ring: &Ring) {
+        let m = self.regs.mapping();
+        let tail = m.load_u32(regs::REG_TAIL as usize);
+        let mut st = 0;
+        if ring.enabled {
+            st |= regs::STATUS_ENABLED;
+            if !ring.halted && tail != ring.head {
+                st |= regs::STATUS_BUSY;
+            }
+        }
+        if ring.halted {
+            st |= regs::STATUS_HALTED | u32::from(ring.halt_code) << regs::STATUS_HALT_CODE_SHIFT;
+        }
+        if ring.error_seen {
+            st |= regs::STATUS_ERROR;
+        }
+        m.store_u64(regs::REG_COMPLETED as usize, ring.completed);
+        m.store_u64(regs::REG_ERRORS as usize, ring.errors);
+        m.store_u64(regs::REG_STATUS as usize, u64::from(st));
+        m.store_u64(regs::REG_HEAD as usize, u64::from(ring.head));
+    }
+
+    fn record_error(&self, code: u32, iova: u64, index: u32) {
+        let m = self.regs.mapping();
+        m.store_u64(regs::REG_ERR_IOVA as usize, iova);
+        m.store_u64(regs::REG_ERR_CODE as usize, u64::from(code) | u64::from(index) << 32);
+    }
+
+    /// Stop the ring with `code`; `ERR_*` record it (a `DESC_ERROR` halt
+    /// keeps the descriptor's own error there).
+    fn halt(&self, ring: &mut Ring, code: u8, iova: u64) {
+        ring.halted = true;
+        ring.halt_code = code;
+        if code != halt::DESC_ERROR {
+            self.record_error(u32::from(code), iova, ring.head);
+        }
+        self.publish(ring);
+        if self.regs.mapping().load_u32(regs::REG_CTRL as usize) & regs::CTRL_HALT_IRQ != 0 {
+            self.raise_msix();
+        }
+    }
+
+    fn halt_on(&self, ring: &mut Ring, f: Fault, code: u8) -> Step {
+        match f {
+            Fault::BusMaster => self.halt(ring, halt::BUS_MASTER, 0),
+            Fault::Dma(e) => self.halt(ring, code, e.iova),
+        }
+        Step::Stop
+    }
+
+    fn should_stop(&self, stop: &AtomicBool) -> bool {
+        stop.load(Ordering::Acquire) || self.aborting.load(Ordering::Acquire) != 0
+    }
+
+    /// Act on the registers until there is nothing to do: ring reset,
+    /// disable, enable, then consume descriptors until HEAD == TAIL, a
+    /// halt, a disable, or `stop` / a reset in progress.
+    pub(crate) fn service(&self, ring: &mut Ring, stop: &AtomicBool) {
+        let m = self.regs.mapping();
+        loop {
+            if self.should_stop(stop) {
+                self.publish(ring);
+                return;
+            }
+            let ctrl = m.load_u32(regs::REG_CTRL as usize);
+            if ctrl & regs::CTRL_RESET != 0 {
+                ring.reset();
+                m.store_u64(regs::REG_TAIL as usize, 0);
+                m.store_u64(regs::REG_ERR_IOVA as usize, 0);
+                m.store_u64(regs::REG_ERR_CODE as usize, 0);
+                m.update_u64(regs::REG_CTRL as usize, |w| w & !u64::from(regs::CTRL_RESET | regs::CTRL_ENABLE));
+                self.publish(ring);
+                continue;
+            }
+            if ctrl & regs::CTRL_ENABLE == 0 {
+                if ring.enabled || ring.halted {
+                    ring.enabled = false;
+                    ring.halted = false;
+                    ring.halt_code = 0;
+                    self.publish(ring);
+                }
+                return;
+            }
+            if ring.halted {
+                return;
+            }
+            if !ring.enabled {
+                ring.enabled = true;
+                let base = m.load_u64(regs::REG_RING_BASE as usize);
+                let size = m.load_u32(regs::REG_RING_SIZE as usize);
+                let ok = size.is_power_of_two()
+                    && (2..=regs::MAX_RING_SIZE).contains(&size)
+                    && base.is_multiple_of(regs::DESC_SIZE)
+                    && base.checked_add((u64::from(size) - 1) * regs::DESC_SIZE).is_some()
+                    && ring.head < size;
+                if !ok {
+                    self.halt(ring, halt::BAD_RING, 0);
+                    return;
+                }
+                ring.base = base;
+                ring.size = size;
+                self.publish(ring);
+            }
+            let tail = m.load_u32(regs::REG_TAIL as usize);
+            if tail >= ring.size {
+                self.halt(ring, halt::BAD_TAIL, 0);
+                return;
+            }
+            if tail == ring.head {
+                self.publish(ring);
+                return;
+            }
+            if let Step::Stop = self.process_one(ring, ctrl, stop) {
+                return;
+            }
+        }
+    }
+
+    /// Run the descriptor at HEAD.
+    fn process_one(&self, ring: &mut Ring, ctrl: u32, stop: &AtomicBool) -> Step {
+        let port = self.port();
+        let bus = Bus { port: &*port, inner: self };
+        let index = ring.head;
+        let addr = ring.base + u64::from(index) * regs::DESC_SIZE;
+        let mut raw = [0u8; regs::DESC_SIZE as usize];
+        if let Err(f) = bus.read(addr, &mut raw, None, false) {
+            return self.halt_on(ring, f, halt::DESC_FETCH_FAULT);
+        }
+        let d = Descriptor::from_bytes(&raw);
+        let (code, result) = match self.execute(&mut ring.scratch, &bus, &d, stop) {
+            Ok(c) => c,
+            Err(Interrupted::BusMaster) => return self.halt_on(ring, Fault::BusMaster, 0),
+            Err(Interrupted::Aborted) => {
+                self.publish(ring);
+                return Step::Stop;
+            }
+        };
+        let done = bus
+            .write(addr + regs::DESC_RESULT, &result.to_le_bytes(), None, false)
+            .and_then(|()| bus.write(addr + regs::DESC_STATUS, &code.to_le_bytes(), None, false));
+        if let Err(f) = done {
+            return self.halt_on(ring, f, halt::COMPLETION_FAULT);
+        }
+        ring.head = (index + 1) & (ring.size - 1);
+        ring.completed += 1;
+        let failed = status::is_error(code);
+        if failed {
+            ring.errors += 1;
+            ring.error_seen = true;
+            let iova = if matches!(code, status::READ_FAULT | status::WRITE_FAULT) { result } else { 0 };
+            self.record_error(code, iova, index);
+        }
+        self.publish(ring);
+        if d.flags & flags::IRQ != 0 {
+            self.raise_msix();
+        }
+        if failed && ctrl & regs::CTRL_HALT_ON_ERROR != 0 {
+            self.halt(ring, halt::DESC_ERROR, 0);
+            return Step::Stop;
+        }
+        Step::Next
+    }
+
+    /// Validate and run one descriptor's operation; `(status, result)`.
+    fn execute(
+        &self,
+        scratch: &mut Vec<u8>,
+        bus: &Bus<'_>,
+        d: &Descriptor,
+        stop: &AtomicBool,
+    ) -> Result<(u32, u64), Interrupted> {
+        if d.opcode > opcode::COMPARE {
+            return Ok((status::BAD_OPCODE, 0));
+        }
+        if d.flags & !flags::KNOWN != 0 {
+            return Ok((status::BAD_FLAGS, 0));
+        }
+        let ctl = self.ctl.load(Ordering::Acquire);
+        let pasid = if d.flags & flags::PASID != 0 {
+            let width = self.pasid_width.map_or(0, u32::from);
+            if ctl & CTL_PASID == 0 || u64::from(d.pasid) >> width != 0 {
+                return Ok((status::BAD_PASID, 0));
+            }
+            Some(d.pasid)
+        } else {
+            None
+        };
+        let privileged = d.flags & flags::PRIV != 0;
+        if privileged && (pasid.is_none() || ctl & CTL_PRIV == 0) {
+            return Ok((status::BAD_PASID, 0));
+        }
+        if d.opcode == opcode::NOP {
+            return Ok((status::SUCCESS, 0));
+        }
+        if d.len > regs::MAX_XFER {
+            return Ok((status::BAD_LENGTH, 0));
+        }
+        if d.len == 0 {
+            return Ok((status::SUCCESS, 0));
+        }
+        let src_used = matches!(d.opcode, opcode::COPY | opcode::COMPARE);
+        if !range_ok(d.dst, d.len) || (src_used && !range_ok(d.src, d.len)) {
+            return Ok((status::BAD_LENGTH, 0));
+        }
+        match d.opcode {
+            opcode::COPY => match bus.copy(d.dst, d.src, d.len, pasid, privileged) {
+                Ok(()) => Ok((status::SUCCESS, 0)),
+                Err(f) => data_fault(f),
+            },
+            opcode::FILL => {
+                let chunk = FILL_CHUNK.min(d.len as usize);
+                scratch.resize(chunk.max(scratch.len()), 0);
+                let pattern = d.pattern.to_le_bytes();
+                for (i, b) in scratch[..chunk].iter_mut().enumerate() {
+                    *b = pattern[i % 8];
+                }
+                let mut done = 0u64;
+                while done < d.len {
+                    if self.should_stop(stop) {
+                        return Err(Interrupted::Aborted);
+                    }
+                    let n = (d.len - done).min(chunk as u64) as usize;
+                    if let Err(f) = bus.write(d.dst + done, &scratch[..n], pasid, privileged) {
+                        return data_fault(f);
+                    }
+                    done += n as u64;
+                }
+                Ok((status::SUCCESS, 0))
+            }
+            _ => {
+                scratch.resize((2 * COMPARE_CHUNK).max(scratch.len()), 0);
+                let (a, b) = scratch.split_at_mut(COMPARE_CHUNK);
+                let mut done = 0u64;
+                while done < d.len {
+                    if self.should_stop(stop) {
+                        return Err(Interrupted::Aborted);
+                    }
+                    let n = (d.len - done).min(COMPARE_CHUNK as u64) as usize;
+                    if let Err(f) = bus.read(d.src + done, &mut a[..n], pasid, privileged) {
+                        return data_fault(f);
+                    }
+                    if let Err(f) = bus.read(d.dst + done, &mut b[..n], pasid, privileged) {
+                        return data_fault(f);
+                    }
+                    if let Some(i) = a[..n].iter().zip(&b[..n]).position(|(x, y)| x != y) {
+                        return Ok((status::MISMATCH, done + i as u64));
+                    }
+                    done += n as u64;
+                }
+                Ok((status::SUCCESS, 0))
+            }
+        }
+    }
+}
