@@ -17,6 +17,9 @@
 //! - [`dma_engine::DmaEngine`]: a descriptor-ring copy/fill/compare engine
 //!   (`docs/devices/dma-engine.md`).
 //!
+//! [`platform::Platform`] is the emulated machine: the IOMMU model and the
+//! devices behind it, as `uiommufd run --iommu ... --device ...` describes.
+//!
 //! [`testing`] has what tests of devices (here and in the engine and VFIO
 //! crates) need: an identity-mapped memory port that records every request,
 //! a counting trigger, and a small ring driver.
@@ -32,6 +35,7 @@ pub mod irq;
 #[allow(unsafe_code)]
 pub mod mmio;
 pub mod pci;
+pub mod platform;
 pub mod testing;
 
 pub use config::{ConfigSpace, PciId};
