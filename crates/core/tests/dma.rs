@@ -205,7 +205,14 @@ fn device_writes_after_munmap_reach_the_pinned_page_not_the_new_mapping() {
     let len = 2 * ps();
     // SAFETY: a fresh anonymous mapping we own.
     let va = unsafe {
-        libc::mmap(std::ptr::null_mut(), len as usize, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0)
+        libc::mmap(
+            std::ptr::null_mut(),
+            len as usize,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
     } as u64;
     assert_ne!(va, libc::MAP_FAILED as u64);
     // SAFETY: the mapping is ours and `len` long.
