@@ -2,10 +2,13 @@
 //!
 //! - `run [--iommu MODEL] [--trace] -- PROGRAM [ARGS]`: run an unmodified
 //!   program with `/dev/iommu` served by uiommufd (the preload shim);
-//! - `demo`: walk the main iommufd path in-process and say what happened.
+//! - `demo`: walk the main iommufd path in-process and say what happened;
+//! - `info`: the emulated IOMMU and devices, decoded;
+//! - `bench`: the hot paths against same-run references.
 
 mod bench;
 mod demo;
+mod info;
 mod run;
 
 use std::process::ExitCode;
@@ -25,6 +28,10 @@ enum Cmd {
     Run(run::RunArgs),
     /// Open /dev/iommu in-process and walk the main path, printing each step.
     Demo,
+    /// Describe the emulated machine: the IOMMU's registers and what the
+    /// Linux driver derives from them, the devices, and each device's
+    /// coherency outcome.
+    Info(info::InfoArgs),
     /// Measure the hot paths against references taken in the same run.
     Bench {
         /// Fewer iterations and a 1 GiB (not 16 GiB) large map.
@@ -38,6 +45,7 @@ fn main() -> ExitCode {
     let res = match cli.cmd {
         Cmd::Run(args) => run::run(args),
         Cmd::Demo => demo::demo(),
+        Cmd::Info(args) => info::info(args),
         Cmd::Bench { quick } => bench::bench(quick),
     };
     match res {
