@@ -14,7 +14,8 @@
 //!
 //! Locking (the kernel's `domains_rwsem -> iova_rwsem -> pages::mutex`):
 //! `domains` is held for writing to attach or detach a domain and for
-//! reading while an area is filled into the domains; `iova` protects the
+//! reading while an area is filled into the domains (a map holds it from
+//! the reservation of its IOVA to the publication of its areas); `iova` protects the
 //! area tree and the ranges. An area whose `pages` is `None` is being built
 //! or torn down: other threads treat it as busy. Domains are filled without
 //! the `iova` lock, so concurrent maps of different ranges proceed in
@@ -399,13 +400,37 @@ impl IoPagetable {
     ) -> Result<u64> {
         let pages = Arc::new(Pages::new(uptr, length, prot.contains(Prot::WRITE), mode)?);
         let start_byte = uptr - pages.uptr();
-        self.map_pages(vec![PagesSlice { pages, start_byte, length }], length, iova, prot)
+        self.map_list(&[PagesSlice { pages, start_byte, length }], length, iova, prot)
     }
 
     /// `iopt_map_pages`: map a list of page slices back to back.
     pub fn map_pages(&self, list: Vec<PagesSlice>, length: u64, iova: Option<u64>, prot: Prot) -> Result<u64> {
+        self.map_list(&list, length, iova, prot)
+    }
+
+    /// The area for `elm` placed at `at`, not yet published.
+    fn placeholder(at: u64, elm: &PagesSlice, prot: Prot) -> Area {
+        Area {
+            last: at + elm.length - 1,
+            pages: None,
+            start_byte: elm.start_byte,
+            prot,
+            num_accesses: 0,
+            num_locks: 0,
+            prevent_access: false,
+        }
+    }
+
+    /// [`map_pages`](Self::map_pages) over a borrowed list (no allocation
+    /// of its own: the areas' IOVAs follow from `start` and the lengths).
+    fn map_list(&self, list: &[PagesSlice], length: u64, iova: Option<u64>, prot: Prot) -> Result<u64> {
+        // Domains stay read-locked from the reservation to the publication
+        // (`domains_rwsem` before `iova_rwsem`), so the set filled below is
+        // the set attached, and a domain attached later sees the areas
+        // filled.
+        let domains = lock_read(&self.domains);
         // 1. Reserve the IOVA with placeholder areas.
-        let start = {
+        let (start, max_pgsize) = {
             let mut st = lock_write(&self.iova);
             if length & (st.iova_alignment - 1) != 0 || length == 0 {
                 return Err(einval("length is zero or not aligned to the IOAS alignment"));
@@ -424,8 +449,7 @@ impl IoPagetable {
                 }
             };
             let mut at = start;
-            let mut inserted = Vec::new();
-            for elm in &list {
+            for (i, elm) in list.iter().enumerate() {
                 let r = (|| {
                     if prot.contains(Prot::WRITE) && !elm.pages.writable() {
                         return Err(eperm("pages are not writable"));
@@ -439,90 +463,62 @@ impl IoPagetable {
                 })();
                 match r {
                     Ok(last) => {
-                        st.areas.insert(
-                            at,
-                            Area {
-                                last,
-                                pages: None,
-                                start_byte: elm.start_byte,
-                                prot,
-                                num_accesses: 0,
-                                num_locks: 0,
-                                prevent_access: false,
-                            },
-                        );
-                        inserted.push(at);
+                        st.areas.insert(at, Self::placeholder(at, elm, prot));
                         at = last.wrapping_add(1);
                     }
                     Err(e) => {
-                        for k in inserted {
+                        let mut k = start;
+                        for prev in &list[..i] {
                             st.areas.remove(&k);
+                            k = k.wrapping_add(prev.length);
                         }
                         return Err(e);
                     }
                 }
             }
-            start
+            (start, Self::max_pgsize(&st))
         };
-        // 2. Fill every domain.
-        let domains = lock_read(&self.domains);
-        let (max_pgsize, keys) = {
-            let st = lock_read(&self.iova);
-            let mut keys = Vec::new();
-            let mut at = start;
-            for elm in &list {
-                keys.push(at);
-                at = at.wrapping_add(elm.length);
-            }
-            (Self::max_pgsize(&st), keys)
-        };
-        let mut filled: Vec<(usize, usize)> = Vec::new();
+        // 2. Fill every domain, without the iova lock.
         let mut failure = None;
+        let mut at = start;
         'outer: for (i, elm) in list.iter().enumerate() {
-            let area = Area {
-                last: keys[i] + elm.length - 1,
-                pages: None,
-                start_byte: elm.start_byte,
-                prot,
-                num_accesses: 0,
-                num_locks: 0,
-                prevent_access: false,
-            };
+            let area = Self::placeholder(at, elm, prot);
             for (j, d) in domains.iter().enumerate() {
-                if let Err(e) = Self::fill_area(d.domain.as_ref(), keys[i], &area, &elm.pages, max_pgsize) {
-                    failure = Some(e);
+                if let Err(e) = Self::fill_area(d.domain.as_ref(), at, &area, &elm.pages, max_pgsize) {
+                    failure = Some((e, i, j));
                     break 'outer;
                 }
-                filled.push((i, j));
             }
+            at = at.wrapping_add(elm.length);
         }
-        if let Some(e) = failure {
-            for (i, j) in filled {
-                let elm = &list[i];
-                let area = Area {
-                    last: keys[i] + elm.length - 1,
-                    pages: None,
-                    start_byte: elm.start_byte,
-                    prot,
-                    num_accesses: 0,
-                    num_locks: 0,
-                    prevent_access: false,
-                };
-                Self::unfill_area(domains[j].domain.as_ref(), keys[i], &area, &elm.pages);
+        if let Some((e, fail_i, fail_j)) = failure {
+            // Undo, in order, every (area, domain) filled before the failure.
+            let mut at = start;
+            for (i, elm) in list.iter().enumerate().take(fail_i + 1) {
+                let area = Self::placeholder(at, elm, prot);
+                let upto = if i == fail_i { fail_j } else { domains.len() };
+                for d in &domains[..upto] {
+                    Self::unfill_area(d.domain.as_ref(), at, &area, &elm.pages);
+                }
+                at = at.wrapping_add(elm.length);
             }
             let mut st = lock_write(&self.iova);
-            for k in keys {
+            let mut k = start;
+            for elm in list {
                 st.areas.remove(&k);
+                k = k.wrapping_add(elm.length);
             }
             return Err(e);
         }
         // 3. Publish: the pages move into the areas while domains are still
         // read-locked, so a domain attached later sees them filled.
         let mut st = lock_write(&self.iova);
-        for (k, elm) in keys.into_iter().zip(list) {
+        let mut k = start;
+        for elm in list {
             if let Some(a) = st.areas.get_mut(&k) {
-                a.pages = Some(elm.pages);
+                a.pages = Some(Arc::clone(&elm.pages));
             }
+            k = k.wrapping_add(elm.length);
         }
         drop(st);
         drop(domains);
@@ -911,6 +907,22 @@ impl IoPagetable {
             return Err(einval("length is zero"));
         }
         let last = iova.checked_add(data.len() as u64 - 1).ok_or(eoverflow("IOVA range wraps"))?;
+        // The usual case, one area holding the whole range: no list.
+        let single = {
+            let st = lock_read(&self.iova);
+            match st.areas.range(..=iova).next_back() {
+                Some((&a_iova, a)) if a.last >= last && !a.prevent_access => {
+                    a.pages.as_ref().map(|p| (a.start_byte + (iova - a_iova), Arc::clone(p), a.prot))
+                }
+                _ => None,
+            }
+        };
+        if let Some((sb, pages, prot)) = single {
+            if !prot_ok(prot, write) {
+                return Err(eperm("mapping lacks the access permission"));
+            }
+            return pages.rw(sb, data, write, slow);
+        }
         let slices: Vec<(u64, u64, Arc<Pages>, Prot)> = {
             let st = lock_read(&self.iova);
             let mut v = Vec::new();

@@ -39,7 +39,9 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use uiommufd_memory::filemap::{FileInfo, FileKind, FileMapping};
-use uiommufd_memory::frames::{self, PinnedRun};
+/// The frame table pages are pinned into (for tools and benchmarks).
+pub use uiommufd_memory::frames;
+use uiommufd_memory::frames::PinnedRun;
 use uiommufd_memory::user;
 
 use crate::account::{Account, AccountMode};
@@ -180,7 +182,9 @@ impl Pages {
             mode,
             account: Account::new(mode),
             source,
-            owner: Mutex::new(Owner::current()),
+            // Only charged pages look at their owner (`charged_elsewhere`);
+            // uncharged ones skip the two system calls.
+            owner: Mutex::new(if mode == AccountMode::None { Owner { pid: 0, uid: 0 } } else { Owner::current() }),
             state: Mutex::default(),
         }
     }
@@ -218,6 +222,9 @@ impl Pages {
     pub fn add_user(&self, first: u64, last: u64) -> Result<Vec<PfnRun>> {
         debug_assert!(first <= last && last < self.npages);
         let mut st = self.lock();
+        if st.segs.is_empty() {
+            return self.add_first_user(&mut st, first, last);
+        }
         // Pin the holes first: that is the part that can fail.
         let holes = holes(&st.segs, first, last + 1);
         let mut pinned: Vec<(u64, Vec<PinnedRun>)> = Vec::new();
@@ -263,6 +270,39 @@ impl Pages {
         Ok(out)
     }
 
+    /// [`add_user`](Self::add_user) when nothing is pinned yet (the usual
+    /// case: an area filled into its first domain): pin the range, record
+    /// it with one user, hand the frames back in the pinning's own vector.
+    fn add_first_user(&self, st: &mut State, first: u64, last: u64) -> Result<Vec<PfnRun>> {
+        let total = last - first + 1;
+        self.account.charge(total)?;
+        let pinned = match self.pin_source(first, total) {
+            Ok(runs) => runs,
+            Err(err) => {
+                self.account.credit(total);
+                return Err(err);
+            }
+        };
+        let mut idx = first;
+        for r in &pinned {
+            st.segs.insert(idx, Seg { end: idx + r.npages, pfn: r.pfn, users: 1 });
+            idx += r.npages;
+        }
+        st.npinned += total;
+        // Runs as pinned are already merged where frames continue, and
+        // nothing else is in `segs` to merge with. Same layout: the
+        // conversion reuses the allocation.
+        let mut idx = first;
+        Ok(pinned
+            .into_iter()
+            .map(|r| {
+                let run = PfnRun { index: idx, pfn: r.pfn, npages: r.npages };
+                idx += r.npages;
+                run
+            })
+            .collect())
+    }
+
     /// Pin `npages` pages from index `first` out of the source.
     fn pin_source(&self, first: u64, npages: u64) -> Result<Vec<PinnedRun>> {
         match &self.source {
@@ -278,6 +318,18 @@ impl Pages {
     /// unpinned and uncharged. Never fails.
     pub fn remove_user(&self, first: u64, last: u64) {
         let mut st = self.lock();
+        // The usual case: the range is exactly one segment whose only user
+        // goes (an area unfilled from its last domain).
+        if let Some(&seg) = st.segs.get(&first) {
+            if seg.end == last + 1 && seg.users == 1 {
+                st.segs.remove(&first);
+                frames::unpin(seg.pfn, seg.end - first);
+                st.npinned -= seg.end - first;
+                drop(st);
+                self.account.credit(seg.end - first);
+                return;
+            }
+        }
         split_at(&mut st.segs, first);
         split_at(&mut st.segs, last + 1);
         let keys: Vec<u64> = st.segs.range(first..=last).map(|(&k, _)| k).collect();

@@ -10,7 +10,15 @@
 //! - a 2 KiB leaf per piece mapped with `MOCK_IO_PAGE_SIZE`;
 //! - a single 1 MiB leaf for a piece mapped with `MOCK_HUGE_PAGE_SIZE`
 //!   (the kernel stores 512 entries; [`MockDomain::entry_at`] reports, for
-//!   every 2 KiB piece of it, what the kernel's entry for that piece holds).
+//!   every 2 KiB piece of it, what the kernel's entry for that piece holds);
+//! - a single 1 MiB *span* leaf ([`bits::SPAN`]) for 512 consecutive 2 KiB
+//!   pieces of one `map_pages` call that fill an aligned 1 MiB block. This
+//!   is the model's compression, invisible to every observer: each piece
+//!   reads as the 2 KiB entry the kernel would hold (not huge, START only
+//!   on the first piece, LAST only on the last), translations end at the
+//!   piece, and a span is split back into 512 leaves before part of it is
+//!   unmapped or marked dirty. It makes mapping large ranges cost one entry
+//!   per MiB instead of 512.
 //!
 //! Per-entry flags, as the kernel mock sets them:
 //! - START on the first piece a `map_pages` call wrote, LAST on the last one.
@@ -77,6 +85,11 @@ pub mod bits {
     pub const LAST: u64 = 1 << 5;
     /// `MOCK_PFN_DIRTY_IOVA`.
     pub const DIRTY: u64 = 1 << 6;
+    /// Level-1 leaf standing for 512 consecutive 2 KiB pieces (no kernel
+    /// counterpart: see the module doc). Its address is the first piece's,
+    /// 2 KiB aligned; START / LAST refer to its first / last piece. Never
+    /// DIRTY: marking a piece splits the span first.
+    pub const SPAN: u64 = 1 << 7;
     /// Physical address bits (leaf: 2 KiB-aligned page; table: node).
     pub const ADDR: u64 = !0x7ff;
 }
@@ -118,11 +131,16 @@ impl Format for MockFormat {
 
     #[inline]
     fn is_leaf(entry: u64, _level: u32) -> bool {
-        entry & bits::HUGE != 0
+        entry & (bits::HUGE | bits::SPAN) != 0
     }
 
+    /// A span's pieces follow its first one, which need not be 1 MiB
+    /// aligned physically.
     #[inline]
     fn leaf_paddr(entry: u64, level: u32) -> u64 {
+        if entry & bits::SPAN != 0 {
+            return entry & bits::ADDR;
+        }
         entry & bits::ADDR & !(MockPt::level_size(level) - 1)
     }
 
@@ -281,7 +299,89 @@ impl MockDomain {
     /// `page_size == MOCK_IO_PAGE_SIZE` (all the selftests use); this takes
     /// the IOVA itself.
     pub fn mark_dirty(&self, iova: u64) -> bool {
+        self.split_span(iova);
         self.pt.mark_dirty(iova)
+    }
+
+    /// Pieces of one 1 MiB block.
+    const PIECES: u64 = MOCK_HUGE_PAGE_SIZE / MOCK_IO_PAGE_SIZE;
+
+    /// If a span maps `iova`, replace it by its 512 pieces' own leaves
+    /// (readers see the span or the pieces, never a gap). A failure to get
+    /// a table node leaves the span whole (the 3 * 2^18-node page-table
+    /// window is full); callers then act on the span as a whole.
+    fn split_span(&self, iova: u64) {
+        let Lookup::Leaf { entry, level: 1 } = self.pt.lookup(iova) else { return };
+        if entry & bits::SPAN == 0 {
+            return;
+        }
+        let _ = self.pt.split_leaf(iova, 1, |i, span| {
+            let i = i as u64;
+            let mut e = (span & !(bits::SPAN | bits::START | bits::LAST)) + i * MOCK_IO_PAGE_SIZE;
+            if i == 0 {
+                e |= span & bits::START;
+            }
+            if i == Self::PIECES - 1 {
+                e |= span & bits::LAST;
+            }
+            e
+        });
+    }
+
+    /// `map_pages` of `pgcount` 2 KiB pieces: whole aligned 1 MiB blocks
+    /// become spans, the pieces around them ordinary leaves; START and LAST
+    /// mark the call's first and last piece either way. The outcome,
+    /// including the bytes mapped when a piece is already in use, is the
+    /// one of mapping piece by piece: a block that cannot take a span is
+    /// mapped piece by piece from there on.
+    fn map_pieces(&self, iova: u64, paddr: u64, pgcount: u64, prot: Prot) -> Result<(), (Errno, u64)> {
+        const IO: u64 = MOCK_IO_PAGE_SIZE;
+        let head = ((iova.next_multiple_of(MOCK_HUGE_PAGE_SIZE) - iova) / IO).min(pgcount);
+        let blocks = (pgcount - head) / Self::PIECES;
+        if blocks == 0 || paddr.checked_add(pgcount * IO - 1).is_none() {
+            return self.pt.map_marked(iova, paddr, IO, pgcount, prot, bits::START, bits::LAST);
+        }
+        let tail = pgcount - head - blocks * Self::PIECES;
+        if head != 0 {
+            self.pt.map_marked(iova, paddr, IO, head, prot, bits::START, 0)?;
+        }
+        let off = head * IO;
+        // Address and permissions of the first piece; the others follow.
+        let span = MockFormat::make_leaf(paddr + off, prot, 0) | bits::SPAN;
+        let r = self.pt.map_entries(iova + off, 1, blocks, |k| {
+            let mut e = span + k * MOCK_HUGE_PAGE_SIZE;
+            if k == 0 && head == 0 {
+                e |= bits::START;
+            }
+            if k == blocks - 1 && tail == 0 {
+                e |= bits::LAST;
+            }
+            e
+        });
+        if let Err((errno, mapped)) = r {
+            let done = off + mapped;
+            if errno != Errno::EEXIST {
+                return Err((errno, done));
+            }
+            // Something is mapped in this block: piece by piece, so the
+            // call stops exactly at the first piece in use.
+            let first = if done == 0 { bits::START } else { 0 };
+            return self
+                .pt
+                .map_marked(iova + done, paddr + done, IO, pgcount - done / IO, prot, first, bits::LAST)
+                .map_err(|(e, m)| (e, done + m));
+        }
+        if tail != 0 {
+            let at = off + blocks * MOCK_HUGE_PAGE_SIZE;
+            self.pt.map_marked(iova + at, paddr + at, IO, tail, prot, 0, bits::LAST).map_err(|(e, m)| (e, at + m))?;
+        }
+        Ok(())
+    }
+
+    /// Whether the piece holding `iova` carries the kernel's START/LAST bit
+    /// (`None`: nothing maps it).
+    fn piece_has_edge(&self, iova: u64) -> Option<bool> {
+        self.entry_at(iova).map(|e| e.start || e.last)
     }
 
     /// `mock_domain_read_and_clear_dirty()`.
@@ -312,6 +412,13 @@ impl MockDomain {
         let mut cur = iova;
         loop {
             let step = match self.pt.lookup(cur) {
+                // A span is never dirty: its pieces are skipped like empty
+                // ones, up to the end of the block.
+                Lookup::Leaf { entry, level } if entry & bits::SPAN != 0 => {
+                    let block_last = cur | (MockPt::level_size(level) - 1);
+                    let pieces = (block_last - cur) / MOCK_IO_PAGE_SIZE + 1;
+                    pieces * MOCK_IO_PAGE_SIZE
+                }
                 Lookup::Leaf { entry, level } => {
                     let size = MockPt::level_size(level);
                     let mut dirty = entry & bits::DIRTY != 0;
@@ -346,11 +453,6 @@ impl MockDomain {
 
     fn in_aperture(iova: u64, last: u64) -> bool {
         iova >= MOCK_APERTURE_START && last <= MOCK_APERTURE_LAST
-    }
-
-    /// Whether the kernel's single START/LAST bit is set.
-    fn has_edge(entry: u64) -> bool {
-        entry & (bits::START | bits::LAST) != 0
     }
 }
 
@@ -392,7 +494,11 @@ impl Domain for MockDomain {
         if !last.is_some_and(|last| Self::in_aperture(iova, last)) {
             return Err((Errno::EINVAL, 0));
         }
-        let result = self.pt.map_marked(iova, paddr, pgsize, pgcount, prot, bits::START, bits::LAST);
+        let result = if pgsize == MOCK_IO_PAGE_SIZE {
+            self.map_pieces(iova, paddr, pgcount, prot)
+        } else {
+            self.pt.map_marked(iova, paddr, pgsize, pgcount, prot, bits::START, bits::LAST)
+        };
         if let Err((errno, mapped)) = result {
             if errno == Errno::EEXIST {
                 self.warn();
@@ -419,16 +525,24 @@ impl Domain for MockDomain {
             return 0;
         }
         let Some(total) = pgsize.checked_mul(pgcount).filter(|&t| t != 0) else { return 0 };
+        let last_piece = iova.checked_add(total - MOCK_IO_PAGE_SIZE);
         if !self.huge_iova() {
-            if let Some(last_piece) = iova.checked_add(total - MOCK_IO_PAGE_SIZE) {
-                let first = self.pt.walk(iova).map(|(e, _)| e);
-                let last = self.pt.walk(last_piece).map(|(e, _)| e);
-                if first.is_some_and(|e| !Self::has_edge(e)) {
+            if let Some(last_piece) = last_piece {
+                if self.piece_has_edge(iova) == Some(false) {
                     self.warn();
                 }
-                if last.is_some_and(|e| !Self::has_edge(e)) {
+                if self.piece_has_edge(last_piece) == Some(false) {
                     self.warn();
                 }
+            }
+        }
+        // Spans the range only partly covers go back to pieces first.
+        if iova & (MOCK_HUGE_PAGE_SIZE - 1) != 0 {
+            self.split_span(iova);
+        }
+        if let Some(last_piece) = last_piece {
+            if (last_piece + MOCK_IO_PAGE_SIZE) & (MOCK_HUGE_PAGE_SIZE - 1) != 0 {
+                self.split_span(last_piece);
             }
         }
         self.pt.unmap(iova, pgsize, pgcount)
@@ -443,7 +557,12 @@ impl Domain for MockDomain {
         if !Self::in_aperture(iova, iova) {
             return Err(Fault::OutOfRange);
         }
-        self.pt.translate(iova, access)
+        let (mut t, entry) = self.pt.translate_entry(iova, access)?;
+        if entry & bits::SPAN != 0 {
+            // The leaf is the 2 KiB piece.
+            t.len = MOCK_IO_PAGE_SIZE - (iova & (MOCK_IO_PAGE_SIZE - 1));
+        }
+        Ok(t)
     }
 }
 
@@ -1165,9 +1284,17 @@ mod tests {
 
     #[test]
     fn core_map_uses_huge_leaves_when_offered() {
+        // The kernel-visible layout: a span (the model's compression of
+        // 512 pieces) counts as its 512 level-0 pieces.
         let leaf_levels = |d: &MockDomain| {
             let mut levels = Vec::new();
-            d.page_table().for_each_leaf(BASE, 2 * HUGE, |_, level, _| levels.push(level));
+            d.page_table().for_each_leaf(BASE, 2 * HUGE, |_, level, entry| {
+                if entry & bits::SPAN != 0 {
+                    levels.extend([0; MockDomain::PIECES as usize]);
+                } else {
+                    levels.push(level);
+                }
+            });
             levels
         };
         let h = MockDomain::new(true).unwrap();
@@ -1203,6 +1330,68 @@ mod tests {
         assert_eq!(levels, [vec![0; 4], vec![1], vec![0; 4]].concat());
         assert_eq!(crate::unmap(&h, BASE + HUGE - 4 * IO, HUGE + 8 * IO, 0), HUGE + 8 * IO);
         assert!(h.is_empty());
+    }
+
+    /// Spans are invisible: every piece reads as the kernel's 2 KiB entry,
+    /// partial unmaps and dirty marks split them, and a piece in use stops
+    /// a map exactly where piece-by-piece mapping would.
+    #[test]
+    fn spans_look_like_pieces() {
+        for huge_iova in [false, true] {
+            let d = MockDomain::with_dirty_ops(huge_iova).unwrap();
+            // 100 pieces before a block boundary, 3 whole blocks, 7 after;
+            // the physical address is not 1 MiB aligned.
+            let iova = BASE + 2 * HUGE - 100 * IO;
+            let pa = 0x4000_0800u64;
+            let n = 100 + 3 * MockDomain::PIECES + 7;
+            d.map_pages(iova, pa, IO, n, RW).unwrap();
+            let mut spans = 0;
+            d.page_table().for_each_leaf(iova, n * IO, |_, _, e| spans += (e & bits::SPAN != 0) as u32);
+            assert_eq!(spans, 3);
+            let want = |i: u64| MockEntry {
+                paddr: pa + i * IO,
+                prot: RW,
+                start: i == 0,
+                last: i == n - 1,
+                huge: false,
+                dirty: false,
+            };
+            for i in 0..n {
+                assert_eq!(d.entry_at(iova + i * IO + 5).unwrap(), want(i), "piece {i}");
+            }
+            let t = d.translate(iova + 100 * IO + 0x10, Access::Read).unwrap();
+            assert_eq!(t, Translation { paddr: pa + 100 * IO + 0x10, len: IO - 0x10, prot: RW });
+            // Dirty: one piece of a span is reported alone.
+            d.set_dirty_tracking(true).unwrap();
+            assert!(d.mark_dirty(iova + 300 * IO));
+            let mut out = Vec::new();
+            d.read_and_clear_dirty(iova, n * IO, false, Some(&mut |i, l| out.push((i, l)))).unwrap();
+            assert_eq!(out, vec![(iova + 300 * IO, IO)]);
+            // Unmapping the middle of a span (not what iommufd does, but
+            // the kernel mock allows it) leaves the rest as it was.
+            let mid = iova + (100 + 512 + 17) * IO;
+            assert_eq!(d.unmap_pages(mid, IO, 30), 30 * IO);
+            assert!(d.entry_at(mid).is_none() && d.entry_at(mid + 29 * IO).is_none());
+            assert_eq!(d.entry_at(mid - IO).unwrap(), want(100 + 512 + 16));
+            assert_eq!(d.entry_at(mid + 30 * IO).unwrap(), want(100 + 512 + 47));
+            let expected_warnings = if huge_iova { 0 } else { 2 };
+            assert_eq!(d.warnings(), expected_warnings);
+            assert_eq!(d.unmap_pages(iova, IO, n), n * IO);
+            assert!(d.is_empty());
+            assert_eq!(d.warnings(), expected_warnings);
+
+            // A piece in use inside the second block stops the map there,
+            // with LAST on the piece before it.
+            let busy = iova + (100 + 512 + 40) * IO;
+            d.map_pages(busy, 0, IO, 1, RW).unwrap();
+            assert_eq!(d.map_pages(iova, pa, IO, n, RW), Err((Errno::EEXIST, (100 + 512 + 40) * IO)));
+            assert!(d.entry_at(busy - IO).unwrap().last);
+            assert!(d.entry_at(iova).unwrap().start);
+            assert_eq!(d.unmap_pages(iova, IO, 100 + 512 + 40), (100 + 512 + 40) * IO);
+            assert_eq!(d.unmap_pages(busy, IO, 1), IO);
+            assert!(d.is_empty());
+            assert_eq!(d.warnings(), expected_warnings + 1, "the EEXIST");
+        }
     }
 
     /// Rough cost of mapping and unmapping 4 KiB (two mock pieces) through

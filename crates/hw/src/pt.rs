@@ -32,6 +32,15 @@
 //! which are created with compare-and-swap). Overlapping concurrent map and
 //! unmap calls are a caller bug; they stay memory safe but their outcome is
 //! whatever interleaving the atomics produced.
+//!
+//! That contract is what makes leaves cheap: map checks that a run of
+//! slots of one node is empty and fills it with plain release stores, and
+//! unmap clears leaves with plain stores (at level 0, the whole run of
+//! slots at once); only table nodes, which disjoint ranges share, are
+//! installed with compare-and-swap. Readers load entries with acquire, so
+//! they see a leaf whole or not at all. A plain store also means hardware
+//! setting A/D bits in a leaf while it is being unmapped cannot keep the
+//! leaf alive.
 
 use core::marker::PhantomData;
 use core::ops::ControlFlow;
@@ -229,6 +238,9 @@ pub enum Lookup {
 /// too) and returns their physical addresses to [`PtMemory`].
 pub struct PageTable<F: Format> {
     root: Box<Node>,
+    /// Serialises [`split_leaf`](Self::split_leaf)s, the only writers of
+    /// unlinked nodes.
+    split: Mutex<()>,
     _format: PhantomData<fn() -> F>,
 }
 
@@ -255,7 +267,7 @@ impl<F: Format> PageTable<F> {
         if F::is_present(0) {
             return Err(Errno::EINVAL);
         }
-        Ok(PageTable { root: Node::new()?, _format: PhantomData })
+        Ok(PageTable { root: Node::new()?, split: Mutex::new(()), _format: PhantomData })
     }
 
     /// Physical address of the top-level node (what a context entry or
@@ -337,7 +349,7 @@ impl<F: Format> PageTable<F> {
     /// error comes with the bytes this call did map (from `iova` on), which
     /// the caller must unmap.
     pub fn map(&self, iova: u64, paddr: u64, pgsize: u64, pgcount: u64, prot: Prot) -> Result<(), (Errno, u64)> {
-        self.map_marked(iova, paddr, pgsize, pgcount, prot, 0, 0)
+        self.map_with(iova, paddr, pgsize, pgcount, prot, |leaf, _| leaf)
     }
 
     /// [`map`](Self::map), OR-ing `first_bits` into the first leaf written
@@ -354,6 +366,30 @@ impl<F: Format> PageTable<F> {
         first_bits: u64,
         last_bits: u64,
     ) -> Result<(), (Errno, u64)> {
+        let last_n = pgcount.wrapping_sub(1);
+        self.map_with(iova, paddr, pgsize, pgcount, prot, |mut leaf, n| {
+            if n == 0 {
+                leaf |= first_bits;
+            }
+            if n == last_n {
+                leaf |= last_bits;
+            }
+            leaf
+        })
+    }
+
+    /// The checks of [`map`](Self::map), then the leaves, each passed
+    /// through `mark(leaf, n)` (`n`: index of the page in the call).
+    #[inline]
+    fn map_with(
+        &self,
+        iova: u64,
+        paddr: u64,
+        pgsize: u64,
+        pgcount: u64,
+        prot: Prot,
+        mark: impl Fn(u64, u64) -> u64,
+    ) -> Result<(), (Errno, u64)> {
         let level = Self::level_for_pgsize(pgsize).ok_or((Errno::EINVAL, 0))?;
         if (iova | paddr) & (pgsize - 1) != 0 {
             return Err((Errno::EINVAL, 0));
@@ -366,29 +402,170 @@ impl<F: Format> PageTable<F> {
         if last > Self::max_iova() || paddr.checked_add(total - 1).is_none() {
             return Err((Errno::ERANGE, 0));
         }
+        // Entries are normally the physical address under fixed attribute
+        // bits, so each leaf is the previous plus `pgsize`: check that at
+        // both ends of the range (a format with relocated address bits, or
+        // attributes that depend on the address, fails it) and step instead
+        // of encoding every leaf.
+        let first = F::make_leaf(paddr, prot, level);
+        let span = total - pgsize;
+        let linear = F::make_leaf(paddr + span, prot, level) == first.wrapping_add(span)
+            && (pgcount < 2 || F::make_leaf(paddr + pgsize, prot, level) == first.wrapping_add(pgsize));
+        if linear {
+            self.install_run(iova, level, pgcount, |n| mark(first.wrapping_add(n * pgsize), n))
+        } else {
+            self.install_run(iova, level, pgcount, |n| mark(F::make_leaf(paddr + n * pgsize, prot, level), n))
+        }
+    }
 
-        // Leaves are written run by run: one walk per node, then
-        // consecutive slots of that node.
+    /// Install `count` leaf entries at `level` from `iova` (aligned to the
+    /// level's size, range checked by the caller): entry `n` is `leaf(n)`,
+    /// which must be a present entry the format reads as a leaf at `level`.
+    /// The formats' own [`map`](Self::map) goes through here; a model may
+    /// also write leaves it encodes itself (the mock's compressed runs).
+    ///
+    /// Stops with `EEXIST` at the first slot already in use (other than an
+    /// empty table, which a leaf may replace), with the bytes mapped so far.
+    ///
+    /// Leaves are written with plain release stores, a run of consecutive
+    /// slots of one node per walk: the [`Domain`](crate::Domain) contract
+    /// makes overlapping map and unmap calls a caller bug, so nobody else
+    /// writes these slots meanwhile (hardware only sets A/D bits in present
+    /// leaves, and these slots are empty). Only table nodes, which disjoint
+    /// ranges may share, are installed with compare-and-swap.
+    ///
+    /// `EINVAL` for a level without leaves or a misaligned `iova`, `ERANGE`
+    /// for a range past [`max_iova`](Self::max_iova).
+    pub fn map_entries(
+        &self,
+        iova: u64,
+        level: u32,
+        count: u64,
+        leaf: impl FnMut(u64) -> u64,
+    ) -> Result<(), (Errno, u64)> {
+        if !Self::leaf_level(level) || iova & (Self::level_size(level) - 1) != 0 {
+            return Err((Errno::EINVAL, 0));
+        }
+        if count == 0 {
+            return Ok(());
+        }
+        let last = Self::level_size(level)
+            .checked_mul(count)
+            .and_then(|total| iova.checked_add(total - 1))
+            .filter(|&last| last <= Self::max_iova());
+        if last.is_none() {
+            return Err((Errno::ERANGE, 0));
+        }
+        self.install_run(iova, level, count, leaf)
+    }
+
+    /// [`map_entries`](Self::map_entries) once the arguments are checked.
+    #[inline]
+    fn install_run(
+        &self,
+        iova: u64,
+        level: u32,
+        count: u64,
+        mut leaf: impl FnMut(u64) -> u64,
+    ) -> Result<(), (Errno, u64)> {
+        let size = Self::level_size(level);
         let mut n = 0u64;
-        while n < pgcount {
-            let offset = n * pgsize;
-            let cur = iova + offset;
-            let node = self.node_for(cur, level).map_err(|e| (e, offset))?;
-            let mut idx = Self::index(cur, level);
-            while idx < ENTRIES && n < pgcount {
-                let mut leaf = F::make_leaf(paddr + n * pgsize, prot, level);
-                if n == 0 {
-                    leaf |= first_bits;
+        while n < count {
+            let cur = iova + n * size;
+            let node = self.node_for(cur, level).map_err(|e| (e, n * size))?;
+            let first = Self::index(cur, level);
+            let run = ((ENTRIES - first) as u64).min(count - n) as usize;
+            let slots = &node.entries[first..first + run];
+            let mut i = 0usize;
+            while i < run {
+                // The common case: a stretch of empty slots, found first,
+                // then filled in one tight loop of stores.
+                let empty = Self::empty_prefix(&slots[i..]);
+                for (k, slot) in slots[i..i + empty].iter().enumerate() {
+                    slot.store(leaf(n + (i + k) as u64), Ordering::Release);
                 }
-                if n == pgcount - 1 {
-                    leaf |= last_bits;
+                i += empty;
+                if i < run {
+                    // In use: only an empty table may give way.
+                    let e = leaf(n + i as u64);
+                    Self::install_leaf(node, first + i, level, e).map_err(|err| (err, (n + i as u64) * size))?;
+                    i += 1;
                 }
-                Self::install_leaf(node, idx, level, leaf).map_err(|e| (e, n * pgsize))?;
-                idx += 1;
-                n += 1;
             }
+            n += run as u64;
         }
         Ok(())
+    }
+
+    /// How many slots at the start of `slots` are 0 (empty). Eight at a
+    /// time, OR-ed together, so the common all-empty case costs one branch
+    /// per eight loads.
+    #[inline]
+    fn empty_prefix(slots: &[AtomicU64]) -> usize {
+        let mut chunks = slots.chunks_exact(8);
+        let mut done = 0usize;
+        for chunk in &mut chunks {
+            let any = chunk.iter().fold(0u64, |acc, s| acc | s.load(Ordering::Relaxed));
+            if any != 0 {
+                break;
+            }
+            done += 8;
+        }
+        done + slots[done..].iter().position(|s| s.load(Ordering::Relaxed) != 0).unwrap_or(slots.len() - done)
+    }
+
+    /// Replace the leaf at `level` that maps `iova` by a table of
+    /// `ENTRIES` leaves one level down, entry `i` being `leaf(i, old)` for
+    /// the old leaf `old` (what a model does to unmap or mark part of a
+    /// large leaf it created for its own convenience). The new node is
+    /// filled before it is linked, so readers see either the old leaf or the
+    /// complete table. Returns `Ok(false)` if no leaf at `level` maps
+    /// `iova`; `ENOMEM` if no node can be allocated.
+    pub fn split_leaf(&self, iova: u64, level: u32, mut leaf: impl FnMut(usize, u64) -> u64) -> Result<bool, Errno> {
+        if level == 0 || level >= F::LEVELS {
+            return Ok(false);
+        }
+        let _serial = self.split.lock().unwrap_or_else(|e| e.into_inner());
+        let Ok((slot, entry, found)) = self.find(iova) else { return Ok(false) };
+        if found != level {
+            return Ok(false);
+        }
+        let node = self.node_for_existing(iova, level).ok_or(Errno::EEXIST)?;
+        let idx = Self::index(iova, level);
+        let child = node.children[idx].get_or_try_init(Node::new)?;
+        for (i, e) in child.entries.iter().enumerate() {
+            e.store(leaf(i, entry), Ordering::Relaxed);
+        }
+        match slot.compare_exchange(entry, F::make_table(child.pa), Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => Ok(true),
+            Err(_) => {
+                // The leaf went meanwhile (an unmap racing with the split):
+                // an unlinked node must stay empty, as mapping relinks it
+                // as it is. (A map of the same range racing too could link
+                // it before this; that is overlapping use of one range.)
+                for e in child.entries.iter() {
+                    e.store(0, Ordering::Relaxed);
+                }
+                Ok(false)
+            }
+        }
+    }
+
+    /// The node holding the level-`target` entry for `iova`, if the walk
+    /// down to it exists (no allocation).
+    fn node_for_existing(&self, iova: u64, target: u32) -> Option<&Node> {
+        let mut node: &Node = &self.root;
+        let mut level = F::LEVELS - 1;
+        while level > target {
+            let idx = Self::index(iova, level);
+            let entry = node.entries[idx].load(Ordering::Acquire);
+            if !F::is_present(entry) || Self::is_leaf_at(entry, level) {
+                return None;
+            }
+            node = node.children[idx].get()?;
+            level -= 1;
+        }
+        Some(node)
     }
 
     /// The node holding the level-`target` entry for `iova`, creating and
@@ -532,20 +709,49 @@ impl<F: Format> PageTable<F> {
             // Nothing can be mapped beyond the table's reach.
             return total;
         };
-        let flow = Self::visit(&self.root, F::LEVELS - 1, start, last, &mut |leaf_iova, level, slot, entry| {
-            let leaf_last = leaf_iova | low_mask(Self::level_shift(level));
-            if leaf_iova < start || leaf_last > last {
-                return ControlFlow::Break(leaf_iova.max(start));
-            }
-            // Only clear what was read: a racing (overlapping, hence buggy)
-            // writer's entry is left alone.
-            let _ = slot.compare_exchange(entry, 0, Ordering::AcqRel, Ordering::Relaxed);
-            ControlFlow::Continue(())
-        });
-        match flow {
+        match Self::clear_range(&self.root, F::LEVELS - 1, start, last) {
             ControlFlow::Continue(()) => total,
             ControlFlow::Break(stop) => stop - iova,
         }
+    }
+
+    /// Clear every leaf inside `start..=last` (within the node's span, both
+    /// ends aligned to the smallest leaf), stopping at a leaf that sticks
+    /// out of the range with the first IOVA of the range it covers.
+    ///
+    /// Plain stores: no other writer may touch the range (the `Domain`
+    /// contract), and hardware setting A/D bits in a leaf meanwhile must not
+    /// keep it alive. At level 0 every slot in the range is cleared blindly:
+    /// its leaves all lie inside and its empty slots stay empty.
+    fn clear_range(node: &Node, level: u32, start: u64, last: u64) -> ControlFlow<u64> {
+        let first = Self::index(start, level);
+        let end = Self::index(last, level);
+        if level == 0 {
+            for slot in &node.entries[first..=end] {
+                slot.store(0, Ordering::Release);
+            }
+            return ControlFlow::Continue(());
+        }
+        let size_mask = low_mask(Self::level_shift(level));
+        let mut slot_iova = start & !size_mask;
+        for idx in first..=end {
+            let slot = &node.entries[idx];
+            let entry = slot.load(Ordering::Acquire);
+            if F::is_present(entry) {
+                if Self::is_leaf_at(entry, level) {
+                    if slot_iova < start || (slot_iova | size_mask) > last {
+                        return ControlFlow::Break(slot_iova.max(start));
+                    }
+                    slot.store(0, Ordering::Release);
+                } else if let Some(child) = node.children[idx].get() {
+                    let s = start.max(slot_iova);
+                    let l = last.min(slot_iova | size_mask);
+                    Self::clear_range(child, level - 1, s, l)?;
+                }
+            }
+            slot_iova = slot_iova.wrapping_add(size_mask).wrapping_add(1);
+        }
+        ControlFlow::Continue(())
     }
 
     /// The slot holding the leaf for `iova`, or why there is none.
@@ -610,6 +816,17 @@ impl<F: Format> PageTable<F> {
     pub fn translate(&self, iova: u64, access: Access) -> Result<Translation, Fault> {
         match self.find(iova) {
             Ok((_, entry, level)) => Self::translation(iova, entry, level, access),
+            Err(Lookup::OutOfRange) => Err(Fault::OutOfRange),
+            Err(_) => Err(Fault::NotPresent),
+        }
+    }
+
+    /// [`translate`](Self::translate), also giving the leaf entry that
+    /// maps `iova` (for models that keep software bits in their leaves).
+    #[inline]
+    pub fn translate_entry(&self, iova: u64, access: Access) -> Result<(Translation, u64), Fault> {
+        match self.find(iova) {
+            Ok((_, entry, level)) => Self::translation(iova, entry, level, access).map(|t| (t, entry)),
             Err(Lookup::OutOfRange) => Err(Fault::OutOfRange),
             Err(_) => Err(Fault::NotPresent),
         }

@@ -47,9 +47,18 @@
 //!
 //! Locking: one `RwLock` over the registry. It is a leaf: nothing is called
 //! under it that could re-enter the engine.
+//!
+//! Lookup cache. Device copies still run under the read lock (that is what
+//! keeps relocation and release from changing a frame under a copy), but
+//! each thread remembers the last run it copied through, with the value of
+//! a generation counter that every change to an existing run (release,
+//! split, relocation, move: all go through `Registry::remove`, under the
+//! write lock) bumps. A hit costs a compare instead of two tree searches; a
+//! stale entry is never used, as the generation cannot move while the read
+//! lock is held.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use uiommufd_abi::Errno;
@@ -124,6 +133,49 @@ struct Registry {
 /// Pages pinned in place; lets the shim's hooks return at once in programs
 /// that pin nothing.
 static IN_PLACE_PAGES: AtomicUsize = AtomicUsize::new(0);
+
+/// Bumped, under the write lock, whenever an existing run changes (see
+/// [`Registry::remove`]); new runs leave it alone, as they change no
+/// earlier lookup's answer.
+static GENERATION: AtomicU64 = AtomicU64::new(0);
+
+/// The host side of one run, as device copies need it.
+#[derive(Clone, Copy)]
+struct HostRun {
+    pfn: u64,
+    npages: u64,
+    host: u64,
+    /// In place or mapped: reached through the fault-safe copies.
+    guarded: bool,
+}
+
+thread_local! {
+    /// The run this thread's last device copy used, with the generation it
+    /// was looked up in (`u64::MAX`: none).
+    static LAST_RUN: std::cell::Cell<(u64, HostRun)> = const {
+        std::cell::Cell::new((u64::MAX, HostRun { pfn: 0, npages: 0, host: 0, guarded: true }))
+    };
+}
+
+/// The run holding `pfn`, for a copy made under the registry's read lock
+/// `reg`: from this thread's cache when no run changed since it was
+/// filled (the generation only moves under the write lock, so it is
+/// stable while `reg` is held), else from the tree.
+#[inline]
+fn host_run(reg: &Registry, pfn: u64) -> Option<HostRun> {
+    let gen = GENERATION.load(Ordering::Relaxed);
+    let (cached_gen, run) = LAST_RUN.with(|c| c.get());
+    if cached_gen == gen && pfn.wrapping_sub(run.pfn) < run.npages {
+        return Some(run);
+    }
+    let (&start, r) = reg.by_pfn.range(..=pfn).next_back()?;
+    if pfn >= start + r.npages() {
+        return None;
+    }
+    let run = HostRun { pfn: start, npages: r.npages(), host: r.host, guarded: r.in_place || r.mapped };
+    LAST_RUN.with(|c| c.set((gen, run)));
+    Some(run)
+}
 
 fn registry() -> &'static RwLock<Registry> {
     static R: OnceLock<RwLock<Registry>> = OnceLock::new();
@@ -208,6 +260,9 @@ impl Registry {
     }
 
     fn remove(&mut self, pfn: u64) -> Run {
+        // Every change to an existing run (release, split, relocation,
+        // rename) goes through here: cached lookups are stale from now on.
+        GENERATION.fetch_add(1, Ordering::Relaxed);
         let run = self.by_pfn.remove(&pfn).expect("run indexed by its first PFN");
         if run.in_place {
             IN_PLACE_PAGES.fetch_sub(run.pins.len(), Ordering::Relaxed);
@@ -244,7 +299,16 @@ impl Registry {
     /// Drop pages whose pin count reached zero from the run at `pfn`,
     /// releasing relocated memory they occupied.
     fn prune(&mut self, pfn: u64) {
-        if !self.by_pfn[&pfn].pins.contains(&0) {
+        let pins = &self.by_pfn[&pfn].pins;
+        if pins.iter().all(|&c| c == 0) {
+            // The whole run goes (the usual unmap).
+            let run = self.remove(pfn);
+            if !run.in_place && !run.mapped {
+                self.arena.release(run.host, run.npages() * page());
+            }
+            return;
+        }
+        if !pins.contains(&0) {
             return;
         }
         let run = self.remove(pfn);
@@ -370,7 +434,6 @@ pub fn unpin(pfn: u64, npages: u64) {
     let mut reg = write();
     let end = pfn + npages;
     let mut cur = pfn;
-    let mut touched = Vec::new();
     while cur < end {
         let Some(start) = reg.run_of_pfn(cur) else {
             // Skip to the next run.
@@ -385,14 +448,16 @@ pub fn unpin(pfn: u64, npages: u64) {
         let run = reg.by_pfn.get_mut(&start).expect("run");
         let first = (cur - start) as usize;
         let n = (end.min(start + run.npages()) - cur) as usize;
+        let mut released = false;
         for c in &mut run.pins[first..first + n] {
             *c = c.saturating_sub(1);
+            released |= *c == 0;
         }
-        touched.push(start);
         cur += n as u64;
-    }
-    for start in touched {
-        reg.prune(start);
+        // Pruning only re-indexes pages of this run, all before `cur`.
+        if released {
+            reg.prune(start);
+        }
     }
 }
 
@@ -492,10 +557,9 @@ pub fn copy_phys(dst: u64, src: u64, len: usize) -> Result<(), Errno> {
     let shift = page_shift();
     let reg = read();
     let host_of = |pa: u64| -> Result<(u64, u64), Errno> {
-        let start = reg.run_of_pfn(pa >> shift).ok_or(Errno::EFAULT)?;
-        let run = &reg.by_pfn[&start];
-        let off = pa - (start << shift);
-        Ok((run.host + off, (run.npages() << shift) - off))
+        let run = host_run(&reg, pa >> shift).ok_or(Errno::EFAULT)?;
+        let off = pa - (run.pfn << shift);
+        Ok((run.host + off, (run.npages << shift) - off))
     };
     let mut done = 0usize;
     while done < len {
@@ -531,15 +595,13 @@ fn phys_io(
     let mut done = 0usize;
     while done < len {
         let pa = paddr.checked_add(done as u64).ok_or(Errno::EFAULT)?;
-        let pfn = pa >> shift;
-        let start = reg.run_of_pfn(pfn).ok_or(Errno::EFAULT)?;
-        let run = &reg.by_pfn[&start];
-        let off_in_run = pa - (start << shift);
-        let avail = (run.npages() << shift) - off_in_run;
+        let run = host_run(&reg, pa >> shift).ok_or(Errno::EFAULT)?;
+        let off_in_run = pa - (run.pfn << shift);
+        let avail = (run.npages << shift) - off_in_run;
         let n = (len - done).min(avail as usize);
         // Only relocated frames are known to stay mapped; the others go
         // through the fault-safe copies.
-        f(run.host + off_in_run, run.in_place || run.mapped, done, n)?;
+        f(run.host + off_in_run, run.guarded, done, n)?;
         done += n;
     }
     Ok(())
