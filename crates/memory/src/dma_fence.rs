@@ -13,7 +13,7 @@
 //! sleepable RCU). Sections are short (one request's copies) and never
 //! block on the releaser.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 /// Counters are striped to keep concurrent devices off one cache line.
@@ -29,6 +29,9 @@ static READERS: [Stripe; STRIPES] = [STRIPE_INIT; STRIPES];
 static EPOCH: AtomicUsize = AtomicUsize::new(0);
 /// Serialises grace periods.
 static SYNC: Mutex<()> = Mutex::new(());
+/// Set by the first section: until a device has issued DMA there is nothing
+/// to wait for, and releasing frames costs nothing extra.
+static USED: AtomicBool = AtomicBool::new(false);
 
 fn stripe() -> usize {
     thread_local! {
@@ -49,6 +52,9 @@ pub struct Section {
 
 /// Begin a read-side section.
 pub fn enter() -> Section {
+    if !USED.load(Ordering::Relaxed) {
+        USED.store(true, Ordering::SeqCst);
+    }
     let stripe = stripe();
     loop {
         let phase = EPOCH.load(Ordering::SeqCst) & 1;
@@ -83,6 +89,9 @@ fn drain(phase: usize) {
 /// Wait until every read-side section that began before this call has
 /// ended. Must not be called inside a section.
 pub fn synchronize() {
+    if !USED.load(Ordering::SeqCst) {
+        return;
+    }
     let _g = SYNC.lock().unwrap_or_else(|p| p.into_inner());
     // Every section that began before the flip counted itself in the old
     // phase: `enter` re-reads the epoch after counting, and all of it is
@@ -97,7 +106,6 @@ pub fn synchronize() {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::AtomicBool;
     use std::sync::Arc;
 
     #[test]

@@ -431,6 +431,10 @@ pub fn unpin(pfn: u64, npages: u64) {
     if npages == 0 {
         return;
     }
+    // A device request that translated to these frames before their
+    // mapping went away may still be copying: let it finish before a frame
+    // can be released (and its PFN reused).
+    crate::dma_fence::synchronize();
     let mut reg = write();
     let end = pfn + npages;
     let mut cur = pfn;
@@ -480,6 +484,8 @@ pub fn pin_mapped(host: u64, npages: u64) -> Result<PinnedRun, Errno> {
 /// The engine mapping `[host, host + len)` is going away: drop every mapped
 /// frame inside it, pinned or not, so no device access can reach it again.
 pub fn forget_mapped(host: u64, len: u64) {
+    // As in `unpin`: in-flight requests finish before the owner unmaps.
+    crate::dma_fence::synchronize();
     let end = host.saturating_add(len);
     let mut reg = write();
     let gone: Vec<u64> =
