@@ -84,3 +84,41 @@ fn dma_writes_are_reported_dirty_and_reads_are_not() {
     ctx.ioas_unmap(ioas, 0, u64::MAX).unwrap();
     drop(mem);
 }
+
+#[test]
+fn the_mock_iommu_marks_device_writes_dirty_too() {
+    let ctx = Iommufd::new();
+    let ioas = ctx.ioas_alloc().unwrap();
+    let iova = uiommufd_abi::test_cmd::MOCK_APERTURE_START;
+    let mem = vec![0u8; ((PAGES + 1) * PS) as usize];
+    let host = (mem.as_ptr() as u64).next_multiple_of(PS);
+    ctx.ioas_map(ioas, 1 | 2 | 4, host, PAGES * PS, iova).unwrap();
+    let mock: Arc<dyn IommuDevice> = Arc::new(uiommufd_hw::mock::MockDevice::new(0).unwrap());
+    let (dev_id, edge) = device::bind(&ctx, mock).unwrap();
+    let mut holder = None;
+    let mut reader = |_: &mut [u8]| Ok(());
+    let args = HwptAllocArgs {
+        flags: abi::IOMMU_HWPT_ALLOC_DIRTY_TRACKING,
+        dev_id,
+        pt_id: ioas,
+        fault_id: 0,
+        data: UserData { data_type: 0, len: 0, reader: &mut reader },
+    };
+    let p = hwpt::hwpt_alloc(&ctx, &mut holder, args).unwrap();
+    let hwpt_id = p.id();
+    p.publish();
+    drop(holder);
+    edge.arc().change_pt(&ctx, NO_PASID, hwpt_id, false).unwrap();
+    let port = DevicePort::new(edge.arc());
+    hwpt::set_dirty_tracking(&ctx, hwpt_id, true).unwrap();
+    // One write spanning pages 2 and 3 (and several 2 KiB mock entries).
+    port.dma_write(iova + 3 * PS - 100, &[9; 200], DmaAttrs::default()).unwrap();
+    port.dma_copy(iova + 33 * PS, iova, 16, DmaAttrs::default()).unwrap();
+    let mut bitmap = [0u64; 1];
+    let b = DirtyBitmap { iova, length: PAGES * PS, page_size: PS, data: bitmap.as_mut_ptr() as u64, no_clear: false };
+    hwpt::get_dirty_bitmap(&ctx, hwpt_id, &b).unwrap();
+    assert_eq!(bitmap[0], (1 << 2) | (1 << 3) | (1 << 33));
+    edge.arc().detach(&ctx, NO_PASID);
+    ctx.ioas_unmap(ioas, 0, u64::MAX).unwrap();
+    drop(mem);
+}

@@ -562,6 +562,12 @@ impl Domain for MockDomain {
             // The leaf is the 2 KiB piece.
             t.len = MOCK_IO_PAGE_SIZE - (iova & (MOCK_IO_PAGE_SIZE - 1));
         }
+        if access == Access::Write && self.dirty_tracking() && entry & bits::DIRTY == 0 {
+            // A device write while tracking: the entry becomes dirty, as
+            // IOMMU_TEST_OP_DIRTY would make it (hardware sets D on write).
+            self.mark_dirty(iova);
+            t.len = t.len.min(MOCK_IO_PAGE_SIZE - (iova & (MOCK_IO_PAGE_SIZE - 1)));
+        }
         Ok(t)
     }
 }
