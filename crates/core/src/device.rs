@@ -20,6 +20,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use uiommufd_hw::device::{Cap, IommuDevice, PagingRequest, ResvKind};
+use uiommufd_memory::dma_fence::Published;
 
 use crate::error::{einval, ErrnoExt, Result};
 use crate::fault::PageRequest;
@@ -45,6 +46,9 @@ pub struct Device {
     ctx: Weak<Iommufd>,
     /// `idev->vdev` and `idev->destroying` (see [`crate::viommu`]).
     vdev: Mutex<crate::viommu::VdevLink>,
+    /// The requester ID's domain as DMA sees it, republished on every
+    /// change of the RID's attachment (see [`crate::dma`]).
+    dma_rid: Arc<Published<Arc<dyn uiommufd_hw::Domain>>>,
 }
 
 impl std::fmt::Debug for Device {
@@ -72,6 +76,18 @@ impl Device {
 
     pub fn enforce_cache_coherency(&self) -> bool {
         self.enforce_cache_coherency
+    }
+
+    /// The RID domain cell DMA ports read.
+    pub(crate) fn dma_rid(&self) -> &Arc<Published<Arc<dyn uiommufd_hw::Domain>>> {
+        &self.dma_rid
+    }
+
+    /// Republish the RID's domain after `map` changed at `pasid`.
+    fn publish_rid(&self, map: &BTreeMap<u32, HwptDep>, pasid: u32) {
+        if pasid == NO_PASID {
+            self.dma_rid.replace(map.get(&NO_PASID).map(|h| Arc::clone(h.domain())));
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, BTreeMap<u32, HwptDep>> {
@@ -187,6 +203,7 @@ impl Device {
             return Err(crate::Error::new(e, "the IOMMU driver refused the domain"));
         }
         let old = map.insert(pasid, h);
+        self.publish_rid(map, pasid);
         if let Some(o) = &old {
             if let Some(f) = o.fault() {
                 f.auto_respond((self.token, pasid));
@@ -270,6 +287,7 @@ impl Device {
             if let Some(o) = old {
                 map.insert(pasid, o);
             }
+            self.publish_rid(&map, pasid);
             let reserved_elsewhere = map.values().any(|x| Arc::ptr_eq(x.paging().ioas(), ioas.arc()));
             if !reserved_elsewhere {
                 ioas.iopt().remove_reserved(Owner::Device(self.token));
@@ -293,6 +311,7 @@ impl Device {
             let mut map = self.lock();
             let old = map.remove(&pasid);
             if old.is_some() {
+                self.publish_rid(&map, pasid);
                 self.dev.detached(pasid);
             }
             if let Some(o) = &old {
@@ -358,6 +377,7 @@ impl Drop for Device {
         // Unbinding detaches first; a device destroyed while attached (its
         // context closing) still releases what it holds.
         let map = std::mem::take(&mut *self.lock());
+        self.dma_rid.replace(None);
         let ctx = self.ctx.upgrade();
         for (pasid, h) in map {
             if let Some(f) = h.fault() {
@@ -385,6 +405,7 @@ pub fn bind(ctx: &Arc<Iommufd>, dev: Arc<dyn IommuDevice>) -> Result<(ObjectId, 
         token: new_token(),
         attach: Mutex::new(BTreeMap::new()),
         vdev: Mutex::default(),
+        dma_rid: Arc::new(Published::new(None)),
         ctx: Arc::downgrade(ctx),
     });
     let edge = Dep::new(&Borrowed::detached(&idev));

@@ -31,9 +31,10 @@ use std::sync::{Arc, Weak};
 use uiommufd_abi as abi;
 use uiommufd_hw::dma::{DmaAttrs, DmaError, DmaFaultReason, DmaPort};
 use uiommufd_hw::{Access, Domain, Fault as XlateFault};
-use uiommufd_memory::{coherency, dma_fence, frames};
+use uiommufd_memory::dma_fence::{self, Published};
+use uiommufd_memory::{coherency, frames};
 
-use crate::device::{Device, NO_PASID};
+use crate::device::Device;
 use crate::fault::PageRequest;
 
 /// Counters of one port, for tools and tests.
@@ -50,32 +51,85 @@ pub struct DmaStats {
 /// The DMA port of a bound device (see the module documentation).
 pub struct DevicePort {
     dev: Weak<Device>,
+    /// The device's requester-ID domain, read without locks inside a
+    /// [`dma_fence`] section (the device republishes it on every change).
+    rid: Arc<Published<Arc<dyn Domain>>>,
     next_grpid: AtomicU32,
     stats: DmaStats,
 }
 
+/// A translation failure noted inside a section, reported after it.
+struct Failed {
+    iova: u64,
+    write: bool,
+    fault: XlateFault,
+}
+
+/// The domain a request goes through: the RID's, borrowed for the section,
+/// or a PASID's, held by reference count.
+enum Route<'s> {
+    Rid(&'s dyn Domain),
+    Pasid(Arc<dyn Domain>),
+}
+
+impl Route<'_> {
+    fn domain(&self) -> &dyn Domain {
+        match self {
+            Route::Rid(d) => *d,
+            Route::Pasid(d) => d.as_ref(),
+        }
+    }
+}
+
+/// Add `n` to a counter of this port. A port serves one device, whose
+/// requests come from one thread at a time (the DMA engine's ring lock), so
+/// a plain load and store keeps the count without a locked instruction per
+/// request; concurrent users of one port may lose counts, never memory
+/// safety.
+fn bump(c: &AtomicU64, n: u64) {
+    c.store(c.load(Ordering::Relaxed).wrapping_add(n), Ordering::Relaxed);
+}
+
 impl DevicePort {
     pub fn new(dev: &Arc<Device>) -> Arc<DevicePort> {
-        Arc::new(DevicePort { dev: Arc::downgrade(dev), next_grpid: AtomicU32::new(1), stats: DmaStats::default() })
+        Arc::new(DevicePort {
+            dev: Arc::downgrade(dev),
+            rid: Arc::clone(dev.dma_rid()),
+            next_grpid: AtomicU32::new(1),
+            stats: DmaStats::default(),
+        })
     }
 
     pub fn stats(&self) -> &DmaStats {
         &self.stats
     }
 
-    /// The domain serving `attrs`, and whether its HWPT has a fault queue.
-    fn target(&self, iova: u64, write: bool, attrs: &DmaAttrs) -> Result<(Arc<Device>, Arc<dyn Domain>), DmaError> {
-        let blocked = DmaError { iova, write, reason: DmaFaultReason::Blocked, reported: false };
-        let dev = self.dev.upgrade().ok_or(blocked)?;
-        let domain = dev.dma_domain(attrs.pasid.unwrap_or(NO_PASID)).ok_or(blocked)?;
-        Ok((dev, domain))
+    /// The domain serving a PASID-tagged request (taken before the
+    /// request's section: the lookup locks the device's attachments).
+    fn pasid_domain(&self, pasid: u32) -> Option<Arc<dyn Domain>> {
+        self.dev.upgrade()?.dma_domain(pasid)
     }
 
-    /// A translation failure at `iova`: counted, and reported to the fault
-    /// queue of the HWPT when it has one.
-    fn fault(&self, dev: &Device, iova: u64, write: bool, attrs: &DmaAttrs, f: XlateFault) -> DmaError {
+    /// Where a request with `attrs` goes, within `section`.
+    fn route<'s>(
+        &'s self,
+        pasid: &Option<Arc<dyn Domain>>,
+        attrs: &DmaAttrs,
+        section: &'s dma_fence::Section,
+    ) -> Option<Route<'s>> {
+        match attrs.pasid {
+            None => self.rid.read(section).map(|d| Route::Rid(d.as_ref())),
+            Some(_) => pasid.clone().map(Route::Pasid),
+        }
+    }
+
+    /// A translation failure: counted, and reported to the fault queue of
+    /// the HWPT when it has one. Called outside any section (reporting
+    /// takes the device's attachment lock).
+    fn fault(&self, failed: Failed, attrs: &DmaAttrs) -> DmaError {
+        let Failed { iova, write, fault } = failed;
         self.stats.faults.fetch_add(1, Ordering::Relaxed);
-        let reason = match f {
+        let reason = match fault {
             XlateFault::NotPresent => DmaFaultReason::NotPresent,
             XlateFault::Permission => DmaFaultReason::Permission,
             XlateFault::OutOfRange => DmaFaultReason::OutOfRange,
@@ -95,8 +149,17 @@ impl DevicePort {
             perm,
             addr: iova & !(uiommufd_memory::page_size() as u64 - 1),
         };
-        let reported = dev.report_fault(req, false);
+        let reported = self.dev.upgrade().is_some_and(|dev| dev.report_fault(req, false));
         DmaError { iova, write, reason, reported }
+    }
+
+    fn blocked(iova: u64, write: bool) -> DmaError {
+        DmaError { iova, write, reason: DmaFaultReason::Blocked, reported: false }
+    }
+
+    fn memory(&self, iova: u64, write: bool) -> DmaError {
+        self.stats.faults.fetch_add(1, Ordering::Relaxed);
+        DmaError { iova, write, reason: DmaFaultReason::Memory, reported: false }
     }
 
     /// Walk `[iova, iova + len)` translation by translation, handing each
@@ -112,34 +175,64 @@ impl DevicePort {
         if len == 0 {
             return Ok(());
         }
-        let (dev, domain) = self.target(iova, write, attrs)?;
-        // Frames translated here stay allocated until the section ends.
-        let _inflight = dma_fence::enter();
-        let access = if write { Access::Write } else { Access::Read };
-        let noncoherent = write && attrs.no_snoop && !domain.enforce_cache_coherency();
-        let mut done = 0u64;
-        while done < len {
-            let at = iova.wrapping_add(done);
-            if at < iova {
-                // The request wrapped past the top of the address space.
-                return Err(self.fault(&dev, at, write, attrs, XlateFault::OutOfRange));
+        let pasid = attrs.pasid.and_then(|p| self.pasid_domain(p));
+        let failed = {
+            // Frames translated here stay allocated until the section ends.
+            let section = dma_fence::enter();
+            let route = self.route(&pasid, attrs, &section).ok_or(Self::blocked(iova, write))?;
+            let domain = route.domain();
+            let access = if write { Access::Write } else { Access::Read };
+            let noncoherent = write && attrs.no_snoop && !domain.enforce_cache_coherency();
+            // Translations that continue each other physically are handed
+            // on as one piece: (paddr, offset in the request, bytes).
+            let mut pending: Option<(u64, u64, u64)> = None;
+            let mut flush = |p: Option<(u64, u64, u64)>| -> Result<(), DmaError> {
+                let Some((pa, off, n)) = p else { return Ok(()) };
+                each(pa, off, n).map_err(|_| self.memory(iova.wrapping_add(off), write))?;
+                if noncoherent {
+                    self.noncoherent(pa, n);
+                }
+                Ok(())
+            };
+            let mut done = 0u64;
+            let mut failed = None;
+            while done < len {
+                let at = iova.wrapping_add(done);
+                let t = if at < iova {
+                    // The request wrapped past the top of the address space.
+                    Err(XlateFault::OutOfRange)
+                } else {
+                    domain.translate(at, access)
+                };
+                let t = match t {
+                    Ok(t) => t,
+                    Err(fault) => {
+                        failed = Some(Failed { iova: at, write, fault });
+                        break;
+                    }
+                };
+                let n = (len - done).min(t.len.max(1));
+                pending = match pending {
+                    Some((pa, off, m)) if pa + m == t.paddr => Some((pa, off, m + n)),
+                    p => {
+                        flush(p)?;
+                        Some((t.paddr, done, n))
+                    }
+                };
+                done += n;
             }
-            let t = domain.translate(at, access).map_err(|f| self.fault(&dev, at, write, attrs, f))?;
-            let n = (len - done).min(t.len.max(1));
-            each(t.paddr, done, n).map_err(|_| {
-                self.stats.faults.fetch_add(1, Ordering::Relaxed);
-                DmaError { iova: at, write, reason: DmaFaultReason::Memory, reported: false }
-            })?;
-            if noncoherent {
-                self.noncoherent(t.paddr, n);
-            }
-            done += n;
+            // The bytes before a fault still move.
+            flush(pending)?;
+            failed
+        };
+        match failed {
+            Some(f) => Err(self.fault(f, attrs)),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     fn noncoherent(&self, paddr: u64, n: u64) {
-        self.stats.noncoherent_bytes.fetch_add(n, Ordering::Relaxed);
+        bump(&self.stats.noncoherent_bytes, n);
         if !coherency::strict() {
             return;
         }
@@ -168,7 +261,7 @@ impl DmaPort for DevicePort {
             frames::read_phys(pa, &mut buf[off as usize..(off + n) as usize])
         });
         if r.is_ok() {
-            self.stats.bytes_read.fetch_add(buf.len() as u64, Ordering::Relaxed);
+            bump(&self.stats.bytes_read, buf.len() as u64);
         }
         r
     }
@@ -178,44 +271,76 @@ impl DmaPort for DevicePort {
             frames::write_phys(pa, &data[off as usize..(off + n) as usize])
         });
         if r.is_ok() {
-            self.stats.bytes_written.fetch_add(data.len() as u64, Ordering::Relaxed);
+            bump(&self.stats.bytes_written, data.len() as u64);
         }
         r
     }
 
-    /// Frame to frame, no bounce buffer: each step copies the largest piece
-    /// contiguous on both sides.
+    /// Frame to frame, no bounce buffer: translations that continue each
+    /// other physically on both sides are coalesced into one copy.
     fn dma_copy(&self, dst: u64, src: u64, len: u64, attrs: DmaAttrs) -> Result<(), DmaError> {
         if len == 0 {
             return Ok(());
         }
-        let (dev, sdom) = self.target(src, false, &attrs)?;
-        let (_, ddom) = self.target(dst, true, &attrs)?;
-        let _inflight = dma_fence::enter();
-        let noncoherent = attrs.no_snoop && !ddom.enforce_cache_coherency();
-        let mut done = 0u64;
-        while done < len {
-            let (s, d) = (src.wrapping_add(done), dst.wrapping_add(done));
-            if s < src {
-                return Err(self.fault(&dev, s, false, &attrs, XlateFault::OutOfRange));
+        // One device, one PASID: both ends go through the same domain.
+        let pasid = attrs.pasid.and_then(|p| self.pasid_domain(p));
+        let failed = {
+            let section = dma_fence::enter();
+            let route = self.route(&pasid, &attrs, &section).ok_or(Self::blocked(src, false))?;
+            let dom = route.domain();
+            let noncoherent = attrs.no_snoop && !dom.enforce_cache_coherency();
+            // The physically contiguous piece not yet copied:
+            // (dst pa, src pa, bytes, offset in the request).
+            let mut pending: Option<(u64, u64, u64, u64)> = None;
+            let flush = |p: Option<(u64, u64, u64, u64)>| -> Result<(), DmaError> {
+                let Some((dpa, spa, n, at)) = p else { return Ok(()) };
+                frames::copy_phys(dpa, spa, n as usize).map_err(|_| self.memory(dst.wrapping_add(at), true))?;
+                if noncoherent {
+                    self.noncoherent(dpa, n);
+                }
+                Ok(())
+            };
+            let mut done = 0u64;
+            let mut failed = None;
+            while done < len {
+                let (s, d) = (src.wrapping_add(done), dst.wrapping_add(done));
+                let ts = if s < src { Err(XlateFault::OutOfRange) } else { dom.translate(s, Access::Read) };
+                let ts = match ts {
+                    Ok(t) => t,
+                    Err(fault) => {
+                        failed = Some(Failed { iova: s, write: false, fault });
+                        break;
+                    }
+                };
+                let td = if d < dst { Err(XlateFault::OutOfRange) } else { dom.translate(d, Access::Write) };
+                let td = match td {
+                    Ok(t) => t,
+                    Err(fault) => {
+                        failed = Some(Failed { iova: d, write: true, fault });
+                        break;
+                    }
+                };
+                let n = (len - done).min(ts.len.max(1)).min(td.len.max(1));
+                pending = match pending {
+                    Some((dpa, spa, m, at)) if dpa + m == td.paddr && spa + m == ts.paddr => {
+                        Some((dpa, spa, m + n, at))
+                    }
+                    p => {
+                        flush(p)?;
+                        Some((td.paddr, ts.paddr, n, done))
+                    }
+                };
+                done += n;
             }
-            if d < dst {
-                return Err(self.fault(&dev, d, true, &attrs, XlateFault::OutOfRange));
-            }
-            let ts = sdom.translate(s, Access::Read).map_err(|f| self.fault(&dev, s, false, &attrs, f))?;
-            let td = ddom.translate(d, Access::Write).map_err(|f| self.fault(&dev, d, true, &attrs, f))?;
-            let n = (len - done).min(ts.len.max(1)).min(td.len.max(1));
-            frames::copy_phys(td.paddr, ts.paddr, n as usize).map_err(|_| {
-                self.stats.faults.fetch_add(1, Ordering::Relaxed);
-                DmaError { iova: d, write: true, reason: DmaFaultReason::Memory, reported: false }
-            })?;
-            if noncoherent {
-                self.noncoherent(td.paddr, n);
-            }
-            done += n;
+            // What was translated before a fault still lands.
+            flush(pending)?;
+            failed
+        };
+        if let Some(f) = failed {
+            return Err(self.fault(f, &attrs));
         }
-        self.stats.bytes_read.fetch_add(len, Ordering::Relaxed);
-        self.stats.bytes_written.fetch_add(len, Ordering::Relaxed);
+        bump(&self.stats.bytes_read, len);
+        bump(&self.stats.bytes_written, len);
         Ok(())
     }
 }

@@ -11,7 +11,13 @@
 //! ([`enter`]); releasing frames first calls [`synchronize`], which returns
 //! once every section that began before it has ended (a grace period, as in
 //! sleepable RCU). Sections are short (one request's copies) and never
-//! block on the releaser.
+//! block on the releaser: no lock a releaser may hold while it waits is
+//! taken inside a section.
+//!
+//! [`Published`] uses the same grace periods for what every request looks
+//! up (a device's domain): readers borrow it for their section without a
+//! lock or a reference count; a replaced value is dropped after a grace
+//! period.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -101,6 +107,58 @@ pub fn synchronize() {
     // and grace periods are serialised.
     let old = EPOCH.fetch_add(1, Ordering::SeqCst) & 1;
     drain(old);
+}
+
+/// A value DMA reads inside sections without locks or reference counts
+/// (what a device's requests look up on every transaction: the domain it is
+/// attached to). Writers swap in a new value; the old one is dropped only
+/// after a grace period, so a reader's reference stays valid for its
+/// section.
+///
+/// Writers must not be inside a section (a replace waits for sections).
+pub struct Published<T: Send + Sync> {
+    ptr: std::sync::atomic::AtomicPtr<T>,
+}
+
+impl<T: Send + Sync> Published<T> {
+    pub fn new(value: Option<T>) -> Self {
+        Published { ptr: std::sync::atomic::AtomicPtr::new(Self::boxed(value)) }
+    }
+
+    fn boxed(value: Option<T>) -> *mut T {
+        value.map_or(std::ptr::null_mut(), |v| Box::into_raw(Box::new(v)))
+    }
+
+    /// The current value, valid for the section.
+    pub fn read<'s>(&'s self, _section: &'s Section) -> Option<&'s T> {
+        let p = self.ptr.load(Ordering::Acquire);
+        // SAFETY: `p` is null or a live box published with Release; a
+        // replaced box is freed only after `synchronize`, which waits for
+        // this section (which began before the replacement could retire it).
+        unsafe { p.as_ref() }
+    }
+
+    /// Publish `value`; the old one is dropped once no section can see it.
+    pub fn replace(&self, value: Option<T>) {
+        let old = self.ptr.swap(Self::boxed(value), Ordering::AcqRel);
+        if !old.is_null() {
+            synchronize();
+            // SAFETY: `old` came from Box::into_raw and was unpublished
+            // above; after the grace period no reader holds it.
+            drop(unsafe { Box::from_raw(old) });
+        }
+    }
+}
+
+impl<T: Send + Sync> Drop for Published<T> {
+    fn drop(&mut self) {
+        let p = *self.ptr.get_mut();
+        if !p.is_null() {
+            // Readers borrow `self`, so none exist now.
+            // SAFETY: our own box, unpublished by `&mut self`.
+            drop(unsafe { Box::from_raw(p) });
+        }
+    }
 }
 
 #[cfg(test)]
