@@ -56,6 +56,14 @@ pub const VFIO_IOMMU_UNMAP_DMA: u32 = vfio_io(14);
 pub const VFIO_IOMMU_ENABLE: u32 = vfio_io(15);
 pub const VFIO_IOMMU_DISABLE: u32 = vfio_io(16);
 pub const VFIO_IOMMU_DIRTY_PAGES: u32 = vfio_io(17);
+/// More device fd requests. The VFIO numbers are per file type: these share
+/// their numbers with the type1 container requests above.
+pub const VFIO_DEVICE_GET_PCI_HOT_RESET_INFO: u32 = vfio_io(12);
+pub const VFIO_DEVICE_PCI_HOT_RESET: u32 = vfio_io(13);
+pub const VFIO_DEVICE_QUERY_GFX_PLANE: u32 = vfio_io(14);
+pub const VFIO_DEVICE_GET_GFX_DMABUF: u32 = vfio_io(15);
+pub const VFIO_DEVICE_IOEVENTFD: u32 = vfio_io(16);
+pub const VFIO_DEVICE_FEATURE: u32 = vfio_io(17);
 /// Device cdev (`/dev/vfio/devices/vfioN`) requests.
 pub const VFIO_DEVICE_BIND_IOMMUFD: u32 = vfio_io(18);
 pub const VFIO_DEVICE_ATTACH_IOMMUFD_PT: u32 = vfio_io(19);
@@ -190,6 +198,24 @@ pub const VFIO_PCI_CONFIG_REGION_INDEX: u32 = 7;
 pub const VFIO_PCI_VGA_REGION_INDEX: u32 = 8;
 pub const VFIO_PCI_NUM_REGIONS: u32 = 9;
 
+/// vfio-pci's file layout: region `index` starts at file offset
+/// `index << VFIO_PCI_OFFSET_SHIFT` (`include/linux/vfio_pci_core.h`; not
+/// uAPI, but every vfio-pci user relies on what `GET_REGION_INFO` reports,
+/// which is this).
+pub const VFIO_PCI_OFFSET_SHIFT: u32 = 40;
+/// The offset within a region, from a file offset.
+pub const VFIO_PCI_OFFSET_MASK: u64 = (1 << VFIO_PCI_OFFSET_SHIFT) - 1;
+
+/// `VFIO_PCI_INDEX_TO_OFFSET`: the file offset where region `index` starts.
+pub const fn vfio_pci_index_to_offset(index: u32) -> u64 {
+    (index as u64) << VFIO_PCI_OFFSET_SHIFT
+}
+
+/// `VFIO_PCI_OFFSET_TO_INDEX`: the region a file offset falls in.
+pub const fn vfio_pci_offset_to_index(offset: u64) -> u64 {
+    offset >> VFIO_PCI_OFFSET_SHIFT
+}
+
 /// Fixed IRQ indexes of a vfio-pci device.
 pub const VFIO_PCI_INTX_IRQ_INDEX: u32 = 0;
 pub const VFIO_PCI_MSI_IRQ_INDEX: u32 = 1;
@@ -197,6 +223,49 @@ pub const VFIO_PCI_MSIX_IRQ_INDEX: u32 = 2;
 pub const VFIO_PCI_ERR_IRQ_INDEX: u32 = 3;
 pub const VFIO_PCI_REQ_IRQ_INDEX: u32 = 4;
 pub const VFIO_PCI_NUM_IRQS: u32 = 5;
+
+/// Device info capability IDs (`vfio_device_info` chain).
+pub const VFIO_DEVICE_INFO_CAP_ZPCI_BASE: u16 = 1;
+pub const VFIO_DEVICE_INFO_CAP_ZPCI_GROUP: u16 = 2;
+pub const VFIO_DEVICE_INFO_CAP_ZPCI_UTIL: u16 = 3;
+pub const VFIO_DEVICE_INFO_CAP_ZPCI_PFIP: u16 = 4;
+pub const VFIO_DEVICE_INFO_CAP_PCI_ATOMIC_COMP: u16 = 5;
+
+abi_struct! {
+    /// `struct vfio_pci_hot_reset_info` without its trailing `devices[]`
+    /// (`struct vfio_pci_dependent_device`, 8 bytes each): argument and
+    /// reply of [`VFIO_DEVICE_GET_PCI_HOT_RESET_INFO`].
+    VfioPciHotResetInfo, 12 {
+        @0 argsz: u32,
+        @4 flags: u32,
+        @8 count: u32,
+    }
+
+    /// `struct vfio_pci_hot_reset` without its trailing `group_fds[]`:
+    /// argument of [`VFIO_DEVICE_PCI_HOT_RESET`] (a cdev passes count 0).
+    VfioPciHotReset, 12 {
+        @0 argsz: u32,
+        @4 flags: u32,
+        @8 count: u32,
+    }
+
+    /// `struct vfio_device_feature` without its trailing `data[]`:
+    /// argument of [`VFIO_DEVICE_FEATURE`].
+    VfioDeviceFeature, 8 {
+        @0 argsz: u32,
+        @4 flags: u32,
+    }
+}
+
+/// `vfio_pci_hot_reset_info.flags`.
+pub const VFIO_PCI_HOT_RESET_FLAG_DEV_ID: u32 = 1 << 0;
+pub const VFIO_PCI_HOT_RESET_FLAG_DEV_ID_OWNED: u32 = 1 << 1;
+
+/// `vfio_device_feature.flags`: the feature index and what to do with it.
+pub const VFIO_DEVICE_FEATURE_MASK: u32 = 0xffff;
+pub const VFIO_DEVICE_FEATURE_GET: u32 = 1 << 16;
+pub const VFIO_DEVICE_FEATURE_SET: u32 = 1 << 17;
+pub const VFIO_DEVICE_FEATURE_PROBE: u32 = 1 << 18;
 
 abi_struct! {
     /// `struct vfio_iommu_type1_info`: reply of [`VFIO_IOMMU_GET_INFO`].
@@ -363,5 +432,14 @@ mod tests {
         assert_eq!(VFIO_IOMMU_UNMAP_DMA, 0x3b72);
         assert_eq!(VFIO_DEVICE_BIND_IOMMUFD, 0x3b76);
         assert_eq!(VFIO_DEVICE_DETACH_IOMMUFD_PT, 0x3b78);
+        assert_eq!(VFIO_DEVICE_GET_PCI_HOT_RESET_INFO, VFIO_IOMMU_GET_INFO);
+        assert_eq!(VFIO_DEVICE_FEATURE, 0x3b75);
+    }
+
+    #[test]
+    fn region_offsets() {
+        assert_eq!(vfio_pci_index_to_offset(VFIO_PCI_CONFIG_REGION_INDEX), 0x700_0000_0000);
+        assert_eq!(vfio_pci_offset_to_index(0x700_0000_0123), 7);
+        assert_eq!(0x700_0000_0123 & VFIO_PCI_OFFSET_MASK, 0x123);
     }
 }

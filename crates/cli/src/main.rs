@@ -1,7 +1,9 @@
 //! `uiommufd`: the command-line front end.
 //!
-//! - `run [--iommu MODEL] [--trace] -- PROGRAM [ARGS]`: run an unmodified
-//!   program with `/dev/iommu` served by uiommufd (the preload shim);
+//! - `run [--iommu MODEL] [--device SPEC]... [--trace] [--fault-injection]
+//!   -- PROGRAM [ARGS]`: run an unmodified program with `/dev/iommu`,
+//!   `/dev/vfio/vfio` and the emulated devices' `/dev/vfio/devices/vfioN`
+//!   served by uiommufd (the preload shim);
 //! - `demo`: walk the main iommufd path in-process and say what happened;
 //! - `info`: the emulated IOMMU and devices, decoded;
 //! - `bench`: the hot paths against same-run references.
@@ -24,7 +26,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Run PROGRAM with /dev/iommu and /dev/vfio/vfio served by uiommufd.
+    /// Run PROGRAM with /dev/iommu, /dev/vfio/vfio and emulated VFIO devices served by uiommufd.
     Run(run::RunArgs),
     /// Open /dev/iommu in-process and walk the main path, printing each step.
     Demo,

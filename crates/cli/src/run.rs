@@ -1,33 +1,38 @@
-//! `uiommufd run`: exec a program with the preload shim.
+//! `uiommufd run`: run a program with the preload shim.
+//!
+//! The shim learns the emulated machine from the environment:
+//! `UIOMMUFD_IOMMU` (the IOMMU model) and `UIOMMUFD_DEVICES` (the devices,
+//! `;`-separated), both validated here first so that a typo is an error
+//! message, not a program that finds no device. Devices also get sysfs
+//! entries: a temporary directory with the files and links a VMM reads
+//! (`/sys/bus/pci/devices/<BDF>/vfio-dev/vfioN/dev`, `iommu_group`, the
+//! IDs, ...), which the shim serves in place of `/sys` paths naming them
+//! (`UIOMMUFD_SYSFS`). Stand-in directories (sysfs, and debugfs for
+//! `--fault-injection`) must outlive the program, so with either the
+//! command waits for the program and removes them; otherwise it execs.
 
+use std::os::unix::fs::symlink;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
-use clap::{Args, ValueEnum};
+use clap::Args;
+use uiommufd_devices::platform::{parse_iommu, Platform, PlatformDevice};
 
 /// The shared object `cargo build` produces for the shim crate.
 const SHIM: &str = "libuiommufd_preload.so";
 
-#[derive(Clone, Copy, Debug, ValueEnum)]
-pub enum Model {
-    /// The kernel selftest's mock IOMMU (what tools/testing/selftests/iommu uses).
-    Mock,
-}
-
-impl Model {
-    fn env_name(self) -> &'static str {
-        match self {
-            Model::Mock => "mock",
-        }
-    }
-}
-
 #[derive(Args)]
 pub struct RunArgs {
-    /// IOMMU model behind the emulated devices.
-    #[arg(long, value_enum, default_value = "mock")]
-    iommu: Model,
+    /// IOMMU model behind the emulated devices: `mock` (the kernel selftest's
+    /// mock IOMMU) or `vtd[:key=value,...]` (Intel VT-d; keys cap=HEX,ecap=HEX,
+    /// sc=0|1, nesting=0|1, ssads=0|1, sm=0|1, pasid=BITS).
+    #[arg(long, default_value = "mock", value_name = "MODEL", value_parser = check_iommu)]
+    iommu: String,
+    /// Emulate a device, served as /dev/vfio/devices/vfioN in the order given
+    /// (repeatable): `dma-engine[:pasid=BITS,priv=0|1,bdf=DDDD:BB:DD.F]`.
+    #[arg(long = "device", value_name = "SPEC")]
+    devices: Vec<String>,
     /// Log every call on a served descriptor to stderr (also: UIOMMUFD_TRACE=1).
     #[arg(long)]
     trace: bool,
@@ -42,6 +47,12 @@ pub struct RunArgs {
     /// The program to run, and its arguments.
     #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true, value_name = "PROGRAM")]
     program: Vec<String>,
+}
+
+/// `--iommu` must name a model the shim has (checked with the shim's own
+/// parser).
+fn check_iommu(spec: &str) -> Result<String, String> {
+    parse_iommu(spec).map(|_| spec.to_string())
 }
 
 fn find_shim(explicit: Option<PathBuf>) -> Result<PathBuf, String> {
@@ -71,6 +82,13 @@ fn find_shim(explicit: Option<PathBuf>) -> Result<PathBuf, String> {
 
 pub fn run(args: RunArgs) -> Result<ExitCode, String> {
     let shim = find_shim(args.preload)?;
+    if let Some(bad) = args.devices.iter().find(|d| d.contains(';') || d.trim().is_empty()) {
+        return Err(format!("--device {bad:?}: give one device per --device"));
+    }
+    let devices = args.devices.join(";");
+    // The whole machine, as the shim will build it.
+    let platform = Platform::new(&args.iommu, &devices)
+        .map_err(|e| format!("--iommu {} --device {}: {e}", args.iommu, args.devices.join(" --device ")))?;
     let mut preload = shim.into_os_string();
     if let Some(existing) = std::env::var_os("LD_PRELOAD").filter(|v| !v.is_empty()) {
         preload.push(":");
@@ -78,22 +96,56 @@ pub fn run(args: RunArgs) -> Result<ExitCode, String> {
     }
     let (prog, rest) = args.program.split_first().ok_or("no program given")?;
     let mut cmd = Command::new(prog);
-    cmd.args(rest).env("LD_PRELOAD", preload).env("UIOMMUFD_IOMMU", args.iommu.env_name());
+    cmd.args(rest).env("LD_PRELOAD", preload).env("UIOMMUFD_IOMMU", &args.iommu);
+    if devices.is_empty() {
+        cmd.env_remove("UIOMMUFD_DEVICES").env_remove("UIOMMUFD_SYSFS");
+    } else {
+        cmd.env("UIOMMUFD_DEVICES", &devices);
+    }
     if args.trace {
         cmd.env("UIOMMUFD_TRACE", "1");
     }
+    // Stand-in directories the program's /sys paths reach; they must
+    // outlive the program, so then we wait for it instead of exec'ing.
+    let mut stand_ins = Vec::new();
     if args.fault_injection {
-        // The stand-in debugfs must outlive the program, so wait for it
-        // instead of exec'ing.
-        let debugfs = Debugfs::create()?;
+        let debugfs = StandIn::debugfs()?;
         cmd.env("UIOMMUFD_FAULT_INJECTION", "1").env("UIOMMUFD_DEBUGFS", &debugfs.0);
-        let status = cmd.status().map_err(|e| format!("cannot run {prog}: {e}"))?;
-        drop(debugfs);
-        return Ok(exit_code_of(status));
+        stand_ins.push(debugfs);
     }
-    // exec only returns on failure.
-    let err = cmd.exec();
-    Err(format!("cannot run {prog}: {err}"))
+    if !platform.devices.is_empty() {
+        let sysfs = StandIn::sysfs(&platform)?;
+        cmd.env("UIOMMUFD_SYSFS", &sysfs.0);
+        stand_ins.push(sysfs);
+    }
+    if stand_ins.is_empty() {
+        // exec only returns on failure.
+        let err = cmd.exec();
+        return Err(format!("cannot run {prog}: {err}"));
+    }
+    if args.trace {
+        describe_platform(&platform);
+    }
+    let mut child = cmd.spawn().map_err(|e| format!("cannot run {prog}: {e}"))?;
+    let status = child.wait().map_err(|e| format!("waiting for {prog}: {e}"))?;
+    drop(stand_ins);
+    Ok(exit_code_of(status))
+}
+
+/// One line per emulated device (with `--trace`): which devices exist and
+/// behind which IOMMU.
+fn describe_platform(p: &Platform) {
+    for d in &p.devices {
+        let (major, minor) = d.devnum();
+        eprintln!(
+            "uiommufd: /dev/vfio/devices/vfio{} ({major}:{minor}): {} at {}, IOMMU group {}, behind the {} IOMMU",
+            d.index,
+            d.kind,
+            d.bdf,
+            d.group,
+            p.iommu.name()
+        );
+    }
 }
 
 /// The shell's convention for a program's status: its exit code, or 128 +
@@ -107,18 +159,33 @@ fn exit_code_of(status: std::process::ExitStatus) -> ExitCode {
     }
 }
 
-/// A temporary directory standing in for `/sys/kernel/debug`, holding the
-/// fault-injection capabilities' attribute files with the kernel's
-/// defaults (Documentation/fault-injection/fault-injection.rst). Programs
-/// write them freely; only `/proc/.../fail-nth` drives injection.
-struct Debugfs(PathBuf);
+/// A temporary directory standing in for part of `/sys`, removed on drop.
+struct StandIn(PathBuf);
 
-impl Debugfs {
-    fn create() -> Result<Debugfs, String> {
-        let base = std::env::temp_dir().join(format!("uiommufd-debugfs-{}", std::process::id()));
+impl Drop for StandIn {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+impl StandIn {
+    /// An empty directory `uiommufd-<what>-<pid>` in the temp dir.
+    fn create(what: &str) -> Result<StandIn, String> {
+        let base = std::env::temp_dir().join(format!("uiommufd-{what}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        std::fs::create_dir_all(&base)
+            .map_err(|e| format!("cannot create the stand-in {what} {}: {e}", base.display()))?;
+        Ok(StandIn(base))
+    }
+
+    /// `/sys/kernel/debug`: the fault-injection capabilities' attribute
+    /// files with the kernel's defaults
+    /// (Documentation/fault-injection/fault-injection.rst). Programs write
+    /// them freely; only `/proc/.../fail-nth` drives injection.
+    fn debugfs() -> Result<StandIn, String> {
+        let d = StandIn::create("debugfs")?;
+        let base = d.0.clone();
         let err = |e: std::io::Error| format!("cannot create the stand-in debugfs {}: {e}", base.display());
-        std::fs::create_dir_all(&base).map_err(err)?;
-        let d = Debugfs(base.clone());
         let common = [
             ("probability", "0"),
             ("interval", "1"),
@@ -142,10 +209,82 @@ impl Debugfs {
         }
         Ok(d)
     }
-}
 
-impl Drop for Debugfs {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+    /// The sysfs entries of the platform's devices, under `sys/` of the
+    /// directory, laid out as the kernel's with vfio-pci bound:
+    ///
+    /// ```text
+    /// sys/bus/pci/devices/<BDF>/{vendor,device,subsystem_vendor,subsystem_device,class,revision,uevent}
+    /// sys/bus/pci/devices/<BDF>/vfio-dev/vfio<N>/{dev,uevent,device -> ../../../<BDF>}
+    /// sys/bus/pci/devices/<BDF>/iommu_group -> ../../../../kernel/iommu_groups/<G>
+    /// sys/bus/pci/devices/<BDF>/driver -> ../../drivers/vfio-pci
+    /// sys/bus/pci/drivers/vfio-pci/<BDF> -> ../../devices/<BDF>
+    /// sys/kernel/iommu_groups/<G>/{type,devices/<BDF> -> ../../../../bus/pci/devices/<BDF>}
+    /// sys/class/vfio-dev/vfio<N> -> ../../bus/pci/devices/<BDF>/vfio-dev/vfio<N>
+    /// ```
+    ///
+    /// The ID files hold the values the device's config space has at
+    /// power-on, formatted as sysfs prints them (`0x1234`).
+    fn sysfs(p: &Platform) -> Result<StandIn, String> {
+        let d = StandIn::create("sysfs")?;
+        let sys = d.0.join("sys");
+        let err = |e: std::io::Error| format!("cannot create the stand-in sysfs {}: {e}", sys.display());
+        let driver = sys.join("bus/pci/drivers/vfio-pci");
+        for dir in [&driver, &sys.join("kernel/iommu_groups"), &sys.join("class/vfio-dev")] {
+            std::fs::create_dir_all(dir).map_err(err)?;
+        }
+        for dev in &p.devices {
+            Self::sysfs_device(&sys, dev).map_err(err)?;
+        }
+        Ok(d)
+    }
+
+    fn sysfs_device(sys: &Path, dev: &PlatformDevice) -> std::io::Result<()> {
+        let (bdf, n, g) = (&dev.bdf, dev.index, dev.group);
+        let (major, minor) = dev.devnum();
+        let cfg = |off: u64, len: usize| {
+            let mut b = [0u8; 4];
+            let _ = dev.pci.config_read(off, &mut b[..len]);
+            u32::from_le_bytes(b)
+        };
+        let pci = sys.join("bus/pci/devices").join(bdf);
+        let vfio = pci.join(format!("vfio-dev/vfio{n}"));
+        std::fs::create_dir_all(&vfio)?;
+        let (vendor, device) = (cfg(0x00, 2), cfg(0x02, 2));
+        let (subsys_vendor, subsys) = (cfg(0x2c, 2), cfg(0x2e, 2));
+        let (revision, class) = (cfg(0x08, 1), cfg(0x09, 3));
+        for (name, value) in [
+            ("vendor", format!("{vendor:#06x}")),
+            ("device", format!("{device:#06x}")),
+            ("subsystem_vendor", format!("{subsys_vendor:#06x}")),
+            ("subsystem_device", format!("{subsys:#06x}")),
+            ("class", format!("{class:#08x}")),
+            ("revision", format!("{revision:#04x}")),
+            ("numa_node", "-1".to_string()),
+            (
+                "uevent",
+                format!(
+                    "DRIVER=vfio-pci\nPCI_CLASS={class:X}\nPCI_ID={vendor:04X}:{device:04X}\n\
+                     PCI_SUBSYS_ID={subsys_vendor:04X}:{subsys:04X}\nPCI_SLOT_NAME={bdf}"
+                ),
+            ),
+        ] {
+            std::fs::write(pci.join(name), format!("{value}\n"))?;
+        }
+        std::fs::write(vfio.join("dev"), format!("{major}:{minor}\n"))?;
+        std::fs::write(vfio.join("uevent"), format!("MAJOR={major}\nMINOR={minor}\nDEVNAME=vfio/devices/vfio{n}\n"))?;
+        symlink(format!("../../../{bdf}"), vfio.join("device"))?;
+        symlink(format!("../../../../kernel/iommu_groups/{g}"), pci.join("iommu_group"))?;
+        symlink("../../drivers/vfio-pci", pci.join("driver"))?;
+        symlink(format!("../../devices/{bdf}"), sys.join("bus/pci/drivers/vfio-pci").join(bdf))?;
+        let group = sys.join("kernel/iommu_groups").join(g.to_string());
+        std::fs::create_dir_all(group.join("devices"))?;
+        std::fs::write(group.join("type"), "DMA\n")?;
+        symlink(format!("../../../../bus/pci/devices/{bdf}"), group.join("devices").join(bdf))?;
+        symlink(
+            format!("../../bus/pci/devices/{bdf}/vfio-dev/vfio{n}"),
+            sys.join("class/vfio-dev").join(format!("vfio{n}")),
+        )?;
+        Ok(())
     }
 }

@@ -1,5 +1,6 @@
 //! The preload shim, end to end: small C programs (`tests/c/*.c` at the
-//! repository root) are compiled at test time and run through
+//! repository root, and the example `examples/c/dma_copy.c`) are compiled
+//! at test time and run through
 //! `uiommufd run -- PROGRAM`, exactly as a user would run an unmodified
 //! iommufd client.
 //!
@@ -81,24 +82,25 @@ fn c_compiler() -> Option<&'static OsStr> {
     .as_deref()
 }
 
-/// Compile `tests/c/<name>.c` (once per test process) and return the
-/// executable, or `None` if there is no C compiler. A compile error fails
-/// the calling test.
-fn compile(name: &'static str) -> Option<PathBuf> {
+/// Compile `<dir>/<name>.c` (`dir` relative to the repository root: the
+/// tests' `tests/c`, or `examples/c`) once per test process, with only our
+/// `include/` and `dir` on the include path, and return the executable, or
+/// `None` if there is no C compiler. A compile error fails the calling test.
+fn compile_from(dir: &'static str, name: &'static str) -> Option<PathBuf> {
     type Built = Mutex<HashMap<&'static str, Arc<OnceLock<PathBuf>>>>;
     static BUILT: OnceLock<Built> = OnceLock::new();
     let cc = c_compiler()?;
     let cell = Arc::clone(BUILT.get_or_init(Default::default).lock().unwrap().entry(name).or_default());
     let exe = cell.get_or_init(|| {
         let root = repo_root();
-        let src = root.join("tests/c").join(format!("{name}.c"));
+        let src = root.join(dir).join(format!("{name}.c"));
         let exe = work_dir().join("bin").join(name);
         std::fs::create_dir_all(exe.parent().unwrap()).unwrap();
         let out = Command::new(cc)
             .args(["-std=gnu11", "-Wall", "-Wextra", "-O1", "-g", "-pthread", "-I"])
             .arg(root.join("include"))
             .arg("-I")
-            .arg(root.join("tests/c"))
+            .arg(root.join(dir))
             .arg("-o")
             .arg(&exe)
             .arg(&src)
@@ -118,10 +120,13 @@ fn compile(name: &'static str) -> Option<PathBuf> {
 /// when there is no C compiler.
 macro_rules! c_program {
     ($name:literal) => {
-        match compile($name) {
+        c_program!("tests/c", $name)
+    };
+    ($dir:literal, $name:literal) => {
+        match compile_from($dir, $name) {
             Some(exe) => exe,
             None => {
-                eprintln!("skipping: no C compiler found ($CC, cc, gcc, clang) to build tests/c/{}.c", $name);
+                eprintln!("skipping: no C compiler found ($CC, cc, gcc, clang) to build {}/{}.c", $dir, $name);
                 return;
             }
         }
@@ -526,4 +531,106 @@ fn run_failures_are_reported() {
 fn pinned_pages_outlive_the_programs_mapping() {
     let exe = c_program!("pinned_memory");
     run(uiommufd_run(&[], &[&exe])).assert_c_passed();
+}
+
+// 9. Emulated VFIO devices.
+
+/// The C example (examples/c/dma_copy.c, kernel uAPI headers only) finds
+/// its device's cdev through sysfs as QEMU does, binds it to an iommufd,
+/// maps its own buffer, drives the DMA engine through the mmap'd BAR0 and
+/// an MSI-X eventfd, and checks the copies in its own memory: under the
+/// mock IOMMU, under VT-d, and as the second of two devices.
+#[test]
+fn dma_copy_example_runs_unmodified() {
+    let exe = c_program!("examples/c", "dma_copy");
+    let ok = "OK: the device's DMA landed in this program's memory";
+    for (options, args) in [
+        (&["--device", "dma-engine"][..], &[][..]),
+        (&["--iommu", "vtd", "--device", "dma-engine"][..], &[][..]),
+        (
+            &["--iommu", "vtd:sc=0,pasid=8", "--device", "dma-engine:pasid=0", "--device", "dma-engine"][..],
+            &["0000:00:05.0"][..],
+        ),
+    ] {
+        let mut argv = vec![exe.as_os_str()];
+        argv.extend(args.iter().map(OsStr::new));
+        let ran = run(uiommufd_run(options, &argv));
+        assert!(ran.status.success() && ran.stdout.contains(ok), "{options:?}: {}", ran.report());
+        assert!(ran.stdout.contains("1 interrupt(s)"), "{}", ran.report());
+        assert!(ran.stderr.is_empty(), "{}", ran.report());
+    }
+    // Under --trace the run says which devices exist, and every call on
+    // the device's descriptor is named.
+    let ran = run(uiommufd_run(&["--trace", "--device", "dma-engine"], &[&exe]));
+    assert!(ran.status.success(), "{}", ran.report());
+    for want in [
+        "uiommufd: /dev/vfio/devices/vfio0 (511:0): dma-engine at 0000:00:04.0, IOMMU group 0, behind the mock IOMMU",
+        "vfio-device, VFIO_DEVICE_BIND_IOMMUFD) = 0",
+        "vfio-device, VFIO_DEVICE_SET_IRQS) = 0",
+        "mmap(",
+    ] {
+        assert!(ran.stderr.contains(want), "missing {want:?}: {}", ran.report());
+    }
+    // Without the device there is nothing to find.
+    let none = run(uiommufd_run(&[], &[&exe]));
+    assert_eq!(none.status.code(), Some(2), "{}", none.report());
+    assert!(none.stderr.contains("vfio-dev"), "{}", none.report());
+}
+
+/// stat, lstat, __xstat, fstatat, statx and fstat of the cdevs, the sysfs
+/// `dev` files, the class links and the IOMMU group links all tell the same
+/// story; /dev/iommu and /dev/vfio/vfio are the kernel's misc numbers.
+#[test]
+fn vfio_nodes_and_sysfs_agree() {
+    let exe = c_program!("vfio_sysfs");
+    let ran = run(uiommufd_run(
+        &["--device", "dma-engine", "--device", "dma-engine:pasid=0,bdf=0000:01:00.0"],
+        &[
+            exe.as_os_str(),
+            OsStr::new("0000:00:04.0"),
+            OsStr::new("0"),
+            OsStr::new("0"),
+            OsStr::new("0000:01:00.0"),
+            OsStr::new("1"),
+            OsStr::new("1"),
+        ],
+    ));
+    ran.assert_c_passed();
+    // The stand-in sysfs is gone after the run.
+    let stand_in = std::env::temp_dir().join(format!("uiommufd-sysfs-{}", ran.pid));
+    assert!(!stand_in.exists(), "{} was left behind", stand_in.display());
+}
+
+/// The kernel's errnos on a device cdev: before bind, bad binds, attach and
+/// detach forms, region offsets, mmap, SET_IRQS validation, and the device
+/// object's life.
+#[test]
+fn vfio_device_errnos() {
+    let exe = c_program!("vfio_negative");
+    run(uiommufd_run(&["--device", "dma-engine"], &[&exe])).assert_c_passed();
+}
+
+/// `uiommufd run` checks the machine before running anything and says
+/// what is wrong.
+#[test]
+fn run_validates_the_platform() {
+    for (options, want) in [
+        (&["--device", "nic"][..], "unknown device kind `nic`"),
+        (&["--device", "dma-engine:pasid=21"][..], "at most 20 bits"),
+        (&["--device", "dma-engine;dma-engine"][..], "one device per --device"),
+        (&["--device", "dma-engine", "--device", "dma-engine:bdf=0000:00:04.0"][..], "same BDF"),
+        (&["--iommu", "amd"][..], "unknown IOMMU model `amd`"),
+        (&["--iommu", "vtd:sc=2"][..], "expected 0 or 1"),
+    ] {
+        let ran = run(uiommufd_run(options, &["sh", "-c", "echo ran"]));
+        assert!(!ran.status.success(), "{options:?}: {}", ran.report());
+        assert!(ran.stderr.contains(want), "{options:?}: missing {want:?}: {}", ran.report());
+        assert!(ran.stdout.is_empty(), "{}", ran.report());
+    }
+    // Without devices nothing changes: no sysfs redirection, exec as before.
+    let ran = run(uiommufd_run(
+        &["--iommu", "vtd"],
+        &["sh", "-c", "echo \"$UIOMMUFD_IOMMU:$UIOMMUFD_DEVICES:$UIOMMUFD_SYSFS\""],
+    ));
+    assert_eq!(ran.stdout, "vtd::\n", "{}", ran.report());
 }

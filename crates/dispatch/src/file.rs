@@ -10,7 +10,7 @@
 //! in-process use — to give the new file a descriptor number.
 
 use std::collections::HashMap;
-use std::os::fd::RawFd;
+use std::os::fd::{OwnedFd, RawFd};
 use std::sync::{Arc, Mutex};
 
 use uiommufd_abi::Errno;
@@ -21,6 +21,8 @@ use uiommufd_core::selftest::SelftestAccess;
 use uiommufd_core::veventq::Veventq;
 use uiommufd_core::{Error, Iommufd};
 
+use crate::vfio_device::{VfioDevice, VfioDeviceFile};
+
 /// A device node (or control file) uiommufd emulates.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Node {
@@ -28,6 +30,9 @@ pub enum Node {
     Iommu,
     /// `/dev/vfio/vfio`, the type1 container node iommufd can stand in for.
     VfioContainer,
+    /// `/dev/vfio/devices/vfioN`: the VFIO device cdev of emulated device
+    /// `N` (see [`VfioDevice::global`]).
+    VfioDevice(u32),
     /// `/proc/self/task/TID/fail-nth` (and its other spellings): the
     /// kernel's per-task fault injection countdown, driving the engine's
     /// injection points. Served only when fault injection is enabled.
@@ -40,7 +45,15 @@ impl Node {
         match path {
             b"/dev/iommu" => Some(Node::Iommu),
             b"/dev/vfio/vfio" => Some(Node::VfioContainer),
-            _ => None,
+            _ => {
+                // vfio<N>, N in decimal as the kernel names it (no leading
+                // zeros).
+                let n = path.strip_prefix(b"/dev/vfio/devices/vfio")?;
+                if n.is_empty() || (n[0] == b'0' && n.len() > 1) || !n.iter().all(u8::is_ascii_digit) {
+                    return None;
+                }
+                std::str::from_utf8(n).ok()?.parse().ok().map(Node::VfioDevice)
+            }
         }
     }
 
@@ -73,6 +86,22 @@ pub trait FdHost: Sync {
     fn uninstall(&self, fd: i32);
     /// The served file behind `fd`, if any.
     fn get(&self, fd: i32) -> Option<Arc<File>>;
+
+    /// Duplicate the program's own (not served) descriptor `fd`,
+    /// close-on-exec, for a file to keep (an eventfd an interrupt signals):
+    /// `EBADF` if it is not open.
+    fn dup_fd(&self, fd: i32) -> Result<OwnedFd, Errno> {
+        // SAFETY: F_DUPFD_CLOEXEC creates a new descriptor and touches no
+        // memory.
+        crate::vfio_device::dup_with(fd, |fd, cmd, arg| unsafe { libc::fcntl(fd, cmd, arg) })
+    }
+
+    /// Whether the program's descriptor `fd` is open (to tell `EBADF` from
+    /// "not the right kind of file").
+    fn fd_is_open(&self, fd: i32) -> bool {
+        // SAFETY: F_GETFD reads the descriptor's flags and touches no memory.
+        fd >= 0 && unsafe { libc::fcntl(fd, libc::F_GETFD) } >= 0
+    }
 }
 
 /// An open file served by uiommufd.
@@ -87,6 +116,8 @@ pub enum File {
     FailNth(FailNthFile),
     /// `[iommufd-viommu-event]`: a vIOMMU event queue.
     Veventq(VeventqFile),
+    /// `/dev/vfio/devices/vfioN`: a VFIO device cdev.
+    VfioDevice(VfioDeviceFile),
 }
 
 /// The file of a fault object: keeps the context alive and holds an edge on
@@ -123,23 +154,41 @@ pub struct FailNthFile {
 }
 
 impl File {
-    /// `open(2)` of `node`.
+    /// `open(2)` of `node`. A [`Node::VfioDevice`] that names no device of
+    /// the platform opens as a file on which every call fails with `ENODEV`
+    /// (use [`File::try_open`] to be told at open, as the kernel does).
     pub fn open(node: Node) -> File {
         let how = match node {
             Node::Iommu => OpenedAs::Iommu,
             Node::VfioContainer => OpenedAs::VfioContainer,
             Node::FailNth(tid) => return File::FailNth(FailNthFile { tid, pos: Default::default() }),
+            Node::VfioDevice(index) => {
+                return File::VfioDevice(match VfioDevice::global(index) {
+                    Some(dev) => VfioDeviceFile::new(dev),
+                    None => VfioDeviceFile::orphan(),
+                })
+            }
         };
         File::Iommufd(Arc::new(Iommufd::open(how)))
     }
 
     /// [`File::open`] as the kernel's `open` of the node: creating a context
-    /// is a fault injection point (`ENOMEM`).
+    /// is a fault injection point (`ENOMEM`); a VFIO device that does not
+    /// exist is `ENODEV` (`vfio_device_fops_cdev_open`).
     pub fn try_open(node: Node) -> Result<File, Errno> {
         if matches!(node, Node::Iommu | Node::VfioContainer) && uiommufd_memory::failpoint::should_fail() {
             return Err(Errno::ENOMEM);
         }
+        if let Node::VfioDevice(index) = node {
+            return VfioDevice::global(index).map(|d| File::VfioDevice(VfioDeviceFile::new(d))).ok_or(Errno::ENODEV);
+        }
         Ok(File::open(node))
+    }
+
+    /// An open of VFIO device `dev` (for in-process users: install it in a
+    /// [`LocalFds`] to get a descriptor number).
+    pub fn open_vfio_device(dev: &Arc<VfioDevice>) -> File {
+        File::VfioDevice(VfioDeviceFile::new(Arc::clone(dev)))
     }
 
     /// `ioctl(2)` with request `request` and argument `arg` (a user address
@@ -147,9 +196,29 @@ impl File {
     pub fn ioctl(&self, host: &dyn FdHost, request: u64, arg: u64) -> Result<i32, Error> {
         match self {
             File::Iommufd(ctx) => crate::iommufd_ioctl(ctx, host, request, arg),
+            File::VfioDevice(f) => f.ioctl(host, request, arg),
             File::SelftestAccess(_) | File::Fault(_) | File::Veventq(_) | File::FailNth(_) => {
                 Err(Error::new(Errno::ENOTTY, "this file has no ioctls"))
             }
+        }
+    }
+
+    /// The C name of ioctl request `cmd` on this file, for traces.
+    pub fn ioctl_name(&self, cmd: u32) -> Option<&'static str> {
+        match self {
+            File::Iommufd(_) => crate::op_name(cmd),
+            File::VfioDevice(_) => crate::vfio_device::ioctl_name(cmd),
+            _ => None,
+        }
+    }
+
+    /// `mmap(2)` of `length` bytes of this file at `offset` (`addr`, `prot`
+    /// and `flags` as mmap takes them): only VFIO device files can be
+    /// mapped (`ENODEV` otherwise, as for a file without an mmap method).
+    pub fn mmap(&self, addr: u64, length: u64, prot: i32, flags: i32, offset: u64) -> Result<u64, Error> {
+        match self {
+            File::VfioDevice(f) => f.mmap(addr, length, prot, flags, offset),
+            _ => Err(Error::new(Errno::ENODEV, "this file cannot be mapped")),
         }
     }
 
@@ -157,6 +226,7 @@ impl File {
     pub fn describe(&self) -> &'static str {
         match self {
             File::Iommufd(_) => "iommufd",
+            File::VfioDevice(_) => "vfio-device",
             File::SelftestAccess(_) => "test-access",
             File::Fault(_) => "fault-queue",
             File::Veventq(_) => "viommu-event-queue",
@@ -196,6 +266,7 @@ impl File {
                 let count = count.min(MAX_IO);
                 f.veventq.read(count, |at, bytes| uiommufd_memory::copy_to_user(buf.wrapping_add(at as u64), bytes))
             }
+            File::VfioDevice(f) => f.read(buf, count, pos),
             File::FailNth(f) => {
                 // proc_fail_nth_read: the countdown as "%u\n", read from the
                 // file position. Only the calling thread's countdown is
@@ -233,6 +304,7 @@ impl File {
                 uiommufd_memory::copy_from_user(&mut tmp, buf).map_err(|e| Error::new(e, "reading the responses"))?;
                 f.fault.write(&tmp)
             }
+            File::VfioDevice(f) => f.write(buf, count, pos),
             File::FailNth(f) => {
                 // proc_fail_nth_write: an unsigned number, for the calling
                 // task only.
@@ -305,6 +377,18 @@ mod tests {
         assert_eq!(p("/proc/99/task/101/fail-nth"), None, "another process");
         assert_eq!(p("/proc/self/task/x/fail-nth"), None);
         assert_eq!(p("/proc/self/fail-nth"), None);
+    }
+
+    #[test]
+    fn vfio_device_paths() {
+        let n = |s: &str| Node::from_path(s.as_bytes());
+        assert_eq!(n("/dev/vfio/devices/vfio0"), Some(Node::VfioDevice(0)));
+        assert_eq!(n("/dev/vfio/devices/vfio12"), Some(Node::VfioDevice(12)));
+        assert_eq!(n("/dev/vfio/devices/vfio"), None);
+        assert_eq!(n("/dev/vfio/devices/vfio01"), None);
+        assert_eq!(n("/dev/vfio/devices/vfio1x"), None);
+        assert_eq!(n("/dev/vfio/devices/vfio99999999999"), None);
+        assert_eq!(n("/dev/vfio/vfio0"), None);
     }
 
     #[test]

@@ -15,6 +15,10 @@
 //!
 //! Every user pointer is touched through `uiommufd_memory::user`, so a bad
 //! pointer is `EFAULT` and never a crash.
+//!
+//! The other files uiommufd serves live here too ([`file`]): VFIO device
+//! cdevs over emulated PCI functions ([`vfio_device`]), fault and event
+//! queues, the selftest's access, fail-nth.
 
 pub mod file;
 mod handlers;
@@ -23,11 +27,13 @@ mod selftest;
 mod table;
 mod ucmd;
 mod vfio_compat;
+pub mod vfio_device;
 mod viommu;
 
 pub use file::{FdHost, File, LocalFds, Node};
 pub use table::{op_name, OPS};
 pub use ucmd::Ucmd;
+pub use vfio_device::{VfioDevice, VfioDeviceFile};
 
 use std::sync::Arc;
 
@@ -69,5 +75,7 @@ fn vfio_compat_ioctl(ctx: &Arc<Iommufd>, cmd: u32, arg: u64) -> Result<i32, Erro
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod vfio_device_tests;
 #[cfg(test)]
 mod viommu_tests;

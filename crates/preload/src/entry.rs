@@ -6,13 +6,23 @@
 //! optional argument spelled out: on the Linux x86-64 and AArch64 calling
 //! conventions a variadic argument travels exactly where a fixed one would,
 //! and we forward it as received.
+//!
+//! Groups:
+//! - descriptors: the open family, close, close_range, closefrom, dup
+//!   family, fcntl, ioctl, read/write/pread/pwrite, mmap;
+//! - memory: munmap, mremap, madvise (pinned pages), sigaction/signal;
+//! - paths: the stat family (a served node or descriptor is a character
+//!   device with the emulated numbers), readlink, realpath, access,
+//!   opendir, scandir, fopen (the emulated sysfs and debugfs entries are
+//!   redirected to the directories `uiommufd run` prepares).
 
-use std::ffi::CStr;
+use std::ffi::{CStr, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use libc::{c_char, c_int, c_long, c_uint, c_ulong, c_void, mode_t};
 use uiommufd_abi::Errno;
+use uiommufd_devices::platform::{IOMMU_DEV, VFIO_CONTAINER_DEV, VFIO_DEV_MAJOR};
 use uiommufd_dispatch::{FdHost, File, Node};
 
 use crate::path::{self, Base};
@@ -37,12 +47,55 @@ fn fail(errno: c_int) -> c_int {
     -1
 }
 
-/// The IOMMU model chosen through `UIOMMUFD_IOMMU`; `None` if it names a
-/// model we do not have.
-fn model_ok() -> bool {
-    match std::env::var("UIOMMUFD_IOMMU") {
-        Err(_) => true,
-        Ok(m) => m.is_empty() || m == "mock",
+/// Whether `UIOMMUFD_IOMMU` names an IOMMU model we have (unset or empty:
+/// the mock); the reason if not.
+fn model_ok() -> Result<(), &'static str> {
+    static MODEL: OnceLock<Result<(), String>> = OnceLock::new();
+    MODEL
+        .get_or_init(|| {
+            let m = std::env::var("UIOMMUFD_IOMMU").unwrap_or_default();
+            uiommufd_devices::platform::parse_iommu(&m).map(|_| ())
+        })
+        .as_ref()
+        .map(|_| ())
+        .map_err(String::as_str)
+}
+
+/// The iommufd files opened as `/dev/vfio/vfio` (the others are
+/// `/dev/iommu`): what their `fstat` reports. Short-lived lock, taken only
+/// inside engine calls.
+static OPENED_AS_CONTAINER: Mutex<Vec<Weak<File>>> = Mutex::new(Vec::new());
+
+fn remember_container(file: &Arc<File>) {
+    let mut v = OPENED_AS_CONTAINER.lock().unwrap_or_else(|p| p.into_inner());
+    v.retain(|w| w.strong_count() > 0);
+    v.push(Arc::downgrade(file));
+}
+
+/// `(major, minor)` of the character device a served file is an open of.
+fn file_devnum(file: &Arc<File>) -> Option<(u32, u32)> {
+    match &**file {
+        File::VfioDevice(f) => f.device().map(|d| (VFIO_DEV_MAJOR, d.index())),
+        File::Iommufd(_) => {
+            let v = OPENED_AS_CONTAINER.lock().unwrap_or_else(|p| p.into_inner());
+            let container = v.iter().any(|w| std::ptr::eq(w.as_ptr(), Arc::as_ptr(file)));
+            Some(if container { VFIO_CONTAINER_DEV } else { IOMMU_DEV })
+        }
+        _ => None,
+    }
+}
+
+/// `(major, minor)` of the served node `path` names, if any.
+fn node_devnum(path: &CStr, base: Base) -> Option<(u32, u32)> {
+    let node = path::node_for(path, base)?;
+    if model_ok().is_err() {
+        return None;
+    }
+    match node {
+        Node::Iommu => Some(IOMMU_DEV),
+        Node::VfioContainer => Some(VFIO_CONTAINER_DEV),
+        Node::VfioDevice(i) => Some((VFIO_DEV_MAJOR, i)),
+        Node::FailNth(_) => None,
     }
 }
 
@@ -94,6 +147,17 @@ impl FdHost for ShimFds {
     fn get(&self, fd: i32) -> Option<Arc<File>> {
         fdtable::get(fd)
     }
+
+    fn dup_fd(&self, fd: i32) -> Result<std::os::fd::OwnedFd, Errno> {
+        // SAFETY: F_DUPFD_CLOEXEC through libc's fcntl creates a descriptor
+        // and touches no memory.
+        uiommufd_dispatch::vfio_device::dup_with(fd, |fd, cmd, arg| unsafe { real::fcntl(fd, cmd, arg as c_long) })
+    }
+
+    fn fd_is_open(&self, fd: i32) -> bool {
+        // SAFETY: F_GETFD reads the descriptor's flags.
+        fd >= 0 && unsafe { real::fcntl(fd, libc::F_GETFD, 0) } >= 0
+    }
 }
 
 /// Open a served node: back it with a real descriptor, then publish it.
@@ -112,17 +176,22 @@ fn open_served(node: Node, flags: c_int) -> c_int {
     if flags & (libc::O_CREAT | libc::O_EXCL) == (libc::O_CREAT | libc::O_EXCL) {
         return fail(libc::EEXIST);
     }
-    if !matches!(node, Node::FailNth(_)) && !model_ok() {
-        if trace::enabled() {
-            trace::line(format_args!("open({node:?}): UIOMMUFD_IOMMU names no known model"));
+    if !matches!(node, Node::FailNth(_)) {
+        if let Err(why) = model_ok() {
+            if trace::enabled() {
+                trace::line(format_args!("open({node:?}): UIOMMUFD_IOMMU names no known model ({why})"));
+            }
+            return fail(libc::ENODEV);
         }
-        return fail(libc::ENODEV);
     }
     let file = match File::try_open(node) {
-        Ok(f) => f,
+        Ok(f) => Arc::new(f),
         Err(e) => return fail(e.0),
     };
-    match install_backed(Arc::new(file), flags) {
+    if node == Node::VfioContainer {
+        remember_container(&file);
+    }
+    match install_backed(file, flags) {
         Ok(fd) => {
             if trace::enabled() {
                 trace::line(format_args!("open({node:?}) = {fd}"));
@@ -133,20 +202,39 @@ fn open_served(node: Node, flags: c_int) -> c_int {
     }
 }
 
-/// Shared body of the open family.
+/// Shared body of the open family: a served node opens here, an emulated
+/// sysfs path opens its stand-in, anything else is `forward(path)`.
 ///
 /// # Safety
 /// `path` is NULL or a NUL-terminated string, as open(2) requires.
-unsafe fn open_common(base: Base, path: *const c_char, flags: c_int, forward: impl FnOnce() -> c_int) -> c_int {
+unsafe fn open_common(
+    base: Base,
+    path: *const c_char,
+    flags: c_int,
+    forward: impl FnOnce(*const c_char) -> c_int,
+) -> c_int {
     if path.is_null() {
-        return forward();
+        return forward(path);
     }
     // SAFETY: the caller passes a C string per open(2).
     let cpath = unsafe { CStr::from_ptr(path) };
-    match path::node_for(cpath, base) {
-        None => forward(),
-        Some(node) => guard(|| open_served(node, flags)),
+    let served = shielded(None, || path::node_for(cpath, base).map(Ok).or_else(|| redirect(cpath).map(Err)));
+    match served {
+        None => forward(path),
+        Some(Ok(node)) => guard(|| open_served(node, flags)),
+        Some(Err(stand_in)) => forward(stand_in.as_ptr()),
     }
+}
+
+/// Run `f`, turning a panic into `fallback` (checks that run before a call
+/// is forwarded must not unwind into C either).
+fn shielded<R>(fallback: R, f: impl FnOnce() -> R) -> R {
+    catch_unwind(AssertUnwindSafe(f)).unwrap_or(fallback)
+}
+
+/// The stand-in of an emulated sysfs path (absolute paths only).
+fn redirect(path: &CStr) -> Option<CString> {
+    path::sysfs_redirect(path)
 }
 
 fn base_of(dirfd: c_int) -> Base {
@@ -161,13 +249,15 @@ fn base_of(dirfd: c_int) -> Base {
 /// C `opendir(3)`.
 ///
 /// With fault injection emulated, `/sys/kernel/debug` opens the stand-in
-/// directory `uiommufd run` prepared (see [`path::debugfs_dir`]); everything
-/// else is libc's.
+/// directory `uiommufd run` prepared (see [`path::debugfs_dir`]); the
+/// emulated devices' sysfs directories open theirs; everything else is
+/// libc's.
 #[no_mangle]
 pub unsafe extern "C" fn opendir(path: *const c_char) -> *mut libc::DIR {
     if !path.is_null() {
         // SAFETY: the caller passes a C string per opendir(3).
-        if let Some(dir) = path::debugfs_dir(unsafe { CStr::from_ptr(path) }) {
+        let cpath = unsafe { CStr::from_ptr(path) };
+        if let Some(dir) = shielded(None, || path::debugfs_dir(cpath).or_else(|| redirect(cpath))) {
             // SAFETY: `dir` is a NUL-terminated path we own.
             return unsafe { real::opendir(dir.as_ptr()) };
         }
@@ -181,7 +271,7 @@ pub unsafe extern "C" fn opendir(path: *const c_char) -> *mut libc::DIR {
 #[no_mangle]
 pub unsafe extern "C" fn open(path: *const c_char, flags: c_int, mode: mode_t) -> c_int {
     // SAFETY: forwarded per open(2).
-    unsafe { open_common(Base::Cwd, path, flags, || real::open(path, flags, mode)) }
+    unsafe { open_common(Base::Cwd, path, flags, |p| real::open(p, flags, mode)) }
 }
 
 /// # Safety
@@ -189,7 +279,7 @@ pub unsafe extern "C" fn open(path: *const c_char, flags: c_int, mode: mode_t) -
 #[no_mangle]
 pub unsafe extern "C" fn open64(path: *const c_char, flags: c_int, mode: mode_t) -> c_int {
     // SAFETY: forwarded per open(2).
-    unsafe { open_common(Base::Cwd, path, flags, || real::open64(path, flags, mode)) }
+    unsafe { open_common(Base::Cwd, path, flags, |p| real::open64(p, flags, mode)) }
 }
 
 /// # Safety
@@ -197,7 +287,7 @@ pub unsafe extern "C" fn open64(path: *const c_char, flags: c_int, mode: mode_t)
 #[no_mangle]
 pub unsafe extern "C" fn openat(dirfd: c_int, path: *const c_char, flags: c_int, mode: mode_t) -> c_int {
     // SAFETY: forwarded per openat(2).
-    unsafe { open_common(base_of(dirfd), path, flags, || real::openat(dirfd, path, flags, mode)) }
+    unsafe { open_common(base_of(dirfd), path, flags, |p| real::openat(dirfd, p, flags, mode)) }
 }
 
 /// # Safety
@@ -205,7 +295,7 @@ pub unsafe extern "C" fn openat(dirfd: c_int, path: *const c_char, flags: c_int,
 #[no_mangle]
 pub unsafe extern "C" fn openat64(dirfd: c_int, path: *const c_char, flags: c_int, mode: mode_t) -> c_int {
     // SAFETY: forwarded per openat(2).
-    unsafe { open_common(base_of(dirfd), path, flags, || real::openat64(dirfd, path, flags, mode)) }
+    unsafe { open_common(base_of(dirfd), path, flags, |p| real::openat64(dirfd, p, flags, mode)) }
 }
 
 /// # Safety
@@ -213,7 +303,7 @@ pub unsafe extern "C" fn openat64(dirfd: c_int, path: *const c_char, flags: c_in
 #[no_mangle]
 pub unsafe extern "C" fn __open_2(path: *const c_char, flags: c_int) -> c_int {
     // SAFETY: forwarded per open(2).
-    unsafe { open_common(Base::Cwd, path, flags, || real::open_2(path, flags)) }
+    unsafe { open_common(Base::Cwd, path, flags, |p| real::open_2(p, flags)) }
 }
 
 /// # Safety
@@ -221,7 +311,7 @@ pub unsafe extern "C" fn __open_2(path: *const c_char, flags: c_int) -> c_int {
 #[no_mangle]
 pub unsafe extern "C" fn __open64_2(path: *const c_char, flags: c_int) -> c_int {
     // SAFETY: forwarded per open(2).
-    unsafe { open_common(Base::Cwd, path, flags, || real::open64_2(path, flags)) }
+    unsafe { open_common(Base::Cwd, path, flags, |p| real::open64_2(p, flags)) }
 }
 
 /// # Safety
@@ -229,7 +319,7 @@ pub unsafe extern "C" fn __open64_2(path: *const c_char, flags: c_int) -> c_int 
 #[no_mangle]
 pub unsafe extern "C" fn __openat_2(dirfd: c_int, path: *const c_char, flags: c_int) -> c_int {
     // SAFETY: forwarded per openat(2).
-    unsafe { open_common(base_of(dirfd), path, flags, || real::openat_2(dirfd, path, flags)) }
+    unsafe { open_common(base_of(dirfd), path, flags, |p| real::openat_2(dirfd, p, flags)) }
 }
 
 /// # Safety
@@ -237,7 +327,7 @@ pub unsafe extern "C" fn __openat_2(dirfd: c_int, path: *const c_char, flags: c_
 #[no_mangle]
 pub unsafe extern "C" fn __openat64_2(dirfd: c_int, path: *const c_char, flags: c_int) -> c_int {
     // SAFETY: forwarded per openat(2).
-    unsafe { open_common(base_of(dirfd), path, flags, || real::openat64_2(dirfd, path, flags)) }
+    unsafe { open_common(base_of(dirfd), path, flags, |p| real::openat64_2(dirfd, p, flags)) }
 }
 
 /// # Safety
@@ -424,7 +514,7 @@ pub unsafe extern "C" fn ioctl(fd: c_int, request: c_ulong, arg: *mut c_void) ->
 
 fn trace_ioctl(fd: c_int, file: &File, request: c_ulong, res: &Result<i32, uiommufd_core::Error>) {
     let cmd = request as u32;
-    let name = uiommufd_dispatch::op_name(cmd);
+    let name = file.ioctl_name(cmd);
     let name = name.map(std::borrow::Cow::Borrowed).unwrap_or_else(|| format!("{cmd:#x}").into());
     match res {
         Ok(v) => trace::line(format_args!("ioctl({fd} {}, {name}) = {v}", file.describe())),
@@ -628,4 +718,729 @@ pub unsafe extern "C" fn signal(sig: c_int, handler: libc::sighandler_t) -> libc
         return libc::SIG_ERR;
     }
     old.sa_sigaction
+}
+
+// Mapping a served descriptor.
+
+/// The checks `mmap(2)` makes before a driver sees the call: a length, an
+/// aligned offset, and a file opened for reading (and for writing, when a
+/// shared mapping is writable). `EINVAL`/`EACCES`.
+fn mmap_file_checks(fd: c_int, len: usize, prot: c_int, flags: c_int, off: i64) -> Result<(), c_int> {
+    let page = uiommufd_memory::page_size() as i64;
+    if len == 0 || off & (page - 1) != 0 {
+        return Err(libc::EINVAL);
+    }
+    // SAFETY: F_GETFL reads the descriptor's status flags.
+    let fl = unsafe { real::fcntl(fd, libc::F_GETFL, 0) };
+    if fl < 0 {
+        return Err(libc::EBADF);
+    }
+    let acc = fl & libc::O_ACCMODE;
+    let shared = matches!(flags & 0x0f, libc::MAP_SHARED | libc::MAP_SHARED_VALIDATE);
+    if acc == libc::O_WRONLY || (shared && prot & libc::PROT_WRITE != 0 && acc != libc::O_RDWR) {
+        return Err(libc::EACCES);
+    }
+    Ok(())
+}
+
+/// `mmap` of a served VFIO device: the region's memory, mapped from the
+/// device's memfd (see `VfioDeviceFile::mmap`). Other served files keep
+/// their backing descriptor's answer.
+fn mmap_served(fd: c_int, addr: *mut c_void, len: usize, prot: c_int, flags: c_int, off: i64) -> Option<*mut c_void> {
+    let file = fdtable::get(fd)?;
+    if !matches!(&*file, File::VfioDevice(_)) {
+        return None;
+    }
+    let _engine = fdtable::EngineGuard::enter();
+    let res = mmap_file_checks(fd, len, prot, flags, off)
+        .map_err(|e| uiommufd_core::Error::new(Errno(e), "mmap(2) checks"))
+        .and_then(|()| file.mmap(addr as u64, len as u64, prot, flags, off as u64));
+    if trace::enabled() {
+        match &res {
+            Ok(p) => trace::line(format_args!("mmap({fd} vfio-device, {len:#x} at offset {off:#x}) = {p:#x}")),
+            Err(e) => trace::line(format_args!("mmap({fd} vfio-device) = -1 {:?} ({})", e.errno, e.context)),
+        }
+    }
+    Some(match res {
+        Ok(p) => p as *mut c_void,
+        Err(e) => {
+            set_errno(e.errno.0);
+            libc::MAP_FAILED
+        }
+    })
+}
+
+/// # Safety
+/// C `mmap(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn mmap(
+    addr: *mut c_void,
+    len: usize,
+    prot: c_int,
+    flags: c_int,
+    fd: c_int,
+    off: libc::off_t,
+) -> *mut c_void {
+    if fd >= 0 && flags & libc::MAP_ANONYMOUS == 0 && fdtable::is_ours(fd) {
+        let served = catch_unwind(AssertUnwindSafe(|| mmap_served(fd, addr, len, prot, flags, off)));
+        match served {
+            Ok(Some(p)) => return p,
+            Ok(None) => {}
+            Err(_) => {
+                set_errno(libc::EIO);
+                return libc::MAP_FAILED;
+            }
+        }
+    }
+    // SAFETY: forwarded per mmap(2).
+    unsafe { real::mmap(addr, len, prot, flags, fd, off) }
+}
+
+/// # Safety
+/// C `mmap64(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn mmap64(
+    addr: *mut c_void,
+    len: usize,
+    prot: c_int,
+    flags: c_int,
+    fd: c_int,
+    off: libc::off64_t,
+) -> *mut c_void {
+    if fd >= 0 && flags & libc::MAP_ANONYMOUS == 0 && fdtable::is_ours(fd) {
+        let served = catch_unwind(AssertUnwindSafe(|| mmap_served(fd, addr, len, prot, flags, off)));
+        match served {
+            Ok(Some(p)) => return p,
+            Ok(None) => {}
+            Err(_) => {
+                set_errno(libc::EIO);
+                return libc::MAP_FAILED;
+            }
+        }
+    }
+    // SAFETY: forwarded per mmap(2).
+    unsafe { real::mmap64(addr, len, prot, flags, fd, off) }
+}
+
+// The stat family.
+
+/// A stable inode number for an emulated node.
+fn fake_ino((major, minor): (u32, u32)) -> u64 {
+    0x7569_0000_0000_0000 | (u64::from(major) << 24) | u64::from(minor)
+}
+
+/// Make a stat of `/dev/null` (or of a served descriptor's backing
+/// `/dev/null`) describe the emulated character device `dev`: mode
+/// `crw-------` owned by the caller, the emulated device number.
+macro_rules! patch_stat {
+    ($name:ident, $ty:ty) => {
+        fn $name(st: &mut $ty, dev: (u32, u32)) {
+            st.st_mode = libc::S_IFCHR | 0o600;
+            st.st_rdev = libc::makedev(dev.0, dev.1);
+            // SAFETY: getuid/getgid cannot fail.
+            st.st_uid = unsafe { libc::getuid() };
+            // SAFETY: as above.
+            st.st_gid = unsafe { libc::getgid() };
+            st.st_ino = fake_ino(dev);
+            st.st_nlink = 1;
+            st.st_size = 0;
+        }
+    };
+}
+
+patch_stat!(patch_stat, libc::stat);
+patch_stat!(patch_stat64, libc::stat64);
+
+fn patch_statx(st: &mut libc::statx, dev: (u32, u32)) {
+    st.stx_mode = (libc::S_IFCHR | 0o600) as u16;
+    st.stx_rdev_major = dev.0;
+    st.stx_rdev_minor = dev.1;
+    // SAFETY: getuid/getgid cannot fail.
+    st.stx_uid = unsafe { libc::getuid() };
+    // SAFETY: as above.
+    st.stx_gid = unsafe { libc::getgid() };
+    st.stx_ino = fake_ino(dev);
+    st.stx_nlink = 1;
+    st.stx_size = 0;
+}
+
+/// What a path-taking call should look at instead of `path`.
+enum PathTarget {
+    /// Not ours: the path as given.
+    Plain,
+    /// A served node with this device number (looked up as `/dev/null`).
+    Node((u32, u32)),
+    /// An emulated sysfs entry: its stand-in.
+    Redirect(CString),
+}
+
+/// # Safety
+/// `path` is NULL or a NUL-terminated string.
+unsafe fn target(path: *const c_char, base: Base) -> PathTarget {
+    if path.is_null() {
+        return PathTarget::Plain;
+    }
+    // SAFETY: the caller passes a C string.
+    let cpath = unsafe { CStr::from_ptr(path) };
+    shielded(PathTarget::Plain, || {
+        if let Some(dev) = node_devnum(cpath, base) {
+            return PathTarget::Node(dev);
+        }
+        match redirect(cpath) {
+            Some(p) => PathTarget::Redirect(p),
+            None => PathTarget::Plain,
+        }
+    })
+}
+
+/// A stat-like call on `path` (relative to `base`) filling `buf`:
+/// `call(p)` runs the real function on path `p`.
+///
+/// # Safety
+/// `path` is NULL or a C string; `buf` is what the real function takes.
+unsafe fn stat_path<S>(
+    path: *const c_char,
+    base: Base,
+    buf: *mut S,
+    patch: fn(&mut S, (u32, u32)),
+    call: impl FnOnce(*const c_char) -> c_int,
+) -> c_int {
+    // SAFETY: per the caller.
+    match unsafe { target(path, base) } {
+        PathTarget::Plain => call(path),
+        PathTarget::Redirect(p) => call(p.as_ptr()),
+        PathTarget::Node(dev) => {
+            let rc = call(c"/dev/null".as_ptr());
+            // SAFETY: the real call filled `buf`, a pointer to an S.
+            if let (0, Some(st)) = (rc, unsafe { buf.as_mut() }) {
+                patch(st, dev);
+            }
+            rc
+        }
+    }
+}
+
+/// A stat-like call on descriptor `fd`: `call()` runs the real function;
+/// a served descriptor's result then describes its emulated device.
+///
+/// # Safety
+/// `buf` is what the real function takes.
+unsafe fn stat_fd<S>(fd: c_int, buf: *mut S, patch: fn(&mut S, (u32, u32)), call: impl FnOnce() -> c_int) -> c_int {
+    let rc = call();
+    if rc != 0 || !fdtable::is_ours(fd) {
+        return rc;
+    }
+    let errno = real::errno();
+    let dev = shielded(None, || {
+        let _engine = fdtable::EngineGuard::enter();
+        fdtable::get(fd).as_ref().and_then(file_devnum)
+    });
+    // SAFETY: the real call filled `buf`, a pointer to an S.
+    if let (Some(dev), Some(st)) = (dev, unsafe { buf.as_mut() }) {
+        patch(st, dev);
+    }
+    set_errno(errno);
+    rc
+}
+
+/// Whether a `*at` call with these arguments is about `dirfd` itself.
+///
+/// # Safety
+/// `path` is NULL or a C string.
+unsafe fn empty_path(path: *const c_char, flags: c_int) -> bool {
+    // SAFETY: a non-null path is a C string, so its first byte is readable.
+    flags & libc::AT_EMPTY_PATH != 0 && (path.is_null() || unsafe { *path } == 0)
+}
+
+/// # Safety
+/// C `stat(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn stat(path: *const c_char, buf: *mut libc::stat) -> c_int {
+    // SAFETY: forwarded per stat(2).
+    unsafe { stat_path(path, Base::Cwd, buf, patch_stat, |p| real::stat(p, buf)) }
+}
+
+/// # Safety
+/// C `lstat(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn lstat(path: *const c_char, buf: *mut libc::stat) -> c_int {
+    // SAFETY: forwarded per lstat(2).
+    unsafe { stat_path(path, Base::Cwd, buf, patch_stat, |p| real::lstat(p, buf)) }
+}
+
+/// # Safety
+/// C `fstat(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn fstat(fd: c_int, buf: *mut libc::stat) -> c_int {
+    // SAFETY: forwarded per fstat(2).
+    unsafe { stat_fd(fd, buf, patch_stat, || real::fstat(fd, buf)) }
+}
+
+/// # Safety
+/// C `fstatat(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn fstatat(dirfd: c_int, path: *const c_char, buf: *mut libc::stat, flags: c_int) -> c_int {
+    // SAFETY: forwarded per fstatat(2).
+    unsafe {
+        if empty_path(path, flags) {
+            return stat_fd(dirfd, buf, patch_stat, || real::fstatat(dirfd, path, buf, flags));
+        }
+        stat_path(path, base_of(dirfd), buf, patch_stat, |p| real::fstatat(dirfd, p, buf, flags))
+    }
+}
+
+/// # Safety
+/// C `stat64(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn stat64(path: *const c_char, buf: *mut libc::stat64) -> c_int {
+    // SAFETY: forwarded per stat(2).
+    unsafe { stat_path(path, Base::Cwd, buf, patch_stat64, |p| real::stat64(p, buf)) }
+}
+
+/// # Safety
+/// C `lstat64(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn lstat64(path: *const c_char, buf: *mut libc::stat64) -> c_int {
+    // SAFETY: forwarded per lstat(2).
+    unsafe { stat_path(path, Base::Cwd, buf, patch_stat64, |p| real::lstat64(p, buf)) }
+}
+
+/// # Safety
+/// C `fstat64(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn fstat64(fd: c_int, buf: *mut libc::stat64) -> c_int {
+    // SAFETY: forwarded per fstat(2).
+    unsafe { stat_fd(fd, buf, patch_stat64, || real::fstat64(fd, buf)) }
+}
+
+/// # Safety
+/// C `fstatat64(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn fstatat64(dirfd: c_int, path: *const c_char, buf: *mut libc::stat64, flags: c_int) -> c_int {
+    // SAFETY: forwarded per fstatat(2).
+    unsafe {
+        if empty_path(path, flags) {
+            return stat_fd(dirfd, buf, patch_stat64, || real::fstatat64(dirfd, path, buf, flags));
+        }
+        stat_path(path, base_of(dirfd), buf, patch_stat64, |p| real::fstatat64(dirfd, p, buf, flags))
+    }
+}
+
+/// # Safety
+/// C `statx(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn statx(
+    dirfd: c_int,
+    path: *const c_char,
+    flags: c_int,
+    mask: c_uint,
+    buf: *mut libc::statx,
+) -> c_int {
+    // SAFETY: forwarded per statx(2).
+    unsafe {
+        if empty_path(path, flags) {
+            return stat_fd(dirfd, buf, patch_statx, || real::statx(dirfd, path, flags, mask, buf));
+        }
+        stat_path(path, base_of(dirfd), buf, patch_statx, |p| real::statx(dirfd, p, flags, mask, buf))
+    }
+}
+
+/// # Safety
+/// glibc's `__xstat` (what `stat` compiled against glibc < 2.33 calls).
+#[no_mangle]
+pub unsafe extern "C" fn __xstat(ver: c_int, path: *const c_char, buf: *mut libc::stat) -> c_int {
+    // SAFETY: forwarded per stat(2).
+    unsafe { stat_path(path, Base::Cwd, buf, patch_stat, |p| real::xstat(ver, p, buf)) }
+}
+
+/// # Safety
+/// glibc's `__lxstat`.
+#[no_mangle]
+pub unsafe extern "C" fn __lxstat(ver: c_int, path: *const c_char, buf: *mut libc::stat) -> c_int {
+    // SAFETY: forwarded per lstat(2).
+    unsafe { stat_path(path, Base::Cwd, buf, patch_stat, |p| real::lxstat(ver, p, buf)) }
+}
+
+/// # Safety
+/// glibc's `__fxstat`.
+#[no_mangle]
+pub unsafe extern "C" fn __fxstat(ver: c_int, fd: c_int, buf: *mut libc::stat) -> c_int {
+    // SAFETY: forwarded per fstat(2).
+    unsafe { stat_fd(fd, buf, patch_stat, || real::fxstat(ver, fd, buf)) }
+}
+
+/// # Safety
+/// glibc's `__fxstatat`.
+#[no_mangle]
+pub unsafe extern "C" fn __fxstatat(
+    ver: c_int,
+    dirfd: c_int,
+    path: *const c_char,
+    buf: *mut libc::stat,
+    flags: c_int,
+) -> c_int {
+    // SAFETY: forwarded per fstatat(2).
+    unsafe {
+        if empty_path(path, flags) {
+            return stat_fd(dirfd, buf, patch_stat, || real::fxstatat(ver, dirfd, path, buf, flags));
+        }
+        stat_path(path, base_of(dirfd), buf, patch_stat, |p| real::fxstatat(ver, dirfd, p, buf, flags))
+    }
+}
+
+/// # Safety
+/// glibc's `__xstat64`.
+#[no_mangle]
+pub unsafe extern "C" fn __xstat64(ver: c_int, path: *const c_char, buf: *mut libc::stat64) -> c_int {
+    // SAFETY: forwarded per stat(2).
+    unsafe { stat_path(path, Base::Cwd, buf, patch_stat64, |p| real::xstat64(ver, p, buf)) }
+}
+
+/// # Safety
+/// glibc's `__lxstat64`.
+#[no_mangle]
+pub unsafe extern "C" fn __lxstat64(ver: c_int, path: *const c_char, buf: *mut libc::stat64) -> c_int {
+    // SAFETY: forwarded per lstat(2).
+    unsafe { stat_path(path, Base::Cwd, buf, patch_stat64, |p| real::lxstat64(ver, p, buf)) }
+}
+
+/// # Safety
+/// glibc's `__fxstat64`.
+#[no_mangle]
+pub unsafe extern "C" fn __fxstat64(ver: c_int, fd: c_int, buf: *mut libc::stat64) -> c_int {
+    // SAFETY: forwarded per fstat(2).
+    unsafe { stat_fd(fd, buf, patch_stat64, || real::fxstat64(ver, fd, buf)) }
+}
+
+/// # Safety
+/// glibc's `__fxstatat64`.
+#[no_mangle]
+pub unsafe extern "C" fn __fxstatat64(
+    ver: c_int,
+    dirfd: c_int,
+    path: *const c_char,
+    buf: *mut libc::stat64,
+    flags: c_int,
+) -> c_int {
+    // SAFETY: forwarded per fstatat(2).
+    unsafe {
+        if empty_path(path, flags) {
+            return stat_fd(dirfd, buf, patch_stat64, || real::fxstatat64(ver, dirfd, path, buf, flags));
+        }
+        stat_path(path, base_of(dirfd), buf, patch_stat64, |p| real::fxstatat64(ver, dirfd, p, buf, flags))
+    }
+}
+
+// Other path-taking calls: served nodes are character devices, emulated
+// sysfs entries their stand-ins.
+
+/// A call on `path` that only needs redirecting: `call(p)` on the stand-in
+/// or the path as given. A served node is `on_node`'s answer.
+///
+/// # Safety
+/// `path` is NULL or a C string.
+unsafe fn path_call<R>(
+    path: *const c_char,
+    base: Base,
+    on_node: impl FnOnce() -> R,
+    call: impl FnOnce(*const c_char) -> R,
+) -> R {
+    // SAFETY: per the caller.
+    match unsafe { target(path, base) } {
+        PathTarget::Plain => call(path),
+        PathTarget::Redirect(p) => call(p.as_ptr()),
+        PathTarget::Node(_) => on_node(),
+    }
+}
+
+/// `readlink` of a served node: it is not a symlink.
+fn not_a_link() -> isize {
+    set_errno(libc::EINVAL);
+    -1
+}
+
+/// # Safety
+/// C `readlink(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn readlink(path: *const c_char, buf: *mut c_char, len: usize) -> isize {
+    // SAFETY: forwarded per readlink(2).
+    unsafe { path_call(path, Base::Cwd, not_a_link, |p| real::readlink(p, buf, len)) }
+}
+
+/// # Safety
+/// C `readlinkat(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn readlinkat(dirfd: c_int, path: *const c_char, buf: *mut c_char, len: usize) -> isize {
+    // SAFETY: forwarded per readlinkat(2).
+    unsafe { path_call(path, base_of(dirfd), not_a_link, |p| real::readlinkat(dirfd, p, buf, len)) }
+}
+
+/// # Safety
+/// glibc's fortified `__readlink_chk`.
+#[no_mangle]
+pub unsafe extern "C" fn __readlink_chk(path: *const c_char, buf: *mut c_char, len: usize, buflen: usize) -> isize {
+    // SAFETY: forwarded per readlink(2).
+    unsafe { path_call(path, Base::Cwd, not_a_link, |p| real::readlink_chk(p, buf, len, buflen)) }
+}
+
+/// # Safety
+/// glibc's fortified `__readlinkat_chk`.
+#[no_mangle]
+pub unsafe extern "C" fn __readlinkat_chk(
+    dirfd: c_int,
+    path: *const c_char,
+    buf: *mut c_char,
+    len: usize,
+    buflen: usize,
+) -> isize {
+    // SAFETY: forwarded per readlinkat(2).
+    unsafe { path_call(path, base_of(dirfd), not_a_link, |p| real::readlinkat_chk(dirfd, p, buf, len, buflen)) }
+}
+
+/// `access` of a served node: owner read/write (what its stat says).
+fn node_access(mode: c_int) -> c_int {
+    if mode & libc::X_OK != 0 {
+        return fail(libc::EACCES);
+    }
+    0
+}
+
+/// # Safety
+/// C `access(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn access(path: *const c_char, mode: c_int) -> c_int {
+    // SAFETY: forwarded per access(2).
+    unsafe { path_call(path, Base::Cwd, || node_access(mode), |p| real::access(p, mode)) }
+}
+
+/// # Safety
+/// C `faccessat(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn faccessat(dirfd: c_int, path: *const c_char, mode: c_int, flags: c_int) -> c_int {
+    // SAFETY: forwarded per faccessat(2).
+    unsafe { path_call(path, base_of(dirfd), || node_access(mode), |p| real::faccessat(dirfd, p, mode, flags)) }
+}
+
+/// # Safety
+/// C `euidaccess(3)`.
+#[no_mangle]
+pub unsafe extern "C" fn euidaccess(path: *const c_char, mode: c_int) -> c_int {
+    // SAFETY: forwarded per euidaccess(3).
+    unsafe { path_call(path, Base::Cwd, || node_access(mode), |p| real::euidaccess(p, mode)) }
+}
+
+/// # Safety
+/// C `eaccess(3)`.
+#[no_mangle]
+pub unsafe extern "C" fn eaccess(path: *const c_char, mode: c_int) -> c_int {
+    // SAFETY: forwarded per eaccess(3).
+    unsafe { path_call(path, Base::Cwd, || node_access(mode), |p| real::eaccess(p, mode)) }
+}
+
+/// `getxattr` of a served node: it has no extended attributes (what
+/// devtmpfs answers, and what `ls -l` expects when it asks for an SELinux
+/// label).
+fn no_xattr() -> isize {
+    set_errno(libc::ENODATA);
+    -1
+}
+
+/// # Safety
+/// C `getxattr(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn getxattr(path: *const c_char, name: *const c_char, value: *mut c_void, size: usize) -> isize {
+    // SAFETY: forwarded per getxattr(2).
+    unsafe { path_call(path, Base::Cwd, no_xattr, |p| real::getxattr(p, name, value, size)) }
+}
+
+/// # Safety
+/// C `lgetxattr(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn lgetxattr(path: *const c_char, name: *const c_char, value: *mut c_void, size: usize) -> isize {
+    // SAFETY: forwarded per lgetxattr(2).
+    unsafe { path_call(path, Base::Cwd, no_xattr, |p| real::lgetxattr(p, name, value, size)) }
+}
+
+/// # Safety
+/// C `listxattr(2)`: a served node lists none.
+#[no_mangle]
+pub unsafe extern "C" fn listxattr(path: *const c_char, list: *mut c_char, size: usize) -> isize {
+    // SAFETY: forwarded per listxattr(2).
+    unsafe { path_call(path, Base::Cwd, || 0, |p| real::listxattr(p, list, size)) }
+}
+
+/// # Safety
+/// C `llistxattr(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn llistxattr(path: *const c_char, list: *mut c_char, size: usize) -> isize {
+    // SAFETY: forwarded per llistxattr(2).
+    unsafe { path_call(path, Base::Cwd, || 0, |p| real::llistxattr(p, list, size)) }
+}
+
+/// # Safety
+/// C `fopen(3)`: an emulated sysfs file opens its stand-in (glibc's fopen
+/// does not go through the interposable `open`).
+#[no_mangle]
+pub unsafe extern "C" fn fopen(path: *const c_char, mode: *const c_char) -> *mut libc::FILE {
+    // SAFETY: forwarded per fopen(3); a served node is not served through
+    // stdio, so it gets what fopen gives it.
+    unsafe { path_call(path, Base::Cwd, || real::fopen(path, mode), |p| real::fopen(p, mode)) }
+}
+
+/// # Safety
+/// C `fopen64(3)`.
+#[no_mangle]
+pub unsafe extern "C" fn fopen64(path: *const c_char, mode: *const c_char) -> *mut libc::FILE {
+    // SAFETY: forwarded per fopen(3).
+    unsafe { path_call(path, Base::Cwd, || real::fopen64(path, mode), |p| real::fopen64(p, mode)) }
+}
+
+/// # Safety
+/// C `scandir(3)` (glibc's opens its directory internally).
+#[no_mangle]
+pub unsafe extern "C" fn scandir(
+    path: *const c_char,
+    list: *mut c_void,
+    filter: *mut c_void,
+    compar: *mut c_void,
+) -> c_int {
+    // SAFETY: forwarded per scandir(3).
+    unsafe {
+        path_call(
+            path,
+            Base::Cwd,
+            || real::scandir(path, list, filter, compar),
+            |p| real::scandir(p, list, filter, compar),
+        )
+    }
+}
+
+/// # Safety
+/// C `scandir64(3)`.
+#[no_mangle]
+pub unsafe extern "C" fn scandir64(
+    path: *const c_char,
+    list: *mut c_void,
+    filter: *mut c_void,
+    compar: *mut c_void,
+) -> c_int {
+    // SAFETY: forwarded per scandir(3).
+    unsafe {
+        path_call(
+            path,
+            Base::Cwd,
+            || real::scandir64(path, list, filter, compar),
+            |p| real::scandir64(p, list, filter, compar),
+        )
+    }
+}
+
+/// Turn a path resolved inside the emulated sysfs back into its `/sys`
+/// name, in place (the result only gets shorter).
+///
+/// # Safety
+/// `resolved` is NULL or a NUL-terminated string we may write.
+unsafe fn unredirect(resolved: *mut c_char) -> *mut c_char {
+    if resolved.is_null() {
+        return resolved;
+    }
+    let Some(root) = path::sysfs_root() else { return resolved };
+    // SAFETY: realpath returned a C string.
+    let len = unsafe { CStr::from_ptr(resolved) }.to_bytes().len();
+    // SAFETY: the string's `len` bytes are readable.
+    let bytes = unsafe { std::slice::from_raw_parts(resolved as *const u8, len) };
+    if bytes.starts_with(root) && bytes.get(root.len()) == Some(&b'/') {
+        // SAFETY: moving the tail (with its NUL) to the start of the same
+        // buffer; `copy` allows the overlap.
+        unsafe { std::ptr::copy(resolved.add(root.len()), resolved, len - root.len() + 1) };
+    }
+    resolved
+}
+
+/// `realpath` of a served node: its normalized name (the nodes are not
+/// links), in `resolved` or a new `malloc` buffer.
+///
+/// # Safety
+/// `path` is a C string; `resolved` is NULL or has `PATH_MAX` bytes.
+unsafe fn node_realpath(path: *const c_char, resolved: *mut c_char) -> *mut c_char {
+    // SAFETY: per the caller.
+    let p = unsafe { CStr::from_ptr(path) };
+    let Some(abs) = shielded(None, || path::absolute_name(p)) else {
+        set_errno(libc::ENOENT);
+        return std::ptr::null_mut();
+    };
+    if resolved.is_null() {
+        // SAFETY: strdup of a C string we own.
+        return unsafe { libc::strdup(abs.as_ptr()) };
+    }
+    let n = abs.as_bytes_with_nul().len().min(libc::PATH_MAX as usize);
+    // SAFETY: `resolved` has PATH_MAX bytes; we copy at most that.
+    unsafe { std::ptr::copy_nonoverlapping(abs.as_ptr(), resolved, n) };
+    resolved
+}
+
+/// # Safety
+/// C `realpath(3)`.
+#[no_mangle]
+pub unsafe extern "C" fn realpath(path: *const c_char, resolved: *mut c_char) -> *mut c_char {
+    // SAFETY: forwarded per realpath(3).
+    unsafe {
+        path_call(
+            path,
+            Base::Cwd,
+            || node_realpath(path, resolved),
+            |p| {
+                let r = real::realpath(p, resolved);
+                if p != path {
+                    unredirect(r)
+                } else {
+                    r
+                }
+            },
+        )
+    }
+}
+
+/// # Safety
+/// glibc's fortified `__realpath_chk`.
+#[no_mangle]
+pub unsafe extern "C" fn __realpath_chk(path: *const c_char, resolved: *mut c_char, len: usize) -> *mut c_char {
+    // SAFETY: forwarded per realpath(3).
+    unsafe {
+        path_call(
+            path,
+            Base::Cwd,
+            || node_realpath(path, resolved),
+            |p| {
+                let r = real::realpath_chk(p, resolved, len);
+                if p != path {
+                    unredirect(r)
+                } else {
+                    r
+                }
+            },
+        )
+    }
+}
+
+/// # Safety
+/// C `canonicalize_file_name(3)`.
+#[no_mangle]
+pub unsafe extern "C" fn canonicalize_file_name(path: *const c_char) -> *mut c_char {
+    // SAFETY: forwarded per canonicalize_file_name(3).
+    unsafe {
+        path_call(
+            path,
+            Base::Cwd,
+            || node_realpath(path, std::ptr::null_mut()),
+            |p| {
+                let r = real::canonicalize_file_name(p);
+                if p != path {
+                    unredirect(r)
+                } else {
+                    r
+                }
+            },
+        )
+    }
 }

@@ -1,4 +1,5 @@
-//! The preload shim: `/dev/iommu` for programs that do not know us.
+//! The preload shim: `/dev/iommu`, and VFIO devices, for programs that do
+//! not know us.
 //!
 //! Loaded with `LD_PRELOAD`, this library interposes the libc calls that
 //! create, duplicate, close and drive file descriptors. A call on a path or
@@ -17,8 +18,17 @@
 //! - [`entry`]: the `extern "C"` entry points. Each catches unwinds: a panic
 //!   here would be a crash of someone else's program.
 //!
-//! Environment: `UIOMMUFD_TRACE=1` logs every call on a served descriptor to
-//! stderr; `UIOMMUFD_IOMMU` names the IOMMU model (only `mock` exists).
+//! - [`path`]: which paths name served nodes (`/dev/iommu`,
+//!   `/dev/vfio/vfio`, `/dev/vfio/devices/vfioN`, fail-nth) and which are
+//!   redirected to stand-in directories (the emulated devices' sysfs
+//!   entries, debugfs under fault injection).
+//!
+//! Environment (set by `uiommufd run`): `UIOMMUFD_TRACE=1` logs every call
+//! on a served descriptor to stderr; `UIOMMUFD_IOMMU` names the IOMMU model
+//! (`mock`, `vtd[:...]`) and `UIOMMUFD_DEVICES` the emulated devices (see
+//! `uiommufd_devices::platform`); `UIOMMUFD_SYSFS` is the directory holding
+//! their sysfs entries; `UIOMMUFD_FAULT_INJECTION=1` and `UIOMMUFD_DEBUGFS`
+//! turn on fault injection.
 
 pub mod entry;
 pub mod fdtable;

@@ -1,14 +1,27 @@
-//! Recognising the paths we serve.
+//! Recognising the paths we serve, and the paths we redirect.
 //!
 //! `open` receives whatever the program wrote: `/dev/iommu`, `//dev/./iommu`,
 //! or `iommu` relative to a working directory of `/dev`. We normalise
 //! lexically (the emulated nodes are not symlinks), resolving a relative
 //! path against the working directory only when its last component could
 //! name one of our nodes, so unrelated opens stay cheap.
+//!
+//! Served nodes: `/dev/iommu`, `/dev/vfio/vfio`, `/dev/vfio/devices/vfioN`
+//! for the devices of the platform, and (with fault injection) the
+//! `fail-nth` files.
+//!
+//! Redirected paths (served by real files in a directory `uiommufd run`
+//! prepares): `/sys/kernel/debug` with fault injection
+//! ([`debugfs_dir`]), and the sysfs entries of the emulated devices
+//! ([`sysfs_redirect`]): `/sys/bus/pci/devices/<BDF>`,
+//! `/sys/kernel/iommu_groups/<group>` and `/sys/class/vfio-dev/vfio<N>`,
+//! with everything below them. Every other path costs one prefix compare.
 
-use std::ffi::CStr;
+use std::ffi::{CStr, CString};
+use std::os::unix::ffi::OsStringExt;
+use std::sync::OnceLock;
 
-use uiommufd_dispatch::Node;
+use uiommufd_dispatch::{Node, VfioDevice};
 
 const MAX_PATH: usize = 4096;
 
@@ -21,19 +34,31 @@ pub enum Base {
     Dir(i32),
 }
 
+/// Whether `last` (a path's last component) could name a served node.
+fn could_be_served(last: &[u8]) -> bool {
+    match last {
+        b"iommu" | b"vfio" => true,
+        _ => last.strip_prefix(b"vfio").is_some_and(|n| !n.is_empty() && n.iter().all(u8::is_ascii_digit)),
+    }
+}
+
 /// Which served node `path` (relative to `base`) names, if any.
 pub fn node_for(path: &CStr, base: Base) -> Option<Node> {
     let bytes = path.to_bytes();
     let last = bytes.rsplit(|&b| b == b'/').next().unwrap_or(bytes);
     let fail_nth = last == b"fail-nth";
-    if last != b"iommu" && last != b"vfio" && !(fail_nth && fault_injection()) {
+    if !(could_be_served(last) || fail_nth && fault_injection()) {
         return None;
     }
     let full = absolute(bytes, base)?;
     if fail_nth {
         return Node::fail_nth_from_path(&full, std::process::id() as i32, uiommufd_memory::sys::gettid());
     }
-    Node::from_path(&full)
+    match Node::from_path(&full)? {
+        // Only the devices the platform has exist.
+        Node::VfioDevice(i) => VfioDevice::global(i).map(|_| Node::VfioDevice(i)),
+        node => Some(node),
+    }
 }
 
 /// Whether fault injection is emulated (`UIOMMUFD_FAULT_INJECTION=1`, set by
@@ -57,6 +82,100 @@ pub fn debugfs_dir(path: &CStr) -> Option<std::ffi::CString> {
     }
     let dir = std::env::var_os("UIOMMUFD_DEBUGFS")?;
     std::ffi::CString::new(dir.into_encoded_bytes()).ok()
+}
+
+/// The emulated sysfs: its root directory (`UIOMMUFD_SYSFS`, holding a
+/// `sys/` tree) and the entry names it has under each redirected
+/// directory.
+struct Sysfs {
+    root: Vec<u8>,
+    /// `(directory under /sys, entries)`, e.g. `("/sys/bus/pci/devices/",
+    /// ["0000:00:04.0"])`.
+    dirs: Vec<(&'static [u8], Vec<Vec<u8>>)>,
+}
+
+/// The directories whose entries the emulated sysfs replaces.
+const SYSFS_DIRS: [&[u8]; 3] = [b"/sys/bus/pci/devices/", b"/sys/kernel/iommu_groups/", b"/sys/class/vfio-dev/"];
+
+fn sysfs() -> Option<&'static Sysfs> {
+    static S: OnceLock<Option<Sysfs>> = OnceLock::new();
+    S.get_or_init(|| {
+        let root = std::env::var_os("UIOMMUFD_SYSFS")?.into_encoded_bytes();
+        let root = root.strip_suffix(b"/").map(<[u8]>::to_vec).unwrap_or(root);
+        let dirs = SYSFS_DIRS
+            .iter()
+            .map(|d| {
+                let mut at = root.clone();
+                at.extend_from_slice(d);
+                let at = std::path::PathBuf::from(std::ffi::OsString::from_vec(at));
+                let names = std::fs::read_dir(at)
+                    .map(|rd| rd.flatten().map(|e| e.file_name().into_encoded_bytes()).collect())
+                    .unwrap_or_default();
+                (*d, names)
+            })
+            .collect();
+        Some(Sysfs { root, dirs })
+    })
+    .as_ref()
+}
+
+/// `path` with `//` collapsed and `.` components dropped (no `..`
+/// handling: see [`sysfs_redirect`]).
+fn squeeze(path: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(path.len());
+    for comp in path.split(|&b| b == b'/') {
+        if comp.is_empty() || comp == b"." {
+            continue;
+        }
+        out.push(b'/');
+        out.extend_from_slice(comp);
+    }
+    if path.ends_with(b"/") {
+        out.push(b'/');
+    }
+    out
+}
+
+/// Where an absolute `path` under an emulated device's sysfs entry really
+/// is: the same path under the emulated tree's root. `None` (one prefix
+/// compare, no allocation) for everything else, including the real sysfs
+/// entries of other devices.
+///
+/// The path keeps its symlinks and `..` for the kernel to resolve inside
+/// the tree, which has the same links as sysfs; only a path with `..` is
+/// normalised lexically first, so it cannot climb out of the tree.
+pub fn sysfs_redirect(path: &CStr) -> Option<CString> {
+    let raw = path.to_bytes();
+    if !raw.starts_with(b"/sys/") {
+        return None;
+    }
+    let s = sysfs()?;
+    let dotdot = raw.split(|&b| b == b'/').any(|c| c == b"..");
+    let norm = if dotdot { normalize(raw) } else { squeeze(raw) };
+    let ours = s.dirs.iter().any(|(dir, names)| {
+        norm.strip_prefix(*dir).is_some_and(|rest| {
+            let first = rest.split(|&b| b == b'/').next().unwrap_or(rest);
+            names.iter().any(|n| n.as_slice() == first)
+        })
+    });
+    if !ours {
+        return None;
+    }
+    let mut out = s.root.clone();
+    out.extend_from_slice(if dotdot { &norm } else { raw });
+    CString::new(out).ok()
+}
+
+/// The emulated sysfs root, for turning redirected results (`realpath`)
+/// back into `/sys` paths.
+pub fn sysfs_root() -> Option<&'static [u8]> {
+    sysfs().map(|s| s.root.as_slice())
+}
+
+/// `path` made absolute against the working directory and normalised, as
+/// a C string (the name `realpath` gives a served node).
+pub fn absolute_name(path: &CStr) -> Option<CString> {
+    CString::new(absolute(path.to_bytes(), Base::Cwd)?).ok()
 }
 
 /// `bytes` made absolute against `base` and normalised.
@@ -118,5 +237,27 @@ mod tests {
         assert_eq!(n("/dev/iommux"), None);
         assert_eq!(n("/tmp/iommu"), None);
         assert_eq!(n("iommu"), None, "cwd of the test is not /dev");
+        // No platform devices in the test process.
+        assert_eq!(n("/dev/vfio/devices/vfio0"), None);
+    }
+
+    #[test]
+    fn candidates_for_service() {
+        assert!(could_be_served(b"vfio0"));
+        assert!(could_be_served(b"vfio17"));
+        assert!(!could_be_served(b"vfiox"));
+        assert!(!could_be_served(b"vfio-dev"));
+        assert!(!could_be_served(b"null"));
+    }
+
+    #[test]
+    fn squeezing_keeps_links_and_dotdot_out() {
+        assert_eq!(squeeze(b"/sys//bus/./pci/devices/X/"), b"/sys/bus/pci/devices/X/");
+        assert_eq!(normalize(b"/sys/bus/pci/devices/X/../../../../../etc"), b"/etc");
+        // Without UIOMMUFD_SYSFS nothing is redirected.
+        if std::env::var_os("UIOMMUFD_SYSFS").is_none() {
+            assert!(sysfs_redirect(c"/sys/bus/pci/devices/0000:00:04.0/vendor").is_none());
+        }
+        assert!(sysfs_redirect(c"/proc/self/maps").is_none());
     }
 }

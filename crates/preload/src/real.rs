@@ -85,6 +85,74 @@ real_fns! {
     PREAD64: "pread64" => fn pread64(fd: c_int, buf: *mut c_void, count: usize, off: libc::off64_t) -> isize;
     PWRITE: "pwrite" => fn pwrite(fd: c_int, buf: *const c_void, count: usize, off: libc::off_t) -> isize;
     PWRITE64: "pwrite64" => fn pwrite64(fd: c_int, buf: *const c_void, count: usize, off: libc::off64_t) -> isize;
+    STAT: "stat" => fn stat(path: *const c_char, buf: *mut libc::stat) -> c_int;
+    LSTAT: "lstat" => fn lstat(path: *const c_char, buf: *mut libc::stat) -> c_int;
+    FSTAT: "fstat" => fn fstat(fd: c_int, buf: *mut libc::stat) -> c_int;
+    FSTATAT: "fstatat" => fn fstatat(dirfd: c_int, path: *const c_char, buf: *mut libc::stat, flags: c_int) -> c_int;
+    STAT64: "stat64" => fn stat64(path: *const c_char, buf: *mut libc::stat64) -> c_int;
+    LSTAT64: "lstat64" => fn lstat64(path: *const c_char, buf: *mut libc::stat64) -> c_int;
+    FSTAT64: "fstat64" => fn fstat64(fd: c_int, buf: *mut libc::stat64) -> c_int;
+    FSTATAT64: "fstatat64" => fn fstatat64(dirfd: c_int, path: *const c_char, buf: *mut libc::stat64, flags: c_int) -> c_int;
+    STATX: "statx" => fn statx(dirfd: c_int, path: *const c_char, flags: c_int, mask: c_uint, buf: *mut libc::statx) -> c_int;
+    XSTAT: "__xstat" => fn xstat(ver: c_int, path: *const c_char, buf: *mut libc::stat) -> c_int;
+    LXSTAT: "__lxstat" => fn lxstat(ver: c_int, path: *const c_char, buf: *mut libc::stat) -> c_int;
+    FXSTAT: "__fxstat" => fn fxstat(ver: c_int, fd: c_int, buf: *mut libc::stat) -> c_int;
+    FXSTATAT: "__fxstatat" => fn fxstatat(ver: c_int, dirfd: c_int, path: *const c_char, buf: *mut libc::stat, flags: c_int) -> c_int;
+    XSTAT64: "__xstat64" => fn xstat64(ver: c_int, path: *const c_char, buf: *mut libc::stat64) -> c_int;
+    LXSTAT64: "__lxstat64" => fn lxstat64(ver: c_int, path: *const c_char, buf: *mut libc::stat64) -> c_int;
+    FXSTAT64: "__fxstat64" => fn fxstat64(ver: c_int, fd: c_int, buf: *mut libc::stat64) -> c_int;
+    FXSTATAT64: "__fxstatat64" => fn fxstatat64(ver: c_int, dirfd: c_int, path: *const c_char, buf: *mut libc::stat64, flags: c_int) -> c_int;
+    READLINK: "readlink" => fn readlink(path: *const c_char, buf: *mut c_char, len: usize) -> isize;
+    READLINKAT: "readlinkat" => fn readlinkat(dirfd: c_int, path: *const c_char, buf: *mut c_char, len: usize) -> isize;
+    READLINK_CHK: "__readlink_chk" => fn readlink_chk(path: *const c_char, buf: *mut c_char, len: usize, buflen: usize) -> isize;
+    READLINKAT_CHK: "__readlinkat_chk" => fn readlinkat_chk(dirfd: c_int, path: *const c_char, buf: *mut c_char, len: usize, buflen: usize) -> isize;
+    ACCESS: "access" => fn access(path: *const c_char, mode: c_int) -> c_int;
+    FACCESSAT: "faccessat" => fn faccessat(dirfd: c_int, path: *const c_char, mode: c_int, flags: c_int) -> c_int;
+    EUIDACCESS: "euidaccess" => fn euidaccess(path: *const c_char, mode: c_int) -> c_int;
+    EACCESS: "eaccess" => fn eaccess(path: *const c_char, mode: c_int) -> c_int;
+    GETXATTR: "getxattr" => fn getxattr(path: *const c_char, name: *const c_char, value: *mut c_void, size: usize) -> isize;
+    LGETXATTR: "lgetxattr" => fn lgetxattr(path: *const c_char, name: *const c_char, value: *mut c_void, size: usize) -> isize;
+    LISTXATTR: "listxattr" => fn listxattr(path: *const c_char, list: *mut c_char, size: usize) -> isize;
+    LLISTXATTR: "llistxattr" => fn llistxattr(path: *const c_char, list: *mut c_char, size: usize) -> isize;
+    SCANDIR: "scandir" => fn scandir(path: *const c_char, list: *mut c_void, filter: *mut c_void, compar: *mut c_void) -> c_int;
+    SCANDIR64: "scandir64" => fn scandir64(path: *const c_char, list: *mut c_void, filter: *mut c_void, compar: *mut c_void) -> c_int;
+}
+
+/// Functions that return a pointer: a missing symbol is a null pointer
+/// (or `MAP_FAILED` for mmap) with errno `ENOSYS`.
+macro_rules! real_ptr_fns {
+    ($($sym:ident : $name:literal => fn $f:ident($($a:ident : $t:ty),*) -> $r:ty = $fail:expr;)*) => {
+        $(
+            static $sym: Sym = Sym::new(concat!($name, "\0").as_bytes());
+
+            /// Call the next definition of this symbol.
+            ///
+            /// # Safety
+            /// Same contract as the libc function of the same name.
+            pub unsafe fn $f($($a: $t),*) -> $r {
+                let addr = $sym.get();
+                if addr == 0 {
+                    set_errno(libc::ENOSYS);
+                    return $fail;
+                }
+                // SAFETY: `addr` is the address dlsym returned for this very
+                // symbol, whose C prototype is the one spelled here.
+                let f: unsafe extern "C" fn($($t),*) -> $r = unsafe { std::mem::transmute(addr) };
+                // SAFETY: forwarded under the caller's contract.
+                unsafe { f($($a),*) }
+            }
+        )*
+    };
+}
+
+real_ptr_fns! {
+    MMAP: "mmap" => fn mmap(addr: *mut c_void, len: usize, prot: c_int, flags: c_int, fd: c_int, off: libc::off_t) -> *mut c_void = libc::MAP_FAILED;
+    MMAP64: "mmap64" => fn mmap64(addr: *mut c_void, len: usize, prot: c_int, flags: c_int, fd: c_int, off: libc::off64_t) -> *mut c_void = libc::MAP_FAILED;
+    REALPATH: "realpath" => fn realpath(path: *const c_char, resolved: *mut c_char) -> *mut c_char = std::ptr::null_mut();
+    REALPATH_CHK: "__realpath_chk" => fn realpath_chk(path: *const c_char, resolved: *mut c_char, len: usize) -> *mut c_char = std::ptr::null_mut();
+    CANONICALIZE: "canonicalize_file_name" => fn canonicalize_file_name(path: *const c_char) -> *mut c_char = std::ptr::null_mut();
+    FOPEN: "fopen" => fn fopen(path: *const c_char, mode: *const c_char) -> *mut libc::FILE = std::ptr::null_mut();
+    FOPEN64: "fopen64" => fn fopen64(path: *const c_char, mode: *const c_char) -> *mut libc::FILE = std::ptr::null_mut();
 }
 
 /// `closefrom(3)` returns nothing, so it cannot use the macro's error path.
