@@ -122,8 +122,103 @@ pub fn demo() -> Result<ExitCode, String> {
     step("IOMMU_DESTROY the mock device", "detached; its automatic HWPT went with it");
     d.ioctl("IOMMU_DESTROY", abi::IOMMU_DESTROY, &mut destroy)?;
     step(format!("IOMMU_DESTROY IOAS {ioas}"), "ok");
+
+    println!();
+    println!("A DMA engine behind an Intel VT-d unit, through the library API:");
+    device_dma("vtd:sc=1", "a unit with snoop control")?;
+    device_dma("vtd:sc=0", "a unit without snoop control (integrated graphics)")?;
     println!();
     println!("Next: run an unmodified program against uiommufd with");
     println!("  uiommufd run -- ./your-iommufd-program");
+    println!("  uiommufd run --iommu vtd --device dma-engine -- ./your-vfio-program");
+    println!("and see the emulated machine with `uiommufd info`.");
     Ok(ExitCode::SUCCESS)
+}
+
+/// Bind a DMA engine behind the VT-d unit `iommu`, let it copy through an
+/// IOAS, show a fault, and report the coherency outcome of its No Snoop
+/// writes.
+fn device_dma(iommu: &str, what: &str) -> Result<(), String> {
+    use std::sync::atomic::Ordering;
+    use std::sync::Arc;
+
+    use uiommufd_core::device::{self, NO_PASID};
+    use uiommufd_core::dma::DevicePort;
+    use uiommufd_devices::dma_engine::regs::{self, status, Descriptor};
+    use uiommufd_devices::platform::{parse_iommu, IommuModel};
+    use uiommufd_devices::{DmaEngine, DmaEngineOptions, PciDevice};
+    use uiommufd_hw::device::IommuDevice;
+
+    const PS: u64 = 4096;
+    const IOVA: u64 = 1 << 30;
+    fn e(m: &'static str) -> impl Fn(uiommufd_core::Error) -> String {
+        move |err| format!("{m}: {err}")
+    }
+    println!("  {what} ({iommu}):");
+    let IommuModel::Vtd(unit) = parse_iommu(iommu)? else { return Err("not a VT-d unit".into()) };
+    let ctx = uiommufd_core::Iommufd::new();
+    let ioas = ctx.ioas_alloc().map_err(e("IOAS"))?;
+    // Four pages: the ring, a source, a destination, a fill target.
+    let mut mem = vec![0u8; 5 * PS as usize];
+    let off = (mem.as_ptr() as u64).next_multiple_of(PS) as usize - mem.as_ptr() as usize;
+    let host = mem.as_ptr() as u64 + off as u64;
+    ctx.ioas_map(ioas, 7, host, 4 * PS, IOVA).map_err(e("map"))?;
+    let vdev: Arc<dyn IommuDevice> = Arc::new(uiommufd_hw::vtd::device::VtdDevice::new(&unit, "0000:00:04.0"));
+    let (dev_id, edge) = device::bind(&ctx, vdev).map_err(e("bind"))?;
+    let dev = Arc::clone(edge.arc());
+    let hwpt = dev.change_pt(&ctx, NO_PASID, ioas, false).map_err(e("attach"))?;
+    step(format!("    bind and attach to IOAS {ioas}"), format!("device {dev_id}, HWPT {hwpt}"));
+
+    let engine = DmaEngine::with_options("dma0", DmaEngineOptions { worker: false, ..Default::default() })
+        .map_err(|err| format!("DMA engine: {err}"))?;
+    let port = DevicePort::new(&dev);
+    engine.set_dma_port(Arc::clone(&port) as _);
+    let mut cmd = [0u8; 2];
+    engine.config_read(4, &mut cmd).map_err(|err| err.to_string())?;
+    engine.config_write(4, &(u16::from_le_bytes(cmd) | 4).to_le_bytes()).map_err(|err| err.to_string())?;
+    let reg = |o, v| engine.write_reg32(o, v).map_err(|err| err.to_string());
+    engine.write_reg64(regs::REG_RING_BASE, IOVA).map_err(|err| err.to_string())?;
+    reg(regs::REG_RING_SIZE, 8)?;
+    reg(regs::REG_CTRL, regs::CTRL_ENABLE)?;
+    let buf = &mut mem[off..off + 4 * PS as usize];
+    for (i, b) in buf[PS as usize..2 * PS as usize].iter_mut().enumerate() {
+        *b = i as u8;
+    }
+    let descs = [
+        Descriptor::copy(IOVA + 2 * PS, IOVA + PS, PS),
+        Descriptor::fill(IOVA + 3 * PS, PS, 0x5a5a_5a5a_5a5a_5a5a),
+        Descriptor::copy(IOVA + 64 * PS, IOVA + PS, 64),
+    ];
+    for (i, d) in descs.iter().enumerate() {
+        buf[i * 64..(i + 1) * 64].copy_from_slice(&d.to_bytes());
+    }
+    reg(regs::REG_TAIL, descs.len() as u32)?;
+    engine.run_until_idle();
+    let done = |i: usize, buf: &[u8]| {
+        let mut b = [0u8; 64];
+        b.copy_from_slice(&buf[i * 64..(i + 1) * 64]);
+        Descriptor::from_bytes(&b)
+    };
+    let copied = buf[2 * PS as usize..3 * PS as usize] == buf[PS as usize..2 * PS as usize];
+    let filled = buf[3 * PS as usize..4 * PS as usize].iter().all(|&b| b == 0x5a);
+    if done(0, buf).status != status::SUCCESS || done(1, buf).status != status::SUCCESS || !copied || !filled {
+        return Err("the DMA engine's copy or fill did not land in our memory".into());
+    }
+    step("    COPY 4 KiB and FILL 4 KiB descriptors", "both landed in this program's memory");
+    let fault = done(2, buf);
+    if fault.status != status::WRITE_FAULT {
+        return Err(format!("DMA outside the mappings completed with status {:#x}", fault.status));
+    }
+    step("    COPY to an unmapped IOVA", format!("write fault at IOVA {:#x}, nothing written", fault.result));
+    let nc = port.stats().noncoherent_bytes.load(Ordering::Relaxed);
+    let outcome = if dev.enforced_coherent() {
+        format!("snooped (the IOMMU forces it; {nc} non-coherent bytes): a guest's wbinvd can be a no-op")
+    } else {
+        format!("{nc} bytes written with No Snoop may bypass the CPU caches: a guest's wbinvd must be executed")
+    };
+    step("    coherency of its No Snoop writes", outcome);
+    drop(engine);
+    dev.detach(&ctx, NO_PASID);
+    ctx.ioas_unmap(ioas, 0, u64::MAX).map_err(e("unmap"))?;
+    Ok(())
 }

@@ -14,6 +14,10 @@ fn demo_walks_the_main_path() {
         "every page pinned exactly once",
         "32768 bytes unmapped",
         "EBUSY",
+        "both landed in this program's memory",
+        "write fault at IOVA",
+        "a guest's wbinvd can be a no-op",
+        "a guest's wbinvd must be executed",
     ] {
         assert!(stdout.contains(needle), "missing {needle:?} in:\n{stdout}");
     }
