@@ -6,6 +6,8 @@ const CAP_SYS_RESOURCE: u32 = 24;
 const CAP_IPC_LOCK: u32 = 14;
 const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
 
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+
 #[repr(C)]
 struct CapHeader {
     version: u32,
@@ -29,13 +31,11 @@ struct CapData {
 /// change it is honoured. `UIOMMUFD_CAP_SYS_RESOURCE=0|1` forces the answer
 /// (for tests of both outcomes).
 pub fn capable_sys_resource() -> bool {
-    match std::env::var("UIOMMUFD_CAP_SYS_RESOURCE").as_deref() {
-        Ok("0") => return false,
-        Ok("1") => return true,
-        _ => {}
+    match env_override(0, "UIOMMUFD_CAP_SYS_RESOURCE") {
+        Some(v) => v,
+        // SAFETY: geteuid has no preconditions.
+        None => has_cap_sys_resource() || unsafe { libc::geteuid() } == 0,
     }
-    // SAFETY: geteuid has no preconditions.
-    has_cap_sys_resource() || unsafe { libc::geteuid() } == 0
 }
 
 /// Whether `CAP_SYS_RESOURCE` is in this process's effective set.
@@ -46,25 +46,73 @@ pub fn has_cap_sys_resource() -> bool {
 /// `capable(CAP_IPC_LOCK)`: pinned memory is not charged against
 /// `RLIMIT_MEMLOCK`. `UIOMMUFD_CAP_IPC_LOCK=0|1` forces the answer.
 pub fn capable_ipc_lock() -> bool {
-    match std::env::var("UIOMMUFD_CAP_IPC_LOCK").as_deref() {
-        Ok("0") => false,
-        Ok("1") => true,
-        _ => has_cap(CAP_IPC_LOCK),
+    env_override(1, "UIOMMUFD_CAP_IPC_LOCK").unwrap_or_else(|| has_cap(CAP_IPC_LOCK))
+}
+
+/// The `0|1` override in environment variable `name`, read once (slot
+/// `slot` caches it: 0 unread, 1 none, 2 false, 3 true).
+fn env_override(slot: usize, name: &str) -> Option<bool> {
+    static CACHE: [AtomicU8; 2] = [AtomicU8::new(0), AtomicU8::new(0)];
+    let v = match CACHE[slot].load(Ordering::Relaxed) {
+        0 => {
+            let v = match std::env::var(name).as_deref() {
+                Ok("0") => 2,
+                Ok("1") => 3,
+                _ => 1,
+            };
+            CACHE[slot].store(v, Ordering::Relaxed);
+            v
+        }
+        v => v,
+    };
+    match v {
+        2 => Some(false),
+        3 => Some(true),
+        _ => None,
     }
 }
 
-/// Whether capability number `cap` is in this process's effective set.
+/// The effective capability set's low word, cached: `(generation << 32) |
+/// word`, valid while the generation matches [`CAPS_GENERATION`].
+static CAPS_CACHE: AtomicU64 = AtomicU64::new(u64::MAX);
+static CAPS_GENERATION: AtomicU64 = AtomicU64::new(0);
+
+/// Forget the cached capabilities: the process may have changed them
+/// (`capset`, the `setuid` family). The shim calls this after each such
+/// call; library users who change capabilities call it themselves.
+pub fn capabilities_changed() {
+    CAPS_GENERATION.fetch_add(1, Ordering::AcqRel);
+}
+
+/// Whether capability number `cap` (below 32) is in this process's
+/// effective set. The set is read with `capget` once per
+/// [`capabilities_changed`], not on every check: the kernel's `capable()`
+/// is a memory read, and every map asks.
 fn has_cap(cap: u32) -> bool {
+    debug_assert!(cap < 32);
+    let gen = CAPS_GENERATION.load(Ordering::Acquire) & 0xffff_ffff;
+    let cached = CAPS_CACHE.load(Ordering::Acquire);
+    let word = if cached >> 32 == gen {
+        cached as u32
+    } else {
+        let w = read_effective_low();
+        CAPS_CACHE.store((gen << 32) | w as u64, Ordering::Release);
+        w
+    };
+    word & (1 << cap) != 0
+}
+
+/// The low word of the effective capability set, from `capget(2)`.
+fn read_effective_low() -> u32 {
     let mut hdr = CapHeader { version: LINUX_CAPABILITY_VERSION_3, pid: 0 };
     let mut data = [CapData::default(); 2];
     // SAFETY: capget writes two CapData records (version 3) into `data` and
     // may update `hdr`; both are live, correctly sized and exclusively ours.
     let rc = unsafe { libc::syscall(libc::SYS_capget, &mut hdr as *mut CapHeader, data.as_mut_ptr()) };
     if rc != 0 {
-        return false;
+        return 0;
     }
-    let word = (cap / 32) as usize;
-    data[word].effective & (1 << (cap % 32)) != 0
+    data[0].effective
 }
 
 /// Raw memory-management system calls.

@@ -80,6 +80,11 @@ real_fns! {
     MADVISE: "madvise" => fn madvise(addr: *mut c_void, len: usize, advice: c_int) -> c_int;
     SIGACTION: "sigaction" => fn sigaction(sig: c_int, act: *const libc::sigaction, old: *mut libc::sigaction) -> c_int;
     SIGNAL: "signal" => fn signal(sig: c_int, handler: libc::sighandler_t) -> libc::sighandler_t;
+    CAPSET: "capset" => fn capset(hdr: *mut c_void, data: *const c_void) -> c_int;
+    SETUID: "setuid" => fn setuid(uid: libc::uid_t) -> c_int;
+    SETEUID: "seteuid" => fn seteuid(uid: libc::uid_t) -> c_int;
+    SETREUID: "setreuid" => fn setreuid(ruid: libc::uid_t, euid: libc::uid_t) -> c_int;
+    SETRESUID: "setresuid" => fn setresuid(ruid: libc::uid_t, euid: libc::uid_t, suid: libc::uid_t) -> c_int;
     WRITE: "write" => fn write(fd: c_int, buf: *const c_void, count: usize) -> isize;
     PREAD: "pread" => fn pread(fd: c_int, buf: *mut c_void, count: usize, off: libc::off_t) -> isize;
     PREAD64: "pread64" => fn pread64(fd: c_int, buf: *mut c_void, count: usize, off: libc::off64_t) -> isize;
