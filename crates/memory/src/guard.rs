@@ -66,9 +66,7 @@ mod imp {
         // The AVX copy: 128 bytes per iteration through four ymm registers,
         // the tail with `rep movsb`. Every instruction between _start and
         // _end may fault; the fixup clears the upper ymm state first. Used
-        // only where the CPU has AVX (see `copy`). `rep movsb` alone is
-        // slow on some CPUs when source and destination alias modulo 4 KiB,
-        // which page-to-page device copies always do.
+        // only where the CPU has AVX, for copies up to 8 KiB (see `copy`).
         ".p2align 4",
         ".globl uiommufd_guard_copy_avx",
         ".hidden uiommufd_guard_copy_avx",
@@ -241,10 +239,10 @@ mod imp {
     /// reads meanwhile; `src` may be any address.
     pub unsafe fn copy(dst: *mut u8, src: *const u8, len: usize) -> bool {
         static AVX: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        // `rep movsb` is best for large copies, except when the two ends
-        // alias modulo 4 KiB (page-to-page copies), and it starts slowly.
-        let aliased = (dst as usize).wrapping_sub(src as usize) & 0xfff < 128;
-        if len >= 256 && (len <= 8192 || aliased) && *AVX.get_or_init(|| std::arch::is_x86_feature_detected!("avx")) {
+        // `rep movsb` starts slowly (and more so when the two ends alias
+        // modulo 4 KiB, as page-to-page copies do); for large copies it is
+        // the fastest there is.
+        if (256..=8192).contains(&len) && *AVX.get_or_init(|| std::arch::is_x86_feature_detected!("avx")) {
             // SAFETY: forwarded contract; the CPU has AVX; faults anywhere
             // in the routine are recovered by the handler.
             return unsafe { uiommufd_guard_copy_avx(dst, src, len) == 0 };
