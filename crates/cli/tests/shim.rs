@@ -634,3 +634,24 @@ fn run_validates_the_platform() {
     ));
     assert_eq!(ran.stdout, "vtd::\n", "{}", ran.report());
 }
+
+/// What a client sees from a VT-d unit through a device cdev: GET_HW_INFO
+/// with the unit's registers, NEST_PARENT / DIRTY_TRACKING only where the
+/// registers allow, nested HWPTs from IOMMU_HWPT_DATA_VTD_S1, the driver's
+/// invalidation checks, the IOVA ranges of a 39-bit client unit.
+#[test]
+fn vtd_unit_as_the_intel_driver_reports_it() {
+    let exe = c_program!("vtd_iommufd");
+    let regs = uiommufd_hw::vtd::regs::VtdRegs::default();
+    let (cap, ecap) = (format!("{:x}", regs.cap.0), format!("{:x}", regs.ecap.0));
+    run(uiommufd_run(
+        &["--iommu", "vtd", "--device", "dma-engine"],
+        &[exe.as_os_str(), "server".as_ref(), cap.as_ref(), ecap.as_ref()],
+    ))
+    .assert_c_passed();
+    run(uiommufd_run(
+        &["--iommu", "vtd:cap=d2008c22260286,ecap=f42", "--device", "dma-engine:pasid=0"],
+        &[exe.as_os_str(), "client".as_ref(), "d2008c22260286".as_ref(), "f42".as_ref()],
+    ))
+    .assert_c_passed();
+}
