@@ -159,6 +159,8 @@ mod tests {
 
     #[test]
     fn copy_stopping_at_an_unmapped_page_is_efault() {
+        // Mappings of other tests must not land where ours was.
+        let _g = crate::frames::tests::SERIAL.lock().unwrap_or_else(|p| p.into_inner());
         let ps = page_size();
         // SAFETY: anonymous private mapping of two pages, unmapped below.
         let p = unsafe {
