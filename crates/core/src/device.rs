@@ -256,11 +256,18 @@ impl Device {
         pasid: u32,
         replace: bool,
     ) -> Result<(ObjectId, Option<HwptDep>)> {
+        // Declared before the list guard so they drop after it: dropping the
+        // last reference of a HWPT destroyed meanwhile runs its teardown,
+        // which takes this very lock.
+        let mut candidates: Vec<Arc<HwptPaging>> = Vec::new();
         let mut list = ioas.hwpts();
-        let candidates: Vec<Arc<HwptPaging>> =
-            list.iter().filter_map(|w| w.upgrade()).filter(|h| h.is_auto()).collect();
-        for h in candidates {
+        candidates.extend(list.iter().filter_map(|w| w.upgrade()));
+        for h in candidates.iter().filter(|h| h.is_auto()) {
             let Ok(hwpt) = ctx.get::<HwptPaging>(h.id()) else { continue };
+            if !Arc::ptr_eq(hwpt.arc(), h) {
+                // Destroyed meanwhile, and its ID already reused.
+                continue;
+            }
             let mut map = self.lock();
             match self.install(&mut map, pasid, HwptDep::Paging(Dep::new(&hwpt)), replace) {
                 Ok(old) => return Ok((hwpt.id(), old)),

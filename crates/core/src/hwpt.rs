@@ -300,11 +300,13 @@ pub struct HwptAllocArgs<'a> {
 
 /// A HWPT built by [`hwpt_alloc`], published by [`PendingHwpt::publish`].
 pub struct PendingHwpt<'a> {
-    pending: crate::object::Pending<'a>,
-    hwpt: Object,
     /// Holds the IOAS's HWPT list lock until publication, as the kernel holds
     /// `ioas->mutex`, so automatic domain selection never sees it half made.
+    /// First field: dropped first, so an unpublished HWPT's teardown (which
+    /// takes that lock) runs after it is released.
     _list: Option<std::sync::MutexGuard<'a, Vec<std::sync::Weak<HwptPaging>>>>,
+    pending: crate::object::Pending<'a>,
+    hwpt: Object,
 }
 
 impl PendingHwpt<'_> {

@@ -259,6 +259,38 @@ impl Table {
         Ok(())
     }
 
+    /// `iommufd_object_destroy_user` (`REMOVE_WAIT_SHORTTERM`): the driver
+    /// destroys an object it created (a device on unbind, an access): like
+    /// [`destroy_if`](Self::destroy_if), but while only short-term holders
+    /// (an ioctl that looked it up) keep it busy, wait for them instead of
+    /// failing. Still `EBUSY` if a dependency edge holds it.
+    pub fn destroy_wait_if(&self, id: ObjectId, pred: impl Fn(&Object) -> bool) -> Result<()> {
+        let mut spins = 0u32;
+        loop {
+            match self.destroy_if(id, &pred) {
+                Err(e) if e.errno == crate::Errno::EBUSY => {
+                    let only_shortterm = {
+                        let t = self.read();
+                        match t.slots.get(id as usize) {
+                            Some(Some(Slot::Live(obj))) => obj.header().users() == 0,
+                            _ => false,
+                        }
+                    };
+                    if !only_shortterm {
+                        return Err(e);
+                    }
+                    spins += 1;
+                    if spins < 64 {
+                        std::hint::spin_loop();
+                    } else {
+                        std::thread::yield_now();
+                    }
+                }
+                r => return r,
+            }
+        }
+    }
+
     /// `iommufd_object_tombstone_user`: remove `id` like
     /// [`destroy_if`](Self::destroy_if) but keep the ID taken: lookups and
     /// destroy see `ENOENT` and the ID is not handed out again until the

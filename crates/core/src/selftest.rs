@@ -89,7 +89,7 @@ impl SelftestDevice {
         }
         drop(dep);
         if let Some(ctx) = ctx {
-            let _ = ctx.objects().destroy_if(self.idev_id, |o| matches!(o, Object::Device(_)));
+            let _ = ctx.objects().destroy_wait_if(self.idev_id, |o| matches!(o, Object::Device(_)));
         }
     }
 }
@@ -403,7 +403,7 @@ impl SelftestAccess {
         let edge = self.edge.lock().unwrap_or_else(|p| p.into_inner()).take();
         drop(edge);
         if let Some(ctx) = self.ctx.upgrade() {
-            let _ = ctx.objects().destroy_if(self.access_id, |o| matches!(o, Object::Access(_)));
+            let _ = ctx.objects().destroy_wait_if(self.access_id, |o| matches!(o, Object::Access(_)));
         }
     }
 }

@@ -563,7 +563,7 @@ impl Drop for QueueMemory {
         let _ = self.access.change_ioas(None);
         drop(self.edge.take());
         if let Some(ctx) = self.ctx.upgrade() {
-            let _ = ctx.objects().destroy_if(self.access_id, |o| matches!(o, Object::Access(_)));
+            let _ = ctx.objects().destroy_wait_if(self.access_id, |o| matches!(o, Object::Access(_)));
         }
     }
 }

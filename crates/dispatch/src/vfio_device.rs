@@ -546,7 +546,7 @@ fn unbind(dev: &VfioDevice, b: Binding) {
     idev.detach_all(&ctx);
     uiommufd_core::viommu::device_pre_destroy(&ctx, &idev);
     drop(idev);
-    let _ = ctx.objects().destroy_if(idev_id, |o| matches!(o, Object::Device(_)));
+    let _ = ctx.objects().destroy_wait_if(idev_id, |o| matches!(o, Object::Device(_)));
 }
 
 /// `vfio_df_ioctl_attach_pt` with mainline's PASID form.

@@ -855,16 +855,32 @@ impl<F: Format> PageTable<F> {
 
     /// Atomically OR `bits` into the leaf mapping `iova`; returns the leaf
     /// as it was and its level, or `None` if nothing maps `iova`.
+    ///
+    /// The bits go only into a leaf still in place: a concurrent unmap that
+    /// clears the slot between the walk and the update wins, and nothing is
+    /// left behind in the empty slot.
     pub fn set_leaf_bits(&self, iova: u64, bits: u64) -> Option<(u64, u32)> {
-        let (slot, _, level) = self.find(iova).ok()?;
-        Some((slot.fetch_or(bits, Ordering::AcqRel), level))
+        let (slot, mut entry, level) = self.find(iova).ok()?;
+        loop {
+            match slot.compare_exchange_weak(entry, entry | bits, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(old) => return Some((old, level)),
+                Err(cur) if F::is_present(cur) && Self::is_leaf_at(cur, level) => entry = cur,
+                Err(_) => return None,
+            }
+        }
     }
 
     /// Atomically clear `bits` in the leaf mapping `iova`; returns the leaf
     /// as it was and its level, or `None` if nothing maps `iova`.
     pub fn clear_leaf_bits(&self, iova: u64, bits: u64) -> Option<(u64, u32)> {
-        let (slot, _, level) = self.find(iova).ok()?;
-        Some((slot.fetch_and(!bits, Ordering::AcqRel), level))
+        let (slot, mut entry, level) = self.find(iova).ok()?;
+        loop {
+            match slot.compare_exchange_weak(entry, entry & !bits, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(old) => return Some((old, level)),
+                Err(cur) if F::is_present(cur) && Self::is_leaf_at(cur, level) => entry = cur,
+                Err(_) => return None,
+            }
+        }
     }
 
     /// Mark the leaf mapping `iova` dirty, as a DMA write would. Returns
