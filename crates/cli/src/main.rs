@@ -4,6 +4,7 @@
 //!   -- PROGRAM [ARGS]`: run an unmodified program with `/dev/iommu`,
 //!   `/dev/vfio/vfio` and the emulated devices' `/dev/vfio/devices/vfioN`
 //!   served by uiommufd (the preload shim);
+//! - `trace [-o FILE] [RUN OPTIONS] -- PROGRAM`: `run`, logging each call;
 //! - `demo`: walk the main iommufd path in-process and say what happened;
 //! - `info`: the emulated IOMMU and devices, decoded;
 //! - `bench`: the hot paths against same-run references.
@@ -28,6 +29,15 @@ struct Cli {
 enum Cmd {
     /// Run PROGRAM with /dev/iommu, /dev/vfio/vfio and emulated VFIO devices served by uiommufd.
     Run(run::RunArgs),
+    /// `run` with every call on a served descriptor logged: the command, its
+    /// result or errno, and the reason of a failure.
+    Trace {
+        /// Append the log to FILE instead of stderr.
+        #[arg(long, short, value_name = "FILE")]
+        output: Option<std::path::PathBuf>,
+        #[command(flatten)]
+        run: run::RunArgs,
+    },
     /// Open /dev/iommu in-process and walk the main path, printing each step.
     Demo,
     /// Describe the emulated machine: the IOMMU's registers and what the
@@ -46,6 +56,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let res = match cli.cmd {
         Cmd::Run(args) => run::run(args),
+        Cmd::Trace { output, run } => run::run(run.traced(output)),
         Cmd::Demo => demo::demo(),
         Cmd::Info(args) => info::info(args),
         Cmd::Bench { quick } => bench::bench(quick),

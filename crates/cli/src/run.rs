@@ -36,6 +36,10 @@ pub struct RunArgs {
     /// Log every call on a served descriptor to stderr (also: UIOMMUFD_TRACE=1).
     #[arg(long)]
     trace: bool,
+    /// With --trace: append the log to this file instead of stderr (also:
+    /// UIOMMUFD_TRACE_FILE).
+    #[arg(long, value_name = "FILE", requires = "trace")]
+    trace_file: Option<PathBuf>,
     /// Emulate the kernel's fault injection: serve /proc/self/task/TID/fail-nth
     /// (the N-th fallible step of the engine on that thread fails) and a
     /// stand-in /sys/kernel/debug with the fault-injection attribute files.
@@ -47,6 +51,15 @@ pub struct RunArgs {
     /// The program to run, and its arguments.
     #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true, value_name = "PROGRAM")]
     program: Vec<String>,
+}
+
+impl RunArgs {
+    /// These arguments with tracing on (for `uiommufd trace`).
+    pub fn traced(mut self, output: Option<PathBuf>) -> RunArgs {
+        self.trace = true;
+        self.trace_file = output.or(self.trace_file);
+        self
+    }
 }
 
 /// `--iommu` must name a model the shim has (checked with the shim's own
@@ -104,6 +117,11 @@ pub fn run(args: RunArgs) -> Result<ExitCode, String> {
     }
     if args.trace {
         cmd.env("UIOMMUFD_TRACE", "1");
+        if let Some(f) = &args.trace_file {
+            // Absolute, so a program that changes directory logs to the same file.
+            let abs = std::path::absolute(f).map_err(|e| format!("trace file {}: {e}", f.display()))?;
+            cmd.env("UIOMMUFD_TRACE_FILE", abs);
+        }
     }
     // Stand-in directories the program's /sys paths reach; they must
     // outlive the program, so then we wait for it instead of exec'ing.

@@ -26,7 +26,8 @@ const RUN_LIMIT: Duration = Duration::from_secs(60);
 
 /// Environment that would change what the shim or the CLI does; the tests
 /// set what they need explicitly.
-const SHIM_ENV: [&str; 4] = ["LD_PRELOAD", "UIOMMUFD_TRACE", "UIOMMUFD_IOMMU", "UIOMMUFD_PRELOAD"];
+const SHIM_ENV: [&str; 5] =
+    ["LD_PRELOAD", "UIOMMUFD_TRACE", "UIOMMUFD_TRACE_FILE", "UIOMMUFD_IOMMU", "UIOMMUFD_PRELOAD"];
 
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().expect("repository root")
@@ -418,6 +419,20 @@ fn trace_prints_one_line_per_served_ioctl() {
     let quiet = run(uiommufd_run(&[], &[&exe]));
     quiet.assert_c_passed();
     assert!(quiet.stderr.is_empty(), "{}", quiet.report());
+
+    // `uiommufd trace -o FILE`: the same lines, in the file, none on stderr.
+    let log = scratch_dir("trace-file").join("trace.log");
+    let _ = std::fs::remove_file(&log);
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_uiommufd"));
+    cmd.arg("trace").arg("-o").arg(&log).arg("--preload").arg(built_shim()).arg("--").arg(&exe);
+    for var in SHIM_ENV {
+        cmd.env_remove(var);
+    }
+    let traced = run(cmd);
+    traced.assert_c_passed();
+    assert!(traced.stderr.is_empty(), "{}", traced.report());
+    let text = std::fs::read_to_string(&log).expect("the trace file");
+    assert_eq!(text.lines().filter(|l| l.contains(": ioctl(")).count(), expected.len(), "{text}");
 }
 
 /// An `UIOMMUFD_IOMMU` that names no model makes opening a served node fail
