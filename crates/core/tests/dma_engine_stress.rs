@@ -127,7 +127,7 @@ fn dma_engines_stream_while_the_program_maps_and_unmaps() {
                             let off = rng.next() % (SLOT_LEN - 256);
                             let len = 1 + rng.next() % (SLOT_LEN - off);
                             let tag = slot + 1;
-                            let d = if rng.next() % 2 == 0 {
+                            let d = if rng.next().is_multiple_of(2) {
                                 Descriptor::fill(slot_iova(slot) + off, len, tag * 0x0101_0101_0101_0101)
                             } else {
                                 // Copy within the slot: only its own bytes move.

@@ -46,18 +46,21 @@
 //! A watchdog aborts with the operation each thread is in if the run stops
 //! making progress (a deadlock would otherwise hang the suite).
 //!
-//! KNOWN ENGINE BUGS this test found are worked around so that it passes,
-//! each at one marked place: [`auto_guard`] (a self-deadlock when a paging
-//! HWPT dies while automatic domain selection walks its IOAS),
-//! [`dirty_guard`] (`IOMMU_TEST_OP_DIRTY` racing an unmap poisons the slot),
-//! and the device check in [`check_objects`] (a device object outliving its
-//! unbind). `UIOMMUFD_STRESS_STRICT` turns the workarounds off (see
-//! [`strict`]); `UIOMMUFD_STRESS_SEED` and `UIOMMUFD_STRESS_ROUNDS` vary the
+//! This test found engine races, now fixed: automatic domain selection
+//! dropped HWPTs under the IOAS list lock (a self-deadlock) and could pick a
+//! reused ID; a device object outlived its unbind while a short-term borrow
+//! of it was held; marking dirty racing an unmap left dirty bits in emptied
+//! slots.
+//!
+//! The one tolerance left is kernel behaviour: automatic domains left
+//! without users by a racing lookup (see [`check_objects`]);
+//! `UIOMMUFD_STRESS_STRICT=orphan-auto` fails on them instead (see
+//! [`strict`]). `UIOMMUFD_STRESS_SEED` and `UIOMMUFD_STRESS_ROUNDS` vary the
 //! run.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc, Barrier, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{mpsc, Arc, Barrier, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use uiommufd_abi::test_cmd::{
@@ -210,10 +213,6 @@ struct World {
     ioas: [ObjectId; 2],
     buf: u64,
     pools: Mutex<Pools>,
-    /// See [`auto_guard`].
-    auto_guard: RwLock<()>,
-    /// See [`dirty_guard`].
-    dirty_guard: RwLock<()>,
     /// Set by the first failure: the others stop operating and checking, so
     /// the first report is not buried under its consequences.
     failed: AtomicBool,
@@ -243,8 +242,6 @@ struct Stats {
     pages_marked: u64,
     /// Leader dirty round-trips (mark, harvest, harvest again).
     dirty_roundtrips: u64,
-    /// Device objects found leaked by the checker (a known engine bug).
-    leaked_devices: u64,
     /// Automatic domains found without users and destroyed by the checker.
     orphan_autos: u64,
 }
@@ -283,7 +280,6 @@ impl Stats {
         self.iotlb_checked += o.iotlb_checked;
         self.pages_marked += o.pages_marked;
         self.dirty_roundtrips += o.dirty_roundtrips;
-        self.leaked_devices += o.leaked_devices;
         self.orphan_autos += o.orphan_autos;
     }
 }
@@ -474,9 +470,7 @@ fn op_hwpt_destroy(w: &World, rng: &mut Rng, st: &mut Stats) {
         let i = rng.below(p.paging.len() as u64) as usize;
         p.paging.swap_remove(i)
     };
-    let guard = hwpt_may_die(w);
     let r = w.ctx.destroy(rec.id);
-    drop(guard);
     st.note(Op::HwptDestroy, &r);
     if r.is_err() {
         st.busy_destroys += 1;
@@ -609,10 +603,7 @@ fn op_device_create(w: &World, rng: &mut Rng, st: &mut Stats) {
         flags |= MOCK_FLAGS_DEVICE_HUGE_IOVA;
     }
     let pt = pick_pt(w, rng, if flags & MOCK_FLAGS_DEVICE_PASID != 0 { 40 } else { 0 });
-    let guard = auto_guard(w, &DevRec { stdev_id: 0, idev_id: 0, flags, attached: BTreeMap::new() }, pt);
-    let r = selftest::mock_domain(w.ctx_static, pt, flags);
-    drop(guard);
-    match r {
+    match selftest::mock_domain(w.ctx_static, pt, flags) {
         Ok(d) => {
             st.ok(Op::DeviceCreate);
             let rec = DevRec {
@@ -631,7 +622,6 @@ fn op_device_create(w: &World, rng: &mut Rng, st: &mut Stats) {
 
 fn op_device_destroy(w: &World, rng: &mut Rng, st: &mut Stats) {
     let Some(d) = take_device(w, rng) else { return };
-    let _guard = auto_guard(w, &d, 0);
     // Nobody else borrows a mock device object: destroy cannot be busy.
     let r = w.ctx.destroy(d.stdev_id);
     st.note(Op::DeviceDestroy, &r);
@@ -653,7 +643,6 @@ fn op_attach(w: &World, rng: &mut Rng, st: &mut Stats, op: Op) {
         0
     };
     let pt = pick_pt(w, rng, compat_pct);
-    let _guard = auto_guard(w, &d, pt);
     // Replace and detach mostly name an attached PASID.
     let attached_pasids: Vec<u32> = d.attached.keys().copied().filter(|&p| p != NO_PASID).collect();
     let pick_pasid = |rng: &mut Rng| match rng.pick(&attached_pasids) {
@@ -727,72 +716,6 @@ fn op_attach(w: &World, rng: &mut Rng, st: &mut Stats, op: Op) {
     put_device(w, d);
 }
 
-/// A guard against a known engine deadlock, taken around an attachment
-/// change of device `d` (held exclusively) to `pt` (0: detaching).
-///
-/// KNOWN ENGINE BUG (reported; with `UIOMMUFD_STRESS_STRICT=auto-deadlock`
-/// no guard is taken and the run hangs within seconds, which the watchdog
-/// reports): `Device::auto_get_domain` upgrades the `Weak`s of the IOAS's
-/// HWPT list while holding the list lock, and drops the strong references
-/// with the lock still held: the explicit HWPTs its `filter` rejects at
-/// once, the automatic candidates it fails to use later in its loop. If the
-/// HWPT was destroyed concurrently (an explicit one by `IOMMU_DESTROY`, an
-/// automatic one by its last detach in `put_hwpt`), that drop is the last
-/// reference, and `HwptPaging::drop` takes the same list lock again: the
-/// thread deadlocks on itself, and every later attach or HWPT allocation on
-/// that IOAS blocks behind it. The guard keeps "a paging HWPT may die"
-/// (write: destroying an explicit one, changing the attachments of a device
-/// that holds an automatic one) apart from "an IOAS's HWPT list is being
-/// walked" (read: attaching to an IOAS); everything else stays concurrent.
-fn auto_guard<'a>(w: &'a World, d: &DevRec, pt: ObjectId) -> Option<AutoGuard<'a>> {
-    // Held exclusively, the device's attachments cannot change meanwhile.
-    let holds_auto = d.attached.values().any(|&h| w.ctx.get::<HwptPaging>(h).is_ok_and(|h| h.is_auto()));
-    if holds_auto {
-        hwpt_may_die(w)
-    } else if w.ioas.contains(&pt) && !strict("auto-deadlock") {
-        Some(AutoGuard::Read(w.auto_guard.read().unwrap_or_else(|p| p.into_inner())))
-    } else {
-        None
-    }
-}
-
-/// The writer's side of [`auto_guard`].
-fn hwpt_may_die(w: &World) -> Option<AutoGuard<'_>> {
-    if strict("auto-deadlock") {
-        return None;
-    }
-    Some(AutoGuard::Write(w.auto_guard.write().unwrap_or_else(|p| p.into_inner())))
-}
-
-/// A held guard of [`auto_guard`] or [`dirty_guard`].
-#[allow(dead_code)] // held for its Drop
-enum AutoGuard<'a> {
-    Read(RwLockReadGuard<'a, ()>),
-    Write(RwLockWriteGuard<'a, ()>),
-}
-
-/// A guard against a known engine race, taken by `IOMMU_TEST_OP_DIRTY`
-/// (`mark`: exclusive) and by unmaps (shared, so they stay concurrent with
-/// each other and with everything else).
-///
-/// KNOWN ENGINE BUG (reported; `UIOMMUFD_STRESS_STRICT=dirty-race` takes no
-/// guard, and about one run in thirty then fails with "malformed map/unmap
-/// reached the mock domain"): `PageTable::set_leaf_bits`, behind
-/// `MockDomain::mark_dirty`, finds the leaf and then `fetch_or`s the dirty
-/// bit into its slot. When an unmap clears the slot in between, the OR
-/// leaves a lone dirty bit in an empty slot: nothing is mapped there, but
-/// every later map of that IOVA fails with `EEXIST` (a mock warning), for
-/// good.
-fn dirty_guard(w: &World, mark: bool) -> Option<AutoGuard<'_>> {
-    if strict("dirty-race") {
-        None
-    } else if mark {
-        Some(AutoGuard::Write(w.dirty_guard.write().unwrap_or_else(|p| p.into_inner())))
-    } else {
-        Some(AutoGuard::Read(w.dirty_guard.read().unwrap_or_else(|p| p.into_inner())))
-    }
-}
-
 /// A pooled paging HWPT (maybe stale), preferring dirty-tracking ones.
 fn pick_paging(w: &World, rng: &mut Rng) -> Option<PagingRec> {
     let p = w.pools();
@@ -815,9 +738,7 @@ fn op_dirty(w: &World, rng: &mut Rng, st: &mut Stats, op: Op) {
         Op::MarkDirty => {
             let bits = (rng.next() as u32).to_le_bytes();
             let iova = slot_iova(rng.below(SLOTS));
-            let guard = dirty_guard(w, true);
             let r = selftest::dirty(ctx, rec.id, iova, SLOT_SIZE, MOCK_IO_PAGE_SIZE, bits.as_ptr() as u64);
-            drop(guard);
             if let Ok(n) = r {
                 st.pages_marked += n;
             }
@@ -866,9 +787,7 @@ fn one_op(w: &World, rng: &mut Rng, st: &mut Stats, tid: usize) {
             st.note(op, &r);
         }
         Op::Unmap => {
-            let guard = dirty_guard(w, false);
             let r = w.ctx.ioas_unmap(ioas, slot_iova(slot), SLOT_SIZE);
-            drop(guard);
             st.note(op, &r);
         }
         Op::Copy => {
@@ -921,34 +840,6 @@ fn check_objects(w: &World, pools: &Pools, out: &mut CheckOut) -> BTreeMap<Objec
     let scan =
         || -> BTreeMap<ObjectId, ObjectKind> { (1..ID_SCAN).filter_map(|id| Some((id, table.kind_of(id)?))).collect() };
     let mut kinds = scan();
-    // KNOWN ENGINE BUG (reported; see `strict`): unbinding a mock device
-    // while another thread holds a short-term borrow of its device object
-    // (here: an IOMMU_HWPT_ALLOC naming it as `dev_id`) leaves that device
-    // object in the table for good: `SelftestDevice::unbind` ignores the
-    // `EBUSY` of `destroy_if`, where the kernel's
-    // `iommufd_object_destroy_user` waits for short-term users. Only that
-    // exact signature is tolerated (a device object nobody binds, with no
-    // dependants and no attachment); it is counted, reported and destroyed
-    // so the rest of the check stays exact.
-    let pooled: BTreeSet<ObjectId> = pools.devices.iter().map(|d| d.idev_id).collect();
-    let stray: Vec<ObjectId> =
-        kinds.iter().filter(|&(id, &k)| k == ObjectKind::Device && !pooled.contains(id)).map(|(&id, _)| id).collect();
-    if !stray.is_empty() && !strict("device-leak") {
-        for id in stray {
-            let dev = w.ctx.get::<uiommufd_core::device::Device>(id).expect("live");
-            let attached: Vec<u32> =
-                [NO_PASID].iter().chain(&PASIDS).copied().filter(|&p| dev.attached(p).is_some()).collect();
-            assert_eq!(dev.header().users(), 0, "device object {id} outlived its mock device and is still bound");
-            assert!(
-                attached.is_empty(),
-                "device object {id} outlived its mock device with PASIDs {attached:?} attached"
-            );
-            drop(dev);
-            w.ctx.destroy(id).expect("destroying a leaked device object");
-            out.leaked_devices += 1;
-        }
-        kinds = scan();
-    }
     // Kernel behaviour, not a bug: an automatic domain's last detach only
     // *tries* to destroy it (`iommufd_object_put_and_try_destroy`, which
     // does not wait for short-term users), so a concurrent lookup of its ID
@@ -1210,19 +1101,14 @@ fn check_dirty(w: &World, pools: &Pools) -> u64 {
 #[derive(Default)]
 struct CheckOut {
     dirty_roundtrips: u64,
-    /// Device objects that outlived their unbind (a known engine bug).
-    leaked_devices: u64,
     /// Automatic domains left without users by a racing lookup (kernel
     /// behaviour).
     orphan_autos: u64,
 }
 
-/// Whether the workaround for `what` is off: `UIOMMUFD_STRESS_STRICT` is
-/// `1` (all off) or a comma-separated list of `device-leak` (fail on device
-/// objects that outlive their unbind), `auto-deadlock` (no guard: hangs, the
-/// watchdog aborts), `dirty-race` (no guard: a mock warning now and then)
-/// and `orphan-auto` (fail on automatic domains left without users, kernel
-/// behaviour).
+/// Whether the tolerance for `what` is off: `UIOMMUFD_STRESS_STRICT` is `1`
+/// (all off) or a comma-separated list; the only one is `orphan-auto` (fail
+/// on automatic domains left without users, kernel behaviour).
 fn strict(what: &str) -> bool {
     std::env::var("UIOMMUFD_STRESS_STRICT").is_ok_and(|v| v == "1" || v.split(',').any(|w| w == what))
 }
@@ -1253,8 +1139,6 @@ fn hwpts_nesting_pasids_and_dirty_tracking_keep_the_invariants() {
         ioas,
         buf,
         pools: Mutex::default(),
-        auto_guard: RwLock::new(()),
-        dirty_guard: RwLock::new(()),
         failed: AtomicBool::new(false),
     });
     // One PASID-capable device per IOAS to start with.
@@ -1334,7 +1218,6 @@ fn hwpts_nesting_pasids_and_dirty_tracking_keep_the_invariants() {
                         match r {
                             Ok(o) => {
                                 stats.dirty_roundtrips += o.dirty_roundtrips;
-                                stats.leaked_devices += o.leaked_devices;
                                 stats.orphan_autos += o.orphan_autos;
                             }
                             Err(p) => {
@@ -1361,7 +1244,6 @@ fn hwpts_nesting_pasids_and_dirty_tracking_keep_the_invariants() {
     let run_time = start.elapsed();
 
     let mut totals = std::mem::take(&mut *totals.lock().unwrap());
-    totals.leaked_devices += last.leaked_devices;
     totals.orphan_autos += last.orphan_autos;
     eprintln!("stress_hwpt: seed {seed}, {THREADS} threads x {rounds} rounds x {OPS_PER_ROUND} ops in {run_time:?}");
     for &(op, _) in &OPS {
@@ -1386,13 +1268,6 @@ fn hwpts_nesting_pasids_and_dirty_tracking_keep_the_invariants() {
         "  automatic domains left without users by a racing lookup of their ID (kernel behaviour) and destroyed: {}",
         totals.orphan_autos
     );
-    if totals.leaked_devices != 0 {
-        eprintln!(
-            "  KNOWN ENGINE BUG: {} device object(s) outlived their unbind (a concurrent short-term borrow made \
-             SelftestDevice::unbind's destroy_if fail with EBUSY); UIOMMUFD_STRESS_STRICT=device-leak fails on it",
-            totals.leaked_devices
-        );
-    }
     // The run must have exercised every kind of operation for real.
     for &(op, _) in &OPS {
         let n = totals.ok.get(&op).copied().unwrap_or(0);
