@@ -490,13 +490,17 @@ impl Domain for VtdSlDomain {
     /// size argument if it happens to be a large-page mapping").
     fn unmap_pages(&self, iova: u64, pgsize: u64, pgcount: u64) -> u64 {
         let Some(size) = pgsize.checked_mul(pgcount).filter(|&s| s != 0) else { return 0 };
-        let (pgsize, pgcount) = match self.table.walk(iova) {
-            Some((_, level)) if level_size(level) > size && iova & (level_size(level) - 1) == 0 => {
-                (level_size(level), 1)
+        // The table's unmap stops at a leaf that sticks out of the range;
+        // only when that happens at `iova` itself is the leaf looked at (the
+        // common case, leaves inside the range, costs no extra walk).
+        let mut n = self.table.unmap(iova, pgsize, pgcount);
+        if n == 0 {
+            if let Some((_, level)) = self.table.walk(iova) {
+                if level_size(level) > size && iova & (level_size(level) - 1) == 0 {
+                    n = self.table.unmap(iova, level_size(level), 1);
+                }
             }
-            _ => (pgsize, pgcount),
-        };
-        let n = self.table.unmap(iova, pgsize, pgcount);
+        }
         if n != 0 {
             self.flush_nested();
         }
