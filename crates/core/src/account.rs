@@ -34,12 +34,10 @@ pub fn locked_pages() -> (u64, u64) {
 
 /// `RLIMIT_MEMLOCK` in pages.
 fn limit_pages() -> u64 {
-    let mut rl = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: getrlimit writes one rlimit into `rl`.
-    if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut rl) } != 0 || rl.rlim_cur == libc::RLIM_INFINITY {
-        return u64::MAX;
+    match uiommufd_memory::sys::memlock_limit() {
+        None => u64::MAX,
+        Some(bytes) => bytes / uiommufd_memory::page_size() as u64,
     }
-    rl.rlim_cur / uiommufd_memory::page_size() as u64
 }
 
 /// One `iopt_pages`' charging handle.

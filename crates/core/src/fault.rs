@@ -14,10 +14,11 @@
 //! answered `INVALID` automatically, as are all groups when the object goes.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::RawFd;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use uiommufd_abi as abi;
+use uiommufd_memory::sys::ReadyFlag;
 use zerocopy::{FromBytes, IntoBytes};
 
 use crate::error::{einval, Error, Result};
@@ -57,7 +58,7 @@ struct State {
 pub struct Fault {
     hdr: ObjHeader,
     state: Mutex<State>,
-    event: OwnedFd,
+    event: ReadyFlag,
 }
 
 impl std::fmt::Debug for Fault {
@@ -71,13 +72,7 @@ const RESPONSE_SIZE: usize = core::mem::size_of::<abi::IommuHwptPageResponse>();
 
 impl Fault {
     pub fn new(id: ObjectId) -> Result<Fault> {
-        // SAFETY: eventfd has no memory-safety preconditions.
-        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
-        if fd < 0 {
-            return Err(Error::new(Errno::ENOMEM, "no eventfd for the fault queue"));
-        }
-        // SAFETY: `fd` is a fresh descriptor nobody else owns.
-        let event = unsafe { OwnedFd::from_raw_fd(fd) };
+        let event = ReadyFlag::new().map_err(|e| Error::new(e, "no eventfd for the fault queue"))?;
         Ok(Fault { hdr: ObjHeader::new(id), state: Mutex::default(), event })
     }
 
@@ -87,7 +82,7 @@ impl Fault {
 
     /// The eventfd that is readable while groups wait.
     pub fn readiness_fd(&self) -> RawFd {
-        self.event.as_raw_fd()
+        self.event.fd()
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -96,16 +91,7 @@ impl Fault {
 
     /// Make the eventfd reflect whether groups wait to be read.
     fn sync_ready(&self, st: &State) {
-        let fd = self.event.as_raw_fd();
-        let mut v = 0u64;
-        // Drain, then raise again if needed: the counter is 0 or 1.
-        // SAFETY: reading 8 bytes into a u64 we own from our eventfd.
-        unsafe { libc::read(fd, (&mut v as *mut u64).cast(), 8) };
-        if !st.deliver.is_empty() {
-            let one = 1u64;
-            // SAFETY: writing 8 bytes from a u64 to our eventfd.
-            unsafe { libc::write(fd, (&one as *const u64).cast(), 8) };
-        }
+        self.event.set(!st.deliver.is_empty());
     }
 
     /// `iommufd_fault_iopf_handler`: queue a group raised by device

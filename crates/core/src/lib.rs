@@ -22,6 +22,10 @@
 //! - every failure is an [`Error`] carrying the kernel's errno;
 //! - a failed create leaves no ID, no object and no side effect behind;
 //! - destroy never fails for lack of memory.
+//!
+//! The engine holds no `unsafe` of its own: raw memory and system calls live in
+//! `uiommufd-memory` (unit tests here may use `unsafe` to set up memory).
+#![cfg_attr(not(test), forbid(unsafe_code))]
 
 pub mod access;
 pub mod account;

@@ -101,8 +101,7 @@ struct Owner {
 
 impl Owner {
     fn current() -> Owner {
-        // SAFETY: getuid has no preconditions.
-        Owner { pid: std::process::id(), uid: unsafe { libc::getuid() } }
+        Owner { pid: std::process::id(), uid: uiommufd_memory::sys::getuid() }
     }
 }
 

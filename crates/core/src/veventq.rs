@@ -24,10 +24,11 @@
 //! an eventfd is also always writable, so `EPOLLOUT` shows too.)
 
 use std::collections::VecDeque;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::RawFd;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use uiommufd_abi as abi;
+use uiommufd_memory::sys::ReadyFlag;
 use zerocopy::IntoBytes;
 
 use crate::error::{einval, eopnotsupp, Error, Result};
@@ -85,7 +86,7 @@ pub struct Veventq {
     veventq_type: u32,
     depth: u32,
     state: Mutex<State>,
-    event: OwnedFd,
+    event: ReadyFlag,
 }
 
 impl std::fmt::Debug for Veventq {
@@ -96,13 +97,7 @@ impl std::fmt::Debug for Veventq {
 
 impl Veventq {
     fn new(id: ObjectId, viommu: &Borrowed<Viommu>, veventq_type: u32, depth: u32) -> Result<Veventq> {
-        // SAFETY: eventfd has no memory-safety preconditions.
-        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
-        if fd < 0 {
-            return Err(Error::new(Errno::ENOMEM, "no eventfd for the event queue"));
-        }
-        // SAFETY: `fd` is a fresh descriptor nobody else owns.
-        let event = unsafe { OwnedFd::from_raw_fd(fd) };
+        let event = ReadyFlag::new().map_err(|e| Error::new(e, "no eventfd for the event queue"))?;
         Ok(Veventq {
             hdr: ObjHeader::new(id),
             viommu: Dep::new(viommu),
@@ -127,7 +122,7 @@ impl Veventq {
 
     /// The eventfd that is readable while records wait.
     pub fn readiness_fd(&self) -> RawFd {
-        self.event.as_raw_fd()
+        self.event.fd()
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -136,16 +131,7 @@ impl Veventq {
 
     /// Make the eventfd reflect whether records wait.
     fn sync_ready(&self, st: &State) {
-        let fd = self.event.as_raw_fd();
-        let mut v = 0u64;
-        // Drain, then raise again if needed: the counter is 0 or 1.
-        // SAFETY: reading 8 bytes into a u64 we own from our eventfd.
-        unsafe { libc::read(fd, (&mut v as *mut u64).cast(), 8) };
-        if !st.deliver.is_empty() {
-            let one = 1u64;
-            // SAFETY: writing 8 bytes from a u64 to our eventfd.
-            unsafe { libc::write(fd, (&one as *const u64).cast(), 8) };
-        }
+        self.event.set(!st.deliver.is_empty());
     }
 
     /// `iommufd_viommu_report_event` for this queue: queue `data`, or record

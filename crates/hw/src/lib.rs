@@ -18,6 +18,9 @@
 //!
 //! [`map`] and [`unmap`] split a byte range into the largest page sizes the
 //! domain supports, as the kernel's `iommu_map()`/`iommu_unmap()` do.
+//!
+//! The models hold no `unsafe`: page tables are atomics and `OnceBox`es.
+#![forbid(unsafe_code)]
 
 use core::any::Any;
 

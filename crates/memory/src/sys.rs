@@ -178,3 +178,59 @@ pub fn write_stderr(buf: &[u8]) {
     // SAFETY: `buf` is a live slice of `buf.len()` bytes.
     let _ = unsafe { libc::write(2, buf.as_ptr().cast(), buf.len()) };
 }
+
+/// A readiness flag a descriptor can be polled on: a non-blocking eventfd
+/// whose counter is 0 (not ready) or 1 (ready). Fault and event queues use
+/// it so `poll`/`epoll` on their served descriptors work.
+#[derive(Debug)]
+pub struct ReadyFlag(std::os::fd::OwnedFd);
+
+impl ReadyFlag {
+    /// `ENOMEM` when no eventfd can be had (the kernel's `-ENOMEM` for a
+    /// queue it cannot allocate).
+    pub fn new() -> Result<ReadyFlag, uiommufd_abi::Errno> {
+        use std::os::fd::FromRawFd;
+        // SAFETY: eventfd has no memory-safety preconditions.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        if fd < 0 {
+            return Err(uiommufd_abi::Errno::ENOMEM);
+        }
+        // SAFETY: `fd` is a fresh descriptor nobody else owns.
+        Ok(ReadyFlag(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }))
+    }
+
+    /// The eventfd, readable while the flag is set.
+    pub fn fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsRawFd;
+        self.0.as_raw_fd()
+    }
+
+    /// Set or clear the flag.
+    pub fn set(&self, ready: bool) {
+        let mut v = 0u64;
+        // Drain, then raise again if needed: the counter stays 0 or 1.
+        // SAFETY: reading 8 bytes into a u64 we own from our eventfd.
+        unsafe { libc::read(self.fd(), (&mut v as *mut u64).cast(), 8) };
+        if ready {
+            let one = 1u64;
+            // SAFETY: writing 8 bytes from a u64 to our eventfd.
+            unsafe { libc::write(self.fd(), (&one as *const u64).cast(), 8) };
+        }
+    }
+}
+
+/// `RLIMIT_MEMLOCK`'s soft limit in bytes (`None`: unlimited).
+pub fn memlock_limit() -> Option<u64> {
+    let mut rl = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes one rlimit into `rl`.
+    if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut rl) } != 0 || rl.rlim_cur == libc::RLIM_INFINITY {
+        return None;
+    }
+    Some(rl.rlim_cur)
+}
+
+/// The real user ID (`getuid(2)`).
+pub fn getuid() -> u32 {
+    // SAFETY: getuid has no preconditions.
+    unsafe { libc::getuid() }
+}
