@@ -1,10 +1,12 @@
 //! The VFIO pieces of `include/uapi/linux/vfio.h` that iommufd serves.
 //!
-//! Two groups: the type1 container API that iommufd emulates on
+//! Three parts: the type1 container API that iommufd emulates on
 //! `/dev/vfio/vfio` (API version, extensions, MAP/UNMAP_DMA, GET_INFO with its
-//! capability chain), and the device cdev API (bind to an iommufd, attach and
-//! detach a page table, optionally per PASID) plus the basic device queries a
-//! mock or passthrough device answers. Every request is `_IO(';', 100 + n)`.
+//! capability chain), the group API of `/dev/vfio/<group>` (status, container,
+//! device descriptors), and the device API (cdev bind to an iommufd, attach
+//! and detach a page table, optionally per PASID) plus the basic device
+//! queries a mock or passthrough device answers. Every request is
+//! `_IO(';', 100 + n)`.
 //!
 //! Several structs end in a C flexible array member (`data[]`, `areas[]`,
 //! ...); the Rust structs stop before it and the trailing bytes are handled
@@ -43,6 +45,15 @@ const fn vfio_io(n: u32) -> u32 {
 pub const VFIO_GET_API_VERSION: u32 = vfio_io(0);
 pub const VFIO_CHECK_EXTENSION: u32 = vfio_io(1);
 pub const VFIO_SET_IOMMU: u32 = vfio_io(2);
+/// Group (`/dev/vfio/<group>`) requests.
+pub const VFIO_GROUP_GET_STATUS: u32 = vfio_io(3);
+/// The argument points to the container's descriptor (a C `int`).
+pub const VFIO_GROUP_SET_CONTAINER: u32 = vfio_io(4);
+pub const VFIO_GROUP_UNSET_CONTAINER: u32 = vfio_io(5);
+/// The argument points to the device's name, a NUL-terminated string (for
+/// PCI the address, optionally followed by ` vf_token=<UUID>`); the result
+/// is a new descriptor for the device.
+pub const VFIO_GROUP_GET_DEVICE_FD: u32 = vfio_io(6);
 /// Device fd requests.
 pub const VFIO_DEVICE_GET_INFO: u32 = vfio_io(7);
 pub const VFIO_DEVICE_GET_REGION_INFO: u32 = vfio_io(8);
@@ -68,6 +79,20 @@ pub const VFIO_DEVICE_FEATURE: u32 = vfio_io(17);
 pub const VFIO_DEVICE_BIND_IOMMUFD: u32 = vfio_io(18);
 pub const VFIO_DEVICE_ATTACH_IOMMUFD_PT: u32 = vfio_io(19);
 pub const VFIO_DEVICE_DETACH_IOMMUFD_PT: u32 = vfio_io(20);
+
+abi_struct! {
+    /// `struct vfio_group_status`: reply of [`VFIO_GROUP_GET_STATUS`].
+    VfioGroupStatus, 8 {
+        @0 argsz: u32,
+        @4 flags: u32,
+    }
+}
+
+/// `vfio_group_status.flags`: every device of the group may be given to
+/// user space (no kernel driver owns its DMA).
+pub const VFIO_GROUP_FLAGS_VIABLE: u32 = 1 << 0;
+/// `vfio_group_status.flags`: the group has a container.
+pub const VFIO_GROUP_FLAGS_CONTAINER_SET: u32 = 1 << 1;
 
 abi_struct! {
     /// `struct vfio_info_cap_header`: links the capability chain of an INFO
@@ -434,6 +459,18 @@ mod tests {
         assert_eq!(VFIO_DEVICE_DETACH_IOMMUFD_PT, 0x3b78);
         assert_eq!(VFIO_DEVICE_GET_PCI_HOT_RESET_INFO, VFIO_IOMMU_GET_INFO);
         assert_eq!(VFIO_DEVICE_FEATURE, 0x3b75);
+        // The group requests, as <linux/vfio.h> spells them.
+        assert_eq!(VFIO_GROUP_GET_STATUS, 0x3b67);
+        assert_eq!(VFIO_GROUP_SET_CONTAINER, 0x3b68);
+        assert_eq!(VFIO_GROUP_UNSET_CONTAINER, 0x3b69);
+        assert_eq!(VFIO_GROUP_GET_DEVICE_FD, 0x3b6a);
+    }
+
+    #[test]
+    fn group_status_layout() {
+        assert_eq!(core::mem::size_of::<VfioGroupStatus>(), 8);
+        assert_eq!(core::mem::offset_of!(VfioGroupStatus, flags), 4);
+        assert_eq!((VFIO_GROUP_FLAGS_VIABLE, VFIO_GROUP_FLAGS_CONTAINER_SET), (1, 2));
     }
 
     #[test]

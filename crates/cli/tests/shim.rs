@@ -625,6 +625,26 @@ fn vfio_device_errnos() {
     run(uiommufd_run(&["--device", "dma-engine"], &[&exe])).assert_c_passed();
 }
 
+/// The classic VFIO type1 user (Documentation/driver-api/vfio.rst): the
+/// group from sysfs, /dev/vfio/vfio and /dev/vfio/$GROUP, SET_CONTAINER,
+/// SET_IOMMU, MAP_DMA, GET_DEVICE_FD, BAR0 mapped and the DMA engine
+/// copying inside the mapped buffer, with the kernel's errnos on the way:
+/// under the mock IOMMU, under VT-d, and for the second of two devices.
+#[test]
+fn vfio_group_type1_user() {
+    let exe = c_program!("vfio_group");
+    for (options, args) in [
+        (&["--device", "dma-engine"][..], &[][..]),
+        (&["--iommu", "vtd", "--device", "dma-engine"][..], &[][..]),
+        (&["--device", "dma-engine", "--device", "dma-engine:bdf=0000:02:00.0"][..], &["0000:02:00.0"][..]),
+    ] {
+        let mut argv = vec![exe.as_os_str()];
+        argv.extend(args.iter().map(OsStr::new));
+        let ran = run(uiommufd_run(options, &argv));
+        ran.assert_c_passed();
+    }
+}
+
 /// `uiommufd run` checks the machine before running anything and says
 /// what is wrong.
 #[test]

@@ -32,6 +32,10 @@ use crate::pci::PciDevice;
 /// Major number of the emulated `vfio-dev` character devices (the kernel
 /// allocates one dynamically; this is a value from its dynamic range).
 pub const VFIO_DEV_MAJOR: u32 = 511;
+/// Major number of the emulated VFIO group nodes `/dev/vfio/<group>` (the
+/// kernel's `vfio` chrdev region is dynamic too; this is the next value
+/// down in the same range). The minor is the group number.
+pub const VFIO_GROUP_MAJOR: u32 = 510;
 /// Major and minor of the emulated `/dev/iommu` (a misc device, major 10).
 pub const IOMMU_DEV: (u32, u32) = (10, 122);
 /// Major and minor of the emulated `/dev/vfio/vfio` (misc, `VFIO_MINOR`).

@@ -22,6 +22,7 @@ use uiommufd_core::veventq::Veventq;
 use uiommufd_core::{Error, Iommufd};
 
 use crate::vfio_device::{VfioDevice, VfioDeviceFile};
+use crate::vfio_group::{VfioGroup, VfioGroupFile};
 
 /// A device node (or control file) uiommufd emulates.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -33,6 +34,9 @@ pub enum Node {
     /// `/dev/vfio/devices/vfioN`: the VFIO device cdev of emulated device
     /// `N` (see [`VfioDevice::global`]).
     VfioDevice(u32),
+    /// `/dev/vfio/<G>`: the VFIO group node of IOMMU group `G` (see
+    /// [`VfioGroup::global`]).
+    VfioGroup(u32),
     /// `/proc/self/task/TID/fail-nth` (and its other spellings): the
     /// kernel's per-task fault injection countdown, driving the engine's
     /// injection points. Served only when fault injection is enabled.
@@ -46,13 +50,10 @@ impl Node {
             b"/dev/iommu" => Some(Node::Iommu),
             b"/dev/vfio/vfio" => Some(Node::VfioContainer),
             _ => {
-                // vfio<N>, N in decimal as the kernel names it (no leading
-                // zeros).
-                let n = path.strip_prefix(b"/dev/vfio/devices/vfio")?;
-                if n.is_empty() || (n[0] == b'0' && n.len() > 1) || !n.iter().all(u8::is_ascii_digit) {
-                    return None;
+                if let Some(n) = path.strip_prefix(b"/dev/vfio/devices/vfio") {
+                    return decimal(n).map(Node::VfioDevice);
                 }
-                std::str::from_utf8(n).ok()?.parse().ok().map(Node::VfioDevice)
+                decimal(path.strip_prefix(b"/dev/vfio/")?).map(Node::VfioGroup)
             }
         }
     }
@@ -72,6 +73,15 @@ impl Node {
         }
         Some(Node::FailNth(task.parse().ok()?))
     }
+}
+
+/// A number in decimal as the kernel names its nodes (`vfio%d`, `%d`): no
+/// sign, no leading zeros, fits a `u32`.
+fn decimal(n: &[u8]) -> Option<u32> {
+    if n.is_empty() || (n[0] == b'0' && n.len() > 1) || !n.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(n).ok()?.parse().ok()
 }
 
 /// Largest single read or write we serve (larger requests are shortened,
@@ -116,8 +126,11 @@ pub enum File {
     FailNth(FailNthFile),
     /// `[iommufd-viommu-event]`: a vIOMMU event queue.
     Veventq(VeventqFile),
-    /// `/dev/vfio/devices/vfioN`: a VFIO device cdev.
+    /// `/dev/vfio/devices/vfioN`, or a device descriptor from a group: a
+    /// VFIO device.
     VfioDevice(VfioDeviceFile),
+    /// `/dev/vfio/<G>`: a VFIO group.
+    VfioGroup(VfioGroupFile),
 }
 
 /// The file of a fault object: keeps the context alive and holds an edge on
@@ -155,8 +168,11 @@ pub struct FailNthFile {
 
 impl File {
     /// `open(2)` of `node`. A [`Node::VfioDevice`] that names no device of
-    /// the platform opens as a file on which every call fails with `ENODEV`
-    /// (use [`File::try_open`] to be told at open, as the kernel does).
+    /// the platform opens as a file on which every call fails with `ENODEV`;
+    /// a [`Node::VfioGroup`] whose open fails (no such group: `ENODEV`;
+    /// open already, or a device of it bound through its cdev: `EBUSY`)
+    /// as a file on which every call fails with that errno (use
+    /// [`File::try_open`] to be told at open, as the kernel does).
     pub fn open(node: Node) -> File {
         let how = match node {
             Node::Iommu => OpenedAs::Iommu,
@@ -168,21 +184,30 @@ impl File {
                     None => VfioDeviceFile::orphan(),
                 })
             }
+            Node::VfioGroup(number) => {
+                let opened = VfioGroup::global(number).ok_or(Errno::ENODEV).and_then(|g| g.open());
+                return File::VfioGroup(opened.unwrap_or_else(VfioGroupFile::failed));
+            }
         };
         File::Iommufd(Arc::new(Iommufd::open(how)))
     }
 
     /// [`File::open`] as the kernel's `open` of the node: creating a context
     /// is a fault injection point (`ENOMEM`); a VFIO device that does not
-    /// exist is `ENODEV` (`vfio_device_fops_cdev_open`).
+    /// exist is `ENODEV` (`vfio_device_fops_cdev_open`), and so is a group
+    /// (`vfio_group_fops_open`, which is `EBUSY` for a group open already or
+    /// with a device bound through its cdev).
     pub fn try_open(node: Node) -> Result<File, Errno> {
         if matches!(node, Node::Iommu | Node::VfioContainer) && uiommufd_memory::failpoint::should_fail() {
             return Err(Errno::ENOMEM);
         }
-        if let Node::VfioDevice(index) = node {
-            return VfioDevice::global(index).map(|d| File::VfioDevice(VfioDeviceFile::new(d))).ok_or(Errno::ENODEV);
+        match node {
+            Node::VfioDevice(index) => {
+                VfioDevice::global(index).map(|d| File::VfioDevice(VfioDeviceFile::new(d))).ok_or(Errno::ENODEV)
+            }
+            Node::VfioGroup(number) => File::open_vfio_group(&VfioGroup::global(number).ok_or(Errno::ENODEV)?),
+            _ => Ok(File::open(node)),
         }
-        Ok(File::open(node))
     }
 
     /// An open of VFIO device `dev` (for in-process users: install it in a
@@ -191,12 +216,19 @@ impl File {
         File::VfioDevice(VfioDeviceFile::new(Arc::clone(dev)))
     }
 
+    /// An open of VFIO group `group` (`EBUSY` if it is open already or a
+    /// device of it is bound through its cdev; `ENODEV` without devices).
+    pub fn open_vfio_group(group: &Arc<VfioGroup>) -> Result<File, Errno> {
+        group.open().map(File::VfioGroup)
+    }
+
     /// `ioctl(2)` with request `request` and argument `arg` (a user address
     /// or a plain integer, depending on the request).
     pub fn ioctl(&self, host: &dyn FdHost, request: u64, arg: u64) -> Result<i32, Error> {
         match self {
             File::Iommufd(ctx) => crate::iommufd_ioctl(ctx, host, request, arg),
             File::VfioDevice(f) => f.ioctl(host, request, arg),
+            File::VfioGroup(f) => f.ioctl(host, request, arg),
             File::SelftestAccess(_) | File::Fault(_) | File::Veventq(_) | File::FailNth(_) => {
                 Err(Error::new(Errno::ENOTTY, "this file has no ioctls"))
             }
@@ -208,6 +240,7 @@ impl File {
         match self {
             File::Iommufd(_) => crate::op_name(cmd),
             File::VfioDevice(_) => crate::vfio_device::ioctl_name(cmd),
+            File::VfioGroup(_) => crate::vfio_group::ioctl_name(cmd),
             _ => None,
         }
     }
@@ -227,6 +260,7 @@ impl File {
         match self {
             File::Iommufd(_) => "iommufd",
             File::VfioDevice(_) => "vfio-device",
+            File::VfioGroup(_) => "vfio-group",
             File::SelftestAccess(_) => "test-access",
             File::Fault(_) => "fault-queue",
             File::Veventq(_) => "viommu-event-queue",
@@ -389,6 +423,21 @@ mod tests {
         assert_eq!(n("/dev/vfio/devices/vfio1x"), None);
         assert_eq!(n("/dev/vfio/devices/vfio99999999999"), None);
         assert_eq!(n("/dev/vfio/vfio0"), None);
+    }
+
+    #[test]
+    fn vfio_group_paths() {
+        let n = |s: &str| Node::from_path(s.as_bytes());
+        assert_eq!(n("/dev/vfio/0"), Some(Node::VfioGroup(0)));
+        assert_eq!(n("/dev/vfio/26"), Some(Node::VfioGroup(26)));
+        assert_eq!(n("/dev/vfio/vfio"), Some(Node::VfioContainer));
+        assert_eq!(n("/dev/vfio/"), None);
+        assert_eq!(n("/dev/vfio/01"), None);
+        assert_eq!(n("/dev/vfio/-1"), None);
+        assert_eq!(n("/dev/vfio/1/"), None);
+        assert_eq!(n("/dev/vfio/noiommu-0"), None);
+        assert_eq!(n("/dev/vfio/devices"), None);
+        assert_eq!(n("/dev/vfio/4294967296"), None);
     }
 
     #[test]

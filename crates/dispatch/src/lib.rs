@@ -17,8 +17,9 @@
 //! pointer is `EFAULT` and never a crash.
 //!
 //! The other files uiommufd serves live here too ([`file`]): VFIO device
-//! cdevs over emulated PCI functions ([`vfio_device`]), fault and event
-//! queues, the selftest's access, fail-nth.
+//! cdevs over emulated PCI functions ([`vfio_device`]), the legacy VFIO
+//! group nodes in front of them ([`vfio_group`]), fault and event queues,
+//! the selftest's access, fail-nth.
 
 pub mod file;
 mod handlers;
@@ -28,12 +29,14 @@ mod table;
 mod ucmd;
 mod vfio_compat;
 pub mod vfio_device;
+pub mod vfio_group;
 mod viommu;
 
 pub use file::{FdHost, File, LocalFds, Node};
 pub use table::{op_name, OPS};
 pub use ucmd::Ucmd;
 pub use vfio_device::{VfioDevice, VfioDeviceFile};
+pub use vfio_group::{VfioGroup, VfioGroupFile};
 
 use std::sync::Arc;
 
@@ -77,5 +80,7 @@ fn vfio_compat_ioctl(ctx: &Arc<Iommufd>, cmd: u32, arg: u64) -> Result<i32, Erro
 mod tests;
 #[cfg(test)]
 mod vfio_device_tests;
+#[cfg(test)]
+mod vfio_group_tests;
 #[cfg(test)]
 mod viommu_tests;

@@ -1,31 +1,43 @@
 //! `/dev/vfio/devices/vfioN`: a VFIO device cdev over an emulated PCI
 //! function (`drivers/vfio/device_cdev.c`, `vfio_main.c`'s device file and
-//! `vfio_pci_core.c`).
+//! `vfio_pci_core.c`), and the device descriptors a VFIO group hands out
+//! (`VFIO_GROUP_GET_DEVICE_FD`, see [`crate::vfio_group`]).
 //!
 //! What it stores:
 //! - [`VfioDevice`]: one emulated function as vfio-pci registers it: the
 //!   [`PciDevice`] (config space, BARs, interrupts, reset), the IOMMU
-//!   driver's view of it ([`IommuDevice`]), what vfio-pci learns at probe
-//!   (the MSI-X table's place, whether it is PCI Express), the `dev_set`
-//!   state (which file has it bound, the config image saved at bind) and
+//!   driver's view of it ([`IommuDevice`]), its IOMMU group
+//!   ([`VfioGroup`]), what vfio-pci learns at probe (the MSI-X table's
+//!   place, whether it is PCI Express), the `dev_set` state (`open_count`,
+//!   the device's iommufd binding, the config image saved at open) and
 //!   the interrupt state (`igate`: which IRQ index is in use, one eventfd
 //!   per vector, the ERR and REQ eventfds);
-//! - [`VfioDeviceFile`]: one open of the node. It may open any number of
-//!   times, but only one file can be *bound* (`VFIO_DEVICE_BIND_IOMMUFD`)
-//!   at a time, and a file binds once; before that every other call fails
-//!   `EINVAL`, as `access_granted` says in the kernel.
+//! - [`VfioDeviceFile`]: one open of the device (`struct
+//!   vfio_device_file`). A cdev may open any number of times, but only one
+//!   file can be *bound* (`VFIO_DEVICE_BIND_IOMMUFD`) at a time, and a
+//!   file binds once; before that every other call fails `EINVAL`, as
+//!   `access_granted` says in the kernel. A file from a group comes
+//!   already open (bound to the group's container and attached to its
+//!   compat IOAS); the group path may open the same device several times,
+//!   all files sharing the one binding.
 //!
 //! Lifecycle, as vfio-pci drives the function:
-//! - bind: the device object is created in the iommufd context
-//!   (`iommufd_device_bind`), then the function is opened
-//!   (`vfio_pci_core_enable`: Bus Master off, Function Level Reset, config
-//!   space saved) and its DMA goes through the bound device's port (blocked
-//!   until a page table is attached);
-//! - close of the last descriptor of a bound file
-//!   (`vfio_df_unbind_iommufd`): Bus Master off, interrupts torn down, the
-//!   function reset and its saved config restored
-//!   (`vfio_pci_core_disable`), DMA blocked again, every attachment dropped
-//!   and the device object destroyed (`iommufd_device_unbind`).
+//! - first open (cdev bind, or the first `GET_DEVICE_FD`): the device
+//!   object is created in the iommufd context (`iommufd_device_bind`),
+//!   then the function is opened (`vfio_pci_core_enable`: Bus Master off,
+//!   Function Level Reset, config space saved) and its DMA goes through
+//!   the bound device's port (blocked until a page table is attached; a
+//!   group open attaches the compat IOAS right away);
+//! - last close (`vfio_df_close` from the cdev's `vfio_df_unbind_iommufd`
+//!   or the group's `vfio_df_group_close`): Bus Master off, interrupts torn
+//!   down, the function reset and its saved config restored
+//!   (`vfio_pci_core_disable`), DMA blocked again, every attachment
+//!   dropped and the device object destroyed (`iommufd_device_unbind`).
+//!
+//! The two paths exclude each other per group (`vfio_device_block_group`):
+//! a cdev cannot bind while the group node is open (`EBUSY`), the group
+//! node cannot open while a cdev of the group is bound (`EBUSY`), and a
+//! cdev cannot bind a device still open through a group file (`EINVAL`).
 //!
 //! File layout (vfio-pci's): region `index` lives at file offset
 //! `index << 40`; `pread`/`pwrite` reach BARs in naturally aligned 8, 4, 2
@@ -33,8 +45,9 @@
 //! all-ones, writes are dropped), and config space (region 7) in 4, 2 and
 //! 1-byte pieces; `mmap` of a BAR maps the function's memfd.
 //!
-//! Lock order: `VfioDevice::set` (the kernel's `dev_set->lock`) →
-//! `VfioDevice::irqs` (`igate`) → the engine's locks and the device's own.
+//! Lock order: `VfioGroup::state` (the kernel's `group->group_lock`) →
+//! `VfioDevice::set` (`dev_set->lock`) → `VfioDevice::irqs` (`igate`) →
+//! the engine's locks and the device's own.
 //! Interrupt triggers write an eventfd and take no lock, so the device may
 //! fire them with its own locks held.
 
@@ -57,6 +70,7 @@ use uiommufd_memory::user;
 use zerocopy::{FromBytes, IntoBytes};
 
 use crate::file::{FdHost, File};
+use crate::vfio_group::{GroupBlock, VfioGroup};
 
 /// Size of configuration space (PCI Express: 4 KiB).
 const CONFIG_SIZE: u64 = 4096;
@@ -80,8 +94,12 @@ struct MsixTable {
 /// The `dev_set` state of a device.
 #[derive(Default)]
 struct SetState {
-    /// `open_count != 0`: some file has the device bound.
-    bound: bool,
+    /// `open_count`: the files through which the device is open (the one
+    /// bound cdev file, or any number of files from its group).
+    open_count: u32,
+    /// The device's iommufd binding while it is open
+    /// (`vdev->iommufd_device`), shared with the files it is open through.
+    binding: Option<Arc<Binding>>,
     /// Config space as saved when the device was opened
     /// (`vdev->pci_saved_state`), restored when it is closed.
     saved_config: Option<Vec<u8>>,
@@ -123,6 +141,8 @@ struct IrqState {
 pub struct VfioDevice {
     index: u32,
     bdf: String,
+    /// Its IOMMU group (`vdev->group`).
+    group: Arc<VfioGroup>,
     pci: Arc<dyn PciDevice>,
     iommu: Arc<dyn IommuDevice>,
     msix: Option<MsixTable>,
@@ -136,6 +156,7 @@ impl std::fmt::Debug for VfioDevice {
         f.debug_struct("VfioDevice")
             .field("index", &self.index)
             .field("bdf", &self.bdf)
+            .field("group", &self.group.number())
             .field("pci", &self.pci.name())
             .finish_non_exhaustive()
     }
@@ -147,43 +168,82 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl VfioDevice {
     /// Register `pci`, which its IOMMU driver sees as `iommu`, as
-    /// `vfio<index>` at `bdf`.
+    /// `vfio<index>` at `bdf`, alone in IOMMU group `index`.
     pub fn new(index: u32, bdf: &str, pci: Arc<dyn PciDevice>, iommu: Arc<dyn IommuDevice>) -> Arc<VfioDevice> {
+        VfioDevice::new_in_group(index, bdf, &VfioGroup::new(index), pci, iommu)
+    }
+
+    /// Register `pci` as `vfio<index>` at `bdf` in `group`
+    /// (`vfio_device_set_group` + `vfio_device_group_register`).
+    pub fn new_in_group(
+        index: u32,
+        bdf: &str,
+        group: &Arc<VfioGroup>,
+        pci: Arc<dyn PciDevice>,
+        iommu: Arc<dyn IommuDevice>,
+    ) -> Arc<VfioDevice> {
         let (msix, is_pcie) = probe(pci.as_ref());
-        Arc::new(VfioDevice {
+        let dev = Arc::new(VfioDevice {
             index,
             bdf: bdf.to_owned(),
+            group: Arc::clone(group),
             pci,
             iommu,
             msix,
             is_pcie,
             set: Mutex::default(),
             irqs: Mutex::default(),
-        })
+        });
+        group.register(&dev);
+        dev
     }
 
-    /// Register a device of the emulated platform.
+    /// Register a device of the emulated platform, alone in its group.
     pub fn from_platform(d: &PlatformDevice) -> Arc<VfioDevice> {
-        VfioDevice::new(d.index, &d.bdf, Arc::clone(&d.pci), Arc::clone(&d.iommu))
+        VfioDevice::new_in_group(d.index, &d.bdf, &VfioGroup::new(d.group), Arc::clone(&d.pci), Arc::clone(&d.iommu))
     }
 
-    /// Device `vfio<index>` of the process's platform ([`Platform::global`],
-    /// from `UIOMMUFD_IOMMU` and `UIOMMUFD_DEVICES`), registered on first use.
-    pub fn global(index: u32) -> Option<Arc<VfioDevice>> {
-        static REGISTRY: OnceLock<Vec<Arc<VfioDevice>>> = OnceLock::new();
-        REGISTRY
-            .get_or_init(|| {
-                Platform::global()
-                    .map(|p| p.devices.iter().map(VfioDevice::from_platform).collect())
-                    .unwrap_or_default()
+    /// Register every device of `p`; devices with the same group number
+    /// share one [`VfioGroup`] (`vfio_group_find_or_alloc`).
+    pub fn register_platform(p: &Platform) -> Vec<Arc<VfioDevice>> {
+        let mut groups: Vec<Arc<VfioGroup>> = Vec::new();
+        p.devices
+            .iter()
+            .map(|d| {
+                let group = match groups.iter().find(|g| g.number() == d.group) {
+                    Some(g) => Arc::clone(g),
+                    None => {
+                        let g = VfioGroup::new(d.group);
+                        groups.push(Arc::clone(&g));
+                        g
+                    }
+                };
+                VfioDevice::new_in_group(d.index, &d.bdf, &group, Arc::clone(&d.pci), Arc::clone(&d.iommu))
             })
-            .get(index as usize)
-            .cloned()
+            .collect()
+    }
+
+    /// The devices of the process's platform ([`Platform::global`], from
+    /// `UIOMMUFD_IOMMU` and `UIOMMUFD_DEVICES`), registered on first use.
+    pub(crate) fn registry() -> &'static [Arc<VfioDevice>] {
+        static REGISTRY: OnceLock<Vec<Arc<VfioDevice>>> = OnceLock::new();
+        REGISTRY.get_or_init(|| Platform::global().map(VfioDevice::register_platform).unwrap_or_default())
+    }
+
+    /// Device `vfio<index>` of the process's platform, registered on first
+    /// use.
+    pub fn global(index: u32) -> Option<Arc<VfioDevice>> {
+        VfioDevice::registry().get(index as usize).cloned()
     }
 
     /// `N` of `vfioN`.
     pub fn index(&self) -> u32 {
         self.index
+    }
+
+    /// Its IOMMU group.
+    pub fn group(&self) -> &Arc<VfioGroup> {
+        &self.group
     }
 
     /// The PCI address (`DDDD:BB:DD.F`).
@@ -196,9 +256,9 @@ impl VfioDevice {
         &self.pci
     }
 
-    /// Whether a file has the device bound.
+    /// Whether the device is open (bound to an iommufd) through some file.
     pub fn is_bound(&self) -> bool {
-        lock(&self.set).bound
+        lock(&self.set).open_count != 0
     }
 
     /// Vectors of IRQ `index` (`vfio_pci_get_irq_count`): the function's
@@ -309,21 +369,26 @@ fn write_at(arg: u64, offset: usize, bytes: &[u8]) -> Result<()> {
     user::copy_to_user(arg.wrapping_add(offset as u64), bytes).ctx("writing the reply")
 }
 
-/// The binding of a file (`df->iommufd`, `vdev->iommufd_device`): the
-/// context it holds a reference on, the device object and the binder's
-/// edge on it, the DMA port.
+/// The binding of an open device (`vdev->iommufd_device` and the
+/// `df->iommufd` it was made with): the context it holds a reference on,
+/// the device object and the binder's edge on it.
 struct Binding {
     ctx: Arc<Iommufd>,
     idev_id: ObjectId,
     idev: Dep<Device>,
 }
 
-/// One open of `/dev/vfio/devices/vfioN` (`struct vfio_device_file`).
+/// One open of a VFIO device (`struct vfio_device_file`): of its cdev
+/// `/dev/vfio/devices/vfioN`, or from its group (`VFIO_GROUP_GET_DEVICE_FD`).
 pub struct VfioDeviceFile {
     /// `None`: the node names no device (every call is `ENODEV`).
     dev: Option<Arc<VfioDevice>>,
-    /// Set once by a successful bind: `access_granted`.
-    binding: OnceLock<Binding>,
+    /// `df->group`: set for a file from the group node.
+    group: Option<Arc<VfioGroup>>,
+    /// Set once the device is open through this file (a cdev bind, or
+    /// from the start for a group's file): `access_granted`. The binding
+    /// is the device's, shared by every file it is open through.
+    binding: OnceLock<Arc<Binding>>,
     /// The file position for plain `read`/`write`.
     pos: AtomicI64,
 }
@@ -331,17 +396,60 @@ pub struct VfioDeviceFile {
 impl VfioDeviceFile {
     /// An open of `dev`'s node, not bound yet.
     pub fn new(dev: Arc<VfioDevice>) -> VfioDeviceFile {
-        VfioDeviceFile { dev: Some(dev), binding: OnceLock::new(), pos: AtomicI64::new(0) }
+        VfioDeviceFile { dev: Some(dev), group: None, binding: OnceLock::new(), pos: AtomicI64::new(0) }
     }
 
     /// A file for a node whose device is gone.
     pub(crate) fn orphan() -> VfioDeviceFile {
-        VfioDeviceFile { dev: None, binding: OnceLock::new(), pos: AtomicI64::new(0) }
+        VfioDeviceFile { dev: None, group: None, binding: OnceLock::new(), pos: AtomicI64::new(0) }
+    }
+
+    /// `vfio_df_group_open` for `VFIO_GROUP_GET_DEVICE_FD`: open `dev`
+    /// through its group, whose container is the iommufd `ctx` (the caller
+    /// holds the group's lock, `group_lock`, and checked the container is
+    /// set). The first open binds the device to `ctx` and attaches it to
+    /// the context's compat IOAS (`vfio_iommufd_compat_attach_ioas`:
+    /// `ENODEV` without one); later opens share that binding, whatever the
+    /// group's container is by then, as the kernel's do.
+    pub(crate) fn open_in_group(dev: &Arc<VfioDevice>, ctx: &Arc<Iommufd>) -> Result<VfioDeviceFile> {
+        let mut set = lock(&dev.set);
+        let binding = match (&set.binding, set.open_count) {
+            (Some(b), n) if n > 0 => Arc::clone(b),
+            _ => {
+                let b = first_open(dev, &mut set, ctx)?;
+                // The legacy path has no way to return the HWPT chosen.
+                let attached = ctx
+                    .vfio_ioas()
+                    .map(|ioas| ioas.id())
+                    .and_then(|ioas_id| b.idev.change_pt(&b.ctx, device::NO_PASID, ioas_id, false));
+                if let Err(e) = attached {
+                    dev.disable(&mut set);
+                    unbind(dev, b);
+                    return Err(e);
+                }
+                let b = Arc::new(b);
+                set.binding = Some(Arc::clone(&b));
+                b
+            }
+        };
+        set.open_count += 1;
+        Ok(VfioDeviceFile {
+            dev: Some(Arc::clone(dev)),
+            group: Some(Arc::clone(&dev.group)),
+            binding: OnceLock::from(binding),
+            pos: AtomicI64::new(0),
+        })
     }
 
     /// The device this file opens.
     pub fn device(&self) -> Option<&Arc<VfioDevice>> {
         self.dev.as_ref()
+    }
+
+    /// Whether this file came from the group node (`VFIO_GROUP_GET_DEVICE_FD`)
+    /// rather than from the device's cdev.
+    pub fn from_group(&self) -> bool {
+        self.group.is_some()
     }
 
     fn dev(&self) -> Result<&Arc<VfioDevice>> {
@@ -373,9 +481,12 @@ impl VfioDeviceFile {
             return self.bind(host, arg);
         }
         let (dev, b) = self.bound()?;
+        let cdev = self.group.is_none();
         match cmd {
-            v::VFIO_DEVICE_ATTACH_IOMMUFD_PT => attach_pt(dev, b, arg),
-            v::VFIO_DEVICE_DETACH_IOMMUFD_PT => detach_pt(dev, b, arg),
+            // cdev-only: on a group's file they reach vfio-pci's ioctl,
+            // which does not know them.
+            v::VFIO_DEVICE_ATTACH_IOMMUFD_PT if cdev => attach_pt(dev, b, arg),
+            v::VFIO_DEVICE_DETACH_IOMMUFD_PT if cdev => detach_pt(dev, b, arg),
             v::VFIO_DEVICE_FEATURE => device_feature(arg),
             v::VFIO_DEVICE_GET_INFO => get_info(dev, arg),
             v::VFIO_DEVICE_GET_REGION_INFO => get_region_info(dev, arg),
@@ -386,7 +497,7 @@ impl VfioDeviceFile {
                 Ok(0)
             }
             v::VFIO_DEVICE_GET_PCI_HOT_RESET_INFO => get_pci_hot_reset_info(arg),
-            v::VFIO_DEVICE_PCI_HOT_RESET => pci_hot_reset(arg),
+            v::VFIO_DEVICE_PCI_HOT_RESET => pci_hot_reset(arg, cdev),
             _ => Err(Error::new(Errno::ENOTTY, "unknown VFIO device command")),
         }
     }
@@ -405,6 +516,12 @@ impl VfioDeviceFile {
         if bind.iommufd < 0 || bind.flags & !v::VFIO_DEVICE_BIND_FLAG_TOKEN != 0 {
             return Err(einval("bad iommufd or unknown flags"));
         }
+        if self.group.is_some() {
+            return Err(einval("BIND_IOMMUFD is for device cdevs, not a group's device file"));
+        }
+        // vfio_device_block_group: EBUSY while the group node is open;
+        // released again on every failure below (dropping the guard).
+        let block = GroupBlock::new(&dev.group)?;
         let mut set = lock(&dev.set);
         if self.binding.get().is_some() {
             return Err(einval("this file is already bound"));
@@ -426,23 +543,25 @@ impl VfioDeviceFile {
             }
             None => return Err(Error::new(Errno::EBADF, "no such descriptor")),
         };
-        // vfio_df_open: the cdev path opens a device once.
-        if set.bound {
-            return Err(einval("the device is bound through another file"));
+        // vfio_df_open: the cdev path opens a device once (also when it
+        // is open through a file from its group).
+        if set.open_count != 0 {
+            return Err(einval("the device is open through another file"));
         }
-        let (idev_id, idev) = device::bind(&ctx, Arc::clone(&dev.iommu))?;
-        dev.enable(&mut set);
-        dev.pci.set_dma_port(DevicePort::new(idev.arc()));
-        let binding = Binding { ctx, idev_id, idev };
+        let binding = first_open(dev, &mut set, &ctx)?;
         let offset = core::mem::offset_of!(v::VfioDeviceBindIommufd, out_devid);
-        if let Err(e) = write_at(arg, offset, &idev_id.to_ne_bytes()) {
+        if let Err(e) = write_at(arg, offset, &binding.idev_id.to_ne_bytes()) {
             dev.disable(&mut set);
             unbind(dev, binding);
             return Err(e);
         }
-        set.bound = true;
+        let binding = Arc::new(binding);
+        set.open_count = 1;
+        set.binding = Some(Arc::clone(&binding));
         // Cannot be set already: checked under the set lock above.
         let _ = self.binding.set(binding);
+        // The block stays until the file closes (see Drop).
+        block.keep();
         Ok(0)
     }
 
@@ -527,13 +646,53 @@ impl VfioDeviceFile {
 }
 
 impl Drop for VfioDeviceFile {
-    /// `vfio_device_fops_release` → `vfio_df_unbind_iommufd`.
+    /// `vfio_device_fops_release` → `vfio_df_unbind_iommufd` (cdev) or
+    /// `vfio_df_group_close` (group): `vfio_df_close` under the group
+    /// lock for a group's file, then, for a cdev, the group unblocked.
     fn drop(&mut self) {
         let (Some(dev), Some(binding)) = (self.dev.as_ref(), self.binding.take()) else { return };
+        let group_lock = self.group.as_ref().map(|g| g.lock_state());
         let mut set = lock(&dev.set);
-        dev.disable(&mut set);
-        unbind(dev, binding);
-        set.bound = false;
+        drop(binding);
+        set.open_count = set.open_count.saturating_sub(1);
+        if set.open_count == 0 {
+            dev.disable(&mut set);
+            if let Some(b) = set.binding.take() {
+                last_close(dev, b);
+            }
+        }
+        drop(set);
+        drop(group_lock);
+        if self.group.is_none() {
+            GroupBlock::release(&dev.group);
+        }
+    }
+}
+
+/// `vfio_df_device_first_open` with an iommufd: the device object is
+/// created in `ctx` (`vfio_iommufd_physical_bind`), then the function is
+/// opened (`vfio_pci_core_enable`) and its DMA routed through the bound
+/// device's port. The caller holds the set lock.
+fn first_open(dev: &VfioDevice, set: &mut SetState, ctx: &Arc<Iommufd>) -> Result<Binding> {
+    let (idev_id, idev) = device::bind(ctx, Arc::clone(&dev.iommu))?;
+    dev.enable(set);
+    dev.pci.set_dma_port(DevicePort::new(idev.arc()));
+    Ok(Binding { ctx: Arc::clone(ctx), idev_id, idev })
+}
+
+/// The unbind of `vfio_df_device_last_close`. Every file's share of the
+/// binding is dropped by then (each drops its own under the set lock
+/// before counting itself out), so `b` is the last one.
+fn last_close(dev: &VfioDevice, b: Arc<Binding>) {
+    match Arc::try_unwrap(b) {
+        Ok(b) => unbind(dev, b),
+        Err(b) => {
+            // Not reachable (see above); should a share survive, the
+            // device is still cut off and detached, and its object goes
+            // with the context.
+            dev.pci.set_dma_port(Arc::new(uiommufd_hw::dma::BlockedPort));
+            b.idev.detach_all(&b.ctx);
+        }
     }
 }
 
@@ -731,16 +890,17 @@ fn get_pci_hot_reset_info(arg: u64) -> Result<i32> {
     Err(enodev("no slot or bus reset for a function on the root bus"))
 }
 
-/// `vfio_pci_ioctl_pci_hot_reset`: a cdev passes an empty group list;
-/// then, as for the info, there is no reset to do.
-fn pci_hot_reset(arg: u64) -> Result<i32> {
+/// `vfio_pci_ioctl_pci_hot_reset`: a device open through its cdev passes
+/// an empty group list, one open through its group a non-empty one; then,
+/// as for the info, there is no reset to do.
+fn pci_hot_reset(arg: u64, cdev: bool) -> Result<i32> {
     let minsz = core::mem::size_of::<v::VfioPciHotReset>();
     let hdr: v::VfioPciHotReset = read_prefix(arg, minsz)?;
     if (hdr.argsz as usize) < minsz || hdr.flags != 0 {
         return Err(einval("argsz or flags"));
     }
-    if hdr.count != 0 {
-        return Err(einval("a device cdev passes no group descriptors"));
+    if (hdr.count != 0) == cdev {
+        return Err(einval("group descriptors from a cdev, or none from a group's device"));
     }
     Err(enodev("no slot or bus reset for a function on the root bus"))
 }

@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use libc::{c_char, c_int, c_long, c_uint, c_ulong, c_void, mode_t};
 use uiommufd_abi::Errno;
-use uiommufd_devices::platform::{IOMMU_DEV, VFIO_CONTAINER_DEV, VFIO_DEV_MAJOR};
+use uiommufd_devices::platform::{IOMMU_DEV, VFIO_CONTAINER_DEV, VFIO_DEV_MAJOR, VFIO_GROUP_MAJOR};
 use uiommufd_dispatch::{FdHost, File, Node};
 
 use crate::path::{self, Base};
@@ -73,9 +73,13 @@ fn remember_container(file: &Arc<File>) {
 }
 
 /// `(major, minor)` of the character device a served file is an open of.
+/// A device descriptor from a group is none (the kernel's is an anonymous
+/// inode): its `fstat` is the backing descriptor's.
 fn file_devnum(file: &Arc<File>) -> Option<(u32, u32)> {
     match &**file {
+        File::VfioDevice(f) if f.from_group() => None,
         File::VfioDevice(f) => f.device().map(|d| (VFIO_DEV_MAJOR, d.index())),
+        File::VfioGroup(f) => f.group().map(|g| (VFIO_GROUP_MAJOR, g.number())),
         File::Iommufd(_) => {
             let v = OPENED_AS_CONTAINER.lock().unwrap_or_else(|p| p.into_inner());
             let container = v.iter().any(|w| std::ptr::eq(w.as_ptr(), Arc::as_ptr(file)));
@@ -95,6 +99,7 @@ fn node_devnum(path: &CStr, base: Base) -> Option<(u32, u32)> {
         Node::Iommu => Some(IOMMU_DEV),
         Node::VfioContainer => Some(VFIO_CONTAINER_DEV),
         Node::VfioDevice(i) => Some((VFIO_DEV_MAJOR, i)),
+        Node::VfioGroup(g) => Some((VFIO_GROUP_MAJOR, g)),
         Node::FailNth(_) => None,
     }
 }

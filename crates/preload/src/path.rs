@@ -7,8 +7,8 @@
 //! name one of our nodes, so unrelated opens stay cheap.
 //!
 //! Served nodes: `/dev/iommu`, `/dev/vfio/vfio`, `/dev/vfio/devices/vfioN`
-//! for the devices of the platform, and (with fault injection) the
-//! `fail-nth` files.
+//! for the devices of the platform, `/dev/vfio/<G>` for their IOMMU groups,
+//! and (with fault injection) the `fail-nth` files.
 //!
 //! Redirected paths (served by real files in a directory `uiommufd run`
 //! prepares): `/sys/kernel/debug` with fault injection
@@ -21,7 +21,7 @@ use std::ffi::{CStr, CString};
 use std::os::unix::ffi::OsStringExt;
 use std::sync::OnceLock;
 
-use uiommufd_dispatch::{Node, VfioDevice};
+use uiommufd_dispatch::{Node, VfioDevice, VfioGroup};
 
 const MAX_PATH: usize = 4096;
 
@@ -35,11 +35,23 @@ pub enum Base {
 }
 
 /// Whether `last` (a path's last component) could name a served node.
+/// A group node's name is a bare number, which many paths end in
+/// (`/proc/self/fd/3`): it is a candidate only when the platform has
+/// devices at all. Nothing here builds the platform (its devices own
+/// descriptors): only a path that resolves to `/dev/vfio/<G>` does.
 fn could_be_served(last: &[u8]) -> bool {
     match last {
         b"iommu" | b"vfio" => true,
+        _ if !last.is_empty() && last.iter().all(u8::is_ascii_digit) => platform_has_devices(),
         _ => last.strip_prefix(b"vfio").is_some_and(|n| !n.is_empty() && n.iter().all(u8::is_ascii_digit)),
     }
+}
+
+/// Whether `UIOMMUFD_DEVICES` names devices (what the platform is built
+/// from), read once.
+fn platform_has_devices() -> bool {
+    static HAS: OnceLock<bool> = OnceLock::new();
+    *HAS.get_or_init(|| std::env::var_os("UIOMMUFD_DEVICES").is_some_and(|d| !d.is_empty()))
 }
 
 /// Which served node `path` (relative to `base`) names, if any.
@@ -55,8 +67,9 @@ pub fn node_for(path: &CStr, base: Base) -> Option<Node> {
         return Node::fail_nth_from_path(&full, std::process::id() as i32, uiommufd_memory::sys::gettid());
     }
     match Node::from_path(&full)? {
-        // Only the devices the platform has exist.
+        // Only the devices the platform has exist, and their groups.
         Node::VfioDevice(i) => VfioDevice::global(i).map(|_| Node::VfioDevice(i)),
+        Node::VfioGroup(g) => VfioGroup::global(g).map(|_| Node::VfioGroup(g)),
         node => Some(node),
     }
 }
@@ -239,6 +252,7 @@ mod tests {
         assert_eq!(n("iommu"), None, "cwd of the test is not /dev");
         // No platform devices in the test process.
         assert_eq!(n("/dev/vfio/devices/vfio0"), None);
+        assert_eq!(n("/dev/vfio/0"), None);
     }
 
     #[test]
@@ -248,6 +262,11 @@ mod tests {
         assert!(!could_be_served(b"vfiox"));
         assert!(!could_be_served(b"vfio-dev"));
         assert!(!could_be_served(b"null"));
+        // A number is a candidate (a group node) only with devices.
+        if std::env::var_os("UIOMMUFD_DEVICES").is_none() {
+            assert!(!could_be_served(b"0"));
+            assert!(!could_be_served(b"26"));
+        }
     }
 
     #[test]
