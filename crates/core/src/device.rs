@@ -369,13 +369,21 @@ impl Device {
 
 /// `iommufd_hw_pagetable_put`: drop an attachment edge; an auto domain that
 /// lost its last user is destroyed.
+///
+/// Like the kernel's `iommufd_object_put_and_try_destroy`, it destroys that
+/// very object, not whatever holds its ID by then: another detach may have
+/// destroyed it meanwhile and the ID gone to a new object. (The `Weak`
+/// keeps the allocation, so the address cannot be reused for another.)
 pub(crate) fn put_hwpt(ctx: &Iommufd, dep: Option<HwptDep>) {
     let Some(dep) = dep else { return };
     let auto = dep.is_auto();
     let id = dep.id();
+    let me = Arc::downgrade(dep.paging());
     drop(dep);
     if auto {
-        let _ = ctx.objects().destroy_if(id, |o| matches!(o, Object::HwptPaging(_)));
+        let _ = ctx
+            .objects()
+            .destroy_if(id, |o| matches!(o, Object::HwptPaging(h) if std::ptr::eq(Arc::as_ptr(h), me.as_ptr())));
     }
 }
 

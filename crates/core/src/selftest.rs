@@ -87,9 +87,15 @@ impl SelftestDevice {
             // Unbinding takes the device's vDEVICE with it.
             crate::viommu::device_pre_destroy(ctx, &dep);
         }
+        // That very object: its ID may belong to another by now if the user
+        // destroyed it once unbound (the `Weak` keeps its address unique).
+        let me = Arc::downgrade(dep.arc());
         drop(dep);
         if let Some(ctx) = ctx {
-            let _ = ctx.objects().destroy_wait_if(self.idev_id, |o| matches!(o, Object::Device(_)));
+            let _ = ctx.objects().destroy_wait_if(
+                self.idev_id,
+                |o| matches!(o, Object::Device(d) if std::ptr::eq(Arc::as_ptr(d), me.as_ptr())),
+            );
         }
     }
 }
@@ -403,7 +409,11 @@ impl SelftestAccess {
         let edge = self.edge.lock().unwrap_or_else(|p| p.into_inner()).take();
         drop(edge);
         if let Some(ctx) = self.ctx.upgrade() {
-            let _ = ctx.objects().destroy_wait_if(self.access_id, |o| matches!(o, Object::Access(_)));
+            let me = Arc::as_ptr(&self.access);
+            let _ = ctx.objects().destroy_wait_if(
+                self.access_id,
+                |o| matches!(o, Object::Access(a) if std::ptr::eq(Arc::as_ptr(a), me)),
+            );
         }
     }
 }

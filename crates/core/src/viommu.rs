@@ -563,7 +563,11 @@ impl Drop for QueueMemory {
         let _ = self.access.change_ioas(None);
         drop(self.edge.take());
         if let Some(ctx) = self.ctx.upgrade() {
-            let _ = ctx.objects().destroy_wait_if(self.access_id, |o| matches!(o, Object::Access(_)));
+            let me = Arc::as_ptr(&self.access);
+            let _ = ctx.objects().destroy_wait_if(
+                self.access_id,
+                |o| matches!(o, Object::Access(a) if std::ptr::eq(Arc::as_ptr(a), me)),
+            );
         }
     }
 }

@@ -704,8 +704,12 @@ fn unbind(dev: &VfioDevice, b: Binding) {
     let Binding { ctx, idev_id, idev } = b;
     idev.detach_all(&ctx);
     uiommufd_core::viommu::device_pre_destroy(&ctx, &idev);
+    // That very object (its ID may be another's by now, see put_hwpt).
+    let me = Arc::downgrade(idev.arc());
     drop(idev);
-    let _ = ctx.objects().destroy_wait_if(idev_id, |o| matches!(o, Object::Device(_)));
+    let _ = ctx
+        .objects()
+        .destroy_wait_if(idev_id, |o| matches!(o, Object::Device(d) if std::ptr::eq(Arc::as_ptr(d), me.as_ptr())));
 }
 
 /// `vfio_df_ioctl_attach_pt` with mainline's PASID form.
