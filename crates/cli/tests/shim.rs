@@ -360,14 +360,31 @@ fn threads_share_the_descriptor_table() {
 
 // 5. fork.
 
-/// A forked child drives its inherited descriptor and exits 0; the parent's
-/// context does not see the child's changes (today the child works on a
-/// private copy, see tests/c/fork.c). 1000 forks while two other threads
-/// issue ioctls on the same context each leave the child's shim and engine
-/// usable (no lock inherited in the held state).
+/// A forked child drives its inherited descriptor and exits 0; parent and
+/// child share the context, as they share the file in the kernel (the
+/// parent's engine runs the child's calls, see tests/c/fork.c). 1000 forks
+/// while two other threads issue ioctls on the same context each leave the
+/// child's shim and engine usable (no lock inherited in the held state).
 #[test]
 fn fork_child_uses_inherited_descriptor() {
     let exe = c_program!("fork");
+    run(uiommufd_run(&[], &[&exe])).assert_c_passed();
+}
+
+/// The kernel's fork semantics for memory (tests/c/fork_shared.c): a child
+/// maps its shared buffer into the parent's IOAS through the inherited
+/// descriptor; the area is the parent's (IOVA ranges unchanged, unmapped
+/// with its length); a domain attached after the child exited cannot pin
+/// it (`EFAULT`), one attached while it lives can, and those pins outlive
+/// it. Errnos of the child's calls come back exactly; files the child
+/// creates get descriptors in the child; `IOMMU_IOAS_MAP_FILE` names the
+/// child's own descriptor; a grandchild shares the file too, which outlives
+/// the parent's descriptor. Divergences, checked as such: the child's
+/// private memory cannot be pinned (`EFAULT`), and inherited descriptors
+/// fail with `EIO` once the serving process has exited.
+#[test]
+fn fork_child_maps_into_the_parents_ioas() {
+    let exe = c_program!("fork_shared");
     run(uiommufd_run(&[], &[&exe])).assert_c_passed();
 }
 

@@ -15,7 +15,16 @@
 //! segment has one user count and physically contiguous frames. Indices are
 //! page numbers within this `Pages`; `last` is inclusive, `end` exclusive.
 //!
-//! Sources. User pages are pinned in place ([`frames::pin_user`]). A file's
+//! Sources. User pages are pinned in place ([`frames::pin_user`]). They
+//! belong to the process that mapped them (the kernel's `source_mm`): the
+//! thread's current process when the `Pages` is made
+//! ([`user::current_process`]; another process when the shim's fork server
+//! runs a forked child's `IOMMU_IOAS_MAP`). Every pin and every fast-path
+//! copy runs in that process's memory, whoever triggers it: pages of a
+//! process that has exited fail to pin with `EFAULT` (its pages pinned
+//! while it lived stay pinned), and another live process's pages pin only
+//! where they are shared with this one at the same address (see
+//! `frames::pin_user`). A file's
 //! pages are pinned out of an engine mapping of the file
 //! ([`uiommufd_memory::filemap`]), made when the `Pages` is; only shmem and
 //! hugetlbfs files can be pinned (the kernel's `memfd_pin_folios`), other
@@ -84,8 +93,9 @@ pub struct PfnRun {
 /// Where the pages come from (`enum iopt_address_type`).
 #[derive(Debug)]
 enum Source {
-    /// The program's memory at `Pages::uptr`.
-    User,
+    /// The memory at `Pages::uptr` of a process: this one (`None`) or
+    /// another one (the kernel's `source_mm`).
+    User(Option<user::Process>),
     /// A file from byte `Pages::uptr`, through the engine's mapping of it
     /// (`None`: a file whose pages cannot be pinned).
     File(Option<FileMapping>),
@@ -100,8 +110,10 @@ struct Owner {
 }
 
 impl Owner {
+    /// The thread's current process (see [`user::current_process`]).
     fn current() -> Owner {
-        Owner { pid: std::process::id(), uid: uiommufd_memory::sys::getuid() }
+        let pid = user::current_process().map_or_else(std::process::id, |p| p.pid());
+        Owner { pid, uid: uiommufd_memory::sys::getuid() }
     }
 }
 
@@ -133,7 +145,7 @@ impl Pages {
         uptr.checked_add(length).ok_or(crate::error::eoverflow("user range wraps"))?;
         let base = uptr & !(ps - 1);
         let npages = (length + (uptr - base)).div_ceil(ps);
-        Ok(Pages::with_source(base, npages, writable, mode, Source::User))
+        Ok(Pages::with_source(base, npages, writable, mode, Source::User(user::current_process())))
     }
 
     /// `iopt_alloc_file_pages`: describe `length` bytes from byte `start` of
@@ -305,10 +317,14 @@ impl Pages {
     /// Pin `npages` pages from index `first` out of the source.
     fn pin_source(&self, first: u64, npages: u64) -> Result<Vec<PinnedRun>> {
         match &self.source {
-            Source::User => {
-                frames::pin_user(self.uptr + (first << page_shift()), npages, self.writable).ctx("pinning user pages")
+            Source::User(process) => user::with_process(*process, || {
+                frames::pin_user(self.uptr + (first << page_shift()), npages, self.writable)
+            })
+            .ctx("pinning user pages"),
+            // The engine's own mapping of the file, whoever asks.
+            Source::File(Some(m)) => {
+                user::with_process(None, || m.pin(first, npages)).map(|r| vec![r]).ctx("pinning file pages")
             }
-            Source::File(Some(m)) => m.pin(first, npages).map(|r| vec![r]).ctx("pinning file pages"),
             Source::File(None) => Err(einval("only shmem and hugetlbfs file pages can be pinned")),
         }
     }
@@ -364,7 +380,9 @@ impl Pages {
     /// `start_byte`. The fast path goes straight to the user's mapping, as
     /// the kernel's `copy_to/from_user` path does (it does not look at pins);
     /// the slow path pins the pages for the copy and goes through frames.
-    /// File pages have no user mapping and always take the slow path.
+    /// File pages have no user mapping and always take the slow path, and
+    /// so do pages of a process that has exited (`mmget_not_zero` failing):
+    /// only what is still pinned can be reached then.
     pub fn rw(&self, start_byte: u64, data: &mut [u8], write: bool, slow: bool) -> Result<()> {
         if data.is_empty() {
             return Ok(());
@@ -372,13 +390,17 @@ impl Pages {
         if write && !self.writable {
             return Err(eperm("pages are not writable"));
         }
-        if !slow && matches!(self.source, Source::User) {
-            let addr = self.uptr + start_byte;
-            return if write {
-                user::copy_to_user(addr, data).ctx("writing user memory")
-            } else {
-                user::copy_from_user(data, addr).ctx("reading user memory")
-            };
+        if let (false, Source::User(process)) = (slow, &self.source) {
+            if process.is_none_or(|p| p.alive()) {
+                let addr = self.uptr + start_byte;
+                return user::with_process(*process, || {
+                    if write {
+                        user::copy_to_user(addr, data).ctx("writing user memory")
+                    } else {
+                        user::copy_from_user(data, addr).ctx("reading user memory")
+                    }
+                });
+            }
         }
         let ps = page_size();
         let first = start_byte / ps;
@@ -625,5 +647,60 @@ mod tests {
         let p = Pages::new(1 << 31, 4 * page_size(), false, AccountMode::None).unwrap();
         assert_eq!(p.add_user(0, 3).unwrap_err().errno, crate::Errno::EFAULT);
         assert_eq!(p.npinned(), 0);
+    }
+
+    #[test]
+    fn pages_of_another_process_pin_while_it_lives() {
+        let ps = page_size() as usize;
+        // SAFETY: a fresh shared anonymous mapping owned by the test.
+        let va = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                2 * ps,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(va, libc::MAP_FAILED);
+        let va = va as u64;
+        user::copy_to_user(va, b"from the parent").unwrap();
+        // SAFETY: the child only calls pause(), async-signal-safe, until
+        // it is killed below.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0);
+        if pid == 0 {
+            loop {
+                // SAFETY: as above.
+                unsafe { libc::pause() };
+            }
+        }
+        let child = user::Process::of(pid as u32).unwrap();
+        let p = user::with_process(Some(child), || Pages::new(va, 2 * page_size(), true, AccountMode::None)).unwrap();
+        let q = user::with_process(Some(child), || Pages::new(va, page_size(), true, AccountMode::None)).unwrap();
+        // Pinned from this thread (current process: us): the child's pages.
+        let runs = p.add_user(0, 0).unwrap();
+        assert_eq!(frames::pin_count(va), 1);
+        let mut got = [0u8; 15];
+        p.rw(0, &mut got, false, false).unwrap();
+        assert_eq!(&got, b"from the parent");
+        // SAFETY: killing and reaping our child.
+        unsafe {
+            libc::kill(pid, libc::SIGKILL);
+            libc::waitpid(pid, std::ptr::null_mut(), 0);
+        }
+        // What was pinned stays reachable; nothing more can be pinned.
+        got = [0; 15];
+        p.rw(0, &mut got, false, false).unwrap();
+        assert_eq!(&got, b"from the parent");
+        assert_eq!(p.add_user(1, 1).unwrap_err().errno, crate::Errno::EFAULT);
+        assert_eq!(q.add_user(0, 0).unwrap_err().errno, crate::Errno::EFAULT);
+        assert_eq!(q.rw(0, &mut got, false, false).unwrap_err().errno, crate::Errno::EFAULT);
+        assert_eq!(p.pfns(0, 0), runs);
+        p.remove_user(0, 0);
+        assert_eq!(frames::pin_count(va), 0);
+        // SAFETY: our mapping.
+        unsafe { libc::munmap(va as *mut libc::c_void, 2 * ps) };
     }
 }

@@ -341,6 +341,14 @@ impl Registry {
 ///
 /// Fails with `EFAULT`, pinning nothing, unless the whole range is mapped
 /// readable (and writable when `write`).
+///
+/// The memory is the thread's current process's ([`user::with_process`]).
+/// Another process's pages can be pinned here only where its mapping is
+/// the same shared object as ours at the same address (a `MAP_SHARED`
+/// mapping inherited through `fork`, say): they are then our own pages,
+/// pinned in place at our address. Private memory of another process, or
+/// a process that is gone, is `EFAULT`: an engine inside this process
+/// cannot reach it for a device.
 pub fn pin_user(va: u64, npages: u64, write: bool) -> Result<Vec<PinnedRun>, Errno> {
     if crate::failpoint::should_fail() {
         return Err(Errno::EFAULT);
@@ -396,21 +404,34 @@ pub fn pin_user(va: u64, npages: u64, write: bool) -> Result<Vec<PinnedRun>, Err
 const PROBE_PAGES: u64 = 4096;
 
 /// `EFAULT` unless every page of the range is mapped readable (and
-/// writable when `write`).
+/// writable when `write`), in the current process, and when that is
+/// another one, unless it is alive and the range is the same shared
+/// memory as ours (see [`pin_user`]).
 fn check_user_range(va: u64, npages: u64, write: bool) -> Result<(), Errno> {
-    if npages <= PROBE_PAGES && crate::guard::available() {
-        for i in 0..npages {
-            let page = va + i * page();
-            if write {
-                user::probe_user_page_write(page)?;
-            } else {
-                user::probe_user_page(page)?;
-            }
+    let end = va + npages * page();
+    let probe = npages <= PROBE_PAGES && crate::guard::available();
+    if let Some(p) = user::current_process() {
+        if !p.alive() {
+            return Err(Errno::EFAULT);
         }
-        return Ok(());
+        vma::check_same_shared(&vma::of_process(p.pid())?, &vma::current()?, va, end, write)?;
+        if !probe {
+            return Ok(());
+        }
+        // Then fault our own pages in, as a local pin does (they are
+        // shared: a write probe unshares nothing).
+    } else if !probe {
+        return vma::check(&vma::current()?, va, end, write).map(|_| ());
     }
-    let maps = vma::current()?;
-    vma::check(&maps, va, va + npages * page(), write).map(|_| ())
+    for i in 0..npages {
+        let page = va + i * page();
+        if write {
+            user::probe_own_page_write(page)?;
+        } else {
+            user::probe_own_page(page)?;
+        }
+    }
+    Ok(())
 }
 
 /// Append, merging with the previous run when frames continue it.
@@ -530,7 +551,7 @@ pub fn read_phys(paddr: u64, buf: &mut [u8]) -> Result<(), Errno> {
     phys_io(paddr, buf.len(), |host, guarded, off, n| {
         let dst = &mut buf[off..off + n];
         if guarded {
-            user::copy_from_user(dst, host)
+            user::copy_from_own(dst, host)
         } else {
             // SAFETY: `host` lies in arena memory owned by a live relocated
             // run; the registry read lock held by phys_io keeps it mapped
@@ -546,7 +567,7 @@ pub fn write_phys(paddr: u64, data: &[u8]) -> Result<(), Errno> {
     phys_io(paddr, data.len(), |host, guarded, off, n| {
         let src = &data[off..off + n];
         if guarded {
-            user::copy_to_user(host, src)
+            user::copy_to_own(host, src)
         } else {
             // SAFETY: as in read_phys: arena memory of a live run, kept
             // mapped by the read lock.
@@ -574,7 +595,7 @@ pub fn copy_phys(dst: u64, src: u64, len: usize) -> Result<(), Errno> {
         let n = ((len - done) as u64).min(davail).min(savail) as usize;
         // Every kind of frame goes through the fault-safe copy: arena
         // frames never fault, and the copy costs the same.
-        user::copy_user_to_user(d, s, n)?;
+        user::copy_own_to_own(d, s, n)?;
         done += n;
     }
     Ok(())

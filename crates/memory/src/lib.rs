@@ -3,8 +3,14 @@
 //! The engine runs inside the client process, but it must behave like the
 //! kernel towards user pointers: a bad pointer is `EFAULT`, never a `SIGSEGV`
 //! in the engine. Everything here that dereferences a user address goes
-//! through [`user`], which uses `process_vm_readv`/`process_vm_writev` on our
-//! own pid: the kernel validates the range and reports a fault as an error.
+//! through [`user`]: guarded copies (or `process_vm_readv`/`process_vm_writev`
+//! on our own pid), whose faults come back as errors.
+//!
+//! User addresses name memory of the calling thread's *current process*:
+//! this one, or another one while [`user::with_process`] says so (a forked
+//! child whose request the shim's fork server runs). Copies then reach the
+//! other process's memory, and pinning ([`frames::pin_user`]) accepts only
+//! what it shares with us at the same address.
 //!
 //! Invariants:
 //! - no function in this crate creates a Rust reference into user memory;
@@ -21,4 +27,4 @@ pub mod sys;
 pub mod user;
 pub mod vma;
 
-pub use user::{copy_from_user, copy_to_user, page_size, probe_user_page};
+pub use user::{copy_from_user, copy_to_user, page_size, probe_user_page, with_process, Process};

@@ -25,6 +25,8 @@ use uiommufd_abi::Errno;
 use uiommufd_devices::platform::{IOMMU_DEV, VFIO_CONTAINER_DEV, VFIO_DEV_MAJOR, VFIO_GROUP_MAJOR};
 use uiommufd_dispatch::{FdHost, File, Node};
 
+use crate::fdtable::Entry;
+use crate::fork_server::Remote;
 use crate::path::{self, Base};
 use crate::real::{self, set_errno};
 use crate::{fdtable, trace};
@@ -86,6 +88,16 @@ fn file_devnum(file: &Arc<File>) -> Option<(u32, u32)> {
             Some(if container { VFIO_CONTAINER_DEV } else { IOMMU_DEV })
         }
         _ => None,
+    }
+}
+
+/// The file behind `fd` for `mmap` and `fstat`: ours, or for a descriptor
+/// inherited from the parent's engine our inert copy of it as of the fork
+/// (a device's BAR memory is the parent's; its numbers are the same).
+fn file_or_inherited_copy(fd: c_int) -> Option<Arc<File>> {
+    match fdtable::get_entry(fd)? {
+        Entry::Local(file) => Some(file),
+        Entry::Remote(r) => r.local().cloned(),
     }
 }
 
@@ -343,44 +355,76 @@ pub unsafe extern "C" fn close(fd: c_int) -> c_int {
         // SAFETY: forwarded per close(2).
         return unsafe { real::close(fd) };
     }
-    guard(|| {
+    let mut entry = None;
+    let rc = guard(|| {
         // Forget the number before the kernel can hand it out again.
-        let file = fdtable::remove(fd);
+        entry = fdtable::remove(fd);
         // SAFETY: closing the backing descriptor of a file we served.
         let rc = unsafe { real::close(fd) };
         let errno = real::errno();
         if trace::enabled() {
             trace::line(format_args!("close({fd}) = {rc}"));
         }
-        // The engine's teardown for the last descriptor runs here.
-        drop(file);
         set_errno(errno);
         rc
-    })
+    });
+    // The engine's teardown for the last descriptor runs here.
+    release(entry);
+    rc
+}
+
+/// Drop what closed (or overwritten) descriptors referred to: the engine's
+/// teardown of a file whose last reference goes. A file something else
+/// still holds may be held by a forked child's session: the fork server
+/// first handles what the children did already (exited, closed their
+/// descriptors), so that, as with the kernel's files, a close that comes
+/// after those is the last one. Keeps errno.
+fn release(entries: impl IntoIterator<Item = Entry>) {
+    let entries: Vec<Entry> = entries.into_iter().collect();
+    if entries.is_empty() {
+        return;
+    }
+    let errno = real::errno();
+    if entries.iter().any(|e| matches!(e, Entry::Local(f) if Arc::strong_count(f) > 1)) {
+        crate::fork_server::settle();
+    }
+    guard(|| {
+        drop(entries);
+        0
+    });
+    set_errno(errno);
 }
 
 /// After a successful duplication onto `newfd`, make `newfd` refer to what
-/// `oldfd` refers to in our table (or to nothing of ours).
-fn after_dup(oldfd: c_int, newfd: c_int) -> c_int {
+/// `oldfd` refers to in our table (or to nothing of ours). What `newfd`
+/// referred to before goes to `stale`, for [`release`].
+fn after_dup(oldfd: c_int, newfd: c_int, stale: &mut Option<Entry>) -> c_int {
     if newfd < 0 {
         return newfd;
     }
     let errno = real::errno();
-    let stale = fdtable::remove(newfd);
-    if let Some(file) = fdtable::get(oldfd) {
-        if fdtable::install(newfd, file).is_err() {
+    *stale = fdtable::remove(newfd);
+    if let Some(entry) = fdtable::get_entry(oldfd) {
+        if fdtable::install_entry(newfd, entry).is_err() {
             // SAFETY: closing the duplicate we cannot track.
             unsafe { real::close(newfd) };
-            drop(stale);
             return fail(libc::EMFILE);
         }
         if trace::enabled() {
             trace::line(format_args!("dup({oldfd}) = {newfd}"));
         }
     }
-    drop(stale);
     set_errno(errno);
     newfd
+}
+
+/// [`after_dup`] as an engine call, then the release of what `newfd`
+/// referred to before.
+fn dup_done(oldfd: c_int, newfd: c_int) -> c_int {
+    let mut stale = None;
+    let rc = guard(|| after_dup(oldfd, newfd, &mut stale));
+    release(stale);
+    rc
 }
 
 /// # Safety
@@ -392,7 +436,7 @@ pub unsafe extern "C" fn dup(fd: c_int) -> c_int {
     if !fdtable::is_ours(fd) && !fdtable::is_ours(r) {
         return r;
     }
-    guard(|| after_dup(fd, r))
+    dup_done(fd, r)
 }
 
 /// # Safety
@@ -404,7 +448,7 @@ pub unsafe extern "C" fn dup2(old: c_int, new: c_int) -> c_int {
     if old == new || (!fdtable::is_ours(old) && !fdtable::is_ours(new)) {
         return r;
     }
-    guard(|| after_dup(old, r))
+    dup_done(old, r)
 }
 
 /// # Safety
@@ -416,14 +460,14 @@ pub unsafe extern "C" fn dup3(old: c_int, new: c_int, flags: c_int) -> c_int {
     if !fdtable::is_ours(old) && !fdtable::is_ours(new) {
         return r;
     }
-    guard(|| after_dup(old, r))
+    dup_done(old, r)
 }
 
 fn fcntl_common(fd: c_int, cmd: c_int, arg: c_long, forward: impl FnOnce() -> c_int) -> c_int {
     let r = forward();
     if (cmd == libc::F_DUPFD || cmd == libc::F_DUPFD_CLOEXEC) && fdtable::is_ours(fd) {
         let _ = arg;
-        return guard(|| after_dup(fd, r));
+        return dup_done(fd, r);
     }
     r
 }
@@ -454,12 +498,12 @@ pub unsafe extern "C" fn close_range(first: c_uint, last: c_uint, flags: c_int) 
         let ours = fdtable::ours_in(first, last);
         if !ours.is_empty() {
             let errno = real::errno();
+            let mut gone = Vec::new();
             guard(|| {
-                for fd in ours {
-                    drop(fdtable::remove(fd));
-                }
+                gone.extend(ours.into_iter().filter_map(fdtable::remove));
                 0
             });
+            release(gone);
             set_errno(errno);
         }
     }
@@ -475,12 +519,12 @@ pub unsafe extern "C" fn closefrom(lowfd: c_int) {
     if lowfd >= 0 {
         let ours = fdtable::ours_in(lowfd as u32, u32::MAX);
         if !ours.is_empty() {
+            let mut gone = Vec::new();
             guard(|| {
-                for fd in ours {
-                    drop(fdtable::remove(fd));
-                }
+                gone.extend(ours.into_iter().filter_map(fdtable::remove));
                 0
             });
+            release(gone);
         }
     }
 }
@@ -500,11 +544,13 @@ pub unsafe extern "C" fn ioctl(fd: c_int, request: c_ulong, arg: *mut c_void) ->
         return unsafe { real::ioctl(fd, request, arg) };
     }
     guard(|| {
-        let Some(file) = fdtable::get(fd) else {
+        let file = match fdtable::get_entry(fd) {
+            Some(Entry::Local(file)) => file,
+            Some(Entry::Remote(remote)) => return remote_ioctl(fd, &remote, request, arg as u64),
             // Closed under our feet by another thread: behave as the kernel
             // would for whatever the number now is.
             // SAFETY: forwarded per ioctl(2).
-            return unsafe { real::ioctl(fd, request, arg) };
+            None => return unsafe { real::ioctl(fd, request, arg) },
         };
         let res = file.ioctl(&ShimFds, request, arg as u64);
         if trace::enabled() {
@@ -515,6 +561,25 @@ pub unsafe extern "C" fn ioctl(fd: c_int, request: c_ulong, arg: *mut c_void) ->
             Err(e) => fail(e.errno.0),
         }
     })
+}
+
+/// `ioctl` on a descriptor inherited from the parent: the parent's engine
+/// runs it (see [`crate::fork_server`]).
+fn remote_ioctl(fd: c_int, remote: &Remote, request: c_ulong, arg: u64) -> c_int {
+    let res = remote.ioctl(fd, request, arg);
+    if trace::enabled() {
+        let cmd = request as u32;
+        let name = remote.local().and_then(|f| f.ioctl_name(cmd));
+        let name = name.map(std::borrow::Cow::Borrowed).unwrap_or_else(|| format!("{cmd:#x}").into());
+        match res {
+            Ok(v) => trace::line(format_args!("ioctl({fd} {} (parent's), {name}) = {v}", remote.describe())),
+            Err(e) => trace::line(format_args!("ioctl({fd} {} (parent's), {name}) = -1 {e:?}", remote.describe())),
+        }
+    }
+    match res {
+        Ok(v) => v,
+        Err(e) => fail(e.0),
+    }
 }
 
 fn trace_ioctl(fd: c_int, file: &File, request: c_ulong, res: &Result<i32, uiommufd_core::Error>) {
@@ -557,70 +622,78 @@ fn guard_io(f: impl FnOnce() -> isize) -> isize {
     })
 }
 
+/// A read or write on `fd` if it is ours: `local` runs it on a file of our
+/// engine, `remote` forwards it to the parent's; `None` if `fd` is not
+/// ours (the caller forwards the call to libc).
+fn served_io(
+    fd: c_int,
+    what: &str,
+    local: impl FnOnce(&File) -> Result<usize, uiommufd_core::Error>,
+    remote: impl FnOnce(&Remote) -> Result<usize, Errno>,
+) -> Option<isize> {
+    if !fdtable::is_ours(fd) {
+        return None;
+    }
+    Some(match fdtable::get_entry(fd)? {
+        Entry::Local(file) => guard_io(|| io_result(fd, what, local(&file))),
+        Entry::Remote(r) => guard_io(|| {
+            io_result(fd, what, remote(&r).map_err(|e| uiommufd_core::Error::new(e, "in the parent's engine")))
+        }),
+    })
+}
+
 /// # Safety
 /// C `read(2)`.
 #[no_mangle]
 pub unsafe extern "C" fn read(fd: c_int, buf: *mut c_void, count: usize) -> isize {
-    match fdtable::is_ours(fd).then(|| fdtable::get(fd)).flatten() {
+    served_io(fd, "read", |f| f.read(buf as u64, count, None), |r| r.read(fd, buf as u64, count, None))
         // SAFETY: forwarded per read(2).
-        None => unsafe { real::read(fd, buf, count) },
-        Some(file) => guard_io(|| io_result(fd, "read", file.read(buf as u64, count, None))),
-    }
+        .unwrap_or_else(|| unsafe { real::read(fd, buf, count) })
 }
 
 /// # Safety
 /// C `write(2)`.
 #[no_mangle]
 pub unsafe extern "C" fn write(fd: c_int, buf: *const c_void, count: usize) -> isize {
-    match fdtable::is_ours(fd).then(|| fdtable::get(fd)).flatten() {
+    served_io(fd, "write", |f| f.write(buf as u64, count, None), |r| r.write(fd, buf as u64, count, None))
         // SAFETY: forwarded per write(2).
-        None => unsafe { real::write(fd, buf, count) },
-        Some(file) => guard_io(|| io_result(fd, "write", file.write(buf as u64, count, None))),
-    }
+        .unwrap_or_else(|| unsafe { real::write(fd, buf, count) })
 }
 
 /// # Safety
 /// C `pread(2)`.
 #[no_mangle]
 pub unsafe extern "C" fn pread(fd: c_int, buf: *mut c_void, count: usize, off: libc::off_t) -> isize {
-    match fdtable::is_ours(fd).then(|| fdtable::get(fd)).flatten() {
+    served_io(fd, "pread", |f| f.read(buf as u64, count, Some(off)), |r| r.read(fd, buf as u64, count, Some(off)))
         // SAFETY: forwarded per pread(2).
-        None => unsafe { real::pread(fd, buf, count, off) },
-        Some(file) => guard_io(|| io_result(fd, "pread", file.read(buf as u64, count, Some(off)))),
-    }
+        .unwrap_or_else(|| unsafe { real::pread(fd, buf, count, off) })
 }
 
 /// # Safety
 /// C `pread64(2)`.
 #[no_mangle]
 pub unsafe extern "C" fn pread64(fd: c_int, buf: *mut c_void, count: usize, off: libc::off64_t) -> isize {
-    match fdtable::is_ours(fd).then(|| fdtable::get(fd)).flatten() {
+    served_io(fd, "pread", |f| f.read(buf as u64, count, Some(off)), |r| r.read(fd, buf as u64, count, Some(off)))
         // SAFETY: forwarded per pread(2).
-        None => unsafe { real::pread64(fd, buf, count, off) },
-        Some(file) => guard_io(|| io_result(fd, "pread", file.read(buf as u64, count, Some(off)))),
-    }
+        .unwrap_or_else(|| unsafe { real::pread64(fd, buf, count, off) })
 }
 
 /// # Safety
 /// C `pwrite(2)`.
 #[no_mangle]
 pub unsafe extern "C" fn pwrite(fd: c_int, buf: *const c_void, count: usize, off: libc::off_t) -> isize {
-    match fdtable::is_ours(fd).then(|| fdtable::get(fd)).flatten() {
+    served_io(fd, "pwrite", |f| f.write(buf as u64, count, Some(off)), |r| r.write(fd, buf as u64, count, Some(off)))
         // SAFETY: forwarded per pwrite(2).
-        None => unsafe { real::pwrite(fd, buf, count, off) },
-        Some(file) => guard_io(|| io_result(fd, "pwrite", file.write(buf as u64, count, Some(off)))),
-    }
+        .unwrap_or_else(|| unsafe { real::pwrite(fd, buf, count, off) })
 }
 
 /// # Safety
 /// C `pwrite64(2)`.
 #[no_mangle]
 pub unsafe extern "C" fn pwrite64(fd: c_int, buf: *const c_void, count: usize, off: libc::off64_t) -> isize {
-    match fdtable::is_ours(fd).then(|| fdtable::get(fd)).flatten() {
+    served_io(fd, "pwrite", |f| f.write(buf as u64, count, Some(off)), |r| r.write(fd, buf as u64, count, Some(off)))
         // SAFETY: forwarded per pwrite(2).
-        None => unsafe { real::pwrite64(fd, buf, count, off) },
-        Some(file) => guard_io(|| io_result(fd, "pwrite", file.write(buf as u64, count, Some(off)))),
-    }
+        .unwrap_or_else(|| unsafe { real::pwrite64(fd, buf, count, off) })
 }
 
 /// # Safety
@@ -752,7 +825,7 @@ fn mmap_file_checks(fd: c_int, len: usize, prot: c_int, flags: c_int, off: i64) 
 /// device's memfd (see `VfioDeviceFile::mmap`). Other served files keep
 /// their backing descriptor's answer.
 fn mmap_served(fd: c_int, addr: *mut c_void, len: usize, prot: c_int, flags: c_int, off: i64) -> Option<*mut c_void> {
-    let file = fdtable::get(fd)?;
+    let file = file_or_inherited_copy(fd)?;
     if !matches!(&*file, File::VfioDevice(_)) {
         return None;
     }
@@ -938,7 +1011,7 @@ unsafe fn stat_fd<S>(fd: c_int, buf: *mut S, patch: fn(&mut S, (u32, u32)), call
     let errno = real::errno();
     let dev = shielded(None, || {
         let _engine = fdtable::EngineGuard::enter();
-        fdtable::get(fd).as_ref().and_then(file_devnum)
+        file_or_inherited_copy(fd).as_ref().and_then(file_devnum)
     });
     // SAFETY: the real call filled `buf`, a pointer to an S.
     if let (Some(dev), Some(st)) = (dev, unsafe { buf.as_mut() }) {

@@ -1,8 +1,11 @@
 //! Descriptor number → served file.
 //!
 //! Layout: `CHUNKS` pointers, each to a lazily allocated chunk of
-//! `CHUNK` slots; a slot holds `Arc::into_raw(Arc<File>)` or 0. Descriptor
-//! numbers past the table are never ours (opening one fails with `EMFILE`).
+//! `CHUNK` slots; a slot holds `Arc::into_raw(Arc<File>)` (a file of this
+//! process's engine), `Arc::into_raw(Arc<Remote>) | 1` (a file of the
+//! parent's engine, inherited through `fork`: see [`crate::fork_server`])
+//! or 0. Descriptor numbers past the table are never ours (opening one
+//! fails with `EMFILE`).
 //!
 //! Concurrency:
 //! - the fast path ("is this descriptor ours?") is one atomic load, no lock;
@@ -17,7 +20,11 @@
 //!   context's object table, say): every call into the engine holds an
 //!   [`EngineGuard`], and the prepare handler first stops new ones and waits
 //!   for those in flight, so the child never inherits a lock owned by a
-//!   thread that does not exist in it.
+//!   thread that does not exist in it. Calls forwarded to a parent's
+//!   engine hold one too, so a fork never interrupts one halfway;
+//! - with both held, the handlers let [`crate::fork_server`] snapshot the
+//!   served descriptors for the child and, in the child, turn them into
+//!   remote entries (nothing to do, and no cost, when there are none).
 //!
 //! Known limit: a signal handler that calls into the shim while its own
 //! thread holds the lock would spin; the windows are a few instructions.
@@ -27,6 +34,8 @@ use std::sync::atomic::{AtomicPtr, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Once};
 
 use uiommufd_dispatch::File;
+
+use crate::fork_server::{self, Remote};
 
 const CHUNK: usize = 1024;
 const CHUNKS: usize = 1024;
@@ -144,20 +153,36 @@ extern "C" fn atfork_prepare() {
         backoff(&mut spins);
     }
     write_lock();
+    // A panic must not unwind into libc's fork (the snapshot is then
+    // missing and the child keeps private copies).
+    let _ = std::panic::catch_unwind(fork_server::prepare);
 }
 
-extern "C" fn atfork_release() {
+fn atfork_release() {
     write_unlock();
     ENGINE.store(own_engine_calls(), Ordering::Release);
+}
+
+extern "C" fn atfork_parent() {
+    let session = std::panic::catch_unwind(fork_server::parent_locked).unwrap_or(None);
+    atfork_release();
+    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| fork_server::parent(session)));
+}
+
+extern "C" fn atfork_child() {
+    let _ = std::panic::catch_unwind(fork_server::child_locked);
+    atfork_release();
 }
 
 static ATFORK: Once = Once::new();
 
 fn ensure_atfork() {
     ATFORK.call_once(|| {
-        // SAFETY: registering plain extern "C" handlers that only touch the
-        // static lock word.
-        unsafe { libc::pthread_atfork(Some(atfork_prepare), Some(atfork_release), Some(atfork_release)) };
+        fork_server::init();
+        // SAFETY: registering plain extern "C" handlers; they touch our own
+        // statics and, when descriptors are served, make the descriptors
+        // the fork server needs.
+        unsafe { libc::pthread_atfork(Some(atfork_prepare), Some(atfork_parent), Some(atfork_child)) };
     });
 }
 
@@ -207,36 +232,100 @@ pub fn is_ours(fd: i32) -> bool {
     slot(fd).is_some_and(|s| s.load(Ordering::Acquire) != 0)
 }
 
-/// The file behind `fd`, if it is ours.
-pub fn get(fd: i32) -> Option<Arc<File>> {
+/// What a served descriptor refers to.
+#[derive(Clone)]
+pub enum Entry {
+    /// A file of this process's engine.
+    Local(Arc<File>),
+    /// A file of the parent's engine, inherited through `fork`.
+    Remote(Arc<Remote>),
+}
+
+const REMOTE_TAG: usize = 1;
+
+impl Entry {
+    fn into_raw(self) -> usize {
+        match self {
+            Entry::Local(f) => Arc::into_raw(f) as usize,
+            Entry::Remote(r) => Arc::into_raw(r) as usize | REMOTE_TAG,
+        }
+    }
+
+    /// # Safety
+    /// `raw` came from [`Entry::into_raw`] and its reference is handed to
+    /// the result.
+    unsafe fn from_raw(raw: usize) -> Entry {
+        if raw & REMOTE_TAG != 0 {
+            // SAFETY: per the contract, an `Arc<Remote>` pointer, tagged.
+            Entry::Remote(unsafe { Arc::from_raw((raw & !REMOTE_TAG) as *const Remote) })
+        } else {
+            // SAFETY: per the contract, an `Arc<File>` pointer.
+            Entry::Local(unsafe { Arc::from_raw(raw as *const File) })
+        }
+    }
+
+    /// # Safety
+    /// `raw` is a slot value whose reference stays owned by the slot while
+    /// this runs (a lock keeps writers out); the result owns a new one.
+    unsafe fn clone_raw(raw: usize) -> Entry {
+        if raw & REMOTE_TAG != 0 {
+            let p = (raw & !REMOTE_TAG) as *const Remote;
+            // SAFETY: per the contract: a live `Arc<Remote>` the slot owns.
+            unsafe {
+                Arc::increment_strong_count(p);
+                Entry::Remote(Arc::from_raw(p))
+            }
+        } else {
+            let p = raw as *const File;
+            // SAFETY: as above, for an `Arc<File>`.
+            unsafe {
+                Arc::increment_strong_count(p);
+                Entry::Local(Arc::from_raw(p))
+            }
+        }
+    }
+}
+
+/// What `fd` refers to, if it is ours.
+pub fn get_entry(fd: i32) -> Option<Entry> {
     let s = slot(fd)?;
     if s.load(Ordering::Acquire) == 0 {
         return None;
     }
     read_lock();
-    let raw = s.load(Ordering::Acquire) as *const File;
-    let out = if raw.is_null() {
-        None
-    } else {
-        // SAFETY: a non-zero slot holds a pointer from Arc::into_raw whose
-        // reference the slot owns; writers only release it after clearing
-        // the slot under the write lock, which excludes us here.
-        unsafe {
-            Arc::increment_strong_count(raw);
-            Some(Arc::from_raw(raw))
-        }
-    };
+    let raw = s.load(Ordering::Acquire);
+    // SAFETY: a non-zero slot holds a value from Entry::into_raw whose
+    // reference the slot owns; writers only release it after clearing the
+    // slot under the write lock, which excludes us here.
+    let out = (raw != 0).then(|| unsafe { Entry::clone_raw(raw) });
     read_unlock();
     out
 }
 
-/// Make `fd` refer to `file`. Returns the file `fd` referred to before, if
-/// any (the caller drops it outside any lock). Fails if `fd` is beyond the
-/// table.
-pub fn install(fd: i32, file: Arc<File>) -> Result<Option<Arc<File>>, Arc<File>> {
+/// The file of this process's engine behind `fd`, if it is one (a
+/// descriptor inherited from a parent's engine is not).
+pub fn get(fd: i32) -> Option<Arc<File>> {
+    match get_entry(fd)? {
+        Entry::Local(f) => Some(f),
+        Entry::Remote(_) => None,
+    }
+}
+
+/// Make `fd` refer to `file`. Returns what `fd` referred to before, if
+/// anything (the caller drops it outside any lock). Fails if `fd` is
+/// beyond the table.
+pub fn install(fd: i32, file: Arc<File>) -> Result<Option<Entry>, Arc<File>> {
+    install_entry(fd, Entry::Local(file)).map_err(|e| match e {
+        Entry::Local(f) => f,
+        Entry::Remote(_) => unreachable!("installed a local file"),
+    })
+}
+
+/// [`install`] for any entry.
+pub fn install_entry(fd: i32, entry: Entry) -> Result<Option<Entry>, Entry> {
     ensure_atfork();
-    let Some(s) = slot_or_create(fd) else { return Err(file) };
-    let raw = Arc::into_raw(file) as usize;
+    let Some(s) = slot_or_create(fd) else { return Err(entry) };
+    let raw = entry.into_raw();
     write_lock();
     let old = s.swap(raw, Ordering::AcqRel);
     write_unlock();
@@ -246,12 +335,12 @@ pub fn install(fd: i32, file: Arc<File>) -> Result<Option<Arc<File>>, Arc<File>>
     } else {
         // SAFETY: `old` was stored by a previous install and its reference
         // is now ours.
-        Ok(Some(unsafe { Arc::from_raw(old as *const File) }))
+        Ok(Some(unsafe { Entry::from_raw(old) }))
     }
 }
 
-/// Forget `fd`, returning its file if it was ours.
-pub fn remove(fd: i32) -> Option<Arc<File>> {
+/// Forget `fd`, returning what it referred to if it was ours.
+pub fn remove(fd: i32) -> Option<Entry> {
     let s = slot(fd)?;
     if s.load(Ordering::Acquire) == 0 {
         return None;
@@ -263,9 +352,48 @@ pub fn remove(fd: i32) -> Option<Arc<File>> {
         return None;
     }
     OCCUPIED.fetch_sub(1, Ordering::Relaxed);
-    // SAFETY: `old` came from Arc::into_raw in `install`; clearing the slot
-    // under the write lock transferred its reference to us.
-    Some(unsafe { Arc::from_raw(old as *const File) })
+    // SAFETY: `old` came from Entry::into_raw in `install_entry`; clearing
+    // the slot under the write lock transferred its reference to us.
+    Some(unsafe { Entry::from_raw(old) })
+}
+
+/// Every served descriptor with what it refers to, for the fork handlers,
+/// which hold the write lock (so no slot changes meanwhile).
+pub(crate) fn entries_locked() -> Vec<(i32, Entry)> {
+    let mut out = Vec::new();
+    if OCCUPIED.load(Ordering::Relaxed) == 0 {
+        return out;
+    }
+    for (c, chunk) in TABLE.iter().enumerate() {
+        let chunk = chunk.load(Ordering::Acquire);
+        if chunk.is_null() {
+            continue;
+        }
+        // SAFETY: chunks live forever once published.
+        for (i, s) in unsafe { &*chunk }.iter().enumerate() {
+            let raw = s.load(Ordering::Acquire);
+            if raw != 0 {
+                // SAFETY: the slot owns the reference and cannot change: the
+                // caller holds the write lock.
+                out.push(((c * CHUNK + i) as i32, unsafe { Entry::clone_raw(raw) }));
+            }
+        }
+    }
+    out
+}
+
+/// Make the served descriptor `fd` refer to `entry`, for the fork
+/// handlers, which hold the write lock. Returns the old entry.
+pub(crate) fn replace_locked(fd: i32, entry: Entry) -> Option<Entry> {
+    let s = slot(fd)?;
+    let old = s.swap(entry.into_raw(), Ordering::AcqRel);
+    if old == 0 {
+        OCCUPIED.fetch_add(1, Ordering::Relaxed);
+        return None;
+    }
+    // SAFETY: `old` came from Entry::into_raw and the slot's reference is
+    // now ours.
+    Some(unsafe { Entry::from_raw(old) })
 }
 
 /// Every descriptor of ours in `[first, last]`, for close_range/closefrom.
@@ -306,7 +434,7 @@ mod tests {
         // A dup shares the file.
         assert!(install(5001, Arc::clone(&f)).is_ok());
         assert_eq!(ours_in(4999, 6000), vec![5000, 5001]);
-        assert!(Arc::ptr_eq(&remove(5000).unwrap(), &f));
+        assert!(matches!(remove(5000), Some(Entry::Local(r)) if Arc::ptr_eq(&r, &f)));
         assert!(remove(5000).is_none());
         assert!(remove(5001).is_some());
         assert!(get(5001).is_none());

@@ -18,6 +18,11 @@
 //! - [`entry`]: the `extern "C"` entry points. Each catches unwinds: a panic
 //!   here would be a crash of someone else's program.
 //!
+//! - [`fork_server`]: after `fork`, the child's inherited descriptors
+//!   are [`fork_server::Remote`] entries whose calls the parent's engine
+//!   runs (the kernel shares one file between them); a thread in the
+//!   parent serves its children.
+//!
 //! - [`path`]: which paths name served nodes (`/dev/iommu`,
 //!   `/dev/vfio/vfio`, `/dev/vfio/devices/vfioN`, fail-nth) and which are
 //!   redirected to stand-in directories (the emulated devices' sysfs
@@ -28,10 +33,12 @@
 //! (`mock`, `vtd[:...]`) and `UIOMMUFD_DEVICES` the emulated devices (see
 //! `uiommufd_devices::platform`); `UIOMMUFD_SYSFS` is the directory holding
 //! their sysfs entries; `UIOMMUFD_FAULT_INJECTION=1` and `UIOMMUFD_DEBUGFS`
-//! turn on fault injection.
+//! turn on fault injection; `UIOMMUFD_FORK_SHARE=0` gives a forked child a
+//! private copy of the engine state instead of the parent's files.
 
 pub mod entry;
 pub mod fdtable;
+pub mod fork_server;
 mod path;
 mod real;
 mod trace;
