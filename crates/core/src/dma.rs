@@ -34,7 +34,7 @@ use uiommufd_hw::{Access, Domain, Fault as XlateFault};
 use uiommufd_memory::dma_fence::{self, Published};
 use uiommufd_memory::{coherency, frames};
 
-use crate::device::Device;
+use crate::device::{Device, NO_PASID};
 use crate::fault::PageRequest;
 
 /// Counters of one port, for tools and tests.
@@ -66,17 +66,26 @@ struct Failed {
 }
 
 /// The domain a request goes through: the RID's, borrowed for the section,
-/// or a PASID's, held by reference count.
+/// or a PASID's, held by reference count (with the PASID to translate by
+/// when it is the RID's nested domain with a guest PASID table).
 enum Route<'s> {
     Rid(&'s dyn Domain),
-    Pasid(Arc<dyn Domain>),
+    Pasid(Arc<dyn Domain>, Option<u32>),
 }
 
 impl Route<'_> {
     fn domain(&self) -> &dyn Domain {
         match self {
             Route::Rid(d) => *d,
-            Route::Pasid(d) => d.as_ref(),
+            Route::Pasid(d, _) => d.as_ref(),
+        }
+    }
+
+    fn translate(&self, iova: u64, access: Access) -> Result<uiommufd_hw::Translation, XlateFault> {
+        match self {
+            Route::Rid(d) => d.translate(iova, access),
+            Route::Pasid(d, None) => d.translate(iova, access),
+            Route::Pasid(d, Some(p)) => d.translate_pasid(*p, iova, access),
         }
     }
 }
@@ -105,21 +114,33 @@ impl DevicePort {
     }
 
     /// The domain serving a PASID-tagged request (taken before the
-    /// request's section: the lookup locks the device's attachments).
-    fn pasid_domain(&self, pasid: u32) -> Option<Arc<dyn Domain>> {
-        self.dev.upgrade()?.dma_domain(pasid)
+    /// request's section: the lookup locks the device's attachments): the
+    /// PASID's own attachment, else, where the IOMMU takes PASID tables from
+    /// the guest, the requester ID's nested domain, translating by PASID.
+    fn pasid_domain(&self, pasid: u32) -> Option<(Arc<dyn Domain>, Option<u32>)> {
+        let dev = self.dev.upgrade()?;
+        if let Some(d) = dev.dma_domain(pasid) {
+            return Some((d, None));
+        }
+        if dev.dev().user_pasid_table() {
+            let d = dev.dma_domain(NO_PASID)?;
+            if d.is_nested() {
+                return Some((d, Some(pasid)));
+            }
+        }
+        None
     }
 
     /// Where a request with `attrs` goes, within `section`.
     fn route<'s>(
         &'s self,
-        pasid: &Option<Arc<dyn Domain>>,
+        pasid: &Option<(Arc<dyn Domain>, Option<u32>)>,
         attrs: &DmaAttrs,
         section: &'s dma_fence::Section,
     ) -> Option<Route<'s>> {
         match attrs.pasid {
             None => self.rid.read(section).map(|d| Route::Rid(d.as_ref())),
-            Some(_) => pasid.clone().map(Route::Pasid),
+            Some(_) => pasid.clone().map(|(d, p)| Route::Pasid(d, p)),
         }
     }
 
@@ -180,9 +201,8 @@ impl DevicePort {
             // Frames translated here stay allocated until the section ends.
             let section = dma_fence::enter();
             let route = self.route(&pasid, attrs, &section).ok_or(Self::blocked(iova, write))?;
-            let domain = route.domain();
             let access = if write { Access::Write } else { Access::Read };
-            let noncoherent = write && attrs.no_snoop && !domain.enforce_cache_coherency();
+            let noncoherent = write && attrs.no_snoop && !route.domain().enforce_cache_coherency();
             // Translations that continue each other physically are handed
             // on as one piece: (paddr, offset in the request, bytes).
             let mut pending: Option<(u64, u64, u64)> = None;
@@ -202,7 +222,7 @@ impl DevicePort {
                     // The request wrapped past the top of the address space.
                     Err(XlateFault::OutOfRange)
                 } else {
-                    domain.translate(at, access)
+                    route.translate(at, access)
                 };
                 let t = match t {
                     Ok(t) => t,
@@ -287,8 +307,7 @@ impl DmaPort for DevicePort {
         let failed = {
             let section = dma_fence::enter();
             let route = self.route(&pasid, &attrs, &section).ok_or(Self::blocked(src, false))?;
-            let dom = route.domain();
-            let noncoherent = attrs.no_snoop && !dom.enforce_cache_coherency();
+            let noncoherent = attrs.no_snoop && !route.domain().enforce_cache_coherency();
             // The physically contiguous piece not yet copied:
             // (dst pa, src pa, bytes, offset in the request).
             let mut pending: Option<(u64, u64, u64, u64)> = None;
@@ -304,7 +323,7 @@ impl DmaPort for DevicePort {
             let mut failed = None;
             while done < len {
                 let (s, d) = (src.wrapping_add(done), dst.wrapping_add(done));
-                let ts = if s < src { Err(XlateFault::OutOfRange) } else { dom.translate(s, Access::Read) };
+                let ts = if s < src { Err(XlateFault::OutOfRange) } else { route.translate(s, Access::Read) };
                 let ts = match ts {
                     Ok(t) => t,
                     Err(fault) => {
@@ -312,7 +331,7 @@ impl DmaPort for DevicePort {
                         break;
                     }
                 };
-                let td = if d < dst { Err(XlateFault::OutOfRange) } else { dom.translate(d, Access::Write) };
+                let td = if d < dst { Err(XlateFault::OutOfRange) } else { route.translate(d, Access::Write) };
                 let td = match td {
                     Ok(t) => t,
                     Err(fault) => {

@@ -80,6 +80,14 @@ pub trait IommuDevice: crate::AnyDomain + Send + Sync {
         0
     }
 
+    /// Whether the IOMMU takes a nested domain's PASID table from the guest
+    /// (`user_pasid_table`: SMMUv3's CD table, the selftest mock): a PASID
+    /// without an attachment of its own then reaches the requester ID's
+    /// nested domain, which picks the stage 1 by PASID.
+    fn user_pasid_table(&self) -> bool {
+        false
+    }
+
     /// Allocate a nested domain on `parent` from driver-specific `data`
     /// (`domain_alloc_nested`). `flags` are the HWPT flags other than
     /// `FAULT_ID_VALID`.

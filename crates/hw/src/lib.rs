@@ -166,6 +166,15 @@ pub trait Domain: AnyDomain + Send + Sync {
 
     /// Translate one DMA access at `iova`.
     fn translate(&self, iova: u64, access: Access) -> Result<Translation, Fault>;
+
+    /// Translate one DMA access tagged with `pasid` through a nested domain
+    /// whose PASID (substream) table is the guest's, attached at the
+    /// requester ID (an SMMUv3 CD table selects the stage 1 by SubstreamID).
+    /// Domains without such a table translate as for the requester ID.
+    fn translate_pasid(&self, pasid: u32, iova: u64, access: Access) -> Result<Translation, Fault> {
+        let _ = pasid;
+        self.translate(iova, access)
+    }
 }
 
 /// Mask of bits `0..=n`.

@@ -779,6 +779,12 @@ impl IommuDevice for MockDevice {
         format!("mock{}", self.id)
     }
 
+    /// The selftest mock keeps nested PASID tables in user space (its
+    /// IOPF and PASID tests rely on it).
+    fn user_pasid_table(&self) -> bool {
+        true
+    }
+
     fn capable(&self, cap: Cap) -> bool {
         match cap {
             Cap::CacheCoherency => true,
