@@ -30,6 +30,7 @@ pub mod device;
 pub mod dma;
 pub mod mock;
 pub mod pt;
+pub mod smmuv3;
 pub mod vtd;
 
 /// Mapping permissions and attributes, with the kernel's `IOMMU_*` values.
