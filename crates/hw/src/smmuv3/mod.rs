@@ -31,8 +31,18 @@
 //! `arm-smmu-v3-iommufd.c`) and `drivers/iommu/io-pgtable-arm.c`, cited by
 //! function.
 
+pub mod cmd;
+pub mod domain;
+pub mod event;
 pub mod info;
+pub mod lpae;
 pub mod regs;
+pub mod ste;
+pub mod tlb;
+pub mod walk;
 
+pub use domain::{DomainConfig, SmmuDomain, Stage};
+pub use event::SmmuFault;
 pub use info::{DeviceProps, DriverParams, SmmuInfo};
 pub use regs::{SmmuRegs, SmmuRegsBuilder};
+pub use tlb::{CdCache, Tlb};

@@ -1,0 +1,628 @@
+//! The SMMU's TLB and configuration cache, with hardware's contract
+//! (IHI 0070 §16.2 "TLB tagging, VMIDs, ASIDs and participation in
+//! broadcast TLB maintenance", §4.4 "TLB invalidation", §4.3 "Configuration
+//! structure invalidation").
+//!
+//! Model:
+//! - [`Tlb`]: one per SMMU. Entries are combined stage 1 + stage 2
+//!   translations of nested streams, tagged by VMID and ASID; an entry from
+//!   a global stage 1 leaf (nG = 0) matches every ASID of its VMID. An entry
+//!   covers the smaller of the two stages' leaves (4KB .. 1GB, any of the
+//!   three granules). Once filled it is served until an invalidation
+//!   covering it (or replacement) removes it: table changes alone are never
+//!   seen. Invalidation follows the commands: everything (`TLBI_NSNH_ALL`),
+//!   by VMID (`TLBI_NH_ALL`, `TLBI_S12_VMALL`), by ASID within a VMID
+//!   (`TLBI_NH_ASID`: non-global entries only), by address within a VMID
+//!   for one ASID plus global entries (`TLBI_NH_VA`) or for all ASIDs
+//!   (`TLBI_NH_VAA`). Stage-2-only and stage-1-only translations of the
+//!   driver's own domains are not cached: the driver invalidates them
+//!   before every unmap returns, so a cache there would never be seen
+//!   stale. Walk caches (intermediate descriptors) are not modelled, which
+//!   the architecture allows: leaf-only invalidation then removes as much
+//!   as a full one.
+//! - [`CdCache`]: one per nested domain (one guest STE): the CDs and level
+//!   1 CD descriptors fetched from guest memory, by SubstreamID, served
+//!   until `CFGI_CD` (one SubstreamID; with Leaf = 0 also its level 1
+//!   descriptor), `CFGI_CD_ALL`, `CFGI_STE` or `CFGI_ALL` for a stream
+//!   attached to the domain removes them.
+//!
+//! Structure: the TLB is 4-way set associative, indexed by VMID and page
+//! (not ASID, so that an address invalidation for all ASIDs probes one set
+//! per page size), with clock replacement per set. Each set is a seqlock
+//! over atomics: a lookup is a handful of loads and takes no lock (it
+//! treats a set being written as a miss); fills and invalidations lock one
+//! set at a time.
+//!
+//! Invariant (no stale fill): a walk reads the cache's generation before
+//! reading any table and passes it to the fill; every invalidation bumps
+//! the generation before touching a set, and a fill is dropped under the
+//! set lock if the generation moved.
+
+use std::collections::HashMap;
+use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
+use std::sync::RwLock;
+
+use super::ste::CdConfig;
+
+/// log2 of the entry sizes the TLB holds (4KB, 16KB, 64KB, 2MB, 32MB,
+/// 512MB, 1GB).
+pub const CLASS_SHIFTS: [u32; 7] = [12, 14, 16, 21, 25, 29, 30];
+const NCLASS: usize = CLASS_SHIFTS.len();
+const WAYS: usize = 4;
+const VALID: u64 = 1 << 63;
+const GLOBAL: u64 = 1 << 55;
+
+const fn class_of(shift: u32) -> Option<usize> {
+    let mut i = 0;
+    while i < NCLASS {
+        if CLASS_SHIFTS[i] == shift {
+            return Some(i);
+        }
+        i += 1;
+    }
+    None
+}
+
+/// `tag`: valid (63), class (58:56), global (55), VMID (47:32), ASID
+/// (31:16; 0 for global entries).
+const fn make_tag(vmid: u16, asid: u16, global: bool, class: usize) -> u64 {
+    let asid = if global { 0 } else { asid as u64 };
+    VALID | ((class as u64) << 56) | if global { GLOBAL } else { 0 } | ((vmid as u64) << 32) | (asid << 16)
+}
+
+const fn tag_class(tag: u64) -> usize {
+    ((tag >> 56) & 7) as usize
+}
+
+const fn tag_vmid(tag: u64) -> u16 {
+    (tag >> 32) as u16
+}
+
+const fn tag_asid(tag: u64) -> u16 {
+    (tag >> 16) as u16
+}
+
+const fn tag_global(tag: u64) -> bool {
+    tag & GLOBAL != 0
+}
+
+#[derive(Default)]
+struct Way {
+    tag: AtomicU64,
+    vpn: AtomicU64,
+    data: AtomicU64,
+}
+
+#[repr(align(64))]
+#[derive(Default)]
+struct Set {
+    /// Odd while a writer holds the set.
+    seq: AtomicU32,
+    /// Bit per way: referenced since the clock hand last passed.
+    refs: AtomicU32,
+    /// Clock hand (written under the set lock only).
+    hand: AtomicU32,
+    ways: [Way; WAYS],
+}
+
+impl Set {
+    fn lock(&self) -> u32 {
+        loop {
+            let s = self.seq.load(Ordering::Relaxed);
+            if s & 1 == 0
+                && self.seq.compare_exchange_weak(s, s.wrapping_add(1), Ordering::Acquire, Ordering::Relaxed).is_ok()
+            {
+                fence(Ordering::Release);
+                return s;
+            }
+            std::hint::spin_loop();
+        }
+    }
+
+    fn unlock(&self, s: u32) {
+        self.seq.store(s.wrapping_add(2), Ordering::Release);
+    }
+}
+
+/// A TLB hit: the cached data word and the entry's size.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TlbHit {
+    pub data: u64,
+    pub page_shift: u32,
+}
+
+/// Counters of the slow paths and the current occupancy.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TlbStats {
+    pub misses: u64,
+    pub fills: u64,
+    pub evictions: u64,
+    pub invalidations: u64,
+    pub entries: usize,
+}
+
+/// The TLB of one SMMU.
+pub struct Tlb {
+    sets: Box<[Set]>,
+    mask: usize,
+    /// Valid entries per size class, and global ones.
+    live: [AtomicU64; NCLASS],
+    live_global: AtomicU64,
+    gen: AtomicU64,
+    misses: AtomicU64,
+    fills: AtomicU64,
+    evictions: AtomicU64,
+    invalidations: AtomicU64,
+}
+
+impl Default for Tlb {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl core::fmt::Debug for Tlb {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Tlb").field("stats", &self.stats()).finish_non_exhaustive()
+    }
+}
+
+impl Tlb {
+    /// 2048 entries (512 sets of 4 ways).
+    pub fn new() -> Self {
+        Self::with_sets(512)
+    }
+
+    /// `sets` sets of 4 ways (rounded up to a power of two).
+    pub fn with_sets(sets: usize) -> Self {
+        let sets = sets.max(1).next_power_of_two();
+        Tlb {
+            sets: (0..sets).map(|_| Set::default()).collect(),
+            mask: sets - 1,
+            live: Default::default(),
+            live_global: AtomicU64::new(0),
+            gen: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+            fills: AtomicU64::new(0),
+            evictions: AtomicU64::new(0),
+            invalidations: AtomicU64::new(0),
+        }
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.sets.len() * WAYS
+    }
+
+    pub fn stats(&self) -> TlbStats {
+        TlbStats {
+            misses: self.misses.load(Ordering::Relaxed),
+            fills: self.fills.load(Ordering::Relaxed),
+            evictions: self.evictions.load(Ordering::Relaxed),
+            invalidations: self.invalidations.load(Ordering::Relaxed),
+            entries: self.live.iter().map(|l| l.load(Ordering::Relaxed) as usize).sum(),
+        }
+    }
+
+    /// The generation a walk must read before it starts.
+    #[inline]
+    pub fn generation(&self) -> u64 {
+        self.gen.load(Ordering::Acquire)
+    }
+
+    #[inline]
+    fn index(&self, vmid: u16, class: usize, vpn: u64) -> usize {
+        let h = (vpn ^ ((u64::from(vmid) << 8 | class as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 40))
+            .wrapping_mul(0xff51_afd7_ed55_8ccd);
+        ((h >> 32) as usize) & self.mask
+    }
+
+    #[inline(always)]
+    fn probe(&self, set: &Set, tag: u64, vpn: u64) -> Option<u64> {
+        let s1 = set.seq.load(Ordering::Acquire);
+        if s1 & 1 != 0 {
+            return None;
+        }
+        let mut hit = None;
+        for (i, w) in set.ways.iter().enumerate() {
+            if w.tag.load(Ordering::Relaxed) == tag && w.vpn.load(Ordering::Relaxed) == vpn {
+                hit = Some((i, w.data.load(Ordering::Relaxed)));
+                break;
+            }
+        }
+        fence(Ordering::Acquire);
+        if set.seq.load(Ordering::Relaxed) != s1 {
+            return None;
+        }
+        let (i, data) = hit?;
+        let bit = 1u32 << i;
+        if set.refs.load(Ordering::Relaxed) & bit == 0 {
+            set.refs.fetch_or(bit, Ordering::Relaxed);
+        }
+        Some(data)
+    }
+
+    /// The cached translation of `va` for `(vmid, asid)`: an entry of that
+    /// ASID or a global one, smallest page size first.
+    #[inline]
+    pub fn lookup(&self, vmid: u16, asid: u16, va: u64) -> Option<TlbHit> {
+        let globals = self.live_global.load(Ordering::Relaxed) != 0;
+        for (c, &shift) in CLASS_SHIFTS.iter().enumerate() {
+            if self.live[c].load(Ordering::Relaxed) == 0 {
+                continue;
+            }
+            let vpn = va >> shift;
+            let set = &self.sets[self.index(vmid, c, vpn)];
+            if let Some(data) = self.probe(set, make_tag(vmid, asid, false, c), vpn) {
+                return Some(TlbHit { data, page_shift: shift });
+            }
+            if globals {
+                if let Some(data) = self.probe(set, make_tag(vmid, 0, true, c), vpn) {
+                    return Some(TlbHit { data, page_shift: shift });
+                }
+            }
+        }
+        self.misses.fetch_add(1, Ordering::Relaxed);
+        None
+    }
+
+    /// Cache `data` for the `1 << page_shift` page holding `va` unless an
+    /// invalidation happened since `gen` was read (or the size is not one
+    /// of [`CLASS_SHIFTS`]).
+    #[allow(clippy::too_many_arguments)]
+    pub fn insert(&self, gen: u64, vmid: u16, asid: u16, global: bool, va: u64, page_shift: u32, data: u64) -> bool {
+        let Some(c) = class_of(page_shift) else { return false };
+        let tag = make_tag(vmid, asid, global, c);
+        let vpn = va >> page_shift;
+        let set = &self.sets[self.index(vmid, c, vpn)];
+        let s = set.lock();
+        if self.gen.load(Ordering::Acquire) != gen {
+            set.unlock(s);
+            return false;
+        }
+        let ways = &set.ways;
+        let existing =
+            ways.iter().position(|w| w.tag.load(Ordering::Relaxed) == tag && w.vpn.load(Ordering::Relaxed) == vpn);
+        let i = match existing {
+            Some(i) => i,
+            None => {
+                let i = ways.iter().position(|w| w.tag.load(Ordering::Relaxed) & VALID == 0).unwrap_or_else(|| {
+                    let mut hand = set.hand.load(Ordering::Relaxed) as usize % WAYS;
+                    loop {
+                        let bit = 1u32 << hand;
+                        if set.refs.load(Ordering::Relaxed) & bit == 0 {
+                            break;
+                        }
+                        set.refs.fetch_and(!bit, Ordering::Relaxed);
+                        hand = (hand + 1) % WAYS;
+                    }
+                    set.hand.store(((hand + 1) % WAYS) as u32, Ordering::Relaxed);
+                    hand
+                });
+                let old = ways[i].tag.load(Ordering::Relaxed);
+                if old & VALID != 0 {
+                    self.forget(old);
+                    self.evictions.fetch_add(1, Ordering::Relaxed);
+                }
+                self.live[c].fetch_add(1, Ordering::Relaxed);
+                if global {
+                    self.live_global.fetch_add(1, Ordering::Relaxed);
+                }
+                i
+            }
+        };
+        let w = &ways[i];
+        w.tag.store(tag, Ordering::Relaxed);
+        w.vpn.store(vpn, Ordering::Relaxed);
+        w.data.store(data, Ordering::Relaxed);
+        set.refs.fetch_and(!(1 << i), Ordering::Relaxed);
+        set.unlock(s);
+        self.fills.fetch_add(1, Ordering::Relaxed);
+        true
+    }
+
+    fn forget(&self, tag: u64) {
+        self.live[tag_class(tag)].fetch_sub(1, Ordering::Relaxed);
+        if tag_global(tag) {
+            self.live_global.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    fn begin_invalidation(&self) {
+        self.gen.fetch_add(1, Ordering::AcqRel);
+        self.invalidations.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn remove_in(&self, idx: usize, doomed: &mut impl FnMut(u64, u64) -> bool) -> usize {
+        let set = &self.sets[idx];
+        let s = set.lock();
+        let mut n = 0;
+        for (i, w) in set.ways.iter().enumerate() {
+            let tag = w.tag.load(Ordering::Relaxed);
+            if tag & VALID != 0 && doomed(tag, w.vpn.load(Ordering::Relaxed)) {
+                w.tag.store(0, Ordering::Relaxed);
+                set.refs.fetch_and(!(1 << i), Ordering::Relaxed);
+                self.forget(tag);
+                n += 1;
+            }
+        }
+        set.unlock(s);
+        n
+    }
+
+    fn remove_all(&self, mut doomed: impl FnMut(u64, u64) -> bool) -> usize {
+        (0..self.sets.len()).map(|i| self.remove_in(i, &mut doomed)).sum()
+    }
+
+    /// Everything (`CMD_TLBI_NSNH_ALL`).
+    pub fn invalidate_all(&self) -> usize {
+        self.begin_invalidation();
+        self.remove_all(|_, _| true)
+    }
+
+    /// Every entry of `vmid` (`CMD_TLBI_NH_ALL`, `CMD_TLBI_S12_VMALL`).
+    pub fn invalidate_vmid(&self, vmid: u16) -> usize {
+        self.begin_invalidation();
+        self.remove_all(|t, _| tag_vmid(t) == vmid)
+    }
+
+    /// The non-global entries of `asid` in `vmid` (`CMD_TLBI_NH_ASID`).
+    pub fn invalidate_asid(&self, vmid: u16, asid: u16) -> usize {
+        self.begin_invalidation();
+        self.remove_all(|t, _| tag_vmid(t) == vmid && !tag_global(t) && tag_asid(t) == asid)
+    }
+
+    /// Entries of `vmid` that translate any address in `start..=last`:
+    /// of `asid` and global ones (`CMD_TLBI_NH_VA`), or of every ASID
+    /// (`asid` `None`: `CMD_TLBI_NH_VAA`).
+    pub fn invalidate_va(&self, vmid: u16, asid: Option<u16>, start: u64, last: u64) -> usize {
+        self.begin_invalidation();
+        let last = last.max(start);
+        let mut doomed = move |t: u64, vpn: u64| {
+            if tag_vmid(t) != vmid {
+                return false;
+            }
+            if let Some(a) = asid {
+                if !tag_global(t) && tag_asid(t) != a {
+                    return false;
+                }
+            }
+            let shift = CLASS_SHIFTS[tag_class(t)];
+            let first = vpn << shift;
+            let end_incl = first | ((1u64 << shift) - 1);
+            first <= last && end_incl >= start
+        };
+        // Few pages in every live size: probe their sets; else scan.
+        const PROBE_MAX: u64 = 16;
+        let small = CLASS_SHIFTS
+            .iter()
+            .enumerate()
+            .all(|(c, &s)| self.live[c].load(Ordering::Relaxed) == 0 || (last >> s) - (start >> s) < PROBE_MAX);
+        if !small {
+            return self.remove_all(doomed);
+        }
+        let mut n = 0;
+        for (c, &s) in CLASS_SHIFTS.iter().enumerate() {
+            if self.live[c].load(Ordering::Relaxed) == 0 {
+                continue;
+            }
+            for vpn in (start >> s)..=(last >> s) {
+                n += self.remove_in(self.index(vmid, c, vpn), &mut doomed);
+            }
+        }
+        n
+    }
+}
+
+#[derive(Default)]
+struct CdCacheInner {
+    cds: HashMap<u32, CdConfig>,
+    /// Level 1 CD descriptors by level 1 index.
+    l1: HashMap<u32, u64>,
+}
+
+/// The configuration cache of one nested domain (see the module doc).
+pub struct CdCache {
+    /// log2 of the CDs per level 2 table (0: linear table).
+    split: u32,
+    gen: AtomicU64,
+    inner: RwLock<CdCacheInner>,
+}
+
+impl core::fmt::Debug for CdCache {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        let (cds, l1) = self.len();
+        f.debug_struct("CdCache").field("cds", &cds).field("l1", &l1).finish()
+    }
+}
+
+impl CdCache {
+    /// An empty cache for a CD table whose leaf tables hold `2^split` CDs.
+    pub fn new(split: u32) -> Self {
+        CdCache { split, gen: AtomicU64::new(0), inner: RwLock::new(CdCacheInner::default()) }
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.gen.load(Ordering::Acquire)
+    }
+
+    pub fn lookup(&self, ssid: u32) -> Option<CdConfig> {
+        self.inner.read().unwrap_or_else(|e| e.into_inner()).cds.get(&ssid).copied()
+    }
+
+    pub fn lookup_l1(&self, l1_index: u32) -> Option<u64> {
+        self.inner.read().unwrap_or_else(|e| e.into_inner()).l1.get(&l1_index).copied()
+    }
+
+    /// Cache `cd` for `ssid` unless an invalidation happened since `gen`.
+    pub fn insert(&self, gen: u64, ssid: u32, cd: CdConfig) -> bool {
+        let mut inner = self.inner.write().unwrap_or_else(|e| e.into_inner());
+        if self.gen.load(Ordering::Acquire) != gen {
+            return false;
+        }
+        inner.cds.insert(ssid, cd);
+        true
+    }
+
+    pub fn insert_l1(&self, gen: u64, l1_index: u32, desc: u64) -> bool {
+        let mut inner = self.inner.write().unwrap_or_else(|e| e.into_inner());
+        if self.gen.load(Ordering::Acquire) != gen {
+            return false;
+        }
+        inner.l1.insert(l1_index, desc);
+        true
+    }
+
+    /// `CMD_CFGI_CD`: the CD of `ssid`, and with `leaf` false the level 1
+    /// descriptor leading to it.
+    pub fn invalidate(&self, ssid: u32, leaf: bool) {
+        self.gen.fetch_add(1, Ordering::AcqRel);
+        let mut inner = self.inner.write().unwrap_or_else(|e| e.into_inner());
+        inner.cds.remove(&ssid);
+        if !leaf && self.split != 0 {
+            inner.l1.remove(&(ssid >> self.split));
+        }
+    }
+
+    /// `CMD_CFGI_CD_ALL` (and STE-level invalidation).
+    pub fn invalidate_all(&self) {
+        self.gen.fetch_add(1, Ordering::AcqRel);
+        let mut inner = self.inner.write().unwrap_or_else(|e| e.into_inner());
+        inner.cds.clear();
+        inner.l1.clear();
+    }
+
+    /// `(CDs, level 1 descriptors)` cached.
+    pub fn len(&self) -> (usize, usize) {
+        let inner = self.inner.read().unwrap_or_else(|e| e.into_inner());
+        (inner.cds.len(), inner.l1.len())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == (0, 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const K4: u64 = 1 << 12;
+    const M2: u64 = 1 << 21;
+
+    #[test]
+    fn tags() {
+        let t = make_tag(0x1234, 0xabcd, false, 3);
+        assert_eq!((tag_vmid(t), tag_asid(t), tag_class(t), tag_global(t)), (0x1234, 0xabcd, 3, false));
+        let g = make_tag(0x1234, 0xabcd, true, 0);
+        assert_eq!((tag_asid(g), tag_global(g)), (0, true));
+        assert_eq!(class_of(21), Some(3));
+        assert_eq!(class_of(13), None);
+    }
+
+    #[test]
+    fn lookup_and_asid_matching() {
+        let tlb = Tlb::new();
+        let g = tlb.generation();
+        assert!(tlb.insert(g, 1, 7, false, 0x1234_5678, 12, 0xaaaa));
+        assert!(tlb.insert(g, 1, 7, false, 0x4000_0000, 21, 0xbbbb));
+        assert!(tlb.insert(g, 1, 0, true, 0x8000_0000, 12, 0xcccc));
+        assert!(!tlb.insert(g, 1, 7, false, 0, 13, 0));
+        assert_eq!(tlb.lookup(1, 7, 0x1234_5fff), Some(TlbHit { data: 0xaaaa, page_shift: 12 }));
+        assert_eq!(tlb.lookup(1, 8, 0x1234_5000), None);
+        assert_eq!(tlb.lookup(2, 7, 0x1234_5000), None);
+        assert_eq!(tlb.lookup(1, 7, 0x401f_ffff), Some(TlbHit { data: 0xbbbb, page_shift: 21 }));
+        // The global entry matches every ASID of its VMID.
+        assert_eq!(tlb.lookup(1, 99, 0x8000_0123).unwrap().data, 0xcccc);
+        assert_eq!(tlb.lookup(2, 99, 0x8000_0123), None);
+        assert_eq!(tlb.stats().entries, 3);
+        // A fill after an invalidation started is dropped.
+        let old = tlb.generation();
+        tlb.invalidate_vmid(55);
+        assert!(!tlb.insert(old, 1, 7, false, 0, 12, 1));
+    }
+
+    #[test]
+    fn invalidation_scopes() {
+        let fill = |tlb: &Tlb| {
+            let g = tlb.generation();
+            tlb.insert(g, 1, 7, false, 0x1000, 12, 1);
+            tlb.insert(g, 1, 8, false, 0x1000, 12, 2);
+            tlb.insert(g, 1, 0, true, 0x2000, 12, 3);
+            tlb.insert(g, 2, 7, false, 0x1000, 12, 4);
+            tlb.insert(g, 1, 7, false, M2, 21, 5);
+        };
+        let tlb = Tlb::new();
+        fill(&tlb);
+        // NH_ASID: non-global entries of ASID 7 in VMID 1.
+        assert_eq!(tlb.invalidate_asid(1, 7), 2);
+        assert!(tlb.lookup(1, 7, 0x1000).is_none());
+        assert!(tlb.lookup(1, 7, 0x2000).is_some());
+        assert!(tlb.lookup(2, 7, 0x1000).is_some());
+        tlb.invalidate_all();
+        fill(&tlb);
+        // NH_VA for ASID 8 at 0x1000..=0x2fff: its entry and the global one.
+        assert_eq!(tlb.invalidate_va(1, Some(8), 0x1000, 0x2fff), 2);
+        assert!(tlb.lookup(1, 7, 0x1000).is_some());
+        assert!(tlb.lookup(1, 8, 0x1000).is_none());
+        assert!(tlb.lookup(1, 5, 0x2000).is_none());
+        tlb.invalidate_all();
+        fill(&tlb);
+        // NH_VAA at one address inside the 2MB entry.
+        assert_eq!(tlb.invalidate_va(1, None, M2 + 5 * K4, M2 + 5 * K4), 1);
+        assert!(tlb.lookup(1, 7, M2).is_none());
+        assert_eq!(tlb.invalidate_va(1, None, 0, u64::MAX), 3);
+        assert!(tlb.lookup(2, 7, 0x1000).is_some());
+        assert_eq!(tlb.invalidate_vmid(2), 1);
+        assert_eq!(tlb.stats().entries, 0);
+        assert_eq!(tlb.stats().invalidations, 7);
+    }
+
+    #[test]
+    fn replacement_keeps_counts_right() {
+        let tlb = Tlb::with_sets(1);
+        assert_eq!(tlb.capacity(), 4);
+        let g = tlb.generation();
+        for i in 0..10u64 {
+            assert!(tlb.insert(g, 1, 1, i % 3 == 0, i << 12, 12, i));
+        }
+        let s = tlb.stats();
+        assert_eq!((s.entries, s.evictions, s.fills), (4, 6, 10));
+        assert_eq!(tlb.invalidate_all(), 4);
+        assert_eq!(tlb.live_global.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn cd_cache() {
+        let c = CdCache::new(6);
+        let cd = crate::smmuv3::ste::CdConfig {
+            tt: [None, None],
+            oas: 48,
+            asid: 3,
+            tbi: [false, false],
+            ha: false,
+            hd: false,
+            record: true,
+            abort: true,
+            stall: false,
+            mair: 0,
+        };
+        let g = c.generation();
+        assert!(c.insert(g, 65, cd));
+        assert!(c.insert_l1(g, 1, 0x5001));
+        assert_eq!(c.lookup(65), Some(cd));
+        assert_eq!(c.lookup_l1(1), Some(0x5001));
+        // Leaf: the CD only.
+        c.invalidate(65, true);
+        assert_eq!(c.len(), (0, 1));
+        assert!(!c.insert(g, 65, cd));
+        let g = c.generation();
+        c.insert(g, 65, cd);
+        // Not leaf: the level 1 descriptor of SSID 65 (index 1) too.
+        c.invalidate(65, false);
+        assert!(c.is_empty());
+        c.insert(c.generation(), 1, cd);
+        c.invalidate_all();
+        assert!(c.is_empty());
+        assert!(format!("{c:?}").contains("cds: 0"));
+    }
+}
