@@ -32,17 +32,26 @@
 //! function.
 
 pub mod cmd;
+pub mod device;
 pub mod domain;
 pub mod event;
 pub mod info;
 pub mod lpae;
+pub mod nested;
 pub mod regs;
 pub mod ste;
 pub mod tlb;
+pub mod viommu;
 pub mod walk;
 
+#[cfg(test)]
+pub(crate) mod testutil;
+
+pub use device::{SmmuDevice, SmmuIommu};
 pub use domain::{DomainConfig, SmmuDomain, Stage};
 pub use event::SmmuFault;
 pub use info::{DeviceProps, DriverParams, SmmuInfo};
+pub use nested::{SmmuNested, SmmuRequest};
 pub use regs::{SmmuRegs, SmmuRegsBuilder};
 pub use tlb::{CdCache, Tlb};
+pub use viommu::SmmuViommu;
