@@ -156,10 +156,7 @@ pub const fn tlbi_s12_vmall(vmid: u16) -> [u64; 2] {
 
 /// `CMD_CFGI_CD`.
 pub const fn cfgi_cd(sid: u32, ssid: u32, leaf: bool) -> [u64; 2] {
-    [
-        op::CFGI_CD as u64 | ((ssid as u64) << f::SSID_SHIFT) & f::SSID | (sid as u64) << f::SID_SHIFT,
-        leaf as u64,
-    ]
+    [op::CFGI_CD as u64 | ((ssid as u64) << f::SSID_SHIFT) & f::SSID | (sid as u64) << f::SID_SHIFT, leaf as u64]
 }
 
 /// `CMD_CFGI_CD_ALL`.

@@ -542,6 +542,12 @@ impl IommuDevice for SmmuDevice {
                 return Err(Errno::EINVAL);
             }
             let vmaster = viommu.zip(vsid).map(|(v, id)| (Arc::downgrade(&v), id));
+            // Installing the STE ends with CMD_CFGI_STE for the StreamID
+            // (`arm_smmu_write_ste()`), which drops whatever configuration
+            // the SMMU cached through it, CDs included (§4.3.2): nothing
+            // fetched while this domain served another stream, or before
+            // the guest changed its CD table, survives.
+            n.cd_cache().invalidate_all();
             *self.stream.rid() = RidState::Nested { cds: Arc::downgrade(n.cd_cache()), vmaster };
             return Ok(());
         }

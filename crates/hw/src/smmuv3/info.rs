@@ -523,10 +523,7 @@ impl SmmuInfo {
             "ASID {} bits, VMID {} bits, StreamID {} bits, SubstreamID {} bits",
             self.asid_bits, self.vmid_bits, self.sid_bits, self.ssid_bits
         ));
-        out.push(format!(
-            "queues: cmdq 2^{}, evtq 2^{}, priq 2^{}",
-            self.cmdq_shift, self.evtq_shift, self.priq_shift
-        ));
+        out.push(format!("queues: cmdq 2^{}, evtq 2^{}, priq 2^{}", self.cmdq_shift, self.evtq_shift, self.priq_shift));
         out.push(format!(
             "coherent (IOMMU_CAP_CACHE_COHERENCY): {}; dirty tracking (HTTU HD): {}; nesting: {}; S2FWB: {}",
             yes(self.coherent()),
@@ -605,13 +602,12 @@ mod tests {
         let i = SmmuInfo::new(r, DriverParams { coherent: Some(true), ..Default::default() }).unwrap();
         assert!(i.coherent() && i.dbm_capable());
         // And the other way round.
-        let i = SmmuInfo::new(SmmuRegs::default(), DriverParams { coherent: Some(false), ..Default::default() })
-            .unwrap();
+        let i =
+            SmmuInfo::new(SmmuRegs::default(), DriverParams { coherent: Some(false), ..Default::default() }).unwrap();
         assert!(!i.coherent());
         // Coherent but no MSI polling when disabled.
-        let i =
-            SmmuInfo::new(SmmuRegs::default(), DriverParams { disable_msipolling: true, ..Default::default() })
-                .unwrap();
+        let i = SmmuInfo::new(SmmuRegs::default(), DriverParams { disable_msipolling: true, ..Default::default() })
+            .unwrap();
         assert_eq!(i.options, 0);
     }
 
@@ -682,8 +678,8 @@ mod tests {
     #[test]
     fn arm_errata_by_iidr() {
         let b = SmmuRegs::builder();
-        let mmu700 = SmmuInfo::from_regs(b.iidr(IIDR_IMPLEMENTER_ARM, IIDR_PRODUCTID_ARM_MMU_700, 0, 0).build())
-            .unwrap();
+        let mmu700 =
+            SmmuInfo::from_regs(b.iidr(IIDR_IMPLEMENTER_ARM, IIDR_PRODUCTID_ARM_MMU_700, 0, 0).build()).unwrap();
         assert!(!mmu700.nesting());
         assert_ne!(mmu700.options & opt::CMDQ_FORCE_SYNC, 0);
         assert!(!mmu700.viommu_supported(true));

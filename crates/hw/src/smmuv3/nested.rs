@@ -250,9 +250,7 @@ impl SmmuNested {
         };
         let ssid = match req.ssid {
             Some(s) => {
-                let bad = table.cdmax == 0
-                    || s >> table.cdmax != 0
-                    || (s == 0 && table.dss == stef::S1DSS_SSID0);
+                let bad = table.cdmax == 0 || s >> table.cdmax != 0 || (s == 0 && table.dss == stef::S1DSS_SSID0);
                 if bad {
                     return Err(SmmuFault::config(id::C_BAD_SUBSTREAMID));
                 }
@@ -275,13 +273,15 @@ impl SmmuNested {
             if let Some(t) = Self::serve(hit, req) {
                 return Ok(t);
             }
+            // The entry exists but the access needs a walk (a permission
+            // the entry lacks, or the dirty-state update of a write).
+            self.unit.tlb().note_miss();
         }
         let gen = self.unit.tlb().generation();
         let s1req = S1Request { write: req.write, privileged: req.privileged };
         let w = walk_s1(tt, &cd, req.addr, s1req, |ipa| self.fetch(ipa, FaultClass::Ttd))?;
         let access = if req.write { Access::Write } else { Access::Read };
-        let (t2, s2_shift) =
-            self.s2().translate_leaf(w.out, access).map_err(|f| s2_fault(f, FaultClass::In, w.out))?;
+        let (t2, s2_shift) = self.s2().translate_leaf(w.out, access).map_err(|f| s2_fault(f, FaultClass::In, w.out))?;
         let shift = w.shift.min(s2_shift);
         let offset = req.addr & ((1u64 << shift) - 1);
         let mut data = (t2.paddr - offset) & tlbd::ADDR;
@@ -403,12 +403,12 @@ impl Domain for SmmuNested {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::device::IommuDevice;
     use crate::smmuv3::cmd;
     use crate::smmuv3::lpae::desc;
     use crate::smmuv3::regs::SmmuRegs;
     use crate::smmuv3::ste::stef;
     use crate::smmuv3::testutil::*;
-    use crate::device::IommuDevice;
 
     const K4: u64 = 1 << 12;
     const M2: u64 = 1 << 21;
@@ -540,7 +540,7 @@ mod tests {
         assert_eq!(n.translate_req(req(Some(0), 0x5000, false)).unwrap_err().id, id::C_BAD_SUBSTREAMID);
         assert_eq!(n.translate_req(req(Some(256), 0x5000, false)).unwrap_err().id, id::C_BAD_SUBSTREAMID);
         // CFGI_CD without Leaf drops the L1 descriptor too.
-        g.invalidate(&[cmd::cfgi_cd(VSID as u32, 65, false)]);
+        assert_eq!(g.invalidate(&[cmd::cfgi_cd(VSID as u32, 65, false)]), (Ok(()), 1));
         assert_eq!(n.cd_cache().len(), (0, 0));
         // S1DSS terminate / bypass for transactions without SubstreamID.
         g.dev.detached(0);
@@ -603,6 +603,14 @@ mod tests {
         g.write(S1_ROOT + idx0 * 8, top | desc::TYPE_TABLE);
         let e = n.translate_req(req(None, 0x100_0000_0000, false)).unwrap_err();
         assert_eq!((e.id, e.class, e.fetch_pa), (id::F_WALK_EABT, FaultClass::Ttd, HOST_BASE + RAM));
+        // R = 0: translation faults are not recorded (once CFGI_CD made
+        // the SMMU fetch the changed CD; `n` is still the stream's STE).
+        g.write(CD_TABLE, guest_cd_word0(5) & !crate::smmuv3::ste::cdf::R);
+        assert!(n.translate_req(req(None, 0x9000, false)).unwrap_err().record);
+        assert_eq!(g.invalidate(&[cmd::cfgi_cd(VSID as u32, 0, true)]), (Ok(()), 1));
+        assert!(!n.translate_req(req(None, 0x9000, false)).unwrap_err().record);
+        g.write(CD_TABLE, guest_cd_word0(5));
+        assert_eq!(g.invalidate(&[cmd::cfgi_cd(VSID as u32, 0, true)]), (Ok(()), 1));
         // A CD table whose CD cannot be fetched: F_CD_FETCH; outside
         // guest RAM: stage 2 fault with class CD.
         let cdf = g.attached([stef::V | stef::CFG_S1_TRANS << 1 | top, 0]);
@@ -623,10 +631,54 @@ mod tests {
             nested_of(&byp).translate_req(req(None, RAM, false)).unwrap_err(),
             SmmuFault::stage2(id::F_TRANSLATION, FaultClass::In, RAM)
         );
-        // R = 0: translation faults are not recorded.
+    }
+
+    #[test]
+    fn attaching_drops_the_configuration_cache() {
+        let (g, d) = simple();
+        d.translate(0x1234_5000, Access::Read).unwrap();
+        assert_eq!(nested_of(&d).cd_cache().len(), (1, 0));
+        // Another STE for the stream; the guest changes CD 0 meanwhile and
+        // its CFGI_CD reaches the STE installed then, not this domain.
+        let other = g.attached([stef::V | stef::CFG_BYPASS << 1, 0]);
         g.write(CD_TABLE, guest_cd_word0(5) & !crate::smmuv3::ste::cdf::R);
-        g.invalidate(&[cmd::cfgi_cd(VSID as u32, 0, true)]);
+        assert_eq!(g.invalidate(&[cmd::cfgi_cd(VSID as u32, 0, true)]), (Ok(()), 1));
+        assert_eq!(nested_of(&d).cd_cache().len(), (1, 0));
+        drop(other);
+        // Installing this domain's STE again (CFGI_STE) drops the old CD.
+        g.dev.check_attach(&*d).unwrap();
+        assert!(nested_of(&d).cd_cache().is_empty());
+        let n = nested_of(&d);
         assert!(!n.translate_req(req(None, 0x9000, false)).unwrap_err().record);
+    }
+
+    /// `arm_smmu_handle_event()` for a nested master: a recorded stage 1
+    /// fault goes to the vIOMMU's ARM_SMMUV3 queue with the virtual
+    /// StreamID; stage 2 faults, unrecorded ones and aborts do not.
+    #[test]
+    fn stage1_faults_reach_the_vsmmu_with_the_virtual_sid() {
+        use crate::smmuv3::event::{id, FaultClass};
+        use uiommufd_abi::IOMMU_VEVENTQ_TYPE_ARM_SMMUV3;
+        let (g, d) = simple();
+        let n = nested_of(&d);
+        let f = n.translate_req(req(None, 0x9000, true)).unwrap_err();
+        assert_eq!(g.dev.report_fault(&f, None, 0x9000, true, false), Ok(()));
+        let events = g.core.events.lock().unwrap().clone();
+        assert_eq!(events.len(), 1);
+        let (ty, bytes) = &events[0];
+        assert_eq!(*ty, IOMMU_VEVENTQ_TYPE_ARM_SMMUV3);
+        let w: Vec<u64> = bytes.chunks(8).map(|c| u64::from_le_bytes(c.try_into().unwrap())).collect();
+        // F_TRANSLATION, vSID 7 (not SID 0x10); a write of class IN.
+        assert_eq!(w, vec![0x10 | VSID << 32, 2 << 40, 0x9000, 0]);
+        // A stage 2 fault is the host's, not the guest's.
+        g.map_s1(S1_ROOT, 0xb000, 0x1_0000_0000, PAGE);
+        let f = n.translate_req(req(None, 0xb000, false)).unwrap_err();
+        assert_eq!((f.s2, f.class), (true, FaultClass::In));
+        assert_eq!(g.dev.report_fault(&f, None, 0xb000, false, false), Err(Errno::EOPNOTSUPP));
+        // Unrecorded faults and aborts write nothing.
+        assert_eq!(g.dev.report_fault(&SmmuFault::ABORT, None, 0, false, false), Ok(()));
+        assert_eq!(g.core.events.lock().unwrap().len(), 1);
+        assert_eq!(id::name(f.id), "F_TRANSLATION");
     }
 
     #[test]
@@ -649,7 +701,7 @@ mod tests {
         // A writable-clean guest page with HD: the read fill does not
         // allow writes to hit; a write walks again and then hits.
         g.write(CD_TABLE, guest_cd_word0(5) | crate::smmuv3::ste::cdf::HA | crate::smmuv3::ste::cdf::HD);
-        g.invalidate(&[cmd::cfgi_cd(VSID as u32, 0, true), cmd::tlbi_nh_all(0)]);
+        assert_eq!(g.invalidate(&[cmd::cfgi_cd(VSID as u32, 0, true), cmd::tlbi_nh_all(0)]), (Ok(()), 2));
         g.map_s1(S1_ROOT, 0xd000, 0x33_0000, PAGE | desc::AP_RDONLY | desc::DBM);
         d.translate(0xd000, Access::Read).unwrap();
         let misses = g.unit.tlb().stats().misses;

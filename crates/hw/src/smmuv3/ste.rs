@@ -446,7 +446,16 @@ mod tests {
 
     #[test]
     fn nested_ste_merge() {
-        let s2 = [stef::V | stef::CFG_S2_TRANS << 1, stef::SHCFG_INCOMING << 44 | stef::S2FWB, 0x55, 0x4000_0000, 0, 0, 0, 0];
+        let s2 = [
+            stef::V | stef::CFG_S2_TRANS << 1,
+            stef::SHCFG_INCOMING << 44 | stef::S2FWB,
+            0x55,
+            0x4000_0000,
+            0,
+            0,
+            0,
+            0,
+        ];
         let v = [stef::V | stef::CFG_S1_TRANS << 1 | 0x8000_0040 | 1 << 4 | 4 << 59, stef::S1DSS_BYPASS];
         let p = nested_ste(v, s2);
         assert_eq!(p[0], stef::V | 0b1110 | 0x8000_0040 | 1 << 4 | 4 << 59);

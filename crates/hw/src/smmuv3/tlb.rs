@@ -265,6 +265,13 @@ impl Tlb {
         None
     }
 
+    /// Count a hit that could not serve the access (a write through an
+    /// entry filled from a writable-clean leaf, which needs the dirty-state
+    /// update of a walk) as the miss it is.
+    pub fn note_miss(&self) {
+        self.misses.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Cache `data` for the `1 << page_shift` page holding `va` unless an
     /// invalidation happened since `gen` was read (or the size is not one
     /// of [`CLASS_SHIFTS`]).

@@ -63,7 +63,11 @@ impl core::fmt::Debug for SmmuViommu {
 impl SmmuViommu {
     /// `arm_vsmmu_init()`: `EINVAL` unless `parent` is a stage 2 domain of
     /// `unit`.
-    pub fn init(unit: &Arc<SmmuIommu>, parent: &Arc<dyn Domain>, core: Weak<dyn ViommuCore>) -> Result<Arc<Self>, Errno> {
+    pub fn init(
+        unit: &Arc<SmmuIommu>,
+        parent: &Arc<dyn Domain>,
+        core: Weak<dyn ViommuCore>,
+    ) -> Result<Arc<Self>, Errno> {
         let s2 = parent.as_any().downcast_ref::<SmmuDomain>().ok_or(Errno::EINVAL)?;
         if s2.unit() != unit.id() {
             return Err(Errno::EINVAL);
