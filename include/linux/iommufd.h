@@ -277,6 +277,10 @@ struct iommu_hw_info_vtd {
 	__aligned_u64 ecap_reg;
 };
 
+enum iommu_hw_info_arm_smmuv3_flags {
+	IOMMU_HW_INFO_ARM_SMMUV3_ERRATA_REPEAT_TLBI_CFGI = 1 << 0,
+};
+
 /* ARM SMMUv3: raw IDR0..5, IIDR and AIDR registers. */
 struct iommu_hw_info_arm_smmuv3 {
 	__u32 flags;

@@ -272,6 +272,10 @@ abi_struct! {
 /// `enum iommu_hw_info_vtd_flags`.
 pub const IOMMU_HW_INFO_VTD_ERRATA_772415_SPR17: u32 = 1 << 0;
 
+/// `enum iommu_hw_info_arm_smmuv3_flags` (Linux 7.3; not in 6.12): user space must issue
+/// TLBI/CFGI + CMD_SYNC twice (erratum T264-SMMU-3).
+pub const IOMMU_HW_INFO_ARM_SMMUV3_ERRATA_REPEAT_TLBI_CFGI: u32 = 1 << 0;
+
 abi_struct! {
     /// `struct iommu_hw_info_vtd`: raw Intel VT-d capability registers.
     IommuHwInfoVtd, 24 {
