@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
- * uiommufd: the iommufd user API (/dev/iommu), matching Linux v7.1.
+ * uiommufd: the iommufd user API (/dev/iommu), matching Linux v7.3.
  *
  * Written for the uiommufd project. Names, values and layouts are those of
  * the kernel uAPI so that programs written against the kernel's header build
@@ -52,6 +52,7 @@ enum {
 	IOMMUFD_CMD_IOAS_CHANGE_PROCESS = 0x92,
 	IOMMUFD_CMD_VEVENTQ_ALLOC = 0x93,
 	IOMMUFD_CMD_HW_QUEUE_ALLOC = 0x94,
+	IOMMUFD_CMD_IOAS_NOIOMMU_GET_PA = 0x95,
 };
 
 /* Destroy any object (IOAS, HWPT, vIOMMU, ...) by its ID. */
@@ -127,7 +128,26 @@ struct iommu_ioas_map {
 };
 #define IOMMU_IOAS_MAP _IO(IOMMUFD_TYPE, IOMMUFD_CMD_IOAS_MAP)
 
-/* Like IOAS_MAP, but the memory is bytes [start, start + length) of fd. */
+/*
+ * Where mapped IOVA iova lands in physical memory: out_phys, and in length
+ * (on input the most to look at, non-zero) how many bytes from there are
+ * physically contiguous. For devices that DMA without an IOMMU (noiommu).
+ */
+struct iommu_ioas_noiommu_get_pa {
+	__u32 size;
+	__u32 flags;
+	__u32 ioas_id;
+	__u32 __reserved;
+	__aligned_u64 iova;
+	__aligned_u64 length;
+	__aligned_u64 out_phys;
+};
+#define IOMMU_IOAS_NOIOMMU_GET_PA _IO(IOMMUFD_TYPE, IOMMUFD_CMD_IOAS_NOIOMMU_GET_PA)
+
+/*
+ * Like IOAS_MAP, but the memory is bytes [start, start + length) of fd: a
+ * memfd, or a dma-buf exported by VFIO_DEVICE_FEATURE_DMA_BUF (one range).
+ */
 struct iommu_ioas_map_file {
 	__u32 size;
 	__u32 flags;

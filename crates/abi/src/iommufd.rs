@@ -1,4 +1,4 @@
-//! `include/uapi/linux/iommufd.h` (Linux v7.1): commands, structs, flags.
+//! `include/uapi/linux/iommufd.h` (Linux v7.3): commands, structs, flags.
 //!
 //! Every command is `_IO(IOMMUFD_TYPE, IOMMUFD_CMD_*)`; the struct passed
 //! starts with `u32 size` and may grow at its end (the dispatcher implements
@@ -43,6 +43,7 @@ pub const IOMMUFD_CMD_VDEVICE_ALLOC: u32 = 0x91;
 pub const IOMMUFD_CMD_IOAS_CHANGE_PROCESS: u32 = 0x92;
 pub const IOMMUFD_CMD_VEVENTQ_ALLOC: u32 = 0x93;
 pub const IOMMUFD_CMD_HW_QUEUE_ALLOC: u32 = 0x94;
+pub const IOMMUFD_CMD_IOAS_NOIOMMU_GET_PA: u32 = 0x95;
 
 pub const IOMMU_DESTROY: u32 = io(IOMMUFD_TYPE, IOMMUFD_CMD_DESTROY);
 pub const IOMMU_IOAS_ALLOC: u32 = io(IOMMUFD_TYPE, IOMMUFD_CMD_IOAS_ALLOC);
@@ -65,6 +66,7 @@ pub const IOMMU_VDEVICE_ALLOC: u32 = io(IOMMUFD_TYPE, IOMMUFD_CMD_VDEVICE_ALLOC)
 pub const IOMMU_IOAS_CHANGE_PROCESS: u32 = io(IOMMUFD_TYPE, IOMMUFD_CMD_IOAS_CHANGE_PROCESS);
 pub const IOMMU_VEVENTQ_ALLOC: u32 = io(IOMMUFD_TYPE, IOMMUFD_CMD_VEVENTQ_ALLOC);
 pub const IOMMU_HW_QUEUE_ALLOC: u32 = io(IOMMUFD_TYPE, IOMMUFD_CMD_HW_QUEUE_ALLOC);
+pub const IOMMU_IOAS_NOIOMMU_GET_PA: u32 = io(IOMMUFD_TYPE, IOMMUFD_CMD_IOAS_NOIOMMU_GET_PA);
 
 /// `struct iommu_destroy`.
 #[repr(C)]
@@ -163,7 +165,21 @@ abi_struct! {
         @32 iova: u64,
     }
 
-    /// `struct iommu_ioas_map_file`: map a range of a file (memfd) into an IOAS.
+    /// `struct iommu_ioas_noiommu_get_pa`: the physical address behind a mapped
+    /// IOVA and how many bytes from it are physically contiguous (at most the
+    /// input `length`); for devices doing DMA without an IOMMU.
+    IommuIoasNoiommuGetPa, 40 {
+        @0 size: u32,
+        @4 flags: u32,
+        @8 ioas_id: u32,
+        @12 __reserved: u32,
+        @16 iova: u64,
+        @24 length: u64,
+        @32 out_phys: u64,
+    }
+
+    /// `struct iommu_ioas_map_file`: map a range of a file (a memfd, or a
+    /// single-range VFIO dma-buf) into an IOAS.
     IommuIoasMapFile, 40 {
         @0 size: u32,
         @4 flags: u32,

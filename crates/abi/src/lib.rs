@@ -1,7 +1,7 @@
 //! The iommufd user ABI, byte for byte.
 //!
 //! This crate holds only facts: `#[repr(C)]` structs whose layout equals the
-//! kernel's uAPI (`include/uapi/linux/iommufd.h` of Linux v7.1, the selftest
+//! kernel's uAPI (`include/uapi/linux/iommufd.h` of Linux v7.3, the selftest
 //! mock ABI of `drivers/iommu/iommufd/iommufd_test.h`, and the VFIO pieces
 //! iommufd serves), ioctl numbers, flag bits and errno values. It has no
 //! logic and no `unsafe`: every struct derives zerocopy's traits so that

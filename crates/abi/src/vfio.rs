@@ -292,6 +292,30 @@ pub const VFIO_DEVICE_FEATURE_GET: u32 = 1 << 16;
 pub const VFIO_DEVICE_FEATURE_SET: u32 = 1 << 17;
 pub const VFIO_DEVICE_FEATURE_PROBE: u32 = 1 << 18;
 
+/// Feature index (`flags & VFIO_DEVICE_FEATURE_MASK`): with
+/// [`VFIO_DEVICE_FEATURE_GET`], export ranges of a region (a BAR) as a
+/// dma-buf; the ioctl returns the new descriptor. Data:
+/// [`VfioDeviceFeatureDmaBuf`] followed by `nr_ranges`
+/// [`VfioRegionDmaRange`].
+pub const VFIO_DEVICE_FEATURE_DMA_BUF: u32 = 11;
+
+abi_struct! {
+    /// `struct vfio_region_dma_range`: one slice of the region.
+    VfioRegionDmaRange, 16 {
+        @0 offset: u64,
+        @8 length: u64,
+    }
+
+    /// `struct vfio_device_feature_dma_buf` without its trailing
+    /// `dma_ranges[]`.
+    VfioDeviceFeatureDmaBuf, 16 {
+        @0 region_index: u32,
+        @4 open_flags: u32,
+        @8 flags: u32,
+        @12 nr_ranges: u32,
+    }
+}
+
 abi_struct! {
     /// `struct vfio_iommu_type1_info`: reply of [`VFIO_IOMMU_GET_INFO`].
     VfioIommuType1Info, 24 {

@@ -4,12 +4,15 @@
 //! is compiled against
 //! 1. our headers in `include/` (every item must exist and match) plus the
 //!    system `<linux/vfio.h>` for the VFIO items it has;
-//! 2. the Linux 6.12 uAPI (`include/uapi/linux/{iommufd,vfio}.h` and the 6.12
-//!    `iommufd_test.h`), taken from `/usr/src/linux-source-6.12.tar.xz` or the
-//!    tree named by `UIOMMUFD_KSRC`, for the items that version has;
+//! 2. the uAPI of Linux 6.12 and of Linux 7.3 (`include/uapi/linux/{iommufd,
+//!    vfio}.h` and `iommufd_test.h`), for the items each version has; every
+//!    name 7.3's iommufd.h and mock ABI declare must be one of our items;
 //!
-//! and the 6.12 iommufd selftests are compiled against our headers.
-//! Without a C compiler or kernel source the affected parts are skipped.
+//! and both releases' iommufd selftests are compiled against our headers.
+//! The trees come from `UIOMMUFD_KSRC` / `UIOMMUFD_KSRC_7_3`, from what
+//! `scripts/conformance.sh` fetched under `build/conformance/`, or from
+//! Debian's tarballs in `/usr/src`. Without a C compiler or a tree the
+//! affected parts are skipped, unless `UIOMMUFD_REQUIRE_KSRC=1`.
 
 use core::mem::{offset_of, size_of};
 use std::fs;
@@ -81,6 +84,9 @@ fn iommufd_items() -> Vec<Item> {
         }
         "struct iommu_ioas_map" => IommuIoasMap {
             size, flags, ioas_id, __reserved, user_va, length, iova
+        }
+        "struct iommu_ioas_noiommu_get_pa" => IommuIoasNoiommuGetPa {
+            size, flags, ioas_id, __reserved, iova, length, out_phys
         }
         "struct iommu_ioas_map_file" => IommuIoasMapFile {
             size, flags, ioas_id, fd, start, length, iova
@@ -159,13 +165,13 @@ fn iommufd_items() -> Vec<Item> {
         IOMMUFD_CMD_HWPT_GET_DIRTY_BITMAP, IOMMUFD_CMD_HWPT_INVALIDATE,
         IOMMUFD_CMD_FAULT_QUEUE_ALLOC, IOMMUFD_CMD_IOAS_MAP_FILE, IOMMUFD_CMD_VIOMMU_ALLOC,
         IOMMUFD_CMD_VDEVICE_ALLOC, IOMMUFD_CMD_IOAS_CHANGE_PROCESS, IOMMUFD_CMD_VEVENTQ_ALLOC,
-        IOMMUFD_CMD_HW_QUEUE_ALLOC,
+        IOMMUFD_CMD_HW_QUEUE_ALLOC, IOMMUFD_CMD_IOAS_NOIOMMU_GET_PA,
         IOMMU_DESTROY, IOMMU_IOAS_ALLOC, IOMMU_IOAS_ALLOW_IOVAS, IOMMU_IOAS_COPY,
         IOMMU_IOAS_IOVA_RANGES, IOMMU_IOAS_MAP, IOMMU_IOAS_UNMAP, IOMMU_OPTION, IOMMU_VFIO_IOAS,
         IOMMU_HWPT_ALLOC, IOMMU_GET_HW_INFO, IOMMU_HWPT_SET_DIRTY_TRACKING,
         IOMMU_HWPT_GET_DIRTY_BITMAP, IOMMU_HWPT_INVALIDATE, IOMMU_FAULT_QUEUE_ALLOC,
         IOMMU_IOAS_MAP_FILE, IOMMU_VIOMMU_ALLOC, IOMMU_VDEVICE_ALLOC, IOMMU_IOAS_CHANGE_PROCESS,
-        IOMMU_VEVENTQ_ALLOC, IOMMU_HW_QUEUE_ALLOC,
+        IOMMU_VEVENTQ_ALLOC, IOMMU_HW_QUEUE_ALLOC, IOMMU_IOAS_NOIOMMU_GET_PA,
         IOMMU_IOAS_MAP_FIXED_IOVA, IOMMU_IOAS_MAP_WRITEABLE, IOMMU_IOAS_MAP_READABLE,
         IOMMU_OPTION_RLIMIT_MODE, IOMMU_OPTION_HUGE_PAGES, IOMMU_OPTION_OP_SET,
         IOMMU_OPTION_OP_GET, IOMMU_VFIO_IOAS_GET, IOMMU_VFIO_IOAS_SET, IOMMU_VFIO_IOAS_CLEAR,
@@ -175,6 +181,7 @@ fn iommufd_items() -> Vec<Item> {
         IOMMU_HWPT_DATA_AMD_GUEST, IOMMU_HW_INFO_VTD_ERRATA_772415_SPR17,
         IOMMU_HW_INFO_TYPE_NONE, IOMMU_HW_INFO_TYPE_DEFAULT, IOMMU_HW_INFO_TYPE_INTEL_VTD,
         IOMMU_HW_INFO_TYPE_ARM_SMMUV3, IOMMU_HW_INFO_TYPE_TEGRA241_CMDQV, IOMMU_HW_INFO_TYPE_AMD,
+        IOMMU_HW_INFO_ARM_SMMUV3_ERRATA_REPEAT_TLBI_CFGI,
         IOMMU_HW_CAP_DIRTY_TRACKING, IOMMU_HW_CAP_PCI_PASID_EXEC, IOMMU_HW_CAP_PCI_PASID_PRIV,
         IOMMU_HW_CAP_PCI_ATS_NOT_SUPPORTED, IOMMU_HW_INFO_FLAG_INPUT_TYPE,
         IOMMU_HWPT_DIRTY_TRACKING_ENABLE, IOMMU_HWPT_GET_DIRTY_BITMAP_NO_CLEAR,
@@ -304,6 +311,11 @@ fn vfio_items() -> Vec<Item> {
             argsz, flags, pt_id, pasid
         }
         "struct vfio_device_detach_iommufd_pt" => VfioDeviceDetachIommufdPt { argsz, flags, pasid }
+        "struct vfio_device_feature" => VfioDeviceFeature { argsz, flags }
+        "struct vfio_region_dma_range" => VfioRegionDmaRange { offset, length }
+        "struct vfio_device_feature_dma_buf" => VfioDeviceFeatureDmaBuf {
+            region_index, open_flags, flags, nr_ranges
+        }
     }
     consts! { v:
         VFIO_TYPE, VFIO_BASE, VFIO_API_VERSION, VFIO_TYPE1_IOMMU, VFIO_SPAPR_TCE_IOMMU,
@@ -335,6 +347,8 @@ fn vfio_items() -> Vec<Item> {
         VFIO_DMA_UNMAP_FLAG_VADDR, VFIO_IOMMU_DIRTY_PAGES_FLAG_START,
         VFIO_IOMMU_DIRTY_PAGES_FLAG_STOP, VFIO_IOMMU_DIRTY_PAGES_FLAG_GET_BITMAP,
         VFIO_DEVICE_BIND_FLAG_TOKEN, VFIO_DEVICE_ATTACH_PASID, VFIO_DEVICE_DETACH_PASID,
+        VFIO_DEVICE_FEATURE, VFIO_DEVICE_FEATURE_MASK, VFIO_DEVICE_FEATURE_GET,
+        VFIO_DEVICE_FEATURE_SET, VFIO_DEVICE_FEATURE_PROBE, VFIO_DEVICE_FEATURE_DMA_BUF,
     }
     v
 }
@@ -512,15 +526,65 @@ const KFILES: &[&str] = &[
     "tools/testing/selftests/kselftest_harness.h",
 ];
 
-/// Root of a Linux 6.12 tree: `UIOMMUFD_KSRC`, or the needed files unpacked
-/// from the Debian linux-source tarball into `dir`.
-fn kernel_tree(dir: &Path) -> Option<PathBuf> {
-    if let Some(root) = std::env::var_os("UIOMMUFD_KSRC") {
+/// A kernel release whose uAPI we check against.
+struct Release {
+    name: &'static str,
+    /// Environment variable naming an unpacked tree of it.
+    env: &'static str,
+    /// Debian's source tarball of it.
+    tarball: &'static str,
+    /// The tree `scripts/conformance.sh` unpacks (relative to the repo).
+    fetched: &'static str,
+    /// Extra compiler arguments its selftests need.
+    selftest_flags: &'static [&'static str],
+}
+
+const LINUX_6_12: Release = Release {
+    name: "6.12",
+    env: "UIOMMUFD_KSRC",
+    tarball: "/usr/src/linux-source-6.12.tar.xz",
+    fetched: "build/conformance/6.12/src",
+    selftest_flags: &[],
+};
+
+const LINUX_7_3: Release = Release {
+    name: "7.3",
+    env: "UIOMMUFD_KSRC_7_3",
+    tarball: "/usr/src/linux-source-7.3.tar.xz",
+    fetched: "build/conformance/7.3/src",
+    // Its harness is included as "kselftest_harness.h" and uses
+    // <sys/capability.h> and MFD_HUGETLB.
+    selftest_flags: &["-I", ".."],
+};
+
+/// Whether a missing kernel tree fails the test (scripts/test.sh sets
+/// `UIOMMUFD_REQUIRE_KSRC=1` after fetching both) or only skips it.
+fn require_ksrc() -> bool {
+    std::env::var_os("UIOMMUFD_REQUIRE_KSRC").is_some_and(|v| v == "1")
+}
+
+/// Root of a tree of `rel`: its environment variable, the tree the
+/// conformance script fetched, or the needed files unpacked from the Debian
+/// tarball into `dir`.
+fn kernel_tree(rel: &Release, dir: &Path) -> Option<PathBuf> {
+    if let Some(root) = std::env::var_os(rel.env) {
         return Some(PathBuf::from(root));
     }
-    let tarball = Path::new("/usr/src/linux-source-6.12.tar.xz");
+    let fetched = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").join(rel.fetched);
+    if KFILES.iter().all(|f| fetched.join(f).is_file()) {
+        return Some(fetched);
+    }
+    let tarball = Path::new(rel.tarball);
     if !tarball.exists() {
-        eprintln!("c_headers: {} absent and UIOMMUFD_KSRC unset, skipping", tarball.display());
+        let why = format!(
+            "Linux {}: no {}, no {} and {} unset (scripts/conformance.sh --fetch-only fetches it)",
+            rel.name,
+            fetched.display(),
+            tarball.display(),
+            rel.env
+        );
+        assert!(!require_ksrc(), "c_headers: {why}");
+        eprintln!("c_headers: {why}, skipping");
         return None;
     }
     fs::create_dir_all(dir).unwrap();
@@ -543,14 +607,42 @@ fn copy(from: &Path, to: &Path) {
     fs::copy(from, to).unwrap_or_else(|e| panic!("{}: {e}", from.display()));
 }
 
-#[test]
-fn kernel_6_12_headers_and_selftests() {
+/// The names `text` (comment-stripped C) declares: `#define`d macros,
+/// enumerators and struct tags.
+fn declared_names(text: &str) -> Vec<String> {
+    let ident = |s: &str| -> String { s.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect() };
+    let mut names = Vec::new();
+    let mut in_enum = false;
+    for line in text.lines().map(str::trim) {
+        if let Some(rest) = line.strip_prefix("#define") {
+            names.push(ident(rest.trim_start()));
+        } else if line.starts_with("enum") && line.ends_with('{') {
+            in_enum = true;
+        } else if in_enum && line.starts_with('}') {
+            in_enum = false;
+        } else if in_enum && line.starts_with(|c: char| c.is_ascii_uppercase()) {
+            names.push(ident(line));
+        } else if let Some(tag) = line.strip_prefix("struct ").filter(|l| l.ends_with('{')).map(ident) {
+            // Anonymous members of unions have no tag.
+            if !tag.is_empty() {
+                names.push(format!("struct {tag}"));
+            }
+        }
+    }
+    names.retain(|n| !n.is_empty() && !n.starts_with('_'));
+    names
+}
+
+/// Check every item of ours that `rel`'s headers have against them with a
+/// compiled probe, that the headers declare nothing we lack (`complete`),
+/// and that `rel`'s selftests build against our headers.
+fn check_release(rel: &Release, complete: bool) {
     if !have_cc() {
         return;
     }
-    let scratch = Scratch::new("kernel");
+    let scratch = Scratch::new(&format!("kernel-{}", rel.name));
     let dir = &scratch.0;
-    let Some(root) = kernel_tree(&dir.join("src")) else {
+    let Some(root) = kernel_tree(rel, &dir.join("src")) else {
         return;
     };
     let read = |rel: &str| strip_comments(&fs::read_to_string(root.join(rel)).unwrap());
@@ -568,33 +660,70 @@ fn kernel_6_12_headers_and_selftests() {
     have.extend(present_in(&vfio, &read(KFILES[1])));
     let n = probe(
         dir,
-        // Raw (not installed) uAPI headers still carry the kernel's __user.
-        "#define __user\n#include <linux/iommufd.h>\n#include <linux/vfio.h>\n\
+        // Raw (not installed) uAPI headers still carry the kernel's __user
+        // and __counted_by annotations.
+        "#define __user\n#define __counted_by(n)\n#include <linux/iommufd.h>\n#include <linux/vfio.h>\n\
          #include <ktest/iommufd_test.h>",
         &[&kinc],
         &have,
     );
     let total = iommufd.len() + test.len() + vfio.len();
-    eprintln!("c_headers: {n} of {total} items exist in Linux 6.12 and match");
-    assert!(n > 250, "suspiciously few 6.12 items matched: {n}");
+    eprintln!("c_headers: {n} of {total} items exist in Linux {} and match", rel.name);
+    assert!(n > 250, "suspiciously few {} items matched: {n}", rel.name);
 
-    // The 6.12 selftests must build against our headers; they include the
-    // mock ABI by a relative path, where our copy goes.
+    if complete {
+        // Every name of its iommufd.h and mock ABI is one of our items.
+        let ours: Vec<&str> = iommufd.iter().chain(&test).map(|it| it.group).collect();
+        let mut missing = Vec::new();
+        for f in [KFILES[0], KFILES[2]] {
+            for name in declared_names(&read(f)) {
+                let covered = ours.contains(&name.as_str())
+                    // Guards, the ioctl type and the struct the TC() items cover.
+                    || name.ends_with("_H")
+                    || name == "IOMMU_TEST_CMD" && ours.contains(&"IOMMU_TEST_OP_ADD_RESERVED")
+                    || name.starts_with("struct iommu_") && ours.iter().any(|o| o.starts_with("TC("));
+                if !covered {
+                    missing.push(format!("{f}: {name}"));
+                }
+            }
+        }
+        assert!(missing.is_empty(), "Linux {} declares what we do not check:\n{}", rel.name, missing.join("\n"));
+    }
+
+    // Its selftests must build against our headers; they include the mock
+    // ABI by a relative path, where our copy goes.
     let st = dir.join("st");
     for f in &KFILES[3..] {
         copy(&root.join(f), &st.join(f));
     }
     copy(&repo_include().join("uiommufd/iommufd_test.h"), &st.join(KFILES[2]));
     let sdir = st.join("tools/testing/selftests/iommu");
+    let needs_libcap = read(KFILES[3]).contains("sys/capability.h");
+    if needs_libcap && !Path::new("/usr/include/sys/capability.h").exists() {
+        assert!(!require_ksrc(), "c_headers: Linux {}'s selftests need libcap-dev", rel.name);
+        eprintln!("c_headers: no <sys/capability.h> (libcap-dev), not building Linux {}'s selftests", rel.name);
+        return;
+    }
     for f in ["iommufd.c", "iommufd_fail_nth.c"] {
         let out = Command::new("cc")
             .args(["-fsyntax-only", "-std=gnu11", "-D_GNU_SOURCE", "-Wall", "-Wno-unused-function"])
             .arg("-I")
             .arg(repo_include())
+            .args(rel.selftest_flags)
             .arg(f)
             .current_dir(&sdir)
             .output()
             .unwrap();
-        assert!(out.status.success(), "{f}:\n{}", String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "Linux {} {f}:\n{}", rel.name, String::from_utf8_lossy(&out.stderr));
     }
+}
+
+#[test]
+fn kernel_6_12_headers_and_selftests() {
+    check_release(&LINUX_6_12, false);
+}
+
+#[test]
+fn kernel_7_3_headers_and_selftests() {
+    check_release(&LINUX_7_3, true);
 }
