@@ -1,0 +1,59 @@
+//! Capability changes.
+
+use libc::{c_int, c_void};
+
+use crate::real;
+
+// Capability changes: the engine caches the effective set (every map asks
+// for CAP_IPC_LOCK, as the kernel's `capable()` does); these calls may
+// change it, so the cache is dropped after each.
+
+/// # Safety
+/// C `capset(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn capset(hdr: *mut c_void, data: *const c_void) -> c_int {
+    // SAFETY: forwarded per capset(2).
+    let rc = unsafe { real::capset(hdr, data) };
+    uiommufd_memory::sys::capabilities_changed();
+    rc
+}
+
+/// # Safety
+/// C `setuid(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn setuid(uid: libc::uid_t) -> c_int {
+    // SAFETY: forwarded per setuid(2).
+    let rc = unsafe { real::setuid(uid) };
+    uiommufd_memory::sys::capabilities_changed();
+    rc
+}
+
+/// # Safety
+/// C `seteuid(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn seteuid(uid: libc::uid_t) -> c_int {
+    // SAFETY: forwarded per seteuid(2).
+    let rc = unsafe { real::seteuid(uid) };
+    uiommufd_memory::sys::capabilities_changed();
+    rc
+}
+
+/// # Safety
+/// C `setreuid(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn setreuid(ruid: libc::uid_t, euid: libc::uid_t) -> c_int {
+    // SAFETY: forwarded per setreuid(2).
+    let rc = unsafe { real::setreuid(ruid, euid) };
+    uiommufd_memory::sys::capabilities_changed();
+    rc
+}
+
+/// # Safety
+/// C `setresuid(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn setresuid(ruid: libc::uid_t, euid: libc::uid_t, suid: libc::uid_t) -> c_int {
+    // SAFETY: forwarded per setresuid(2).
+    let rc = unsafe { real::setresuid(ruid, euid, suid) };
+    uiommufd_memory::sys::capabilities_changed();
+    rc
+}
