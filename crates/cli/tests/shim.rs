@@ -642,6 +642,17 @@ fn vfio_device_errnos() {
     run(uiommufd_run(&["--device", "dma-engine"], &[&exe])).assert_c_passed();
 }
 
+/// Every libc read and write entry point on served descriptors (issue
+/// 10): the fortified `__read_chk`/`__pread_chk`/`__pread64_chk`, the
+/// vector calls and their 64 and v2 forms, lseek, on a VFIO device (config
+/// space, BAR0 positioned and at the file position), a fault queue and a
+/// vEVENTQ, bytes checked, with the kernel's errnos.
+#[test]
+fn io_family_on_served_descriptors() {
+    let exe = c_program!("io_family");
+    run(uiommufd_run(&["--device", "dma-engine"], &[&exe])).assert_c_passed();
+}
+
 /// The classic VFIO type1 user (Documentation/driver-api/vfio.rst): the
 /// group from sysfs, /dev/vfio/vfio and /dev/vfio/$GROUP, SET_CONTAINER,
 /// SET_IOMMU, MAP_DMA, GET_DEVICE_FD, BAR0 mapped and the DMA engine

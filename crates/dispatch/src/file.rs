@@ -114,6 +114,17 @@ pub trait FdHost: Sync {
     }
 }
 
+/// See [`File::io_caps`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IoCaps {
+    /// The file has a read method.
+    pub read: bool,
+    /// The file has a write method.
+    pub write: bool,
+    /// `pread`/`pwrite` and their vector forms are allowed.
+    pub positioned: bool,
+}
+
 /// An open file served by uiommufd.
 pub enum File {
     /// `/dev/iommu` or `/dev/vfio/vfio`: an iommufd context.
@@ -276,6 +287,23 @@ impl File {
             File::Veventq(f) => Some(f.veventq.readiness_fd()),
             _ => None,
         }
+    }
+
+    /// What the VFS lets reach this file's read and write methods:
+    /// `FMODE_CAN_READ`/`FMODE_CAN_WRITE` (the file has the method; `EINVAL`
+    /// without) and `FMODE_PREAD`/`FMODE_PWRITE` (positioned calls are
+    /// allowed; `ESPIPE` without). The queues are anonymous-inode files
+    /// made without `FMODE_PREAD` (eventq.c); a device descriptor from a
+    /// group gets `FMODE_PREAD | FMODE_PWRITE` explicitly (group.c); the
+    /// character devices get them at open.
+    pub fn io_caps(&self) -> IoCaps {
+        let (read, write) = match self {
+            File::Fault(_) | File::VfioDevice(_) | File::FailNth(_) => (true, true),
+            File::Veventq(_) => (true, false),
+            File::Iommufd(_) | File::SelftestAccess(_) | File::VfioGroup(_) => (false, false),
+        };
+        let positioned = !matches!(self, File::Fault(_) | File::Veventq(_) | File::SelftestAccess(_));
+        IoCaps { read, write, positioned }
     }
 
     /// `read(2)` of `count` bytes into user memory at `buf`, at file

@@ -32,7 +32,7 @@ pub mod vfio_device;
 pub mod vfio_group;
 mod viommu;
 
-pub use file::{FdHost, File, LocalFds, Node};
+pub use file::{FdHost, File, IoCaps, LocalFds, Node};
 pub use table::{op_name, OPS};
 pub use ucmd::Ucmd;
 pub use vfio_device::{VfioDevice, VfioDeviceFile};
