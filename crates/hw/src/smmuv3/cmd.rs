@@ -60,7 +60,9 @@ pub mod f {
     pub const NUM_SHIFT: u32 = 12;
     pub const NUM: u64 = genmask(16, 12);
     pub const SCALE_SHIFT: u32 = 20;
-    pub const SCALE: u64 = genmask(24, 20);
+    /// Bits 25:20 (`CMDQ_TLBI_0_SCALE`); bit 25 (SCALE above 31) is RES0
+    /// without `IDR5.DS`.
+    pub const SCALE: u64 = genmask(25, 20);
     pub const VMID_SHIFT: u32 = 32;
     pub const VMID: u64 = genmask(47, 32);
     pub const ASID_SHIFT: u32 = 48;
@@ -75,6 +77,8 @@ pub mod f {
     pub const IPA: u64 = genmask(51, 12);
     /// ATC_INV.
     pub const ATC_GLOBAL: u64 = 1 << 9;
+    /// `ATC_INV_SIZE_ALL`: a Size of 52 invalidates everything.
+    pub const ATC_SIZE_ALL: u64 = 52;
     pub const ATC_SIZE: u64 = 0x3f;
     pub const ATC_ADDR: u64 = genmask(63, 12);
 }
@@ -213,7 +217,7 @@ pub fn tlbi_range(cmd: &[u64; 2], info: &SmmuInfo) -> TlbiRange {
     let num = ((cmd[0] & f::NUM) >> f::NUM_SHIFT) + 1;
     let scale = (cmd[0] & f::SCALE) >> f::SCALE_SHIFT;
     let start = addr & !((1u64 << gran) - 1);
-    // (NUM + 1) << (SCALE + granule) bytes, at most 32 << (31 + 16).
+    // (NUM + 1) << (SCALE + granule) bytes, at most 32 << (63 + 16).
     let len = u128::from(num) << (scale + gran);
     let last = (u128::from(start) + len - 1).min(u128::from(u64::MAX)) as u64;
     TlbiRange { start, last }

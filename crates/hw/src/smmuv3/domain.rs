@@ -172,8 +172,8 @@ impl DomainConfig {
     /// `arm_smmu_domain_finalise()` for `stage` on `info`'s SMMU, with
     /// `arm_lpae_restrict_pgsizes()` and `arm_lpae_alloc_pgtable()`:
     /// - stage 1: input `min(52 with VAX else 48, VA_BITS)`, output the
-    ///   SMMU's IAS, HD with `dirty`;
-    /// - stage 2: input IAS, output OAS, S2FWB for a nesting parent on an
+    ///   SMMU's OAS, HD with `dirty`;
+    /// - stage 2: input and output the OAS, S2FWB for a nesting parent on an
     ///   SMMU with S2FWB; `EOPNOTSUPP` with `dirty` (the driver's switch
     ///   never lets it get here);
     /// - the 4KB granule (the host's page size) with 2MB and 1GB blocks,
@@ -184,13 +184,13 @@ impl DomainConfig {
         let (ias, oas, hd, fwb) = match stage {
             Stage::S1 => {
                 let ias = if info.has(feat::VAX) { 52 } else { 48 };
-                (ias.min(info.params.va_bits), info.ias, dirty, false)
+                (ias.min(info.params.va_bits), info.oas, dirty, false)
             }
             Stage::S2 => {
                 if dirty {
                     return Err(Errno::EOPNOTSUPP);
                 }
-                (info.ias, info.oas, false, info.s2fwb() && nest_parent)
+                (info.oas, info.oas, false, info.s2fwb() && nest_parent)
             }
         };
         if info.pgsize_bitmap & SZ_4K == 0 {
@@ -760,12 +760,19 @@ mod tests {
         let i39 = SmmuInfo::new(SmmuRegs::default(), p).unwrap();
         let c = DomainConfig::for_unit(&i39, Stage::S1, false, false).unwrap();
         assert_eq!((c.ias, c.levels, c.start_level), (39, 3, 1));
-        // IAS 40 (AArch32 tables, 36-bit OAS): 4 levels of index, but two
+        // A 40-bit OAS: stage 2 input 40 bits, 4 levels of index, but two
         // concatenated level 1 tables.
-        let r = SmmuRegs::builder().table_formats(TTF_AARCH32_64).oas_bits(36).build();
+        let r = SmmuRegs::builder().table_formats(TTF_AARCH32_64).oas_bits(40).build();
         let c = DomainConfig::for_unit(&SmmuInfo::from_regs(r).unwrap(), Stage::S2, false, false).unwrap();
-        assert_eq!((c.ias, c.oas, c.levels, c.start_level, c.pgd_bits), (40, 36, 4, 1, 10));
+        assert_eq!((c.ias, c.oas, c.levels, c.start_level, c.pgd_bits), (40, 40, 4, 1, 10));
         assert_eq!(c.tcr().sl, 1);
+        // A 36-bit OAS: a 3-level stage 2 of 36 bits; stage 1 keeps 48
+        // bits in, 36 out.
+        let i36 = SmmuInfo::from_regs(SmmuRegs::builder().oas_bits(36).build()).unwrap();
+        let c = DomainConfig::for_unit(&i36, Stage::S2, false, false).unwrap();
+        assert_eq!((c.ias, c.oas, c.levels, c.start_level, c.pgd_bits), (36, 36, 3, 1, 6));
+        let c = DomainConfig::for_unit(&i36, Stage::S1, false, false).unwrap();
+        assert_eq!((c.ias, c.oas), (48, 36));
         // 64KB-only SMMU: not modelled.
         let r = SmmuRegs::builder().granules(false, false, true).build();
         assert_eq!(

@@ -1,6 +1,6 @@
 //! What the Linux arm-smmu-v3 driver derives from the ID registers
 //! (`arm_smmu_device_hw_probe()`, `arm_smmu_get_httu()`,
-//! `arm_smmu_device_iidr_probe()`, mainline) and from firmware, and the
+//! `arm_smmu_device_iidr_probe()`, Linux 7.3) and from firmware, and the
 //! answers it gives the iommu core and iommufd from that
 //! (`arm_smmu_capable()`, `arm_smmu_hw_info()`,
 //! `arm_smmu_get_viommu_size()`, `arm_smmu_get_resv_regions()`).
@@ -8,8 +8,11 @@
 //! Model: [`SmmuInfo`] is computed once from [`SmmuRegs`] and
 //! [`DriverParams`] and never changes: the driver's `features` and
 //! `options` words (same bit values as the driver where it has them),
-//! `ias`/`oas`, the page sizes, the ASID/VMID/SSID/SID widths and the queue
-//! sizes. Probing fails with `ENXIO` where the driver's does (no
+//! `oas`, the page sizes, the ASID/VMID/SSID/SID widths and the queue
+//! sizes. (The driver keeps no input size of its own any more: stage 1
+//! domains take theirs from VAX and `VA_BITS`, stage 2 from the OAS.)
+//! `ARM_SMMU_FEAT_SVA` is not derived: it depends on the host CPU's
+//! features, not the SMMU's. Probing fails with `ENXIO` where the driver's does (no
 //! translation stage, no AArch64 tables, unsupported endianness, embedded
 //! implementations, a command queue of 64 entries or fewer).
 //!
@@ -26,7 +29,10 @@
 //! coherent; it only stops a guest's stage 1 from making memory
 //! non-cacheable, which is why a vIOMMU needs CANWBS *or* S2FWB.
 
-use uiommufd_abi::{Errno, IommuHwInfoArmSmmuv3, IOMMU_HW_CAP_DIRTY_TRACKING, IOMMU_HW_CAP_PCI_ATS_NOT_SUPPORTED};
+use uiommufd_abi::{
+    Errno, IommuHwInfoArmSmmuv3, IOMMU_HW_CAP_DIRTY_TRACKING, IOMMU_HW_CAP_PCI_ATS_NOT_SUPPORTED,
+    IOMMU_HW_INFO_ARM_SMMUV3_ERRATA_REPEAT_TLBI_CFGI,
+};
 
 use super::regs::*;
 use crate::device::{ResvKind, ResvRegion};
@@ -61,6 +67,9 @@ pub mod feat {
     pub const S2FWB: u32 = 1 << 23;
     pub const BBML2: u32 = 1 << 24;
     pub const HAFT: u32 = 1 << 25;
+    /// `IDR5.DS`: 52-bit addresses with 4KB/16KB granules (range
+    /// invalidation checks of guest commands depend on it).
+    pub const DS: u32 = 1 << 26;
 
     /// Names, for decoding.
     pub const NAMES: &[(u32, &str)] = &[
@@ -90,6 +99,7 @@ pub mod feat {
         (S2FWB, "S2FWB"),
         (BBML2, "BBML2"),
         (HAFT, "HAFT"),
+        (DS, "DS"),
     ];
 }
 
@@ -100,6 +110,9 @@ pub mod opt {
     /// Every command batch needs its own CMD_SYNC (MMU-700 erratum); the
     /// driver then refuses vIOMMUs.
     pub const CMDQ_FORCE_SYNC: u32 = 1 << 3;
+    /// A Tegra241 CMDQV sits next to the SMMU (DT `nvidia,cmdqv` or an
+    /// ACPI `NVDA200C` node).
+    pub const TEGRA241_CMDQV: u32 = 1 << 4;
 }
 
 pub const SZ_4K: u64 = 1 << 12;
@@ -150,11 +163,26 @@ pub struct DriverParams {
     pub disable_msipolling: bool,
     /// The kernel's `VA_BITS` (bounds stage 1 input addresses).
     pub va_bits: u32,
+    /// The SMMU is an `nvidia,tegra264-smmu` (DT): the driver enables its
+    /// T264-SMMU-3 erratum workaround (TLBI/CFGI batches issued twice) and
+    /// reports `IOMMU_HW_INFO_ARM_SMMUV3_ERRATA_REPEAT_TLBI_CFGI`.
+    pub tegra264: bool,
+    /// Firmware names a companion Tegra241 CMDQV
+    /// (`ARM_SMMU_OPT_TEGRA241_CMDQV`).
+    pub tegra241_cmdqv: bool,
 }
 
 impl Default for DriverParams {
     fn default() -> Self {
-        DriverParams { coherent: None, acpi_httu: None, vhe: false, disable_msipolling: false, va_bits: 48 }
+        DriverParams {
+            coherent: None,
+            acpi_httu: None,
+            vhe: false,
+            disable_msipolling: false,
+            va_bits: 48,
+            tegra264: false,
+            tegra241_cmdqv: false,
+        }
     }
 }
 
@@ -183,9 +211,6 @@ pub struct SmmuInfo {
     pub features: u32,
     /// `smmu->options` (see [`opt`]).
     pub options: u32,
-    /// Intermediate (stage 2 input) address bits: `max(40 if AArch32
-    /// tables, oas)`.
-    pub ias: u32,
     /// Output address bits.
     pub oas: u32,
     /// Page sizes of every granule supported.
@@ -208,7 +233,7 @@ impl SmmuInfo {
     pub fn new(regs: SmmuRegs, params: DriverParams) -> Result<Self, Errno> {
         let idr0 = regs.idr0;
         let mut f = 0u32;
-        let mut options = 0u32;
+        let mut options = if params.tegra241_cmdqv { opt::TEGRA241_CMDQV } else { 0 };
         let coherent = params.coherent.unwrap_or(idr0.cohacc() != 0);
         if coherent {
             f |= feat::COHERENCY;
@@ -279,11 +304,10 @@ impl SmmuInfo {
         if idr0.s1p() == 0 && idr0.s2p() == 0 {
             return Err(Errno::ENXIO);
         }
-        let mut ias = match idr0.ttf() {
-            TTF_AARCH32_64 => 40,
-            TTF_AARCH64 => 0,
-            _ => return Err(Errno::ENXIO),
-        };
+        // AArch64 tables only (TTF bit 1).
+        if idr0.ttf() & TTF_AARCH64 == 0 {
+            return Err(Errno::ENXIO);
+        }
         let asid_bits = if idr0.asid16() != 0 { 16 } else { 8 };
         let vmid_bits = if idr0.vmid16() != 0 { 16 } else { 8 };
 
@@ -318,6 +342,9 @@ impl SmmuInfo {
         }
 
         let idr5 = regs.idr5;
+        if idr5.ds() != 0 {
+            f |= feat::DS;
+        }
         let mut pgsize_bitmap = 0u64;
         if idr5.gran64k() != 0 {
             pgsize_bitmap |= SZ_64K | SZ_512M;
@@ -342,7 +369,6 @@ impl SmmuInfo {
                 _ => 48,
             },
         };
-        ias = ias.max(oas);
         if f & feat::TRANS_S1 != 0 && f & feat::TRANS_S2 != 0 {
             f |= feat::NESTING;
         }
@@ -362,11 +388,16 @@ impl SmmuInfo {
                     }
                 }
                 IIDR_PRODUCTID_ARM_MMU_700 => {
-                    // Errata 2812531, 2268618.
                     f &= !feat::BTM;
-                    options |= opt::CMDQ_FORCE_SYNC;
-                    f &= !feat::NESTING;
+                    // Erratum 2812531 (and 2268618 for nesting) up to r0p0
+                    // / rXp0 only.
+                    if iidr.variant() < 1 || iidr.revision() < 1 {
+                        options |= opt::CMDQ_FORCE_SYNC;
+                        f &= !feat::NESTING;
+                    }
                 }
+                // Errata 3878312 / 3995052.
+                IIDR_PRODUCTID_ARM_MMU_L1 | IIDR_PRODUCTID_ARM_MMU_S3 => f &= !feat::BTM,
                 _ => {}
             }
         }
@@ -376,7 +407,6 @@ impl SmmuInfo {
             params,
             features: f,
             options,
-            ias,
             oas,
             pgsize_bitmap,
             asid_bits,
@@ -433,10 +463,14 @@ impl SmmuInfo {
         feat::NAMES.iter().filter(|(b, _)| self.features & b != 0).map(|&(_, n)| n).collect()
     }
 
-    /// The driver's boot message (`"ias %lu-bit, oas %lu-bit (features
-    /// 0x%08x)"`).
+    /// The driver's boot message (`"oas %lu-bit (features 0x%08x)"`).
     pub fn boot_line(&self) -> String {
-        format!("ias {}-bit, oas {}-bit (features {:#010x})", self.ias, self.oas, self.features)
+        format!("oas {}-bit (features {:#010x})", self.oas, self.features)
+    }
+
+    /// `arm_smmu_erratum_repeat_tlbi_cfgi()`: a Tegra264 SMMU.
+    pub const fn repeat_tlbi_cfgi(&self) -> bool {
+        self.params.tegra264
     }
 
     /// `smmu->iommu.max_pasids`: `1 << ssid_bits`.
@@ -444,10 +478,12 @@ impl SmmuInfo {
         1u64 << self.ssid_bits
     }
 
-    /// `arm_smmu_hw_info()`: the raw registers, read back as they are.
+    /// `arm_smmu_hw_info()`: the raw registers, read back as they are, and
+    /// the erratum flag where the driver enables the workaround.
     pub fn hw_info(&self) -> IommuHwInfoArmSmmuv3 {
+        let flags = if self.repeat_tlbi_cfgi() { IOMMU_HW_INFO_ARM_SMMUV3_ERRATA_REPEAT_TLBI_CFGI } else { 0 };
         IommuHwInfoArmSmmuv3 {
-            flags: 0,
+            flags,
             __reserved: 0,
             idr: self.regs.idr(),
             iidr: self.regs.iidr.0,
@@ -576,14 +612,14 @@ mod tests {
         // BTM is never set by mainline; terminate-only: no STALLS.
         assert!(!i.has(feat::BTM) && !i.has(feat::STALLS));
         assert_eq!(i.options, opt::MSIPOLL);
-        assert_eq!((i.ias, i.oas), (48, 48));
+        assert_eq!(i.oas, 48);
         assert_eq!(i.pgsize_bitmap, SZ_4K | SZ_2M | SZ_1G | SZ_64K | SZ_512M);
         assert_eq!((i.asid_bits, i.vmid_bits, i.sid_bits, i.ssid_bits), (16, 16, 16, 20));
         // CMDQS 19 is capped at 16 (2^20-byte queues), EVTQS at 15.
         assert_eq!((i.cmdq_shift, i.evtq_shift, i.priq_shift), (16, 15, 16));
         assert!(i.coherent() && i.dbm_capable() && i.nesting() && i.s2fwb() && i.range_inv());
         assert_eq!(i.max_pasids(), 1 << 20);
-        assert_eq!(i.boot_line(), format!("ias 48-bit, oas 48-bit (features {:#010x})", want));
+        assert_eq!(i.boot_line(), format!("oas 48-bit (features {:#010x})", want));
         let hw = i.hw_info();
         assert_eq!(hw.idr, SmmuRegs::default().idr());
         assert_eq!((hw.flags, hw.iidr, hw.aidr), (0, 0, 2));
@@ -643,12 +679,12 @@ mod tests {
     #[test]
     fn widths_and_sizes() {
         let b = SmmuRegs::builder();
-        // AArch32 + AArch64 tables: IAS 40 even with a 36-bit OAS.
+        // AArch32 + AArch64 tables: fine (the driver uses AArch64 ones).
         let i = SmmuInfo::from_regs(b.table_formats(TTF_AARCH32_64).oas_bits(36).build()).unwrap();
-        assert_eq!((i.ias, i.oas), (40, 36));
+        assert_eq!(i.oas, 36);
         // 52-bit OAS adds the 4TB page; reserved OAS truncates to 48.
         let i = SmmuInfo::from_regs(b.oas_bits(52).build()).unwrap();
-        assert_eq!((i.ias, i.oas), (52, 52));
+        assert_eq!(i.oas, 52);
         assert_ne!(i.pgsize_bitmap & SZ_4T, 0);
         let i = SmmuInfo::from_regs(b.raw(|r| r.idr5 = r.idr5.with_oas(7)).build()).unwrap();
         assert_eq!(i.oas, 48);
@@ -689,9 +725,33 @@ mod tests {
         let mmu600_r2 =
             SmmuInfo::from_regs(b.iidr(IIDR_IMPLEMENTER_ARM, IIDR_PRODUCTID_ARM_MMU_600, 2, 0).build()).unwrap();
         assert!(mmu600_r2.has(feat::SEV) && mmu600_r2.nesting());
+        // MMU-700 r1p1 and later: only BTM goes.
+        let r1p1 = SmmuInfo::from_regs(b.iidr(IIDR_IMPLEMENTER_ARM, IIDR_PRODUCTID_ARM_MMU_700, 1, 1).build()).unwrap();
+        assert!(r1p1.nesting() && r1p1.options & opt::CMDQ_FORCE_SYNC == 0);
+        let r1p0 = SmmuInfo::from_regs(b.iidr(IIDR_IMPLEMENTER_ARM, IIDR_PRODUCTID_ARM_MMU_700, 1, 0).build()).unwrap();
+        assert!(!r1p0.nesting());
+        for product in [IIDR_PRODUCTID_ARM_MMU_L1, IIDR_PRODUCTID_ARM_MMU_S3] {
+            let i = SmmuInfo::from_regs(b.iidr(IIDR_IMPLEMENTER_ARM, product, 0, 0).build()).unwrap();
+            assert!(i.nesting() && i.options == opt::MSIPOLL);
+        }
         // Someone else's product 0x487 is not an MMU-700.
         let other = SmmuInfo::from_regs(b.iidr(0x36b, IIDR_PRODUCTID_ARM_MMU_700, 0, 0).build()).unwrap();
         assert!(other.nesting());
+    }
+
+    #[test]
+    fn hw_info_flags_and_ds() {
+        // A Tegra264 (DT compatible): the erratum flag, nothing else.
+        let p = DriverParams { tegra264: true, ..Default::default() };
+        let i = SmmuInfo::new(SmmuRegs::default(), p).unwrap();
+        assert_eq!(i.hw_info().flags, IOMMU_HW_INFO_ARM_SMMUV3_ERRATA_REPEAT_TLBI_CFGI);
+        assert_eq!(default_info().hw_info().flags, 0);
+        // IDR5.DS (bit 7) gives FEAT_DS (bit 26).
+        let ds = SmmuInfo::from_regs(SmmuRegs::builder().raw(|r| r.idr5 = r.idr5.with_ds(1)).build()).unwrap();
+        assert_eq!(ds.regs.idr5.0, 0xd5);
+        assert!(ds.has(feat::DS) && ds.features & (1 << 26) != 0 && !default_info().has(feat::DS));
+        let cmdqv = SmmuInfo::new(SmmuRegs::default(), DriverParams { tegra241_cmdqv: true, ..Default::default() });
+        assert_eq!(cmdqv.unwrap().options, opt::MSIPOLL | opt::TEGRA241_CMDQV);
     }
 
     #[test]

@@ -210,6 +210,9 @@ register32! {
         gran4k / with_gran4k = "GRAN4K" [4; 1] "4KB translation granule";
         gran16k / with_gran16k = "GRAN16K" [5; 1] "16KB translation granule";
         gran64k / with_gran64k = "GRAN64K" [6; 1] "64KB translation granule";
+        /// 52-bit addresses with 4KB and 16KB granules (FEAT_LPA2; driver
+        /// `IDR5_DS`).
+        ds / with_ds = "DS" [7; 1] "52-bit addresses for 4KB/16KB granules";
         /// 0b00 48-bit, 0b01 52-bit virtual addresses with 64KB granule.
         vax / with_vax = "VAX" [10; 2] "virtual address extend";
         stall_max / with_stall_max = "STALL_MAX" [16; 16] "max outstanding stalled transactions";
@@ -263,6 +266,10 @@ pub const IIDR_IMPLEMENTER_ARM: u32 = 0x43b;
 pub const IIDR_PRODUCTID_ARM_MMU_600: u32 = 0x483;
 /// `IIDR.ProductID` of Arm's MMU-700.
 pub const IIDR_PRODUCTID_ARM_MMU_700: u32 = 0x487;
+/// `IIDR.ProductID` of Arm's MMU-L1.
+pub const IIDR_PRODUCTID_ARM_MMU_L1: u32 = 0x48a;
+/// `IIDR.ProductID` of Arm's MMU-S3.
+pub const IIDR_PRODUCTID_ARM_MMU_S3: u32 = 0x498;
 
 /// Output address size in bits of an `IDR5.OAS` (or `CD.IPS`, `VTCR.PS`)
 /// encoding; `None` for the reserved encoding 7.
@@ -484,6 +491,8 @@ fn iidr_note(iidr: Iidr, f: &Field, v: u32) -> Option<String> {
         "ProductID" if iidr.implementer() == IIDR_IMPLEMENTER_ARM => match v {
             IIDR_PRODUCTID_ARM_MMU_600 => Some("MMU-600".to_string()),
             IIDR_PRODUCTID_ARM_MMU_700 => Some("MMU-700".to_string()),
+            IIDR_PRODUCTID_ARM_MMU_L1 => Some("MMU-L1".to_string()),
+            IIDR_PRODUCTID_ARM_MMU_S3 => Some("MMU-S3".to_string()),
             _ => None,
         },
         _ => None,
