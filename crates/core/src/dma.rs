@@ -58,26 +58,36 @@ pub struct DevicePort {
     stats: DmaStats,
 }
 
-/// A translation failure noted inside a section, reported after it.
+/// A translation failure noted inside a section, reported after it, with
+/// the domain that faulted (held past the section for the driver's event
+/// handling).
 struct Failed {
     iova: u64,
     write: bool,
     fault: XlateFault,
+    domain: Arc<dyn Domain>,
 }
 
 /// The domain a request goes through: the RID's, borrowed for the section,
 /// or a PASID's, held by reference count (with the PASID to translate by
 /// when it is the RID's nested domain with a guest PASID table).
 enum Route<'s> {
-    Rid(&'s dyn Domain),
+    Rid(&'s Arc<dyn Domain>),
     Pasid(Arc<dyn Domain>, Option<u32>),
 }
 
 impl Route<'_> {
     fn domain(&self) -> &dyn Domain {
         match self {
-            Route::Rid(d) => *d,
+            Route::Rid(d) => d.as_ref(),
             Route::Pasid(d, _) => d.as_ref(),
+        }
+    }
+
+    fn domain_arc(&self) -> Arc<dyn Domain> {
+        match self {
+            Route::Rid(d) => Arc::clone(d),
+            Route::Pasid(d, _) => Arc::clone(d),
         }
     }
 
@@ -139,7 +149,7 @@ impl DevicePort {
         section: &'s dma_fence::Section,
     ) -> Option<Route<'s>> {
         match attrs.pasid {
-            None => self.rid.read(section).map(|d| Route::Rid(d.as_ref())),
+            None => self.rid.read(section).map(Route::Rid),
             Some(_) => pasid.clone().map(|(d, p)| Route::Pasid(d, p)),
         }
     }
@@ -148,7 +158,7 @@ impl DevicePort {
     /// the HWPT when it has one. Called outside any section (reporting
     /// takes the device's attachment lock).
     fn fault(&self, failed: Failed, attrs: &DmaAttrs) -> DmaError {
-        let Failed { iova, write, fault } = failed;
+        let Failed { iova, write, fault, domain } = failed;
         self.stats.faults.fetch_add(1, Ordering::Relaxed);
         let reason = match fault {
             XlateFault::NotPresent => DmaFaultReason::NotPresent,
@@ -170,7 +180,12 @@ impl DevicePort {
             perm,
             addr: iova & !(uiommufd_memory::page_size() as u64 - 1),
         };
-        let reported = self.dev.upgrade().is_some_and(|dev| dev.report_fault(req, false));
+        let reported = self.dev.upgrade().is_some_and(|dev| {
+            match dev.dev().dma_fault(domain.as_ref(), attrs.pasid, iova, write, attrs.privileged) {
+                Some(reported) => reported,
+                None => dev.report_fault(req, false),
+            }
+        });
         DmaError { iova, write, reason, reported }
     }
 
@@ -227,7 +242,7 @@ impl DevicePort {
                 let t = match t {
                     Ok(t) => t,
                     Err(fault) => {
-                        failed = Some(Failed { iova: at, write, fault });
+                        failed = Some(Failed { iova: at, write, fault, domain: route.domain_arc() });
                         break;
                     }
                 };
@@ -327,7 +342,7 @@ impl DmaPort for DevicePort {
                 let ts = match ts {
                     Ok(t) => t,
                     Err(fault) => {
-                        failed = Some(Failed { iova: s, write: false, fault });
+                        failed = Some(Failed { iova: s, write: false, fault, domain: route.domain_arc() });
                         break;
                     }
                 };
@@ -335,7 +350,7 @@ impl DmaPort for DevicePort {
                 let td = match td {
                     Ok(t) => t,
                     Err(fault) => {
-                        failed = Some(Failed { iova: d, write: true, fault });
+                        failed = Some(Failed { iova: d, write: true, fault, domain: route.domain_arc() });
                         break;
                     }
                 };

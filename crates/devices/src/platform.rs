@@ -8,7 +8,10 @@
 //!   no snoop control) or `vtd[:key=value,...]` (an Intel VT-d unit; keys:
 //!   `cap=HEX,ecap=HEX` as the kernel prints them at boot, `sc=0|1` snoop
 //!   control, `nesting=0|1`, `ssads=0|1` dirty tracking, `sm=0|1` the
-//!   driver's scalable mode, `pasid=BITS`).
+//!   driver's scalable mode, `pasid=BITS`) or `smmuv3[:key=value,...]` (an
+//!   Arm SMMUv3; keys in `uiommufd_hw::smmuv3::spec`: raw `idr0..5=HEX`,
+//!   `coherent`, `fwb`, `httu`, `canwbs`, `oas`, granules, ...; masters
+//!   get their requester ID as StreamID).
 //! - Devices: `;`-separated, each `KIND[:key=value,...]`; kinds:
 //!   `dma-engine` (keys: `pasid=BITS` (0 for no PASID capability),
 //!   `priv=0|1`, `bdf=DDDD:BB:DD.F`).
@@ -22,6 +25,7 @@ use std::sync::{Arc, OnceLock};
 use uiommufd_abi::test_cmd::MOCK_FLAGS_DEVICE_PASID;
 use uiommufd_hw::device::IommuDevice;
 use uiommufd_hw::mock::MockDevice;
+use uiommufd_hw::smmuv3::{SmmuDevice, SmmuIommu, SmmuSpec};
 use uiommufd_hw::vtd::device::{VtdDevice, VtdIommu};
 use uiommufd_hw::vtd::info::DriverParams;
 use uiommufd_hw::vtd::regs::{VtdRegs, VtdRegsBuilder};
@@ -45,6 +49,8 @@ pub const VFIO_CONTAINER_DEV: (u32, u32) = (10, 196);
 pub enum IommuModel {
     Mock,
     Vtd(Arc<VtdIommu>),
+    /// An SMMU and the platform facts its masters inherit (CANWBS, ATS).
+    Smmuv3(Arc<SmmuIommu>, SmmuSpec),
 }
 
 impl IommuModel {
@@ -52,8 +58,24 @@ impl IommuModel {
         match self {
             IommuModel::Mock => "mock",
             IommuModel::Vtd(_) => "vtd",
+            IommuModel::Smmuv3(..) => "smmuv3",
         }
     }
+}
+
+/// How a model reads a 64-bit word of emulated physical memory (guest
+/// tables and structures of nested translation): the frame table.
+fn phys_word(hpa: u64) -> Result<u64, uiommufd_abi::Errno> {
+    let mut b = [0u8; 8];
+    uiommufd_memory::frames::read_phys(hpa, &mut b)?;
+    Ok(u64::from_le_bytes(b))
+}
+
+/// The PCI requester ID of `bdf` (`DDDD:BB:DD.F`), which the SMMU sees
+/// as the StreamID (an IORT identity mapping).
+fn requester_id(bdf: &str) -> u32 {
+    let field = |r: core::ops::Range<usize>| u32::from_str_radix(&bdf[r], 16).unwrap_or(0);
+    field(5..7) << 8 | field(8..10) << 3 | field(11..12)
 }
 
 /// One emulated device.
@@ -149,14 +171,17 @@ pub fn parse_iommu(spec: &str) -> Result<IommuModel, String> {
                 .map_err(|e| format!("the Intel driver would not use this unit ({e})"))?;
             // First-stage tables of nested domains live in guest memory:
             // the unit reads them from the emulated physical frames.
-            iommu.set_phys_reader(Arc::new(|hpa| {
-                let mut b = [0u8; 8];
-                uiommufd_memory::frames::read_phys(hpa, &mut b)?;
-                Ok(u64::from_le_bytes(b))
-            }));
+            iommu.set_phys_reader(Arc::new(phys_word));
             Ok(IommuModel::Vtd(iommu))
         }
-        _ => Err(format!("unknown IOMMU model `{kind}` (known: mock, vtd)")),
+        "smmuv3" => {
+            let spec = SmmuSpec::parse(opts)?;
+            let unit = spec.build()?;
+            // Guest CD tables and stage 1 tables, read through stage 2.
+            unit.set_phys_reader(Arc::new(phys_word));
+            Ok(IommuModel::Smmuv3(unit, spec))
+        }
+        _ => Err(format!("unknown IOMMU model `{kind}` (known: mock, vtd, smmuv3)")),
     }
 }
 
@@ -206,6 +231,13 @@ impl Platform {
                         d = d.with_pasid(pasid_bits, false, true);
                     }
                     Arc::new(d)
+                }
+                IommuModel::Smmuv3(unit, spec) => {
+                    let sid = requester_id(&bdf);
+                    let d = SmmuDevice::new(unit, bdf.clone(), sid)
+                        .map_err(|e| format!("{bdf}: StreamID {sid:#x} does not fit the SMMU ({e})"))?;
+                    // The DMA engine has no ATS capability.
+                    Arc::new(d.with_pasid(pasid_bits).with_canwbs(spec.canwbs).with_ats(false, spec.rc_ats))
                 }
             };
             out.push(PlatformDevice { index, bdf, group: index, kind: kind.to_string(), pci, iommu });
@@ -282,12 +314,34 @@ mod tests {
     }
 
     #[test]
+    fn smmuv3_coherency_follows_cohacc_and_canwbs() {
+        let p = Platform::new("smmuv3", "dma-engine; dma-engine:bdf=0000:01:02.3").unwrap();
+        assert_eq!(p.iommu.name(), "smmuv3");
+        let d = &p.devices[0].iommu;
+        assert!(d.capable(Cap::CacheCoherency));
+        assert!(!d.capable(Cap::EnforceCacheCoherency));
+        assert_eq!(d.max_pasid_log2(), 20);
+        let sids: Vec<u32> =
+            p.devices.iter().map(|d| uiommufd_hw::smmuv3::SmmuDevice::of(&d.iommu).unwrap().sid()).collect();
+        assert_eq!(sids, vec![0x20, 0x113]);
+        let p = Platform::new("smmuv3:canwbs=1", "dma-engine:pasid=0").unwrap();
+        assert!(p.devices[0].iommu.capable(Cap::EnforceCacheCoherency));
+        assert_eq!(p.devices[0].iommu.max_pasid_log2(), 0);
+        // COHACC clear: iommufd will refuse to bind.
+        let p = Platform::new("smmuv3:coherent=0", "dma-engine").unwrap();
+        assert!(!p.devices[0].iommu.capable(Cap::CacheCoherency));
+    }
+
+    #[test]
     fn bad_specs_say_what_is_wrong() {
         for (iommu, devs, want) in [
             ("amd", "", "unknown IOMMU model"),
             ("vtd:sc=2", "", "expected 0 or 1"),
             ("vtd:cap=1", "", "both cap= and ecap="),
             ("vtd:bogus=1", "", "unknown VT-d option"),
+            ("smmuv3:bogus=1", "", "unknown SMMUv3 option"),
+            ("smmuv3:s1=0,s2=0", "", "would not use this SMMU"),
+            ("smmuv3:sid=4", "dma-engine", "does not fit the SMMU"),
             ("mock", "nic", "unknown device kind"),
             ("mock", "dma-engine:pasid=21", "at most 20 bits"),
             ("mock", "dma-engine:bdf=00:04.0", "expected DDDD:BB:DD.F"),

@@ -127,6 +127,25 @@ pub trait IommuDevice: crate::AnyDomain + Send + Sync {
         self.check_attach(domain)
     }
 
+    /// A DMA request of this device failed to translate in `domain`, the
+    /// domain it went to (`pasid`: the request's PASID, if it had one). A
+    /// driver whose IOMMU reports such faults through its own queues
+    /// handles it here and answers `Some(reported)` (SMMUv3:
+    /// `arm_smmu_handle_event()`, a nested master's stage 1 fault going to
+    /// its vIOMMU's event queue); `None` leaves the fault to the engine
+    /// (the HWPT's fault queue, for IOPF-capable domains).
+    fn dma_fault(
+        &self,
+        domain: &dyn Domain,
+        pasid: Option<u32>,
+        iova: u64,
+        write: bool,
+        privileged: bool,
+    ) -> Option<bool> {
+        let _ = (domain, pasid, iova, write, privileged);
+        None
+    }
+
     /// The attachment at `pasid` (0: the requester ID) went away: the device
     /// is blocked there now.
     fn detached(&self, pasid: u32) {

@@ -39,9 +39,9 @@ use zerocopy::IntoBytes;
 
 use super::cmd::{self, op};
 use super::domain::{DomainConfig, IdPool, SmmuDomain, Stage};
-use super::event::SmmuFault;
+use super::event::{id, SmmuFault};
 use super::info::{feat, DeviceProps, DriverParams, SmmuInfo};
-use super::nested::SmmuNested;
+use super::nested::{SmmuNested, SmmuRequest};
 use super::regs::SmmuRegs;
 use super::ste::SteConfig;
 use super::tlb::{CdCache, Tlb};
@@ -405,6 +405,21 @@ impl SmmuDevice {
         if !fault.record {
             return Ok(());
         }
+        // The events the driver handles at all; the rest it only logs.
+        let handled = matches!(
+            fault.id,
+            id::C_BAD_STE
+                | id::F_STREAM_DISABLED
+                | id::C_BAD_SUBSTREAMID
+                | id::C_BAD_CD
+                | id::F_TRANSLATION
+                | id::F_ADDR_SIZE
+                | id::F_ACCESS
+                | id::F_PERMISSION
+        );
+        if !handled {
+            return Err(Errno::EOPNOTSUPP);
+        }
         let vmaster = match &*self.stream.rid() {
             RidState::Nested { vmaster: Some((v, vsid)), .. } => v.upgrade().map(|v| (v, *vsid)),
             _ => None,
@@ -576,6 +591,29 @@ impl IommuDevice for SmmuDevice {
         }
         self.stream.pasids().insert(pasid);
         Ok(())
+    }
+
+    /// `arm_smmu_handle_event()` for the event the SMMU writes: the fault
+    /// of a nested domain is worked out again (the walk that failed,
+    /// unprivileged as [`Domain::translate`] is) and reported through
+    /// [`report_fault`](SmmuDevice::report_fault). PCI masters do not
+    /// stall, so nothing becomes a page request: faults of the host's own
+    /// domains are only logged by the driver (`Some(false)`).
+    fn dma_fault(
+        &self,
+        domain: &dyn Domain,
+        pasid: Option<u32>,
+        iova: u64,
+        write: bool,
+        _privileged: bool,
+    ) -> Option<bool> {
+        let Some(n) = domain.as_any().downcast_ref::<SmmuNested>() else { return Some(false) };
+        let req = SmmuRequest { ssid: pasid, addr: iova, write, privileged: false };
+        let fault = match n.translate_req(req) {
+            Err(f) => f,
+            Ok(_) => return Some(false),
+        };
+        Some(fault.record && self.report_fault(&fault, pasid, iova, write, false).is_ok())
     }
 
     fn detached(&self, pasid: u32) {

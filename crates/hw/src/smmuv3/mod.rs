@@ -21,7 +21,8 @@
 //! - [`viommu`]: the vSMMU (nested domain allocation, invalidation
 //!   commands, events);
 //! - [`device`]: an SMMU ([`SmmuIommu`]) and a master behind it
-//!   ([`SmmuDevice`], an [`IommuDevice`](crate::device::IommuDevice)).
+//!   ([`SmmuDevice`], an [`IommuDevice`](crate::device::IommuDevice));
+//! - [`spec`]: the `smmuv3[:key=value,...]` platform keys.
 //!
 //! Sources: the Arm System Memory Management Unit Architecture
 //! Specification, SMMU architecture version 3 (IHI 0070; sections cited
@@ -39,6 +40,7 @@ pub mod info;
 pub mod lpae;
 pub mod nested;
 pub mod regs;
+pub mod spec;
 pub mod ste;
 pub mod tlb;
 pub mod viommu;
@@ -53,5 +55,6 @@ pub use event::SmmuFault;
 pub use info::{DeviceProps, DriverParams, SmmuInfo};
 pub use nested::{SmmuNested, SmmuRequest};
 pub use regs::{SmmuRegs, SmmuRegsBuilder};
+pub use spec::SmmuSpec;
 pub use tlb::{CdCache, Tlb};
 pub use viommu::SmmuViommu;
