@@ -458,6 +458,9 @@ fn bench_dma(quick: bool) -> Vec<Row> {
         let idev: Arc<dyn IommuDevice> = match parse_iommu(model).expect("model") {
             IommuModel::Vtd(unit) => Arc::new(uiommufd_hw::vtd::device::VtdDevice::new(&unit, "0000:00:04.0")),
             IommuModel::Mock => Arc::new(uiommufd_hw::mock::MockDevice::new(0).expect("mock")),
+            IommuModel::Smmuv3(unit, _) => {
+                Arc::new(uiommufd_hw::smmuv3::SmmuDevice::new(&unit, "0000:00:04.0", 0x20).expect("smmu master"))
+            }
         };
         let (_, edge) = device::bind(&ctx, idev).expect("bind");
         edge.arc().change_pt(&ctx, NO_PASID, ioas, false).expect("attach");

@@ -12,8 +12,10 @@ use uiommufd_hw::device::Cap;
 
 #[derive(Args)]
 pub struct InfoArgs {
-    /// IOMMU model: `mock`, or `vtd[:cap=HEX,ecap=HEX,sc=0|1,nesting=0|1,ssads=0|1,sm=0|1,pasid=BITS]`
-    /// (cap/ecap as the kernel prints them at boot: "dmar0: ... cap d2008c22260286 ecap f42").
+    /// IOMMU model: `mock`, `vtd[:cap=HEX,ecap=HEX,sc=0|1,nesting=0|1,ssads=0|1,sm=0|1,pasid=BITS]`
+    /// (cap/ecap as the kernel prints them at boot: "dmar0: ... cap d2008c22260286 ecap f42"),
+    /// or `smmuv3[:idr0=HEX,idr1=HEX,idr5=HEX,...,coherent=0|1,fwb=0|1,httu=0..3,canwbs=0|1,oas=BITS,...]`
+    /// (raw registers as IOMMU_GET_HW_INFO returns them, then fields).
     #[arg(long, default_value = "vtd")]
     iommu: String,
     /// A device behind it: `dma-engine[:pasid=BITS,priv=0|1,bdf=DDDD:BB:DD.F]` (repeatable).
@@ -24,7 +26,7 @@ pub struct InfoArgs {
     registers: bool,
 }
 
-fn sizes(bitmap: u64) -> String {
+pub(crate) fn sizes(bitmap: u64) -> String {
     let mut out = Vec::new();
     for bit in 0..64 {
         if bitmap & (1 << bit) != 0 {
@@ -40,7 +42,7 @@ fn sizes(bitmap: u64) -> String {
     out.join(" ")
 }
 
-fn yes(b: bool) -> &'static str {
+pub(crate) fn yes(b: bool) -> &'static str {
     if b {
         "yes"
     } else {
@@ -100,6 +102,17 @@ pub fn info(args: InfoArgs) -> Result<ExitCode, String> {
                 }
             }
         }
+        IommuModel::Smmuv3(unit, spec) => {
+            for (n, line) in crate::smmu_info::describe(unit, spec).iter().enumerate() {
+                println!("{}{line}", if n == 0 { "" } else { "  " });
+            }
+            if args.registers {
+                println!("  registers:");
+                for line in unit.regs().decode() {
+                    println!("    {line}");
+                }
+            }
+        }
     }
     for d in &p.devices {
         let (maj, min) = d.devnum();
@@ -117,6 +130,12 @@ pub fn info(args: InfoArgs) -> Result<ExitCode, String> {
             Err(e) => println!("  IOMMU_GET_HW_INFO: {e}"),
         }
         let enforced = d.iommu.capable(Cap::EnforceCacheCoherency);
+        if let IommuModel::Smmuv3(unit, _) = &p.iommu {
+            for line in crate::smmu_info::device_coherency(unit, enforced) {
+                println!("  {line}");
+            }
+            continue;
+        }
         println!(
             "  coherency: DMA is {}; No Snoop is enabled in the device's Device Control after reset",
             if enforced { "enforced coherent (the IOMMU forces snooping)" } else { "NOT enforced coherent" }

@@ -13,6 +13,7 @@ mod bench;
 mod demo;
 mod info;
 mod run;
+mod smmu_info;
 
 use std::process::ExitCode;
 
