@@ -698,6 +698,29 @@ fn run_validates_the_platform() {
     assert_eq!(ran.stdout, "vtd::\n", "{}", ran.report());
 }
 
+/// The C example of the VMM nested flow on an Arm SMMUv3
+/// (examples/c/smmu_nested.c, kernel uAPI only): vIOMMU, vDEVICE, vEVENTQ,
+/// a nested HWPT from the guest's STE, DMA through the guest's CD and
+/// stage 1 tables, a stale TLB until the guest's TLBI, the fault on the
+/// vEVENTQ with the virtual StreamID.
+#[test]
+fn smmu_nested_example_runs_unmodified() {
+    let exe = c_program!("examples/c", "smmu_nested");
+    let ran = run(uiommufd_run(&["--iommu", "smmuv3", "--device", "dma-engine"], &[exe.as_os_str()]));
+    assert!(ran.status.success(), "{}", ran.report());
+    for want in ["StreamID 0x42, write", "OK: nested translation, invalidation and events as on an SMMUv3"] {
+        assert!(ran.stdout.contains(want), "missing {want:?}: {}", ran.report());
+    }
+    assert!(ran.stderr.is_empty(), "{}", ran.report());
+    // Without S2FWB and CANWBS the driver refuses the vIOMMU.
+    let ran = run(uiommufd_run(&["--iommu", "smmuv3:fwb=0", "--device", "dma-engine"], &[exe.as_os_str()]));
+    assert!(
+        !ran.status.success() && ran.stderr.contains("IOMMU_VIOMMU_ALLOC: Operation not supported"),
+        "{}",
+        ran.report()
+    );
+}
+
 /// What a client sees from a VT-d unit through a device cdev: GET_HW_INFO
 /// with the unit's registers, NEST_PARENT / DIRTY_TRACKING only where the
 /// registers allow, nested HWPTs from IOMMU_HWPT_DATA_VTD_S1, the driver's
