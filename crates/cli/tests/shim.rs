@@ -202,7 +202,12 @@ impl Ran {
 
 /// Run `cmd` to completion (stdin from /dev/null), failing the test if it
 /// takes longer than [`RUN_LIMIT`].
-fn run(mut cmd: Command) -> Ran {
+fn run(cmd: Command) -> Ran {
+    run_within(cmd, RUN_LIMIT)
+}
+
+/// [`run`] with a time limit of its own.
+fn run_within(mut cmd: Command, limit: Duration) -> Ran {
     let what = format!("{cmd:?}");
     let mut child = cmd
         .stdin(Stdio::null())
@@ -220,7 +225,7 @@ fn run(mut cmd: Command) -> Ran {
     };
     let stdout = drain(Box::new(child.stdout.take().unwrap()));
     let stderr = drain(Box::new(child.stderr.take().unwrap()));
-    let deadline = Instant::now() + RUN_LIMIT;
+    let deadline = Instant::now() + limit;
     let status = loop {
         if let Some(status) = child.try_wait().expect("waiting for the child") {
             break status;
@@ -228,7 +233,7 @@ fn run(mut cmd: Command) -> Ran {
         if Instant::now() > deadline {
             let _ = child.kill();
             let _ = child.wait();
-            panic!("{what} did not finish within {RUN_LIMIT:?} (killed)");
+            panic!("{what} did not finish within {limit:?} (killed)");
         }
         std::thread::sleep(Duration::from_millis(5));
     };
@@ -289,6 +294,74 @@ fn program_not_using_iommufd_behaves_identically_under_the_shim() {
     assert_same_bytes("stdout", &plain.stdout_bytes, &shim.stdout_bytes);
     assert_same_bytes("stderr", &plain.stderr_bytes, &shim.stderr_bytes);
     assert!(shim.stderr.is_empty(), "{}", shim.report());
+}
+
+/// Without core dumps (the status then says only which signal, and a
+/// crash leaves nothing behind).
+fn no_core(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: setrlimit is async-signal-safe and touches no memory of the
+    // parent; it runs in the child between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            let zero = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+            if libc::setrlimit(libc::RLIMIT_CORE, &zero) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// A program that crashes dies under the shim exactly as without it: the
+/// same signal (or exit code) and the same output, for SIGSEGV (a NULL
+/// dereference, also in a second thread while the first copies through
+/// the shim), SIGBUS, abort() and raise(SIGSEGV), with no handler of its
+/// own and with handlers that reset to SIG_DFL and re-raise, return under
+/// SA_RESETHAND or sysv_signal, chain to a saved sigaction, read siginfo,
+/// siglongjmp out, or ignore the signal. Each run is bounded: a shim that
+/// swallows the default action spins for ever. Also: threads racing to
+/// make the first call (which installs the shim's handler) leave the
+/// program's disposition as it was.
+#[test]
+fn crashes_end_as_without_the_shim() {
+    let exe = c_program!("crash");
+    let crashes = ["segv", "bus", "abort", "raise", "thread", "race"];
+    let handlers = ["none", "dfl_raise", "resethand", "sysv", "chain", "siginfo", "longjmp", "ignore", "sigset"];
+    let limit = Duration::from_secs(20);
+    let mut failures = Vec::new();
+    for crash in crashes {
+        for handler in handlers {
+            let args = [exe.as_os_str(), OsStr::new(crash), OsStr::new(handler)];
+            let mut plain = without_shim(&args);
+            no_core(&mut plain);
+            let plain = run_within(plain, limit);
+            let mut shim = uiommufd_run(&[], &args);
+            no_core(&mut shim);
+            let shim = run_within(shim, limit);
+            let (p, s) = (
+                (plain.status.signal(), plain.status.code(), &plain.stdout),
+                (shim.status.signal(), shim.status.code(), &shim.stdout),
+            );
+            if p != s || !shim.stderr.is_empty() && plain.stderr.is_empty() {
+                failures.push(format!(
+                    "{crash} {handler}: without the shim {p:?}, with it {s:?}\n  stderr with the shim: {}",
+                    shim.stderr
+                ));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{} cases differ:\n{}", failures.len(), failures.join("\n"));
+
+    // The handler's install, raced by threads making their first call at
+    // once, never records the shim's own handler as the program's.
+    for _ in 0..20 {
+        let mut shim = uiommufd_run(&[], &[exe.as_os_str(), OsStr::new("race"), OsStr::new("none")]);
+        no_core(&mut shim);
+        let shim = run_within(shim, limit);
+        assert_eq!(shim.status.signal(), Some(libc::SIGSEGV), "{}", shim.report());
+        assert!(shim.stdout.starts_with("SIGSEGV: SIG_DFL\nSIGBUS: SIG_DFL\n"), "{}", shim.report());
+    }
 }
 
 /// Ordinary system tools give the same output and status under the shim.

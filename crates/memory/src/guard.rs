@@ -22,9 +22,6 @@ use std::sync::atomic::{AtomicU8, Ordering};
 
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
 mod imp {
-    use std::mem::MaybeUninit;
-    use std::sync::atomic::{AtomicPtr, Ordering};
-
     // (dst rdi, src rsi, len rdx) -> eax 0, or 1 after a fault.
     // (addr rdi) -> eax 0, or 1 after a fault.
     core::arch::global_asm!(
@@ -102,6 +99,16 @@ mod imp {
         "    vzeroupper",
         "    mov eax, 1",
         "    ret",
+        // The signal restorer: rt_sigreturn, spelled as the bytes unwinders
+        // (libgcc's fallback) recognise as a signal frame, so backtraces
+        // taken in a program's crash handler reach the faulting code.
+        ".p2align 4",
+        "    nop",
+        ".globl uiommufd_guard_restorer",
+        ".hidden uiommufd_guard_restorer",
+        "uiommufd_guard_restorer:",
+        "    .byte 0x48, 0xc7, 0xc0, 0x0f, 0x00, 0x00, 0x00",
+        "    syscall",
         ".popsection",
     );
 
@@ -126,9 +133,9 @@ mod imp {
         ]
     }
 
-    /// The handlers that were installed before ours: index 0 SIGSEGV, 1 SIGBUS.
-    static PREV: [AtomicPtr<libc::sigaction>; 2] =
-        [AtomicPtr::new(std::ptr::null_mut()), AtomicPtr::new(std::ptr::null_mut())];
+    extern "C" {
+        static uiommufd_guard_restorer: u8;
+    }
 
     extern "C" fn on_fault(sig: libc::c_int, info: *mut libc::siginfo_t, uctx: *mut libc::c_void) {
         // SAFETY: the kernel passes a valid ucontext_t for SA_SIGINFO
@@ -138,10 +145,12 @@ mod imp {
         let in_avx = (uiommufd_guard_copy_avx as *const () as usize..&raw const uiommufd_guard_copy_avx_end as usize)
             .contains(&ip);
         let ours = in_avx || insn_addrs().contains(&ip);
-        if sig == libc::SIGSEGV {
+        // SAFETY: the kernel passes a valid siginfo_t for SA_SIGINFO handlers.
+        let code = unsafe { (*info).si_code };
+        if sig == libc::SIGSEGV && code > 0 {
             // Bit 1 of the page-fault error code: the access was a write.
             let write = gregs[libc::REG_ERR as usize] & 2 != 0;
-            // SAFETY: for SIGSEGV the kernel fills si_addr.
+            // SAFETY: for a fault the kernel fills si_addr.
             let addr = unsafe { (*info).si_addr() } as u64;
             if crate::coherency::on_fault(addr, ours, write) {
                 // A strict-coherency watch ended: retry the access.
@@ -149,87 +158,27 @@ mod imp {
             }
         }
         let rip = &mut gregs[libc::REG_RIP as usize];
-        if in_avx {
+        if in_avx && code > 0 {
             *rip = &raw const uiommufd_guard_avx_fixup as usize as libc::greg_t;
             return;
         }
-        if ours {
+        if ours && code > 0 {
             *rip = &raw const uiommufd_guard_fixup as usize as libc::greg_t;
             return;
         }
-        let prev = PREV[if sig == libc::SIGBUS { 1 } else { 0 }].load(Ordering::Acquire);
-        // SAFETY: `prev` is null or a leaked sigaction written once before
-        // our handler was installed.
-        let Some(prev) = (unsafe { prev.as_ref() }) else {
-            reset_default(sig);
-            return;
-        };
-        match prev.sa_sigaction {
-            libc::SIG_DFL | libc::SIG_IGN => reset_default(sig),
-            h if prev.sa_flags & libc::SA_SIGINFO != 0 => {
-                // SAFETY: the previous handler was registered with this
-                // signature (SA_SIGINFO); we forward the same arguments.
-                let f: extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void) =
-                    unsafe { std::mem::transmute(h) };
-                f(sig, info, uctx);
-            }
-            h => {
-                // SAFETY: a plain handler registered without SA_SIGINFO.
-                let f: extern "C" fn(libc::c_int) = unsafe { std::mem::transmute(h) };
-                f(sig);
-            }
-        }
+        super::chain::deliver(sig, info, uctx);
     }
 
-    /// Let the faulting instruction re-run under the default action (which
-    /// terminates the process as it would have without us).
-    fn reset_default(sig: libc::c_int) {
-        // SAFETY: resetting a disposition is async-signal-safe.
-        unsafe { libc::signal(sig, libc::SIG_DFL) };
-    }
-
-    pub fn install() -> bool {
-        for (i, sig) in [libc::SIGSEGV, libc::SIGBUS].into_iter().enumerate() {
-            let mut new: libc::sigaction = unsafe_zeroed();
-            new.sa_sigaction = on_fault as *const () as usize;
-            new.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK | libc::SA_NODEFER;
-            let mut old = MaybeUninit::<libc::sigaction>::zeroed();
-            // SAFETY: valid pointers to a filled sigaction and an output slot.
-            if unsafe { libc::sigaction(sig, &new, old.as_mut_ptr()) } != 0 {
-                return false;
-            }
-            // SAFETY: sigaction filled `old`.
-            let old = Box::new(unsafe { old.assume_init() });
-            PREV[i].store(Box::into_raw(old), Ordering::Release);
-        }
-        true
-    }
-
-    /// Swap the handler our handler chains to for `sig` (what the program
-    /// thinks it installed), returning the previous one. `None` if `sig` is
-    /// not one we guard.
-    pub fn swap_chained(sig: libc::c_int, new: Option<libc::sigaction>) -> Option<libc::sigaction> {
-        let slot = match sig {
-            libc::SIGSEGV => &PREV[0],
-            libc::SIGBUS => &PREV[1],
-            _ => return None,
-        };
-        // SAFETY: a plain C struct; all-zero is SIG_DFL with no flags.
-        let dfl: libc::sigaction = unsafe_zeroed();
-        let cur = slot.load(Ordering::Acquire);
-        // SAFETY: null or a leaked sigaction published with Release.
-        let old = unsafe { cur.as_ref() }.copied().unwrap_or(dfl);
-        if let Some(n) = new {
-            // Leaked on purpose: the handler may read the old one while we
-            // swap, so it is never freed.
-            slot.store(Box::into_raw(Box::new(n)), Ordering::Release);
-        }
-        Some(old)
-    }
-
-    fn unsafe_zeroed() -> libc::sigaction {
-        // SAFETY: sigaction is a plain C struct for which all-zero is valid.
-        unsafe { MaybeUninit::zeroed().assume_init() }
+    /// Our handler for `sig`, as the kernel takes it: with `SA_RESTORER`
+    /// and our own restorer (x86-64 requires one; glibc's is not ours to
+    /// call).
+    pub fn our_action() -> Option<super::chain::KSigaction> {
+        Some(super::chain::KSigaction {
+            handler: on_fault as *const () as usize,
+            flags: (libc::SA_SIGINFO | libc::SA_ONSTACK | libc::SA_NODEFER) as u64 | super::chain::SA_RESTORER,
+            restorer: &raw const uiommufd_guard_restorer as usize,
+            mask: 0,
+        })
     }
 
     /// Copy `len` bytes; false if a fault stopped it.
@@ -265,10 +214,7 @@ mod imp {
 
 #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
 mod imp {
-    pub fn install() -> bool {
-        false
-    }
-    pub fn swap_chained(_: libc::c_int, _: Option<libc::sigaction>) -> Option<libc::sigaction> {
+    pub fn our_action() -> Option<super::chain::KSigaction> {
         None
     }
     pub unsafe fn copy(_: *mut u8, _: *const u8, _: usize) -> bool {
@@ -292,31 +238,331 @@ pub fn available() -> bool {
         2 => true,
         0 => {
             let off = std::env::var_os("UIOMMUFD_GUARDED_COPY").is_some_and(|v| v == "0");
-            let s = if off {
-                3
-            } else if imp::install() {
-                2
-            } else {
-                1
-            };
-            // Two threads may race here; both install, the second chains to
-            // the first, and the outcome is the same.
-            STATE.store(s, Ordering::Release);
-            s == 2
+            // One thread installs; a racing one waits for it and sees the
+            // outcome (never our own handler recorded as the program's).
+            chain::locked(|| {
+                if STATE.load(Ordering::Acquire) == 0 {
+                    let s = if off {
+                        3
+                    } else if imp::our_action().is_some_and(|a| chain::install(&a)) {
+                        2
+                    } else {
+                        1
+                    };
+                    STATE.store(s, Ordering::Release);
+                }
+            });
+            STATE.load(Ordering::Acquire) == 2
         }
         _ => false,
     }
 }
 
-/// The program installs a handler for `sig`: while our handler is in place
-/// for a signal we guard, record `new` as the one ours passes foreign faults
-/// to and return what was recorded before (the program's view of the old
-/// disposition). `None` means: not ours, perform the real `sigaction`.
-pub fn chain_sigaction(sig: libc::c_int, new: Option<libc::sigaction>) -> Option<libc::sigaction> {
-    if STATE.load(Ordering::Acquire) != 2 {
-        return None;
+/// The program's `sigaction(sig, new, old)`. For a signal our handler
+/// guards, while it is installed, the program's disposition is recorded as
+/// the one ours passes foreign signals to, and `old` gets the recorded one;
+/// otherwise `forward` makes the real call. Both under the lock that
+/// orders them against the install, so a disposition the program sets
+/// while we install is never lost. Async-signal-safe (no allocation; the
+/// lock is taken with every signal blocked), as `sigaction` must be.
+pub fn program_sigaction(
+    sig: libc::c_int,
+    new: Option<&libc::sigaction>,
+    old: Option<&mut libc::sigaction>,
+    forward: impl FnOnce() -> libc::c_int,
+) -> libc::c_int {
+    let Some(slot) = chain::slot(sig) else { return forward() };
+    chain::locked(|| {
+        if STATE.load(Ordering::Acquire) != 2 {
+            return forward();
+        }
+        let prev = slot.read();
+        if let Some(n) = new {
+            slot.write(chain::KSigaction::from_libc(n));
+        }
+        if let Some(o) = old {
+            *o = prev.to_libc();
+        }
+        0
+    })
+}
+
+/// For the fork protocol: the chain lock is held across `fork` by the
+/// forking thread (bounded: its holders only run a few instructions and
+/// one system call), so the child never inherits it held.
+pub fn fork_prepare() {
+    chain::lock();
+}
+
+/// After `fork`, in the parent and in the child.
+pub fn fork_done() {
+    chain::unlock();
+}
+
+/// The program's view of the signals our handler guards, and what our
+/// handler does with a signal that is not one of its own faults: what the
+/// kernel would have done with the program's disposition.
+mod chain {
+    use std::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+
+    /// `SA_RESTORER` (x86-64): `restorer` is where a handler returns to.
+    pub const SA_RESTORER: u64 = 0x0400_0000;
+
+    /// The kernel's `struct sigaction` (rt_sigaction with an 8-byte set).
+    #[repr(C)]
+    #[derive(Clone, Copy, PartialEq, Eq, Debug)]
+    pub struct KSigaction {
+        pub handler: usize,
+        pub flags: u64,
+        pub restorer: usize,
+        pub mask: u64,
     }
-    imp::swap_chained(sig, new)
+
+    impl KSigaction {
+        const DFL: KSigaction = KSigaction { handler: libc::SIG_DFL, flags: 0, restorer: 0, mask: 0 };
+
+        pub fn from_libc(a: &libc::sigaction) -> KSigaction {
+            // SAFETY: glibc's sigset_t starts with the kernel's 64-bit set
+            // (bit n - 1 for signal n) and is at least 8 bytes long.
+            let mask = unsafe { (&raw const a.sa_mask).cast::<u64>().read_unaligned() };
+            KSigaction {
+                handler: a.sa_sigaction,
+                flags: a.sa_flags as u32 as u64,
+                restorer: a.sa_restorer.map_or(0, |f| f as usize),
+                mask,
+            }
+        }
+
+        pub fn to_libc(self) -> libc::sigaction {
+            // SAFETY: sigaction is a plain C struct for which all-zero is
+            // valid (SIG_DFL, empty set, no flags).
+            let mut a: libc::sigaction = unsafe { std::mem::zeroed() };
+            a.sa_sigaction = self.handler;
+            a.sa_flags = self.flags as libc::c_int;
+            // SAFETY: a restorer we were given is a function address (0 is
+            // None).
+            a.sa_restorer = unsafe { std::mem::transmute::<usize, Option<extern "C" fn()>>(self.restorer) };
+            // SAFETY: as in from_libc.
+            unsafe { (&raw mut a.sa_mask).cast::<u64>().write_unaligned(self.mask) };
+            a
+        }
+    }
+
+    /// `rt_sigaction(2)`, the system call itself (never an interposed
+    /// libc function: ours records instead of installing). 0 or -errno.
+    pub fn rt_sigaction(sig: libc::c_int, new: Option<&KSigaction>, old: Option<&mut KSigaction>) -> i64 {
+        let new = new.map_or(std::ptr::null(), |n| n as *const KSigaction);
+        let old = old.map_or(std::ptr::null_mut(), |o| o as *mut KSigaction);
+        // SAFETY: both pointers are null or to a KSigaction, the kernel's
+        // layout, with an 8-byte set. Async-signal-safe.
+        let rc = unsafe { libc::syscall(libc::SYS_rt_sigaction, sig, new, old, 8usize) };
+        if rc < 0 {
+            -i64::from(std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EINVAL))
+        } else {
+            0
+        }
+    }
+
+    /// `rt_sigprocmask(2)` with the kernel's 64-bit set; returns the old
+    /// mask.
+    fn sigprocmask(how: libc::c_int, set: u64) -> u64 {
+        let mut old = 0u64;
+        // SAFETY: pointers to live u64s, the kernel's set size.
+        unsafe { libc::syscall(libc::SYS_rt_sigprocmask, how, &raw const set, &raw mut old, 8usize) };
+        old
+    }
+
+    fn bit(sig: libc::c_int) -> u64 {
+        1u64 << (sig - 1)
+    }
+
+    /// A recorded disposition: a sequence lock over atomics, written under
+    /// [`locked`], read without a lock from the signal handler.
+    pub struct Slot {
+        seq: AtomicU32,
+        handler: AtomicUsize,
+        flags: AtomicU64,
+        restorer: AtomicUsize,
+        mask: AtomicU64,
+    }
+
+    impl Slot {
+        const fn new() -> Slot {
+            Slot {
+                seq: AtomicU32::new(0),
+                handler: AtomicUsize::new(libc::SIG_DFL),
+                flags: AtomicU64::new(0),
+                restorer: AtomicUsize::new(0),
+                mask: AtomicU64::new(0),
+            }
+        }
+
+        pub fn read(&self) -> KSigaction {
+            loop {
+                let s1 = self.seq.load(Ordering::Acquire);
+                let k = KSigaction {
+                    handler: self.handler.load(Ordering::Relaxed),
+                    flags: self.flags.load(Ordering::Relaxed),
+                    restorer: self.restorer.load(Ordering::Relaxed),
+                    mask: self.mask.load(Ordering::Relaxed),
+                };
+                fence(Ordering::Acquire);
+                if s1 & 1 == 0 && self.seq.load(Ordering::Relaxed) == s1 {
+                    return k;
+                }
+                std::hint::spin_loop();
+            }
+        }
+
+        /// Only under [`locked`].
+        pub fn write(&self, k: KSigaction) {
+            let s = self.seq.load(Ordering::Relaxed);
+            self.seq.store(s.wrapping_add(1), Ordering::Relaxed);
+            fence(Ordering::Release);
+            self.handler.store(k.handler, Ordering::Relaxed);
+            self.flags.store(k.flags, Ordering::Relaxed);
+            self.restorer.store(k.restorer, Ordering::Relaxed);
+            self.mask.store(k.mask, Ordering::Relaxed);
+            self.seq.store(s.wrapping_add(2), Ordering::Release);
+        }
+    }
+
+    /// The program's dispositions: 0 SIGSEGV, 1 SIGBUS.
+    static SLOTS: [Slot; 2] = [Slot::new(), Slot::new()];
+
+    pub fn slot(sig: libc::c_int) -> Option<&'static Slot> {
+        match sig {
+            libc::SIGSEGV => Some(&SLOTS[0]),
+            libc::SIGBUS => Some(&SLOTS[1]),
+            _ => None,
+        }
+    }
+
+    static LOCK: AtomicBool = AtomicBool::new(false);
+
+    /// Take the lock with every signal blocked (so a handler on this
+    /// thread can never wait for it); returns the mask to restore.
+    pub fn lock() -> u64 {
+        let old = sigprocmask(libc::SIG_BLOCK, !0);
+        while LOCK.compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed).is_err() {
+            std::hint::spin_loop();
+        }
+        FORK_MASK.store(old, Ordering::Relaxed);
+        old
+    }
+
+    /// The mask [`lock`] saved, for [`unlock`] after fork.
+    static FORK_MASK: AtomicU64 = AtomicU64::new(0);
+
+    pub fn unlock() {
+        let old = FORK_MASK.load(Ordering::Relaxed);
+        LOCK.store(false, Ordering::Release);
+        sigprocmask(libc::SIG_SETMASK, old);
+    }
+
+    /// Run `f` holding the lock. Its holders run a few instructions and at
+    /// most one system call, so waiting for it is bounded.
+    pub fn locked<R>(f: impl FnOnce() -> R) -> R {
+        lock();
+        let r = f();
+        unlock();
+        r
+    }
+
+    /// Install `ours` for SIGSEGV and SIGBUS, recording what was there as
+    /// the program's disposition. Under [`locked`].
+    pub fn install(ours: &KSigaction) -> bool {
+        for sig in [libc::SIGSEGV, libc::SIGBUS] {
+            let slot = slot(sig).expect("a guarded signal");
+            let mut cur = KSigaction::DFL;
+            if rt_sigaction(sig, None, Some(&mut cur)) != 0 {
+                return false;
+            }
+            // Recorded first: a fault right after the install must find it.
+            slot.write(if cur.handler == ours.handler { KSigaction::DFL } else { cur });
+            let mut old = KSigaction::DFL;
+            if rt_sigaction(sig, Some(ours), Some(&mut old)) != 0 {
+                return false;
+            }
+            // Changed in between by a direct system call: that one.
+            if old != cur && old.handler != ours.handler {
+                slot.write(old);
+            }
+        }
+        true
+    }
+
+    /// Whether the signal is a fault of the instruction it interrupted
+    /// (re-running the instruction raises it again), rather than sent
+    /// (`kill`, `raise`, `sigqueue`: `si_code <= 0`) or an asynchronous
+    /// machine-check report.
+    fn is_fault(sig: libc::c_int, code: libc::c_int) -> bool {
+        /// `BUS_MCEERR_AO`: memory corruption found, action optional.
+        const BUS_MCEERR_AO: libc::c_int = 5;
+        code > 0 && !(sig == libc::SIGBUS && code == BUS_MCEERR_AO)
+    }
+
+    /// The kernel's default action for `sig`, which for SIGSEGV and SIGBUS
+    /// ends the process: the disposition reset with the system call, then
+    /// a fault re-runs its instruction and a sent signal is sent again.
+    fn default_action(sig: libc::c_int, fault: bool) {
+        rt_sigaction(sig, Some(&KSigaction::DFL), None);
+        if !fault {
+            sigprocmask(libc::SIG_UNBLOCK, bit(sig));
+            // SAFETY: raw system calls on our own process and thread.
+            unsafe {
+                let pid = libc::syscall(libc::SYS_getpid);
+                let tid = libc::syscall(libc::SYS_gettid);
+                libc::syscall(libc::SYS_tgkill, pid, tid, sig);
+            }
+        }
+    }
+
+    /// A signal our handler got that is not a fault of one of our guarded
+    /// instructions: do what the kernel would have done with the program's
+    /// disposition. Runs in the signal handler: no allocation, no lock
+    /// but the chain lock (see [`locked`]).
+    pub fn deliver(sig: libc::c_int, info: *mut libc::siginfo_t, uctx: *mut libc::c_void) {
+        let Some(slot) = slot(sig) else { return };
+        // SAFETY: the kernel passes a valid siginfo_t to SA_SIGINFO handlers.
+        let fault = is_fault(sig, unsafe { (*info).si_code });
+        let act = slot.read();
+        match act.handler {
+            libc::SIG_DFL => default_action(sig, fault),
+            // A fault cannot be ignored (the kernel forces the default
+            // action); a sent signal can.
+            libc::SIG_IGN if fault => default_action(sig, true),
+            libc::SIG_IGN => {}
+            h => {
+                if act.flags & libc::SA_RESETHAND as u64 != 0 {
+                    // Reset only if the program did not change it meanwhile.
+                    locked(|| {
+                        if slot.read() == act {
+                            slot.write(KSigaction::DFL);
+                        }
+                    });
+                }
+                // Block what the kernel blocks while the handler runs; the
+                // mask in `uctx` restores ours on return.
+                let mut block = act.mask;
+                if act.flags & libc::SA_NODEFER as u64 == 0 {
+                    block |= bit(sig);
+                }
+                sigprocmask(libc::SIG_BLOCK, block);
+                if act.flags & libc::SA_SIGINFO as u64 != 0 {
+                    // SAFETY: the program registered this handler with
+                    // SA_SIGINFO; we pass the kernel's arguments on.
+                    let f: extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void) =
+                        unsafe { std::mem::transmute(h) };
+                    f(sig, info, uctx);
+                } else {
+                    // SAFETY: a plain handler registered without SA_SIGINFO.
+                    let f: extern "C" fn(libc::c_int) = unsafe { std::mem::transmute(h) };
+                    f(sig);
+                }
+            }
+        }
+    }
 }
 
 /// Copy `src` (user memory, any address) into `dst`. False after a fault.

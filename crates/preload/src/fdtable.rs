@@ -156,9 +156,11 @@ extern "C" fn atfork_prepare() {
     // A panic must not unwind into libc's fork (the snapshot is then
     // missing and the child keeps private copies).
     let _ = std::panic::catch_unwind(fork_server::prepare);
+    uiommufd_memory::guard::fork_prepare();
 }
 
 fn atfork_release() {
+    uiommufd_memory::guard::fork_done();
     write_unlock();
     ENGINE.store(own_engine_calls(), Ordering::Release);
 }
@@ -176,7 +178,7 @@ extern "C" fn atfork_child() {
 
 static ATFORK: Once = Once::new();
 
-fn ensure_atfork() {
+pub(crate) fn ensure_atfork() {
     ATFORK.call_once(|| {
         fork_server::init();
         // SAFETY: registering plain extern "C" handlers; they touch our own

@@ -37,6 +37,17 @@
 //! private copy of the engine state instead of the parent's files.
 
 pub mod entry;
+
+/// Run when the library is loaded, before the program's `main`: the fork
+/// handlers are registered before any thread can take a lock they cover.
+extern "C" fn on_load() {
+    let _ = std::panic::catch_unwind(fdtable::ensure_atfork);
+}
+
+#[used]
+#[link_section = ".init_array"]
+static ON_LOAD: extern "C" fn() = on_load;
+
 pub mod fdtable;
 pub mod fork_server;
 mod path;

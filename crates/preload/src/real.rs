@@ -80,6 +80,8 @@ real_fns! {
     MADVISE: "madvise" => fn madvise(addr: *mut c_void, len: usize, advice: c_int) -> c_int;
     SIGACTION: "sigaction" => fn sigaction(sig: c_int, act: *const libc::sigaction, old: *mut libc::sigaction) -> c_int;
     SIGNAL: "signal" => fn signal(sig: c_int, handler: libc::sighandler_t) -> libc::sighandler_t;
+    SIGSET: "sigset" => fn sigset(sig: c_int, disp: libc::sighandler_t) -> libc::sighandler_t;
+    SYSV_SIGNAL: "sysv_signal" => fn sysv_signal(sig: c_int, handler: libc::sighandler_t) -> libc::sighandler_t;
     CAPSET: "capset" => fn capset(hdr: *mut c_void, data: *const c_void) -> c_int;
     SETUID: "setuid" => fn setuid(uid: libc::uid_t) -> c_int;
     SETEUID: "seteuid" => fn seteuid(uid: libc::uid_t) -> c_int;
