@@ -1,6 +1,6 @@
 //! `uiommufd`: the command-line front end.
 //!
-//! - `run [--iommu MODEL] [--device SPEC]... [--trace] [--fault-injection]
+//! - `run [--kernel 7.3|6.12] [--iommu MODEL] [--device SPEC]... [--trace] [--fault-injection]
 //!   -- PROGRAM [ARGS]`: run an unmodified program with `/dev/iommu`,
 //!   `/dev/vfio/vfio` and the emulated devices' `/dev/vfio/devices/vfioN`
 //!   served by uiommufd (the preload shim);

@@ -1,8 +1,9 @@
 //! `uiommufd run`: run a program with the preload shim.
 //!
 //! The shim learns the emulated machine from the environment:
-//! `UIOMMUFD_IOMMU` (the IOMMU model) and `UIOMMUFD_DEVICES` (the devices,
-//! `;`-separated), both validated here first so that a typo is an error
+//! `UIOMMUFD_KERNEL` (the Linux release: `--kernel`), `UIOMMUFD_IOMMU` (the
+//! IOMMU model) and `UIOMMUFD_DEVICES` (the devices, `;`-separated), all
+//! validated here first so that a typo is an error
 //! message, not a program that finds no device. Devices also get sysfs
 //! entries: a temporary directory with the files and links a VMM reads
 //! (`/sys/bus/pci/devices/<BDF>/vfio-dev/vfioN/dev`, `iommu_group`, the
@@ -17,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
 use clap::Args;
+use uiommufd_core::KernelRelease;
 use uiommufd_devices::platform::{parse_iommu, Platform, PlatformDevice};
 
 /// The shared object `cargo build` produces for the shim crate.
@@ -24,6 +26,11 @@ const SHIM: &str = "libuiommufd_preload.so";
 
 #[derive(Args)]
 pub struct RunArgs {
+    /// The Linux release whose iommufd to emulate: `7.3` (mainline, the
+    /// default) or `6.12` (the LTS): its commands, flags, data types, mock
+    /// ABI and errnos (also: UIOMMUFD_KERNEL).
+    #[arg(long, value_name = "RELEASE", value_parser = check_kernel)]
+    kernel: Option<String>,
     /// IOMMU model behind the emulated devices: `mock` (the kernel selftest's
     /// mock IOMMU) or `vtd[:key=value,...]` (Intel VT-d; keys cap=HEX,ecap=HEX,
     /// sc=0|1, nesting=0|1, ssads=0|1, sm=0|1, pasid=BITS).
@@ -68,6 +75,17 @@ fn check_iommu(spec: &str) -> Result<String, String> {
     parse_iommu(spec).map(|_| spec.to_string())
 }
 
+/// `--kernel` must name a release we emulate.
+fn check_kernel(name: &str) -> Result<String, String> {
+    match KernelRelease::by_name(name) {
+        Some(r) => Ok(r.name.to_string()),
+        None => {
+            let names: Vec<&str> = uiommufd_core::release::RELEASES.iter().map(|r| r.name).collect();
+            Err(format!("not a release uiommufd emulates (one of {})", names.join(", ")))
+        }
+    }
+}
+
 fn find_shim(explicit: Option<PathBuf>) -> Result<PathBuf, String> {
     if let Some(p) = explicit.or_else(|| std::env::var_os("UIOMMUFD_PRELOAD").map(PathBuf::from)) {
         return if p.is_file() { Ok(p) } else { Err(format!("preload shim {} does not exist", p.display())) };
@@ -107,9 +125,15 @@ pub fn run(args: RunArgs) -> Result<ExitCode, String> {
         preload.push(":");
         preload.push(existing);
     }
+    // The release: --kernel, else a valid UIOMMUFD_KERNEL, else the default.
+    let release = match &args.kernel {
+        Some(name) => KernelRelease::by_name(name).ok_or("--kernel names no release")?,
+        None => KernelRelease::from_env()?,
+    };
     let (prog, rest) = args.program.split_first().ok_or("no program given")?;
     let mut cmd = Command::new(prog);
     cmd.args(rest).env("LD_PRELOAD", preload).env("UIOMMUFD_IOMMU", &args.iommu);
+    cmd.env(uiommufd_core::release::ENV, release.name);
     if devices.is_empty() {
         cmd.env_remove("UIOMMUFD_DEVICES").env_remove("UIOMMUFD_SYSFS");
     } else {

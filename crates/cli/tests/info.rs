@@ -31,7 +31,9 @@ fn a_client_unit_from_its_boot_line() {
 fn the_default_unit_enforces_coherency_and_decodes_registers() {
     let (ok, out, err) = info(&["--registers", "--device", "dma-engine", "--device", "dma-engine"]);
     assert!(ok, "{err}");
-    for needle in ["snoop control (SC): yes", "SAGAW", "wbinvd: can be a no-op", "device 1 (dma-engine) at 0000:00:05.0"] {
+    for needle in
+        ["snoop control (SC): yes", "SAGAW", "wbinvd: can be a no-op", "device 1 (dma-engine) at 0000:00:05.0"]
+    {
         assert!(out.contains(needle), "missing {needle:?} in:\n{out}");
     }
 }

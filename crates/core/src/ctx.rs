@@ -12,6 +12,7 @@ use uiommufd_abi as abi;
 use crate::error::{einval, eopnotsupp, eperm, Result};
 use crate::ioas::Ioas;
 use crate::object::{Borrowed, ObjectId, ObjectType, Pending, Table};
+use crate::release::KernelRelease;
 
 /// How pinned pages are charged against `RLIMIT_MEMLOCK`
 /// (`IOMMU_OPTION_RLIMIT_MODE`).
@@ -39,6 +40,8 @@ pub struct Iommufd {
     /// The IOAS VFIO compatibility uses (`ictx->vfio_ioas`): not a
     /// dependency edge; it lapses when the IOAS is destroyed.
     vfio_ioas: Mutex<Option<(ObjectId, Weak<Ioas>)>>,
+    /// The kernel release whose answers this context gives.
+    release: &'static KernelRelease,
 }
 
 impl Default for Iommufd {
@@ -53,13 +56,29 @@ impl Iommufd {
         Arc::new(Self::open(OpenedAs::Iommu))
     }
 
-    /// A fresh context opened through `how`.
+    /// A fresh context opened through `how`, answering as the process's
+    /// release ([`KernelRelease::process_default`]).
     pub fn open(how: OpenedAs) -> Self {
+        Self::open_as(how, KernelRelease::process_default())
+    }
+
+    /// A fresh context opened through `how`, answering as `release`.
+    pub fn open_as(how: OpenedAs, release: &'static KernelRelease) -> Self {
         let mode = match how {
             OpenedAs::Iommu => AccountMode::User,
             OpenedAs::VfioContainer => AccountMode::Process,
         };
-        Iommufd { objects: Table::default(), account_mode: AtomicU8::new(mode as u8), vfio_ioas: Mutex::new(None) }
+        Iommufd {
+            objects: Table::default(),
+            account_mode: AtomicU8::new(mode as u8),
+            vfio_ioas: Mutex::new(None),
+            release,
+        }
+    }
+
+    /// The kernel release this context emulates.
+    pub fn release(&self) -> &'static KernelRelease {
+        self.release
     }
 
     /// The object table (typed lookups for the layers above).

@@ -352,11 +352,7 @@ pub fn hwpt_alloc<'c>(
     };
     match kind {
         ObjectKind::Ioas => {
-            let valid = abi::IOMMU_HWPT_ALLOC_NEST_PARENT
-                | abi::IOMMU_HWPT_ALLOC_DIRTY_TRACKING
-                | abi::IOMMU_HWPT_FAULT_ID_VALID
-                | abi::IOMMU_HWPT_ALLOC_PASID;
-            if flags & !valid != 0 {
+            if flags & !ctx.release().hwpt_paging_flags != 0 {
                 return Err(eopnotsupp("unknown HWPT flags"));
             }
             let dirty = flags & abi::IOMMU_HWPT_ALLOC_DIRTY_TRACKING != 0;
@@ -390,7 +386,7 @@ pub fn hwpt_alloc<'c>(
             Ok(PendingHwpt { pending, hwpt: Object::HwptPaging(hwpt), _list: Some(list) })
         }
         ObjectKind::HwptPaging => {
-            if flags & !(abi::IOMMU_HWPT_FAULT_ID_VALID | abi::IOMMU_HWPT_ALLOC_PASID) != 0 || data.len == 0 {
+            if flags & !ctx.release().hwpt_nested_flags != 0 || data.len == 0 {
                 return Err(eopnotsupp("nested HWPTs take only FAULT_ID_VALID/PASID and need data"));
             }
             let parent = ctx.get::<HwptPaging>(pt_id)?;
@@ -440,6 +436,9 @@ pub fn get_hw_info(ctx: &crate::Iommufd, dev_id: ObjectId, in_type: u32) -> Resu
     if idev.dev().capable(uiommufd_hw::device::Cap::DirtyTracking) {
         capabilities |= abi::IOMMU_HW_CAP_DIRTY_TRACKING as u64;
     }
+    if ctx.release().hw_info_ats_not_supported && !idev.dev().pci_ats_supported() {
+        capabilities |= abi::IOMMU_HW_CAP_PCI_ATS_NOT_SUPPORTED as u64;
+    }
     Ok(HwInfo { data_type, data, capabilities, max_pasid_log2: idev.dev().max_pasid_log2() as u8 })
 }
 
@@ -455,9 +454,10 @@ pub fn get_dirty_bitmap(ctx: &crate::Iommufd, hwpt_id: ObjectId, b: &crate::io_p
     hwpt.ioas().iopt().read_and_clear_dirty(hwpt.domain().as_ref(), b)
 }
 
-/// `IOMMU_HWPT_INVALIDATE` on a nested HWPT or a vIOMMU (any other kind is
-/// `ENOENT`, as in 6.12; mainline says `EINVAL`). On return `array.entry_num`
-/// holds the number of requests handled, also on failure.
+/// `IOMMU_HWPT_INVALIDATE` on a nested HWPT or a vIOMMU; any other object
+/// is the release's `invalidate_other_object` (an unknown ID is `ENOENT`).
+/// On return `array.entry_num` holds the number of requests handled, also
+/// on failure.
 pub fn invalidate(ctx: &crate::Iommufd, hwpt_id: ObjectId, array: &mut uiommufd_hw::UserDataArray<'_>) -> Result<()> {
     if ctx.objects().kind_of(hwpt_id) == Some(ObjectKind::Viommu) {
         return crate::viommu::cache_invalidate(ctx, hwpt_id, array);
@@ -466,7 +466,10 @@ pub fn invalidate(ctx: &crate::Iommufd, hwpt_id: ObjectId, array: &mut uiommufd_
         Ok(h) => h,
         Err(e) => {
             array.entry_num = 0;
-            return Err(e);
+            return match ctx.objects().kind_of(hwpt_id) {
+                Some(_) => Err(crate::Error::new(ctx.release().invalidate_other_object, "not a nested HWPT or vIOMMU")),
+                None => Err(e),
+            };
         }
     };
     hwpt.domain()

@@ -9,6 +9,8 @@
 //! - [`object`]: the ID table, typed lookups, the users/short-term counts,
 //!   reserve → build → publish;
 //! - [`ctx`]: the per-file context and the global options;
+//! - [`release`]: the kernel release a context emulates (7.3 or 6.12) and
+//!   every difference between them;
 //! - [`ioas`], [`io_pagetable`]: IO address spaces and their IOVA map;
 //! - [`pages`], [`account`]: pinned user pages and their accounting;
 //! - [`hwpt`], [`device`]: hardware page tables and bound devices;
@@ -40,6 +42,7 @@ pub mod ioas;
 pub mod map_file;
 pub mod object;
 pub mod pages;
+pub mod release;
 pub mod selftest;
 pub mod veventq;
 pub mod vfio_compat;
@@ -48,4 +51,5 @@ pub mod viommu;
 pub use ctx::{AccountMode, Iommufd};
 pub use error::{Error, Result};
 pub use object::{ObjectId, ObjectKind};
+pub use release::KernelRelease;
 pub use uiommufd_abi::Errno;

@@ -153,7 +153,10 @@ impl Drop for PendingMockDevice<'_> {
 /// attach it to `pt_id` (an IOAS or a HWPT).
 pub fn mock_domain(ctx: &Arc<Iommufd>, pt_id: ObjectId, dev_flags: u32) -> Result<PendingMockDevice<'_>> {
     let pending = ctx.objects().reserve()?;
-    let mock = Arc::new(MockDevice::new(dev_flags).ctx("unknown mock device flags")?);
+    if dev_flags & !ctx.release().mock_device_flags != 0 {
+        return Err(einval("mock device flags unknown to this release"));
+    }
+    let mock = Arc::new(MockDevice::with_profile(dev_flags, &ctx.release().mock).ctx("unknown mock device flags")?);
     let (idev_id, dep) = device::bind(ctx, Arc::clone(&mock) as Arc<dyn IommuDevice>)?;
     let stdev = Arc::new(SelftestDevice {
         hdr: ObjHeader::new(pending.id()),

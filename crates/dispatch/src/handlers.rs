@@ -155,8 +155,7 @@ pub fn hwpt_alloc(u: &mut Ucmd) -> Result<i32> {
 /// buffer, zero the rest of it, report the full length.
 pub fn get_hw_info(u: &mut Ucmd) -> Result<i32> {
     let mut cmd: abi::IommuHwInfo = u.read()?;
-    let known = abi::IOMMU_HW_INFO_FLAG_INPUT_TYPE;
-    if cmd.flags & !known != 0 {
+    if cmd.flags & !u.ctx.release().hw_info_flags != 0 {
         return Err(eopnotsupp("unknown GET_HW_INFO flags"));
     }
     if cmd.__reserved != [0; 3] {

@@ -6,7 +6,8 @@
 //! 1. an ioctl number outside the iommufd range goes to the VFIO type1
 //!    compatibility path, which answers `ENOTTY` for what it does not know;
 //! 2. the leading `u32 size` is read first (`EFAULT` if unreadable);
-//! 3. the request must match the table entry exactly (`ENOTTY` otherwise);
+//! 3. the request must match the table entry exactly and the emulated
+//!    release must have the command (`ENOTTY` otherwise);
 //! 4. `size` below the command's mandatory prefix is `EINVAL`;
 //! 5. a shorter struct is zero-extended; a longer one must be zero past what
 //!    we know (`E2BIG`), read from user memory (`EFAULT` if unreadable);
@@ -40,6 +41,7 @@ pub use vfio_group::{VfioGroup, VfioGroupFile};
 
 use std::sync::Arc;
 
+use uiommufd_abi::test_cmd::IOMMU_TEST_CMD as TEST_CMD;
 use uiommufd_abi::{ioctl, Errno, IOMMUFD_CMD_BASE};
 use uiommufd_core::error::ErrnoExt;
 use uiommufd_core::{Error, Iommufd};
@@ -60,7 +62,7 @@ pub fn iommufd_ioctl(ctx: &Arc<Iommufd>, host: &dyn FdHost, request: u64, arg: u
     uiommufd_memory::copy_from_user(&mut size, arg).ctx("reading the command size")?;
     let user_size = u32::from_ne_bytes(size);
     let op = match &OPS[slot as usize] {
-        Some(op) if op.ioctl == cmd => op,
+        Some(op) if op.ioctl == cmd && (nr == ioctl::ioc_nr(TEST_CMD) || ctx.release().has_command(nr)) => op,
         _ => return Err(Error::new(Errno::ENOTTY, "unknown iommufd command")),
     };
     if (user_size as usize) < op.min_size {

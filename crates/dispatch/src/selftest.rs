@@ -14,6 +14,9 @@ use crate::ucmd::Ucmd;
 
 pub fn execute(u: &mut Ucmd) -> Result<i32> {
     let mut cmd: IommuTestCmd = u.read()?;
+    if !u.ctx.release().has_test_op(cmd.op) {
+        return Err(eopnotsupp("selftest op unknown to this release"));
+    }
     match cmd.op {
         t::IOMMU_TEST_OP_ADD_RESERVED => {
             let c: t::TestAddReserved = cmd.payload_as();

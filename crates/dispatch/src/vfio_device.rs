@@ -513,7 +513,8 @@ impl VfioDeviceFile {
         let mut bind = v::VfioDeviceBindIommufd::default();
         crate::ucmd::struct_reader(arg, u64::from(argsz))(bind.as_mut_bytes())
             .map_err(|e| Error::new(e, "reading the argument"))?;
-        if bind.iommufd < 0 || bind.flags & !v::VFIO_DEVICE_BIND_FLAG_TOKEN != 0 {
+        let known = uiommufd_core::KernelRelease::process_default().vfio_bind_flags;
+        if bind.iommufd < 0 || bind.flags & !known != 0 {
             return Err(einval("bad iommufd or unknown flags"));
         }
         if self.group.is_some() {
@@ -719,7 +720,8 @@ fn attach_pt(dev: &VfioDevice, b: &Binding, arg: u64) -> Result<i32> {
     if (a.argsz as usize) < minsz {
         return Err(einval("argsz is below the mandatory fields"));
     }
-    if a.flags & !v::VFIO_DEVICE_ATTACH_PASID != 0 {
+    let known = if b.ctx.release().vfio_pasid_flags { v::VFIO_DEVICE_ATTACH_PASID } else { 0 };
+    if a.flags & !known != 0 {
         return Err(einval("unknown flags"));
     }
     let pasid = if a.flags & v::VFIO_DEVICE_ATTACH_PASID != 0 {
@@ -753,7 +755,8 @@ fn detach_pt(dev: &VfioDevice, b: &Binding, arg: u64) -> Result<i32> {
     if (d.argsz as usize) < minsz {
         return Err(einval("argsz is below the mandatory fields"));
     }
-    if d.flags & !v::VFIO_DEVICE_DETACH_PASID != 0 {
+    let known = if b.ctx.release().vfio_pasid_flags { v::VFIO_DEVICE_DETACH_PASID } else { 0 };
+    if d.flags & !known != 0 {
         return Err(einval("unknown flags"));
     }
     let pasid = if d.flags & v::VFIO_DEVICE_DETACH_PASID != 0 {

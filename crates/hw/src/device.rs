@@ -63,6 +63,14 @@ pub trait IommuDevice: crate::AnyDomain + Send + Sync {
     /// `device_iommu_capable`.
     fn capable(&self, cap: Cap) -> bool;
 
+    /// `IOMMU_CAP_PCI_ATS_SUPPORTED`: the device may use ATS behind this
+    /// IOMMU (a PCI function with the ATS capability and an IOMMU with a
+    /// device TLB). No device we emulate has ATS, and the mock's driver
+    /// never reports it.
+    fn pci_ats_supported(&self) -> bool {
+        false
+    }
+
     /// `iommu_get_resv_regions`.
     fn reserved_regions(&self) -> Vec<ResvRegion> {
         Vec::new()

@@ -337,12 +337,25 @@ impl UserData<'_> {
         data_type: u32,
         min_len: usize,
     ) -> Result<T, Errno> {
+        self.read_sized(data_type, min_len, core::mem::size_of::<T>())
+    }
+
+    /// [`read`](Self::read) for a kernel whose struct is the first `ksize`
+    /// bytes of `T` (an older release's shorter version); the rest of `T`
+    /// stays zero.
+    pub fn read_sized<T: zerocopy::FromBytes + zerocopy::IntoBytes>(
+        &mut self,
+        data_type: u32,
+        min_len: usize,
+        ksize: usize,
+    ) -> Result<T, Errno> {
         let len = self.len as usize;
-        if self.data_type != data_type || len < min_len || len > core::mem::size_of::<T>() {
+        let ksize = ksize.min(core::mem::size_of::<T>());
+        if self.data_type != data_type || len < min_len || len > ksize {
             return Err(Errno::EINVAL);
         }
         let mut v = T::new_zeroed();
-        (self.reader)(v.as_mut_bytes())?;
+        (self.reader)(&mut v.as_mut_bytes()[..ksize])?;
         Ok(v)
     }
 }

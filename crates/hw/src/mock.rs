@@ -604,7 +604,12 @@ impl MockNested {
     /// (`EINVAL`), `flags` may only hold `IOMMU_HWPT_ALLOC_PASID`
     /// (`EOPNOTSUPP`), the data must be `IOMMU_HWPT_DATA_SELFTEST` with at
     /// least `iotlb` (`EINVAL`).
-    pub fn new(parent: &Arc<dyn Domain>, flags: u32, data: &mut UserData<'_>) -> Result<MockNested, Errno> {
+    pub fn new(
+        parent: &Arc<dyn Domain>,
+        flags: u32,
+        data: &mut UserData<'_>,
+        profile: &MockProfile,
+    ) -> Result<MockNested, Errno> {
         if flags & !uiommufd_abi::IOMMU_HWPT_ALLOC_PASID != 0 {
             return Err(Errno::EOPNOTSUPP);
         }
@@ -614,7 +619,8 @@ impl MockNested {
         if parent.as_any().downcast_ref::<MockDomain>().is_none() {
             return Err(Errno::EINVAL);
         }
-        let cfg: test_cmd::IommuHwptSelftest = data.read(test_cmd::IOMMU_HWPT_DATA_SELFTEST, 4)?;
+        let cfg: test_cmd::IommuHwptSelftest =
+            data.read_sized(test_cmd::IOMMU_HWPT_DATA_SELFTEST, 4, profile.hwpt_selftest_size)?;
         Ok(MockNested {
             parent: Arc::clone(parent),
             iotlb: std::array::from_fn(|_| AtomicU32::new(cfg.iotlb)),
@@ -694,6 +700,22 @@ impl Domain for MockNested {
     }
 }
 
+/// What sets one kernel release's selftest mock driver apart from
+/// another's. The values per release live in `uiommufd_core::release`;
+/// [`MockProfile::MAINLINE`] is Linux 7.3's.
+#[derive(Debug, PartialEq, Eq)]
+pub struct MockProfile {
+    /// Bytes of `struct iommu_hwpt_selftest` the driver knows: longer data
+    /// is `EINVAL` (`iommu_copy_struct_from_user`). 6.12 has `iotlb` only
+    /// (4); 7.3 adds `pagetable_type` (8).
+    pub hwpt_selftest_size: usize,
+}
+
+impl MockProfile {
+    /// Linux 7.3's mock.
+    pub const MAINLINE: MockProfile = MockProfile { hwpt_selftest_size: 8 };
+}
+
 /// A device of the selftest's mock IOMMU (`struct mock_dev`), with the mock
 /// driver's per-device operations (`mock_ops`).
 ///
@@ -713,6 +735,7 @@ impl Domain for MockNested {
 pub struct MockDevice {
     id: u32,
     flags: u32,
+    profile: &'static MockProfile,
     cache: [AtomicU32; test_cmd::MOCK_DEV_CACHE_NUM as usize],
     viommu: Mutex<Option<(Weak<MockViommu>, u64)>>,
     pasid_fake_error: AtomicBool,
@@ -721,8 +744,13 @@ pub struct MockDevice {
 static NEXT_MOCK_DEV: AtomicU32 = AtomicU32::new(0);
 
 impl MockDevice {
-    /// `mock_dev_create`: unknown flags are `EINVAL`.
+    /// `mock_dev_create` of the mainline mock: unknown flags are `EINVAL`.
     pub fn new(flags: u32) -> Result<MockDevice, Errno> {
+        Self::with_profile(flags, &MockProfile::MAINLINE)
+    }
+
+    /// `mock_dev_create` of the mock `profile` describes.
+    pub fn with_profile(flags: u32, profile: &'static MockProfile) -> Result<MockDevice, Errno> {
         let known = test_cmd::MOCK_FLAGS_DEVICE_NO_DIRTY
             | test_cmd::MOCK_FLAGS_DEVICE_HUGE_IOVA
             | test_cmd::MOCK_FLAGS_DEVICE_PASID;
@@ -732,6 +760,7 @@ impl MockDevice {
         Ok(MockDevice {
             id: NEXT_MOCK_DEV.fetch_add(1, Ordering::Relaxed),
             flags,
+            profile,
             cache: std::array::from_fn(|_| AtomicU32::new(test_cmd::IOMMU_TEST_DEV_CACHE_DEFAULT)),
             viommu: Mutex::new(None),
             pasid_fake_error: AtomicBool::new(false),
@@ -867,7 +896,7 @@ impl IommuDevice for MockDevice {
         flags: u32,
         data: &mut UserData<'_>,
     ) -> Result<Arc<dyn Domain>, Errno> {
-        Ok(Arc::new(MockNested::new(parent, flags, data)?))
+        Ok(Arc::new(MockNested::new(parent, flags, data, self.profile)?))
     }
 
     /// `mock_domain_hw_info`: the selftest type, asked for by default or by
@@ -993,7 +1022,7 @@ impl ViommuDriver for MockViommu {
         if flags & !uiommufd_abi::IOMMU_HWPT_ALLOC_PASID != 0 {
             return Err(Errno::EOPNOTSUPP);
         }
-        let mut nested = MockNested::new(&self.s2_parent, 0, data)?;
+        let mut nested = MockNested::new(&self.s2_parent, 0, data, &MockProfile::MAINLINE)?;
         nested.viommu = Some(self.me.clone());
         Ok(Arc::new(nested))
     }
