@@ -726,6 +726,17 @@ fn io_family_on_served_descriptors() {
     run(uiommufd_run(&["--device", "dma-engine"], &[&exe])).assert_c_passed();
 }
 
+/// A fault queue's read and write at the edges, as Linux 7.3.4 answers
+/// them (tests/c/fault_read.c passes on the oracle): a group whose
+/// copy-out faults goes back to the queue, counts above 1 MiB work,
+/// cookies are the lowest free, a response batch stops at an unreadable
+/// record.
+#[test]
+fn fault_queue_read_edges() {
+    let exe = c_program!("fault_read");
+    run(uiommufd_run(&[], &[&exe])).assert_c_passed();
+}
+
 /// The classic VFIO type1 user (Documentation/driver-api/vfio.rst): the
 /// group from sysfs, /dev/vfio/vfio and /dev/vfio/$GROUP, SET_CONTAINER,
 /// SET_IOMMU, MAP_DMA, GET_DEVICE_FD, BAR0 mapped and the DMA engine

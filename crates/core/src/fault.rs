@@ -49,9 +49,6 @@ struct State {
     deliver: VecDeque<Group>,
     /// Delivered, awaiting a response: cookie -> group.
     response: BTreeMap<u32, Group>,
-    next_cookie: u32,
-    /// Responses received, for tests: (cookie, code).
-    answered: Vec<(u32, u32)>,
 }
 
 /// `struct iommufd_fault`.
@@ -102,26 +99,42 @@ impl Fault {
         self.sync_ready(&st);
     }
 
-    /// `read(2)`: fill `buf` with whole groups; `ESPIPE` for a length that is
-    /// not a multiple of the record, `EINVAL` when even the first group does
-    /// not fit. Returns the bytes produced.
-    pub fn read(&self, buf: &mut [u8]) -> Result<usize> {
-        if !buf.len().is_multiple_of(FAULT_SIZE) {
+    /// `read(2)` of up to `count` bytes (iommufd_fault_fops_read): whole
+    /// groups, each record handed to `sink` with its offset in the
+    /// caller's buffer. `ESPIPE` for a count that is not a multiple of the
+    /// record, `EINVAL` when even the first group does not fit. A group
+    /// whose records `sink` cannot write goes back to the head of the
+    /// queue, unanswerable (its cookie freed), and ends the read: `EFAULT`
+    /// if it was the first, else the bytes of the groups before it. Each
+    /// group delivered gets the lowest free cookie from 1, as the kernel's
+    /// `XA_FLAGS_ALLOC1` xarray gives.
+    pub fn read(
+        &self,
+        count: usize,
+        mut sink: impl FnMut(usize, &[u8]) -> std::result::Result<(), Errno>,
+    ) -> Result<usize> {
+        if !count.is_multiple_of(FAULT_SIZE) {
             return Err(Error::new(Errno::ESPIPE, "read size is not a multiple of the fault record"));
         }
         let mut st = self.lock();
         let mut done = 0usize;
-        while let Some(group) = st.deliver.front() {
+        let mut rc = Ok(());
+        while let Some(group) = st.deliver.pop_front() {
             let need = group.faults.len() * FAULT_SIZE;
-            if need > buf.len() - done {
+            if done >= count || need > count - done {
+                st.deliver.push_front(group);
                 if done == 0 {
-                    return Err(einval("the buffer does not fit the first fault group"));
+                    rc = Err(einval("the buffer does not fit the first fault group"));
                 }
                 break;
             }
-            let group = st.deliver.pop_front().expect("front exists");
-            st.next_cookie = st.next_cookie.wrapping_add(1).max(1);
-            let cookie = st.next_cookie;
+            let Some(cookie) = lowest_free_cookie(&st.response) else {
+                st.deliver.push_front(group);
+                rc = Err(Error::new(Errno::EBUSY, "no free cookie"));
+                break;
+            };
+            let mut group_done = done;
+            let mut copied = Ok(());
             for f in &group.faults {
                 let rec = abi::IommuHwptPgfault {
                     flags: f.flags,
@@ -134,36 +147,59 @@ impl Fault {
                     length: 0,
                     cookie,
                 };
-                buf[done..done + FAULT_SIZE].copy_from_slice(rec.as_bytes());
-                done += FAULT_SIZE;
+                copied = sink(group_done, rec.as_bytes());
+                if copied.is_err() {
+                    break;
+                }
+                group_done += FAULT_SIZE;
+            }
+            if let Err(e) = copied {
+                st.deliver.push_front(group);
+                rc = Err(Error::new(e, "writing the fault records"));
+                break;
             }
             st.response.insert(cookie, group);
+            done = group_done;
         }
         self.sync_ready(&st);
-        Ok(done)
+        match rc {
+            Err(e) if done == 0 => Err(e),
+            _ => Ok(done),
+        }
     }
 
-    /// `write(2)`: responses, as many as `data` holds. A bad code or an
-    /// unknown cookie stops the batch (`EINVAL` if it was the first).
-    pub fn write(&self, data: &[u8]) -> Result<usize> {
-        if !data.len().is_multiple_of(RESPONSE_SIZE) {
+    /// `write(2)` of `count` bytes of responses
+    /// (iommufd_fault_fops_write), each record read by `source` at its
+    /// offset in the caller's buffer. A bad code, an unknown cookie or an
+    /// unreadable record stops the batch (its errno if it was the first).
+    pub fn write(
+        &self,
+        count: usize,
+        mut source: impl FnMut(usize, &mut [u8]) -> std::result::Result<(), Errno>,
+    ) -> Result<usize> {
+        if !count.is_multiple_of(RESPONSE_SIZE) {
             return Err(Error::new(Errno::ESPIPE, "write size is not a multiple of the response record"));
         }
         let mut st = self.lock();
         let mut done = 0usize;
-        while done < data.len() {
-            let r = abi::IommuHwptPageResponse::read_from_bytes(&data[done..done + RESPONSE_SIZE]).expect("sized");
+        let mut rc = einval("bad response code or unknown cookie");
+        while done < count {
+            let mut raw = [0u8; RESPONSE_SIZE];
+            if let Err(e) = source(done, &mut raw) {
+                rc = Error::new(e, "reading the responses");
+                break;
+            }
+            let r = abi::IommuHwptPageResponse::read_from_bytes(&raw).expect("sized");
             if r.code != abi::IOMMUFD_PAGE_RESP_SUCCESS && r.code != abi::IOMMUFD_PAGE_RESP_INVALID {
                 break;
             }
             if st.response.remove(&r.cookie).is_none() {
                 break;
             }
-            st.answered.push((r.cookie, r.code));
             done += RESPONSE_SIZE;
         }
         if done == 0 {
-            return Err(einval("bad response code or unknown cookie"));
+            return Err(rc);
         }
         Ok(done)
     }
@@ -174,11 +210,7 @@ impl Fault {
         let before = st.deliver.len();
         st.deliver.retain(|g| g.handle != handle);
         let dropped = before - st.deliver.len();
-        let gone: Vec<u32> = st.response.iter().filter(|(_, g)| g.handle == handle).map(|(&c, _)| c).collect();
-        for c in gone {
-            st.response.remove(&c);
-            st.answered.push((c, abi::IOMMUFD_PAGE_RESP_INVALID));
-        }
+        st.response.retain(|_, g| g.handle != handle);
         if dropped != 0 {
             self.sync_ready(&st);
         }
@@ -189,11 +221,18 @@ impl Fault {
         let st = self.lock();
         (st.deliver.len(), st.response.len())
     }
+}
 
-    /// Responses received so far as `(cookie, code)`.
-    pub fn answered(&self) -> Vec<(u32, u32)> {
-        self.lock().answered.clone()
+/// The lowest cookie from 1 that no delivered group holds.
+fn lowest_free_cookie(response: &BTreeMap<u32, Group>) -> Option<u32> {
+    let mut want = 1u32;
+    for &k in response.keys() {
+        if k != want {
+            break;
+        }
+        want = want.checked_add(1)?;
     }
+    Some(want)
 }
 
 impl ObjectType for Fault {

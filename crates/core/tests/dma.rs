@@ -189,7 +189,12 @@ fn faults_go_to_the_hwpt_fault_queue() {
     let e = d.port.dma_write(IOVA + 0x1234, &[1, 2], NS).unwrap_err();
     assert!(e.reported, "the fault should have gone to the queue");
     let mut rec = vec![0u8; std::mem::size_of::<uiommufd_abi::IommuHwptPgfault>()];
-    assert_eq!(fq.read(&mut rec).unwrap(), rec.len());
+    let len = rec.len();
+    let n = fq.read(len, |at, b| {
+        rec[at..at + b.len()].copy_from_slice(b);
+        Ok(())
+    });
+    assert_eq!(n.unwrap(), len);
     let f: uiommufd_abi::IommuHwptPgfault = zerocopy::FromBytes::read_from_bytes(&rec[..]).unwrap();
     assert_eq!(f.dev_id, d.dev.id());
     assert_eq!(f.addr, (IOVA + 0x1234) & !(ps() - 1));

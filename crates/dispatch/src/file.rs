@@ -84,10 +84,6 @@ fn decimal(n: &[u8]) -> Option<u32> {
     std::str::from_utf8(n).ok()?.parse().ok()
 }
 
-/// Largest single read or write we serve (larger requests are shortened,
-/// as `read(2)` may).
-const MAX_IO: usize = 1 << 20;
-
 /// Where served files get their descriptor numbers.
 pub trait FdHost: Sync {
     /// Give `file` a new descriptor (close-on-exec when `cloexec`).
@@ -311,21 +307,19 @@ impl File {
     pub fn read(&self, buf: u64, count: usize, pos: Option<i64>) -> Result<usize, Error> {
         match self {
             File::Fault(f) => {
-                if pos.is_some_and(|p| p != 0) {
+                if pos.is_some() {
                     return Err(Error::new(Errno::ESPIPE, "fault queues have no file position"));
                 }
-                let mut tmp = vec![0u8; count.min(MAX_IO)];
-                let n = f.fault.read(&mut tmp)?;
-                uiommufd_memory::copy_to_user(buf, &tmp[..n]).map_err(|e| Error::new(e, "writing the faults"))?;
-                Ok(n)
+                // Each record goes straight to user memory; a group that
+                // cannot be written goes back to the queue.
+                f.fault.read(count, |at, rec| uiommufd_memory::copy_to_user(buf.wrapping_add(at as u64), rec))
             }
             File::Veventq(f) => {
-                if pos.is_some_and(|p| p != 0) {
+                if pos.is_some() {
                     return Err(Error::new(Errno::ESPIPE, "event queues have no file position"));
                 }
                 // Each record goes straight to user memory; one that cannot
                 // be written stays queued.
-                let count = count.min(MAX_IO);
                 f.veventq.read(count, |at, bytes| uiommufd_memory::copy_to_user(buf.wrapping_add(at as u64), bytes))
             }
             File::VfioDevice(f) => f.read(buf, count, pos),
@@ -359,12 +353,10 @@ impl File {
     pub fn write(&self, buf: u64, count: usize, pos: Option<i64>) -> Result<usize, Error> {
         match self {
             File::Fault(f) => {
-                if pos.is_some_and(|p| p != 0) {
+                if pos.is_some() {
                     return Err(Error::new(Errno::ESPIPE, "fault queues have no file position"));
                 }
-                let mut tmp = vec![0u8; count.min(MAX_IO)];
-                uiommufd_memory::copy_from_user(&mut tmp, buf).map_err(|e| Error::new(e, "reading the responses"))?;
-                f.fault.write(&tmp)
+                f.fault.write(count, |at, rec| uiommufd_memory::copy_from_user(rec, buf.wrapping_add(at as u64)))
             }
             File::VfioDevice(f) => f.write(buf, count, pos),
             File::FailNth(f) => {
