@@ -737,6 +737,16 @@ fn fault_queue_read_edges() {
     run(uiommufd_run(&[], &[&exe])).assert_c_passed();
 }
 
+/// IOMMU_GET_HW_INFO with data_len near 4 GiB under a 1 GiB address-space
+/// limit: the tail is cleared in place (EFAULT at the first unwritable
+/// page, the bytes before it zero), never allocated (which aborted the
+/// program). The same checks pass on Linux 7.3.4.
+#[test]
+fn hw_info_clears_a_huge_tail_in_place() {
+    let exe = c_program!("hw_info_tail");
+    run(uiommufd_run(&[], &[&exe])).assert_c_passed();
+}
+
 /// The classic VFIO type1 user (Documentation/driver-api/vfio.rst): the
 /// group from sysfs, /dev/vfio/vfio and /dev/vfio/$GROUP, SET_CONTAINER,
 /// SET_IOMMU, MAP_DMA, GET_DEVICE_FD, BAR0 mapped and the DMA engine

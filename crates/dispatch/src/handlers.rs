@@ -151,6 +151,21 @@ pub fn hwpt_alloc(u: &mut Ucmd) -> Result<i32> {
     Ok(0)
 }
 
+/// The kernel's `clear_user`: zero `len` bytes of user memory at `addr`
+/// in place, a chunk at a time (`len` is the user's, up to 4 GiB: never a
+/// buffer of that size here). `EFAULT` at the first chunk that cannot be
+/// written; the chunks before it stay cleared, as the kernel's do.
+fn clear_user(addr: u64, len: usize) -> std::result::Result<(), uiommufd_abi::Errno> {
+    static ZEROS: [u8; 1 << 16] = [0; 1 << 16];
+    let mut done = 0usize;
+    while done < len {
+        let n = (len - done).min(ZEROS.len());
+        user::copy_to_user(addr.wrapping_add(done as u64), &ZEROS[..n])?;
+        done += n;
+    }
+    Ok(())
+}
+
 /// `IOMMU_GET_HW_INFO`: copy the driver data truncated to the user's
 /// buffer, zero the rest of it, report the full length.
 pub fn get_hw_info(u: &mut Ucmd) -> Result<i32> {
@@ -169,8 +184,7 @@ pub fn get_hw_info(u: &mut Ucmd) -> Result<i32> {
     let n = ulen.min(info.data.len());
     user::copy_to_user(cmd.data_uptr, &info.data[..n]).ctx("writing the hardware information")?;
     if n < ulen {
-        let zeros = vec![0u8; ulen - n];
-        user::copy_to_user(cmd.data_uptr.wrapping_add(n as u64), &zeros).ctx("clearing the rest of the buffer")?;
+        clear_user(cmd.data_uptr.wrapping_add(n as u64), ulen - n).ctx("clearing the rest of the buffer")?;
     }
     cmd.data_len = info.data.len() as u32;
     cmd.out_data_type = info.data_type;
