@@ -128,16 +128,23 @@ pub fn demo() -> Result<ExitCode, String> {
     device_dma("vtd:sc=1", "a unit with snoop control")?;
     device_dma("vtd:sc=0", "a unit without snoop control (integrated graphics)")?;
     println!();
+    println!("The same engine behind an Arm SMMUv3: IOMMU_CACHE is the memory type the page table gives,");
+    println!("coherent access is the SMMU's (IDR0.COHACC), and only a CANWBS root complex makes No Snoop coherent:");
+    device_dma("smmuv3", "a coherent SMMU (COHACC), root complex not CANWBS")?;
+    device_dma("smmuv3:canwbs=1", "a coherent SMMU behind a CANWBS root complex")?;
+    device_dma("smmuv3:coherent=0", "an SMMU without coherent access (COHACC 0)")?;
+    println!();
     println!("Next: run an unmodified program against uiommufd with");
     println!("  uiommufd run -- ./your-iommufd-program");
     println!("  uiommufd run --iommu vtd --device dma-engine -- ./your-vfio-program");
+    println!("  uiommufd run --iommu smmuv3 --device dma-engine -- ./your-vmm   (vIOMMU, nesting, vEVENTQ)");
     println!("and see the emulated machine with `uiommufd info`.");
     Ok(ExitCode::SUCCESS)
 }
 
-/// Bind a DMA engine behind the VT-d unit `iommu`, let it copy through an
-/// IOAS, show a fault, and report the coherency outcome of its No Snoop
-/// writes.
+/// Bind a DMA engine behind the IOMMU `iommu` (a VT-d unit or an SMMUv3),
+/// let it copy through an IOAS, show a fault, and report the coherency
+/// outcome of its No Snoop writes (and, on ARM, the leaf's memory type).
 fn device_dma(iommu: &str, what: &str) -> Result<(), String> {
     use std::sync::atomic::Ordering;
     use std::sync::Arc;
@@ -145,9 +152,8 @@ fn device_dma(iommu: &str, what: &str) -> Result<(), String> {
     use uiommufd_core::device::{self, NO_PASID};
     use uiommufd_core::dma::DevicePort;
     use uiommufd_devices::dma_engine::regs::{self, status, Descriptor};
-    use uiommufd_devices::platform::{parse_iommu, IommuModel};
+    use uiommufd_devices::platform::Platform;
     use uiommufd_devices::{DmaEngine, DmaEngineOptions, PciDevice};
-    use uiommufd_hw::device::IommuDevice;
 
     const PS: u64 = 4096;
     const IOVA: u64 = 1 << 30;
@@ -155,7 +161,8 @@ fn device_dma(iommu: &str, what: &str) -> Result<(), String> {
         move |err| format!("{m}: {err}")
     }
     println!("  {what} ({iommu}):");
-    let IommuModel::Vtd(unit) = parse_iommu(iommu)? else { return Err("not a VT-d unit".into()) };
+    let platform = Platform::new(iommu, "dma-engine")?;
+    let arm = platform.iommu.name() == "smmuv3";
     let ctx = uiommufd_core::Iommufd::new();
     let ioas = ctx.ioas_alloc().map_err(e("IOAS"))?;
     // Four pages: the ring, a source, a destination, a fill target.
@@ -163,11 +170,35 @@ fn device_dma(iommu: &str, what: &str) -> Result<(), String> {
     let off = (mem.as_ptr() as u64).next_multiple_of(PS) as usize - mem.as_ptr() as usize;
     let host = mem.as_ptr() as u64 + off as u64;
     ctx.ioas_map(ioas, 7, host, 4 * PS, IOVA).map_err(e("map"))?;
-    let vdev: Arc<dyn IommuDevice> = Arc::new(uiommufd_hw::vtd::device::VtdDevice::new(&unit, "0000:00:04.0"));
-    let (dev_id, edge) = device::bind(&ctx, vdev).map_err(e("bind"))?;
+    let (dev_id, edge) = match device::bind(&ctx, Arc::clone(&platform.devices[0].iommu)) {
+        Ok(b) => b,
+        Err(err) => {
+            step(
+                "    bind (VFIO_DEVICE_BIND_IOMMUFD)",
+                format!("{:?}: no IOMMU_CAP_CACHE_COHERENCY, iommufd refuses the device", err.errno),
+            );
+            return Ok(());
+        }
+    };
     let dev = Arc::clone(edge.arc());
     let hwpt = dev.change_pt(&ctx, NO_PASID, ioas, false).map_err(e("attach"))?;
     step(format!("    bind and attach to IOAS {ioas}"), format!("device {dev_id}, HWPT {hwpt}"));
+    if arm {
+        let h = ctx.get::<uiommufd_core::hwpt::HwptPaging>(hwpt).map_err(e("HWPT"))?;
+        if let Some(d) = h.domain().as_any().downcast_ref::<uiommufd_hw::smmuv3::SmmuDomain>() {
+            let (leaf, _) = d.entry_at(IOVA).ok_or("the mapping is not in the SMMU's table")?;
+            let attr_idx = (leaf >> 2) & 7;
+            let sh = (leaf >> 8) & 3;
+            step(
+                "    the stage 1 leaf for IOMMU_CACHE",
+                format!(
+                    "{leaf:#018x}: AttrIndx {attr_idx} ({}), SH {}",
+                    if attr_idx == 1 { "Normal write-back" } else { "not write-back" },
+                    if sh == 3 { "inner shareable" } else { "outer shareable" }
+                ),
+            );
+        }
+    }
 
     let engine = DmaEngine::with_options("dma0", DmaEngineOptions { worker: false, ..Default::default() })
         .map_err(|err| format!("DMA engine: {err}"))?;
@@ -211,10 +242,17 @@ fn device_dma(iommu: &str, what: &str) -> Result<(), String> {
     }
     step("    COPY to an unmapped IOVA", format!("write fault at IOVA {:#x}, nothing written", fault.result));
     let nc = port.stats().noncoherent_bytes.load(Ordering::Relaxed);
-    let outcome = if dev.enforced_coherent() {
-        format!("snooped (the IOMMU forces it; {nc} non-coherent bytes): a guest's wbinvd can be a no-op")
-    } else {
-        format!("{nc} bytes written with No Snoop may bypass the CPU caches: a guest's wbinvd must be executed")
+    let outcome = match (arm, dev.enforced_coherent()) {
+        (false, true) => {
+            format!("snooped (the IOMMU forces it; {nc} non-coherent bytes): a guest's wbinvd can be a no-op")
+        }
+        (false, false) => {
+            format!("{nc} bytes written with No Snoop may bypass the CPU caches: a guest's wbinvd must be executed")
+        }
+        (true, true) => format!("coherent whatever No Snoop says (CANWBS; {nc} non-coherent bytes): no maintenance"),
+        (true, false) => {
+            format!("{nc} bytes written with No Snoop bypass the caches: the guest needs cache maintenance")
+        }
     };
     step("    coherency of its No Snoop writes", outcome);
     drop(engine);
