@@ -551,6 +551,43 @@ impl<F: Format> PageTable<F> {
         }
     }
 
+    /// Clear up to `count` consecutive leaves of `level` from `iova`
+    /// (aligned to the level's size), stopping at the first slot that is
+    /// not such a leaf: an empty slot, a table, or nothing allocated there.
+    /// Returns the number cleared. This is the unmap of formats whose
+    /// driver stops at the first hole (io-pgtable-arm); the stores are
+    /// plain, as [`unmap`](Self::unmap)'s.
+    pub fn clear_leaf_run(&self, iova: u64, level: u32, count: u64) -> u64 {
+        if !Self::leaf_level(level) || iova & (Self::level_size(level) - 1) != 0 {
+            return 0;
+        }
+        let size = Self::level_size(level);
+        let mut n = 0u64;
+        while n < count {
+            let Some(cur) = size.checked_mul(n).and_then(|off| iova.checked_add(off)) else { break };
+            if cur > Self::max_iova() {
+                break;
+            }
+            let Some(node) = self.node_for_existing(cur, level) else { break };
+            let first = Self::index(cur, level);
+            let run = ((ENTRIES - first) as u64).min(count - n) as usize;
+            let mut done = 0usize;
+            for slot in &node.entries[first..first + run] {
+                let e = slot.load(Ordering::Acquire);
+                if !F::is_present(e) || !Self::is_leaf_at(e, level) {
+                    break;
+                }
+                slot.store(0, Ordering::Release);
+                done += 1;
+            }
+            n += done as u64;
+            if done < run {
+                break;
+            }
+        }
+        n
+    }
+
     /// The node holding the level-`target` entry for `iova`, if the walk
     /// down to it exists (no allocation).
     fn node_for_existing(&self, iova: u64, target: u32) -> Option<&Node> {
@@ -1098,6 +1135,28 @@ mod tests {
         assert_eq!(pt.unmap(0, K4, 0), 0);
         // Beyond the reach of the table: nothing to unmap there.
         assert_eq!(pt.unmap(1 << 50, K4, 1), K4);
+    }
+
+    #[test]
+    fn clear_leaf_run_stops_at_the_first_hole() {
+        let pt = Pt::new().unwrap();
+        pt.map(0, 0, K4, 5, RW).unwrap();
+        pt.map(6 * K4, 0, K4, 1, RW).unwrap();
+        assert_eq!(pt.clear_leaf_run(K4, 0, 10), 4);
+        assert!(pt.translate(0, Access::Read).is_ok());
+        assert!(pt.translate(K4, Access::Read).is_err());
+        assert!(pt.translate(6 * K4, Access::Read).is_ok());
+        // Across a node boundary, and at a level with nothing allocated.
+        pt.map(M2 - 2 * K4, 0, K4, 4, RW).unwrap();
+        assert_eq!(pt.clear_leaf_run(M2 - 2 * K4, 0, 4), 4);
+        assert_eq!(pt.clear_leaf_run(G1, 0, 4), 0);
+        // A 2 MiB leaf is not a 4 KiB one; misaligned or unsupported: none.
+        pt.map(4 * M2, 0, M2, 1, RW).unwrap();
+        assert_eq!(pt.clear_leaf_run(4 * M2, 0, 1), 0);
+        assert_eq!(pt.clear_leaf_run(4 * M2, 1, 2), 1);
+        assert_eq!(pt.clear_leaf_run(0x800, 0, 1), 0);
+        assert_eq!(pt.clear_leaf_run(0, 3, 1), 0);
+        assert_eq!(pt.clear_leaf_run(!0xfff, 0, 4), 0);
     }
 
     #[test]

@@ -471,23 +471,6 @@ impl SmmuDomain {
             }
         }
     }
-
-    /// The present leaves from `iova` on at level 0, up to `max` of them:
-    /// how many before the first empty slot.
-    fn present_run(&self, iova: u64, max: u64) -> u64 {
-        let mut expect = iova;
-        let mut n = 0u64;
-        let mut stopped = false;
-        self.table.for_each_leaf(iova, max * SZ_4K, |leaf_iova, _, _| {
-            if !stopped && leaf_iova == expect {
-                n += 1;
-                expect += SZ_4K;
-            } else {
-                stopped = true;
-            }
-        });
-        n
-    }
 }
 
 impl Drop for SmmuDomain {
@@ -586,8 +569,7 @@ impl Domain for SmmuDomain {
                     }
                 }
                 _ if target == 0 => {
-                    let k = self.present_run(cur, run);
-                    self.table.unmap(cur, SZ_4K, k);
+                    let k = self.table.clear_leaf_run(cur, 0, run);
                     done += k;
                     if k < run {
                         break;
@@ -628,20 +610,20 @@ impl Domain for SmmuDomain {
     /// A DMA access (unprivileged, data): stage 1 needs AP[1] (EL0 access)
     /// and, for a write, AP[2] clear or DBM set (a write to a
     /// writable-clean leaf makes it dirty: AP[2] cleared atomically);
-    /// stage 2 needs S2AP.
+    /// stage 2 needs S2AP. The stage 2 nesting walk's `translate_leaf`
+    /// reads the same grants.
     #[inline]
     fn translate(&self, iova: u64, access: Access) -> Result<Translation, Fault> {
         if iova > self.last {
             return Err(Fault::OutOfRange);
         }
-        if self.cfg.stage == Stage::S2 {
+        // The leaf's grant is already EL0's (`LpaeFormat::leaf_prot`); only
+        // a write into a dirty-tracking stage 1 may have to update the leaf.
+        if !self.cfg.hd || access == Access::Read {
             return self.table.translate(iova, access);
         }
         let (t, entry) = self.table.translate_entry(iova, access)?;
-        if entry & desc::AP_UNPRIV == 0 {
-            return Err(Fault::Permission);
-        }
-        if access == Access::Write && entry & (desc::AP_RDONLY | desc::DBM) == desc::AP_RDONLY | desc::DBM {
+        if entry & (desc::AP_RDONLY | desc::DBM) == desc::AP_RDONLY | desc::DBM {
             self.table.clear_leaf_bits(iova, desc::AP_RDONLY);
         }
         Ok(t)

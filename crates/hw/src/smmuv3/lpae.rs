@@ -254,22 +254,24 @@ impl<const S2: bool, const L: u32, const QUIRK: bool> Format for LpaeFormat<S2, 
         entry & desc::ADDR & !(level_size(level) - 1)
     }
 
-    /// What the leaf grants a request (the domain applies privilege):
-    /// stage 1: read always (AP grants read at some exception level),
-    /// write unless read-only (a writable-clean DBM leaf is writable: HD is
-    /// on whenever the driver sets DBM), `PRIV` when EL0 has no access,
-    /// `CACHE` for AttrIndx 1, `MMIO` for AttrIndx 2; stage 2: S2AP,
-    /// `CACHE` for write-back MemAttr, `MMIO` for Device.
+    /// What the leaf grants a DMA request, which is unprivileged (EL0:
+    /// requests without a PASID, or with one and PMR clear): stage 1: read,
+    /// and write unless read-only (a writable-clean DBM leaf is writable:
+    /// HD is on whenever the driver sets DBM), only when AP[1] gives EL0
+    /// access, else nothing but `PRIV` (an EL1-only leaf); `CACHE` for
+    /// AttrIndx 1, `MMIO` for AttrIndx 2; stage 2: S2AP, `CACHE` for
+    /// write-back MemAttr, `MMIO` for Device.
     #[inline]
     fn leaf_prot(entry: u64) -> Prot {
         let mut p = 0;
         if !S2 {
-            p |= Prot::READ.0;
-            if entry & desc::AP_RDONLY == 0 || entry & desc::DBM != 0 {
-                p |= Prot::WRITE.0;
-            }
             if entry & desc::AP_UNPRIV == 0 {
                 p |= Prot::PRIV.0;
+            } else {
+                p |= Prot::READ.0;
+                if entry & desc::AP_RDONLY == 0 || entry & desc::DBM != 0 {
+                    p |= Prot::WRITE.0;
+                }
             }
             match (entry & desc::ATTRINDX_MASK) >> desc::ATTRINDX_SHIFT {
                 mair::IDX_CACHE => p |= Prot::CACHE.0,
@@ -411,6 +413,12 @@ impl LpaeTable {
         on_table!(self, |pt| pt.unmap(iova, pgsize, pgcount))
     }
 
+    /// Clear consecutive leaves of `level` from `iova` up to the first
+    /// hole (`PageTable::clear_leaf_run`).
+    pub fn clear_leaf_run(&self, iova: u64, level: u32, count: u64) -> u64 {
+        on_table!(self, |pt| pt.clear_leaf_run(iova, level, count))
+    }
+
     #[inline(always)]
     pub fn translate_entry(&self, iova: u64, access: Access) -> Result<(Translation, u64), Fault> {
         on_table!(self, |pt| pt.translate_entry(iova, access))
@@ -482,7 +490,8 @@ mod tests {
         assert_eq!(S1Hd::make_leaf(0x5000, Prot::READ, 0) & desc::DBM, 0);
         assert_eq!(S1::make_table(0x4000_3000), 0x4000_3003);
         assert_eq!(S1::leaf_prot(S1::make_leaf(0, RW | Prot::CACHE, 0)), RW | Prot::CACHE);
-        assert_eq!(S1::leaf_prot(S1::make_leaf(0, Prot::READ | Prot::MMIO | Prot::PRIV, 0)), Prot(0x1 | 0x10 | 0x20));
+        // An EL1-only leaf grants an (EL0) DMA request nothing.
+        assert_eq!(S1::leaf_prot(S1::make_leaf(0, Prot::READ | Prot::MMIO | Prot::PRIV, 0)), Prot(0x10 | 0x20));
         // Writable-clean (AP[2] and DBM) still grants write.
         assert!(S1::leaf_prot(e | desc::AP_RDONLY).contains(Prot::WRITE));
         assert_eq!(mair::VALUE, 0xf404_ff44);

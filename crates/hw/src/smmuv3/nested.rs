@@ -263,6 +263,14 @@ impl SmmuNested {
                 _ => 0,
             },
         };
+        // The fast path: the hot CD's ASID and address check, then the TLB.
+        if let Some(asid) = self.cds.hot_asid(ssid, req.addr) {
+            if let Some(hit) = self.unit.tlb().lookup(self.vmid, asid, req.addr) {
+                if let Some(t) = Self::serve(hit, req) {
+                    return Ok(t);
+                }
+            }
+        }
         let cd = self.cd(&table, ssid)?;
         let Some(tt) = ste::select_tt(&cd, req.addr) else {
             let mut f = SmmuFault::stage1(id::F_TRANSLATION, cd.record);

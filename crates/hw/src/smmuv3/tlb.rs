@@ -24,7 +24,9 @@
 //!   1 CD descriptors fetched from guest memory, by SubstreamID, served
 //!   until `CFGI_CD` (one SubstreamID; with Leaf = 0 also its level 1
 //!   descriptor), `CFGI_CD_ALL`, `CFGI_STE` or `CFGI_ALL` for a stream
-//!   attached to the domain removes them.
+//!   attached to the domain removes them. The CD used last is also kept
+//!   packed in a seqlock of atomics, so the translation of a TLB hit reads
+//!   its CD without a lock or a hash.
 //!
 //! Structure: the TLB is 4-way set associative, indexed by VMID and page
 //! (not ASID, so that an address invalidation for all ASIDs probes one set
@@ -427,12 +429,130 @@ struct CdCacheInner {
     l1: HashMap<u32, u64>,
 }
 
+/// One CD packed into words (see [`HotCd::pack`]).
+type PackedCd = [u64; 4];
+
+/// The CD used last, readable without a lock: a seqlock (odd while the
+/// writer, who holds the cache's write lock, changes it) over the packed
+/// CD and its SubstreamID.
+#[derive(Default)]
+struct HotCd {
+    seq: AtomicU32,
+    words: [AtomicU64; 4],
+}
+
+impl HotCd {
+    /// Word 3 bit 63: the slot holds a CD.
+    const VALID: u64 = 1 << 63;
+
+    /// Words 0 and 1: TTB0/TTB1 (bits 51:4) with bit 0 set when the table
+    /// is walked, bit 1 HADx, T0SZ/T1SZ in bits 57:52 and the granule's
+    /// log2 minus 12 in bits 61:58; word 2 the MAIR; word 3 the ASID
+    /// (15:0), the output size (22:16), the flags TBI0, TBI1, HA, HD, R, A,
+    /// S (bits 30:24), the SubstreamID (51:32) and VALID.
+    fn pack(ssid: u32, cd: &CdConfig) -> PackedCd {
+        let tt = |t: &Option<super::ste::TtConfig>| {
+            t.map_or(0, |t| {
+                1 | u64::from(t.had) << 1
+                    | (t.ttb & super::ste::cdf::TTB)
+                    | u64::from(t.tsz) << 52
+                    | u64::from(t.granule_shift - 12) << 58
+            })
+        };
+        let flags = [cd.tbi[0], cd.tbi[1], cd.ha, cd.hd, cd.record, cd.abort, cd.stall]
+            .iter()
+            .enumerate()
+            .fold(0u64, |acc, (i, &b)| acc | u64::from(b) << (24 + i));
+        let w3 = u64::from(cd.asid) | u64::from(cd.oas) << 16 | flags | u64::from(ssid) << 32 | Self::VALID;
+        [tt(&cd.tt[0]), tt(&cd.tt[1]), cd.mair, w3]
+    }
+
+    fn unpack(w: &PackedCd) -> CdConfig {
+        let tt = |v: u64| {
+            (v & 1 != 0).then(|| super::ste::TtConfig {
+                ttb: v & super::ste::cdf::TTB,
+                tsz: ((v >> 52) & 0x3f) as u32,
+                granule_shift: ((v >> 58) & 0xf) as u32 + 12,
+                had: v & 2 != 0,
+            })
+        };
+        let flag = |i: u32| w[3] >> (24 + i) & 1 != 0;
+        CdConfig {
+            tt: [tt(w[0]), tt(w[1])],
+            oas: ((w[3] >> 16) & 0x7f) as u32,
+            asid: w[3] as u16,
+            tbi: [flag(0), flag(1)],
+            ha: flag(2),
+            hd: flag(3),
+            record: flag(4),
+            abort: flag(5),
+            stall: flag(6),
+            mair: w[2],
+        }
+    }
+
+    /// The hot CD if it is `ssid`'s.
+    #[inline]
+    fn get(&self, ssid: u32) -> Option<CdConfig> {
+        let s1 = self.seq.load(Ordering::Acquire);
+        if s1 & 1 != 0 {
+            return None;
+        }
+        let w: PackedCd = core::array::from_fn(|i| self.words[i].load(Ordering::Relaxed));
+        fence(Ordering::Acquire);
+        if self.seq.load(Ordering::Relaxed) != s1 {
+            return None;
+        }
+        let valid = w[3] & Self::VALID != 0 && (w[3] >> 32) as u32 & 0xf_ffff == ssid;
+        valid.then(|| Self::unpack(&w))
+    }
+
+    /// What a TLB lookup needs of the hot CD, if it is `ssid`'s: its ASID,
+    /// if `va` is in the range of a walked table (`select_tt()` on the
+    /// packed words).
+    #[inline]
+    fn asid_for(&self, ssid: u32, va: u64) -> Option<u16> {
+        let s1 = self.seq.load(Ordering::Acquire);
+        if s1 & 1 != 0 {
+            return None;
+        }
+        let upper = va >> 55 & 1 != 0;
+        let tt = self.words[usize::from(upper)].load(Ordering::Relaxed);
+        let w3 = self.words[3].load(Ordering::Relaxed);
+        fence(Ordering::Acquire);
+        if self.seq.load(Ordering::Relaxed) != s1 {
+            return None;
+        }
+        if w3 & Self::VALID == 0 || (w3 >> 32) as u32 & 0xf_ffff != ssid || tt & 1 == 0 {
+            return None;
+        }
+        let tbi = w3 >> (24 + u32::from(upper)) & 1 != 0;
+        let top = if tbi { 55 } else { 63 };
+        let ia = 64 - ((tt >> 52) & 0x3f) as u32;
+        let bits = (va >> ia) & ((1u64 << (top + 1 - ia)) - 1);
+        let want = if upper { (1u64 << (top + 1 - ia)) - 1 } else { 0 };
+        (bits == want).then_some(w3 as u16)
+    }
+
+    /// Replace the slot (caller holds the cache's write lock).
+    fn set(&self, w: PackedCd) {
+        let s = self.seq.load(Ordering::Relaxed);
+        self.seq.store(s.wrapping_add(1), Ordering::Relaxed);
+        fence(Ordering::Release);
+        for (slot, v) in self.words.iter().zip(w) {
+            slot.store(v, Ordering::Relaxed);
+        }
+        self.seq.store(s.wrapping_add(2), Ordering::Release);
+    }
+}
+
 /// The configuration cache of one nested domain (see the module doc).
 pub struct CdCache {
     /// log2 of the CDs per level 2 table (0: linear table).
     split: u32,
     gen: AtomicU64,
     inner: RwLock<CdCacheInner>,
+    hot: HotCd,
 }
 
 impl core::fmt::Debug for CdCache {
@@ -445,15 +565,34 @@ impl core::fmt::Debug for CdCache {
 impl CdCache {
     /// An empty cache for a CD table whose leaf tables hold `2^split` CDs.
     pub fn new(split: u32) -> Self {
-        CdCache { split, gen: AtomicU64::new(0), inner: RwLock::new(CdCacheInner::default()) }
+        CdCache { split, gen: AtomicU64::new(0), inner: RwLock::new(CdCacheInner::default()), hot: HotCd::default() }
     }
 
     pub fn generation(&self) -> u64 {
         self.gen.load(Ordering::Acquire)
     }
 
+    /// The cached CD of `ssid`: the hot one without a lock, else from the
+    /// table (which then becomes the hot one).
+    #[inline]
     pub fn lookup(&self, ssid: u32) -> Option<CdConfig> {
-        self.inner.read().unwrap_or_else(|e| e.into_inner()).cds.get(&ssid).copied()
+        if let Some(cd) = self.hot.get(ssid) {
+            return Some(cd);
+        }
+        let cd = self.inner.read().unwrap_or_else(|e| e.into_inner()).cds.get(&ssid).copied()?;
+        // Promote it, unless an invalidation removed it meanwhile.
+        let inner = self.inner.write().unwrap_or_else(|e| e.into_inner());
+        if inner.cds.get(&ssid) == Some(&cd) {
+            self.hot.set(HotCd::pack(ssid, &cd));
+        }
+        Some(cd)
+    }
+
+    /// The ASID of `ssid`'s CD if it is the hot one and translates `va`
+    /// (the lock-free part of a TLB hit; `None` says nothing either way).
+    #[inline]
+    pub fn hot_asid(&self, ssid: u32, va: u64) -> Option<u16> {
+        self.hot.asid_for(ssid, va)
     }
 
     pub fn lookup_l1(&self, l1_index: u32) -> Option<u64> {
@@ -467,6 +606,7 @@ impl CdCache {
             return false;
         }
         inner.cds.insert(ssid, cd);
+        self.hot.set(HotCd::pack(ssid, &cd));
         true
     }
 
@@ -484,6 +624,7 @@ impl CdCache {
     pub fn invalidate(&self, ssid: u32, leaf: bool) {
         self.gen.fetch_add(1, Ordering::AcqRel);
         let mut inner = self.inner.write().unwrap_or_else(|e| e.into_inner());
+        self.hot.set([0; 4]);
         inner.cds.remove(&ssid);
         if !leaf && self.split != 0 {
             inner.l1.remove(&(ssid >> self.split));
@@ -494,6 +635,7 @@ impl CdCache {
     pub fn invalidate_all(&self) {
         self.gen.fetch_add(1, Ordering::AcqRel);
         let mut inner = self.inner.write().unwrap_or_else(|e| e.into_inner());
+        self.hot.set([0; 4]);
         inner.cds.clear();
         inner.l1.clear();
     }
@@ -596,6 +738,38 @@ mod tests {
         assert_eq!((s.entries, s.evictions, s.fills), (4, 6, 10));
         assert_eq!(tlb.invalidate_all(), 4);
         assert_eq!(tlb.live_global.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn hot_cd_round_trips() {
+        use crate::smmuv3::ste::TtConfig;
+        let cd = CdConfig {
+            tt: [Some(TtConfig { ttb: 0x000f_ffff_ffff_fff0, tsz: 63, granule_shift: 16, had: true }), None],
+            oas: 52,
+            asid: 0xffff,
+            tbi: [true, false],
+            ha: false,
+            hd: true,
+            record: true,
+            abort: false,
+            stall: true,
+            mair: 0x1234_5678_9abc_def0,
+        };
+        let hot = HotCd::default();
+        hot.set(HotCd::pack(0xf_ffff, &cd));
+        assert_eq!(hot.get(0xf_ffff), Some(cd));
+        // T0SZ 63: a 1-bit range; TBI0 ignores the top byte; no TTB1.
+        assert_eq!(hot.asid_for(0xf_ffff, 1), Some(0xffff));
+        assert_eq!(hot.asid_for(0xf_ffff, 0xff00_0000_0000_0001), Some(0xffff));
+        assert_eq!(hot.asid_for(0xf_ffff, 2), None);
+        assert_eq!(hot.asid_for(0xf_ffff, 1 << 55), None);
+        assert_eq!(hot.asid_for(0, 1), None);
+        assert_eq!(hot.get(0), None);
+        let cd2 = CdConfig { tt: [None, Some(TtConfig { ttb: 0x1000, tsz: 16, granule_shift: 14, had: false })], ..cd };
+        hot.set(HotCd::pack(0, &cd2));
+        assert_eq!(hot.get(0), Some(cd2));
+        hot.set([0; 4]);
+        assert_eq!(hot.get(0), None);
     }
 
     #[test]
