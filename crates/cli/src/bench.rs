@@ -25,10 +25,10 @@ use uiommufd_hw::vtd::sl::{SlConfig, VtdSlDomain};
 use uiommufd_hw::{Domain, Prot};
 use zerocopy::IntoBytes;
 
-const ROUNDS: usize = 7;
+pub(crate) const ROUNDS: usize = 7;
 
 /// Median nanoseconds per call of `f` over `ROUNDS` rounds of `iters`.
-fn measure(iters: u64, mut f: impl FnMut()) -> f64 {
+pub(crate) fn measure(iters: u64, mut f: impl FnMut()) -> f64 {
     for _ in 0..iters.div_ceil(10).max(1) {
         f();
     }
@@ -107,14 +107,14 @@ impl Drop for Region {
 
 /// What a row must achieve.
 #[derive(Clone, Copy)]
-enum Target {
+pub(crate) enum Target {
     /// At most this many nanoseconds per operation.
     MaxNs(f64),
     /// At least this ratio (reference / ours).
     MinRatio(f64),
 }
 
-struct Row {
+pub(crate) struct Row {
     case: String,
     ours: f64,
     reference: Option<(String, f64)>,
@@ -122,14 +122,14 @@ struct Row {
 }
 
 impl Row {
-    fn new(case: impl Into<String>, ours: f64) -> Row {
+    pub(crate) fn new(case: impl Into<String>, ours: f64) -> Row {
         Row { case: case.into(), ours, reference: None, target: None }
     }
-    fn vs(mut self, name: impl Into<String>, ns: f64) -> Row {
+    pub(crate) fn vs(mut self, name: impl Into<String>, ns: f64) -> Row {
         self.reference = Some((name.into(), ns));
         self
     }
-    fn target(mut self, t: Target) -> Row {
+    pub(crate) fn target(mut self, t: Target) -> Row {
         self.target = Some(t);
         self
     }
@@ -243,7 +243,7 @@ const TYPE1_16G_NS: f64 = 260e6;
 
 /// A VT-d second-stage domain (4 levels, 48-bit, 4 KiB / 2 MiB / 1 GiB
 /// leaves) as the Intel driver allocates for a modern unit.
-fn vtd_domain() -> VtdSlDomain {
+pub(crate) fn vtd_domain() -> VtdSlDomain {
     const K4: u64 = 1 << 12;
     let cfg = SlConfig {
         agaw: 2,
@@ -524,9 +524,22 @@ fn bench_dma(quick: bool) -> Vec<Row> {
 /// pages in one call, against the kernel's figures for the same
 /// (`intel_iommu_map_pages` / `unmap_pages`).
 fn bench_vtd(quick: bool) -> Vec<Row> {
+    let (map, unmap) = map_unmap_256(&vtd_domain(), quick);
+    vec![
+        Row::new("VT-d second stage: map 256 x 4 KiB (one call)", map)
+            .vs("kernel (fixed)", 332.0)
+            .target(Target::MaxNs(120.0)),
+        Row::new("VT-d second stage: unmap 256 x 4 KiB (one call)", unmap)
+            .vs("kernel (fixed)", 200.0)
+            .target(Target::MaxNs(100.0)),
+    ]
+}
+
+/// Median nanoseconds of one `map_pages` and one `unmap_pages` call of 256
+/// contiguous 4 KiB pages on `d`, 64 different 2 MiB blocks per round.
+pub(crate) fn map_unmap_256(d: &dyn Domain, quick: bool) -> (f64, f64) {
     const K4: u64 = 1 << 12;
     const SLOTS: u64 = 64;
-    let d = vtd_domain();
     let rounds = if quick { 200 } else { 5_000 };
     // Warm the tables of every slot: 256 pages at the start of 64
     // different 2 MiB blocks.
@@ -555,14 +568,7 @@ fn bench_vtd(quick: bool) -> Vec<Row> {
     }
     maps.sort_by(f64::total_cmp);
     unmaps.sort_by(f64::total_cmp);
-    vec![
-        Row::new("VT-d second stage: map 256 x 4 KiB (one call)", maps[ROUNDS / 2])
-            .vs("kernel (fixed)", 332.0)
-            .target(Target::MaxNs(120.0)),
-        Row::new("VT-d second stage: unmap 256 x 4 KiB (one call)", unmaps[ROUNDS / 2])
-            .vs("kernel (fixed)", 200.0)
-            .target(Target::MaxNs(100.0)),
-    ]
+    (maps[ROUNDS / 2], unmaps[ROUNDS / 2])
 }
 
 pub fn bench(quick: bool) -> Result<ExitCode, String> {
@@ -574,13 +580,14 @@ pub fn bench(quick: bool) -> Result<ExitCode, String> {
     // (for profiling one case).
     let only = std::env::var("UIOMMUFD_BENCH_ONLY").ok();
     type Section = (&'static str, fn(bool) -> Vec<Row>);
-    let sections: [Section; 6] = [
+    let sections: [Section; 7] = [
         ("IOAS map + unmap (selftest mock IOMMU)", bench_map_unmap),
         ("Large map (one IOMMU_IOAS_MAP of untouched anonymous memory)", bench_big_map),
         ("Emulated-device access (IOMMU_TEST_OP_ACCESS_RW engine path)", bench_access_rw),
         ("Device DMA copies through frames (after translation)", bench_frames),
         ("Device DMA through the IOMMU (bound device's port; DMA engine)", bench_dma),
         ("VT-d page-table model", bench_vtd),
+        ("Arm SMMUv3 model (beside VT-d in the same run)", crate::bench_smmu::bench_smmu),
     ];
     for (title, run) in sections {
         if only.as_deref().is_none_or(|w| title.contains(w)) {

@@ -10,6 +10,7 @@
 //! - `bench`: the hot paths against same-run references.
 
 mod bench;
+mod bench_smmu;
 mod demo;
 mod info;
 mod run;
