@@ -231,14 +231,18 @@ impl Iommufd {
                 if !uiommufd_memory::sys::capable_sys_resource() {
                     return Err(eperm("RLIMIT_MODE needs CAP_SYS_RESOURCE"));
                 }
-                let mode = match val {
-                    0 => AccountMode::User,
-                    1 => AccountMode::Process,
-                    _ => return Err(einval("RLIMIT_MODE takes 0 or 1")),
-                };
-                // The kernel checks emptiness before the value.
-                self.objects.with_empty(|| self.account_mode.store(mode as u8, Ordering::Release))?;
-                Ok(val)
+                // The kernel checks emptiness before the value, under the
+                // object table's lock (ioas.c, iommufd_option_rlimit_mode):
+                // a bad value with objects around is EBUSY.
+                self.objects.with_empty(|| {
+                    let mode = match val {
+                        0 => AccountMode::User,
+                        1 => AccountMode::Process,
+                        _ => return Err(einval("RLIMIT_MODE takes 0 or 1")),
+                    };
+                    self.account_mode.store(mode as u8, Ordering::Release);
+                    Ok(val)
+                })?
             }
             _ => Err(eopnotsupp("unknown option op")),
         }

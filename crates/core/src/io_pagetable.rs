@@ -34,7 +34,7 @@ use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak};
 
 use uiommufd_hw::{self as hw, Domain, Prot};
 
-use crate::error::{ebusy, eexist, einval, enoent, enospc, eoverflow, eperm, Error, Result};
+use crate::error::{ebusy, eexist, einval, enoent, enospc, eopnotsupp, eoverflow, eperm, Error, Result};
 use crate::pages::{page_size, Pages, PfnRun};
 use crate::Errno;
 
@@ -525,6 +525,26 @@ impl IoPagetable {
         Ok(start)
     }
 
+    /// `iopt_get_phys` (`IOMMU_IOAS_NOIOMMU_GET_PA`): the physical address
+    /// `iova` maps to and how many bytes from it are physically contiguous
+    /// (at most `max_length`), read from the area's storage domain, which
+    /// must be a no-IOMMU domain (the software page table a device without
+    /// an IOMMU gets). `ENOENT` when no area holds `iova`; `EOPNOTSUPP` when
+    /// no no-IOMMU device is attached: no device we emulate runs without an
+    /// IOMMU, so that is every mapped IOVA here.
+    pub fn get_phys(&self, iova: u64, max_length: u64) -> Result<(u64, u64)> {
+        if max_length == 0 {
+            return Err(einval("length is zero"));
+        }
+        let st = lock_read(&self.iova);
+        match st.areas.range(..=iova).next_back() {
+            Some((_, a)) if a.last >= iova && a.pages.is_some() => {
+                Err(eopnotsupp("the area's storage domain is not a no-IOMMU domain"))
+            }
+            _ => Err(enoent("no area holds the IOVA")),
+        }
+    }
+
     /// `iopt_get_pages`: the page slices behind `[iova, iova + length)`,
     /// which must be covered by contiguous areas.
     pub fn get_pages(&self, iova: u64, length: u64) -> Result<Vec<PagesSlice>> {
@@ -901,7 +921,11 @@ impl IoPagetable {
     }
 
     /// `iommufd_access_rw`: copy between `data` and `[iova, iova + len)`,
-    /// area by area, through the pages' fast or slow path.
+    /// area by area in IOVA order, through the pages' fast or slow path.
+    /// As in the kernel (`iopt_for_each_contig_area`), the areas before a
+    /// gap, an area being unmapped (`EINVAL`) or one lacking the permission
+    /// (`EPERM`) are copied before the call fails: a failed write has still
+    /// written the covered prefix (`ENOENT` for the gap).
     pub fn access_rw(&self, iova: u64, data: &mut [u8], write: bool, slow: bool) -> Result<()> {
         if data.is_empty() {
             return Err(einval("length is zero"));
@@ -923,19 +947,26 @@ impl IoPagetable {
             }
             return pages.rw(sb, data, write, slow);
         }
-        let slices: Vec<(u64, u64, Arc<Pages>, Prot)> = {
+        // The contiguous areas from `iova`, and why the walk stopped short
+        // of `last`, if it did.
+        let (slices, stop) = {
             let st = lock_read(&self.iova);
-            let mut v = Vec::new();
+            let mut v: Vec<(u64, u64, Arc<Pages>, Prot)> = Vec::new();
+            let mut stop = None;
             let mut cur = iova;
             loop {
-                let Some((&a_iova, a)) = st.areas.range(..=cur).next_back() else {
-                    return Err(enoent("IOVA range is not fully mapped"));
+                let area = st.areas.range(..=cur).next_back().filter(|(_, a)| a.last >= cur);
+                let Some((&a_iova, a)) = area else {
+                    stop = Some(enoent("IOVA range is not fully mapped"));
+                    break;
                 };
-                let Some(pages) = a.pages.as_ref().filter(|_| a.last >= cur) else {
-                    return Err(enoent("IOVA range is not fully mapped"));
+                let Some(pages) = a.pages.as_ref() else {
+                    stop = Some(enoent("IOVA range is not fully mapped"));
+                    break;
                 };
                 if a.prevent_access {
-                    return Err(einval("range is being unmapped"));
+                    stop = Some(einval("range is being unmapped"));
+                    break;
                 }
                 let piece_last = a.last.min(last);
                 v.push((cur - iova, a.start_byte + (cur - a_iova), Arc::clone(pages), a.prot));
@@ -944,16 +975,21 @@ impl IoPagetable {
                 }
                 cur = piece_last + 1;
             }
-            v
+            let done = if stop.is_some() { cur - iova } else { data.len() as u64 };
+            (v, stop.map(|e| (done, e)))
         };
+        let end_of_all = stop.as_ref().map_or(data.len() as u64, |&(done, _)| done);
         for (i, &(off, sb, ref pages, prot)) in slices.iter().enumerate() {
             if !prot_ok(prot, write) {
                 return Err(eperm("mapping lacks the access permission"));
             }
-            let end = slices.get(i + 1).map_or(data.len() as u64, |n| n.0);
+            let end = slices.get(i + 1).map_or(end_of_all, |n| n.0);
             pages.rw(sb, &mut data[off as usize..end as usize], write, slow)?;
         }
-        Ok(())
+        match stop {
+            Some((_, e)) => Err(e),
+            None => Ok(()),
+        }
     }
 
     /// Number of areas (for tests and checkers).

@@ -60,8 +60,12 @@ pub struct KernelRelease {
     /// nor a vIOMMU: 6.12 looks the ID up as a nested HWPT (`ENOENT`); 7.3
     /// looks up any object and refuses the type (`EINVAL`).
     pub invalidate_other_object: Errno,
-    /// `IOMMU_TEST_OP_MD_CHECK_MAP` (`iommufd_test_md_check_pa`).
-    pub md_check_map: MdCheckMap,
+    /// `IOMMU_TEST_OP_MD_CHECK_MAP` (`iommufd_test_md_check_pa`): 6.12
+    /// checks alignment to `MOCK_IO_PAGE_SIZE` before it looks the HWPT up
+    /// (a bad ID with a misaligned range is `EINVAL`); 7.3 looks the HWPT up
+    /// first (`ENOENT`) and aligns to the domain's smallest page size. Both
+    /// answer `EINVAL` for an IOVA the domain does not map.
+    pub md_check_map_lookup_first: bool,
     /// `VFIO_DEVICE_ATTACH_IOMMUFD_PT` / `DETACH` flags
     /// (drivers/vfio/device_cdev.c): 7.3 takes `VFIO_DEVICE_ATTACH_PASID` /
     /// `VFIO_DEVICE_DETACH_PASID`; 6.12 requires 0 (`EINVAL`).
@@ -69,18 +73,6 @@ pub struct KernelRelease {
     /// `VFIO_DEVICE_BIND_IOMMUFD` flags (device_cdev.c): 7.3 takes
     /// `VFIO_DEVICE_BIND_FLAG_TOKEN`; 6.12 requires 0 (`EINVAL`).
     pub vfio_bind_flags: u32,
-}
-
-/// How `IOMMU_TEST_OP_MD_CHECK_MAP` checks its arguments.
-#[derive(Debug, PartialEq, Eq)]
-pub struct MdCheckMap {
-    /// 6.12 checks alignment to `MOCK_IO_PAGE_SIZE` before it looks the
-    /// HWPT up; 7.3 looks the HWPT up first and aligns to the domain's
-    /// smallest page size.
-    pub lookup_first: bool,
-    /// An IOVA the mock domain does not map: 6.12 finds no xarray entry
-    /// (`EINVAL`); 7.3's generic page table walk fails (`ENOENT`).
-    pub unmapped: Errno,
 }
 
 /// Linux 7.3 (mainline), the default.
@@ -98,7 +90,7 @@ pub static LINUX_7_3: KernelRelease = KernelRelease {
     hw_info_flags: abi::IOMMU_HW_INFO_FLAG_INPUT_TYPE,
     hw_info_ats_not_supported: true,
     invalidate_other_object: Errno::EINVAL,
-    md_check_map: MdCheckMap { lookup_first: true, unmapped: Errno::ENOENT },
+    md_check_map_lookup_first: true,
     vfio_pasid_flags: true,
     vfio_bind_flags: uiommufd_abi::vfio::VFIO_DEVICE_BIND_FLAG_TOKEN,
 };
@@ -115,7 +107,7 @@ pub static LINUX_6_12: KernelRelease = KernelRelease {
     hw_info_flags: 0,
     hw_info_ats_not_supported: false,
     invalidate_other_object: Errno::ENOENT,
-    md_check_map: MdCheckMap { lookup_first: false, unmapped: Errno::EINVAL },
+    md_check_map_lookup_first: false,
     vfio_pasid_flags: false,
     vfio_bind_flags: 0,
 };

@@ -209,15 +209,26 @@ pub fn mock_domain_of(ctx: &Iommufd, id: ObjectId) -> Result<(Borrowed<HwptPagin
 /// `IOMMU_TEST_OP_MD_CHECK_MAP`: every mock page of `[iova, iova + length)`
 /// must map the frame under the user address at the same offset.
 pub fn md_check_map(ctx: &Iommufd, hwpt_id: ObjectId, iova: u64, length: u64, uptr: u64) -> Result<()> {
-    let mps = MOCK_IO_PAGE_SIZE;
-    if !iova.is_multiple_of(mps)
-        || !length.is_multiple_of(mps)
-        || !uptr.is_multiple_of(mps)
-        || uptr.checked_add(length).is_none()
-    {
-        return Err(einval("range must be mock-page aligned"));
+    let aligned = |mps: u64| {
+        if !iova.is_multiple_of(mps)
+            || !length.is_multiple_of(mps)
+            || !uptr.is_multiple_of(mps)
+            || uptr.checked_add(length).is_none()
+        {
+            return Err(einval("range must be aligned to the mock domain's page size"));
+        }
+        Ok(())
+    };
+    let lookup_first = ctx.release().md_check_map_lookup_first;
+    if !lookup_first {
+        aligned(MOCK_IO_PAGE_SIZE)?;
     }
     let (_hwpt, domain) = mock_domain_of(ctx, hwpt_id)?;
+    let mps =
+        if lookup_first { domain.pgsize_bitmap() & domain.pgsize_bitmap().wrapping_neg() } else { MOCK_IO_PAGE_SIZE };
+    if lookup_first {
+        aligned(mps)?;
+    }
     let mock = domain.as_any().downcast_ref::<MockDomain>().expect("checked");
     let ps = page_size();
     let mut off = 0;

@@ -94,6 +94,29 @@ pub fn ioas_iova_ranges(u: &mut Ucmd) -> Result<i32> {
     Ok(0)
 }
 
+/// `IOMMU_IOAS_NOIOMMU_GET_PA` with the rules of a kernel built with
+/// `CONFIG_IOMMUFD_NOIOMMU` (ioas.c, `iommufd_ioas_noiommu_get_pa`).
+pub fn ioas_noiommu_get_pa(u: &mut Ucmd) -> Result<i32> {
+    let mut cmd: abi::IommuIoasNoiommuGetPa = u.read()?;
+    if !uiommufd_memory::sys::capable_sys_rawio() {
+        return Err(Error::new(Errno::EPERM, "NOIOMMU_GET_PA needs CAP_SYS_RAWIO"));
+    }
+    if cmd.flags != 0 || cmd.__reserved != 0 {
+        return Err(eopnotsupp("NOIOMMU_GET_PA flags and reserved field must be 0"));
+    }
+    if cmd.length == 0 {
+        return Err(Error::new(Errno::EINVAL, "length is zero"));
+    }
+    if cmd.iova == u64::MAX {
+        return Err(Error::new(Errno::EOVERFLOW, "IOVA is ULONG_MAX"));
+    }
+    let (phys, length) = u.ctx.ioas(cmd.ioas_id)?.iopt().get_phys(cmd.iova, cmd.length)?;
+    cmd.out_phys = phys;
+    cmd.length = length;
+    u.respond(&cmd)?;
+    Ok(0)
+}
+
 /// `IOMMU_IOAS_ALLOW_IOVAS`.
 pub fn ioas_allow_iovas(u: &mut Ucmd) -> Result<i32> {
     let cmd: abi::IommuIoasAllowIovas = u.read()?;

@@ -79,6 +79,8 @@ fn vfio_compat_ioctl(ctx: &Arc<Iommufd>, cmd: u32, arg: u64) -> Result<i32, Erro
 }
 
 #[cfg(test)]
+mod kernel_answers_tests;
+#[cfg(test)]
 mod tests;
 #[cfg(test)]
 mod vfio_device_tests;

@@ -53,7 +53,9 @@ const fn slot(ioctl: u32) -> usize {
     (abi::ioctl::ioc_nr(ioctl) - abi::IOMMUFD_CMD_BASE) as usize
 }
 
-/// Every command of the Linux v7.1 uAPI, plus the selftest's.
+/// Every command of the Linux v7.3 uAPI, plus the selftest's (a context
+/// emulating an older release refuses the commands it lacks, see
+/// `uiommufd_core::release`).
 pub static OPS: [Option<Op>; NUM_OPS] = {
     let mut t: [Option<Op>; NUM_OPS] = [const { None }; NUM_OPS];
     t[slot(abi::IOMMU_DESTROY)] = op!(IOMMU_DESTROY, abi::IommuDestroy, id, h::destroy);
@@ -89,6 +91,8 @@ pub static OPS: [Option<Op>; NUM_OPS] = {
         op!(IOMMU_VEVENTQ_ALLOC, abi::IommuVeventqAlloc, out_veventq_fd, crate::viommu::veventq_alloc);
     t[slot(abi::IOMMU_HW_QUEUE_ALLOC)] =
         op!(IOMMU_HW_QUEUE_ALLOC, abi::IommuHwQueueAlloc, length, crate::viommu::hw_queue_alloc);
+    t[slot(abi::IOMMU_IOAS_NOIOMMU_GET_PA)] =
+        op!(IOMMU_IOAS_NOIOMMU_GET_PA, abi::IommuIoasNoiommuGetPa, out_phys, h::ioas_noiommu_get_pa);
     t[slot(abi::test_cmd::IOMMU_TEST_CMD)] = {
         use abi::test_cmd::IOMMU_TEST_CMD;
         let _ = IOMMU_TEST_CMD;

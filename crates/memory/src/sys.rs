@@ -4,6 +4,8 @@
 const CAP_SYS_RESOURCE: u32 = 24;
 /// `CAP_IPC_LOCK`.
 const CAP_IPC_LOCK: u32 = 14;
+/// `CAP_SYS_RAWIO`.
+const CAP_SYS_RAWIO: u32 = 17;
 const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
 
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
@@ -47,6 +49,11 @@ pub fn has_cap_sys_resource() -> bool {
 /// `RLIMIT_MEMLOCK`. `UIOMMUFD_CAP_IPC_LOCK=0|1` forces the answer.
 pub fn capable_ipc_lock() -> bool {
     env_override(1, "UIOMMUFD_CAP_IPC_LOCK").unwrap_or_else(|| has_cap(CAP_IPC_LOCK))
+}
+
+/// `capable(CAP_SYS_RAWIO)`, which `IOMMU_IOAS_NOIOMMU_GET_PA` requires.
+pub fn capable_sys_rawio() -> bool {
+    has_cap(CAP_SYS_RAWIO)
 }
 
 /// The `0|1` override in environment variable `name`, read once (slot
@@ -195,6 +202,7 @@ impl ReadyFlag {
         if fd < 0 {
             return Err(uiommufd_abi::Errno::ENOMEM);
         }
+        let fd = out_of_the_way(fd);
         // SAFETY: `fd` is a fresh descriptor nobody else owns.
         Ok(ReadyFlag(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }))
     }
@@ -219,6 +227,34 @@ impl ReadyFlag {
     }
 }
 
+/// Move a descriptor the engine keeps for itself (an eventfd behind a
+/// queue's readiness) near the top of the descriptor range, so it does not
+/// take a number the program would otherwise get: the kernel's fault and
+/// event queues cost the program exactly the one descriptor it is handed,
+/// and the numbers it gets afterwards must be the ones it would get on the
+/// kernel. The lowest free number in the last 256 below `RLIMIT_NOFILE`'s
+/// soft limit is used (the descriptor stays where it is when the limit is
+/// too low for that or nothing is free there).
+fn out_of_the_way(fd: std::os::fd::RawFd) -> std::os::fd::RawFd {
+    let mut rl = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes one rlimit into `rl`.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) } != 0 {
+        return fd;
+    }
+    let soft = rl.rlim_cur.min(1 << 20) as i32;
+    if soft < 512 || fd >= soft - 256 {
+        return fd;
+    }
+    // SAFETY: F_DUPFD_CLOEXEC creates a new descriptor and touches no memory.
+    let moved = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, soft - 256) };
+    if moved < 0 {
+        return fd;
+    }
+    // SAFETY: closing the original, which nothing else refers to.
+    unsafe { libc::close(fd) };
+    moved
+}
+
 /// `RLIMIT_MEMLOCK`'s soft limit in bytes (`None`: unlimited).
 pub fn memlock_limit() -> Option<u64> {
     let mut rl = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
@@ -233,4 +269,26 @@ pub fn memlock_limit() -> Option<u64> {
 pub fn getuid() -> u32 {
     // SAFETY: getuid has no preconditions.
     unsafe { libc::getuid() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A queue's eventfd keeps out of the numbers the program's own opens
+    /// take (the kernel's fault queue costs one descriptor, the one it
+    /// returns): it sits in the last 256 below `RLIMIT_NOFILE`.
+    #[test]
+    fn ready_flag_keeps_out_of_the_low_descriptors() {
+        let mut rl = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        // SAFETY: getrlimit writes one rlimit into `rl`.
+        assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) }, 0);
+        let soft = rl.rlim_cur.min(1 << 20) as i32;
+        let flag = ReadyFlag::new().unwrap();
+        if soft >= 512 {
+            assert!(flag.fd() >= soft - 256 && flag.fd() < soft, "fd {} with limit {soft}", flag.fd());
+        }
+        flag.set(true);
+        flag.set(false);
+    }
 }
