@@ -303,6 +303,8 @@ pub struct Vdevice {
     /// Keeps the device object alive, not busy (the kernel's `wait_cnt`).
     idev: Arc<Device>,
     virt_id: u64,
+    /// The driver's part (`vdev->destroy` when dropped).
+    driver: Mutex<Option<Box<dyn Send + Sync>>>,
 }
 
 impl std::fmt::Debug for Vdevice {
@@ -331,8 +333,10 @@ impl Vdevice {
 
 impl Drop for Vdevice {
     fn drop(&mut self) {
-        // `iommufd_vdevice_abort`: give the virtual ID back and unlink the
-        // device, in both cases only if they still point at us.
+        // `iommufd_vdevice_abort`: the driver's destroy, then give the
+        // virtual ID back and unlink the device, in both cases only if they
+        // still point at us.
+        drop(self.driver.get_mut().unwrap_or_else(|p| p.into_inner()).take());
         let me = self as *const Vdevice;
         {
             let mut vdevs = self.viommu.vdevs_lock();
@@ -418,6 +422,7 @@ pub fn vdevice_alloc(ctx: &Iommufd, viommu_id: ObjectId, dev_id: ObjectId, virt_
         viommu: Dep::new(&viommu),
         idev: Arc::clone(idev.arc()),
         virt_id,
+        driver: Mutex::new(None),
     });
     let inserted = {
         let mut vdevs = viommu.vdevs_lock();
@@ -435,6 +440,17 @@ pub fn vdevice_alloc(ctx: &Iommufd, viommu_id: ObjectId, dev_id: ObjectId, virt_
         drop(link);
         drop(vdev);
         return Err(eexist("the virtual ID is taken on this vIOMMU"));
+    }
+    // The driver's `vdevice_init`, once the virtual ID is taken.
+    if let Some(driver) = viommu.driver() {
+        match driver.vdevice_init(idev.dev(), virt_id) {
+            Ok(handle) => *vdev.driver.lock().unwrap_or_else(|p| p.into_inner()) = handle,
+            Err(e) => {
+                drop(link);
+                drop(vdev);
+                return Err(Error::new(e, "the driver refused the vDEVICE"));
+            }
+        }
     }
     link.vdev = Some((pending.id(), Arc::downgrade(&vdev)));
     Ok(PendingVdevice { pending, vdev })
@@ -637,7 +653,7 @@ pub fn hw_queue_alloc<'c>(
     let pending = ctx.objects().reserve()?;
     let (mem, base_pa) = pin_queue_memory(ctx, &viommu, iova, length)?;
     let mut queues = viommu.hw_queues_lock();
-    let init = driver.hw_queue_init(queue_type, index, iova, base_pa).ctx("the driver refused the HW queue")?;
+    let init = driver.hw_queue_init(queue_type, index, iova, base_pa, length).ctx("the driver refused the HW queue")?;
     let prev = match init.depends_on {
         None => None,
         Some(i) => match queues.get(&i).and_then(Weak::upgrade) {

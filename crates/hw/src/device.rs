@@ -238,11 +238,27 @@ pub trait ViommuDriver: crate::AnyDomain + Send + Sync {
         false
     }
 
-    /// `hw_queue_init_phys`: bring up queue `index` whose guest memory starts
-    /// at nesting-parent IOVA `base_iova`, physically at `base_pa`.
-    fn hw_queue_init(&self, queue_type: u32, index: u32, base_iova: u64, base_pa: u64) -> Result<HwQueueInit, Errno> {
-        let _ = (queue_type, index, base_iova, base_pa);
+    /// `hw_queue_init_phys`: bring up queue `index` of `length` bytes whose
+    /// guest memory starts at nesting-parent IOVA `base_iova`, physically
+    /// at `base_pa`.
+    fn hw_queue_init(
+        &self,
+        queue_type: u32,
+        index: u32,
+        base_iova: u64,
+        base_pa: u64,
+        length: u64,
+    ) -> Result<HwQueueInit, Errno> {
+        let _ = (queue_type, index, base_iova, base_pa, length);
         Err(Errno::EOPNOTSUPP)
+    }
+
+    /// `vdevice_init`: the driver's part of a new vDEVICE giving `dev` the
+    /// virtual ID `virt_id` (e.g. Tegra241 CMDQV's StreamID replacement).
+    /// The handle, if any, is dropped when the vDEVICE goes.
+    fn vdevice_init(&self, dev: &Arc<dyn IommuDevice>, virt_id: u64) -> Result<Option<Box<dyn Send + Sync>>, Errno> {
+        let _ = (dev, virt_id);
+        Ok(None)
     }
 }
 

@@ -1083,7 +1083,14 @@ impl ViommuDriver for MockViommu {
     /// (`EINVAL`), each once (`EEXIST`), in order (`EIO` while the previous
     /// index is free); the physical address the core resolved must be what
     /// the nesting parent maps the queue's IOVA to (`EFAULT`).
-    fn hw_queue_init(&self, queue_type: u32, index: u32, base_iova: u64, base_pa: u64) -> Result<HwQueueInit, Errno> {
+    fn hw_queue_init(
+        &self,
+        queue_type: u32,
+        index: u32,
+        base_iova: u64,
+        base_pa: u64,
+        _length: u64,
+    ) -> Result<HwQueueInit, Errno> {
         if !self.hw_queue_supported(queue_type) {
             return Err(Errno::EOPNOTSUPP);
         }
