@@ -117,6 +117,17 @@ pub fn describe(unit: &SmmuIommu, spec: &SmmuSpec) -> Vec<String> {
                 .join(", ")
         }
     ));
+    if let Some(c) = unit.cmdqv() {
+        let p = c.params();
+        out.push(format!(
+            "Tegra241 CMDQV: PARAM {:#06x} (version {}, {} VINTFs, {} VCMDQs per VINTF, {} StreamID mappings per VINTF)",
+            p.param(),
+            p.version,
+            p.num_vintfs(),
+            p.lvcmdqs_per_vintf(),
+            p.sids_per_vintf()
+        ));
+    }
     let hw = i.hw_info();
     out.push(format!(
         "IOMMU_GET_HW_INFO: type ARM_SMMUV3, flags {:#x}{}",

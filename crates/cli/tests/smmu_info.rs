@@ -60,3 +60,17 @@ fn coherency_outcomes() {
     let (ok, _, err) = info(&["--iommu", "smmuv3:fwb=2"]);
     assert!(!ok && err.contains("fwb=2: expected 0 or 1"), "{err}");
 }
+
+#[test]
+fn a_tegra241_cmdqv() {
+    let (ok, out, err) = info(&["--iommu", "smmuv3:cmdqv=1,tegra264=1"]);
+    assert!(ok, "{err}");
+    has_all(
+        &out,
+        &[
+            "vIOMMU: ARM_SMMUV3, TEGRA241_CMDQV",
+            "Tegra241 CMDQV: PARAM 0x4241 (version 1, 4 VINTFs, 4 VCMDQs per VINTF, 16 StreamID mappings per VINTF)",
+            "flags 0x1 (ERRATA_REPEAT_TLBI_CFGI",
+        ],
+    );
+}

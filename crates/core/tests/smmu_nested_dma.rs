@@ -289,3 +289,104 @@ fn guest_stage1_through_the_dma_engine_with_a_stale_tlb_and_events() {
     dev.detach(&ctx, NO_PASID);
     drop(edge);
 }
+
+/// A Tegra241 CMDQV vIOMMU through the engine: the VINTF's mmap window
+/// written back, a vDEVICE programming the StreamID replacement, a VCMDQ
+/// in guest memory allocated with IOMMU_HW_QUEUE_ALLOC, commands the guest
+/// writes there consumed by the model (the guest's TLBI reaching the TLB
+/// with the VINTF's VMID), and a bad command reported on the vEVENTQ of
+/// type TEGRA241_CMDQV.
+#[test]
+fn tegra241_cmdqv_vcmdq_consumes_guest_commands() {
+    use uiommufd_core::viommu::{hw_queue_alloc, Viommu};
+    use uiommufd_hw::smmuv3::cmdqv::{reg, Vintf};
+
+    let IommuModel::Smmuv3(unit, _) = parse_iommu("smmuv3:cmdqv=1").unwrap() else { unreachable!() };
+    let ctx = Iommufd::new();
+    let ioas = ctx.ioas_alloc().unwrap();
+    let mut g = GuestRam::new();
+    ctx.ioas_map(ioas, 1 | 2 | 4, g.host(), GUEST_PAGES * PS, GPA_BASE).unwrap();
+    let master: Arc<dyn IommuDevice> = Arc::new(SmmuDevice::new(&unit, "0000:00:04.0", SID).unwrap());
+    let (dev_id, edge) = device::bind(&ctx, master).unwrap();
+    let mut holder = None;
+    let mut none = |_: &mut [u8]| Ok(());
+    let data = UserData { data_type: 0, len: 0, reader: &mut none };
+    let args = HwptAllocArgs { flags: abi::IOMMU_HWPT_ALLOC_NEST_PARENT, dev_id, pt_id: ioas, fault_id: 0, data };
+    let p = hwpt::hwpt_alloc(&ctx, &mut holder, args).unwrap();
+    let parent = p.id();
+    p.publish();
+
+    // IOMMU_VIOMMU_ALLOC with struct iommu_viommu_tegra241_cmdqv.
+    let mut zeros = |buf: &mut [u8]| {
+        buf.fill(0);
+        Ok(())
+    };
+    let data = UserData { data_type: abi::IOMMU_VIOMMU_TYPE_TEGRA241_CMDQV, len: 16, reader: &mut zeros };
+    let mut out = Vec::new();
+    let mut write_back = |b: &[u8]| {
+        out = b.to_vec();
+        Ok(())
+    };
+    let ty = abi::IOMMU_VIOMMU_TYPE_TEGRA241_CMDQV;
+    let (p, v) = viommu_alloc(&ctx, 0, ty, dev_id, parent, Some(data), &mut write_back).unwrap();
+    let viommu = p.id();
+    p.publish(Arc::clone(&v));
+    let length = u64::from_le_bytes(out[8..16].try_into().unwrap());
+    assert_eq!(length, 64 << 10, "out_vintf_mmap_length");
+    // Without the data the driver refuses (EINVAL).
+    let mut none2 = |_: &[u8]| Ok(());
+    let e = viommu_alloc(&ctx, 0, ty, dev_id, parent, None, &mut none2).err().unwrap();
+    assert_eq!(e.errno, uiommufd_abi::Errno::EINVAL);
+
+    vdevice_alloc(&ctx, viommu, dev_id, VSID).unwrap().publish();
+    let (p, q) = veventq_alloc(&ctx, 0, 0, viommu, abi::IOMMU_VEVENTQ_TYPE_TEGRA241_CMDQV, 4).unwrap();
+    p.publish(Arc::clone(&q));
+
+    // A 4 KiB VCMDQ (256 commands) in guest page CD_TABLE + 1.
+    let queue_gpa = gpa(CD_TABLE + 1);
+    let (p, _hwq) = hw_queue_alloc(&ctx, 0, viommu, abi::IOMMU_HW_QUEUE_TYPE_TEGRA241_CMDQV, 0, queue_gpa, PS).unwrap();
+    p.publish(_hwq);
+    // Index 2 before 1: EIO, as the driver's ascending order.
+    let e = hw_queue_alloc(&ctx, 0, viommu, abi::IOMMU_HW_QUEUE_TYPE_TEGRA241_CMDQV, 2, queue_gpa, PS).err().unwrap();
+    assert_eq!(e.errno, uiommufd_abi::Errno::EIO);
+
+    let viommu_obj = ctx.get::<Viommu>(viommu).unwrap();
+    let driver = viommu_obj.driver().unwrap();
+    let vintf = {
+        let d: &dyn uiommufd_hw::device::ViommuDriver = driver.as_ref();
+        d.any_domain().downcast_ref::<Vintf>().unwrap()
+    };
+    assert_eq!(vintf.replace_sid(VSID as u32), Some(SID));
+
+    // The guest's commands: a TLBI of ASID 3 (its VMID field is ignored),
+    // then an ATC_INV of its virtual StreamID; then PROD through page 0.
+    let tlb = unit.tlb();
+    assert!(tlb.insert(tlb.generation(), vintf.vmid(), 3, false, 0x5000, 12, 1));
+    let cmds = [cmd::tlbi_nh_va(0x77, 3, 0x5000, true), cmd::atc_inv(VSID as u32, None, 0, 52, false), cmd::cmd_sync()];
+    for (i, c) in cmds.iter().enumerate() {
+        g.set_u64(queue_gpa + 16 * i as u64, c[0]);
+        g.set_u64(queue_gpa + 16 * i as u64 + 8, c[1]);
+    }
+    vintf.mmio_write(reg::CONFIG, reg::EN);
+    vintf.mmio_write(reg::PROD, 3);
+    assert_eq!(vintf.mmio_read(reg::CONS), 3);
+    assert!(tlb.lookup(vintf.vmid(), 3, 0x5000).is_none());
+    assert_eq!(unit.cmd_stats().atc_inv, 1);
+
+    // A command a guest queue does not take: the error map on the vEVENTQ.
+    g.set_u64(queue_gpa + 48, cmd::tlbi_nh_all(0)[0]);
+    g.set_u64(queue_gpa + 56, 0);
+    vintf.mmio_write(reg::PROD, 4);
+    assert_eq!(vintf.mmio_read(reg::CONS) >> 24, reg::CERROR_ILL);
+    let mut buf = [0u8; 64];
+    let n = q
+        .read(buf.len(), |at, b| {
+            buf[at..at + b.len()].copy_from_slice(b);
+            Ok(())
+        })
+        .unwrap();
+    assert_eq!(n, 8 + 16);
+    assert_eq!(u64::from_le_bytes(buf[8..16].try_into().unwrap()), 1, "LVCMDQ 0 in error");
+    drop(viommu_obj);
+    drop(edge);
+}

@@ -34,13 +34,17 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
 
-use uiommufd_abi::{Errno, IOMMU_HW_INFO_TYPE_ARM_SMMUV3, IOMMU_HW_INFO_TYPE_DEFAULT, IOMMU_VIOMMU_TYPE_ARM_SMMUV3};
+use uiommufd_abi::{
+    Errno, IOMMU_HW_INFO_TYPE_ARM_SMMUV3, IOMMU_HW_INFO_TYPE_DEFAULT, IOMMU_HW_INFO_TYPE_TEGRA241_CMDQV,
+    IOMMU_VIOMMU_TYPE_ARM_SMMUV3, IOMMU_VIOMMU_TYPE_TEGRA241_CMDQV,
+};
 use zerocopy::IntoBytes;
 
 use super::cmd::{self, op};
+use super::cmdqv::{Cmdqv, CmdqvParams, Vintf};
 use super::domain::{DomainConfig, IdPool, SmmuDomain, Stage};
 use super::event::{id, SmmuFault};
-use super::info::{feat, DeviceProps, DriverParams, SmmuInfo};
+use super::info::{feat, opt, DeviceProps, DriverParams, SmmuInfo};
 use super::nested::{SmmuNested, SmmuRequest};
 use super::regs::SmmuRegs;
 use super::ste::SteConfig;
@@ -104,6 +108,8 @@ pub struct CmdStats {
 pub struct SmmuIommu {
     id: usize,
     info: SmmuInfo,
+    /// The companion Tegra241 CMDQV (`ARM_SMMU_OPT_TEGRA241_CMDQV`).
+    cmdqv: Option<Arc<Cmdqv>>,
     tlb: Arc<Tlb>,
     asids: Arc<IdPool>,
     vmids: Arc<IdPool>,
@@ -131,8 +137,10 @@ impl SmmuIommu {
 
     pub fn with_params(regs: SmmuRegs, params: DriverParams) -> Result<Arc<Self>, Errno> {
         let info = SmmuInfo::new(regs, params)?;
+        let cmdqv = (info.options & opt::TEGRA241_CMDQV != 0).then(|| Arc::new(Cmdqv::new(CmdqvParams::default())));
         Ok(Arc::new(SmmuIommu {
             id: NEXT_UNIT.fetch_add(1, Ordering::Relaxed),
+            cmdqv,
             // ASID 0 is reserved (`xa_alloc()` from 1), VMID 0 is kept for
             // stage 2 bypass STEs.
             asids: IdPool::new(1, (1 << info.asid_bits) - 1, Errno::EBUSY),
@@ -169,6 +177,11 @@ impl SmmuIommu {
 
     pub fn tlb(&self) -> &Arc<Tlb> {
         &self.tlb
+    }
+
+    /// The Tegra241 CMDQV, on an SMMU that has one.
+    pub fn cmdqv(&self) -> Option<&Arc<Cmdqv>> {
+        self.cmdqv.as_ref()
     }
 
     /// ASIDs in use by stage 1 domains, VMIDs by stage 2 domains.
@@ -629,12 +642,18 @@ impl IommuDevice for SmmuDevice {
         self.info().device_max_pasid_log2(self.props.pasid_bits)
     }
 
-    /// `arm_smmu_hw_info()`: `EOPNOTSUPP` for a requested type other than
-    /// the default or `IOMMU_HW_INFO_TYPE_ARM_SMMUV3` (no implementation
-    /// ops).
+    /// `arm_smmu_hw_info()`: the registers for the default type or
+    /// `IOMMU_HW_INFO_TYPE_ARM_SMMUV3`; another type goes to the
+    /// implementation (`tegra241_cmdqv_hw_info()` answers
+    /// `IOMMU_HW_INFO_TYPE_TEGRA241_CMDQV`), `EOPNOTSUPP` without one.
     fn hw_info(&self, in_type: u32) -> Result<(u32, Vec<u8>), Errno> {
         if in_type != IOMMU_HW_INFO_TYPE_DEFAULT && in_type != IOMMU_HW_INFO_TYPE_ARM_SMMUV3 {
-            return Err(Errno::EOPNOTSUPP);
+            return match (&self.iommu.cmdqv, in_type) {
+                (Some(c), IOMMU_HW_INFO_TYPE_TEGRA241_CMDQV) => {
+                    Ok((IOMMU_HW_INFO_TYPE_TEGRA241_CMDQV, c.hw_info().as_bytes().to_vec()))
+                }
+                _ => Err(Errno::EOPNOTSUPP),
+            };
         }
         Ok((IOMMU_HW_INFO_TYPE_ARM_SMMUV3, self.info().hw_info().as_bytes().to_vec()))
     }
@@ -648,13 +667,20 @@ impl IommuDevice for SmmuDevice {
         self.iommu.id
     }
 
-    /// `arm_smmu_get_viommu_size()` non-zero.
+    /// `arm_smmu_get_viommu_size()` non-zero: the common conditions, then
+    /// ARM_SMMUV3, or TEGRA241_CMDQV with a CMDQV.
     fn viommu_supported(&self, viommu_type: u32) -> bool {
-        viommu_type == IOMMU_VIOMMU_TYPE_ARM_SMMUV3 && self.info().viommu_supported(self.props.canwbs)
+        self.info().viommu_supported(self.props.canwbs)
+            && match viommu_type {
+                IOMMU_VIOMMU_TYPE_ARM_SMMUV3 => true,
+                IOMMU_VIOMMU_TYPE_TEGRA241_CMDQV => self.iommu.cmdqv.is_some(),
+                _ => false,
+            }
     }
 
     /// `arm_vsmmu_init()`: the parent must be a stage 2 domain of this
-    /// SMMU (`EINVAL`); driver data is not used.
+    /// SMMU (`EINVAL`); an ARM_SMMUV3 vIOMMU takes no driver data, a
+    /// TEGRA241_CMDQV one gets a VINTF (`tegra241_cmdqv_init_vintf_user()`).
     fn viommu_init(
         &self,
         viommu_type: u32,
@@ -662,9 +688,13 @@ impl IommuDevice for SmmuDevice {
         data: Option<&mut UserData<'_>>,
         core: Weak<dyn ViommuCore>,
     ) -> Result<ViommuInit, Errno> {
-        let _ = data;
         if !self.viommu_supported(viommu_type) {
             return Err(Errno::EOPNOTSUPP);
+        }
+        if viommu_type == IOMMU_VIOMMU_TYPE_TEGRA241_CMDQV {
+            let cmdqv = self.iommu.cmdqv.as_ref().ok_or(Errno::EOPNOTSUPP)?;
+            let (driver, out) = Vintf::init(&self.iommu, cmdqv, parent, data, core)?;
+            return Ok(ViommuInit { driver, user_out: Some(out) });
         }
         let driver = SmmuViommu::init(&self.iommu, parent, core)?;
         Ok(ViommuInit { driver, user_out: None })

@@ -22,7 +22,9 @@
 //!   commands, events);
 //! - [`device`]: an SMMU ([`SmmuIommu`]) and a master behind it
 //!   ([`SmmuDevice`], an [`IommuDevice`](crate::device::IommuDevice));
-//! - [`spec`]: the `smmuv3[:key=value,...]` platform keys.
+//! - [`spec`]: the `smmuv3[:key=value,...]` platform keys;
+//! - [`cmdqv`]: NVIDIA's Tegra241 CMDQV extension (VINTFs, VCMDQs a guest
+//!   drives itself).
 //!
 //! Sources: the Arm System Memory Management Unit Architecture
 //! Specification, SMMU architecture version 3 (IHI 0070; sections cited
@@ -33,6 +35,7 @@
 //! function.
 
 pub mod cmd;
+pub mod cmdqv;
 pub mod device;
 pub mod domain;
 pub mod event;

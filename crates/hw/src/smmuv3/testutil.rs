@@ -21,6 +21,8 @@ use crate::{Domain, Prot, UserData, UserDataArray};
 pub struct TestCore {
     pub vdevs: Mutex<Vec<(u64, Arc<dyn IommuDevice>)>>,
     pub events: Mutex<Vec<(u32, Vec<u8>)>>,
+    /// mmap offsets handed out so far.
+    pub mmaps: Mutex<u64>,
 }
 
 impl ViommuCore for TestCore {
@@ -38,8 +40,11 @@ impl ViommuCore for TestCore {
         vdevs.iter().find(|(_, d)| std::ptr::addr_eq(Arc::as_ptr(d), dev as *const dyn IommuDevice)).map(|(id, _)| *id)
     }
 
-    fn alloc_mmap(&self, _length: u64) -> Result<u64, Errno> {
-        Err(Errno::EOPNOTSUPP)
+    fn alloc_mmap(&self, length: u64) -> Result<u64, Errno> {
+        let mut next = self.mmaps.lock().unwrap();
+        let at = 0x1000 + *next;
+        *next += length;
+        Ok(at)
     }
 }
 
@@ -104,7 +109,11 @@ impl Guest {
     }
 
     pub fn with_regs(regs: SmmuRegs) -> Guest {
-        let unit = SmmuIommu::new(regs).unwrap();
+        Self::with_params(regs, super::info::DriverParams::default())
+    }
+
+    pub fn with_params(regs: SmmuRegs, params: super::info::DriverParams) -> Guest {
+        let unit = SmmuIommu::with_params(regs, params).unwrap();
         let mem: Arc<RwLock<HashMap<u64, u64>>> = Arc::default();
         {
             let mem = Arc::clone(&mem);
