@@ -3,7 +3,7 @@
 # script needs nothing but bash. Sourced; expects $B (build dir), $U (the
 # uiommufd binary), $RUN (per-run scratch dir).
 
-declare -A VM_PID VM_DIR VM_QMP_IN VM_QMP_OUT VM_SER_IN
+declare -A VM_PID VM_DIR VM_QMP_IN VM_QMP_OUT VM_SER_IN VM_CAT
 
 # vm_start NAME QEMU_LAUNCHER "UIOMMUFD ARGS" QEMU ARGS...
 # Starts QEMU under `uiommufd trace` (log in $RUN/NAME/trace.log) with
@@ -25,7 +25,7 @@ vm_start() {
   VM_PID[$name]=$!
   VM_DIR[$name]=$d
   local fd
-  exec {fd}<>"$d/ser.out"; ( cat <&$fd > "$d/console.log" ) & exec {fd}<&-
+  exec {fd}<>"$d/ser.out"; cat <&$fd > "$d/console.log" 2>/dev/null & VM_CAT[$name]=$!; exec {fd}<&-
   exec {fd}<>"$d/ser.in"; VM_SER_IN[$name]=$fd
   exec {fd}<>"$d/qmp.in"; VM_QMP_IN[$name]=$fd
   exec {fd}<>"$d/qmp.out"; VM_QMP_OUT[$name]=$fd
@@ -109,6 +109,7 @@ vm_stop() {
     vm_alive "$name" && kill "${VM_PID[$name]}" 2>/dev/null
   fi
   wait "${VM_PID[$name]}" 2>/dev/null || true
+  sleep 0.2; kill "${VM_CAT[$name]}" 2>/dev/null; wait "${VM_CAT[$name]}" 2>/dev/null
   local fd
   for fd in "${VM_SER_IN[$name]}" "${VM_QMP_IN[$name]}" "${VM_QMP_OUT[$name]}"; do exec {fd}>&- 2>/dev/null || true; done
   unset "VM_PID[$name]"

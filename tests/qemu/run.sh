@@ -74,11 +74,50 @@ scenario_a() {
   elif [ -z "$why" ]; then
     grep -q 'VFIO_GROUP_GET_DEVICE_FD) = ' "$RUN/$name/trace.log" || why="QEMU did not open the device through its group"
   fi
-  [ -n "$why" ] && grep -E '^(ok|FAIL|udma)' "$RUN/$name/console.log" | tr -d '\r' | sed 's/^/    /'
+  [ -n "$why" ] && show_checks "$name"
   result "$name" "$start" "$([ -z "$why" ] && echo 0 || echo 1)" "$why"
 }
 
-all=(a-qemu10-iommufd a-qemu10-container a-qemu72-container)
+# The console lines of the guest's checks, indented (for a failure).
+show_checks() { grep -E '^(ok|FAIL|udma|device|mapped)' "$RUN/$1/console.log" | tr -d '\r' | sed 's/^/    /'; }
+
+# b. A guest IOMMU that translates: QEMU's intel-iommu (caching mode) in
+# the guest, the guest's own vfio-pci, and udma mapping its buffers at
+# IOVAs it chooses; QEMU shadows the guest's page tables into our IOAS
+# (iommufd) or container (type1 MAP_DMA/UNMAP_DMA). DMA lands at those
+# IOVAs; DMA to an IOVA the guest unmapped faults in our VT-d model.
+# c. In the same guest: MSI-X completion interrupts reach the guest's
+# eventfd, and its kernel's interrupt counter moves by as many.
+scenario_bc() {
+  local name=$1 qemu=$2 backend=$3 with_c=$4 start=$SECONDS why="" cwhy=""
+  local dev=(-device "vfio-pci,host=0000:00:04.0,id=udma0")
+  [ "$backend" = iommufd ] && dev=(-object iommufd,id=iommufd0 -device "vfio-pci,host=0000:00:04.0,id=udma0,iommufd=iommufd0")
+  if ! VM_APPEND="intel_iommu=on" vm_start "$name" "$qemu" "--iommu vtd --device $DEV" \
+      -device intel-iommu,caching-mode=on "${dev[@]}"; then
+    why="the guest did not boot"
+  elif ! guest "$name" bind 60 vfio_bind; then
+    why="the guest's vfio-pci did not take the device"
+  elif ! guest "$name" b 60 udma vfio; then
+    why="the guest's DMA checks failed"
+  else
+    local w; w=$(qemu_warnings "$name")
+    [ -n "$w" ] && why="QEMU warned: $w"
+  fi
+  local cstart=$SECONDS
+  if [ "$with_c" = 1 ]; then
+    if [ -n "$why" ]; then
+      cwhy="b failed first"
+    elif ! guest "$name" c 60 udma vfio --irq; then
+      cwhy="the guest's interrupt checks failed"
+    fi
+  fi
+  vm_stop "$name"
+  [ -n "$why$cwhy" ] && show_checks "$name"
+  result "$name" "$start" "$([ -z "$why" ] && echo 0 || echo 1)" "$why"
+  [ "$with_c" = 1 ] && result "c-msix-${name#b-viommu-}" "$cstart" "$([ -z "$cwhy" ] && echo 0 || echo 1)" "$cwhy"
+}
+
+all=(a-qemu10-iommufd a-qemu10-container a-qemu72-container b-viommu-qemu10-iommufd b-viommu-qemu72-container)
 want=("$@")
 [ ${#want[@]} -eq 0 ] && want=("${all[@]}")
 for s in "${want[@]}"; do
@@ -86,6 +125,8 @@ for s in "${want[@]}"; do
     a-qemu10-iommufd) scenario_a "$s" "$Q10" iommufd ;;
     a-qemu10-container) scenario_a "$s" "$Q10" container ;;
     a-qemu72-container) scenario_a "$s" "$Q72" container ;;
+    b-viommu-qemu10-iommufd) scenario_bc "$s" "$Q10" iommufd 1 ;;
+    b-viommu-qemu72-container) scenario_bc "$s" "$Q72" container 0 ;;
     *) echo "qemu: no scenario $s (have: ${all[*]})"; exit 2 ;;
   esac
 done
