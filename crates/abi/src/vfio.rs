@@ -313,6 +313,54 @@ abi_struct! {
         @4 open_flags: u32,
         @8 flags: u32,
         @12 nr_ranges: u32,
+/// Migration features (`VFIO_DEVICE_FEATURE_*`) and the data FD's request.
+pub const VFIO_DEVICE_FEATURE_MIGRATION: u32 = 1;
+pub const VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE: u32 = 2;
+pub const VFIO_DEVICE_FEATURE_MIG_DATA_SIZE: u32 = 9;
+#[allow(non_upper_case_globals)]
+pub const VFIO_DEVICE_FEATURE_MIG_PRECOPY_INFOv2: u32 = 12;
+/// `vfio_device_feature_migration.flags`.
+pub const VFIO_MIGRATION_STOP_COPY: u64 = 1 << 0;
+pub const VFIO_MIGRATION_P2P: u64 = 1 << 1;
+pub const VFIO_MIGRATION_PRE_COPY: u64 = 1 << 2;
+/// `enum vfio_device_mig_state`.
+pub const VFIO_DEVICE_STATE_ERROR: u32 = 0;
+pub const VFIO_DEVICE_STATE_STOP: u32 = 1;
+pub const VFIO_DEVICE_STATE_RUNNING: u32 = 2;
+pub const VFIO_DEVICE_STATE_STOP_COPY: u32 = 3;
+pub const VFIO_DEVICE_STATE_RESUMING: u32 = 4;
+pub const VFIO_DEVICE_STATE_RUNNING_P2P: u32 = 5;
+pub const VFIO_DEVICE_STATE_PRE_COPY: u32 = 6;
+pub const VFIO_DEVICE_STATE_PRE_COPY_P2P: u32 = 7;
+/// On a migration data FD: `struct vfio_precopy_info`.
+pub const VFIO_MIG_GET_PRECOPY_INFO: u32 = vfio_io(21);
+/// `vfio_precopy_info.flags` (output, after opting in with
+/// [`VFIO_DEVICE_FEATURE_MIG_PRECOPY_INFOv2`]).
+pub const VFIO_PRECOPY_INFO_REINIT: u32 = 1 << 0;
+
+abi_struct! {
+    /// `struct vfio_device_feature_migration`: which optional states.
+    VfioDeviceFeatureMigration, 8 {
+        @0 flags: u64,
+    }
+
+    /// `struct vfio_device_feature_mig_state`.
+    VfioDeviceFeatureMigState, 8 {
+        @0 device_state: u32,
+        @4 data_fd: i32,
+    }
+
+    /// `struct vfio_device_feature_mig_data_size`.
+    VfioDeviceFeatureMigDataSize, 8 {
+        @0 stop_copy_length: u64,
+    }
+
+    /// `struct vfio_precopy_info`: argument of [`VFIO_MIG_GET_PRECOPY_INFO`].
+    VfioPrecopyInfo, 24 {
+        @0 argsz: u32,
+        @4 flags: u32,
+        @8 initial_bytes: u64,
+        @16 dirty_bytes: u64,
     }
 }
 
@@ -483,6 +531,7 @@ mod tests {
         assert_eq!(VFIO_DEVICE_DETACH_IOMMUFD_PT, 0x3b78);
         assert_eq!(VFIO_DEVICE_GET_PCI_HOT_RESET_INFO, VFIO_IOMMU_GET_INFO);
         assert_eq!(VFIO_DEVICE_FEATURE, 0x3b75);
+        assert_eq!(VFIO_MIG_GET_PRECOPY_INFO, 0x3b79);
         // The group requests, as <linux/vfio.h> spells them.
         assert_eq!(VFIO_GROUP_GET_STATUS, 0x3b67);
         assert_eq!(VFIO_GROUP_SET_CONTAINER, 0x3b68);

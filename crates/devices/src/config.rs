@@ -646,6 +646,21 @@ impl ConfigSpace {
         Ok(fx)
     }
 
+    /// Take the writable and W1C bits of every register from `image` (a
+    /// whole config space another instance of this function had, for live
+    /// migration); read-only bits keep this function's own values. `EINVAL`
+    /// for an image that is not 4 KiB.
+    pub fn restore(&mut self, image: &[u8]) -> Result<(), Errno> {
+        if image.len() != CONFIG_SPACE_SIZE {
+            return Err(Errno::EINVAL);
+        }
+        for (i, &b) in image.iter().enumerate() {
+            let state = self.wmask[i] | self.w1c[i];
+            self.regs[i] = (self.regs[i] & !state) | (b & state);
+        }
+        Ok(())
+    }
+
     /// Return every register to its power-on value (FLR, §6.6.2).
     pub fn reset(&mut self) {
         self.regs.copy_from_slice(&self.power_on[..]);

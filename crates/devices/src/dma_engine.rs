@@ -52,8 +52,9 @@ use uiommufd_hw::dma::{BlockedPort, DmaPort};
 use crate::config::{pcie, Bar, BarKind, ConfigSpace, MsixCap, PasidCap, PciId, PcieCap};
 use crate::irq::{IrqLines, IrqTrigger};
 use crate::mmio::SharedMemory;
-use crate::pci::{PciDevice, RegionFlags, RegionInfo};
+use crate::pci::{DeviceMigration, PciDevice, RegionFlags, RegionInfo};
 
+mod migration;
 pub mod regs;
 mod ring;
 
@@ -166,6 +167,9 @@ pub(crate) struct Inner {
     wake: Condvar,
     /// The BAR's memfd was handed out: stores may bypass `region_write`.
     mmap_exposed: AtomicBool,
+    /// Stopped for live migration (VFIO's STOP): no consumer runs, no
+    /// interrupt is sent, until [`DeviceMigration::run`].
+    pub(crate) paused: AtomicBool,
 }
 
 impl Inner {
@@ -232,6 +236,9 @@ impl Inner {
     }
 
     fn deliver_pending_msix(&self) {
+        if self.paused.load(Ordering::Acquire) {
+            return;
+        }
         let ctl = self.ctl.load(Ordering::Acquire);
         let ready = CTL_BUS_MASTER | CTL_MSIX_ENABLE;
         if ctl & ready != ready || ctl & CTL_MSIX_MASK != 0 {
@@ -352,6 +359,7 @@ impl DmaEngine {
             signal: Mutex::new(()),
             wake: Condvar::new(),
             mmap_exposed: AtomicBool::new(false),
+            paused: AtomicBool::new(false),
         });
         inner.init_registers();
         inner.refresh_ctl(&lock(&inner.config));
@@ -438,7 +446,7 @@ impl DmaEngine {
     /// Start the worker if it is not running (and the options want one).
     /// A failed spawn leaves none; the next register write retries.
     fn ensure_worker(&self) {
-        if !self.options.worker {
+        if !self.options.worker || self.inner.paused.load(Ordering::Acquire) {
             return;
         }
         let mut slot = lock(&self.worker);
@@ -450,7 +458,7 @@ impl DmaEngine {
     }
 
     fn spawn_worker(&self, slot: &mut Option<Worker>) {
-        if !self.options.worker {
+        if !self.options.worker || self.inner.paused.load(Ordering::Acquire) {
             return;
         }
         let stop = Arc::new(AtomicBool::new(false));
@@ -615,6 +623,10 @@ impl PciDevice for DmaEngine {
 
     fn pasid_width(&self) -> Option<u8> {
         self.inner.pasid_width
+    }
+
+    fn migration(&self) -> Option<&dyn DeviceMigration> {
+        Some(self)
     }
 }
 

@@ -41,4 +41,4 @@ pub mod testing;
 pub use config::{ConfigSpace, PciId};
 pub use dma_engine::{DmaEngine, DmaEngineOptions};
 pub use irq::{IrqLines, IrqTrigger};
-pub use pci::{reset_function, split_access, PciDevice, RegionFlags, RegionInfo};
+pub use pci::{reset_function, split_access, DeviceMigration, PciDevice, RegionFlags, RegionInfo};

@@ -12,6 +12,7 @@
 //! | `VFIO_DEVICE_GET_IRQ_INFO` | [`PciDevice::irq_count`] |
 //! | `VFIO_DEVICE_SET_IRQS` (eventfds) | [`PciDevice::set_irq_triggers`] / [`PciDevice::clear_irq_triggers`] / [`PciDevice::trigger_irq`] |
 //! | `VFIO_DEVICE_RESET` | [`reset_function`] (save config, [`PciDevice::reset`], restore) |
+//! | `VFIO_DEVICE_FEATURE_MIG_*` (live migration) | [`PciDevice::migration`]: [`DeviceMigration`] |
 //!
 //! The engine binds the device to an IOMMU and hands it a [`DmaPort`] with
 //! [`PciDevice::set_dma_port`]; until then the device's DMA is blocked.
@@ -175,6 +176,41 @@ pub trait PciDevice: Send + Sync {
     fn pasid_width(&self) -> Option<u8> {
         None
     }
+
+    /// The function's live-migration interface, if it can be migrated
+    /// (what a vfio-pci variant driver's `mig_ops` are).
+    fn migration(&self) -> Option<&dyn DeviceMigration> {
+        None
+    }
+}
+
+/// What VFIO's migration state machine needs from a device
+/// (`VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE`): stop and restart it, and read
+/// out or replace its internal state while it is stopped.
+///
+/// Stopped means what the uAPI's STOP says: no DMA, no interrupts, no
+/// change of internal state, while config space and register reads and
+/// writes are still accepted. Work in flight pauses at a request boundary
+/// and its progress is part of the saved state, so the device that loads
+/// it goes on where this one stopped.
+pub trait DeviceMigration: Send + Sync {
+    /// Stop the device (idempotent); returns once nothing runs any more.
+    fn stop(&self);
+
+    /// Run again after [`DeviceMigration::stop`] or a load.
+    fn run(&self);
+
+    /// The stopped device's internal state: registers, queue positions,
+    /// work in flight, pending interrupts, config space.
+    fn save(&self) -> Vec<u8>;
+
+    /// How many bytes [`DeviceMigration::save`] gives.
+    fn saved_size(&self) -> usize;
+
+    /// Replace the stopped device's state with one `save` gave on a
+    /// compatible device (same options). `EINVAL` for data that is not
+    /// such a state; the device is then unchanged.
+    fn load(&self, state: &[u8]) -> Result<(), Errno>;
 }
 
 /// `pci_reset_function()`: what `VFIO_DEVICE_RESET` does. Save the whole

@@ -40,18 +40,22 @@ const COMPARE_CHUNK: usize = 16 * 1024;
 #[derive(Debug, Default)]
 pub(crate) struct Ring {
     /// The device has seen `CTRL.ENABLE` (and latched base and size).
-    enabled: bool,
-    halted: bool,
-    halt_code: u8,
+    pub(super) enabled: bool,
+    pub(super) halted: bool,
+    pub(super) halt_code: u8,
     /// `STATUS.ERROR`: a descriptor failed since the ring reset.
-    error_seen: bool,
-    base: u64,
-    size: u32,
-    head: u32,
-    completed: u64,
-    errors: u64,
+    pub(super) error_seen: bool,
+    pub(super) base: u64,
+    pub(super) size: u32,
+    pub(super) head: u32,
+    pub(super) completed: u64,
+    pub(super) errors: u64,
+    /// A descriptor abandoned part way (the device was stopped for
+    /// migration, or a reset began): its index and the bytes it had done.
+    /// Running that descriptor again starts there.
+    pub(super) resume: Option<(u32, u64)>,
     /// Reused data buffer for FILL and COMPARE.
-    scratch: Vec<u8>,
+    pub(super) scratch: Vec<u8>,
 }
 
 /// Why a request was not issued or did not complete.
@@ -64,8 +68,11 @@ enum Fault {
 /// Why a descriptor did not reach a completion status.
 enum Interrupted {
     BusMaster,
-    /// A reset or the worker's stop: abandon it, HEAD stays.
-    Aborted,
+    /// A reset, a migration stop or the worker's stop: abandon it after
+    /// `done` bytes, HEAD stays.
+    Aborted {
+        done: u64,
+    },
 }
 
 /// What the consumer loop does next.
@@ -129,7 +136,7 @@ impl Ring {
 
 impl Inner {
     /// Mirror the ring state into STATUS, HEAD and the counters.
-    fn publish(&self, ring: &Ring) {
+    pub(super) fn publish(&self, ring: &Ring) {
         let m = self.regs.mapping();
         let tail = m.load_u32(regs::REG_TAIL as usize);
         let mut st = 0;
@@ -180,7 +187,9 @@ impl Inner {
     }
 
     fn should_stop(&self, stop: &AtomicBool) -> bool {
-        stop.load(Ordering::Acquire) || self.aborting.load(Ordering::Acquire) != 0
+        stop.load(Ordering::Acquire)
+            || self.aborting.load(Ordering::Acquire) != 0
+            || self.paused.load(Ordering::Acquire)
     }
 
     /// Act on the registers until there is nothing to do: ring reset,
@@ -258,10 +267,19 @@ impl Inner {
             return self.halt_on(ring, f, halt::DESC_FETCH_FAULT);
         }
         let d = Descriptor::from_bytes(&raw);
-        let (code, result) = match self.execute(&mut ring.scratch, &bus, &d, stop) {
+        let start = match ring.resume.take() {
+            Some((i, done)) if i == index => done,
+            _ => 0,
+        };
+        let (code, result) = match self.execute(&mut ring.scratch, &bus, &d, start, stop) {
             Ok(c) => c,
-            Err(Interrupted::BusMaster) => return self.halt_on(ring, Fault::BusMaster, 0),
-            Err(Interrupted::Aborted) => {
+            Err(Interrupted::BusMaster) => {
+                // Nothing of it was issued since `start`: keep that.
+                ring.resume = (start != 0).then_some((index, start));
+                return self.halt_on(ring, Fault::BusMaster, 0);
+            }
+            Err(Interrupted::Aborted { done }) => {
+                ring.resume = (done != 0).then_some((index, done));
                 self.publish(ring);
                 return Step::Stop;
             }
@@ -292,12 +310,15 @@ impl Inner {
         Step::Next
     }
 
-    /// Validate and run one descriptor's operation; `(status, result)`.
+    /// Validate and run one descriptor's operation from byte `start` (its
+    /// progress before an interruption; COPY is one request and always
+    /// starts at 0); `(status, result)`.
     fn execute(
         &self,
         scratch: &mut Vec<u8>,
         bus: &Bus<'_>,
         d: &Descriptor,
+        start: u64,
         stop: &AtomicBool,
     ) -> Result<(u32, u64), Interrupted> {
         if d.opcode > opcode::COMPARE {
@@ -345,10 +366,12 @@ impl Inner {
                 for (i, b) in scratch[..chunk].iter_mut().enumerate() {
                     *b = pattern[i % 8];
                 }
-                let mut done = 0u64;
+                // `start` is a multiple of the chunk, so the pattern stays
+                // aligned.
+                let mut done = start.min(d.len);
                 while done < d.len {
                     if self.should_stop(stop) {
-                        return Err(Interrupted::Aborted);
+                        return Err(Interrupted::Aborted { done });
                     }
                     let n = (d.len - done).min(chunk as u64) as usize;
                     if let Err(f) = bus.write(d.dst + done, &scratch[..n], pasid, privileged) {
@@ -361,10 +384,10 @@ impl Inner {
             _ => {
                 scratch.resize((2 * COMPARE_CHUNK).max(scratch.len()), 0);
                 let (a, b) = scratch.split_at_mut(COMPARE_CHUNK);
-                let mut done = 0u64;
+                let mut done = start.min(d.len);
                 while done < d.len {
                     if self.should_stop(stop) {
-                        return Err(Interrupted::Aborted);
+                        return Err(Interrupted::Aborted { done });
                     }
                     let n = (d.len - done).min(COMPARE_CHUNK as u64) as usize;
                     if let Err(f) = bus.read(d.src + done, &mut a[..n], pasid, privileged) {
