@@ -52,10 +52,12 @@ errnos! {
     EINVAL = 22, "Invalid argument";
     EMFILE = 24, "Too many open files";
     ENOTTY = 25, "Inappropriate ioctl for device";
+    EFBIG = 27, "File too large";
     ENOSPC = 28, "No space left on device";
     ESPIPE = 29, "Illegal seek";
     ERANGE = 34, "Numerical result out of range";
     EDEADLK = 35, "Resource deadlock avoided";
+    ENOMSG = 42, "No message of desired type";
     ENOSYS = 38, "Function not implemented";
     EBADE = 52, "Invalid exchange";
     ENODATA = 61, "No data available";

@@ -555,6 +555,10 @@ impl PciDevice for DmaEngine {
         }
     }
 
+    fn region_mmap_areas(&self, index: u32) -> Option<Vec<(u64, u64)>> {
+        (index == VFIO_PCI_BAR0_REGION_INDEX).then(|| vec![(0, regs::REGS_SIZE)])
+    }
+
     fn region_mmap_fd(&self, index: u32) -> Option<(BorrowedFd<'_>, u64)> {
         if index != VFIO_PCI_BAR0_REGION_INDEX {
             return None;

@@ -550,10 +550,10 @@ fn config_space_registers() {
     cfg_w32(&dev, 8, 0);
     assert_eq!(cfg_u32(&dev, 0), 0x5544_1234);
     assert_eq!(cfg_u32(&dev, 8), 0x0880_0001);
-    // BAR0: 64-bit, 4 KiB; sizing by all-ones.
+    // BAR0: 64-bit, 8 KiB; sizing by all-ones.
     cfg_w32(&dev, 0x10, u32::MAX);
     cfg_w32(&dev, 0x14, u32::MAX);
-    assert_eq!(cfg_u32(&dev, 0x10), 0xffff_f004);
+    assert_eq!(cfg_u32(&dev, 0x10), 0xffff_e004);
     assert_eq!(cfg_u32(&dev, 0x14), u32::MAX);
     for off in [0x18, 0x1c, 0x20, 0x24, 0x30] {
         cfg_w32(&dev, off, u32::MAX);
@@ -564,13 +564,14 @@ fn config_space_registers() {
     assert_eq!(cfg_u16(&dev, p + pcie::CAPS), 0x0092);
     assert_ne!(cfg_u32(&dev, p + pcie::DEVCAP) & pcie::DEVCAP_FLR, 0);
     assert_ne!(cfg_u16(&dev, p + pcie::DEVCTL) & pcie::DEVCTL_NO_SNOOP, 0);
-    // MSI-X: one vector, table at BAR0 + 0x800, PBA at BAR0 + 0xc00.
+    // MSI-X: one vector, table at BAR0 + 0x1000, PBA at BAR0 + 0x1800 (the
+    // second page: nothing else shares it, PCIe r5.0 §6.8.2).
     assert_eq!(p, 0x40);
     let m = find_capability(&dev, cap_id::MSIX).unwrap();
     assert_eq!(m, 0x7c);
     assert_eq!(cfg_u16(&dev, m + msix::CONTROL) & msix::CONTROL_TABLE_SIZE, 0);
-    assert_eq!(cfg_u32(&dev, m + msix::TABLE), 0x800);
-    assert_eq!(cfg_u32(&dev, m + msix::PBA), 0xc00);
+    assert_eq!(cfg_u32(&dev, m + msix::TABLE), 0x1000);
+    assert_eq!(cfg_u32(&dev, m + msix::PBA), 0x1800);
     // PASID: at 0x100 or above, width 20, privileged mode, no execute.
     let x = find_ext_capability(&dev, cap_id::EXT_PASID).unwrap();
     assert!(x >= 0x100);
@@ -589,8 +590,9 @@ fn config_space_registers() {
 fn regions_and_bar_access_rules() {
     let (dev, _mem) = sync_engine();
     let r0 = dev.region_info(VFIO_PCI_BAR0_REGION_INDEX).unwrap();
-    assert_eq!(r0.size, 4096);
+    assert_eq!(r0.size, 8192);
     assert!(r0.flags.contains(RegionFlags::READ | RegionFlags::WRITE | RegionFlags::MMAP));
+    assert_eq!(dev.region_mmap_areas(VFIO_PCI_BAR0_REGION_INDEX), Some(vec![(0, 4096)]), "the registers' page only");
     assert_eq!(dev.region_info(VFIO_PCI_BAR1_REGION_INDEX).unwrap().size, 0);
     assert_eq!(dev.region_info(VFIO_PCI_ROM_REGION_INDEX).unwrap().flags, RegionFlags::NONE);
     assert_eq!(dev.region_info(VFIO_PCI_CONFIG_REGION_INDEX).unwrap().size, 4096);
@@ -604,8 +606,8 @@ fn regions_and_bar_access_rules() {
     let mut b3 = [0u8; 3];
     assert_eq!(dev.region_read(0, 0, &mut b3), Err(Errno::EINVAL));
     assert_eq!(dev.region_read(0, 2, &mut [0u8; 4]), Err(Errno::EINVAL));
-    assert_eq!(dev.region_read(0, 4096, &mut [0u8; 1]), Err(Errno::EINVAL));
-    assert_eq!(dev.region_write(0, 4092, &[0u8; 8]), Err(Errno::EINVAL));
+    assert_eq!(dev.region_read(0, 8192, &mut [0u8; 1]), Err(Errno::EINVAL));
+    assert_eq!(dev.region_write(0, 8188, &[0u8; 8]), Err(Errno::EINVAL));
     assert_eq!(dev.region_read(VFIO_PCI_BAR1_REGION_INDEX, 0, &mut [0u8; 4]), Err(Errno::EINVAL));
     assert_eq!(dev.region_read(42, 0, &mut [0u8; 4]), Err(Errno::EINVAL));
     // RO registers ignore writes; RW ones take every access width.

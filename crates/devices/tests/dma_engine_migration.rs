@@ -213,7 +213,7 @@ fn bad_states_are_refused_and_change_nothing() {
     let mut v = good.clone();
     v[4] = 2; // version
     bad.push(v);
-    let ring_at = 12 + 4096 + 4096;
+    let ring_at = 12 + regs::BAR0_SIZE as usize + 4096;
     let mut v = good.clone();
     v[ring_at + 12..ring_at + 16].copy_from_slice(&3u32.to_le_bytes()); // size not a power of two
     bad.push(v);

@@ -138,6 +138,8 @@ pub enum File {
     VfioDevice(VfioDeviceFile),
     /// `/dev/vfio/<G>`: a VFIO group.
     VfioGroup(VfioGroupFile),
+    /// `[vfio-migration]`: a VFIO device's migration data (`data_fd`).
+    VfioMigration(crate::vfio_migration::MigrationFile),
 }
 
 /// The file of a fault object: keeps the context alive and holds an edge on
@@ -236,6 +238,7 @@ impl File {
             File::Iommufd(ctx) => crate::iommufd_ioctl(ctx, host, request, arg),
             File::VfioDevice(f) => f.ioctl(host, request, arg),
             File::VfioGroup(f) => f.ioctl(host, request, arg),
+            File::VfioMigration(f) => f.ioctl(request, arg),
             File::SelftestAccess(_) | File::Fault(_) | File::Veventq(_) | File::FailNth(_) => {
                 Err(Error::new(Errno::ENOTTY, "this file has no ioctls"))
             }
@@ -248,6 +251,7 @@ impl File {
             File::Iommufd(_) => crate::op_name(cmd),
             File::VfioDevice(_) => crate::vfio_device::ioctl_name(cmd),
             File::VfioGroup(_) => crate::vfio_group::ioctl_name(cmd),
+            File::VfioMigration(_) => crate::vfio_migration::ioctl_name(cmd),
             _ => None,
         }
     }
@@ -268,6 +272,7 @@ impl File {
             File::Iommufd(_) => "iommufd",
             File::VfioDevice(_) => "vfio-device",
             File::VfioGroup(_) => "vfio-group",
+            File::VfioMigration(_) => "vfio-migration",
             File::SelftestAccess(_) => "test-access",
             File::Fault(_) => "fault-queue",
             File::Veventq(_) => "viommu-event-queue",
@@ -323,6 +328,7 @@ impl File {
                 f.veventq.read(count, |at, bytes| uiommufd_memory::copy_to_user(buf.wrapping_add(at as u64), bytes))
             }
             File::VfioDevice(f) => f.read(buf, count, pos),
+            File::VfioMigration(f) => f.read(buf, count.min(MAX_IO), pos),
             File::FailNth(f) => {
                 // proc_fail_nth_read: the countdown as "%u\n", read from the
                 // file position. Only the calling thread's countdown is
@@ -359,6 +365,7 @@ impl File {
                 f.fault.write(count, |at, rec| uiommufd_memory::copy_from_user(rec, buf.wrapping_add(at as u64)))
             }
             File::VfioDevice(f) => f.write(buf, count, pos),
+            File::VfioMigration(f) => f.write(buf, count.min(MAX_IO), pos),
             File::FailNth(f) => {
                 // proc_fail_nth_write: an unsigned number, for the calling
                 // task only.

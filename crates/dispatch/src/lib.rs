@@ -31,6 +31,7 @@ mod ucmd;
 mod vfio_compat;
 pub mod vfio_device;
 pub mod vfio_group;
+pub mod vfio_migration;
 mod viommu;
 
 pub use file::{FdHost, File, IoCaps, LocalFds, Node};
@@ -86,5 +87,7 @@ mod tests;
 mod vfio_device_tests;
 #[cfg(test)]
 mod vfio_group_tests;
+#[cfg(test)]
+mod vfio_migration_tests;
 #[cfg(test)]
 mod viommu_tests;

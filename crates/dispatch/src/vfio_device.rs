@@ -149,6 +149,8 @@ pub struct VfioDevice {
     is_pcie: bool,
     set: Mutex<SetState>,
     irqs: Mutex<IrqState>,
+    /// Live migration: the state and data session (`vfio_migration`).
+    mig: Mutex<crate::vfio_migration::MigCtl>,
 }
 
 impl std::fmt::Debug for VfioDevice {
@@ -193,6 +195,7 @@ impl VfioDevice {
             is_pcie,
             set: Mutex::default(),
             irqs: Mutex::default(),
+            mig: Mutex::default(),
         });
         group.register(&dev);
         dev
@@ -256,6 +259,11 @@ impl VfioDevice {
         &self.pci
     }
 
+    /// Its migration state (see [`crate::vfio_migration`]).
+    pub(crate) fn mig(&self) -> &Mutex<crate::vfio_migration::MigCtl> {
+        &self.mig
+    }
+
     /// Whether the device is open (bound to an iommufd) through some file.
     pub fn is_bound(&self) -> bool {
         lock(&self.set).open_count != 0
@@ -297,6 +305,7 @@ impl VfioDevice {
     /// `vfio_pci_core_disable`: Bus Master off, interrupts torn down, the
     /// function reset and the config space saved at enable put back.
     fn disable(&self, set: &mut SetState) {
+        self.migration_reset();
         self.clear_bus_master();
         {
             let mut irqs = lock(&self.irqs);
@@ -487,13 +496,14 @@ impl VfioDeviceFile {
             // which does not know them.
             v::VFIO_DEVICE_ATTACH_IOMMUFD_PT if cdev => attach_pt(dev, b, arg),
             v::VFIO_DEVICE_DETACH_IOMMUFD_PT if cdev => detach_pt(dev, b, arg),
-            v::VFIO_DEVICE_FEATURE => device_feature(arg),
+            v::VFIO_DEVICE_FEATURE => device_feature(dev, host, arg),
             v::VFIO_DEVICE_GET_INFO => get_info(dev, arg),
             v::VFIO_DEVICE_GET_REGION_INFO => get_region_info(dev, arg),
             v::VFIO_DEVICE_GET_IRQ_INFO => get_irq_info(dev, arg),
             v::VFIO_DEVICE_SET_IRQS => set_irqs(dev, host, arg),
             v::VFIO_DEVICE_RESET => {
                 uiommufd_devices::reset_function(dev.pci.as_ref()).ctx("resetting the function")?;
+                dev.migration_reset();
                 Ok(0)
             }
             v::VFIO_DEVICE_GET_PCI_HOT_RESET_INFO => get_pci_hot_reset_info(arg),
@@ -620,6 +630,12 @@ impl VfioDeviceFile {
         let start = offset & v::VFIO_PCI_OFFSET_MASK;
         if start.checked_add(length).is_none_or(|end| end > phys_len) {
             return Err(einval("the mapping extends past the region"));
+        }
+        let end = start + length;
+        if let Some(areas) = dev.pci.region_mmap_areas(index) {
+            if !areas.iter().any(|&(o, n)| start >= o && end <= o + n) {
+                return Err(einval("the mapping is outside the region's mmap areas"));
+            }
         }
         let (fd, _) = dev.pci.region_mmap_fd(index).ok_or(einval("the region cannot be mapped"))?;
         Ok((fd.as_raw_fd(), start))
@@ -774,9 +790,10 @@ fn detach_pt(dev: &VfioDevice, b: &Binding, arg: u64) -> Result<i32> {
     Ok(0)
 }
 
-/// `vfio_ioctl_device_feature`: the header's checks; no feature is offered
-/// (no migration, no DMA logging, no low-power states, no VF token).
-fn device_feature(arg: u64) -> Result<i32> {
+/// `vfio_ioctl_device_feature`: the header's checks, then the migration
+/// features (`vfio_migration`); no DMA logging, no low-power states, no VF
+/// token.
+fn device_feature(dev: &Arc<VfioDevice>, host: &dyn FdHost, arg: u64) -> Result<i32> {
     let f: v::VfioDeviceFeature = read_prefix(arg, core::mem::size_of::<v::VfioDeviceFeature>())?;
     if (f.argsz as usize) < core::mem::size_of::<v::VfioDeviceFeature>() {
         return Err(einval("argsz is below the header"));
@@ -791,6 +808,12 @@ fn device_feature(arg: u64) -> Result<i32> {
     let get_set = v::VFIO_DEVICE_FEATURE_GET | v::VFIO_DEVICE_FEATURE_SET;
     if f.flags & v::VFIO_DEVICE_FEATURE_PROBE == 0 && f.flags & get_set == get_set {
         return Err(einval("GET and SET together without PROBE"));
+    }
+    let header = core::mem::size_of::<v::VfioDeviceFeature>();
+    let (index, data, argsz) =
+        (f.flags & v::VFIO_DEVICE_FEATURE_MASK, arg.wrapping_add(header as u64), f.argsz as usize - header);
+    if let Some(r) = crate::vfio_migration::feature(dev, host, index, f.flags, data, argsz) {
+        return r;
     }
     Err(Error::new(Errno::ENOTTY, "the device offers no such feature"))
 }
@@ -811,8 +834,10 @@ fn get_info(dev: &VfioDevice, arg: u64) -> Result<i32> {
     Ok(0)
 }
 
-/// `vfio_pci_ioctl_get_region_info`, with the MSI-X mappable capability on
-/// the BAR holding the MSI-X table.
+/// `vfio_pci_ioctl_get_region_info`: on an mmap-able BAR, the sparse mmap
+/// capability when the function maps only parts of it (the DMA engine
+/// keeps its MSI-X page out), else the MSI-X mappable capability on the
+/// BAR holding the MSI-X table.
 fn get_region_info(dev: &VfioDevice, arg: u64) -> Result<i32> {
     let minsz = core::mem::size_of::<v::VfioRegionInfo>();
     let mut info: v::VfioRegionInfo = read_prefix(arg, minsz)?;
@@ -823,7 +848,7 @@ fn get_region_info(dev: &VfioDevice, arg: u64) -> Result<i32> {
         return Err(einval("no such region"));
     }
     let region = dev.pci.region_info(info.index).ctx("looking up the region")?;
-    let mut cap = None;
+    let mut cap: Option<Vec<u8>> = None;
     info.offset = v::vfio_pci_index_to_offset(info.index);
     info.size = region.size;
     match info.index {
@@ -836,9 +861,21 @@ fn get_region_info(dev: &VfioDevice, arg: u64) -> Result<i32> {
                 info.flags = v::VFIO_REGION_INFO_FLAG_READ | v::VFIO_REGION_INFO_FLAG_WRITE;
                 if region.flags.contains(RegionFlags::MMAP) {
                     info.flags |= v::VFIO_REGION_INFO_FLAG_MMAP;
-                    if dev.msix.is_some_and(|m| m.bar == info.index) {
-                        cap =
-                            Some(VfioInfoCapHeader { id: v::VFIO_REGION_INFO_CAP_MSIX_MAPPABLE, version: 1, next: 0 });
+                    if let Some(areas) = dev.pci.region_mmap_areas(info.index) {
+                        let header = v::VfioRegionInfoCapSparseMmap {
+                            header: VfioInfoCapHeader { id: v::VFIO_REGION_INFO_CAP_SPARSE_MMAP, version: 1, next: 0 },
+                            nr_areas: areas.len() as u32,
+                            reserved: 0,
+                        };
+                        let mut bytes = header.as_bytes().to_vec();
+                        for (offset, size) in areas {
+                            bytes.extend_from_slice(v::VfioRegionSparseMmapArea { offset, size }.as_bytes());
+                        }
+                        cap = Some(bytes);
+                    } else if dev.msix.is_some_and(|m| m.bar == info.index) {
+                        let header =
+                            VfioInfoCapHeader { id: v::VFIO_REGION_INFO_CAP_MSIX_MAPPABLE, version: 1, next: 0 };
+                        cap = Some(header.as_bytes().to_vec());
                     }
                 }
             }
@@ -851,12 +888,12 @@ fn get_region_info(dev: &VfioDevice, arg: u64) -> Result<i32> {
     }
     if let Some(cap) = cap {
         info.flags |= v::VFIO_REGION_INFO_FLAG_CAPS;
-        let cap_len = core::mem::size_of::<VfioInfoCapHeader>();
+        let cap_len = cap.len();
         if (info.argsz as usize) < minsz + cap_len {
             info.argsz = (minsz + cap_len) as u32;
             info.cap_offset = 0;
         } else {
-            write_at(arg, minsz, cap.as_bytes())?;
+            write_at(arg, minsz, &cap)?;
             info.cap_offset = minsz as u32;
         }
     }

@@ -50,15 +50,15 @@ fn poke(addr: u64, data: &[u8]) {
     uiommufd_memory::copy_to_user(addr, data).unwrap();
 }
 
-struct Env {
-    fds: LocalFds,
-    iommufd: i32,
-    engine: Arc<DmaEngine>,
-    dev: Arc<VfioDevice>,
+pub(crate) struct Env {
+    pub(crate) fds: LocalFds,
+    pub(crate) iommufd: i32,
+    pub(crate) engine: Arc<DmaEngine>,
+    pub(crate) dev: Arc<VfioDevice>,
 }
 
 impl Env {
-    fn new() -> Env {
+    pub(crate) fn new() -> Env {
         let engine = Arc::new(DmaEngine::new("dma-engine0").unwrap());
         let mock = Arc::new(MockDevice::new(abi::test_cmd::MOCK_FLAGS_DEVICE_PASID).unwrap());
         let dev = VfioDevice::new(0, "0000:00:04.0", engine.clone(), mock);
@@ -67,42 +67,47 @@ impl Env {
         Env { fds, iommufd, engine, dev }
     }
 
-    fn open(&self) -> i32 {
+    pub(crate) fn open(&self) -> i32 {
         self.fds.install(Arc::new(File::open_vfio_device(&self.dev)), true).unwrap()
     }
 
-    fn file(&self, fd: i32) -> Arc<File> {
+    pub(crate) fn file(&self, fd: i32) -> Arc<File> {
         self.fds.get(fd).unwrap()
     }
 
-    fn raw(&self, fd: i32, req: u32, arg: u64) -> Result<i32, Errno> {
+    pub(crate) fn raw(&self, fd: i32, req: u32, arg: u64) -> Result<i32, Errno> {
         self.file(fd).ioctl(&self.fds, req as u64, arg).map_err(|e| e.errno)
     }
 
-    fn ioctl<T: IntoBytes + FromBytes + ?Sized>(&self, fd: i32, req: u32, arg: &mut T) -> Result<i32, Errno> {
+    pub(crate) fn ioctl<T: IntoBytes + FromBytes + ?Sized>(
+        &self,
+        fd: i32,
+        req: u32,
+        arg: &mut T,
+    ) -> Result<i32, Errno> {
         self.raw(fd, req, arg.as_mut_bytes().as_mut_ptr() as u64)
     }
 
-    fn bind(&self, fd: i32) -> Result<u32, Errno> {
+    pub(crate) fn bind(&self, fd: i32) -> Result<u32, Errno> {
         let mut b = v::VfioDeviceBindIommufd { argsz: 16, iommufd: self.iommufd, ..Default::default() };
         self.ioctl(fd, v::VFIO_DEVICE_BIND_IOMMUFD, &mut b)?;
         Ok(b.out_devid)
     }
 
-    fn attach(&self, fd: i32, pt_id: u32) -> Result<u32, Errno> {
+    pub(crate) fn attach(&self, fd: i32, pt_id: u32) -> Result<u32, Errno> {
         let mut a = v::VfioDeviceAttachIommufdPt { argsz: 12, pt_id, ..Default::default() };
         self.ioctl(fd, v::VFIO_DEVICE_ATTACH_IOMMUFD_PT, &mut a)?;
         Ok(a.pt_id)
     }
 
-    fn ioas_alloc(&self) -> u32 {
+    pub(crate) fn ioas_alloc(&self) -> u32 {
         let mut c = abi::IommuIoasAlloc { size: 12, ..Default::default() };
         self.ioctl(self.iommufd, abi::IOMMU_IOAS_ALLOC, &mut c).unwrap();
         c.out_ioas_id
     }
 
     /// IOMMU_IOAS_MAP without a fixed IOVA: returns the IOVA chosen.
-    fn map(&self, ioas: u32, addr: u64, len: u64) -> u64 {
+    pub(crate) fn map(&self, ioas: u32, addr: u64, len: u64) -> u64 {
         let mut m = abi::IommuIoasMap {
             size: core::mem::size_of::<abi::IommuIoasMap>() as u32,
             flags: abi::IOMMU_IOAS_MAP_READABLE | abi::IOMMU_IOAS_MAP_WRITEABLE,
@@ -115,35 +120,35 @@ impl Env {
         m.iova
     }
 
-    fn destroy(&self, id: u32) -> Result<i32, Errno> {
+    pub(crate) fn destroy(&self, id: u32) -> Result<i32, Errno> {
         let mut d = abi::IommuDestroy { size: 8, id };
         self.ioctl(self.iommufd, abi::IOMMU_DESTROY, &mut d)
     }
 
-    fn pread(&self, fd: i32, buf: &mut [u8], off: u64) -> Result<usize, Errno> {
+    pub(crate) fn pread(&self, fd: i32, buf: &mut [u8], off: u64) -> Result<usize, Errno> {
         self.file(fd).read(buf.as_mut_ptr() as u64, buf.len(), Some(off as i64)).map_err(|e| e.errno)
     }
 
-    fn pwrite(&self, fd: i32, buf: &[u8], off: u64) -> Result<usize, Errno> {
+    pub(crate) fn pwrite(&self, fd: i32, buf: &[u8], off: u64) -> Result<usize, Errno> {
         self.file(fd).write(buf.as_ptr() as u64, buf.len(), Some(off as i64)).map_err(|e| e.errno)
     }
 
-    fn read32(&self, fd: i32, off: u64) -> u32 {
+    pub(crate) fn read32(&self, fd: i32, off: u64) -> u32 {
         let mut b = [0u8; 4];
         assert_eq!(self.pread(fd, &mut b, off), Ok(4));
         u32::from_le_bytes(b)
     }
 
-    fn write32(&self, fd: i32, off: u64, val: u32) {
+    pub(crate) fn write32(&self, fd: i32, off: u64, val: u32) {
         assert_eq!(self.pwrite(fd, &val.to_le_bytes(), off), Ok(4));
     }
 
-    fn write64(&self, fd: i32, off: u64, val: u64) {
+    pub(crate) fn write64(&self, fd: i32, off: u64, val: u64) {
         assert_eq!(self.pwrite(fd, &val.to_le_bytes(), off), Ok(8));
     }
 
     /// Memory Space and Bus Master on, through config space.
-    fn enable_function(&self, fd: i32) {
+    pub(crate) fn enable_function(&self, fd: i32) {
         let mut cmd = [0u8; 2];
         self.pread(fd, &mut cmd, CONFIG + 4).unwrap();
         let cmd = u16::from_le_bytes(cmd) | 0b110;
@@ -151,7 +156,15 @@ impl Env {
     }
 
     /// SET_IRQS with `data` after the header.
-    fn set_irqs(&self, fd: i32, flags: u32, index: u32, start: u32, count: u32, data: &[u8]) -> Result<i32, Errno> {
+    pub(crate) fn set_irqs(
+        &self,
+        fd: i32,
+        flags: u32,
+        index: u32,
+        start: u32,
+        count: u32,
+        data: &[u8],
+    ) -> Result<i32, Errno> {
         let hdr = v::VfioIrqSet { argsz: (20 + data.len()) as u32, flags, index, start, count };
         let mut buf = hdr.as_bytes().to_vec();
         buf.extend_from_slice(data);
@@ -352,30 +365,33 @@ fn info_ioctls() {
     assert_eq!(env.ioctl(fd, v::VFIO_DEVICE_GET_INFO, &mut short), Err(Errno::EINVAL));
 
     let region = |index: u32, argsz: u32| {
-        let mut buf = [0u8; 40];
+        let mut buf = [0u8; 64];
         buf[..12].copy_from_slice(v::VfioRegionInfo { argsz, index, ..Default::default() }.as_bytes()[..12].as_ref());
         env.ioctl(fd, v::VFIO_DEVICE_GET_REGION_INFO, &mut buf).map(|_| {
             (
                 v::VfioRegionInfo::read_from_bytes(&buf[..32]).unwrap(),
-                v::VfioInfoCapHeader::read_from_bytes(&buf[32..]).unwrap(),
+                v::VfioRegionInfoCapSparseMmap::read_from_bytes(&buf[32..48]).unwrap(),
+                v::VfioRegionSparseMmapArea::read_from_bytes(&buf[48..]).unwrap(),
             )
         })
     };
     let rw = v::VFIO_REGION_INFO_FLAG_READ | v::VFIO_REGION_INFO_FLAG_WRITE;
-    // BAR0 carries the MSI-X table: the mappable capability, which needs
-    // 40 bytes; with 32 the caller learns the size it needs.
-    let (bar0, _) = region(0, 32).unwrap();
-    assert_eq!((bar0.size, bar0.offset, bar0.argsz, bar0.cap_offset), (4096, 0, 40, 0));
+    // BAR0: its registers' page may be mapped, not the MSI-X page: the
+    // sparse mmap capability with one area, which needs 64 bytes; with 32
+    // the caller learns the size it needs.
+    let (bar0, _, _) = region(0, 32).unwrap();
+    assert_eq!((bar0.size, bar0.offset, bar0.argsz, bar0.cap_offset), (8192, 0, 64, 0));
     assert_eq!(bar0.flags, rw | v::VFIO_REGION_INFO_FLAG_MMAP | v::VFIO_REGION_INFO_FLAG_CAPS);
-    let (bar0, cap) = region(0, 40).unwrap();
-    assert_eq!((bar0.argsz, bar0.cap_offset), (40, 32));
-    assert_eq!((cap.id, cap.version, cap.next), (v::VFIO_REGION_INFO_CAP_MSIX_MAPPABLE, 1, 0));
+    let (bar0, cap, area) = region(0, 64).unwrap();
+    assert_eq!((bar0.argsz, bar0.cap_offset), (64, 32));
+    assert_eq!((cap.header.id, cap.header.version, cap.header.next), (v::VFIO_REGION_INFO_CAP_SPARSE_MMAP, 1, 0));
+    assert_eq!((cap.nr_areas, area.offset, area.size), (1, 0, 4096));
     // The upper half of the 64-bit BAR, absent BARs and the ROM: size 0.
     for index in 1..=6 {
-        let (r, _) = region(index, 32).unwrap();
+        let (r, _, _) = region(index, 32).unwrap();
         assert_eq!((r.size, r.flags, r.offset), (0, 0, (index as u64) << 40), "region {index}");
     }
-    let (cfg, _) = region(7, 32).unwrap();
+    let (cfg, _, _) = region(7, 32).unwrap();
     assert_eq!((cfg.size, cfg.flags, cfg.offset), (4096, rw, CONFIG));
     assert_eq!(region(8, 32).unwrap_err(), Errno::EINVAL, "no VGA");
     assert_eq!(region(9, 32).unwrap_err(), Errno::EINVAL);
@@ -398,14 +414,21 @@ fn info_ioctls() {
     assert_eq!(env.ioctl(fd, v::VFIO_DEVICE_GET_PCI_HOT_RESET_INFO, &mut hr), Err(Errno::ENODEV));
     let mut h = v::VfioPciHotReset { argsz: 12, count: 1, ..Default::default() };
     assert_eq!(env.ioctl(fd, v::VFIO_DEVICE_PCI_HOT_RESET, &mut h), Err(Errno::EINVAL));
-    // Features: the header is checked, none is offered.
+    // Features: the header is checked; migration is offered (its tests are
+    // in vfio_migration_tests), nothing else.
     let feature = |flags: u32| {
         let mut f = v::VfioDeviceFeature { argsz: 8, flags };
         env.ioctl(fd, v::VFIO_DEVICE_FEATURE, &mut f)
     };
     assert_eq!(feature(v::VFIO_DEVICE_FEATURE_GET | v::VFIO_DEVICE_FEATURE_SET | 1), Err(Errno::EINVAL));
     assert_eq!(feature(1 << 20), Err(Errno::EINVAL));
-    assert_eq!(feature(v::VFIO_DEVICE_FEATURE_PROBE | v::VFIO_DEVICE_FEATURE_GET | 1), Err(Errno::ENOTTY));
+    assert_eq!(feature(v::VFIO_DEVICE_FEATURE_PROBE | v::VFIO_DEVICE_FEATURE_GET | 1), Ok(0));
+    assert_eq!(feature(v::VFIO_DEVICE_FEATURE_PROBE | v::VFIO_DEVICE_FEATURE_SET | 3), Err(Errno::ENOTTY), "low power");
+    assert_eq!(
+        feature(v::VFIO_DEVICE_FEATURE_PROBE | v::VFIO_DEVICE_FEATURE_SET | 6),
+        Err(Errno::ENOTTY),
+        "DMA logging"
+    );
     assert_eq!(env.raw(fd, v::VFIO_DEVICE_IOEVENTFD, 0), Err(Errno::ENOTTY));
     assert_eq!(env.raw(fd, abi::IOMMU_IOAS_ALLOC, 0), Err(Errno::ENOTTY));
 }
@@ -510,11 +533,11 @@ fn dma_engine_copies_into_program_memory() {
     assert_eq!(pba, [0; 8]);
     // Reads past the BAR are cut at its end, or EINVAL from its end on.
     let mut tail = [0u8; 16];
-    assert_eq!(env.pread(fd, &mut tail, BAR0 + 4096 - 8), Ok(8));
-    assert_eq!(env.pread(fd, &mut tail, BAR0 + 4096), Err(Errno::EINVAL));
+    assert_eq!(env.pread(fd, &mut tail, BAR0 + regs::BAR0_SIZE - 8), Ok(8));
+    assert_eq!(env.pread(fd, &mut tail, BAR0 + regs::BAR0_SIZE), Err(Errno::EINVAL));
     // A whole-BAR read in one call (split the kernel's way).
-    let mut whole = vec![0u8; 4096];
-    assert_eq!(env.pread(fd, &mut whole, BAR0), Ok(4096));
+    let mut whole = vec![0u8; regs::BAR0_SIZE as usize];
+    assert_eq!(env.pread(fd, &mut whole, BAR0), Ok(regs::BAR0_SIZE as usize));
     assert_eq!(&whole[..4], &regs::ID_VALUE.to_le_bytes());
 
     let efd = eventfd();
@@ -588,8 +611,10 @@ fn config_space_and_mmap() {
     let f = env.file(fd);
     let File::VfioDevice(vf) = &*f else { unreachable!() };
     assert_eq!(vf.mmap_target(0, 4096, false).unwrap_err().errno, Errno::EINVAL, "private");
-    assert_eq!(vf.mmap_target(0, 8192, true).unwrap_err().errno, Errno::EINVAL, "past the BAR");
-    assert_eq!(vf.mmap_target(4096, 4096, true).unwrap_err().errno, Errno::EINVAL, "past the BAR");
+    assert_eq!(vf.mmap_target(0, 16384, true).unwrap_err().errno, Errno::EINVAL, "past the BAR");
+    assert_eq!(vf.mmap_target(8192, 4096, true).unwrap_err().errno, Errno::EINVAL, "past the BAR");
+    assert_eq!(vf.mmap_target(0, 8192, true).unwrap_err().errno, Errno::EINVAL, "over the MSI-X page");
+    assert_eq!(vf.mmap_target(4096, 4096, true).unwrap_err().errno, Errno::EINVAL, "the MSI-X page");
     assert_eq!(vf.mmap_target(CONFIG, 4096, true).unwrap_err().errno, Errno::EINVAL, "config space");
     assert_eq!(vf.mmap_target(1 << 40, 4096, true).unwrap_err().errno, Errno::EINVAL, "absent BAR");
     assert_eq!(vf.mmap_target(9 << 40, 4096, true).unwrap_err().errno, Errno::EINVAL);

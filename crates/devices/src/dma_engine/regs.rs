@@ -2,13 +2,19 @@
 //! format and status codes. `docs/devices/dma-engine.md` is the prose
 //! version of this file; keep them together.
 //!
-//! BAR0 is 4 KiB, little-endian. Each register sits alone in its own
-//! 8-byte word (two constant RO registers share word 0, and the two error
-//! registers share word 0x58), so a driver's store to one register and the
-//! device's update of another never touch the same word.
+//! BAR0 is 8 KiB, little-endian: the registers in its first 4 KiB page,
+//! the MSI-X table and PBA in the second. Each register sits alone in its
+//! own 8-byte word (two constant RO registers share word 0, and the two
+//! error registers share word 0x58), so a driver's store to one register
+//! and the device's update of another never touch the same word.
 
 /// BAR0 size.
-pub const BAR0_SIZE: u64 = 4096;
+pub const BAR0_SIZE: u64 = 0x2000;
+/// The registers' page, the part of BAR0 a program may map (the MSI-X
+/// page is not mapped: PCIe r5.0 §6.8.2 keeps MSI-X structures out of
+/// any naturally aligned 4 KiB range holding other registers, and a VMM
+/// traps them).
+pub const REGS_SIZE: u64 = 0x1000;
 
 /// `ID` (RO, u32): [`ID_VALUE`], "UDMA" in memory order.
 pub const REG_ID: u64 = 0x00;
@@ -45,9 +51,9 @@ pub const REG_ERR_CODE: u64 = 0x58;
 /// `ERR_INDEX` (RO, u32): ring index of the descriptor of the last error.
 pub const REG_ERR_INDEX: u64 = 0x5c;
 /// The MSI-X table (one 16-byte entry), referenced by the MSI-X capability.
-pub const MSIX_TABLE: u64 = 0x800;
+pub const MSIX_TABLE: u64 = 0x1000;
 /// The MSI-X Pending Bit Array (one qword).
-pub const MSIX_PBA: u64 = 0xc00;
+pub const MSIX_PBA: u64 = 0x1800;
 
 /// "UDMA" as a little-endian u32.
 pub const ID_VALUE: u32 = u32::from_le_bytes(*b"UDMA");
