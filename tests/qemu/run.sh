@@ -79,7 +79,7 @@ scenario_a() {
 }
 
 # The console lines of the guest's checks, indented (for a failure).
-show_checks() { grep -E '^(ok|FAIL|udma|device|mapped)' "$RUN/$1/console.log" | tr -d '\r' | sed 's/^/    /'; }
+show_checks() { grep -E '^(ok|FAIL|udma|device|mapped|mig|page)' "$RUN/$1/console.log" | tr -d '\r' | sed 's/^/    /'; }
 
 # b. A guest IOMMU that translates: QEMU's intel-iommu (caching mode) in
 # the guest, the guest's own vfio-pci, and udma mapping its buffers at
@@ -117,7 +117,93 @@ scenario_bc() {
   [ "$with_c" = 1 ] && result "c-msix-${name#b-viommu-}" "$cstart" "$([ -z "$cwhy" ] && echo 0 || echo 1)" "$cwhy"
 }
 
-all=(a-qemu10-iommufd a-qemu10-container a-qemu72-container b-viommu-qemu10-iommufd b-viommu-qemu72-container)
+# e. Live migration between two QEMUs, each under its own `uiommufd run`:
+# the guest's DMA engine fills PAGES pages round after round while the VM
+# migrates; QEMU takes the device through PRE_COPY and STOP_COPY on the
+# source and RESUMING on the destination (the engine's registers, ring
+# position and work in flight travel in the device state), and finds the
+# pages the device wrote in the IOMMU's dirty bitmap
+# (IOMMU_HWPT_SET_DIRTY_TRACKING, IOMMU_HWPT_GET_DIRTY_BITMAP). On the
+# destination the guest checks that every page holds its last completed
+# write, then DMA goes on. The negative control (NEG=1) clears every
+# bitmap uiommufd returns to the source QEMU (host/nodirty.c): the guest
+# must then find stale pages, which shows the check depends on the bitmap.
+MIG_PAGES=512
+scenario_e() {
+  local name=$1 neg=$2 start=$SECONDS why=""
+  local src=$name-src dst=$name-dst sock=$RUN/$name.sock qsrc=$Q10
+  local dev=(-object iommufd,id=iommufd0 -device "vfio-pci,host=0000:00:04.0,id=udma0,iommufd=iommufd0")
+  if [ "$neg" = 1 ]; then
+    gcc -shared -fPIC -O2 -o "$B/nodirty.so" "$here/host/nodirty.c" -ldl || return 1
+    qsrc=$B/qemu10-nodirty
+    cat > "$qsrc" <<SH
+#!/bin/sh
+LD_PRELOAD="$B/nodirty.so\${LD_PRELOAD:+:\$LD_PRELOAD}" exec "$Q10" "\$@"
+SH
+    chmod +x "$qsrc"
+  fi
+  local status="" rc
+  if ! vm_start "$src" "$qsrc" "--iommu vtd --device $DEV" "${dev[@]}"; then
+    why="the source guest did not boot"
+  elif ! VM_INCOMING=1 vm_start "$dst" "$Q10" "--iommu vtd --device $DEV" "${dev[@]}" -incoming defer -S; then
+    why="the destination QEMU did not start"
+  elif ! qmp "$dst" "{\"execute\":\"migrate-incoming\",\"arguments\":{\"uri\":\"unix:$sock\"}}" >/dev/null; then
+    why="migrate-incoming failed"
+  else
+    guest_input "$src" "run mig udma mig $MIG_PAGES"
+    if ! wait_console "$src" 'DMA running' 60; then
+      why="the guest's DMA loop did not start"
+    else
+      sleep 1
+      qmp "$src" '{"execute":"migrate-set-parameters","arguments":{"max-bandwidth":33554432,"downtime-limit":1000}}' >/dev/null
+      qmp "$src" "{\"execute\":\"migrate\",\"arguments\":{\"uri\":\"unix:$sock\"}}" >/dev/null || why="migrate failed"
+      local end=$((SECONDS + 180))
+      while [ -z "$why" ] && [ $SECONDS -lt $end ]; do
+        status=$(qmp "$src" '{"execute":"query-migrate"}' | sed -n 's/.*"status": *"\([a-z-]*\)".*/\1/p')
+        case $status in completed) break ;; failed|cancelled) why="migration $status" ;; esac
+        sleep 0.5
+      done
+      [ -z "$why" ] && [ "$status" != completed ] && why="migration did not complete ($status)"
+    fi
+  fi
+  # The destination stays paused (-S) until the guest has its "go": the
+  # first thing it does on resuming is to stop queueing DMA and check what
+  # arrived, before the destination's device writes those pages again.
+  if [ -z "$why" ]; then
+    local end=$((SECONDS + 60))
+    until qmp "$dst" '{"execute":"query-migrate"}' | grep -q '"status": *"completed"'; do
+      [ $SECONDS -lt $end ] || { why="the destination did not take the migration"; break; }
+      sleep 0.3
+    done
+  fi
+  if [ -z "$why" ]; then
+    guest_input "$dst" go
+    sleep 0.5
+    qmp "$dst" '{"execute":"cont"}' >/dev/null || why="the destination did not resume"
+  fi
+  if [ -z "$why" ]; then
+    if ! wait_console "$dst" '^=== mig rc=' 180; then
+      why="the guest did not finish its checks on the destination"
+    else
+      rc=$(tr -d '\r' < "$RUN/$dst/console.log" | sed -n 's/^=== mig rc=\([0-9]*\).*/\1/p' | tail -1)
+      local stale; stale=$(tr -d '\r' < "$RUN/$dst/console.log" | sed -n 's/.*(\([0-9]*\) of [0-9]* stale.*/\1/p' | tail -1)
+      if [ "$neg" = 1 ]; then
+        [ "${stale:-0}" -gt 0 ] || why="with the dirty bitmap cleared the guest still found every page (${stale:-?} stale): the check does not depend on the bitmap"
+      else
+        [ "$rc" = 0 ] || why="the guest's checks failed on the destination"
+        grep -q 'IOMMU_HWPT_SET_DIRTY_TRACKING) = 0' "$RUN/$src/trace.log" || why="${why:-QEMU did not start IOMMU dirty tracking}"
+        grep -q 'IOMMU_HWPT_GET_DIRTY_BITMAP) = 0' "$RUN/$src/trace.log" || why="${why:-QEMU did not read the dirty bitmap}"
+        local w; w=$(qemu_warnings "$src"; qemu_warnings "$dst")
+        [ -n "$w" ] && why="${why:-QEMU warned: $w}"
+      fi
+    fi
+  fi
+  vm_stop "$src"; vm_stop "$dst"
+  [ -n "$why" ] && { show_checks "$src"; show_checks "$dst"; }
+  result "$name" "$start" "$([ -z "$why" ] && echo 0 || echo 1)" "$why"
+}
+
+all=(a-qemu10-iommufd a-qemu10-container a-qemu72-container b-viommu-qemu10-iommufd b-viommu-qemu72-container e-migration e-migration-without-dirty-bitmap)
 want=("$@")
 [ ${#want[@]} -eq 0 ] && want=("${all[@]}")
 for s in "${want[@]}"; do
@@ -127,6 +213,8 @@ for s in "${want[@]}"; do
     a-qemu72-container) scenario_a "$s" "$Q72" container ;;
     b-viommu-qemu10-iommufd) scenario_bc "$s" "$Q10" iommufd 1 ;;
     b-viommu-qemu72-container) scenario_bc "$s" "$Q72" container 0 ;;
+    e-migration) scenario_e "$s" 0 ;;
+    e-migration-without-dirty-bitmap) scenario_e "$s" 1 ;;
     *) echo "qemu: no scenario $s (have: ${all[*]})"; exit 2 ;;
   esac
 done

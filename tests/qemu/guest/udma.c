@@ -486,7 +486,7 @@ static int cmd_mig(unsigned pages)
 	struct desc **slot = calloc(pages, sizeof(*slot));
 	unsigned next = 0, outstanding = 0;
 	uint64_t *want = calloc(pages, sizeof(*want));
-	char c;
+	char line[64];
 	int stop = 0;
 	while (!stop || outstanding) {
 		/* reap */
@@ -504,9 +504,15 @@ static int cmd_mig(unsigned pages)
 			slot[i] = NULL;
 			outstanding--;
 		}
-		if (!stop && read(0, &c, 1) == 1)
-			stop = 1;
+		/* The console is in canonical mode: the whole line at once. Looked
+		 * at before every descriptor, so that once the line is there (the
+		 * host sends it to the migrated guest before it resumes) at most
+		 * one more FILL is queued: the pages show what arrived. */
 		while (!stop && outstanding < inflight && !slot[next]) {
+			if (read(0, line, sizeof(line)) > 0) {
+				stop = 1;
+				break;
+			}
 			want[next] = round << 32 | next;
 			slot[next] = submit(&e, OP_FILL, 0, 0, gpa[next], PAGE, want[next] | 1ull << 63);
 			outstanding++;
