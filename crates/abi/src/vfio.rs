@@ -313,6 +313,9 @@ abi_struct! {
         @4 open_flags: u32,
         @8 flags: u32,
         @12 nr_ranges: u32,
+    }
+}
+
 /// Migration features (`VFIO_DEVICE_FEATURE_*`) and the data FD's request.
 pub const VFIO_DEVICE_FEATURE_MIGRATION: u32 = 1;
 pub const VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE: u32 = 2;

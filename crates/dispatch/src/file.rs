@@ -294,7 +294,8 @@ impl File {
     /// `FMODE_CAN_READ`/`FMODE_CAN_WRITE` (the file has the method; `EINVAL`
     /// without) and `FMODE_PREAD`/`FMODE_PWRITE` (positioned calls are
     /// allowed; `ESPIPE` without). The queues are anonymous-inode files
-    /// made without `FMODE_PREAD` (eventq.c); a device descriptor from a
+    /// made without `FMODE_PREAD` (eventq.c), migration data files are
+    /// `stream_open`ed; a device descriptor from a
     /// group gets `FMODE_PREAD | FMODE_PWRITE` explicitly (group.c); the
     /// character devices get them at open.
     pub fn io_caps(&self) -> IoCaps {
@@ -302,8 +303,11 @@ impl File {
             File::Fault(_) | File::VfioDevice(_) | File::FailNth(_) => (true, true),
             File::Veventq(_) => (true, false),
             File::Iommufd(_) | File::SelftestAccess(_) | File::VfioGroup(_) => (false, false),
+            // A saving session's file reads, a loading one's writes.
+            File::VfioMigration(f) => (f.saving(), !f.saving()),
         };
-        let positioned = !matches!(self, File::Fault(_) | File::Veventq(_) | File::SelftestAccess(_));
+        let positioned =
+            !matches!(self, File::Fault(_) | File::Veventq(_) | File::SelftestAccess(_) | File::VfioMigration(_));
         IoCaps { read, write, positioned }
     }
 
@@ -328,7 +332,7 @@ impl File {
                 f.veventq.read(count, |at, bytes| uiommufd_memory::copy_to_user(buf.wrapping_add(at as u64), bytes))
             }
             File::VfioDevice(f) => f.read(buf, count, pos),
-            File::VfioMigration(f) => f.read(buf, count.min(MAX_IO), pos),
+            File::VfioMigration(f) => f.read(buf, count, pos),
             File::FailNth(f) => {
                 // proc_fail_nth_read: the countdown as "%u\n", read from the
                 // file position. Only the calling thread's countdown is
@@ -365,7 +369,7 @@ impl File {
                 f.fault.write(count, |at, rec| uiommufd_memory::copy_from_user(rec, buf.wrapping_add(at as u64)))
             }
             File::VfioDevice(f) => f.write(buf, count, pos),
-            File::VfioMigration(f) => f.write(buf, count.min(MAX_IO), pos),
+            File::VfioMigration(f) => f.write(buf, count, pos),
             File::FailNth(f) => {
                 // proc_fail_nth_write: an unsigned number, for the calling
                 // task only.

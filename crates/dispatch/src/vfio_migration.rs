@@ -430,6 +430,11 @@ pub struct MigrationFile {
 }
 
 impl MigrationFile {
+    /// A saving session's file (read), not a loading one's (written).
+    pub fn saving(&self) -> bool {
+        self.session.kind == Kind::Save
+    }
+
     /// `read(2)` of up to `count` bytes into user memory at `buf`: the next
     /// bytes of the stream; in PRE_COPY past the initial data `ENOMSG` (a
     /// pause: more may come once the device stops); 0 at the end of a
