@@ -277,36 +277,21 @@ static struct vfio_region_info *region_info(int dev, unsigned int index)
 	return info;
 }
 
-/* The region's capability `id`, or NULL. */
-static struct vfio_info_cap_header *region_cap(struct vfio_region_info *info, uint16_t id)
+/* Whether the region's capability chain has capability `id`. */
+static int region_has_cap(struct vfio_region_info *info, uint16_t id)
 {
 	uint32_t off;
 
 	if (!(info->flags & VFIO_REGION_INFO_FLAG_CAPS))
-		return NULL;
+		return 0;
 	for (off = info->cap_offset; off; ) {
 		struct vfio_info_cap_header *h = (void *)((char *)info + off);
 
 		if (h->id == id)
-			return h;
+			return 1;
 		off = h->next;
 	}
-	return NULL;
-}
-
-/* The part of a region that may be mapped: the first sparse mmap area
- * (the DMA engine keeps its MSI-X page out), else the whole region. */
-static void mmap_window(struct vfio_region_info *info, uint64_t *offset, uint64_t *size)
-{
-	struct vfio_region_info_cap_sparse_mmap *sparse =
-		(void *)region_cap(info, VFIO_REGION_INFO_CAP_SPARSE_MMAP);
-
-	*offset = 0;
-	*size = info->size;
-	if (sparse && sparse->nr_areas) {
-		*offset = sparse->areas[0].offset;
-		*size = sparse->areas[0].size;
-	}
+	return 0;
 }
 
 static void config_write16(int dev, uint64_t cfg_offset, uint32_t reg, uint16_t v)
@@ -333,7 +318,6 @@ int main(int argc, char **argv)
 	struct vfio_region_info *bar_info, *cfg_info;
 	struct udma_desc *ring;
 	volatile uint8_t *bar;
-	uint64_t bar_off, bar_len;
 	uint8_t *mem, *src, *dst, *fill;
 	uint64_t mem_iova, ring_iova, src_iova, dst_iova, fill_iova, events = 0;
 	const uint64_t pattern = 0x0123456789abcdefull;
@@ -407,8 +391,7 @@ int main(int argc, char **argv)
 	/* 5. Memory Space and Bus Master on; BAR0 mapped; MSI-X to an eventfd. */
 	config_write16(dev, cfg_info->offset, PCI_COMMAND,
 		       config_read16(dev, cfg_info->offset, PCI_COMMAND) | PCI_COMMAND_MEMORY | PCI_COMMAND_MASTER);
-	mmap_window(bar_info, &bar_off, &bar_len);
-	bar = mmap(NULL, bar_len, PROT_READ | PROT_WRITE, MAP_SHARED, dev, bar_info->offset + bar_off);
+	bar = mmap(NULL, bar_info->size, PROT_READ | PROT_WRITE, MAP_SHARED, dev, bar_info->offset);
 	if (bar == MAP_FAILED)
 		die("mmap BAR0: %s", strerror(errno));
 	if (mmio_read32(bar, UDMA_ID) != UDMA_ID_VALUE)
@@ -488,7 +471,7 @@ int main(int argc, char **argv)
 	       strrchr(group, '/') ? strrchr(group, '/') + 1 : "?", bind.out_devid, alloc.out_ioas_id, attach.pt_id);
 	printf("buffer at %p mapped at IOVA %#" PRIx64 ", BAR0 version %#x%s\n", (void *)mem, mem_iova,
 	       mmio_read32(bar, UDMA_VERSION),
-	       region_cap(bar_info, VFIO_REGION_INFO_CAP_SPARSE_MMAP) ? ", registers mapped (sparse mmap)" : "");
+	       region_has_cap(bar_info, VFIO_REGION_INFO_CAP_MSIX_MAPPABLE) ? ", MSI-X table mappable" : "");
 	printf("%u descriptors: copied and filled %u bytes each, compared twice; %" PRIu64
 	       " interrupt(s) after %.3f ms\n",
 	       nwork, COPY_LEN, events, took * 1e3);
@@ -501,7 +484,7 @@ int main(int argc, char **argv)
 				      .index = VFIO_PCI_MSIX_IRQ_INDEX };
 	if (ioctl(dev, VFIO_DEVICE_SET_IRQS, set))
 		die("disabling MSI-X: %s", strerror(errno));
-	munmap((void *)bar, bar_len);
+	munmap((void *)bar, bar_info->size);
 	struct iommu_ioas_unmap unmap = { .size = sizeof(unmap), .ioas_id = alloc.out_ioas_id, .iova = mem_iova,
 					  .length = mem_len };
 	if (ioctl(iommufd, IOMMU_IOAS_UNMAP, &unmap))

@@ -188,7 +188,8 @@ impl Inner {
         m.store_u64(regs::REG_ID as usize, u64::from(regs::ID_VALUE) | u64::from(regs::VERSION_VALUE) << 32);
         m.store_u64(regs::REG_CAP as usize, regs::CAP_VALUE);
         // MSI-X Vector Control: Mask Bit set at reset (§7.7.2.8).
-        m.store_u64((regs::MSIX_TABLE + 8) as usize, u64::from(crate::config::msix::VECTOR_MASKED) << 32);
+        let table = regs::MSIX_MEM + regs::MSIX_TABLE;
+        m.store_u64((table + 8) as usize, u64::from(crate::config::msix::VECTOR_MASKED) << 32);
     }
 
     fn refresh_ctl(&self, cfg: &ConfigSpace) {
@@ -227,7 +228,7 @@ impl Inner {
         }
         if ctl & CTL_MSIX_MASK != 0 {
             self.msix_pending.store(true, Ordering::Release);
-            self.regs.mapping().update_u64(regs::MSIX_PBA as usize, |w| w | 1);
+            self.regs.mapping().update_u64((regs::MSIX_MEM + regs::MSIX_PBA) as usize, |w| w | 1);
             // Unmasked meanwhile? Then deliver it now rather than never.
             self.deliver_pending_msix();
             return;
@@ -245,7 +246,7 @@ impl Inner {
             return;
         }
         if self.msix_pending.swap(false, Ordering::AcqRel) {
-            self.regs.mapping().update_u64(regs::MSIX_PBA as usize, |w| w & !1);
+            self.regs.mapping().update_u64((regs::MSIX_MEM + regs::MSIX_PBA) as usize, |w| w & !1);
             self.irqs.fire(VFIO_PCI_MSIX_IRQ_INDEX, 0);
         }
     }
@@ -341,7 +342,7 @@ impl DmaEngine {
     pub fn with_options(name: &str, options: DmaEngineOptions) -> Result<Self, Errno> {
         let config = Self::build_config(&options)?;
         let memfd_name = CString::new(format!("uiommufd:{name}:bar0")).map_err(|_| Errno::EINVAL)?;
-        let regs = SharedMemory::new(&memfd_name, regs::BAR0_SIZE as usize)?;
+        let regs = SharedMemory::new(&memfd_name, regs::MEM_SIZE as usize)?;
         let mut counts = [0; uiommufd_abi::vfio::VFIO_PCI_NUM_IRQS as usize];
         counts[VFIO_PCI_MSIX_IRQ_INDEX as usize] = 1;
         let inner = Arc::new(Inner {
@@ -369,12 +370,16 @@ impl DmaEngine {
     fn build_config(options: &DmaEngineOptions) -> Result<ConfigSpace, Errno> {
         let mut c = ConfigSpace::new(&PCI_ID);
         c.add_bar(0, Bar { size: regs::BAR0_SIZE, kind: BarKind::Memory64, prefetchable: false })?;
+        c.add_bar(
+            regs::MSIX_BAR as usize,
+            Bar { size: regs::BAR2_SIZE, kind: BarKind::Memory32, prefetchable: false },
+        )?;
         c.add_pcie_capability(PcieCap { port_type: pcie::TYPE_RC_INTEGRATED_ENDPOINT, flr: true })?;
         c.add_msix_capability(MsixCap {
             vectors: 1,
-            table_bar: 0,
+            table_bar: regs::MSIX_BAR as u8,
             table_offset: regs::MSIX_TABLE as u32,
-            pba_bar: 0,
+            pba_bar: regs::MSIX_BAR as u8,
             pba_offset: regs::MSIX_PBA as u32,
         })?;
         if let Some(width) = options.pasid_width {
@@ -525,6 +530,10 @@ impl PciDevice for DmaEngine {
                 size: regs::BAR0_SIZE,
                 flags: RegionFlags::READ | RegionFlags::WRITE | RegionFlags::MMAP,
             }),
+            // Small and trapped: not mappable.
+            regs::MSIX_BAR => {
+                Ok(RegionInfo { index, size: regs::BAR2_SIZE, flags: RegionFlags::READ | RegionFlags::WRITE })
+            }
             VFIO_PCI_CONFIG_REGION_INDEX => Ok(RegionInfo::config()),
             i if i < self.num_regions() => Ok(RegionInfo::absent(i)),
             _ => Err(Errno::EINVAL),
@@ -533,7 +542,14 @@ impl PciDevice for DmaEngine {
 
     fn region_read(&self, index: u32, offset: u64, buf: &mut [u8]) -> Result<(), Errno> {
         match index {
-            VFIO_PCI_BAR0_REGION_INDEX => self.inner.regs.mapping().read(offset, buf),
+            VFIO_PCI_BAR0_REGION_INDEX => {
+                check_bar(offset, buf.len(), regs::BAR0_SIZE)?;
+                self.inner.regs.mapping().read(offset, buf)
+            }
+            regs::MSIX_BAR => {
+                check_bar(offset, buf.len(), regs::BAR2_SIZE)?;
+                self.inner.regs.mapping().read(regs::MSIX_MEM + offset, buf)
+            }
             VFIO_PCI_CONFIG_REGION_INDEX => self.config_read(offset, buf),
             _ => Err(Errno::EINVAL),
         }
@@ -542,6 +558,7 @@ impl PciDevice for DmaEngine {
     fn region_write(&self, index: u32, offset: u64, data: &[u8]) -> Result<(), Errno> {
         match index {
             VFIO_PCI_BAR0_REGION_INDEX => {
+                check_bar(offset, data.len(), regs::BAR0_SIZE)?;
                 let word = offset & !7;
                 self.inner.regs.mapping().write(offset, data, regs::writable_mask(word))?;
                 if word == regs::REG_CTRL || word == regs::REG_TAIL {
@@ -550,13 +567,13 @@ impl PciDevice for DmaEngine {
                 }
                 Ok(())
             }
+            regs::MSIX_BAR => {
+                check_bar(offset, data.len(), regs::BAR2_SIZE)?;
+                self.inner.regs.mapping().write(regs::MSIX_MEM + offset, data, regs::msix_writable_mask(offset & !7))
+            }
             VFIO_PCI_CONFIG_REGION_INDEX => self.config_write(offset, data),
             _ => Err(Errno::EINVAL),
         }
-    }
-
-    fn region_mmap_areas(&self, index: u32) -> Option<Vec<(u64, u64)>> {
-        (index == VFIO_PCI_BAR0_REGION_INDEX).then(|| vec![(0, regs::REGS_SIZE)])
     }
 
     fn region_mmap_fd(&self, index: u32) -> Option<(BorrowedFd<'_>, u64)> {
@@ -634,7 +651,23 @@ impl PciDevice for DmaEngine {
     }
 }
 
+/// An access of `len` bytes at `offset` must lie inside a BAR of `size`
+/// (the memfd behind them is larger).
+fn check_bar(offset: u64, len: usize, size: u64) -> Result<(), Errno> {
+    match offset.checked_add(len as u64) {
+        Some(end) if end <= size => Ok(()),
+        _ => Err(Errno::EINVAL),
+    }
+}
+
 impl DmaEngine {
+    /// `region_read` of a 64-bit word of BAR2 (the MSI-X table and PBA).
+    pub fn read_msix64(&self, offset: u64) -> Result<u64, Errno> {
+        let mut b = [0u8; 8];
+        self.region_read(regs::MSIX_BAR, offset, &mut b)?;
+        Ok(u64::from_le_bytes(b))
+    }
+
     /// MSI-X Enable follows whether VFIO attached any MSI-X trigger, as the
     /// kernel enables MSI-X on the function when user space does.
     fn sync_msix_enable(&self, index: u32) {

@@ -138,13 +138,6 @@ pub trait PciDevice: Send + Sync {
     /// cannot be mapped.
     fn region_mmap_fd(&self, index: u32) -> Option<(BorrowedFd<'_>, u64)>;
 
-    /// The parts of mmap-able region `index` that may be mapped, as
-    /// `(offset, size)` pairs (VFIO's sparse mmap capability); `None`: all
-    /// of it.
-    fn region_mmap_areas(&self, _index: u32) -> Option<Vec<(u64, u64)>> {
-        None
-    }
-
     /// Number of VFIO IRQ indexes (`VFIO_PCI_NUM_IRQS`).
     fn num_irqs(&self) -> u32 {
         VFIO_PCI_NUM_IRQS

@@ -462,10 +462,10 @@ fn interrupts_fire_once_per_flagged_completion() {
     ring.submit(&dev, &mem, &[Descriptor::nop().with_irq(), Descriptor::nop().with_irq()]);
     dev.run_until_idle();
     assert_eq!(trig.count(), 3);
-    assert_eq!(dev.read_reg64(regs::MSIX_PBA).unwrap(), 1);
+    assert_eq!(dev.read_msix64(regs::MSIX_PBA).unwrap(), 1);
     dev.config_write(u64::from(ctl), &v.to_le_bytes()).unwrap();
     assert_eq!(trig.count(), 4, "one pending message, delivered once");
-    assert_eq!(dev.read_reg64(regs::MSIX_PBA).unwrap(), 0);
+    assert_eq!(dev.read_msix64(regs::MSIX_PBA).unwrap(), 0);
 
     // Halt interrupt.
     dev.write_reg32(regs::REG_CTRL, regs::CTRL_ENABLE | regs::CTRL_HALT_IRQ).unwrap();
@@ -496,7 +496,7 @@ fn reset_restores_power_on_state() {
     let mut ring = TestRing::setup(&dev, &mem, RING, 8, regs::CTRL_HALT_IRQ);
     ring.submit(&dev, &mem, &[Descriptor::fill(DATA, 8, 1), Descriptor::copy(0x9000_0000, DATA, 8)]);
     dev.run_until_idle();
-    dev.write_reg64(regs::MSIX_TABLE, 0xfee0_0000).unwrap();
+    dev.region_write(regs::MSIX_BAR, regs::MSIX_TABLE, &0xfee0_0000u64.to_le_bytes()).unwrap();
     assert_ne!(bar0_image(&dev), bar0_image(&fresh));
     assert_ne!(config_image(&dev), config_image(&fresh));
     dev.reset();
@@ -505,7 +505,7 @@ fn reset_restores_power_on_state() {
     let st = dev.ring_state();
     assert_eq!((st.status, st.head, st.tail, st.completed, st.errors), (0, 0, 0, 0, 0));
     assert_eq!(dev.read_reg32(regs::REG_ID).unwrap(), regs::ID_VALUE);
-    assert_eq!(dev.read_reg64(regs::MSIX_TABLE + 8).unwrap() >> 32, 1, "vector masked at reset");
+    assert_eq!(dev.read_msix64(regs::MSIX_TABLE + 8).unwrap() >> 32, 1, "vector masked at reset");
     // Bus Master is off after reset: the old ring does not run.
     dev.write_reg64(regs::REG_RING_BASE, RING).unwrap();
     dev.write_reg32(regs::REG_RING_SIZE, 8).unwrap();
@@ -550,12 +550,14 @@ fn config_space_registers() {
     cfg_w32(&dev, 8, 0);
     assert_eq!(cfg_u32(&dev, 0), 0x5544_1234);
     assert_eq!(cfg_u32(&dev, 8), 0x0880_0001);
-    // BAR0: 64-bit, 8 KiB; sizing by all-ones.
+    // BAR0: 64-bit, 4 KiB; BAR2: 32-bit, 64 bytes; sizing by all-ones.
     cfg_w32(&dev, 0x10, u32::MAX);
     cfg_w32(&dev, 0x14, u32::MAX);
-    assert_eq!(cfg_u32(&dev, 0x10), 0xffff_e004);
+    assert_eq!(cfg_u32(&dev, 0x10), 0xffff_f004);
     assert_eq!(cfg_u32(&dev, 0x14), u32::MAX);
-    for off in [0x18, 0x1c, 0x20, 0x24, 0x30] {
+    cfg_w32(&dev, 0x18, u32::MAX);
+    assert_eq!(cfg_u32(&dev, 0x18), 0xffff_ffc0, "BAR2: 64 bytes, 32-bit memory");
+    for off in [0x1c, 0x20, 0x24, 0x30] {
         cfg_w32(&dev, off, u32::MAX);
         assert_eq!(cfg_u32(&dev, off), 0);
     }
@@ -564,14 +566,14 @@ fn config_space_registers() {
     assert_eq!(cfg_u16(&dev, p + pcie::CAPS), 0x0092);
     assert_ne!(cfg_u32(&dev, p + pcie::DEVCAP) & pcie::DEVCAP_FLR, 0);
     assert_ne!(cfg_u16(&dev, p + pcie::DEVCTL) & pcie::DEVCTL_NO_SNOOP, 0);
-    // MSI-X: one vector, table at BAR0 + 0x1000, PBA at BAR0 + 0x1800 (the
-    // second page: nothing else shares it, PCIe r5.0 §6.8.2).
+    // MSI-X: one vector, table at BAR2 + 0, PBA at BAR2 + 0x20 (a BAR of
+    // its own: no register shares its 4 KiB, PCIe r5.0 §6.8.2).
     assert_eq!(p, 0x40);
     let m = find_capability(&dev, cap_id::MSIX).unwrap();
     assert_eq!(m, 0x7c);
     assert_eq!(cfg_u16(&dev, m + msix::CONTROL) & msix::CONTROL_TABLE_SIZE, 0);
-    assert_eq!(cfg_u32(&dev, m + msix::TABLE), 0x1000);
-    assert_eq!(cfg_u32(&dev, m + msix::PBA), 0x1800);
+    assert_eq!(cfg_u32(&dev, m + msix::TABLE), 0x2);
+    assert_eq!(cfg_u32(&dev, m + msix::PBA), 0x22);
     // PASID: at 0x100 or above, width 20, privileged mode, no execute.
     let x = find_ext_capability(&dev, cap_id::EXT_PASID).unwrap();
     assert!(x >= 0x100);
@@ -590,9 +592,13 @@ fn config_space_registers() {
 fn regions_and_bar_access_rules() {
     let (dev, _mem) = sync_engine();
     let r0 = dev.region_info(VFIO_PCI_BAR0_REGION_INDEX).unwrap();
-    assert_eq!(r0.size, 8192);
+    assert_eq!(r0.size, 4096);
     assert!(r0.flags.contains(RegionFlags::READ | RegionFlags::WRITE | RegionFlags::MMAP));
-    assert_eq!(dev.region_mmap_areas(VFIO_PCI_BAR0_REGION_INDEX), Some(vec![(0, 4096)]), "the registers' page only");
+    let r2 = dev.region_info(regs::MSIX_BAR).unwrap();
+    assert_eq!((r2.size, r2.flags), (64, RegionFlags::READ | RegionFlags::WRITE), "MSI-X: small, not mappable");
+    assert!(dev.region_mmap_fd(regs::MSIX_BAR).is_none());
+    assert_eq!(dev.region_read(regs::MSIX_BAR, 64, &mut [0u8; 4]), Err(Errno::EINVAL));
+    assert_eq!(dev.region_read(regs::MSIX_BAR, 60, &mut [0u8; 8]), Err(Errno::EINVAL));
     assert_eq!(dev.region_info(VFIO_PCI_BAR1_REGION_INDEX).unwrap().size, 0);
     assert_eq!(dev.region_info(VFIO_PCI_ROM_REGION_INDEX).unwrap().flags, RegionFlags::NONE);
     assert_eq!(dev.region_info(VFIO_PCI_CONFIG_REGION_INDEX).unwrap().size, 4096);
@@ -606,8 +612,8 @@ fn regions_and_bar_access_rules() {
     let mut b3 = [0u8; 3];
     assert_eq!(dev.region_read(0, 0, &mut b3), Err(Errno::EINVAL));
     assert_eq!(dev.region_read(0, 2, &mut [0u8; 4]), Err(Errno::EINVAL));
-    assert_eq!(dev.region_read(0, 8192, &mut [0u8; 1]), Err(Errno::EINVAL));
-    assert_eq!(dev.region_write(0, 8188, &[0u8; 8]), Err(Errno::EINVAL));
+    assert_eq!(dev.region_read(0, 4096, &mut [0u8; 1]), Err(Errno::EINVAL));
+    assert_eq!(dev.region_write(0, 4092, &[0u8; 8]), Err(Errno::EINVAL));
     assert_eq!(dev.region_read(VFIO_PCI_BAR1_REGION_INDEX, 0, &mut [0u8; 4]), Err(Errno::EINVAL));
     assert_eq!(dev.region_read(42, 0, &mut [0u8; 4]), Err(Errno::EINVAL));
     // RO registers ignore writes; RW ones take every access width.

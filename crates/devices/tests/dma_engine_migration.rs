@@ -170,7 +170,7 @@ fn interrupts_wait_while_stopped_and_a_pending_one_migrates() {
     src.config_write(ctl, &(unmasked | msix::CONTROL_FUNCTION_MASK).to_le_bytes()).unwrap();
     let mut ring = TestRing::setup(&src, &mem, RING, 8, 0);
     ring.submit(&src, &mem, &[Descriptor::nop().with_irq()]);
-    assert!(wait_until(WAIT, || src.read_reg64(regs::MSIX_PBA).unwrap() == 1));
+    assert!(wait_until(WAIT, || src.read_msix64(regs::MSIX_PBA).unwrap() == 1));
     assert_eq!(trig.count(), 0);
 
     src.stop();
@@ -183,10 +183,10 @@ fn interrupts_wait_while_stopped_and_a_pending_one_migrates() {
     dst.set_irq_triggers(VFIO_PCI_MSIX_IRQ_INDEX, 0, vec![Some(trig2.clone() as Arc<dyn IrqTrigger>)]).unwrap();
     dst.stop();
     dst.load(&state).unwrap();
-    assert_eq!(dst.read_reg64(regs::MSIX_PBA).unwrap(), 1);
+    assert_eq!(dst.read_msix64(regs::MSIX_PBA).unwrap(), 1);
     dst.run();
     assert_eq!(trig2.count(), 1, "the pending message is delivered once running");
-    assert_eq!(dst.read_reg64(regs::MSIX_PBA).unwrap(), 0);
+    assert_eq!(dst.read_msix64(regs::MSIX_PBA).unwrap(), 0);
     src.run();
     assert_eq!(trig.count(), 1);
 }
@@ -213,7 +213,7 @@ fn bad_states_are_refused_and_change_nothing() {
     let mut v = good.clone();
     v[4] = 2; // version
     bad.push(v);
-    let ring_at = 12 + regs::BAR0_SIZE as usize + 4096;
+    let ring_at = 12 + regs::MEM_SIZE as usize + 4096;
     let mut v = good.clone();
     v[ring_at + 12..ring_at + 16].copy_from_slice(&3u32.to_le_bytes()); // size not a power of two
     bad.push(v);

@@ -631,12 +631,6 @@ impl VfioDeviceFile {
         if start.checked_add(length).is_none_or(|end| end > phys_len) {
             return Err(einval("the mapping extends past the region"));
         }
-        let end = start + length;
-        if let Some(areas) = dev.pci.region_mmap_areas(index) {
-            if !areas.iter().any(|&(o, n)| start >= o && end <= o + n) {
-                return Err(einval("the mapping is outside the region's mmap areas"));
-            }
-        }
         let (fd, _) = dev.pci.region_mmap_fd(index).ok_or(einval("the region cannot be mapped"))?;
         Ok((fd.as_raw_fd(), start))
     }
@@ -834,10 +828,8 @@ fn get_info(dev: &VfioDevice, arg: u64) -> Result<i32> {
     Ok(0)
 }
 
-/// `vfio_pci_ioctl_get_region_info`: on an mmap-able BAR, the sparse mmap
-/// capability when the function maps only parts of it (the DMA engine
-/// keeps its MSI-X page out), else the MSI-X mappable capability on the
-/// BAR holding the MSI-X table.
+/// `vfio_pci_ioctl_get_region_info`, with the MSI-X mappable capability on
+/// the BAR holding the MSI-X table.
 fn get_region_info(dev: &VfioDevice, arg: u64) -> Result<i32> {
     let minsz = core::mem::size_of::<v::VfioRegionInfo>();
     let mut info: v::VfioRegionInfo = read_prefix(arg, minsz)?;
@@ -848,7 +840,7 @@ fn get_region_info(dev: &VfioDevice, arg: u64) -> Result<i32> {
         return Err(einval("no such region"));
     }
     let region = dev.pci.region_info(info.index).ctx("looking up the region")?;
-    let mut cap: Option<Vec<u8>> = None;
+    let mut cap = None;
     info.offset = v::vfio_pci_index_to_offset(info.index);
     info.size = region.size;
     match info.index {
@@ -861,21 +853,9 @@ fn get_region_info(dev: &VfioDevice, arg: u64) -> Result<i32> {
                 info.flags = v::VFIO_REGION_INFO_FLAG_READ | v::VFIO_REGION_INFO_FLAG_WRITE;
                 if region.flags.contains(RegionFlags::MMAP) {
                     info.flags |= v::VFIO_REGION_INFO_FLAG_MMAP;
-                    if let Some(areas) = dev.pci.region_mmap_areas(info.index) {
-                        let header = v::VfioRegionInfoCapSparseMmap {
-                            header: VfioInfoCapHeader { id: v::VFIO_REGION_INFO_CAP_SPARSE_MMAP, version: 1, next: 0 },
-                            nr_areas: areas.len() as u32,
-                            reserved: 0,
-                        };
-                        let mut bytes = header.as_bytes().to_vec();
-                        for (offset, size) in areas {
-                            bytes.extend_from_slice(v::VfioRegionSparseMmapArea { offset, size }.as_bytes());
-                        }
-                        cap = Some(bytes);
-                    } else if dev.msix.is_some_and(|m| m.bar == info.index) {
-                        let header =
-                            VfioInfoCapHeader { id: v::VFIO_REGION_INFO_CAP_MSIX_MAPPABLE, version: 1, next: 0 };
-                        cap = Some(header.as_bytes().to_vec());
+                    if dev.msix.is_some_and(|m| m.bar == info.index) {
+                        cap =
+                            Some(VfioInfoCapHeader { id: v::VFIO_REGION_INFO_CAP_MSIX_MAPPABLE, version: 1, next: 0 });
                     }
                 }
             }
@@ -888,12 +868,12 @@ fn get_region_info(dev: &VfioDevice, arg: u64) -> Result<i32> {
     }
     if let Some(cap) = cap {
         info.flags |= v::VFIO_REGION_INFO_FLAG_CAPS;
-        let cap_len = cap.len();
+        let cap_len = core::mem::size_of::<VfioInfoCapHeader>();
         if (info.argsz as usize) < minsz + cap_len {
             info.argsz = (minsz + cap_len) as u32;
             info.cap_offset = 0;
         } else {
-            write_at(arg, minsz, &cap)?;
+            write_at(arg, minsz, cap.as_bytes())?;
             info.cap_offset = minsz as u32;
         }
     }

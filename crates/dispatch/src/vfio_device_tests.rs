@@ -16,6 +16,7 @@ use zerocopy::{FromBytes, IntoBytes};
 use crate::{FdHost, File, LocalFds, Node, VfioDevice};
 
 const BAR0: u64 = 0;
+const BAR2: u64 = 2 << v::VFIO_PCI_OFFSET_SHIFT;
 const CONFIG: u64 = (v::VFIO_PCI_CONFIG_REGION_INDEX as u64) << v::VFIO_PCI_OFFSET_SHIFT;
 
 fn page() -> u64 {
@@ -365,33 +366,30 @@ fn info_ioctls() {
     assert_eq!(env.ioctl(fd, v::VFIO_DEVICE_GET_INFO, &mut short), Err(Errno::EINVAL));
 
     let region = |index: u32, argsz: u32| {
-        let mut buf = [0u8; 64];
+        let mut buf = [0u8; 40];
         buf[..12].copy_from_slice(v::VfioRegionInfo { argsz, index, ..Default::default() }.as_bytes()[..12].as_ref());
         env.ioctl(fd, v::VFIO_DEVICE_GET_REGION_INFO, &mut buf).map(|_| {
             (
                 v::VfioRegionInfo::read_from_bytes(&buf[..32]).unwrap(),
-                v::VfioRegionInfoCapSparseMmap::read_from_bytes(&buf[32..48]).unwrap(),
-                v::VfioRegionSparseMmapArea::read_from_bytes(&buf[48..]).unwrap(),
+                v::VfioInfoCapHeader::read_from_bytes(&buf[32..]).unwrap(),
             )
         })
     };
     let rw = v::VFIO_REGION_INFO_FLAG_READ | v::VFIO_REGION_INFO_FLAG_WRITE;
-    // BAR0: its registers' page may be mapped, not the MSI-X page: the
-    // sparse mmap capability with one area, which needs 64 bytes; with 32
-    // the caller learns the size it needs.
-    let (bar0, _, _) = region(0, 32).unwrap();
-    assert_eq!((bar0.size, bar0.offset, bar0.argsz, bar0.cap_offset), (8192, 0, 64, 0));
-    assert_eq!(bar0.flags, rw | v::VFIO_REGION_INFO_FLAG_MMAP | v::VFIO_REGION_INFO_FLAG_CAPS);
-    let (bar0, cap, area) = region(0, 64).unwrap();
-    assert_eq!((bar0.argsz, bar0.cap_offset), (64, 32));
-    assert_eq!((cap.header.id, cap.header.version, cap.header.next), (v::VFIO_REGION_INFO_CAP_SPARSE_MMAP, 1, 0));
-    assert_eq!((cap.nr_areas, area.offset, area.size), (1, 0, 4096));
+    // BAR0: the registers, mappable, no capability (the MSI-X table is in
+    // BAR2, which is small and not mappable: no MSI-X mappable capability
+    // either).
+    let (bar0, _) = region(0, 32).unwrap();
+    assert_eq!((bar0.size, bar0.offset, bar0.argsz, bar0.cap_offset), (4096, 0, 32, 0));
+    assert_eq!(bar0.flags, rw | v::VFIO_REGION_INFO_FLAG_MMAP);
+    let (bar2, _) = region(2, 32).unwrap();
+    assert_eq!((bar2.size, bar2.offset, bar2.flags, bar2.argsz), (64, 2 << 40, rw, 32));
     // The upper half of the 64-bit BAR, absent BARs and the ROM: size 0.
-    for index in 1..=6 {
-        let (r, _, _) = region(index, 32).unwrap();
+    for index in [1, 3, 4, 5, 6] {
+        let (r, _) = region(index, 32).unwrap();
         assert_eq!((r.size, r.flags, r.offset), (0, 0, (index as u64) << 40), "region {index}");
     }
-    let (cfg, _, _) = region(7, 32).unwrap();
+    let (cfg, _) = region(7, 32).unwrap();
     assert_eq!((cfg.size, cfg.flags, cfg.offset), (4096, rw, CONFIG));
     assert_eq!(region(8, 32).unwrap_err(), Errno::EINVAL, "no VGA");
     assert_eq!(region(9, 32).unwrap_err(), Errno::EINVAL);
@@ -525,19 +523,19 @@ fn dma_engine_copies_into_program_memory() {
     assert_eq!(env.read32(fd, BAR0 + regs::REG_ID), regs::ID_VALUE);
     // The MSI-X table reads as all-ones and ignores writes; the PBA does not.
     let mut table = [0u8; 16];
-    assert_eq!(env.pread(fd, &mut table, BAR0 + regs::MSIX_TABLE), Ok(16));
+    assert_eq!(env.pread(fd, &mut table, BAR2 + regs::MSIX_TABLE), Ok(16));
     assert_eq!(table, [0xff; 16]);
-    assert_eq!(env.pwrite(fd, &[0; 8], BAR0 + regs::MSIX_TABLE), Ok(8));
+    assert_eq!(env.pwrite(fd, &[0; 8], BAR2 + regs::MSIX_TABLE), Ok(8));
     let mut pba = [0xffu8; 8];
-    assert_eq!(env.pread(fd, &mut pba, BAR0 + regs::MSIX_PBA), Ok(8));
+    assert_eq!(env.pread(fd, &mut pba, BAR2 + regs::MSIX_PBA), Ok(8));
     assert_eq!(pba, [0; 8]);
     // Reads past the BAR are cut at its end, or EINVAL from its end on.
     let mut tail = [0u8; 16];
-    assert_eq!(env.pread(fd, &mut tail, BAR0 + regs::BAR0_SIZE - 8), Ok(8));
-    assert_eq!(env.pread(fd, &mut tail, BAR0 + regs::BAR0_SIZE), Err(Errno::EINVAL));
+    assert_eq!(env.pread(fd, &mut tail, BAR0 + 4096 - 8), Ok(8));
+    assert_eq!(env.pread(fd, &mut tail, BAR0 + 4096), Err(Errno::EINVAL));
     // A whole-BAR read in one call (split the kernel's way).
-    let mut whole = vec![0u8; regs::BAR0_SIZE as usize];
-    assert_eq!(env.pread(fd, &mut whole, BAR0), Ok(regs::BAR0_SIZE as usize));
+    let mut whole = vec![0u8; 4096];
+    assert_eq!(env.pread(fd, &mut whole, BAR0), Ok(4096));
     assert_eq!(&whole[..4], &regs::ID_VALUE.to_le_bytes());
 
     let efd = eventfd();
@@ -611,10 +609,8 @@ fn config_space_and_mmap() {
     let f = env.file(fd);
     let File::VfioDevice(vf) = &*f else { unreachable!() };
     assert_eq!(vf.mmap_target(0, 4096, false).unwrap_err().errno, Errno::EINVAL, "private");
-    assert_eq!(vf.mmap_target(0, 16384, true).unwrap_err().errno, Errno::EINVAL, "past the BAR");
-    assert_eq!(vf.mmap_target(8192, 4096, true).unwrap_err().errno, Errno::EINVAL, "past the BAR");
-    assert_eq!(vf.mmap_target(0, 8192, true).unwrap_err().errno, Errno::EINVAL, "over the MSI-X page");
-    assert_eq!(vf.mmap_target(4096, 4096, true).unwrap_err().errno, Errno::EINVAL, "the MSI-X page");
+    assert_eq!(vf.mmap_target(0, 8192, true).unwrap_err().errno, Errno::EINVAL, "past the BAR");
+    assert_eq!(vf.mmap_target(4096, 4096, true).unwrap_err().errno, Errno::EINVAL, "past the BAR");
     assert_eq!(vf.mmap_target(CONFIG, 4096, true).unwrap_err().errno, Errno::EINVAL, "config space");
     assert_eq!(vf.mmap_target(1 << 40, 4096, true).unwrap_err().errno, Errno::EINVAL, "absent BAR");
     assert_eq!(vf.mmap_target(9 << 40, 4096, true).unwrap_err().errno, Errno::EINVAL);

@@ -16,7 +16,7 @@
 //! | 4 | magic `UDMS` |
 //! | 4 | version (1) |
 //! | 1, 1, 2 | PASID width (`FFh`: no PASID capability), privileged mode, 0 |
-//! | 4096 | BAR0: registers, MSI-X table and PBA |
+//! | 8192 | the device's memory: BAR0's registers, BAR2's MSI-X table and PBA |
 //! | 4096 | config space |
 //! | 1 × 4, 8, 4, 4, 8, 8 | ring: enabled, halted, halt code, error seen; base, size, head, completed, errors |
 //! | 1, 4, 8 | interrupted descriptor: present, index, bytes done |
@@ -42,7 +42,7 @@ use crate::pci::DeviceMigration;
 
 const MAGIC: &[u8; 4] = b"UDMS";
 const VERSION: u32 = 1;
-const BAR_LEN: usize = regs::BAR0_SIZE as usize;
+const BAR_LEN: usize = regs::MEM_SIZE as usize;
 /// magic, version, options; BAR0; config; ring; resume; MSI-X pending.
 const STATE_LEN: usize = 12 + BAR_LEN + CONFIG_SPACE_SIZE + (4 + 8 + 4 + 4 + 8 + 8) + (1 + 4 + 8) + 1;
 

@@ -2,19 +2,23 @@
 //! format and status codes. `docs/devices/dma-engine.md` is the prose
 //! version of this file; keep them together.
 //!
-//! BAR0 is 8 KiB, little-endian: the registers in its first 4 KiB page,
-//! the MSI-X table and PBA in the second. Each register sits alone in its
-//! own 8-byte word (two constant RO registers share word 0, and the two
-//! error registers share word 0x58), so a driver's store to one register
-//! and the device's update of another never touch the same word.
+//! BAR0 is 4 KiB, little-endian: the registers. Each register sits alone
+//! in its own 8-byte word (two constant RO registers share word 0, and the
+//! two error registers share word 0x58), so a driver's store to one
+//! register and the device's update of another never touch the same word.
+//! BAR2 (64 bytes, not mappable) holds the MSI-X table and PBA: PCIe r5.0
+//! §6.8.2 keeps MSI-X structures out of any naturally aligned 4 KiB range
+//! that holds other registers, and a VMM traps them.
 
 /// BAR0 size.
-pub const BAR0_SIZE: u64 = 0x2000;
-/// The registers' page, the part of BAR0 a program may map (the MSI-X
-/// page is not mapped: PCIe r5.0 §6.8.2 keeps MSI-X structures out of
-/// any naturally aligned 4 KiB range holding other registers, and a VMM
-/// traps them).
-pub const REGS_SIZE: u64 = 0x1000;
+pub const BAR0_SIZE: u64 = 0x1000;
+/// The BAR of the MSI-X table and PBA, and its size.
+pub const MSIX_BAR: u32 = 2;
+pub const BAR2_SIZE: u64 = 64;
+/// The device's memory (one memfd): BAR0 at 0, BAR2 at [`MSIX_MEM`].
+pub const MEM_SIZE: u64 = 0x2000;
+/// Where BAR2 sits in the device's memory (its own page, never mapped).
+pub const MSIX_MEM: u64 = 0x1000;
 
 /// `ID` (RO, u32): [`ID_VALUE`], "UDMA" in memory order.
 pub const REG_ID: u64 = 0x00;
@@ -50,10 +54,11 @@ pub const REG_ERR_IOVA: u64 = 0x50;
 pub const REG_ERR_CODE: u64 = 0x58;
 /// `ERR_INDEX` (RO, u32): ring index of the descriptor of the last error.
 pub const REG_ERR_INDEX: u64 = 0x5c;
-/// The MSI-X table (one 16-byte entry), referenced by the MSI-X capability.
-pub const MSIX_TABLE: u64 = 0x1000;
-/// The MSI-X Pending Bit Array (one qword).
-pub const MSIX_PBA: u64 = 0x1800;
+/// The MSI-X table in BAR2 (one 16-byte entry), referenced by the MSI-X
+/// capability.
+pub const MSIX_TABLE: u64 = 0x00;
+/// The MSI-X Pending Bit Array in BAR2 (one qword).
+pub const MSIX_PBA: u64 = 0x20;
 
 /// "UDMA" as a little-endian u32.
 pub const ID_VALUE: u32 = u32::from_le_bytes(*b"UDMA");
@@ -303,8 +308,15 @@ pub(crate) const fn writable_mask(word: u64) -> u64 {
         REG_RING_BASE => u64::MAX,
         REG_RING_SIZE => 0xffff_ffff,
         REG_TAIL => 0xffff_ffff,
-        // MSI-X table entry 0: Message Address, Upper Address, Data and
-        // Vector Control's Mask Bit (§7.7.2.5-§7.7.2.8).
+        _ => 0,
+    }
+}
+
+/// Writable bits of the BAR2 word at byte offset `word`: MSI-X table entry
+/// 0's Message Address, Upper Address, Data and Vector Control's Mask Bit
+/// (§7.7.2.5-§7.7.2.8); the PBA is read-only.
+pub(crate) const fn msix_writable_mask(word: u64) -> u64 {
+    match word {
         MSIX_TABLE => u64::MAX,
         w if w == MSIX_TABLE + 8 => 0x0000_0001_ffff_ffff,
         _ => 0,
