@@ -2,7 +2,8 @@
 # Every test of the project: the kernel sources the tests compare against
 # (Linux 6.12 and 7.3, fetched by the conformance script), the Rust
 # workspace tests (the ABI tests then must find both), then the three
-# kernel-selftest conformance runs. Installs what it needs on a fresh Debian
+# kernel-selftest conformance runs, then unmodified QEMU against uiommufd
+# (tests/qemu/run.sh, which fetches QEMU, a kernel and busybox into build/). Installs what it needs on a fresh Debian
 # machine (gcc, libcap-dev, linux-source-6.12) when missing.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -24,3 +25,4 @@ scripts/conformance.sh --fetch-only
 cargo build --release --workspace
 UIOMMUFD_REQUIRE_KSRC=1 cargo test --release --workspace
 scripts/conformance.sh --no-build
+tests/qemu/run.sh --no-build

@@ -31,7 +31,7 @@ mirror() {
 
 APT=(-o Dir::State::Lists="$apt/lists" -o Dir::Etc::SourceList=/dev/null
      -o Dir::Etc::SourceParts="$apt/etc/sources.list.d" -o Dir::Cache="$apt/cache"
-     -o Dir::State::status="$apt/status" -o Debug::NoLocking=1 -o APT::Sandbox::User=root)
+     -o Dir::State::status="$apt/status" -o Debug::NoLocking=1 -o APT::Sandbox::User="$(id -un)")
 
 apt_state() {
   local m; m=$(mirror)

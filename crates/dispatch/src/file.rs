@@ -248,7 +248,7 @@ impl File {
     /// The C name of ioctl request `cmd` on this file, for traces.
     pub fn ioctl_name(&self, cmd: u32) -> Option<&'static str> {
         match self {
-            File::Iommufd(_) => crate::op_name(cmd),
+            File::Iommufd(_) => crate::op_name(cmd).or_else(|| crate::vfio_compat::ioctl_name(cmd)),
             File::VfioDevice(_) => crate::vfio_device::ioctl_name(cmd),
             File::VfioGroup(_) => crate::vfio_group::ioctl_name(cmd),
             File::VfioMigration(_) => crate::vfio_migration::ioctl_name(cmd),

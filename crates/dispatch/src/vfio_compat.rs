@@ -35,6 +35,20 @@ pub(crate) fn ioctl(ctx: &Arc<Iommufd>, cmd: u32, arg: u64) -> Result<i32> {
     }
 }
 
+/// The C name of VFIO container request `cmd`, for traces.
+pub fn ioctl_name(cmd: u32) -> Option<&'static str> {
+    Some(match cmd {
+        v::VFIO_GET_API_VERSION => "VFIO_GET_API_VERSION",
+        v::VFIO_CHECK_EXTENSION => "VFIO_CHECK_EXTENSION",
+        v::VFIO_SET_IOMMU => "VFIO_SET_IOMMU",
+        v::VFIO_IOMMU_GET_INFO => "VFIO_IOMMU_GET_INFO",
+        v::VFIO_IOMMU_MAP_DMA => "VFIO_IOMMU_MAP_DMA",
+        v::VFIO_IOMMU_UNMAP_DMA => "VFIO_IOMMU_UNMAP_DMA",
+        v::VFIO_IOMMU_DIRTY_PAGES => "VFIO_IOMMU_DIRTY_PAGES",
+        _ => return None,
+    })
+}
+
 /// Read the first `N` bytes of the user struct at `arg` into a `T`.
 fn read_prefix<T: FromBytes + IntoBytes>(arg: u64, n: usize) -> Result<T> {
     let mut t = T::new_zeroed();
