@@ -15,7 +15,7 @@ vm_start() {
   rm -rf "$d"; mkdir -p "$d"
   mkfifo "$d/ser.in" "$d/ser.out" "$d/qmp.in" "$d/qmp.out"
   # shellcheck disable=SC2086
-  "$U" trace -o "$d/trace.log" $uargs -- "$qemu" \
+  env ${VM_ENV:-} "$U" trace -o "$d/trace.log" $uargs -- "$qemu" \
     -accel tcg -machine q35 -cpu max -m "${VM_MEM:-256M}" -smp 1 -display none -nic none -vga none \
     -kernel "$B/kernel/vmlinuz" -initrd "$B/initramfs.gz" \
     -append "console=ttyS0 quiet panic=-1 ${VM_APPEND:-}" \

@@ -25,7 +25,7 @@ guest_image() {
   rm -rf "$ir"; mkdir -p "$ir"/{bin,proc,sys,dev,tmp,lib/modules}
   cp "$B/busybox" "$ir/bin/busybox"
   local t
-  for t in sh mount cat echo poweroff sleep stty insmod grep ls readlink; do ln -s busybox "$ir/bin/$t"; done
+  for t in sh mount cat echo poweroff sleep stty insmod grep ls readlink seq; do ln -s busybox "$ir/bin/$t"; done
   gcc -static -O2 -Wall -o "$ir/bin/udma" "$here/guest/udma.c" || return 1
   cp "$B"/kernel/modules/*.ko "$ir/lib/modules/"
   cp "$here/guest/init" "$ir/init"; chmod +x "$ir/init"
@@ -117,6 +117,75 @@ scenario_bc() {
   [ "$with_c" = 1 ] && result "c-msix-${name#b-viommu-}" "$cstart" "$([ -z "$cwhy" ] && echo 0 || echo 1)" "$cwhy"
 }
 
+# d. Reset and hot-plug (QEMU 10, iommufd backend, the device behind a
+# PCIe root port): QMP system_reset resets the device (QEMU's
+# VFIO_DEVICE_RESET; the rebooted guest finds its registers at power-on
+# values) and the guest uses it again; device_del unplugs it (the guest
+# ejects it) and uiommufd's objects go with it: no object, no device
+# open, no page pinned, and QEMU's iommufd context closed too (QEMU's
+# iommufd backend closes /dev/iommu with its last user)
+# (UIOMMUFD_STATUS_FILE, written after every ioctl and device close);
+# device_add plugs it back, with a context and its objects created again,
+# and the guest uses it again.
+status_is() { # status_is NAME KEY VALUE: the status file says KEY VALUE
+  grep -qx "$2 $3" "$RUN/$1/status"
+}
+status_of() { tr '\n' ' ' < "$RUN/$1/status" 2>/dev/null; }
+scenario_d() {
+  local name=$1 start=$SECONDS why="" resets
+  local dev=(-device pcie-root-port,id=rp1,chassis=1,slot=1 -object iommufd,id=iommufd0)
+  local udma="vfio-pci,host=0000:00:04.0,id=udma0,bus=rp1,iommufd=iommufd0"
+  mkdir -p "$RUN/$name"
+  if ! VM_ENV="UIOMMUFD_STATUS_FILE=$RUN/$name.status" vm_start "$name" "$Q10" "--iommu vtd --device $DEV" \
+      "${dev[@]}" -device "$udma"; then
+    why="the guest did not boot"
+  elif ! guest "$name" use1 60 udma sysfs; then
+    why="the guest's DMA checks failed"
+  fi
+  ln -sf "../$name.status" "$RUN/$name/status"
+  if [ -z "$why" ]; then
+    resets=$(grep -c 'VFIO_DEVICE_RESET) = 0' "$RUN/$name/trace.log")
+    local from; from=$(console_lines "$name")
+    qmp "$name" '{"execute":"system_reset"}' >/dev/null || why="system_reset failed"
+    [ -z "$why" ] && { wait_console "$name" '=== guest up' 90 "$from" || why="the guest did not come back after system_reset"; }
+    [ -z "$why" ] && [ "$(grep -c 'VFIO_DEVICE_RESET) = 0' "$RUN/$name/trace.log")" -gt "$resets" ] ||
+      why="${why:-QEMU did not reset the device}"
+    [ -z "$why" ] && { guest "$name" fresh 60 udma fresh || why="the device was not reset by system_reset"; }
+    [ -z "$why" ] && { guest "$name" use2 60 udma sysfs || why="the guest could not use the device after the reset"; }
+  fi
+  if [ -z "$why" ]; then
+    status_is "$name" objects 3 && status_is "$name" device 1 && status_is "$name" vfio_devices_open 1 &&
+      ! status_is "$name" pinned_pages 0 || why="before unplug, the engine holds: $(status_of "$name")"
+  fi
+  if [ -z "$why" ]; then
+    qmp "$name" '{"execute":"device_del","arguments":{"id":"udma0"}}' >/dev/null || why="device_del failed"
+    [ -z "$why" ] && { qmp_event "$name" DEVICE_DELETED 60 || why="the guest did not release the device"; }
+    [ -z "$why" ] && { guest "$name" gone 60 wait_udma gone || why="the guest still sees the device"; }
+    if [ -z "$why" ]; then
+      status_is "$name" contexts 0 && status_is "$name" objects 0 && status_is "$name" vfio_devices_open 0 &&
+        status_is "$name" pinned_pages 0 || why="after device_del, left behind: $(status_of "$name")"
+    fi
+  fi
+  if [ -z "$why" ]; then
+    qmp "$name" "{\"execute\":\"device_add\",\"arguments\":{\"driver\":\"vfio-pci\",\"host\":\"0000:00:04.0\",\"id\":\"udma0\",\"bus\":\"rp1\",\"iommufd\":\"iommufd0\"}}" >/dev/null ||
+      why="device_add failed"
+    [ -z "$why" ] && { guest "$name" here 60 wait_udma here || why="the guest did not see the device come back"; }
+    [ -z "$why" ] && { guest "$name" fresh2 60 udma fresh || why="the replugged device is not fresh"; }
+    [ -z "$why" ] && { guest "$name" use3 60 udma sysfs || why="the guest could not use the replugged device"; }
+    if [ -z "$why" ]; then
+      status_is "$name" contexts 1 && status_is "$name" objects 3 && status_is "$name" vfio_devices_open 1 &&
+        ! status_is "$name" pinned_pages 0 || why="after device_add, the engine holds: $(status_of "$name")"
+    fi
+  fi
+  if [ -z "$why" ]; then
+    local w; w=$(qemu_warnings "$name")
+    [ -n "$w" ] && why="QEMU warned: $w"
+  fi
+  vm_stop "$name"
+  [ -n "$why" ] && show_checks "$name"
+  result "$name" "$start" "$([ -z "$why" ] && echo 0 || echo 1)" "$why"
+}
+
 # e. Live migration between two QEMUs, each under its own `uiommufd run`:
 # the guest's DMA engine fills PAGES pages round after round while the VM
 # migrates; QEMU takes the device through PRE_COPY and STOP_COPY on the
@@ -203,7 +272,7 @@ SH
   result "$name" "$start" "$([ -z "$why" ] && echo 0 || echo 1)" "$why"
 }
 
-all=(a-qemu10-iommufd a-qemu10-container a-qemu72-container b-viommu-qemu10-iommufd b-viommu-qemu72-container e-migration e-migration-without-dirty-bitmap)
+all=(a-qemu10-iommufd a-qemu10-container a-qemu72-container b-viommu-qemu10-iommufd b-viommu-qemu72-container d-reset-hotplug e-migration e-migration-without-dirty-bitmap)
 want=("$@")
 [ ${#want[@]} -eq 0 ] && want=("${all[@]}")
 for s in "${want[@]}"; do
@@ -213,6 +282,7 @@ for s in "${want[@]}"; do
     a-qemu72-container) scenario_a "$s" "$Q72" container ;;
     b-viommu-qemu10-iommufd) scenario_bc "$s" "$Q10" iommufd 1 ;;
     b-viommu-qemu72-container) scenario_bc "$s" "$Q72" container 0 ;;
+    d-reset-hotplug) scenario_d "$s" ;;
     e-migration) scenario_e "$s" 0 ;;
     e-migration-without-dirty-bitmap) scenario_e "$s" 1 ;;
     *) echo "qemu: no scenario $s (have: ${all[*]})"; exit 2 ;;

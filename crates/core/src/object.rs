@@ -327,6 +327,19 @@ impl Table {
         self.len() == 0
     }
 
+    /// The kinds of the published objects, one entry per object (for
+    /// status reports).
+    pub fn kinds(&self) -> Vec<ObjectKind> {
+        let t = self.read();
+        t.slots
+            .iter()
+            .filter_map(|s| match s {
+                Some(Slot::Live(o)) => Some(o.kind()),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// Run `f` under the table's write lock if no object is published or
     /// reserved (used by options that may only change on an empty context).
     pub fn with_empty<R>(&self, f: impl FnOnce() -> R) -> Result<R> {

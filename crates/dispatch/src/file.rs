@@ -198,7 +198,9 @@ impl File {
                 return File::VfioGroup(opened.unwrap_or_else(VfioGroupFile::failed));
             }
         };
-        File::Iommufd(Arc::new(Iommufd::open(how)))
+        let ctx = Arc::new(Iommufd::open(how));
+        crate::status::register(&ctx);
+        File::Iommufd(ctx)
     }
 
     /// [`File::open`] as the kernel's `open` of the node: creating a context
@@ -234,6 +236,12 @@ impl File {
     /// `ioctl(2)` with request `request` and argument `arg` (a user address
     /// or a plain integer, depending on the request).
     pub fn ioctl(&self, host: &dyn FdHost, request: u64, arg: u64) -> Result<i32, Error> {
+        let r = self.ioctl_inner(host, request, arg);
+        crate::status::publish();
+        r
+    }
+
+    fn ioctl_inner(&self, host: &dyn FdHost, request: u64, arg: u64) -> Result<i32, Error> {
         match self {
             File::Iommufd(ctx) => crate::iommufd_ioctl(ctx, host, request, arg),
             File::VfioDevice(f) => f.ioctl(host, request, arg),

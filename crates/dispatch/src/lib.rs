@@ -26,6 +26,7 @@ pub mod file;
 mod handlers;
 mod map_file;
 mod selftest;
+pub mod status;
 mod table;
 mod ucmd;
 mod vfio_compat;

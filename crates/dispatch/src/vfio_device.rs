@@ -677,6 +677,7 @@ impl Drop for VfioDeviceFile {
         if self.group.is_none() {
             GroupBlock::release(&dev.group);
         }
+        crate::status::publish();
     }
 }
 

@@ -12,6 +12,8 @@
  *                       IOVA it unmapped faults; --irq waits for MSI-X
  *                       completion interrupts on an eventfd and checks the
  *                       kernel's interrupt counter moved
+ *   udma fresh          driverless: the engine's registers are at their
+ *                       power-on values (after a reset or a hot-plug)
  *   udma mig PAGES      driverless DMA loop for live migration: FILL every
  *                       page with a (round, page) pattern, round after
  *                       round, until a line arrives on stdin; then check
@@ -301,6 +303,37 @@ static int cmd_sysfs(void)
 	return failures;
 }
 
+static int cmd_fresh(void)
+{
+	struct engine e;
+	char p[512];
+	uint16_t cmd;
+	int fd;
+	if (find_device())
+		die("no DMA engine (1234:5544) in the guest");
+	snprintf(p, sizeof(p), "/sys/bus/pci/devices/%s/config", bdf);
+	if ((fd = open(p, O_RDWR)) < 0 || pread(fd, &cmd, 2, 4) != 2)
+		die("read Command");
+	cmd |= 0x2; /* Memory Space only: nothing may run */
+	if (pwrite(fd, &cmd, 2, 4) != 2)
+		die("write Command");
+	close(fd);
+	snprintf(p, sizeof(p), "/sys/bus/pci/devices/%s/resource0", bdf);
+	if ((fd = open(p, O_RDWR | O_SYNC)) < 0)
+		die("open resource0");
+	e.bar = mmap(NULL, PAGE, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	if (e.bar == MAP_FAILED)
+		die("mmap resource0");
+	ok(rd32(&e, REG_ID) == ID_VALUE, "device %s answers (ID %#x)", bdf, rd32(&e, REG_ID));
+	ok(rd32(&e, REG_CTRL) == 0 && rd32(&e, REG_STATUS) == 0 && rd64(&e, REG_RING_BASE) == 0 &&
+		   rd32(&e, REG_RING_SIZE) == 0 && rd64(&e, REG_COMPLETED) == 0 && rd32(&e, REG_TAIL) == 0,
+	   "registers at power-on values: CTRL %#x STATUS %#x RING_BASE %#" PRIx64 " RING_SIZE %u COMPLETED %" PRIu64
+	   " TAIL %u",
+	   rd32(&e, REG_CTRL), rd32(&e, REG_STATUS), rd64(&e, REG_RING_BASE), rd32(&e, REG_RING_SIZE),
+	   rd64(&e, REG_COMPLETED), rd32(&e, REG_TAIL));
+	return failures;
+}
+
 /* ---- the guest's own vfio-pci behind its IOMMU ---- */
 
 static int irq_count(const char *name)
@@ -555,10 +588,12 @@ int main(int argc, char **argv)
 		r = cmd_sysfs();
 	else if (argc >= 2 && !strcmp(argv[1], "vfio"))
 		r = cmd_vfio(argc >= 3 && !strcmp(argv[2], "--irq"));
+	else if (argc >= 2 && !strcmp(argv[1], "fresh"))
+		r = cmd_fresh();
 	else if (argc >= 3 && !strcmp(argv[1], "mig"))
 		r = cmd_mig(atoi(argv[2]));
 	else {
-		fprintf(stderr, "usage: udma sysfs | vfio [--irq] | mig PAGES\n");
+		fprintf(stderr, "usage: udma sysfs | fresh | vfio [--irq] | mig PAGES\n");
 		return 2;
 	}
 	printf("udma: %s\n", r ? "FAIL" : "PASS");
