@@ -187,6 +187,21 @@ static int check_pattern(const void *p, size_t len, uint64_t pattern)
 
 static char bdf[256];
 
+/* A sysfs attribute holding a hex number (0 if unreadable). */
+static unsigned read_hex(const char *dir, const char *attr)
+{
+	char p[512];
+	unsigned v = 0;
+	FILE *f;
+	snprintf(p, sizeof(p), "/sys/bus/pci/devices/%s/%s", dir, attr);
+	if (!(f = fopen(p, "r")))
+		return 0;
+	if (fscanf(f, "%x", &v) != 1)
+		v = 0;
+	fclose(f);
+	return v;
+}
+
 static int find_device(void)
 {
 	DIR *d = opendir("/sys/bus/pci/devices");
@@ -194,24 +209,9 @@ static int find_device(void)
 	if (!d)
 		die("opendir /sys/bus/pci/devices");
 	while ((de = readdir(d))) {
-		char p[512];
-		unsigned v = 0, dv = 0;
-		FILE *f;
 		if (de->d_name[0] == '.')
 			continue;
-		snprintf(p, sizeof(p), "/sys/bus/pci/devices/%s/vendor", de->d_name);
-		if (!(f = fopen(p, "r")))
-			continue;
-		if (fscanf(f, "%x", &v) != 1)
-			v = 0;
-		fclose(f);
-		snprintf(p, sizeof(p), "/sys/bus/pci/devices/%s/device", de->d_name);
-		if (!(f = fopen(p, "r")))
-			continue;
-		if (fscanf(f, "%x", &dv) != 1)
-			dv = 0;
-		fclose(f);
-		if (v == VENDOR && dv == DEVICE) {
+		if (read_hex(de->d_name, "vendor") == VENDOR && read_hex(de->d_name, "device") == DEVICE) {
 			snprintf(bdf, sizeof(bdf), "%s", de->d_name);
 			closedir(d);
 			return 0;
@@ -246,29 +246,37 @@ static uint64_t gpa_of(void *va)
 	return (e & ((1ull << 55) - 1)) * PAGE + ((uintptr_t)va % PAGE);
 }
 
-static void sysfs_open(struct engine *e)
+/* Find the engine, set `command_bits` in its Command register through the
+ * sysfs config file, and map BAR0 through resource0. */
+static volatile uint8_t *sysfs_bar0(uint16_t command_bits)
 {
 	char p[512];
 	uint16_t cmd;
 	int fd;
 	if (find_device())
 		die("no DMA engine (1234:5544) in the guest");
-	printf("device %s\n", bdf);
 	snprintf(p, sizeof(p), "/sys/bus/pci/devices/%s/config", bdf);
 	if ((fd = open(p, O_RDWR)) < 0)
 		die("open config");
 	if (pread(fd, &cmd, 2, 4) != 2)
 		die("read Command");
-	cmd |= 0x6; /* Memory Space, Bus Master */
+	cmd |= command_bits;
 	if (pwrite(fd, &cmd, 2, 4) != 2)
 		die("write Command");
 	close(fd);
 	snprintf(p, sizeof(p), "/sys/bus/pci/devices/%s/resource0", bdf);
 	if ((fd = open(p, O_RDWR | O_SYNC)) < 0)
 		die("open resource0");
-	e->bar = mmap(NULL, PAGE, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-	if (e->bar == MAP_FAILED)
+	volatile uint8_t *bar = mmap(NULL, PAGE, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	if (bar == MAP_FAILED)
 		die("mmap resource0");
+	return bar;
+}
+
+static void sysfs_open(struct engine *e)
+{
+	e->bar = sysfs_bar0(0x6); /* Memory Space, Bus Master */
+	printf("device %s\n", bdf);
 	/* One page of ring: contiguous in guest-physical memory by itself. */
 	e->size = PAGE / sizeof(struct desc);
 	e->ring = page_alloc(PAGE);
@@ -306,24 +314,7 @@ static int cmd_sysfs(void)
 static int cmd_fresh(void)
 {
 	struct engine e;
-	char p[512];
-	uint16_t cmd;
-	int fd;
-	if (find_device())
-		die("no DMA engine (1234:5544) in the guest");
-	snprintf(p, sizeof(p), "/sys/bus/pci/devices/%s/config", bdf);
-	if ((fd = open(p, O_RDWR)) < 0 || pread(fd, &cmd, 2, 4) != 2)
-		die("read Command");
-	cmd |= 0x2; /* Memory Space only: nothing may run */
-	if (pwrite(fd, &cmd, 2, 4) != 2)
-		die("write Command");
-	close(fd);
-	snprintf(p, sizeof(p), "/sys/bus/pci/devices/%s/resource0", bdf);
-	if ((fd = open(p, O_RDWR | O_SYNC)) < 0)
-		die("open resource0");
-	e.bar = mmap(NULL, PAGE, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-	if (e.bar == MAP_FAILED)
-		die("mmap resource0");
+	e.bar = sysfs_bar0(0x2); /* Memory Space only: nothing may run */
 	ok(rd32(&e, REG_ID) == ID_VALUE, "device %s answers (ID %#x)", bdf, rd32(&e, REG_ID));
 	ok(rd32(&e, REG_CTRL) == 0 && rd32(&e, REG_STATUS) == 0 && rd64(&e, REG_RING_BASE) == 0 &&
 		   rd32(&e, REG_RING_SIZE) == 0 && rd64(&e, REG_COMPLETED) == 0 && rd32(&e, REG_TAIL) == 0,
