@@ -9,13 +9,16 @@
 //! # Levels and sizes
 //!
 //! Level 0 holds the smallest leaves, of `1 << LEAF_SHIFT` bytes; each level
-//! above indexes [`INDEX_BITS`] (9) more IOVA bits, so a level-`n` entry
-//! spans `1 << (LEAF_SHIFT + 9 * n)` bytes. The top level is
-//! `LEVELS - 1` and the table addresses IOVAs `0..=max_iova()`.
+//! above indexes `Format::INDEX_BITS` more IOVA bits (9 for 4 KiB tables, as
+//! x86 and Arm's 4 KiB granule; 11 and 13 for Arm's 16 KiB and 64 KiB
+//! granules), so a level-`n` entry spans `1 << (LEAF_SHIFT + INDEX_BITS *
+//! n)` bytes. The top level is `LEVELS - 1` and the table addresses IOVAs
+//! `0..=max_iova()`.
 //!
 //! # Nodes
 //!
-//! A table node is one 4 KiB "page" of 512 64-bit entries, exactly as
+//! A table node is one "page" of `N = 1 << INDEX_BITS` 64-bit entries (4, 16
+//! or 64 KiB, the table's const parameter `N`, 512 by default), exactly as
 //! hardware would see it: a table entry holds the *physical address* of the
 //! next-level node (handed out by [`PtMemory`]). Next to the entries each
 //! node keeps a software pointer per slot to the child node, so the walker
@@ -52,11 +55,10 @@ use uiommufd_abi::Errno;
 
 use crate::{Access, Fault, Prot, Translation};
 
-/// IOVA bits each level indexes.
+/// IOVA bits each level of a 4 KiB-node table indexes (the default).
 pub const INDEX_BITS: u32 = 9;
-/// Entries in one table node.
+/// Entries in one 4 KiB table node.
 pub const ENTRIES: usize = 1 << INDEX_BITS;
-const INDEX_MASK: u64 = (ENTRIES as u64) - 1;
 
 /// Describes one page-table format to the [`PageTable`] engine.
 ///
@@ -73,7 +75,8 @@ const INDEX_MASK: u64 = (ENTRIES as u64) - 1;
 pub trait Format {
     /// Number of levels (1..=6).
     const LEVELS: u32;
-    /// IOVA bits indexed per level; the engine supports 9 only.
+    /// IOVA bits indexed per level: 9, 11 or 13; the table's node size `N`
+    /// must be `1 << INDEX_BITS`.
     const INDEX_BITS: u32 = INDEX_BITS;
     /// log2 of the smallest leaf (level 0) page size.
     const LEAF_SHIFT: u32;
@@ -124,7 +127,8 @@ pub trait Format {
 pub const PT_WINDOW_START: u64 = 0x4000_0000;
 /// End (exclusive) of the page-table window: 3 GiB, 3 * 2^18 nodes.
 pub const PT_WINDOW_END: u64 = 0x1_0000_0000;
-/// Size and alignment of one page-table node.
+/// Size and alignment of one 4 KiB page-table node (larger nodes are
+/// aligned to their size).
 pub const PT_PAGE_SIZE: u64 = (ENTRIES * 8) as u64;
 
 static PT_NEXT: AtomicU64 = AtomicU64::new(PT_WINDOW_START);
@@ -132,6 +136,8 @@ static PT_FREE: Mutex<Vec<u64>> = Mutex::new(Vec::new());
 /// Length of `PT_FREE`, readable without the lock so allocation only locks
 /// when something was freed.
 static PT_FREE_LEN: AtomicUsize = AtomicUsize::new(0);
+/// Freed nodes larger than 4 KiB: `(address, size)`.
+static PT_FREE_BIG: Mutex<Vec<(u64, u64)>> = Mutex::new(Vec::new());
 
 /// The process-wide allocator of page-table physical addresses.
 ///
@@ -160,6 +166,38 @@ impl PtMemory {
             .map_err(|_| Errno::ENOMEM)
     }
 
+    /// A new page-table address for a node of `size` bytes (a power of two
+    /// from 4 KiB), aligned to its size; `ENOMEM` when the window is full.
+    pub fn alloc_sized(size: u64) -> Result<u64, Errno> {
+        if size <= PT_PAGE_SIZE {
+            return Self::alloc();
+        }
+        {
+            let mut big = PT_FREE_BIG.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(i) = big.iter().position(|&(_, s)| s == size) {
+                return Ok(big.swap_remove(i).0);
+            }
+        }
+        let aligned = |next: u64| next.checked_next_multiple_of(size);
+        PT_NEXT
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |next| {
+                aligned(next)?.checked_add(size).filter(|&end| end <= PT_WINDOW_END)
+            })
+            .ok()
+            .and_then(aligned)
+            .ok_or(Errno::ENOMEM)
+    }
+
+    /// Return an address from [`alloc_sized`](Self::alloc_sized).
+    pub fn free_sized(pa: u64, size: u64) {
+        if size <= PT_PAGE_SIZE {
+            return Self::free(pa);
+        }
+        if Self::contains(pa) && pa & (size - 1) == 0 {
+            PT_FREE_BIG.lock().unwrap_or_else(|e| e.into_inner()).push((pa, size));
+        }
+    }
+
     /// Return an address from [`alloc`](Self::alloc). Addresses outside
     /// the window are ignored.
     pub fn free(pa: u64) {
@@ -183,31 +221,30 @@ thread_local! {
     static LIVE_NODES: core::cell::Cell<i64> = const { core::cell::Cell::new(0) };
 }
 
-/// One table node: the hardware-visible entries and the software links.
-struct Node {
-    entries: [AtomicU64; ENTRIES],
-    children: [OnceBox<Node>; ENTRIES],
+/// One table node of `N` entries: the hardware-visible entries and the
+/// software links.
+struct Node<const N: usize> {
+    entries: [AtomicU64; N],
+    children: [OnceBox<Node<N>>; N],
     pa: u64,
 }
 
-impl Node {
-    fn new() -> Result<Box<Node>, Errno> {
-        let pa = PtMemory::alloc()?;
+impl<const N: usize> Node<N> {
+    const BYTES: u64 = (N * 8) as u64;
+
+    fn new() -> Result<Box<Node<N>>, Errno> {
+        let pa = PtMemory::alloc_sized(Self::BYTES)?;
         #[cfg(test)]
         LIVE_NODES.with(|n| n.set(n.get() + 1));
-        Ok(Box::new(Node {
-            entries: [const { AtomicU64::new(0) }; ENTRIES],
-            children: [const { OnceBox::new() }; ENTRIES],
-            pa,
-        }))
+        Ok(Box::new(Node { entries: [const { AtomicU64::new(0) }; N], children: [const { OnceBox::new() }; N], pa }))
     }
 }
 
-impl Drop for Node {
+impl<const N: usize> Drop for Node<N> {
     fn drop(&mut self) {
         #[cfg(test)]
         LIVE_NODES.with(|n| n.set(n.get() - 1));
-        PtMemory::free(self.pa);
+        PtMemory::free_sized(self.pa, Self::BYTES);
     }
 }
 
@@ -236,28 +273,29 @@ pub enum Lookup {
 ///
 /// Dropping it frees every node (the ones attached but currently unlinked
 /// too) and returns their physical addresses to [`PtMemory`].
-pub struct PageTable<F: Format> {
-    root: Box<Node>,
+pub struct PageTable<F: Format, const N: usize = ENTRIES> {
+    root: Box<Node<N>>,
     /// Serialises [`split_leaf`](Self::split_leaf)s, the only writers of
     /// unlinked nodes.
     split: Mutex<()>,
     _format: PhantomData<fn() -> F>,
 }
 
-impl<F: Format> core::fmt::Debug for PageTable<F> {
+impl<F: Format, const N: usize> core::fmt::Debug for PageTable<F, N> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("PageTable").field("root_pa", &format_args!("{:#x}", self.root.pa)).finish_non_exhaustive()
     }
 }
 
-impl<F: Format> PageTable<F> {
+impl<F: Format, const N: usize> PageTable<F, N> {
     /// Compile-time checks of the format's geometry.
     const GEOMETRY_OK: () = {
-        assert!(F::INDEX_BITS == INDEX_BITS, "only 9 index bits per level are supported");
+        assert!(matches!(F::INDEX_BITS, 9 | 11 | 13), "9, 11 or 13 index bits per level");
+        assert!(N == 1 << F::INDEX_BITS, "nodes of 1 << INDEX_BITS entries");
         assert!(F::LEVELS >= 1 && F::LEVELS <= 6, "1 to 6 levels");
         assert!(F::LEAF_LEVELS & 1 == 1, "level 0 must hold leaves");
         assert!(F::LEAF_LEVELS >> F::LEVELS == 0, "leaf level above the top");
-        assert!(F::LEAF_SHIFT >= 1 && F::LEAF_SHIFT + INDEX_BITS * F::LEVELS <= 64, "IOVA wider than 64 bits");
+        assert!(F::LEAF_SHIFT >= 1 && F::LEAF_SHIFT + F::INDEX_BITS * F::LEVELS <= 64, "IOVA wider than 64 bits");
     };
 
     /// An empty table (just the top-level node).
@@ -279,7 +317,7 @@ impl<F: Format> PageTable<F> {
     /// log2 of the bytes one entry at `level` spans.
     #[inline]
     pub const fn level_shift(level: u32) -> u32 {
-        F::LEAF_SHIFT + INDEX_BITS * level
+        F::LEAF_SHIFT + F::INDEX_BITS * level
     }
 
     /// Bytes one entry at `level` spans (`level < LEVELS`).
@@ -310,7 +348,7 @@ impl<F: Format> PageTable<F> {
 
     /// The highest IOVA the table can address.
     pub const fn max_iova() -> u64 {
-        low_mask(F::LEAF_SHIFT + INDEX_BITS * F::LEVELS)
+        low_mask(F::LEAF_SHIFT + F::INDEX_BITS * F::LEVELS)
     }
 
     /// The level whose leaves are `pgsize` bytes, if the format has one.
@@ -319,8 +357,8 @@ impl<F: Format> PageTable<F> {
             return None;
         }
         let above = pgsize.trailing_zeros() - F::LEAF_SHIFT;
-        let level = above / INDEX_BITS;
-        if level * INDEX_BITS != above {
+        let level = above / F::INDEX_BITS;
+        if level * F::INDEX_BITS != above {
             return None;
         }
         if Self::leaf_level(level) {
@@ -332,7 +370,7 @@ impl<F: Format> PageTable<F> {
 
     #[inline]
     fn index(iova: u64, level: u32) -> usize {
-        ((iova >> Self::level_shift(level)) & INDEX_MASK) as usize
+        ((iova >> Self::level_shift(level)) as usize) & (N - 1)
     }
 
     #[inline]
@@ -474,7 +512,7 @@ impl<F: Format> PageTable<F> {
             let cur = iova + n * size;
             let node = self.node_for(cur, level).map_err(|e| (e, n * size))?;
             let first = Self::index(cur, level);
-            let run = ((ENTRIES - first) as u64).min(count - n) as usize;
+            let run = ((N - first) as u64).min(count - n) as usize;
             let slots = &node.entries[first..first + run];
             let mut i = 0usize;
             while i < run {
@@ -515,7 +553,7 @@ impl<F: Format> PageTable<F> {
     }
 
     /// Replace the leaf at `level` that maps `iova` by a table of
-    /// `ENTRIES` leaves one level down, entry `i` being `leaf(i, old)` for
+    /// `N` leaves one level down, entry `i` being `leaf(i, old)` for
     /// the old leaf `old` (what a model does to unmap or mark part of a
     /// large leaf it created for its own convenience). The new node is
     /// filled before it is linked, so readers see either the old leaf or the
@@ -570,7 +608,7 @@ impl<F: Format> PageTable<F> {
             }
             let Some(node) = self.node_for_existing(cur, level) else { break };
             let first = Self::index(cur, level);
-            let run = ((ENTRIES - first) as u64).min(count - n) as usize;
+            let run = ((N - first) as u64).min(count - n) as usize;
             let mut done = 0usize;
             for slot in &node.entries[first..first + run] {
                 let e = slot.load(Ordering::Acquire);
@@ -590,8 +628,8 @@ impl<F: Format> PageTable<F> {
 
     /// The node holding the level-`target` entry for `iova`, if the walk
     /// down to it exists (no allocation).
-    fn node_for_existing(&self, iova: u64, target: u32) -> Option<&Node> {
-        let mut node: &Node = &self.root;
+    fn node_for_existing(&self, iova: u64, target: u32) -> Option<&Node<N>> {
+        let mut node: &Node<N> = &self.root;
         let mut level = F::LEVELS - 1;
         while level > target {
             let idx = Self::index(iova, level);
@@ -607,8 +645,8 @@ impl<F: Format> PageTable<F> {
 
     /// The node holding the level-`target` entry for `iova`, creating and
     /// linking intermediate nodes on the way.
-    fn node_for(&self, iova: u64, target: u32) -> Result<&Node, Errno> {
-        let mut node: &Node = &self.root;
+    fn node_for(&self, iova: u64, target: u32) -> Result<&Node<N>, Errno> {
+        let mut node: &Node<N> = &self.root;
         let mut level = F::LEVELS - 1;
         while level > target {
             let idx = Self::index(iova, level);
@@ -638,7 +676,7 @@ impl<F: Format> PageTable<F> {
         Ok(node)
     }
 
-    fn install_leaf(node: &Node, idx: usize, level: u32, leaf: u64) -> Result<(), Errno> {
+    fn install_leaf(node: &Node<N>, idx: usize, level: u32, leaf: u64) -> Result<(), Errno> {
         let slot = &node.entries[idx];
         match slot.compare_exchange(0, leaf, Ordering::AcqRel, Ordering::Acquire) {
             Ok(_) => Ok(()),
@@ -661,7 +699,7 @@ impl<F: Format> PageTable<F> {
         }
     }
 
-    fn subtree_empty(node: &Node, level: u32) -> bool {
+    fn subtree_empty(node: &Node<N>, level: u32) -> bool {
         node.entries.iter().zip(node.children.iter()).all(|(slot, child)| {
             let entry = slot.load(Ordering::Acquire);
             if !F::is_present(entry) {
@@ -687,7 +725,7 @@ impl<F: Format> PageTable<F> {
     /// beyond the range on either side. `start..=last` must lie within the
     /// node's span.
     fn visit<B>(
-        node: &Node,
+        node: &Node<N>,
         level: u32,
         start: u64,
         last: u64,
@@ -760,7 +798,7 @@ impl<F: Format> PageTable<F> {
     /// contract), and hardware setting A/D bits in a leaf meanwhile must not
     /// keep it alive. At level 0 every slot in the range is cleared blindly:
     /// its leaves all lie inside and its empty slots stay empty.
-    fn clear_range(node: &Node, level: u32, start: u64, last: u64) -> ControlFlow<u64> {
+    fn clear_range(node: &Node<N>, level: u32, start: u64, last: u64) -> ControlFlow<u64> {
         let first = Self::index(start, level);
         let end = Self::index(last, level);
         if level == 0 {
@@ -797,7 +835,7 @@ impl<F: Format> PageTable<F> {
         if iova > Self::max_iova() {
             return Err(Lookup::OutOfRange);
         }
-        let mut node: &Node = &self.root;
+        let mut node: &Node<N> = &self.root;
         let mut level = F::LEVELS - 1;
         loop {
             let idx = Self::index(iova, level);
@@ -1215,6 +1253,61 @@ mod tests {
         assert_ne!(child.pa, pt.root_pa());
     }
 
+    /// The x86-like format with 16 KiB or 64 KiB nodes (Arm's larger
+    /// granules): 11 or 13 index bits per level.
+    struct Wide<const G: u32>;
+
+    impl<const G: u32> Format for Wide<G> {
+        const LEVELS: u32 = 3;
+        const INDEX_BITS: u32 = G - 3;
+        const LEAF_SHIFT: u32 = G;
+        const LEAF_LEVELS: u32 = 0b11;
+        fn make_leaf(paddr: u64, prot: Prot, level: u32) -> u64 {
+            X86ish::make_leaf(paddr, prot, level)
+        }
+        fn make_table(table_pa: u64) -> u64 {
+            X86ish::make_table(table_pa)
+        }
+        fn is_present(entry: u64) -> bool {
+            X86ish::is_present(entry)
+        }
+        fn is_leaf(entry: u64, level: u32) -> bool {
+            X86ish::is_leaf(entry, level)
+        }
+        fn leaf_paddr(entry: u64, level: u32) -> u64 {
+            entry & ADDR & !low_mask(G + (G - 3) * level)
+        }
+        fn leaf_prot(entry: u64) -> Prot {
+            X86ish::leaf_prot(entry)
+        }
+    }
+
+    #[test]
+    fn larger_nodes() {
+        fn check<const G: u32, const N: usize>() {
+            type T<const G: u32, const N: usize> = PageTable<Wide<G>, N>;
+            let (page, block) = (1u64 << G, 1u64 << (2 * G - 3));
+            assert_eq!(T::<G, N>::pgsize_bitmap(), page | block);
+            assert_eq!(T::<G, N>::level_size(2), 1 << (3 * G - 6));
+            let pt = T::<G, N>::new().unwrap();
+            assert_eq!(pt.root_pa() & (N as u64 * 8 - 1), 0, "a node is aligned to its size");
+            pt.map(block - page, 7 * block, page, 3, RW).unwrap();
+            pt.map(4 * block, 8 * block, block, 1, RW).unwrap();
+            let t = pt.translate(block + page + 5, Access::Write).unwrap();
+            assert_eq!((t.paddr, t.len), (7 * block + 2 * page + 5, page - 5));
+            assert_eq!(pt.walk(4 * block + 3).unwrap().1, 1);
+            assert_eq!(pt.translate(4 * block + block - 1, Access::Read).unwrap().paddr, 9 * block - 1);
+            // The table entry of the second level is the child's address.
+            let top = pt.root.entries[0].load(Ordering::Relaxed);
+            assert_eq!(top & ADDR, pt.root.children[0].get().unwrap().pa);
+            assert_eq!(pt.unmap(block - page, page, 3), 3 * page);
+            assert_eq!(pt.unmap(4 * block, block, 1), block);
+            assert!(pt.is_empty());
+        }
+        check::<14, 2048>();
+        check::<16, 8192>();
+    }
+
     #[test]
     fn pt_memory_recycles() {
         let a = PtMemory::alloc().unwrap();
@@ -1225,6 +1318,13 @@ mod tests {
         let b = PtMemory::alloc().unwrap();
         assert!(PtMemory::contains(b));
         PtMemory::free(b);
+        // 64 KiB nodes: aligned to 64 KiB, recycled by size.
+        let c = PtMemory::alloc_sized(64 << 10).unwrap();
+        assert!(PtMemory::contains(c) && c & 0xffff == 0);
+        PtMemory::free_sized(c, 64 << 10);
+        let d = PtMemory::alloc_sized(64 << 10).unwrap();
+        assert_eq!(d & 0xffff, 0);
+        PtMemory::free_sized(d, 64 << 10);
     }
 
     #[test]
