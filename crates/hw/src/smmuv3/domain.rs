@@ -45,8 +45,8 @@ use std::sync::{Arc, Mutex};
 
 use uiommufd_abi::Errno;
 
-use super::info::{feat, SmmuInfo, SZ_1G, SZ_2M, SZ_4K};
-use super::lpae::{desc, level_shift, level_size, split_child, LpaeTable};
+use super::info::{feat, SmmuInfo, SZ_16K, SZ_1G, SZ_2M, SZ_32M, SZ_4K, SZ_512M, SZ_64K};
+use super::lpae::{desc, split_child, table_entries, LpaeTable, QUIRK};
 use super::regs::oas_encoding;
 use super::ste::{cdf, stef};
 use super::tlb::Tlb;
@@ -136,6 +136,8 @@ pub struct DomainConfig {
     /// Output address bits (`pgtbl_cfg.oas`).
     pub oas: u32,
     pub pgsize_bitmap: u64,
+    /// log2 of the translation granule (12, 14 or 16).
+    pub granule_shift: u32,
     /// Levels of the table (as the model stores it).
     pub levels: u32,
     /// io-pgtable's `start_level` (after stage 2 concatenation).
@@ -176,10 +178,13 @@ impl DomainConfig {
     /// - stage 2: input and output the OAS, S2FWB for a nesting parent on an
     ///   SMMU with S2FWB; `EOPNOTSUPP` with `dirty` (the driver's switch
     ///   never lets it get here);
-    /// - the 4KB granule (the host's page size) with 2MB and 1GB blocks,
-    ///   address sizes capped at 48 bits. An SMMU without 4KB pages would
-    ///   get a 16KB or 64KB granule, which this model does not build
-    ///   (`EOPNOTSUPP`).
+    /// - the granule as `arm_lpae_restrict_pgsizes()` picks it for the
+    ///   host's 4KB pages: 4KB if the SMMU has it (with 2MB and 1GB blocks),
+    ///   else the smallest larger one (16KB with 32MB blocks, or 64KB with
+    ///   512MB blocks); address sizes capped at 48 bits (io-pgtable allows
+    ///   52 with 64KB; not modelled);
+    /// - stage 2 concatenates top-level tables where 7.3's
+    ///   `arm_lpae_concat_mandatory()` makes it mandatory.
     pub fn for_unit(info: &SmmuInfo, stage: Stage, dirty: bool, nest_parent: bool) -> Result<Self, Errno> {
         let (ias, oas, hd, fwb) = match stage {
             Stage::S1 => {
@@ -193,31 +198,59 @@ impl DomainConfig {
                 (info.oas, info.oas, false, info.s2fwb() && nest_parent)
             }
         };
-        if info.pgsize_bitmap & SZ_4K == 0 {
-            return Err(Errno::EOPNOTSUPP);
-        }
-        let pgsize_bitmap = info.pgsize_bitmap & (SZ_4K | SZ_2M | SZ_1G);
+        // arm_lpae_restrict_pgsizes() with PAGE_SIZE 4KB.
+        let g = if info.pgsize_bitmap & SZ_4K != 0 {
+            12
+        } else if info.pgsize_bitmap & SZ_16K != 0 {
+            14
+        } else if info.pgsize_bitmap & SZ_64K != 0 {
+            16
+        } else {
+            return Err(Errno::ENOMEM);
+        };
+        let sizes = match g {
+            12 => SZ_4K | SZ_2M | SZ_1G,
+            14 => SZ_16K | SZ_32M,
+            _ => SZ_64K | SZ_512M,
+        };
+        let pgsize_bitmap = info.pgsize_bitmap & sizes;
         let (ias, oas) = (ias.min(48), oas.min(48));
-        if ias <= 12 || oas_encoding(oas).is_none() {
+        if ias <= g || oas_encoding(oas).is_none() {
             // io-pgtable refuses the configuration: alloc_io_pgtable_ops()
             // returns NULL.
             return Err(Errno::ENOMEM);
         }
-        let va_bits = ias - 12;
-        let levels = va_bits.div_ceil(9);
+        // arm_lpae_alloc_pgtable().
+        let bits_per_level = g - 3;
+        let va_bits = ias - g;
+        let levels = va_bits.div_ceil(bits_per_level);
         let mut start_level = 4 - levels;
-        let mut pgd_bits = va_bits - 9 * (levels - 1);
-        if stage == Stage::S2 && start_level == 0 && (1u32 << pgd_bits) <= 16 {
-            // Concatenate up to 16 level 1 tables instead of a level 0 one.
-            pgd_bits += 9;
-            start_level = 1;
+        let mut pgd_bits = va_bits - bits_per_level * (levels - 1);
+        // arm_lpae_concat_mandatory().
+        let concat = match (g, start_level) {
+            (14, 0) => oas == 48 || ias == 48,
+            (12, 0) => oas == 40 || oas == 42,
+            (14, 1) => oas == 40,
+            _ => false,
+        };
+        if stage == Stage::S2 && concat {
+            pgd_bits += bits_per_level;
+            start_level += 1;
         }
+        // The engine's depth for the granule (enough for 48 bits; 3 levels
+        // of 4KB when they suffice).
+        let engine_levels = match g {
+            12 => levels.max(3),
+            14 => 4,
+            _ => 3,
+        };
         Ok(DomainConfig {
             stage,
             ias,
             oas,
             pgsize_bitmap,
-            levels: levels.max(3),
+            granule_shift: g,
+            levels: engine_levels,
             start_level,
             pgd_bits,
             coherent_walk: info.coherent(),
@@ -230,15 +263,22 @@ impl DomainConfig {
     /// The TCR (stage 1) or VTCR (stage 2) fields.
     pub fn tcr(&self) -> TcrFields {
         let (sh, rgn) = if self.coherent_walk { (cdf::SH_IS, cdf::RGN_WBWA) } else { (cdf::SH_OS, cdf::RGN_NC) };
-        // SL0 for a 4KB granule counts from level... `sl++` then `~sl & 3`.
-        let sl = if self.stage == Stage::S2 { !(u64::from(self.start_level) + 1) & 3 } else { 0 };
+        // SL0: `~start_level & 3`, the 4KB granule's counted from one
+        // level further (`sl++`).
+        let sl = u64::from(self.start_level) + u64::from(self.granule_shift == 12);
+        let sl = if self.stage == Stage::S2 { !sl & 3 } else { 0 };
+        let tg = match self.granule_shift {
+            12 => cdf::TG0_4K,
+            14 => cdf::TG0_16K,
+            _ => cdf::TG0_64K,
+        };
         TcrFields {
             tsz: 64 - u64::from(self.ias),
             sl,
             irgn: rgn,
             orgn: rgn,
             sh,
-            tg: cdf::TG0_4K,
+            tg,
             ps: u64::from(oas_encoding(self.oas).unwrap_or(5)),
         }
     }
@@ -286,11 +326,7 @@ impl SmmuDomain {
     /// A domain with `cfg` on SMMU instance `unit`, with its ASID or VMID
     /// and the SMMU's TLB.
     pub fn new(cfg: DomainConfig, unit: usize, id: IdLease, tlb: Arc<Tlb>) -> Result<Self, Errno> {
-        let quirk = match cfg.stage {
-            Stage::S1 => cfg.hd,
-            Stage::S2 => cfg.fwb,
-        };
-        let table = LpaeTable::new(cfg.stage == Stage::S2, cfg.levels, quirk)?;
+        let table = LpaeTable::new(cfg.stage == Stage::S2, cfg.granule_shift, cfg.levels)?;
         let last = (1u64 << cfg.ias) - 1;
         Ok(SmmuDomain { table, cfg, unit, id, tlb, enforce_cc: AtomicBool::new(false), last })
     }
@@ -411,7 +447,7 @@ impl SmmuDomain {
         if !prot.contains(needed) {
             return Err(Fault::Permission);
         }
-        let shift = level_shift(level);
+        let shift = self.shift(level);
         let offset = ipa & ((1u64 << shift) - 1);
         let paddr = (entry & desc::ADDR & !((1u64 << shift) - 1)) + offset;
         Ok((Translation { paddr, len: (1u64 << shift) - offset, prot }, shift))
@@ -423,12 +459,30 @@ impl SmmuDomain {
         if pgsize.count_ones() != 1 || pgsize & self.cfg.pgsize_bitmap == 0 {
             return None;
         }
-        Some((pgsize.trailing_zeros() - 12) / 9)
+        Some((pgsize.trailing_zeros() - self.cfg.granule_shift) / (self.cfg.granule_shift - 3))
+    }
+
+    /// log2 of the bytes an entry of `level` spans.
+    #[inline]
+    fn shift(&self, level: u32) -> u32 {
+        super::lpae::level_shift(self.cfg.granule_shift, level)
+    }
+
+    /// Bytes an entry of `level` spans.
+    #[inline]
+    fn size(&self, level: u32) -> u64 {
+        1u64 << self.shift(level)
+    }
+
+    /// Index of `iova` in a table of `level`.
+    #[inline]
+    fn index(&self, iova: u64, level: u32) -> u64 {
+        (iova >> self.shift(level)) & (table_entries(self.cfg.granule_shift) - 1)
     }
 
     /// Pages of `level` from `iova` to the end of the table holding it.
-    fn to_table_end(iova: u64, level: u32) -> u64 {
-        512 - ((iova >> level_shift(level)) & 511)
+    fn to_table_end(&self, iova: u64, level: u32) -> u64 {
+        table_entries(self.cfg.granule_shift) - self.index(iova, level)
     }
 
     /// The nesting-parent flush after a change of the parent's mappings.
@@ -441,7 +495,7 @@ impl SmmuDomain {
     /// One table's worth of a map (`__arm_lpae_map()` at the leaf level):
     /// `count` leaves of `level` from `iova`.
     fn map_chunk(&self, iova: u64, paddr: u64, level: u32, count: u64, prot: Prot) -> Result<(), Errno> {
-        let size = level_size(level);
+        let size = self.size(level);
         if level > 0 {
             // arm_lpae_init_pte(): a leaf already there (at this level or
             // above) is EEXIST before anything is written; a table is
@@ -513,6 +567,12 @@ impl Domain for SmmuDomain {
         if (iova | paddr) & (pgsize - 1) != 0 {
             return Err((Errno::EINVAL, 0));
         }
+        // The table's quirk, as io-pgtable's configuration applies it.
+        let quirk = match self.cfg.stage {
+            Stage::S1 => self.cfg.hd,
+            Stage::S2 => self.cfg.fwb,
+        };
+        let prot = if quirk { prot | QUIRK } else { Prot(prot.0 & !QUIRK.0) };
         let mut done = 0u64;
         while done < pgcount {
             let (cur, pcur) = (iova.wrapping_add(done * pgsize), paddr.wrapping_add(done * pgsize));
@@ -522,7 +582,7 @@ impl Domain for SmmuDomain {
             if !prot.contains(Prot::READ) && !prot.contains(Prot::WRITE) {
                 return Err((Errno::EINVAL, done * pgsize));
             }
-            let n = Self::to_table_end(cur, level).min(pgcount - done);
+            let n = self.to_table_end(cur, level).min(pgcount - done);
             self.map_chunk(cur, pcur, level, n, prot).map_err(|e| (e, done * pgsize))?;
             done += n;
         }
@@ -546,7 +606,7 @@ impl Domain for SmmuDomain {
             if cur >> self.cfg.ias != 0 || cur < iova {
                 break;
             }
-            let run = Self::to_table_end(cur, target).min(pgcount - done);
+            let run = self.to_table_end(cur, target).min(pgcount - done);
             match self.table.lookup(cur) {
                 Lookup::OutOfRange => break,
                 Lookup::Hole { level } if level >= target => break,
@@ -554,13 +614,14 @@ impl Domain for SmmuDomain {
                     // Split one level down; at the target level, leave the
                     // run's slots empty.
                     let child = level - 1;
-                    let first = ((cur >> level_shift(child)) & 511) as usize;
-                    let n = if child == target { (512 - first as u64).min(pgcount - done) as usize } else { 0 };
+                    let first = self.index(cur, child) as usize;
+                    let entries = table_entries(self.cfg.granule_shift);
+                    let n = if child == target { (entries - first as u64).min(pgcount - done) as usize } else { 0 };
                     let split = self.table.split_leaf(cur, level, |i, old| {
                         if i >= first && i < first + n {
                             0
                         } else {
-                            split_child(old, child, i)
+                            split_child(self.cfg.granule_shift, old, child, i)
                         }
                     });
                     match split {
@@ -603,7 +664,7 @@ impl Domain for SmmuDomain {
             return None;
         }
         let (entry, level) = self.table.walk(iova)?;
-        let size = level_size(level);
+        let size = self.size(level);
         Some((entry & desc::ADDR & !(size - 1)) | (iova & (size - 1)))
     }
 
@@ -672,7 +733,7 @@ impl DirtyOps for SmmuDomain {
                     .set_leaf_bits(cur, desc::AP_RDONLY)
                     .is_some_and(|(old, _)| old & (desc::AP_RDONLY | desc::DBM) == desc::DBM);
             }
-            let size = level_size(level);
+            let size = self.size(level);
             if dirty {
                 if let Some(r) = record.as_mut() {
                     r(cur, size);
@@ -755,12 +816,28 @@ mod tests {
         assert_eq!((c.ias, c.oas, c.levels, c.start_level, c.pgd_bits), (36, 36, 3, 1, 6));
         let c = DomainConfig::for_unit(&i36, Stage::S1, false, false).unwrap();
         assert_eq!((c.ias, c.oas), (48, 36));
-        // 64KB-only SMMU: not modelled.
+        // 64KB-only SMMU: the 64KB granule, 64KB pages and 512MB blocks, 3
+        // levels (6 + 13 + 13 bits over 16) from level 1; TG0 0b01.
         let r = SmmuRegs::builder().granules(false, false, true).build();
-        assert_eq!(
-            DomainConfig::for_unit(&SmmuInfo::from_regs(r).unwrap(), Stage::S1, false, false),
-            Err(Errno::EOPNOTSUPP)
-        );
+        let c = DomainConfig::for_unit(&SmmuInfo::from_regs(r).unwrap(), Stage::S1, false, false).unwrap();
+        assert_eq!((c.granule_shift, c.levels, c.start_level, c.pgd_bits), (16, 3, 1, 6));
+        assert_eq!((c.pgsize_bitmap, c.tcr().tg), (SZ_64K | SZ_512M, cdf::TG0_64K));
+        let c = DomainConfig::for_unit(&SmmuInfo::from_regs(r).unwrap(), Stage::S2, false, false).unwrap();
+        // VTCR SL0 for a 64KB start at level 1: ~1 & 3 = 2.
+        assert_eq!((c.start_level, c.tcr().sl), (1, 2));
+        // 16KB-only: 16KB pages, 32MB blocks; a 48-bit stage 2 starts at
+        // level 0 with a 1-bit table, which 7.3 must concatenate: two level
+        // 1 tables (pgd 12 bits), SL0 ~1 & 3 = 2, TG 0b10.
+        let r = SmmuRegs::builder().granules(false, true, false).build();
+        let i16 = SmmuInfo::from_regs(r).unwrap();
+        let c = DomainConfig::for_unit(&i16, Stage::S2, false, false).unwrap();
+        assert_eq!((c.granule_shift, c.levels, c.start_level, c.pgd_bits), (14, 4, 1, 12));
+        assert_eq!((c.pgsize_bitmap, c.tcr().sl, c.tcr().tg), (SZ_16K | SZ_32M, 2, cdf::TG0_16K));
+        // ... while a stage 1 keeps its level 0 (no concatenation at stage 1).
+        let c = DomainConfig::for_unit(&i16, Stage::S1, false, false).unwrap();
+        assert_eq!((c.start_level, c.pgd_bits), (0, 1));
+        // 4KB and 64KB: the host's 4KB is picked.
+        assert_eq!(DomainConfig::for_unit(&i, Stage::S1, false, false).unwrap().granule_shift, 12);
         // Non-coherent walks: outer shareable, non-cacheable.
         let r = SmmuRegs::builder().coherent(false).build();
         let c = DomainConfig::for_unit(&SmmuInfo::from_regs(r).unwrap(), Stage::S1, false, false).unwrap();
@@ -966,79 +1043,84 @@ mod tests {
         assert!(d.enforce_cache_coherency());
     }
 
-    // ---- property test against a reference model ----
+    // ---- property test against a reference model, for every granule ----
 
+    /// Operations in units of the granule: `big` picks the first block size
+    /// (2MB, 32MB, 512MB) over the page; slots fall in a window of four
+    /// blocks so operations collide.
     #[derive(Clone, Debug)]
     enum Op {
-        Map { iova: u64, paddr: u64, size: u64, count: u64, write: bool },
-        Unmap { iova: u64, size: u64, count: u64 },
-        Translate { iova: u64, write: bool },
+        Map { slot: u64, pslot: u64, big: bool, count: u64, write: bool },
+        Unmap { slot: u64, big: bool, count: u64 },
+        Translate { at: u64, write: bool },
     }
 
-    /// IOVAs in an 8MB window (4 blocks) so operations collide.
     fn op() -> impl Strategy<Value = Op> {
-        let size = prop_oneof![4 => Just(K4), 1 => Just(M2)];
+        let big = prop_oneof![4 => Just(false), 1 => Just(true)];
         prop_oneof![
-            (size.clone(), 0u64..2048, 0u64..512, 1u64..24, any::<bool>()).prop_map(
-                |(size, slot, pslot, count, write)| {
-                    let count = if size == M2 { count % 2 + 1 } else { count };
-                    let slot = slot % ((8 << 20) / size);
-                    Op::Map { iova: slot * size, paddr: (pslot + 1) * size, size, count, write }
-                }
-            ),
-            (size, 0u64..2048, 1u64..40).prop_map(|(size, slot, count)| {
-                let count = if size == M2 { count % 2 + 1 } else { count };
-                Op::Unmap { iova: (slot % ((8 << 20) / size)) * size, size, count }
-            }),
-            (0u64..(8 << 20), any::<bool>()).prop_map(|(iova, write)| Op::Translate { iova, write }),
+            (big.clone(), any::<u64>(), 0u64..512, 1u64..24, any::<bool>())
+                .prop_map(|(big, slot, pslot, count, write)| Op::Map { slot, pslot, big, count, write }),
+            (big, any::<u64>(), 1u64..40).prop_map(|(big, slot, count)| Op::Unmap { slot, big, count }),
+            (any::<u64>(), any::<bool>()).prop_map(|(at, write)| Op::Translate { at, write }),
         ]
     }
 
-    /// The reference: 4KB pages, IOVA page -> (paddr page, writable); and
-    /// what each 2MB slot holds: a block (`true`) or a table (`false`,
+    /// The reference: pages, IOVA page -> (paddr page, writable); and what
+    /// each block slot holds: a block (`true`) or a table (`false`,
     /// possibly empty: the model keeps tables an unmap emptied).
-    #[derive(Default)]
     struct Model {
+        page: u64,
+        block: u64,
+        entries: u64,
         pages: BTreeMap<u64, (u64, bool)>,
         blocks: BTreeMap<u64, bool>,
     }
 
     impl Model {
-        fn block_of(i: u64) -> u64 {
-            i & !(M2 - 1)
+        fn new(g: u32) -> Self {
+            let entries = 1u64 << (g - 3);
+            Model { page: 1 << g, block: (1 << g) * entries, entries, pages: BTreeMap::new(), blocks: BTreeMap::new() }
+        }
+        fn block_of(&self, i: u64) -> u64 {
+            i & !(self.block - 1)
+        }
+        fn to_table_end(&self, cur: u64) -> u64 {
+            self.entries - ((cur / self.page) & (self.entries - 1))
         }
         fn map(&mut self, iova: u64, paddr: u64, size: u64, count: u64, w: bool) -> Result<(), (Errno, u64)> {
             let mut done = 0;
             while done < count {
                 let cur = iova + done * size;
-                // A call covers the rest of one table (the 8MB window is
-                // inside one table of 2MB slots).
-                let run = if size == K4 { (512 - ((cur >> 12) & 511)).min(count - done) } else { count - done };
+                // A call covers the rest of one table (the window is inside
+                // one table of blocks).
+                let run = if size == self.page { self.to_table_end(cur).min(count - done) } else { count - done };
                 // Leaf check over the run first; a block wipes the table
                 // it replaces as the check goes.
                 for n in 0..run {
                     let c = cur + n * size;
-                    let b = Self::block_of(c);
+                    let b = self.block_of(c);
                     if self.blocks.get(&b) == Some(&true) {
                         return Err((Errno::EEXIST, done * size));
                     }
-                    if size == K4 && self.pages.contains_key(&c) {
+                    if size == self.page && self.pages.contains_key(&c) {
                         return Err((Errno::EEXIST, done * size));
                     }
-                    if size == M2 {
-                        self.pages.retain(|&k, _| Self::block_of(k) != c);
+                    if size == self.block {
+                        let block = self.block;
+                        self.pages.retain(|&k, _| k & !(block - 1) != c);
                     }
                 }
                 for n in 0..run {
                     let c = cur + n * size;
                     let p = paddr + (done + n) * size;
-                    if size == M2 {
+                    if size == self.block {
                         self.blocks.insert(c, true);
-                        for q in 0..512 {
-                            self.pages.insert(c + q * K4, (p + q * K4, w));
+                        for q in 0..self.entries {
+                            self.pages.insert(c + q * self.page, (p + q * self.page, w));
                         }
                     } else {
-                        self.blocks.entry(Self::block_of(c)).or_insert(false);
+                        let b = self.block_of(c);
+                        self.blocks.entry(b).or_insert(false);
                         self.pages.insert(c, (p, w));
                     }
                 }
@@ -1050,20 +1132,21 @@ mod tests {
             let mut done = 0;
             while done < count {
                 let cur = iova + done * size;
-                let b = Self::block_of(cur);
+                let b = self.block_of(cur);
                 match self.blocks.get(&b).copied() {
                     None => break,
-                    Some(true) if size == K4 => {
+                    Some(true) if size == self.page => {
                         // Split, then clear the run to the table's end.
                         self.blocks.insert(b, false);
-                        let run = (512 - ((cur >> 12) & 511)).min(count - done);
+                        let run = self.to_table_end(cur).min(count - done);
                         for n in 0..run {
-                            self.pages.remove(&(cur + n * K4));
+                            self.pages.remove(&(cur + n * self.page));
                         }
                         done += run;
                     }
-                    Some(block) if size == M2 => {
-                        self.pages.retain(|&k, _| Self::block_of(k) != b);
+                    Some(block) if size == self.block => {
+                        let bs = self.block;
+                        self.pages.retain(|&k, _| k & !(bs - 1) != b);
                         if block {
                             self.blocks.remove(&b);
                         }
@@ -1081,32 +1164,53 @@ mod tests {
         }
     }
 
+    /// A domain of `stage` with a `2^g` granule (an SMMU with that one).
+    fn domain_with_granule(stage: Stage, g: u32) -> SmmuDomain {
+        let r = SmmuRegs::builder().granules(g == 12, g == 14, g == 16).build();
+        let cfg = DomainConfig::for_unit(&SmmuInfo::from_regs(r).unwrap(), stage, false, false).unwrap();
+        assert_eq!(cfg.granule_shift, g);
+        let pool = IdPool::new(1, 255, Errno::ENOSPC);
+        SmmuDomain::new(cfg, 0, pool.alloc().unwrap(), Arc::new(Tlb::new())).unwrap()
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
         #[test]
-        fn domain_matches_reference(ops in proptest::collection::vec(op(), 1..50), s2 in any::<bool>()) {
-            let d = domain(if s2 { Stage::S2 } else { Stage::S1 }, false, false);
-            let mut m = Model::default();
+        fn domain_matches_reference(
+            ops in proptest::collection::vec(op(), 1..50),
+            s2 in any::<bool>(),
+            g in prop_oneof![Just(12u32), Just(14u32), Just(16u32)],
+        ) {
+            let d = domain_with_granule(if s2 { Stage::S2 } else { Stage::S1 }, g);
+            let mut m = Model::new(g);
+            let window = 4 * m.block;
             for op in &ops {
                 match *op {
-                    Op::Map { iova, paddr, size, count, write } => {
+                    Op::Map { slot, pslot, big, count, write } => {
+                        let size = if big { m.block } else { m.page };
+                        let count = if big { count % 2 + 1 } else { count };
+                        let (iova, paddr) = ((slot % (window / size)) * size, (pslot + 1) * size);
                         let prot = if write { RWC } else { Prot::READ | Prot::CACHE };
                         let got = d.map_pages(iova, paddr, size, count, prot);
                         let want = m.map(iova, paddr, size, count, write);
                         prop_assert_eq!(got, want, "{:?}", op);
                     }
-                    Op::Unmap { iova, size, count } => {
+                    Op::Unmap { slot, big, count } => {
+                        let size = if big { m.block } else { m.page };
+                        let count = if big { count % 2 + 1 } else { count };
+                        let iova = (slot % (window / size)) * size;
                         let got = d.unmap_pages(iova, size, count);
                         let want = m.unmap(iova, size, count);
                         prop_assert_eq!(got, want, "{:?}", op);
                     }
-                    Op::Translate { iova, write } => {
+                    Op::Translate { at, write } => {
+                        let iova = at % window;
                         let access = if write { Access::Write } else { Access::Read };
                         let got = d.translate(iova, access).map(|t| t.paddr);
-                        let want = match m.pages.get(&(iova & !(K4 - 1))) {
+                        let want = match m.pages.get(&(iova & !(m.page - 1))) {
                             None => Err(Fault::NotPresent),
                             Some(&(_, false)) if write => Err(Fault::Permission),
-                            Some(&(p, _)) => Ok(p + (iova & (K4 - 1))),
+                            Some(&(p, _)) => Ok(p + (iova & (m.page - 1))),
                         };
                         prop_assert_eq!(got, want, "{:?}", op);
                     }
@@ -1114,10 +1218,10 @@ mod tests {
             }
             // Every leaf is the io-pgtable encoding of its page.
             let mut n = 0u64;
-            d.table().for_each_leaf(0, 16 << 20, |i, level, e| {
-                let size = level_size(level);
-                for q in 0..size / K4 {
-                    let (p, w) = m.pages[&(i + q * K4)];
+            d.table().for_each_leaf(0, 2 * window, |i, level, e| {
+                let size = m.page << ((g - 3) * level);
+                for q in 0..size / m.page {
+                    let (p, w) = m.pages[&(i + q * m.page)];
                     let prot = if w { RWC } else { Prot::READ | Prot::CACHE };
                     let ty = if level == 0 { 0b11 } else { 0b01 };
                     if q == 0 {

@@ -4,21 +4,25 @@
 //! stage 1 (`ARM_64_LPAE_S1`) and stage 2 (`ARM_64_LPAE_S2`) tables, on the
 //! generic [`pt`](crate::pt) engine.
 //!
-//! Model: the 4KB granule only (the host's page size; see below), tables of
-//! 512 descriptors, levels numbered both ways:
-//! - the engine counts up from the leaves: engine level 0 holds 4KB pages,
-//!   1 holds 2MB blocks, 2 holds 1GB blocks, 3 is the top of a 4-level
-//!   table;
+//! Model: the three granules, on the generic engine with nodes of the
+//! granule's size (512, 2048 or 8192 descriptors), levels numbered both
+//! ways:
+//! - the engine counts up from the leaves: engine level 0 holds pages
+//!   (4KB, 16KB, 64KB), 1 the first blocks (2MB, 32MB, 512MB), 2 the 1GB
+//!   blocks of the 4KB granule, and so on up to the top;
 //! - the architecture and io-pgtable count down from the root: lookup
-//!   level 3 is the page level, 2 the 2MB level, 1 the 1GB level, 0 the
-//!   top. `arm_level = 3 - engine_level`.
+//!   level 3 is the page level. `arm_level = 3 - engine_level`.
 //!
-//! Descriptor (D8.3.1): bit 0 valid; bit 1 is the type at levels 0..2
-//! (1 table, 0 block) and must be 1 in a page (level 3) descriptor; the
-//! output address is bits 47:12 (47:21 for a 2MB block, 47:30 for a 1GB
-//! block); lower attributes 11:2, upper attributes 63:50.
+//! Descriptor (D8.3.1, D8.3.2): bit 0 valid; bit 1 is the type at levels
+//! 0..2 (1 table, 0 block) and must be 1 in a page (level 3) descriptor;
+//! the output address is bits 47:G for a `2^G` granule (47:21 for a 2MB
+//! block, 47:25 for a 32MB one, 47:29 for a 512MB one); lower attributes
+//! 11:2, upper attributes 63:50. 52-bit output addresses (bits 15:12 of a
+//! 64KB descriptor, or 9:8 with DS) are not modelled: io-pgtable's output
+//! size is capped at 48 bits here.
 //!
-//! Attributes written, exactly as `arm_lpae_prot_to_pte()` (mainline):
+//! Attributes written, exactly as `arm_lpae_prot_to_pte()` (Linux 7.3),
+//! the same for every granule:
 //! - stage 1: nG always; AP[2] (read-only) for read-only mappings, or DBM
 //!   for writable ones when the domain tracks dirty state (HD quirk: the
 //!   page starts *writable-dirty*, AP[2]=0 DBM=1); AP[1] (EL0 access)
@@ -148,36 +152,52 @@ pub mod mair {
     }
 }
 
-/// Shift of an engine level's leaves (4KB granule).
-pub const fn level_shift(engine_level: u32) -> u32 {
-    12 + 9 * engine_level
+/// log2 of the bytes an entry at `engine_level` spans with a `2^g`-byte
+/// granule (12, 14 or 16): `g + (g - 3) * level`.
+pub const fn level_shift(g: u32, engine_level: u32) -> u32 {
+    g + (g - 3) * engine_level
 }
 
-/// Bytes an entry at `engine_level` spans.
-pub const fn level_size(engine_level: u32) -> u64 {
-    1u64 << level_shift(engine_level)
+/// Bytes an entry at `engine_level` spans with a `2^g` granule.
+pub const fn level_size(g: u32, engine_level: u32) -> u64 {
+    1u64 << level_shift(g, engine_level)
 }
 
-/// A stage 1 (`S2 == false`) or stage 2 (`S2 == true`) table of `L`
-/// levels; `QUIRK` is the HD quirk at stage 1 (DBM on writable leaves) and
-/// the S2FWB quirk at stage 2 (forced write-back MemAttr).
-pub struct LpaeFormat<const S2: bool, const L: u32, const QUIRK: bool>;
+/// Entries of one table with a `2^g` granule.
+pub const fn table_entries(g: u32) -> u64 {
+    1 << (g - 3)
+}
 
-impl<const S2: bool, const L: u32, const QUIRK: bool> LpaeFormat<S2, L, QUIRK> {
-    /// `arm_lpae_prot_to_pte()` for this stage and quirk, without the type
-    /// bits and address.
+/// A model-private bit of [`Prot`] asking for the table's quirk on a map:
+/// HD at stage 1 (DBM on writable leaves, `IO_PGTABLE_QUIRK_ARM_HD`),
+/// S2FWB at stage 2 (forced write-back, `IO_PGTABLE_QUIRK_ARM_S2FWB`). The
+/// domain sets it on every map of a domain allocated with the quirk, as
+/// io-pgtable's configuration would; it never reaches an entry.
+pub const QUIRK: Prot = Prot(1 << 31);
+
+/// A stage 1 (`S2 == false`) or stage 2 (`S2 == true`) table of `L` engine
+/// levels with a `2^G`-byte granule (12, 14 or 16): nodes of `2^(G-3)`
+/// descriptors; pages and blocks as VMSAv8-64 allows them with 48-bit
+/// output addresses (D8.3.1: 4KB granule: 4KB pages, 2MB and 1GB blocks;
+/// 16KB: 16KB pages and 32MB blocks; 64KB: 64KB pages and 512MB blocks).
+pub struct LpaeFormat<const S2: bool, const L: u32, const G: u32>;
+
+impl<const S2: bool, const L: u32, const G: u32> LpaeFormat<S2, L, G> {
+    /// `arm_lpae_prot_to_pte()` for this stage (the quirk when `prot` has
+    /// [`QUIRK`]), without the type bits and address.
     pub const fn prot_to_pte(prot: Prot) -> u64 {
         let p = prot.0;
         let read = p & Prot::READ.0 != 0;
         let write = p & Prot::WRITE.0 != 0;
         let cache = p & Prot::CACHE.0 != 0;
         let mmio = p & Prot::MMIO.0 != 0;
+        let quirk = p & QUIRK.0 != 0;
         let mut pte;
         if !S2 {
             pte = desc::NG;
             if !write && read {
                 pte |= desc::AP_RDONLY;
-            } else if QUIRK {
+            } else if quirk {
                 pte |= desc::DBM;
             }
             if p & Prot::PRIV.0 == 0 {
@@ -199,7 +219,7 @@ impl<const S2: bool, const L: u32, const QUIRK: bool> LpaeFormat<S2, L, QUIRK> {
             let attr = if mmio {
                 memattr::DEV
             } else if cache {
-                if QUIRK {
+                if quirk {
                     memattr::FWB_WB
                 } else {
                     memattr::OIWB
@@ -215,27 +235,31 @@ impl<const S2: bool, const L: u32, const QUIRK: bool> LpaeFormat<S2, L, QUIRK> {
         }
         pte | desc::AF
     }
+
+    /// The output address bits of a descriptor: 47:G.
+    const OA: u64 = desc::ADDR & !((1u64 << G) - 1);
 }
 
-impl<const S2: bool, const L: u32, const QUIRK: bool> Format for LpaeFormat<S2, L, QUIRK> {
+impl<const S2: bool, const L: u32, const G: u32> Format for LpaeFormat<S2, L, G> {
     const LEVELS: u32 = L;
-    const LEAF_SHIFT: u32 = 12;
-    /// Pages and 2MB / 1GB blocks (no level 0 blocks with a 4KB granule
-    /// and 48-bit output addresses).
-    const LEAF_LEVELS: u32 = 0b111;
+    const INDEX_BITS: u32 = G - 3;
+    const LEAF_SHIFT: u32 = G;
+    /// Pages and the blocks of the granule (no level 0 blocks, and no
+    /// 4TB / 64GB blocks that need 52-bit output addresses).
+    const LEAF_LEVELS: u32 = if G == 12 { 0b111 } else { 0b11 };
 
     /// `__arm_lpae_init_pte()`: the attributes, the type (page at level 3,
     /// block above) and the address.
     #[inline]
     fn make_leaf(paddr: u64, prot: Prot, level: u32) -> u64 {
         let ty = if level == 0 { desc::TYPE_TABLE } else { desc::TYPE_BLOCK };
-        Self::prot_to_pte(prot) | ty | (paddr & desc::ADDR)
+        Self::prot_to_pte(prot) | ty | (paddr & Self::OA)
     }
 
     /// `arm_lpae_install_table()`: address and type.
     #[inline]
     fn make_table(table_pa: u64) -> u64 {
-        (table_pa & desc::ADDR) | desc::TYPE_TABLE
+        (table_pa & Self::OA) | desc::TYPE_TABLE
     }
 
     #[inline]
@@ -251,7 +275,7 @@ impl<const S2: bool, const L: u32, const QUIRK: bool> Format for LpaeFormat<S2, 
 
     #[inline]
     fn leaf_paddr(entry: u64, level: u32) -> u64 {
-        entry & desc::ADDR & !(level_size(level) - 1)
+        entry & Self::OA & !(level_size(G, level) - 1)
     }
 
     /// What the leaf grants a DMA request, which is unprivileged (EL0:
@@ -263,104 +287,114 @@ impl<const S2: bool, const L: u32, const QUIRK: bool> Format for LpaeFormat<S2, 
     /// write-back MemAttr, `MMIO` for Device.
     #[inline]
     fn leaf_prot(entry: u64) -> Prot {
-        let mut p = 0;
-        if !S2 {
-            if entry & desc::AP_UNPRIV == 0 {
-                p |= Prot::PRIV.0;
-            } else {
-                p |= Prot::READ.0;
-                if entry & desc::AP_RDONLY == 0 || entry & desc::DBM != 0 {
-                    p |= Prot::WRITE.0;
-                }
-            }
-            match (entry & desc::ATTRINDX_MASK) >> desc::ATTRINDX_SHIFT {
-                mair::IDX_CACHE => p |= Prot::CACHE.0,
-                mair::IDX_DEV => p |= Prot::MMIO.0,
-                _ => {}
-            }
-        } else {
-            if entry & desc::S2AP_R != 0 {
-                p |= Prot::READ.0;
-            }
-            if entry & desc::S2AP_W != 0 {
-                p |= Prot::WRITE.0;
-            }
-            match (entry & desc::MEMATTR_MASK) >> desc::MEMATTR_SHIFT {
-                memattr::OIWB | memattr::FWB_WB => p |= Prot::CACHE.0,
-                memattr::DEV => p |= Prot::MMIO.0,
-                _ => {}
-            }
-        }
-        if entry & desc::XN != 0 {
-            p |= Prot::NOEXEC.0;
-        }
-        Prot(p)
+        leaf_prot::<S2>(entry)
     }
 }
 
-/// The child of a block split: `iopte_prot()` of the block, the type of
-/// the level below and the child's address (`arm_lpae_split_blk_unmap()`).
-pub const fn split_child(block: u64, child_engine_level: u32, index: usize) -> u64 {
-    let base = block & desc::ADDR & !(level_size(child_engine_level + 1) - 1);
-    let ty = if child_engine_level == 0 { desc::TYPE_TABLE } else { desc::TYPE_BLOCK };
-    (block & desc::ATTR_MASK) | ty | (base + (index as u64) * level_size(child_engine_level))
+/// [`Format::leaf_prot`] of the LPAE formats (independent of the granule).
+#[inline]
+pub fn leaf_prot<const S2: bool>(entry: u64) -> Prot {
+    let mut p = 0;
+    if !S2 {
+        if entry & desc::AP_UNPRIV == 0 {
+            p |= Prot::PRIV.0;
+        } else {
+            p |= Prot::READ.0;
+            if entry & desc::AP_RDONLY == 0 || entry & desc::DBM != 0 {
+                p |= Prot::WRITE.0;
+            }
+        }
+        match (entry & desc::ATTRINDX_MASK) >> desc::ATTRINDX_SHIFT {
+            mair::IDX_CACHE => p |= Prot::CACHE.0,
+            mair::IDX_DEV => p |= Prot::MMIO.0,
+            _ => {}
+        }
+    } else {
+        if entry & desc::S2AP_R != 0 {
+            p |= Prot::READ.0;
+        }
+        if entry & desc::S2AP_W != 0 {
+            p |= Prot::WRITE.0;
+        }
+        match (entry & desc::MEMATTR_MASK) >> desc::MEMATTR_SHIFT {
+            memattr::OIWB | memattr::FWB_WB => p |= Prot::CACHE.0,
+            memattr::DEV => p |= Prot::MMIO.0,
+            _ => {}
+        }
+    }
+    if entry & desc::XN != 0 {
+        p |= Prot::NOEXEC.0;
+    }
+    Prot(p)
 }
 
-type S1L3 = PageTable<LpaeFormat<false, 3, false>>;
-type S1L4 = PageTable<LpaeFormat<false, 4, false>>;
-type S1L3Hd = PageTable<LpaeFormat<false, 3, true>>;
-type S1L4Hd = PageTable<LpaeFormat<false, 4, true>>;
-type S2L3 = PageTable<LpaeFormat<true, 3, false>>;
-type S2L4 = PageTable<LpaeFormat<true, 4, false>>;
-type S2L3Fwb = PageTable<LpaeFormat<true, 3, true>>;
-type S2L4Fwb = PageTable<LpaeFormat<true, 4, true>>;
+/// The child of a block split with a `2^g` granule: `iopte_prot()` of the
+/// block, the type of the level below and the child's address
+/// (`arm_lpae_split_blk_unmap()`).
+pub const fn split_child(g: u32, block: u64, child_engine_level: u32, index: usize) -> u64 {
+    let oa = desc::ADDR & !((1u64 << g) - 1);
+    let base = block & oa & !(level_size(g, child_engine_level + 1) - 1);
+    let ty = if child_engine_level == 0 { desc::TYPE_TABLE } else { desc::TYPE_BLOCK };
+    (block & desc::ATTR_MASK) | ty | (base + (index as u64) * level_size(g, child_engine_level))
+}
 
-/// A host-owned LPAE table of one of the supported shapes.
+type T<const S2: bool, const L: u32, const G: u32, const N: usize> = PageTable<LpaeFormat<S2, L, G>, N>;
+
+/// A host-owned LPAE table of one of the supported shapes: stage, granule
+/// and depth (4KB: 3 or 4 levels; 16KB: 4; 64KB: 3, enough for 48-bit
+/// inputs; a shallower configuration uses the low entries of the top).
 pub enum LpaeTable {
-    S1L3(S1L3),
-    S1L4(S1L4),
-    S1L3Hd(S1L3Hd),
-    S1L4Hd(S1L4Hd),
-    S2L3(S2L3),
-    S2L4(S2L4),
-    S2L3Fwb(S2L3Fwb),
-    S2L4Fwb(S2L4Fwb),
+    S1G4L3(T<false, 3, 12, 512>),
+    S1G4L4(T<false, 4, 12, 512>),
+    S1G16(T<false, 4, 14, 2048>),
+    S1G64(T<false, 3, 16, 8192>),
+    S2G4L3(T<true, 3, 12, 512>),
+    S2G4L4(T<true, 4, 12, 512>),
+    S2G16(T<true, 4, 14, 2048>),
+    S2G64(T<true, 3, 16, 8192>),
 }
 
 impl core::fmt::Debug for LpaeTable {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        write!(f, "LpaeTable(stage {}, {} levels, root {:#x})", self.stage(), self.levels(), self.root_pa())
+        write!(
+            f,
+            "LpaeTable(stage {}, {}KB granule, {} levels, root {:#x})",
+            self.stage(),
+            1 << (self.granule_shift() - 10),
+            self.levels(),
+            self.root_pa()
+        )
     }
 }
 
 macro_rules! on_table {
     ($t:expr, |$pt:ident| $body:expr) => {
         match $t {
-            LpaeTable::S1L3($pt) => $body,
-            LpaeTable::S1L4($pt) => $body,
-            LpaeTable::S1L3Hd($pt) => $body,
-            LpaeTable::S1L4Hd($pt) => $body,
-            LpaeTable::S2L3($pt) => $body,
-            LpaeTable::S2L4($pt) => $body,
-            LpaeTable::S2L3Fwb($pt) => $body,
-            LpaeTable::S2L4Fwb($pt) => $body,
+            LpaeTable::S1G4L3($pt) => $body,
+            LpaeTable::S1G4L4($pt) => $body,
+            LpaeTable::S1G16($pt) => $body,
+            LpaeTable::S1G64($pt) => $body,
+            LpaeTable::S2G4L3($pt) => $body,
+            LpaeTable::S2G4L4($pt) => $body,
+            LpaeTable::S2G16($pt) => $body,
+            LpaeTable::S2G64($pt) => $body,
         }
     };
 }
 
 impl LpaeTable {
-    /// An empty table: stage 1 or 2, 3 or 4 levels, with the stage's quirk
-    /// (HD / S2FWB). `EINVAL` for other depths.
-    pub fn new(stage2: bool, levels: u32, quirk: bool) -> Result<Self, Errno> {
-        Ok(match (stage2, levels, quirk) {
-            (false, 3, false) => LpaeTable::S1L3(S1L3::new()?),
-            (false, 4, false) => LpaeTable::S1L4(S1L4::new()?),
-            (false, 3, true) => LpaeTable::S1L3Hd(S1L3Hd::new()?),
-            (false, 4, true) => LpaeTable::S1L4Hd(S1L4Hd::new()?),
-            (true, 3, false) => LpaeTable::S2L3(S2L3::new()?),
-            (true, 4, false) => LpaeTable::S2L4(S2L4::new()?),
-            (true, 3, true) => LpaeTable::S2L3Fwb(S2L3Fwb::new()?),
-            (true, 4, true) => LpaeTable::S2L4Fwb(S2L4Fwb::new()?),
+    /// An empty table: stage 1 or 2, a `2^granule_shift` granule, `levels`
+    /// engine levels (4KB: 3 or 4; 16KB: 4; 64KB: 3). `EINVAL` otherwise.
+    pub fn new(stage2: bool, granule_shift: u32, levels: u32) -> Result<Self, Errno> {
+        Ok(match (stage2, granule_shift, levels) {
+            (false, 12, 3) => LpaeTable::S1G4L3(PageTable::new()?),
+            (false, 12, 4) => LpaeTable::S1G4L4(PageTable::new()?),
+            (false, 14, 4) => LpaeTable::S1G16(PageTable::new()?),
+            (false, 16, 3) => LpaeTable::S1G64(PageTable::new()?),
+            (true, 12, 3) => LpaeTable::S2G4L3(PageTable::new()?),
+            (true, 12, 4) => LpaeTable::S2G4L4(PageTable::new()?),
+            (true, 14, 4) => LpaeTable::S2G16(PageTable::new()?),
+            (true, 16, 3) => LpaeTable::S2G64(PageTable::new()?),
             _ => return Err(Errno::EINVAL),
         })
     }
@@ -368,36 +402,44 @@ impl LpaeTable {
     /// 1 or 2.
     pub fn stage(&self) -> u32 {
         match self {
-            LpaeTable::S1L3(_) | LpaeTable::S1L4(_) | LpaeTable::S1L3Hd(_) | LpaeTable::S1L4Hd(_) => 1,
+            LpaeTable::S1G4L3(_) | LpaeTable::S1G4L4(_) | LpaeTable::S1G16(_) | LpaeTable::S1G64(_) => 1,
             _ => 2,
         }
     }
 
-    /// Engine levels (3 or 4).
+    /// log2 of the granule.
+    pub fn granule_shift(&self) -> u32 {
+        match self {
+            LpaeTable::S1G16(_) | LpaeTable::S2G16(_) => 14,
+            LpaeTable::S1G64(_) | LpaeTable::S2G64(_) => 16,
+            _ => 12,
+        }
+    }
+
+    /// Engine levels.
     pub fn levels(&self) -> u32 {
         match self {
-            LpaeTable::S1L3(_) | LpaeTable::S1L3Hd(_) | LpaeTable::S2L3(_) | LpaeTable::S2L3Fwb(_) => 3,
-            _ => 4,
+            LpaeTable::S1G4L4(_) | LpaeTable::S1G16(_) | LpaeTable::S2G4L4(_) | LpaeTable::S2G16(_) => 4,
+            _ => 3,
         }
     }
 
     /// The leaf `make_leaf` writes for `prot` (attributes only, no type or
     /// address).
     pub fn prot_to_pte(&self, prot: Prot) -> u64 {
-        match self {
-            LpaeTable::S1L3(_) | LpaeTable::S1L4(_) => LpaeFormat::<false, 3, false>::prot_to_pte(prot),
-            LpaeTable::S1L3Hd(_) | LpaeTable::S1L4Hd(_) => LpaeFormat::<false, 3, true>::prot_to_pte(prot),
-            LpaeTable::S2L3(_) | LpaeTable::S2L4(_) => LpaeFormat::<true, 3, false>::prot_to_pte(prot),
-            LpaeTable::S2L3Fwb(_) | LpaeTable::S2L4Fwb(_) => LpaeFormat::<true, 3, true>::prot_to_pte(prot),
+        if self.stage() == 1 {
+            LpaeFormat::<false, 4, 12>::prot_to_pte(prot)
+        } else {
+            LpaeFormat::<true, 4, 12>::prot_to_pte(prot)
         }
     }
 
     /// What a leaf of this table grants (`Format::leaf_prot`).
     pub fn leaf_prot(&self, entry: u64) -> Prot {
         if self.stage() == 1 {
-            LpaeFormat::<false, 4, false>::leaf_prot(entry)
+            leaf_prot::<false>(entry)
         } else {
-            LpaeFormat::<true, 4, false>::leaf_prot(entry)
+            leaf_prot::<true>(entry)
         }
     }
 
@@ -464,10 +506,14 @@ mod tests {
     use super::*;
 
     const RW: Prot = Prot(Prot::READ.0 | Prot::WRITE.0);
-    type S1 = LpaeFormat<false, 4, false>;
-    type S1Hd = LpaeFormat<false, 4, true>;
-    type S2 = LpaeFormat<true, 4, false>;
-    type S2Fwb = LpaeFormat<true, 4, true>;
+    type S1 = LpaeFormat<false, 4, 12>;
+    type S2 = LpaeFormat<true, 4, 12>;
+    type S1G16 = LpaeFormat<false, 4, 14>;
+    type S2G16 = LpaeFormat<true, 4, 14>;
+    type S1G64 = LpaeFormat<false, 3, 16>;
+    type S2G64 = LpaeFormat<true, 3, 16>;
+    /// The HD (stage 1) or S2FWB (stage 2) quirk on a map.
+    const Q: Prot = QUIRK;
 
     #[test]
     fn stage1_encodings_by_hand() {
@@ -485,9 +531,9 @@ mod tests {
         assert_eq!(e, 0x8000_0000 | 0x1 | 0x8 | 0x200 | 0x400 | 0x800);
         // With the HD quirk a writable page gets DBM and starts
         // writable-dirty (AP[2] clear); a read-only one does not.
-        let e = S1Hd::make_leaf(0x5000, RW | Prot::CACHE, 0);
+        let e = S1::make_leaf(0x5000, RW | Prot::CACHE | Q, 0);
         assert_eq!(e, 0x0008_0000_0000_5f47);
-        assert_eq!(S1Hd::make_leaf(0x5000, Prot::READ, 0) & desc::DBM, 0);
+        assert_eq!(S1::make_leaf(0x5000, Prot::READ | Q, 0) & desc::DBM, 0);
         assert_eq!(S1::make_table(0x4000_3000), 0x4000_3003);
         assert_eq!(S1::leaf_prot(S1::make_leaf(0, RW | Prot::CACHE, 0)), RW | Prot::CACHE);
         // An EL1-only leaf grants an (EL0) DMA request nothing.
@@ -505,29 +551,68 @@ mod tests {
         assert_eq!(e, 0x1_0000_0000 | 0x3 | 0x3c | 0xc0 | 0x300 | 0x400);
         assert_eq!(e, 0x0000_0001_0000_07ff);
         // With S2FWB the cacheable MemAttr is 0b0110 (forced write-back).
-        let e = S2Fwb::make_leaf(0x1_0000_0000, RW | Prot::CACHE, 0);
+        let e = S2::make_leaf(0x1_0000_0000, RW | Prot::CACHE | Q, 0);
         assert_eq!(e, 0x0000_0001_0000_07db);
         // Non-cacheable read-only 2MB block: MemAttr 0b0101, SH OS.
         assert_eq!(S2::make_leaf(0x20_0000, Prot::READ, 1), 0x20_0000 | 0x1 | 0x14 | 0x40 | 0x200 | 0x400);
         // Device (MMIO) write-only.
         assert_eq!(S2::make_leaf(0x3000, Prot::WRITE | Prot::MMIO, 0), 0x3000 | 0x3 | 0x4 | 0x80 | 0x200 | 0x400);
-        assert_eq!(S2::leaf_prot(S2Fwb::make_leaf(0, RW | Prot::CACHE, 0)), RW | Prot::CACHE);
+        assert_eq!(S2::leaf_prot(S2::make_leaf(0, RW | Prot::CACHE | Q, 0)), RW | Prot::CACHE);
         assert_eq!(S2::leaf_prot(S2::make_leaf(0, Prot::READ, 0)), Prot::READ);
         assert!(!S2::is_present(0x2) && S2::is_present(0x1));
         assert!(S2::is_leaf(0x20_0401, 1) && !S2::is_leaf(0x4000_3003, 1));
         assert_eq!(S2::leaf_paddr(0x4020_07fd, 1), 0x4020_0000);
     }
 
+    /// The same attributes at 16KB and 64KB: only the type, the address
+    /// bits (47:G) and the block sizes change (D8.3.1, D8.3.2).
+    #[test]
+    fn larger_granule_encodings_by_hand() {
+        // A 16KB RW cacheable stage 1 page at 0x1234_4000: 0x1234_4000 |
+        // type 0b11 | AttrIndx 1 (0x4) | AP[1] (0x40) | SH IS (0x300) | AF
+        // (0x400) | nG (0x800).
+        assert_eq!(S1G16::make_leaf(0x1234_4000, RW | Prot::CACHE, 0), 0x0000_0000_1234_4f47);
+        // Bits below 14 of a 16KB page's address are not address bits.
+        assert_eq!(S1G16::make_leaf(0x1234_5000, RW | Prot::CACHE, 0), 0x0000_0000_1234_4f47);
+        // A 32MB stage 1 block: type 0b01, the address in bits 47:25.
+        let e = S1G16::make_leaf(0x4200_0000, Prot::READ, 1);
+        assert_eq!(e, 0x4200_0000 | 0x1 | 0x40 | 0x80 | 0x200 | 0x400 | 0x800);
+        assert_eq!(S1G16::leaf_paddr(e | 0x1ff_c000, 1), 0x4200_0000);
+        assert!(S1G16::is_leaf(e, 1));
+        // A 16KB stage 2 page, S2FWB: MemAttr 0b0110 (0x18), S2AP RW
+        // (0xc0), SH IS, AF: 0x...7db.
+        assert_eq!(S2G16::make_leaf(0x8_0000_4000, RW | Prot::CACHE | Q, 0), 0x0000_0008_0000_47db);
+        // A 64KB stage 1 page and a 512MB block, privileged read-write MMIO:
+        // AttrIndx 2 (0x8), no AP[1], SH OS (0x200).
+        assert_eq!(S1G64::make_leaf(0x3_0001_0000, RW | Prot::MMIO | Prot::PRIV, 0), 0x0000_0003_0001_0e0b);
+        assert_eq!(S1G64::make_leaf(0x3_2000_0000, RW | Prot::MMIO | Prot::PRIV, 1), 0x0000_0003_2000_0e09);
+        assert_eq!(S1G64::leaf_paddr(0x0000_0003_2000_0e09 | 0xf000, 0), 0x3_2000_0000);
+        // A 64KB stage 2 page, read-only non-cacheable: MemAttr 0b0101
+        // (0x14), S2AP R (0x40), SH OS (0x200), AF.
+        assert_eq!(S2G64::make_leaf(0xabc_0000, Prot::READ, 0), 0x0abc_0000 | 0x3 | 0x14 | 0x40 | 0x200 | 0x400);
+        // Table descriptors keep the node address (aligned to the granule).
+        assert_eq!(S2G64::make_table(0x4001_0000), 0x4001_0003);
+        assert_eq!(S1G16::make_table(0x4000_c000), 0x4000_c003);
+        // Sizes: pages and first blocks; the 4KB granule also 1GB blocks.
+        assert_eq!(PageTable::<S1G16, 2048>::pgsize_bitmap(), (1 << 14) | (1 << 25));
+        assert_eq!(PageTable::<S1G64, 8192>::pgsize_bitmap(), (1 << 16) | (1 << 29));
+        assert_eq!(PageTable::<S1, 512>::pgsize_bitmap(), (1 << 12) | (1 << 21) | (1 << 30));
+        assert_eq!((table_entries(14), level_size(16, 1), level_shift(14, 2)), (2048, 1 << 29, 36));
+    }
+
     #[test]
     fn split_children_keep_the_attributes() {
-        let block = S1Hd::make_leaf(0x4000_0000, RW | Prot::CACHE, 1) | desc::CONT;
-        let child = split_child(block, 0, 5);
+        let block = S1::make_leaf(0x4000_0000, RW | Prot::CACHE | Q, 1) | desc::CONT;
+        let child = split_child(12, block, 0, 5);
         assert_eq!(child & desc::ADDR, 0x4000_5000);
         assert_eq!(child & 0b11, 0b11);
         assert_eq!(child & !desc::ADDR & !0b11, block & desc::ATTR_MASK & !0b11);
         assert_eq!(child & desc::CONT, 0);
         let g = S2::make_leaf(0x8000_0000, RW, 2);
-        assert_eq!(split_child(g, 1, 3), (g & !desc::ADDR) | (0x8000_0000 + 3 * (1 << 21)));
+        assert_eq!(split_child(12, g, 1, 3), (g & !desc::ADDR) | (0x8000_0000 + 3 * (1 << 21)));
+        // A 512MB block of the 64KB granule into 64KB pages.
+        let b = S2G64::make_leaf(0x6000_0000, RW, 1);
+        assert_eq!(split_child(16, b, 0, 7), (b & !desc::ADDR) | 0b10 | (0x6000_0000 + 7 * 0x1_0000));
     }
 
     #[test]
@@ -543,14 +628,24 @@ mod tests {
 
     #[test]
     fn tables() {
-        let t = LpaeTable::new(true, 4, true).unwrap();
-        assert_eq!((t.stage(), t.levels()), (2, 4));
-        t.map(0x20_0000, 0x4000_0000, 1 << 21, 1, RW | Prot::CACHE).unwrap();
+        let t = LpaeTable::new(true, 12, 4).unwrap();
+        assert_eq!((t.stage(), t.levels(), t.granule_shift()), (2, 4, 12));
+        t.map(0x20_0000, 0x4000_0000, 1 << 21, 1, RW | Prot::CACHE | Q).unwrap();
         let (e, level) = t.walk(0x20_1000).unwrap();
         assert_eq!(level, 1);
         assert_eq!(e, 0x4000_0000 | 0x1 | (memattr::FWB_WB << 2) | 0xc0 | 0x300 | 0x400);
         assert_eq!(t.prot_to_pte(RW), 0xc0 | 0x14 | 0x200 | 0x400);
-        assert!(LpaeTable::new(false, 2, false).is_err());
-        assert_eq!(LpaeTable::new(false, 3, true).unwrap().stage(), 1);
+        assert!(LpaeTable::new(false, 12, 2).is_err());
+        assert!(LpaeTable::new(false, 13, 4).is_err());
+        assert_eq!(LpaeTable::new(false, 12, 3).unwrap().stage(), 1);
+        // 16KB and 64KB tables: root nodes of their granule's size.
+        let t = LpaeTable::new(false, 14, 4).unwrap();
+        assert_eq!((t.granule_shift(), t.root_pa() & 0x3fff), (14, 0));
+        let t = LpaeTable::new(true, 16, 3).unwrap();
+        assert_eq!((t.granule_shift(), t.root_pa() & 0xffff), (16, 0));
+        t.map(0x2000_0000, 0x8000_0000, 1 << 29, 1, RW).unwrap();
+        t.map(0x10_0000, 0x7_0000, 1 << 16, 2, RW).unwrap();
+        assert_eq!(t.walk(0x2000_1234).unwrap(), (0x8000_0000 | 0x1 | 0x14 | 0xc0 | 0x200 | 0x400, 1));
+        assert_eq!(t.translate(0x11_0008, Access::Read).unwrap().paddr, 0x8_0008);
     }
 }
