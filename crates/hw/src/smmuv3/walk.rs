@@ -383,4 +383,134 @@ mod tests {
         let w = walk_s1(&tt(0x1000, 25, 12), &c, 3 << 30 | 0x1234, S1Request::default(), Mem(m).fetch()).unwrap();
         assert_eq!((w.out, w.shift, w.level), (0xc000_1234, 30, 1));
     }
+
+    // ---- property test against a reference map, for every granule ----
+
+    use proptest::prelude::*;
+    use std::collections::BTreeMap;
+
+    /// The reference's own geometry (D8.2): lookup level `l` of a `2^g`
+    /// granule covers `g + (g - 3) * (3 - l)` bits; a walk of `ia` bits
+    /// starts at `4 - ceil((ia - g) / (g - 3))`; blocks exist at levels 1
+    /// and 2 of the 4KB granule and level 2 of the others (48-bit output).
+    fn ref_shift(l: u32, g: u32) -> u32 {
+        g + (g - 3) * (3 - l)
+    }
+    fn ref_start(ia: u32, g: u32) -> u32 {
+        4 - (ia - g).div_ceil(g - 3)
+    }
+    fn ref_leaf_levels(g: u32) -> &'static [u32] {
+        if g == 12 {
+            &[1, 2, 3]
+        } else {
+            &[2, 3]
+        }
+    }
+
+    /// A guest's stage 1 built from leaves, in a word map; tables are
+    /// allocated at granule-aligned addresses from 1GB up.
+    struct Builder {
+        g: u32,
+        ia: u32,
+        root: u64,
+        next: u64,
+        mem: HashMap<u64, u64>,
+    }
+
+    impl Builder {
+        fn new(g: u32, ia: u32) -> Self {
+            let root = 1 << 30;
+            Builder { g, ia, root, next: root + (1 << g) * 8, mem: HashMap::new() }
+        }
+
+        /// Map the leaf of lookup `level` holding `va` to `out`.
+        fn map(&mut self, va: u64, level: u32, out: u64) {
+            let mut table = self.root;
+            let mut l = ref_start(self.ia, self.g);
+            while l < level {
+                let shift = ref_shift(l, self.g);
+                let bits = if l == ref_start(self.ia, self.g) { self.ia - shift } else { self.g - 3 };
+                let a = table + ((va >> shift) & ((1 << bits) - 1)) * 8;
+                let e = *self.mem.entry(a).or_insert_with(|| {
+                    let t = self.next;
+                    self.next += 1 << self.g;
+                    t | TBL
+                });
+                table = e & desc::ADDR & !((1u64 << self.g) - 1);
+                l += 1;
+            }
+            let shift = ref_shift(level, self.g);
+            let bits = if level == ref_start(self.ia, self.g) { self.ia - shift } else { self.g - 3 };
+            let a = table + ((va >> shift) & ((1 << bits) - 1)) * 8;
+            let ty = if level == 3 { 0b11 } else { 0b01 };
+            self.mem.insert(a, out | ty | desc::AF | desc::AP_UNPRIV | desc::NG);
+        }
+    }
+
+    /// Leaves: (page index, level choice, output page); probes: page
+    /// indexes and offsets. Everything in a window of 4 of the largest
+    /// blocks, so leaves share tables and collide.
+    fn case() -> impl Strategy<Value = (u32, u32, Vec<(u64, u8, u64)>, Vec<(u64, u64)>)> {
+        let g = prop_oneof![Just(12u32), Just(14u32), Just(16u32)];
+        let tsz = prop_oneof![Just(16u32), Just(20u32), Just(25u32)];
+        (
+            g,
+            tsz,
+            proptest::collection::vec((any::<u64>(), any::<u8>(), 0u64..4096), 1..40),
+            proptest::collection::vec((any::<u64>(), any::<u64>()), 1..60),
+        )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+        #[test]
+        fn walk_matches_a_reference_map((g, tsz, leaves, probes) in case()) {
+            let ia = 64 - tsz;
+            let first = ref_start(ia, g);
+            // Leaf levels this granule allows: pages, and blocks (4KB:
+            // levels 1 and 2; 16KB/64KB: level 2), none above the start.
+            let levels: Vec<u32> = ref_leaf_levels(g).iter().copied().filter(|&l| l >= first).collect();
+            let biggest = ref_shift(*levels.first().unwrap(), g);
+            let window = (4u64 << biggest).min(1 << ia);
+            let mut reference: BTreeMap<u64, (u64, u64)> = BTreeMap::new();
+            let mut b = Builder::new(g, ia);
+            for &(at, pick, out_page) in &leaves {
+                let level = levels[pick as usize % levels.len()];
+                let size = 1u64 << ref_shift(level, g);
+                let va = (at % window) & !(size - 1);
+                // Only leaves that overlap nothing yet, and whose tables
+                // would not cross an existing leaf.
+                let clash = reference.range(..va + size).next_back().is_some_and(|(&v, &(s, _))| v + s > va);
+                let above = reference.iter().any(|(&v, &(s, _))| s > size && v <= va && va < v + s);
+                let below = reference.range(va..va + size).next().is_some();
+                if clash || above || below {
+                    continue;
+                }
+                let out = (out_page << ref_shift(level, g)) & ((1 << 48) - 1);
+                b.map(va, level, out);
+                reference.insert(va, (size, out));
+            }
+            let c = cd(48);
+            let t = tt(b.root, tsz, g);
+            let m = Mem(b.mem);
+            for &(at, off) in &probes {
+                // Half the probes inside mapped leaves.
+                let va = match reference.iter().nth((at as usize) % (reference.len() + 1)) {
+                    Some((&v, &(s, _))) if at & 1 == 0 => v + off % s,
+                    _ => off % window,
+                };
+                let got = walk_s1(&t, &c, va, S1Request::default(), m.fetch());
+                let want = reference
+                    .range(..=va)
+                    .next_back()
+                    .filter(|(&v, &(s, _))| va < v + s)
+                    .map(|(&v, &(s, out))| (out + (va - v), s.trailing_zeros()));
+                match (got, want) {
+                    (Ok(w), Some((out, shift))) => prop_assert_eq!((w.out, w.shift), (out, shift), "va {:#x}", va),
+                    (Err(e), None) => prop_assert_eq!(e.id, id::F_TRANSLATION, "va {:#x}", va),
+                    (got, want) => prop_assert!(false, "va {:#x}: walk {:?}, reference {:?}", va, got, want),
+                }
+            }
+        }
+    }
 }
