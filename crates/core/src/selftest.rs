@@ -237,7 +237,7 @@ pub fn md_check_map(ctx: &Iommufd, hwpt_id: ObjectId, iova: u64, length: u64, up
         user::probe_user_page(va & !(ps - 1)).ctx("user page is not mapped")?;
         let pfn = frames::pfn_at(va).ok_or(einval("user page is not pinned"))?;
         let want = pfn * ps + va % ps;
-        match mock.entry_at(iova + off) {
+        match mock.entry_at(iova.wrapping_add(off)) {
             Some(e) if e.paddr == want => {}
             _ => return Err(einval("mock domain does not map the user page there")),
         }
@@ -497,7 +497,7 @@ pub fn dirty(ctx: &Iommufd, hwpt_id: ObjectId, iova: u64, length: u64, page_size
     user::copy_from_user(&mut bits, uptr).ctx("reading the bitmap")?;
     let mut count = 0;
     for i in 0..max {
-        if bits[(i / 8) as usize] & (1 << (i % 8)) != 0 && mock.mark_dirty(iova + i * page_size) {
+        if bits[(i / 8) as usize] & (1 << (i % 8)) != 0 && mock.mark_dirty(iova.wrapping_add(i * page_size)) {
             count += 1;
         }
     }

@@ -37,7 +37,7 @@ impl<'a> Ucmd<'a> {
         let usize_ = self.user_size as usize;
         let mut cmd = T::new_zeroed();
         if usize_ > ksize {
-            check_zeroed_user(self.ubuffer + ksize as u64, usize_ - ksize)?;
+            check_zeroed_user(uaddr(self.ubuffer, ksize as u64).ctx("the command tail")?, usize_ - ksize)?;
         }
         let n = ksize.min(usize_);
         user::copy_from_user(&mut cmd.as_mut_bytes()[..n], self.ubuffer).ctx("reading the command")?;
@@ -55,8 +55,14 @@ impl<'a> Ucmd<'a> {
     /// Copy one field back at byte `offset` of the user struct, as handlers
     /// that reply with a single field do (`IOMMU_OPTION` writes `val64`).
     pub fn respond_field(&self, offset: usize, bytes: &[u8]) -> Result<()> {
-        user::copy_to_user(self.ubuffer + offset as u64, bytes).ctx("writing the reply")
+        user::copy_to_user(uaddr(self.ubuffer, offset as u64).ctx("writing the reply")?, bytes).ctx("writing the reply")
     }
+}
+
+/// User address `base + off`: a sum past the address space is a pointer
+/// the kernel's `access_ok` refuses, `EFAULT`.
+fn uaddr(base: u64, off: u64) -> std::result::Result<u64, Errno> {
+    base.checked_add(off).ok_or(Errno::EFAULT)
 }
 
 /// `check_zeroed_user`: `E2BIG` at the first non-zero byte, `EFAULT` if the
@@ -66,7 +72,8 @@ fn check_zeroed_user(addr: u64, len: usize) -> Result<()> {
     let mut done = 0usize;
     while done < len {
         let n = (len - done).min(ZERO_CHECK_CHUNK);
-        user::copy_from_user(&mut buf[..n], addr + done as u64).ctx("reading the command tail")?;
+        user::copy_from_user(&mut buf[..n], uaddr(addr, done as u64).ctx("reading the command tail")?)
+            .ctx("reading the command tail")?;
         if buf[..n].iter().any(|&b| b != 0) {
             return Err(uiommufd_core::Error::new(Errno::E2BIG, "unknown trailing fields are not zero"));
         }
@@ -94,7 +101,26 @@ fn read_struct(uptr: u64, ulen: u64, buf: &mut [u8]) -> std::result::Result<(), 
     let ksize = buf.len() as u64;
     let n = ksize.min(ulen) as usize;
     if ulen > ksize {
-        check_zeroed_user(uptr + ksize, (ulen - ksize) as usize).map_err(|e| e.errno)?;
+        check_zeroed_user(uaddr(uptr, ksize)?, (ulen - ksize) as usize).map_err(|e| e.errno)?;
     }
     user::copy_from_user(&mut buf[..n], uptr)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// User pointers near the top of the address space with lengths that
+    /// carry the sum past it: `EFAULT`, as `access_ok` answers, never an
+    /// overflow.
+    #[test]
+    fn pointer_plus_size_past_the_top_is_efault() {
+        let mut buf = [0u8; 8];
+        for uptr in [u64::MAX, u64::MAX - 3, u64::MAX - 8] {
+            assert_eq!(struct_reader(uptr, 64)(&mut buf), Err(Errno::EFAULT));
+            assert_eq!(array_reader(uptr, 64)(1, &mut buf), Err(Errno::EFAULT));
+            assert_eq!(check_zeroed_user(uptr, 4096).map_err(|e| e.errno), Err(Errno::EFAULT));
+        }
+        assert_eq!(array_reader(8, u64::MAX)(2, &mut buf), Err(Errno::EOVERFLOW));
+    }
 }

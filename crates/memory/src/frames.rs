@@ -735,7 +735,9 @@ fn fast_path_clear() -> bool {
 
 /// The program is about to `munmap(va, len)`: keep pinned pages alive.
 pub fn before_munmap(va: u64, len: u64) {
-    if fast_path_clear() {
+    // munmap's own checks first (unaligned, empty or wrapping: EINVAL): a
+    // call that will fail must not move anything.
+    if fast_path_clear() || !valid_range(va, len) {
         return;
     }
     let mut reg = write();
@@ -747,7 +749,7 @@ pub fn before_munmap(va: u64, len: u64) {
 /// for devices while the program gets fresh zero pages, as with the kernel's
 /// pins; shared mappings keep their pages in both views and need nothing.
 pub fn before_madvise_dontneed(va: u64, len: u64) {
-    if fast_path_clear() {
+    if fast_path_clear() || !valid_range(va, len) {
         return;
     }
     let mut reg = write();
@@ -769,6 +771,15 @@ pub fn before_madvise_dontneed(va: u64, len: u64) {
     }
 }
 
+/// The range checks munmap and madvise make before anything else: a
+/// page-aligned start, and a length that page-aligns to a range that does
+/// not wrap (an empty one, which madvise accepts, touches nothing).
+fn valid_range(va: u64, len: u64) -> bool {
+    let ps = page();
+    let aligned = len.wrapping_add(ps - 1) & !(ps - 1);
+    va % ps == 0 && len != 0 && aligned != 0 && va.checked_add(aligned).is_some()
+}
+
 /// Wrap the program's `mremap(old, old_len, new_len, ...)`, performed by
 /// `real` (which returns the new address or an error). Pinned pages beyond
 /// `new_len` are relocated first (they are about to be unmapped); pinned
@@ -784,8 +795,17 @@ pub fn around_mremap(
     }
     let mut reg = write();
     let ps = page();
-    let old_len = (old_len + ps - 1) & !(ps - 1);
-    let new_len = (new_len + ps - 1) & !(ps - 1);
+    // PAGE_ALIGN as the kernel computes it: a length within a page of the
+    // top wraps to 0 (which mremap then refuses, or for old_len takes as
+    // "duplicate").
+    let old_len = old_len.wrapping_add(ps - 1) & !(ps - 1);
+    let new_len = new_len.wrapping_add(ps - 1) & !(ps - 1);
+    // A range past the top of the address space is no mapping: mremap
+    // refuses it, and nothing of ours can be in it.
+    let (Some(_), Some(_)) = (old.checked_add(old_len), old.checked_add(new_len)) else {
+        drop(reg);
+        return real();
+    };
     let mut tail = Vec::new();
     if new_len < old_len {
         tail = relocate(&mut reg, old + new_len, old_len - new_len).unwrap_or_default();
@@ -942,6 +962,31 @@ pub(crate) mod tests {
         assert_eq!(pin_count(m.0 + page()), 0);
         unpin(r[0].pfn, 1);
         assert_eq!(read_phys(phys(&r[0], 0), &mut b), Err(Errno::EFAULT));
+    }
+
+    /// Lengths the program controls, past the top of the address space:
+    /// the hooks neither overflow (a panic under overflow checks) nor move
+    /// pinned pages for a call the kernel refuses (EINVAL).
+    #[test]
+    fn hooks_take_any_length() {
+        let _g = SERIAL.lock().unwrap();
+        let m = Map::new(2, libc::MAP_PRIVATE);
+        m.set(3, 9);
+        let r = pin_user(m.0, 1, true).unwrap();
+        for len in [u64::MAX, u64::MAX - page() + 2, u64::MAX - m.0 + 1] {
+            before_munmap(m.0, len);
+            before_madvise_dontneed(m.0, len);
+            let res = around_mremap(m.0, len, page(), || Err(Errno::EINVAL));
+            assert_eq!(res, Err(Errno::EINVAL));
+            let res = around_mremap(m.0, page(), len, || Err(Errno::EINVAL));
+            assert_eq!(res, Err(Errno::EINVAL));
+            assert_eq!(m.get(3), Ok(9), "the program still has its page");
+            assert_eq!(pin_count(m.0), 1, "and it is still the pinned one");
+        }
+        // Unaligned: munmap refuses it too.
+        before_munmap(m.0 + 1, page());
+        assert_eq!(pin_count(m.0), 1);
+        unpin(r[0].pfn, 1);
     }
 
     #[test]

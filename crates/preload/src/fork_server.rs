@@ -994,7 +994,9 @@ fn map_file(file: &File, host: &RemoteHost<'_>, request: u64, arg: u64) -> Resul
     while at < size {
         let mut chunk = [0u8; 256];
         let n = (size - at).min(chunk.len());
-        user::copy_from_user(&mut chunk[..n], arg + at as u64).map_err(|e| Error::new(e, "reading the command"))?;
+        // A sum past the address space is a pointer access_ok refuses.
+        let addr = arg.checked_add(at as u64).ok_or(Error::new(Errno::EFAULT, "the command wraps"))?;
+        user::copy_from_user(&mut chunk[..n], addr).map_err(|e| Error::new(e, "reading the command"))?;
         if chunk[..n].iter().any(|&b| b != 0) {
             return Err(Error::new(Errno::E2BIG, "non-zero bytes past the known command"));
         }
