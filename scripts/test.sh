@@ -23,6 +23,8 @@ fi
 
 scripts/conformance.sh --fetch-only
 cargo build --release --workspace
-UIOMMUFD_REQUIRE_KSRC=1 cargo test --release --workspace
+# The tests run optimised with overflow checks and debug assertions on
+# (Cargo.toml's "checked" profile): an overflow is a failure, not a wrap.
+UIOMMUFD_REQUIRE_KSRC=1 cargo test --profile checked --workspace
 scripts/conformance.sh --no-build
 tests/qemu/run.sh --no-build
