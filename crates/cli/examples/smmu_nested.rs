@@ -27,8 +27,9 @@ use uiommufd_devices::dma_engine::regs::{self, status, Descriptor};
 use uiommufd_devices::platform::Platform;
 use uiommufd_hw::smmuv3::cmd;
 use uiommufd_hw::smmuv3::event::id;
-use uiommufd_hw::smmuv3::lpae::{desc, mair};
-use uiommufd_hw::smmuv3::ste::{cdf, stef};
+use uiommufd_hw::smmuv3::guest;
+use uiommufd_hw::smmuv3::lpae::mair;
+use uiommufd_hw::smmuv3::ste::stef;
 use uiommufd_hw::{UserData, UserDataArray};
 use zerocopy::{FromBytes, IntoBytes};
 
@@ -77,39 +78,23 @@ impl Guest {
     /// CD 0 (IHI 0070 §5.4) and a 4-level, 4KB-granule stage 1 with one
     /// last-level table (Arm ARM D8.3).
     fn build_tables(&mut self) {
-        let cd0 = 16
-            | cdf::RGN_WBWA << cdf::IRGN0_SHIFT
-            | cdf::RGN_WBWA << cdf::ORGN0_SHIFT
-            | cdf::SH_IS << cdf::SH0_SHIFT
-            | cdf::EPD1
-            | cdf::V
-            | 5 << cdf::IPS_SHIFT
-            | cdf::AA64
-            | cdf::R
-            | cdf::A
-            | cdf::ASET
-            | u64::from(ASID) << cdf::ASID_SHIFT;
+        let cd0 = guest::cd_word0(ASID);
         let cd = Self::gpa(Self::CD_TABLE);
         self.set(cd, cd0);
         self.set(cd + 8, Self::gpa(Self::L0));
         self.set(cd + 24, mair::VALUE);
         for level in 0..3u64 {
             let (table, next) = (Self::gpa(Self::L0 + level), Self::gpa(Self::L0 + level + 1));
-            self.set(table + Self::index(RING, level as u32) * 8, next | desc::TYPE_TABLE);
+            self.set(table + guest::index(RING, level as u32) * 8, next | guest::TABLE);
         }
         self.map(RING, Self::RING_PAGE);
         self.map(SRC, Self::SRC_PAGE);
         self.map(DST, Self::DST_A);
     }
-    fn index(iova: u64, level: u32) -> u64 {
-        (iova >> (12 + 9 * (3 - level))) & 0x1ff
-    }
     /// Map `iova` to guest page `page` (`None`: unmap).
     fn map(&mut self, iova: u64, page: impl Into<Option<u64>>) {
-        let pte = page.into().map_or(0, |p| {
-            Self::gpa(p) | desc::TYPE_TABLE | 1 << 2 | desc::AP_UNPRIV | desc::SH_IS | desc::AF | desc::NG
-        });
-        self.set(Self::gpa(Self::L3) + Self::index(iova, 3) * 8, pte);
+        let pte = page.into().map_or(0, |p| Self::gpa(p) | guest::PAGE);
+        self.set(Self::gpa(Self::L3) + guest::index(iova, 3) * 8, pte);
     }
     /// The guest's STE: stage 1 translate with a one-CD linear table.
     fn ste() -> abi::IommuHwptArmSmmuv3 {

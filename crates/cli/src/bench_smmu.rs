@@ -10,8 +10,9 @@ use std::sync::{Arc, RwLock, Weak};
 
 use uiommufd_abi::{self as abi, Errno};
 use uiommufd_hw::device::{IommuDevice, PagingRequest, ViommuCore};
-use uiommufd_hw::smmuv3::lpae::{desc, mair};
-use uiommufd_hw::smmuv3::ste::{cdf, stef};
+use uiommufd_hw::smmuv3::guest;
+use uiommufd_hw::smmuv3::lpae::mair;
+use uiommufd_hw::smmuv3::ste::stef;
 use uiommufd_hw::smmuv3::{SmmuDevice, SmmuIommu, SmmuRegs};
 use uiommufd_hw::vtd::fl::fspte;
 use uiommufd_hw::vtd::{VtdDevice, VtdIommu, VtdRegs};
@@ -46,7 +47,7 @@ impl Mem {
     fn four_levels(&self, root: u64, iova: u64, table: u64, leaf: u64) {
         let mut at = root;
         for level in 0..4u32 {
-            let idx = (iova >> (12 + 9 * (3 - level))) & 0x1ff;
+            let idx = guest::index(iova, level);
             let next = if level == 3 { TARGET_GPA | leaf } else { root + K4 * u64::from(level + 1) | table };
             self.set(at + idx * 8, next);
             at = root + K4 * u64::from(level + 1);
@@ -93,23 +94,11 @@ fn smmu_nested() -> (Arc<dyn Domain>, Box<dyn std::any::Any>) {
     let weak: Weak<dyn ViommuCore> = Arc::downgrade(&core);
     let init = dev.viommu_init(abi::IOMMU_VIOMMU_TYPE_ARM_SMMUV3, &parent, None, weak).expect("vSMMU");
     let cd = 0x10_0000;
-    let w0 = 16
-        | cdf::RGN_WBWA << cdf::IRGN0_SHIFT
-        | cdf::RGN_WBWA << cdf::ORGN0_SHIFT
-        | cdf::SH_IS << cdf::SH0_SHIFT
-        | cdf::EPD1
-        | cdf::V
-        | 5 << cdf::IPS_SHIFT
-        | cdf::AA64
-        | cdf::R
-        | cdf::A
-        | cdf::ASET
-        | 5 << cdf::ASID_SHIFT;
+    let w0 = guest::cd_word0(5);
     mem.set(cd, w0);
     mem.set(cd + 8, 0x20_0000);
     mem.set(cd + 24, mair::VALUE);
-    let page = desc::TYPE_TABLE | 1 << 2 | desc::AP_UNPRIV | desc::SH_IS | desc::AF | desc::NG;
-    mem.four_levels(0x20_0000, IOVA, desc::TYPE_TABLE, page);
+    mem.four_levels(0x20_0000, IOVA, guest::TABLE, guest::PAGE);
     let vste = abi::IommuHwptArmSmmuv3 { ste: [stef::V | stef::CFG_S1_TRANS << stef::CFG_SHIFT | cd, 0] };
     let nested = user_data(abi::IOMMU_HWPT_DATA_ARM_SMMUV3, vste.as_bytes(), |d| init.driver.alloc_domain_nested(0, d))
         .expect("nested domain");

@@ -23,8 +23,8 @@ use uiommufd_devices::testing::set_command_bits;
 use uiommufd_devices::{DmaEngine, DmaEngineOptions, PciDevice};
 use uiommufd_hw::device::IommuDevice;
 use uiommufd_hw::smmuv3::cmd;
-use uiommufd_hw::smmuv3::lpae::desc;
-use uiommufd_hw::smmuv3::ste::{cdf, stef};
+use uiommufd_hw::smmuv3::guest::{self, index as idx, PAGE, TABLE};
+use uiommufd_hw::smmuv3::ste::stef;
 use uiommufd_hw::smmuv3::SmmuDevice;
 use uiommufd_hw::{UserData, UserDataArray};
 use zerocopy::IntoBytes;
@@ -53,12 +53,6 @@ const SRC_PAGE: u64 = 9;
 const DST_A: u64 = 10;
 const DST_B: u64 = 11;
 
-/// Stage 1 table descriptor (D8.3.1: valid, table).
-const TABLE: u64 = desc::TYPE_TABLE;
-/// A 4KB page as a Linux guest writes it: page type, AttrIndx 1 (Normal
-/// write-back in the guest's MAIR), EL0 access, inner shareable, AF, nG.
-const PAGE: u64 = desc::TYPE_TABLE | 1 << 2 | desc::AP_UNPRIV | desc::SH_IS | desc::AF | desc::NG;
-
 struct GuestRam {
     mem: Vec<u8>,
     off: usize,
@@ -85,12 +79,6 @@ impl GuestRam {
 
 fn gpa(page: u64) -> u64 {
     GPA_BASE + page * PS
-}
-
-/// Index of `iova` in a lookup-level-`l` table of a 4KB-granule, 48-bit
-/// stage 1.
-fn idx(iova: u64, l: u32) -> u64 {
-    (iova >> (12 + 9 * (3 - l))) & 0x1ff
 }
 
 fn guest_map(g: &mut GuestRam, iova: u64, page_gpa: u64) {
@@ -190,18 +178,7 @@ fn guest_stage1_through_the_dma_engine_with_a_stale_tlb_and_events() {
     // The guest's CD 0 (IHI 0070 §5.4): T0SZ 16 (48-bit), 4KB granule,
     // write-back inner shareable walks, TTB1 disabled, valid, IPS 48-bit,
     // AArch64, R (record faults), A (abort), ASET, ASID 3; TTB0; MAIR.
-    let cd0 = 16
-        | cdf::RGN_WBWA << cdf::IRGN0_SHIFT
-        | cdf::RGN_WBWA << cdf::ORGN0_SHIFT
-        | cdf::SH_IS << cdf::SH0_SHIFT
-        | cdf::EPD1
-        | cdf::V
-        | 5 << cdf::IPS_SHIFT
-        | cdf::AA64
-        | cdf::R
-        | cdf::A
-        | cdf::ASET
-        | u64::from(ASID) << cdf::ASID_SHIFT;
+    let cd0 = guest::cd_word0(ASID);
     assert_eq!(cd0, 0x0003_e205_c000_3510);
     g.set_u64(gpa(CD_TABLE), cd0);
     g.set_u64(gpa(CD_TABLE) + 8, gpa(L0));

@@ -24,7 +24,9 @@
 //!   ([`SmmuDevice`], an [`IommuDevice`](crate::device::IommuDevice));
 //! - [`spec`]: the `smmuv3[:key=value,...]` platform keys;
 //! - [`cmdqv`]: NVIDIA's Tegra241 CMDQV extension (VINTFs, VCMDQs a guest
-//!   drives itself).
+//!   drives itself);
+//! - [`guest`]: what a Linux guest writes (CDs, stage 1 pages), for tests
+//!   and examples that play the guest.
 //!
 //! Sources: the Arm System Memory Management Unit Architecture
 //! Specification, SMMU architecture version 3 (IHI 0070; sections cited
@@ -39,6 +41,7 @@ pub mod cmdqv;
 pub mod device;
 pub mod domain;
 pub mod event;
+pub mod guest;
 pub mod info;
 pub mod lpae;
 pub mod nested;

@@ -403,21 +403,7 @@ mod tests {
         SmmuInfo::from_regs(SmmuRegs::default()).unwrap()
     }
 
-    /// A Linux-like guest CD: T0SZ 16 (48-bit), 4KB granule, WBWA inner
-    /// shareable walks, EPD1, valid, IPS 48-bit, AA64, R, A, ASET, ASID.
-    pub(crate) fn guest_cd_word0(asid: u16) -> u64 {
-        16 | cdf::RGN_WBWA << cdf::IRGN0_SHIFT
-            | cdf::RGN_WBWA << cdf::ORGN0_SHIFT
-            | cdf::SH_IS << cdf::SH0_SHIFT
-            | cdf::EPD1
-            | cdf::V
-            | 5 << cdf::IPS_SHIFT
-            | cdf::AA64
-            | cdf::R
-            | cdf::A
-            | cdf::ASET
-            | u64::from(asid) << cdf::ASID_SHIFT
-    }
+    use crate::smmuv3::guest::cd_word0 as guest_cd_word0;
 
     #[test]
     fn vste_validation() {

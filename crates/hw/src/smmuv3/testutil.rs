@@ -11,7 +11,7 @@ use zerocopy::IntoBytes;
 use super::device::{SmmuDevice, SmmuIommu};
 use super::lpae::desc;
 use super::regs::SmmuRegs;
-use super::ste::{cdf, stef};
+use super::ste::stef;
 use super::viommu::SmmuViommu;
 use crate::device::{IommuDevice, PagingRequest, ViommuCore, ViommuDriver};
 use crate::{Domain, Prot, UserData, UserDataArray};
@@ -63,25 +63,7 @@ const S1_TABLES: u64 = 0x20_1000;
 pub const RW: Prot = Prot(Prot::READ.0 | Prot::WRITE.0);
 pub const RWC: Prot = Prot(Prot::READ.0 | Prot::WRITE.0 | Prot::CACHE.0);
 
-/// A Linux-like guest CD word 0: T0SZ 16, 4KB granule, WBWA inner
-/// shareable walks, EPD1, valid, IPS 48-bit, AA64, R, A, ASET, `asid`.
-pub fn guest_cd_word0(asid: u16) -> u64 {
-    16 | cdf::RGN_WBWA << cdf::IRGN0_SHIFT
-        | cdf::RGN_WBWA << cdf::ORGN0_SHIFT
-        | cdf::SH_IS << cdf::SH0_SHIFT
-        | cdf::EPD1
-        | cdf::V
-        | 5 << cdf::IPS_SHIFT
-        | cdf::AA64
-        | cdf::R
-        | cdf::A
-        | cdf::ASET
-        | u64::from(asid) << cdf::ASID_SHIFT
-}
-
-/// A guest stage 1 page descriptor's attributes: AF, EL0, inner
-/// shareable, AttrIndx 1 (write-back with the guest's MAIR), nG.
-pub const PAGE: u64 = desc::TYPE_TABLE | desc::AF | desc::AP_UNPRIV | desc::SH_IS | 1 << 2 | desc::NG;
+pub use super::guest::{cd_word0 as guest_cd_word0, PAGE};
 
 /// The guest STE of a linear CD table at [`CD_TABLE`] with `cdmax`
 /// SubstreamID bits and `dss`.
