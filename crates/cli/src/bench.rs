@@ -52,7 +52,7 @@ fn median_of(mut f: impl FnMut() -> f64) -> f64 {
     v[ROUNDS / 2]
 }
 
-fn fmt_ns(ns: f64) -> String {
+pub(crate) fn fmt_ns(ns: f64) -> String {
     if ns >= 1e9 {
         format!("{:.2} s", ns / 1e9)
     } else if ns >= 1e6 {
@@ -115,10 +115,10 @@ pub(crate) enum Target {
 }
 
 pub(crate) struct Row {
-    case: String,
-    ours: f64,
-    reference: Option<(String, f64)>,
-    target: Option<Target>,
+    pub(crate) case: String,
+    pub(crate) ours: f64,
+    pub(crate) reference: Option<(String, f64)>,
+    pub(crate) target: Option<Target>,
 }
 
 impl Row {
@@ -135,9 +135,10 @@ impl Row {
     }
 }
 
-fn print_rows(title: &str, rows: &[Row]) {
-    println!("\n{title}");
-    println!("{:<58} {:>10} {:>30} {:>6}  target", "case", "per op", "reference", "ratio");
+fn rows_table(title: &str, rows: &[Row]) -> String {
+    use std::fmt::Write as _;
+    let mut out = format!("\n{title}\n");
+    let _ = writeln!(out, "{:<58} {:>10} {:>30} {:>6}  target", "case", "per op", "reference", "ratio");
     for r in rows {
         let (reference, ratio) = match &r.reference {
             Some((name, ns)) => (format!("{name} {}", fmt_ns(*ns)), format!("{:.2}", ns / r.ours)),
@@ -153,8 +154,10 @@ fn print_rows(title: &str, rows: &[Row]) {
                 format!(">= {min:.2}x: {}", if got >= min { "met" } else { "MISSED" })
             }
         };
-        println!("{:<58} {:>10} {:>30} {:>6}  {}", r.case, fmt_ns(r.ours), reference, ratio, target);
+        let _ = writeln!(out, "{:<58} {:>10} {:>30} {:>6}  {}", r.case, fmt_ns(r.ours), reference, ratio, target);
     }
+    out.pop();
+    out
 }
 
 /// An IOAS mirrored by `domains` mock IOMMU domains: one mock device
@@ -286,7 +289,7 @@ fn bench_big_map(quick: bool) -> Vec<Row> {
     let len: u64 = if quick { 1 << 30 } else { 16 << 30 };
     let gib = len >> 30;
     let Some(region) = Region::try_new(len as usize, false) else {
-        println!("\n(large map skipped: cannot mmap {gib} GiB of address space)");
+        eprintln!("\n(large map skipped: cannot mmap {gib} GiB of address space)");
         return rows;
     };
     // The reference scales with the size in --quick mode.
@@ -297,7 +300,7 @@ fn bench_big_map(quick: bool) -> Vec<Row> {
             rows.push(Row::new(format!("map {gib} GiB of 4 KiB pages, no domain (pins nothing)"), map));
             rows.push(Row::new(format!("unmap {gib} GiB, no domain"), unmap));
         }
-        Err(e) => println!("(no-domain large map failed: {e})"),
+        Err(e) => eprintln!("(no-domain large map failed: {e})"),
     }
     // The mock's aperture is [16 MiB, 2 GiB): 1 GiB is the largest
     // power of two it can take.
@@ -330,7 +333,7 @@ fn bench_big_map(quick: bool) -> Vec<Row> {
             );
             rows.push(Row::new(format!("unmap {gib} GiB, 1 VT-d domain"), unmap));
         }
-        Err(e) => println!("(VT-d large map failed: {e})"),
+        Err(e) => eprintln!("(VT-d large map failed: {e})"),
     }
     rows
 }
@@ -376,7 +379,7 @@ fn bench_frames(quick: bool) -> Vec<Row> {
     let runs = match frames::pin_user(region.addr, LEN / ps, true) {
         Ok(r) => r,
         Err(e) => {
-            println!("\n(frames benchmark skipped: pinning failed: {e:?})");
+            eprintln!("\n(frames benchmark skipped: pinning failed: {e:?})");
             return rows;
         }
     };
@@ -571,11 +574,30 @@ pub(crate) fn map_unmap_256(d: &dyn Domain, quick: bool) -> (f64, f64) {
     (maps[ROUNDS / 2], unmaps[ROUNDS / 2])
 }
 
-pub fn bench(quick: bool) -> Result<ExitCode, String> {
-    println!(
+/// What `uiommufd bench` prints and saves.
+pub struct BenchArgs {
+    pub quick: bool,
+    /// Print the run as JSON on stdout (the tables go to stderr).
+    pub json: bool,
+    /// A saved `--json` run: print each case's ratio to it.
+    pub compare: Option<std::path::PathBuf>,
+}
+
+pub fn bench(args: BenchArgs) -> Result<ExitCode, String> {
+    let BenchArgs { quick, json, compare } = args;
+    let saved = match &compare {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+            Some(crate::bench_report::parse(&text).map_err(|e| format!("{}: {e}", path.display()))?)
+        }
+        None => None,
+    };
+    // With --json, stdout carries only the JSON.
+    let say = |s: String| if json { eprintln!("{s}") } else { println!("{s}") };
+    say(format!(
         "uiommufd bench{}: ratio = reference time / our time (higher is better)",
         if quick { " --quick" } else { "" }
-    );
+    ));
     // UIOMMUFD_BENCH_ONLY=word runs only the sections whose title has it
     // (for profiling one case).
     let only = std::env::var("UIOMMUFD_BENCH_ONLY").ok();
@@ -589,10 +611,21 @@ pub fn bench(quick: bool) -> Result<ExitCode, String> {
         ("VT-d page-table model", bench_vtd),
         ("Arm SMMUv3 model (beside VT-d in the same run)", crate::bench_smmu::bench_smmu),
     ];
+    let mut records = Vec::new();
     for (title, run) in sections {
         if only.as_deref().is_none_or(|w| title.contains(w)) {
-            print_rows(title, &run(quick));
+            let rows = run(quick);
+            say(rows_table(title, &rows));
+            records.extend(rows.iter().map(|r| crate::bench_report::Record::of(title, r)));
         }
+    }
+    if let Some(saved) = saved {
+        let path = compare.as_ref().expect("read above").display().to_string();
+        say(format!("\nCompared with {path} (saved/now above 1: faster now)"));
+        say(crate::bench_report::compare(&saved, &records));
+    }
+    if json {
+        print!("{}", crate::bench_report::to_json(quick, &records));
     }
     Ok(ExitCode::SUCCESS)
 }

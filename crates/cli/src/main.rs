@@ -7,9 +7,11 @@
 //! - `trace [-o FILE] [RUN OPTIONS] -- PROGRAM`: `run`, logging each call;
 //! - `demo`: walk the main iommufd path in-process and say what happened;
 //! - `info`: the emulated IOMMU and devices, decoded;
-//! - `bench`: the hot paths against same-run references.
+//! - `bench [--quick] [--json] [--compare FILE]`: the hot paths against
+//!   same-run references, as JSON, or beside a saved run.
 
 mod bench;
+mod bench_report;
 mod bench_smmu;
 mod demo;
 mod info;
@@ -51,6 +53,14 @@ enum Cmd {
         /// Fewer iterations and a 1 GiB (not 16 GiB) large map.
         #[arg(long)]
         quick: bool,
+        /// Print the run as JSON on stdout (tables on stderr), to save it
+        /// for a later --compare.
+        #[arg(long)]
+        json: bool,
+        /// A run saved with --json: print each case's time beside it and
+        /// the ratio saved/now.
+        #[arg(long, value_name = "FILE")]
+        compare: Option<std::path::PathBuf>,
     },
 }
 
@@ -61,7 +71,7 @@ fn main() -> ExitCode {
         Cmd::Trace { output, run } => run::run(run.traced(output)),
         Cmd::Demo => demo::demo(),
         Cmd::Info(args) => info::info(args),
-        Cmd::Bench { quick } => bench::bench(quick),
+        Cmd::Bench { quick, json, compare } => bench::bench(bench::BenchArgs { quick, json, compare }),
     };
     match res {
         Ok(code) => code,
