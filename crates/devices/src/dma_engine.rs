@@ -181,6 +181,23 @@ impl Inner {
         lock(&self.ring)
     }
 
+    /// [`Inner::service`], with a panic in the device model (a bug of
+    /// ours, in the ring code or the DMA port behind it) caught: the ring
+    /// halts with [`regs::halt::INTERNAL`] and the failure is reported on
+    /// stderr, so the program sees a halted device rather than one that
+    /// silently stopped completing; a ring or device reset recovers.
+    fn service_caught(&self, stop: &AtomicBool) {
+        let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.service(&mut self.lock_ring(), stop)));
+        if ran.is_ok() {
+            return;
+        }
+        let halted =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.halt_internal(&mut self.lock_ring())));
+        let what =
+            if halted.is_ok() { "the ring is halted (code 0x26); reset it to go on" } else { "and could not halt" };
+        eprintln!("uiommufd: dma-engine {}: the device model failed (a bug in uiommufd): {what}", self.name);
+    }
+
     /// Power-on register contents.
     fn init_registers(&self) {
         let m = self.regs.mapping();
@@ -289,7 +306,7 @@ fn worker_main(inner: &Inner, stop: &AtomicBool) {
         let now = inner.watch();
         if kicked || last != Some(now) {
             last = Some(now);
-            inner.service(&mut inner.lock_ring(), stop);
+            inner.service_caught(stop);
             idle = 0;
             continue;
         }
@@ -399,7 +416,7 @@ impl DmaEngine {
     /// early if a reset intervenes. Returns the registers afterwards.
     pub fn run_until_idle(&self) -> RingState {
         let never = AtomicBool::new(false);
-        self.inner.service(&mut self.inner.lock_ring(), &never);
+        self.inner.service_caught(&never);
         self.ring_state()
     }
 

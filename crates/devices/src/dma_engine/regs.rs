@@ -128,6 +128,9 @@ pub mod halt {
     /// A descriptor failed while `CTRL.HALT_ON_ERROR` was set; `ERR_CODE`
     /// holds its status.
     pub const DESC_ERROR: u8 = 0x25;
+    /// The device model itself failed (a bug in uiommufd, caught): the
+    /// descriptor at `HEAD` may or may not have run. Reset the ring.
+    pub const INTERNAL: u8 = 0x26;
 }
 
 /// Descriptor opcodes.

@@ -178,6 +178,13 @@ impl Inner {
         }
     }
 
+    /// The device model panicked while it ran the ring (caught by the
+    /// caller): halt with [`halt::INTERNAL`], so the driver sees the ring
+    /// stop with a reason instead of a device that no longer completes.
+    pub(crate) fn halt_internal(&self, ring: &mut Ring) {
+        self.halt(ring, halt::INTERNAL, 0);
+    }
+
     fn halt_on(&self, ring: &mut Ring, f: Fault, code: u8) -> Step {
         match f {
             Fault::BusMaster => self.halt(ring, halt::BUS_MASTER, 0),
