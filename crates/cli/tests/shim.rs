@@ -747,6 +747,18 @@ fn hw_info_clears_a_huge_tail_in_place() {
     run(uiommufd_run(&[], &[&exe])).assert_c_passed();
 }
 
+/// The fork protocol covers every lock (tests/c/fork_locks.c): a child
+/// never inherits the frame registry held by another thread's munmap or
+/// madvise hook; a stopped child, in the middle of a call its parent's
+/// fork server runs, never blocks the parent's fork; the shim's prepare
+/// and child handlers allocate nothing (counted by the program's own
+/// malloc).
+#[test]
+fn fork_covers_every_lock_and_never_waits_for_a_child() {
+    let exe = c_program!("fork_locks");
+    run(uiommufd_run(&[], &[&exe])).assert_c_passed();
+}
+
 /// The classic VFIO type1 user (Documentation/driver-api/vfio.rst): the
 /// group from sysfs, /dev/vfio/vfio and /dev/vfio/$GROUP, SET_CONTAINER,
 /// SET_IOMMU, MAP_DMA, GET_DEVICE_FD, BAR0 mapped and the DMA engine

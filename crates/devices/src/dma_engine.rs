@@ -187,6 +187,9 @@ impl Inner {
     /// stderr, so the program sees a halted device rather than one that
     /// silently stopped completing; a ring or device reset recovers.
     fn service_caught(&self, stop: &AtomicBool) {
+        // The ring lock, the device's and the frame registry's are taken
+        // in here: a fork waits for this batch (see forkgate).
+        let _gate = uiommufd_memory::forkgate::enter();
         let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.service(&mut self.lock_ring(), stop)));
         if ran.is_ok() {
             return;

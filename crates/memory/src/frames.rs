@@ -46,7 +46,10 @@
 //! release take for writing.
 //!
 //! Locking: one `RwLock` over the registry. It is a leaf: nothing is called
-//! under it that could re-enter the engine.
+//! under it that could re-enter the engine. Every path that takes it runs
+//! inside the fork gate ([`crate::forkgate`]: engine calls, the DMA
+//! engines' rings, the munmap/madvise/mremap hooks here), so a forked
+//! child never inherits it held.
 //!
 //! Lookup cache. Device copies still run under the read lock (that is what
 //! keeps relocation and release from changing a frame under a copy), but
@@ -740,6 +743,7 @@ pub fn before_munmap(va: u64, len: u64) {
     if fast_path_clear() || !valid_range(va, len) {
         return;
     }
+    let _gate = crate::forkgate::enter();
     let mut reg = write();
     let _ = relocate(&mut reg, va, len);
 }
@@ -752,6 +756,7 @@ pub fn before_madvise_dontneed(va: u64, len: u64) {
     if fast_path_clear() || !valid_range(va, len) {
         return;
     }
+    let _gate = crate::forkgate::enter();
     let mut reg = write();
     let Ok(maps) = vma::current() else { return };
     let end = va.saturating_add(len);
@@ -777,7 +782,7 @@ pub fn before_madvise_dontneed(va: u64, len: u64) {
 fn valid_range(va: u64, len: u64) -> bool {
     let ps = page();
     let aligned = len.wrapping_add(ps - 1) & !(ps - 1);
-    va % ps == 0 && len != 0 && aligned != 0 && va.checked_add(aligned).is_some()
+    va.is_multiple_of(ps) && len != 0 && aligned != 0 && va.checked_add(aligned).is_some()
 }
 
 /// Wrap the program's `mremap(old, old_len, new_len, ...)`, performed by
@@ -793,6 +798,7 @@ pub fn around_mremap(
     if fast_path_clear() {
         return real();
     }
+    let _gate = crate::forkgate::enter();
     let mut reg = write();
     let ps = page();
     // PAGE_ALIGN as the kernel computes it: a length within a page of the

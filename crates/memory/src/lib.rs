@@ -21,6 +21,7 @@ pub mod coherency;
 pub mod dma_fence;
 pub mod failpoint;
 pub mod filemap;
+pub mod forkgate;
 pub mod frames;
 pub mod guard;
 pub mod sys;

@@ -23,13 +23,14 @@
 //!   thread that does not exist in it. Calls forwarded to a parent's
 //!   engine hold one too, so a fork never interrupts one halfway;
 //! - with both held, the handlers let [`crate::fork_server`] snapshot the
-//!   served descriptors for the child and, in the child, turn them into
-//!   remote entries (nothing to do, and no cost, when there are none).
+//!   served descriptors for the child (into room reserved when descriptors
+//!   are installed: the handlers allocate nothing); in the child the
+//!   entries turn remote before the first look at the table (nothing to
+//!   do, and no cost, when there are none).
 //!
 //! Known limit: a signal handler that calls into the shim while its own
 //! thread holds the lock would spin; the windows are a few instructions.
 
-use std::cell::Cell;
 use std::sync::atomic::{AtomicPtr, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Once};
 
@@ -80,78 +81,22 @@ fn write_unlock() {
     LOCK.store(0, Ordering::Release);
 }
 
-/// Calls into the engine in flight (low bits), and `WRITER` while a fork is
-/// being prepared. See [`EngineGuard`].
-static ENGINE: AtomicU32 = AtomicU32::new(0);
-
-thread_local! {
-    /// How many [`EngineGuard`]s this thread holds (engine calls may nest).
-    static ENGINE_DEPTH: Cell<u32> = const { Cell::new(0) };
-}
-
-fn backoff(spins: &mut u32) {
-    if *spins < 64 {
-        *spins += 1;
-        std::hint::spin_loop();
-    } else {
-        std::thread::yield_now();
-    }
-}
-
 /// Held across every call into the engine (open, ioctl, the teardown of a
-/// file). `fork` waits until no thread holds one, so that the child
-/// inherits no engine lock in the locked state.
-pub struct EngineGuard(());
+/// file): the fork gate ([`uiommufd_memory::forkgate`]), so that the child
+/// of a `fork` inherits no engine lock in the locked state.
+pub struct EngineGuard(#[allow(dead_code)] uiommufd_memory::forkgate::Gate);
 
 impl EngineGuard {
     pub fn enter() -> EngineGuard {
         ensure_atfork();
-        let depth = ENGINE_DEPTH.with(|d| d.replace(d.get() + 1));
-        if depth == 0 {
-            let mut spins = 0;
-            loop {
-                let v = ENGINE.load(Ordering::Relaxed);
-                if v & WRITER == 0
-                    && ENGINE.compare_exchange_weak(v, v + 1, Ordering::Acquire, Ordering::Relaxed).is_ok()
-                {
-                    break;
-                }
-                backoff(&mut spins);
-            }
-        }
-        EngineGuard(())
+        EngineGuard(uiommufd_memory::forkgate::enter())
     }
-}
-
-impl Drop for EngineGuard {
-    fn drop(&mut self) {
-        if ENGINE_DEPTH.with(|d| d.replace(d.get() - 1)) == 1 {
-            ENGINE.fetch_sub(1, Ordering::Release);
-        }
-    }
-}
-
-/// The engine calls the forking thread itself is in (0 or 1): a fork from
-/// inside one must not wait for itself.
-fn own_engine_calls() -> u32 {
-    ENGINE_DEPTH.with(|d| (d.get() > 0) as u32)
 }
 
 extern "C" fn atfork_prepare() {
-    // Stop new engine calls, then wait for the ones in flight.
-    let mut spins = 0;
-    loop {
-        let v = ENGINE.load(Ordering::Relaxed);
-        if v & WRITER == 0 && ENGINE.compare_exchange_weak(v, v | WRITER, Ordering::Acquire, Ordering::Relaxed).is_ok()
-        {
-            break;
-        }
-        backoff(&mut spins);
-    }
-    let own = own_engine_calls();
-    while ENGINE.load(Ordering::Acquire) != WRITER | own {
-        backoff(&mut spins);
-    }
+    // Stop new engine calls (and the other users of the gate), then wait
+    // for the ones in flight, for a bounded time.
+    uiommufd_memory::forkgate::close();
     write_lock();
     // A panic must not unwind into libc's fork (the snapshot is then
     // missing and the child keeps private copies).
@@ -162,18 +107,19 @@ extern "C" fn atfork_prepare() {
 fn atfork_release() {
     uiommufd_memory::guard::fork_done();
     write_unlock();
-    ENGINE.store(own_engine_calls(), Ordering::Release);
 }
 
 extern "C" fn atfork_parent() {
     let session = std::panic::catch_unwind(fork_server::parent_locked).unwrap_or(None);
     atfork_release();
+    uiommufd_memory::forkgate::open_parent();
     let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| fork_server::parent(session)));
 }
 
 extern "C" fn atfork_child() {
     let _ = std::panic::catch_unwind(fork_server::child_locked);
     atfork_release();
+    uiommufd_memory::forkgate::open_child();
 }
 
 static ATFORK: Once = Once::new();
@@ -197,6 +143,14 @@ fn split(fd: i32) -> Option<(usize, usize)> {
 }
 
 fn slot(fd: i32) -> Option<&'static AtomicUsize> {
+    // A forked child's inherited descriptors become remote before anything
+    // looks at them (see fork_server::child_locked).
+    fork_server::apply_child_if_pending();
+    raw_slot(fd)
+}
+
+/// [`slot`] as it is, for the fork code itself.
+fn raw_slot(fd: i32) -> Option<&'static AtomicUsize> {
     let (c, i) = split(fd)?;
     let chunk = TABLE[c].load(Ordering::Acquire);
     if chunk.is_null() {
@@ -208,6 +162,7 @@ fn slot(fd: i32) -> Option<&'static AtomicUsize> {
 }
 
 fn slot_or_create(fd: i32) -> Option<&'static AtomicUsize> {
+    fork_server::apply_child_if_pending();
     let (c, i) = split(fd)?;
     let mut chunk = TABLE[c].load(Ordering::Acquire);
     if chunk.is_null() {
@@ -332,7 +287,10 @@ pub fn install_entry(fd: i32, entry: Entry) -> Result<Option<Entry>, Entry> {
     let old = s.swap(raw, Ordering::AcqRel);
     write_unlock();
     if old == 0 {
-        OCCUPIED.fetch_add(1, Ordering::Relaxed);
+        let n = OCCUPIED.fetch_add(1, Ordering::Relaxed) + 1;
+        // Room for the fork handlers' snapshot, made now: they allocate
+        // nothing.
+        fork_server::reserve(n);
         Ok(None)
     } else {
         // SAFETY: `old` was stored by a previous install and its reference
@@ -359,12 +317,12 @@ pub fn remove(fd: i32) -> Option<Entry> {
     Some(unsafe { Entry::from_raw(old) })
 }
 
-/// Every served descriptor with what it refers to, for the fork handlers,
-/// which hold the write lock (so no slot changes meanwhile).
-pub(crate) fn entries_locked() -> Vec<(i32, Entry)> {
-    let mut out = Vec::new();
+/// Call `f` with every served descriptor and what it refers to, for the
+/// fork prepare handler, which holds the write lock (so no slot changes
+/// meanwhile). Allocates nothing.
+pub(crate) fn for_each_locked(mut f: impl FnMut(i32, Entry)) {
     if OCCUPIED.load(Ordering::Relaxed) == 0 {
-        return out;
+        return;
     }
     for (c, chunk) in TABLE.iter().enumerate() {
         let chunk = chunk.load(Ordering::Acquire);
@@ -377,18 +335,25 @@ pub(crate) fn entries_locked() -> Vec<(i32, Entry)> {
             if raw != 0 {
                 // SAFETY: the slot owns the reference and cannot change: the
                 // caller holds the write lock.
-                out.push(((c * CHUNK + i) as i32, unsafe { Entry::clone_raw(raw) }));
+                f((c * CHUNK + i) as i32, unsafe { Entry::clone_raw(raw) });
             }
         }
     }
-    out
 }
 
-/// Make the served descriptor `fd` refer to `entry`, for the fork
-/// handlers, which hold the write lock. Returns the old entry.
-pub(crate) fn replace_locked(fd: i32, entry: Entry) -> Option<Entry> {
-    let s = slot(fd)?;
+/// How many descriptors are served now.
+pub(crate) fn occupied() -> usize {
+    OCCUPIED.load(Ordering::Relaxed)
+}
+
+/// Make the served descriptor `fd` refer to `entry`, under the write lock
+/// (a forked child turning inherited entries into remote ones). Returns
+/// the old entry.
+pub(crate) fn replace(fd: i32, entry: Entry) -> Option<Entry> {
+    let s = raw_slot(fd)?;
+    write_lock();
     let old = s.swap(entry.into_raw(), Ordering::AcqRel);
+    write_unlock();
     if old == 0 {
         OCCUPIED.fetch_add(1, Ordering::Relaxed);
         return None;

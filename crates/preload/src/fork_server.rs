@@ -47,8 +47,11 @@
 //! `mmap` of a device's BARs and for `fstat`.
 //!
 //! Locks: the server holds an [`EngineGuard`] only while it handles one
-//! message, like any engine call, so a `fork` in the parent waits for that
-//! message and never for a child. A child's call holds the child's
+//! message, like any engine call, and leaves the fork gate
+//! ([`uiommufd_memory::forkgate::park`]) while it waits for a child's
+//! answer, so a `fork` in the parent waits for that message's engine work
+//! and never for a child (a stopped one included); a child's call waits
+//! for its serving process parked too. A child's call holds the child's
 //! `EngineGuard` and its session's lock for the whole exchange; the
 //! server's questions are answered by that same thread, so they need
 //! neither the parent's nor the child's other threads. Fork-time state
@@ -332,6 +335,9 @@ impl Session {
     /// Send `m` and wait for its result, answering the server's questions
     /// meanwhile. `EIO` if the serving process is gone.
     fn call(self: &Arc<Self>, m: Msg) -> Result<i64, Errno> {
+        // The serving process may be stopped: out of the fork gate while
+        // we wait for it (this thread holds no engine lock of ours).
+        let _parked = uiommufd_memory::forkgate::park();
         let _one = self.lock.lock().unwrap_or_else(|p| p.into_inner());
         // Entries replaced or withdrawn during the call, dropped after it.
         let mut stale: Vec<Entry> = Vec::new();
@@ -428,6 +434,8 @@ impl Session {
         if self.sock < 0 {
             return Err(Errno::EIO);
         }
+        // Between calls: a call's exchange holds the lock.
+        let _one = self.lock.lock().unwrap_or_else(|p| p.into_inner());
         let payload: Vec<u8> = indices.iter().take((MAX_MSG - HEADER) / 4).flat_map(|i| i.to_ne_bytes()).collect();
         send_msg(self.sock, &Msg::new(OP_CLONE), &payload, Some(sock))
     }
@@ -512,29 +520,30 @@ impl Drop for Remote {
 
 // Fork time.
 
-/// Our own files, snapshotted for a child.
-struct OwnFork {
-    parent_end: OwnedFd,
-    child_end: OwnedFd,
-    /// By index.
-    files: Vec<Arc<File>>,
-    /// Descriptor → index.
-    fds: Vec<(i32, u32)>,
-}
-
-/// Remote entries of ours through one session, for a child: the clone
-/// the serving process made of the session (`None`: it could not).
-struct CloneFork {
-    child_end: Option<OwnedFd>,
-    fds: RemoteFds,
-}
-
-/// Descriptors and their remote entries.
-type RemoteFds = Vec<(i32, Arc<Remote>)>;
-
+/// What a fork hands its child: built by the prepare handler, without
+/// allocating, into room [`reserve`] made beforehand.
+#[derive(Default)]
 struct PendingFork {
-    own: Option<OwnFork>,
+    /// Our own session for the child: (our end, the child's end); none
+    /// when we serve nothing of our own.
+    own: Option<(OwnedFd, OwnedFd)>,
+    /// Our files, by index.
+    files: Vec<Arc<File>>,
+    /// Our descriptors → index.
+    fds: Vec<(i32, u32)>,
+    /// Descriptors we hold from another process's engine, and their
+    /// entries.
+    remotes: Vec<(i32, Arc<Remote>)>,
+    /// One per serving session among `remotes`: the session, the end its
+    /// serving process gets (sent after the fork, by the parent) and the
+    /// child's end (`None`: no socket could be made).
     clones: Vec<CloneFork>,
+}
+
+struct CloneFork {
+    session: Arc<Session>,
+    theirs: Option<OwnedFd>,
+    child_end: Option<OwnedFd>,
 }
 
 /// Fork-time state, under a spin lock (see the module doc).
@@ -543,7 +552,12 @@ struct ForkState {
     server_fds: Vec<RawFd>,
     /// The server's wake-up pipe (read, write), once there is a server.
     wake: Option<(RawFd, RawFd)>,
+    /// Room for the next fork's snapshot.
+    spare: PendingFork,
+    /// Between the prepare handler and the parent or child handler.
     pending: Option<PendingFork>,
+    /// In a child, until its inherited entries are made remote.
+    child: Option<PendingFork>,
 }
 
 struct Locked {
@@ -586,7 +600,13 @@ impl Locked {
 
 static STATE: Locked = Locked {
     busy: AtomicBool::new(false),
-    state: UnsafeCell::new(ForkState { server_fds: Vec::new(), wake: None, pending: None }),
+    state: UnsafeCell::new(ForkState {
+        server_fds: Vec::new(),
+        wake: None,
+        spare: PendingFork { own: None, files: Vec::new(), fds: Vec::new(), remotes: Vec::new(), clones: Vec::new() },
+        pending: None,
+        child: None,
+    }),
 };
 
 /// `UIOMMUFD_FORK_SHARE` is not `0`.
@@ -643,97 +663,114 @@ pub(crate) fn init() {
     ENABLED.store(!off, Ordering::Relaxed);
 }
 
-/// The prepare handler's part, with every engine call drained and the
-/// descriptor table write-locked: snapshot the served descriptors.
-pub(crate) fn prepare() {
-    STATE.lock();
+/// Make room for a fork's snapshot of `n` served descriptors (called as
+/// descriptors are installed, never at fork time).
+pub(crate) fn reserve(n: usize) {
     if !ENABLED.load(Ordering::Relaxed) {
         return;
     }
-    let entries = fdtable::entries_locked();
-    if entries.is_empty() {
-        return;
-    }
-    let pending = snapshot(entries);
-    // SAFETY: we hold the lock (until the parent or child handler).
-    unsafe { STATE.get() }.pending = Some(pending);
+    STATE.with(|st| {
+        let n = n + 1;
+        let sp = &mut st.spare;
+        sp.files.reserve(n.saturating_sub(sp.files.len()));
+        sp.fds.reserve(n.saturating_sub(sp.fds.len()));
+        sp.remotes.reserve(n.saturating_sub(sp.remotes.len()));
+        sp.clones.reserve(n.saturating_sub(sp.clones.len()));
+        let fds = st.server_fds.len() + 4;
+        st.server_fds.reserve(fds.saturating_sub(st.server_fds.len()));
+    });
 }
 
-fn snapshot(entries: Vec<(i32, Entry)>) -> PendingFork {
-    let mut files: Vec<Arc<File>> = Vec::new();
-    let mut index: HashMap<usize, u32> = HashMap::new();
-    let mut fds = Vec::new();
-    // Remote entries by the session they go through.
-    let mut groups: Vec<(Arc<Session>, RemoteFds)> = Vec::new();
-    for (fd, entry) in entries {
-        match entry {
-            // A task's fail-nth file is about the calling thread: the
-            // child's stays its own.
-            Entry::Local(f) if matches!(*f, File::FailNth(_)) => {}
-            Entry::Local(f) => {
-                let key = Arc::as_ptr(&f) as usize;
-                let i = match index.get(&key) {
-                    Some(&i) => i,
-                    None => {
-                        files.push(f);
-                        let i = (files.len() - 1) as u32;
-                        index.insert(key, i);
-                        i
-                    }
-                };
-                fds.push((fd, i));
+/// Push `x` if there is room (the fork handlers never grow a vector).
+/// Without room `x` is dropped: a clone of a reference the descriptor
+/// table holds, so nothing is freed.
+fn push_in_room<T>(v: &mut Vec<T>, x: T) -> bool {
+    if v.len() < v.capacity() {
+        v.push(x);
+        true
+    } else {
+        drop(x);
+        false
+    }
+}
+
+/// The prepare handler's part, with every engine call drained and the
+/// descriptor table write-locked: snapshot the served descriptors into
+/// the reserved room. Allocates nothing and sends nothing (the sockets are
+/// made here, with system calls; the serving processes of inherited
+/// descriptors hear of the child from the parent handler).
+pub(crate) fn prepare() {
+    STATE.lock();
+    if !ENABLED.load(Ordering::Relaxed) || fdtable::occupied() == 0 {
+        return;
+    }
+    // SAFETY: we hold the lock (until the parent or child handler).
+    let st = unsafe { STATE.get() };
+    let mut p = std::mem::take(&mut st.spare);
+    fdtable::for_each_locked(|fd, entry| match entry {
+        // A task's fail-nth file is about the calling thread: the
+        // child's stays its own.
+        Entry::Local(f) if matches!(*f, File::FailNth(_)) => drop(f),
+        Entry::Local(f) => {
+            let i = match p.files.iter().position(|g| Arc::ptr_eq(g, &f)) {
+                Some(i) => {
+                    // Not kept: the count goes back down, never to zero
+                    // (the table holds the file).
+                    drop(f);
+                    Some(i)
+                }
+                None => push_in_room(&mut p.files, f).then(|| p.files.len() - 1),
+            };
+            // Without room the child keeps a private copy of this one.
+            if let Some(i) = i {
+                push_in_room(&mut p.fds, (fd, i as u32));
             }
-            Entry::Remote(r) => match groups.iter_mut().find(|(s, _)| Arc::ptr_eq(s, &r.session)) {
-                Some((_, list)) => list.push((fd, r)),
-                None => groups.push((Arc::clone(&r.session), vec![(fd, r)])),
-            },
+        }
+        Entry::Remote(r) => {
+            if !p.clones.iter().any(|c| Arc::ptr_eq(&c.session, &r.session)) {
+                let clone = CloneFork { session: Arc::clone(&r.session), theirs: None, child_end: None };
+                push_in_room(&mut p.clones, clone);
+            }
+            push_in_room(&mut p.remotes, (fd, r));
+        }
+    });
+    if !p.fds.is_empty() {
+        p.own = socketpair().ok();
+    }
+    for c in &mut p.clones {
+        if let Ok((theirs, child_end)) = socketpair() {
+            (c.theirs, c.child_end) = (Some(theirs), Some(child_end));
         }
     }
-    // Without a socket the child keeps private copies (the old way).
-    let own = if fds.is_empty() {
-        None
-    } else {
-        socketpair().ok().map(|(parent_end, child_end)| OwnFork { parent_end, child_end, files, fds })
-    };
-    let clones = groups
-        .into_iter()
-        .map(|(session, list)| {
-            let mut indices: Vec<u32> = list.iter().map(|(_, r)| r.index).collect();
-            indices.sort_unstable();
-            indices.dedup();
-            let child_end = socketpair().ok().and_then(|(theirs, child_end)| {
-                session.send_clone(&indices, theirs.as_raw_fd()).ok().map(|()| child_end)
-            });
-            CloneFork { child_end, fds: list }
-        })
-        .collect();
-    PendingFork { own, clones }
+    st.pending = Some(p);
 }
 
 /// The parent handler's part that needs the fork-time lock (still held,
 /// as are the engine and table locks, so no other fork can copy what is
 /// half done): close the child's ends, register the new session's socket
-/// as the server's and make sure there is a server. Returns the session
-/// for [`parent`].
-pub(crate) fn parent_locked() -> Option<ParentSession> {
+/// as the server's and make sure there is a server. Returns what
+/// [`parent`] finishes.
+pub(crate) fn parent_locked() -> Option<ParentWork> {
     let _unlock = Unlock;
     // SAFETY: the prepare handler took the lock; `_unlock` releases it.
     let st = unsafe { STATE.get() };
-    let session = st.pending.take().and_then(|pending| {
-        // The child ends are the child's alone (while a copy stayed here,
-        // the server would not see the child's end close).
-        drop(pending.clones);
-        let own = pending.own?;
-        drop(own.child_end);
+    let mut pending = st.pending.take()?;
+    // The child ends are the child's alone (while a copy stayed here, the
+    // server would not see the child's end close).
+    for c in &mut pending.clones {
+        c.child_end = None;
+    }
+    let session = pending.own.take().map(|(parent_end, child_end)| {
+        drop(child_end);
         if st.wake.is_none() {
             st.wake = start_server();
             st.server_fds.extend(st.wake.iter().flat_map(|&(r, w)| [r, w]));
             WAKE.store(st.wake.map_or(-1, |(_, w)| w), Ordering::Release);
         }
-        st.server_fds.push(own.parent_end.as_raw_fd());
-        Some(ParentSession(ServerSession::new(own.parent_end, own.files)))
+        st.server_fds.push(parent_end.as_raw_fd());
+        ServerSession::new(parent_end, std::mem::take(&mut pending.files))
     });
-    session
+    Some(ParentWork { session, pending })
 }
 
 /// Releases the fork-time lock the prepare handler took, also when a
@@ -746,13 +783,31 @@ impl Drop for Unlock {
     }
 }
 
-/// A new child's session, between the parent handler's two parts.
-pub(crate) struct ParentSession(ServerSession);
+/// A new child's session and the rest of the snapshot, between the parent
+/// handler's two parts.
+pub(crate) struct ParentWork {
+    session: Option<ServerSession>,
+    pending: PendingFork,
+}
 
-/// The parent handler's part after every lock is released: hand the
-/// child's session to the server.
-pub(crate) fn parent(session: Option<ParentSession>) {
-    let Some(ParentSession(session)) = session else { return };
+/// The parent handler's part after every lock is released: ask the
+/// serving processes of inherited descriptors for the child's clones of
+/// their sessions, hand the child's session of our own to the server, and
+/// make room for the next fork.
+pub(crate) fn parent(work: Option<ParentWork>) {
+    let Some(ParentWork { session, pending }) = work else { return };
+    for c in &pending.clones {
+        let Some(theirs) = &c.theirs else { continue };
+        let mut indices: Vec<u32> =
+            pending.remotes.iter().filter(|(_, r)| Arc::ptr_eq(&r.session, &c.session)).map(|(_, r)| r.index).collect();
+        indices.sort_unstable();
+        indices.dedup();
+        // Failing, the child's calls on these descriptors fail with EIO.
+        let _ = c.session.send_clone(&indices, theirs.as_raw_fd());
+    }
+    drop(pending);
+    reserve(fdtable::occupied());
+    let Some(session) = session else { return };
     let wake = WAKE.load(Ordering::Acquire);
     if wake < 0 {
         return end_session(session);
@@ -772,43 +827,91 @@ pub(crate) fn parent(session: Option<ParentSession>) {
     }
 }
 
-/// The child handler's part, with the descriptor table write-locked: drop
-/// the parent's server and turn the snapshot into remote entries.
+/// The child handler's part, with the descriptor table write-locked:
+/// drop the parent's server and keep the snapshot for
+/// [`apply_child_if_pending`]. Allocates and frees nothing: descriptors
+/// are closed with the system call; what needs memory (the sessions, the
+/// remote entries) is made on the child's first look at the table.
 pub(crate) fn child_locked() {
-    let unlock = Unlock;
-    // SAFETY: the prepare handler took the lock; `unlock` releases it.
+    let _unlock = Unlock;
+    // SAFETY: the prepare handler took the lock; `_unlock` releases it.
     let st = unsafe { STATE.get() };
-    for fd in st.server_fds.drain(..) {
+    for &fd in &st.server_fds {
         close_raw(fd);
     }
+    st.server_fds.clear();
     st.wake = None;
     WAKE.store(-1, Ordering::Release);
-    let pending = st.pending.take();
-    drop(unlock);
-    let Some(pending) = pending else { return };
-    if let Some(own) = pending.own {
-        drop(own.parent_end);
-        let session = Arc::new(Session::new(Some(own.child_end)));
-        let remotes: Vec<Arc<Remote>> = own
-            .files
+    let Some(mut pending) = st.pending.take() else { return };
+    if let Some((parent_end, _)) = &pending.own {
+        close_raw(parent_end.as_raw_fd());
+    }
+    for c in &mut pending.clones {
+        if let Some(theirs) = c.theirs.take() {
+            close_raw(theirs.into_raw_fd());
+        }
+    }
+    st.child = Some(pending);
+    CHILD.store(CHILD_PENDING, Ordering::Release);
+}
+
+/// A forked child's snapshot waits to be applied.
+const CHILD_PENDING: u8 = 1;
+/// A thread of the child is applying it.
+const CHILD_APPLYING: u8 = 2;
+static CHILD: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+
+/// In a forked child, before its first look at the descriptor table: turn
+/// the inherited descriptors into remote entries. One load when there is
+/// nothing to do.
+#[inline]
+pub(crate) fn apply_child_if_pending() {
+    if CHILD.load(Ordering::Acquire) != 0 {
+        apply_child();
+    }
+}
+
+#[cold]
+fn apply_child() {
+    if CHILD.compare_exchange(CHILD_PENDING, CHILD_APPLYING, Ordering::AcqRel, Ordering::Acquire).is_err() {
+        // Another thread applies it: wait for it.
+        while CHILD.load(Ordering::Acquire) != 0 {
+            std::thread::yield_now();
+        }
+        return;
+    }
+    let pending = STATE.with(|st| st.child.take());
+    if let Some(p) = pending {
+        let _ = catch_unwind(AssertUnwindSafe(|| make_remote(p)));
+    }
+    CHILD.store(0, Ordering::Release);
+    reserve(fdtable::occupied());
+}
+
+fn make_remote(p: PendingFork) {
+    let PendingFork { own, files, fds, remotes, clones, .. } = p;
+    if let Some((parent_end, child_end)) = own {
+        // Closed by the child handler already.
+        let _ = parent_end.into_raw_fd();
+        let session = Arc::new(Session::new(Some(child_end)));
+        let made: Vec<Arc<Remote>> = files
             .into_iter()
             .enumerate()
             .map(|(i, f)| {
                 Arc::new(Remote { session: Arc::clone(&session), index: i as u32, kind: f.describe(), local: Some(f) })
             })
             .collect();
-        for (fd, i) in own.fds {
-            let old = fdtable::replace_locked(fd, Entry::Remote(Arc::clone(&remotes[i as usize])));
+        for (fd, i) in fds {
+            let old = fdtable::replace(fd, Entry::Remote(Arc::clone(&made[i as usize])));
             // The inherited copy of our state is kept, never torn down.
             std::mem::forget(old);
         }
     }
-    for clone in pending.clones {
+    for clone in clones {
         let session = Arc::new(Session::new(clone.child_end));
         let mut made: Vec<(usize, Arc<Remote>)> = Vec::new();
-        let mut old_socks: Vec<RawFd> = Vec::new();
-        for (fd, old) in clone.fds {
-            let key = Arc::as_ptr(&old) as usize;
+        for (fd, old) in remotes.iter().filter(|(_, r)| Arc::ptr_eq(&r.session, &clone.session)) {
+            let key = Arc::as_ptr(old) as usize;
             let new = match made.iter().find(|(k, _)| *k == key) {
                 Some((_, r)) => Arc::clone(r),
                 None => {
@@ -822,16 +925,18 @@ pub(crate) fn child_locked() {
                     r
                 }
             };
-            if !old_socks.contains(&old.session.sock) {
-                old_socks.push(old.session.sock);
-            }
-            std::mem::forget(fdtable::replace_locked(fd, Entry::Remote(new)));
-            // Dropping the parent's entry would release its index upstream.
-            std::mem::forget(old);
+            // Dropping the parent's entries would release their indices
+            // upstream.
+            std::mem::forget(fdtable::replace(*fd, Entry::Remote(new)));
         }
-        for sock in old_socks.into_iter().filter(|&s| s >= 0) {
-            close_raw(sock);
+        if clone.session.sock >= 0 {
+            close_raw(clone.session.sock);
         }
+        std::mem::forget(clone.session);
+    }
+    // The parent's remote entries: their sessions are the parent's.
+    for (_, r) in remotes {
+        std::mem::forget(r);
     }
 }
 
@@ -1039,6 +1144,10 @@ struct RemoteHost<'a> {
 impl<'a> RemoteHost<'a> {
     /// Ask the child; its answer (with a descriptor, if one came).
     fn ask(&self, st: &mut HostState<'a>, q: &Msg, pass: Option<RawFd>) -> Option<(Msg, Option<OwnedFd>)> {
+        // Waiting for the child, which may be stopped: out of the fork
+        // gate (the handlers asking hold no engine lock), so our own forks
+        // never wait for a child.
+        let _parked = uiommufd_memory::forkgate::park();
         send_msg(self.sock, q, &[], pass).ok()?;
         let mut buf = [0u8; 256];
         loop {
