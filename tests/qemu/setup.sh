@@ -42,9 +42,11 @@ Suites: bookworm bookworm-updates bookworm-backports
 Components: main
 Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
 SRC
-  # This machine's packages, as if no QEMU were installed (a QEMU of
-  # another version must not decide what the one we extract needs).
-  awk 'BEGIN { RS = ""; ORS = "\n\n" } !/^Package: qemu-/' /var/lib/dpkg/status > "$apt/status"
+  # This machine's packages, as if no QEMU and none of its firmware were
+  # installed: a QEMU of another version (the oracle installs bookworm's)
+  # must not decide what the one we extract needs, and the extracted QEMU
+  # finds its BIOS and option ROMs only beside itself (-L).
+  awk 'BEGIN { RS = ""; ORS = "\n\n" } !/^Package: (qemu-|seabios|ipxe-qemu|ovmf)/' /var/lib/dpkg/status > "$apt/status"
   if [ ! -f "$apt/updated" ] || [ -n "$(find "$apt/updated" -mmin +1440)" ]; then
     log "apt-get update (private state, $m)"
     apt-get "${APT[@]}" update -qq >/dev/null
