@@ -26,6 +26,7 @@ use core::any::Any;
 
 use uiommufd_abi::Errno;
 
+pub mod amd;
 pub mod device;
 pub mod dma;
 pub mod mock;
