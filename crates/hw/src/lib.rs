@@ -33,6 +33,7 @@ pub mod mock;
 pub mod pt;
 pub mod smmuv3;
 pub mod vtd;
+pub mod x86_64;
 
 /// Mapping permissions and attributes, with the kernel's `IOMMU_*` values.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]

@@ -104,6 +104,38 @@ pub trait Format {
     /// The permissions a leaf grants.
     fn leaf_prot(entry: u64) -> Prot;
 
+    /// log2 of the most entries of one level a *contiguous* leaf may span
+    /// (0: the format has none). A contiguous leaf of `2^c` entries maps
+    /// `level_size(level) << c` bytes and is written as `2^c` identical
+    /// entries, aligned to `2^c` slots (AMD v1's "next level 7" page-size
+    /// encoding). Must be below [`INDEX_BITS`](Format::INDEX_BITS).
+    const MAX_CONTIG_LG2: u32 = 0;
+
+    /// The entry of a contiguous leaf spanning `2^contig_lg2` entries at
+    /// `level`, mapping from `paddr` (aligned to the whole leaf). Only
+    /// called with `0 < contig_lg2 <= MAX_CONTIG_LG2`.
+    fn make_leaf_contig(paddr: u64, prot: Prot, level: u32, contig_lg2: u32) -> u64 {
+        let _ = contig_lg2;
+        Self::make_leaf(paddr, prot, level)
+    }
+
+    /// How many entries (log2) the leaf `entry` at `level` spans; its
+    /// [`leaf_paddr`](Format::leaf_paddr) is then the start of the whole
+    /// contiguous leaf.
+    fn leaf_contig_lg2(entry: u64, level: u32) -> u32 {
+        let _ = (entry, level);
+        0
+    }
+
+    /// A table entry held at `level` pointing at the node (of level
+    /// `level - 1`) whose physical address is `table_pa`; by default
+    /// [`make_table`](Format::make_table). Formats that record the next
+    /// level in table entries override it.
+    fn make_table_at(table_pa: u64, level: u32) -> u64 {
+        let _ = level;
+        Self::make_table(table_pa)
+    }
+
     /// Whether hardware marked the leaf dirty.
     fn is_dirty(entry: u64) -> bool {
         entry & Self::DIRTY != 0
@@ -295,7 +327,10 @@ impl<F: Format, const N: usize> PageTable<F, N> {
         assert!(F::LEVELS >= 1 && F::LEVELS <= 6, "1 to 6 levels");
         assert!(F::LEAF_LEVELS & 1 == 1, "level 0 must hold leaves");
         assert!(F::LEAF_LEVELS >> F::LEVELS == 0, "leaf level above the top");
-        assert!(F::LEAF_SHIFT >= 1 && F::LEAF_SHIFT + F::INDEX_BITS * F::LEVELS <= 64, "IOVA wider than 64 bits");
+        // The top level may be partial (AMD v1's sixth level indexes bits
+        // 63:57 only): IOVAs are 64 bits, the levels below must fit.
+        assert!(F::LEAF_SHIFT >= 1 && F::LEAF_SHIFT + F::INDEX_BITS * (F::LEVELS - 1) < 64, "IOVA wider than 64 bits");
+        assert!(F::MAX_CONTIG_LG2 < F::INDEX_BITS, "a contiguous leaf spans less than a node");
     };
 
     /// An empty table (just the top-level node).
@@ -332,14 +367,18 @@ impl<F: Format, const N: usize> PageTable<F, N> {
         level < F::LEVELS && F::LEAF_LEVELS & (1 << level) != 0
     }
 
-    /// Bitmap of every leaf size of the format (an `iommu_domain`'s
-    /// `pgsize_bitmap` is this or a subset).
+    /// Bitmap of every leaf size of the format, contiguous ones included
+    /// (an `iommu_domain`'s `pgsize_bitmap` is this or a subset).
     pub const fn pgsize_bitmap() -> u64 {
         let mut bitmap = 0;
         let mut level = 0;
         while level < F::LEVELS {
             if Self::leaf_level(level) {
-                bitmap |= Self::level_size(level);
+                let mut c = 0;
+                while c <= F::MAX_CONTIG_LG2 && Self::level_shift(level) + c < 64 {
+                    bitmap |= Self::level_size(level) << c;
+                    c += 1;
+                }
             }
             level += 1;
         }
@@ -365,6 +404,32 @@ impl<F: Format, const N: usize> PageTable<F, N> {
             Some(level)
         } else {
             None
+        }
+    }
+
+    /// The level and contiguous span (log2 of entries) of leaves of
+    /// `pgsize` bytes, if the format has them.
+    pub const fn leaf_for_pgsize(pgsize: u64) -> Option<(u32, u32)> {
+        if !pgsize.is_power_of_two() || pgsize.trailing_zeros() < F::LEAF_SHIFT {
+            return None;
+        }
+        let above = pgsize.trailing_zeros() - F::LEAF_SHIFT;
+        let level = above / F::INDEX_BITS;
+        let contig = above % F::INDEX_BITS;
+        if contig <= F::MAX_CONTIG_LG2 && Self::leaf_level(level) {
+            Some((level, contig))
+        } else {
+            None
+        }
+    }
+
+    /// log2 of the bytes the leaf `entry` at `level` maps.
+    #[inline]
+    fn leaf_shift(entry: u64, level: u32) -> u32 {
+        if F::MAX_CONTIG_LG2 == 0 {
+            Self::level_shift(level)
+        } else {
+            Self::level_shift(level) + F::leaf_contig_lg2(entry, level)
         }
     }
 
@@ -428,7 +493,7 @@ impl<F: Format, const N: usize> PageTable<F, N> {
         prot: Prot,
         mark: impl Fn(u64, u64) -> u64,
     ) -> Result<(), (Errno, u64)> {
-        let level = Self::level_for_pgsize(pgsize).ok_or((Errno::EINVAL, 0))?;
+        let (level, contig) = Self::leaf_for_pgsize(pgsize).ok_or((Errno::EINVAL, 0))?;
         if (iova | paddr) & (pgsize - 1) != 0 {
             return Err((Errno::EINVAL, 0));
         }
@@ -439,6 +504,9 @@ impl<F: Format, const N: usize> PageTable<F, N> {
         let last = iova.checked_add(total - 1).ok_or((Errno::ERANGE, 0))?;
         if last > Self::max_iova() || paddr.checked_add(total - 1).is_none() {
             return Err((Errno::ERANGE, 0));
+        }
+        if contig != 0 {
+            return self.map_contig(iova, paddr, pgsize, pgcount, prot, level, contig, mark);
         }
         // Entries are normally the physical address under fixed attribute
         // bits, so each leaf is the previous plus `pgsize`: check that at
@@ -454,6 +522,63 @@ impl<F: Format, const N: usize> PageTable<F, N> {
         } else {
             self.install_run(iova, level, pgcount, |n| mark(F::make_leaf(paddr + n * pgsize, prot, level), n))
         }
+    }
+
+    /// The contiguous-leaf case of [`map_with`](Self::map_with): every page
+    /// is `2^contig` identical entries at `level`. A page whose entries
+    /// could only be partly written (a slot in use) is cleared again, so
+    /// the bytes reported mapped are whole pages.
+    #[allow(clippy::too_many_arguments)]
+    #[cold]
+    fn map_contig(
+        &self,
+        iova: u64,
+        paddr: u64,
+        pgsize: u64,
+        pgcount: u64,
+        prot: Prot,
+        level: u32,
+        contig: u32,
+        mark: impl Fn(u64, u64) -> u64,
+    ) -> Result<(), (Errno, u64)> {
+        let entries = pgcount << contig;
+        let leaf = |n: u64| {
+            let page = n >> contig;
+            mark(F::make_leaf_contig(paddr + page * pgsize, prot, level, contig), page)
+        };
+        match self.install_run(iova, level, entries, leaf) {
+            Ok(()) => Ok(()),
+            Err((e, done)) => {
+                let whole = done & !(pgsize - 1);
+                if whole != done {
+                    self.clear_slots(iova + whole, level, (done - whole) >> Self::level_shift(level));
+                }
+                Err((e, whole))
+            }
+        }
+    }
+
+    /// Zero `count` entries at `level` from `iova` (within one node), where
+    /// the walk exists: undoes part of a contiguous leaf.
+    fn clear_slots(&self, iova: u64, level: u32, count: u64) {
+        if let Some(node) = self.node_for_existing(iova, level) {
+            let first = Self::index(iova, level);
+            for slot in &node.entries[first..first + count as usize] {
+                slot.store(0, Ordering::Release);
+            }
+        }
+    }
+
+    /// The physical address of the node at `level` on the walk of `iova`,
+    /// creating the nodes above it: where a table whose top grows on
+    /// demand starts while it has `level + 1` levels (the table below the
+    /// entry 0 chain of the full-depth tree, as AMD v1's dynamic top
+    /// links the old top under entry 0 of the new one).
+    pub fn node_pa(&self, iova: u64, level: u32) -> Result<u64, Errno> {
+        if level >= F::LEVELS {
+            return Err(Errno::EINVAL);
+        }
+        Ok(self.node_for(iova, level)?.pa)
     }
 
     /// Install `count` leaf entries at `level` from `iova` (aligned to the
@@ -565,7 +690,7 @@ impl<F: Format, const N: usize> PageTable<F, N> {
         }
         let _serial = self.split.lock().unwrap_or_else(|e| e.into_inner());
         let Ok((slot, entry, found)) = self.find(iova) else { return Ok(false) };
-        if found != level {
+        if found != level || (F::MAX_CONTIG_LG2 != 0 && F::leaf_contig_lg2(entry, level) != 0) {
             return Ok(false);
         }
         let node = self.node_for_existing(iova, level).ok_or(Errno::EEXIST)?;
@@ -574,7 +699,7 @@ impl<F: Format, const N: usize> PageTable<F, N> {
         for (i, e) in child.entries.iter().enumerate() {
             e.store(leaf(i, entry), Ordering::Relaxed);
         }
-        match slot.compare_exchange(entry, F::make_table(child.pa), Ordering::AcqRel, Ordering::Acquire) {
+        match slot.compare_exchange(entry, F::make_table_at(child.pa, level), Ordering::AcqRel, Ordering::Acquire) {
             Ok(_) => Ok(true),
             Err(_) => {
                 // The leaf went meanwhile (an unmap racing with the split):
@@ -663,7 +788,12 @@ impl<F: Format, const N: usize> PageTable<F, N> {
                 // Attach a child to the slot (once for the table's life),
                 // then link it in the hardware-visible entry.
                 let child = node.children[idx].get_or_try_init(Node::new)?;
-                match slot.compare_exchange(entry, F::make_table(child.pa), Ordering::AcqRel, Ordering::Acquire) {
+                match slot.compare_exchange(
+                    entry,
+                    F::make_table_at(child.pa, level),
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                ) {
                     Ok(_) => break,
                     Err(now) => entry = now,
                 }
@@ -721,33 +851,41 @@ impl<F: Format, const N: usize> PageTable<F, N> {
     }
 
     /// Visit every present leaf overlapping `start..=last` in IOVA order,
-    /// calling `f(leaf_iova, level, slot, entry)`; the leaf may extend
-    /// beyond the range on either side. `start..=last` must lie within the
-    /// node's span.
+    /// calling `f(leaf_iova, level, slots, entry)` once per leaf with the
+    /// entries it occupies (one, or all of a contiguous leaf's); the leaf
+    /// may extend beyond the range on either side. `start..=last` must lie
+    /// within the node's span.
     fn visit<B>(
         node: &Node<N>,
         level: u32,
         start: u64,
         last: u64,
-        f: &mut impl FnMut(u64, u32, &AtomicU64, u64) -> ControlFlow<B>,
+        f: &mut impl FnMut(u64, u32, &[AtomicU64], u64) -> ControlFlow<B>,
     ) -> ControlFlow<B> {
-        let size_mask = low_mask(Self::level_shift(level));
+        let shift = Self::level_shift(level);
+        let size_mask = low_mask(shift);
         let first = Self::index(start, level);
         let end = Self::index(last, level);
-        let mut slot_iova = start & !size_mask;
-        for idx in first..=end {
-            let slot = &node.entries[idx];
-            let entry = slot.load(Ordering::Acquire);
+        let base = (start & !size_mask).wrapping_sub((first as u64) << shift);
+        let mut idx = first;
+        while idx <= end {
+            let slot_iova = base.wrapping_add((idx as u64) << shift);
+            let entry = node.entries[idx].load(Ordering::Acquire);
+            let mut next = idx + 1;
             if F::is_present(entry) {
                 if Self::is_leaf_at(entry, level) {
-                    f(slot_iova, level, slot, entry)?;
+                    let c = if F::MAX_CONTIG_LG2 == 0 { 0 } else { F::leaf_contig_lg2(entry, level) };
+                    let block = idx & !((1usize << c) - 1);
+                    next = block + (1usize << c);
+                    let block_iova = base.wrapping_add((block as u64) << shift);
+                    f(block_iova, level, &node.entries[block..next.min(N)], entry)?;
                 } else if let Some(child) = node.children[idx].get() {
                     let s = start.max(slot_iova);
                     let l = last.min(slot_iova | size_mask);
                     Self::visit(child, level - 1, s, l, f)?;
                 }
             }
-            slot_iova = slot_iova.wrapping_add(size_mask).wrapping_add(1);
+            idx = next;
         }
         ControlFlow::Continue(())
     }
@@ -802,29 +940,63 @@ impl<F: Format, const N: usize> PageTable<F, N> {
         let first = Self::index(start, level);
         let end = Self::index(last, level);
         if level == 0 {
+            if F::MAX_CONTIG_LG2 != 0 {
+                // Only a contiguous leaf at either end can stick out (the
+                // ones between lie inside: they are aligned runs).
+                let span = |idx: usize| {
+                    let e = node.entries[idx].load(Ordering::Acquire);
+                    if F::is_present(e) {
+                        (1usize << F::leaf_contig_lg2(e, 0)) - 1
+                    } else {
+                        0
+                    }
+                };
+                if first & !span(first) != first {
+                    return ControlFlow::Break(start);
+                }
+                let tail = span(end);
+                if end | tail != end {
+                    let block = end & !tail;
+                    for slot in &node.entries[first..block] {
+                        slot.store(0, Ordering::Release);
+                    }
+                    let shift = Self::level_shift(0);
+                    return ControlFlow::Break((start & !low_mask(shift)) + (((block - first) as u64) << shift));
+                }
+            }
             for slot in &node.entries[first..=end] {
                 slot.store(0, Ordering::Release);
             }
             return ControlFlow::Continue(());
         }
-        let size_mask = low_mask(Self::level_shift(level));
-        let mut slot_iova = start & !size_mask;
-        for idx in first..=end {
-            let slot = &node.entries[idx];
-            let entry = slot.load(Ordering::Acquire);
+        let shift = Self::level_shift(level);
+        let size_mask = low_mask(shift);
+        let base = (start & !size_mask).wrapping_sub((first as u64) << shift);
+        let mut idx = first;
+        while idx <= end {
+            let slot_iova = base.wrapping_add((idx as u64) << shift);
+            let entry = node.entries[idx].load(Ordering::Acquire);
+            let mut next = idx + 1;
             if F::is_present(entry) {
                 if Self::is_leaf_at(entry, level) {
-                    if slot_iova < start || (slot_iova | size_mask) > last {
-                        return ControlFlow::Break(slot_iova.max(start));
+                    let c = if F::MAX_CONTIG_LG2 == 0 { 0 } else { F::leaf_contig_lg2(entry, level) };
+                    let block = idx & !((1usize << c) - 1);
+                    next = (block + (1usize << c)).min(N);
+                    let block_iova = base.wrapping_add((block as u64) << shift);
+                    let block_last = block_iova.wrapping_add(low_mask(shift + c));
+                    if block_iova < start || block_last > last {
+                        return ControlFlow::Break(block_iova.max(start));
                     }
-                    slot.store(0, Ordering::Release);
+                    for slot in &node.entries[block..next] {
+                        slot.store(0, Ordering::Release);
+                    }
                 } else if let Some(child) = node.children[idx].get() {
                     let s = start.max(slot_iova);
                     let l = last.min(slot_iova | size_mask);
                     Self::clear_range(child, level - 1, s, l)?;
                 }
             }
-            slot_iova = slot_iova.wrapping_add(size_mask).wrapping_add(1);
+            idx = next;
         }
         ControlFlow::Continue(())
     }
@@ -877,12 +1049,9 @@ impl<F: Format, const N: usize> PageTable<F, N> {
         if !prot.contains(needed) {
             return Err(Fault::Permission);
         }
-        let offset = iova & low_mask(Self::level_shift(level));
-        Ok(Translation {
-            paddr: F::leaf_paddr(entry, level).wrapping_add(offset),
-            len: Self::level_size(level) - offset,
-            prot,
-        })
+        let mask = low_mask(Self::leaf_shift(entry, level));
+        let offset = iova & mask;
+        Ok(Translation { paddr: F::leaf_paddr(entry, level).wrapping_add(offset), len: mask - offset + 1, prot })
     }
 
     /// Translate one access at `iova`: reads need `READ`, writes `WRITE`.
@@ -982,13 +1151,17 @@ impl<F: Format, const N: usize> PageTable<F, N> {
     /// reported whole even where they stick out of the range.
     pub fn read_and_clear_dirty(&self, iova: u64, len: u64, clear: bool, mut f: impl FnMut(u64, u64, bool)) {
         let Some((start, last)) = Self::clip(iova, len) else { return };
-        let _ = Self::visit::<()>(&self.root, F::LEVELS - 1, start, last, &mut |leaf_iova, level, slot, entry| {
-            let mut dirty = F::is_dirty(entry);
-            if dirty && clear {
-                let old = slot.fetch_and(!F::DIRTY, Ordering::AcqRel);
-                dirty = F::is_dirty(old);
+        let _ = Self::visit::<()>(&self.root, F::LEVELS - 1, start, last, &mut |leaf_iova, level, slots, entry| {
+            // A contiguous leaf is dirty when any of its entries is: the
+            // hardware sets D in the entry it used.
+            let mut dirty = false;
+            for slot in slots {
+                let e = if slots.len() == 1 { entry } else { slot.load(Ordering::Acquire) };
+                if F::is_dirty(e) {
+                    dirty |= if clear { F::is_dirty(slot.fetch_and(!F::DIRTY, Ordering::AcqRel)) } else { true };
+                }
             }
-            f(leaf_iova, Self::level_size(level), dirty);
+            f(leaf_iova, 1u64 << Self::leaf_shift(entry, level), dirty);
             ControlFlow::Continue(())
         });
     }

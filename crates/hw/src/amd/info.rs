@@ -378,7 +378,10 @@ mod tests {
         let p = DriverParams { pgtable: PgtableMode::V2, ..DriverParams::default() };
         assert_eq!(AmdInfo::new(AmdRegs::from_raw(1 << 4, 0), p).unwrap().pgtable, PgtableMode::V1);
         // PASmax beyond 16 bits: the driver's BUG_ON.
-        assert_eq!(AmdInfo::new(AmdRegs::from_raw((1 << 4) | (16 << 32), 0), DriverParams::default()), Err(Errno::ENODEV));
+        assert_eq!(
+            AmdInfo::new(AmdRegs::from_raw((1 << 4) | (16 << 32), 0), DriverParams::default()),
+            Err(Errno::ENODEV)
+        );
         // No GT: no PASIDs at all.
         assert_eq!(info(0, 0).max_pasids, 0);
     }

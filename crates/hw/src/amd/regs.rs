@@ -375,7 +375,10 @@ mod tests {
     #[test]
     fn default_part_decodes_as_linux_prints_it() {
         let r = AmdRegs::default();
-        assert_eq!(r.boot_line(), "AMD-Vi: Extended features (0x25bf732fa2295afe, 0x1d): PPR X2APIC NX GT [5] IA GA PC GA_vAPIC");
+        assert_eq!(
+            r.boot_line(),
+            "AMD-Vi: Extended features (0x25bf732fa2295afe, 0x1d): PPR X2APIC NX GT [5] IA GA PC GA_vAPIC"
+        );
         // Hand-decoded from 0x25bf732fa2295afe.
         let e = r.efr;
         assert_eq!((e.ppr_sup(), e.gt_sup(), e.ia_sup(), e.pc_sup(), e.he_sup(), e.pref_sup()), (1, 1, 1, 1, 0, 0));
