@@ -15,6 +15,7 @@
 
 pub mod info;
 pub mod regs;
+pub mod v1;
 
 pub use info::{AmdInfo, DriverParams};
 pub use regs::AmdRegs;
