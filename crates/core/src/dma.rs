@@ -217,7 +217,7 @@ impl DevicePort {
             let section = dma_fence::enter();
             let route = self.route(&pasid, attrs, &section).ok_or(Self::blocked(iova, write))?;
             let access = if write { Access::Write } else { Access::Read };
-            let noncoherent = write && attrs.no_snoop && !route.domain().enforce_cache_coherency();
+            let noncoherent = write && attrs.no_snoop && !route.domain().forces_snoop();
             // Translations that continue each other physically are handed
             // on as one piece: (paddr, offset in the request, bytes).
             let mut pending: Option<(u64, u64, u64)> = None;
@@ -322,7 +322,7 @@ impl DmaPort for DevicePort {
         let failed = {
             let section = dma_fence::enter();
             let route = self.route(&pasid, &attrs, &section).ok_or(Self::blocked(src, false))?;
-            let noncoherent = attrs.no_snoop && !route.domain().enforce_cache_coherency();
+            let noncoherent = attrs.no_snoop && !route.domain().forces_snoop();
             // The physically contiguous piece not yet copied:
             // (dst pa, src pa, bytes, offset in the request).
             let mut pending: Option<(u64, u64, u64, u64)> = None;

@@ -135,6 +135,15 @@ pub trait Domain: AnyDomain + Send + Sync {
         false
     }
 
+    /// Whether the hardware snoops DMA the device marks No Snoop (what the
+    /// DMA path counts as coherent). Normally what the driver answers in
+    /// [`enforce_cache_coherency`](Self::enforce_cache_coherency); a driver
+    /// that answers more than its hardware does (AMD's v2 domains) says
+    /// so here.
+    fn forces_snoop(&self) -> bool {
+        self.enforce_cache_coherency()
+    }
+
     /// `cache_invalidate_user`: driver-defined invalidation requests from
     /// user space. On return `array.entry_num` is the number handled.
     fn cache_invalidate_user(&self, array: &mut UserDataArray<'_>) -> Result<(), Errno> {
