@@ -447,10 +447,16 @@ fn bench_dma(quick: bool) -> Vec<Row> {
     let region = Region::new(LEN as usize, true);
     // VT-d maps the 2 MiB-aligned 4 MiB with 2 MiB leaves, or, mapped in
     // 1 MiB pieces, with 4 KiB leaves (a translation per page); the mock
-    // IOMMU has 2 KiB entries (with 1 MiB spans).
-    for (model, label, piece) in
-        [("vtd", "VT-d, 2 MiB leaves", LEN), ("vtd", "VT-d, 4 KiB leaves", 1 << 20), ("mock", "mock", LEN / 2)]
-    {
+    // IOMMU has 2 KiB entries (with 1 MiB spans). AMD's v1 table takes the
+    // 4 MiB as one page (two level-1 entries, size-encoded), or with
+    // `amd_iommu=nohugepages` 4 KiB leaves.
+    for (model, label, piece) in [
+        ("vtd", "VT-d, 2 MiB leaves", LEN),
+        ("vtd", "VT-d, 4 KiB leaves", 1 << 20),
+        ("amd", "AMD v1, one 4 MiB page", LEN),
+        ("amd:pgsizes=4k", "AMD v1, 4 KiB leaves", LEN),
+        ("mock", "mock", LEN / 2),
+    ] {
         let ctx = Iommufd::new();
         let ioas = ctx.ioas_alloc().expect("ioas");
         let iova = if model == "mock" { abi::test_cmd::MOCK_APERTURE_START } else { IOVA };
@@ -464,6 +470,7 @@ fn bench_dma(quick: bool) -> Vec<Row> {
             IommuModel::Smmuv3(unit, _) => {
                 Arc::new(uiommufd_hw::smmuv3::SmmuDevice::new(&unit, "0000:00:04.0", 0x20).expect("smmu master"))
             }
+            IommuModel::Amd(unit) => Arc::new(uiommufd_hw::amd::AmdDevice::new(&unit, "0000:00:04.0", 0x20)),
         };
         let (_, edge) = device::bind(&ctx, idev).expect("bind");
         edge.arc().change_pt(&ctx, NO_PASID, ioas, false).expect("attach");
@@ -602,7 +609,7 @@ pub fn bench(args: BenchArgs) -> Result<ExitCode, String> {
     // (for profiling one case).
     let only = std::env::var("UIOMMUFD_BENCH_ONLY").ok();
     type Section = (&'static str, fn(bool) -> Vec<Row>);
-    let sections: [Section; 7] = [
+    let sections: [Section; 8] = [
         ("IOAS map + unmap (selftest mock IOMMU)", bench_map_unmap),
         ("Large map (one IOMMU_IOAS_MAP of untouched anonymous memory)", bench_big_map),
         ("Emulated-device access (IOMMU_TEST_OP_ACCESS_RW engine path)", bench_access_rw),
@@ -610,6 +617,7 @@ pub fn bench(args: BenchArgs) -> Result<ExitCode, String> {
         ("Device DMA through the IOMMU (bound device's port; DMA engine)", bench_dma),
         ("VT-d page-table model", bench_vtd),
         ("Arm SMMUv3 model (beside VT-d in the same run)", crate::bench_smmu::bench_smmu),
+        ("AMD-Vi model (beside VT-d in the same run)", crate::bench_amd::bench_amd),
     ];
     let mut records = Vec::new();
     for (title, run) in sections {

@@ -23,28 +23,28 @@ use crate::bench::{map_unmap_256, measure, vtd_domain, Row, Target};
 
 const K4: u64 = 1 << 12;
 /// Guest RAM: 64 MiB at host physical 4 GiB.
-const HOST: u64 = 1 << 32;
-const RAM: u64 = 64 << 20;
+pub(crate) const HOST: u64 = 1 << 32;
+pub(crate) const RAM: u64 = 64 << 20;
 /// The guest IOVA both guests map, to guest physical 3 MiB.
-const IOVA: u64 = 0x12_3456_7000;
-const TARGET_GPA: u64 = 0x30_0000;
+pub(crate) const IOVA: u64 = 0x12_3456_7000;
+pub(crate) const TARGET_GPA: u64 = 0x30_0000;
 const VSID: u64 = 7;
 
 /// Physical memory as 64-bit words.
 #[derive(Clone, Default)]
-struct Mem(Arc<RwLock<HashMap<u64, u64>>>);
+pub(crate) struct Mem(Arc<RwLock<HashMap<u64, u64>>>);
 
 impl Mem {
-    fn set(&self, gpa: u64, v: u64) {
+    pub(crate) fn set(&self, gpa: u64, v: u64) {
         self.0.write().unwrap().insert(HOST + gpa, v);
     }
-    fn reader(&self) -> Arc<dyn Fn(u64) -> Result<u64, Errno> + Send + Sync> {
+    pub(crate) fn reader(&self) -> Arc<dyn Fn(u64) -> Result<u64, Errno> + Send + Sync> {
         let m = self.clone();
         Arc::new(move |pa| Ok(m.0.read().unwrap().get(&pa).copied().unwrap_or(0)))
     }
     /// A 4-level table of 4 KiB pages from `root` mapping `iova` to
     /// `target`, tables at `root + 0x1000..`, in either format.
-    fn four_levels(&self, root: u64, iova: u64, table: u64, leaf: u64) {
+    pub(crate) fn four_levels(&self, root: u64, iova: u64, table: u64, leaf: u64) {
         let mut at = root;
         for level in 0..4u32 {
             let idx = guest::index(iova, level);
@@ -73,7 +73,7 @@ impl ViommuCore for OneVdev {
     }
 }
 
-fn user_data<R>(data_type: u32, bytes: &[u8], f: impl FnOnce(&mut UserData<'_>) -> R) -> R {
+pub(crate) fn user_data<R>(data_type: u32, bytes: &[u8], f: impl FnOnce(&mut UserData<'_>) -> R) -> R {
     let mut rd = |buf: &mut [u8]| {
         buf.copy_from_slice(&bytes[..buf.len()]);
         Ok(())
@@ -107,7 +107,7 @@ fn smmu_nested() -> (Arc<dyn Domain>, Box<dyn std::any::Any>) {
 }
 
 /// A VT-d nested domain, attached: the guest's 4-level first stage.
-fn vtd_nested() -> (Arc<dyn Domain>, Box<dyn std::any::Any>) {
+pub(crate) fn vtd_nested() -> (Arc<dyn Domain>, Box<dyn std::any::Any>) {
     let mem = Mem::default();
     let unit = VtdIommu::new(VtdRegs::default()).expect("VT-d");
     unit.set_phys_reader(mem.reader());
@@ -124,7 +124,7 @@ fn vtd_nested() -> (Arc<dyn Domain>, Box<dyn std::any::Any>) {
 }
 
 /// Nanoseconds per translation of `iova` (hit after the first).
-fn hit(d: &dyn Domain, iters: u64) -> f64 {
+pub(crate) fn hit(d: &dyn Domain, iters: u64) -> f64 {
     // Both models through a real virtual call, as the DMA path makes it.
     let d = black_box(d);
     let t = d.translate(IOVA, Access::Read).expect("the guest maps the IOVA");

@@ -134,15 +134,21 @@ pub fn demo() -> Result<ExitCode, String> {
     device_dma("smmuv3:canwbs=1", "a coherent SMMU behind a CANWBS root complex")?;
     device_dma("smmuv3:coherent=0", "an SMMU without coherent access (COHACC 0)")?;
     println!();
+    println!("The same engine behind an AMD IOMMU (EFR of a Zen 4 EPYC): v1 PTEs carry FC (Force Coherent),");
+    println!("the x86-64 (v2) format has no such bit, and the driver answers enforced coherency for both:");
+    device_dma("amd", "a v1 domain: every PTE has FC")?;
+    device_dma("amd:pgtable=v2", "a v2 domain (amd_iommu=pgtbl_v2)")?;
+    println!();
     println!("Next: run an unmodified program against uiommufd with");
     println!("  uiommufd run -- ./your-iommufd-program");
     println!("  uiommufd run --iommu vtd --device dma-engine -- ./your-vfio-program");
     println!("  uiommufd run --iommu smmuv3 --device dma-engine -- ./your-vmm   (vIOMMU, nesting, vEVENTQ)");
+    println!("  uiommufd run --iommu amd --device dma-engine -- ./your-vmm      (AMD-Vi: EFR/EFR2, v1/v2 tables)");
     println!("and see the emulated machine with `uiommufd info`.");
     Ok(ExitCode::SUCCESS)
 }
 
-/// Bind a DMA engine behind the IOMMU `iommu` (a VT-d unit or an SMMUv3),
+/// Bind a DMA engine behind the IOMMU `iommu` (a VT-d unit, an SMMUv3 or an AMD IOMMU),
 /// let it copy through an IOAS, show a fault, and report the coherency
 /// outcome of its No Snoop writes (and, on ARM, the leaf's memory type).
 fn device_dma(iommu: &str, what: &str) -> Result<(), String> {
@@ -241,8 +247,17 @@ fn device_dma(iommu: &str, what: &str) -> Result<(), String> {
         return Err(format!("DMA outside the mappings completed with status {:#x}", fault.status));
     }
     step("    COPY to an unmapped IOVA", format!("write fault at IOVA {:#x}, nothing written", fault.result));
+    if let uiommufd_devices::platform::IommuModel::Amd(unit) = &platform.iommu {
+        for e in unit.take_events().0 {
+            step("    the IOMMU's event log", uiommufd_hw::amd::event::describe(&e));
+        }
+    }
     let nc = port.stats().noncoherent_bytes.load(Ordering::Relaxed);
     let outcome = match (arm, dev.enforced_coherent()) {
+        (false, true) if nc != 0 => format!(
+            "the driver says enforced coherent (KVM makes a guest's wbinvd a no-op), yet {nc} bytes written \
+             with No Snoop were not snooped"
+        ),
         (false, true) => {
             format!("snooped (the IOMMU forces it; {nc} non-coherent bytes): a guest's wbinvd can be a no-op")
         }

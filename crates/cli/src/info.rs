@@ -15,7 +15,9 @@ pub struct InfoArgs {
     /// IOMMU model: `mock`, `vtd[:cap=HEX,ecap=HEX,sc=0|1,nesting=0|1,ssads=0|1,sm=0|1,pasid=BITS]`
     /// (cap/ecap as the kernel prints them at boot: "dmar0: ... cap d2008c22260286 ecap f42"),
     /// or `smmuv3[:idr0=HEX,idr1=HEX,idr5=HEX,...,coherent=0|1,fwb=0|1,httu=0..3,canwbs=0|1,oas=BITS,...]`
-    /// (raw registers as IOMMU_GET_HW_INFO returns them, then fields).
+    /// (raw registers as IOMMU_GET_HW_INFO returns them, then fields),
+    /// or `amd[:efr=HEX,efr2=HEX,hd=0|1,gt=0|1,hats=0..3,la57=0|1,pgtable=v1|v2,nested=0|1,...]`
+    /// (EFR/EFR2 as the kernel prints them at boot: "AMD-Vi: Extended features (0x25bf732fa2295afe, 0x1d)").
     #[arg(long, default_value = "vtd")]
     iommu: String,
     /// A device behind it: `dma-engine[:pasid=BITS,priv=0|1,bdf=DDDD:BB:DD.F]` (repeatable).
@@ -102,6 +104,17 @@ pub fn info(args: InfoArgs) -> Result<ExitCode, String> {
                 }
             }
         }
+        IommuModel::Amd(unit) => {
+            for (n, line) in crate::amd_info::describe(unit).iter().enumerate() {
+                println!("{}{line}", if n == 0 { "" } else { "  " });
+            }
+            if args.registers {
+                println!("  registers:");
+                for line in unit.regs().decode() {
+                    println!("    {line}");
+                }
+            }
+        }
         IommuModel::Smmuv3(unit, spec) => {
             for (n, line) in crate::smmu_info::describe(unit, spec).iter().enumerate() {
                 println!("{}{line}", if n == 0 { "" } else { "  " });
@@ -132,6 +145,15 @@ pub fn info(args: InfoArgs) -> Result<ExitCode, String> {
         let enforced = d.iommu.capable(Cap::EnforceCacheCoherency);
         if let IommuModel::Smmuv3(unit, _) = &p.iommu {
             for line in crate::smmu_info::device_coherency(unit, enforced) {
+                println!("  {line}");
+            }
+            continue;
+        }
+        if let IommuModel::Amd(_) = &p.iommu {
+            if let Some(a) = uiommufd_hw::amd::AmdDevice::of(&d.iommu) {
+                println!("  DeviceID {:#06x}; {}", a.devid(), a.dte().describe()[1]);
+            }
+            for line in crate::amd_info::device_coherency() {
                 println!("  {line}");
             }
             continue;

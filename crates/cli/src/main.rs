@@ -10,7 +10,9 @@
 //! - `bench [--quick] [--json] [--compare FILE]`: the hot paths against
 //!   same-run references, as JSON, or beside a saved run.
 
+mod amd_info;
 mod bench;
+mod bench_amd;
 mod bench_report;
 mod bench_smmu;
 mod demo;

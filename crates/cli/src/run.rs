@@ -32,8 +32,11 @@ pub struct RunArgs {
     #[arg(long, value_name = "RELEASE", value_parser = check_kernel)]
     kernel: Option<String>,
     /// IOMMU model behind the emulated devices: `mock` (the kernel selftest's
-    /// mock IOMMU) or `vtd[:key=value,...]` (Intel VT-d; keys cap=HEX,ecap=HEX,
-    /// sc=0|1, nesting=0|1, ssads=0|1, sm=0|1, pasid=BITS).
+    /// mock IOMMU), `vtd[:key=value,...]` (Intel VT-d; keys cap=HEX,ecap=HEX,
+    /// sc=0|1, nesting=0|1, ssads=0|1, sm=0|1, pasid=BITS), `smmuv3[:...]`
+    /// (Arm SMMUv3) or `amd[:key=value,...]` (AMD-Vi; keys efr=HEX,efr2=HEX as
+    /// Linux prints them at boot, hd=0|1, gt=0|1, hats=0..3, la57=0|1,
+    /// pgtable=v1|v2, iommufd=0|1, nested=0|1, ...; see `uiommufd info --help`).
     #[arg(long, default_value = "mock", value_name = "MODEL", value_parser = check_iommu)]
     iommu: String,
     /// Emulate a device, served as /dev/vfio/devices/vfioN in the order given

@@ -788,7 +788,8 @@ fn run_validates_the_platform() {
         (&["--device", "dma-engine:pasid=21"][..], "at most 20 bits"),
         (&["--device", "dma-engine;dma-engine"][..], "one device per --device"),
         (&["--device", "dma-engine", "--device", "dma-engine:bdf=0000:00:04.0"][..], "same BDF"),
-        (&["--iommu", "amd"][..], "unknown IOMMU model `amd`"),
+        (&["--iommu", "intel"][..], "unknown IOMMU model `intel`"),
+        (&["--iommu", "amd:hd=2"][..], "expected 0 or 1"),
         (&["--iommu", "vtd:sc=2"][..], "expected 0 or 1"),
     ] {
         let ran = run(uiommufd_run(options, &["sh", "-c", "echo ran"]));

@@ -11,7 +11,11 @@
 //!   driver's scalable mode, `pasid=BITS`) or `smmuv3[:key=value,...]` (an
 //!   Arm SMMUv3; keys in `uiommufd_hw::smmuv3::spec`: raw `idr0..5=HEX`,
 //!   `coherent`, `fwb`, `httu`, `canwbs`, `oas`, granules, ...; masters
-//!   get their requester ID as StreamID).
+//!   get their requester ID as StreamID) or `amd[:key=value,...]` (an AMD
+//!   IOMMU; keys in `uiommufd_hw::amd::spec`: raw `efr=HEX,efr2=HEX` as
+//!   Linux prints them at boot, EFR/EFR2 fields, `la57`, `vasize`,
+//!   `pgtable`, `nested`, ...; devices get their requester ID as
+//!   DeviceID).
 //! - Devices: `;`-separated, each `KIND[:key=value,...]`; kinds:
 //!   `dma-engine` (keys: `pasid=BITS` (0 for no PASID capability),
 //!   `priv=0|1`, `bdf=DDDD:BB:DD.F`).
@@ -23,6 +27,7 @@
 use std::sync::{Arc, OnceLock};
 
 use uiommufd_abi::test_cmd::MOCK_FLAGS_DEVICE_PASID;
+use uiommufd_hw::amd::{AmdDevice, AmdIommu, AmdSpec};
 use uiommufd_hw::device::IommuDevice;
 use uiommufd_hw::mock::MockDevice;
 use uiommufd_hw::smmuv3::{SmmuDevice, SmmuIommu, SmmuSpec};
@@ -51,6 +56,8 @@ pub enum IommuModel {
     Vtd(Arc<VtdIommu>),
     /// An SMMU and the platform facts its masters inherit (CANWBS, ATS).
     Smmuv3(Arc<SmmuIommu>, SmmuSpec),
+    /// An AMD IOMMU.
+    Amd(Arc<AmdIommu>),
 }
 
 impl IommuModel {
@@ -59,6 +66,7 @@ impl IommuModel {
             IommuModel::Mock => "mock",
             IommuModel::Vtd(_) => "vtd",
             IommuModel::Smmuv3(..) => "smmuv3",
+            IommuModel::Amd(_) => "amd",
         }
     }
 }
@@ -72,7 +80,8 @@ fn phys_word(hpa: u64) -> Result<u64, uiommufd_abi::Errno> {
 }
 
 /// The PCI requester ID of `bdf` (`DDDD:BB:DD.F`), which the SMMU sees
-/// as the StreamID (an IORT identity mapping).
+/// as the StreamID (an IORT identity mapping) and the AMD IOMMU as the
+/// DeviceID.
 fn requester_id(bdf: &str) -> u32 {
     let field = |r: core::ops::Range<usize>| u32::from_str_radix(&bdf[r], 16).unwrap_or(0);
     field(5..7) << 8 | field(8..10) << 3 | field(11..12)
@@ -181,7 +190,14 @@ pub fn parse_iommu(spec: &str) -> Result<IommuModel, String> {
             unit.set_phys_reader(Arc::new(phys_word));
             Ok(IommuModel::Smmuv3(unit, spec))
         }
-        _ => Err(format!("unknown IOMMU model `{kind}` (known: mock, vtd, smmuv3)")),
+        "amd" => {
+            let unit = AmdSpec::parse(opts)?.build()?;
+            // GCR3 tables and guest tables of nested domains, read through
+            // the nest parent.
+            unit.set_phys_reader(Arc::new(phys_word));
+            Ok(IommuModel::Amd(unit))
+        }
+        _ => Err(format!("unknown IOMMU model `{kind}` (known: mock, vtd, smmuv3, amd)")),
     }
 }
 
@@ -238,6 +254,14 @@ impl Platform {
                         .map_err(|e| format!("{bdf}: StreamID {sid:#x} does not fit the SMMU ({e})"))?;
                     // The DMA engine has no ATS capability.
                     Arc::new(d.with_pasid(pasid_bits).with_canwbs(spec.canwbs).with_ats(false, spec.rc_ats))
+                }
+                IommuModel::Amd(unit) => {
+                    let devid = requester_id(&bdf) as u16;
+                    if out.iter().any(|d: &PlatformDevice| AmdDevice::of(&d.iommu).is_some_and(|a| a.devid() == devid))
+                    {
+                        return Err(format!("{bdf}: another device has DeviceID {devid:#06x}"));
+                    }
+                    Arc::new(AmdDevice::new(unit, bdf.clone(), devid).with_pasid(pasid_bits))
                 }
             };
             out.push(PlatformDevice { index, bdf, group: index, kind: kind.to_string(), pci, iommu });
@@ -333,9 +357,28 @@ mod tests {
     }
 
     #[test]
+    fn amd_always_enforces_and_follows_efr() {
+        let p = Platform::new("amd", "dma-engine; dma-engine:pasid=0,bdf=0000:01:02.3").unwrap();
+        assert_eq!(p.iommu.name(), "amd");
+        let d = &p.devices[0].iommu;
+        assert!(d.capable(Cap::CacheCoherency) && d.capable(Cap::EnforceCacheCoherency));
+        assert!(d.capable(Cap::DirtyTracking));
+        // A 20-bit PASID device behind a 16-bit IOMMU.
+        assert_eq!(d.max_pasid_log2(), 15);
+        let ids: Vec<u16> = p.devices.iter().map(|d| AmdDevice::of(&d.iommu).unwrap().devid()).collect();
+        assert_eq!(ids, vec![0x20, 0x113]);
+        // Raw values from a boot line, HDSup cleared on top.
+        let p = Platform::new("amd:efr=25bf732fa2295afe,efr2=1d,hd=0", "dma-engine").unwrap();
+        assert!(!p.devices[0].iommu.capable(Cap::DirtyTracking));
+        assert!(p.devices[0].iommu.capable(Cap::EnforceCacheCoherency));
+    }
+
+    #[test]
     fn bad_specs_say_what_is_wrong() {
         for (iommu, devs, want) in [
-            ("amd", "", "unknown IOMMU model"),
+            ("intel", "", "unknown IOMMU model"),
+            ("amd:bogus=1", "", "unknown AMD IOMMU option"),
+            ("amd:hats=3,gt=0", "", "would not use"),
             ("vtd:sc=2", "", "expected 0 or 1"),
             ("vtd:cap=1", "", "both cap= and ecap="),
             ("vtd:bogus=1", "", "unknown VT-d option"),

@@ -294,13 +294,21 @@ impl AmdIommu {
     }
 
     fn invalidate_pages(&self, p: &InvPages) {
-        // The IOTLB's range: 2^am 4 KiB pages at the aligned start.
+        // The IOTLB's range: 2^am 4 KiB pages at the aligned start. An
+        // empty cache has nothing to drop and a scan of it costs: a
+        // one-page invalidation still moves its generation, so that no
+        // walk that started before lands its fill after this.
         let am = p.size_lg2.saturating_sub(12);
+        let am_if = |t: &Iotlb| if t.stats().tlb_entries == 0 { 0 } else { am };
         if p.gn {
-            self.guest_tlb.invalidate_range(p.domid, p.pasid, p.start, am, !p.pde);
+            self.guest_tlb.invalidate_range(p.domid, p.pasid, p.start, am_if(&self.guest_tlb), !p.pde);
         } else {
-            self.host_tlb.invalidate_range(p.domid, 0, p.start, am, !p.pde);
-            self.guest_tlb.invalidate_domain(p.domid);
+            self.host_tlb.invalidate_range(p.domid, 0, p.start, am_if(&self.host_tlb), !p.pde);
+            if self.guest_tlb.stats().tlb_entries == 0 {
+                self.guest_tlb.invalidate_range(p.domid, 0, p.start, 0, true);
+            } else {
+                self.guest_tlb.invalidate_domain(p.domid);
+            }
         }
     }
 

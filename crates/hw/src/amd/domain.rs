@@ -230,6 +230,9 @@ impl AmdV1Domain {
 
     /// The host domain IDs of the nested domains built on this domain.
     pub fn hdom_ids(&self) -> Vec<u16> {
+        if !self.nest_parent {
+            return Vec::new();
+        }
         lock(&self.viommus).iter().filter_map(Weak::upgrade).flat_map(|m| m.pairs()).map(|(_, h)| h).collect()
     }
 
@@ -237,8 +240,14 @@ impl AmdV1Domain {
     /// completion wait after it: the domain's ID, then every host domain ID
     /// of its vIOMMUs (`iommu_flush_pages_v1_hdom_ids()`), GN=0.
     pub fn flush_pages(&self, start: u64, last: u64, flags: u64) {
-        let mut cmds = vec![cmd::inv_iommu_pages(start, last, self.id(), 0, flags)];
-        for h in self.hdom_ids() {
+        let inv = cmd::inv_iommu_pages(start, last, self.id(), 0, flags);
+        let hdoms = self.hdom_ids();
+        if hdoms.is_empty() {
+            self.unit.issue(&[inv, self.unit.completion_wait_cmd()]);
+            return;
+        }
+        let mut cmds = vec![inv];
+        for h in hdoms {
             cmds.push(cmd::inv_iommu_pages(start, last, h, 0, flags));
         }
         cmds.push(self.unit.completion_wait_cmd());

@@ -297,14 +297,19 @@ impl AmdInfo {
                 self.hpt_vasize
             ));
         }
-        out.push(format!(
-            "v2 (guest) tables: {}, {}-level; PASIDs: {} ({} per device at most, GCR3 tables up to {} levels)",
-            yes(self.v2_pgtbl_supported()),
-            self.gpt_level,
-            yes(self.pasid_supported()),
-            self.max_pasids,
-            self.max_glx + 1
-        ));
+        if self.regs.efr.gt_sup() != 0 {
+            out.push(format!(
+                "v2 (guest) tables: {} ({}-level); PASIDs: {} ({} per device at most; GCR3 tables of up to {} level{})",
+                yes(self.v2_pgtbl_supported()),
+                self.gpt_level,
+                yes(self.pasid_supported()),
+                self.max_pasids,
+                self.max_glx + 1,
+                if self.max_glx == 0 { "" } else { "s" }
+            ));
+        } else {
+            out.push("v2 (guest) tables: no (no GTSup); PASIDs: no".into());
+        }
         out.push(format!(
             "dirty tracking (HDSup): {}; nest parents (GT, GIoSup, GCR3TRPMode): {}; vIOMMU: {}{}",
             yes(self.hd_support()),

@@ -14,7 +14,8 @@
 //! - [`nested`]: nested domains and their two-level translation;
 //! - [`viommu`]: the vIOMMU;
 //! - [`device`]: an IOMMU ([`AmdIommu`]) and a device behind it
-//!   ([`AmdDevice`], an [`IommuDevice`](crate::device::IommuDevice)).
+//!   ([`AmdDevice`], an [`IommuDevice`](crate::device::IommuDevice));
+//! - [`spec`]: the `amd[:key=value,...]` platform keys.
 //!
 //! Sources: the AMD I/O Virtualization Technology (IOMMU) Specification,
 //! 48882 (sections cited where each structure or rule is implemented), and
@@ -31,6 +32,7 @@ pub mod event;
 pub mod info;
 pub mod nested;
 pub mod regs;
+pub mod spec;
 pub mod v1;
 pub mod viommu;
 
@@ -42,4 +44,5 @@ pub use domain::{AmdV1Domain, AmdV2Domain};
 pub use info::{AmdInfo, DriverParams};
 pub use nested::AmdNested;
 pub use regs::AmdRegs;
+pub use spec::AmdSpec;
 pub use viommu::AmdViommu;

@@ -182,8 +182,28 @@ impl AmdNested {
         }
     }
 
+    /// An IOTLB entry's answer to a request, or `None` to walk (an access
+    /// the entry does not allow, or a write through an entry made before
+    /// the parent's D was set while dirty tracking is on). The hot path.
+    #[inline(always)]
+    fn serve(&self, data: u64, shift: u32, iova: u64, write: bool) -> Option<Translation> {
+        if write && (data & tlbdata::W == 0 || (data & tlbdata::D == 0 && self.parent.dirty_tracking())) {
+            return None;
+        }
+        let mut p = Prot::READ.0;
+        if data & tlbdata::W != 0 {
+            p |= Prot::WRITE.0;
+        }
+        if data & tlbdata::FC != 0 {
+            p |= Prot::CACHE.0;
+        }
+        let off = iova & ((1u64 << shift) - 1);
+        Some(Translation { paddr: (data & tlbdata::ADDR) + off, len: (1u64 << shift) - off, prot: Prot(p) })
+    }
+
     /// Translate one request: `pasid` when it carries one, `privileged`
     /// for a supervisor request (with PASID).
+    #[inline]
     pub fn translate_req(
         &self,
         pasid: Option<u32>,
@@ -199,28 +219,26 @@ impl AmdNested {
         let tag = pasid.unwrap_or(0);
         let write = access == Access::Write;
         let tlb = self.unit.guest_tlb();
-        let dirty = self.parent.dirty_tracking();
         if let Some(hit) = tlb.lookup(self.hdom_id, tag, iova) {
-            let d = hit.data;
-            if !(write && dirty && d & tlbdata::D == 0) {
-                let need = if write { tlbdata::W } else { tlbdata::R };
-                if d & need != 0 {
-                    let off = iova & ((1u64 << hit.page_shift) - 1);
-                    let mut prot = Prot::READ;
-                    if d & tlbdata::W != 0 {
-                        prot = prot | Prot::WRITE;
-                    }
-                    if d & tlbdata::FC != 0 {
-                        prot = prot | Prot::CACHE;
-                    }
-                    return Ok(Translation {
-                        paddr: (d & tlbdata::ADDR) + off,
-                        len: (1u64 << hit.page_shift) - off,
-                        prot,
-                    });
-                }
+            if let Some(t) = self.serve(hit.data, hit.page_shift, iova, write) {
+                return Ok(t);
             }
         }
+        self.walk(tag, pasid.is_some(), iova, access, privileged)
+    }
+
+    /// The miss path: GCR3 table, guest table, parent; then the fill.
+    fn walk(
+        &self,
+        tag: u32,
+        with_pasid: bool,
+        iova: u64,
+        access: Access,
+        privileged: bool,
+    ) -> Result<Translation, NestedFault> {
+        let write = access == Access::Write;
+        let tlb = self.unit.guest_tlb();
+        let dirty = self.parent.dirty_tracking();
         let gen = tlb.generation();
         let root = self.gcr3(tag)?;
         let cfg = FsConfig {
@@ -230,9 +248,9 @@ impl AmdNested {
             wpe: true,
             eafe: false,
             addr_bits: 52,
-            sign_extend: pasid.is_some(),
+            sign_extend: with_pasid,
         };
-        let req = FsRequest { write, supervisor: privileged && pasid.is_some() };
+        let req = FsRequest { write, supervisor: privileged && with_pasid };
         let mut host_fault = None;
         let walk = x86::walk(&cfg, root, iova, req, |gpa| {
             self.read_gpa(gpa).map_err(|f| {

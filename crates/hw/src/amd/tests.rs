@@ -725,3 +725,64 @@ proptest! {
         }
     }
 }
+
+/// Rough costs of the v1 domain's map/unmap and their parts. Run with
+/// `cargo test -p uiommufd-hw --release -- --ignored --nocapture amd_timing`.
+#[test]
+#[ignore]
+fn amd_timing() {
+    let u = unit();
+    let d = u.alloc_v1(false, false).unwrap();
+    let n = 20_000u64;
+    let t = std::time::Instant::now();
+    for i in 0..n {
+        let iova = (i % 64) << 21;
+        d.map_pages(iova, 1 << 32, K4, 256, RW).unwrap();
+        d.unmap_pages(iova, K4, 256);
+    }
+    println!("map+unmap 256: {:.1} ns", t.elapsed().as_nanos() as f64 / n as f64);
+    let t = std::time::Instant::now();
+    for i in 0..n {
+        let iova = (i % 64) << 21;
+        d.table().map(iova, 1 << 32, K4, 256, RW).unwrap();
+        d.table().unmap(iova, K4, 256);
+    }
+    println!("table map+unmap 256: {:.1} ns", t.elapsed().as_nanos() as f64 / n as f64);
+    let (mut m, mut um) = (0u128, 0u128);
+    for i in 0..n {
+        let iova = (i % 64) << 21;
+        let t = std::time::Instant::now();
+        d.map_pages(iova, 1 << 32, K4, 256, RW).unwrap();
+        let t1 = std::time::Instant::now();
+        d.unmap_pages(iova, K4, 256);
+        m += (t1 - t).as_nanos();
+        um += t1.elapsed().as_nanos();
+    }
+    println!("domain map {:.1} unmap {:.1}", m as f64 / n as f64, um as f64 / n as f64);
+    let (mut m, mut um) = (0u128, 0u128);
+    for i in 0..n {
+        let iova = (i % 64) << 21;
+        let t = std::time::Instant::now();
+        d.table().map(iova, 1 << 32, K4, 256, RW).unwrap();
+        let t1 = std::time::Instant::now();
+        d.table().unmap(iova, K4, 256);
+        m += (t1 - t).as_nanos();
+        um += t1.elapsed().as_nanos();
+    }
+    println!("table map {:.1} unmap {:.1}", m as f64 / n as f64, um as f64 / n as f64);
+    let t = std::time::Instant::now();
+    for _ in 0..n {
+        d.flush_pages(0, 0xfffff, 0);
+    }
+    println!("flush: {:.1} ns", t.elapsed().as_nanos() as f64 / n as f64);
+    let t = std::time::Instant::now();
+    for _ in 0..n {
+        u.issue(&[cmd::inv_iommu_pages(0, 0xfffff, 1, 0, 0)]);
+    }
+    println!("issue one inv: {:.1} ns", t.elapsed().as_nanos() as f64 / n as f64);
+    let t = std::time::Instant::now();
+    for _ in 0..n {
+        std::hint::black_box(u.host_tlb().stats());
+    }
+    println!("stats: {:.1} ns", t.elapsed().as_nanos() as f64 / n as f64);
+}
