@@ -648,25 +648,18 @@ impl IommuDevice for AmdDevice {
         let fault = if let Some(n) = any.downcast_ref::<AmdNested>() {
             n.fault_of(pasid, iova, write, privileged)
         } else {
-            let (domid, present) = if let Some(d) = any.downcast_ref::<AmdV1Domain>() {
-                let access = if write { crate::Access::Write } else { crate::Access::Read };
-                (d.id(), matches!(d.table().translate(iova, access), Err(crate::Fault::Permission)))
+            let access = if write { crate::Access::Write } else { crate::Access::Read };
+            // A v1 domain faults in the host table (GN clear, the domain
+            // ID); a v2 domain in the guest table of PASID 0 that GIoV
+            // selects (GN set, PASID 0).
+            let (domid, guest, present) = if let Some(d) = any.downcast_ref::<AmdV1Domain>() {
+                (d.id(), false, matches!(d.table().translate(iova, access), Err(crate::Fault::Permission)))
             } else if let Some(d) = any.downcast_ref::<AmdV2Domain>() {
-                let access = if write { crate::Access::Write } else { crate::Access::Read };
-                (d.id(), matches!(d.translate(iova, access), Err(crate::Fault::Permission)))
+                (self.dte().domid(), true, matches!(d.translate(iova, access), Err(crate::Fault::Permission)))
             } else {
                 return Some(false);
             };
-            Some(IoPageFault {
-                addr: iova,
-                guest: false,
-                pasid: 0,
-                domid,
-                present,
-                write,
-                reserved: false,
-                user: false,
-            })
+            Some(IoPageFault { addr: iova, guest, pasid: 0, domid, present, write, reserved: false, user: guest })
         };
         if let Some(f) = fault {
             self.log_fault(&f);
