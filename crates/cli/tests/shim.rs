@@ -854,6 +854,40 @@ fn amd_nested_example_runs_unmodified() {
     assert!(!ran.status.success() && ran.stderr.contains("cannot be a nest parent"), "{}", ran.report());
 }
 
+/// tests/c/amd_oracle_probe.c under the AMD model of QEMU 7.2's amd-iommu
+/// prints what Linux 7.3.4 printed for it (the oracle kernel, without
+/// CONFIG_AMD_IOMMU_IOMMUFD, with an edu device bound to vfio-pci; see the
+/// probe's header): hw_info, the HWPT flags the driver takes, the IOVA
+/// ranges (the MSI window and the HyperTransport range reserved, 48 bits),
+/// no vIOMMU.
+#[test]
+fn amd_model_answers_as_the_oracle_kernel() {
+    const ORACLE: &str = "bind: 0, device 1
+hw_info: 0, type 0, data_len 0, capabilities 0x8, max_pasid_log2 0
+ioas: 0, 2
+hwpt_alloc flags 0: 0 ok
+hwpt_alloc flags 0x1: 95
+hwpt_alloc flags 0x2: 95
+hwpt_alloc flags 0x8: 95
+hwpt_alloc flags 0x3: 95
+hwpt_alloc flags 0x9: 95
+hwpt_alloc flags 0xa: 95
+attach to the IOAS: 0
+iova_ranges: 0, 3 ranges, alignment 0x1000
+  0..0xfedfffff
+  0xfef00000..0xfcffffffff
+  0x10000000000..0xffffffffffff
+viommu_alloc type 0 on the attached HWPT: 95
+viommu_alloc type 1 on the attached HWPT: 95
+viommu_alloc type 77 on the attached HWPT: 95
+";
+    let exe = c_program!("amd_oracle_probe");
+    let machine = "amd:efr=29d3,efr2=0,vasize=48,la57=0,iommufd=0";
+    let ran = run(uiommufd_run(&["--iommu", machine, "--device", "dma-engine"], &[exe.as_os_str()]));
+    assert!(ran.status.success(), "{}", ran.report());
+    assert_eq!(ran.stdout, ORACLE, "{}", ran.report());
+}
+
 /// What a client sees from a VT-d unit through a device cdev: GET_HW_INFO
 /// with the unit's registers, NEST_PARENT / DIRTY_TRACKING only where the
 /// registers allow, nested HWPTs from IOMMU_HWPT_DATA_VTD_S1, the driver's

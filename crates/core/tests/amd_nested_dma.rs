@@ -341,3 +341,53 @@ fn guest_translation_through_the_dma_engine() {
     assert_eq!(events, vec![[0x2020_0000_0000_0000 | u64::from(hdom) << 32 | u64::from(DEVID), gpa(GUEST_PAGES + 4)]]);
     vmm.dev.detach(&vmm.ctx, NO_PASID);
 }
+
+/// The oracle kernel (Linux 7.3.4, x86_64 defconfig with the AMD IOMMU
+/// driver but without `CONFIG_AMD_IOMMU_IOMMUFD`) under QEMU 7.2 with
+/// `-device amd-iommu` (EFR 0x29d3, EFR2 0, IVinfo VASize 48, no LA57) and
+/// an `edu` device bound to vfio-pci answered (probe in the session notes):
+///   hw_info 0, type 0, len 0, out_capabilities 0x8 (PCI_ATS_NOT_SUPPORTED)
+///   HWPT_ALLOC flags 0: ok; NEST_PARENT, DIRTY_TRACKING, PASID and their
+///   combinations: EOPNOTSUPP
+///   IOVA ranges after attaching: 0..0xfedfffff, 0xfef00000..0xfcffffffff,
+///   0x10000000000..0xffffffffffff
+///   VIOMMU_ALLOC type 1 or 77: EOPNOTSUPP (no get_viommu_size), type 0:
+///   EOPNOTSUPP
+#[test]
+fn qemu_amd_iommu_as_the_oracle_kernel_answers() {
+    let g = GuestRam::new();
+    let IommuModel::Amd(unit) = parse_iommu("amd:efr=29d3,efr2=0,vasize=48,la57=0,iommufd=0").unwrap() else {
+        unreachable!()
+    };
+    let ctx = Iommufd::new();
+    let ioas = ctx.ioas_alloc().unwrap();
+    let amd: Arc<dyn IommuDevice> = Arc::new(AmdDevice::new(&unit, "0000:00:03.0", 0x18));
+    let (dev_id, edge) = device::bind(&ctx, amd).unwrap();
+    let dev = Arc::clone(edge.arc());
+    let info = hwpt::get_hw_info(&ctx, dev_id, 0).unwrap();
+    assert_eq!((info.data_type, info.data.len(), info.capabilities), (0, 0, 0x8));
+    let alloc = |flags: u32| {
+        let mut holder = None;
+        let mut none = |_: &mut [u8]| Ok(());
+        let data = UserData { data_type: 0, len: 0, reader: &mut none };
+        hwpt::hwpt_alloc(&ctx, &mut holder, HwptAllocArgs { flags, dev_id, pt_id: ioas, fault_id: 0, data })
+            .map(|p| p.publish())
+            .map_err(|e| e.errno)
+    };
+    assert_eq!(alloc(0), Ok(()));
+    let (np, dt, pasid) =
+        (abi::IOMMU_HWPT_ALLOC_NEST_PARENT, abi::IOMMU_HWPT_ALLOC_DIRTY_TRACKING, abi::IOMMU_HWPT_ALLOC_PASID);
+    for flags in [np, dt, pasid, np | dt, np | pasid, dt | pasid] {
+        assert_eq!(alloc(flags), Err(abi::Errno::EOPNOTSUPP), "flags {flags:#x}");
+    }
+    dev.change_pt(&ctx, NO_PASID, ioas, false).unwrap();
+    let (ranges, _) = ctx.ioas_iova_ranges(ioas).unwrap();
+    assert_eq!(ranges, vec![(0, 0xfedf_ffff), (0xfef0_0000, 0xfc_ffff_ffff), (0x100_0000_0000, 0xffff_ffff_ffff)]);
+    let mut no_data = |_: &[u8]| Ok(());
+    for ty in [0, 1, 77] {
+        let e = viommu_alloc(&ctx, 0, ty, dev_id, ioas, None, &mut no_data).err().unwrap();
+        assert_eq!(e.errno, abi::Errno::EOPNOTSUPP, "type {ty}");
+    }
+    dev.detach(&ctx, NO_PASID);
+    drop(g);
+}
