@@ -759,6 +759,19 @@ fn fork_covers_every_lock_and_never_waits_for_a_child() {
     run(uiommufd_run(&[], &[&exe])).assert_c_passed();
 }
 
+/// Served descriptors across execve, the libvirt pattern
+/// (tests/c/exec_inherit.c): an object-less /dev/iommu and an unbound
+/// VFIO device cdev work in the new image, however it was started (fork +
+/// execv, fork + execl, posix_spawn, /bin/sh's exec); a close-on-exec one
+/// is gone; one whose state cannot follow fails with EIO, not ENOTTY. The
+/// same three kinds passed with SCM_RIGHTS to another process arrive the
+/// same way.
+#[test]
+fn served_descriptors_survive_exec() {
+    let exe = c_program!("exec_inherit");
+    run(uiommufd_run(&["--device", "dma-engine"], &[&exe])).assert_c_passed();
+}
+
 /// The classic VFIO type1 user (Documentation/driver-api/vfio.rst): the
 /// group from sysfs, /dev/vfio/vfio and /dev/vfio/$GROUP, SET_CONTAINER,
 /// SET_IOMMU, MAP_DMA, GET_DEVICE_FD, BAR0 mapped and the DMA engine

@@ -219,8 +219,11 @@ impl SharedMemory {
         if raw < 0 {
             return Err(last_errno());
         }
+        // Out of the program's way: it must see the descriptor numbers it
+        // would see without us.
+        let raw = uiommufd_memory::sys::out_of_the_way(raw);
         // SAFETY: memfd_create returned a fresh descriptor that nothing else
-        // owns.
+        // owns (moved, it is still ours alone).
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
         let size = libc::off_t::try_from(len).map_err(|_| Errno::EINVAL)?;
         // SAFETY: ftruncate on our own descriptor.

@@ -1309,6 +1309,8 @@ pub fn dup_with(fd: i32, fcntl: impl FnOnce(i32, i32, i32) -> i32) -> std::resul
     if r < 0 {
         return Err(Errno::EBADF);
     }
+    // Kept by the engine: out of the program's way.
+    let r = uiommufd_memory::sys::out_of_the_way(r);
     // SAFETY: `r` is a descriptor the duplication just created, owned by
     // no one else.
     Ok(unsafe { OwnedFd::from_raw_fd(r) })

@@ -228,14 +228,15 @@ impl ReadyFlag {
 }
 
 /// Move a descriptor the engine keeps for itself (an eventfd behind a
-/// queue's readiness) near the top of the descriptor range, so it does not
+/// queue's readiness, a device's BAR memfd, a duplicate of a program's
+/// eventfd) near the top of the descriptor range, so it does not
 /// take a number the program would otherwise get: the kernel's fault and
 /// event queues cost the program exactly the one descriptor it is handed,
 /// and the numbers it gets afterwards must be the ones it would get on the
 /// kernel. The lowest free number in the last 256 below `RLIMIT_NOFILE`'s
 /// soft limit is used (the descriptor stays where it is when the limit is
 /// too low for that or nothing is free there).
-fn out_of_the_way(fd: std::os::fd::RawFd) -> std::os::fd::RawFd {
+pub fn out_of_the_way(fd: std::os::fd::RawFd) -> std::os::fd::RawFd {
     let mut rl = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: getrlimit writes one rlimit into `rl`.
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) } != 0 {

@@ -117,6 +117,7 @@ extern "C" fn atfork_parent() {
 }
 
 extern "C" fn atfork_child() {
+    crate::handoff::child_after_fork();
     let _ = std::panic::catch_unwind(fork_server::child_locked);
     atfork_release();
     uiommufd_memory::forkgate::open_child();
@@ -291,8 +292,10 @@ pub fn install_entry(fd: i32, entry: Entry) -> Result<Option<Entry>, Entry> {
         // Room for the fork handlers' snapshot, made now: they allocate
         // nothing.
         fork_server::reserve(n);
+        crate::handoff::rewrite();
         Ok(None)
     } else {
+        crate::handoff::rewrite();
         // SAFETY: `old` was stored by a previous install and its reference
         // is now ours.
         Ok(Some(unsafe { Entry::from_raw(old) }))
@@ -312,6 +315,7 @@ pub fn remove(fd: i32) -> Option<Entry> {
         return None;
     }
     OCCUPIED.fetch_sub(1, Ordering::Relaxed);
+    crate::handoff::rewrite();
     // SAFETY: `old` came from Entry::into_raw in `install_entry`; clearing
     // the slot under the write lock transferred its reference to us.
     Some(unsafe { Entry::from_raw(old) })
@@ -339,6 +343,32 @@ pub(crate) fn for_each_locked(mut f: impl FnMut(i32, Entry)) {
             }
         }
     }
+}
+
+/// Every served descriptor with what it refers to (for the exec handoff).
+pub(crate) fn snapshot() -> Vec<(i32, Entry)> {
+    let mut out = Vec::with_capacity(occupied() + 1);
+    if occupied() == 0 {
+        return out;
+    }
+    read_lock();
+    for (c, chunk) in TABLE.iter().enumerate() {
+        let chunk = chunk.load(Ordering::Acquire);
+        if chunk.is_null() {
+            continue;
+        }
+        // SAFETY: chunks live forever once published.
+        for (i, s) in unsafe { &*chunk }.iter().enumerate() {
+            let raw = s.load(Ordering::Acquire);
+            if raw != 0 && out.len() < out.capacity() {
+                // SAFETY: the slot owns the reference; writers wait for the
+                // read lock before they release it.
+                out.push(((c * CHUNK + i) as i32, unsafe { Entry::clone_raw(raw) }));
+            }
+        }
+    }
+    read_unlock();
+    out
 }
 
 /// How many descriptors are served now.

@@ -217,7 +217,7 @@ fn send_msg(sock: RawFd, m: &Msg, payload: &[u8], pass: Option<RawFd>) -> Result
     loop {
         // SAFETY: `hdr` describes live buffers of ours; MSG_NOSIGNAL: a
         // peer that is gone is an error, not a SIGPIPE.
-        let n = unsafe { libc::sendmsg(sock, &hdr, libc::MSG_NOSIGNAL) };
+        let n = unsafe { real::sendmsg(sock, &hdr, libc::MSG_NOSIGNAL) };
         if n >= 0 {
             return Ok(());
         }
@@ -241,7 +241,7 @@ fn recv_msg(sock: RawFd, buf: &mut [u8]) -> Result<Option<(Msg, usize, Option<Ow
     hdr.msg_controllen = cbuf.0.len() as _;
     let n = loop {
         // SAFETY: `hdr` describes live buffers of ours.
-        let n = unsafe { libc::recvmsg(sock, &mut hdr, libc::MSG_CMSG_CLOEXEC) };
+        let n = unsafe { real::recvmsg(sock, &mut hdr, libc::MSG_CMSG_CLOEXEC) };
         if n >= 0 {
             break n as usize;
         }
@@ -282,17 +282,30 @@ fn recv_msg(sock: RawFd, buf: &mut [u8]) -> Result<Option<(Msg, usize, Option<Ow
 /// (close-on-exec): a program that closed its standard descriptors expects
 /// its next opens to get them back, and must not write to our sockets.
 fn out_of_the_way(fd: RawFd) -> RawFd {
+    move_high(fd, true)
+}
+
+/// [`out_of_the_way`], close-on-exec or not.
+pub(crate) fn move_high(fd: RawFd, cloexec: bool) -> RawFd {
+    let cmd = if cloexec { libc::F_DUPFD_CLOEXEC } else { libc::F_DUPFD };
     for base in [768, 64, 3] {
-        // SAFETY: F_DUPFD_CLOEXEC makes a new descriptor of the same file
+        // SAFETY: F_DUPFD(_CLOEXEC) makes a new descriptor of the same file
         // (the system call itself: this runs in the fork handlers, where
         // resolving libc's symbol could wait for the loader's lock).
-        let moved = unsafe { libc::syscall(libc::SYS_fcntl, fd, libc::F_DUPFD_CLOEXEC, base) } as RawFd;
+        let moved = unsafe { libc::syscall(libc::SYS_fcntl, fd, cmd, base) } as RawFd;
         if moved >= 0 {
             close_raw(fd);
             return moved;
         }
     }
     fd
+}
+
+/// An entry for a descriptor whose state could not follow an `exec` (see
+/// [`crate::handoff`]): every call fails with `EIO`, as when a serving
+/// process is gone.
+pub(crate) fn stale() -> Arc<Remote> {
+    Arc::new(Remote { session: Arc::new(Session::new(None)), index: 0, kind: "stale", local: None })
 }
 
 fn socketpair() -> Result<(OwnedFd, OwnedFd), Errno> {
@@ -886,6 +899,7 @@ fn apply_child() {
     }
     CHILD.store(0, Ordering::Release);
     reserve(fdtable::occupied());
+    crate::handoff::rewrite();
 }
 
 fn make_remote(p: PendingFork) {

@@ -9,14 +9,18 @@
 //! Design:
 //! - [`fdtable`]: every fake descriptor is backed by a *real* kernel
 //!   descriptor (an open of `/dev/null`), so numbers never collide with the
-//!   program's own files, and close-on-exec, `poll` and descriptor passing
-//!   keep working. The table maps descriptor numbers to shared
+//!   program's own files, and close-on-exec and `poll` keep working
+//!   (`handoff` carries descriptors across `execve` and `SCM_RIGHTS`). The table maps descriptor numbers to shared
 //!   [`uiommufd_dispatch::File`]s; lookups for descriptors that are not ours
 //!   cost one atomic load and take no lock.
 //! - [`real`]: the next definitions of the interposed symbols, resolved once
 //!   with `dlsym(RTLD_NEXT)`.
 //! - [`entry`]: the `extern "C"` entry points. Each catches unwinds: a panic
 //!   here would be a crash of someone else's program.
+//!
+//! - `handoff`: across `execve` and `SCM_RIGHTS`, descriptors whose file
+//!   holds no state are opened afresh in the new image (the receiver), the
+//!   others fail with `EIO`.
 //!
 //! - [`fork_server`]: after `fork`, the child's inherited descriptors
 //!   are [`fork_server::Remote`] entries whose calls the parent's engine
@@ -42,6 +46,8 @@ pub mod entry;
 /// handlers are registered before any thread can take a lock they cover.
 extern "C" fn on_load() {
     let _ = std::panic::catch_unwind(fdtable::ensure_atfork);
+    // Served descriptors an exec left us (see `handoff`).
+    let _ = std::panic::catch_unwind(handoff::adopt);
 }
 
 #[used]
@@ -50,6 +56,7 @@ static ON_LOAD: extern "C" fn() = on_load;
 
 pub mod fdtable;
 pub mod fork_server;
+mod handoff;
 mod path;
 mod real;
 mod trace;

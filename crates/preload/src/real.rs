@@ -94,6 +94,8 @@ real_fns! {
     PWRITE64: "pwrite64" => fn pwrite64(fd: c_int, buf: *const c_void, count: usize, off: libc::off64_t) -> isize;
     LSEEK: "lseek" => fn lseek(fd: c_int, off: libc::off_t, whence: c_int) -> libc::off_t;
     LSEEK64: "lseek64" => fn lseek64(fd: c_int, off: libc::off64_t, whence: c_int) -> libc::off64_t;
+    SENDMSG: "sendmsg" => fn sendmsg(sock: c_int, msg: *const libc::msghdr, flags: c_int) -> isize;
+    RECVMSG: "recvmsg" => fn recvmsg(sock: c_int, msg: *mut libc::msghdr, flags: c_int) -> isize;
     READ_CHK: "__read_chk" => fn read_chk(fd: c_int, buf: *mut c_void, count: usize, buflen: usize) -> isize;
     PREAD_CHK: "__pread_chk" => fn pread_chk(fd: c_int, buf: *mut c_void, count: usize, off: libc::off_t, buflen: usize) -> isize;
     PREAD64_CHK: "__pread64_chk" => fn pread64_chk(fd: c_int, buf: *mut c_void, count: usize, off: libc::off64_t, buflen: usize) -> isize;

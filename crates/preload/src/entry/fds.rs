@@ -386,3 +386,104 @@ pub unsafe extern "C" fn closefrom(lowfd: c_int) {
         }
     }
 }
+
+// Passing descriptors (SCM_RIGHTS): see `crate::handoff`.
+
+/// Each `SCM_RIGHTS` descriptor slot of a message's control data.
+///
+/// # Safety
+/// `msg` is a valid msghdr whose control data the kernel or the caller
+/// laid out.
+unsafe fn rights_slots(msg: &libc::msghdr, mut f: impl FnMut(*mut c_int)) {
+    // SAFETY: walking control messages within `msg_controllen`, per the
+    // caller's contract; CMSG_* are the libc macros for this layout.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(msg);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
+                let data = libc::CMSG_DATA(c).cast::<c_int>();
+                let n = ((*c).cmsg_len as usize).saturating_sub(libc::CMSG_LEN(0) as usize) / 4;
+                for i in 0..n {
+                    f(data.add(i));
+                }
+            }
+            c = libc::CMSG_NXTHDR(msg, c);
+        }
+    }
+}
+
+/// # Safety
+/// C `sendmsg(2)`. A served descriptor among `SCM_RIGHTS` travels as a
+/// memfd that names what it is, for a receiver under the shim.
+#[no_mangle]
+pub unsafe extern "C" fn sendmsg(sock: c_int, msg: *const libc::msghdr, flags: c_int) -> isize {
+    // SAFETY: per sendmsg(2), `msg` is null or a valid msghdr.
+    let Some(m) = (unsafe { msg.as_ref() }) else {
+        // SAFETY: forwarded per sendmsg(2).
+        return unsafe { real::sendmsg(sock, msg, flags) };
+    };
+    if fdtable::occupied() == 0 || m.msg_control.is_null() || m.msg_controllen == 0 {
+        // SAFETY: forwarded per sendmsg(2).
+        return unsafe { real::sendmsg(sock, msg, flags) };
+    }
+    let mut served = false;
+    // SAFETY: the caller's control data, read only.
+    unsafe { rights_slots(m, |p| served |= fdtable::is_ours(p.read_unaligned())) };
+    if !served {
+        // SAFETY: forwarded per sendmsg(2).
+        return unsafe { real::sendmsg(sock, msg, flags) };
+    }
+    // A copy of the control data with stand-ins for the served ones.
+    #[allow(clippy::unnecessary_cast)] // u32 on other C libraries
+    let len = m.msg_controllen as usize;
+    let mut ctl = vec![0u64; len.div_ceil(8)];
+    // SAFETY: copying the caller's `len` control bytes into our buffer.
+    unsafe { std::ptr::copy_nonoverlapping(m.msg_control.cast::<u8>(), ctl.as_mut_ptr().cast::<u8>(), len) };
+    let mut copy = *m;
+    copy.msg_control = ctl.as_mut_ptr().cast();
+    let mut stand_ins = Vec::new();
+    // SAFETY: our copy of the control data, laid out as the caller's.
+    unsafe {
+        rights_slots(&copy, |p| {
+            let fd = p.read_unaligned();
+            let stand_in = fdtable::get_entry(fd).and_then(|e| crate::handoff::passed_stand_in(&e));
+            if let Some(s) = stand_in {
+                p.write_unaligned(s);
+                stand_ins.push(s);
+            }
+        })
+    };
+    // SAFETY: forwarded per sendmsg(2), with our control data.
+    let r = unsafe { real::sendmsg(sock, &copy, flags) };
+    let errno = real::errno();
+    for s in stand_ins {
+        // SAFETY: closing the memfds we made.
+        unsafe { real::close(s) };
+    }
+    set_errno(errno);
+    r
+}
+
+/// # Safety
+/// C `recvmsg(2)`. A stand-in for a served descriptor among the received
+/// `SCM_RIGHTS` becomes the served descriptor, on the same number.
+#[no_mangle]
+pub unsafe extern "C" fn recvmsg(sock: c_int, msg: *mut libc::msghdr, flags: c_int) -> isize {
+    // SAFETY: forwarded per recvmsg(2).
+    let r = unsafe { real::recvmsg(sock, msg, flags) };
+    // SAFETY: per recvmsg(2), `msg` is valid when the call succeeded.
+    let Some(m) = (unsafe { msg.as_ref() }) else { return r };
+    if r < 0 || m.msg_control.is_null() || m.msg_controllen == 0 {
+        return r;
+    }
+    let errno = real::errno();
+    let cloexec = flags & libc::MSG_CMSG_CLOEXEC != 0;
+    let mut got = Vec::new();
+    // SAFETY: the control data the kernel just filled in.
+    unsafe { rights_slots(m, |p| got.push(p.read_unaligned())) };
+    for fd in got {
+        shielded((), || crate::handoff::received(fd, cloexec));
+    }
+    set_errno(errno);
+    r
+}

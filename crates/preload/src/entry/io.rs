@@ -1,5 +1,7 @@
 //! ioctl and the read/write family on served descriptors.
 
+use std::sync::Arc;
+
 use libc::{c_int, c_long, c_ulong, c_void};
 use uiommufd_abi::Errno;
 use uiommufd_dispatch::File;
@@ -38,7 +40,10 @@ pub unsafe extern "C" fn ioctl(fd: c_int, request: c_ulong, arg: *mut c_void) ->
             trace_ioctl(fd, &file, request, &res);
         }
         match res {
-            Ok(v) => v,
+            Ok(v) => {
+                crate::handoff::after_local_call(&file);
+                v
+            }
             Err(e) => fail(e.errno.0),
         }
     })
@@ -46,7 +51,7 @@ pub unsafe extern "C" fn ioctl(fd: c_int, request: c_ulong, arg: *mut c_void) ->
 
 /// `ioctl` on a descriptor inherited from the parent: the parent's engine
 /// runs it (see [`crate::fork_server`]).
-fn remote_ioctl(fd: c_int, remote: &Remote, request: c_ulong, arg: u64) -> c_int {
+fn remote_ioctl(fd: c_int, remote: &Arc<Remote>, request: c_ulong, arg: u64) -> c_int {
     let res = remote.ioctl(fd, request, arg);
     if trace::enabled() {
         let cmd = request as u32;
@@ -58,7 +63,10 @@ fn remote_ioctl(fd: c_int, remote: &Remote, request: c_ulong, arg: u64) -> c_int
         }
     }
     match res {
-        Ok(v) => v,
+        Ok(v) => {
+            crate::handoff::after_remote_call(remote);
+            v
+        }
         Err(e) => fail(e.0),
     }
 }

@@ -74,7 +74,7 @@ fn fail(errno: c_int) -> c_int {
 
 /// Whether `UIOMMUFD_IOMMU` names an IOMMU model we have (unset or empty:
 /// the mock); the reason if not.
-fn model_ok() -> Result<(), &'static str> {
+pub(crate) fn model_ok() -> Result<(), &'static str> {
     static MODEL: OnceLock<Result<(), String>> = OnceLock::new();
     MODEL
         .get_or_init(|| {
@@ -91,10 +91,16 @@ fn model_ok() -> Result<(), &'static str> {
 /// inside engine calls.
 static OPENED_AS_CONTAINER: Mutex<Vec<Weak<File>>> = Mutex::new(Vec::new());
 
-fn remember_container(file: &Arc<File>) {
+pub(crate) fn remember_container(file: &Arc<File>) {
     let mut v = OPENED_AS_CONTAINER.lock().unwrap_or_else(|p| p.into_inner());
     v.retain(|w| w.strong_count() > 0);
     v.push(Arc::downgrade(file));
+}
+
+/// Whether `file` was opened as `/dev/vfio/vfio`.
+pub(crate) fn opened_as_container(file: &Arc<File>) -> bool {
+    let v = OPENED_AS_CONTAINER.lock().unwrap_or_else(|p| p.into_inner());
+    v.iter().any(|w| std::ptr::eq(w.as_ptr(), Arc::as_ptr(file)))
 }
 
 /// `(major, minor)` of the character device a served file is an open of.
