@@ -31,6 +31,7 @@ pub mod device;
 pub mod dma;
 pub mod mock;
 pub mod pt;
+pub mod regfield;
 pub mod smmuv3;
 pub mod vtd;
 pub mod x86_64;

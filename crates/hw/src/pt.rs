@@ -1167,11 +1167,98 @@ impl<F: Format, const N: usize> PageTable<F, N> {
     }
 }
 
+/// A reference model of a page table for property tests: leaves by IOVA,
+/// with the engine's rules (no overlap on map, unmap never splits a leaf)
+/// and nothing else.
+#[cfg(test)]
+pub(crate) mod reference {
+    use std::collections::BTreeMap;
+
+    use uiommufd_abi::Errno;
+
+    use crate::Prot;
+
+    pub(crate) struct RefMap {
+        /// Leaves by IOVA: (size, paddr, prot).
+        leaves: BTreeMap<u64, (u64, u64, Prot)>,
+        /// The largest leaf that can be mapped (how far back to look).
+        max_leaf: u64,
+    }
+
+    impl RefMap {
+        pub(crate) fn new(max_leaf: u64) -> RefMap {
+            RefMap { leaves: BTreeMap::new(), max_leaf }
+        }
+
+        fn overlapping(&self, start: u64, end: u64) -> Vec<(u64, u64)> {
+            self.leaves
+                .range(start.saturating_sub(self.max_leaf - 1)..end)
+                .filter(|(&i, &(s, _, _))| i + s > start)
+                .map(|(&i, &(s, _, _))| (i, s))
+                .collect()
+        }
+
+        /// `count` leaves of `size` from `iova`; `EEXIST` with the bytes
+        /// mapped at the first one that would overlap.
+        pub(crate) fn map(
+            &mut self,
+            iova: u64,
+            paddr: u64,
+            size: u64,
+            count: u64,
+            prot: Prot,
+        ) -> Result<(), (Errno, u64)> {
+            for n in 0..count {
+                let i = iova + n * size;
+                if !self.overlapping(i, i + size).is_empty() {
+                    return Err((Errno::EEXIST, n * size));
+                }
+                self.leaves.insert(i, (size, paddr + n * size, prot));
+            }
+            Ok(())
+        }
+
+        /// Remove the leaves inside the range, stopping at one that sticks
+        /// out; the bytes from `iova` unmapped.
+        pub(crate) fn unmap(&mut self, iova: u64, size: u64, count: u64) -> u64 {
+            let end = iova + size * count;
+            for (i, s) in self.overlapping(iova, end) {
+                if i < iova || i + s > end {
+                    return i.max(iova) - iova;
+                }
+                self.leaves.remove(&i);
+            }
+            end - iova
+        }
+
+        /// `(paddr, bytes to the leaf's end, prot)` of `iova`.
+        pub(crate) fn translate(&self, iova: u64) -> Option<(u64, u64, Prot)> {
+            let (&i, &(s, p, prot)) = self.leaves.range(..=iova).next_back()?;
+            (iova < i + s).then(|| (p + (iova - i), s - (iova - i), prot))
+        }
+
+        /// The leaf holding `iova`: `(leaf iova, size, paddr, prot)`.
+        pub(crate) fn leaf(&self, iova: u64) -> Option<(u64, u64, u64, Prot)> {
+            let (&i, &(s, p, prot)) = self.leaves.range(..=iova).next_back()?;
+            (iova < i + s).then_some((i, s, p, prot))
+        }
+
+        /// `(iova, size)` of every leaf, in order.
+        pub(crate) fn leaves(&self) -> Vec<(u64, u64)> {
+            self.leaves.iter().map(|(&i, &(s, _, _))| (i, s)).collect()
+        }
+
+        pub(crate) fn is_empty(&self) -> bool {
+            self.leaves.is_empty()
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::reference::RefMap;
     use super::*;
     use proptest::prelude::*;
-    use std::collections::BTreeMap;
     use std::sync::Arc;
 
     /// An x86-like 4-level format: 4 KiB, 2 MiB and 1 GiB leaves, 48-bit
@@ -1596,50 +1683,12 @@ mod tests {
         ]
     }
 
-    /// Leaves by IOVA: (size, paddr, prot).
-    type Model = BTreeMap<u64, (u64, u64, Prot)>;
-
-    fn overlapping(m: &Model, start: u64, end: u64) -> Vec<(u64, u64)> {
-        // Leaves are at most 2 MiB, so look back that far.
-        m.range(start.saturating_sub(M2 - 1)..end)
-            .filter(|(&i, &(s, _, _))| i + s > start)
-            .map(|(&i, &(s, _, _))| (i, s))
-            .collect()
-    }
-
-    fn model_map(m: &mut Model, iova: u64, paddr: u64, size: u64, count: u64, prot: Prot) -> Result<(), (Errno, u64)> {
-        for n in 0..count {
-            let i = iova + n * size;
-            if !overlapping(m, i, i + size).is_empty() {
-                return Err((Errno::EEXIST, n * size));
-            }
-            m.insert(i, (size, paddr + n * size, prot));
-        }
-        Ok(())
-    }
-
-    fn model_unmap(m: &mut Model, iova: u64, size: u64, count: u64) -> u64 {
-        let end = iova + size * count;
-        for (i, s) in overlapping(m, iova, end) {
-            if i < iova || i + s > end {
-                return i.max(iova) - iova;
-            }
-            m.remove(&i);
-        }
-        end - iova
-    }
-
-    fn model_translate(m: &Model, iova: u64) -> Option<(u64, u64, Prot)> {
-        let (&i, &(s, p, prot)) = m.range(..=iova).next_back()?;
-        (iova < i + s).then(|| (p + (iova - i), s - (iova - i), prot))
-    }
-
     proptest! {
         #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
         #[test]
         fn matches_model(ops in proptest::collection::vec(op(), 1..60)) {
             let pt = Pt::new().unwrap();
-            let mut model = Model::new();
+            let mut model = RefMap::new(M2);
             let mut touched = std::collections::BTreeSet::new();
             for op in &ops {
                 match *op {
@@ -1647,7 +1696,7 @@ mod tests {
                         let size = Pt::level_size(level);
                         let prot = if write { RW } else { Prot::READ };
                         let got = pt.map(iova, paddr, size, count, prot);
-                        let want = model_map(&mut model, iova, paddr, size, count, prot);
+                        let want = model.map(iova, paddr, size, count, prot);
                         prop_assert_eq!(got, want, "{:?}", op);
                         for p in 0..(size * count / K4) {
                             touched.insert(iova + p * K4);
@@ -1656,7 +1705,7 @@ mod tests {
                     Op::Unmap { iova, level, count } => {
                         let size = Pt::level_size(level);
                         let got = pt.unmap(iova, size, count);
-                        let want = model_unmap(&mut model, iova, size, count);
+                        let want = model.unmap(iova, size, count);
                         prop_assert_eq!(got, want, "{:?}", op);
                         for p in 0..(size * count / K4) {
                             touched.insert(iova + p * K4);
@@ -1667,7 +1716,7 @@ mod tests {
             for &page in &touched {
                 for iova in [page, page + 0x7ff] {
                     let got = pt.translate(iova, Access::Read).ok().map(|t| (t.paddr, t.len, t.prot));
-                    prop_assert_eq!(got, model_translate(&model, iova), "iova {:#x}", iova);
+                    prop_assert_eq!(got, model.translate(iova), "iova {:#x}", iova);
                 }
             }
             prop_assert_eq!(pt.is_empty(), model.is_empty());

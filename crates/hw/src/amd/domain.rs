@@ -77,6 +77,22 @@ pub(crate) const fn tlb_shift(leaf_shift: u32) -> u32 {
     }
 }
 
+/// `amd_iommu_iotlb_sync_map()`: on an IOMMU that caches non-present
+/// entries, flush what a map of `total` bytes at `iova` (ending in `r`)
+/// wrote.
+fn sync_map(unit: &AmdIommu, iova: u64, total: u64, r: &Result<(), (Errno, u64)>, flush: impl FnOnce(u64, u64)) {
+    if !unit.info().params.np_cache {
+        return;
+    }
+    let done = match r {
+        Ok(()) => total,
+        Err((_, d)) => *d,
+    };
+    if done != 0 {
+        flush(iova, iova + done - 1);
+    }
+}
+
 /// A vIOMMU's guest-to-host domain ID map (`aviommu->gdomid_array`): one
 /// host domain ID per guest domain ID, held while nested domains use it.
 #[derive(Default)]
@@ -349,15 +365,7 @@ impl Domain for AmdV1Domain {
         self.grow_top(last).map_err(|e| (e, 0))?;
         // FC on every PTE (`PT_FEAT_AMDV1_FORCE_COHERENCE`).
         let r = self.table.map(iova, paddr, pgsize, pgcount, prot | Prot::CACHE);
-        if self.unit.info().params.np_cache {
-            let done = match r {
-                Ok(()) => total,
-                Err((_, d)) => d,
-            };
-            if done != 0 {
-                self.flush_pages(iova, iova + done - 1, cmd::PAGES_PDE);
-            }
-        }
+        sync_map(&self.unit, iova, total, &r, |s, l| self.flush_pages(s, l, cmd::PAGES_PDE));
         r
     }
 
@@ -601,15 +609,7 @@ impl Domain for AmdV2Domain {
             return Err((Errno::ERANGE, 0));
         }
         let r = on_v2!(&self.table, |pt| pt.map(iova, paddr, pgsize, pgcount, prot));
-        if self.unit.info().params.np_cache && total != 0 {
-            let done = match r {
-                Ok(()) => total,
-                Err((_, d)) => d,
-            };
-            if done != 0 {
-                self.flush_pages(iova, iova + done - 1, cmd::PAGES_PDE);
-            }
-        }
+        sync_map(&self.unit, iova, total, &r, |s, l| self.flush_pages(s, l, cmd::PAGES_PDE));
         r
     }
 

@@ -23,96 +23,12 @@ use core::fmt;
 
 use uiommufd_abi::Errno;
 
-/// One register field: name, lowest bit, width in bits and meaning.
-#[derive(Clone, Copy, Debug)]
-pub struct Field {
-    /// The specification's mnemonic.
-    pub name: &'static str,
-    pub lo: u32,
-    pub width: u32,
-    pub desc: &'static str,
-}
-
-impl Field {
-    const fn mask(&self) -> u64 {
-        if self.width >= 64 {
-            u64::MAX
-        } else {
-            (1u64 << self.width) - 1
-        }
-    }
-
-    /// The field's value in `reg`.
-    pub const fn get(&self, reg: u64) -> u64 {
-        (reg >> self.lo) & self.mask()
-    }
-
-    /// `reg` with the field set to `v` (masked to the field's width).
-    pub const fn set(&self, reg: u64, v: u64) -> u64 {
-        (reg & !(self.mask() << self.lo)) | ((v & self.mask()) << self.lo)
-    }
-
-    /// `"[hi:lo]"` or `"[bit]"`.
-    pub fn bits(&self) -> String {
-        if self.width == 1 {
-            format!("[{}]", self.lo)
-        } else {
-            format!("[{}:{}]", self.lo + self.width - 1, self.lo)
-        }
-    }
-}
-
-/// Declares a 64-bit register type with one getter/setter pair per field
-/// and a table of its fields for the decoder.
-macro_rules! register64 {
-    (
-        $(#[$meta:meta])*
-        $ty:ident, $reg_name:literal, $offset:literal {
-            $($(#[$fmeta:meta])* $get:ident / $set:ident = $mn:literal [$lo:literal; $w:literal] $desc:literal;)*
-        }
-    ) => {
-        $(#[$meta])*
-        #[derive(Clone, Copy, Default, PartialEq, Eq, Hash)]
-        pub struct $ty(pub u64);
-
-        impl $ty {
-            /// The register's name in the specification.
-            pub const NAME: &'static str = $reg_name;
-            /// MMIO offset.
-            pub const OFFSET: u32 = $offset;
-
-            /// Every field this model knows, lowest bit first.
-            pub const FIELDS: &'static [Field] = &[
-                $(Field { name: $mn, lo: $lo, width: $w, desc: $desc },)*
-            ];
-
-            $(
-                $(#[$fmeta])*
-                #[doc = concat!("`", $mn, "`: ", $desc, " (bit ", stringify!($lo), ", width ", stringify!($w), ").")]
-                #[inline]
-                pub const fn $get(self) -> u64 {
-                    Field { name: $mn, lo: $lo, width: $w, desc: $desc }.get(self.0)
-                }
-
-                #[doc = concat!("This register with `", $mn, "` set to `v` (masked to the field's width).")]
-                #[inline]
-                pub const fn $set(self, v: u64) -> Self {
-                    Self(Field { name: $mn, lo: $lo, width: $w, desc: $desc }.set(self.0, v))
-                }
-            )*
-        }
-
-        impl fmt::Debug for $ty {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                write!(f, "{}({:#018x})", stringify!($ty), self.0)
-            }
-        }
-    };
-}
+use crate::regfield::register64;
+pub use crate::regfield::Field;
 
 register64! {
     /// The Extended Feature Register (spec §3.4.1, MMIO 0030h).
-    Efr, "EFR", 0x30 {
+    Efr, "EFR" {
         pref_sup / with_pref_sup = "PreFSup" [0; 1] "PREFETCH_IOMMU_PAGES command";
         /// Linux `FEATURE_PPR`.
         ppr_sup / with_ppr_sup = "PPRSup" [1; 1] "peripheral page requests";
@@ -171,7 +87,7 @@ register64! {
 register64! {
     /// The Extended Feature 2 Register (spec §3.4.x, MMIO 01A0h). Only the
     /// fields the Linux driver reads are named.
-    Efr2, "EFR2", 0x1a0 {
+    Efr2, "EFR2" {
         /// Linux `FEATURE_SEVSNPIO_SUP`, printed `SEV-TIO`.
         sev_snp_io_sup / with_sev_snp_io_sup = "SEVSNPIOSup" [1; 1] "SEV-TIO";
         /// Linux `FEATURE_GCR3TRPMODE`: the DTE's GCR3 root pointer holds a
@@ -187,6 +103,16 @@ register64! {
         /// Linux `FEATURE_SNP_PAGE_MODE0_SUP`.
         snp_page_mode0_sup / with_snp_page_mode0_sup = "SNPPageMode0Sup" [13; 1] "DTE Mode 0 under SNP";
     }
+}
+
+impl Efr {
+    /// MMIO offset.
+    pub const OFFSET: u32 = 0x30;
+}
+
+impl Efr2 {
+    /// MMIO offset.
+    pub const OFFSET: u32 = 0x1a0;
 }
 
 /// EFR and EFR2 of one IOMMU (Linux's global `amd_iommu_efr` and

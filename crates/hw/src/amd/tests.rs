@@ -786,3 +786,17 @@ fn amd_timing() {
     }
     println!("stats: {:.1} ns", t.elapsed().as_nanos() as f64 / n as f64);
 }
+
+#[test]
+fn an_iommu_caching_non_present_entries_gets_map_flushes() {
+    // A virtual IOMMU (NpCache): amd_iommu_iotlb_sync_map() flushes what a
+    // map wrote, with PDE; bare metal flushes nothing on map.
+    for (np_cache, want) in [(true, true), (false, false)] {
+        let u = unit_with(DriverParams { np_cache, ..DriverParams::default() });
+        let d = u.alloc_v1(false, false).unwrap();
+        let n = u.recent_commands().len();
+        crate::map(&*d, 0x20_0000, 1 << 32, 2 * K4, RW, 0).unwrap();
+        let inv = cmd::inv_iommu_pages(0x20_0000, 0x20_1fff, d.id(), 0, cmd::PAGES_PDE);
+        assert_eq!(commands_since(&u, n).contains(&inv), want, "np_cache={np_cache}");
+    }
+}

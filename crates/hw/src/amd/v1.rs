@@ -195,12 +195,11 @@ impl Format for V1Format {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-
     use proptest::prelude::*;
     use uiommufd_abi::Errno;
 
     use super::*;
+    use crate::pt::reference::RefMap;
     use crate::pt::PageTable;
     use crate::{Access, Fault};
 
@@ -369,49 +368,12 @@ mod tests {
         ]
     }
 
-    /// Leaves by IOVA: (size, paddr, prot).
-    type Model = BTreeMap<u64, (u64, u64, Prot)>;
-
-    fn overlapping(m: &Model, start: u64, end: u64) -> Vec<(u64, u64)> {
-        m.range(start.saturating_sub(8 << 20)..end)
-            .filter(|(&i, &(s, _, _))| i + s > start)
-            .map(|(&i, &(s, _, _))| (i, s))
-            .collect()
-    }
-
-    fn model_map(m: &mut Model, iova: u64, paddr: u64, size: u64, count: u64, prot: Prot) -> Result<(), (Errno, u64)> {
-        for n in 0..count {
-            let i = iova + n * size;
-            if !overlapping(m, i, i + size).is_empty() {
-                return Err((Errno::EEXIST, n * size));
-            }
-            m.insert(i, (size, paddr + n * size, prot));
-        }
-        Ok(())
-    }
-
-    fn model_unmap(m: &mut Model, iova: u64, size: u64, count: u64) -> u64 {
-        let end = iova + size * count;
-        for (i, s) in overlapping(m, iova, end) {
-            if i < iova || i + s > end {
-                return i.max(iova) - iova;
-            }
-            m.remove(&i);
-        }
-        end - iova
-    }
-
-    fn model_translate(m: &Model, iova: u64) -> Option<(u64, u64, Prot)> {
-        let (&i, &(s, p, prot)) = m.range(..=iova).next_back()?;
-        (iova < i + s).then(|| (p + (iova - i), s - (iova - i), prot))
-    }
-
     proptest! {
         #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
         #[test]
         fn matches_reference_map(ops in proptest::collection::vec(op(), 1..50)) {
             let pt = Pt::new().unwrap();
-            let mut model = Model::new();
+            let mut model = RefMap::new(8 << 20);
             let mut touched = std::collections::BTreeSet::new();
             for op in &ops {
                 match *op {
@@ -419,7 +381,7 @@ mod tests {
                         let size = 1u64 << lg2;
                         let prot = if write { RWC } else { Prot::READ | Prot::CACHE };
                         let got = pt.map(iova, paddr, size, count, prot);
-                        let want = model_map(&mut model, iova, paddr, size, count, prot);
+                        let want = model.map(iova, paddr, size, count, prot);
                         prop_assert_eq!(got, want, "{:?}", op);
                         for p in 0..(size * count / K4).min(2048) {
                             touched.insert(iova + p * K4);
@@ -428,7 +390,7 @@ mod tests {
                     Op::Unmap { iova, lg2, count } => {
                         let size = 1u64 << lg2;
                         let got = pt.unmap(iova, size, count);
-                        let want = model_unmap(&mut model, iova, size, count);
+                        let want = model.unmap(iova, size, count);
                         prop_assert_eq!(got, want, "{:?}", op);
                         for p in 0..(size * count / K4).min(2048) {
                             touched.insert(iova + p * K4);
@@ -439,11 +401,9 @@ mod tests {
             for &page in &touched {
                 for iova in [page, page + 0xabc] {
                     let got = pt.translate(iova, Access::Read).ok().map(|t| (t.paddr, t.len, t.prot));
-                    prop_assert_eq!(got, model_translate(&model, iova), "iova {:#x}", iova);
+                    prop_assert_eq!(got, model.translate(iova), "iova {:#x}", iova);
                     // Every entry a page occupies is its encoding, bit for bit.
-                    if let (Some((e, level)), Some(&(size, pa, prot))) =
-                        (pt.walk(iova), model.range(..=iova).next_back().map(|(_, v)| v))
-                    {
+                    if let (Some((e, level)), Some((_, size, pa, prot))) = (pt.walk(iova), model.leaf(iova)) {
                         let c = size.trailing_zeros() - (12 + 9 * level);
                         let want = if c == 0 {
                             V1Format::make_leaf(pa, prot, level)
@@ -459,8 +419,7 @@ mod tests {
             pt.for_each_leaf(0, 16 << 20, |i, level, e| {
                 leaves.push((i, 1u64 << (12 + 9 * level + V1Format::leaf_contig_lg2(e, level))))
             });
-            let want: Vec<(u64, u64)> = model.iter().map(|(&i, &(s, _, _))| (i, s)).collect();
-            prop_assert_eq!(leaves, want);
+            prop_assert_eq!(leaves, model.leaves());
             prop_assert_eq!(pt.unmap(0, M2, 8), 16 << 20);
             prop_assert!(pt.is_empty());
             let _ = G1;
