@@ -1,11 +1,11 @@
-//! AMD IOMMU commands (spec 48882 §2.4 "Commands"), as Linux 7.3 builds
+//! AMD IOMMU commands (spec 48882, "Commands"), as Linux 7.3 builds
 //! them (`build_inv_iommu_pages()`, `build_inv_dte()`,
 //! `build_completion_wait()`, `build_inv_all()` in `iommu.c`), and their
 //! decoding.
 //!
 //! A command is 128 bits, here two little-endian words: the opcode is in
 //! bits 63:60 of the first (`CMD_SET_TYPE`). `INVALIDATE_IOMMU_PAGES`
-//! (§2.4.3) carries the PASID in bits 19:0 and the DomainID in 47:32 of
+//! (spec "INVALIDATE_IOMMU_PAGES") carries the PASID in bits 19:0 and the DomainID in 47:32 of
 //! the first word; the second holds S (0), PDE (1), GN (2) and the address
 //! (63:12). With S=1 the address also encodes the size of the naturally
 //! aligned range to invalidate (spec Table "Example Page Size Encodings":
@@ -104,7 +104,7 @@ pub struct InvPages {
 }
 
 impl InvPages {
-    /// The range as the IOMMU reads it (§2.4.3): S=0 one 4 KiB page; S=1
+    /// The range as the IOMMU reads it (spec "INVALIDATE_IOMMU_PAGES"): S=0 one 4 KiB page; S=1
     /// a 2^n range whose size is encoded in the address.
     pub const fn decode(c: &Command) -> InvPages {
         let addr = c[1] & !0xfff;

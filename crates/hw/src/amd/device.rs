@@ -246,7 +246,7 @@ impl AmdIommu {
         cmd::completion_wait(CMD_SEM_PADDR, self.sem_data.fetch_add(1, Ordering::Relaxed) + 1)
     }
 
-    /// Consume commands as the command buffer does (§2.4): page
+    /// Consume commands as the command buffer does (spec "Commands"): page
     /// invalidations on the IOTLB, `INVALIDATE_IOMMU_ALL` when EFR.IASup
     /// allows it, device table and interrupt table invalidations, IOTLB
     /// (ATS) invalidations and completion waits accepted. Anything else is

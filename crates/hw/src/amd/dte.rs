@@ -1,4 +1,4 @@
-//! The Device Table Entry (spec 48882 §2.2.2.1 "Device Table Entry
+//! The Device Table Entry (spec 48882, "Device Table Entry
 //! Format"): the 256-bit entry the IOMMU reads for a requester ID, the
 //! fields Linux 7.3 programs (`set_dte_v1()`, `set_dte_gcr3_table()`,
 //! `set_dte_nested()`), and the checks it makes of a guest's DTE

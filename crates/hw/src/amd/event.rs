@@ -1,7 +1,7 @@
-//! Event log entries (spec 48882 §2.5 "Event Logging"), the faults a
+//! Event log entries (spec 48882, "Event Logging"), the faults a
 //! translation can end with, and the line Linux prints for them.
 //!
-//! `IO_PAGE_FAULT` (event code 2, §2.5.3), as two little-endian words:
+//! `IO_PAGE_FAULT` (event code 2, spec "IO_PAGE_FAULT Event"), as two little-endian words:
 //!
 //! | bits | field |
 //! | --- | --- |

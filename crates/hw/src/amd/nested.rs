@@ -2,7 +2,7 @@
 //! `drivers/iommu/amd/nested.c`), and the two-level translation the IOMMU
 //! performs for a device attached to one (spec 48882 §2.2.6 "Guest
 //! Translation", with GCR3TRPMode: the GCR3 table root pointer is a guest
-//! physical address, §2.2.2.1).
+//! physical address, "Device Table Entry Format").
 //!
 //! Model: [`AmdNested`] holds the guest's DTE as the driver validated it
 //! ([`validate_guest`](super::dte::validate_guest)), the host domain ID

@@ -1,6 +1,6 @@
 //! The AMD IOMMU Extended Feature Register (EFR, MMIO offset 0030h) and
 //! Extended Feature 2 Register (EFR2, MMIO offset 01A0h), AMD I/O
-//! Virtualization Technology (IOMMU) Specification 48882, §3.4.1 "MMIO
+//! Virtualization Technology (IOMMU) Specification 48882, "MMIO
 //! Offset 0030h IOMMU Extended Feature Register" and "MMIO Offset 01A0h
 //! IOMMU Extended Feature 2 Register".
 //!
@@ -27,7 +27,8 @@ use crate::regfield::register64;
 pub use crate::regfield::Field;
 
 register64! {
-    /// The Extended Feature Register (spec §3.4.1, MMIO 0030h).
+    /// The Extended Feature Register (spec: "MMIO Offset 0030h IOMMU
+    /// Extended Feature Register").
     Efr, "EFR" {
         pref_sup / with_pref_sup = "PreFSup" [0; 1] "PREFETCH_IOMMU_PAGES command";
         /// Linux `FEATURE_PPR`.
@@ -85,7 +86,8 @@ register64! {
 }
 
 register64! {
-    /// The Extended Feature 2 Register (spec §3.4.x, MMIO 01A0h). Only the
+    /// The Extended Feature 2 Register (spec: "MMIO Offset 01A0h IOMMU
+    /// Extended Feature 2 Register"). Only the
     /// fields the Linux driver reads are named.
     Efr2, "EFR2" {
         /// Linux `FEATURE_SEVSNPIO_SUP`, printed `SEV-TIO`.
