@@ -42,6 +42,8 @@ pub struct Iommufd {
     vfio_ioas: Mutex<Option<(ObjectId, Weak<Ioas>)>>,
     /// The kernel release whose answers this context gives.
     release: &'static KernelRelease,
+    /// Driver regions user space maps through the file (`ictx->mt_mmap`).
+    mmaps: Arc<crate::mmap::MmapSpace>,
 }
 
 impl Default for Iommufd {
@@ -73,6 +75,7 @@ impl Iommufd {
             account_mode: AtomicU8::new(mode as u8),
             vfio_ioas: Mutex::new(None),
             release,
+            mmaps: Arc::default(),
         }
     }
 
@@ -91,9 +94,20 @@ impl Iommufd {
         self.objects.get(id)
     }
 
-    /// `IOMMU_DESTROY`.
+    /// `IOMMU_DESTROY`. A vIOMMU one of whose regions the program has
+    /// mapped is in use (`EBUSY`: the kernel's vma holds its users count).
     pub fn destroy(&self, id: ObjectId) -> Result<()> {
+        if let Ok(viommu) = self.get::<crate::viommu::Viommu>(id) {
+            if self.mmaps.mapped_by(&viommu) {
+                return Err(crate::error::ebusy("a region of the vIOMMU is mapped"));
+            }
+        }
         self.objects.destroy(id)
+    }
+
+    /// The context's mmap space (driver regions for `mmap(2)`).
+    pub fn mmap_space(&self) -> &Arc<crate::mmap::MmapSpace> {
+        &self.mmaps
     }
 
     /// `IOMMU_IOAS_ALLOC`, reserve half: the caller publishes with

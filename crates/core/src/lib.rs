@@ -18,7 +18,8 @@
 //! - [`selftest`]: the kernel selftest's mock devices and checks;
 //! - [`vfio_compat`]: VFIO type1 container semantics on the compat IOAS;
 //! - [`viommu`], [`veventq`]: virtual IOMMUs with their vDEVICEs, HW queues
-//!   and event queues.
+//!   and event queues; [`mmap`]: the driver regions `mmap(2)` of the file
+//!   reaches.
 //!
 //! Invariants kept across the engine:
 //! - every failure is an [`Error`] carrying the kernel's errno;
@@ -40,6 +41,7 @@ pub mod hwpt;
 pub mod io_pagetable;
 pub mod ioas;
 pub mod map_file;
+pub mod mmap;
 pub mod object;
 pub mod pages;
 pub mod release;

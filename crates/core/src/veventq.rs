@@ -154,7 +154,8 @@ impl Veventq {
         self.sync_ready(&st);
     }
 
-    /// `read(2)` of up to `count` bytes: whole records, in order, each
+    /// `read(2)` of up to `count` bytes (at least a record header, `EINVAL`
+    /// otherwise): whole records, in order, each
     /// handed to `write(offset, bytes)`. A record stays queued if it does
     /// not fit or `write` fails; a failure on the first record is returned
     /// (`EFAULT` for a bad buffer), later ones end the read early. Returns
@@ -164,13 +165,25 @@ impl Veventq {
         count: usize,
         mut write: impl FnMut(usize, &[u8]) -> std::result::Result<(), Errno>,
     ) -> Result<usize> {
+        // The smallest read is one record header, queued or not
+        // (`iommufd_veventq_fops_read`).
+        if count < core::mem::size_of::<abi::IommufdVeventHeader>() {
+            return Err(einval("a read must take at least a vEVENT header"));
+        }
         let mut st = self.lock();
         let mut done = 0usize;
         let mut failure = None;
         while let Some(rec) = st.deliver.front() {
-            // The header must fit; an event must fit whole. The marker is
-            // only a header.
+            // The header must fit; an event must fit whole: a first event
+            // that does not is `EINVAL`. The marker is only a header.
+            let hdr = core::mem::size_of::<abi::IommufdVeventHeader>();
+            if count - done < hdr {
+                break;
+            }
             if count - done < rec.len() {
+                if done == 0 {
+                    failure = Some(Errno::EINVAL);
+                }
                 break;
             }
             if let Err(e) = write(done, &rec.bytes()) {
@@ -184,7 +197,7 @@ impl Veventq {
         }
         self.sync_ready(&st);
         match failure {
-            Some(e) if done == 0 => Err(Error::new(e, "writing the events")),
+            Some(e) if done == 0 => Err(Error::new(e, "the first record does not fit or cannot be written")),
             _ => Ok(done),
         }
     }
@@ -228,9 +241,13 @@ impl ObjectType for Veventq {
     }
 }
 
+/// The deepest vEVENTQ mainline allows (eventq.c, `VEVENTQ_MAX_DEPTH`: "an
+/// arbitrary upper bound that fits all existing HWs").
+pub const VEVENTQ_MAX_DEPTH: u32 = 1 << 19;
+
 /// `IOMMU_VEVENTQ_ALLOC` (engine half), checked in the kernel's order:
 /// unknown flags, a non-zero reserved field or the default type are
-/// `EOPNOTSUPP`, depth 0 is `EINVAL`, an unknown vIOMMU `ENOENT`, a second
+/// `EOPNOTSUPP`, depth 0 or above [`VEVENTQ_MAX_DEPTH`] is `EINVAL`, an unknown vIOMMU `ENOENT`, a second
 /// queue of one type `EEXIST`. Any other type is accepted: the driver
 /// decides what it reports. The caller gives the queue a descriptor and
 /// publishes it.
@@ -245,8 +262,8 @@ pub fn veventq_alloc(
     if flags != 0 || reserved != 0 || veventq_type == abi::IOMMU_VEVENTQ_TYPE_DEFAULT {
         return Err(eopnotsupp("VEVENTQ_ALLOC takes no flags and a non-default type"));
     }
-    if depth == 0 {
-        return Err(einval("veventq_depth is zero"));
+    if depth == 0 || depth > VEVENTQ_MAX_DEPTH {
+        return Err(einval("veventq_depth is zero or above VEVENTQ_MAX_DEPTH"));
     }
     let viommu = ctx.get::<Viommu>(viommu_id)?;
     let mut list = viommu.veventqs_write();

@@ -29,11 +29,11 @@
 //! kernel's per-area lock count makes it.
 //!
 //! Driver mmap regions (`out_mmap_offset`/`out_mmap_length` of the mock
-//! vIOMMU) are reserved and reported, but the shim serves no `mmap` of the
-//! iommufd file, so they cannot actually be mapped.
+//! vIOMMU) live in the context's [`crate::mmap::MmapSpace`]; `mmap(2)` of
+//! the iommufd file maps them, and a mapped region keeps its vIOMMU from
+//! being destroyed.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock, RwLockWriteGuard, Weak};
 
 use uiommufd_abi as abi;
@@ -64,6 +64,9 @@ pub struct Viommu {
     veventqs: RwLock<Vec<(u32, Weak<Veventq>)>>,
     /// HW queues by index, to resolve the dependencies drivers ask for.
     hw_queues: Mutex<BTreeMap<u32, Weak<HwQueue>>>,
+    /// The context's mmap space, where the driver registers its regions.
+    mmaps: Arc<crate::mmap::MmapSpace>,
+    me: Weak<Viommu>,
 }
 
 /// One vDEVICE of a vIOMMU, with its device at hand: lookups never upgrade
@@ -157,11 +160,6 @@ impl Viommu {
     }
 }
 
-/// Offsets handed out for driver mmap regions. The kernel keeps one range
-/// allocator per file and skips the first page; here one counter serves
-/// every context (nothing can be mapped anyway).
-static MMAP_CURSOR: AtomicU64 = AtomicU64::new(0);
-
 impl ViommuCore for Viommu {
     fn report_event(&self, veventq_type: u32, data: &[u8]) -> std::result::Result<(), Errno> {
         if data.is_empty() {
@@ -183,10 +181,14 @@ impl ViommuCore for Viommu {
         })
     }
 
+    /// A region of zeroed memory.
     fn alloc_mmap(&self, length: u64) -> std::result::Result<u64, Errno> {
-        let ps = page_size();
-        let length = length.checked_next_multiple_of(ps).ok_or(Errno::EOVERFLOW)?;
-        Ok(ps + MMAP_CURSOR.fetch_add(length, Ordering::Relaxed))
+        let backing = uiommufd_memory::sys::memfd(c"uiommufd-viommu", length)?;
+        self.alloc_mmap_backed(length, backing)
+    }
+
+    fn alloc_mmap_backed(&self, length: u64, backing: std::os::fd::OwnedFd) -> std::result::Result<u64, Errno> {
+        self.mmaps.alloc(length, backing, self.me.clone())
     }
 }
 
@@ -237,7 +239,7 @@ pub fn viommu_alloc<'c>(
         return Err(einval("the HWPT is not a nesting parent"));
     }
     let pending = ctx.objects().reserve()?;
-    let viommu = Arc::new(Viommu {
+    let viommu = Arc::new_cyclic(|me| Viommu {
         hdr: ObjHeader::new(pending.id()),
         viommu_type,
         hwpt: Dep::new(&hwpt),
@@ -246,6 +248,8 @@ pub fn viommu_alloc<'c>(
         vdevs: Mutex::default(),
         veventqs: RwLock::default(),
         hw_queues: Mutex::default(),
+        mmaps: Arc::clone(ctx.mmap_space()),
+        me: me.clone(),
     });
     let me: Weak<Viommu> = Arc::downgrade(&viommu);
     let init =

@@ -265,11 +265,13 @@ impl File {
     }
 
     /// `mmap(2)` of `length` bytes of this file at `offset` (`addr`, `prot`
-    /// and `flags` as mmap takes them): only VFIO device files can be
-    /// mapped (`ENODEV` otherwise, as for a file without an mmap method).
+    /// and `flags` as mmap takes them): VFIO device files (their regions)
+    /// and iommufd files (driver regions) can be mapped (`ENODEV` otherwise,
+    /// as for a file without an mmap method).
     pub fn mmap(&self, addr: u64, length: u64, prot: i32, flags: i32, offset: u64) -> Result<u64, Error> {
         match self {
             File::VfioDevice(f) => f.mmap(addr, length, prot, flags, offset),
+            File::Iommufd(ctx) => iommufd_mmap(ctx, addr, length, prot, flags, offset),
             _ => Err(Error::new(Errno::ENODEV, "this file cannot be mapped")),
         }
     }
@@ -503,4 +505,33 @@ mod tests {
         let other = File::open(Node::FailNth(tid + 1));
         assert_eq!(other.write(arm.as_ptr() as u64, 2, Some(0)).unwrap_err().errno, Errno::EPERM);
     }
+}
+
+/// `iommufd_fops_mmap`: a driver region of the context, mapped whole. The
+/// mapping must be shared (`EINVAL`) and not executable (`EPERM`); the
+/// offset and length must be exactly a region's (`ENXIO`).
+fn iommufd_mmap(ctx: &Iommufd, addr: u64, length: u64, prot: i32, flags: i32, offset: u64) -> Result<u64, Error> {
+    use std::os::fd::AsRawFd;
+    let page = uiommufd_memory::page_size() as u64;
+    // The VFS rounds the length up to whole pages before the driver sees it.
+    let length = length.checked_next_multiple_of(page).ok_or(Error::new(Errno::ENOMEM, "length"))?;
+    let ty = flags & 0x0f;
+    if ty != libc::MAP_SHARED && ty != libc::MAP_SHARED_VALIDATE {
+        return Err(Error::new(Errno::EINVAL, "iommufd regions are mapped MAP_SHARED only"));
+    }
+    if prot & libc::PROT_EXEC != 0 {
+        return Err(Error::new(Errno::EPERM, "iommufd regions are not executable"));
+    }
+    let target = ctx.mmap_space().lookup(offset, length).map_err(|e| Error::new(e, "no driver region there"))?;
+    // SAFETY: mapping a memfd the region owns, with the caller's address
+    // hint and flags (a MAP_FIXED over the caller's own mapping is what the
+    // caller asked for, as with mmap(2) itself).
+    let p = unsafe {
+        libc::mmap(addr as *mut libc::c_void, length as usize, prot, flags, target.fd.as_raw_fd(), 0)
+    };
+    if p == libc::MAP_FAILED {
+        let e = std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::ENOMEM);
+        return Err(Error::new(Errno(e), "mapping the region"));
+    }
+    Ok(p as u64)
 }

@@ -200,6 +200,15 @@ pub trait ViommuCore: Send + Sync {
     /// Reserve `length` bytes of the file's mmap offset space for a driver
     /// region; returns the offset user space would pass to `mmap`.
     fn alloc_mmap(&self, length: u64) -> Result<u64, Errno>;
+
+    /// `iommufd_viommu_alloc_mmap` with the memory: register `length` bytes
+    /// of memfd `backing` as a region user space can `mmap` through the
+    /// iommufd file; returns its offset. The default reserves the offset
+    /// only (nothing can be mapped).
+    fn alloc_mmap_backed(&self, length: u64, backing: std::os::fd::OwnedFd) -> Result<u64, Errno> {
+        drop(backing);
+        self.alloc_mmap(length)
+    }
 }
 
 /// The result of [`IommuDevice::viommu_init`].

@@ -938,11 +938,9 @@ impl IommuDevice for MockDevice {
 /// `IOMMU_TEST_HW_QUEUE_MAX` HW queues that must be created in index order
 /// (each one depends on the one before it).
 ///
-/// The kernel mock also allocates two pages, puts `in_data` in the first
-/// word and lets user space `mmap` them through the iommufd file at
-/// `out_mmap_offset`. Here the offset and length are reserved and reported,
-/// and the word is kept ([`MockViommu::page_word`]), but nothing can be
-/// mapped: the shim serves no `mmap` of `/dev/iommu`.
+/// With driver data it also allocates two pages, puts `in_data` in the
+/// first word and lets user space `mmap` them through the iommufd file at
+/// `out_mmap_offset` (a memfd registered with the engine).
 pub struct MockViommu {
     me: Weak<MockViommu>,
     core: Weak<dyn ViommuCore>,
@@ -981,8 +979,12 @@ impl MockViommu {
             }
             let mut cfg = test_cmd::IommuViommuSelftest::new_zeroed();
             (data.reader)(cfg.as_mut_bytes())?;
+            // Two zeroed pages, the first word `in_data` (the loopback user
+            // space reads through its mapping).
             let length = 2 * HOST_PAGE_SIZE;
-            let offset = core.upgrade().ok_or(Errno::ENOMEM)?.alloc_mmap(length)?;
+            let page = uiommufd_memory::sys::memfd(c"uiommufd-mock-viommu", length)?;
+            uiommufd_memory::sys::pwrite_all(std::os::fd::AsRawFd::as_raw_fd(&page), &cfg.in_data.to_ne_bytes(), 0)?;
+            let offset = core.upgrade().ok_or(Errno::ENOMEM)?.alloc_mmap_backed(length, page)?;
             page_word = cfg.in_data;
             cfg.out_data = cfg.in_data;
             cfg.out_mmap_offset = offset;

@@ -256,6 +256,49 @@ pub fn out_of_the_way(fd: std::os::fd::RawFd) -> std::os::fd::RawFd {
     moved
 }
 
+/// `fstat(2)` of descriptor `fd` (`None` if it fails).
+pub fn fstat(fd: std::os::fd::RawFd) -> Option<libc::stat> {
+    // SAFETY: an all-zero `stat` is a valid value of this plain C struct.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: fstat writes one `stat` into `st`.
+    (unsafe { libc::fstat(fd, &mut st) } == 0).then_some(st)
+}
+
+/// A new memfd of `len` bytes, zero-filled, close-on-exec, named `name`
+/// (a NUL-terminated C string): memory the engine hands to the program by
+/// `mmap`. `ENOMEM` if none can be had.
+pub fn memfd(name: &std::ffi::CStr, len: u64) -> Result<std::os::fd::OwnedFd, uiommufd_abi::Errno> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: `name` is a valid C string; memfd_create touches no other memory.
+    let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(uiommufd_abi::Errno::ENOMEM);
+    }
+    // SAFETY: `fd` is a fresh descriptor nobody else owns.
+    let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(out_of_the_way(fd)) };
+    // SAFETY: ftruncate on our own memfd.
+    if unsafe { libc::ftruncate(std::os::fd::AsRawFd::as_raw_fd(&fd), len as libc::off_t) } != 0 {
+        return Err(uiommufd_abi::Errno::ENOMEM);
+    }
+    Ok(fd)
+}
+
+/// Write `data` at byte `offset` of descriptor `fd` (`pwrite(2)`, all of it).
+pub fn pwrite_all(fd: std::os::fd::RawFd, data: &[u8], offset: u64) -> Result<(), uiommufd_abi::Errno> {
+    let mut done = 0;
+    while done < data.len() {
+        // SAFETY: writing from a live slice of `data.len() - done` bytes.
+        let n = unsafe {
+            libc::pwrite(fd, data[done..].as_ptr().cast(), data.len() - done, (offset + done as u64) as libc::off_t)
+        };
+        if n <= 0 {
+            return Err(uiommufd_abi::Errno::EIO);
+        }
+        done += n as usize;
+    }
+    Ok(())
+}
+
 /// `RLIMIT_MEMLOCK`'s soft limit in bytes (`None`: unlimited).
 pub fn memlock_limit() -> Option<u64> {
     let mut rl = libc::rlimit { rlim_cur: 0, rlim_max: 0 };

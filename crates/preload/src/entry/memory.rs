@@ -96,12 +96,13 @@ fn mmap_file_checks(fd: c_int, len: usize, prot: c_int, flags: c_int, off: i64) 
     Ok(())
 }
 
-/// `mmap` of a served VFIO device: the region's memory, mapped from the
-/// device's memfd (see `VfioDeviceFile::mmap`). Other served files keep
-/// their backing descriptor's answer.
+/// `mmap` of a served VFIO device (the region's memory, mapped from the
+/// device's memfd, see `VfioDeviceFile::mmap`) or iommufd (a driver region,
+/// see `File::mmap`). Other served files keep their backing descriptor's
+/// answer.
 fn mmap_served(fd: c_int, addr: *mut c_void, len: usize, prot: c_int, flags: c_int, off: i64) -> Option<*mut c_void> {
     let file = file_or_inherited_copy(fd)?;
-    if !matches!(&*file, File::VfioDevice(_)) {
+    if !matches!(&*file, File::VfioDevice(_) | File::Iommufd(_)) {
         return None;
     }
     let _engine = fdtable::EngineGuard::enter();
@@ -110,8 +111,8 @@ fn mmap_served(fd: c_int, addr: *mut c_void, len: usize, prot: c_int, flags: c_i
         .and_then(|()| file.mmap(addr as u64, len as u64, prot, flags, off as u64));
     if trace::enabled() {
         match &res {
-            Ok(p) => trace::line(format_args!("mmap({fd} vfio-device, {len:#x} at offset {off:#x}) = {p:#x}")),
-            Err(e) => trace::line(format_args!("mmap({fd} vfio-device) = -1 {:?} ({})", e.errno, e.context)),
+            Ok(p) => trace::line(format_args!("mmap({fd} {}, {len:#x} at offset {off:#x}) = {p:#x}", file.describe())),
+            Err(e) => trace::line(format_args!("mmap({fd} {}) = -1 {:?} ({})", file.describe(), e.errno, e.context)),
         }
     }
     Some(match res {

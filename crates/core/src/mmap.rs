@@ -1,0 +1,122 @@
+//! Driver regions user space maps through the iommufd file
+//! (`struct iommufd_mmap` in `ictx->mt_mmap`, `iommufd_fops_mmap`).
+//!
+//! A vIOMMU driver may expose memory (the mock's loopback page, a
+//! Tegra241 VINTF page) to user space: it registers the region with
+//! [`MmapSpace::alloc`] and reports the offset; `mmap(2)` of the iommufd at
+//! exactly that offset and length maps it. Each context has its own space:
+//! offsets are the lowest free page-aligned range above the first page
+//! (the kernel skips it so that 0 is never a valid offset).
+//!
+//! The memory is a memfd the driver hands over; the region holds it while
+//! its owner lives. A mapped region keeps its owner from being destroyed
+//! (`EBUSY`, as the kernel's vma holds `owner->users`): the engine cannot
+//! see `munmap`, so it asks the program's map whether the memfd is still
+//! mapped ([`MmapSpace::mapped_by`]).
+
+use std::collections::BTreeMap;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+
+use uiommufd_abi::Errno;
+
+use crate::viommu::Viommu;
+
+/// One registered region.
+struct Region {
+    length: u64,
+    fd: Arc<OwnedFd>,
+    owner: Weak<Viommu>,
+}
+
+/// A context's mmap offset space.
+#[derive(Default)]
+pub struct MmapSpace {
+    regions: Mutex<BTreeMap<u64, Region>>,
+}
+
+impl std::fmt::Debug for MmapSpace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MmapSpace").field("regions", &self.lock().len()).finish()
+    }
+}
+
+/// What `mmap(2)` of the iommufd maps: the region's memfd, from offset 0.
+pub struct MmapTarget {
+    pub fd: Arc<OwnedFd>,
+    pub owner: Arc<Viommu>,
+}
+
+impl MmapSpace {
+    fn lock(&self) -> MutexGuard<'_, BTreeMap<u64, Region>> {
+        self.regions.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// `_iommufd_alloc_mmap`: register `length` bytes (a non-zero multiple
+    /// of the page size, `EINVAL` otherwise) of `fd` for `owner`; returns
+    /// the offset to pass to `mmap`.
+    pub fn alloc(&self, length: u64, fd: OwnedFd, owner: Weak<Viommu>) -> Result<u64, Errno> {
+        let ps = crate::pages::page_size();
+        if length == 0 || !length.is_multiple_of(ps) {
+            return Err(Errno::EINVAL);
+        }
+        let mut regions = self.lock();
+        // Regions of destroyed owners are gone.
+        regions.retain(|_, r| r.owner.strong_count() != 0);
+        let mut start = ps;
+        for (&off, r) in regions.iter() {
+            if off.checked_sub(start).is_some_and(|gap| gap >= length) {
+                break;
+            }
+            start = start.max(off + r.length);
+        }
+        start.checked_add(length).ok_or(Errno::ENOSPC)?;
+        regions.insert(start, Region { length, fd: Arc::new(fd), owner });
+        Ok(start)
+    }
+
+    /// `_iommufd_destroy_mmap`: forget the region at `offset`.
+    pub fn destroy(&self, offset: u64) {
+        self.lock().remove(&offset);
+    }
+
+    /// The region `mmap(2)` at `offset` for `length` bytes reaches: it must
+    /// be exactly a registered region of a live owner (`ENXIO` otherwise).
+    pub fn lookup(&self, offset: u64, length: u64) -> Result<MmapTarget, Errno> {
+        let regions = self.lock();
+        let (&start, r) = regions.range(..=offset).next_back().ok_or(Errno::ENXIO)?;
+        if offset >= start + r.length {
+            return Err(Errno::ENXIO);
+        }
+        let owner = r.owner.upgrade().ok_or(Errno::ENXIO)?;
+        if offset != start || length != r.length {
+            return Err(Errno::ENXIO);
+        }
+        Ok(MmapTarget { fd: Arc::clone(&r.fd), owner })
+    }
+
+    /// Whether a region of `owner` is still mapped in this process.
+    pub fn mapped_by(&self, owner: &Viommu) -> bool {
+        let fds: Vec<Arc<OwnedFd>> = self
+            .lock()
+            .values()
+            .filter(|r| std::ptr::eq(r.owner.as_ptr(), owner))
+            .map(|r| Arc::clone(&r.fd))
+            .collect();
+        if fds.is_empty() {
+            return false;
+        }
+        let Ok(maps) = uiommufd_memory::vma::current() else { return false };
+        fds.iter().any(|fd| {
+            let Some((dev, ino)) = dev_ino(fd.as_raw_fd()) else { return false };
+            maps.iter().any(|v| v.dev == dev && v.inode == ino)
+        })
+    }
+}
+
+/// The device (`major << 32 | minor`, as the map prints it) and inode of
+/// descriptor `fd`.
+fn dev_ino(fd: i32) -> Option<(u64, u64)> {
+    let st = uiommufd_memory::sys::fstat(fd)?;
+    Some(((u64::from(libc::major(st.st_dev)) << 32) | u64::from(libc::minor(st.st_dev)), st.st_ino))
+}
