@@ -363,16 +363,17 @@ pub fn hwpt_alloc<'c>(
             if fault_valid && nest_parent {
                 return Err(eopnotsupp("a nesting parent cannot take faults"));
             }
-            if data.len != 0 {
-                return Err(eopnotsupp("paging HWPTs take no driver data"));
-            }
             *ioas_holder = Some(ctx.get::<Ioas>(pt_id)?);
             let ioas = ioas_holder.as_ref().expect("just set");
             let list = ioas.hwpts();
             let pending = ctx.objects().reserve()?;
             let req =
                 PagingRequest { nest_parent, dirty_tracking: dirty, pasid: flags & abi::IOMMU_HWPT_ALLOC_PASID != 0 };
-            let domain = idev.dev().alloc_paging(&req).ctx("allocating a paging domain")?;
+            let domain = if data.len != 0 {
+                idev.dev().alloc_paging_data(&req, &mut data).ctx("the driver refused the paging domain's data")?
+            } else {
+                idev.dev().alloc_paging(&req).ctx("allocating a paging domain")?
+            };
             let pf = PagingFlags {
                 nest_parent,
                 dirty_tracking: dirty,

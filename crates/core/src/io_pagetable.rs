@@ -372,7 +372,11 @@ impl IoPagetable {
     }
 
     /// Fill one area into one domain: take a user of its pages, map them.
+    /// A revoked dma-buf import maps into no domain (`iopt_area_fill_domain`).
     fn fill_area(domain: &dyn Domain, iova: u64, area: &Area, pages: &Pages, max_pgsize: u64) -> Result<()> {
+        if pages.revoked() {
+            return Ok(());
+        }
         let (first, last) = area.index_range(iova);
         let runs = pages.add_user(first, last)?;
         if let Err(e) = map_runs(domain, iova, area.start_byte, area.len(iova), &runs, area.prot, max_pgsize) {
@@ -383,9 +387,30 @@ impl IoPagetable {
     }
 
     fn unfill_area(domain: &dyn Domain, iova: u64, area: &Area, pages: &Pages) {
+        if pages.revoked() {
+            return;
+        }
         let (first, last) = area.index_range(iova);
         hw::unmap(domain, iova, area.len(iova), 0);
         pages.remove_user(first, last);
+    }
+
+    /// `iopt_revoke_notify` for this IOAS: unmap every area of the dma-buf
+    /// import `pages` from every domain and mark it revoked (once).
+    pub fn revoke_pages(&self, pages: &Arc<Pages>) {
+        let domains = lock_read(&self.domains);
+        let st = lock_write(&self.iova);
+        if pages.revoked() {
+            return;
+        }
+        for (&a_iova, a) in st.areas.iter() {
+            if a.pages.as_ref().is_some_and(|p| Arc::ptr_eq(p, pages)) {
+                for d in domains.iter() {
+                    Self::unfill_area(d.domain.as_ref(), a_iova, a, pages);
+                }
+            }
+        }
+        pages.set_revoked();
     }
 
     /// `iopt_map_user_pages`: map `length` bytes of user memory at `uptr`.
@@ -539,6 +564,9 @@ impl IoPagetable {
         let st = lock_read(&self.iova);
         match st.areas.range(..=iova).next_back() {
             Some((_, a)) if a.last >= iova && a.pages.is_some() => {
+                if a.pages.as_ref().is_some_and(|p| p.revoked()) {
+                    return Err(einval("the area's dma-buf is revoked"));
+                }
                 Err(eopnotsupp("the area's storage domain is not a no-IOMMU domain"))
             }
             _ => Err(enoent("no area holds the IOVA")),
@@ -874,6 +902,9 @@ impl IoPagetable {
                 return Err(eperm("mapping lacks the access permission"));
             }
             let pages = Arc::clone(a.pages.as_ref().expect("checked"));
+            if pages.dmabuf().is_some() {
+                return Err(einval("dma-buf memory cannot be reached by an access"));
+            }
             let first = sb / ps;
             let lastp = (sb + (piece_last - cur)) / ps;
             let runs = pages.add_user(first, lastp)?;
@@ -945,6 +976,9 @@ impl IoPagetable {
             if !prot_ok(prot, write) {
                 return Err(eperm("mapping lacks the access permission"));
             }
+            if pages.dmabuf().is_some() {
+                return Err(einval("dma-buf memory cannot be reached by an access"));
+            }
             return pages.rw(sb, data, write, slow);
         }
         // The contiguous areas from `iova`, and why the walk stopped short
@@ -982,6 +1016,9 @@ impl IoPagetable {
         for (i, &(off, sb, ref pages, prot)) in slices.iter().enumerate() {
             if !prot_ok(prot, write) {
                 return Err(eperm("mapping lacks the access permission"));
+            }
+            if pages.dmabuf().is_some() {
+                return Err(einval("dma-buf memory cannot be reached by an access"));
             }
             let end = slices.get(i + 1).map_or(end_of_all, |n| n.0);
             pages.rw(sb, &mut data[off as usize..end as usize], write, slow)?;

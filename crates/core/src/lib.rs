@@ -13,6 +13,7 @@
 //!   every difference between them;
 //! - [`ioas`], [`io_pagetable`]: IO address spaces and their IOVA map;
 //! - [`pages`], [`account`]: pinned user pages and their accounting;
+//!   [`dmabuf`]: imported dma-bufs (exported by the selftest or vfio-pci);
 //! - [`hwpt`], [`device`]: hardware page tables and bound devices;
 //! - [`access`]: emulated devices reaching IOAS memory by CPU;
 //! - [`selftest`]: the kernel selftest's mock devices and checks;
@@ -35,6 +36,7 @@ pub mod account;
 pub mod ctx;
 pub mod device;
 pub mod dma;
+pub mod dmabuf;
 pub mod error;
 pub mod fault;
 pub mod hwpt;

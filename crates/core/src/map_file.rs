@@ -70,6 +70,34 @@ impl Iommufd {
         map_file_pages(ioas.iopt(), fd, start, length, fixed, prot_from_flags(flags), mode)
     }
 
+    /// `IOMMU_IOAS_MAP_FILE` of a dma-buf: map `length` bytes of `buf` from
+    /// byte `start` into IOAS `ioas_id` (see [`crate::dmabuf`]); returns the
+    /// IOVA.
+    pub fn ioas_map_dmabuf(
+        &self,
+        ioas_id: ObjectId,
+        flags: u32,
+        buf: &Arc<crate::dmabuf::DmaBuf>,
+        start: u64,
+        length: u64,
+        iova: u64,
+    ) -> Result<u64> {
+        check_map_flags(flags, &[iova, length])?;
+        let ioas = self.ioas(ioas_id)?;
+        if length == 0 {
+            return Err(einval("length is zero"));
+        }
+        start.checked_add(length - 1).ok_or(eoverflow("file range wraps"))?;
+        let fixed = (flags & map_flags::FIXED_IOVA != 0).then_some(iova);
+        let prot = prot_from_flags(flags);
+        let pages = Arc::new(buf.import(start, length, prot.contains(Prot::WRITE))?);
+        let start_byte = start % page_size();
+        // Tracked before it is mapped: a revocation meanwhile still finds it.
+        buf.track(&pages, ioas.arc());
+        let slice = PagesSlice { pages, start_byte, length };
+        ioas.iopt().map_pages(vec![slice], length, fixed, prot)
+    }
+
     /// `IOMMU_IOAS_CHANGE_PROCESS`: charge the pinned pages of every mapping
     /// of every IOAS to the calling process. `EINVAL`, changing nothing, if
     /// any mapping is not a file mapping; `ENOMEM` if the charges do not fit

@@ -97,12 +97,8 @@ impl MmapSpace {
 
     /// Whether a region of `owner` is still mapped in this process.
     pub fn mapped_by(&self, owner: &Viommu) -> bool {
-        let fds: Vec<Arc<OwnedFd>> = self
-            .lock()
-            .values()
-            .filter(|r| std::ptr::eq(r.owner.as_ptr(), owner))
-            .map(|r| Arc::clone(&r.fd))
-            .collect();
+        let fds: Vec<Arc<OwnedFd>> =
+            self.lock().values().filter(|r| std::ptr::eq(r.owner.as_ptr(), owner)).map(|r| Arc::clone(&r.fd)).collect();
         if fds.is_empty() {
             return false;
         }

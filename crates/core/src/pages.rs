@@ -130,6 +130,10 @@ pub struct Pages {
     source: Source,
     owner: Mutex<Owner>,
     state: Mutex<State>,
+    /// An import of this dma-buf ([`crate::dmabuf`]), if it is one.
+    dmabuf: Option<Arc<crate::dmabuf::DmaBuf>>,
+    /// The dma-buf import was revoked: no domain maps it any more.
+    revoked: std::sync::atomic::AtomicBool,
 }
 
 impl Pages {
@@ -197,7 +201,32 @@ impl Pages {
             // uncharged ones skip the two system calls.
             owner: Mutex::new(if mode == AccountMode::None { Owner { pid: 0, uid: 0 } } else { Owner::current() }),
             state: Mutex::default(),
+            dmabuf: None,
+            revoked: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// These pages as an import of dma-buf `buf`.
+    pub fn into_dmabuf(mut self, buf: Arc<crate::dmabuf::DmaBuf>) -> Pages {
+        self.dmabuf = Some(buf);
+        self
+    }
+
+    /// The dma-buf these pages import, if they do.
+    pub fn dmabuf(&self) -> Option<&Arc<crate::dmabuf::DmaBuf>> {
+        self.dmabuf.as_ref()
+    }
+
+    /// A dma-buf import whose exporter took the memory back
+    /// (`iopt_dmabuf_revoked`).
+    pub fn revoked(&self) -> bool {
+        self.revoked.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Mark a dma-buf import revoked (the caller has unmapped it from every
+    /// domain).
+    pub(crate) fn set_revoked(&self) {
+        self.revoked.store(true, std::sync::atomic::Ordering::Release);
     }
 
     /// The page-aligned address of index 0: a user address, or a file

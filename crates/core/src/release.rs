@@ -19,7 +19,7 @@ use std::sync::OnceLock;
 use uiommufd_abi as abi;
 use uiommufd_abi::test_cmd as t;
 use uiommufd_abi::Errno;
-use uiommufd_hw::mock::MockProfile;
+use uiommufd_hw::mock::{MockPageTable, MockProfile};
 
 /// One release's iommufd.
 #[derive(Debug, PartialEq, Eq)]
@@ -101,7 +101,7 @@ pub static LINUX_6_12: KernelRelease = KernelRelease {
     last_command: abi::IOMMUFD_CMD_FAULT_QUEUE_ALLOC,
     last_test_op: t::IOMMU_TEST_OP_TRIGGER_IOPF,
     mock_device_flags: t::MOCK_FLAGS_DEVICE_NO_DIRTY | t::MOCK_FLAGS_DEVICE_HUGE_IOVA,
-    mock: MockProfile { hwpt_selftest_size: 4 },
+    mock: MockProfile { hwpt_selftest_size: 4, page_table: MockPageTable::Xarray },
     hwpt_paging_flags: abi::IOMMU_HWPT_ALLOC_NEST_PARENT | abi::IOMMU_HWPT_ALLOC_DIRTY_TRACKING,
     hwpt_nested_flags: abi::IOMMU_HWPT_FAULT_ID_VALID,
     hw_info_flags: 0,

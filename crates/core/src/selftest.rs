@@ -497,7 +497,7 @@ pub fn dirty(ctx: &Iommufd, hwpt_id: ObjectId, iova: u64, length: u64, page_size
     user::copy_from_user(&mut bits, uptr).ctx("reading the bitmap")?;
     let mut count = 0;
     for i in 0..max {
-        if bits[(i / 8) as usize] & (1 << (i % 8)) != 0 && mock.mark_dirty(iova.wrapping_add(i * page_size)) {
+        if bits[(i / 8) as usize] & (1 << (i % 8)) != 0 && mock.test_dirty(iova.wrapping_add(i * page_size)) {
             count += 1;
         }
     }

@@ -92,6 +92,9 @@ fn the_mock_iommu_marks_device_writes_dirty_too() {
     let iova = uiommufd_abi::test_cmd::MOCK_APERTURE_START;
     let mem = vec![0u8; ((PAGES + 1) * PS) as usize];
     let host = (mem.as_ptr() as u64).next_multiple_of(PS);
+    // 7.3's mock maps physically contiguous memory with large pages, each
+    // dirty as a whole; page by page, the bitmap shows single pages.
+    ctx.option(abi::IOMMU_OPTION_HUGE_PAGES, abi::IOMMU_OPTION_OP_SET, ioas, 0).unwrap();
     ctx.ioas_map(ioas, 1 | 2 | 4, host, PAGES * PS, iova).unwrap();
     let mock: Arc<dyn IommuDevice> = Arc::new(uiommufd_hw::mock::MockDevice::new(0).unwrap());
     let (dev_id, edge) = device::bind(&ctx, mock).unwrap();

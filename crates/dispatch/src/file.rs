@@ -140,6 +140,8 @@ pub enum File {
     VfioGroup(VfioGroupFile),
     /// `[vfio-migration]`: a VFIO device's migration data (`data_fd`).
     VfioMigration(crate::vfio_migration::MigrationFile),
+    /// `dmabuf:`: a dma-buf exported by the selftest or by vfio-pci.
+    DmaBuf(Arc<uiommufd_core::dmabuf::DmaBuf>),
 }
 
 /// The file of a fault object: keeps the context alive and holds an edge on
@@ -247,7 +249,7 @@ impl File {
             File::VfioDevice(f) => f.ioctl(host, request, arg),
             File::VfioGroup(f) => f.ioctl(host, request, arg),
             File::VfioMigration(f) => f.ioctl(request, arg),
-            File::SelftestAccess(_) | File::Fault(_) | File::Veventq(_) | File::FailNth(_) => {
+            File::SelftestAccess(_) | File::Fault(_) | File::Veventq(_) | File::FailNth(_) | File::DmaBuf(_) => {
                 Err(Error::new(Errno::ENOTTY, "this file has no ioctls"))
             }
         }
@@ -272,6 +274,8 @@ impl File {
         match self {
             File::VfioDevice(f) => f.mmap(addr, length, prot, flags, offset),
             File::Iommufd(ctx) => iommufd_mmap(ctx, addr, length, prot, flags, offset),
+            // dma_buf_mmap_internal: the exporters here have no mmap op.
+            File::DmaBuf(_) => Err(Error::new(Errno::EINVAL, "this dma-buf cannot be mapped")),
             _ => Err(Error::new(Errno::ENODEV, "this file cannot be mapped")),
         }
     }
@@ -287,6 +291,7 @@ impl File {
             File::Fault(_) => "fault-queue",
             File::Veventq(_) => "viommu-event-queue",
             File::FailNth(_) => "fail-nth",
+            File::DmaBuf(_) => "dmabuf",
         }
     }
 
@@ -312,7 +317,7 @@ impl File {
         let (read, write) = match self {
             File::Fault(_) | File::VfioDevice(_) | File::FailNth(_) => (true, true),
             File::Veventq(_) => (true, false),
-            File::Iommufd(_) | File::SelftestAccess(_) | File::VfioGroup(_) => (false, false),
+            File::Iommufd(_) | File::SelftestAccess(_) | File::VfioGroup(_) | File::DmaBuf(_) => (false, false),
             // A saving session's file reads, a loading one's writes.
             File::VfioMigration(f) => (f.saving(), !f.saving()),
         };
@@ -526,9 +531,7 @@ fn iommufd_mmap(ctx: &Iommufd, addr: u64, length: u64, prot: i32, flags: i32, of
     // SAFETY: mapping a memfd the region owns, with the caller's address
     // hint and flags (a MAP_FIXED over the caller's own mapping is what the
     // caller asked for, as with mmap(2) itself).
-    let p = unsafe {
-        libc::mmap(addr as *mut libc::c_void, length as usize, prot, flags, target.fd.as_raw_fd(), 0)
-    };
+    let p = unsafe { libc::mmap(addr as *mut libc::c_void, length as usize, prot, flags, target.fd.as_raw_fd(), 0) };
     if p == libc::MAP_FAILED {
         let e = std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::ENOMEM);
         return Err(Error::new(Errno(e), "mapping the region"));

@@ -369,3 +369,90 @@ fn noiommu_get_pa_rules() {
     assert_eq!(call(abi::IommuIoasNoiommuGetPa { iova: 0, ..ok }), Err(Errno::ENOENT));
     assert_eq!(call(abi::IommuIoasNoiommuGetPa { size: 32, ..ok }), Err(Errno::EINVAL));
 }
+
+/// `IOMMU_TEST_OP_DMABUF_GET` / `DMABUF_REVOKE` (selftest.c): a length of 0
+/// or above 512 pages is `EINVAL`; revoking through a descriptor that is
+/// not open is `EBADF`, through one that is no dma-buf `EINVAL` (oracle).
+/// The op returns the new descriptor, as the selftests expect (7.3.4
+/// returns 0 and leaves the descriptor unknown: a kernel bug we do not
+/// copy).
+#[test]
+fn dmabuf_get_and_revoke_errnos() {
+    let env = Env::new(&LINUX_7_3);
+    for len in [0u32, 513 * PS as u32] {
+        let mut g = t::TestDmabufGet { length: len, open_flags: libc::O_CLOEXEC as u32 };
+        assert_eq!(env.test_cmd(t::IOMMU_TEST_OP_DMABUF_GET, 0, &mut g), Err(Errno::EINVAL), "length {len}");
+    }
+    let mut g = t::TestDmabufGet { length: 100, open_flags: libc::O_CLOEXEC as u32 };
+    let fd = env.test_cmd(t::IOMMU_TEST_OP_DMABUF_GET, 0, &mut g).unwrap();
+    assert!(fd >= 0);
+    let revoke = |fd: i32, revoked: u32| {
+        env.test_cmd(t::IOMMU_TEST_OP_DMABUF_REVOKE, 0, &mut t::TestDmabufRevoke { dmabuf_fd: fd, revoked })
+    };
+    assert_eq!(revoke(fd, 1), Ok(0));
+    assert_eq!(revoke(fd, 0), Ok(0));
+    assert_eq!(revoke(-1, 1), Err(Errno::EBADF));
+    // SAFETY: opening /dev/null read-only.
+    let null = unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY) };
+    assert_eq!(revoke(null, 1), Err(Errno::EINVAL));
+    // SAFETY: closing our descriptor.
+    unsafe { libc::close(null) };
+    assert_eq!(Env::new(&LINUX_6_12).test_cmd(t::IOMMU_TEST_OP_DMABUF_GET, 0, &mut g), Err(Errno::EOPNOTSUPP));
+}
+
+/// `IOMMU_IOAS_MAP_FILE` of a dma-buf (7.3): the range must lie inside the
+/// buffer (`EINVAL`, also for length 0); a revoked buffer cannot be mapped
+/// (`ENODEV`); a revocation takes the memory out of every domain, and of
+/// domains attached later, while the area stays (it can be unmapped); an
+/// access cannot reach dma-buf memory (`EINVAL`). After the exporter makes
+/// the buffer available again, a new mapping works.
+#[test]
+fn dmabuf_map_file_and_revoke() {
+    use uiommufd_core::hwpt::HwptPaging;
+    let (env, ioas, hwpt, idev, _) = mapped(&LINUX_7_3, 1);
+    let size = 4 * PS;
+    let mut g = t::TestDmabufGet { length: size as u32, open_flags: 0 };
+    let dfd = env.test_cmd(t::IOMMU_TEST_OP_DMABUF_GET, 0, &mut g).unwrap();
+    let map = |start: u64, length: u64, iova: Option<u64>| {
+        let mut c = abi::IommuIoasMapFile {
+            size: 40,
+            flags: abi::IOMMU_IOAS_MAP_READABLE
+                | abi::IOMMU_IOAS_MAP_WRITEABLE
+                | if iova.is_some() { abi::IOMMU_IOAS_MAP_FIXED_IOVA } else { 0 },
+            ioas_id: ioas,
+            fd: dfd,
+            start,
+            length,
+            iova: iova.unwrap_or(0),
+        };
+        env.ioctl(abi::IOMMU_IOAS_MAP_FILE, &mut c).map(|_| c.iova)
+    };
+    assert_eq!(map(0, 0, None), Err(Errno::EINVAL));
+    assert_eq!(map(size, size, None), Err(Errno::EINVAL));
+    assert_eq!(map(0, size + 1, None), Err(Errno::EINVAL));
+    let iova = map(0, size, None).unwrap();
+    let phys = |hwpt: u32| env.ctx.get::<HwptPaging>(hwpt).unwrap().domain().iova_to_phys(iova);
+    assert!(phys(hwpt).is_some(), "the mock domain maps the buffer");
+    // An access cannot reach it.
+    let mut ca = t::TestCreateAccess::default();
+    env.test_cmd(t::IOMMU_TEST_OP_CREATE_ACCESS, ioas, &mut ca).unwrap();
+    let buf = [0u8; 16];
+    let mut rw = t::TestAccessRw { iova, length: 16, uptr: buf.as_ptr() as u64, ..Default::default() };
+    assert_eq!(env.test_cmd(t::IOMMU_TEST_OP_ACCESS_RW, ca.out_access_fd, &mut rw), Err(Errno::EINVAL));
+    let revoke = |revoked: u32| {
+        env.test_cmd(t::IOMMU_TEST_OP_DMABUF_REVOKE, 0, &mut t::TestDmabufRevoke { dmabuf_fd: dfd, revoked })
+    };
+    revoke(1).unwrap();
+    assert_eq!(phys(hwpt), None, "revoked: out of the domain");
+    let later = env.hwpt_alloc(idev, ioas, 0).unwrap();
+    assert_eq!(phys(later), None, "and out of domains attached later");
+    assert_eq!(map(0, size, None), Err(Errno::ENODEV));
+    revoke(0).unwrap();
+    let again = map(0, size, None).unwrap();
+    assert_ne!(again, iova);
+    // The revoked area is still there: unmap it and map the buffer back.
+    let mut u = abi::IommuIoasUnmap { size: 24, ioas_id: ioas, iova, length: size };
+    env.ioctl(abi::IOMMU_IOAS_UNMAP, &mut u).unwrap();
+    assert_eq!(map(0, size, Some(iova)), Ok(iova));
+    assert!(phys(hwpt).is_some() && phys(later).is_some());
+}

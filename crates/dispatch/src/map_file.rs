@@ -18,7 +18,13 @@ use crate::ucmd::Ucmd;
 /// `IOMMU_IOAS_MAP_FILE`: the chosen (or fixed) IOVA goes back in `iova`.
 pub fn ioas_map_file(u: &mut Ucmd) -> Result<i32> {
     let mut cmd: abi::IommuIoasMapFile = u.read()?;
-    cmd.iova = u.ctx.ioas_map_file(cmd.ioas_id, cmd.flags, cmd.fd, cmd.start, cmd.length, cmd.iova)?;
+    cmd.iova = match u.host.get(cmd.fd).as_deref() {
+        // A dma-buf we serve (`dma_buf_get` succeeds).
+        Some(crate::File::DmaBuf(buf)) => {
+            u.ctx.ioas_map_dmabuf(cmd.ioas_id, cmd.flags, buf, cmd.start, cmd.length, cmd.iova)?
+        }
+        _ => u.ctx.ioas_map_file(cmd.ioas_id, cmd.flags, cmd.fd, cmd.start, cmd.length, cmd.iova)?,
+    };
     u.respond(&cmd)?;
     Ok(0)
 }

@@ -79,6 +79,14 @@ pub trait IommuDevice: crate::AnyDomain + Send + Sync {
     /// `domain_alloc_paging_flags` / `domain_alloc_user` for a paging domain.
     fn alloc_paging(&self, req: &PagingRequest) -> Result<Arc<dyn Domain>, Errno>;
 
+    /// [`alloc_paging`](Self::alloc_paging) with driver data (`IOMMU_HWPT_ALLOC`
+    /// of a paging HWPT with `data_len != 0`). Drivers that take none refuse
+    /// it with `EOPNOTSUPP`, as VT-d's and SMMUv3's do.
+    fn alloc_paging_data(&self, req: &PagingRequest, data: &mut UserData<'_>) -> Result<Arc<dyn Domain>, Errno> {
+        let _ = (req, data);
+        Err(Errno::EOPNOTSUPP)
+    }
+
     /// The driver's attach-time compatibility check (`EINVAL` when the
     /// domain cannot serve this device).
     fn check_attach(&self, domain: &dyn Domain) -> Result<(), Errno>;
