@@ -231,11 +231,12 @@ pub fn md_check_map(ctx: &Iommufd, hwpt_id: ObjectId, iova: u64, length: u64, up
     }
     let mock = domain.as_any().downcast_ref::<MockDomain>().expect("checked");
     let ps = page_size();
+    let mut user_frames = UserFrames::default();
     let mut off = 0;
     while off < length {
         let va = uptr + off;
         user::probe_user_page(va & !(ps - 1)).ctx("user page is not mapped")?;
-        let pfn = frames::pfn_at(va).ok_or(einval("user page is not pinned"))?;
+        let pfn = user_frames.pfn(va).ok_or(einval("user page is not pinned"))?;
         let want = pfn * ps + va % ps;
         match mock.entry_at(iova.wrapping_add(off)) {
             Some(e) if e.paddr == want => {}
@@ -246,6 +247,46 @@ pub fn md_check_map(ctx: &Iommufd, hwpt_id: ObjectId, iova: u64, length: u64, up
     Ok(())
 }
 
+/// The frames behind user addresses as `get_user_pages` finds them: a page
+/// pinned in place, or a page of a file the engine maps for
+/// `IOMMU_IOAS_MAP_FILE` reached through the program's own shared mapping
+/// of that file (one physical page, two addresses). Remembers the last
+/// file alias, so walking a range reads the program's map once.
+#[derive(Default)]
+struct UserFrames {
+    /// `(start, end, engine address of start)` of the last alias found.
+    alias: Option<(u64, u64, u64)>,
+}
+
+impl UserFrames {
+    /// The engine address of the file page the program reaches at `va`.
+    fn alias(&mut self, va: u64) -> Option<u64> {
+        match self.alias {
+            Some((start, end, engine)) if (start..end).contains(&va) => Some(engine + (va - start)),
+            _ => {
+                let (engine, end) = uiommufd_memory::filemap::alias(va)?;
+                self.alias = Some((va, end, engine));
+                Some(engine)
+            }
+        }
+    }
+
+    fn pfn(&mut self, va: u64) -> Option<u64> {
+        if let Some(pfn) = frames::pfn_at(va) {
+            return Some(pfn);
+        }
+        frames::mapped_pfn_at(self.alias(va)?)
+    }
+
+    /// How many times the page at `va` is pinned.
+    fn pins(&mut self, va: u64) -> u32 {
+        if frames::pfn_at(va).is_some() {
+            return frames::pin_count(va);
+        }
+        self.alias(va).map_or(0, frames::mapped_pin_count)
+    }
+}
+
 /// `IOMMU_TEST_OP_MD_CHECK_REFS`: every page of `[uptr, uptr + length)`
 /// must be present and pinned exactly `refs` times.
 pub fn md_check_refs(uptr: u64, length: u64, refs: u32) -> Result<()> {
@@ -253,10 +294,11 @@ pub fn md_check_refs(uptr: u64, length: u64, refs: u32) -> Result<()> {
     if !length.is_multiple_of(ps) || !uptr.is_multiple_of(ps) || uptr.checked_add(length).is_none() {
         return Err(einval("range must be page aligned and must not wrap"));
     }
+    let mut user_frames = UserFrames::default();
     let mut va = uptr;
     while va < uptr + length {
         user::probe_user_page(va).ctx("page is not mapped")?;
-        if frames::pin_count(va) != refs {
+        if user_frames.pins(va) != refs {
             return Err(eio("pin count differs"));
         }
         va += ps;
@@ -347,11 +389,12 @@ impl SelftestAccess {
         if uptr != 0 {
             let ps = page_size();
             let mut va = uptr - (iova - (iova & !(ps - 1)));
+            let mut user_frames = UserFrames::default();
             let check = (|| {
                 for (pfn, n) in range.pfns() {
                     for i in 0..n {
                         user::probe_user_page(va).ctx("user page is not mapped")?;
-                        if frames::pfn_at(va) != Some(pfn + i) {
+                        if user_frames.pfn(va) != Some(pfn + i) {
                             return Err(Error::new(Errno::EBADE, "pinned page differs from the user page"));
                         }
                         va += ps;

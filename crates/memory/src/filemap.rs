@@ -226,6 +226,9 @@ impl FileMapping {
                 munmap(base + len, reserve + reserve_len - (base + len));
             }
         }
+        if let Some(id) = crate::sys::fstat(fd).map(|st| file_id(&st)) {
+            aliases().push(Alias { id, offset: map_off, len, base });
+        }
         Ok(FileMapping { base, len, first: base + (offset - map_off), npages })
     }
 
@@ -263,10 +266,54 @@ impl FileMapping {
 
 impl Drop for FileMapping {
     fn drop(&mut self) {
+        aliases().retain(|a| a.base != self.base);
         frames::forget_mapped(self.base, self.len);
         // SAFETY: the mapping is ours, and no frame refers to it any more.
         unsafe { munmap(self.base, self.len) };
     }
+}
+
+/// A file's identity as `/proc/self/maps` prints it: device
+/// (`major << 32 | minor`) and inode.
+fn file_id(st: &libc::stat) -> (u64, u64) {
+    ((u64::from(libc::major(st.st_dev)) << 32) | u64::from(libc::minor(st.st_dev)), st.st_ino)
+}
+
+/// Where an engine mapping of a file lies: file bytes `[offset, offset +
+/// len)` at `base`.
+struct Alias {
+    id: (u64, u64),
+    offset: u64,
+    len: u64,
+    base: u64,
+}
+
+fn aliases() -> std::sync::MutexGuard<'static, Vec<Alias>> {
+    static ALIASES: std::sync::Mutex<Vec<Alias>> = std::sync::Mutex::new(Vec::new());
+    ALIASES.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The engine's own mapping of the file page the program reaches at `va`
+/// through a shared mapping of a file the engine maps for
+/// `IOMMU_IOAS_MAP_FILE`: `(engine address of va, end)`, valid for the
+/// addresses below `end` (exclusive) from `va` on. The page is one physical
+/// page whichever mapping reaches it, as `get_user_pages` of the program's
+/// address finds the very folio the kernel pinned from the page cache.
+/// `None` when `va` is not such a page.
+pub fn alias(va: u64) -> Option<(u64, u64)> {
+    if aliases().is_empty() {
+        return None;
+    }
+    let maps = crate::vma::current().ok()?;
+    let vma = maps.iter().find(|v| v.start <= va && va < v.end && v.shared && v.inode != 0)?;
+    let file_off = vma.offset.checked_add(va - vma.start)?;
+    let list = aliases();
+    let a =
+        list.iter().find(|a| a.id == (vma.dev, vma.inode) && a.offset <= file_off && file_off - a.offset < a.len)?;
+    let at = a.base + (file_off - a.offset);
+    // Up to the end of whichever of the two mappings ends first.
+    let end = va + (a.base + a.len - at).min(vma.end - va);
+    Some((at, end))
 }
 
 #[cfg(test)]

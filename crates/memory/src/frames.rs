@@ -539,6 +539,29 @@ pub fn pfn_at(va: u64) -> Option<u64> {
     Some(run.pfn + (va - run.host) / page())
 }
 
+/// The PFN of the frame at engine address `host` of an engine mapping
+/// ([`pin_mapped`]: a file page behind `IOMMU_IOAS_MAP_FILE`), if it is one.
+/// A scan of the runs: for checks, not hot paths.
+pub fn mapped_pfn_at(host: u64) -> Option<u64> {
+    let host = host & !(page() - 1);
+    let reg = read();
+    reg.by_pfn
+        .values()
+        .find(|r| r.mapped && r.host <= host && host < r.host_end())
+        .map(|r| r.pfn + (host - r.host) / page())
+}
+
+/// How many times the frame at engine address `host` of an engine mapping
+/// is pinned (0 if it is not a frame). A scan, like [`mapped_pfn_at`].
+pub fn mapped_pin_count(host: u64) -> u32 {
+    let host = host & !(page() - 1);
+    let reg = read();
+    reg.by_pfn
+        .values()
+        .find(|r| r.mapped && r.host <= host && host < r.host_end())
+        .map_or(0, |r| r.pins[((host - r.host) / page()) as usize])
+}
+
 /// Number of frames currently pinned (all runs, all pages).
 pub fn pinned_pages() -> u64 {
     read().by_pfn.values().map(|r| r.npages()).sum()
