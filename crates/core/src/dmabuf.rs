@@ -51,9 +51,11 @@ struct Import {
 pub struct DmaBuf {
     exporter: Exporter,
     memory: Arc<OwnedFd>,
-    /// Byte offset of the buffer in `memory`.
+    /// Byte offset of the buffer (its first range) in `memory`.
     offset: u64,
     size: u64,
+    /// Physical ranges it is made of (iommufd imports one only).
+    nr_ranges: u32,
     /// The exporter's state (`priv->revoked` of the selftest's).
     revoked: AtomicBool,
     imports: Mutex<Vec<Import>>,
@@ -68,7 +70,21 @@ impl std::fmt::Debug for DmaBuf {
 impl DmaBuf {
     /// A dma-buf of `size` bytes at byte `offset` of memfd `memory`.
     pub fn new(exporter: Exporter, memory: Arc<OwnedFd>, offset: u64, size: u64) -> Arc<DmaBuf> {
-        Arc::new(DmaBuf { exporter, memory, offset, size, revoked: AtomicBool::new(false), imports: Mutex::default() })
+        Self::new_ranges(exporter, memory, offset, size, 1)
+    }
+
+    /// A dma-buf of `nr_ranges` physical ranges, `size` bytes in all, the
+    /// first at byte `offset` of memfd `memory`.
+    pub fn new_ranges(exporter: Exporter, memory: Arc<OwnedFd>, offset: u64, size: u64, nr_ranges: u32) -> Arc<DmaBuf> {
+        Arc::new(DmaBuf {
+            exporter,
+            memory,
+            offset,
+            size,
+            nr_ranges,
+            revoked: AtomicBool::new(false),
+            imports: Mutex::default(),
+        })
     }
 
     /// `IOMMU_TEST_OP_DMABUF_GET` (`iommufd_test_dmabuf_get`): `length`
@@ -119,7 +135,7 @@ impl DmaBuf {
     /// `iopt_alloc_dmabuf_pages`: pages over bytes `[start, start + length)`
     /// of the buffer (the caller has checked `length != 0` and that the
     /// range does not wrap). A range reaching past the buffer is `EINVAL`;
-    /// a revoked buffer `ENODEV`.
+    /// a revoked buffer `ENODEV`; one of several ranges `EOPNOTSUPP`.
     pub fn import(self: &Arc<Self>, start: u64, length: u64, writable: bool) -> crate::Result<Pages> {
         use crate::error::ErrnoExt;
         let ps = crate::pages::page_size();
@@ -128,6 +144,9 @@ impl DmaBuf {
         }
         if self.revoked() {
             return Err(crate::error::enodev("the dma-buf is revoked"));
+        }
+        if self.nr_ranges != 1 {
+            return Err(crate::error::eopnotsupp("only single-range dma-bufs can be imported"));
         }
         let fd = self.memory.as_raw_fd();
         let info = uiommufd_memory::filemap::inspect(fd).ctx("looking at the dma-buf's memory")?;

@@ -31,6 +31,7 @@ mod table;
 mod ucmd;
 mod vfio_compat;
 pub mod vfio_device;
+mod vfio_dmabuf;
 pub mod vfio_group;
 pub mod vfio_migration;
 mod viommu;
@@ -86,6 +87,8 @@ mod kernel_answers_tests;
 mod tests;
 #[cfg(test)]
 mod vfio_device_tests;
+#[cfg(test)]
+mod vfio_dmabuf_tests;
 #[cfg(test)]
 mod vfio_group_tests;
 #[cfg(test)]

@@ -151,6 +151,8 @@ pub struct VfioDevice {
     irqs: Mutex<IrqState>,
     /// Live migration: the state and data session (`vfio_migration`).
     mig: Mutex<crate::vfio_migration::MigCtl>,
+    /// The dma-bufs of its BARs (`vdev->dmabufs`).
+    dmabufs: crate::vfio_dmabuf::Exports,
 }
 
 impl std::fmt::Debug for VfioDevice {
@@ -196,6 +198,7 @@ impl VfioDevice {
             set: Mutex::default(),
             irqs: Mutex::default(),
             mig: Mutex::default(),
+            dmabufs: Default::default(),
         });
         group.register(&dev);
         dev
@@ -305,6 +308,8 @@ impl VfioDevice {
     /// `vfio_pci_core_disable`: Bus Master off, interrupts torn down, the
     /// function reset and the config space saved at enable put back.
     fn disable(&self, set: &mut SetState) {
+        // vfio_pci_dma_buf_cleanup: every export revoked for good.
+        self.dmabufs.set_revoked(true);
         self.migration_reset();
         self.clear_bus_master();
         {
@@ -324,8 +329,13 @@ impl VfioDevice {
     }
 
     /// `__vfio_pci_memory_enabled`: BAR accesses need Memory Space Enable.
-    fn memory_enabled(&self) -> bool {
+    pub(crate) fn memory_enabled(&self) -> bool {
         self.config_u16(PCI_COMMAND) & PCI_COMMAND_MEMORY != 0
+    }
+
+    /// The dma-bufs exported from its BARs.
+    pub(crate) fn dmabufs(&self) -> &crate::vfio_dmabuf::Exports {
+        &self.dmabufs
     }
 }
 
@@ -807,6 +817,9 @@ fn device_feature(dev: &Arc<VfioDevice>, host: &dyn FdHost, arg: u64) -> Result<
     let header = core::mem::size_of::<v::VfioDeviceFeature>();
     let (index, data, argsz) =
         (f.flags & v::VFIO_DEVICE_FEATURE_MASK, arg.wrapping_add(header as u64), f.argsz as usize - header);
+    if let Some(r) = crate::vfio_dmabuf::feature(dev, host, index, f.flags, data, argsz) {
+        return r;
+    }
     if let Some(r) = crate::vfio_migration::feature(dev, host, index, f.flags, data, argsz) {
         return r;
     }
@@ -1219,7 +1232,13 @@ fn config_rw(dev: &VfioDevice, pos: u64, buf: u64, count: usize, write: bool) ->
         let ubuf = buf.wrapping_add(done as u64);
         if write {
             user::copy_from_user(&mut piece[..n], ubuf).ctx("reading the data")?;
+            let enabled = dev.memory_enabled();
             dev.pci.config_write(at, &piece[..n]).ctx("writing config space")?;
+            // vfio_basic_config_write: Memory Space Enable going off
+            // revokes the BARs' dma-bufs, coming on makes them available.
+            if dev.memory_enabled() != enabled {
+                dev.dmabufs.set_revoked(!dev.memory_enabled());
+            }
         } else {
             dev.pci.config_read(at, &mut piece[..n]).ctx("reading config space")?;
             user::copy_to_user(ubuf, &piece[..n]).ctx("writing the data")?;

@@ -299,6 +299,19 @@ pub fn pwrite_all(fd: std::os::fd::RawFd, data: &[u8], offset: u64) -> Result<()
     Ok(())
 }
 
+/// A duplicate of `fd` for the engine to keep, out of the numbers the
+/// program's own opens take (see [`ReadyFlag`]). `EMFILE` if none is left.
+pub fn private_dup(fd: std::os::fd::RawFd) -> Result<std::os::fd::OwnedFd, uiommufd_abi::Errno> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: F_DUPFD_CLOEXEC creates a new descriptor and touches no memory.
+    let dup = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
+    if dup < 0 {
+        return Err(uiommufd_abi::Errno::EMFILE);
+    }
+    // SAFETY: `dup` is a fresh descriptor nobody else owns.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(out_of_the_way(dup)) })
+}
+
 /// `RLIMIT_MEMLOCK`'s soft limit in bytes (`None`: unlimited).
 pub fn memlock_limit() -> Option<u64> {
     let mut rl = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
