@@ -276,7 +276,8 @@ static void op_map_file(void)
 		.size = sizeof(c),
 		.flags = map_flags(),
 		.ioas_id = an_ioas(),
-		.fd = chance(90) ? memfd : (int)below(5),
+		/* Another file: the iommufd (stdio differs between runs). */
+		.fd = chance(90) ? memfd : fd,
 		.start = chance(70) ? below(BUF_PAGES / 2) * PAGE : below(3 * PAGE),
 		.length = a_length(),
 		.iova = an_iova(),
@@ -284,7 +285,7 @@ static void op_map_file(void)
 	int rc = ioctl(fd, IOMMU_IOAS_MAP_FILE, &c);
 
 	out("IOAS_MAP_FILE ioas=%u flags=%#x fd=%s start=%#" PRIx64 " len=%#" PRIx64 " -> %s iova=%#" PRIx64,
-	    c.ioas_id, c.flags, c.fd == memfd ? "memfd" : "other", c.start, c.length, res(rc), c.iova);
+	    c.ioas_id, c.flags, c.fd == memfd ? "memfd" : "iommufd", c.start, c.length, res(rc), c.iova);
 	if (!rc)
 		note_iova(c.iova);
 }

@@ -375,12 +375,7 @@ impl SelftestAccess {
     /// `IOMMU_TEST_OP_ACCESS_PAGES`: pin and check against `uptr` (0 skips
     /// the check). Returns the item ID.
     pub fn access_pages(&self, iova: u64, length: u64, uptr: u64, flags: u32) -> Result<u32> {
-        if length > 16 * 1024 * 1024 {
-            return Err(enomem("too large for a test access"));
-        }
-        if flags & !(t::MOCK_FLAGS_ACCESS_WRITE | t::MOCK_FLAGS_ACCESS_SYZ) != 0 {
-            return Err(eopnotsupp("unknown access flags"));
-        }
+        Self::check_pages_args(length, flags)?;
         if !self.access.needs_pin_pages() {
             return Err(eopnotsupp("access was not created for pinning"));
         }
@@ -413,6 +408,30 @@ impl SelftestAccess {
         Ok(id)
     }
 
+    /// The checks `IOMMU_TEST_OP_ACCESS_PAGES` makes before it looks the
+    /// access up: more than 16 MiB `ENOMEM`, unknown flags `EOPNOTSUPP`.
+    pub fn check_pages_args(length: u64, flags: u32) -> Result<()> {
+        if length > 16 * 1024 * 1024 {
+            return Err(enomem("too large for a test access"));
+        }
+        if flags & !(t::MOCK_FLAGS_ACCESS_WRITE | t::MOCK_FLAGS_ACCESS_SYZ) != 0 {
+            return Err(eopnotsupp("unknown access flags"));
+        }
+        Ok(())
+    }
+
+    /// The checks `IOMMU_TEST_OP_ACCESS_RW` makes before it looks the access
+    /// up, as for [`check_pages_args`](Self::check_pages_args).
+    pub fn check_rw_args(length: u64, flags: u32) -> Result<()> {
+        if length > 16 * 1024 * 1024 {
+            return Err(enomem("too large for a test access"));
+        }
+        if flags & !(t::MOCK_ACCESS_RW_WRITE | t::MOCK_ACCESS_RW_SLOW_PATH | t::MOCK_FLAGS_ACCESS_SYZ) != 0 {
+            return Err(eopnotsupp("unknown access flags"));
+        }
+        Ok(())
+    }
+
     /// Undo [`SelftestAccess::access_pages`] (called on reply failure).
     pub fn forget_pages(&self, id: u32) {
         let _ = self.destroy_access_pages(id);
@@ -431,12 +450,7 @@ impl SelftestAccess {
     /// `IOMMU_TEST_OP_ACCESS_RW`: copy between the user buffer at `ubuf`
     /// and IOVA.
     pub fn access_rw(&self, iova: u64, length: u64, ubuf: u64, flags: u32) -> Result<()> {
-        if length > 16 * 1024 * 1024 {
-            return Err(enomem("too large for a test access"));
-        }
-        if flags & !(t::MOCK_ACCESS_RW_WRITE | t::MOCK_ACCESS_RW_SLOW_PATH | t::MOCK_FLAGS_ACCESS_SYZ) != 0 {
-            return Err(eopnotsupp("unknown access flags"));
-        }
+        Self::check_rw_args(length, flags)?;
         let write = flags & t::MOCK_ACCESS_RW_WRITE != 0;
         let slow = flags & t::MOCK_ACCESS_RW_SLOW_PATH != 0;
         let mut tmp = vec![0u8; length as usize];

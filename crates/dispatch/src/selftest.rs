@@ -77,6 +77,7 @@ pub fn execute(u: &mut Ucmd) -> Result<i32> {
         }
         t::IOMMU_TEST_OP_ACCESS_PAGES => {
             let mut c: t::TestAccessPages = cmd.payload_as();
+            st::SelftestAccess::check_pages_args(c.length, c.flags)?;
             let access = staccess(u, cmd.id)?;
             let id = access.access_pages(c.iova, c.length, c.uptr, c.flags)?;
             c.out_access_pages_id = id;
@@ -92,6 +93,7 @@ pub fn execute(u: &mut Ucmd) -> Result<i32> {
         }
         t::IOMMU_TEST_OP_ACCESS_RW => {
             let c: t::TestAccessRw = cmd.payload_as();
+            st::SelftestAccess::check_rw_args(c.length, c.flags)?;
             staccess(u, cmd.id)?.access_rw(c.iova, c.length, c.uptr, c.flags)?;
         }
         t::IOMMU_TEST_OP_ACCESS_REPLACE_IOAS => {

@@ -234,20 +234,21 @@ impl ReadyFlag {
 /// event queues cost the program exactly the one descriptor it is handed,
 /// and the numbers it gets afterwards must be the ones it would get on the
 /// kernel. The lowest free number in the last 256 below `RLIMIT_NOFILE`'s
-/// soft limit is used (the descriptor stays where it is when the limit is
-/// too low for that or nothing is free there).
+/// soft limit (or below 4096) is used (the descriptor stays where it is
+/// when the limit is too low for that or nothing is free there).
 pub fn out_of_the_way(fd: std::os::fd::RawFd) -> std::os::fd::RawFd {
     let mut rl = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: getrlimit writes one rlimit into `rl`.
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) } != 0 {
         return fd;
     }
-    let soft = rl.rlim_cur.min(1 << 20) as i32;
-    if soft < 512 || fd >= soft - 256 {
+    // Not past 4096: a high number grows the kernel's descriptor table.
+    let top = rl.rlim_cur.min(4096) as i32;
+    if top < 512 || fd >= top - 256 {
         return fd;
     }
     // SAFETY: F_DUPFD_CLOEXEC creates a new descriptor and touches no memory.
-    let moved = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, soft - 256) };
+    let moved = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, top - 256) };
     if moved < 0 {
         return fd;
     }
@@ -340,10 +341,10 @@ mod tests {
         let mut rl = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
         // SAFETY: getrlimit writes one rlimit into `rl`.
         assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) }, 0);
-        let soft = rl.rlim_cur.min(1 << 20) as i32;
+        let top = rl.rlim_cur.min(4096) as i32;
         let flag = ReadyFlag::new().unwrap();
-        if soft >= 512 {
-            assert!(flag.fd() >= soft - 256 && flag.fd() < soft, "fd {} with limit {soft}", flag.fd());
+        if top >= 512 {
+            assert!(flag.fd() >= top - 256 && flag.fd() < top, "fd {} with limit {top}", flag.fd());
         }
         flag.set(true);
         flag.set(false);
