@@ -25,7 +25,9 @@ use crate::viommu::Viommu;
 /// One registered region.
 struct Region {
     length: u64,
-    fd: Arc<OwnedFd>,
+    /// The memory; `None` for a region a driver reserved without any
+    /// (its registers are not memory here): `mmap` is `ENODEV`.
+    fd: Option<Arc<OwnedFd>>,
     owner: Weak<Viommu>,
 }
 
@@ -55,7 +57,7 @@ impl MmapSpace {
     /// `_iommufd_alloc_mmap`: register `length` bytes (a non-zero multiple
     /// of the page size, `EINVAL` otherwise) of `fd` for `owner`; returns
     /// the offset to pass to `mmap`.
-    pub fn alloc(&self, length: u64, fd: OwnedFd, owner: Weak<Viommu>) -> Result<u64, Errno> {
+    pub fn alloc(&self, length: u64, fd: Option<OwnedFd>, owner: Weak<Viommu>) -> Result<u64, Errno> {
         let ps = crate::pages::page_size();
         if length == 0 || !length.is_multiple_of(ps) {
             return Err(Errno::EINVAL);
@@ -71,7 +73,7 @@ impl MmapSpace {
             start = start.max(off + r.length);
         }
         start.checked_add(length).ok_or(Errno::ENOSPC)?;
-        regions.insert(start, Region { length, fd: Arc::new(fd), owner });
+        regions.insert(start, Region { length, fd: fd.map(Arc::new), owner });
         Ok(start)
     }
 
@@ -81,7 +83,8 @@ impl MmapSpace {
     }
 
     /// The region `mmap(2)` at `offset` for `length` bytes reaches: it must
-    /// be exactly a registered region of a live owner (`ENXIO` otherwise).
+    /// be exactly a registered region of a live owner (`ENXIO` otherwise)
+    /// with memory behind it (`ENODEV` otherwise).
     pub fn lookup(&self, offset: u64, length: u64) -> Result<MmapTarget, Errno> {
         let regions = self.lock();
         let (&start, r) = regions.range(..=offset).next_back().ok_or(Errno::ENXIO)?;
@@ -92,13 +95,18 @@ impl MmapSpace {
         if offset != start || length != r.length {
             return Err(Errno::ENXIO);
         }
-        Ok(MmapTarget { fd: Arc::clone(&r.fd), owner })
+        let fd = r.fd.as_ref().ok_or(Errno::ENODEV)?;
+        Ok(MmapTarget { fd: Arc::clone(fd), owner })
     }
 
     /// Whether a region of `owner` is still mapped in this process.
     pub fn mapped_by(&self, owner: &Viommu) -> bool {
-        let fds: Vec<Arc<OwnedFd>> =
-            self.lock().values().filter(|r| std::ptr::eq(r.owner.as_ptr(), owner)).map(|r| Arc::clone(&r.fd)).collect();
+        let fds: Vec<Arc<OwnedFd>> = self
+            .lock()
+            .values()
+            .filter(|r| std::ptr::eq(r.owner.as_ptr(), owner))
+            .filter_map(|r| r.fd.clone())
+            .collect();
         if fds.is_empty() {
             return false;
         }

@@ -181,14 +181,15 @@ impl ViommuCore for Viommu {
         })
     }
 
-    /// A region of zeroed memory.
+    /// A region without memory behind it (its `mmap` is `ENODEV`).
     fn alloc_mmap(&self, length: u64) -> std::result::Result<u64, Errno> {
-        let backing = uiommufd_memory::sys::memfd(c"uiommufd-viommu", length)?;
-        self.alloc_mmap_backed(length, backing)
+        let ps = page_size();
+        let length = length.checked_next_multiple_of(ps).ok_or(Errno::EOVERFLOW)?;
+        self.mmaps.alloc(length, None, self.me.clone())
     }
 
     fn alloc_mmap_backed(&self, length: u64, backing: std::os::fd::OwnedFd) -> std::result::Result<u64, Errno> {
-        self.mmaps.alloc(length, backing, self.me.clone())
+        self.mmaps.alloc(length, Some(backing), self.me.clone())
     }
 }
 
