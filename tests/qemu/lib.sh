@@ -6,7 +6,8 @@
 declare -A VM_PID VM_DIR VM_QMP_IN VM_QMP_OUT VM_SER_IN VM_CAT
 
 # vm_start NAME QEMU_LAUNCHER "UIOMMUFD ARGS" QEMU ARGS...
-# Starts QEMU under `uiommufd trace` (log in $RUN/NAME/trace.log) with
+# Starts QEMU under `uiommufd trace -f` (every thread; log in
+# $RUN/NAME/trace.log) with
 # the guest kernel and initramfs, the console on serial FIFOs and QMP on
 # FIFOs. Returns when QMP answers and the guest's init is up.
 vm_start() {
@@ -15,7 +16,7 @@ vm_start() {
   rm -rf "$d"; mkdir -p "$d"
   mkfifo "$d/ser.in" "$d/ser.out" "$d/qmp.in" "$d/qmp.out"
   # shellcheck disable=SC2086
-  env ${VM_ENV:-} "$U" trace -o "$d/trace.log" $uargs -- "$qemu" \
+  env ${VM_ENV:-} "$U" trace -f -o "$d/trace.log" $uargs -- "$qemu" \
     -accel tcg -machine q35 -cpu max -m "${VM_MEM:-256M}" -smp 1 -display none -nic none -vga none \
     -kernel "$B/kernel/vmlinuz" -initrd "$B/initramfs.gz" \
     -append "console=ttyS0 quiet panic=-1 ${VM_APPEND:-}" \

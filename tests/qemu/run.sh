@@ -70,9 +70,9 @@ scenario_a() {
   fi
   vm_stop "$name"
   if [ -z "$why" ] && [ "$backend" = iommufd ]; then
-    grep -q 'VFIO_DEVICE_BIND_IOMMUFD) = 0' "$RUN/$name/trace.log" || why="QEMU did not bind through iommufd"
+    grep -qE 'VFIO_DEVICE_BIND_IOMMUFD, .*\) = 0$' "$RUN/$name/trace.log" || why="QEMU did not bind through iommufd"
   elif [ -z "$why" ]; then
-    grep -q 'VFIO_GROUP_GET_DEVICE_FD) = ' "$RUN/$name/trace.log" || why="QEMU did not open the device through its group"
+    grep -qE 'VFIO_GROUP_GET_DEVICE_FD, "[^"]*"\) = [0-9]' "$RUN/$name/trace.log" || why="QEMU did not open the device through its group"
   fi
   [ -n "$why" ] && show_checks "$name"
   result "$name" "$start" "$([ -z "$why" ] && echo 0 || echo 1)" "$why"
@@ -260,8 +260,8 @@ SH
         [ "${stale:-0}" -gt 0 ] || why="with the dirty bitmap cleared the guest still found every page (${stale:-?} stale): the check does not depend on the bitmap"
       else
         [ "$rc" = 0 ] || why="the guest's checks failed on the destination"
-        grep -q 'IOMMU_HWPT_SET_DIRTY_TRACKING) = 0' "$RUN/$src/trace.log" || why="${why:-QEMU did not start IOMMU dirty tracking}"
-        grep -q 'IOMMU_HWPT_GET_DIRTY_BITMAP) = 0' "$RUN/$src/trace.log" || why="${why:-QEMU did not read the dirty bitmap}"
+        grep -qE 'IOMMU_HWPT_SET_DIRTY_TRACKING, .*\) = 0$' "$RUN/$src/trace.log" || why="${why:-QEMU did not start IOMMU dirty tracking}"
+        grep -qE 'IOMMU_HWPT_GET_DIRTY_BITMAP, .*\) = 0$' "$RUN/$src/trace.log" || why="${why:-QEMU did not read the dirty bitmap}"
         local w; w=$(qemu_warnings "$src"; qemu_warnings "$dst")
         [ -n "$w" ] && why="${why:-QEMU warned: $w}"
       fi

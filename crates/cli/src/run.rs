@@ -55,6 +55,10 @@ pub struct RunArgs {
     /// stand-in /sys/kernel/debug with the fault-injection attribute files.
     #[arg(long)]
     fault_injection: bool,
+    /// What `uiommufd trace` asked for (`run --trace` traces everything,
+    /// following forks and threads).
+    #[arg(skip)]
+    trace_config: Option<uiommufd_decode::Config>,
     /// Path of libuiommufd_preload.so (default: next to this binary; also: UIOMMUFD_PRELOAD).
     #[arg(long, value_name = "PATH")]
     preload: Option<PathBuf>,
@@ -64,10 +68,12 @@ pub struct RunArgs {
 }
 
 impl RunArgs {
-    /// These arguments with tracing on (for `uiommufd trace`).
-    pub fn traced(mut self, output: Option<PathBuf>) -> RunArgs {
+    /// These arguments with tracing on as `cfg` says (for `uiommufd
+    /// trace`).
+    pub fn traced(mut self, output: Option<PathBuf>, cfg: uiommufd_decode::Config) -> RunArgs {
         self.trace = true;
         self.trace_file = output.or(self.trace_file);
+        self.trace_config = Some(cfg);
         self
     }
 }
@@ -142,8 +148,10 @@ pub fn run(args: RunArgs) -> Result<ExitCode, String> {
     } else {
         cmd.env("UIOMMUFD_DEVICES", &devices);
     }
+    let trace_config =
+        args.trace_config.clone().unwrap_or(uiommufd_decode::Config { follow: true, ..Default::default() });
     if args.trace {
-        cmd.env("UIOMMUFD_TRACE", "1");
+        cmd.env("UIOMMUFD_TRACE", "1").env("UIOMMUFD_TRACE_OPTS", trace_config.to_env());
         if let Some(f) = &args.trace_file {
             // Absolute, so a program that changes directory logs to the same file.
             let abs = std::path::absolute(f).map_err(|e| format!("trace file {}: {e}", f.display()))?;
@@ -163,12 +171,19 @@ pub fn run(args: RunArgs) -> Result<ExitCode, String> {
         cmd.env("UIOMMUFD_SYSFS", &sysfs.0);
         stand_ins.push(sysfs);
     }
+    // The program's process, for the shim to tell its first thread from
+    // the others (`-f`): this one when we exec, our child otherwise.
+    let me = std::process::id();
     if stand_ins.is_empty() {
+        if args.trace {
+            cmd.env("UIOMMUFD_TRACE_ROOT", me.to_string());
+        }
         // exec only returns on failure.
         let err = cmd.exec();
         return Err(format!("cannot run {prog}: {err}"));
     }
     if args.trace {
+        cmd.env("UIOMMUFD_TRACE_ROOT", format!("child-of:{me}"));
         describe_platform(&platform);
     }
     let mut child = cmd.spawn().map_err(|e| format!("cannot run {prog}: {e}"))?;

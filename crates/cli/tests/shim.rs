@@ -26,8 +26,15 @@ const RUN_LIMIT: Duration = Duration::from_secs(60);
 
 /// Environment that would change what the shim or the CLI does; the tests
 /// set what they need explicitly.
-const SHIM_ENV: [&str; 5] =
-    ["LD_PRELOAD", "UIOMMUFD_TRACE", "UIOMMUFD_TRACE_FILE", "UIOMMUFD_IOMMU", "UIOMMUFD_PRELOAD"];
+const SHIM_ENV: [&str; 7] = [
+    "LD_PRELOAD",
+    "UIOMMUFD_TRACE",
+    "UIOMMUFD_TRACE_FILE",
+    "UIOMMUFD_TRACE_OPTS",
+    "UIOMMUFD_TRACE_ROOT",
+    "UIOMMUFD_IOMMU",
+    "UIOMMUFD_PRELOAD",
+];
 
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().expect("repository root")
@@ -463,70 +470,140 @@ fn fork_child_maps_into_the_parents_ioas() {
 
 // 6. Tracing and the IOMMU model.
 
-/// `--trace` prints one line per served ioctl, with the ioctl's name (or
-/// number) and the errno name of a failure; ioctls on other descriptors are
-/// not traced, and nothing is printed without tracing.
+/// `uiommufd trace OPTIONS -- program`, with the shim just built.
+fn uiommufd_trace<S: AsRef<OsStr>>(options: &[&OsStr], program: &[S]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_uiommufd"));
+    cmd.arg("trace").arg("--preload").arg(built_shim()).args(options).arg("--").args(program);
+    for var in SHIM_ENV {
+        cmd.env_remove(var);
+    }
+    cmd
+}
+
+/// `uiommufd trace` of the scripted client tests/c/trace.c, line by line:
+/// every call decoded as strace would (arguments by name with flags and
+/// enums, outputs after `=>`, arrays, driver data, errno names with the
+/// engine's reason); ioctls on a pipe are not traced; with `-o` nothing
+/// goes to stderr; `--no-addresses` makes two runs' traces identical.
 #[test]
-fn trace_prints_one_line_per_served_ioctl() {
+fn trace_decodes_a_scripted_client_line_by_line() {
     let exe = c_program!("trace");
-    let ran = run(uiommufd_run(&["--trace"], &[&exe]));
-    ran.assert_c_passed();
-    let fd: i32 = ran
-        .stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("fd "))
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no fd line: {}", ran.report()));
-
-    let prefix = format!("uiommufd[{}]: ", ran.pid);
-    for line in ran.stderr.lines() {
-        assert!(line.starts_with(&prefix), "stray stderr line {line:?}: {}", ran.report());
-    }
-    let ioctls: Vec<&str> =
-        ran.stderr.lines().filter_map(|l| l.strip_prefix(&prefix)).filter(|l| l.starts_with("ioctl(")).collect();
+    let dir = scratch_dir("trace");
+    let traced = |name: &str, options: &[&str]| {
+        let log = dir.join(name);
+        let mut args: Vec<&OsStr> = vec![OsStr::new("--no-addresses"), OsStr::new("-o"), log.as_os_str()];
+        args.extend(options.iter().map(OsStr::new));
+        let ran = run(uiommufd_trace(&args, &[&exe]));
+        ran.assert_c_passed();
+        assert!(ran.stderr.is_empty(), "{}", ran.report());
+        let fd: i32 = ran
+            .stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("fd "))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no fd line: {}", ran.report()));
+        (fd, std::fs::read_to_string(&log).expect("the trace file"))
+    };
+    let (fd, text) = traced("all.log", &[]);
+    let q = fd + 1;
+    let io = format!("{fd}</dev/iommu>");
     let expected = [
-        "IOMMU_IOAS_ALLOC) = 0",
-        "IOMMU_IOAS_ALLOC) = 0",
-        "IOMMU_DESTROY) = 0",
-        "IOMMU_DESTROY) = -1 ENOENT",
-        "0x3b7f) = -1 ENOTTY",
-        "IOMMU_IOAS_ALLOC) = -1 EFAULT",
+        format!("open(\"/dev/iommu\", O_RDWR) = {fd}"),
+        format!("ioctl({io}, IOMMU_IOAS_ALLOC, {{size=12, flags=0}} => {{out_ioas_id=1}}) = 0"),
+        format!("ioctl({io}, IOMMU_IOAS_ALLOC, {{size=12, flags=0}} => {{out_ioas_id=2}}) = 0"),
+        format!("ioctl({io}, IOMMU_DESTROY, {{size=8, id=1}}) = 0"),
+        format!("ioctl({io}, IOMMU_DESTROY, {{size=8, id=1}}) = -1 ENOENT (No such file or directory) [no object with this ID]"),
+        format!("ioctl({io}, _IOC(_IOC_NONE, 0x3b, 0x7f, 0), 0) = -1 ENOTTY (Inappropriate ioctl for device) [unknown ioctl]"),
+        format!("ioctl({io}, IOMMU_IOAS_ALLOC, NULL) = -1 EFAULT (Bad address) [reading the command size]"),
+        format!("ioctl({io}, IOMMU_TEST_CMD, {{size=72, op=MOCK_DOMAIN, id=2}} => {{out_stdev_id=1, out_hwpt_id=4, out_idev_id=3}}) = 0"),
+        format!("ioctl({io}, IOMMU_IOAS_MAP, {{size=40, flags=FIXED_IOVA|WRITEABLE|READABLE, ioas_id=2, user_va=<ptr>, length=0x2000, iova=0x1000000}}) = 0"),
+        format!("ioctl({io}, IOMMU_IOAS_MAP, {{size=40, flags=READABLE, ioas_id=2, user_va=<ptr>, length=0x2000, iova=0}} => {{iova=0x1002000}}) = 0"),
+        format!("ioctl({io}, IOMMU_IOAS_IOVA_RANGES, {{size=32, ioas_id=2, num_iovas=0, allowed_iovas=<ptr>}} => {{num_iovas=1, out_iova_alignment=0x800}}) = -1 EMSGSIZE (Message too long) [the range array is too small]"),
+        format!("ioctl({io}, IOMMU_IOAS_IOVA_RANGES, {{size=32, ioas_id=2, num_iovas=2, allowed_iovas=<ptr>}} => {{num_iovas=1, allowed_iovas=[{{start=0x1000000, last=0x7fffffff}}], out_iova_alignment=0x800}}) = 0"),
+        format!("ioctl({io}, IOMMU_OPTION, {{size=24, option_id=RLIMIT_MODE, op=GET, object_id=0, val64=0}}) = 0"),
+        format!("ioctl({io}, IOMMU_GET_HW_INFO, {{size=40, flags=0, dev_id=3, data_len=8, data_uptr=<ptr>}} => {{data={{flags=0, test_reg=0xdeadbeef}}, out_data_type=SELFTEST, out_max_pasid_log2=0, out_capabilities=DIRTY_TRACKING|PCI_ATS_NOT_SUPPORTED}}) = 0"),
+        format!("ioctl({io}, IOMMU_HWPT_ALLOC, {{size=48, flags=NEST_PARENT, dev_id=3, pt_id=2, data_type=NONE, data_len=0, data_uptr=NULL}} => {{out_hwpt_id=5}}) = 0"),
+        format!("ioctl({io}, IOMMU_FAULT_QUEUE_ALLOC, {{size=16, flags=0}} => {{out_fault_id=6, out_fault_fd={q}}}) = 0"),
+        format!("ioctl({io}, IOMMU_HWPT_ALLOC, {{size=48, flags=FAULT_ID_VALID, dev_id=3, pt_id=5, data_type=SELFTEST, data_len=8, data_uptr={{iotlb=0xbadbeef, pagetable_type=DEFAULT}}, fault_id=6}} => {{out_hwpt_id=7}}) = 0"),
+        format!("ioctl({io}, IOMMU_HWPT_INVALIDATE, {{size=32, hwpt_id=7, data_uptr=[{{flags=0, iotlb_id=1}}, {{flags=ALL, iotlb_id=0}}], data_type=SELFTEST, entry_len=8, entry_num=2}}) = 0"),
+        format!("write({q}<anon_inode:[iommufd-pgfault]>, [{{cookie=7, code=SUCCESS}}], 8) = -1 EINVAL (Invalid argument) [bad response code or unknown cookie]"),
+        format!("poll([{{fd={q}<anon_inode:[iommufd-pgfault]>, events=POLLIN}}], 1, 0) = 0"),
+        format!("close({q}<anon_inode:[iommufd-pgfault]>) = 0"),
+        format!("close({io}) = 0"),
     ];
-    assert_eq!(ioctls.len(), expected.len(), "one line per served ioctl: {}", ran.report());
-    for (line, want) in ioctls.iter().zip(expected) {
-        let want = format!("ioctl({fd} iommufd, {want}");
-        assert!(line.starts_with(&want), "trace line {line:?} should start with {want:?}");
+    let lines: Vec<&str> = text.lines().collect();
+    for (i, want) in expected.iter().enumerate() {
+        assert_eq!(lines.get(i).copied(), Some(want.as_str()), "line {} of the trace:\n{text}", i + 1);
     }
+    assert_eq!(lines.len(), expected.len(), "{text}");
+    // A second run gives the same trace.
+    assert_eq!(traced("again.log", &[]).1, text);
 
-    // The same through the environment variable alone.
+    // -e trace=NAMES, classes, -Z: the lines of those calls only.
+    let only = |options: &[&str], want: &[usize]| {
+        let (_, t) = traced("filtered.log", options);
+        let want: Vec<&str> = want.iter().map(|&i| expected[i].as_str()).collect();
+        assert_eq!(t.lines().collect::<Vec<_>>(), want, "{options:?}");
+    };
+    only(&["-e", "trace=IOMMU_IOAS_MAP,iommu_destroy"], &[3, 4, 8, 9]);
+    only(&["-e", "trace=hwpt,fault"], &[14, 15, 16, 17, 18, 19, 20]);
+    only(&["-e", "trace=!ioas"], &[0, 3, 4, 5, 7, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21]);
+    only(&["-Z"], &[4, 5, 6, 10, 18]);
+    only(&["-e", "trace=desc", "-e", "status=successful"], &[0, 20, 21]);
+
+    // -tt: the time of day with microseconds first; -T: the time spent last.
+    let (_, timed) = traced("timed.log", &["-tt", "-T"]);
+    for line in timed.lines() {
+        let b = line.as_bytes();
+        let stamp = b.len() > 16 && b[2] == b':' && b[5] == b':' && b[8] == b'.' && b[15] == b' ';
+        let spent = line.rsplit_once(" <").is_some_and(|(_, t)| t.ends_with('>') && t.contains('.'));
+        assert!(stamp && spent, "{line:?}");
+    }
+    assert_eq!(timed.lines().count(), expected.len());
+
+    // The environment alone (no options: everything, every thread).
     let mut cmd = uiommufd_run(&[], &[&exe]);
     cmd.env("UIOMMUFD_TRACE", "1");
     let by_env = run(cmd);
     by_env.assert_c_passed();
-    assert_eq!(by_env.stderr.lines().filter(|l| l.contains(": ioctl(")).count(), expected.len(), "{}", by_env.report());
-
+    assert_eq!(by_env.stderr.lines().filter(|l| l.contains("ioctl(")).count(), 17, "{}", by_env.report());
     // And nothing at all without tracing.
     let quiet = run(uiommufd_run(&[], &[&exe]));
     quiet.assert_c_passed();
     assert!(quiet.stderr.is_empty(), "{}", quiet.report());
+    // Unknown names are refused before anything runs.
+    let bad = run(uiommufd_trace(&[OsStr::new("-e"), OsStr::new("trace=IOMMU_NOPE")], &[&exe]));
+    assert_eq!(bad.status.code(), Some(2), "{}", bad.report());
+}
 
-    // `uiommufd trace -o FILE`: the same lines, in the file, none on stderr.
-    let log = scratch_dir("trace-file").join("trace.log");
-    let _ = std::fs::remove_file(&log);
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_uiommufd"));
-    cmd.arg("trace").arg("-o").arg(&log).arg("--preload").arg(built_shim()).arg("--").arg(&exe);
-    for var in SHIM_ENV {
-        cmd.env_remove(var);
-    }
-    let traced = run(cmd);
-    traced.assert_c_passed();
-    assert!(traced.stderr.is_empty(), "{}", traced.report());
-    let text = std::fs::read_to_string(&log).expect("the trace file");
-    assert_eq!(text.lines().filter(|l| l.contains(": ioctl(")).count(), expected.len(), "{text}");
+/// strace's `-f`: without it only the program's first thread is traced;
+/// with it the children and threads too, each of their lines prefixed
+/// with `[pid TID]`; `run --trace` follows them as well.
+#[test]
+fn trace_follows_forks_and_threads_with_f() {
+    let exe = c_program!("fork");
+    let main_only = run(uiommufd_trace(&[], &[&exe]));
+    main_only.assert_c_passed();
+    assert!(main_only.stderr.lines().all(|l| !l.starts_with("[pid")), "{}", main_only.report());
+    assert!(main_only.stderr.contains("ioctl("), "{}", main_only.report());
+    let follow = run(uiommufd_trace(&[OsStr::new("-f")], &[&exe]));
+    follow.assert_c_passed();
+    let prefixed: Vec<&str> = follow.stderr.lines().filter(|l| l.starts_with("[pid ")).collect();
+    assert!(!prefixed.is_empty(), "{}", follow.report());
+    // Lines of other processes and threads name their thread, and the
+    // initial thread's have no prefix.
+    let pids: std::collections::BTreeSet<&str> =
+        prefixed.iter().filter_map(|l| l.strip_prefix("[pid ")?.split(']').next()).collect();
+    assert!(pids.len() >= 2, "{pids:?}");
+    assert!(!pids.iter().any(|p| p.trim() == follow.pid.to_string()), "{pids:?}");
+    assert!(follow.stderr.lines().count() > main_only.stderr.lines().count() + prefixed.len() / 2);
+    let legacy = run(uiommufd_run(&["--trace"], &[&exe]));
+    legacy.assert_c_passed();
+    assert!(legacy.stderr.lines().any(|l| l.starts_with("[pid ")), "{}", legacy.report());
 }
 
 /// An `UIOMMUFD_IOMMU` that names no model makes opening a served node fail
-/// with ENODEV (and says why under --trace); other files are unaffected;
+/// with ENODEV (and the trace says why); other files are unaffected;
 /// `mock` and the empty string select the mock IOMMU.
 ///
 /// `uiommufd run` sets the variable from `--iommu` (default `mock`), so the
@@ -557,7 +634,8 @@ fn unknown_iommu_model_makes_open_fail_enodev() {
         ],
     ));
     traced.assert_c_passed();
-    assert!(traced.stderr.contains("UIOMMUFD_IOMMU names no known model"), "{}", traced.report());
+    let why = "open(\"/dev/iommu\", O_RDWR) = -1 ENODEV (No such device) [unknown IOMMU model `bogus`";
+    assert!(traced.stderr.contains(why), "{}", traced.report());
 }
 
 // 7. The program's exit status, and failures of `uiommufd run` itself.
@@ -670,9 +748,11 @@ fn dma_copy_example_runs_unmodified() {
     assert!(ran.status.success(), "{}", ran.report());
     for want in [
         "uiommufd: /dev/vfio/devices/vfio0 (511:0): dma-engine at 0000:00:04.0, IOMMU group 0, behind the mock IOMMU",
-        "vfio-device, VFIO_DEVICE_BIND_IOMMUFD) = 0",
-        "vfio-device, VFIO_DEVICE_SET_IRQS) = 0",
-        "mmap(",
+        "</dev/vfio/devices/vfio0>, VFIO_DEVICE_BIND_IOMMUFD, {argsz=16, flags=0, iommufd=",
+        "} => {out_devid=1}) = 0",
+        "VFIO_DEVICE_SET_IRQS, {argsz=24, flags=DATA_EVENTFD|ACTION_TRIGGER, index=MSIX, start=0, count=1, data=[",
+        "mmap(NULL, 0x1000, PROT_READ|PROT_WRITE, MAP_SHARED, ",
+        "</dev/vfio/devices/vfio0>, BAR0+0) = 0x",
     ] {
         assert!(ran.stderr.contains(want), "missing {want:?}: {}", ran.report());
     }

@@ -168,6 +168,11 @@ impl VeventqFile {
     pub fn new(ctx: &Arc<Iommufd>, veventq: &Arc<Veventq>) -> VeventqFile {
         VeventqFile { veventq: Dep::new(&Borrowed::detached(veventq)), _ctx: Arc::clone(ctx) }
     }
+
+    /// The queue's `IOMMU_VEVENTQ_TYPE_*` (what its records are, for traces).
+    pub fn veventq_type(&self) -> u32 {
+        self.veventq.veventq_type()
+    }
 }
 
 /// `/proc/PID/task/TID/fail-nth`: the thread's countdown as text, with a

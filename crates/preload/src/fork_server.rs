@@ -86,7 +86,7 @@ use uiommufd_dispatch::{FdHost, File};
 use uiommufd_memory::user::{self, Process};
 
 use crate::fdtable::{self, EngineGuard, Entry};
-use crate::{real, trace};
+use crate::real;
 
 // The wire format: one fixed header per message, native byte order (both
 // ends are the same program), then an optional payload; at most one
@@ -1057,9 +1057,6 @@ impl ServerSession {
             })
         }))
         .unwrap_or(Err(Error::new(Errno::EIO, "the engine panicked")));
-        if trace::enabled() {
-            trace_call(m, &file, &res);
-        }
         match res {
             Ok(v) => reply.e = v,
             Err(e) => {
@@ -1068,22 +1065,6 @@ impl ServerSession {
             }
         }
         reply
-    }
-}
-
-fn trace_call(m: &Msg, file: &File, res: &Result<i64, Error>) {
-    let what = match m.op {
-        OP_IOCTL => {
-            let cmd = m.b as u32;
-            file.ioctl_name(cmd).map(std::borrow::Cow::Borrowed).unwrap_or_else(|| format!("{cmd:#x}").into())
-        }
-        OP_READ => "read".into(),
-        _ => "write".into(),
-    };
-    let who = format!("for child {}/{}: fd {} {}", m.pid, m.tid, m.e, file.describe());
-    match res {
-        Ok(v) => trace::line(format_args!("{who}, {what} = {v}")),
-        Err(e) => trace::line(format_args!("{who}, {what} = -1 {:?} ({})", e.errno, e.context)),
     }
 }
 

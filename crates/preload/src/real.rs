@@ -99,6 +99,10 @@ real_fns! {
     READ_CHK: "__read_chk" => fn read_chk(fd: c_int, buf: *mut c_void, count: usize, buflen: usize) -> isize;
     PREAD_CHK: "__pread_chk" => fn pread_chk(fd: c_int, buf: *mut c_void, count: usize, off: libc::off_t, buflen: usize) -> isize;
     PREAD64_CHK: "__pread64_chk" => fn pread64_chk(fd: c_int, buf: *mut c_void, count: usize, off: libc::off64_t, buflen: usize) -> isize;
+    POLL: "poll" => fn poll(fds: *mut libc::pollfd, nfds: libc::nfds_t, timeout: c_int) -> c_int;
+    POLL_CHK: "__poll_chk" => fn poll_chk(fds: *mut libc::pollfd, nfds: libc::nfds_t, timeout: c_int, fdslen: usize) -> c_int;
+    PPOLL: "ppoll" => fn ppoll(fds: *mut libc::pollfd, nfds: libc::nfds_t, ts: *const libc::timespec, sigmask: *const libc::sigset_t) -> c_int;
+    PPOLL_CHK: "__ppoll_chk" => fn ppoll_chk(fds: *mut libc::pollfd, nfds: libc::nfds_t, ts: *const libc::timespec, sigmask: *const libc::sigset_t, fdslen: usize) -> c_int;
     READV: "readv" => fn readv(fd: c_int, iov: *const libc::iovec, iovcnt: c_int) -> isize;
     WRITEV: "writev" => fn writev(fd: c_int, iov: *const libc::iovec, iovcnt: c_int) -> isize;
     PREADV: "preadv" => fn preadv(fd: c_int, iov: *const libc::iovec, iovcnt: c_int, off: libc::off_t) -> isize;

@@ -93,9 +93,7 @@ fn open_served(node: Node, flags: c_int) -> c_int {
     }
     if !matches!(node, Node::FailNth(_)) {
         if let Err(why) = model_ok() {
-            if trace::enabled() {
-                trace::line(format_args!("open({node:?}): UIOMMUFD_IOMMU names no known model ({why})"));
-            }
+            trace::open_fails_because(why);
             return fail(libc::ENODEV);
         }
     }
@@ -107,12 +105,7 @@ fn open_served(node: Node, flags: c_int) -> c_int {
         remember_container(&file);
     }
     match install_backed(file, flags) {
-        Ok(fd) => {
-            if trace::enabled() {
-                trace::line(format_args!("open({node:?}) = {fd}"));
-            }
-            fd
-        }
+        Ok(fd) => fd,
         Err(e) => fail(e),
     }
 }
@@ -136,7 +129,7 @@ unsafe fn open_common(
     let served = shielded(None, || path::node_for(cpath, base).map(Ok).or_else(|| redirect(cpath).map(Err)));
     match served {
         None => forward(path),
-        Some(Ok(node)) => guard(|| open_served(node, flags)),
+        Some(Ok(node)) => guard(|| trace::open(node, flags, || open_served(node, flags))),
         Some(Err(stand_in)) => forward(stand_in.as_ptr()),
     }
 }
@@ -220,9 +213,7 @@ pub unsafe extern "C" fn close(fd: c_int) -> c_int {
         // SAFETY: closing the backing descriptor of a file we served.
         let rc = unsafe { real::close(fd) };
         let errno = real::errno();
-        if trace::enabled() {
-            trace::line(format_args!("close({fd}) = {rc}"));
-        }
+        trace::close(fd, entry.as_ref(), rc, errno);
         set_errno(errno);
         rc
     });
@@ -263,14 +254,12 @@ fn after_dup(oldfd: c_int, newfd: c_int, stale: &mut Option<Entry>) -> c_int {
     let errno = real::errno();
     *stale = fdtable::remove(newfd);
     if let Some(entry) = fdtable::get_entry(oldfd) {
-        if fdtable::install_entry(newfd, entry).is_err() {
+        if fdtable::install_entry(newfd, entry.clone()).is_err() {
             // SAFETY: closing the duplicate we cannot track.
             unsafe { real::close(newfd) };
             return fail(libc::EMFILE);
         }
-        if trace::enabled() {
-            trace::line(format_args!("dup({oldfd}) = {newfd}"));
-        }
+        trace::dup(oldfd, &entry, newfd);
     }
     set_errno(errno);
     newfd

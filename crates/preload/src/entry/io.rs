@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use libc::{c_int, c_long, c_ulong, c_void};
 use uiommufd_abi::Errno;
-use uiommufd_dispatch::File;
+use uiommufd_decode::io::Buf;
 
 use super::{fail, guard, guard_io, ShimFds};
 use crate::fdtable::Entry;
@@ -35,10 +35,7 @@ pub unsafe extern "C" fn ioctl(fd: c_int, request: c_ulong, arg: *mut c_void) ->
             // SAFETY: forwarded per ioctl(2).
             None => return unsafe { real::ioctl(fd, request, arg) },
         };
-        let res = file.ioctl(&ShimFds, request, arg as u64);
-        if trace::enabled() {
-            trace_ioctl(fd, &file, request, &res);
-        }
+        let res = trace::ioctl(fd, &file, request, arg as u64, || file.ioctl(&ShimFds, request, arg as u64));
         match res {
             Ok(v) => {
                 crate::handoff::after_local_call(&file);
@@ -52,34 +49,13 @@ pub unsafe extern "C" fn ioctl(fd: c_int, request: c_ulong, arg: *mut c_void) ->
 /// `ioctl` on a descriptor inherited from the parent: the parent's engine
 /// runs it (see [`crate::fork_server`]).
 fn remote_ioctl(fd: c_int, remote: &Arc<Remote>, request: c_ulong, arg: u64) -> c_int {
-    let res = remote.ioctl(fd, request, arg);
-    if trace::enabled() {
-        let cmd = request as u32;
-        let name = remote.local().and_then(|f| f.ioctl_name(cmd));
-        let name = name.map(std::borrow::Cow::Borrowed).unwrap_or_else(|| format!("{cmd:#x}").into());
-        match res {
-            Ok(v) => trace::line(format_args!("ioctl({fd} {} (parent's), {name}) = {v}", remote.describe())),
-            Err(e) => trace::line(format_args!("ioctl({fd} {} (parent's), {name}) = -1 {e:?}", remote.describe())),
-        }
-    }
+    let res = trace::remote_ioctl(fd, remote, request, arg, || remote.ioctl(fd, request, arg));
     match res {
         Ok(v) => {
             crate::handoff::after_remote_call(remote);
             v
         }
         Err(e) => fail(e.0),
-    }
-}
-
-fn trace_ioctl(fd: c_int, file: &File, request: c_ulong, res: &Result<i32, uiommufd_core::Error>) {
-    let cmd = request as u32;
-    let name = file.ioctl_name(cmd);
-    let name = name.map(std::borrow::Cow::Borrowed).unwrap_or_else(|| format!("{cmd:#x}").into());
-    match res {
-        Ok(v) => trace::line(format_args!("ioctl({fd} {}, {name}) = {v}", file.describe())),
-        Err(e) => {
-            trace::line(format_args!("ioctl({fd} {}, {name}) = -1 {:?} ({})", file.describe(), e.errno, e.context))
-        }
     }
 }
 
@@ -316,13 +292,7 @@ fn vector_io(
     Ok(done)
 }
 
-fn io_result(fd: c_int, what: &str, res: Result<usize, uiommufd_core::Error>) -> isize {
-    if trace::enabled() {
-        match &res {
-            Ok(n) => trace::line(format_args!("{what}({fd}) = {n}")),
-            Err(e) => trace::line(format_args!("{what}({fd}) = -1 {:?} ({})", e.errno, e.context)),
-        }
-    }
+fn io_result(res: Result<usize, uiommufd_core::Error>) -> isize {
     match res {
         Ok(n) => n as isize,
         Err(e) => {
@@ -333,17 +303,27 @@ fn io_result(fd: c_int, what: &str, res: Result<usize, uiommufd_core::Error>) ->
 }
 
 /// Run `call` on `fd`'s entry if `fd` is served; `None` if it is not (the
-/// caller forwards the call to libc).
-fn served(fd: c_int, what: &str, call: impl FnOnce(&Entry) -> Result<usize, uiommufd_core::Error>) -> Option<isize> {
+/// caller forwards the call to libc). `args` are for the trace.
+fn served(
+    fd: c_int,
+    what: &str,
+    args: trace::RwArgs,
+    call: impl FnOnce(&Entry) -> Result<usize, uiommufd_core::Error>,
+) -> Option<isize> {
     if !fdtable::is_ours(fd) {
         return None;
     }
     let entry = fdtable::get_entry(fd)?;
-    Some(guard_io(|| io_result(fd, what, call(&entry))))
+    Some(guard_io(|| io_result(trace::rw(fd, &entry, what, args, || call(&entry)))))
 }
 
 fn served_single(fd: c_int, what: &str, dir: Dir, buf: *const c_void, count: usize, pos: Pos) -> Option<isize> {
-    served(fd, what, |e| single_io(fd, e, dir, buf as u64, count, pos))
+    let at = match pos {
+        Pos::Current => None,
+        Pos::At(p) => Some(p),
+    };
+    let args = trace::RwArgs { buf: Buf::Single(buf as u64), count: count as u64, pos: at, flags: None };
+    served(fd, what, args, |e| single_io(fd, e, dir, buf as u64, count, pos))
 }
 
 fn served_vector(
@@ -355,7 +335,14 @@ fn served_vector(
     pos: Pos,
     flags: c_int,
 ) -> Option<isize> {
-    served(fd, what, |e| vector_io(fd, e, dir, iov as u64, iovcnt, pos, flags))
+    let v2 = what.ends_with('2');
+    let at = match pos {
+        Pos::Current => v2.then_some(-1),
+        Pos::At(p) => Some(p),
+    };
+    let args =
+        trace::RwArgs { buf: Buf::Vector { iov: iov as u64, iovcnt }, count: 0, pos: at, flags: v2.then_some(flags) };
+    served(fd, what, args, |e| vector_io(fd, e, dir, iov as u64, iovcnt, pos, flags))
 }
 
 /// The position preadv2/pwritev2 take: -1 is the file position.
@@ -474,6 +461,58 @@ pub unsafe extern "C" fn __pread64_chk(
     }
     // SAFETY: forwarded per pread(2).
     unsafe { real::pread64_chk(fd, buf, count, off, buflen) }
+}
+
+// poll on served descriptors goes to the kernel (a served file's backing
+// descriptor has its readiness); these are here only so that `uiommufd
+// trace` shows the calls that wait on served descriptors.
+
+/// # Safety
+/// C `poll(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn poll(fds: *mut libc::pollfd, nfds: libc::nfds_t, timeout: c_int) -> c_int {
+    // SAFETY: forwarded per poll(2).
+    trace::poll("poll", fds, nfds, &timeout, || unsafe { real::poll(fds, nfds, timeout) })
+}
+
+/// # Safety
+/// glibc's fortified `__poll_chk`.
+#[no_mangle]
+pub unsafe extern "C" fn __poll_chk(
+    fds: *mut libc::pollfd,
+    nfds: libc::nfds_t,
+    timeout: c_int,
+    fdslen: usize,
+) -> c_int {
+    // SAFETY: forwarded per poll(2).
+    trace::poll("poll", fds, nfds, &timeout, || unsafe { real::poll_chk(fds, nfds, timeout, fdslen) })
+}
+
+/// # Safety
+/// C `ppoll(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn ppoll(
+    fds: *mut libc::pollfd,
+    nfds: libc::nfds_t,
+    ts: *const libc::timespec,
+    sigmask: *const libc::sigset_t,
+) -> c_int {
+    // SAFETY: forwarded per ppoll(2).
+    trace::poll("ppoll", fds, nfds, &trace::Timespec(ts), || unsafe { real::ppoll(fds, nfds, ts, sigmask) })
+}
+
+/// # Safety
+/// glibc's fortified `__ppoll_chk`.
+#[no_mangle]
+pub unsafe extern "C" fn __ppoll_chk(
+    fds: *mut libc::pollfd,
+    nfds: libc::nfds_t,
+    ts: *const libc::timespec,
+    sigmask: *const libc::sigset_t,
+    fdslen: usize,
+) -> c_int {
+    // SAFETY: forwarded per ppoll(2).
+    trace::poll("ppoll", fds, nfds, &trace::Timespec(ts), || unsafe { real::ppoll_chk(fds, nfds, ts, sigmask, fdslen) })
 }
 
 // The vector calls.
@@ -597,16 +636,14 @@ pub unsafe extern "C" fn pwritev64v2(
 /// serve has an llseek method (the character devices lose `FMODE_LSEEK`
 /// at open, the anonymous files never get it). `None` if `fd` is not
 /// ours.
-fn served_lseek(fd: c_int, whence: c_int) -> Option<i64> {
+fn served_lseek(fd: c_int, off: i64, whence: c_int) -> Option<i64> {
     if !fdtable::is_ours(fd) {
         return None;
     }
     /// `SEEK_MAX` (`SEEK_HOLE`).
     const SEEK_MAX: u32 = 4;
     let errno = if whence as u32 > SEEK_MAX { libc::EINVAL } else { libc::ESPIPE };
-    if trace::enabled() {
-        trace::line(format_args!("lseek({fd}) = -1 {:?}", Errno(errno)));
-    }
+    trace::lseek(fd, off, whence, errno);
     set_errno(errno);
     Some(-1)
 }
@@ -616,7 +653,7 @@ fn served_lseek(fd: c_int, whence: c_int) -> Option<i64> {
 #[no_mangle]
 pub unsafe extern "C" fn lseek(fd: c_int, off: libc::off_t, whence: c_int) -> libc::off_t {
     // SAFETY: forwarded per lseek(2).
-    served_lseek(fd, whence).unwrap_or_else(|| unsafe { real::lseek(fd, off, whence) })
+    served_lseek(fd, off, whence).unwrap_or_else(|| unsafe { real::lseek(fd, off, whence) })
 }
 
 /// # Safety
@@ -624,5 +661,5 @@ pub unsafe extern "C" fn lseek(fd: c_int, off: libc::off_t, whence: c_int) -> li
 #[no_mangle]
 pub unsafe extern "C" fn lseek64(fd: c_int, off: libc::off64_t, whence: c_int) -> libc::off64_t {
     // SAFETY: forwarded per lseek(2).
-    served_lseek(fd, whence).unwrap_or_else(|| unsafe { real::lseek64(fd, off, whence) })
+    served_lseek(fd, off, whence).unwrap_or_else(|| unsafe { real::lseek64(fd, off, whence) })
 }

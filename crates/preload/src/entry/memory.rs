@@ -106,15 +106,11 @@ fn mmap_served(fd: c_int, addr: *mut c_void, len: usize, prot: c_int, flags: c_i
         return None;
     }
     let _engine = fdtable::EngineGuard::enter();
-    let res = mmap_file_checks(fd, len, prot, flags, off)
-        .map_err(|e| uiommufd_core::Error::new(Errno(e), "mmap(2) checks"))
-        .and_then(|()| file.mmap(addr as u64, len as u64, prot, flags, off as u64));
-    if trace::enabled() {
-        match &res {
-            Ok(p) => trace::line(format_args!("mmap({fd} {}, {len:#x} at offset {off:#x}) = {p:#x}", file.describe())),
-            Err(e) => trace::line(format_args!("mmap({fd} {}) = -1 {:?} ({})", file.describe(), e.errno, e.context)),
-        }
-    }
+    let res = trace::mmap(fd, &file, addr as u64, len as u64, prot, flags, off, || {
+        mmap_file_checks(fd, len, prot, flags, off)
+            .map_err(|e| uiommufd_core::Error::new(Errno(e), "mmap(2) checks"))
+            .and_then(|()| file.mmap(addr as u64, len as u64, prot, flags, off as u64))
+    });
     Some(match res {
         Ok(p) => p as *mut c_void,
         Err(e) => {

@@ -106,7 +106,7 @@ pub(crate) fn opened_as_container(file: &Arc<File>) -> bool {
 /// `(major, minor)` of the character device a served file is an open of.
 /// A device descriptor from a group is none (the kernel's is an anonymous
 /// inode): its `fstat` is the backing descriptor's.
-fn file_devnum(file: &Arc<File>) -> Option<(u32, u32)> {
+pub(crate) fn file_devnum(file: &Arc<File>) -> Option<(u32, u32)> {
     match &**file {
         File::VfioDevice(f) if f.from_group() => None,
         File::VfioDevice(f) => f.device().map(|d| (VFIO_DEV_MAJOR, d.index())),
