@@ -620,9 +620,10 @@ pub fn bench(args: BenchArgs) -> Result<ExitCode, String> {
         ("AMD-Vi model (beside VT-d in the same run)", crate::bench_amd::bench_amd),
     ];
     let mut records = Vec::new();
-    for (title, run) in sections {
+    let total = sections.len();
+    for (i, (title, run)) in sections.into_iter().enumerate() {
         if only.as_deref().is_none_or(|w| title.contains(w)) {
-            let rows = run(quick);
+            let rows = crate::progress::step(i + 1, total, title, || run(quick));
             say(rows_table(title, &rows));
             records.extend(rows.iter().map(|r| crate::bench_report::Record::of(title, r)));
         }

@@ -10,7 +10,10 @@
 //! - `demo`: walk the main iommufd path in-process and say what happened;
 //! - `info`: the emulated IOMMU and devices, decoded;
 //! - `bench [--quick] [--json] [--compare FILE]`: the hot paths against
-//!   same-run references, as JSON, or beside a saved run.
+//!   same-run references, as JSON, or beside a saved run (progress on a
+//!   terminal's stderr);
+//! - `completions SHELL`, `man [COMMAND] [--dir DIR]`: shell completions
+//!   and manual pages generated from these definitions.
 
 mod amd_info;
 mod bench;
@@ -19,6 +22,7 @@ mod bench_report;
 mod bench_smmu;
 mod demo;
 mod info;
+mod progress;
 mod run;
 mod smmu_info;
 
@@ -27,7 +31,19 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "uiommufd", version, about = "Linux iommufd (/dev/iommu) in user space, over emulated IOMMUs")]
+#[command(
+    name = "uiommufd",
+    version,
+    about = "Linux iommufd (/dev/iommu) in user space, over emulated IOMMUs",
+    after_help = "\
+Examples:
+  uiommufd run --iommu vtd --device dma-engine -- ./my-vmm
+  uiommufd trace -f -o vmm.trace -- ./my-vmm
+  uiommufd info --iommu vtd:cap=d2008c22260286,ecap=f42 --registers
+  uiommufd bench --quick
+
+`uiommufd help COMMAND` or `uiommufd COMMAND --help` for a command's options."
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -36,6 +52,12 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Run PROGRAM with /dev/iommu, /dev/vfio/vfio and emulated VFIO devices served by uiommufd.
+    #[command(after_help = "\
+Examples:
+  uiommufd run -- ./my-iommufd-client            the selftest's mock IOMMU, no devices
+  uiommufd run --iommu vtd --device dma-engine -- ./dma_copy
+  uiommufd run --iommu smmuv3 --device dma-engine -- ./smmu_nested
+  uiommufd run --kernel 6.12 --fault-injection -- ./iommufd_fail_nth")]
     Run(run::RunArgs),
     /// `run` with every call on a served descriptor logged as strace would:
     /// the command with its arguments decoded, what the kernel wrote back,
@@ -43,12 +65,24 @@ enum Cmd {
     #[command(after_help = TRACE_EXAMPLES)]
     Trace(TraceArgs),
     /// Open /dev/iommu in-process and walk the main path, printing each step.
+    #[command(after_help = "Example:\n  uiommufd demo")]
     Demo,
     /// Describe the emulated machine: the IOMMU's registers and what the
     /// Linux driver derives from them, the devices, and each device's
     /// coherency outcome.
+    #[command(after_help = "\
+Examples:
+  uiommufd info                                  a current Intel VT-d unit and one DMA engine
+  uiommufd info --iommu vtd:cap=d2008c22260286,ecap=f42 --registers
+                                                 the unit whose boot line says so, every register field
+  uiommufd info --iommu smmuv3:canwbs=1 --json   an SMMUv3 behind a CANWBS root complex, as JSON")]
     Info(info::InfoArgs),
     /// Measure the hot paths against references taken in the same run.
+    #[command(after_help = "\
+Examples:
+  uiommufd bench --quick                         a few seconds
+  uiommufd bench --json > before.json            save a run
+  uiommufd bench --compare before.json           each case beside the saved run")]
     Bench {
         /// Fewer iterations and a 1 GiB (not 16 GiB) large map.
         #[arg(long)]
@@ -62,6 +96,71 @@ enum Cmd {
         #[arg(long, value_name = "FILE")]
         compare: Option<std::path::PathBuf>,
     },
+    /// Print a shell completion script for uiommufd.
+    #[command(after_help = "\
+Examples:
+  uiommufd completions bash > /etc/bash_completion.d/uiommufd
+  uiommufd completions zsh > ~/.zfunc/_uiommufd
+  uiommufd completions fish > ~/.config/fish/completions/uiommufd.fish")]
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff), or write one per command to a directory.
+    #[command(after_help = "\
+Examples:
+  uiommufd man | man -l -                         read it
+  uiommufd man trace | man -l -                   the page of `uiommufd trace`
+  uiommufd man --dir /usr/local/share/man/man1    uiommufd.1 and uiommufd-COMMAND.1")]
+    Man {
+        /// The command whose page to print (default: uiommufd's own).
+        command: Option<String>,
+        /// Write every page (uiommufd.1, uiommufd-run.1, ...) into DIR.
+        #[arg(long, value_name = "DIR", conflicts_with = "command")]
+        dir: Option<std::path::PathBuf>,
+    },
+}
+
+/// `uiommufd completions SHELL`.
+fn completions(shell: clap_complete::Shell) -> Result<ExitCode, String> {
+    let mut cmd = <Cli as clap::CommandFactory>::command();
+    clap_complete::generate(shell, &mut cmd, "uiommufd", &mut std::io::stdout());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `uiommufd man [COMMAND] [--dir DIR]`.
+fn man(command: Option<String>, dir: Option<std::path::PathBuf>) -> Result<ExitCode, String> {
+    let top = <Cli as clap::CommandFactory>::command();
+    let render = |cmd: clap::Command| -> Result<Vec<u8>, String> {
+        let mut out = Vec::new();
+        clap_mangen::Man::new(cmd).render(&mut out).map_err(|e| format!("rendering the manual page: {e}"))?;
+        Ok(out)
+    };
+    // A command's page is named `uiommufd-COMMAND`, as git's are.
+    // (clap takes a static name: one short string per page, for the
+    // command's lifetime.)
+    let page = |sub: &clap::Command| {
+        let name: &'static str = Box::leak(format!("uiommufd-{}", sub.get_name()).into_boxed_str());
+        sub.clone().name(name)
+    };
+    match (command, dir) {
+        (_, Some(dir)) => {
+            let write = |name: String, bytes: Vec<u8>| {
+                let path = dir.join(format!("{name}.1"));
+                std::fs::write(&path, bytes).map_err(|e| format!("{}: {e}", path.display()))
+            };
+            write("uiommufd".into(), render(top.clone())?)?;
+            for sub in top.get_subcommands().filter(|s| s.get_name() != "help") {
+                write(format!("uiommufd-{}", sub.get_name()), render(page(sub))?)?;
+            }
+        }
+        (Some(name), None) => {
+            let sub = top.find_subcommand(&name).ok_or_else(|| format!("no command {name:?}"))?;
+            std::io::Write::write_all(&mut std::io::stdout(), &render(page(sub))?).map_err(|e| e.to_string())?;
+        }
+        (None, None) => std::io::Write::write_all(&mut std::io::stdout(), &render(top)?).map_err(|e| e.to_string())?,
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 const TRACE_EXAMPLES: &str = "\
@@ -152,6 +251,8 @@ fn main() -> ExitCode {
         Cmd::Demo => demo::demo(),
         Cmd::Info(args) => info::info(args),
         Cmd::Bench { quick, json, compare } => bench::bench(bench::BenchArgs { quick, json, compare }),
+        Cmd::Completions { shell } => completions(shell),
+        Cmd::Man { command, dir } => man(command, dir),
     };
     match res {
         Ok(code) => code,
