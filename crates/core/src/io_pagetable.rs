@@ -13,18 +13,38 @@
 //!   length and page offset are multiples of it.
 //!
 //! Locking (the kernel's `domains_rwsem -> iova_rwsem -> pages::mutex`):
-//! `domains` is held for writing to attach or detach a domain and for
-//! reading while an area is filled into the domains (a map holds it from
-//! the reservation of its IOVA to the publication of its areas); `iova` protects the
-//! area tree and the ranges. An area whose `pages` is `None` is being built
-//! or torn down: other threads treat it as busy. Domains are filled without
-//! the `iova` lock, so concurrent maps of different ranges proceed in
-//! parallel.
+//! `domains` is held for writing to attach or detach a domain; `iova`
+//! protects the areas, the ranges, a copy of the domain list (changed only
+//! with both locks held for writing, so either lock keeps it stable) and a
+//! pool of unused `Pages`.
+//!
+//! - *Small* maps and unmaps (one area of at most `SMALL_BYTES`, the
+//!   common case: a guest page) take the `iova` lock once, for writing,
+//!   and do everything under it: take a `Pages` from the pool (or make
+//!   one), check and reserve the IOVA, pin, map into every domain (the
+//!   copy of the list), insert the area; or find the area, unmap it from
+//!   every domain, unpin, remove it, put the `Pages` back. While the
+//!   `Pages` is reachable only from here (no `IOMMU_IOAS_COPY` shared it),
+//!   its pin records are changed through `&mut` without its lock. Other
+//!   threads never see such an area half built.
+//! - *Large* ones hold `domains` for reading from the reservation of the
+//!   IOVA to the publication of the areas, and take `iova` only to reserve
+//!   (placeholder areas whose `pages` is `None`, which other threads treat
+//!   as busy) and to publish: the domains are filled without the `iova`
+//!   lock, so concurrent maps of different ranges proceed in parallel.
+//!   Unmap likewise tears a large area down outside the `iova` lock.
+//!
+//! Storage: areas live in a slab indexed by IOVA in an arena map
+//! ([`areas`]), `Pages` are recycled, pin records and frame runs are arena
+//! maps too: a map and unmap in the steady state allocate nothing.
 //!
 //! Ranges: `last` is inclusive. IOVA may go up to `u64::MAX`, so `last + 1`
 //! is only computed where it cannot overflow (checked otherwise).
 
+mod areas;
 mod dirty;
+
+use areas::Areas;
 
 pub use dirty::DirtyBitmap;
 
@@ -75,6 +95,20 @@ struct Area {
 }
 
 impl Area {
+    /// `length` bytes at `iova` from byte `start_byte` of pages not yet
+    /// attached (a placeholder until `pages` is set).
+    fn new(iova: u64, length: u64, start_byte: u64, prot: Prot) -> Area {
+        Area {
+            last: iova + length - 1,
+            pages: None,
+            start_byte,
+            prot,
+            num_accesses: 0,
+            num_locks: 0,
+            prevent_access: false,
+        }
+    }
+
     fn len(&self, iova: u64) -> u64 {
         self.last - iova + 1
     }
@@ -100,13 +134,21 @@ pub trait UnmapNotify: Send + Sync {
 }
 
 struct Iova {
-    areas: BTreeMap<u64, Area>,
+    areas: Areas,
     reserved: Vec<Reserved>,
     allowed: Vec<(u64, u64)>,
     iova_alignment: u64,
     disable_large_pages: bool,
     /// Registered accesses: token -> (their alignment, who to notify).
     accesses: BTreeMap<u64, (u64, Weak<dyn UnmapNotify>)>,
+    /// The attached domains, as `IoPagetable::domains` has them: changed
+    /// only with both locks held for writing, so holding this lock alone
+    /// keeps them stable (the small map and unmap work under this lock
+    /// only).
+    domains: Vec<DomainEntry>,
+    /// Unused user `Pages` kept for the next small map (their pin records
+    /// keep their storage): the steady state allocates nothing.
+    pages_pool: Vec<Arc<Pages>>,
 }
 
 /// One piece of a list of pages to map (`struct iopt_pages_list`).
@@ -125,6 +167,14 @@ pub struct IoPagetable {
 
 static NEXT_TOKEN: AtomicU64 = AtomicU64::new(1);
 
+/// Maps and unmaps of at most this many bytes (one area) run entirely
+/// under one hold of the `iova` lock; larger ones pin and fill the domains
+/// without it, so that other maps of the IOAS proceed meanwhile.
+const SMALL_BYTES: u64 = 64 << 12;
+
+/// Recycled `Pages` kept per IOAS.
+const PAGES_POOL: usize = 16;
+
 /// A fresh identity for domains, devices and accesses.
 pub fn new_token() -> u64 {
     NEXT_TOKEN.fetch_add(1, Ordering::Relaxed)
@@ -136,12 +186,12 @@ fn overlaps(a_start: u64, a_last: u64, b_start: u64, b_last: u64) -> bool {
 
 impl Iova {
     fn area_overlapping(&self, start: u64, last: u64) -> Option<u64> {
-        if let Some((&iova, a)) = self.areas.range(..=start).next_back() {
+        if let Some((iova, a)) = self.areas.at_or_before(start) {
             if a.last >= start {
                 return Some(iova);
             }
         }
-        self.areas.range(start..=last).next().map(|(&k, _)| k)
+        self.areas.first_in(start, last)
     }
 
     fn reserved_overlapping(&self, start: u64, last: u64) -> bool {
@@ -170,7 +220,7 @@ impl Iova {
     /// Spans of `[from, to]` not covered by reserved ranges or areas.
     fn free_spans(&self, from: u64, to: u64) -> Vec<(u64, u64)> {
         let mut used: Vec<(u64, u64)> = self.reserved.iter().map(|r| (r.start, r.last)).collect();
-        used.extend(self.areas.iter().map(|(&s, a)| (s, a.last)));
+        used.extend(self.areas.iter().map(|(s, a)| (s, a.last)));
         holes_of(used, from, to)
     }
 
@@ -211,6 +261,47 @@ impl Iova {
         Err(enospc("no free IOVA range fits"))
     }
 
+    /// The checks `iopt_map_pages` makes before it inserts the areas of
+    /// `list` (back to back, `length` bytes in all), in the kernel's order;
+    /// returns the IOVA they go to (`iova`, or one allocated).
+    fn check_list<'a>(
+        &self,
+        list: impl Iterator<Item = (&'a Pages, u64, u64)> + Clone,
+        length: u64,
+        iova: Option<u64>,
+        prot: Prot,
+    ) -> Result<u64> {
+        if length & (self.iova_alignment - 1) != 0 || length == 0 {
+            return Err(einval("length is zero or not aligned to the IOAS alignment"));
+        }
+        if uiommufd_memory::failpoint::should_fail() {
+            return Err(crate::error::enomem("injected failure: area allocation"));
+        }
+        let start = match iova {
+            None => {
+                let (pages, start_byte, _) = list.clone().next().expect("a list is never empty");
+                self.alloc_iova(pages.uptr() + start_byte, length)?
+            }
+            Some(v) => {
+                self.check_iova(v, length)?;
+                v
+            }
+        };
+        let mut at = start;
+        for (pages, start_byte, len) in list {
+            if prot.contains(Prot::WRITE) && !pages.writable() {
+                return Err(eperm("pages are not writable"));
+            }
+            if (start_byte % page_size()) & (self.iova_alignment - 1) != 0 {
+                return Err(einval("page offset breaks the IOAS alignment"));
+            }
+            let last = at.checked_add(len - 1).ok_or(eoverflow("IOVA range wraps"))?;
+            start_byte.checked_add(len - 1).ok_or(eoverflow("page range wraps"))?;
+            at = last.wrapping_add(1);
+        }
+        Ok(start)
+    }
+
     /// The alignment all domains and accesses require (`iopt_calculate_iova_alignment`).
     fn required_alignment(&self, domains: &[DomainEntry]) -> u64 {
         let mut a = if self.disable_large_pages { page_size() } else { 1 };
@@ -226,7 +317,7 @@ impl Iova {
     /// `iopt_check_iova_alignment`: every area conforms to `align`.
     fn check_alignment(&self, align: u64) -> Result<()> {
         let mask = align - 1;
-        for (&iova, a) in &self.areas {
+        for (iova, a) in self.areas.iter() {
             if iova & mask != 0 || a.len(iova) & mask != 0 || (a.start_byte % page_size()) & mask != 0 {
                 return Err(Error::new(Errno::EADDRINUSE, "an existing mapping breaks the new alignment"));
             }
@@ -314,12 +405,14 @@ impl Default for IoPagetable {
         IoPagetable {
             domains: RwLock::new(Vec::new()),
             iova: RwLock::new(Iova {
-                areas: BTreeMap::new(),
+                areas: Areas::default(),
                 reserved: Vec::new(),
                 allowed: Vec::new(),
                 iova_alignment: 1,
                 disable_large_pages: false,
                 accesses: BTreeMap::new(),
+                domains: Vec::new(),
+                pages_pool: Vec::new(),
             }),
         }
     }
@@ -423,9 +516,85 @@ impl IoPagetable {
         prot: Prot,
         mode: crate::account::AccountMode,
     ) -> Result<u64> {
+        if length <= SMALL_BYTES {
+            return self.map_user_small(uptr, length, iova, prot, mode);
+        }
         let pages = Arc::new(Pages::new(uptr, length, prot.contains(Prot::WRITE), mode)?);
         let start_byte = uptr - pages.uptr();
         self.map_list(&[PagesSlice { pages, start_byte, length }], length, iova, prot)
+    }
+
+    /// [`map_user`](Self::map_user) of a small range: everything (the
+    /// `Pages`, the IOVA, pinning, every domain, the area) under one hold
+    /// of the `iova` lock, with a recycled `Pages` whose pin records need
+    /// no lock while nobody else can see them. The same checks and
+    /// outcomes as the general path, in its order.
+    fn map_user_small(
+        &self,
+        uptr: u64,
+        length: u64,
+        iova: Option<u64>,
+        prot: Prot,
+        mode: crate::account::AccountMode,
+    ) -> Result<u64> {
+        let writable = prot.contains(Prot::WRITE);
+        let mut guard = lock_write(&self.iova);
+        let st = &mut *guard;
+        let mut pages = match st.pages_pool.pop() {
+            Some(mut p) => {
+                let unique = Arc::get_mut(&mut p).expect("pooled pages are unique");
+                if let Err(e) = unique.recycle(uptr, length, writable, mode) {
+                    st.pages_pool.push(p);
+                    return Err(e);
+                }
+                p
+            }
+            None => Arc::new(Pages::new(uptr, length, writable, mode)?),
+        };
+        let start_byte = uptr - pages.uptr();
+        let p = Arc::get_mut(&mut pages).expect("not published yet");
+        let start = match st.check_list(std::iter::once((&*p, start_byte, length)), length, iova, prot) {
+            Ok(start) => start,
+            Err(e) => {
+                Self::retire(st, pages);
+                return Err(e);
+            }
+        };
+        let area = Area::new(start, length, start_byte, prot);
+        let max_pgsize = Self::max_pgsize(st);
+        let (first, last) = area.index_range(start);
+        let mut failure = None;
+        for (j, d) in st.domains.iter().enumerate() {
+            let r = p.add_user_exclusive(first, last).and_then(|runs| {
+                map_runs(d.domain.as_ref(), start, area.start_byte, area.len(start), &runs, prot, max_pgsize)
+                    .inspect_err(|_| p.remove_user_exclusive(first, last))
+            });
+            if let Err(e) = r {
+                failure = Some((e, j));
+                break;
+            }
+        }
+        if let Some((e, j)) = failure {
+            for d in &st.domains[..j] {
+                hw::unmap(d.domain.as_ref(), start, area.len(start), 0);
+                p.remove_user_exclusive(first, last);
+            }
+            Self::retire(st, pages);
+            return Err(e);
+        }
+        st.areas.insert(start, Area { pages: Some(pages), ..area });
+        Ok(start)
+    }
+
+    /// A `Pages` nothing uses any more: kept for reuse when it can be.
+    fn retire(st: &mut Iova, mut pages: Arc<Pages>) {
+        if st.pages_pool.len() < PAGES_POOL {
+            if let Some(p) = Arc::get_mut(&mut pages) {
+                if p.recyclable() {
+                    st.pages_pool.push(pages);
+                }
+            }
+        }
     }
 
     /// `iopt_map_pages`: map a list of page slices back to back.
@@ -435,15 +604,7 @@ impl IoPagetable {
 
     /// The area for `elm` placed at `at`, not yet published.
     fn placeholder(at: u64, elm: &PagesSlice, prot: Prot) -> Area {
-        Area {
-            last: at + elm.length - 1,
-            pages: None,
-            start_byte: elm.start_byte,
-            prot,
-            num_accesses: 0,
-            num_locks: 0,
-            prevent_access: false,
-        }
+        Area::new(at, elm.length, elm.start_byte, prot)
     }
 
     /// [`map_pages`](Self::map_pages) over a borrowed list (no allocation
@@ -457,49 +618,11 @@ impl IoPagetable {
         // 1. Reserve the IOVA with placeholder areas.
         let (start, max_pgsize) = {
             let mut st = lock_write(&self.iova);
-            if length & (st.iova_alignment - 1) != 0 || length == 0 {
-                return Err(einval("length is zero or not aligned to the IOAS alignment"));
-            }
-            if uiommufd_memory::failpoint::should_fail() {
-                return Err(crate::error::enomem("injected failure: area allocation"));
-            }
-            let start = match iova {
-                None => {
-                    let first = &list[0];
-                    st.alloc_iova(first.pages.uptr() + first.start_byte, length)?
-                }
-                Some(v) => {
-                    st.check_iova(v, length)?;
-                    v
-                }
-            };
+            let start = st.check_list(list.iter().map(|e| (&*e.pages, e.start_byte, e.length)), length, iova, prot)?;
             let mut at = start;
-            for (i, elm) in list.iter().enumerate() {
-                let r = (|| {
-                    if prot.contains(Prot::WRITE) && !elm.pages.writable() {
-                        return Err(eperm("pages are not writable"));
-                    }
-                    if (elm.start_byte % page_size()) & (st.iova_alignment - 1) != 0 {
-                        return Err(einval("page offset breaks the IOAS alignment"));
-                    }
-                    let last = at.checked_add(elm.length - 1).ok_or(eoverflow("IOVA range wraps"))?;
-                    elm.start_byte.checked_add(elm.length - 1).ok_or(eoverflow("page range wraps"))?;
-                    Ok(last)
-                })();
-                match r {
-                    Ok(last) => {
-                        st.areas.insert(at, Self::placeholder(at, elm, prot));
-                        at = last.wrapping_add(1);
-                    }
-                    Err(e) => {
-                        let mut k = start;
-                        for prev in &list[..i] {
-                            st.areas.remove(&k);
-                            k = k.wrapping_add(prev.length);
-                        }
-                        return Err(e);
-                    }
-                }
+            for elm in list {
+                st.areas.insert(at, Self::placeholder(at, elm, prot));
+                at = at.wrapping_add(elm.length);
             }
             (start, Self::max_pgsize(&st))
         };
@@ -530,7 +653,7 @@ impl IoPagetable {
             let mut st = lock_write(&self.iova);
             let mut k = start;
             for elm in list {
-                st.areas.remove(&k);
+                st.areas.remove(k);
                 k = k.wrapping_add(elm.length);
             }
             return Err(e);
@@ -540,7 +663,7 @@ impl IoPagetable {
         let mut st = lock_write(&self.iova);
         let mut k = start;
         for elm in list {
-            if let Some(a) = st.areas.get_mut(&k) {
+            if let Some(a) = st.areas.get_mut(k) {
                 a.pages = Some(Arc::clone(&elm.pages));
             }
             k = k.wrapping_add(elm.length);
@@ -562,7 +685,7 @@ impl IoPagetable {
             return Err(einval("length is zero"));
         }
         let st = lock_read(&self.iova);
-        match st.areas.range(..=iova).next_back() {
+        match st.areas.at_or_before(iova) {
             Some((_, a)) if a.last >= iova && a.pages.is_some() => {
                 if a.pages.as_ref().is_some_and(|p| p.revoked()) {
                     return Err(einval("the area's dma-buf is revoked"));
@@ -584,7 +707,7 @@ impl IoPagetable {
         let mut out = Vec::new();
         let mut cur = iova;
         loop {
-            let Some((&a_iova, a)) = st.areas.range(..=cur).next_back() else {
+            let Some((a_iova, a)) = st.areas.at_or_before(cur) else {
                 return Err(enoent("IOVA range is not fully mapped"));
             };
             let Some(pages) = a.pages.as_ref().filter(|_| a.last >= cur) else {
@@ -622,13 +745,16 @@ impl IoPagetable {
     }
 
     fn unmap_range(&self, mut start: u64, last: u64) -> (Result<()>, u64) {
+        if let Some(n) = self.unmap_small(start, last) {
+            return (Ok(()), n);
+        }
         let mut unmapped = 0u64;
         let mut tries = 0u32;
         loop {
             let domains = lock_read(&self.domains);
             let mut st = lock_write(&self.iova);
             let Some(a_iova) = st.area_overlapping(start, last) else { return (Ok(()), unmapped) };
-            let area = st.areas.get_mut(&a_iova).expect("found");
+            let area = st.areas.get_mut(a_iova).expect("found");
             if area.pages.is_none() {
                 return (Err(ebusy("the range is being mapped or unmapped concurrently")), unmapped);
             }
@@ -675,7 +801,7 @@ impl IoPagetable {
                 Self::unfill_area(d.domain.as_ref(), a_iova, &view, &pages);
             }
             let mut st = lock_write(&self.iova);
-            st.areas.remove(&a_iova);
+            st.areas.remove(a_iova);
             drop(st);
             drop(domains);
             drop(pages);
@@ -685,6 +811,47 @@ impl IoPagetable {
             }
             start = area_last + 1;
         }
+    }
+
+    /// The common unmap: `[start, last]` is exactly one small area nobody
+    /// pins (no access, no lock) and no one is building or tearing down.
+    /// Unfilled, removed and its `Pages` recycled under one hold of the
+    /// `iova` lock. `None`: not that case, nothing done (the general path
+    /// decides).
+    fn unmap_small(&self, start: u64, last: u64) -> Option<u64> {
+        if last - start >= SMALL_BYTES {
+            return None;
+        }
+        let mut guard = lock_write(&self.iova);
+        let st = &mut *guard;
+        let area = st.areas.get_mut(start)?;
+        if area.last != last || area.num_accesses != 0 || area.num_locks != 0 || area.pages.is_none() {
+            return None;
+        }
+        let (first, last_index) = area.index_range(start);
+        let len = area.len(start);
+        let mut pages = area.pages.take().expect("checked");
+        st.areas.remove(start);
+        match Arc::get_mut(&mut pages) {
+            // Only this area held them: no lock needed for the pin records,
+            // and they can be reused.
+            Some(p) => {
+                for d in &st.domains {
+                    hw::unmap(d.domain.as_ref(), start, len, 0);
+                    p.remove_user_exclusive(first, last_index);
+                }
+                if st.pages_pool.len() < PAGES_POOL && p.recyclable() {
+                    st.pages_pool.push(pages);
+                }
+            }
+            None => {
+                for d in &st.domains {
+                    hw::unmap(d.domain.as_ref(), start, len, 0);
+                    pages.remove_user(first, last_index);
+                }
+            }
+        }
+        Some(len)
     }
 
     /// `iopt_table_add_domain`: fill `domain` with every area and start
@@ -723,14 +890,14 @@ impl IoPagetable {
             return Err(e);
         }
         let max_pgsize = Self::max_pgsize(&st);
-        let keys: Vec<u64> = st.areas.iter().filter(|(_, a)| a.pages.is_some()).map(|(&k, _)| k).collect();
+        let keys: Vec<u64> = st.areas.iter().filter(|(_, a)| a.pages.is_some()).map(|(k, _)| k).collect();
         let mut done = Vec::new();
         for k in keys {
-            let a = &st.areas[&k];
+            let a = st.areas.get(k).expect("listed");
             let pages = a.pages.as_ref().expect("filtered");
             if let Err(e) = Self::fill_area(domain.as_ref(), k, a, pages, max_pgsize) {
                 for d in done {
-                    let a = &st.areas[&d];
+                    let a = st.areas.get(d).expect("filled");
                     Self::unfill_area(domain.as_ref(), d, a, a.pages.as_ref().expect("filled"));
                 }
                 st.reserved.retain(|r| r.owner != owner);
@@ -739,6 +906,7 @@ impl IoPagetable {
             done.push(k);
         }
         st.iova_alignment = new_align;
+        st.domains.push(DomainEntry { token, domain: Arc::clone(&domain) });
         domains.push(DomainEntry { token, domain });
         Ok(())
     }
@@ -749,7 +917,8 @@ impl IoPagetable {
         let mut st = lock_write(&self.iova);
         let Some(pos) = domains.iter().position(|d| d.token == token) else { return };
         let entry = domains.swap_remove(pos);
-        for (&k, a) in &st.areas {
+        st.domains.swap_remove(pos);
+        for (k, a) in st.areas.iter() {
             if let Some(p) = &a.pages {
                 Self::unfill_area(entry.domain.as_ref(), k, a, p);
             }
@@ -884,7 +1053,7 @@ impl IoPagetable {
         let mut cur = iova;
         let r = (|| loop {
             // Contiguous areas only: the next one must start where we are.
-            let Some((&a_iova, a)) = st.areas.range(..=cur).next_back() else {
+            let Some((a_iova, a)) = st.areas.at_or_before(cur) else {
                 return Err(enoent("IOVA range is not fully mapped"));
             };
             if a.last < cur || a.pages.is_none() {
@@ -908,7 +1077,7 @@ impl IoPagetable {
             let first = sb / ps;
             let lastp = (sb + (piece_last - cur)) / ps;
             let runs = pages.add_user(first, lastp)?;
-            let area = st.areas.get_mut(&a_iova).expect("area");
+            let area = st.areas.get_mut(a_iova).expect("area");
             area.num_accesses += 1;
             if lock {
                 area.num_locks += 1;
@@ -941,7 +1110,7 @@ impl IoPagetable {
     pub fn access_unpin(&self, pins: &[AccessPin]) {
         let mut st = lock_write(&self.iova);
         for p in pins {
-            if let Some(a) = st.areas.get_mut(&p.area_iova) {
+            if let Some(a) = st.areas.get_mut(p.area_iova) {
                 a.num_accesses = a.num_accesses.saturating_sub(1);
                 if p.locked {
                     a.num_locks = a.num_locks.saturating_sub(1);
@@ -965,8 +1134,8 @@ impl IoPagetable {
         // The usual case, one area holding the whole range: no list.
         let single = {
             let st = lock_read(&self.iova);
-            match st.areas.range(..=iova).next_back() {
-                Some((&a_iova, a)) if a.last >= last && !a.prevent_access => {
+            match st.areas.at_or_before(iova) {
+                Some((a_iova, a)) if a.last >= last && !a.prevent_access => {
                     a.pages.as_ref().map(|p| (a.start_byte + (iova - a_iova), Arc::clone(p), a.prot))
                 }
                 _ => None,
@@ -989,8 +1158,8 @@ impl IoPagetable {
             let mut stop = None;
             let mut cur = iova;
             loop {
-                let area = st.areas.range(..=cur).next_back().filter(|(_, a)| a.last >= cur);
-                let Some((&a_iova, a)) = area else {
+                let area = st.areas.at_or_before(cur).filter(|(_, a)| a.last >= cur);
+                let Some((a_iova, a)) = area else {
                     stop = Some(enoent("IOVA range is not fully mapped"));
                     break;
                 };
@@ -1029,6 +1198,12 @@ impl IoPagetable {
         }
     }
 
+    /// Bytes held for the areas and their index (for memory accounting:
+    /// what an area costs beside the kernel's `iopt_area`).
+    pub fn area_bytes(&self) -> usize {
+        lock_read(&self.iova).areas.capacity_bytes()
+    }
+
     /// Number of areas (for tests and checkers).
     pub fn num_areas(&self) -> usize {
         lock_read(&self.iova).areas.len()
@@ -1039,7 +1214,7 @@ impl IoPagetable {
         lock_read(&self.iova)
             .areas
             .iter()
-            .map(|(&iova, a)| AreaInfo {
+            .map(|(iova, a)| AreaInfo {
                 iova,
                 last: a.last,
                 pages: a.pages.clone(),
@@ -1080,7 +1255,7 @@ impl IoPagetable {
     fn split_area(st: &mut Iova, a_iova: u64, iova: u64, filled: bool) -> Result<()> {
         let align = st.iova_alignment;
         let large_pages = !st.disable_large_pages;
-        let area = st.areas.get(&a_iova).expect("found by the caller");
+        let area = st.areas.get(a_iova).expect("found by the caller");
         if iova == a_iova || iova == area.last {
             return Ok(());
         }
@@ -1156,7 +1331,7 @@ pub struct AccessPin {
     pub first: u64,
     pub last_index: u64,
     pub pages: Arc<Pages>,
-    pub runs: Vec<PfnRun>,
+    pub runs: crate::pages::PfnRuns,
     /// The pin locks its area against unmap.
     pub locked: bool,
 }
@@ -1180,6 +1355,51 @@ mod tests {
         assert_eq!(holes_of(vec![(5, u64::MAX)], 0, u64::MAX), vec![(0, 4)]);
         assert_eq!(holes_of(vec![(0, 4)], 0, u64::MAX), vec![(5, u64::MAX)]);
         assert_eq!(sorted_spans(&[(8, 9), (1, 2), (2, 4)], 0, 100), vec![(1, 4), (8, 9)]);
+    }
+
+    /// The small path: `Pages` recycled (no more than the pool keeps),
+    /// every pin released, the same pages shared by a copy in another IOAS
+    /// left alone when the first IOAS unmaps, and failures undone.
+    #[test]
+    fn small_maps_recycle_pages_and_leave_nothing_behind() {
+        use uiommufd_hw::mock::{MockDomain, MOCK_APERTURE_START};
+        let ps = page_size();
+        let buf = vec![7u8; 8 * ps as usize];
+        let va = (buf.as_ptr() as u64).next_multiple_of(ps);
+        let a = IoPagetable::new();
+        let b = IoPagetable::new();
+        let (da, db) = (Arc::new(MockDomain::new(false).unwrap()), Arc::new(MockDomain::new(false).unwrap()));
+        a.add_domain(new_token(), da.clone()).unwrap();
+        b.add_domain(new_token(), db.clone()).unwrap();
+        let iova = MOCK_APERTURE_START;
+        let rw = Prot::READ | Prot::WRITE;
+        let none = crate::account::AccountMode::None;
+        for _ in 0..100 {
+            assert_eq!(a.map_user(va, 2 * ps, Some(iova), rw, none).unwrap(), iova);
+            assert_eq!(uiommufd_memory::frames::pin_count(va), 1);
+            assert_eq!(a.unmap(iova, 2 * ps), (Ok(()), 2 * ps));
+        }
+        assert_eq!(uiommufd_memory::frames::pin_count(va), 0);
+        assert_eq!(lock_read(&a.iova).pages_pool.len(), 1);
+        // Shared with `b` by a copy: `a`'s unmap must not recycle them.
+        a.map_user(va, 2 * ps, Some(iova), rw, none).unwrap();
+        let list = a.get_pages(iova, 2 * ps).unwrap();
+        b.map_pages(list, 2 * ps, Some(iova), rw).unwrap();
+        assert_eq!(uiommufd_memory::frames::pin_count(va), 1, "one Pages: pinned once");
+        assert_eq!(a.unmap(iova, 2 * ps), (Ok(()), 2 * ps));
+        assert_eq!(lock_read(&a.iova).pages_pool.len(), 0, "still used by b");
+        assert_eq!(db.iova_to_phys(iova + ps), uiommufd_memory::frames::pfn_at(va + ps).map(|p| p * ps));
+        assert!(da.is_empty());
+        assert_eq!(b.unmap(iova, 2 * ps), (Ok(()), 2 * ps));
+        assert_eq!(lock_read(&b.iova).pages_pool.len(), 1);
+        assert_eq!(uiommufd_memory::frames::pin_count(va), 0);
+        // A failed small map (the range is taken) leaves the pool whole.
+        a.map_user(va, ps, Some(iova), rw, none).unwrap();
+        assert_eq!(a.map_user(va, ps, Some(iova), rw, none).unwrap_err().errno, Errno::EEXIST);
+        assert_eq!(uiommufd_memory::frames::pin_count(va), 1);
+        a.unmap_all().0.unwrap();
+        assert_eq!(uiommufd_memory::frames::pin_count(va), 0);
+        assert!(da.is_empty() && db.is_empty());
     }
 
     #[test]

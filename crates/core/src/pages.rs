@@ -43,14 +43,23 @@
 //! Lock: `state` is the kernel's `pages->mutex`, the innermost engine lock
 //! (the frame registry lock nests inside it). Only [`change_process`] holds
 //! several at once, taken in address order; `owner` nests inside them.
+//! Whoever holds the only reference (`&mut Pages`: a `Pages` being built,
+//! or one only its IOAS's area held, changed under that IOAS's lock) uses
+//! [`Pages::add_user_exclusive`] / [`Pages::remove_user_exclusive`], which
+//! take no lock at all.
+//!
+//! Storage: the pin records are an arena map ([`SlabMap`]) of segments; a
+//! `Pages` that an IOAS recycles ([`Pages::recycle`]) keeps its nodes, so
+//! pinning and releasing the usual single segment allocates nothing.
 
-use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use uiommufd_memory::filemap::{FileInfo, FileKind, FileMapping};
 /// The frame table pages are pinned into (for tools and benchmarks).
 pub use uiommufd_memory::frames;
-use uiommufd_memory::frames::PinnedRun;
+use uiommufd_memory::frames::PinnedRuns;
+use uiommufd_memory::inline_vec::InlineVec;
+use uiommufd_memory::slabmap::SlabMap;
 use uiommufd_memory::user;
 
 use crate::account::{Account, AccountMode};
@@ -66,7 +75,7 @@ fn page_shift() -> u32 {
 }
 
 /// A pinned, physically contiguous segment with a uniform user count.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 struct Seg {
     /// Exclusive end index.
     end: u64,
@@ -74,21 +83,27 @@ struct Seg {
     users: u32,
 }
 
+/// The pin records: which pages are pinned, to which frames, by how many
+/// users. An arena map ([`SlabMap`]): the usual `Pages` holds one segment,
+/// and inserting and removing it again reuses the same node.
 #[derive(Debug, Default)]
 struct State {
     /// start index -> segment. Disjoint.
-    segs: BTreeMap<u64, Seg>,
+    segs: SlabMap<Seg>,
     npinned: u64,
 }
 
 /// Physical frames of a slice: `npages` pages from index `index` have
 /// consecutive PFNs starting at `pfn`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PfnRun {
     pub index: u64,
     pub pfn: u64,
     pub npages: u64,
 }
+
+/// The frames of a range of pages: usually one run, kept inline.
+pub type PfnRuns = InlineVec<PfnRun, 2>;
 
 /// Where the pages come from (`enum iopt_address_type`).
 #[derive(Debug)]
@@ -139,6 +154,13 @@ pub struct Pages {
 impl Pages {
     /// `iopt_alloc_pages`: describe `length` bytes at `uptr`.
     pub fn new(uptr: u64, length: u64, writable: bool, mode: AccountMode) -> Result<Pages> {
+        let (base, npages) = Self::user_geometry(uptr, length)?;
+        Ok(Pages::with_source(base, npages, writable, mode, Source::User(user::current_process())))
+    }
+
+    /// The checks of [`Pages::new`], in its order: the page-aligned start
+    /// and the number of pages.
+    fn user_geometry(uptr: u64, length: u64) -> Result<(u64, u64)> {
         if uiommufd_memory::failpoint::should_fail() {
             return Err(crate::error::enomem("injected failure: pages allocation"));
         }
@@ -148,8 +170,34 @@ impl Pages {
         }
         uptr.checked_add(length).ok_or(crate::error::eoverflow("user range wraps"))?;
         let base = uptr & !(ps - 1);
-        let npages = (length + (uptr - base)).div_ceil(ps);
-        Ok(Pages::with_source(base, npages, writable, mode, Source::User(user::current_process())))
+        Ok((base, (length + (uptr - base)).div_ceil(ps)))
+    }
+
+    /// Whether these pages, once nobody else holds them, may be reused by
+    /// [`Pages::recycle`] (user pages with nothing pinned; their source is
+    /// only a process handle).
+    pub fn recyclable(&mut self) -> bool {
+        let st = self.state.get_mut().unwrap_or_else(|p| p.into_inner());
+        matches!(self.source, Source::User(_)) && st.npinned == 0 && st.segs.is_empty()
+    }
+
+    /// [`Pages::new`] into an unused `Pages` (one [`recyclable`] said yes
+    /// to), keeping its pin-record storage: the map path's steady state
+    /// allocates nothing. On failure the pages are left recyclable.
+    ///
+    /// [`recyclable`]: Pages::recyclable
+    pub fn recycle(&mut self, uptr: u64, length: u64, writable: bool, mode: AccountMode) -> Result<()> {
+        debug_assert!(self.recyclable());
+        let (base, npages) = Self::user_geometry(uptr, length)?;
+        self.uptr = base;
+        self.npages = npages;
+        self.writable = writable;
+        self.mode = mode;
+        self.account = Account::new(mode);
+        self.source = Source::User(user::current_process());
+        *self.owner.get_mut().unwrap_or_else(|p| p.into_inner()) =
+            if mode == AccountMode::None { Owner { pid: 0, uid: 0 } } else { Owner::current() };
+        Ok(())
     }
 
     /// `iopt_alloc_file_pages`: describe `length` bytes from byte `start` of
@@ -259,15 +307,30 @@ impl Pages {
 
     /// Add a user to pages `[first, last]`, pinning those that had none.
     /// Returns the frames of the range. On failure nothing changes.
-    pub fn add_user(&self, first: u64, last: u64) -> Result<Vec<PfnRun>> {
+    pub fn add_user(&self, first: u64, last: u64) -> Result<PfnRuns> {
         debug_assert!(first <= last && last < self.npages);
         let mut st = self.lock();
+        self.add_user_locked(&mut st, first, last)
+    }
+
+    /// [`add_user`](Self::add_user) on pages nobody else can reach (a
+    /// `Pages` being built): no lock taken.
+    pub fn add_user_exclusive(&mut self, first: u64, last: u64) -> Result<PfnRuns> {
+        debug_assert!(first <= last && last < self.npages);
+        let st = self.state.get_mut().unwrap_or_else(|p| p.into_inner());
+        let mut st = std::mem::take(st);
+        let r = self.add_user_locked(&mut st, first, last);
+        *self.state.get_mut().unwrap_or_else(|p| p.into_inner()) = st;
+        r
+    }
+
+    fn add_user_locked(&self, st: &mut State, first: u64, last: u64) -> Result<PfnRuns> {
         if st.segs.is_empty() {
-            return self.add_first_user(&mut st, first, last);
+            return self.add_first_user(st, first, last);
         }
         // Pin the holes first: that is the part that can fail.
         let holes = holes(&st.segs, first, last + 1);
-        let mut pinned: Vec<(u64, Vec<PinnedRun>)> = Vec::new();
+        let mut pinned: Vec<(u64, PinnedRuns)> = Vec::new();
         let total: u64 = holes.iter().map(|(s, e)| e - s).sum();
         if total != 0 {
             self.account.charge(total)?;
@@ -277,7 +340,7 @@ impl Pages {
                 Ok(runs) => pinned.push((s, runs)),
                 Err(err) => {
                     for (_, runs) in &pinned {
-                        for r in runs {
+                        for r in runs.iter() {
                             frames::unpin(r.pfn, r.npages);
                         }
                     }
@@ -291,15 +354,14 @@ impl Pages {
         // Nothing can fail from here on.
         split_at(&mut st.segs, first);
         split_at(&mut st.segs, last + 1);
-        let keys: Vec<u64> = st.segs.range(first..=last).map(|(&k, _)| k).collect();
-        for k in keys {
-            if let Some(seg) = st.segs.get_mut(&k) {
+        for k in st.segs.keys_in(first, last) {
+            if let Some(seg) = st.segs.get_mut(k) {
                 seg.users += 1;
             }
         }
         for (s, runs) in pinned {
             let mut idx = s;
-            for r in runs {
+            for r in runs.iter() {
                 st.segs.insert(idx, Seg { end: idx + r.npages, pfn: r.pfn, users: 1 });
                 idx += r.npages;
             }
@@ -313,7 +375,7 @@ impl Pages {
     /// [`add_user`](Self::add_user) when nothing is pinned yet (the usual
     /// case: an area filled into its first domain): pin the range, record
     /// it with one user, hand the frames back in the pinning's own vector.
-    fn add_first_user(&self, st: &mut State, first: u64, last: u64) -> Result<Vec<PfnRun>> {
+    fn add_first_user(&self, st: &mut State, first: u64, last: u64) -> Result<PfnRuns> {
         let total = last - first + 1;
         self.account.charge(total)?;
         let pinned = match self.pin_source(first, total) {
@@ -324,17 +386,16 @@ impl Pages {
             }
         };
         let mut idx = first;
-        for r in &pinned {
+        for r in pinned.iter() {
             st.segs.insert(idx, Seg { end: idx + r.npages, pfn: r.pfn, users: 1 });
             idx += r.npages;
         }
         st.npinned += total;
         // Runs as pinned are already merged where frames continue, and
-        // nothing else is in `segs` to merge with. Same layout: the
-        // conversion reuses the allocation.
+        // nothing else is in `segs` to merge with.
         let mut idx = first;
         Ok(pinned
-            .into_iter()
+            .iter()
             .map(|r| {
                 let run = PfnRun { index: idx, pfn: r.pfn, npages: r.npages };
                 idx += r.npages;
@@ -344,16 +405,16 @@ impl Pages {
     }
 
     /// Pin `npages` pages from index `first` out of the source.
-    fn pin_source(&self, first: u64, npages: u64) -> Result<Vec<PinnedRun>> {
+    fn pin_source(&self, first: u64, npages: u64) -> Result<PinnedRuns> {
         match &self.source {
             Source::User(process) => user::with_process(*process, || {
                 frames::pin_user(self.uptr + (first << page_shift()), npages, self.writable)
             })
             .ctx("pinning user pages"),
             // The engine's own mapping of the file, whoever asks.
-            Source::File(Some(m)) => {
-                user::with_process(None, || m.pin(first, npages)).map(|r| vec![r]).ctx("pinning file pages")
-            }
+            Source::File(Some(m)) => user::with_process(None, || m.pin(first, npages))
+                .map(|r| std::iter::once(r).collect())
+                .ctx("pinning file pages"),
             Source::File(None) => Err(einval("only shmem and hugetlbfs file pages can be pinned")),
         }
     }
@@ -362,41 +423,54 @@ impl Pages {
     /// unpinned and uncharged. Never fails.
     pub fn remove_user(&self, first: u64, last: u64) {
         let mut st = self.lock();
-        // The usual case: the range is exactly one segment whose only user
-        // goes (an area unfilled from its last domain).
-        if let Some(&seg) = st.segs.get(&first) {
-            if seg.end == last + 1 && seg.users == 1 {
-                st.segs.remove(&first);
-                frames::unpin(seg.pfn, seg.end - first);
-                st.npinned -= seg.end - first;
-                drop(st);
-                self.account.credit(seg.end - first);
-                return;
-            }
-        }
-        split_at(&mut st.segs, first);
-        split_at(&mut st.segs, last + 1);
-        let keys: Vec<u64> = st.segs.range(first..=last).map(|(&k, _)| k).collect();
-        let mut released = 0u64;
-        for k in keys {
-            let Some(seg) = st.segs.get_mut(&k) else { continue };
-            seg.users = seg.users.saturating_sub(1);
-            if seg.users == 0 {
-                let seg = st.segs.remove(&k).expect("present");
-                frames::unpin(seg.pfn, seg.end - k);
-                released += seg.end - k;
-            }
-        }
-        st.npinned -= released;
-        merge_around(&mut st.segs, first, last + 1);
+        let released = Self::remove_user_locked(&mut st, first, last);
         drop(st);
         if released != 0 {
             self.account.credit(released);
         }
     }
 
+    /// [`remove_user`](Self::remove_user) on pages nobody else can reach:
+    /// no lock taken.
+    pub fn remove_user_exclusive(&mut self, first: u64, last: u64) {
+        let st = self.state.get_mut().unwrap_or_else(|p| p.into_inner());
+        let released = Self::remove_user_locked(st, first, last);
+        if released != 0 {
+            self.account.credit(released);
+        }
+    }
+
+    /// Drop the user; returns the pages released (to credit).
+    fn remove_user_locked(st: &mut State, first: u64, last: u64) -> u64 {
+        // The usual case: the range is exactly one segment whose only user
+        // goes (an area unfilled from its last domain).
+        if let Some(&seg) = st.segs.get(first) {
+            if seg.end == last + 1 && seg.users == 1 {
+                st.segs.remove(first);
+                frames::unpin(seg.pfn, seg.end - first);
+                st.npinned -= seg.end - first;
+                return seg.end - first;
+            }
+        }
+        split_at(&mut st.segs, first);
+        split_at(&mut st.segs, last + 1);
+        let mut released = 0u64;
+        for k in st.segs.keys_in(first, last) {
+            let Some(seg) = st.segs.get_mut(k) else { continue };
+            seg.users = seg.users.saturating_sub(1);
+            if seg.users == 0 {
+                let seg = st.segs.remove(k).expect("present");
+                frames::unpin(seg.pfn, seg.end - k);
+                released += seg.end - k;
+            }
+        }
+        st.npinned -= released;
+        merge_around(&mut st.segs, first, last + 1);
+        released
+    }
+
     /// The frames of `[first, last]`, which must all have users.
-    pub fn pfns(&self, first: u64, last: u64) -> Vec<PfnRun> {
+    pub fn pfns(&self, first: u64, last: u64) -> PfnRuns {
         runs_of(&self.lock().segs, first, last)
     }
 
@@ -537,7 +611,7 @@ impl Drop for Pages {
         // Every user releases its pages before the last area goes; anything
         // left is a bug upstream, which must not leak pins.
         let st = std::mem::take(&mut *self.lock());
-        for (s, seg) in st.segs {
+        for (s, seg) in st.segs.iter() {
             frames::unpin(seg.pfn, seg.end - s);
         }
         if st.npinned != 0 {
@@ -547,11 +621,14 @@ impl Drop for Pages {
 }
 
 /// Uncovered `[start, end)` pieces of `[from, to)`.
-fn holes(segs: &BTreeMap<u64, Seg>, from: u64, to: u64) -> Vec<(u64, u64)> {
+fn holes(segs: &SlabMap<Seg>, from: u64, to: u64) -> Vec<(u64, u64)> {
     let mut out = Vec::new();
     let mut cur = from;
-    let begin = segs.range(..=from).next_back().map_or(from, |(&k, _)| k);
-    for (&s, seg) in segs.range(begin..to) {
+    if to <= from {
+        return out;
+    }
+    let begin = segs.prev(from).map_or(from, |(k, _)| k);
+    for (s, seg) in segs.range(begin, to - 1) {
         if seg.end <= cur {
             continue;
         }
@@ -570,8 +647,8 @@ fn holes(segs: &BTreeMap<u64, Seg>, from: u64, to: u64) -> Vec<(u64, u64)> {
 }
 
 /// Make `at` a segment boundary if it falls inside a segment.
-fn split_at(segs: &mut BTreeMap<u64, Seg>, at: u64) {
-    let Some((&s, &seg)) = segs.range(..at).next_back() else { return };
+fn split_at(segs: &mut SlabMap<Seg>, at: u64) {
+    let Some((s, &seg)) = segs.prev_below(at) else { return };
     if seg.end > at {
         segs.insert(s, Seg { end: at, ..seg });
         segs.insert(at, Seg { end: seg.end, pfn: seg.pfn + (at - s), users: seg.users });
@@ -579,16 +656,16 @@ fn split_at(segs: &mut BTreeMap<u64, Seg>, at: u64) {
 }
 
 /// Re-merge neighbours in and around `[from, to)` that continue each other.
-fn merge_around(segs: &mut BTreeMap<u64, Seg>, from: u64, to: u64) {
-    let begin = segs.range(..from).next_back().map_or(from, |(&k, _)| k);
-    let keys: Vec<u64> = segs.range(begin..=to).map(|(&k, _)| k).collect();
+fn merge_around(segs: &mut SlabMap<Seg>, from: u64, to: u64) {
+    let begin = segs.prev_below(from).map_or(from, |(k, _)| k);
+    let keys = segs.keys_in(begin, to);
     let mut prev: Option<u64> = None;
     for k in keys {
-        let Some(&cur) = segs.get(&k) else { continue };
+        let Some(&cur) = segs.get(k) else { continue };
         if let Some(p) = prev {
-            let ps = segs[&p];
+            let ps = *segs.get(p).expect("kept");
             if ps.end == k && ps.pfn + (k - p) == cur.pfn && ps.users == cur.users {
-                segs.remove(&k);
+                segs.remove(k);
                 segs.insert(p, Seg { end: cur.end, ..ps });
                 continue;
             }
@@ -597,10 +674,10 @@ fn merge_around(segs: &mut BTreeMap<u64, Seg>, from: u64, to: u64) {
     }
 }
 
-fn runs_of(segs: &BTreeMap<u64, Seg>, first: u64, last: u64) -> Vec<PfnRun> {
-    let mut out: Vec<PfnRun> = Vec::new();
-    let begin = segs.range(..=first).next_back().map_or(first, |(&k, _)| k);
-    for (&s, seg) in segs.range(begin..=last) {
+fn runs_of(segs: &SlabMap<Seg>, first: u64, last: u64) -> PfnRuns {
+    let mut out = PfnRuns::new();
+    let begin = segs.prev(first).map_or(first, |(k, _)| k);
+    for (s, seg) in segs.range(begin, last) {
         let a = s.max(first);
         let b = seg.end.min(last + 1);
         if a >= b {

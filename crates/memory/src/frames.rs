@@ -22,11 +22,17 @@
 //!   pages and their contents.
 //!
 //! Runs. Frames are kept in *runs*: a range of pages, contiguous in the host
-//! address space and in PFN space, with a pin count per page (every page of
-//! a run has a count of at least one). PFNs of a new run are congruent to
+//! address space and in PFN space, every page pinned the same number of
+//! times (at least once). Pinning or unpinning part of a run splits it where
+//! the counts start to differ; neighbours whose counts agree again merge.
+//! PFNs of a new run are congruent to
 //! its virtual page numbers modulo the run's size (up to 1 GiB), so memory
 //! that is huge-page aligned in the program is huge-page aligned physically
 //! and IOMMUs can map it with large pages, as real hardware would see it.
+//! Runs are indexed by first PFN and (in place) by host address in arena
+//! maps ([`SlabMap`]): pinning and releasing allocate nothing once the
+//! registry has grown to its working size, and a released run at the top of
+//! the PFN space gives its PFNs back to the bump allocator.
 //!
 //! Mapped frames. A file's pages (`IOMMU_IOAS_MAP_FILE`, the kernel's
 //! `memfd_pin_folios`) have no address in the program; the engine maps the
@@ -54,18 +60,20 @@
 //! Lookup cache. Device copies still run under the read lock (that is what
 //! keeps relocation and release from changing a frame under a copy), but
 //! each thread remembers the last run it copied through, with the value of
-//! a generation counter that every change to an existing run (release,
-//! split, relocation, move: all go through `Registry::remove`, under the
-//! write lock) bumps. A hit costs a compare instead of two tree searches; a
-//! stale entry is never used, as the generation cannot move while the read
-//! lock is held.
+//! a generation counter that every change of a PFN's host memory (release,
+//! relocation, move) bumps, under the write lock. A hit costs a compare
+//! instead of two tree searches; a stale entry is never used, as the
+//! generation cannot move while the read lock is held. Splitting and
+//! merging runs leave it alone: every PFN keeps its host address, which is
+//! all a cached run says.
 
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use uiommufd_abi::Errno;
 
+use crate::inline_vec::InlineVec;
+use crate::slabmap::SlabMap;
 use crate::sys::mm;
 use crate::{user, vma};
 
@@ -92,7 +100,7 @@ fn page() -> u64 {
 }
 
 /// One contiguous stretch of pinned frames, as [`pin_user`] returns them.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PinnedRun {
     /// Virtual address of the first page: in the program for [`pin_user`],
     /// in the engine's mapping for [`pin_mapped`].
@@ -102,44 +110,62 @@ pub struct PinnedRun {
     pub npages: u64,
 }
 
-#[derive(Debug)]
+/// The runs one [`pin_user`] call pinned, in address order: one or two
+/// are kept inline (the usual case: no allocation), more on the heap.
+pub type PinnedRuns = InlineVec<PinnedRun, 2>;
+
+/// Append to `out`, merging with the previous run when frames continue it.
+fn push_run(out: &mut PinnedRuns, r: PinnedRun) {
+    if let Some(last) = out.last_mut() {
+        if last.pfn + last.npages == r.pfn && last.va + last.npages * page() == r.va {
+            last.npages += r.npages;
+            return;
+        }
+    }
+    out.push(r);
+}
+
+/// A run of frames: consecutive PFNs at consecutive host pages, every page
+/// pinned the same number of times. A pin or unpin of part of a run splits
+/// it where the counts start to differ (neighbours whose counts become
+/// equal again are merged), so a run is one slab entry whatever its size
+/// and no per-page counts are ever allocated.
+#[derive(Clone, Copy, Debug, Default)]
 struct Run {
-    pfn: u64,
     /// Host address of the run's first page.
     host: u64,
+    npages: u64,
+    /// Pins of each page of the run (at least one).
+    pins: u32,
     /// True while `host` is the program's own mapping of the pages.
     in_place: bool,
     /// True when `host` is an engine mapping owned by someone else (a
     /// file's pages, see [`pin_mapped`]).
     mapped: bool,
-    pins: Vec<u32>,
 }
 
 impl Run {
-    fn npages(&self) -> u64 {
-        self.pins.len() as u64
-    }
     fn host_end(&self) -> u64 {
-        self.host + self.npages() * page()
+        self.host + self.npages * page()
     }
 }
 
 struct Registry {
     /// Every run, keyed by first PFN.
-    by_pfn: BTreeMap<u64, Run>,
+    by_pfn: SlabMap<Run>,
     /// In-place runs, keyed by virtual address -> first PFN.
-    by_va: BTreeMap<u64, u64>,
+    by_va: SlabMap<u64>,
     next_pfn: u64,
     arena: Arena,
 }
 
 /// Pages pinned in place; lets the shim's hooks return at once in programs
-/// that pin nothing.
+/// that pin nothing. Changed only under the write lock.
 static IN_PLACE_PAGES: AtomicUsize = AtomicUsize::new(0);
 
-/// Bumped, under the write lock, whenever an existing run changes (see
-/// [`Registry::remove`]); new runs leave it alone, as they change no
-/// earlier lookup's answer.
+/// Bumped, under the write lock, whenever a PFN stops meaning the host
+/// memory it meant (a run released, relocated or moved); splitting or
+/// merging runs changes no PFN's host address and leaves it alone.
 static GENERATION: AtomicU64 = AtomicU64::new(0);
 
 /// The host side of one run, as device copies need it.
@@ -161,9 +187,9 @@ thread_local! {
 }
 
 /// The run holding `pfn`, for a copy made under the registry's read lock
-/// `reg`: from this thread's cache when no run changed since it was
-/// filled (the generation only moves under the write lock, so it is
-/// stable while `reg` is held), else from the tree.
+/// `reg`: from this thread's cache when no PFN changed its host since it
+/// was filled (the generation only moves under the write lock, so it is
+/// stable while `reg` is held), else from the index.
 #[inline]
 fn host_run(reg: &Registry, pfn: u64) -> Option<HostRun> {
     let gen = GENERATION.load(Ordering::Relaxed);
@@ -171,25 +197,23 @@ fn host_run(reg: &Registry, pfn: u64) -> Option<HostRun> {
     if cached_gen == gen && pfn.wrapping_sub(run.pfn) < run.npages {
         return Some(run);
     }
-    let (&start, r) = reg.by_pfn.range(..=pfn).next_back()?;
-    if pfn >= start + r.npages() {
+    let (start, r) = reg.by_pfn.prev(pfn)?;
+    if pfn >= start + r.npages {
         return None;
     }
-    let run = HostRun { pfn: start, npages: r.npages(), host: r.host, guarded: r.in_place || r.mapped };
+    let run = HostRun { pfn: start, npages: r.npages, host: r.host, guarded: r.in_place || r.mapped };
     LAST_RUN.with(|c| c.set((gen, run)));
     Some(run)
 }
 
 fn registry() -> &'static RwLock<Registry> {
-    static R: OnceLock<RwLock<Registry>> = OnceLock::new();
-    R.get_or_init(|| {
-        RwLock::new(Registry {
-            by_pfn: BTreeMap::new(),
-            by_va: BTreeMap::new(),
-            next_pfn: FIRST_PFN,
-            arena: Arena::default(),
-        })
-    })
+    static R: RwLock<Registry> = RwLock::new(Registry {
+        by_pfn: SlabMap::new(),
+        by_va: SlabMap::new(),
+        next_pfn: FIRST_PFN,
+        arena: Arena { base: 0, next: 0 },
+    });
+    &R
 }
 
 fn read() -> RwLockReadGuard<'static, Registry> {
@@ -200,24 +224,35 @@ fn write() -> RwLockWriteGuard<'static, Registry> {
     registry().write().unwrap_or_else(|p| p.into_inner())
 }
 
+/// PFNs stop meaning what they meant (see [`GENERATION`]); write lock held.
+fn invalidate() {
+    GENERATION.store(GENERATION.load(Ordering::Relaxed).wrapping_add(1), Ordering::Relaxed);
+}
+
 impl Registry {
     /// The in-place run holding virtual address `va`, as its first PFN.
     fn in_place_at(&self, va: u64) -> Option<u64> {
-        let (_, &pfn) = self.by_va.range(..=va).next_back()?;
-        let run = &self.by_pfn[&pfn];
+        let (_, &pfn) = self.by_va.prev(va)?;
+        let run = self.by_pfn.get(pfn)?;
         (va < run.host_end()).then_some(pfn)
     }
 
-    /// The run holding `pfn`, as its first PFN.
-    fn run_of_pfn(&self, pfn: u64) -> Option<u64> {
-        let (&start, run) = self.by_pfn.range(..=pfn).next_back()?;
-        (pfn < start + run.npages()).then_some(start)
+    /// The run holding `pfn`: its first PFN and itself.
+    fn run_of_pfn(&self, pfn: u64) -> Option<(u64, Run)> {
+        let (start, &run) = self.by_pfn.prev(pfn)?;
+        (pfn < start + run.npages).then_some((start, run))
+    }
+
+    fn run_mut(&mut self, pfn: u64) -> &mut Run {
+        self.by_pfn.get_mut(pfn).expect("run indexed by its first PFN")
     }
 
     /// PFNs for a new run of `npages` pinned at `va`: congruent to `va`'s
     /// page number modulo the run's size (capped at 1 GiB). Bump allocation
-    /// while the space lasts, then first fit over the gaps released runs
-    /// left, so a program that pins and unpins forever never runs out.
+    /// while the space lasts (a released run at the top gives its PFNs
+    /// back, see [`release`](Self::release)), then first fit over the gaps
+    /// released runs left, so a program that pins and unpins forever never
+    /// runs out.
     fn alloc_pfns(&mut self, va: u64, npages: u64) -> Result<u64, Errno> {
         let limit = PHYS_ADDR_LIMIT >> page_shift();
         let vpn = va >> page_shift();
@@ -240,13 +275,13 @@ impl Registry {
             }
         }
         let mut from = FIRST_PFN;
-        for (&start, run) in &self.by_pfn {
+        for (start, run) in self.by_pfn.iter() {
             if let Some(base) = fit(from) {
                 if base + npages <= start {
                     return Ok(base);
                 }
             }
-            from = from.max(start + run.npages());
+            from = from.max(start + run.npages);
         }
         match fit(from) {
             Some(base) if base + npages <= limit => Ok(base),
@@ -254,87 +289,93 @@ impl Registry {
         }
     }
 
-    fn insert(&mut self, run: Run) {
+    fn insert(&mut self, pfn: u64, run: Run) {
         if run.in_place {
-            IN_PLACE_PAGES.fetch_add(run.pins.len(), Ordering::Relaxed);
-            self.by_va.insert(run.host, run.pfn);
+            let n = IN_PLACE_PAGES.load(Ordering::Relaxed);
+            IN_PLACE_PAGES.store(n + run.npages as usize, Ordering::Relaxed);
+            self.by_va.insert(run.host, pfn);
         }
-        self.by_pfn.insert(run.pfn, run);
+        self.by_pfn.insert(pfn, run);
     }
 
     fn remove(&mut self, pfn: u64) -> Run {
-        // Every change to an existing run (release, split, relocation,
-        // rename) goes through here: cached lookups are stale from now on.
-        GENERATION.fetch_add(1, Ordering::Relaxed);
-        let run = self.by_pfn.remove(&pfn).expect("run indexed by its first PFN");
+        let run = self.by_pfn.remove(pfn).expect("run indexed by its first PFN");
         if run.in_place {
-            IN_PLACE_PAGES.fetch_sub(run.pins.len(), Ordering::Relaxed);
-            self.by_va.remove(&run.host);
+            let n = IN_PLACE_PAGES.load(Ordering::Relaxed);
+            IN_PLACE_PAGES.store(n - run.npages as usize, Ordering::Relaxed);
+            self.by_va.remove(run.host);
         }
         run
     }
 
+    /// The run at `pfn` goes: its PFNs are free (the topmost ones go back
+    /// to the bump allocator) and relocated memory is released.
+    fn release(&mut self, pfn: u64) {
+        let run = self.remove(pfn);
+        invalidate();
+        if !run.in_place && !run.mapped {
+            self.arena.release(run.host, run.npages * page());
+        }
+        if pfn + run.npages == self.next_pfn {
+            self.next_pfn = pfn;
+        }
+    }
+
     /// Split the run starting at `pfn` so that a run starts at `at`
-    /// (`pfn < at < pfn + npages`).
+    /// (`pfn < at < pfn + npages`). No PFN changes its host.
     fn split(&mut self, pfn: u64, at: u64) {
-        let mut left = self.remove(pfn);
-        let k = (at - pfn) as usize;
-        let right = Run {
-            pfn: at,
-            host: left.host + (k as u64) * page(),
-            in_place: left.in_place,
-            mapped: left.mapped,
-            pins: left.pins.split_off(k),
-        };
-        self.insert(left);
-        self.insert(right);
+        let k = at - pfn;
+        let left = self.run_mut(pfn);
+        let right = Run { host: left.host + k * page(), npages: left.npages - k, ..*left };
+        left.npages = k;
+        // Same pages in place as before: only the by-VA index changes.
+        self.by_pfn.insert(at, right);
+        if right.in_place {
+            self.by_va.insert(right.host, at);
+        }
     }
 
     /// Ensure a run boundary at `pfn` if `pfn` falls inside a run.
     fn cut_at(&mut self, pfn: u64) {
-        if let Some(start) = self.run_of_pfn(pfn) {
+        if let Some((start, _)) = self.run_of_pfn(pfn) {
             if start != pfn {
                 self.split(start, pfn);
             }
         }
     }
 
-    /// Drop pages whose pin count reached zero from the run at `pfn`,
-    /// releasing relocated memory they occupied.
-    fn prune(&mut self, pfn: u64) {
-        let pins = &self.by_pfn[&pfn].pins;
-        if pins.iter().all(|&c| c == 0) {
-            // The whole run goes (the usual unmap).
-            let run = self.remove(pfn);
-            if !run.in_place && !run.mapped {
-                self.arena.release(run.host, run.npages() * page());
-            }
-            return;
-        }
-        if !pins.contains(&0) {
-            return;
-        }
-        let run = self.remove(pfn);
-        let mut i = 0usize;
-        while i < run.pins.len() {
-            let j =
-                i + run.pins[i..].iter().position(|&c| (c == 0) != (run.pins[i] == 0)).unwrap_or(run.pins.len() - i);
-            let host = run.host + i as u64 * page();
-            let len = (j - i) as u64 * page();
-            if run.pins[i] == 0 {
-                if !run.in_place && !run.mapped {
-                    self.arena.release(host, len);
+    /// Merge the run at `pfn` with its neighbours where they continue it
+    /// (PFNs and host pages), are of the same kind and have the same count.
+    fn merge_around(&mut self, pfn: u64) {
+        let mergeable = |a: &Run, a_pfn: u64, b: &Run, b_pfn: u64| {
+            a_pfn + a.npages == b_pfn
+                && a.host_end() == b.host
+                && a.pins == b.pins
+                && a.in_place == b.in_place
+                && a.mapped == b.mapped
+        };
+        let mut start = pfn;
+        let mut run = *self.by_pfn.get(pfn).expect("run");
+        if let Some((p, &prev)) = self.by_pfn.prev_below(pfn) {
+            if mergeable(&prev, p, &run, pfn) {
+                self.by_pfn.remove(pfn);
+                if run.in_place {
+                    self.by_va.remove(run.host);
                 }
-            } else {
-                self.insert(Run {
-                    pfn: run.pfn + i as u64,
-                    host,
-                    in_place: run.in_place,
-                    mapped: run.mapped,
-                    pins: run.pins[i..j].to_vec(),
-                });
+                self.run_mut(p).npages += run.npages;
+                start = p;
+                run = *self.by_pfn.get(p).expect("run");
             }
-            i = j;
+        }
+        let end = start + run.npages;
+        if let Some(&next) = self.by_pfn.get(end) {
+            if mergeable(&run, start, &next, end) {
+                self.by_pfn.remove(end);
+                if next.in_place {
+                    self.by_va.remove(next.host);
+                }
+                self.run_mut(start).npages += next.npages;
+            }
         }
     }
 }
@@ -352,7 +393,7 @@ impl Registry {
 /// pinned in place at our address. Private memory of another process, or
 /// a process that is gone, is `EFAULT`: an engine inside this process
 /// cannot reach it for a device.
-pub fn pin_user(va: u64, npages: u64, write: bool) -> Result<Vec<PinnedRun>, Errno> {
+pub fn pin_user(va: u64, npages: u64, write: bool) -> Result<PinnedRuns, Errno> {
     if crate::failpoint::should_fail() {
         return Err(Errno::EFAULT);
     }
@@ -362,38 +403,44 @@ pub fn pin_user(va: u64, npages: u64, write: bool) -> Result<Vec<PinnedRun>, Err
     }
     let len = npages.checked_mul(ps).ok_or(Errno::EFAULT)?;
     let end = va.checked_add(len).ok_or(Errno::EFAULT)?;
+    let mut out = PinnedRuns::default();
     if npages == 0 {
-        return Ok(Vec::new());
+        return Ok(out);
     }
     check_user_range(va, npages, write)?;
     let mut reg = self::write();
-    let mut out: Vec<PinnedRun> = Vec::new();
     let mut cur = va;
     while cur < end {
         if let Some(pfn) = reg.in_place_at(cur) {
-            let run = reg.by_pfn.get_mut(&pfn).expect("indexed run");
-            let first = ((cur - run.host) / ps) as usize;
-            let n = ((end.min(run.host_end()) - cur) / ps) as usize;
-            for c in &mut run.pins[first..first + n] {
-                *c += 1;
+            let run = *reg.by_pfn.get(pfn).expect("indexed run");
+            let first = pfn + (cur - run.host) / ps;
+            let n = (end.min(run.host_end()) - cur) / ps;
+            // The pages pinned again become a run of their own.
+            if first != pfn {
+                reg.split(pfn, first);
             }
-            push(&mut out, PinnedRun { va: cur, pfn: run.pfn + first as u64, npages: n as u64 });
-            cur += n as u64 * ps;
+            if first + n != pfn + run.npages {
+                reg.split(first, first + n);
+            }
+            reg.run_mut(first).pins += 1;
+            reg.merge_around(first);
+            push_run(&mut out, PinnedRun { va: cur, pfn: first, npages: n });
+            cur += n * ps;
         } else {
-            let gap_end = reg.by_va.range(cur..).next().map_or(end, |(&v, _)| v.min(end));
+            let gap_end = reg.by_va.next(cur).map_or(end, |(v, _)| v.min(end));
             let n = (gap_end - cur) / ps;
             let pfn = match reg.alloc_pfns(cur, n) {
                 Ok(p) => p,
                 Err(e) => {
                     drop(reg);
-                    for r in &out {
+                    for r in out.iter() {
                         unpin(r.pfn, r.npages);
                     }
                     return Err(e);
                 }
             };
-            reg.insert(Run { pfn, host: cur, in_place: true, mapped: false, pins: vec![1; n as usize] });
-            push(&mut out, PinnedRun { va: cur, pfn, npages: n });
+            reg.insert(pfn, Run { host: cur, npages: n, pins: 1, in_place: true, mapped: false });
+            push_run(&mut out, PinnedRun { va: cur, pfn, npages: n });
             cur = gap_end;
         }
     }
@@ -437,17 +484,6 @@ fn check_user_range(va: u64, npages: u64, write: bool) -> Result<(), Errno> {
     Ok(())
 }
 
-/// Append, merging with the previous run when frames continue it.
-fn push(out: &mut Vec<PinnedRun>, r: PinnedRun) {
-    if let Some(last) = out.last_mut() {
-        if last.pfn + last.npages == r.pfn && last.va + last.npages * page() == r.va {
-            last.npages += r.npages;
-            return;
-        }
-    }
-    out.push(r);
-}
-
 /// Drop one pin from each of `npages` frames starting at `pfn`. Frames whose
 /// last pin goes are released. Unknown frames are ignored (a bug upstream
 /// must not become a crash here).
@@ -460,32 +496,35 @@ pub fn unpin(pfn: u64, npages: u64) {
     // can be released (and its PFN reused).
     crate::dma_fence::synchronize();
     let mut reg = write();
-    let end = pfn + npages;
+    let end = pfn.saturating_add(npages);
     let mut cur = pfn;
     while cur < end {
-        let Some(start) = reg.run_of_pfn(cur) else {
+        let Some((start, run)) = reg.run_of_pfn(cur) else {
             // Skip to the next run.
-            match reg.by_pfn.range(cur..).next() {
-                Some((&s, _)) if s < end => {
+            match reg.by_pfn.next(cur) {
+                Some((s, _)) if s < end => {
                     cur = s;
                     continue;
                 }
                 _ => break,
             }
         };
-        let run = reg.by_pfn.get_mut(&start).expect("run");
-        let first = (cur - start) as usize;
-        let n = (end.min(start + run.npages()) - cur) as usize;
-        let mut released = false;
-        for c in &mut run.pins[first..first + n] {
-            *c = c.saturating_sub(1);
-            released |= *c == 0;
+        let run_end = start + run.npages;
+        let n = end.min(run_end) - cur;
+        if cur != start {
+            reg.split(start, cur);
         }
-        cur += n as u64;
-        // Pruning only re-indexes pages of this run, all before `cur`.
-        if released {
-            reg.prune(start);
+        if cur + n != run_end {
+            reg.split(cur, cur + n);
         }
+        let r = reg.run_mut(cur);
+        r.pins = r.pins.saturating_sub(1);
+        if r.pins == 0 {
+            reg.release(cur);
+        } else {
+            reg.merge_around(cur);
+        }
+        cur += n;
     }
 }
 
@@ -501,7 +540,7 @@ pub fn pin_mapped(host: u64, npages: u64) -> Result<PinnedRun, Errno> {
     npages.checked_mul(page()).and_then(|len| host.checked_add(len)).ok_or(Errno::EINVAL)?;
     let mut reg = write();
     let pfn = reg.alloc_pfns(host, npages)?;
-    reg.insert(Run { pfn, host, in_place: false, mapped: true, pins: vec![1; npages as usize] });
+    reg.insert(pfn, Run { host, npages, pins: 1, in_place: false, mapped: true });
     Ok(PinnedRun { va: host, pfn, npages })
 }
 
@@ -513,9 +552,9 @@ pub fn forget_mapped(host: u64, len: u64) {
     let end = host.saturating_add(len);
     let mut reg = write();
     let gone: Vec<u64> =
-        reg.by_pfn.iter().filter(|(_, r)| r.mapped && r.host >= host && r.host < end).map(|(&p, _)| p).collect();
+        reg.by_pfn.iter().filter(|(_, r)| r.mapped && r.host >= host && r.host < end).map(|(p, _)| p).collect();
     for pfn in gone {
-        reg.remove(pfn);
+        reg.release(pfn);
     }
 }
 
@@ -524,10 +563,7 @@ pub fn forget_mapped(host: u64, len: u64) {
 pub fn pin_count(va: u64) -> u32 {
     let va = va & !(page() - 1);
     let reg = read();
-    reg.in_place_at(va).map_or(0, |pfn| {
-        let run = &reg.by_pfn[&pfn];
-        run.pins[((va - run.host) / page()) as usize]
-    })
+    reg.in_place_at(va).map_or(0, |pfn| reg.by_pfn.get(pfn).expect("run").pins)
 }
 
 /// The PFN of the pinned page at virtual address `va`, if it is one.
@@ -535,8 +571,8 @@ pub fn pfn_at(va: u64) -> Option<u64> {
     let va = va & !(page() - 1);
     let reg = read();
     let pfn = reg.in_place_at(va)?;
-    let run = &reg.by_pfn[&pfn];
-    Some(run.pfn + (va - run.host) / page())
+    let run = reg.by_pfn.get(pfn)?;
+    Some(pfn + (va - run.host) / page())
 }
 
 /// The PFN of the frame at engine address `host` of an engine mapping
@@ -564,12 +600,18 @@ pub fn mapped_pin_count(host: u64) -> u32 {
 
 /// Number of frames currently pinned (all runs, all pages).
 pub fn pinned_pages() -> u64 {
-    read().by_pfn.values().map(|r| r.npages()).sum()
+    read().by_pfn.iter().map(|(_, r)| r.npages).sum()
 }
 
 /// Sum of pin counts over all frames (what a leak check compares to zero).
 pub fn total_pins() -> u64 {
-    read().by_pfn.values().flat_map(|r| r.pins.iter()).map(|&c| c as u64).sum()
+    read().by_pfn.iter().map(|(_, r)| r.npages * u64::from(r.pins)).sum()
+}
+
+/// Bytes of index storage the registry holds (for memory accounting).
+pub fn index_bytes() -> usize {
+    let reg = read();
+    reg.by_pfn.capacity_bytes() + reg.by_va.capacity_bytes()
 }
 
 /// Copy from emulated physical memory at `paddr` into `buf`.
@@ -633,8 +675,7 @@ pub fn copy_phys(dst: u64, src: u64, len: usize) -> Result<(), Errno> {
 pub fn program_page(paddr: u64) -> Option<u64> {
     let shift = page_shift();
     let reg = read();
-    let start = reg.run_of_pfn(paddr >> shift)?;
-    let run = &reg.by_pfn[&start];
+    let (start, run) = reg.run_of_pfn(paddr >> shift)?;
     run.in_place.then(|| run.host + (((paddr >> shift) - start) << shift))
 }
 
@@ -713,9 +754,9 @@ fn relocate(reg: &mut Registry, va: u64, len: u64) -> Result<Vec<(u64, u64, u64)
     let mut moved = Vec::new();
     // Collect affected in-place runs first: the loop below re-indexes them.
     let mut pieces = Vec::new();
-    let first = reg.by_va.range(..=va).next_back().map_or(va, |(&v, _)| v);
-    for (&v, &pfn) in reg.by_va.range(first..end) {
-        let run = &reg.by_pfn[&pfn];
+    let first = reg.by_va.prev(va).map_or(va, |(v, _)| v);
+    for (v, &pfn) in reg.by_va.range(first, end - 1) {
+        let run = reg.by_pfn.get(pfn).expect("indexed run");
         let s = v.max(va);
         let e = run.host_end().min(end);
         if s < e {
@@ -728,7 +769,7 @@ fn relocate(reg: &mut Registry, va: u64, len: u64) -> Result<Vec<(u64, u64, u64)
     let maps = vma::current().unwrap_or_default();
     for (pfn, s, e) in pieces {
         // Isolate the affected part of the run.
-        let run_host = reg.by_pfn[&pfn].host;
+        let run_host = reg.by_pfn.get(pfn).expect("indexed run").host;
         let p_first = pfn + (s - run_host) / page();
         let p_end = pfn + (e - run_host) / page();
         reg.cut_at(p_first);
@@ -747,9 +788,10 @@ fn relocate(reg: &mut Registry, va: u64, len: u64) -> Result<Vec<(u64, u64, u64)
             let _ = unsafe { mm::mprotect(dst, e - s, libc::PROT_READ) };
         }
         let mut run = reg.remove(p_first);
+        invalidate();
         run.host = dst;
         run.in_place = false;
-        reg.insert(run);
+        reg.insert(p_first, run);
         moved.push((s, dst, e - s));
     }
     Ok(moved)
@@ -843,11 +885,26 @@ pub fn around_mremap(
     match res {
         Ok(new) if new != old => {
             let keep = old_len.min(new_len);
-            let firsts: Vec<(u64, u64)> = reg.by_va.range(old..old + keep).map(|(&v, &p)| (v, p)).collect();
+            // Runs reaching over either edge are cut there first: only the
+            // pages that moved change their host.
+            for edge in [old, old + keep] {
+                if let Some(pfn) = reg.in_place_at(edge) {
+                    let host = reg.by_pfn.get(pfn).expect("indexed run").host;
+                    reg.cut_at(pfn + (edge - host) / ps);
+                }
+            }
+            let firsts: Vec<(u64, u64)> = if keep == 0 {
+                Vec::new()
+            } else {
+                reg.by_va.range(old, old + keep - 1).map(|(v, &p)| (v, p)).collect()
+            };
+            if !firsts.is_empty() {
+                invalidate();
+            }
             for (v, pfn) in firsts {
                 let mut run = reg.remove(pfn);
                 run.host = v - old + new;
-                reg.insert(run);
+                reg.insert(pfn, run);
             }
         }
         Ok(_) => {}
@@ -861,13 +918,14 @@ pub fn around_mremap(
                         .by_pfn
                         .iter()
                         .filter(|(_, r)| !r.in_place && !r.mapped && r.host >= host && r.host < host + n)
-                        .map(|(&p, _)| p)
+                        .map(|(p, _)| p)
                         .collect();
+                    invalidate();
                     for pfn in pfns {
                         let mut run = reg.remove(pfn);
                         run.host = run.host - host + orig;
                         run.in_place = true;
-                        reg.insert(run);
+                        reg.insert(pfn, run);
                     }
                 }
             }
@@ -922,6 +980,37 @@ pub(crate) mod tests {
         unpin(a[0].pfn, 4);
         assert_eq!(pin_count(m.0), 0);
         assert_eq!(pfn_at(m.0), None);
+    }
+
+    /// Runs have one count: pinning part of one splits it, and the pieces
+    /// merge again when the counts agree; PFNs never move.
+    #[test]
+    fn partial_pins_split_and_merge_runs() {
+        let _g = SERIAL.lock().unwrap();
+        let m = Map::new(8, libc::MAP_PRIVATE);
+        let runs_here = || read().by_pfn.iter().filter(|(_, r)| r.host >= m.0 && r.host < m.0 + m.1).count();
+        let a = pin_user(m.0, 8, true).unwrap();
+        assert_eq!(a.len(), 1);
+        let b = pin_user(m.0 + 2 * page(), 3, false).unwrap();
+        assert_eq!(b, vec![PinnedRun { va: m.0 + 2 * page(), pfn: a[0].pfn + 2, npages: 3 }]);
+        assert_eq!(runs_here(), 3);
+        let counts: Vec<u32> = (0..8).map(|i| pin_count(m.0 + i * page())).collect();
+        assert_eq!(counts, [1, 1, 2, 2, 2, 1, 1, 1]);
+        // Pinning the rest too makes every count 2: one run again.
+        let c = pin_user(m.0, 2, false).unwrap();
+        let d = pin_user(m.0 + 5 * page(), 3, false).unwrap();
+        assert_eq!(runs_here(), 1);
+        for r in [&b[0], &c[0], &d[0]] {
+            unpin(r.pfn, r.npages);
+        }
+        assert_eq!(runs_here(), 1);
+        assert_eq!(pin_count(m.0 + 4 * page()), 1);
+        // Releasing part of it keeps the other frames where they were.
+        unpin(a[0].pfn, 3);
+        assert_eq!(pfn_at(m.0 + 3 * page()), Some(a[0].pfn + 3));
+        assert_eq!(pin_count(m.0 + 2 * page()), 0);
+        unpin(a[0].pfn + 3, 5);
+        assert_eq!(runs_here(), 0);
     }
 
     #[test]
@@ -1098,12 +1187,12 @@ pub(crate) mod tests {
     #[test]
     fn released_pfn_space_is_reused_when_the_bump_runs_out() {
         // A private registry whose bump pointer is at the very end.
-        let run = |pfn, n: u64| Run { pfn, host: 0, in_place: false, mapped: true, pins: vec![1; n as usize] };
+        let run = |n: u64| Run { host: 0, npages: n, pins: 1, in_place: false, mapped: true };
         let limit = PHYS_ADDR_LIMIT >> page_shift();
         let mut r =
-            Registry { by_pfn: BTreeMap::new(), by_va: BTreeMap::new(), next_pfn: limit - 2, arena: Arena::default() };
-        r.insert(run(FIRST_PFN, 3));
-        r.insert(run(FIRST_PFN + 8, 8));
+            Registry { by_pfn: SlabMap::new(), by_va: SlabMap::new(), next_pfn: limit - 2, arena: Arena::default() };
+        r.insert(FIRST_PFN, run(3));
+        r.insert(FIRST_PFN + 8, run(8));
         // One page: the bump still has room.
         assert_eq!(r.alloc_pfns(0x5000, 1), Ok(limit - 2));
         // Four pages congruent to VPN 4 mod 4: the gap at FIRST_PFN+4..+8.

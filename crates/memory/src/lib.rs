@@ -24,6 +24,8 @@ pub mod filemap;
 pub mod forkgate;
 pub mod frames;
 pub mod guard;
+pub mod inline_vec;
+pub mod slabmap;
 pub mod sys;
 pub mod user;
 pub mod vma;

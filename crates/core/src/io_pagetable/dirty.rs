@@ -56,7 +56,7 @@ impl IoPagetable {
         let ops = domain.dirty_ops().ok_or(eopnotsupp("the domain cannot track dirty pages"))?;
         let st = lock_read(&self.iova);
         if enable {
-            for (&iova, a) in &st.areas {
+            for (iova, a) in st.areas.iter() {
                 if a.pages.is_some() {
                     ops.read_and_clear_dirty(iova, a.len(iova), false, None).ctx("clearing dirty bits")?;
                 }
@@ -102,7 +102,7 @@ impl IoPagetable {
             // Walk the contiguous areas of this window.
             let mut cur = w_iova;
             loop {
-                let Some((&a_iova, a)) = st.areas.range(..=cur).next_back() else {
+                let Some((a_iova, a)) = st.areas.at_or_before(cur) else {
                     return Err(einval("range is not fully mapped"));
                 };
                 if a.last < cur || a.pages.is_none() {

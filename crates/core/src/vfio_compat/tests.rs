@@ -448,9 +448,13 @@ fn cut_is_busy_while_the_area_is_being_mapped() {
     iopt.set_large_pages(false).unwrap();
     iopt.add_domain(new_token(), Arc::new(domain)).unwrap();
     let base = MOCK_APERTURE_START;
-    let buf = buffer(4);
+    // Large enough for the general map path, which publishes a placeholder
+    // area before it fills the domains (a small map holds the IOAS lock
+    // throughout: nothing sees it half built).
+    let pages = 128;
+    let buf = buffer(pages);
     std::thread::scope(|s| {
-        let mapper = s.spawn(|| iopt.map_user(buf, 4 * ps(), Some(base), Prot::READ, PagesAccount::None));
+        let mapper = s.spawn(|| iopt.map_user(buf, pages * ps(), Some(base), Prot::READ, PagesAccount::None));
         entered_rx.recv().unwrap();
         // The area exists but has no pages yet.
         assert_eq!(iopt.cut_iova(&[base + ps() - 1]).unwrap_err().errno, Errno::EBUSY);
@@ -461,5 +465,5 @@ fn cut_is_busy_while_the_area_is_being_mapped() {
     });
     iopt.cut_iova(&[base + ps() - 1]).unwrap();
     assert_eq!(iopt.num_areas(), 2);
-    assert_eq!(iopt.unmap_all(), (Ok(()), 4 * ps()));
+    assert_eq!(iopt.unmap_all(), (Ok(()), pages * ps()));
 }

@@ -1,0 +1,82 @@
+//! The areas of an io_pagetable: a slab of [`Area`]s indexed by first IOVA
+//! in an arena map ([`SlabMap`]), so that mapping and unmapping reuse the
+//! same slots and nodes instead of allocating (the kernel's interval tree
+//! over `iopt_area`s, which embed their tree nodes).
+
+use uiommufd_memory::slabmap::SlabMap;
+
+use super::Area;
+
+/// IOVA -> area, in IOVA order.
+#[derive(Default)]
+pub(super) struct Areas {
+    index: SlabMap<u32>,
+    slots: Vec<Option<Area>>,
+    free: Vec<u32>,
+}
+
+impl Areas {
+    pub fn len(&self) -> usize {
+        self.index.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.index.is_empty()
+    }
+
+    fn slot(&self, i: u32) -> &Area {
+        self.slots[i as usize].as_ref().expect("indexed slot holds an area")
+    }
+
+    pub fn get(&self, iova: u64) -> Option<&Area> {
+        self.index.get(iova).map(|&i| self.slot(i))
+    }
+
+    pub fn get_mut(&mut self, iova: u64) -> Option<&mut Area> {
+        let i = *self.index.get(iova)?;
+        self.slots[i as usize].as_mut()
+    }
+
+    /// Add the area starting at `iova` (no area may start there).
+    pub fn insert(&mut self, iova: u64, area: Area) {
+        let i = match self.free.pop() {
+            Some(i) => {
+                self.slots[i as usize] = Some(area);
+                i
+            }
+            None => {
+                self.slots.push(Some(area));
+                (self.slots.len() - 1) as u32
+            }
+        };
+        let old = self.index.insert(iova, i);
+        debug_assert!(old.is_none(), "two areas at one IOVA");
+    }
+
+    pub fn remove(&mut self, iova: u64) -> Option<Area> {
+        let i = self.index.remove(iova)?;
+        self.free.push(i);
+        self.slots[i as usize].take()
+    }
+
+    /// The area starting at or before `iova` (it may end before `iova`).
+    pub fn at_or_before(&self, iova: u64) -> Option<(u64, &Area)> {
+        self.index.prev(iova).map(|(k, &i)| (k, self.slot(i)))
+    }
+
+    /// The first area starting in `[start, last]`.
+    pub fn first_in(&self, start: u64, last: u64) -> Option<u64> {
+        self.index.next(start).map(|(k, _)| k).filter(|&k| k <= last)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (u64, &Area)> + '_ {
+        self.index.iter().map(|(k, &i)| (k, self.slot(i)))
+    }
+
+    /// Bytes held for areas and their index (for memory accounting).
+    pub fn capacity_bytes(&self) -> usize {
+        self.index.capacity_bytes()
+            + self.slots.capacity() * std::mem::size_of::<Option<Area>>()
+            + self.free.capacity() * 4
+    }
+}

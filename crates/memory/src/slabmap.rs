@@ -1,0 +1,640 @@
+//! An ordered map from `u64` keys to small `Copy` values whose nodes live in
+//! arenas: the engine's index structure for areas, frame runs and pin
+//! records.
+//!
+//! Why not `BTreeMap`: its nodes come from `malloc` and go back to it, so a
+//! map that goes from empty to one entry and back (one IOAS map and unmap,
+//! the common case) allocates and frees a node every time, and a large one
+//! churns nodes as it grows and shrinks. Here leaves and inner nodes are
+//! slots of two `Vec`s with free lists: a freed node is kept for the next
+//! one, so a map in its steady state never allocates. Memory only grows to
+//! the peak number of nodes (`shrink` gives it back).
+//!
+//! Shape: a B+-tree of fanout [`B`]. Leaves hold up to `B` sorted keys with
+//! their values and are chained both ways; inner nodes hold up to `B`
+//! children, child `i > 0` with the smallest key it may hold (`keys[0]` is
+//! unused: the first child takes everything below `keys[1]`). A lookup
+//! descends by counting the keys at or below the one searched (the nodes
+//! are two or three cache lines), then scans one leaf.
+//!
+//! Deletion never merges: a leaf that empties is unlinked and freed (and an
+//! inner node left without children with it), an inner root left with one
+//! child is replaced by it. Nodes may therefore be sparse after deletions,
+//! but all leaves stay at one depth and the height is bounded by the
+//! insertions that grew it (a root splits only when full).
+
+/// Entries per node.
+pub const B: usize = 16;
+/// No node.
+const NIL: u32 = u32::MAX;
+/// Deepest tree: a root split needs `B` children, so a tree of height `h`
+/// took at least `(B / 2)^(h - 1)` insertions; 24 levels is beyond reach.
+const MAX_HEIGHT: usize = 24;
+
+#[derive(Clone, Copy)]
+struct Leaf<V: Copy> {
+    keys: [u64; B],
+    vals: [V; B],
+    n: u32,
+    prev: u32,
+    next: u32,
+}
+
+#[derive(Clone, Copy)]
+struct Inner {
+    keys: [u64; B],
+    kids: [u32; B],
+    n: u32,
+}
+
+/// The ordered map (see the module documentation).
+#[derive(Clone)]
+pub struct SlabMap<V: Copy + Default> {
+    leaves: Vec<Leaf<V>>,
+    inners: Vec<Inner>,
+    /// Free lists, linked through `next` (leaves) and `kids[0]` (inners).
+    free_leaf: u32,
+    free_inner: u32,
+    root: u32,
+    /// 0: the root is a leaf.
+    height: u32,
+    len: usize,
+}
+
+impl<V: Copy + Default> Default for SlabMap<V> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<V: Copy + Default + std::fmt::Debug> std::fmt::Debug for SlabMap<V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map().entries(self.iter()).finish()
+    }
+}
+
+/// Number of `keys[1..n]` at or below `key`: the child to descend into.
+#[inline]
+fn route(keys: &[u64; B], n: u32, key: u64) -> usize {
+    let mut i = 1;
+    while i < n as usize && keys[i] <= key {
+        i += 1;
+    }
+    i - 1
+}
+
+impl<V: Copy + Default> SlabMap<V> {
+    /// An empty map (one empty leaf, allocated on first insertion).
+    pub const fn new() -> Self {
+        SlabMap {
+            leaves: Vec::new(),
+            inners: Vec::new(),
+            free_leaf: NIL,
+            free_inner: NIL,
+            root: NIL,
+            height: 0,
+            len: 0,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Bytes of node storage held (for memory accounting).
+    pub fn capacity_bytes(&self) -> usize {
+        self.leaves.capacity() * std::mem::size_of::<Leaf<V>>() + self.inners.capacity() * std::mem::size_of::<Inner>()
+    }
+
+    fn alloc_leaf(&mut self) -> u32 {
+        if self.free_leaf != NIL {
+            let i = self.free_leaf;
+            let leaf = &mut self.leaves[i as usize];
+            self.free_leaf = leaf.next;
+            // Entries past `n` are never read: only the header is reset.
+            leaf.n = 0;
+            leaf.prev = NIL;
+            leaf.next = NIL;
+            return i;
+        }
+        self.leaves.push(Leaf { keys: [0; B], vals: [V::default(); B], n: 0, prev: NIL, next: NIL });
+        (self.leaves.len() - 1) as u32
+    }
+
+    fn free_leaf(&mut self, i: u32) {
+        self.leaves[i as usize].n = 0;
+        self.leaves[i as usize].next = self.free_leaf;
+        self.free_leaf = i;
+    }
+
+    fn alloc_inner(&mut self) -> u32 {
+        if self.free_inner != NIL {
+            let i = self.free_inner;
+            let inner = &mut self.inners[i as usize];
+            self.free_inner = inner.kids[0];
+            inner.n = 0;
+            return i;
+        }
+        self.inners.push(Inner { keys: [0; B], kids: [NIL; B], n: 0 });
+        (self.inners.len() - 1) as u32
+    }
+
+    fn free_inner(&mut self, i: u32) {
+        self.inners[i as usize].n = 0;
+        self.inners[i as usize].kids[0] = self.free_inner;
+        self.free_inner = i;
+    }
+
+    /// The leaf `key` belongs in (`NIL` for a map never inserted into).
+    #[inline]
+    fn leaf_for(&self, key: u64) -> u32 {
+        let mut node = self.root;
+        for _ in 0..self.height {
+            let inner = &self.inners[node as usize];
+            node = inner.kids[route(&inner.keys, inner.n, key)];
+        }
+        node
+    }
+
+    /// [`leaf_for`](Self::leaf_for), recording `(inner, child index)` on
+    /// the way down; returns the leaf and the path length.
+    fn descend(&self, key: u64, path: &mut [(u32, usize); MAX_HEIGHT]) -> u32 {
+        let mut node = self.root;
+        for slot in path.iter_mut().take(self.height as usize) {
+            let inner = &self.inners[node as usize];
+            let i = route(&inner.keys, inner.n, key);
+            *slot = (node, i);
+            node = inner.kids[i];
+        }
+        node
+    }
+
+    /// Position of `key` in a leaf: `Ok(i)` found, `Err(i)` insertion point.
+    #[inline]
+    fn search(leaf: &Leaf<V>, key: u64) -> Result<usize, usize> {
+        let n = leaf.n as usize;
+        let mut i = 0;
+        while i < n && leaf.keys[i] < key {
+            i += 1;
+        }
+        if i < n && leaf.keys[i] == key {
+            Ok(i)
+        } else {
+            Err(i)
+        }
+    }
+
+    pub fn get(&self, key: u64) -> Option<&V> {
+        if self.len == 0 {
+            return None;
+        }
+        let leaf = &self.leaves[self.leaf_for(key) as usize];
+        Self::search(leaf, key).ok().map(|i| &leaf.vals[i])
+    }
+
+    pub fn get_mut(&mut self, key: u64) -> Option<&mut V> {
+        if self.len == 0 {
+            return None;
+        }
+        let l = self.leaf_for(key) as usize;
+        let i = Self::search(&self.leaves[l], key).ok()?;
+        Some(&mut self.leaves[l].vals[i])
+    }
+
+    pub fn contains_key(&self, key: u64) -> bool {
+        self.get(key).is_some()
+    }
+
+    /// The entry with the largest key at or below `key`, as (leaf, index).
+    #[inline]
+    fn prev_pos(&self, key: u64) -> Option<(u32, usize)> {
+        if self.len == 0 {
+            return None;
+        }
+        let l = self.leaf_for(key);
+        let leaf = &self.leaves[l as usize];
+        let i = match Self::search(leaf, key) {
+            Ok(i) => return Some((l, i)),
+            Err(i) => i,
+        };
+        if i > 0 {
+            return Some((l, i - 1));
+        }
+        // Everything here is above `key`: the previous leaf's last entry
+        // (leaves other than an empty root are never empty).
+        let p = leaf.prev;
+        (p != NIL).then(|| (p, self.leaves[p as usize].n as usize - 1))
+    }
+
+    /// The entry with the smallest key at or above `key`, as (leaf, index).
+    #[inline]
+    fn next_pos(&self, key: u64) -> Option<(u32, usize)> {
+        if self.len == 0 {
+            return None;
+        }
+        let l = self.leaf_for(key);
+        let leaf = &self.leaves[l as usize];
+        let i = match Self::search(leaf, key) {
+            Ok(i) | Err(i) => i,
+        };
+        if i < leaf.n as usize {
+            return Some((l, i));
+        }
+        let n = leaf.next;
+        (n != NIL).then_some((n, 0))
+    }
+
+    /// The entry with the largest key at or below `key`.
+    pub fn prev(&self, key: u64) -> Option<(u64, &V)> {
+        self.prev_pos(key).map(|(l, i)| {
+            let leaf = &self.leaves[l as usize];
+            (leaf.keys[i], &leaf.vals[i])
+        })
+    }
+
+    /// [`prev`](Self::prev), mutably.
+    pub fn prev_mut(&mut self, key: u64) -> Option<(u64, &mut V)> {
+        self.prev_pos(key).map(|(l, i)| {
+            let leaf = &mut self.leaves[l as usize];
+            (leaf.keys[i], &mut leaf.vals[i])
+        })
+    }
+
+    /// The entry with the smallest key at or above `key`.
+    pub fn next(&self, key: u64) -> Option<(u64, &V)> {
+        self.next_pos(key).map(|(l, i)| {
+            let leaf = &self.leaves[l as usize];
+            (leaf.keys[i], &leaf.vals[i])
+        })
+    }
+
+    /// The entry with the largest key below `key`.
+    pub fn prev_below(&self, key: u64) -> Option<(u64, &V)> {
+        key.checked_sub(1).and_then(|k| self.prev(k))
+    }
+
+    pub fn first(&self) -> Option<(u64, &V)> {
+        self.next(0)
+    }
+
+    pub fn last(&self) -> Option<(u64, &V)> {
+        self.prev(u64::MAX)
+    }
+
+    /// Entries with keys in `from..=to`, in order.
+    pub fn range(&self, from: u64, to: u64) -> Iter<'_, V> {
+        let pos = if from <= to { self.next_pos(from) } else { None };
+        Iter { map: self, pos, to }
+    }
+
+    /// Every entry, in order.
+    pub fn iter(&self) -> Iter<'_, V> {
+        self.range(0, u64::MAX)
+    }
+
+    /// Keys in `from..=to`, collected (for loops that change the map).
+    pub fn keys_in(&self, from: u64, to: u64) -> Vec<u64> {
+        self.range(from, to).map(|(k, _)| k).collect()
+    }
+
+    /// Insert or replace; returns the value replaced.
+    pub fn insert(&mut self, key: u64, val: V) -> Option<V> {
+        if self.root == NIL {
+            self.root = self.alloc_leaf();
+            self.height = 0;
+        }
+        let l = self.leaf_for(key);
+        let at = match Self::search(&self.leaves[l as usize], key) {
+            Ok(i) => return Some(std::mem::replace(&mut self.leaves[l as usize].vals[i], val)),
+            Err(i) => i,
+        };
+        self.len += 1;
+        if (self.leaves[l as usize].n as usize) < B {
+            Self::leaf_insert(&mut self.leaves[l as usize], at, key, val);
+            return None;
+        }
+        // A split (rare): walk down again, noting the path.
+        let mut path = [(NIL, 0usize); MAX_HEIGHT];
+        self.descend(key, &mut path);
+        // Split the full leaf in two halves, then insert into the right one.
+        let r = self.alloc_leaf();
+        let half = B / 2;
+        let (left_next, right_keys, right_vals) = {
+            let leaf = &self.leaves[l as usize];
+            let mut keys = [0u64; B];
+            let mut vals = [V::default(); B];
+            keys[..B - half].copy_from_slice(&leaf.keys[half..]);
+            vals[..B - half].copy_from_slice(&leaf.vals[half..]);
+            (leaf.next, keys, vals)
+        };
+        {
+            let right = &mut self.leaves[r as usize];
+            right.keys = right_keys;
+            right.vals = right_vals;
+            right.n = (B - half) as u32;
+            right.prev = l;
+            right.next = left_next;
+        }
+        if left_next != NIL {
+            self.leaves[left_next as usize].prev = r;
+        }
+        self.leaves[l as usize].n = half as u32;
+        self.leaves[l as usize].next = r;
+        if at <= half {
+            Self::leaf_insert(&mut self.leaves[l as usize], at, key, val);
+        } else {
+            Self::leaf_insert(&mut self.leaves[r as usize], at - half, key, val);
+        }
+        let sep = self.leaves[r as usize].keys[0];
+        self.insert_child(&path, self.height as usize, sep, r);
+        None
+    }
+
+    fn leaf_insert(leaf: &mut Leaf<V>, at: usize, key: u64, val: V) {
+        // Element loops: for a few entries they beat a call to memmove.
+        let mut i = leaf.n as usize;
+        while i > at {
+            leaf.keys[i] = leaf.keys[i - 1];
+            leaf.vals[i] = leaf.vals[i - 1];
+            i -= 1;
+        }
+        leaf.keys[at] = key;
+        leaf.vals[at] = val;
+        leaf.n += 1;
+    }
+
+    /// Add `child` (smallest key `sep`) after the child at `path[depth - 1]`
+    /// (`depth` 0: the root split).
+    fn insert_child(&mut self, path: &[(u32, usize); MAX_HEIGHT], depth: usize, sep: u64, child: u32) {
+        if depth == 0 {
+            let old = self.root;
+            let root = self.alloc_inner();
+            let inner = &mut self.inners[root as usize];
+            inner.kids[0] = old;
+            inner.kids[1] = child;
+            inner.keys[1] = sep;
+            inner.n = 2;
+            self.root = root;
+            self.height += 1;
+            return;
+        }
+        let (node, idx) = path[depth - 1];
+        let at = idx + 1;
+        if (self.inners[node as usize].n as usize) < B {
+            Self::inner_insert(&mut self.inners[node as usize], at, sep, child);
+            return;
+        }
+        let r = self.alloc_inner();
+        let half = B / 2;
+        let (keys, kids) = {
+            let inner = &self.inners[node as usize];
+            let mut keys = [0u64; B];
+            let mut kids = [NIL; B];
+            keys[..B - half].copy_from_slice(&inner.keys[half..]);
+            kids[..B - half].copy_from_slice(&inner.kids[half..]);
+            (keys, kids)
+        };
+        {
+            let right = &mut self.inners[r as usize];
+            right.keys = keys;
+            right.kids = kids;
+            right.n = (B - half) as u32;
+        }
+        self.inners[node as usize].n = half as u32;
+        if at <= half {
+            Self::inner_insert(&mut self.inners[node as usize], at, sep, child);
+        } else {
+            Self::inner_insert(&mut self.inners[r as usize], at - half, sep, child);
+        }
+        // The right node's first key bounds everything under it.
+        let up = self.inners[r as usize].keys[0];
+        self.insert_child(path, depth - 1, up, r);
+    }
+
+    fn inner_insert(inner: &mut Inner, at: usize, key: u64, child: u32) {
+        let n = inner.n as usize;
+        inner.keys.copy_within(at..n, at + 1);
+        inner.kids.copy_within(at..n, at + 1);
+        inner.keys[at] = key;
+        inner.kids[at] = child;
+        inner.n += 1;
+    }
+
+    /// Remove `key`; returns its value.
+    pub fn remove(&mut self, key: u64) -> Option<V> {
+        if self.len == 0 {
+            return None;
+        }
+        let l = self.leaf_for(key);
+        let i = Self::search(&self.leaves[l as usize], key).ok()?;
+        let leaf = &mut self.leaves[l as usize];
+        let val = leaf.vals[i];
+        let n = leaf.n as usize;
+        for j in i..n - 1 {
+            leaf.keys[j] = leaf.keys[j + 1];
+            leaf.vals[j] = leaf.vals[j + 1];
+        }
+        leaf.n -= 1;
+        self.len -= 1;
+        if leaf.n == 0 && self.height > 0 {
+            let mut path = [(NIL, 0usize); MAX_HEIGHT];
+            self.descend(key, &mut path);
+            let leaf = &self.leaves[l as usize];
+            let (prev, next) = (leaf.prev, leaf.next);
+            if prev != NIL {
+                self.leaves[prev as usize].next = next;
+            }
+            if next != NIL {
+                self.leaves[next as usize].prev = prev;
+            }
+            self.free_leaf(l);
+            self.remove_child(&path, self.height as usize);
+        }
+        Some(val)
+    }
+
+    /// Drop the child at `path[depth - 1]`, which has been freed.
+    fn remove_child(&mut self, path: &[(u32, usize); MAX_HEIGHT], depth: usize) {
+        let (node, idx) = path[depth - 1];
+        let inner = &mut self.inners[node as usize];
+        let n = inner.n as usize;
+        inner.keys.copy_within(idx + 1..n, idx);
+        inner.kids.copy_within(idx + 1..n, idx);
+        inner.n -= 1;
+        if inner.n == 0 {
+            // Only a non-root inner node can empty (a root keeps two or
+            // more children, see below).
+            self.free_inner(node);
+            self.remove_child(path, depth - 1);
+            return;
+        }
+        // A root with one child gives way to it.
+        while self.height > 0 && self.inners[self.root as usize].n == 1 {
+            let old = self.root;
+            self.root = self.inners[old as usize].kids[0];
+            self.height -= 1;
+            self.free_inner(old);
+        }
+    }
+
+    /// Remove everything, keeping the node storage.
+    pub fn clear(&mut self) {
+        self.leaves.clear();
+        self.inners.clear();
+        self.free_leaf = NIL;
+        self.free_inner = NIL;
+        self.root = NIL;
+        self.height = 0;
+        self.len = 0;
+    }
+}
+
+/// In-order iterator over a key range.
+pub struct Iter<'a, V: Copy + Default> {
+    map: &'a SlabMap<V>,
+    pos: Option<(u32, usize)>,
+    to: u64,
+}
+
+impl<'a, V: Copy + Default> Iterator for Iter<'a, V> {
+    type Item = (u64, &'a V);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let (l, i) = self.pos?;
+        let leaf = &self.map.leaves[l as usize];
+        let key = leaf.keys[i];
+        if key > self.to {
+            self.pos = None;
+            return None;
+        }
+        self.pos = if i + 1 < leaf.n as usize {
+            Some((l, i + 1))
+        } else if leaf.next != NIL {
+            Some((leaf.next, 0))
+        } else {
+            None
+        };
+        Some((key, &leaf.vals[i]))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+    }
+
+    fn check(m: &SlabMap<u32>, r: &BTreeMap<u64, u32>, probes: &[u64]) {
+        assert_eq!(m.len(), r.len());
+        assert!(m.iter().map(|(k, &v)| (k, v)).eq(r.iter().map(|(&k, &v)| (k, v))));
+        for &p in probes {
+            assert_eq!(m.get(p), r.get(&p));
+            assert_eq!(m.prev(p).map(|(k, &v)| (k, v)), r.range(..=p).next_back().map(|(&k, &v)| (k, v)));
+            assert_eq!(m.next(p).map(|(k, &v)| (k, v)), r.range(p..).next().map(|(&k, &v)| (k, v)));
+            let to = p.saturating_add(1000);
+            assert!(m.range(p, to).map(|(k, &v)| (k, v)).eq(r.range(p..=to).map(|(&k, &v)| (k, v))));
+        }
+    }
+
+    /// Random inserts and removes against `BTreeMap`, with key spaces
+    /// small (many collisions, deep churn) and large, growing the tree to
+    /// several levels and shrinking it back to nothing.
+    #[test]
+    fn behaves_like_btreemap() {
+        for (seed, space, ops) in [(1u64, 64u64, 20_000), (7, 5_000, 60_000), (99, u64::MAX, 30_000)] {
+            let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+            let mut m = SlabMap::<u32>::new();
+            let mut r = BTreeMap::new();
+            for op in 0..ops {
+                let k = rng.next() % space.max(1);
+                let grow = (op / 5_000) % 2 == 0;
+                if rng.next() % 3 != 0 || (grow && rng.next() % 2 == 0) {
+                    let v = rng.next() as u32;
+                    assert_eq!(m.insert(k, v), r.insert(k, v));
+                } else {
+                    let victim =
+                        if rng.next() % 2 == 0 { r.range(k..).next().map(|(&k, _)| k).unwrap_or(k) } else { k };
+                    assert_eq!(m.remove(victim), r.remove(&victim));
+                }
+                if op % 997 == 0 {
+                    let probes: Vec<u64> = (0..20).map(|_| rng.next() % space.max(1)).collect();
+                    check(&m, &r, &probes);
+                }
+            }
+            // Empty it in random order: every node comes back.
+            let mut keys: Vec<u64> = r.keys().copied().collect();
+            while !keys.is_empty() {
+                let i = (rng.next() % keys.len() as u64) as usize;
+                let k = keys.swap_remove(i);
+                assert_eq!(m.remove(k), r.remove(&k));
+            }
+            check(&m, &r, &[0, 5, u64::MAX]);
+            assert_eq!(m.height, 0);
+        }
+    }
+
+    #[test]
+    fn edges() {
+        let mut m = SlabMap::<u64>::new();
+        assert_eq!(m.prev(5), None);
+        assert_eq!(m.next(5), None);
+        assert_eq!(m.remove(5), None);
+        m.insert(u64::MAX, 1);
+        m.insert(0, 2);
+        assert_eq!(m.prev(u64::MAX), Some((u64::MAX, &1)));
+        assert_eq!(m.prev_below(u64::MAX), Some((0, &2)));
+        assert_eq!(m.prev_below(0), None);
+        assert_eq!(m.next(1), Some((u64::MAX, &1)));
+        assert_eq!(m.range(5, 4).count(), 0);
+        assert_eq!(m.first(), Some((0, &2)));
+        assert_eq!(m.last(), Some((u64::MAX, &1)));
+        *m.get_mut(0).unwrap() = 9;
+        *m.prev_mut(3).unwrap().1 += 1;
+        assert_eq!(m.get(0), Some(&10));
+    }
+
+    /// The steady state reuses nodes: inserting and removing one key, or a
+    /// few thousand, again and again leaves the storage as it was.
+    #[test]
+    fn steady_state_reuses_nodes() {
+        let mut m = SlabMap::<u32>::new();
+        for round in 0..3 {
+            for k in 0..5_000u64 {
+                m.insert(k * 4096, k as u32);
+            }
+            let cap = (m.leaves.len(), m.inners.len());
+            for k in 0..5_000u64 {
+                assert_eq!(m.remove(k * 4096), Some(k as u32));
+            }
+            assert!(m.is_empty());
+            if round > 0 {
+                for k in 0..5_000u64 {
+                    m.insert(k * 4096, 0);
+                }
+                assert_eq!((m.leaves.len(), m.inners.len()), cap, "no new nodes");
+                for k in 0..5_000u64 {
+                    m.remove(k * 4096);
+                }
+            }
+        }
+        let before = m.leaves.len();
+        for _ in 0..100 {
+            m.insert(42, 1);
+            m.remove(42);
+        }
+        assert_eq!(m.leaves.len(), before);
+    }
+}
