@@ -328,6 +328,16 @@ impl Pages {
         if st.segs.is_empty() {
             return self.add_first_user(st, first, last);
         }
+        // The next usual case: exactly one segment is the range (an area
+        // filled into its second domain).
+        if let Some(seg) = st.segs.get_mut(first) {
+            if seg.end == last + 1 {
+                seg.users += 1;
+                let mut out = PfnRuns::new();
+                out.push(PfnRun { index: first, pfn: seg.pfn, npages: seg.end - first });
+                return Ok(out);
+            }
+        }
         // Pin the holes first: that is the part that can fail.
         let holes = holes(&st.segs, first, last + 1);
         let mut pinned: Vec<(u64, PinnedRuns)> = Vec::new();
@@ -444,12 +454,17 @@ impl Pages {
     fn remove_user_locked(st: &mut State, first: u64, last: u64) -> u64 {
         // The usual case: the range is exactly one segment whose only user
         // goes (an area unfilled from its last domain).
-        if let Some(&seg) = st.segs.get(first) {
+        if let Some(seg) = st.segs.get_mut(first) {
             if seg.end == last + 1 && seg.users == 1 {
-                st.segs.remove(first);
+                let seg = st.segs.remove(first).expect("found");
                 frames::unpin(seg.pfn, seg.end - first);
                 st.npinned -= seg.end - first;
                 return seg.end - first;
+            }
+            // Or one of several users of exactly that segment.
+            if seg.end == last + 1 && seg.users > 1 {
+                seg.users -= 1;
+                return 0;
             }
         }
         split_at(&mut st.segs, first);
