@@ -496,7 +496,7 @@ impl IoPagetable {
         if pages.revoked() {
             return;
         }
-        for (&a_iova, a) in st.areas.iter() {
+        for (a_iova, a) in st.areas.iter() {
             if a.pages.as_ref().is_some_and(|p| Arc::ptr_eq(p, pages)) {
                 for d in domains.iter() {
                     Self::unfill_area(d.domain.as_ref(), a_iova, a, pages);
@@ -825,7 +825,12 @@ impl IoPagetable {
         let mut guard = lock_write(&self.iova);
         let st = &mut *guard;
         let area = st.areas.get_mut(start)?;
-        if area.last != last || area.num_accesses != 0 || area.num_locks != 0 || area.pages.is_none() {
+        // A revoked dma-buf import is in no domain: the general path knows.
+        if area.last != last
+            || area.num_accesses != 0
+            || area.num_locks != 0
+            || area.pages.as_ref().is_none_or(|p| p.revoked())
+        {
             return None;
         }
         let (first, last_index) = area.index_range(start);

@@ -178,7 +178,7 @@ impl Pages {
     /// only a process handle).
     pub fn recyclable(&mut self) -> bool {
         let st = self.state.get_mut().unwrap_or_else(|p| p.into_inner());
-        matches!(self.source, Source::User(_)) && st.npinned == 0 && st.segs.is_empty()
+        matches!(self.source, Source::User(_)) && self.dmabuf.is_none() && st.npinned == 0 && st.segs.is_empty()
     }
 
     /// [`Pages::new`] into an unused `Pages` (one [`recyclable`] said yes

@@ -582,9 +582,9 @@ pub fn mapped_pfn_at(host: u64) -> Option<u64> {
     let host = host & !(page() - 1);
     let reg = read();
     reg.by_pfn
-        .values()
-        .find(|r| r.mapped && r.host <= host && host < r.host_end())
-        .map(|r| r.pfn + (host - r.host) / page())
+        .iter()
+        .find(|(_, r)| r.mapped && r.host <= host && host < r.host_end())
+        .map(|(pfn, r)| pfn + (host - r.host) / page())
 }
 
 /// How many times the frame at engine address `host` of an engine mapping
@@ -592,10 +592,7 @@ pub fn mapped_pfn_at(host: u64) -> Option<u64> {
 pub fn mapped_pin_count(host: u64) -> u32 {
     let host = host & !(page() - 1);
     let reg = read();
-    reg.by_pfn
-        .values()
-        .find(|r| r.mapped && r.host <= host && host < r.host_end())
-        .map_or(0, |r| r.pins[((host - r.host) / page()) as usize])
+    reg.by_pfn.iter().find(|(_, r)| r.mapped && r.host <= host && host < r.host_end()).map_or(0, |(_, r)| r.pins)
 }
 
 /// Number of frames currently pinned (all runs, all pages).
