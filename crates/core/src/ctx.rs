@@ -66,6 +66,8 @@ impl Iommufd {
 
     /// A fresh context opened through `how`, answering as `release`.
     pub fn open_as(how: OpenedAs, release: &'static KernelRelease) -> Self {
+        // The VmPin/VmLck table must exist before the program forks.
+        uiommufd_memory::vmstat::init();
         let mode = match how {
             OpenedAs::Iommu => AccountMode::User,
             OpenedAs::VfioContainer => AccountMode::Process,

@@ -344,6 +344,7 @@ impl Pages {
         let total: u64 = holes.iter().map(|(s, e)| e - s).sum();
         if total != 0 {
             self.account.charge(total)?;
+            self.vm_pages(total as i64);
         }
         for &(s, e) in &holes {
             match self.pin_source(s, e - s) {
@@ -356,6 +357,7 @@ impl Pages {
                     }
                     if total != 0 {
                         self.account.credit(total);
+                        self.vm_pages(-(total as i64));
                     }
                     return Err(err);
                 }
@@ -388,10 +390,12 @@ impl Pages {
     fn add_first_user(&self, st: &mut State, first: u64, last: u64) -> Result<PfnRuns> {
         let total = last - first + 1;
         self.account.charge(total)?;
+        self.vm_pages(total as i64);
         let pinned = match self.pin_source(first, total) {
             Ok(runs) => runs,
             Err(err) => {
                 self.account.credit(total);
+                self.vm_pages(-(total as i64));
                 return Err(err);
             }
         };
@@ -437,6 +441,7 @@ impl Pages {
         drop(st);
         if released != 0 {
             self.account.credit(released);
+            self.vm_pages(-(released as i64));
         }
     }
 
@@ -447,6 +452,7 @@ impl Pages {
         let released = Self::remove_user_locked(st, first, last);
         if released != 0 {
             self.account.credit(released);
+            self.vm_pages(-(released as i64));
         }
     }
 
@@ -482,6 +488,19 @@ impl Pages {
         st.npinned -= released;
         merge_around(&mut st.segs, first, last + 1);
         released
+    }
+
+    /// Mirror a charge (`npages > 0`) or a credit in the owner's `VmPin`
+    /// (every charged mode) and `VmLck` (process mode) as `/proc/PID/status`
+    /// shows them ([`uiommufd_memory::vmstat`]). Pages that are not charged
+    /// (`CAP_IPC_LOCK`) are not shown (the kernel counts them in `VmPin`).
+    fn vm_pages(&self, npages: i64) {
+        if self.mode == AccountMode::None {
+            return;
+        }
+        let pid = self.owner.lock().unwrap_or_else(|e| e.into_inner()).pid;
+        let locked = if self.mode == AccountMode::Process { npages } else { 0 };
+        uiommufd_memory::vmstat::add(pid, npages, locked);
     }
 
     /// The frames of `[first, last]`, which must all have users.
@@ -601,8 +620,14 @@ pub fn change_process(all: &[Arc<Pages>]) -> Result<()> {
     for ((p, st), &m) in list.iter().zip(&states).zip(&moving) {
         if m && st.npinned != 0 {
             p.account.credit(st.npinned);
+            // The pinned (and, in process mode, locked) pages leave the old
+            // owner's counters for the caller's.
+            p.vm_pages(-(st.npinned as i64));
         }
         *p.owner.lock().unwrap_or_else(|e| e.into_inner()) = now;
+        if m && st.npinned != 0 {
+            p.vm_pages(st.npinned as i64);
+        }
     }
     Ok(())
 }
@@ -631,6 +656,7 @@ impl Drop for Pages {
         }
         if st.npinned != 0 {
             self.account.credit(st.npinned);
+            self.vm_pages(-(st.npinned as i64));
         }
     }
 }

@@ -293,7 +293,7 @@ impl MockDomain {
 
     /// Every power of two from `MOCK_IO_PAGE_SIZE` to half the table.
     fn all_sizes() -> u64 {
-        let top = (MockPt::max_iova() + 1) / 2;
+        let top = MockPt::max_iova().div_ceil(2);
         !(MOCK_IO_PAGE_SIZE - 1) & (top | (top - 1))
     }
 

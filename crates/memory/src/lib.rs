@@ -29,5 +29,6 @@ pub mod slabmap;
 pub mod sys;
 pub mod user;
 pub mod vma;
+pub mod vmstat;
 
 pub use user::{copy_from_user, copy_to_user, page_size, probe_user_page, with_process, Process};

@@ -486,11 +486,57 @@ pub unsafe extern "C" fn llistxattr(path: *const c_char, list: *mut c_char, size
     unsafe { path_call(path, Base::Cwd, || 0, |p| real::llistxattr(p, list, size)) }
 }
 
+/// `/proc/PID/status` (or `/proc/self/status`) of a process the engine
+/// pins pages for, read-only: the kernel's text with the engine's share of
+/// `VmPin` and `VmLck` added (`uiommufd_memory::vmstat`), in a memfd the
+/// returned stream owns. `None`: not such a file, or nothing to add.
+///
+/// # Safety
+/// `path` and `mode` are NULL or C strings, as fopen(3) takes them.
+unsafe fn proc_status_fopen(path: *const c_char, mode: *const c_char) -> Option<*mut libc::FILE> {
+    if path.is_null() || mode.is_null() {
+        return None;
+    }
+    // SAFETY: the caller passes C strings per fopen(3).
+    let (cpath, cmode) = unsafe { (CStr::from_ptr(path), CStr::from_ptr(mode)) };
+    let pid = cpath.to_str().ok()?.strip_prefix("/proc/")?.strip_suffix("/status")?;
+    let pid: u32 = if pid == "self" { std::process::id() } else { pid.parse().ok()? };
+    if cmode.to_bytes().iter().any(|&c| c != b'r' && c != b'e') || uiommufd_memory::vmstat::get(pid) == (0, 0) {
+        return None;
+    }
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let text = uiommufd_memory::vmstat::adjust_status(pid, &text);
+    // SAFETY: memfd_create with a NUL-terminated name; then writing our own
+    // buffer to the new descriptor and handing it to a stream.
+    unsafe {
+        let fd = libc::memfd_create(c"status".as_ptr(), libc::MFD_CLOEXEC);
+        if fd < 0 {
+            return None;
+        }
+        let done = libc::write(fd, text.as_ptr().cast(), text.len());
+        if done != text.len() as isize || libc::lseek(fd, 0, libc::SEEK_SET) != 0 {
+            libc::close(fd);
+            return None;
+        }
+        let f = libc::fdopen(fd, c"r".as_ptr());
+        if f.is_null() {
+            libc::close(fd);
+            return None;
+        }
+        Some(f)
+    }
+}
+
 /// # Safety
 /// C `fopen(3)`: an emulated sysfs file opens its stand-in (glibc's fopen
-/// does not go through the interposable `open`).
+/// does not go through the interposable `open`); a process's `status`
+/// shows the engine's pinned and locked pages.
 #[no_mangle]
 pub unsafe extern "C" fn fopen(path: *const c_char, mode: *const c_char) -> *mut libc::FILE {
+    // SAFETY: forwarded per fopen(3).
+    if let Some(f) = shielded(None, || unsafe { proc_status_fopen(path, mode) }) {
+        return f;
+    }
     // SAFETY: forwarded per fopen(3); a served node is not served through
     // stdio, so it gets what fopen gives it.
     unsafe { path_call(path, Base::Cwd, || real::fopen(path, mode), |p| real::fopen(p, mode)) }
@@ -500,6 +546,10 @@ pub unsafe extern "C" fn fopen(path: *const c_char, mode: *const c_char) -> *mut
 /// C `fopen64(3)`.
 #[no_mangle]
 pub unsafe extern "C" fn fopen64(path: *const c_char, mode: *const c_char) -> *mut libc::FILE {
+    // SAFETY: forwarded per fopen(3).
+    if let Some(f) = shielded(None, || unsafe { proc_status_fopen(path, mode) }) {
+        return f;
+    }
     // SAFETY: forwarded per fopen(3).
     unsafe { path_call(path, Base::Cwd, || real::fopen64(path, mode), |p| real::fopen64(p, mode)) }
 }
