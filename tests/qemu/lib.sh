@@ -21,7 +21,7 @@ vm_start() {
     -kernel "$B/kernel/vmlinuz" -initrd "$B/initramfs.gz" \
     -append "console=ttyS0 quiet panic=-1 ${VM_APPEND:-}" \
     -chardev pipe,id=ser,path="$d/ser" -serial chardev:ser \
-    -chardev pipe,id=qmp,path="$d/qmp" -mon chardev=qmp,mode=control \
+    -qmp pipe:"$d/qmp" \
     "$@" > "$d/qemu.log" 2>&1 &
   VM_PID[$name]=$!
   VM_DIR[$name]=$d

@@ -40,6 +40,7 @@ trap vm_stop_all EXIT
 
 Q10=$B/qemu10/qemu
 Q72=$B/qemu72/qemu
+Q11=$B/qemu11/qemu
 DEV=dma-engine:bdf=0000:00:04.0
 passed=0 failed=0
 
@@ -115,6 +116,62 @@ scenario_bc() {
   [ -n "$why$cwhy" ] && show_checks "$name"
   result "$name" "$start" "$([ -z "$why" ] && echo 0 || echo 1)" "$why"
   [ "$with_c" = 1 ] && result "c-msix-${name#b-viommu-}" "$cstart" "$([ -z "$cwhy" ] && echo 0 || echo 1)" "$cwhy"
+}
+
+# b, nested. QEMU 11's intel-iommu with first-stage translation for the
+# guest (fsts=on, scalable mode; caching mode, which QEMU requires for an
+# assigned device): QEMU allocates its HWPT over guest RAM as a
+# NEST_PARENT, turns each first-stage PASID entry the guest programs into
+# a nested HWPT (IOMMU_HWPT_ALLOC with IOMMU_HWPT_DATA_VTD_S1) attached to
+# the device, and each PASID-based IOTLB invalidation of the guest into
+# IOMMU_HWPT_INVALIDATE (VTD_S1). The guest's vfio-pci and udma map their
+# IOVAs in the guest's first-stage table only (nothing is shadowed into
+# the IOAS): DMA lands through that table walked over our stage 2, and
+# the FILL to the IOVA the guest unmapped faults, since the invalidation
+# reached our IOTLB. The negative control (NEG=1) answers every
+# IOMMU_HWPT_INVALIDATE with success without passing it on
+# (host/noinval.c): the IOTLB keeps the stale translation and the FILL
+# must land in the old page, so the fault depends on the invalidation.
+scenario_b_nested() {
+  local name=$1 neg=$2 start=$SECONDS why="" qemu=$Q11
+  local dev=(-object iommufd,id=iommufd0 -device "vfio-pci,host=0000:00:04.0,id=udma0,iommufd=iommufd0")
+  if [ "$neg" = 1 ]; then
+    gcc -shared -fPIC -O2 -o "$B/noinval.so" "$here/host/noinval.c" -ldl || return 1
+    qemu=$B/qemu11-noinval
+    cat > "$qemu" <<SH
+#!/bin/sh
+LD_PRELOAD="$B/noinval.so\${LD_PRELOAD:+:\$LD_PRELOAD}" exec "$Q11" "\$@"
+SH
+    chmod +x "$qemu"
+  fi
+  mkdir -p "$RUN/$name"
+  local rc=0
+  if ! VM_ENV="UIOMMUFD_STATUS_FILE=$RUN/$name.status" VM_APPEND="intel_iommu=on,sm_on" \
+      vm_start "$name" "$qemu" "--iommu vtd --device $DEV" \
+      -device intel-iommu,scalable-mode=on,fsts=on,caching-mode=on "${dev[@]}"; then
+    why="the guest did not boot"
+  elif ! guest "$name" bind 60 vfio_bind; then
+    why="the guest's vfio-pci did not take the device"
+  else
+    guest "$name" b 60 udma vfio; rc=$?
+  fi
+  ln -sf "../$name.status" "$RUN/$name/status"
+  if [ -z "$why" ] && [ "$neg" = 1 ]; then
+    tr -d '\r' < "$RUN/$name/console.log" | grep -q '^FAIL: FILL to unmapped IOVA' && [ "$rc" != 124 ] ||
+      why="with the invalidations dropped the guest's DMA to an unmapped IOVA still faulted (rc $rc): the check does not depend on them"
+  elif [ -z "$why" ]; then
+    [ "$rc" = 0 ] || why="the guest's DMA checks failed"
+    # The guest's own DMA domain and VFIO's are first-stage tables: one
+    # nested HWPT on the nesting parent is attached when the guest is done.
+    status_is "$name" hwpt_nested 1 && status_is "$name" hwpt_paging 1 ||
+      why="${why:-no nested HWPT over the nesting parent: $(status_of "$name")}"
+    grep -q 'IOMMU_HWPT_INVALIDATE) = 0' "$RUN/$name/trace.log" || why="${why:-QEMU passed on no invalidation}"
+    local w; w=$(qemu_warnings "$name")
+    [ -n "$w" ] && why="${why:-QEMU warned: $w}"
+  fi
+  vm_stop "$name"
+  [ -n "$why" ] && show_checks "$name"
+  result "$name" "$start" "$([ -z "$why" ] && echo 0 || echo 1)" "$why"
 }
 
 # d. Reset and hot-plug (QEMU 10, iommufd backend, the device behind a
@@ -272,7 +329,8 @@ SH
   result "$name" "$start" "$([ -z "$why" ] && echo 0 || echo 1)" "$why"
 }
 
-all=(a-qemu10-iommufd a-qemu10-container a-qemu72-container b-viommu-qemu10-iommufd b-viommu-qemu72-container d-reset-hotplug e-migration e-migration-without-dirty-bitmap)
+all=(a-qemu10-iommufd a-qemu10-container a-qemu72-container b-viommu-qemu10-iommufd b-viommu-qemu72-container
+     b-nested-qemu11-iommufd b-nested-qemu11-without-invalidation d-reset-hotplug e-migration e-migration-without-dirty-bitmap)
 want=("$@")
 [ ${#want[@]} -eq 0 ] && want=("${all[@]}")
 for s in "${want[@]}"; do
@@ -282,6 +340,8 @@ for s in "${want[@]}"; do
     a-qemu72-container) scenario_a "$s" "$Q72" container ;;
     b-viommu-qemu10-iommufd) scenario_bc "$s" "$Q10" iommufd 1 ;;
     b-viommu-qemu72-container) scenario_bc "$s" "$Q72" container 0 ;;
+    b-nested-qemu11-iommufd) scenario_b_nested "$s" 0 ;;
+    b-nested-qemu11-without-invalidation) scenario_b_nested "$s" 1 ;;
     d-reset-hotplug) scenario_d "$s" ;;
     e-migration) scenario_e "$s" 0 ;;
     e-migration-without-dirty-bitmap) scenario_e "$s" 1 ;;

@@ -3,6 +3,9 @@
 # nothing system-wide changes):
 #   qemu10/   qemu-system-x86 10.x from bookworm-backports, extracted
 #   qemu72/   qemu-system-x86 7.2 from bookworm, extracted beside it
+#   qemu11/   qemu-system-x86 11.x from trixie-backports, built for Debian
+#             13: with its whole library closure down to glibc, started
+#             through its own dynamic loader
 #   kernel/   Debian's linux-image (vmlinuz + the VFIO modules)
 #   busybox   busybox-static
 # Packages come through a private apt state (build/qemu/apt) whose sources
@@ -10,6 +13,10 @@
 # in the machine's own sources. Each QEMU's missing shared libraries are
 # the packages apt would install next to what this machine has (minus any
 # QEMU already installed), downloaded and extracted beside it.
+# QEMU 11 comes through a second private state (build/qemu/apt-trixie)
+# whose sources are trixie and trixie-backports and whose status is empty:
+# none of this machine's (Debian 12) libraries can serve a Debian 13
+# binary, so apt resolves the whole closure, libc6 included.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 out=${QEMU_TEST_BUILD:-$root/build/qemu}
@@ -54,15 +61,40 @@ SRC
   fi
 }
 
-# Download package names with versions ("name=version") into debs/.
-download() {
-  (cd "$out/debs" && apt-get "${APT[@]}" download "$@" >/dev/null 2>&1) || {
-    (cd "$out/debs" && apt-get "${APT[@]}" download "$@") ; return 1; }
+# The same for QEMU 11: trixie's suites, nothing installed. Sets APT and
+# DEBS for the caller (dynamic scope).
+apt_state_trixie() {
+  local m tapt=$out/apt-trixie; m=$(mirror)
+  mkdir -p "$tapt/lists/partial" "$tapt/cache/archives/partial" "$tapt/etc/sources.list.d" "$out/debs-trixie"
+  cat > "$tapt/etc/sources.list.d/debian.sources" <<SRC
+Types: deb
+URIs: $m
+Suites: trixie trixie-updates trixie-backports
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+SRC
+  : > "$tapt/status"
+  APT=(-o Dir::State::Lists="$tapt/lists" -o Dir::Etc::SourceList=/dev/null
+       -o Dir::Etc::SourceParts="$tapt/etc/sources.list.d" -o Dir::Cache="$tapt/cache"
+       -o Dir::State::status="$tapt/status" -o Debug::NoLocking=1 -o APT::Sandbox::User="$(id -un)")
+  DEBS=$out/debs-trixie
+  log "apt-get update (private trixie state, $m)"
+  apt-get "${APT[@]}" update -qq >/dev/null
 }
 
-# Extract QEMU (and the packages it would pull in) into $1 from release $2.
+DEBS=$out/debs
+
+# Download package names with versions ("name=version") into $DEBS.
+download() {
+  (cd "$DEBS" && apt-get "${APT[@]}" download "$@" >/dev/null 2>&1) || {
+    (cd "$DEBS" && apt-get "${APT[@]}" download "$@") ; return 1; }
+}
+
+# Extract QEMU (and the packages it would pull in) into $1 from release $2;
+# with $3 = ld.so, a QEMU of another Debian release, launched through the
+# dynamic loader it was extracted with.
 extract_qemu() {
-  local dest=$1 release=$2 pkgs=() line name ver
+  local dest=$1 release=$2 loader=${3:-} pkgs=() line name ver
   [ -x "$dest/usr/bin/qemu-system-x86_64" ] && return 0
   log "fetching qemu-system-x86 from $release"
   while read -r line; do
@@ -75,16 +107,31 @@ extract_qemu() {
   local p v
   for p in "${pkgs[@]}"; do
     v=${p#*=}
-    dpkg-deb -x "$out/debs/${p%%=*}_${v//:/%3a}_"*.deb "$dest.tmp"
+    dpkg-deb -x "$DEBS/${p%%=*}_${v//:/%3a}_"*.deb "$dest.tmp"
   done
   # A launcher that finds the extracted libraries and firmware.
-  cat > "$dest.tmp/qemu" <<'SH'
+  if [ -z "$loader" ]; then
+    cat > "$dest.tmp/qemu" <<'SH'
 #!/bin/sh
 d=$(cd "$(dirname "$0")" && pwd)
 export LD_LIBRARY_PATH="$d/usr/lib/x86_64-linux-gnu:$d/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 export QEMU_MODULE_DIR="$d/usr/lib/x86_64-linux-gnu/qemu"
 exec "$d/usr/bin/qemu-system-x86_64" -L "$d/usr/share/qemu" -L "$d/usr/share/seabios" "$@"
 SH
+  else
+    # Its own ld.so and only its own libraries (--library-path stands in
+    # for LD_LIBRARY_PATH; the machine's libraries are never looked at).
+    # The shim of `uiommufd run` reaches it through LD_PRELOAD in the
+    # environment, which an explicitly started ld.so honours as well.
+    cat > "$dest.tmp/qemu" <<'SH'
+#!/bin/sh
+d=$(cd "$(dirname "$0")" && pwd)
+l=$d/usr/lib/x86_64-linux-gnu
+export QEMU_MODULE_DIR="$l/qemu"
+exec "$l/ld-linux-x86-64.so.2" --library-path "$l" "$d/usr/bin/qemu-system-x86_64" \
+  -L "$d/usr/share/qemu" -L "$d/usr/share/seabios" "$@"
+SH
+  fi
   chmod +x "$dest.tmp/qemu"
   rm -rf "$dest"; mv "$dest.tmp" "$dest"
   "$dest/qemu" --version | head -1 >&2
@@ -128,5 +175,11 @@ extract_busybox() {
 apt_state
 extract_qemu "$out/qemu10" bookworm-backports
 extract_qemu "$out/qemu72" bookworm
+qemu_trixie() {
+  [ -x "$out/qemu11/usr/bin/qemu-system-x86_64" ] && return 0
+  local -a APT; local DEBS
+  apt_state_trixie && extract_qemu "$out/qemu11" trixie-backports ld.so
+}
+qemu_trixie
 extract_kernel
 extract_busybox
