@@ -165,7 +165,16 @@ SH
     # nested HWPT on the nesting parent is attached when the guest is done.
     status_is "$name" hwpt_nested 1 && status_is "$name" hwpt_paging 1 ||
       why="${why:-no nested HWPT over the nesting parent: $(status_of "$name")}"
-    grep -q 'IOMMU_HWPT_INVALIDATE) = 0' "$RUN/$name/trace.log" || why="${why:-QEMU passed on no invalidation}"
+    local t=$RUN/$name/trace.log
+    grep -qE 'IOMMU_HWPT_ALLOC, \{[^}]*flags=NEST_PARENT.*\) = 0$' "$t" || why="${why:-QEMU allocated no nesting parent}"
+    grep -qE 'IOMMU_HWPT_ALLOC, .*data_type=VTD_S1.*\) = 0$' "$t" || why="${why:-QEMU allocated no VTD_S1 nested HWPT}"
+    # The guest's unmap of udma's destination (64 KiB at 0x56780000)
+    # reached the IOMMU as a first-stage invalidation...
+    grep -qE 'IOMMU_HWPT_INVALIDATE, .*addr=0x56780000, npages=16.*data_type=VTD_S1.*\) = 0$' "$t" ||
+      why="${why:-the unmap in the guest did not arrive as an IOMMU_HWPT_INVALIDATE}"
+    # ... and no IOVA of the guest's was shadowed into the IOAS.
+    grep -E 'IOMMU_IOAS_MAP, ' "$t" | grep -qE 'iova=0x(12340000|56780000|7ff0000000)\b' &&
+      why="${why:-QEMU shadowed mappings of the guest into the IOAS}"
     local w; w=$(qemu_warnings "$name")
     [ -n "$w" ] && why="${why:-QEMU warned: $w}"
   fi
