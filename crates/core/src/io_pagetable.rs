@@ -1301,7 +1301,9 @@ impl IoPagetable {
             num_locks: 0,
             prevent_access: false,
         };
-        st.areas.insert(a_iova, lhs);
+        // The left half takes the old area's slot (its `Arc<Pages>` is
+        // dropped here, not leaked); the right half is a new area.
+        *st.areas.get_mut(a_iova).expect("found above") = lhs;
         st.areas.insert(new_start, rhs);
         Ok(())
     }
