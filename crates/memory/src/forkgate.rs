@@ -162,6 +162,13 @@ pub fn open_child() {
     COUNT.store(u32::from(COUNTED.with(Cell::get)), Ordering::Release);
 }
 
+/// Whether this thread is running our own code: inside the gate, or the
+/// thread that closed it (the fork handlers). A descriptor of ours closed
+/// from here is ours to close (see `sys::internal`).
+pub fn in_shim() -> bool {
+    DEPTH.with(Cell::get) > 0 || CLOSER.with(Cell::get)
+}
+
 /// Threads inside the gate now (for tests).
 pub fn inside() -> u32 {
     COUNT.load(Ordering::Acquire) & !CLOSED

@@ -239,21 +239,27 @@ impl ReadyFlag {
 pub fn out_of_the_way(fd: std::os::fd::RawFd) -> std::os::fd::RawFd {
     let mut rl = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: getrlimit writes one rlimit into `rl`.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) } != 0 {
-        return fd;
-    }
-    // Not past 4096: a high number grows the kernel's descriptor table.
-    let top = rl.rlim_cur.min(4096) as i32;
-    if top < 512 || fd >= top - 256 {
-        return fd;
-    }
-    // SAFETY: F_DUPFD_CLOEXEC creates a new descriptor and touches no memory.
-    let moved = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, top - 256) };
-    if moved < 0 {
-        return fd;
-    }
-    // SAFETY: closing the original, which nothing else refers to.
-    unsafe { libc::close(fd) };
+    let moved = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) } != 0 {
+        fd
+    } else {
+        // Not past 4096: a high number grows the kernel's descriptor table.
+        let top = rl.rlim_cur.min(4096) as i32;
+        if top < 512 || fd >= top - 256 {
+            fd
+        } else {
+            // SAFETY: F_DUPFD_CLOEXEC creates a new descriptor (the system
+            // call: not a function the shim interposes).
+            let moved = unsafe { libc::syscall(libc::SYS_fcntl, fd, libc::F_DUPFD_CLOEXEC, top - 256) } as i32;
+            if moved < 0 {
+                fd
+            } else {
+                // SAFETY: closing the original, which nothing else refers to.
+                unsafe { libc::syscall(libc::SYS_close, fd) };
+                moved
+            }
+        }
+    };
+    internal::mark(moved);
     moved
 }
 
@@ -311,6 +317,61 @@ pub fn private_dup(fd: std::os::fd::RawFd) -> Result<std::os::fd::OwnedFd, uiomm
     }
     // SAFETY: `dup` is a fresh descriptor nobody else owns.
     Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(out_of_the_way(dup)) })
+}
+
+/// The descriptors the engine and the shim keep for themselves (see
+/// [`out_of_the_way`]): a program that closes descriptors it did not open
+/// (`closefrom`, `close_range`, a walk of `/proc/self/fd`) must not take
+/// them from us, nor put its own files on their numbers. The shim asks
+/// [`internal::is`] before it lets the program close or overwrite one.
+pub mod internal {
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    const WORDS: usize = (1 << 20) / 64;
+    static BITS: [AtomicU64; WORDS] = [const { AtomicU64::new(0) }; WORDS];
+
+    fn at(fd: i32) -> Option<(&'static AtomicU64, u64)> {
+        let fd = usize::try_from(fd).ok()?;
+        Some((BITS.get(fd / 64)?, 1u64 << (fd % 64)))
+    }
+
+    /// `fd` is one of ours.
+    pub fn mark(fd: i32) {
+        if let Some((w, b)) = at(fd) {
+            w.fetch_or(b, Ordering::AcqRel);
+        }
+    }
+
+    /// `fd` is ours no more (we closed it).
+    pub fn unmark(fd: i32) {
+        if let Some((w, b)) = at(fd) {
+            w.fetch_and(!b, Ordering::AcqRel);
+        }
+    }
+
+    /// Whether `fd` is one of ours. One load.
+    pub fn is(fd: i32) -> bool {
+        at(fd).is_some_and(|(w, b)| w.load(Ordering::Acquire) & b != 0)
+    }
+
+    /// Ours in `[first, last]`, in order.
+    pub fn in_range(first: u32, last: u32, mut f: impl FnMut(i32)) {
+        let last = (last as usize).min(WORDS * 64 - 1);
+        let mut fd = first as usize;
+        while fd <= last {
+            let w = BITS[fd / 64].load(Ordering::Acquire) >> (fd % 64);
+            if w == 0 {
+                fd = (fd / 64 + 1) * 64;
+                continue;
+            }
+            let skip = w.trailing_zeros() as usize;
+            fd += skip;
+            if fd <= last {
+                f(fd as i32);
+            }
+            fd += 1;
+        }
+    }
 }
 
 /// `RLIMIT_MEMLOCK`'s soft limit in bytes (`None`: unlimited).

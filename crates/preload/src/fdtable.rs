@@ -117,6 +117,7 @@ extern "C" fn atfork_parent() {
 }
 
 extern "C" fn atfork_child() {
+    PID.store(raw_getpid(), Ordering::Relaxed);
     crate::handoff::child_after_fork();
     let _ = std::panic::catch_unwind(fork_server::child_locked);
     atfork_release();
@@ -125,8 +126,27 @@ extern "C" fn atfork_child() {
 
 static ATFORK: Once = Once::new();
 
+/// This process's pid, as of load or the last `fork` (0: not known yet).
+static PID: AtomicU32 = AtomicU32::new(0);
+
+fn raw_getpid() -> u32 {
+    // SAFETY: getpid has no preconditions (the system call: glibc's caches).
+    unsafe { libc::syscall(libc::SYS_getpid) as u32 }
+}
+
+/// Whether this is a child made with `vfork` (or `clone` sharing our
+/// memory) that has not yet called `exec`: it shares our table with its
+/// parent but not its descriptors, so it must not change the table (see
+/// the callers). `fork` children run the atfork handlers, which note their
+/// pid.
+pub fn in_vfork_child() -> bool {
+    let known = PID.load(Ordering::Relaxed);
+    known != 0 && known != raw_getpid()
+}
+
 pub(crate) fn ensure_atfork() {
     ATFORK.call_once(|| {
+        PID.store(raw_getpid(), Ordering::Relaxed);
         fork_server::init();
         // SAFETY: registering plain extern "C" handlers; they touch our own
         // statics and, when descriptors are served, make the descriptors

@@ -181,6 +181,7 @@ fn last_errno() -> Errno {
 /// Close a descriptor of ours without going through the interposed
 /// `close` (usable in the fork handlers).
 fn close_raw(fd: RawFd) {
+    uiommufd_memory::sys::internal::unmark(fd);
     // SAFETY: closing a descriptor this module owns.
     unsafe { libc::syscall(libc::SYS_close, fd) };
 }
@@ -295,9 +296,11 @@ pub(crate) fn move_high(fd: RawFd, cloexec: bool) -> RawFd {
         let moved = unsafe { libc::syscall(libc::SYS_fcntl, fd, cmd, base) } as RawFd;
         if moved >= 0 {
             close_raw(fd);
+            uiommufd_memory::sys::internal::mark(moved);
             return moved;
         }
     }
+    uiommufd_memory::sys::internal::mark(fd);
     fd
 }
 
@@ -818,7 +821,12 @@ pub(crate) fn parent(work: Option<ParentWork>) {
         // Failing, the child's calls on these descriptors fail with EIO.
         let _ = c.session.send_clone(&indices, theirs.as_raw_fd());
     }
-    drop(pending);
+    {
+        // Our sockets among it close from our own code (see
+        // entry::fds::close_internal).
+        let _engine = EngineGuard::enter();
+        drop(pending);
+    }
     reserve(fdtable::occupied());
     let Some(session) = session else { return };
     let wake = WAKE.load(Ordering::Acquire);

@@ -8,6 +8,8 @@ use libc::{c_char, c_int, c_long, c_uint, mode_t};
 use uiommufd_abi::Errno;
 use uiommufd_dispatch::{FdHost, File, Node};
 
+use uiommufd_memory::sys::internal;
+
 use super::{base_of, fail, guard, model_ok, redirect, remember_container, shielded};
 use crate::fdtable::Entry;
 use crate::path::{self, Base};
@@ -202,7 +204,12 @@ pub unsafe extern "C" fn __openat64_2(dirfd: c_int, path: *const c_char, flags: 
 /// C `close(2)`.
 #[no_mangle]
 pub unsafe extern "C" fn close(fd: c_int) -> c_int {
-    if !fdtable::is_ours(fd) {
+    if internal::is(fd) {
+        return close_internal(fd);
+    }
+    if !fdtable::is_ours(fd) || fdtable::in_vfork_child() {
+        // A vfork child's close is of its own descriptor: our table is its
+        // parent's.
         // SAFETY: forwarded per close(2).
         return unsafe { real::close(fd) };
     }
@@ -220,6 +227,21 @@ pub unsafe extern "C" fn close(fd: c_int) -> c_int {
     // The engine's teardown for the last descriptor runs here.
     release(entry);
     rc
+}
+
+/// `close` of one of our own descriptors (an engine eventfd, a device's
+/// BAR memfd, a fork-server socket, the exec handoff): ours to close from
+/// our own code; from the program's (a `/proc/self/fd` walk closing what
+/// it did not open) it succeeds without closing anything, so the engine
+/// never loses it nor writes to a number the program reuses. The program
+/// sees what it would see on the kernel, which has no such descriptor.
+fn close_internal(fd: c_int) -> c_int {
+    if uiommufd_memory::forkgate::in_shim() {
+        internal::unmark(fd);
+        // SAFETY: closing a descriptor of ours, from our own code.
+        return unsafe { real::close(fd) };
+    }
+    0
 }
 
 /// Drop what closed (or overwritten) descriptors referred to: the engine's
@@ -268,6 +290,9 @@ fn after_dup(oldfd: c_int, newfd: c_int, stale: &mut Option<Entry>) -> c_int {
 /// [`after_dup`] as an engine call, then the release of what `newfd`
 /// referred to before.
 fn dup_done(oldfd: c_int, newfd: c_int) -> c_int {
+    if fdtable::in_vfork_child() {
+        return newfd;
+    }
     let mut stale = None;
     let rc = guard(|| after_dup(oldfd, newfd, &mut stale));
     release(stale);
@@ -290,6 +315,9 @@ pub unsafe extern "C" fn dup(fd: c_int) -> c_int {
 /// C `dup2(2)`.
 #[no_mangle]
 pub unsafe extern "C" fn dup2(old: c_int, new: c_int) -> c_int {
+    if internal::is(new) && !uiommufd_memory::forkgate::in_shim() {
+        return fail(libc::EBUSY);
+    }
     // SAFETY: forwarded per dup2(2).
     let r = unsafe { real::dup2(old, new) };
     if old == new || (!fdtable::is_ours(old) && !fdtable::is_ours(new)) {
@@ -302,6 +330,9 @@ pub unsafe extern "C" fn dup2(old: c_int, new: c_int) -> c_int {
 /// C `dup3(2)`.
 #[no_mangle]
 pub unsafe extern "C" fn dup3(old: c_int, new: c_int, flags: c_int) -> c_int {
+    if internal::is(new) && !uiommufd_memory::forkgate::in_shim() {
+        return fail(libc::EBUSY);
+    }
     // SAFETY: forwarded per dup3(2).
     let r = unsafe { real::dup3(old, new, flags) };
     if !fdtable::is_ours(old) && !fdtable::is_ours(new) {
@@ -339,9 +370,8 @@ pub unsafe extern "C" fn fcntl64(fd: c_int, cmd: c_int, arg: c_long) -> c_int {
 /// C `close_range(2)`.
 #[no_mangle]
 pub unsafe extern "C" fn close_range(first: c_uint, last: c_uint, flags: c_int) -> c_int {
-    // SAFETY: forwarded per close_range(2).
-    let r = unsafe { real::close_range(first, last, flags) };
-    if r == 0 && flags & libc::CLOSE_RANGE_CLOEXEC as c_int == 0 {
+    let r = close_range_around_ours(first, last, flags);
+    if r == 0 && flags & libc::CLOSE_RANGE_CLOEXEC as c_int == 0 && !fdtable::in_vfork_child() {
         let ours = fdtable::ours_in(first, last);
         if !ours.is_empty() {
             let errno = real::errno();
@@ -357,13 +387,43 @@ pub unsafe extern "C" fn close_range(first: c_uint, last: c_uint, flags: c_int) 
     r
 }
 
+/// `close_range(first, last, flags)` on the program's descriptors only:
+/// the range is cut around ours (see [`close_internal`]). 0 or -1 with
+/// errno, as close_range(2) (its argument checks first).
+fn close_range_around_ours(first: c_uint, last: c_uint, flags: c_int) -> c_int {
+    if first > last {
+        // SAFETY: forwarded per close_range(2) (it refuses this).
+        return unsafe { real::close_range(first, last, flags) };
+    }
+    let mut from = first;
+    let mut rc = 0;
+    let mut ours = Vec::new();
+    internal::in_range(first, last, |fd| ours.push(fd as c_uint));
+    for fd in ours {
+        if fd > from {
+            // SAFETY: forwarded per close_range(2), a sub-range.
+            rc |= unsafe { real::close_range(from, fd - 1, flags) };
+        }
+        from = fd + 1;
+    }
+    if from <= last && from >= first {
+        // SAFETY: forwarded per close_range(2), the rest of the range.
+        rc |= unsafe { real::close_range(from, last, flags) };
+    }
+    rc
+}
+
 /// # Safety
 /// C `closefrom(3)`.
 #[no_mangle]
 pub unsafe extern "C" fn closefrom(lowfd: c_int) {
-    // SAFETY: forwarded per closefrom(3).
-    unsafe { real::closefrom(lowfd) };
-    if lowfd >= 0 {
+    if lowfd >= 0 && close_range_around_ours(lowfd as c_uint, c_uint::MAX, 0) != 0 {
+        // No close_range (an old kernel): libc's walk, which comes back
+        // through our `close` for each descriptor.
+        // SAFETY: forwarded per closefrom(3).
+        unsafe { real::closefrom(lowfd) };
+    }
+    if lowfd >= 0 && !fdtable::in_vfork_child() {
         let ours = fdtable::ours_in(lowfd as u32, u32::MAX);
         if !ours.is_empty() {
             let mut gone = Vec::new();
