@@ -1352,6 +1352,9 @@ mod tests {
 
     #[test]
     fn messages_travel_with_payload_and_descriptor() {
+        // Our own code, as far as the interposed `close` is concerned (it
+        // keeps the program's hands off the shim's sockets).
+        let _ours = uiommufd_memory::forkgate::enter();
         let (a, b) = socketpair().unwrap();
         assert!(a.as_raw_fd() > 2 && b.as_raw_fd() > 2, "out of the program's way");
         let m = Msg { op: OP_CLONE, a: -3, b: 1, c: 2, d: 3, e: -4, pid: 5, tid: 6 };
