@@ -33,6 +33,7 @@ pub mod mock;
 pub mod pt;
 pub mod regfield;
 pub mod smmuv3;
+mod tlbcache;
 pub mod vtd;
 pub mod x86_64;
 

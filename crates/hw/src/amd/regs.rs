@@ -23,13 +23,13 @@ use core::fmt;
 
 use uiommufd_abi::Errno;
 
-use crate::regfield::register64;
 pub use crate::regfield::Field;
+use crate::regfield::{self, register};
 
-register64! {
+register! {
     /// The Extended Feature Register (spec: "MMIO Offset 0030h IOMMU
     /// Extended Feature Register").
-    Efr, "EFR" {
+    Efr: u64, "EFR" @ 0x30 {
         pref_sup / with_pref_sup = "PreFSup" [0; 1] "PREFETCH_IOMMU_PAGES command";
         /// Linux `FEATURE_PPR`.
         ppr_sup / with_ppr_sup = "PPRSup" [1; 1] "peripheral page requests";
@@ -85,11 +85,11 @@ register64! {
     }
 }
 
-register64! {
+register! {
     /// The Extended Feature 2 Register (spec: "MMIO Offset 01A0h IOMMU
     /// Extended Feature 2 Register"). Only the
     /// fields the Linux driver reads are named.
-    Efr2, "EFR2" {
+    Efr2: u64, "EFR2" @ 0x1a0 {
         /// Linux `FEATURE_SEVSNPIO_SUP`, printed `SEV-TIO`.
         sev_snp_io_sup / with_sev_snp_io_sup = "SEVSNPIOSup" [1; 1] "SEV-TIO";
         /// Linux `FEATURE_GCR3TRPMODE`: the DTE's GCR3 root pointer holds a
@@ -105,16 +105,6 @@ register64! {
         /// Linux `FEATURE_SNP_PAGE_MODE0_SUP`.
         snp_page_mode0_sup / with_snp_page_mode0_sup = "SNPPageMode0Sup" [13; 1] "DTE Mode 0 under SNP";
     }
-}
-
-impl Efr {
-    /// MMIO offset.
-    pub const OFFSET: u32 = 0x30;
-}
-
-impl Efr2 {
-    /// MMIO offset.
-    pub const OFFSET: u32 = 0x1a0;
 }
 
 /// EFR and EFR2 of one IOMMU (Linux's global `amd_iommu_efr` and
@@ -231,38 +221,23 @@ impl AmdRegs {
     /// bits set outside the named fields are listed after each register.
     pub fn decode(&self) -> Vec<String> {
         let mut out = Vec::new();
-        decode_reg(&mut out, Efr::NAME, Efr::OFFSET, self.efr.0, Efr::FIELDS, efr_note);
-        decode_reg(&mut out, Efr2::NAME, Efr2::OFFSET, self.efr2.0, Efr2::FIELDS, efr2_note);
+        regfield::decode(
+            &mut out,
+            &format!("{} (MMIO {:04x}h)", Efr::NAME, Efr::OFFSET),
+            self.efr.0,
+            64,
+            Efr::FIELDS,
+            efr_note,
+        );
+        regfield::decode(
+            &mut out,
+            &format!("{} (MMIO {:04x}h)", Efr2::NAME, Efr2::OFFSET),
+            self.efr2.0,
+            64,
+            Efr2::FIELDS,
+            efr2_note,
+        );
         out
-    }
-}
-
-fn decode_reg(
-    out: &mut Vec<String>,
-    name: &str,
-    offset: u32,
-    reg: u64,
-    fields: &[Field],
-    note: impl Fn(&Field, u64) -> Option<String>,
-) {
-    out.push(format!("{name} (MMIO {offset:04x}h) {reg:#018x}"));
-    let mut known = 0u64;
-    for f in fields {
-        known |= f.set(0, u64::MAX);
-        let v = f.get(reg);
-        let value = if f.width == 1 { format!("{v}") } else { format!("{v:#x}") };
-        let mut line = format!("  {:<18}{:<8} = {:<5} {}", f.name, f.bits(), value, f.desc);
-        if let Some(n) = note(f, v) {
-            line.push_str(" (");
-            line.push_str(&n);
-            line.push(')');
-        }
-        out.push(line);
-    }
-    let unknown = reg & !known;
-    if unknown != 0 {
-        let bits: Vec<String> = (0..64).filter(|b| unknown & (1 << b) != 0).map(|b| b.to_string()).collect();
-        out.push(format!("  other bits set: {unknown:#018x} (bits {})", bits.join(", ")));
     }
 }
 

@@ -17,100 +17,13 @@
 //! ([`SmmuRegs::parse`]); [`SmmuRegs::decode`] renders the fields as
 //! human-readable lines.
 
-use core::fmt;
-
 use uiommufd_abi::Errno;
 
-/// One register field: name, lowest bit, width in bits and meaning.
-#[derive(Clone, Copy, Debug)]
-pub struct Field {
-    /// The specification's mnemonic.
-    pub name: &'static str,
-    pub lo: u32,
-    pub width: u32,
-    pub desc: &'static str,
-}
+use crate::regfield::{self, register, Field};
 
-impl Field {
-    const fn mask(&self) -> u32 {
-        if self.width >= 32 {
-            u32::MAX
-        } else {
-            (1u32 << self.width) - 1
-        }
-    }
-
-    /// The field's value in `reg`.
-    pub const fn get(&self, reg: u32) -> u32 {
-        (reg >> self.lo) & self.mask()
-    }
-
-    /// `reg` with the field set to `v` (masked to the field's width).
-    pub const fn set(&self, reg: u32, v: u32) -> u32 {
-        (reg & !(self.mask() << self.lo)) | ((v & self.mask()) << self.lo)
-    }
-
-    /// `"[hi:lo]"` or `"[bit]"`.
-    pub fn bits(&self) -> String {
-        if self.width == 1 {
-            format!("[{}]", self.lo)
-        } else {
-            format!("[{}:{}]", self.lo + self.width - 1, self.lo)
-        }
-    }
-}
-
-/// Declares a 32-bit register type with one getter/setter pair per field
-/// and a table of its fields for the decoder.
-macro_rules! register32 {
-    (
-        $(#[$meta:meta])*
-        $ty:ident, $reg_name:literal, $offset:literal {
-            $($(#[$fmeta:meta])* $get:ident / $set:ident = $mn:literal [$lo:literal; $w:literal] $desc:literal;)*
-        }
-    ) => {
-        $(#[$meta])*
-        #[derive(Clone, Copy, Default, PartialEq, Eq, Hash)]
-        pub struct $ty(pub u32);
-
-        impl $ty {
-            /// The register's name in the specification.
-            pub const NAME: &'static str = $reg_name;
-            /// Offset in the SMMU's register page 0.
-            pub const OFFSET: u32 = $offset;
-
-            /// Every field this model knows, lowest bit first.
-            pub const FIELDS: &'static [Field] = &[
-                $(Field { name: $mn, lo: $lo, width: $w, desc: $desc },)*
-            ];
-
-            $(
-                $(#[$fmeta])*
-                #[doc = concat!("`", $mn, "`: ", $desc, " (bit ", stringify!($lo), ", width ", stringify!($w), ").")]
-                #[inline]
-                pub const fn $get(self) -> u32 {
-                    Field { name: $mn, lo: $lo, width: $w, desc: $desc }.get(self.0)
-                }
-
-                #[doc = concat!("This register with `", $mn, "` set to `v` (masked to the field's width).")]
-                #[inline]
-                pub const fn $set(self, v: u32) -> Self {
-                    Self(Field { name: $mn, lo: $lo, width: $w, desc: $desc }.set(self.0, v))
-                }
-            )*
-        }
-
-        impl fmt::Debug for $ty {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                write!(f, "{}({:#010x})", stringify!($ty), self.0)
-            }
-        }
-    };
-}
-
-register32! {
+register! {
     /// SMMU_IDR0 (§6.3.1, offset 0x0).
-    Idr0, "SMMU_IDR0", 0x0 {
+    Idr0: u32, "SMMU_IDR0" @ 0x0 {
         s2p / with_s2p = "S2P" [0; 1] "stage 2 translation";
         s1p / with_s1p = "S1P" [1; 1] "stage 1 translation";
         /// 0b01 AArch32 (LPAE) only, 0b10 AArch64 only, 0b11 both.
@@ -148,9 +61,9 @@ register32! {
     }
 }
 
-register32! {
+register! {
     /// SMMU_IDR1 (§6.3.2, offset 0x4).
-    Idr1, "SMMU_IDR1", 0x4 {
+    Idr1: u32, "SMMU_IDR1" @ 0x4 {
         sidsize / with_sidsize = "SIDSIZE" [0; 6] "StreamID bits";
         /// SubstreamID (PASID) bits; 0: no substreams.
         ssidsize / with_ssidsize = "SSIDSIZE" [6; 5] "SubstreamID bits";
@@ -167,16 +80,16 @@ register32! {
     }
 }
 
-register32! {
+register! {
     /// SMMU_IDR2 (§6.3.3, offset 0x8).
-    Idr2, "SMMU_IDR2", 0x8 {
+    Idr2: u32, "SMMU_IDR2" @ 0x8 {
         ba_vatos / with_ba_vatos = "BA_VATOS" [0; 10] "VATOS page base address / 64KB";
     }
 }
 
-register32! {
+register! {
     /// SMMU_IDR3 (§6.3.4, offset 0xc).
-    Idr3, "SMMU_IDR3", 0xc {
+    Idr3: u32, "SMMU_IDR3" @ 0xc {
         had / with_had = "HAD" [2; 1] "hierarchical attribute disables";
         pbha / with_pbha = "PBHA" [3; 1] "page-based hardware attributes";
         xnx / with_xnx = "XNX" [4; 1] "EL0/EL1 execute-never at stage 2";
@@ -195,16 +108,16 @@ register32! {
     }
 }
 
-register32! {
+register! {
     /// SMMU_IDR4 (§6.3.5, offset 0x10): IMPLEMENTATION DEFINED.
-    Idr4, "SMMU_IDR4", 0x10 {
+    Idr4: u32, "SMMU_IDR4" @ 0x10 {
         impdef / with_impdef = "IMPDEF" [0; 32] "IMPLEMENTATION DEFINED";
     }
 }
 
-register32! {
+register! {
     /// SMMU_IDR5 (§6.3.6, offset 0x14).
-    Idr5, "SMMU_IDR5", 0x14 {
+    Idr5: u32, "SMMU_IDR5" @ 0x14 {
         /// 0 32, 1 36, 2 40, 3 42, 4 44, 5 48, 6 52 bits.
         oas / with_oas = "OAS" [0; 3] "output address size";
         gran4k / with_gran4k = "GRAN4K" [4; 1] "4KB translation granule";
@@ -219,9 +132,9 @@ register32! {
     }
 }
 
-register32! {
+register! {
     /// SMMU_IIDR (§6.3.7, offset 0x18).
-    Iidr, "SMMU_IIDR", 0x18 {
+    Iidr: u32, "SMMU_IIDR" @ 0x18 {
         /// JEP106 code of the implementer (0x43b: Arm).
         implementer / with_implementer = "Implementer" [0; 12] "implementer (JEP106)";
         revision / with_revision = "Revision" [12; 4] "minor revision";
@@ -230,9 +143,9 @@ register32! {
     }
 }
 
-register32! {
+register! {
     /// SMMU_AIDR (§6.3.8, offset 0x1c).
-    Aidr, "SMMU_AIDR", 0x1c {
+    Aidr: u32, "SMMU_AIDR" @ 0x1c {
         arch_minor_rev / with_arch_minor_rev = "ArchMinorRev" [0; 4] "SMMUv3.<minor>";
         arch_major_rev / with_arch_major_rev = "ArchMajorRev" [4; 4] "SMMUv<3 + major>";
     }
@@ -382,42 +295,17 @@ impl SmmuRegs {
         let mut out = Vec::new();
         let (maj, min) = self.version();
         out.push(format!("SMMUv{maj}.{min}"));
-        decode_reg(&mut out, Idr0::NAME, self.idr0.0, Idr0::FIELDS, |f, v| idr0_note(f, v));
-        decode_reg(&mut out, Idr1::NAME, self.idr1.0, Idr1::FIELDS, |f, v| idr1_note(f, v));
-        decode_reg(&mut out, Idr2::NAME, self.idr2.0, Idr2::FIELDS, |_, _| None);
-        decode_reg(&mut out, Idr3::NAME, self.idr3.0, Idr3::FIELDS, |f, v| idr3_note(f, v));
-        decode_reg(&mut out, Idr4::NAME, self.idr4.0, Idr4::FIELDS, |_, _| None);
-        decode_reg(&mut out, Idr5::NAME, self.idr5.0, Idr5::FIELDS, |f, v| idr5_note(f, v));
-        decode_reg(&mut out, Iidr::NAME, self.iidr.0, Iidr::FIELDS, |f, v| iidr_note(self.iidr, f, v));
-        decode_reg(&mut out, Aidr::NAME, self.aidr.0, Aidr::FIELDS, |_, _| None);
+        regfield::decode(&mut out, Idr0::NAME, self.idr0.0.into(), 32, Idr0::FIELDS, |f, v| idr0_note(f, v as u32));
+        regfield::decode(&mut out, Idr1::NAME, self.idr1.0.into(), 32, Idr1::FIELDS, |f, v| idr1_note(f, v as u32));
+        regfield::decode(&mut out, Idr2::NAME, self.idr2.0.into(), 32, Idr2::FIELDS, |_, _| None);
+        regfield::decode(&mut out, Idr3::NAME, self.idr3.0.into(), 32, Idr3::FIELDS, |f, v| idr3_note(f, v as u32));
+        regfield::decode(&mut out, Idr4::NAME, self.idr4.0.into(), 32, Idr4::FIELDS, |_, _| None);
+        regfield::decode(&mut out, Idr5::NAME, self.idr5.0.into(), 32, Idr5::FIELDS, |f, v| idr5_note(f, v as u32));
+        regfield::decode(&mut out, Iidr::NAME, self.iidr.0.into(), 32, Iidr::FIELDS, |f, v| {
+            iidr_note(self.iidr, f, v as u32)
+        });
+        regfield::decode(&mut out, Aidr::NAME, self.aidr.0.into(), 32, Aidr::FIELDS, |_, _| None);
         out
-    }
-}
-
-fn decode_reg(
-    out: &mut Vec<String>,
-    name: &str,
-    reg: u32,
-    fields: &[Field],
-    note: impl Fn(&Field, u32) -> Option<String>,
-) {
-    out.push(format!("{name} {reg:#010x}"));
-    let mut known = 0u32;
-    for f in fields {
-        known |= f.set(0, u32::MAX);
-        let v = f.get(reg);
-        let value = if f.width == 1 { format!("{v}") } else { format!("{v:#x}") };
-        let mut line = format!("  {:<15}{:<8} = {:<6} {}", f.name, f.bits(), value, f.desc);
-        if let Some(n) = note(f, v) {
-            line.push_str(" (");
-            line.push_str(&n);
-            line.push(')');
-        }
-        out.push(line);
-    }
-    let unknown = reg & !known;
-    if unknown != 0 {
-        out.push(format!("  reserved bits set: {unknown:#010x}"));
     }
 }
 
@@ -854,8 +742,8 @@ mod tests {
         r.idr5.0 |= 1 << 3;
         r.iidr = Iidr(0x4870_043b);
         let lines = r.decode();
-        assert!(lines.iter().any(|l| l == "  reserved bits set: 0x20000000"));
-        assert!(lines.iter().any(|l| l == "  reserved bits set: 0x00000008"));
+        assert!(lines.iter().any(|l| l == "  reserved bits set: 0x20000000 (bit 29)"));
+        assert!(lines.iter().any(|l| l == "  reserved bits set: 0x00000008 (bit 3)"));
         assert!(lines.iter().any(|l| l.contains("MMU-700")));
         assert_eq!(oas_bits(7), None);
         assert_eq!(oas_encoding(52), Some(6));

@@ -28,12 +28,10 @@
 //!   packed in a seqlock of atomics, so the translation of a TLB hit reads
 //!   its CD without a lock or a hash.
 //!
-//! Structure: the TLB is 4-way set associative, indexed by VMID and page
-//! (not ASID, so that an address invalidation for all ASIDs probes one set
-//! per page size), with clock replacement per set. Each set is a seqlock
-//! over atomics: a lookup is a handful of loads and takes no lock (it
-//! treats a set being written as a miss); fills and invalidations lock one
-//! set at a time.
+//! Structure: the TLB is a [`crate::tlbcache::SetCache`] (4-way set
+//! associative, clock replacement, seqlocked sets read without a lock),
+//! indexed by VMID and page (not ASID, so that an address invalidation for
+//! all ASIDs probes one set per page size).
 //!
 //! Invariant (no stale fill): a walk reads the cache's generation before
 //! reading any table and passes it to the fill; every invalidation bumps
@@ -45,13 +43,12 @@ use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
 use std::sync::RwLock;
 
 use super::ste::CdConfig;
+use crate::tlbcache::{SetCache, VALID};
 
 /// log2 of the entry sizes the TLB holds (4KB, 16KB, 64KB, 2MB, 32MB,
 /// 512MB, 1GB).
 pub const CLASS_SHIFTS: [u32; 7] = [12, 14, 16, 21, 25, 29, 30];
 const NCLASS: usize = CLASS_SHIFTS.len();
-const WAYS: usize = 4;
-const VALID: u64 = 1 << 63;
 const GLOBAL: u64 = 1 << 55;
 
 const fn class_of(shift: u32) -> Option<usize> {
@@ -88,44 +85,6 @@ const fn tag_global(tag: u64) -> bool {
     tag & GLOBAL != 0
 }
 
-#[derive(Default)]
-struct Way {
-    tag: AtomicU64,
-    vpn: AtomicU64,
-    data: AtomicU64,
-}
-
-#[repr(align(64))]
-#[derive(Default)]
-struct Set {
-    /// Odd while a writer holds the set.
-    seq: AtomicU32,
-    /// Bit per way: referenced since the clock hand last passed.
-    refs: AtomicU32,
-    /// Clock hand (written under the set lock only).
-    hand: AtomicU32,
-    ways: [Way; WAYS],
-}
-
-impl Set {
-    fn lock(&self) -> u32 {
-        loop {
-            let s = self.seq.load(Ordering::Relaxed);
-            if s & 1 == 0
-                && self.seq.compare_exchange_weak(s, s.wrapping_add(1), Ordering::Acquire, Ordering::Relaxed).is_ok()
-            {
-                fence(Ordering::Release);
-                return s;
-            }
-            std::hint::spin_loop();
-        }
-    }
-
-    fn unlock(&self, s: u32) {
-        self.seq.store(s.wrapping_add(2), Ordering::Release);
-    }
-}
-
 /// A TLB hit: the cached data word and the entry's size.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TlbHit {
@@ -145,15 +104,11 @@ pub struct TlbStats {
 
 /// The TLB of one SMMU.
 pub struct Tlb {
-    sets: Box<[Set]>,
-    mask: usize,
-    /// Valid entries per size class, and global ones.
-    live: [AtomicU64; NCLASS],
-    live_global: AtomicU64,
+    /// Entries classed by size, global ones counted apart.
+    c: SetCache,
     gen: AtomicU64,
     misses: AtomicU64,
     fills: AtomicU64,
-    evictions: AtomicU64,
     invalidations: AtomicU64,
 }
 
@@ -177,31 +132,26 @@ impl Tlb {
 
     /// `sets` sets of 4 ways (rounded up to a power of two).
     pub fn with_sets(sets: usize) -> Self {
-        let sets = sets.max(1).next_power_of_two();
         Tlb {
-            sets: (0..sets).map(|_| Set::default()).collect(),
-            mask: sets - 1,
-            live: Default::default(),
-            live_global: AtomicU64::new(0),
+            c: SetCache::new(sets, tag_class, GLOBAL),
             gen: AtomicU64::new(0),
             misses: AtomicU64::new(0),
             fills: AtomicU64::new(0),
-            evictions: AtomicU64::new(0),
             invalidations: AtomicU64::new(0),
         }
     }
 
     pub fn capacity(&self) -> usize {
-        self.sets.len() * WAYS
+        self.c.capacity()
     }
 
     pub fn stats(&self) -> TlbStats {
         TlbStats {
             misses: self.misses.load(Ordering::Relaxed),
             fills: self.fills.load(Ordering::Relaxed),
-            evictions: self.evictions.load(Ordering::Relaxed),
+            evictions: self.c.evictions(),
             invalidations: self.invalidations.load(Ordering::Relaxed),
-            entries: self.live.iter().map(|l| l.load(Ordering::Relaxed) as usize).sum(),
+            entries: self.c.len(),
         }
     }
 
@@ -215,50 +165,25 @@ impl Tlb {
     fn index(&self, vmid: u16, class: usize, vpn: u64) -> usize {
         let h = (vpn ^ ((u64::from(vmid) << 8 | class as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 40))
             .wrapping_mul(0xff51_afd7_ed55_8ccd);
-        ((h >> 32) as usize) & self.mask
-    }
-
-    #[inline(always)]
-    fn probe(&self, set: &Set, tag: u64, vpn: u64) -> Option<u64> {
-        let s1 = set.seq.load(Ordering::Acquire);
-        if s1 & 1 != 0 {
-            return None;
-        }
-        let mut hit = None;
-        for (i, w) in set.ways.iter().enumerate() {
-            if w.tag.load(Ordering::Relaxed) == tag && w.vpn.load(Ordering::Relaxed) == vpn {
-                hit = Some((i, w.data.load(Ordering::Relaxed)));
-                break;
-            }
-        }
-        fence(Ordering::Acquire);
-        if set.seq.load(Ordering::Relaxed) != s1 {
-            return None;
-        }
-        let (i, data) = hit?;
-        let bit = 1u32 << i;
-        if set.refs.load(Ordering::Relaxed) & bit == 0 {
-            set.refs.fetch_or(bit, Ordering::Relaxed);
-        }
-        Some(data)
+        ((h >> 32) as usize) & self.c.mask()
     }
 
     /// The cached translation of `va` for `(vmid, asid)`: an entry of that
     /// ASID or a global one, smallest page size first.
     #[inline]
     pub fn lookup(&self, vmid: u16, asid: u16, va: u64) -> Option<TlbHit> {
-        let globals = self.live_global.load(Ordering::Relaxed) != 0;
+        let globals = self.c.live_flagged() != 0;
         for (c, &shift) in CLASS_SHIFTS.iter().enumerate() {
-            if self.live[c].load(Ordering::Relaxed) == 0 {
+            if self.c.live(c) == 0 {
                 continue;
             }
             let vpn = va >> shift;
-            let set = &self.sets[self.index(vmid, c, vpn)];
-            if let Some(data) = self.probe(set, make_tag(vmid, asid, false, c), vpn) {
+            let idx = self.index(vmid, c, vpn);
+            if let Some(data) = self.c.lookup(idx, make_tag(vmid, asid, false, c), vpn) {
                 return Some(TlbHit { data, page_shift: shift });
             }
             if globals {
-                if let Some(data) = self.probe(set, make_tag(vmid, 0, true, c), vpn) {
+                if let Some(data) = self.c.lookup(idx, make_tag(vmid, 0, true, c), vpn) {
                     return Some(TlbHit { data, page_shift: shift });
                 }
             }
@@ -282,58 +207,13 @@ impl Tlb {
         let Some(c) = class_of(page_shift) else { return false };
         let tag = make_tag(vmid, asid, global, c);
         let vpn = va >> page_shift;
-        let set = &self.sets[self.index(vmid, c, vpn)];
-        let s = set.lock();
-        if self.gen.load(Ordering::Acquire) != gen {
-            set.unlock(s);
+        let filled =
+            self.c.insert(self.index(vmid, c, vpn), tag, vpn, data, || self.gen.load(Ordering::Acquire) == gen);
+        if !filled {
             return false;
         }
-        let ways = &set.ways;
-        let existing =
-            ways.iter().position(|w| w.tag.load(Ordering::Relaxed) == tag && w.vpn.load(Ordering::Relaxed) == vpn);
-        let i = match existing {
-            Some(i) => i,
-            None => {
-                let i = ways.iter().position(|w| w.tag.load(Ordering::Relaxed) & VALID == 0).unwrap_or_else(|| {
-                    let mut hand = set.hand.load(Ordering::Relaxed) as usize % WAYS;
-                    loop {
-                        let bit = 1u32 << hand;
-                        if set.refs.load(Ordering::Relaxed) & bit == 0 {
-                            break;
-                        }
-                        set.refs.fetch_and(!bit, Ordering::Relaxed);
-                        hand = (hand + 1) % WAYS;
-                    }
-                    set.hand.store(((hand + 1) % WAYS) as u32, Ordering::Relaxed);
-                    hand
-                });
-                let old = ways[i].tag.load(Ordering::Relaxed);
-                if old & VALID != 0 {
-                    self.forget(old);
-                    self.evictions.fetch_add(1, Ordering::Relaxed);
-                }
-                self.live[c].fetch_add(1, Ordering::Relaxed);
-                if global {
-                    self.live_global.fetch_add(1, Ordering::Relaxed);
-                }
-                i
-            }
-        };
-        let w = &ways[i];
-        w.tag.store(tag, Ordering::Relaxed);
-        w.vpn.store(vpn, Ordering::Relaxed);
-        w.data.store(data, Ordering::Relaxed);
-        set.refs.fetch_and(!(1 << i), Ordering::Relaxed);
-        set.unlock(s);
         self.fills.fetch_add(1, Ordering::Relaxed);
         true
-    }
-
-    fn forget(&self, tag: u64) {
-        self.live[tag_class(tag)].fetch_sub(1, Ordering::Relaxed);
-        if tag_global(tag) {
-            self.live_global.fetch_sub(1, Ordering::Relaxed);
-        }
     }
 
     fn begin_invalidation(&self) {
@@ -341,43 +221,22 @@ impl Tlb {
         self.invalidations.fetch_add(1, Ordering::Relaxed);
     }
 
-    fn remove_in(&self, idx: usize, doomed: &mut impl FnMut(u64, u64) -> bool) -> usize {
-        let set = &self.sets[idx];
-        let s = set.lock();
-        let mut n = 0;
-        for (i, w) in set.ways.iter().enumerate() {
-            let tag = w.tag.load(Ordering::Relaxed);
-            if tag & VALID != 0 && doomed(tag, w.vpn.load(Ordering::Relaxed)) {
-                w.tag.store(0, Ordering::Relaxed);
-                set.refs.fetch_and(!(1 << i), Ordering::Relaxed);
-                self.forget(tag);
-                n += 1;
-            }
-        }
-        set.unlock(s);
-        n
-    }
-
-    fn remove_all(&self, mut doomed: impl FnMut(u64, u64) -> bool) -> usize {
-        (0..self.sets.len()).map(|i| self.remove_in(i, &mut doomed)).sum()
-    }
-
     /// Everything (`CMD_TLBI_NSNH_ALL`).
     pub fn invalidate_all(&self) -> usize {
         self.begin_invalidation();
-        self.remove_all(|_, _| true)
+        self.c.remove_all(|_, _| true)
     }
 
     /// Every entry of `vmid` (`CMD_TLBI_NH_ALL`, `CMD_TLBI_S12_VMALL`).
     pub fn invalidate_vmid(&self, vmid: u16) -> usize {
         self.begin_invalidation();
-        self.remove_all(|t, _| tag_vmid(t) == vmid)
+        self.c.remove_all(|t, _| tag_vmid(t) == vmid)
     }
 
     /// The non-global entries of `asid` in `vmid` (`CMD_TLBI_NH_ASID`).
     pub fn invalidate_asid(&self, vmid: u16, asid: u16) -> usize {
         self.begin_invalidation();
-        self.remove_all(|t, _| tag_vmid(t) == vmid && !tag_global(t) && tag_asid(t) == asid)
+        self.c.remove_all(|t, _| tag_vmid(t) == vmid && !tag_global(t) && tag_asid(t) == asid)
     }
 
     /// Entries of `vmid` that translate any address in `start..=last`:
@@ -405,17 +264,17 @@ impl Tlb {
         let small = CLASS_SHIFTS
             .iter()
             .enumerate()
-            .all(|(c, &s)| self.live[c].load(Ordering::Relaxed) == 0 || (last >> s) - (start >> s) < PROBE_MAX);
+            .all(|(c, &s)| self.c.live(c) == 0 || (last >> s) - (start >> s) < PROBE_MAX);
         if !small {
-            return self.remove_all(doomed);
+            return self.c.remove_all(doomed);
         }
         let mut n = 0;
         for (c, &s) in CLASS_SHIFTS.iter().enumerate() {
-            if self.live[c].load(Ordering::Relaxed) == 0 {
+            if self.c.live(c) == 0 {
                 continue;
             }
             for vpn in (start >> s)..=(last >> s) {
-                n += self.remove_in(self.index(vmid, c, vpn), &mut doomed);
+                n += self.c.remove_in(self.index(vmid, c, vpn), &mut doomed);
             }
         }
         n
@@ -737,7 +596,7 @@ mod tests {
         let s = tlb.stats();
         assert_eq!((s.entries, s.evictions, s.fills), (4, 6, 10));
         assert_eq!(tlb.invalidate_all(), 4);
-        assert_eq!(tlb.live_global.load(Ordering::Relaxed), 0);
+        assert_eq!(tlb.c.live_flagged(), 0);
     }
 
     #[test]

@@ -19,11 +19,9 @@
 //!   invalidation hint (IH, the uAPI's LEAF flag) keeps paging-structure
 //!   entries, as the spec allows.
 //!
-//! Structure: both caches are 4-way set associative with clock (not
-//! recently used) replacement per set, so a full cache replaces one entry
-//! at a time. Each set is a seqlock over atomics: a lookup is a handful of
-//! loads and takes no lock (it treats a set being written as a miss);
-//! fills and invalidations lock one set at a time.
+//! Structure: both caches are [`crate::tlbcache::SetCache`]s (4-way set
+//! associative, clock replacement, seqlocked sets read without a lock),
+//! indexed by a hash of tag and page.
 //!
 //! Invariant (no stale fill): a walk reads [`Iotlb::generation`] before
 //! reading any table and passes it to the fill; every invalidation bumps
@@ -31,56 +29,16 @@
 //! set lock if the generation moved. So an invalidation never leaves
 //! behind an entry computed from tables read before it started.
 
-use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use uiommufd_abi::Errno;
 
+use crate::tlbcache::{SetCache, VALID};
+
 /// The PASID that tags requests without PASID in scalable mode (RID_PASID,
 /// the kernel's `IOMMU_NO_PASID`).
 pub const RID_PASID: u32 = 0;
-
-const WAYS: usize = 4;
-const VALID: u64 = 1 << 63;
-
-#[derive(Default)]
-struct Way {
-    tag: AtomicU64,
-    vpn: AtomicU64,
-    data: AtomicU64,
-}
-
-#[repr(align(64))]
-#[derive(Default)]
-struct Set {
-    /// Odd while a writer holds the set.
-    seq: AtomicU32,
-    /// Bit per way: referenced since the clock hand last passed.
-    refs: AtomicU32,
-    /// Clock hand (written under the set lock only).
-    hand: AtomicU32,
-    ways: [Way; WAYS],
-}
-
-impl Set {
-    fn lock(&self) -> u32 {
-        loop {
-            let s = self.seq.load(Ordering::Relaxed);
-            if s & 1 == 0
-                && self.seq.compare_exchange_weak(s, s.wrapping_add(1), Ordering::Acquire, Ordering::Relaxed).is_ok()
-            {
-                // Order the odd sequence before the data stores that follow.
-                fence(Ordering::Release);
-                return s;
-            }
-            std::hint::spin_loop();
-        }
-    }
-
-    fn unlock(&self, s: u32) {
-        self.seq.store(s.wrapping_add(2), Ordering::Release);
-    }
-}
 
 /// `tag` layout: valid (63), level (50:48), domain ID (47:32), PASID (31:0).
 const fn make_tag(did: u16, pasid: u32, level: u32) -> u64 {
@@ -99,130 +57,37 @@ const fn tag_pasid(tag: u64) -> u32 {
     tag as u32
 }
 
-/// One set-associative cache of `(tag, vpn) -> data`.
+/// One of the unit's caches: entries classed by level.
 struct Cache {
-    sets: Box<[Set]>,
-    mask: usize,
-    /// Valid entries per level (to skip probing absent page sizes).
-    live: [AtomicU64; 8],
-    evictions: AtomicU64,
+    c: SetCache,
 }
 
 impl Cache {
     fn new(sets: usize) -> Cache {
-        let sets = sets.max(1).next_power_of_two();
-        Cache {
-            sets: (0..sets).map(|_| Set::default()).collect(),
-            mask: sets - 1,
-            live: Default::default(),
-            evictions: AtomicU64::new(0),
-        }
+        Cache { c: SetCache::new(sets, |t| tag_level(t) as usize, 0) }
     }
 
     #[inline]
     fn index(&self, tag: u64, vpn: u64) -> usize {
         let h = vpn ^ (tag.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 40);
-        (h as usize) & self.mask
+        (h as usize) & self.c.mask()
     }
 
     #[inline(always)]
     fn lookup(&self, tag: u64, vpn: u64) -> Option<u64> {
-        let set = &self.sets[self.index(tag, vpn)];
-        let s1 = set.seq.load(Ordering::Acquire);
-        if s1 & 1 != 0 {
-            return None;
-        }
-        let mut hit = None;
-        for (i, w) in set.ways.iter().enumerate() {
-            if w.tag.load(Ordering::Relaxed) == tag && w.vpn.load(Ordering::Relaxed) == vpn {
-                hit = Some((i, w.data.load(Ordering::Relaxed)));
-                break;
-            }
-        }
-        fence(Ordering::Acquire);
-        if set.seq.load(Ordering::Relaxed) != s1 {
-            return None;
-        }
-        let (i, data) = hit?;
-        let bit = 1u32 << i;
-        if set.refs.load(Ordering::Relaxed) & bit == 0 {
-            set.refs.fetch_or(bit, Ordering::Relaxed);
-        }
-        Some(data)
+        self.c.lookup(self.index(tag, vpn), tag, vpn)
     }
 
-    /// Fill `(tag, vpn) -> data` unless `gen` is no longer `cur()`'s value.
-    fn insert(&self, tag: u64, vpn: u64, data: u64, gen_ok: impl Fn() -> bool) -> bool {
-        let set = &self.sets[self.index(tag, vpn)];
-        let s = set.lock();
-        if !gen_ok() {
-            set.unlock(s);
-            return false;
-        }
-        let ways = &set.ways;
-        let existing =
-            ways.iter().position(|w| w.tag.load(Ordering::Relaxed) == tag && w.vpn.load(Ordering::Relaxed) == vpn);
-        let i = match existing {
-            Some(i) => i,
-            None => {
-                let i = ways.iter().position(|w| w.tag.load(Ordering::Relaxed) & VALID == 0).unwrap_or_else(|| {
-                    // Clock: skip (and age) referenced ways.
-                    let mut hand = set.hand.load(Ordering::Relaxed) as usize % WAYS;
-                    loop {
-                        let bit = 1u32 << hand;
-                        if set.refs.load(Ordering::Relaxed) & bit == 0 {
-                            break;
-                        }
-                        set.refs.fetch_and(!bit, Ordering::Relaxed);
-                        hand = (hand + 1) % WAYS;
-                    }
-                    set.hand.store(((hand + 1) % WAYS) as u32, Ordering::Relaxed);
-                    hand
-                });
-                let old = ways[i].tag.load(Ordering::Relaxed);
-                if old & VALID != 0 {
-                    self.live[tag_level(old) as usize].fetch_sub(1, Ordering::Relaxed);
-                    self.evictions.fetch_add(1, Ordering::Relaxed);
-                }
-                self.live[tag_level(tag) as usize].fetch_add(1, Ordering::Relaxed);
-                i
-            }
-        };
-        let w = &ways[i];
-        w.tag.store(tag, Ordering::Relaxed);
-        w.vpn.store(vpn, Ordering::Relaxed);
-        w.data.store(data, Ordering::Relaxed);
-        // A fill is not a reference: an entry never hit since it was filled
-        // is the first to go (scan resistance).
-        set.refs.fetch_and(!(1 << i), Ordering::Relaxed);
-        set.unlock(s);
-        true
+    fn insert(&self, tag: u64, vpn: u64, data: u64, gen_ok: impl FnOnce() -> bool) -> bool {
+        self.c.insert(self.index(tag, vpn), tag, vpn, data, gen_ok)
     }
 
-    /// Remove the entries of set `idx` for which `doomed(tag, vpn)`.
     fn remove_in(&self, idx: usize, doomed: &mut impl FnMut(u64, u64) -> bool) -> usize {
-        let set = &self.sets[idx];
-        let s = set.lock();
-        let mut n = 0;
-        for (i, w) in set.ways.iter().enumerate() {
-            let tag = w.tag.load(Ordering::Relaxed);
-            if tag & VALID != 0 && doomed(tag, w.vpn.load(Ordering::Relaxed)) {
-                w.tag.store(0, Ordering::Relaxed);
-                set.refs.fetch_and(!(1 << i), Ordering::Relaxed);
-                self.live[tag_level(tag) as usize].fetch_sub(1, Ordering::Relaxed);
-                n += 1;
-            }
-        }
-        set.unlock(s);
-        n
+        self.c.remove_in(idx, doomed)
     }
 
-    fn remove_all(&self, mut doomed: impl FnMut(u64, u64) -> bool) -> usize {
-        (0..self.sets.len()).map(|i| self.remove_in(i, &mut doomed)).sum()
-    }
-
-    fn len(&self) -> usize {
-        self.live.iter().map(|l| l.load(Ordering::Relaxed) as usize).sum()
+    fn remove_all(&self, doomed: impl FnMut(u64, u64) -> bool) -> usize {
+        self.c.remove_all(doomed)
     }
 }
 
@@ -294,7 +159,7 @@ impl Iotlb {
 
     /// Total IOTLB entries.
     pub fn capacity(&self) -> usize {
-        self.tlb.sets.len() * WAYS
+        self.tlb.c.capacity()
     }
 
     /// The invalidation generation a walk must read before it starts (see
@@ -309,7 +174,7 @@ impl Iotlb {
     #[inline(always)]
     pub fn lookup(&self, did: u16, pasid: u32, iova: u64) -> Option<TlbHit> {
         for level in 0..3 {
-            if level > 0 && self.tlb.live[level as usize].load(Ordering::Relaxed) == 0 {
+            if level > 0 && self.tlb.c.live(level as usize) == 0 {
                 continue;
             }
             let shift = tlb_shift(level);
@@ -343,7 +208,7 @@ impl Iotlb {
     /// `level` (1 = PDE .. 4 = PML5E) that maps `iova`.
     #[inline]
     pub fn psc_lookup(&self, did: u16, pasid: u32, level: u32, iova: u64) -> Option<u64> {
-        if self.psc.live[level as usize & 7].load(Ordering::Relaxed) == 0 {
+        if self.psc.c.live(level as usize) == 0 {
             return None;
         }
         self.psc.lookup(make_tag(did, pasid, level), iova >> tlb_shift(level))
@@ -429,10 +294,10 @@ impl Iotlb {
         IotlbStats {
             misses: self.misses.load(Ordering::Relaxed),
             fills: self.fills.load(Ordering::Relaxed),
-            evictions: self.tlb.evictions.load(Ordering::Relaxed),
+            evictions: self.tlb.c.evictions(),
             invalidations: self.invalidations.load(Ordering::Relaxed),
-            tlb_entries: self.tlb.len(),
-            psc_entries: self.psc.len(),
+            tlb_entries: self.tlb.c.len(),
+            psc_entries: self.psc.c.len(),
         }
     }
 }

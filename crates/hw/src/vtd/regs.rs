@@ -19,12 +19,12 @@
 
 use uiommufd_abi::Errno;
 
-use crate::regfield::register64 as register;
 pub use crate::regfield::Field;
+use crate::regfield::{self, register};
 
 register! {
     /// CAP_REG (spec 11.4.2, register offset 0x8).
-    Cap, "CAP_REG" {
+    Cap: u64, "CAP_REG" {
         /// Encoded number of domain IDs: `2^(4 + 2 * ND)` (driver `cap_ndoms`).
         nd / with_nd = "ND" [0; 3] "number of domain IDs, 2^(4+2*ND)";
         afl / with_afl = "AFL" [3; 1] "advanced fault logging";
@@ -67,7 +67,7 @@ register! {
 
 register! {
     /// ECAP_REG (spec 11.4.3, register offset 0x10).
-    Ecap, "ECAP_REG" {
+    Ecap: u64, "ECAP_REG" {
         /// Legacy-mode page-walk coherency (driver `ecap_coherent`).
         c / with_c = "C" [0; 1] "page-walk coherency";
         qi / with_qi = "QI" [1; 1] "queued invalidation";
@@ -208,34 +208,9 @@ impl VtdRegs {
     pub fn decode(&self) -> Vec<String> {
         let mut out = Vec::new();
         out.push(format!("VER_REG  {}.{}", self.ver.0, self.ver.1));
-        decode_reg(&mut out, Cap::NAME, self.cap.0, Cap::FIELDS, |f, v| cap_note(self.cap, f, v));
-        decode_reg(&mut out, Ecap::NAME, self.ecap.0, Ecap::FIELDS, |f, v| ecap_note(self.ecap, f, v));
+        regfield::decode(&mut out, Cap::NAME, self.cap.0, 64, Cap::FIELDS, |f, v| cap_note(self.cap, f, v));
+        regfield::decode(&mut out, Ecap::NAME, self.ecap.0, 64, Ecap::FIELDS, |f, v| ecap_note(self.ecap, f, v));
         out
-    }
-}
-
-fn decode_reg(
-    out: &mut Vec<String>,
-    name: &str,
-    reg: u64,
-    fields: &[Field],
-    note: impl Fn(&Field, u64) -> Option<String>,
-) {
-    out.push(format!("{name} {reg:#018x}"));
-    let mut known = 0u64;
-    for f in fields {
-        known |= f.set(0, u64::MAX);
-        let v = f.get(reg);
-        let value = if f.width == 1 { format!("{v}") } else { format!("{v:#x}") };
-        let mut line = format!("  {:<8}{:<8} = {:<6} {}", f.name, f.bits(), value, f.desc);
-        if let Some(n) = note(f, v) {
-            line.push_str(&format!(" ({n})"));
-        }
-        out.push(line);
-    }
-    let unknown = reg & !known;
-    if unknown != 0 {
-        out.push(format!("  reserved bits set: {unknown:#x}"));
     }
 }
 
