@@ -452,7 +452,7 @@ pub fn set_dirty_tracking(ctx: &crate::Iommufd, hwpt_id: ObjectId, enable: bool)
 /// `IOMMU_HWPT_GET_DIRTY_BITMAP`.
 pub fn get_dirty_bitmap(ctx: &crate::Iommufd, hwpt_id: ObjectId, b: &crate::io_pagetable::DirtyBitmap) -> Result<()> {
     let hwpt = ctx.get::<HwptPaging>(hwpt_id)?;
-    hwpt.ioas().iopt().read_and_clear_dirty(hwpt.domain().as_ref(), b)
+    hwpt.ioas().iopt().read_and_clear_dirty(hwpt.domain().as_ref(), b, ctx.release().dirty_bitmap_reports_errors)
 }
 
 /// `IOMMU_HWPT_INVALIDATE` on a nested HWPT or a vIOMMU; any other object

@@ -66,6 +66,14 @@ pub struct KernelRelease {
     /// first (`ENOENT`) and aligns to the domain's smallest page size. Both
     /// answer `EINVAL` for an IOVA the domain does not map.
     pub md_check_map_lookup_first: bool,
+    /// `IOMMU_HWPT_GET_DIRTY_BITMAP` once its arguments are checked: 6.12
+    /// answers the walk's error (`EINVAL` at a hole in the areas, the
+    /// domain's error with tracking off); 7.3 answers 0 whatever happened,
+    /// because `iommu_read_and_clear_dirty()` (io_pagetable.c) drops the
+    /// result of `iova_bitmap_for_each()`. In both, bits harvested before a
+    /// failure stay written, and a bitmap page that cannot be pinned loses
+    /// its bits silently (oracle).
+    pub dirty_bitmap_reports_errors: bool,
     /// `VFIO_DEVICE_ATTACH_IOMMUFD_PT` / `DETACH` flags
     /// (drivers/vfio/device_cdev.c): 7.3 takes `VFIO_DEVICE_ATTACH_PASID` /
     /// `VFIO_DEVICE_DETACH_PASID`; 6.12 requires 0 (`EINVAL`).
@@ -91,6 +99,7 @@ pub static LINUX_7_3: KernelRelease = KernelRelease {
     hw_info_ats_not_supported: true,
     invalidate_other_object: Errno::EINVAL,
     md_check_map_lookup_first: true,
+    dirty_bitmap_reports_errors: false,
     vfio_pasid_flags: true,
     vfio_bind_flags: uiommufd_abi::vfio::VFIO_DEVICE_BIND_FLAG_TOKEN,
 };
@@ -108,6 +117,7 @@ pub static LINUX_6_12: KernelRelease = KernelRelease {
     hw_info_ats_not_supported: false,
     invalidate_other_object: Errno::ENOENT,
     md_check_map_lookup_first: false,
+    dirty_bitmap_reports_errors: true,
     vfio_pasid_flags: false,
     vfio_bind_flags: 0,
 };

@@ -67,8 +67,15 @@ impl IoPagetable {
 
     /// `iopt_read_and_clear_dirty_data`: harvest dirty bits of
     /// `[b.iova, b.iova + b.length)` into the user bitmap. The range must be
-    /// covered by contiguous areas (`EINVAL` otherwise).
-    pub fn read_and_clear_dirty(&self, domain: &dyn Domain, b: &DirtyBitmap) -> Result<()> {
+    /// covered by contiguous areas (the walk fails with `EINVAL` at the
+    /// first hole; what it harvested before stays written).
+    ///
+    /// The kernel (`iova_bitmap.c`) pins the user's bitmap lazily, only
+    /// where a bit is to be set, and a page it cannot pin loses its bits
+    /// silently (no error in either release, oracle). `report_errors` is the
+    /// release's `dirty_bitmap_reports_errors`: 6.12 answers the walk's
+    /// error, 7.3 answers 0 whatever happened (oracle).
+    pub fn read_and_clear_dirty(&self, domain: &dyn Domain, b: &DirtyBitmap, report_errors: bool) -> Result<()> {
         let last = self.check_dirty_range(b)?;
         let ops = domain.dirty_ops().ok_or(eopnotsupp("the domain cannot track dirty pages"))?;
         let st = lock_read(&self.iova);
@@ -76,7 +83,8 @@ impl IoPagetable {
         let window_bits = WINDOW_BYTES * 8;
         let mut first_bit = 0u64;
         let mut buf = Vec::new();
-        while first_bit < nbits {
+        let mut walk = Ok(());
+        while first_bit < nbits && walk.is_ok() {
             let bits = (nbits - first_bit).min(window_bits);
             let w_iova = b.iova + first_bit * b.page_size;
             let w_last = w_iova + (bits * b.page_size - 1);
@@ -86,7 +94,6 @@ impl IoPagetable {
             let nbytes = (first_bit + bits).div_ceil(8) - byte0;
             buf.clear();
             buf.resize(nbytes as usize, 0);
-            user::copy_from_user(&mut buf, b.data.wrapping_add(byte0)).ctx("reading the dirty bitmap")?;
             let mut set = |iova: u64, len: u64| {
                 let s = iova.max(w_iova);
                 let e = iova.saturating_add(len - 1).min(w_last);
@@ -101,25 +108,53 @@ impl IoPagetable {
             };
             // Walk the contiguous areas of this window.
             let mut cur = w_iova;
-            loop {
-                let Some((a_iova, a)) = st.areas.at_or_before(cur) else {
-                    return Err(einval("range is not fully mapped"));
+            walk = loop {
+                let Some((_, a)) = st.areas.at_or_before(cur).filter(|(_, a)| a.last >= cur && a.pages.is_some())
+                else {
+                    break Err(einval("range is not fully mapped"));
                 };
-                if a.last < cur || a.pages.is_none() {
-                    return Err(einval("range is not fully mapped"));
-                }
                 let piece_last = a.last.min(w_last);
-                let _ = a_iova;
-                ops.read_and_clear_dirty(cur, piece_last - cur + 1, b.no_clear, Some(&mut set))
-                    .ctx("reading dirty bits")?;
+                let r = ops.read_and_clear_dirty(cur, piece_last - cur + 1, b.no_clear, Some(&mut set));
+                if let Err(e) = r.ctx("reading dirty bits") {
+                    break Err(e);
+                }
                 if piece_last == w_last {
-                    break;
+                    break Ok(());
                 }
                 cur = piece_last + 1;
-            }
-            user::copy_to_user(b.data.wrapping_add(byte0), &buf).ctx("writing the dirty bitmap")?;
+            };
+            or_into_user(b.data.wrapping_add(byte0), &buf);
             first_bit += bits;
         }
-        Ok(())
+        if report_errors {
+            walk
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// OR `bits` into user memory at `addr`, a user page at a time and only
+/// where a byte is non-zero, as the kernel's lazily pinned bitmap does (a
+/// page that cannot be read and written keeps its old bits).
+fn or_into_user(addr: u64, bits: &[u8]) {
+    const PAGE: u64 = 4096;
+    let mut off = 0usize;
+    while off < bits.len() {
+        let at = addr.wrapping_add(off as u64);
+        let chunk = ((PAGE - at % PAGE) as usize).min(bits.len() - off);
+        let src = &bits[off..off + chunk];
+        if let Some(first) = src.iter().position(|&x| x != 0) {
+            let last = src.iter().rposition(|&x| x != 0).unwrap_or(first);
+            let mut cur = vec![0u8; last - first + 1];
+            let uaddr = at.wrapping_add(first as u64);
+            if user::copy_from_user(&mut cur, uaddr).is_ok() {
+                cur.iter_mut().zip(&src[first..=last]).for_each(|(d, s)| *d |= s);
+                // A page readable but not writable loses its bits, as one
+                // the kernel cannot pin for writing.
+                let _ = user::copy_to_user(uaddr, &cur);
+            }
+        }
+        off += chunk;
     }
 }
