@@ -15,6 +15,10 @@
 //! the IOMMU's event log; dirty tracking on the parent sees the guest's
 //! writes.
 
+mod common;
+
+use common::{GuestRam, PS};
+
 use std::sync::Arc;
 
 use uiommufd_abi as abi;
@@ -34,7 +38,6 @@ use uiommufd_hw::x86_64::fspte;
 use uiommufd_hw::{UserData, UserDataArray};
 use zerocopy::{FromBytes, IntoBytes};
 
-const PS: u64 = 4096;
 /// Guest physical address of guest RAM (an IOVA of the parent HWPT).
 const GPA_BASE: u64 = 0x4000_0000;
 const GUEST_PAGES: u64 = 16;
@@ -58,30 +61,6 @@ const DST_A: u64 = 10;
 const DST_B: u64 = 11;
 /// P | R/W | U/S | A, as a guest Linux writes (generic_pt x86_64).
 const GPTE: u64 = fspte::P | fspte::RW | fspte::US | fspte::A;
-
-struct GuestRam {
-    mem: Vec<u8>,
-    off: usize,
-}
-
-impl GuestRam {
-    fn new() -> GuestRam {
-        let mem = vec![0u8; ((GUEST_PAGES + 1) * PS) as usize];
-        let off = (mem.as_ptr() as u64).next_multiple_of(PS) as usize - mem.as_ptr() as usize;
-        GuestRam { mem, off }
-    }
-    fn host(&self) -> u64 {
-        self.mem.as_ptr() as u64 + self.off as u64
-    }
-    fn page(&mut self, page: u64) -> &mut [u8] {
-        let at = self.off + (page * PS) as usize;
-        &mut self.mem[at..at + PS as usize]
-    }
-    fn set_u64(&mut self, gpa: u64, v: u64) {
-        let at = self.off + (gpa - GPA_BASE) as usize;
-        self.mem[at..at + 8].copy_from_slice(&v.to_le_bytes());
-    }
-}
 
 fn gpa(page: u64) -> u64 {
     GPA_BASE + page * PS
@@ -110,13 +89,7 @@ fn guest_dte(gcr3: u64) -> [u64; 4] {
 }
 
 fn run(engine: &DmaEngine, g: &mut GuestRam, slot: u32, d: Descriptor) -> Descriptor {
-    let off = slot as usize * 64;
-    g.page(RING_PAGE)[off..off + 64].copy_from_slice(&d.to_bytes());
-    engine.write_reg32(regs::REG_TAIL, slot + 1).unwrap();
-    engine.run_until_idle();
-    let mut b = [0u8; 64];
-    b.copy_from_slice(&g.page(RING_PAGE)[off..off + 64]);
-    Descriptor::from_bytes(&b)
+    g.run(engine, RING_PAGE, slot, d)
 }
 
 struct Vmm {
@@ -186,7 +159,7 @@ impl Vmm {
 
 #[test]
 fn linux_73_answers() {
-    let g = GuestRam::new();
+    let g = GuestRam::new(GPA_BASE, GUEST_PAGES);
     let vmm = Vmm::new("amd", &g, false);
     // IOMMU_GET_HW_INFO: type AMD, EFR/EFR2 of the default part.
     let info = hwpt::get_hw_info(&vmm.ctx, vmm.dev_id, 0).unwrap();
@@ -227,7 +200,7 @@ fn linux_73_answers() {
 
 #[test]
 fn guest_translation_through_the_dma_engine() {
-    let mut g = GuestRam::new();
+    let mut g = GuestRam::new(GPA_BASE, GUEST_PAGES);
     let vmm = Vmm::new("amd:nested=1", &g, true);
 
     // The guest's DTE checks, with the driver's errnos.
@@ -283,7 +256,7 @@ fn guest_translation_through_the_dma_engine() {
     // of the vIOMMU (iommu_flush_pages_v1_hdom_ids()): unmapping a scratch
     // page the VMM had mapped does, and the next copy sees the guest's new
     // PTE.
-    let scratch = GuestRam::new();
+    let scratch = GuestRam::new(GPA_BASE, GUEST_PAGES);
     let scratch_gpa = GPA_BASE + (1 << 30);
     vmm.ctx.ioas_map(vmm.ioas, 1 | 2 | 4, scratch.host(), PS, scratch_gpa).unwrap();
     let hdom = AmdDevice::of(vmm.dev.dev()).unwrap().dte().domid();
@@ -355,7 +328,7 @@ fn guest_translation_through_the_dma_engine() {
 ///   EOPNOTSUPP
 #[test]
 fn qemu_amd_iommu_as_the_oracle_kernel_answers() {
-    let g = GuestRam::new();
+    let g = GuestRam::new(GPA_BASE, GUEST_PAGES);
     let IommuModel::Amd(unit) = parse_iommu("amd:efr=29d3,efr2=0,vasize=48,la57=0,iommufd=0").unwrap() else {
         unreachable!()
     };

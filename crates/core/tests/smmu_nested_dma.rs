@@ -8,6 +8,10 @@
 //! vIOMMU, and a fault arrives on the vEVENTQ as an SMMUv3 event record
 //! with the virtual StreamID.
 
+mod common;
+
+use common::{GuestRam, PS};
+
 use std::sync::Arc;
 
 use uiommufd_abi as abi;
@@ -29,7 +33,6 @@ use uiommufd_hw::smmuv3::SmmuDevice;
 use uiommufd_hw::{UserData, UserDataArray};
 use zerocopy::IntoBytes;
 
-const PS: u64 = 4096;
 /// Guest physical address of guest RAM (an IOVA of the parent HWPT).
 const GPA_BASE: u64 = 0x4000_0000;
 const GUEST_PAGES: u64 = 16;
@@ -53,30 +56,6 @@ const SRC_PAGE: u64 = 9;
 const DST_A: u64 = 10;
 const DST_B: u64 = 11;
 
-struct GuestRam {
-    mem: Vec<u8>,
-    off: usize,
-}
-
-impl GuestRam {
-    fn new() -> GuestRam {
-        let mem = vec![0u8; ((GUEST_PAGES + 1) * PS) as usize];
-        let off = (mem.as_ptr() as u64).next_multiple_of(PS) as usize - mem.as_ptr() as usize;
-        GuestRam { mem, off }
-    }
-    fn host(&self) -> u64 {
-        self.mem.as_ptr() as u64 + self.off as u64
-    }
-    fn page(&mut self, page: u64) -> &mut [u8] {
-        let at = self.off + (page * PS) as usize;
-        &mut self.mem[at..at + PS as usize]
-    }
-    fn set_u64(&mut self, gpa: u64, v: u64) {
-        let at = self.off + (gpa - GPA_BASE) as usize;
-        self.mem[at..at + 8].copy_from_slice(&v.to_le_bytes());
-    }
-}
-
 fn gpa(page: u64) -> u64 {
     GPA_BASE + page * PS
 }
@@ -86,13 +65,7 @@ fn guest_map(g: &mut GuestRam, iova: u64, page_gpa: u64) {
 }
 
 fn run(engine: &DmaEngine, g: &mut GuestRam, slot: u32, d: Descriptor) -> Descriptor {
-    let off = slot as usize * 64;
-    g.page(RING_PAGE)[off..off + 64].copy_from_slice(&d.to_bytes());
-    engine.write_reg32(regs::REG_TAIL, slot + 1).unwrap();
-    engine.run_until_idle();
-    let mut b = [0u8; 64];
-    b.copy_from_slice(&g.page(RING_PAGE)[off..off + 64]);
-    Descriptor::from_bytes(&b)
+    g.run(engine, RING_PAGE, slot, d)
 }
 
 /// `IOMMU_HWPT_INVALIDATE` on the vIOMMU with SMMUv3 commands.
@@ -143,7 +116,7 @@ fn guest_stage1_through_the_dma_engine_with_a_stale_tlb_and_events() {
     let IommuModel::Smmuv3(unit, _) = parse_iommu("smmuv3").unwrap() else { unreachable!() };
     let ctx = Iommufd::new();
     let ioas = ctx.ioas_alloc().unwrap();
-    let mut g = GuestRam::new();
+    let mut g = GuestRam::new(GPA_BASE, GUEST_PAGES);
     ctx.ioas_map(ioas, 1 | 2 | 4, g.host(), GUEST_PAGES * PS, GPA_BASE).unwrap();
 
     let master: Arc<dyn IommuDevice> = Arc::new(SmmuDevice::new(&unit, "0000:00:04.0", SID).unwrap().with_pasid(20));
@@ -281,7 +254,7 @@ fn tegra241_cmdqv_vcmdq_consumes_guest_commands() {
     let IommuModel::Smmuv3(unit, _) = parse_iommu("smmuv3:cmdqv=1").unwrap() else { unreachable!() };
     let ctx = Iommufd::new();
     let ioas = ctx.ioas_alloc().unwrap();
-    let mut g = GuestRam::new();
+    let mut g = GuestRam::new(GPA_BASE, GUEST_PAGES);
     ctx.ioas_map(ioas, 1 | 2 | 4, g.host(), GUEST_PAGES * PS, GPA_BASE).unwrap();
     let master: Arc<dyn IommuDevice> = Arc::new(SmmuDevice::new(&unit, "0000:00:04.0", SID).unwrap());
     let (dev_id, edge) = device::bind(&ctx, master).unwrap();

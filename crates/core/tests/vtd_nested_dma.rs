@@ -4,6 +4,10 @@
 //! until the guest's invalidation reaches the IOTLB through
 //! IOMMU_HWPT_INVALIDATE, as on hardware.
 
+mod common;
+
+use common::{GuestRam, PS};
+
 use std::sync::Arc;
 
 use uiommufd_abi as abi;
@@ -21,7 +25,6 @@ use uiommufd_hw::vtd::fl::fspte;
 use uiommufd_hw::{UserData, UserDataArray};
 use zerocopy::IntoBytes;
 
-const PS: u64 = 4096;
 /// Guest physical address of guest RAM (an IOVA of the parent HWPT).
 const GPA_BASE: u64 = 0x1000_0000;
 const GUEST_PAGES: u64 = 16;
@@ -29,33 +32,6 @@ const GUEST_PAGES: u64 = 16;
 const RING: u64 = 0x4000_0000;
 const SRC: u64 = RING + PS;
 const DST: u64 = RING + 2 * PS;
-
-/// Guest RAM: page-aligned memory of this test, the "guest" writes it
-/// directly.
-struct GuestRam {
-    mem: Vec<u8>,
-    off: usize,
-}
-
-impl GuestRam {
-    fn new() -> GuestRam {
-        let mem = vec![0u8; ((GUEST_PAGES + 1) * PS) as usize];
-        let off = (mem.as_ptr() as u64).next_multiple_of(PS) as usize - mem.as_ptr() as usize;
-        GuestRam { mem, off }
-    }
-    fn host(&self) -> u64 {
-        self.mem.as_ptr() as u64 + self.off as u64
-    }
-    /// Guest page number `page`.
-    fn page(&mut self, page: u64) -> &mut [u8] {
-        let at = self.off + (page * PS) as usize;
-        &mut self.mem[at..at + PS as usize]
-    }
-    fn set_u64(&mut self, gpa: u64, v: u64) {
-        let at = self.off + (gpa - GPA_BASE) as usize;
-        self.mem[at..at + 8].copy_from_slice(&v.to_le_bytes());
-    }
-}
 
 fn gpa(page: u64) -> u64 {
     GPA_BASE + page * PS
@@ -80,13 +56,7 @@ fn guest_map(g: &mut GuestRam, iova: u64, page: u64) {
 }
 
 fn run(engine: &DmaEngine, g: &mut GuestRam, slot: u32, d: Descriptor) -> Descriptor {
-    let off = slot as usize * 64;
-    g.page(RING_PAGE)[off..off + 64].copy_from_slice(&d.to_bytes());
-    engine.write_reg32(regs::REG_TAIL, slot + 1).unwrap();
-    engine.run_until_idle();
-    let mut b = [0u8; 64];
-    b.copy_from_slice(&g.page(RING_PAGE)[off..off + 64]);
-    Descriptor::from_bytes(&b)
+    g.run(engine, RING_PAGE, slot, d)
 }
 
 #[test]
@@ -94,7 +64,7 @@ fn guest_first_stage_through_the_dma_engine_with_a_stale_iotlb() {
     let IommuModel::Vtd(unit) = parse_iommu("vtd").unwrap() else { unreachable!() };
     let ctx = Iommufd::new();
     let ioas = ctx.ioas_alloc().unwrap();
-    let mut g = GuestRam::new();
+    let mut g = GuestRam::new(GPA_BASE, GUEST_PAGES);
     ctx.ioas_map(ioas, 1 | 2 | 4, g.host(), GUEST_PAGES * PS, GPA_BASE).unwrap();
 
     let vdev: Arc<dyn IommuDevice> = Arc::new(VtdDevice::new(&unit, "0000:00:04.0"));
