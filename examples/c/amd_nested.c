@@ -62,53 +62,7 @@
 #include <linux/pci_regs.h>
 #include <linux/vfio.h>
 
-#ifndef VFIO_DEVICE_BIND_IOMMUFD
-struct vfio_device_bind_iommufd {
-	__u32 argsz;
-	__u32 flags;
-	__s32 iommufd;
-	__u32 out_devid;
-};
-#define VFIO_DEVICE_BIND_IOMMUFD _IO(VFIO_TYPE, VFIO_BASE + 18)
-
-struct vfio_device_attach_iommufd_pt {
-	__u32 argsz;
-	__u32 flags;
-	__u32 pt_id;
-};
-#define VFIO_DEVICE_ATTACH_IOMMUFD_PT _IO(VFIO_TYPE, VFIO_BASE + 19)
-#endif
-
-/* ---- The DMA engine (docs/devices/dma-engine.md). ---- */
-
-#define UDMA_ID 0x000
-#define UDMA_CTRL 0x010
-#define UDMA_RING_BASE 0x020
-#define UDMA_RING_SIZE 0x028
-#define UDMA_TAIL 0x038
-#define UDMA_ID_VALUE 0x414d4455u
-#define UDMA_CTRL_ENABLE (1u << 0)
-
-struct udma_desc {
-	uint8_t opcode;
-	uint8_t flags;
-	uint16_t reserved0;
-	uint32_t pasid;
-	uint64_t src;
-	uint64_t dst;
-	uint64_t len;
-	uint64_t pattern;
-	uint64_t reserved1;
-	uint64_t result;
-	uint32_t status;
-	uint32_t reserved2;
-};
-_Static_assert(sizeof(struct udma_desc) == 64, "descriptor layout");
-
-#define UDMA_OP_COPY 1
-#define UDMA_ST_NONE 0x00
-#define UDMA_ST_SUCCESS 0x01
-#define UDMA_ST_WRITE_FAULT 0x15
+#include "udma.h" /* the device's datasheet */
 
 /* ---- AMD IOMMU structures (AMD I/O Virtualization Technology, 48882). ---- */
 
