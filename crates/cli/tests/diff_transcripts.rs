@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 /// The seeds and steps the expected transcripts were made with.
-const SEEDS: &str = "1-16";
+const SEEDS: &str = "1-40";
 const STEPS: &str = "150";
 
 fn repo_root() -> PathBuf {
