@@ -12,6 +12,8 @@
 //! - `bench [--quick] [--json] [--compare FILE]`: the hot paths against
 //!   same-run references, as JSON, or beside a saved run (progress on a
 //!   terminal's stderr);
+//! - `inspect PID [--pt CTX:HWPT[:IOVA:LEN]] [-F text|dot|svg]`: the
+//!   iommufd state of a program started with `run --inspect`;
 //! - `completions SHELL`, `man [COMMAND] [--dir DIR]`: shell completions
 //!   and manual pages generated from these definitions.
 
@@ -22,6 +24,7 @@ mod bench_report;
 mod bench_smmu;
 mod demo;
 mod info;
+mod inspect;
 mod progress;
 mod run;
 mod smmu_info;
@@ -96,6 +99,20 @@ Examples:
         #[arg(long, value_name = "FILE")]
         compare: Option<std::path::PathBuf>,
     },
+    /// Show the iommufd state of a program running under `uiommufd run
+    /// --inspect`: objects and their references, IOAS areas and what backs
+    /// them, HWPTs and the devices and PASIDs on them, pending faults and
+    /// events, pinned pages; page tables on request; as text, Graphviz dot
+    /// or an SVG picture.
+    #[command(after_help = "\
+Examples:
+  uiommufd run --inspect -- ./my-vmm &           start it so that it can be inspected
+  uiommufd inspect 1234                          what process 1234 holds now
+  uiommufd inspect 1234 --pt 1:4:0x1000000:0x10000
+                                                 and the leaves of HWPT 4 (context 1) over 64 KiB
+  uiommufd inspect 1234 -F svg -o state.svg      as a picture
+  uiommufd inspect 1234 -F dot | dot -Tpng -o graph.png")]
+    Inspect(inspect::InspectArgs),
     /// Print a shell completion script for uiommufd.
     #[command(after_help = "\
 Examples:
@@ -251,6 +268,7 @@ fn main() -> ExitCode {
         Cmd::Demo => demo::demo(),
         Cmd::Info(args) => info::info(args),
         Cmd::Bench { quick, json, compare } => bench::bench(bench::BenchArgs { quick, json, compare }),
+        Cmd::Inspect(args) => inspect::inspect(args),
         Cmd::Completions { shell } => completions(shell),
         Cmd::Man { command, dir } => man(command, dir),
     };

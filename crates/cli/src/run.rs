@@ -55,6 +55,10 @@ pub struct RunArgs {
     /// stand-in /sys/kernel/debug with the fault-injection attribute files.
     #[arg(long)]
     fault_injection: bool,
+    /// Let `uiommufd inspect PID` look at the program's iommufd state: the
+    /// shim opens an owner-only control socket (also: UIOMMUFD_INSPECT=1).
+    #[arg(long)]
+    inspect: bool,
     /// What `uiommufd trace` asked for (`run --trace` traces everything,
     /// following forks and threads).
     #[arg(skip)]
@@ -174,7 +178,11 @@ pub fn run(args: RunArgs) -> Result<ExitCode, String> {
     // The program's process, for the shim to tell its first thread from
     // the others (`-f`): this one when we exec, our child otherwise.
     let me = std::process::id();
-    if stand_ins.is_empty() {
+    if args.inspect {
+        cmd.env("UIOMMUFD_INSPECT", "1");
+    }
+    // With --inspect we wait, to remove the program's control socket.
+    if stand_ins.is_empty() && !args.inspect {
         if args.trace {
             cmd.env("UIOMMUFD_TRACE_ROOT", me.to_string());
         }
@@ -189,6 +197,10 @@ pub fn run(args: RunArgs) -> Result<ExitCode, String> {
     let mut child = cmd.spawn().map_err(|e| format!("cannot run {prog}: {e}"))?;
     let status = child.wait().map_err(|e| format!("waiting for {prog}: {e}"))?;
     drop(stand_ins);
+    if args.inspect {
+        let dir = uiommufd_dispatch::inspect::socket_dir();
+        let _ = std::fs::remove_file(uiommufd_dispatch::inspect::socket_path(&dir, child.id()));
+    }
     Ok(exit_code_of(status))
 }
 

@@ -602,6 +602,85 @@ fn trace_follows_forks_and_threads_with_f() {
     assert!(legacy.stderr.lines().any(|l| l.starts_with("[pid ")), "{}", legacy.report());
 }
 
+/// `uiommufd inspect PID` of a program started with `run --inspect`
+/// (tests/c/inspect_target.c, which keeps its state until its stdin
+/// closes): its objects with their users and references, the IOAS areas
+/// and what backs them, the device's attachment, the fault waiting to be
+/// read, the pinned pages, a HWPT's leaves; the same as dot and SVG; the
+/// socket is owner-only and gone after the program.
+#[test]
+fn inspect_shows_a_running_programs_state() {
+    use std::io::BufRead;
+    use std::os::unix::fs::PermissionsExt;
+    let exe = c_program!("inspect_target");
+    let mut child = uiommufd_run(&["--inspect"], &[&exe])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the program");
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut ready = String::new();
+    out.read_line(&mut ready).unwrap();
+    let n: Vec<u32> = ready.split_whitespace().skip(1).filter_map(|w| w.parse().ok()).collect();
+    assert_eq!(n.len(), 7, "{ready:?}");
+    let [pid, ioas, _mock_hwpt, idev, parent, nested, fault] = n[..] else { unreachable!() };
+    let inspect = |args: &[&str]| {
+        let o = Command::new(env!("CARGO_BIN_EXE_uiommufd"))
+            .arg("inspect")
+            .arg(pid.to_string())
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "inspect {args:?}: {}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8(o.stdout).unwrap()
+    };
+    // SAFETY: sysconf has no preconditions.
+    let ps = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as u64;
+    let text = inspect(&["--pt", &format!("1:{parent}:0x1000000:{:#x}", 4 * ps)]);
+    for want in [
+        format!("process {pid}: 6 pages pinned for DMA"),
+        format!("  IOAS {ioas} (users 1): alignment=0x800 ranges=0x1000000-0x7fffffff domains=1 hwpts={parent}"),
+        format!("    area [0x1000000, {:#x}] rwc 4 pages, 4 pinned <- user:0x", 0x100_0000 + 4 * ps - 1),
+        format!("    area [0x4000000, {:#x}] rc 2 pages, 2 pinned <- user:0x", 0x400_0000 + 2 * ps - 1),
+        format!("  device {idev} (users 1): name=mock0 enforced_coherent=0 vdevice=-\n    RID -> HWPT {nested}\n"),
+        format!("  HWPT (paging) {parent} (users 1): ioas={ioas} auto=0 nest_parent=1"),
+        format!("  HWPT (nested) {nested} (users 1): parent={parent} viommu=- fault={fault}\n    used by device {idev} RID"),
+        format!("  fault queue {fault} (users 2): to_read=1 awaiting_response=0\n    pending: 1 to read, 0 awaiting a response"),
+        "iommufd context 2 (Linux 7.3, pinned pages charged to the user, VFIO compat IOAS none): 0 objects".into(),
+        format!("page table of HWPT {parent} (context 1):\n  IOVA 0x1000000 +0x800 -> PA 0x"),
+    ] {
+        assert!(text.contains(&want), "missing {want:?} in:\n{text}");
+    }
+    // The mock's 2 KiB leaves, each mapped to the next 2 KiB of a frame.
+    assert_eq!(text.matches(" +0x800 -> PA ").count() as u64, 4 * ps / 0x800, "{text}");
+    let dot = inspect(&["-F", "dot"]);
+    assert!(dot.contains(&format!("c1_{nested} -> c1_{parent} [label=\"parent\"];")), "{dot}");
+    assert!(dot.contains(&format!("c1_{idev} -> c1_{nested} [label=\"RID\", style=bold];")), "{dot}");
+    let svg = inspect(&["-F", "svg"]);
+    assert!(svg.starts_with("<svg ") && svg.trim_end().ends_with("</svg>"), "{svg}");
+    assert_eq!(svg.matches("class=\"area\"").count(), 2, "{svg}");
+    assert!(svg.contains(&format!("IOAS {ioas} IOVA space")), "{svg}");
+    // Owner-only.
+    let dir = uiommufd_dispatch::inspect::socket_dir();
+    let sock = uiommufd_dispatch::inspect::socket_path(&dir, pid);
+    assert_eq!(std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777, 0o700);
+    assert_eq!(std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777, 0o600);
+
+    drop(child.stdin.take());
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
+    let status = child.wait().unwrap();
+    assert!(status.success() && rest.contains("PASS"), "{status:?} {rest}");
+    assert!(!sock.exists(), "{} left behind", sock.display());
+    // A process without a socket is an error that says why.
+    let o = Command::new(env!("CARGO_BIN_EXE_uiommufd"))
+        .args(["inspect", &std::process::id().to_string()])
+        .output()
+        .unwrap();
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("--inspect"));
+}
+
 /// An `UIOMMUFD_IOMMU` that names no model makes opening a served node fail
 /// with ENODEV (and the trace says why); other files are unaffected;
 /// `mock` and the empty string select the mock IOMMU.

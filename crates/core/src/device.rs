@@ -104,6 +104,12 @@ impl Device {
         self.lock().get(&pasid).map(|h| h.id())
     }
 
+    /// Every attachment: `(pasid, hwpt_id)`, the requester ID's
+    /// ([`NO_PASID`]) first (for tools: `uiommufd inspect`).
+    pub fn attachments(&self) -> Vec<(u32, ObjectId)> {
+        self.lock().iter().map(|(p, h)| (*p, h.id())).collect()
+    }
+
     /// The domain DMA at `pasid` goes through (`NO_PASID`: the requester
     /// ID), if anything is attached there.
     pub fn dma_domain(&self, pasid: u32) -> Option<Arc<dyn uiommufd_hw::Domain>> {

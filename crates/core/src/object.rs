@@ -327,6 +327,21 @@ impl Table {
         self.len() == 0
     }
 
+    /// Every published object with its ID and its dependency edges
+    /// (`users`), in ID order (for tools: `uiommufd inspect`). The objects
+    /// are shared, not borrowed: holding them does not make them busy.
+    pub fn snapshot(&self) -> Vec<(ObjectId, Object, u32)> {
+        let t = self.read();
+        t.slots
+            .iter()
+            .enumerate()
+            .filter_map(|(id, s)| match s {
+                Some(Slot::Live(o)) => Some((id as ObjectId, o.clone(), o.header().users())),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// The kinds of the published objects, one entry per object (for
     /// status reports).
     pub fn kinds(&self) -> Vec<ObjectKind> {

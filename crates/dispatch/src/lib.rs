@@ -24,6 +24,7 @@
 
 pub mod file;
 mod handlers;
+pub mod inspect;
 mod map_file;
 mod selftest;
 pub mod status;

@@ -74,11 +74,16 @@ fn kind_name(k: ObjectKind) -> &'static str {
     }
 }
 
+/// The contexts of this process that are open, in the order they were
+/// opened (also for [`crate::inspect`]).
+pub(crate) fn contexts() -> Vec<Arc<Iommufd>> {
+    CONTEXTS.lock().unwrap_or_else(|p| p.into_inner()).iter().filter_map(Weak::upgrade).collect()
+}
+
 impl Status {
     /// The engine now (contexts are those [`register`]ed).
     pub fn now() -> Status {
-        let contexts: Vec<Arc<Iommufd>> =
-            CONTEXTS.lock().unwrap_or_else(|p| p.into_inner()).iter().filter_map(Weak::upgrade).collect();
+        let contexts = contexts();
         let mut objects: Vec<&'static str> = contexts.iter().flat_map(|c| c.objects().kinds()).map(kind_name).collect();
         objects.sort_unstable();
         Status {

@@ -87,6 +87,19 @@ pub struct Translation {
     pub prot: Prot,
 }
 
+/// One leaf of a page table as the model holds it (for tools: `uiommufd
+/// inspect`): the IOVA range it maps, where to, with which permissions,
+/// and the raw entry at its level (0 is the last level).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Leaf {
+    pub iova: u64,
+    pub size: u64,
+    pub paddr: u64,
+    pub prot: Prot,
+    pub entry: u64,
+    pub level: u32,
+}
+
 /// Why a translation failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Fault {
@@ -180,6 +193,15 @@ pub trait Domain: AnyDomain + Send + Sync {
 
     /// Translate one DMA access at `iova`.
     fn translate(&self, iova: u64, access: Access) -> Result<Translation, Fault>;
+
+    /// Call `f` for each leaf overlapping `len` bytes at `iova`, in IOVA
+    /// order, reading the table only: no cache is filled and no accessed or
+    /// dirty bit is set (what a debugger's dump must not disturb). `false`
+    /// if the model does not show its table this way (the default).
+    fn leaves(&self, iova: u64, len: u64, f: &mut dyn FnMut(Leaf)) -> bool {
+        let _ = (iova, len, f);
+        false
+    }
 
     /// Translate one DMA access tagged with `pasid` through a nested domain
     /// whose PASID (substream) table is the guest's, attached at the

@@ -648,6 +648,11 @@ impl MockDomain {
 }
 
 impl Domain for MockDomain {
+    fn leaves(&self, iova: u64, len: u64, f: &mut dyn FnMut(crate::Leaf)) -> bool {
+        self.pt.leaves(iova, len, f);
+        true
+    }
+
     fn dirty_ops(&self) -> Option<&dyn DirtyOps> {
         self.has_dirty_ops().then_some(self as &dyn DirtyOps)
     }

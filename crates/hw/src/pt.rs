@@ -1143,6 +1143,21 @@ impl<F: Format, const N: usize> PageTable<F, N> {
         });
     }
 
+    /// [`for_each_leaf`](Self::for_each_leaf) with each leaf decoded
+    /// (output address, permissions, size).
+    pub fn leaves(&self, iova: u64, len: u64, f: &mut dyn FnMut(crate::Leaf)) {
+        self.for_each_leaf(iova, len, |leaf_iova, level, entry| {
+            f(crate::Leaf {
+                iova: leaf_iova,
+                size: Self::level_size(level),
+                paddr: F::leaf_paddr(entry, level),
+                prot: F::leaf_prot(entry),
+                entry,
+                level,
+            })
+        });
+    }
+
     /// Dirty harvesting: call `f(leaf_iova, leaf_size, dirty)` for each
     /// leaf overlapping `len` bytes at `iova`, in IOVA order, and when
     /// `clear` is set clear the dirty bits of the dirty ones. Test and clear

@@ -57,6 +57,7 @@ static ON_LOAD: extern "C" fn() = on_load;
 pub mod fdtable;
 pub mod fork_server;
 mod handoff;
+mod inspect;
 mod path;
 mod real;
 mod trace;

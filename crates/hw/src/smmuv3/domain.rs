@@ -536,6 +536,11 @@ impl Drop for SmmuDomain {
 }
 
 impl Domain for SmmuDomain {
+    fn leaves(&self, iova: u64, len: u64, f: &mut dyn FnMut(crate::Leaf)) -> bool {
+        self.table.leaves(iova, len, f);
+        true
+    }
+
     fn dirty_ops(&self) -> Option<&dyn DirtyOps> {
         self.cfg.hd.then_some(self as &dyn DirtyOps)
     }

@@ -492,6 +492,11 @@ impl LpaeTable {
         on_table!(self, |pt| pt.split_leaf(iova, level, leaf))
     }
 
+    /// See [`PageTable::leaves`](crate::pt::PageTable::leaves).
+    pub fn leaves(&self, iova: u64, len: u64, f: &mut dyn FnMut(crate::Leaf)) {
+        on_table!(self, |pt| pt.leaves(iova, len, f))
+    }
+
     pub fn for_each_leaf(&self, iova: u64, len: u64, f: impl FnMut(u64, u32, u64)) {
         on_table!(self, |pt| pt.for_each_leaf(iova, len, f))
     }

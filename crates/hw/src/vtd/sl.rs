@@ -208,6 +208,11 @@ impl SlTable {
         on_table!(self, |pt| pt.is_empty())
     }
 
+    /// See [`PageTable::leaves`](crate::pt::PageTable::leaves).
+    pub fn leaves(&self, iova: u64, len: u64, f: &mut dyn FnMut(crate::Leaf)) {
+        on_table!(self, |pt| pt.leaves(iova, len, f))
+    }
+
     /// Every leaf overlapping `len` bytes at `iova`: `(iova, level, entry)`.
     pub fn for_each_leaf(&self, iova: u64, len: u64, f: impl FnMut(u64, u32, u64)) {
         on_table!(self, |pt| pt.for_each_leaf(iova, len, f))
@@ -429,6 +434,11 @@ impl VtdSlDomain {
 }
 
 impl Domain for VtdSlDomain {
+    fn leaves(&self, iova: u64, len: u64, f: &mut dyn FnMut(crate::Leaf)) -> bool {
+        self.table.leaves(iova, len, f);
+        true
+    }
+
     fn dirty_ops(&self) -> Option<&dyn DirtyOps> {
         self.cfg.dirty_ops.then_some(self as &dyn DirtyOps)
     }

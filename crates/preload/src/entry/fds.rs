@@ -107,7 +107,10 @@ fn open_served(node: Node, flags: c_int) -> c_int {
         remember_container(&file);
     }
     match install_backed(file, flags) {
-        Ok(fd) => fd,
+        Ok(fd) => {
+            crate::inspect::start_once();
+            fd
+        }
         Err(e) => fail(e),
     }
 }
