@@ -1,8 +1,8 @@
 //! `uiommufd inspect PID`: the iommufd state of a program running under
 //! `uiommufd run --inspect`, asked over its control socket (see
 //! `uiommufd_dispatch::inspect`), shown as text the way the kernel's
-//! debugfs shows a domain, as Graphviz dot, or as an SVG picture of the
-//! object graph and of each IOAS's IOVA space drawn by us.
+//! debugfs shows a domain, as JSON, as Graphviz dot, or as an SVG picture
+//! of the object graph and of each IOAS's IOVA space drawn by us.
 
 use std::fmt::Write as _;
 use std::io::{Read, Write};
@@ -14,10 +14,14 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 use uiommufd_dispatch::inspect::{self, ObjectInfo, Snapshot};
 
+use crate::info::json_str;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Format {
     /// Objects, references, areas, attachments, queues, pinned pages.
     Text,
+    /// The same as one JSON object.
+    Json,
     /// The object graph as Graphviz dot (`dot -Tsvg`).
     Dot,
     /// The object graph and the IOVA space of each IOAS, as SVG.
@@ -28,16 +32,29 @@ pub enum Format {
 
 #[derive(Args)]
 pub struct InspectArgs {
-    /// The program's process ID (it prints it, or see `pgrep`).
+    /// The program's process ID.
     pid: u32,
     /// How to show it.
     #[arg(long, short = 'F', value_enum, default_value = "text")]
     format: Format,
-    /// Also dump the page table of a HWPT: `CONTEXT:HWPT[:IOVA:LENGTH]`
-    /// (numbers in decimal or 0x hex; the whole IOVA space by default,
-    /// at most 4096 leaves).
-    #[arg(long, value_name = "CTX:HWPT[:IOVA:LEN]")]
-    pt: Option<String>,
+    /// The same as `-F json`.
+    #[arg(long, conflicts_with_all = ["format", "dot", "svg"])]
+    json: bool,
+    /// The same as `-F dot`.
+    #[arg(long, conflicts_with_all = ["format", "svg"])]
+    dot: bool,
+    /// The same as `-F svg`.
+    #[arg(long, conflicts_with = "format")]
+    svg: bool,
+    /// Also show the page-table leaves over this IOVA range: `START[,LENGTH]`
+    /// (decimal or 0x hex; one 4 KiB page by default), of every paging
+    /// HWPT, or of the one --hwpt names (at most 4096 leaves each).
+    #[arg(long, value_name = "START[,LEN]")]
+    iova: Option<String>,
+    /// The HWPT whose page table --iova shows: `ID`, or `CONTEXT:ID` when
+    /// the program has more than one iommufd open.
+    #[arg(long, value_name = "[CTX:]ID", requires = "iova")]
+    hwpt: Option<String>,
     /// Write to FILE instead of stdout.
     #[arg(long, short, value_name = "FILE")]
     output: Option<PathBuf>,
@@ -65,7 +82,8 @@ fn socket(pid: u32) -> Result<PathBuf, String> {
 
 /// Send one request, read the whole answer.
 fn ask(path: &std::path::Path, request: &str) -> Result<String, String> {
-    let mut s = UnixStream::connect(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut s = UnixStream::connect(path)
+        .map_err(|e| format!("{}: {e} (the program may have ended or replaced itself with exec)", path.display()))?;
     let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
     s.write_all(format!("{request}\n").as_bytes()).map_err(|e| e.to_string())?;
     let mut out = String::new();
@@ -76,35 +94,120 @@ fn ask(path: &std::path::Path, request: &str) -> Result<String, String> {
     }
 }
 
+/// One HWPT's leaves over the range asked, or why there are none.
+struct PageTable {
+    context: u32,
+    hwpt: u32,
+    iova: u64,
+    len: u64,
+    leaves: Result<Vec<Leaf>, String>,
+    /// Leaves beyond the 4096 shown.
+    more: u64,
+}
+
+struct Leaf {
+    iova: u64,
+    size: u64,
+    paddr: u64,
+    prot: String,
+    level: u32,
+    entry: u64,
+}
+
+fn parse_leaves(text: &str) -> (Vec<Leaf>, u64) {
+    let mut leaves = Vec::new();
+    let mut more = 0;
+    for l in text.lines() {
+        let w: Vec<&str> = l.split_whitespace().collect();
+        let n = |s: &str| inspect::parse_num(s.split_once('=').map_or(s, |kv| kv.1)).unwrap_or(0);
+        match w.as_slice() {
+            ["leaf", iova, size, pa, prot, level, entry] => leaves.push(Leaf {
+                iova: n(iova),
+                size: n(size),
+                paddr: n(pa),
+                prot: prot.to_string(),
+                level: n(level) as u32,
+                entry: n(entry),
+            }),
+            ["more", m] => more = n(m),
+            _ => {}
+        }
+    }
+    (leaves, more)
+}
+
+fn num(s: &str, what: &str) -> Result<u64, String> {
+    inspect::parse_num(s.trim()).ok_or_else(|| format!("{what}: {s:?} is not a number"))
+}
+
+/// The page tables `--iova` (and `--hwpt`) ask for.
+fn page_tables(args: &InspectArgs, snap: &Snapshot, path: &std::path::Path) -> Result<Vec<PageTable>, String> {
+    let Some(range) = &args.iova else { return Ok(Vec::new()) };
+    let (iova, len) = match range.split_once(',') {
+        Some((a, l)) => (num(a, "--iova")?, num(l, "--iova")?),
+        None => (num(range, "--iova")?, 0x1000),
+    };
+    if len == 0 {
+        return Err("--iova: the length is 0".into());
+    }
+    let hwpts: Vec<(u32, u32)> = match &args.hwpt {
+        Some(h) => {
+            let (ctx, id) = match h.split_once(':') {
+                Some((c, i)) => (num(c, "--hwpt")? as u32, num(i, "--hwpt")? as u32),
+                None => {
+                    let id = num(h, "--hwpt")? as u32;
+                    let with: Vec<u32> = snap
+                        .objects
+                        .iter()
+                        .filter(|o| o.id == id && o.kind.starts_with("hwpt"))
+                        .map(|o| o.context)
+                        .collect();
+                    match with.as_slice() {
+                        [c] => (*c, id),
+                        [] => return Err(format!("--hwpt {id}: no HWPT {id}")),
+                        _ => {
+                            return Err(format!("--hwpt {id}: more than one iommufd has a HWPT {id}; say CONTEXT:{id}"))
+                        }
+                    }
+                }
+            };
+            vec![(ctx, id)]
+        }
+        None => snap.objects.iter().filter(|o| o.kind == "hwpt_paging").map(|o| (o.context, o.id)).collect(),
+    };
+    Ok(hwpts
+        .into_iter()
+        .map(|(context, hwpt)| {
+            let answer = ask(path, &format!("pt {context} {hwpt} {iova:#x} {len:#x}"));
+            let (leaves, more) = match answer {
+                Ok(text) => {
+                    let (l, m) = parse_leaves(&text);
+                    (Ok(l), m)
+                }
+                Err(e) => (Err(e), 0),
+            };
+            PageTable { context, hwpt, iova, len, leaves, more }
+        })
+        .collect())
+}
+
 pub fn inspect(args: InspectArgs) -> Result<ExitCode, String> {
     let path = socket(args.pid)?;
     let raw = ask(&path, "state")?;
     let snap = Snapshot::parse(&raw)?;
-    let pt = match &args.pt {
-        Some(spec) => {
-            let parts: Vec<&str> = spec.split(':').collect();
-            let n = |s: &str| inspect::parse_num(s).ok_or(format!("--pt {spec}: {s:?} is not a number"));
-            let (ctx, hwpt, iova, len) = match parts.as_slice() {
-                [c, h] => (n(c)?, n(h)?, 0, u64::MAX),
-                [c, h, i, l] => (n(c)?, n(h)?, n(i)?, n(l)?),
-                _ => return Err(format!("--pt {spec}: CONTEXT:HWPT or CONTEXT:HWPT:IOVA:LENGTH")),
-            };
-            let leaves = ask(&path, &format!("pt {ctx} {hwpt} {iova:#x} {len:#x}"));
-            Some((ctx, hwpt, leaves.unwrap_or_else(|why| format!("error {why}\n"))))
-        }
-        None => None,
+    let pts = page_tables(&args, &snap, &path)?;
+    let format = match (args.json, args.dot, args.svg) {
+        (true, _, _) => Format::Json,
+        (_, true, _) => Format::Dot,
+        (_, _, true) => Format::Svg,
+        _ => args.format,
     };
-    let out = match args.format {
-        Format::Text => {
-            let mut t = text(&snap);
-            if let Some((ctx, hwpt, leaves)) = &pt {
-                t += &leaves_text(*ctx, *hwpt, leaves);
-            }
-            t
-        }
+    let out = match format {
+        Format::Text => text(&snap) + &pts.iter().map(leaves_text).collect::<String>(),
+        Format::Json => json(&snap, &pts),
         Format::Dot => dot(&snap),
         Format::Svg => svg(&snap),
-        Format::Raw => raw + &pt.map(|p| p.2).unwrap_or_default(),
+        Format::Raw => raw,
     };
     match &args.output {
         Some(f) => std::fs::write(f, out).map_err(|e| format!("{}: {e}", f.display()))?,
@@ -147,6 +250,33 @@ fn refs(o: &ObjectInfo) -> Vec<(&str, u32)> {
 
 fn pages(n: u64) -> String {
     format!("{n} page{}", if n == 1 { "" } else { "s" })
+}
+
+/// One page request: as read, or waiting to be.
+fn fault_line(f: &inspect::FaultInfo) -> String {
+    use uiommufd_abi as abi;
+    let mut perm = String::new();
+    for (bit, c) in [
+        (abi::IOMMU_PGFAULT_PERM_READ, 'r'),
+        (abi::IOMMU_PGFAULT_PERM_WRITE, 'w'),
+        (abi::IOMMU_PGFAULT_PERM_EXEC, 'x'),
+        (abi::IOMMU_PGFAULT_PERM_PRIV, 'p'),
+    ] {
+        if f.perm & bit != 0 {
+            perm.push(c);
+        }
+    }
+    let pasid =
+        if f.flags & abi::IOMMU_PGFAULT_FLAGS_PASID_VALID != 0 { format!(" PASID {}", f.pasid) } else { String::new() };
+    format!(
+        "{} device {}{pasid} group {} addr {:#x} perm {}{}",
+        f.cookie.map_or("to read:".to_string(), |c| format!("read, cookie {c}:")),
+        f.device,
+        f.grpid,
+        f.addr,
+        if perm.is_empty() { "-" } else { &perm },
+        if f.flags & abi::IOMMU_PGFAULT_FLAGS_LAST_PAGE != 0 { " (last of its group)" } else { "" }
+    )
 }
 
 /// The debugfs-like text.
@@ -223,6 +353,9 @@ fn text(s: &Snapshot) -> String {
                         o.get("to_read").unwrap_or("?"),
                         o.get("awaiting_response").unwrap_or("?")
                     );
+                    for f in s.faults.iter().filter(|f| f.context == c.number && f.queue == o.id) {
+                        let _ = writeln!(t, "    {}", fault_line(f));
+                    }
                 }
                 "veventq" => {
                     let _ = writeln!(
@@ -231,6 +364,12 @@ fn text(s: &Snapshot) -> String {
                         o.get("events").unwrap_or("?"),
                         if o.get("lost") == Some("1") { ", events lost" } else { "" }
                     );
+                    for e in s.events.iter().filter(|e| e.context == c.number && e.queue == o.id) {
+                        let _ = match e.len {
+                            Some(len) => writeln!(t, "    event sequence {} with {len} bytes of data", e.sequence),
+                            None => writeln!(t, "    lost events up to sequence {}", e.sequence),
+                        };
+                    }
                 }
                 _ => {}
             }
@@ -239,26 +378,157 @@ fn text(s: &Snapshot) -> String {
     t
 }
 
-fn leaves_text(ctx: u64, hwpt: u64, leaves: &str) -> String {
-    let mut t = format!("\npage table of HWPT {hwpt} (context {ctx}):\n");
-    for l in leaves.lines() {
-        let w: Vec<&str> = l.split_whitespace().collect();
-        match w.as_slice() {
-            ["leaf", iova, size, pa, prot, rest @ ..] => {
-                let _ = writeln!(t, "  IOVA {iova} +{size} -> PA {pa} {prot} {}", rest.join(" "));
+fn leaves_text(pt: &PageTable) -> String {
+    let mut t = format!(
+        "\npage table of HWPT {} (context {}), IOVA [{:#x}, {:#x}]:\n",
+        pt.hwpt,
+        pt.context,
+        pt.iova,
+        pt.iova.saturating_add(pt.len - 1)
+    );
+    match &pt.leaves {
+        Err(why) => t += &format!("  {why}\n"),
+        Ok(l) if l.is_empty() => t += "  (nothing mapped)\n",
+        Ok(leaves) => {
+            for l in leaves {
+                let _ = writeln!(
+                    t,
+                    "  IOVA {:#x} +{:#x} -> PA {:#x} {} level={} entry={:#x}",
+                    l.iova, l.size, l.paddr, l.prot, l.level, l.entry
+                );
             }
-            ["more", n] => {
-                let _ = writeln!(t, "  ... {n} more leaves");
+            if pt.more > 0 {
+                let _ = writeln!(t, "  ... {} more leaves", pt.more);
             }
-            _ => {}
         }
     }
-    if let Some(why) = leaves.strip_prefix("error ") {
-        t += &format!("  {}", why);
-    } else if !leaves.contains("leaf ") {
-        t += "  (nothing mapped)\n";
-    }
     t
+}
+
+/// A value of the wire form as JSON: `-` is null, decimal numbers are
+/// numbers, anything else a string.
+fn json_value(v: &str) -> String {
+    if v == "-" {
+        "null".into()
+    } else if !v.is_empty() && v.len() < 16 && v.bytes().all(|b| b.is_ascii_digit()) {
+        v.into()
+    } else {
+        json_str(v)
+    }
+}
+
+fn json_opt(v: Option<u32>) -> String {
+    v.map_or("null".into(), |v| v.to_string())
+}
+
+/// The snapshot and the page tables asked for as one JSON object.
+fn json(s: &Snapshot, pts: &[PageTable]) -> String {
+    let list = |items: Vec<String>| format!("[{}]", items.join(", "));
+    let contexts = s.contexts.iter().map(|c| {
+        format!(
+            "{{\"context\": {}, \"release\": {}, \"account\": {}, \"vfio_ioas\": {}}}",
+            c.number,
+            json_str(&c.release),
+            json_str(&c.account),
+            json_opt(c.vfio_ioas)
+        )
+    });
+    let objects = s.objects.iter().map(|o| {
+        let fields: Vec<String> = o.fields.iter().map(|(k, v)| format!("{}: {}", json_str(k), json_value(v))).collect();
+        format!(
+            "{{\"context\": {}, \"id\": {}, \"kind\": {}, \"users\": {}, \"fields\": {{{}}}}}",
+            o.context,
+            o.id,
+            json_str(&o.kind),
+            o.users,
+            fields.join(", ")
+        )
+    });
+    let areas = s.areas.iter().map(|a| {
+        format!(
+            "{{\"context\": {}, \"ioas\": {}, \"iova\": {}, \"last\": {}, \"prot\": {}, \"pages\": {}, \"pinned\": {}, \"from\": {}}}",
+            a.context,
+            a.ioas,
+            a.iova,
+            a.last,
+            json_str(&a.prot),
+            a.pages,
+            a.pinned,
+            json_value(&a.from)
+        )
+    });
+    let attachments = s.attachments.iter().map(|a| {
+        format!(
+            "{{\"context\": {}, \"device\": {}, \"pasid\": {}, \"hwpt\": {}}}",
+            a.context,
+            a.device,
+            json_opt(a.pasid),
+            a.hwpt
+        )
+    });
+    let faults = s.faults.iter().map(|f| {
+        format!(
+            "{{\"context\": {}, \"queue\": {}, \"device\": {}, \"cookie\": {}, \"flags\": {}, \"pasid\": {}, \"grpid\": {}, \"perm\": {}, \"addr\": {}}}",
+            f.context,
+            f.queue,
+            f.device,
+            json_opt(f.cookie),
+            f.flags,
+            f.pasid,
+            f.grpid,
+            f.perm,
+            f.addr
+        )
+    });
+    let events = s.events.iter().map(|e| {
+        format!(
+            "{{\"context\": {}, \"queue\": {}, \"sequence\": {}, \"length\": {}, \"lost\": {}}}",
+            e.context,
+            e.queue,
+            e.sequence,
+            e.len.map_or("null".into(), |l| l.to_string()),
+            e.len.is_none()
+        )
+    });
+    let tables = pts.iter().map(|pt| {
+        let leaves = match &pt.leaves {
+            Ok(l) => list(
+                l.iter()
+                    .map(|l| {
+                        format!(
+                            "{{\"iova\": {}, \"size\": {}, \"paddr\": {}, \"prot\": {}, \"level\": {}, \"entry\": {}}}",
+                            l.iova,
+                            l.size,
+                            l.paddr,
+                            json_str(&l.prot),
+                            l.level,
+                            l.entry
+                        )
+                    })
+                    .collect(),
+            ),
+            Err(_) => "null".into(),
+        };
+        let error = pt.leaves.as_ref().err().map_or("null".into(), |e| json_str(e));
+        format!(
+            "{{\"context\": {}, \"hwpt\": {}, \"iova\": {}, \"length\": {}, \"leaves\": {leaves}, \"more\": {}, \"error\": {error}}}",
+            pt.context, pt.hwpt, pt.iova, pt.len, pt.more
+        )
+    });
+    format!(
+        "{{\"pid\": {}, \"pinned\": {{\"pages\": {}, \"user_locked\": {}, \"process_locked\": {}}}, \"contexts\": {}, \"objects\": {}, \"areas\": {}, \"attachments\": {}, \"faults\": {}, \"events\": {}, \"page_tables\": {}}}\n",
+        s.pid,
+        s.pinned.0,
+        s.pinned.1,
+        s.pinned.2,
+        list(contexts.collect()),
+        list(objects.collect()),
+        list(areas.collect()),
+        list(attachments.collect()),
+        list(faults.collect()),
+        list(events.collect()),
+        list(tables.collect())
+    )
 }
 
 /// A node's name in the graph.

@@ -12,7 +12,7 @@
 //! - `bench [--quick] [--json] [--compare FILE]`: the hot paths against
 //!   same-run references, as JSON, or beside a saved run (progress on a
 //!   terminal's stderr);
-//! - `inspect PID [--pt CTX:HWPT[:IOVA:LEN]] [-F text|dot|svg]`: the
+//! - `inspect PID [--iova START[,LEN]] [--json|--dot|--svg]`: the
 //!   iommufd state of a program started with `run --inspect`;
 //! - `completions SHELL`, `man [COMMAND] [--dir DIR]`: shell completions
 //!   and manual pages generated from these definitions.
@@ -102,16 +102,17 @@ Examples:
     /// Show the iommufd state of a program running under `uiommufd run
     /// --inspect`: objects and their references, IOAS areas and what backs
     /// them, HWPTs and the devices and PASIDs on them, pending faults and
-    /// events, pinned pages; page tables on request; as text, Graphviz dot
-    /// or an SVG picture.
+    /// events, pinned pages; page tables on request; as text, JSON,
+    /// Graphviz dot or an SVG picture.
     #[command(after_help = "\
 Examples:
   uiommufd run --inspect -- ./my-vmm &           start it so that it can be inspected
   uiommufd inspect 1234                          what process 1234 holds now
-  uiommufd inspect 1234 --pt 1:4:0x1000000:0x10000
-                                                 and the leaves of HWPT 4 (context 1) over 64 KiB
-  uiommufd inspect 1234 -F svg -o state.svg      as a picture
-  uiommufd inspect 1234 -F dot | dot -Tpng -o graph.png")]
+  uiommufd inspect 1234 --iova 0x1000000,0x10000
+                                                 and the leaves of every paging HWPT over 64 KiB
+  uiommufd inspect 1234 --json                   as JSON
+  uiommufd inspect 1234 --svg -o state.svg       as a picture of the objects and the IOVA space
+  uiommufd inspect 1234 --dot | dot -Tpng -o graph.png")]
     Inspect(inspect::InspectArgs),
     /// Print a shell completion script for uiommufd.
     #[command(after_help = "\

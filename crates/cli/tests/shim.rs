@@ -26,8 +26,9 @@ const RUN_LIMIT: Duration = Duration::from_secs(60);
 
 /// Environment that would change what the shim or the CLI does; the tests
 /// set what they need explicitly.
-const SHIM_ENV: [&str; 7] = [
+const SHIM_ENV: [&str; 8] = [
     "LD_PRELOAD",
+    "UIOMMUFD_INSPECT",
     "UIOMMUFD_TRACE",
     "UIOMMUFD_TRACE_FILE",
     "UIOMMUFD_TRACE_OPTS",
@@ -602,42 +603,80 @@ fn trace_follows_forks_and_threads_with_f() {
     assert!(legacy.stderr.lines().any(|l| l.starts_with("[pid ")), "{}", legacy.report());
 }
 
-/// `uiommufd inspect PID` of a program started with `run --inspect`
-/// (tests/c/inspect_target.c, which keeps its state until its stdin
-/// closes): its objects with their users and references, the IOAS areas
-/// and what backs them, the device's attachment, the fault waiting to be
-/// read, the pinned pages, a HWPT's leaves; the same as dot and SVG; the
-/// socket is owner-only and gone after the program.
-#[test]
-fn inspect_shows_a_running_programs_state() {
+/// tests/c/inspect_target.c under `uiommufd run OPTIONS`, once it has
+/// built its state: the running program, its stdout after the ready line,
+/// and the IDs it printed (pid, IOAS, mock HWPT, device, nesting parent,
+/// nested HWPT, fault queue).
+fn inspect_target(
+    options: &[&str],
+) -> Option<(std::process::Child, std::io::BufReader<std::process::ChildStdout>, Vec<u32>)> {
     use std::io::BufRead;
-    use std::os::unix::fs::PermissionsExt;
-    let exe = c_program!("inspect_target");
-    let mut child = uiommufd_run(&["--inspect"], &[&exe])
+    let Some(exe) = compile_from("tests/c", "inspect_target") else {
+        eprintln!("skipping: no C compiler found to build tests/c/inspect_target.c");
+        return None;
+    };
+    let mut child = uiommufd_run(options, &[&exe])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stderr(Stdio::inherit())
         .spawn()
         .expect("start the program");
     let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
     let mut ready = String::new();
     out.read_line(&mut ready).unwrap();
-    let n: Vec<u32> = ready.split_whitespace().skip(1).filter_map(|w| w.parse().ok()).collect();
-    assert_eq!(n.len(), 7, "{ready:?}");
-    let [pid, ioas, _mock_hwpt, idev, parent, nested, fault] = n[..] else { unreachable!() };
-    let inspect = |args: &[&str]| {
-        let o = Command::new(env!("CARGO_BIN_EXE_uiommufd"))
-            .arg("inspect")
-            .arg(pid.to_string())
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(o.status.success(), "inspect {args:?}: {}", String::from_utf8_lossy(&o.stderr));
-        String::from_utf8(o.stdout).unwrap()
-    };
+    let ids: Vec<u32> = ready.split_whitespace().skip(1).filter_map(|w| w.parse().ok()).collect();
+    assert_eq!(ids.len(), 7, "{ready:?}");
+    Some((child, out, ids))
+}
+
+/// Let the program finish (it exits when its stdin closes) and check it
+/// passed.
+fn finish_target(mut child: std::process::Child, mut out: std::io::BufReader<std::process::ChildStdout>) {
+    drop(child.stdin.take());
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
+    let status = child.wait().unwrap();
+    assert!(status.success() && rest.contains("PASS"), "{status:?} {rest}");
+}
+
+/// `uiommufd inspect PID ARGS`: its stdout, or its stderr as the error.
+fn inspect(pid: u32, args: &[&str]) -> Result<String, String> {
+    let o =
+        Command::new(env!("CARGO_BIN_EXE_uiommufd")).arg("inspect").arg(pid.to_string()).args(args).output().unwrap();
+    if o.status.success() {
+        Ok(String::from_utf8(o.stdout).unwrap())
+    } else {
+        Err(String::from_utf8_lossy(&o.stderr).into_owned())
+    }
+}
+
+/// The sockets in the descriptor table of process `pid` (what the program
+/// would find walking /proc/self/fd).
+fn sockets_of(pid: u32) -> Vec<String> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .map(|l| l.display().to_string())
+        .filter(|l| l.starts_with("socket:"))
+        .collect()
+}
+
+/// `uiommufd inspect PID` of a program started with `run --inspect`
+/// (tests/c/inspect_target.c, which keeps its state until its stdin
+/// closes): its objects with their users and references, the IOAS areas
+/// and what backs them, the device's attachment, the fault waiting to be
+/// read, the pinned pages, a HWPT's leaves; the same as JSON, dot and SVG;
+/// the socket is owner-only, none of its descriptors is in the program's
+/// table, and it is gone after the program.
+#[test]
+fn inspect_shows_a_running_programs_state() {
+    use std::os::unix::fs::PermissionsExt;
+    let Some((child, out, ids)) = inspect_target(&["--inspect"]) else { return };
+    let [pid, ioas, _mock_hwpt, idev, parent, nested, fault] = ids[..] else { unreachable!() };
     // SAFETY: sysconf has no preconditions.
     let ps = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as u64;
-    let text = inspect(&["--pt", &format!("1:{parent}:0x1000000:{:#x}", 4 * ps)]);
+    let span = format!("0x1000000,{:#x}", 4 * ps);
+    let text = inspect(pid, &["--iova", &span, "--hwpt", &parent.to_string()]).unwrap();
     for want in [
         format!("process {pid}: 6 pages pinned for DMA"),
         format!("  IOAS {ioas} (users 1): alignment=0x800 ranges=0x1000000-0x7fffffff domains=1 hwpts={parent}"),
@@ -645,40 +684,82 @@ fn inspect_shows_a_running_programs_state() {
         format!("    area [0x4000000, {:#x}] rc 2 pages, 2 pinned <- user:0x", 0x400_0000 + 2 * ps - 1),
         format!("  device {idev} (users 1): name=mock0 enforced_coherent=0 vdevice=-\n    RID -> HWPT {nested}\n"),
         format!("  HWPT (paging) {parent} (users 1): ioas={ioas} auto=0 nest_parent=1"),
-        format!("  HWPT (nested) {nested} (users 1): parent={parent} viommu=- fault={fault}\n    used by device {idev} RID"),
-        format!("  fault queue {fault} (users 2): to_read=1 awaiting_response=0\n    pending: 1 to read, 0 awaiting a response"),
+        format!(
+            "  HWPT (nested) {nested} (users 1): parent={parent} viommu=- fault={fault}\n    used by device {idev} RID"
+        ),
+        format!(
+            "  fault queue {fault} (users 2): to_read=1 awaiting_response=0\n    pending: 1 to read, 0 awaiting a \
+             response\n    to read: device {idev} PASID 1 group 1 addr 0x1000 perm r (last of its group)\n"
+        ),
         "iommufd context 2 (Linux 7.3, pinned pages charged to the user, VFIO compat IOAS none): 0 objects".into(),
-        format!("page table of HWPT {parent} (context 1):\n  IOVA 0x1000000 +0x800 -> PA 0x"),
+        format!(
+            "page table of HWPT {parent} (context 1), IOVA [0x1000000, {:#x}]:\n  IOVA 0x1000000 +0x800 -> PA 0x",
+            0x100_0000 + 4 * ps - 1
+        ),
     ] {
         assert!(text.contains(&want), "missing {want:?} in:\n{text}");
     }
     // The mock's 2 KiB leaves, each mapped to the next 2 KiB of a frame.
     assert_eq!(text.matches(" +0x800 -> PA ").count() as u64, 4 * ps / 0x800, "{text}");
-    let dot = inspect(&["-F", "dot"]);
+    // Without --hwpt: every paging HWPT (the parent only: the mock
+    // domain's automatic HWPT went when the device moved to the nested one).
+    let all = inspect(pid, &["--iova", "0x4000000"]).unwrap();
+    assert_eq!(all.matches("page table of HWPT ").count(), 1, "{all}");
+    assert!(all.contains(&format!("page table of HWPT {parent} (context 1)")), "{all}");
+    assert!(!all.contains("nothing mapped"), "{all}");
+    let gap = inspect(pid, &["--iova", "0x2000000,0x1000", "--hwpt", &format!("1:{parent}")]).unwrap();
+    assert!(gap.contains("  (nothing mapped)\n"), "{gap}");
+    let json = inspect(pid, &["--json", "--iova", "0x1000000", "--hwpt", &parent.to_string()]).unwrap();
+    for want in [
+        format!("{{\"context\": 1, \"id\": {ioas}, \"kind\": \"ioas\", \"users\": 1, \"fields\": {{\"alignment\": \"0x800\""),
+        format!("{{\"context\": 1, \"ioas\": {ioas}, \"iova\": 16777216, \"last\": {}, \"prot\": \"rwc\", \"pages\": 4", 0x100_0000 + 4 * ps - 1),
+        format!("{{\"context\": 1, \"device\": {idev}, \"pasid\": null, \"hwpt\": {nested}}}"),
+        format!("{{\"context\": 1, \"queue\": {fault}, \"device\": {idev}, \"cookie\": null, \"flags\": 3, \"pasid\": 1, \"grpid\": 1, \"perm\": 1, \"addr\": 4096}}"),
+        format!("\"page_tables\": [{{\"context\": 1, \"hwpt\": {parent}, \"iova\": 16777216, \"length\": 4096, \"leaves\": [{{\"iova\": 16777216, \"size\": 2048,"),
+    ] {
+        assert!(json.contains(&want), "missing {want:?} in:\n{json}");
+    }
+    assert!(json.starts_with(&format!("{{\"pid\": {pid}, \"pinned\": {{\"pages\": 6,")), "{json}");
+    let dot = inspect(pid, &["--dot"]).unwrap();
     assert!(dot.contains(&format!("c1_{nested} -> c1_{parent} [label=\"parent\"];")), "{dot}");
     assert!(dot.contains(&format!("c1_{idev} -> c1_{nested} [label=\"RID\", style=bold];")), "{dot}");
-    let svg = inspect(&["-F", "svg"]);
+    let svg = inspect(pid, &["--svg"]).unwrap();
     assert!(svg.starts_with("<svg ") && svg.trim_end().ends_with("</svg>"), "{svg}");
     assert_eq!(svg.matches("class=\"area\"").count(), 2, "{svg}");
     assert!(svg.contains(&format!("IOAS {ioas} IOVA space")), "{svg}");
+    assert!(inspect(pid, &["--iova", "0x1000", "--hwpt", "999"]).unwrap_err().contains("no HWPT 999"));
+
     // Owner-only.
     let dir = uiommufd_dispatch::inspect::socket_dir();
     let sock = uiommufd_dispatch::inspect::socket_path(&dir, pid);
     assert_eq!(std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777, 0o700);
     assert_eq!(std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777, 0o600);
+    // Neither the listening socket nor a connection being served is a
+    // descriptor of the program's: a client that connected and says
+    // nothing yet holds its connection open on the shim's side.
+    assert_eq!(sockets_of(pid), Vec::<String>::new());
+    let idle = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert_eq!(sockets_of(pid), Vec::<String>::new());
+    drop(idle);
 
-    drop(child.stdin.take());
-    let mut rest = String::new();
-    std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
-    let status = child.wait().unwrap();
-    assert!(status.success() && rest.contains("PASS"), "{status:?} {rest}");
+    finish_target(child, out);
     assert!(!sock.exists(), "{} left behind", sock.display());
     // A process without a socket is an error that says why.
-    let o = Command::new(env!("CARGO_BIN_EXE_uiommufd"))
-        .args(["inspect", &std::process::id().to_string()])
-        .output()
-        .unwrap();
-    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("--inspect"));
+    assert!(inspect(std::process::id(), &[]).unwrap_err().contains("--inspect"));
+}
+
+/// Without `--inspect` the shim opens no control socket.
+#[test]
+fn no_control_socket_without_inspect() {
+    let Some((child, out, ids)) = inspect_target(&[]) else { return };
+    let pid = ids[0];
+    let sock = uiommufd_dispatch::inspect::socket_path(&uiommufd_dispatch::inspect::socket_dir(), pid);
+    assert!(!sock.exists(), "{}", sock.display());
+    assert_eq!(std::fs::read_dir(format!("/proc/{pid}/task")).unwrap().count(), 1, "a thread of ours");
+    let why = inspect(pid, &[]).unwrap_err();
+    assert!(why.contains("has no control socket") && why.contains("uiommufd run --inspect"), "{why}");
+    finish_target(child, out);
 }
 
 /// An `UIOMMUFD_IOMMU` that names no model makes opening a served node fail

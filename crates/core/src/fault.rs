@@ -221,6 +221,15 @@ impl Fault {
         let st = self.lock();
         (st.deliver.len(), st.response.len())
     }
+
+    /// Every group held, for tools (`uiommufd inspect`): the device that
+    /// raised it, its cookie once read (`None`: waiting to be read) and
+    /// its page requests; those to be read first, in order.
+    pub fn groups(&self) -> Vec<(ObjectId, Option<u32>, Vec<PageRequest>)> {
+        let st = self.lock();
+        let waiting = st.deliver.iter().map(|g| (g.dev_id, None, g.faults.clone()));
+        waiting.chain(st.response.iter().map(|(c, g)| (g.dev_id, Some(*c), g.faults.clone()))).collect()
+    }
 }
 
 /// The lowest cookie from 1 that no delivered group holds.

@@ -209,6 +209,19 @@ impl Veventq {
         self.lock().sequence = sequence;
     }
 
+    /// The records waiting, for tools (`uiommufd inspect`): each one's
+    /// sequence number and data length (`None`: the lost-events marker).
+    pub fn records(&self) -> Vec<(u32, Option<usize>)> {
+        let st = self.lock();
+        st.deliver
+            .iter()
+            .map(|r| match r {
+                Record::Event { sequence, data } => (*sequence, Some(data.len())),
+                Record::Lost { sequence } => (*sequence, None),
+            })
+            .collect()
+    }
+
     /// Records waiting: `(events, whether the lost-events marker is queued)`.
     pub fn pending(&self) -> (u32, bool) {
         let st = self.lock();

@@ -15,6 +15,8 @@
 //! area 1 2 0x1000000 0x1001fff prot=rw pages=2 pinned=2 from=user:0x7f0000000000+0x0
 //! object 1 3 device users=0 name=mock0
 //! attach 1 3 rid 4
+//! fault 1 6 3 cookie=- flags=0x1 pasid=1 grpid=1 perm=0x1 addr=0x1000
+//! event 1 9 seq=0 len=32
 //! object 1 4 hwpt_paging users=1 ioas=2 auto=1 nest_parent=0 dirty=0 coherent=0 fault=- pgsizes=0x800
 //! leaf 0x1000000 0x800 0x123000 rw level=0 entry=0x123007
 //! ```
@@ -90,6 +92,34 @@ pub struct Context {
     pub vfio_ioas: Option<ObjectId>,
 }
 
+/// One page request a fault queue holds.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FaultInfo {
+    pub context: u32,
+    pub queue: ObjectId,
+    /// The device that raised it.
+    pub device: ObjectId,
+    /// The cookie its group was read with (`None`: not read yet).
+    pub cookie: Option<u32>,
+    /// `IOMMU_PGFAULT_FLAGS_*`.
+    pub flags: u32,
+    pub pasid: u32,
+    pub grpid: u32,
+    /// `IOMMU_PGFAULT_PERM_*`.
+    pub perm: u32,
+    pub addr: u64,
+}
+
+/// One record a vEVENTQ holds.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EventInfo {
+    pub context: u32,
+    pub queue: ObjectId,
+    pub sequence: u32,
+    /// The driver data's length (`None`: the lost-events marker).
+    pub len: Option<u64>,
+}
+
 /// Everything at once.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Snapshot {
@@ -101,6 +131,8 @@ pub struct Snapshot {
     pub objects: Vec<ObjectInfo>,
     pub areas: Vec<AreaInfo>,
     pub attachments: Vec<Attach>,
+    pub faults: Vec<FaultInfo>,
+    pub events: Vec<EventInfo>,
 }
 
 fn prot(p: Prot) -> String {
@@ -221,6 +253,21 @@ impl Snapshot {
                 let (to_read, to_answer) = q.pending();
                 put("to_read", to_read.to_string());
                 put("awaiting_response", to_answer.to_string());
+                for (device, cookie, reqs) in q.groups() {
+                    for r in reqs {
+                        self.faults.push(FaultInfo {
+                            context,
+                            queue: id,
+                            device,
+                            cookie,
+                            flags: r.flags,
+                            pasid: r.pasid,
+                            grpid: r.grpid,
+                            perm: r.perm,
+                            addr: r.addr,
+                        });
+                    }
+                }
                 "fault"
             }
             Object::Access(a) => {
@@ -251,6 +298,9 @@ impl Snapshot {
                 put("depth", q.depth().to_string());
                 put("events", events.to_string());
                 put("lost", flag(lost));
+                for (sequence, len) in q.records() {
+                    self.events.push(EventInfo { context, queue: id, sequence, len: len.map(|l| l as u64) });
+                }
                 "veventq"
             }
             Object::HwQueue(q) => {
@@ -298,6 +348,25 @@ impl Snapshot {
         for a in &self.attachments {
             let pasid = a.pasid.map_or("rid".to_string(), |p| p.to_string());
             let _ = writeln!(s, "attach {} {} {pasid} {}", a.context, a.device, a.hwpt);
+        }
+        for f in &self.faults {
+            let _ = writeln!(
+                s,
+                "fault {} {} {} cookie={} flags={:#x} pasid={} grpid={} perm={:#x} addr={:#x}",
+                f.context,
+                f.queue,
+                f.device,
+                f.cookie.map_or("-".into(), |c| c.to_string()),
+                f.flags,
+                f.pasid,
+                f.grpid,
+                f.perm,
+                f.addr
+            );
+        }
+        for e in &self.events {
+            let len = e.len.map_or("lost".into(), |l| l.to_string());
+            let _ = writeln!(s, "event {} {} seq={} len={len}", e.context, e.queue, e.sequence);
         }
         s
     }
@@ -359,6 +428,26 @@ impl Snapshot {
                     device: num(1)? as u32,
                     pasid: if rest.get(2) == Some(&"rid") { None } else { Some(num(2)? as u32) },
                     hwpt: num(3)? as u32,
+                }),
+                "fault" => {
+                    let n = |k: &str| key(3, k).and_then(|v| parse_num(&v)).unwrap_or(0);
+                    s.faults.push(FaultInfo {
+                        context: num(0)? as u32,
+                        queue: num(1)? as u32,
+                        device: num(2)? as u32,
+                        cookie: key(3, "cookie").and_then(|v| v.parse().ok()),
+                        flags: n("flags") as u32,
+                        pasid: n("pasid") as u32,
+                        grpid: n("grpid") as u32,
+                        perm: n("perm") as u32,
+                        addr: n("addr"),
+                    });
+                }
+                "event" => s.events.push(EventInfo {
+                    context: num(0)? as u32,
+                    queue: num(1)? as u32,
+                    sequence: key(2, "seq").and_then(|v| parse_num(&v)).ok_or_else(bad)? as u32,
+                    len: key(2, "len").and_then(|v| parse_num(&v)),
                 }),
                 _ => {}
             }

@@ -282,7 +282,7 @@ fn recv_msg(sock: RawFd, buf: &mut [u8]) -> Result<Option<(Msg, usize, Option<Ow
 /// Move a descriptor of ours out of the program's way, to a high number
 /// (close-on-exec): a program that closed its standard descriptors expects
 /// its next opens to get them back, and must not write to our sockets.
-pub(crate) fn out_of_the_way(fd: RawFd) -> RawFd {
+fn out_of_the_way(fd: RawFd) -> RawFd {
     move_high(fd, true)
 }
 
