@@ -5,12 +5,16 @@
  * nesting parent and a nested HWPT with a fault queue that holds one
  * fault group not read yet, and a second iommufd with nothing in it. It
  * prints "ready PID IOAS MOCK_HWPT IDEV PARENT NESTED FAULT" and keeps all
- * of that until its standard input closes.
+ * of that until its standard input closes. Each line "fork" on its
+ * standard input forks a child that opens an iommufd of its own, maps one
+ * page in an IOAS, prints "child PID IOAS" and waits for the parent's end.
  */
 #define _GNU_SOURCE
 #include "iommufd_util.h"
 
 #include <fcntl.h>
+#include <string.h>
+#include <sys/wait.h>
 #include <stdint.h>
 #include <sys/mman.h>
 #include <uiommufd/iommufd_test.h>
@@ -72,9 +76,42 @@ int main(void)
 	printf("ready %d %u %u %u %u %u %u\n", getpid(), ioas, md.mock_domain.out_hwpt_id, idev, parent.out_hwpt_id,
 	       nested.out_hwpt_id, fa.out_fault_id);
 	fflush(stdout);
-	char c;
-	while (read(0, &c, 1) > 0)
-		;
+	int hold[2];
+	CHECK_OK(pipe(hold));
+	int children = 0;
+	char line[64];
+	while (fgets(line, sizeof(line), stdin)) {
+		if (strcmp(line, "fork\n"))
+			continue;
+		pid_t pid = fork();
+		CHECK_TRUE(pid >= 0);
+		if (pid == 0) {
+			close(hold[1]);
+			int own = open("/dev/iommu", O_RDWR);
+			__u32 own_ioas = 0;
+			if (own < 0 || ioas_alloc(own, &own_ioas))
+				_exit(2);
+			struct iommu_ioas_map one = {
+				.size = sizeof(one), .flags = IOMMU_IOAS_MAP_READABLE, .ioas_id = own_ioas,
+				.user_va = (uintptr_t)buf, .length = ps,
+			};
+			if (ioctl(own, IOMMU_IOAS_MAP, &one))
+				_exit(3);
+			printf("child %d %u\n", getpid(), own_ioas);
+			fflush(stdout);
+			char c;
+			while (read(hold[0], &c, 1) > 0)
+				;
+			exit(0);
+		}
+		children++;
+	}
+	CHECK_OK(close(hold[1]));
+	for (int i = 0; i < children; i++) {
+		int status = 0;
+		CHECK_TRUE(wait(&status) > 0);
+		CHECK_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+	}
 	CHECK_OK(close((int)fa.out_fault_fd));
 	CHECK_OK(close(other));
 	CHECK_OK(close(fd));

@@ -284,11 +284,12 @@ fn text(s: &Snapshot) -> String {
     let mut t = String::new();
     let _ = writeln!(
         t,
-        "process {}: {} pinned for DMA; RLIMIT_MEMLOCK charged: user {}, process {}",
+        "process {}: {} pinned for DMA; charged to RLIMIT_MEMLOCK: user {}, process {}, not charged (CAP_IPC_LOCK) {}",
         s.pid,
         pages(s.pinned.0),
-        pages(s.pinned.1),
-        pages(s.pinned.2)
+        s.pinned.1,
+        s.pinned.2,
+        s.pinned.0.saturating_sub(s.pinned.1 + s.pinned.2)
     );
     if s.contexts.is_empty() {
         let _ = writeln!(t, "no iommufd open");
@@ -297,7 +298,7 @@ fn text(s: &Snapshot) -> String {
         let objs: Vec<&ObjectInfo> = s.objects.iter().filter(|o| o.context == c.number).collect();
         let _ = writeln!(
             t,
-            "\niommufd context {} (Linux {}, pinned pages charged to the {}, VFIO compat IOAS {}): {} object{}",
+            "\niommufd context {} (Linux {}, RLIMIT_MODE {}, VFIO compat IOAS {}): {} object{}",
             c.number,
             c.release,
             c.account,
@@ -317,12 +318,13 @@ fn text(s: &Snapshot) -> String {
                     for a in s.areas.iter().filter(|a| a.context == c.number && a.ioas == o.id) {
                         let _ = writeln!(
                             t,
-                            "    area [{:#x}, {:#x}] {} {}, {} pinned <- {}",
+                            "    area [{:#x}, {:#x}] {} {}, {} pinned (charged: {}) <- {}",
                             a.iova,
                             a.last,
                             a.prot,
                             pages(a.pages),
                             a.pinned,
+                            a.charged,
                             a.from
                         );
                     }
@@ -446,7 +448,7 @@ fn json(s: &Snapshot, pts: &[PageTable]) -> String {
     });
     let areas = s.areas.iter().map(|a| {
         format!(
-            "{{\"context\": {}, \"ioas\": {}, \"iova\": {}, \"last\": {}, \"prot\": {}, \"pages\": {}, \"pinned\": {}, \"from\": {}}}",
+            "{{\"context\": {}, \"ioas\": {}, \"iova\": {}, \"last\": {}, \"prot\": {}, \"pages\": {}, \"pinned\": {}, \"charged\": {}, \"from\": {}}}",
             a.context,
             a.ioas,
             a.iova,
@@ -454,6 +456,7 @@ fn json(s: &Snapshot, pts: &[PageTable]) -> String {
             json_str(&a.prot),
             a.pages,
             a.pinned,
+            json_value(&a.charged),
             json_value(&a.from)
         )
     });

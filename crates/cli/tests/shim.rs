@@ -680,8 +680,8 @@ fn inspect_shows_a_running_programs_state() {
     for want in [
         format!("process {pid}: 6 pages pinned for DMA"),
         format!("  IOAS {ioas} (users 1): alignment=0x800 ranges=0x1000000-0x7fffffff domains=1 hwpts={parent}"),
-        format!("    area [0x1000000, {:#x}] rwc 4 pages, 4 pinned <- user:0x", 0x100_0000 + 4 * ps - 1),
-        format!("    area [0x4000000, {:#x}] rc 2 pages, 2 pinned <- user:0x", 0x400_0000 + 2 * ps - 1),
+        format!("    area [0x1000000, {:#x}] rwc 4 pages, 4 pinned (charged: ", 0x100_0000 + 4 * ps - 1),
+        format!("    area [0x4000000, {:#x}] rc 2 pages, 2 pinned (charged: ", 0x400_0000 + 2 * ps - 1),
         format!("  device {idev} (users 1): name=mock0 enforced_coherent=0 vdevice=-\n    RID -> HWPT {nested}\n"),
         format!("  HWPT (paging) {parent} (users 1): ioas={ioas} auto=0 nest_parent=1"),
         format!(
@@ -691,7 +691,7 @@ fn inspect_shows_a_running_programs_state() {
             "  fault queue {fault} (users 2): to_read=1 awaiting_response=0\n    pending: 1 to read, 0 awaiting a \
              response\n    to read: device {idev} PASID 1 group 1 addr 0x1000 perm r (last of its group)\n"
         ),
-        "iommufd context 2 (Linux 7.3, pinned pages charged to the user, VFIO compat IOAS none): 0 objects".into(),
+        "iommufd context 2 (Linux 7.3, RLIMIT_MODE user, VFIO compat IOAS none): 0 objects".into(),
         format!(
             "page table of HWPT {parent} (context 1), IOVA [0x1000000, {:#x}]:\n  IOVA 0x1000000 +0x800 -> PA 0x",
             0x100_0000 + 4 * ps - 1
@@ -699,6 +699,10 @@ fn inspect_shows_a_running_programs_state() {
     ] {
         assert!(text.contains(&want), "missing {want:?} in:\n{text}");
     }
+    // Charged to the user's counter unless we may lock memory at will.
+    let charged = if text.contains("not charged (CAP_IPC_LOCK) 6") { "none" } else { "user" };
+    assert!(text.contains(&format!("{pid}: 6 pages pinned for DMA; charged to RLIMIT_MEMLOCK: user ")), "{text}");
+    assert_eq!(text.matches(&format!(" pinned (charged: {charged}) <- user:0x")).count(), 2, "{text}");
     // The mock's 2 KiB leaves, each mapped to the next 2 KiB of a frame.
     assert_eq!(text.matches(" +0x800 -> PA ").count() as u64, 4 * ps / 0x800, "{text}");
     // Without --hwpt: every paging HWPT (the parent only: the mock
@@ -747,6 +751,49 @@ fn inspect_shows_a_running_programs_state() {
     assert!(!sock.exists(), "{} left behind", sock.display());
     // A process without a socket is an error that says why.
     assert!(inspect(std::process::id(), &[]).unwrap_err().contains("--inspect"));
+}
+
+/// After `fork`: the child has no socket until its own first open of a
+/// served node, then one of its own showing only its own iommufd (the
+/// descriptors it inherited are the parent's engine's); the parent's keeps
+/// answering, also while its program forks again and again; each child's
+/// socket is gone when it exits.
+#[test]
+fn inspect_after_fork() {
+    use std::io::{BufRead, Write};
+    let Some((mut child, mut out, ids)) = inspect_target(&["--inspect"]) else { return };
+    let [pid, ioas, ..] = ids[..] else { unreachable!() };
+    let dir = uiommufd_dispatch::inspect::socket_dir();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut kids = Vec::new();
+    for round in 0..4 {
+        // The parent is asked while it forks.
+        let asking = std::thread::spawn(move || (0..5).map(|_| inspect(pid, &[])).collect::<Vec<_>>());
+        stdin.write_all(b"fork\n").unwrap();
+        let mut line = String::new();
+        out.read_line(&mut line).unwrap();
+        let w: Vec<u32> = line.split_whitespace().skip(1).filter_map(|w| w.parse().ok()).collect();
+        assert!(line.starts_with("child ") && w.len() == 2, "{line:?}");
+        let (kid, kid_ioas) = (w[0], w[1]);
+        for answer in asking.join().unwrap() {
+            let text = answer.unwrap();
+            assert!(text.contains(&format!("  IOAS {ioas} (users 1)")), "round {round}: {text}");
+        }
+        let text = inspect(kid, &["--iova", "0"]).unwrap();
+        assert!(text.starts_with(&format!("process {kid}: ")), "{text}");
+        assert!(text.contains(&format!("  IOAS {kid_ioas} (users 0)")), "{text}");
+        assert_eq!(text.matches("iommufd context ").count(), 1, "only the child's own iommufd: {text}");
+        assert_eq!(text.matches("    area ").count(), 1, "{text}");
+        kids.push(uiommufd_dispatch::inspect::socket_path(&dir, kid));
+    }
+    drop(stdin);
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
+    let status = child.wait().unwrap();
+    assert!(status.success() && rest.contains("PASS"), "{status:?} {rest}");
+    for k in kids {
+        assert!(!k.exists(), "{} left behind", k.display());
+    }
 }
 
 /// Without `--inspect` the shim opens no control socket.
@@ -878,6 +925,16 @@ fn pinned_pages_outlive_the_programs_mapping() {
 
 // 9. Emulated VFIO devices.
 
+/// A traced run names every command it made (none shown as a number,
+/// strace's `_IOC(...)` or hex), and made some.
+fn every_call_decoded(ran: &Ran) {
+    let calls: Vec<&str> = ran.stderr.lines().filter(|l| l.contains("ioctl(")).collect();
+    assert!(calls.len() > 5, "{}", ran.report());
+    for l in calls {
+        assert!(!l.contains("_IOC(") && !l.contains(">, 0x"), "not decoded: {l}");
+    }
+}
+
 /// The C example (examples/c/dma_copy.c, kernel uAPI headers only) finds
 /// its device's cdev through sysfs as QEMU does, binds it to an iommufd,
 /// maps its own buffer, drives the DMA engine through the mmap'd BAR0 and
@@ -916,6 +973,7 @@ fn dma_copy_example_runs_unmodified() {
     ] {
         assert!(ran.stderr.contains(want), "missing {want:?}: {}", ran.report());
     }
+    every_call_decoded(&ran);
     // Without the device there is nothing to find.
     let none = run(uiommufd_run(&[], &[&exe]));
     assert_eq!(none.status.code(), Some(2), "{}", none.report());
@@ -1085,6 +1143,7 @@ fn smmu_nested_example_runs_unmodified() {
         assert!(ran.stdout.contains(want), "missing {want:?}: {}", ran.report());
     }
     assert!(ran.stderr.is_empty(), "{}", ran.report());
+    every_call_decoded(&run(uiommufd_run(&["--trace", "--iommu", "smmuv3", "--device", "dma-engine"], &[&exe])));
     // Without S2FWB and CANWBS the driver refuses the vIOMMU.
     let ran = run(uiommufd_run(&["--iommu", "smmuv3:fwb=0", "--device", "dma-engine"], &[exe.as_os_str()]));
     assert!(
@@ -1115,6 +1174,7 @@ fn amd_nested_example_runs_unmodified() {
         assert!(ran.stdout.contains(want), "missing {want:?}: {}", ran.report());
     }
     assert!(ran.stderr.is_empty(), "{}", ran.report());
+    every_call_decoded(&run(uiommufd_run(&["--trace", "--iommu", "amd:nested=1", "--device", "dma-engine"], &[&exe])));
     // Without GCR3TRPModeSup the IOMMU cannot be a nest parent.
     let ran = run(uiommufd_run(&["--iommu", "amd:gcr3trp=0", "--device", "dma-engine"], &[exe.as_os_str()]));
     assert!(!ran.status.success() && ran.stderr.contains("cannot be a nest parent"), "{}", ran.report());

@@ -296,6 +296,12 @@ impl Pages {
         self.writable
     }
 
+    /// Which counter its pinned pages are charged to (for tools:
+    /// `uiommufd inspect`).
+    pub fn account_mode(&self) -> AccountMode {
+        self.mode
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }

@@ -12,7 +12,7 @@
 //! pinned pages=34 user_locked=34 process_locked=0
 //! context 1 release=7.3 account=user vfio_ioas=-
 //! object 1 2 ioas users=1 alignment=0x1 ranges=0x0-0xffffffffffffffff
-//! area 1 2 0x1000000 0x1001fff prot=rw pages=2 pinned=2 from=user:0x7f0000000000+0x0
+//! area 1 2 0x1000000 0x1001fff prot=rw pages=2 pinned=2 charged=user from=user:0x7f0000000000+0x0
 //! object 1 3 device users=0 name=mock0
 //! attach 1 3 rid 4
 //! fault 1 6 3 cookie=- flags=0x1 pasid=1 grpid=1 perm=0x1 addr=0x1000
@@ -26,8 +26,11 @@
 //! does not make `IOMMU_DESTROY` fail), and page tables are read without
 //! side effects ([`uiommufd_hw::Domain::leaves`]).
 
+use std::collections::HashSet;
 use std::fmt::Write as _;
 use std::sync::Arc;
+
+use uiommufd_core::account::AccountMode;
 
 use uiommufd_core::object::{Object, ObjectId};
 use uiommufd_core::Iommufd;
@@ -65,6 +68,9 @@ pub struct AreaInfo {
     pub prot: String,
     pub pages: u64,
     pub pinned: u64,
+    /// Whose `RLIMIT_MEMLOCK` counter its pinned pages are charged to:
+    /// `user`, `process` or `none` (`CAP_IPC_LOCK`).
+    pub charged: String,
     /// `user:ADDR+OFFSET` or `file+OFFSET`; `-` while being built.
     pub from: String,
 }
@@ -124,8 +130,10 @@ pub struct EventInfo {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Snapshot {
     pub pid: u32,
-    /// Pages pinned for DMA in the process, and the pages charged to the
-    /// user's and to the process's `RLIMIT_MEMLOCK` counters.
+    /// Pages pinned for DMA by the engine of this process (each `Pages`
+    /// once, however many areas share it): `(all, charged to the user's
+    /// RLIMIT_MEMLOCK counter, charged to the process's)`; the rest are not
+    /// charged (`CAP_IPC_LOCK`).
     pub pinned: (u64, u64, u64),
     pub contexts: Vec<Context>,
     pub objects: Vec<ObjectInfo>,
@@ -165,12 +173,8 @@ fn numbered() -> Vec<(u32, Arc<Iommufd>)> {
 impl Snapshot {
     /// The engine of this process now.
     pub fn now() -> Snapshot {
-        let (user_locked, process_locked) = uiommufd_core::account::locked_pages();
-        let mut s = Snapshot {
-            pid: std::process::id(),
-            pinned: (uiommufd_memory::frames::pinned_pages(), user_locked, process_locked),
-            ..Snapshot::default()
-        };
+        let mut s = Snapshot { pid: std::process::id(), ..Snapshot::default() };
+        let mut seen = std::collections::HashSet::new();
         for (n, ctx) in numbered() {
             let account = match ctx.account_mode() {
                 uiommufd_core::ctx::AccountMode::User => "user",
@@ -184,13 +188,26 @@ impl Snapshot {
                 vfio_ioas: vfio,
             });
             for (id, obj, users) in ctx.objects().snapshot() {
-                s.object(n, id, &obj, users);
+                s.object(n, id, &obj, users, &mut seen);
             }
         }
         s
     }
 
-    fn object(&mut self, context: u32, id: ObjectId, obj: &Object, users: u32) {
+    /// Count the pinned pages of `pages` unless `seen` already has them.
+    fn pinned_by(&mut self, pages: &Arc<uiommufd_core::pages::Pages>, seen: &mut HashSet<usize>) {
+        if seen.insert(Arc::as_ptr(pages) as usize) {
+            let n = pages.npinned();
+            self.pinned.0 += n;
+            match pages.account_mode() {
+                AccountMode::User => self.pinned.1 += n,
+                AccountMode::Process => self.pinned.2 += n,
+                AccountMode::None => {}
+            }
+        }
+    }
+
+    fn object(&mut self, context: u32, id: ObjectId, obj: &Object, users: u32, seen: &mut HashSet<usize>) {
         let mut f: Vec<(String, String)> = Vec::new();
         let mut put = |k: &str, v: String| f.push((k.to_string(), v));
         let kind = match obj {
@@ -205,10 +222,19 @@ impl Snapshot {
                     ioas.hwpts().iter().filter_map(|w| w.upgrade()).map(|h| h.id().to_string()).collect();
                 put("hwpts", if hwpts.is_empty() { "-".into() } else { hwpts.join(",") });
                 for a in iopt.areas() {
+                    if let Some(p) = &a.pages {
+                        self.pinned_by(p, seen);
+                    }
                     let (pages, pinned, from) = match &a.pages {
                         Some(p) if p.is_file() => (p.npages(), p.npinned(), format!("file+{:#x}", a.start_byte)),
                         Some(p) => (p.npages(), p.npinned(), format!("user:{:#x}+{:#x}", p.uptr(), a.start_byte)),
                         None => (0, 0, "-".into()),
+                    };
+                    let charged = match a.pages.as_ref().map(|p| p.account_mode()) {
+                        Some(AccountMode::User) => "user",
+                        Some(AccountMode::Process) => "process",
+                        Some(AccountMode::None) => "none",
+                        None => "-",
                     };
                     self.areas.push(AreaInfo {
                         context,
@@ -218,6 +244,7 @@ impl Snapshot {
                         prot: prot(a.prot),
                         pages,
                         pinned,
+                        charged: charged.into(),
                         from,
                     });
                 }
@@ -341,8 +368,8 @@ impl Snapshot {
         for a in &self.areas {
             let _ = writeln!(
                 s,
-                "area {} {} {:#x} {:#x} prot={} pages={} pinned={} from={}",
-                a.context, a.ioas, a.iova, a.last, a.prot, a.pages, a.pinned, a.from
+                "area {} {} {:#x} {:#x} prot={} pages={} pinned={} charged={} from={}",
+                a.context, a.ioas, a.iova, a.last, a.prot, a.pages, a.pinned, a.charged, a.from
             );
         }
         for a in &self.attachments {
@@ -421,6 +448,7 @@ impl Snapshot {
                     prot: key(4, "prot").unwrap_or_default(),
                     pages: key(4, "pages").and_then(|v| parse_num(&v)).unwrap_or(0),
                     pinned: key(4, "pinned").and_then(|v| parse_num(&v)).unwrap_or(0),
+                    charged: key(4, "charged").unwrap_or_default(),
                     from: key(4, "from").unwrap_or_default(),
                 }),
                 "attach" => s.attachments.push(Attach {

@@ -31,8 +31,10 @@ use uiommufd_core::Iommufd;
 
 use crate::VfioDevice;
 
-/// The contexts opened in this process.
-static CONTEXTS: Mutex<Vec<Weak<Iommufd>>> = Mutex::new(Vec::new());
+/// The contexts opened, each with the process that opened it: a forked
+/// child inherits its parent's list, whose contexts stay in its memory as
+/// inert copies (the parent's engine serves the inherited descriptors).
+static CONTEXTS: Mutex<Vec<(u32, Weak<Iommufd>)>> = Mutex::new(Vec::new());
 
 fn target() -> Option<&'static PathBuf> {
     static TARGET: OnceLock<Option<PathBuf>> = OnceLock::new();
@@ -44,8 +46,8 @@ fn target() -> Option<&'static PathBuf> {
 /// Remember a new context.
 pub(crate) fn register(ctx: &Arc<Iommufd>) {
     let mut list = CONTEXTS.lock().unwrap_or_else(|p| p.into_inner());
-    list.retain(|w| w.strong_count() > 0);
-    list.push(Arc::downgrade(ctx));
+    list.retain(|(_, w)| w.strong_count() > 0);
+    list.push((std::process::id(), Arc::downgrade(ctx)));
 }
 
 /// A snapshot of what the engine holds, as the status file shows it.
@@ -74,10 +76,12 @@ fn kind_name(k: ObjectKind) -> &'static str {
     }
 }
 
-/// The contexts of this process that are open, in the order they were
-/// opened (also for [`crate::inspect`]).
+/// The contexts this process opened that are open, in the order they
+/// were opened (also for [`crate::inspect`]); not a parent's copies.
 pub(crate) fn contexts() -> Vec<Arc<Iommufd>> {
-    CONTEXTS.lock().unwrap_or_else(|p| p.into_inner()).iter().filter_map(Weak::upgrade).collect()
+    let me = std::process::id();
+    let list = CONTEXTS.lock().unwrap_or_else(|p| p.into_inner());
+    list.iter().filter(|(pid, _)| *pid == me).filter_map(|(_, w)| w.upgrade()).collect()
 }
 
 impl Status {
