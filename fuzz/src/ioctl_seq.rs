@@ -79,7 +79,26 @@ fn slot_iova(slot: u64) -> u64 {
     MOCK_APERTURE_START + slot * SLOT
 }
 
-impl State<'_> {
+impl<'a> State<'a> {
+    /// A fresh `/dev/iommu` context over `arena`.
+    fn open(arena: &'a Arena) -> State<'a> {
+        let file = File::open(Node::Iommu);
+        let File::Iommufd(ctx) = &file else { unreachable!("/dev/iommu opens a context") };
+        State {
+            ctx: Arc::clone(ctx),
+            file,
+            fds: LocalFds::default(),
+            arena,
+            cmd_at: arena.base + (ARENA_PAGES - 1) * PS,
+            ids: Vec::new(),
+            ioas: Vec::new(),
+            devices: Vec::new(),
+            hwpts: Vec::new(),
+            access_fds: Vec::new(),
+            access_pages: Vec::new(),
+        }
+    }
+
     fn pick(input: &mut Input<'_>, v: &[u32]) -> u32 {
         if v.is_empty() || input.below(8) == 0 {
             // Sometimes an ID that is not what the operation wants.
@@ -405,22 +424,7 @@ pub fn run(data: &[u8]) {
     let _g = crate::global();
     let arena = Arena::new(ARENA_PAGES);
     {
-        let file = File::open(Node::Iommu);
-        let File::Iommufd(ctx) = &file else { unreachable!("/dev/iommu opens a context") };
-        let ctx = Arc::clone(ctx);
-        let mut st = State {
-            ctx,
-            file,
-            fds: LocalFds::default(),
-            arena: &arena,
-            cmd_at: arena.base + (ARENA_PAGES - 1) * PS,
-            ids: Vec::new(),
-            ioas: Vec::new(),
-            devices: Vec::new(),
-            hwpts: Vec::new(),
-            access_fds: Vec::new(),
-            access_pages: Vec::new(),
-        };
+        let mut st = State::open(&arena);
         let mut input = Input::new(data);
         for _ in 0..MAX_STEPS {
             if input.is_empty() {
@@ -444,22 +448,8 @@ mod tests {
     fn the_checker_sees_a_broken_domain_and_a_stray_pin() {
         let _g = crate::global();
         let arena = Arena::new(ARENA_PAGES);
-        let file = File::open(Node::Iommu);
-        let File::Iommufd(ctx) = &file else { unreachable!() };
-        let ctx = Arc::clone(ctx);
-        let mut st = State {
-            ctx: Arc::clone(&ctx),
-            file,
-            fds: LocalFds::default(),
-            arena: &arena,
-            cmd_at: arena.base + (ARENA_PAGES - 1) * PS,
-            ids: Vec::new(),
-            ioas: Vec::new(),
-            devices: Vec::new(),
-            hwpts: Vec::new(),
-            access_fds: Vec::new(),
-            access_pages: Vec::new(),
-        };
+        let mut st = State::open(&arena);
+        let ctx = Arc::clone(&st.ctx);
         let out = st.call(abi::IOMMU_IOAS_ALLOC, &Cmd::sized(12)).expect("IOAS");
         let ioas = le32(&out, 8);
         let mut c = Cmd::sized(40);

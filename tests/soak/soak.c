@@ -49,23 +49,8 @@
 
 #include "uiommufd/iommufd_test.h"
 
-/* The VFIO cdev ioctls (Linux 6.6), for older system headers. */
-#ifndef VFIO_DEVICE_BIND_IOMMUFD
-struct vfio_device_bind_iommufd {
-	__u32 argsz;
-	__u32 flags;
-	__s32 iommufd;
-	__u32 out_devid;
-};
-#define VFIO_DEVICE_BIND_IOMMUFD _IO(VFIO_TYPE, VFIO_BASE + 18)
-
-struct vfio_device_attach_iommufd_pt {
-	__u32 argsz;
-	__u32 flags;
-	__u32 pt_id;
-};
-#define VFIO_DEVICE_ATTACH_IOMMUFD_PT _IO(VFIO_TYPE, VFIO_BASE + 19)
-#endif
+/* The DMA engine's datasheet and the VFIO cdev ioctls (examples/c). */
+#include "udma.h"
 
 #define PS 4096UL
 #define MAX_THREADS 16
@@ -74,26 +59,7 @@ struct vfio_device_attach_iommufd_pt {
 #define SLICE (1UL << 22)
 #define IOVA(w) (MOCK_APERTURE_START + (uint64_t)(w) * SLICE)
 
-/* DMA engine (docs/devices/dma-engine.md). */
-#define UDMA_CTRL 0x010
-#define UDMA_STATUS 0x018
-#define UDMA_RING_BASE 0x020
-#define UDMA_RING_SIZE 0x028
-#define UDMA_HEAD 0x030
-#define UDMA_TAIL 0x038
-#define UDMA_CTRL_ENABLE 1u
-#define UDMA_STATUS_HALTED 4u
-#define UDMA_OP_FILL 2
-#define UDMA_ST_SUCCESS 1
 #define RING 16
-
-struct udma_desc {
-	uint8_t opcode, flags;
-	uint16_t r0;
-	uint32_t pasid;
-	uint64_t src, dst, len, pattern, r1, result;
-	uint32_t status, r2;
-};
 
 static int iommufd;
 static int nthreads = 4;

@@ -29,6 +29,8 @@ fn soak_keeps_resources_flat() {
     let built = Command::new(&cc)
         .args(["-std=gnu11", "-Wall", "-Wextra", "-O2", "-g", "-pthread", "-I"])
         .arg(root.join("include"))
+        .arg("-I")
+        .arg(root.join("examples/c"))
         .arg("-o")
         .arg(&exe)
         .arg(root.join("tests/soak/soak.c"))
