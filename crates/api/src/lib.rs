@@ -133,7 +133,7 @@ pub use ids::{
 };
 pub use iommufd::{HwInfo, HwptAlloc, IommuOption, Iommufd, IovaRanges};
 pub use queue::{EventQueue, FaultQueue, Vevent};
-pub use selftest::{MockDevice, Selftest};
+pub use selftest::{MockAccess, MockDevice, Selftest};
 pub use uiommufd_abi as abi;
 pub use uiommufd_abi::Errno;
 pub use vfio::VfioDevice;

@@ -10,8 +10,9 @@
 use uiommufd_abi::test_cmd::{self as t, IommuTestCmd};
 use zerocopy::{Immutable, IntoBytes};
 
+use crate::backend::Handle;
 use crate::error::Result;
-use crate::ids::{DeviceId, HwptId, MockDeviceId, ObjectId, PtId};
+use crate::ids::{DeviceId, HwptId, IoasId, MockDeviceId, ObjectId, PtId};
 use crate::iommufd::{check_bitmap, Iommufd};
 
 /// The selftest commands of one [`Iommufd`] ([`Iommufd::selftest`]).
@@ -31,6 +32,33 @@ pub struct MockDevice {
     /// The device as iommufd knows it: what `IOMMU_HWPT_ALLOC`,
     /// `IOMMU_GET_HW_INFO` and `IOMMU_VIOMMU_ALLOC` take.
     pub dev: DeviceId,
+}
+
+/// An in-kernel access of the selftest (`IOMMU_TEST_OP_CREATE_ACCESS`):
+/// what an emulated device such as a vGPU or an s390 adapter uses to reach
+/// an IOAS without an IOMMU, by copying ([`Selftest::access_read`],
+/// [`Selftest::access_write`]) or pinning ([`Selftest::access_pages`]).
+/// It is a file descriptor; dropping it closes it and releases its pins.
+pub struct MockAccess {
+    pub(crate) handle: Handle,
+}
+
+impl std::fmt::Debug for MockAccess {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MockAccess").field("fd", &self.handle.number()).finish()
+    }
+}
+
+impl MockAccess {
+    /// The access's descriptor number (of the process for the kernel, of
+    /// the engine's table for the emulated backend): the `id` its ops take.
+    pub fn raw_fd(&self) -> i32 {
+        self.handle.number()
+    }
+
+    fn id(&self) -> u32 {
+        self.handle.number() as u32
+    }
 }
 
 impl Selftest<'_> {
@@ -174,5 +202,73 @@ impl Selftest<'_> {
     /// mock device `dev` is attached to `hwpt` (0: to nothing).
     pub fn pasid_check_hwpt(&self, dev: MockDeviceId, pasid: u32, hwpt: u32) -> Result<()> {
         self.run(t::IOMMU_TEST_OP_PASID_CHECK_HWPT, dev.0, &t::TestPasidCheck { pasid, hwpt_id: hwpt }).map(drop)
+    }
+
+    /// `IOMMU_TEST_OP_CREATE_ACCESS`: an access to `ioas`
+    /// (`MOCK_FLAGS_ACCESS_CREATE_*` `flags`: `NEEDS_PIN_PAGES` makes the
+    /// IOAS call it back to unpin before an unmap).
+    pub fn create_access(&self, ioas: IoasId, flags: u32) -> Result<MockAccess> {
+        const OP: &str = "IOMMU_TEST_CMD";
+        let cmd = self.run(t::IOMMU_TEST_OP_CREATE_ACCESS, ioas.0, &t::TestCreateAccess { out_access_fd: 0, flags })?;
+        let fd = cmd.payload_as::<t::TestCreateAccess>().out_access_fd as i32;
+        Ok(MockAccess { handle: self.fd.handle.adopt(OP, fd)? })
+    }
+
+    /// `IOMMU_TEST_OP_ACCESS_REPLACE_IOAS`: point `access` at `ioas`.
+    pub fn access_replace_ioas(&self, access: &MockAccess, ioas: IoasId) -> Result<()> {
+        let payload = t::TestAccessReplaceIoas { ioas_id: ioas.0 };
+        self.run(t::IOMMU_TEST_OP_ACCESS_REPLACE_IOAS, access.id(), &payload).map(drop)
+    }
+
+    /// `IOMMU_TEST_OP_ACCESS_RW`: copy `buf.len()` bytes at `iova` of the
+    /// access's IOAS into `buf`, as a device reading by DMA would
+    /// (`MOCK_ACCESS_RW_SLOW_PATH` in `flags`: page by page).
+    pub fn access_read(&self, access: &MockAccess, iova: u64, buf: &mut [u8], flags: u32) -> Result<()> {
+        let payload = t::TestAccessRw {
+            iova,
+            length: buf.len() as u64,
+            uptr: buf.as_mut_ptr() as u64,
+            flags: flags & !t::MOCK_ACCESS_RW_WRITE,
+            __pad: 0,
+        };
+        let mut cmd = IommuTestCmd::new(t::IOMMU_TEST_OP_ACCESS_RW);
+        cmd.id = access.id();
+        cmd.set_payload(&payload);
+        // SAFETY: `uptr` is `buf`, `length` bytes, exclusively borrowed for
+        // the call; the op writes no further.
+        unsafe { self.raw(&mut cmd) }.map(drop)
+    }
+
+    /// `IOMMU_TEST_OP_ACCESS_RW` with `MOCK_ACCESS_RW_WRITE`: copy `buf` to
+    /// `iova` of the access's IOAS, as a device writing by DMA would.
+    pub fn access_write(&self, access: &MockAccess, iova: u64, buf: &[u8], flags: u32) -> Result<()> {
+        let payload = t::TestAccessRw {
+            iova,
+            length: buf.len() as u64,
+            uptr: buf.as_ptr() as u64,
+            flags: flags | t::MOCK_ACCESS_RW_WRITE,
+            __pad: 0,
+        };
+        // `uptr` is `buf`, `length` bytes, only read.
+        self.run(t::IOMMU_TEST_OP_ACCESS_RW, access.id(), &payload).map(drop)
+    }
+
+    /// `IOMMU_TEST_OP_ACCESS_PAGES`: pin the pages behind
+    /// `[iova, iova + length)` of the access's IOAS (writable with
+    /// `MOCK_FLAGS_ACCESS_WRITE`) and check they are the pages of this
+    /// process at `uptr` (0: no check); returns the pin's ID for
+    /// [`destroy_access_pages`](Selftest::destroy_access_pages).
+    pub fn access_pages(&self, access: &MockAccess, iova: u64, length: u64, uptr: u64, flags: u32) -> Result<u32> {
+        let payload = t::TestAccessPages { flags, out_access_pages_id: 0, iova, length, uptr };
+        // The op compares page frames behind `uptr`; a bad one is EFAULT.
+        let cmd = self.run(t::IOMMU_TEST_OP_ACCESS_PAGES, access.id(), &payload)?;
+        Ok(cmd.payload_as::<t::TestAccessPages>().out_access_pages_id)
+    }
+
+    /// `IOMMU_TEST_OP_DESTROY_ACCESS_PAGES`: release pin `pages_id` of
+    /// `access`.
+    pub fn destroy_access_pages(&self, access: &MockAccess, pages_id: u32) -> Result<()> {
+        let payload = t::TestDestroyAccessPages { access_pages_id: pages_id };
+        self.run(t::IOMMU_TEST_OP_DESTROY_ACCESS_PAGES, access.id(), &payload).map(drop)
     }
 }

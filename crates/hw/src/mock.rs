@@ -1396,9 +1396,9 @@ mod tests {
     }
 
     /// Harvesting while tracking is off: 6.12's mock refuses (`EINVAL`),
-    /// 7.3's generic page table harvests what is marked (the Linux 7.3.4
-    /// oracle answers `IOMMU_HWPT_GET_DIRTY_BITMAP` on a dirty-tracking HWPT
-    /// whose tracking is off with 0; crates/api's selftest_flows transcript).
+    /// 7.3's generic page table harvests what is marked (Linux 7.3.4 answers
+    /// `IOMMU_HWPT_GET_DIRTY_BITMAP` with tracking off with 0 and the bits
+    /// marked while it was on; crates/api's selftest_flows transcript).
     #[test]
     fn harvest_with_tracking_off() {
         let old = MockDomain::with_dirty_ops(false).unwrap();

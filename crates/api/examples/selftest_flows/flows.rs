@@ -136,6 +136,7 @@ fn all(t: &mut Transcript, backend: &Backend) -> Result<(), String> {
     ioas_flows(t, &fd)?;
     hwpt_flows(t, &fd)?;
     dirty_flows(t, &fd)?;
+    access_flows(t, &fd)?;
     viommu_flows(t, &fd)?;
     fault_flows(t, &fd)?;
     Ok(())
@@ -398,13 +399,112 @@ fn dirty_flows(t: &mut Transcript, fd: &Iommufd) -> Result<(), String> {
         "IOMMU_HWPT_GET_DIRTY_BITMAP unaligned IOVA",
         fd.hwpt_get_dirty_bitmap(hwpt, iova + 1, PAGE, PAGE, &mut bitmap, false),
     );
+    t.show("mark pages 1, 2 dirty", fd.selftest().mark_dirty(hwpt, iova, len, PAGE, &[0x6, 0]));
     t.unit("IOMMU_HWPT_SET_DIRTY_TRACKING off", fd.hwpt_set_dirty_tracking(hwpt, false));
+    bitmap = [0; 2];
+    t.unit(
+        "IOMMU_HWPT_GET_DIRTY_BITMAP tracking off, pages marked before",
+        fd.hwpt_get_dirty_bitmap(hwpt, iova, len, PAGE, &mut bitmap, false),
+    );
+    let _ = writeln!(t.text, "  bitmap {}", bitmap_line(&bitmap));
     t.unit("IOMMU_HWPT_SET_DIRTY_TRACKING of an IOAS", fd.hwpt_set_dirty_tracking(HwptId(ioas.0), true));
     t.show("IOMMU_IOAS_UNMAP", fd.ioas_unmap(ioas, iova, len).map(Hex));
     t.unit("IOMMU_DESTROY the mock device", fd.destroy(mock.id));
     t.unit("IOMMU_DESTROY the HWPT", fd.destroy(hwpt));
     t.unit("IOMMU_DESTROY the IOAS", fd.destroy(ioas));
     Ok(())
+}
+
+/// An in-kernel access (what an emulated device without an IOMMU uses):
+/// reads and writes of an IOAS by IOVA (`ACCESS_RW`), pins
+/// (`ACCESS_PAGES`), and the unmap that has to wait for the pins.
+fn access_flows(t: &mut Transcript, fd: &Iommufd) -> Result<(), String> {
+    let _ = writeln!(t.text, "# Access: ACCESS_RW, ACCESS_PAGES");
+    let ioas = t.need("IOMMU_IOAS_ALLOC", fd.ioas_alloc())?;
+    let len = 4 * PAGE;
+    let mem = Mem::new(len as usize);
+    let iova = 0x10_0000;
+    // SAFETY: `mem` outlives the mapping (unmapped below); the access writes
+    // it only during `access_write`, while nothing else refers to it.
+    t.show("IOMMU_IOAS_MAP 16 KiB", unsafe { fd.ioas_map(ioas, mem.va(), len, Some(iova), MapFlags::RW) }.map(Hex));
+    let ro = iova + 0x10_0000;
+    // SAFETY: as above; read-only for devices.
+    t.show(
+        "IOMMU_IOAS_MAP read-only",
+        unsafe { fd.ioas_map(ioas, mem.va(), PAGE, Some(ro), MapFlags::READABLE) }.map(Hex),
+    );
+    let st = fd.selftest();
+    let access = st.create_access(ioas, t::MOCK_FLAGS_ACCESS_CREATE_NEEDS_PIN_PAGES);
+    let access = t.need("create_access", access.map(|a| Shown(a, "ok")))?.0;
+    // What the memory holds at `off`, `n` bytes.
+    let held = |off: u64, n: usize| -> Vec<u8> {
+        // SAFETY: inside `mem`; no access is writing it now.
+        (0..n).map(|i| unsafe { mem.ptr.add(off as usize + i).read_volatile() }).collect()
+    };
+    let mut buf = [0u8; 64];
+    let r = st.access_read(&access, iova + 0x1fe0, &mut buf, 0);
+    t.show("access_read 64 bytes across a page", r.map(|()| same(&buf, &held(0x1fe0, 64))));
+    buf = [0; 64];
+    let r = st.access_read(&access, iova + 0x2fe0, &mut buf, t::MOCK_ACCESS_RW_SLOW_PATH);
+    t.show("access_read slow path", r.map(|()| same(&buf, &held(0x2fe0, 64))));
+    let data: Vec<u8> = (0..32u8).map(|i| i.wrapping_mul(7) ^ 0xa5).collect();
+    let r = st.access_write(&access, iova + 0x3010, &data, 0);
+    t.show("access_write 32 bytes", r.map(|()| same(&data, &held(0x3010, 32))));
+    t.unit("access_write to the read-only mapping", st.access_write(&access, ro, &data, 0));
+    t.unit("access_read beyond the mapping", st.access_read(&access, iova + len - 16, &mut buf, 0));
+    t.unit("access_read unknown flag", st.access_read(&access, iova, &mut buf, 1 << 8));
+    let pages = st.access_pages(&access, iova + PAGE, 2 * PAGE, mem.va() + PAGE, t::MOCK_FLAGS_ACCESS_WRITE);
+    let pages = t.need("access_pages 2 pages, writable", pages)?;
+    t.show("access_pages of other memory", st.access_pages(&access, iova, PAGE, mem.va() + PAGE, 0));
+    t.show(
+        "access_pages read-only mapping for writing",
+        st.access_pages(&access, ro, PAGE, 0, t::MOCK_FLAGS_ACCESS_WRITE),
+    );
+    t.unit("check_refs of the pinned pages", st.check_refs(mem.va() + PAGE, 2 * PAGE, 1));
+    t.unit("destroy_access_pages", st.destroy_access_pages(&access, pages));
+    t.unit("destroy_access_pages again", st.destroy_access_pages(&access, pages));
+    let pages = t.need("access_pages again", st.access_pages(&access, iova, PAGE, mem.va(), 0))?;
+    // The IOAS asks the access to drop its pins before the unmap (the
+    // selftest access destroys them).
+    t.show("IOMMU_IOAS_UNMAP under a pin", fd.ioas_unmap(ioas, iova, len).map(Hex));
+    t.unit("destroy_access_pages of the unmapped pin", st.destroy_access_pages(&access, pages));
+    t.unit("access_read of the unmapped range", st.access_read(&access, iova, &mut buf, 0));
+    let ioas2 = t.need("IOMMU_IOAS_ALLOC second", fd.ioas_alloc())?;
+    // SAFETY: as above.
+    t.show(
+        "IOMMU_IOAS_MAP into the second",
+        unsafe { fd.ioas_map(ioas2, mem.va(), len, Some(iova), MapFlags::RW) }.map(Hex),
+    );
+    t.unit("access_replace_ioas", st.access_replace_ioas(&access, ioas2));
+    buf = [0; 64];
+    let r = st.access_read(&access, iova + 0x20, &mut buf, 0);
+    t.show("access_read through the second", r.map(|()| same(&buf, &held(0x20, 64))));
+    t.unit("IOMMU_DESTROY the second IOAS while accessed", fd.destroy(ioas2));
+    drop(access);
+    t.show("IOMMU_IOAS_UNMAP all", fd.ioas_unmap_all(ioas).map(Hex));
+    t.show("IOMMU_IOAS_UNMAP all of the second", fd.ioas_unmap_all(ioas2).map(Hex));
+    t.unit("IOMMU_DESTROY the second IOAS", fd.destroy(ioas2));
+    t.unit("IOMMU_DESTROY the IOAS", fd.destroy(ioas));
+    Ok(())
+}
+
+/// A value printed as a fixed text (for values whose own form differs
+/// between backends, such as a descriptor number).
+struct Shown<T>(T, &'static str);
+
+impl<T> Display for Shown<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.1)
+    }
+}
+
+/// Whether a copy holds what the memory holds.
+fn same(got: &[u8], want: &[u8]) -> &'static str {
+    if got == want {
+        "ok, the memory's bytes"
+    } else {
+        "ok, OTHER bytes"
+    }
 }
 
 fn viommu_flows(t: &mut Transcript, fd: &Iommufd) -> Result<(), String> {
