@@ -21,17 +21,15 @@
 //!
 //! When the context closes nothing stays pinned or charged.
 
-use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use uiommufd_abi as abi;
 use uiommufd_abi::test_cmd::{self as tc, MOCK_APERTURE_START, MOCK_PAGE_SIZE};
+use uiommufd_core::invariants::{check_mappings, MappingsCheck};
 use uiommufd_core::object::ObjectKind;
-use uiommufd_core::pages::{page_size, Pages};
 use uiommufd_core::Iommufd;
 use uiommufd_dispatch::{File, LocalFds, Node};
-use uiommufd_hw::mock::MockDomain;
 use uiommufd_memory::frames;
 
 use crate::mem::{le32, Arena, Cmd, PS};
@@ -350,71 +348,21 @@ impl<'a> State<'a> {
 
     /// The invariants of the module comment.
     fn check(&self) {
-        let ps = page_size();
-        let window = slot_iova(0)..slot_iova(SLOTS);
-        let mut expected: HashMap<*const Pages, (Arc<Pages>, BTreeSet<u64>)> = HashMap::new();
-        for id in 1..MAX_ID {
-            if self.ctx.objects().kind_of(id) != Some(ObjectKind::Ioas) {
-                continue;
+        let ioas: Vec<u32> =
+            (1..MAX_ID).filter(|&id| self.ctx.objects().kind_of(id) == Some(ObjectKind::Ioas)).collect();
+        let how = MappingsCheck {
+            window: slot_iova(0)..slot_iova(SLOTS),
+            step: MOCK_PAGE_SIZE,
+            // Long areas: their first 256 pages.
+            max_area_bytes: 256 * PS,
+            accesses_may_pin: !self.access_fds.is_empty(),
+        };
+        match check_mappings(&self.ctx, &ioas, &how) {
+            Ok(seen) => {
+                PAGES_CHECKED.fetch_add(seen.pages, Ordering::Relaxed);
+                PIN_COUNTS_CHECKED.fetch_add(seen.exact_pin_counts, Ordering::Relaxed);
             }
-            let Ok(ioas) = self.ctx.ioas(id) else { continue };
-            let domains = ioas.iopt().domains();
-            let areas = ioas.iopt().areas();
-            for a in &areas {
-                let pages = a.pages.as_ref().expect("no area is half-built between calls");
-                if !domains.is_empty() {
-                    let first = a.start_byte / ps;
-                    let last = (a.start_byte + (a.last - a.iova)) / ps;
-                    let e = expected.entry(Arc::as_ptr(pages)).or_insert_with(|| (Arc::clone(pages), BTreeSet::new()));
-                    e.1.extend(first..=last);
-                }
-            }
-            for d in &domains {
-                if let Some(mock) = d.domain.as_any().downcast_ref::<MockDomain>() {
-                    assert_eq!(mock.warnings(), 0, "IOAS {id}: a malformed map/unmap reached a mock domain");
-                }
-                // Area side: every page maps its frame.
-                for a in &areas {
-                    let pages = a.pages.as_ref().unwrap();
-                    let mut iova = a.iova;
-                    loop {
-                        let byte = a.start_byte + (iova - a.iova);
-                        let runs = pages.pfns(byte / ps, byte / ps);
-                        assert_eq!(runs.len(), 1, "IOAS {id}: page of an attached area not pinned");
-                        let want = runs[0].pfn * ps + byte % ps;
-                        assert_eq!(d.domain.iova_to_phys(iova), Some(want), "IOAS {id}: IOVA {iova:#x}");
-                        PAGES_CHECKED.fetch_add(1, Ordering::Relaxed);
-                        match iova.checked_add(MOCK_PAGE_SIZE) {
-                            Some(n) if n <= a.last && n - a.iova < 256 * PS => iova = n,
-                            _ => break,
-                        }
-                    }
-                }
-                // Domain side: nothing in the window outside the areas.
-                let mut iova = window.start;
-                while iova < window.end {
-                    if !areas.iter().any(|a| a.iova <= iova && iova <= a.last) {
-                        let pa = d.domain.iova_to_phys(iova);
-                        assert_eq!(pa, None, "IOAS {id}: IOVA {iova:#x} mapped outside every area");
-                    }
-                    iova += MOCK_PAGE_SIZE;
-                }
-            }
-        }
-        let mut sum = 0;
-        for (pages, idx) in expected.values() {
-            if self.access_fds.is_empty() {
-                assert_eq!(pages.npinned(), idx.len() as u64, "a Pages pins other than its attached areas");
-                PIN_COUNTS_CHECKED.fetch_add(1, Ordering::Relaxed);
-            } else {
-                assert!(pages.npinned() >= idx.len() as u64, "a Pages pins less than its attached areas");
-            }
-            sum += idx.len() as u64;
-        }
-        if self.access_fds.is_empty() {
-            assert_eq!(frames::total_pins(), sum, "frame pin counts disagree with the Pages");
-        } else {
-            assert!(frames::total_pins() >= sum, "frame pin counts below the Pages'");
+            Err(e) => panic!("{e}"),
         }
     }
 }

@@ -40,6 +40,7 @@ pub mod dmabuf;
 pub mod error;
 pub mod fault;
 pub mod hwpt;
+pub mod invariants;
 pub mod io_pagetable;
 pub mod ioas;
 pub mod map_file;

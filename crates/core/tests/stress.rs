@@ -14,14 +14,14 @@
 //! Runs in its own process (an integration test) because it checks global
 //! frame counts.
 
-use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Barrier, Mutex};
 
 use uiommufd_abi::test_cmd::{MOCK_APERTURE_START, MOCK_FLAGS_ACCESS_CREATE_NEEDS_PIN_PAGES};
-use uiommufd_core::pages::{page_size, Pages};
+use uiommufd_core::invariants::{check_mappings, MappingsCheck};
+use uiommufd_core::pages::page_size;
 use uiommufd_core::selftest;
 use uiommufd_core::Iommufd;
-use uiommufd_hw::mock::{MockDomain, MOCK_IO_PAGE_SIZE};
+use uiommufd_hw::mock::MOCK_IO_PAGE_SIZE;
 use uiommufd_memory::frames;
 
 const THREADS: usize = 8;
@@ -130,53 +130,18 @@ fn one_op(
     }
 }
 
-/// Check the invariants; all other threads are parked.
+/// Check the invariants; all other threads are parked. No access
+/// outlives its operation, so pin counts are exact.
 fn check(w: &World) {
-    let ps = page_size();
-    let mut expected: HashMap<*const Pages, (Arc<Pages>, BTreeSet<u64>)> = HashMap::new();
-    for &ioas_id in &w.ioas {
-        let ioas = w.ctx.ioas(ioas_id).unwrap();
-        let domains = ioas.iopt().domains();
-        let areas = ioas.iopt().areas();
-        for a in &areas {
-            let pages = a.pages.as_ref().expect("no area is half-built between rounds");
-            let first = a.start_byte / ps;
-            let last = (a.start_byte + (a.last - a.iova)) / ps;
-            if !domains.is_empty() {
-                let e = expected.entry(Arc::as_ptr(pages)).or_insert_with(|| (Arc::clone(pages), BTreeSet::new()));
-                e.1.extend(first..=last);
-            }
-        }
-        for d in &domains {
-            let mock = d.domain.as_any().downcast_ref::<MockDomain>().expect("mock");
-            assert_eq!(mock.warnings(), 0, "malformed map/unmap reached the mock domain");
-            // Every mock page of the slot range: mapped iff inside an area,
-            // and then to the right frame.
-            let mut iova = slot_iova(0);
-            while iova < slot_iova(SLOTS) {
-                let area = areas.iter().find(|a| a.iova <= iova && iova <= a.last);
-                match (area, d.domain.iova_to_phys(iova)) {
-                    (None, None) => {}
-                    (None, Some(pa)) => panic!("IOVA {iova:#x} mapped to {pa:#x} outside every area"),
-                    (Some(_), None) => panic!("IOVA {iova:#x} of an area is not mapped"),
-                    (Some(a), Some(pa)) => {
-                        let byte = a.start_byte + (iova - a.iova);
-                        let idx = byte / ps;
-                        let runs = a.pages.as_ref().unwrap().pfns(idx, idx);
-                        assert_eq!(runs.len(), 1, "page {idx} of a domain-filled area is not pinned");
-                        assert_eq!(pa, runs[0].pfn * ps + byte % ps, "IOVA {iova:#x} maps the wrong frame");
-                    }
-                }
-                iova += MOCK_IO_PAGE_SIZE;
-            }
-        }
+    let how = MappingsCheck {
+        window: slot_iova(0)..slot_iova(SLOTS),
+        step: MOCK_IO_PAGE_SIZE,
+        max_area_bytes: u64::MAX,
+        accesses_may_pin: false,
+    };
+    if let Err(e) = check_mappings(&w.ctx, &w.ioas, &how) {
+        panic!("{e}");
     }
-    let mut sum = 0;
-    for (pages, idx) in expected.values() {
-        assert_eq!(pages.npinned(), idx.len() as u64, "a Pages pins other than its domain-filled areas");
-        sum += idx.len() as u64;
-    }
-    assert_eq!(frames::total_pins(), sum, "frame pin counts disagree with the Pages");
 }
 
 #[test]

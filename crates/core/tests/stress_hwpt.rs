@@ -70,9 +70,10 @@ use uiommufd_abi::test_cmd::{
 use uiommufd_abi::{self as abi, Errno};
 use uiommufd_core::device::NO_PASID;
 use uiommufd_core::hwpt::{self, HwptAllocArgs, HwptNested, HwptPaging};
+use uiommufd_core::invariants::{check_mappings, MappingsCheck};
 use uiommufd_core::io_pagetable::DirtyBitmap;
 use uiommufd_core::object::ObjectType;
-use uiommufd_core::pages::{page_size, Pages};
+use uiommufd_core::pages::page_size;
 use uiommufd_core::selftest::{self, SelftestDevice};
 use uiommufd_core::{Iommufd, ObjectId, ObjectKind};
 use uiommufd_hw::mock::{MockDomain, MOCK_IO_PAGE_SIZE};
@@ -859,7 +860,7 @@ fn check_objects(w: &World, pools: &Pools, out: &mut CheckOut) -> BTreeMap<Objec
         .map(|(&id, _)| id)
         .collect();
     if !orphans.is_empty() && !strict("orphan-auto") {
-        check_mappings(w, &kinds);
+        check_ioas_mappings(w, &kinds);
         for id in orphans {
             w.ctx.destroy(id).expect("destroying an automatic domain nobody uses");
             out.orphan_autos += 1;
@@ -979,10 +980,8 @@ fn check_edges(w: &World, pools: &Pools, kinds: &BTreeMap<ObjectId, ObjectKind>)
 
 /// Each IOAS: its HWPT list, its domains and the table agree; every domain
 /// maps exactly the areas; pins match (as `stress.rs`).
-fn check_mappings(w: &World, kinds: &BTreeMap<ObjectId, ObjectKind>) {
-    let ps = page_size();
+fn check_ioas_mappings(w: &World, kinds: &BTreeMap<ObjectId, ObjectKind>) {
     let ctx = &w.ctx;
-    let mut expected: HashMap<*const Pages, (Arc<Pages>, BTreeSet<u64>)> = HashMap::new();
     for &ioas_id in &w.ioas {
         let ioas = ctx.ioas(ioas_id).unwrap();
         let mut in_table: BTreeMap<ObjectId, *const ()> = BTreeMap::new();
@@ -1008,44 +1007,17 @@ fn check_mappings(w: &World, kinds: &BTreeMap<ObjectId, ObjectKind>) {
             in_table.values().copied().collect(),
             "IOAS {ioas_id}: its domains differ from its paging HWPTs"
         );
-        let areas = ioas.iopt().areas();
-        for a in &areas {
-            let pages = a.pages.as_ref().expect("no area is half-built between rounds");
-            let first = a.start_byte / ps;
-            let last = (a.start_byte + (a.last - a.iova)) / ps;
-            if !domains.is_empty() {
-                let e = expected.entry(Arc::as_ptr(pages)).or_insert_with(|| (Arc::clone(pages), BTreeSet::new()));
-                e.1.extend(first..=last);
-            }
-        }
-        for d in &domains {
-            let mock = d.domain.as_any().downcast_ref::<MockDomain>().expect("mock");
-            assert_eq!(mock.warnings(), 0, "malformed map/unmap reached the mock domain");
-            let mut iova = slot_iova(0);
-            while iova < slot_iova(SLOTS) {
-                let area = areas.iter().find(|a| a.iova <= iova && iova <= a.last);
-                match (area, d.domain.iova_to_phys(iova)) {
-                    (None, None) => {}
-                    (None, Some(pa)) => panic!("IOVA {iova:#x} mapped to {pa:#x} outside every area"),
-                    (Some(_), None) => panic!("IOVA {iova:#x} of an area is not mapped"),
-                    (Some(a), Some(pa)) => {
-                        let byte = a.start_byte + (iova - a.iova);
-                        let idx = byte / ps;
-                        let runs = a.pages.as_ref().unwrap().pfns(idx, idx);
-                        assert_eq!(runs.len(), 1, "page {idx} of a domain-filled area is not pinned");
-                        assert_eq!(pa, runs[0].pfn * ps + byte % ps, "IOVA {iova:#x} maps the wrong frame");
-                    }
-                }
-                iova += MOCK_IO_PAGE_SIZE;
-            }
-        }
     }
-    let mut sum = 0;
-    for (pages, idx) in expected.values() {
-        assert_eq!(pages.npinned(), idx.len() as u64, "a Pages pins other than its domain-filled areas");
-        sum += idx.len() as u64;
+    // No access is left between rounds: pin counts are exact.
+    let how = MappingsCheck {
+        window: slot_iova(0)..slot_iova(SLOTS),
+        step: MOCK_IO_PAGE_SIZE,
+        max_area_bytes: u64::MAX,
+        accesses_may_pin: false,
+    };
+    if let Err(e) = check_mappings(ctx, &w.ioas, &how) {
+        panic!("{e}");
     }
-    assert_eq!(frames::total_pins(), sum, "frame pin counts disagree with the Pages");
 }
 
 /// Dirty tracking round-trips on every dirty-capable pooled HWPT.
@@ -1132,7 +1104,7 @@ fn check(w: &World) -> CheckOut {
     let pools = w.pools();
     let kinds = check_objects(w, &pools, &mut out);
     check_edges(w, &pools, &kinds);
-    check_mappings(w, &kinds);
+    check_ioas_mappings(w, &kinds);
     out.dirty_roundtrips = check_dirty(w, &pools);
     out
 }
