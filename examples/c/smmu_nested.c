@@ -29,6 +29,17 @@
  *  6. the guest unmaps the page: the device's write faults, and the
  *     F_TRANSLATION event arrives on the vEVENTQ with the virtual StreamID.
  *
+ * On an SMMU with NVIDIA's Tegra241 CMDQV (uiommufd: --iommu smmuv3:cmdqv=1)
+ * the VMM does what QEMU does to give the guest a VCMDQ of its own: the
+ * vIOMMU is of type TEGRA241_CMDQV, the VMM maps the VINTF page the kernel
+ * returns (mmap of the iommufd), and IOMMU_HW_QUEUE_ALLOC makes a VCMDQ of
+ * a page of guest RAM. The guest's TLBIs then go into that queue and PROD
+ * is moved through the mapped page, with no system call: the SMMU consumes
+ * them, CONS follows, and the stale translation is gone. Commands a VCMDQ
+ * does not take (CFGI_*) still go through IOMMU_HWPT_INVALIDATE; one put
+ * into the VCMDQ anyway stops it with CERROR_ILL, reported in GERROR and
+ * on a vEVENTQ of type TEGRA241_CMDQV, until the guest acknowledges it.
+ *
  * Exit status 0 when everything happened as on hardware.
  *
  * Usage: smmu_nested [CDEV]   (default /dev/vfio/devices/vfio0)
@@ -86,8 +97,25 @@
 #define CMD_TLBI_NH_VA 0x12
 #define CMD_CFGI_CD 0x05
 
+#define CMD_CFGI_STE 0x03
+#define CMD_SYNC 0x46
+#define CMD_SYNC_CS_SEV (2ull << 12)
+
 /* Event records (§7.3). */
 #define EVT_ID_F_TRANSLATION 0x10
+
+/* Tegra241 CMDQV: LVCMDQ 0's registers in the VINTF page (32-bit). */
+#define VCMDQ_CONS 0x00
+#define VCMDQ_PROD 0x04
+#define VCMDQ_CONFIG 0x08
+#define VCMDQ_STATUS 0x0c
+#define VCMDQ_GERROR 0x10
+#define VCMDQ_GERRORN 0x14
+#define VCMDQ_EN 1u
+#define VCMDQ_CONS_ERR(cons) (((cons) >> 24) & 0x7f)
+#define CERROR_ILL 1 /* SMMUv3 CMDQ_ERR (§7.1): an illegal command */
+#define VCMDQ_ENTRIES 256 /* one 4 KiB page of 16-byte commands */
+#define VCMDQ_WRAP (2 * VCMDQ_ENTRIES - 1) /* index bits and the wrap bit */
 
 /* ---- The "guest". ---- */
 
@@ -100,7 +128,7 @@
 #define SRC_IOVA (RING_IOVA + PS)
 #define DST_IOVA (RING_IOVA + 2 * PS)
 
-enum { L0, L1, L2, L3, CD_TABLE, RING_PAGE = 8, SRC_PAGE, DST_A, DST_B };
+enum { L0, L1, L2, L3, CD_TABLE, RING_PAGE = 8, SRC_PAGE, DST_A, DST_B, VCMDQ_PAGE = 16 };
 
 static uint8_t *guest;
 
@@ -171,13 +199,78 @@ static void invalidate(const struct iommu_viommu_arm_smmuv3_invalidate *cmds, ui
 	check(inv.entry_num == n, "%u of %u commands handled", inv.entry_num, n);
 }
 
+/* ---- The guest's own VCMDQ (Tegra241 CMDQV). ---- */
+
+static int cmdqv;		  /* the SMMU has a CMDQV: the guest uses a VCMDQ */
+static volatile uint32_t *vintf;  /* the VINTF page, mapped from the iommufd */
+static uint32_t vprod;		  /* the guest's PROD */
+
+static uint32_t vreg(unsigned int off)
+{
+	return __atomic_load_n(&vintf[off / 4], __ATOMIC_ACQUIRE);
+}
+
+static void vreg_set(unsigned int off, uint32_t v)
+{
+	__atomic_store_n(&vintf[off / 4], v, __ATOMIC_RELEASE);
+}
+
+/* Wait until CONS reaches PROD or the queue stops on an error (GERROR's
+ * CMDQ_ERR differs from GERRORN's; CONS.ERR says which); CONS. */
+static uint32_t vcmdq_wait(void)
+{
+	struct timespec ts = { 0, 20000 };
+	int spins;
+
+	for (spins = 0; spins < 100000; spins++) {
+		uint32_t cons = vreg(VCMDQ_CONS);
+
+		if ((cons & VCMDQ_WRAP) == vprod || ((vreg(VCMDQ_GERROR) ^ vreg(VCMDQ_GERRORN)) & 1))
+			return cons;
+		nanosleep(&ts, NULL);
+	}
+	die("the SMMU did not consume the VCMDQ (CONS %#x, PROD %#x)", vreg(VCMDQ_CONS), vprod);
+}
+
+/* The guest writes n commands and a CMD_SYNC into its VCMDQ (in its RAM)
+ * and moves PROD through the VINTF page: no system call. CONS after. */
+static uint32_t vcmdq_issue(const uint64_t (*cmds)[2], unsigned int n)
+{
+	uint64_t *q = gptr(gpa(VCMDQ_PAGE));
+	unsigned int i;
+
+	for (i = 0; i <= n; i++) {
+		unsigned int slot = (vprod + i) % VCMDQ_ENTRIES;
+
+		q[2 * slot] = i < n ? cmds[i][0] : CMD_SYNC | CMD_SYNC_CS_SEV;
+		q[2 * slot + 1] = i < n ? cmds[i][1] : 0;
+	}
+	vprod = (vprod + n + 1) & VCMDQ_WRAP;
+	__atomic_thread_fence(__ATOMIC_RELEASE);
+	vreg_set(VCMDQ_PROD, vprod);
+	return vcmdq_wait();
+}
+
+/* A guest TLBI: into its VCMDQ where it has one, else to the VMM, which
+ * passes it on with IOMMU_HWPT_INVALIDATE. */
+static void guest_tlbi(uint64_t w0, uint64_t w1)
+{
+	struct iommu_viommu_arm_smmuv3_invalidate c = { .cmd = { w0, w1 } };
+
+	if (cmdqv) {
+		uint64_t cmd[1][2] = { { w0, w1 } };
+		uint32_t cons = vcmdq_issue(cmd, 1);
+
+		check((cons & VCMDQ_WRAP) == vprod, "CONS %#x, PROD %#x after a TLBI in the VCMDQ", cons, vprod);
+		return;
+	}
+	invalidate(&c, 1);
+}
+
 static void tlbi_va(uint16_t asid, uint64_t va)
 {
-	/* VMID 0: the kernel puts the vIOMMU's own in. Leaf = 1. */
-	struct iommu_viommu_arm_smmuv3_invalidate c = {
-		.cmd = { CMD_TLBI_NH_VA | (uint64_t)asid << 48, (va & ~0xfffull) | 1 },
-	};
-	invalidate(&c, 1);
+	/* VMID 0: the kernel (or the VINTF) puts the vIOMMU's own in. Leaf = 1. */
+	guest_tlbi(CMD_TLBI_NH_VA | (uint64_t)asid << 48, (va & ~0xfffull) | 1);
 }
 
 /* Queue one copy and wait for the device to finish it; its status. */
@@ -259,15 +352,39 @@ int main(int argc, char **argv)
 	};
 	ioctl_or_die(iommufd, IOMMU_HWPT_ALLOC, &s2, "IOMMU_HWPT_ALLOC(NEST_PARENT)");
 
-	/* 3. vIOMMU, vDEVICE, vEVENTQ. */
+	/* 3. vIOMMU (with a CMDQV: its VINTF page mapped), vDEVICE, vEVENTQ. */
+	struct iommu_hw_info_tegra241_cmdqv tegra = { 0 };
+	struct iommu_hw_info tinfo = {
+		.size = sizeof(tinfo),
+		.flags = IOMMU_HW_INFO_FLAG_INPUT_TYPE,
+		.dev_id = bind.out_devid,
+		.data_len = sizeof(tegra),
+		.data_uptr = (uintptr_t)&tegra,
+		.in_data_type = IOMMU_HW_INFO_TYPE_TEGRA241_CMDQV,
+	};
+	cmdqv = ioctl(iommufd, IOMMU_GET_HW_INFO, &tinfo) == 0;
+	if (cmdqv)
+		printf("Tegra241 CMDQV version %u: %u VCMDQs and %u StreamIDs per VINTF\n", tegra.version,
+		       1u << tegra.log2vcmdqs, 1u << tegra.log2vsids);
+	struct iommu_viommu_tegra241_cmdqv vdata = { 0 };
 	struct iommu_viommu_alloc va = {
 		.size = sizeof(va),
-		.type = IOMMU_VIOMMU_TYPE_ARM_SMMUV3,
+		.type = cmdqv ? IOMMU_VIOMMU_TYPE_TEGRA241_CMDQV : IOMMU_VIOMMU_TYPE_ARM_SMMUV3,
 		.dev_id = bind.out_devid,
 		.hwpt_id = s2.out_hwpt_id,
+		.data_len = cmdqv ? sizeof(vdata) : 0,
+		.data_uptr = cmdqv ? (uintptr_t)&vdata : 0,
 	};
 	ioctl_or_die(iommufd, IOMMU_VIOMMU_ALLOC, &va, "IOMMU_VIOMMU_ALLOC");
 	viommu_id = va.out_viommu_id;
+	if (cmdqv) {
+		vintf = mmap(NULL, vdata.out_vintf_mmap_length, PROT_READ | PROT_WRITE, MAP_SHARED, iommufd,
+			     (off_t)vdata.out_vintf_mmap_offset);
+		if (vintf == MAP_FAILED)
+			die("mmap of the VINTF page: %s", strerror(errno));
+		printf("VINTF page: %#" PRIx64 " bytes at mmap offset %#" PRIx64 " of the iommufd\n",
+		       (uint64_t)vdata.out_vintf_mmap_length, (uint64_t)vdata.out_vintf_mmap_offset);
+	}
 	struct iommu_vdevice_alloc vd = {
 		.size = sizeof(vd),
 		.viommu_id = viommu_id,
@@ -284,6 +401,38 @@ int main(int argc, char **argv)
 	ioctl_or_die(iommufd, IOMMU_VEVENTQ_ALLOC, &vq, "IOMMU_VEVENTQ_ALLOC");
 	printf("stage 2 HWPT %u, vIOMMU %u, vDEVICE %u (virtual StreamID %#x), vEVENTQ %u (fd %u)\n",
 	       s2.out_hwpt_id, viommu_id, vd.out_vdevice_id, VSID, vq.out_veventq_id, vq.out_veventq_fd);
+	struct iommu_veventq_alloc tq = {
+		.size = sizeof(tq),
+		.viommu_id = viommu_id,
+		.type = IOMMU_VEVENTQ_TYPE_TEGRA241_CMDQV,
+		.veventq_depth = 4,
+	};
+	if (cmdqv) {
+		/* The guest's VCMDQ 0: a page of its RAM. It resets CONS and
+		 * PROD and enables the queue through the VINTF page. */
+		ioctl_or_die(iommufd, IOMMU_VEVENTQ_ALLOC, &tq, "IOMMU_VEVENTQ_ALLOC(TEGRA241_CMDQV)");
+		struct iommu_hw_queue_alloc hq = {
+			.size = sizeof(hq),
+			.viommu_id = viommu_id,
+			.type = IOMMU_HW_QUEUE_TYPE_TEGRA241_CMDQV,
+			.index = 0,
+			.nesting_parent_iova = gpa(VCMDQ_PAGE),
+			.length = VCMDQ_ENTRIES * 16,
+		};
+		ioctl_or_die(iommufd, IOMMU_HW_QUEUE_ALLOC, &hq, "IOMMU_HW_QUEUE_ALLOC");
+		vreg_set(VCMDQ_CONS, 0);
+		vreg_set(VCMDQ_PROD, 0);
+		vreg_set(VCMDQ_CONFIG, VCMDQ_EN);
+		for (int spins = 0; !(vreg(VCMDQ_STATUS) & VCMDQ_EN); spins++) {
+			struct timespec ts = { 0, 20000 };
+
+			if (spins == 100000)
+				die("the VCMDQ did not become enabled");
+			nanosleep(&ts, NULL);
+		}
+		printf("HW queue %u: VCMDQ 0 of %u commands at IPA %#" PRIx64 ", enabled\n", hq.out_hw_queue_id,
+		       VCMDQ_ENTRIES, gpa(VCMDQ_PAGE));
+	}
 
 	/* 4. The guest: CD 0 and a 4-level stage 1 in its RAM, then its STE. */
 	uint64_t *cd = gptr(gpa(CD_TABLE));
@@ -347,16 +496,19 @@ int main(int argc, char **argv)
 	memset(gptr(gpa(SRC_PAGE)), 0x77, 256);
 	check(copy(DST_IOVA, SRC_IOVA, 256) == UDMA_ST_SUCCESS, "third copy failed");
 	check(((uint8_t *)gptr(gpa(DST_B)))[0] == 0x77, "after the TLBI the copy must land in DST_B");
-	printf("after CMD_TLBI_NH_VA through IOMMU_HWPT_INVALIDATE: the new page\n");
+	if (cmdqv)
+		printf("after CMD_TLBI_NH_VA in the VCMDQ (PROD moved through the VINTF page, CONS now %#x): the new "
+		       "page\n", vreg(VCMDQ_CONS));
+	else
+		printf("after CMD_TLBI_NH_VA through IOMMU_HWPT_INVALIDATE: the new page\n");
 
 	/* 6. The guest unmaps DST: a fault, reported on the vEVENTQ. */
 	guest_map(DST_IOVA, 0);
-	struct iommu_viommu_arm_smmuv3_invalidate cmds[2] = {
-		{ .cmd = { CMD_TLBI_NH_ASID | (uint64_t)GUEST_ASID << 48, 0 } },
-		/* A CFGI_CD for the vSID: the kernel turns it into the real SID. */
-		{ .cmd = { CMD_CFGI_CD | (uint64_t)VSID << 32, 1 } },
-	};
-	invalidate(cmds, 2);
+	guest_tlbi(CMD_TLBI_NH_ASID | (uint64_t)GUEST_ASID << 48, 0);
+	/* A CFGI_CD for the vSID: the kernel turns it into the real SID (a
+	 * VCMDQ does not take it: the VMM passes it on in either case). */
+	struct iommu_viommu_arm_smmuv3_invalidate cfgi = { .cmd = { CMD_CFGI_CD | (uint64_t)VSID << 32, 1 } };
+	invalidate(&cfgi, 1);
 	check(copy(DST_IOVA, SRC_IOVA, 16) == UDMA_ST_WRITE_FAULT, "a write to an unmapped IOVA must fault");
 
 	struct pollfd pfd = { .fd = (int)vq.out_veventq_fd, .events = POLLIN };
@@ -378,6 +530,43 @@ int main(int argc, char **argv)
 		check(w2 == DST_IOVA, "input address %#" PRIx64, w2);
 	}
 
+	/* 7. A command the guest's VCMDQ does not take stops it. */
+	if (cmdqv) {
+		uint64_t bad[1][2] = { { CMD_CFGI_STE | (uint64_t)VSID << 32, 1 } };
+		uint32_t at = vprod, cons = vcmdq_issue(bad, 1), gerror = vreg(VCMDQ_GERROR);
+
+		printf("CMD_CFGI_STE in the VCMDQ: CONS %#x (ERR %u), GERROR %#x\n", cons, VCMDQ_CONS_ERR(cons),
+		       gerror);
+		check(VCMDQ_CONS_ERR(cons) == CERROR_ILL && (cons & VCMDQ_WRAP) == at,
+		      "CONS must stop on the command with CERROR_ILL, not %#x", cons);
+		check((gerror ^ vreg(VCMDQ_GERRORN)) & 1, "GERROR.CMDQ_ERR must toggle");
+		struct pollfd tp = { .fd = (int)tq.out_veventq_fd, .events = POLLIN };
+		check(poll(&tp, 1, 5000) == 1, "no TEGRA241_CMDQV event");
+		n = read((int)tq.out_veventq_fd, evbuf, sizeof(evbuf));
+		if (n == (ssize_t)(sizeof(struct iommufd_vevent_header) + sizeof(struct iommu_vevent_tegra241_cmdqv))) {
+			struct iommu_vevent_tegra241_cmdqv *e = (void *)(evbuf + sizeof(struct iommufd_vevent_header));
+
+			printf("vEVENTQ (TEGRA241_CMDQV): LVCMDQ error map %#" PRIx64 "\n",
+			       (uint64_t)e->lvcmdq_err_map[0]);
+			check(e->lvcmdq_err_map[0] == 1 && e->lvcmdq_err_map[1] == 0, "the map must name LVCMDQ 0");
+		} else {
+			check(0, "read %zd bytes from the TEGRA241_CMDQV vEVENTQ", n);
+		}
+		/* The guest replaces it with a CMD_SYNC and acknowledges. */
+		uint64_t *q = gptr(gpa(VCMDQ_PAGE));
+
+		q[2 * (at % VCMDQ_ENTRIES)] = CMD_SYNC;
+		q[2 * (at % VCMDQ_ENTRIES) + 1] = 0;
+		__atomic_thread_fence(__ATOMIC_RELEASE);
+		vreg_set(VCMDQ_GERRORN, gerror);
+		cons = vcmdq_wait();
+		check((cons & VCMDQ_WRAP) == vprod, "after GERRORN the queue must run on: CONS %#x, PROD %#x", cons,
+		      vprod);
+		printf("acknowledged through GERRORN: CONS %#x\n", cons);
+		munmap((void *)vintf, vdata.out_vintf_mmap_length);
+		close((int)tq.out_veventq_fd);
+	}
+
 	/* Tidy up: closing the files destroys everything. */
 	munmap((void *)bar, bar0.size);
 	close((int)vq.out_veventq_fd);
@@ -387,6 +576,7 @@ int main(int argc, char **argv)
 		printf("FAILED: %d mismatch(es)\n", failures);
 		return 1;
 	}
-	printf("OK: nested translation, invalidation and events as on an SMMUv3\n");
+	printf("OK: nested translation, invalidation and events as on an SMMUv3%s\n",
+	       cmdqv ? " with a Tegra241 CMDQV" : "");
 	return 0;
 }

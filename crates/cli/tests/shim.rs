@@ -1133,7 +1133,8 @@ fn run_validates_the_platform() {
 /// (examples/c/smmu_nested.c, kernel uAPI only): vIOMMU, vDEVICE, vEVENTQ,
 /// a nested HWPT from the guest's STE, DMA through the guest's CD and
 /// stage 1 tables, a stale TLB until the guest's TLBI, the fault on the
-/// vEVENTQ with the virtual StreamID.
+/// vEVENTQ with the virtual StreamID; with a Tegra241 CMDQV, the guest's
+/// own VCMDQ driven through the mmap'ed VINTF page.
 #[test]
 fn smmu_nested_example_runs_unmodified() {
     let exe = c_program!("examples/c", "smmu_nested");
@@ -1144,6 +1145,27 @@ fn smmu_nested_example_runs_unmodified() {
     }
     assert!(ran.stderr.is_empty(), "{}", ran.report());
     every_call_decoded(&run(uiommufd_run(&["--trace", "--iommu", "smmuv3", "--device", "dma-engine"], &[&exe])));
+    // With a Tegra241 CMDQV the guest's TLBIs go into its own VCMDQ, PROD
+    // moved through the VINTF page mapped from the iommufd (no system
+    // call): the model consumes them, CONS follows and the stale entry is
+    // gone; an illegal command stops the queue with CERROR_ILL.
+    let ran = run(uiommufd_run(&["--iommu", "smmuv3:cmdqv=1", "--device", "dma-engine"], &[exe.as_os_str()]));
+    assert!(ran.status.success(), "{}", ran.report());
+    for want in [
+        "VINTF page: 0x10000 bytes at mmap offset",
+        "after CMD_TLBI_NH_VA in the VCMDQ (PROD moved through the VINTF page, CONS now 0x2): the new page",
+        "CMD_CFGI_STE in the VCMDQ: CONS 0x1000004 (ERR 1), GERROR 0x1",
+        "vEVENTQ (TEGRA241_CMDQV): LVCMDQ error map 0x1",
+        "acknowledged through GERRORN: CONS 0x6",
+        "OK: nested translation, invalidation and events as on an SMMUv3 with a Tegra241 CMDQV",
+    ] {
+        assert!(ran.stdout.contains(want), "missing {want:?}: {}", ran.report());
+    }
+    assert!(ran.stderr.is_empty(), "{}", ran.report());
+    every_call_decoded(&run(uiommufd_run(
+        &["--trace", "--iommu", "smmuv3:cmdqv=1", "--device", "dma-engine"],
+        &[&exe],
+    )));
     // Without S2FWB and CANWBS the driver refuses the vIOMMU.
     let ran = run(uiommufd_run(&["--iommu", "smmuv3:fwb=0", "--device", "dma-engine"], &[exe.as_os_str()]));
     assert!(

@@ -12,9 +12,12 @@
 //! its owner lives. A mapped region keeps its owner from being destroyed
 //! (`EBUSY`, as the kernel's vma holds `owner->users`): the engine cannot
 //! see `munmap`, so it asks the program's map whether the memfd is still
-//! mapped ([`MmapSpace::mapped_by`]).
+//! mapped ([`MmapSpace::mapped_by`]). A driver that keeps the memory mapped
+//! itself (registers it serves, such as a Tegra241 VINTF page) names that
+//! view, which is not the program's.
 
 use std::collections::BTreeMap;
+use std::ops::Range;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
@@ -28,7 +31,22 @@ struct Region {
     /// The memory; `None` for a region a driver reserved without any
     /// (its registers are not memory here): `mmap` is `ENODEV`.
     fd: Option<Arc<OwnedFd>>,
+    /// The driver's own mapping of the memory, if it has one.
+    driver_view: Option<Range<u64>>,
     owner: Weak<Viommu>,
+}
+
+impl Region {
+    /// Whether the program maps this region's memory: a mapping of its
+    /// memfd in `maps` other than the driver's own.
+    fn mapped_in(&self, maps: &[uiommufd_memory::vma::Vma]) -> bool {
+        let Some((dev, ino)) = self.fd.as_ref().and_then(|fd| dev_ino(fd.as_raw_fd())) else { return false };
+        maps.iter().any(|v| {
+            v.dev == dev
+                && v.inode == ino
+                && !self.driver_view.as_ref().is_some_and(|d| d.start <= v.start && v.end <= d.end)
+        })
+    }
 }
 
 /// A context's mmap offset space.
@@ -57,7 +75,13 @@ impl MmapSpace {
     /// `_iommufd_alloc_mmap`: register `length` bytes (a non-zero multiple
     /// of the page size, `EINVAL` otherwise) of `fd` for `owner`; returns
     /// the offset to pass to `mmap`.
-    pub fn alloc(&self, length: u64, fd: Option<OwnedFd>, owner: Weak<Viommu>) -> Result<u64, Errno> {
+    pub fn alloc(
+        &self,
+        length: u64,
+        fd: Option<OwnedFd>,
+        driver_view: Option<Range<u64>>,
+        owner: Weak<Viommu>,
+    ) -> Result<u64, Errno> {
         let ps = crate::pages::page_size();
         if length == 0 || !length.is_multiple_of(ps) {
             return Err(Errno::EINVAL);
@@ -73,7 +97,7 @@ impl MmapSpace {
             start = start.max(off + r.length);
         }
         start.checked_add(length).ok_or(Errno::ENOSPC)?;
-        regions.insert(start, Region { length, fd: fd.map(Arc::new), owner });
+        regions.insert(start, Region { length, fd: fd.map(Arc::new), driver_view, owner });
         Ok(start)
     }
 
@@ -101,20 +125,22 @@ impl MmapSpace {
 
     /// Whether a region of `owner` is still mapped in this process.
     pub fn mapped_by(&self, owner: &Viommu) -> bool {
-        let fds: Vec<Arc<OwnedFd>> = self
-            .lock()
-            .values()
-            .filter(|r| std::ptr::eq(r.owner.as_ptr(), owner))
-            .filter_map(|r| r.fd.clone())
-            .collect();
-        if fds.is_empty() {
+        self.mapped_where(|_, r| std::ptr::eq(r.owner.as_ptr(), owner))
+    }
+
+    /// Whether the program maps the region at `offset` now.
+    pub fn in_use(&self, offset: u64) -> bool {
+        self.mapped_where(|&start, _| start == offset)
+    }
+
+    fn mapped_where(&self, mut which: impl FnMut(&u64, &Region) -> bool) -> bool {
+        let regions = self.lock();
+        let mut chosen = regions.iter().filter(|(o, r)| r.fd.is_some() && which(o, r)).peekable();
+        if chosen.peek().is_none() {
             return false;
         }
         let Ok(maps) = uiommufd_memory::vma::current() else { return false };
-        fds.iter().any(|fd| {
-            let Some((dev, ino)) = dev_ino(fd.as_raw_fd()) else { return false };
-            maps.iter().any(|v| v.dev == dev && v.inode == ino)
-        })
+        chosen.any(|(_, r)| r.mapped_in(&maps))
     }
 }
 

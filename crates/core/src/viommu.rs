@@ -185,11 +185,20 @@ impl ViommuCore for Viommu {
     fn alloc_mmap(&self, length: u64) -> std::result::Result<u64, Errno> {
         let ps = page_size();
         let length = length.checked_next_multiple_of(ps).ok_or(Errno::EOVERFLOW)?;
-        self.mmaps.alloc(length, None, self.me.clone())
+        self.mmaps.alloc(length, None, None, self.me.clone())
     }
 
-    fn alloc_mmap_backed(&self, length: u64, backing: std::os::fd::OwnedFd) -> std::result::Result<u64, Errno> {
-        self.mmaps.alloc(length, Some(backing), self.me.clone())
+    fn alloc_mmap_backed(
+        &self,
+        length: u64,
+        backing: std::os::fd::OwnedFd,
+        driver_view: Option<std::ops::Range<u64>>,
+    ) -> std::result::Result<u64, Errno> {
+        self.mmaps.alloc(length, Some(backing), driver_view, self.me.clone())
+    }
+
+    fn mmap_in_use(&self, offset: u64) -> bool {
+        self.mmaps.in_use(offset)
     }
 }
 

@@ -541,5 +541,9 @@ fn iommufd_mmap(ctx: &Iommufd, addr: u64, length: u64, prot: i32, flags: i32, of
         let e = std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::ENOMEM);
         return Err(Error::new(Errno(e), "mapping the region"));
     }
+    // The driver learns that the program's stores may now reach it.
+    if let Some(driver) = target.owner.driver() {
+        driver.mmap_notify(offset);
+    }
     Ok(p as u64)
 }

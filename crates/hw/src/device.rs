@@ -211,11 +211,25 @@ pub trait ViommuCore: Send + Sync {
 
     /// `iommufd_viommu_alloc_mmap` with the memory: register `length` bytes
     /// of memfd `backing` as a region user space can `mmap` through the
-    /// iommufd file; returns its offset. The default reserves the offset
-    /// only (nothing can be mapped).
-    fn alloc_mmap_backed(&self, length: u64, backing: std::os::fd::OwnedFd) -> Result<u64, Errno> {
-        drop(backing);
+    /// iommufd file; returns its offset. `driver_view` is where the driver
+    /// keeps the same memory mapped itself, if it does (that mapping is not
+    /// the program's). The default reserves the offset only (nothing can be
+    /// mapped).
+    fn alloc_mmap_backed(
+        &self,
+        length: u64,
+        backing: std::os::fd::OwnedFd,
+        driver_view: Option<std::ops::Range<u64>>,
+    ) -> Result<u64, Errno> {
+        drop((backing, driver_view));
         self.alloc_mmap(length)
+    }
+
+    /// Whether the program maps the region at `offset` now (its `mmap`
+    /// through the iommufd file, not yet unmapped).
+    fn mmap_in_use(&self, offset: u64) -> bool {
+        let _ = offset;
+        false
     }
 }
 
@@ -247,6 +261,13 @@ pub trait ViommuDriver: crate::AnyDomain + Send + Sync {
     fn cache_invalidate(&self, array: &mut UserDataArray<'_>) -> Result<(), Errno> {
         array.entry_num = 0;
         Err(Errno::EOPNOTSUPP)
+    }
+
+    /// User space mapped the driver region at `offset` (see
+    /// [`ViommuCore::alloc_mmap_backed`]): its stores to that memory do not
+    /// trap, so a driver serving registers there must start watching it.
+    fn mmap_notify(&self, offset: u64) {
+        let _ = offset;
     }
 
     /// Whether HW queues of `queue_type` exist (`get_hw_queue_size` non-zero).

@@ -1219,7 +1219,7 @@ impl MockViommu {
             let length = 2 * HOST_PAGE_SIZE;
             let page = uiommufd_memory::sys::memfd(c"uiommufd-mock-viommu", length)?;
             uiommufd_memory::sys::pwrite_all(std::os::fd::AsRawFd::as_raw_fd(&page), &cfg.in_data.to_ne_bytes(), 0)?;
-            let offset = core.upgrade().ok_or(Errno::ENOMEM)?.alloc_mmap_backed(length, page)?;
+            let offset = core.upgrade().ok_or(Errno::ENOMEM)?.alloc_mmap_backed(length, page, None)?;
             page_word = cfg.in_data;
             cfg.out_data = cfg.in_data;
             cfg.out_mmap_offset = offset;

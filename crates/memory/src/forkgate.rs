@@ -66,6 +66,28 @@ fn acquire() {
 #[must_use]
 pub struct Gate(());
 
+/// Enter the gate unless a fork is being prepared (`None` then, at once).
+/// For a background thread that must stay able to stop: a thread waiting
+/// in [`enter`] cannot be joined by one inside the gate while a fork
+/// waits for that one.
+pub fn try_enter() -> Option<Gate> {
+    if DEPTH.with(Cell::get) == 0 && !CLOSER.with(Cell::get) {
+        let mut v = COUNT.load(Ordering::Relaxed);
+        loop {
+            if v & CLOSED != 0 {
+                return None;
+            }
+            match COUNT.compare_exchange_weak(v, v + 1, Ordering::Acquire, Ordering::Relaxed) {
+                Ok(_) => break,
+                Err(now) => v = now,
+            }
+        }
+        COUNTED.with(|c| c.set(true));
+    }
+    DEPTH.with(|d| d.set(d.get() + 1));
+    Some(Gate(()))
+}
+
 /// Enter the gate (waiting while a fork is being prepared).
 pub fn enter() -> Gate {
     let depth = DEPTH.with(|d| d.replace(d.get() + 1));
@@ -208,9 +230,12 @@ mod tests {
         }
         close();
         assert!(start.elapsed() < LIMIT);
-        // Entering while closed passes for the closer only.
+        // Entering while closed passes for the closer only; another thread
+        // trying is turned away.
         drop(enter());
+        assert!(std::thread::spawn(|| try_enter().is_none()).join().unwrap());
         open_parent();
+        assert!(std::thread::spawn(|| try_enter().is_some()).join().unwrap());
         go_tx.send(()).unwrap();
         t.join().unwrap();
         assert_eq!(inside(), 0);

@@ -25,6 +25,7 @@ pub mod forkgate;
 pub mod frames;
 pub mod guard;
 pub mod inline_vec;
+pub mod shared;
 pub mod slabmap;
 pub mod sys;
 pub mod user;
