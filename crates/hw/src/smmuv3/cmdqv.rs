@@ -700,7 +700,18 @@ impl Vintf {
             return;
         }
         let hw = Arc::clone(&self.hw);
-        match std::thread::Builder::new().name(format!("uiommufd-vintf{}", self.idx)).spawn(move || worker_main(&hw)) {
+        let run = move || {
+            worker_main(&hw);
+            // The last reference (the VINTF went while this thread ran)
+            // closes the page's descriptors, which the shim lets its own
+            // code close only inside the gate (`memory::sys::internal`).
+            // Nothing joins this thread then, so it may wait for a fork.
+            if Arc::strong_count(&hw) == 1 {
+                let _gate = uiommufd_memory::forkgate::enter();
+                drop(hw);
+            }
+        };
+        match std::thread::Builder::new().name(format!("uiommufd-vintf{}", self.idx)).spawn(run) {
             Ok(handle) => *worker = Some(handle),
             Err(e) => eprintln!(
                 "uiommufd: Tegra241 VINTF{}: cannot start the thread watching its page ({e}); \
