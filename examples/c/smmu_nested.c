@@ -38,7 +38,9 @@
  * them, CONS follows, and the stale translation is gone. Commands a VCMDQ
  * does not take (CFGI_*) still go through IOMMU_HWPT_INVALIDATE; one put
  * into the VCMDQ anyway stops it with CERROR_ILL, reported in GERROR and
- * on a vEVENTQ of type TEGRA241_CMDQV, until the guest acknowledges it.
+ * on a vEVENTQ of type TEGRA241_CMDQV, until the guest acknowledges it. A
+ * forked child shares the VINTF: its commands through the inherited mapping
+ * are consumed too.
  *
  * Exit status 0 when everything happened as on hardware.
  *
@@ -57,6 +59,7 @@
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <time.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <linux/iommufd.h>
@@ -563,6 +566,24 @@ int main(int argc, char **argv)
 		check((cons & VCMDQ_WRAP) == vprod, "after GERRORN the queue must run on: CONS %#x, PROD %#x", cons,
 		      vprod);
 		printf("acknowledged through GERRORN: CONS %#x\n", cons);
+
+		/* A forked child shares the VINTF (the same page, the same
+		 * SMMU): its TLBI through the inherited mapping is consumed. */
+		pid_t child = fork();
+		int status = 0;
+
+		if (child == 0) {
+			uint64_t c[1][2] = { { CMD_TLBI_NH_ASID | (uint64_t)GUEST_ASID << 48, 0 } };
+
+			_exit((vcmdq_issue(c, 1) & VCMDQ_WRAP) == vprod ? 0 : 1);
+		}
+		check(child > 0 && waitpid(child, &status, 0) == child && WIFEXITED(status) &&
+			      WEXITSTATUS(status) == 0,
+		      "a forked child's VCMDQ commands must be consumed (status %#x)", status);
+		vprod = (vprod + 2) & VCMDQ_WRAP;
+		check((vreg(VCMDQ_CONS) & VCMDQ_WRAP) == vprod, "CONS %#x after the child's commands",
+		      vreg(VCMDQ_CONS));
+		printf("a forked child's TLBI through the inherited VINTF page: CONS %#x\n", vreg(VCMDQ_CONS));
 		munmap((void *)vintf, vdata.out_vintf_mmap_length);
 		close((int)tq.out_veventq_fd);
 	}
