@@ -33,7 +33,7 @@ vm_start() {
   qmp_read_greeting "$name" || return 1
   qmp "$name" '{"execute":"qmp_capabilities"}' >/dev/null || return 1
   [ -n "${VM_INCOMING:-}" ] && return 0
-  wait_console "$name" '=== guest up' "${BOOT_TIMEOUT:-90}"
+  wait_console "$name" '=== guest up' "${BOOT_TIMEOUT:-240}"
 }
 
 vm_alive() { kill -0 "${VM_PID[$1]}" 2>/dev/null; }
