@@ -32,8 +32,9 @@ pub enum Format {
 
 #[derive(Args)]
 pub struct InspectArgs {
-    /// The program's process ID.
-    pid: u32,
+    /// The program's process ID (without it: the programs that can be
+    /// inspected).
+    pid: Option<u32>,
     /// How to show it.
     #[arg(long, short = 'F', value_enum, default_value = "text")]
     format: Format,
@@ -60,13 +61,17 @@ pub struct InspectArgs {
     output: Option<PathBuf>,
 }
 
-/// Where the control socket of `pid` is: beside ours, else in the other
-/// place the shim may have used (its environment may differ from ours).
+/// The directories the shim may have used: ours, and `/tmp`'s (its
+/// environment may differ from ours).
+fn socket_dirs() -> [PathBuf; 2] {
+    // SAFETY: getuid has no preconditions.
+    [inspect::socket_dir(), PathBuf::from(format!("/tmp/uiommufd-{}", unsafe { libc::getuid() }))]
+}
+
+/// Where the control socket of `pid` is.
 fn socket(pid: u32) -> Result<PathBuf, String> {
     let ours = inspect::socket_path(&inspect::socket_dir(), pid);
-    // SAFETY: getuid has no preconditions.
-    let tmp = inspect::socket_path(std::path::Path::new(&format!("/tmp/uiommufd-{}", unsafe { libc::getuid() })), pid);
-    [ours.clone(), tmp].into_iter().find(|p| p.exists()).ok_or_else(|| {
+    socket_dirs().iter().map(|d| inspect::socket_path(d, pid)).find(|p| p.exists()).ok_or_else(|| {
         let running = std::path::Path::new(&format!("/proc/{pid}")).exists();
         if running {
             format!(
@@ -92,6 +97,38 @@ fn ask(path: &std::path::Path, request: &str) -> Result<String, String> {
         Some(why) => Err(why.trim().to_string()),
         None => Ok(out),
     }
+}
+
+/// The programs with a control socket that are still running: `PID
+/// COMMAND LINE` each.
+fn list() -> Result<ExitCode, String> {
+    let mut found = std::collections::BTreeMap::new();
+    for dir in socket_dirs() {
+        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        for e in entries.flatten() {
+            let name = e.file_name();
+            let Some(pid) =
+                name.to_str().and_then(|n| n.strip_prefix("inspect-")?.strip_suffix(".sock")?.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) {
+                let cmd: Vec<String> = cmd
+                    .split(|b| *b == 0)
+                    .filter(|a| !a.is_empty())
+                    .map(|a| String::from_utf8_lossy(a).into())
+                    .collect();
+                found.insert(pid, cmd.join(" "));
+            }
+        }
+    }
+    if found.is_empty() {
+        println!("no program to inspect: start one with `uiommufd run --inspect -- PROGRAM`");
+    }
+    for (pid, cmd) in found {
+        println!("{pid} {cmd}");
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// One HWPT's leaves over the range asked, or why there are none.
@@ -192,7 +229,8 @@ fn page_tables(args: &InspectArgs, snap: &Snapshot, path: &std::path::Path) -> R
 }
 
 pub fn inspect(args: InspectArgs) -> Result<ExitCode, String> {
-    let path = socket(args.pid)?;
+    let Some(pid) = args.pid else { return list() };
+    let path = socket(pid)?;
     let raw = ask(&path, "state")?;
     let snap = Snapshot::parse(&raw)?;
     let pts = page_tables(&args, &snap, &path)?;
@@ -419,6 +457,16 @@ fn json_value(v: &str) -> String {
     }
 }
 
+/// A field of an object as JSON: the lists (`hwpts`, `ranges`,
+/// `virt_ids`) as arrays, `[]` for none.
+fn json_field(key: &str, v: &str) -> String {
+    match key {
+        "hwpts" | "ranges" | "virt_ids" if v == "-" => "[]".into(),
+        "hwpts" | "ranges" | "virt_ids" => format!("[{}]", v.split(',').map(json_value).collect::<Vec<_>>().join(", ")),
+        _ => json_value(v),
+    }
+}
+
 fn json_opt(v: Option<u32>) -> String {
     v.map_or("null".into(), |v| v.to_string())
 }
@@ -436,7 +484,8 @@ fn json(s: &Snapshot, pts: &[PageTable]) -> String {
         )
     });
     let objects = s.objects.iter().map(|o| {
-        let fields: Vec<String> = o.fields.iter().map(|(k, v)| format!("{}: {}", json_str(k), json_value(v))).collect();
+        let fields: Vec<String> =
+            o.fields.iter().map(|(k, v)| format!("{}: {}", json_str(k), json_field(k, v))).collect();
         format!(
             "{{\"context\": {}, \"id\": {}, \"kind\": {}, \"users\": {}, \"fields\": {{{}}}}}",
             o.context,

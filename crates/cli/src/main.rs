@@ -12,7 +12,7 @@
 //! - `bench [--quick] [--json] [--compare FILE]`: the hot paths against
 //!   same-run references, as JSON, or beside a saved run (progress on a
 //!   terminal's stderr);
-//! - `inspect PID [--iova START[,LEN]] [--json|--dot|--svg]`: the
+//! - `inspect [PID] [--iova START[,LEN]] [--json|--dot|--svg]`: the
 //!   iommufd state of a program started with `run --inspect`;
 //! - `completions SHELL`, `man [COMMAND] [--dir DIR]`: shell completions
 //!   and manual pages generated from these definitions.
@@ -107,6 +107,7 @@ Examples:
     #[command(after_help = "\
 Examples:
   uiommufd run --inspect -- ./my-vmm &           start it so that it can be inspected
+  uiommufd inspect                               the programs that can be inspected
   uiommufd inspect 1234                          what process 1234 holds now
   uiommufd inspect 1234 --iova 0x1000000,0x10000
                                                  and the leaves of every paging HWPT over 64 KiB

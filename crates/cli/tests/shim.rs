@@ -650,6 +650,13 @@ fn inspect(pid: u32, args: &[&str]) -> Result<String, String> {
     }
 }
 
+/// `uiommufd inspect` without a PID.
+fn inspect_all() -> String {
+    let o = Command::new(env!("CARGO_BIN_EXE_uiommufd")).arg("inspect").output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8(o.stdout).unwrap()
+}
+
 /// The sockets in the descriptor table of process `pid` (what the program
 /// would find walking /proc/self/fd).
 fn sockets_of(pid: u32) -> Vec<String> {
@@ -713,9 +720,11 @@ fn inspect_shows_a_running_programs_state() {
     assert!(!all.contains("nothing mapped"), "{all}");
     let gap = inspect(pid, &["--iova", "0x2000000,0x1000", "--hwpt", &format!("1:{parent}")]).unwrap();
     assert!(gap.contains("  (nothing mapped)\n"), "{gap}");
+    let guest = inspect(pid, &["--iova", "0x1000", "--hwpt", &nested.to_string()]).unwrap();
+    assert!(guest.contains(&format!("  HWPT {nested} is nested: its stage 1 is the guest's tables")), "{guest}");
     let json = inspect(pid, &["--json", "--iova", "0x1000000", "--hwpt", &parent.to_string()]).unwrap();
     for want in [
-        format!("{{\"context\": 1, \"id\": {ioas}, \"kind\": \"ioas\", \"users\": 1, \"fields\": {{\"alignment\": \"0x800\""),
+        format!("{{\"context\": 1, \"id\": {ioas}, \"kind\": \"ioas\", \"users\": 1, \"fields\": {{\"alignment\": \"0x800\", \"ranges\": [\"0x1000000-0x7fffffff\"], \"domains\": 1, \"hwpts\": [{parent}]}}}}"),
         format!("{{\"context\": 1, \"ioas\": {ioas}, \"iova\": 16777216, \"last\": {}, \"prot\": \"rwc\", \"pages\": 4", 0x100_0000 + 4 * ps - 1),
         format!("{{\"context\": 1, \"device\": {idev}, \"pasid\": null, \"hwpt\": {nested}}}"),
         format!("{{\"context\": 1, \"queue\": {fault}, \"device\": {idev}, \"cookie\": null, \"flags\": 3, \"pasid\": 1, \"grpid\": 1, \"perm\": 1, \"addr\": 4096}}"),
@@ -733,6 +742,9 @@ fn inspect_shows_a_running_programs_state() {
     assert!(svg.contains(&format!("IOAS {ioas} IOVA space")), "{svg}");
     assert!(inspect(pid, &["--iova", "0x1000", "--hwpt", "999"]).unwrap_err().contains("no HWPT 999"));
 
+    // Without a PID: the programs that can be inspected, this one among them.
+    let listed = inspect_all();
+    assert!(listed.lines().any(|l| l.starts_with(&format!("{pid} ")) && l.ends_with("inspect_target")), "{listed}");
     // Owner-only.
     let dir = uiommufd_dispatch::inspect::socket_dir();
     let sock = uiommufd_dispatch::inspect::socket_path(&dir, pid);
@@ -804,6 +816,7 @@ fn no_control_socket_without_inspect() {
     let sock = uiommufd_dispatch::inspect::socket_path(&uiommufd_dispatch::inspect::socket_dir(), pid);
     assert!(!sock.exists(), "{}", sock.display());
     assert_eq!(std::fs::read_dir(format!("/proc/{pid}/task")).unwrap().count(), 1, "a thread of ours");
+    assert!(!inspect_all().lines().any(|l| l.starts_with(&format!("{pid} "))));
     let why = inspect(pid, &[]).unwrap_err();
     assert!(why.contains("has no control socket") && why.contains("uiommufd run --inspect"), "{why}");
     finish_target(child, out);

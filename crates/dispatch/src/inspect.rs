@@ -507,11 +507,12 @@ pub fn page_table(context: u32, hwpt: ObjectId, iova: u64, len: u64, max: usize)
         .into_iter()
         .find(|(id, _, _)| *id == hwpt)
         .and_then(|(_, obj, _)| match obj {
-            Object::HwptPaging(h) => Some(Arc::clone(h.domain())),
-            Object::HwptNested(h) => Some(Arc::clone(h.domain())),
+            Object::HwptPaging(h) => Some((Arc::clone(h.domain()), false)),
+            Object::HwptNested(h) => Some((Arc::clone(h.domain()), true)),
             _ => None,
         })
         .ok_or_else(|| format!("no HWPT {hwpt} in context {context}"))?;
+    let (domain, nested) = domain;
     let mut out = String::new();
     let mut n = 0usize;
     let shown = domain.leaves(iova, len, &mut |l| {
@@ -530,7 +531,11 @@ pub fn page_table(context: u32, hwpt: ObjectId, iova: u64, len: u64, max: usize)
         }
     });
     if !shown {
-        return Err(format!("HWPT {hwpt}'s model does not show its page table (a nested HWPT's is the guest's)"));
+        return Err(if nested {
+            format!("HWPT {hwpt} is nested: its stage 1 is the guest's tables, in the guest's memory")
+        } else {
+            format!("HWPT {hwpt}'s IOMMU model does not show its page table")
+        });
     }
     if n > max {
         let _ = writeln!(out, "more {}", n - max);
