@@ -112,7 +112,15 @@ fn list() -> Result<ExitCode, String> {
             else {
                 continue;
             };
-            if let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) {
+            let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+                // Left by a program that crashed (or was killed): the
+                // socket of a process that is gone answers nobody.
+                if UnixStream::connect(e.path()).is_err() {
+                    let _ = std::fs::remove_file(e.path());
+                }
+                continue;
+            };
+            {
                 let cmd: Vec<String> = cmd
                     .split(|b| *b == 0)
                     .filter(|a| !a.is_empty())

@@ -181,8 +181,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode, String> {
     if args.inspect {
         cmd.env("UIOMMUFD_INSPECT", "1");
     }
-    // With --inspect we wait, to remove the program's control socket.
-    if stand_ins.is_empty() && !args.inspect {
+    if stand_ins.is_empty() {
         if args.trace {
             cmd.env("UIOMMUFD_TRACE_ROOT", me.to_string());
         }
@@ -198,6 +197,8 @@ pub fn run(args: RunArgs) -> Result<ExitCode, String> {
     let status = child.wait().map_err(|e| format!("waiting for {prog}: {e}"))?;
     drop(stand_ins);
     if args.inspect {
+        // The shim removes it when the program exits normally; a crash
+        // leaves it (`uiommufd inspect` removes those it finds).
         let dir = uiommufd_dispatch::inspect::socket_dir();
         let _ = std::fs::remove_file(uiommufd_dispatch::inspect::socket_path(&dir, child.id()));
     }

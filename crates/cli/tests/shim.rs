@@ -808,6 +808,21 @@ fn inspect_after_fork() {
     }
 }
 
+/// A program killed with its control socket open leaves the socket (its
+/// exit handlers never run); the next listing removes it.
+#[test]
+fn a_killed_programs_socket_is_removed_by_the_listing() {
+    let Some((mut child, _out, ids)) = inspect_target(&["--inspect"]) else { return };
+    let pid = ids[0];
+    assert_eq!(child.id(), pid, "uiommufd run execs the program");
+    let sock = uiommufd_dispatch::inspect::socket_path(&uiommufd_dispatch::inspect::socket_dir(), pid);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(sock.exists());
+    assert!(!inspect_all().lines().any(|l| l.starts_with(&format!("{pid} "))));
+    assert!(!sock.exists(), "{} left behind", sock.display());
+}
+
 /// Without `--inspect` the shim opens no control socket.
 #[test]
 fn no_control_socket_without_inspect() {
