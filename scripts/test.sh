@@ -26,5 +26,7 @@ cargo build --release --workspace
 # The tests run optimised with overflow checks and debug assertions on
 # (Cargo.toml's "checked" profile): an overflow is a failure, not a wrap.
 UIOMMUFD_REQUIRE_KSRC=1 cargo test --profile checked --workspace
+# The API documentation builds without a warning (docs/API.md).
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --workspace
 scripts/conformance.sh --no-build
 tests/qemu/run.sh --no-build

@@ -17,6 +17,10 @@
 //! - `completions SHELL`, `man [COMMAND] [--dir DIR]`: shell completions
 //!   and manual pages generated from these definitions.
 
+// The doc comments of the clap definitions are --help texts (`<ptr>` is
+// meant literally), not rustdoc.
+#![allow(rustdoc::invalid_html_tags)]
+
 mod amd_info;
 mod bench;
 mod bench_amd;

@@ -56,7 +56,7 @@ pub struct PagingFlags {
 
 impl HwptPaging {
     /// Build a paging HWPT over `domain` for `ioas` (not yet in the
-    /// io_pagetable: see [`HwptPaging::add_to_ioas`]).
+    /// io_pagetable; the caller adds it).
     pub fn new(id: ObjectId, ioas: &Borrowed<Ioas>, domain: Arc<dyn Domain>, flags: PagingFlags) -> Self {
         HwptPaging {
             hdr: ObjHeader::new(id),

@@ -35,7 +35,7 @@
 //!   Unmap likewise tears a large area down outside the `iova` lock.
 //!
 //! Storage: areas live in a slab indexed by IOVA in an arena map
-//! ([`areas`]), `Pages` are recycled, pin records and frame runs are arena
+//! (`areas`), `Pages` are recycled, pin records and frame runs are arena
 //! maps too: a map and unmap in the steady state allocate nothing.
 //!
 //! Ranges: `last` is inclusive. IOVA may go up to `u64::MAX`, so `last + 1`

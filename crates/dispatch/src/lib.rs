@@ -17,8 +17,8 @@
 //! Every user pointer is touched through `uiommufd_memory::user`, so a bad
 //! pointer is `EFAULT` and never a crash.
 //!
-//! The other files uiommufd serves live here too ([`file`]): VFIO device
-//! cdevs over emulated PCI functions ([`vfio_device`]), the legacy VFIO
+//! The other files uiommufd serves live here too ([`file`](mod@file)): VFIO
+//! device cdevs over emulated PCI functions ([`vfio_device`]), the legacy VFIO
 //! group nodes in front of them ([`vfio_group`]), fault and event queues,
 //! the selftest's access, fail-nth.
 

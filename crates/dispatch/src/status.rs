@@ -85,7 +85,7 @@ pub(crate) fn contexts() -> Vec<Arc<Iommufd>> {
 }
 
 impl Status {
-    /// The engine now (contexts are those [`register`]ed).
+    /// The engine now (contexts are those registered with `register`).
     pub fn now() -> Status {
         let contexts = contexts();
         let mut objects: Vec<&'static str> = contexts.iter().flat_map(|c| c.objects().kinds()).map(kind_name).collect();

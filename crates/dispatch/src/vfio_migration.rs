@@ -4,10 +4,12 @@
 //! (`vfio_mig_get_next_state`), and the migration data files they return,
 //! shaped like a vfio-pci variant driver's (mlx5's, the reference).
 //!
-//! What it stores: per device, [`MigCtl`] (the state, the open data
+//! What it stores: per device, `MigCtl` (the state, the open data
 //! session, the PRECOPY_INFOv2 opt-in) behind the device's `mig` lock; per
-//! session, the byte stream ([`Session`]). A device offers migration when
-//! its function does ([`PciDevice::migration`]): the DMA engine does, with
+//! session, the byte stream (`Session`). A device offers migration when
+//! its function does
+//! ([`PciDevice::migration`](uiommufd_devices::pci::PciDevice::migration)):
+//! the DMA engine does, with
 //! STOP_COPY and PRE_COPY (no P2P: it cannot tell peer-to-peer requests
 //! from others, and the states are optional).
 //!

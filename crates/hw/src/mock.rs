@@ -101,7 +101,7 @@ pub mod bits {
     pub const SPAN: u64 = 1 << 7;
     /// Physical address bits (leaf: 2 KiB-aligned page; table: node).
     pub const ADDR: u64 = 0x000f_ffff_ffff_f800;
-    /// Generic page table only ([`MockPageTable::GenericPt`]): the leaf is
+    /// Generic page table only (`MockPageTable::GenericPt`): the leaf is
     /// one of the `2^k` entries of a contiguous page of `MOCK_IO_PAGE_SIZE
     /// << k` bytes (`k` in these bits; 0 on a level-1 leaf: the 1 MiB leaf
     /// alone). Dirty tracking sees the contiguous page as one.

@@ -75,6 +75,8 @@ macro_rules! register {
             $(
                 $(#[$fmeta])*
                 #[doc = concat!("`", $mn, "`: ", $desc, " (bits ", stringify!($lo), ", width ", stringify!($w), ").")]
+                // The description is the decoder's text ("[5]", "<minor>"), not markdown.
+                #[allow(rustdoc::broken_intra_doc_links, rustdoc::invalid_html_tags)]
                 #[inline]
                 pub const fn $get(self) -> $int {
                     // Masked to the field's width, so the narrowing is exact.

@@ -83,7 +83,7 @@ const FIRST_PFN: u64 = 0x10_0000;
 /// End of the emulated physical address space frames live in: 39 bits
 /// (512 GiB), the narrowest host address width among the modelled IOMMUs
 /// (a VT-d client unit's MGAW), so every frame address fits every model's
-/// page-table entries. Page-table pages live below [`FIRST_PFN`] (the
+/// page-table entries. Page-table pages live below `FIRST_PFN` (the
 /// `uiommufd-hw` window at 1-4 GiB).
 pub const PHYS_ADDR_LIMIT: u64 = 1 << 39;
 /// Largest PFN alignment we try to preserve (1 GiB of 4 KiB pages).

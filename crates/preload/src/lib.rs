@@ -40,6 +40,10 @@
 //! turn on fault injection; `UIOMMUFD_FORK_SHARE=0` gives a forked child a
 //! private copy of the engine state instead of the parent's files.
 
+// The shim is no library: its docs are for its maintainers and link its
+// private helpers.
+#![allow(rustdoc::private_intra_doc_links)]
+
 pub mod entry;
 
 /// Run when the library is loaded, before the program's `main`: the fork

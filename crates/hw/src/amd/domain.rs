@@ -551,7 +551,7 @@ impl AmdV2Domain {
         self.levels
     }
 
-    /// GCR3[0]'s table root.
+    /// GCR3\[0\]'s table root.
     pub fn root(&self) -> u64 {
         on_v2!(&self.table, |pt| pt.root_pa())
     }
@@ -621,7 +621,7 @@ impl Domain for AmdV2Domain {
         n
     }
 
-    /// The walk a request without PASID makes through GCR3[0] with GIoV:
+    /// The walk a request without PASID makes through GCR3\[0\] with GIoV:
     /// no sign extension, addresses below 2^vasz.
     fn translate(&self, iova: u64, access: Access) -> Result<Translation, Fault> {
         if iova >> self.vasz != 0 {

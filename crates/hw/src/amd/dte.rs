@@ -18,12 +18,12 @@
 //! | 54 | GIoV: requests without PASID use the guest table of PASID 0 | `DTE_FLAG_GIOV` |
 //! | 55 | GV: guest translation valid | `DTE_FLAG_GV` |
 //! | 57:56 | GLX: GCR3 table levels minus one | `DTE_GLX` |
-//! | 60:58 | GCR3 Table Root Pointer [14:12] | `DTE_GCR3_14_12` |
+//! | 60:58 | GCR3 Table Root Pointer \[14:12\] | `DTE_GCR3_14_12` |
 //! | 61, 62 | IR, IW | `DTE_FLAG_IR`, `DTE_FLAG_IW` |
 //! | 79:64 | DomainID | `data[1]` 15:0 |
-//! | 95:80 | GCR3 Table Root Pointer [30:15] | `data[1]` 31:16 |
+//! | 95:80 | GCR3 Table Root Pointer \[30:15\] | `data[1]` 31:16 |
 //! | 96 | I: IOTLB (ATS) enable | `data[1]` 32 |
-//! | 127:107 | GCR3 Table Root Pointer [51:31] | `data[1]` 63:43 |
+//! | 127:107 | GCR3 Table Root Pointer \[51:31\] | `data[1]` 63:43 |
 //! | 183:182 | GPT level: guest table levels (0: 4, 1: 5) | `data[2]` 55:54 |
 
 use uiommufd_abi::{Errno, IommuHwptAmdGuest};

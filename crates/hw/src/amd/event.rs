@@ -6,8 +6,8 @@
 //! | bits | field |
 //! | --- | --- |
 //! | 15:0 | DeviceID |
-//! | 19:16 | PASID[19:16] |
-//! | 47:32 | DomainID, or PASID[15:0] when GN=1 |
+//! | 19:16 | PASID\[19:16\] |
+//! | 47:32 | DomainID, or PASID\[15:0\] when GN=1 |
 //! | 48 | GN: the address is a guest virtual address, with PASID |
 //! | 49 | NX: an execute request |
 //! | 50 | US: a user-mode request |

@@ -22,7 +22,7 @@
 //!   stops at the first empty entry; a block mapped over a table replaces
 //!   the table and everything under it;
 //! - dirty tracking (stage 1 + HD): hardware turns a writable-clean leaf
-//!   (AP[2] = 1, DBM = 1) writable-dirty (AP[2] = 0) on the first write;
+//!   (AP\[2\] = 1, DBM = 1) writable-dirty (AP\[2\] = 0) on the first write;
 //!   harvesting reports writable-dirty leaves and makes them clean again
 //!   (`arm_lpae_read_and_clear_dirty()`). Leaves start writable-dirty, so
 //!   iommufd clears everything when tracking is turned on; turning it on or
@@ -673,9 +673,9 @@ impl Domain for SmmuDomain {
         Some((entry & desc::ADDR & !(size - 1)) | (iova & (size - 1)))
     }
 
-    /// A DMA access (unprivileged, data): stage 1 needs AP[1] (EL0 access)
-    /// and, for a write, AP[2] clear or DBM set (a write to a
-    /// writable-clean leaf makes it dirty: AP[2] cleared atomically);
+    /// A DMA access (unprivileged, data): stage 1 needs AP\[1\] (EL0 access)
+    /// and, for a write, AP\[2\] clear or DBM set (a write to a
+    /// writable-clean leaf makes it dirty: AP\[2\] cleared atomically);
     /// stage 2 needs S2AP. The stage 2 nesting walk's `translate_leaf`
     /// reads the same grants.
     #[inline]

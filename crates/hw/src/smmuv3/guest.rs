@@ -27,7 +27,7 @@ pub const fn cd_word0(asid: u16) -> u64 {
 }
 
 /// A 4KB page as Linux maps a writable, cacheable page: page type,
-/// AttrIndx 1 (Normal write-back in its MAIR), AP[1] (EL0 access), inner
+/// AttrIndx 1 (Normal write-back in its MAIR), AP\[1\] (EL0 access), inner
 /// shareable, AF, nG. OR in the page's address.
 pub const PAGE: u64 = desc::TYPE_TABLE | 1 << 2 | desc::AP_UNPRIV | desc::SH_IS | desc::AF | desc::NG;
 

@@ -23,9 +23,9 @@
 //!
 //! Attributes written, exactly as `arm_lpae_prot_to_pte()` (Linux 7.3),
 //! the same for every granule:
-//! - stage 1: nG always; AP[2] (read-only) for read-only mappings, or DBM
+//! - stage 1: nG always; AP\[2\] (read-only) for read-only mappings, or DBM
 //!   for writable ones when the domain tracks dirty state (HD quirk: the
-//!   page starts *writable-dirty*, AP[2]=0 DBM=1); AP[1] (EL0 access)
+//!   page starts *writable-dirty*, AP\[2\]=0 DBM=1); AP\[1\] (EL0 access)
 //!   unless `IOMMU_PRIV`; AttrIndx 2 (Device) for `IOMMU_MMIO`, 1 (Normal
 //!   write-back) for `IOMMU_CACHE`, else 0 (Normal non-cacheable), with the
 //!   MAIR the driver programs (`0xf404ff44`);
@@ -54,21 +54,21 @@ pub mod desc {
     pub const TYPE_TABLE: u64 = 0b11;
     /// bits 1:0 of a block descriptor.
     pub const TYPE_BLOCK: u64 = 0b01;
-    /// Stage 1 AttrIndx[2:0] (bits 4:2): index into MAIR.
+    /// Stage 1 AttrIndx\[2:0\] (bits 4:2): index into MAIR.
     pub const ATTRINDX_SHIFT: u32 = 2;
     pub const ATTRINDX_MASK: u64 = 0b111 << 2;
     /// Stage 1 NS.
     pub const NS: u64 = 1 << 5;
-    /// Stage 1 AP[1]: EL0 (unprivileged) access allowed.
+    /// Stage 1 AP\[1\]: EL0 (unprivileged) access allowed.
     pub const AP_UNPRIV: u64 = 1 << 6;
-    /// Stage 1 AP[2]: read-only.
+    /// Stage 1 AP\[2\]: read-only.
     pub const AP_RDONLY: u64 = 1 << 7;
-    /// Stage 2 MemAttr[3:0] (bits 5:2).
+    /// Stage 2 MemAttr\[3:0\] (bits 5:2).
     pub const MEMATTR_SHIFT: u32 = 2;
     pub const MEMATTR_MASK: u64 = 0b1111 << 2;
-    /// Stage 2 S2AP[0]: read.
+    /// Stage 2 S2AP\[0\]: read.
     pub const S2AP_R: u64 = 1 << 6;
-    /// Stage 2 S2AP[1]: write.
+    /// Stage 2 S2AP\[1\]: write.
     pub const S2AP_W: u64 = 1 << 7;
     /// Shareability (bits 9:8).
     pub const SH_MASK: u64 = 0b11 << 8;
@@ -86,24 +86,24 @@ pub mod desc {
     /// fault beyond the output size). (Bit 50 is GP, bit 51 DBM in a leaf.)
     pub const ADDR_HI: u64 = 0x0003_0000_0000_0000;
     /// Dirty bit modifier (FEAT_HAFDBS): with HD, a write to a
-    /// writable-clean descriptor (AP[2]=1 / S2AP[1]=0, DBM=1) makes it
+    /// writable-clean descriptor (AP\[2\]=1 / S2AP\[1\]=0, DBM=1) makes it
     /// writable-dirty instead of faulting.
     pub const DBM: u64 = 1 << 51;
     /// Contiguous hint.
     pub const CONT: u64 = 1 << 52;
     /// Stage 1 PXN.
     pub const PXN: u64 = 1 << 53;
-    /// Stage 1 UXN / XN; stage 2 XN[1].
+    /// Stage 1 UXN / XN; stage 2 XN\[1\].
     pub const UXN: u64 = 1 << 54;
-    /// `ARM_LPAE_PTE_XN`: bits 54:53 (stage 1 PXN|UXN, stage 2 XN[1:0]).
+    /// `ARM_LPAE_PTE_XN`: bits 54:53 (stage 1 PXN|UXN, stage 2 XN\[1:0\]).
     pub const XN: u64 = 3 << 53;
     /// Table descriptor PXNTable.
     pub const PXN_TABLE: u64 = 1 << 59;
     /// Table descriptor UXNTable / XNTable.
     pub const XN_TABLE: u64 = 1 << 60;
-    /// Table descriptor APTable[0]: no EL0 access below.
+    /// Table descriptor APTable\[0\]: no EL0 access below.
     pub const AP_TABLE_NO_EL0: u64 = 1 << 61;
-    /// Table descriptor APTable[1]: read-only below.
+    /// Table descriptor APTable\[1\]: read-only below.
     pub const AP_TABLE_RDONLY: u64 = 1 << 62;
     /// Table descriptor NSTable.
     pub const NS_TABLE: u64 = 1 << 63;
@@ -281,7 +281,7 @@ impl<const S2: bool, const L: u32, const G: u32> Format for LpaeFormat<S2, L, G>
     /// What the leaf grants a DMA request, which is unprivileged (EL0:
     /// requests without a PASID, or with one and PMR clear): stage 1: read,
     /// and write unless read-only (a writable-clean DBM leaf is writable:
-    /// HD is on whenever the driver sets DBM), only when AP[1] gives EL0
+    /// HD is on whenever the driver sets DBM), only when AP\[1\] gives EL0
     /// access, else nothing but `PRIV` (an EL1-only leaf); `CACHE` for
     /// AttrIndx 1, `MMIO` for AttrIndx 2; stage 2: S2AP, `CACHE` for
     /// write-back MemAttr, `MMIO` for Device.

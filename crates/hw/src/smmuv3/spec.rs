@@ -26,7 +26,7 @@
 //! | `cmdqv=0\|1` | a companion Tegra241 CMDQV |
 //!
 //! Whatever the keys say, the SMMU is then probed as the driver does
-//! ([`SmmuInfo::new`]): a configuration the driver would not use is an
+//! (`SmmuInfo::new`): a configuration the driver would not use is an
 //! error.
 
 use std::sync::Arc;

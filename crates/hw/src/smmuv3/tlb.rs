@@ -28,7 +28,7 @@
 //!   packed in a seqlock of atomics, so the translation of a TLB hit reads
 //!   its CD without a lock or a hash.
 //!
-//! Structure: the TLB is a [`crate::tlbcache::SetCache`] (4-way set
+//! Structure: the TLB is a `crate::tlbcache::SetCache` (4-way set
 //! associative, clock replacement, seqlocked sets read without a lock),
 //! indexed by VMID and page (not ASID, so that an address invalidation for
 //! all ASIDs probes one set per page size).

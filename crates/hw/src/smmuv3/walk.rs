@@ -16,12 +16,12 @@
 //!   2);
 //! - table descriptors' APTable/XNTable/PXNTable apply below them unless
 //!   hierarchical attributes are disabled (HADx);
-//! - an unprivileged request needs EL0 access (AP[1] = 1, no APTable[0]);
-//!   a write needs AP[2] = 0 (and no APTable[1]), or with HD a DBM
+//! - an unprivileged request needs EL0 access (AP\[1\] = 1, no APTable\[0\]);
+//!   a write needs AP\[2\] = 0 (and no APTable\[1\]), or with HD a DBM
 //!   leaf (writable-clean: hardware makes it writable-dirty);
 //! - AF = 0 is an access flag fault, or with HA a hardware update.
 //!
-//! Hardware updates (AF set, AP[2] cleared) are reported in
+//! Hardware updates (AF set, AP\[2\] cleared) are reported in
 //! [`S1Walk::updates`], not written: the model reads guest memory only.
 
 use super::event::{id, SmmuFault};
@@ -59,7 +59,7 @@ pub struct S1Walk {
     pub el0: bool,
     /// Writes are allowed (possibly after the dirty-state update).
     pub writable: bool,
-    /// The leaf is writable-dirty (or AP[2] = 0 without DBM): writes need
+    /// The leaf is writable-dirty (or AP\[2\] = 0 without DBM): writes need
     /// no update.
     pub dirty: bool,
     /// Execute-never for the request's exception level.

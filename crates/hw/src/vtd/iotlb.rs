@@ -19,7 +19,7 @@
 //!   invalidation hint (IH, the uAPI's LEAF flag) keeps paging-structure
 //!   entries, as the spec allows.
 //!
-//! Structure: both caches are [`crate::tlbcache::SetCache`]s (4-way set
+//! Structure: both caches are `crate::tlbcache::SetCache`s (4-way set
 //! associative, clock replacement, seqlocked sets read without a lock),
 //! indexed by a hash of tag and page.
 //!
