@@ -104,6 +104,77 @@
 //! # Ok::<(), uiommufd_api::Error>(())
 //! ```
 //!
+//! # DMA through an emulated device
+//!
+//! The DMA engine of `docs/devices/dma-engine.md` behind an Arm SMMUv3,
+//! driven as a VFIO driver drives a PCI device: bus mastering on in config
+//! space, a descriptor ring in mapped memory, registers in BAR0. Its FILL
+//! lands in this program's memory, translated by the SMMU's page tables.
+//!
+//! ```
+//! use uiommufd_api::abi::vfio::{VFIO_PCI_BAR0_REGION_INDEX, VFIO_PCI_CONFIG_REGION_INDEX};
+//! use uiommufd_api::{Backend, Emulated, Iommufd, MapFlags, VfioDevice};
+//!
+//! let backend = Backend::Emulated(Emulated::with_platform("smmuv3", "dma-engine")?);
+//! let fd = Iommufd::open(&backend)?;
+//! let dev = VfioDevice::open(&backend, "/dev/vfio/devices/vfio0")?;
+//! dev.bind(&fd)?;
+//! let ioas = fd.ioas_alloc()?;
+//! dev.attach(ioas)?;
+//!
+//! // Two pages: the descriptor ring, then the buffer the engine fills.
+//! let layout = std::alloc::Layout::from_size_align(8192, 4096).unwrap();
+//! // SAFETY: a non-zero size.
+//! let mem = unsafe { std::alloc::alloc_zeroed(layout) };
+//! // SAFETY: `mem` stays allocated until after the unmap below; this
+//! // program reads what the device writes only once the device is done.
+//! let iova = unsafe { fd.ioas_map(ioas, mem as u64, 8192, None, MapFlags::RW)? };
+//!
+//! // One FILL descriptor (opcode 2): destination, length, 8-byte pattern.
+//! let pattern = 0x1122_3344_5566_7788u64;
+//! let mut desc = [0u8; 64];
+//! desc[0] = 2;
+//! desc[0x10..0x18].copy_from_slice(&(iova + 4096).to_le_bytes());
+//! desc[0x18..0x20].copy_from_slice(&4096u64.to_le_bytes());
+//! desc[0x20..0x28].copy_from_slice(&pattern.to_le_bytes());
+//! // SAFETY: the first 64 bytes of `mem`; the device is not running yet.
+//! unsafe { std::ptr::copy_nonoverlapping(desc.as_ptr(), mem, 64) };
+//!
+//! // Memory Space and Bus Master Enable (Command register bits 1, 2),
+//! // then RING_BASE, RING_SIZE, CTRL.ENABLE and the TAIL doorbell in BAR0.
+//! let cfg = dev.region_info(VFIO_PCI_CONFIG_REGION_INDEX)?.offset;
+//! let bar0 = dev.region_info(VFIO_PCI_BAR0_REGION_INDEX)?.offset;
+//! let mut command = [0u8; 2];
+//! dev.read_at(&mut command, cfg + 4)?;
+//! dev.write_at(&(u16::from_le_bytes(command) | 6).to_le_bytes(), cfg + 4)?;
+//! for (reg, value) in [(0x20, iova), (0x28, 2), (0x10, 1), (0x38, 1)] {
+//!     dev.write_at(&u64::to_le_bytes(value), bar0 + reg)?;
+//! }
+//! // The engine runs on its own thread: wait for COMPLETED to count it.
+//! let mut completed = [0u8; 8];
+//! for _ in 0..5000 {
+//!     dev.read_at(&mut completed, bar0 + 0x40)?;
+//!     if u64::from_le_bytes(completed) == 1 {
+//!         break;
+//!     }
+//!     std::thread::sleep(std::time::Duration::from_millis(1));
+//! }
+//! assert_eq!(u64::from_le_bytes(completed), 1);
+//!
+//! // SAFETY: inside `mem`; the device finished with it (COMPLETED above).
+//! let (status, filled) = unsafe {
+//!     ((mem.add(0x38) as *const u32).read_volatile(), std::slice::from_raw_parts(mem.add(4096), 4096))
+//! };
+//! assert_eq!(status, 1, "SUCCESS");
+//! assert!(filled.chunks(8).all(|w| w == pattern.to_le_bytes()));
+//!
+//! dev.detach()?;
+//! fd.ioas_unmap_all(ioas)?;
+//! // SAFETY: allocated above with `layout`, no longer mapped.
+//! unsafe { std::alloc::dealloc(mem, layout) };
+//! # Ok::<(), uiommufd_api::Error>(())
+//! ```
+//!
 //! # Safety
 //!
 //! Mapping memory for DMA is `unsafe` ([`Iommufd::ioas_map`]): a device may
@@ -112,6 +183,7 @@
 //! of the right length.
 
 #![deny(unsafe_op_in_unsafe_fn)]
+#![deny(missing_docs)]
 
 mod backend;
 mod data;
