@@ -39,7 +39,9 @@ use uiommufd_hw::Prot;
 /// One object and what it refers to.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ObjectInfo {
+    /// The context it belongs to (see [`Context::number`]).
     pub context: u32,
+    /// Its object ID.
     pub id: ObjectId,
     /// `ioas`, `hwpt_paging`, `device`, ... (as the status file names them).
     pub kind: String,
@@ -60,13 +62,19 @@ impl ObjectInfo {
 /// One IOAS area: an IOVA range and what backs it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct AreaInfo {
+    /// The context of its IOAS.
     pub context: u32,
+    /// The IOAS it is in.
     pub ioas: ObjectId,
+    /// First IOVA.
     pub iova: u64,
+    /// Last IOVA (inclusive).
     pub last: u64,
     /// `r`, `w`, `rw` (and `c` for cache-coherent).
     pub prot: String,
+    /// Pages of the backing it spans.
     pub pages: u64,
+    /// Pages of its backing pinned now.
     pub pinned: u64,
     /// Whose `RLIMIT_MEMLOCK` counter its pinned pages are charged to:
     /// `user`, `process` or `none` (`CAP_IPC_LOCK`).
@@ -78,10 +86,13 @@ pub struct AreaInfo {
 /// A device's attachment: at its requester ID (`rid`) or a PASID.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Attach {
+    /// The context of the device.
     pub context: u32,
+    /// The device object.
     pub device: ObjectId,
     /// `None`: the requester ID.
     pub pasid: Option<u32>,
+    /// The HWPT attached there.
     pub hwpt: ObjectId,
 }
 
@@ -101,7 +112,9 @@ pub struct Context {
 /// One page request a fault queue holds.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct FaultInfo {
+    /// The context of the queue.
     pub context: u32,
+    /// The fault queue object.
     pub queue: ObjectId,
     /// The device that raised it.
     pub device: ObjectId,
@@ -109,18 +122,24 @@ pub struct FaultInfo {
     pub cookie: Option<u32>,
     /// `IOMMU_PGFAULT_FLAGS_*`.
     pub flags: u32,
+    /// The PASID (valid with `IOMMU_PGFAULT_FLAGS_PASID_VALID`).
     pub pasid: u32,
+    /// The page request group.
     pub grpid: u32,
     /// `IOMMU_PGFAULT_PERM_*`.
     pub perm: u32,
+    /// The faulting address.
     pub addr: u64,
 }
 
 /// One record a vEVENTQ holds.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct EventInfo {
+    /// The context of the queue.
     pub context: u32,
+    /// The vEVENTQ object.
     pub queue: ObjectId,
+    /// Its sequence number.
     pub sequence: u32,
     /// The driver data's length (`None`: the lost-events marker).
     pub len: Option<u64>,
@@ -129,17 +148,24 @@ pub struct EventInfo {
 /// Everything at once.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Snapshot {
+    /// The process.
     pub pid: u32,
     /// Pages pinned for DMA by the engine of this process (each `Pages`
     /// once, however many areas share it): `(all, charged to the user's
     /// RLIMIT_MEMLOCK counter, charged to the process's)`; the rest are not
     /// charged (`CAP_IPC_LOCK`).
     pub pinned: (u64, u64, u64),
+    /// Its open iommufds.
     pub contexts: Vec<Context>,
+    /// Every object of every context.
     pub objects: Vec<ObjectInfo>,
+    /// Every IOAS area.
     pub areas: Vec<AreaInfo>,
+    /// Every device attachment.
     pub attachments: Vec<Attach>,
+    /// Every page request the fault queues hold.
     pub faults: Vec<FaultInfo>,
+    /// Every record the vEVENTQs hold.
     pub events: Vec<EventInfo>,
 }
 

@@ -92,11 +92,17 @@ pub struct Translation {
 /// and the raw entry at its level (0 is the last level).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Leaf {
+    /// The first IOVA it maps.
     pub iova: u64,
+    /// The bytes it maps (its level's size).
     pub size: u64,
+    /// The output address of `iova`.
     pub paddr: u64,
+    /// Its permissions.
     pub prot: Prot,
+    /// The raw entry.
     pub entry: u64,
+    /// Its level (0: the last).
     pub level: u32,
 }
 
