@@ -87,6 +87,9 @@ impl Device {
     fn publish_rid(&self, map: &BTreeMap<u32, HwptDep>, pasid: u32) {
         if pasid == NO_PASID {
             self.dma_rid.replace(map.get(&NO_PASID).map(|h| Arc::clone(h.domain())));
+            // Translations ports cached through the old domain are gone
+            // (ports also key them by domain; see `crate::atc`).
+            uiommufd_memory::atc::invalidate();
         }
     }
 

@@ -15,6 +15,12 @@
 //! after requests that may have translated to them have finished, as an
 //! IOTLB invalidation waits for requests that used the old entries.
 //!
+//! Each port keeps a translation cache ([`crate::atc`], as a device's ATC):
+//! a request through the requester ID's paging domain whose pages it holds
+//! copies straight to and from host memory, with no walk and no frame
+//! registry lookup; every unmap, dirty harvest, attachment change and frame
+//! relocation makes the cached entries stale.
+//!
 //! A failed translation stops the request at the failing address. When the
 //! HWPT has a fault queue (an IOPF-capable domain) the fault becomes a page
 //! request there; otherwise only the device sees the error.
@@ -32,8 +38,9 @@ use uiommufd_abi as abi;
 use uiommufd_hw::dma::{DmaAttrs, DmaError, DmaFaultReason, DmaPort};
 use uiommufd_hw::{Access, Domain, Fault as XlateFault};
 use uiommufd_memory::dma_fence::{self, Published};
-use uiommufd_memory::{coherency, frames};
+use uiommufd_memory::{coherency, frames, user};
 
+use crate::atc::{self, Atc};
 use crate::device::{Device, NO_PASID};
 use crate::fault::PageRequest;
 
@@ -56,6 +63,74 @@ pub struct DevicePort {
     rid: Arc<Published<Arc<dyn Domain>>>,
     next_grpid: AtomicU32,
     stats: DmaStats,
+    atc: Atc,
+}
+
+/// Where a piece of a request lands: an emulated physical address the
+/// model translated to, or host memory from the port's cache.
+#[derive(Clone, Copy)]
+enum Loc {
+    Phys(u64),
+    Host(u64),
+}
+
+/// The key of a domain in the port's cache: its address, stable while the
+/// domain is published (a replaced one is dropped only after a grace
+/// period, and the replacement bumps the generation).
+fn dom_key(d: &Arc<dyn Domain>) -> usize {
+    Arc::as_ptr(d) as *const () as usize
+}
+
+/// Consecutive translations of one direction of a request that continue
+/// each other physically, collected to be cached as one entry: `(iova,
+/// paddr, bytes)` from the start of the first leaf granule to the end of
+/// the last leaf seen.
+#[derive(Clone, Copy)]
+struct FillRun {
+    iova: u64,
+    paddr: u64,
+    len: u64,
+}
+
+/// Filling the port's cache from a request's translations (the slow path).
+struct Filler<'a> {
+    atc: &'a Atc,
+    dom: usize,
+    gen: u64,
+    perm: u64,
+    /// The domain's smallest page (capped at the host page): entries start
+    /// on it, so later requests into the same leaf hit.
+    gran: u64,
+    run: Option<FillRun>,
+}
+
+impl Filler<'_> {
+    /// `t` translated `at` for this filler's access.
+    fn add(&mut self, at: u64, t: &uiommufd_hw::Translation) {
+        if let Some(r) = &mut self.run {
+            // Within or right after the run, and physically continuing it
+            // (the other end of a copy may have cut the last step short).
+            let off = at.wrapping_sub(r.iova);
+            if off <= r.len && r.paddr.wrapping_add(off) == t.paddr {
+                r.len = r.len.max(off + t.len);
+                return;
+            }
+        }
+        self.commit();
+        // The leaf holding `at` starts at or before the granule holding it
+        // (when the two addresses agree within the granule, as leaves
+        // are aligned).
+        let off = if (at ^ t.paddr) & (self.gran - 1) == 0 { at & (self.gran - 1) } else { 0 };
+        self.run = Some(FillRun { iova: at - off, paddr: t.paddr - off, len: t.len + off });
+    }
+
+    /// Cache the collected run, cut to what is contiguous in host memory.
+    fn commit(&mut self) {
+        let Some(r) = self.run.take() else { return };
+        if let Some((host, avail)) = frames::atc_host(r.paddr) {
+            self.atc.fill(self.dom, self.gen, r.iova, r.len.min(avail), host, self.perm);
+        }
+    }
 }
 
 /// A translation failure noted inside a section, reported after it, with
@@ -116,6 +191,7 @@ impl DevicePort {
             rid: Arc::clone(dev.dma_rid()),
             next_grpid: AtomicU32::new(1),
             stats: DmaStats::default(),
+            atc: Atc::default(),
         })
     }
 
@@ -198,15 +274,39 @@ impl DevicePort {
         DmaError { iova, write, reason: DmaFaultReason::Memory, reported: false }
     }
 
-    /// Walk `[iova, iova + len)` translation by translation, handing each
-    /// physically contiguous piece `(paddr, offset, n)` to `each`.
+    /// The cache key of `route`'s domain when the port's cache may serve
+    /// (or learn) a request with `attrs`: the requester ID's domain, and no
+    /// No Snoop write (strict coherency must see its physical pages).
+    fn cacheable(route: &Route<'_>, attrs: &DmaAttrs, write: bool) -> Option<usize> {
+        match route {
+            Route::Rid(d) if !(write && attrs.no_snoop) => Some(dom_key(d)),
+            _ => None,
+        }
+    }
+
+    /// A filler for the cache, when `route` may be cached (a paging
+    /// domain: see [`crate::atc`]).
+    fn filler(&self, route: &Route<'_>, dom: Option<usize>, gen: u64, perm: u64) -> Option<Filler<'_>> {
+        let dom = dom?;
+        let d = route.domain();
+        if d.is_nested() {
+            return None;
+        }
+        let bitmap = d.pgsize_bitmap();
+        let gran = (bitmap & bitmap.wrapping_neg()).clamp(1, uiommufd_memory::page_size() as u64);
+        Some(Filler { atc: &self.atc, dom, gen, perm, gran, run: None })
+    }
+
+    /// Walk `[iova, iova + len)`, handing each physically contiguous piece
+    /// `(where, offset, n)` to `each`: from the port's cache while it
+    /// holds the pages, then translation by translation.
     fn walk(
         &self,
         iova: u64,
         len: u64,
         write: bool,
         attrs: &DmaAttrs,
-        mut each: impl FnMut(u64, u64, u64) -> Result<(), uiommufd_abi::Errno>,
+        mut each: impl FnMut(Loc, u64, u64) -> Result<(), uiommufd_abi::Errno>,
     ) -> Result<(), DmaError> {
         if len == 0 {
             return Ok(());
@@ -217,19 +317,37 @@ impl DevicePort {
             let section = dma_fence::enter();
             let route = self.route(&pasid, attrs, &section).ok_or(Self::blocked(iova, write))?;
             let access = if write { Access::Write } else { Access::Read };
+            let perm = if write { atc::WRITE } else { atc::READ };
+            let dom = Self::cacheable(&route, attrs, write);
+            // Read in the section: a change after this makes what we fill
+            // stale, and one before it is seen.
+            let gen = uiommufd_memory::atc::generation();
+            let mut done = 0u64;
+            if let Some(dom) = dom {
+                while done < len {
+                    let at = iova.wrapping_add(done);
+                    let Some((host, avail)) = self.atc.lookup(dom, gen, at, perm) else { break };
+                    let n = (len - done).min(avail);
+                    each(Loc::Host(host), done, n).map_err(|_| self.memory(at, write))?;
+                    done += n;
+                }
+                if done == len {
+                    return Ok(());
+                }
+            }
+            let mut filler = self.filler(&route, dom, gen, perm);
             let noncoherent = write && attrs.no_snoop && !route.domain().forces_snoop();
             // Translations that continue each other physically are handed
             // on as one piece: (paddr, offset in the request, bytes).
             let mut pending: Option<(u64, u64, u64)> = None;
             let mut flush = |p: Option<(u64, u64, u64)>| -> Result<(), DmaError> {
                 let Some((pa, off, n)) = p else { return Ok(()) };
-                each(pa, off, n).map_err(|_| self.memory(iova.wrapping_add(off), write))?;
+                each(Loc::Phys(pa), off, n).map_err(|_| self.memory(iova.wrapping_add(off), write))?;
                 if noncoherent {
                     self.noncoherent(pa, n);
                 }
                 Ok(())
             };
-            let mut done = 0u64;
             let mut failed = None;
             while done < len {
                 let at = iova.wrapping_add(done);
@@ -246,6 +364,9 @@ impl DevicePort {
                         break;
                     }
                 };
+                if let Some(f) = &mut filler {
+                    f.add(at, &t);
+                }
                 let n = (len - done).min(t.len.max(1));
                 pending = match pending {
                     Some((pa, off, m)) if pa + m == t.paddr => Some((pa, off, m + n)),
@@ -258,6 +379,9 @@ impl DevicePort {
             }
             // The bytes before a fault still move.
             flush(pending)?;
+            if let Some(f) = &mut filler {
+                f.commit();
+            }
             failed
         };
         match failed {
@@ -292,8 +416,12 @@ fn page_prot(page: u64) -> i32 {
 
 impl DmaPort for DevicePort {
     fn dma_read(&self, iova: u64, buf: &mut [u8], attrs: DmaAttrs) -> Result<(), DmaError> {
-        let r = self.walk(iova, buf.len() as u64, false, &attrs, |pa, off, n| {
-            frames::read_phys(pa, &mut buf[off as usize..(off + n) as usize])
+        let r = self.walk(iova, buf.len() as u64, false, &attrs, |at, off, n| {
+            let dst = &mut buf[off as usize..(off + n) as usize];
+            match at {
+                Loc::Phys(pa) => frames::read_phys(pa, dst),
+                Loc::Host(host) => user::copy_from_own(dst, host),
+            }
         });
         if r.is_ok() {
             bump(&self.stats.bytes_read, buf.len() as u64);
@@ -302,8 +430,12 @@ impl DmaPort for DevicePort {
     }
 
     fn dma_write(&self, iova: u64, data: &[u8], attrs: DmaAttrs) -> Result<(), DmaError> {
-        let r = self.walk(iova, data.len() as u64, true, &attrs, |pa, off, n| {
-            frames::write_phys(pa, &data[off as usize..(off + n) as usize])
+        let r = self.walk(iova, data.len() as u64, true, &attrs, |at, off, n| {
+            let src = &data[off as usize..(off + n) as usize];
+            match at {
+                Loc::Phys(pa) => frames::write_phys(pa, src),
+                Loc::Host(host) => user::copy_to_own(host, src),
+            }
         });
         if r.is_ok() {
             bump(&self.stats.bytes_written, data.len() as u64);
@@ -322,6 +454,22 @@ impl DmaPort for DevicePort {
         let failed = {
             let section = dma_fence::enter();
             let route = self.route(&pasid, &attrs, &section).ok_or(Self::blocked(src, false))?;
+            let dom = Self::cacheable(&route, &attrs, attrs.no_snoop);
+            let gen = uiommufd_memory::atc::generation();
+            let mut done = 0u64;
+            if let Some(dom) = dom {
+                // Both ends from the port's cache, host to host.
+                while done < len {
+                    let (s, d) = (src.wrapping_add(done), dst.wrapping_add(done));
+                    let Some((sh, savail)) = self.atc.lookup(dom, gen, s, atc::READ) else { break };
+                    let Some((dh, davail)) = self.atc.lookup(dom, gen, d, atc::WRITE) else { break };
+                    let n = (len - done).min(savail).min(davail);
+                    user::copy_own_to_own(dh, sh, n as usize).map_err(|_| self.memory(d, true))?;
+                    done += n;
+                }
+            }
+            let mut fill_src = self.filler(&route, dom, gen, atc::READ);
+            let mut fill_dst = self.filler(&route, dom, gen, atc::WRITE);
             let noncoherent = attrs.no_snoop && !route.domain().forces_snoop();
             // The physically contiguous piece not yet copied:
             // (dst pa, src pa, bytes, offset in the request).
@@ -334,7 +482,6 @@ impl DmaPort for DevicePort {
                 }
                 Ok(())
             };
-            let mut done = 0u64;
             let mut failed = None;
             while done < len {
                 let (s, d) = (src.wrapping_add(done), dst.wrapping_add(done));
@@ -354,6 +501,10 @@ impl DmaPort for DevicePort {
                         break;
                     }
                 };
+                if let (Some(fs), Some(fd)) = (&mut fill_src, &mut fill_dst) {
+                    fs.add(s, &ts);
+                    fd.add(d, &td);
+                }
                 let n = (len - done).min(ts.len.max(1)).min(td.len.max(1));
                 pending = match pending {
                     Some((dpa, spa, m, at)) if dpa + m == td.paddr && spa + m == ts.paddr => {
@@ -368,6 +519,9 @@ impl DmaPort for DevicePort {
             }
             // What was translated before a fault still lands.
             flush(pending)?;
+            for f in [&mut fill_src, &mut fill_dst].into_iter().flatten() {
+                f.commit();
+            }
             failed
         };
         if let Some(f) = failed {

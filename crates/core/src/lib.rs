@@ -33,6 +33,7 @@
 
 pub mod access;
 pub mod account;
+mod atc;
 pub mod ctx;
 pub mod device;
 pub mod dma;

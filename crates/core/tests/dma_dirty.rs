@@ -125,3 +125,61 @@ fn the_mock_iommu_marks_device_writes_dirty_too() {
     ctx.ioas_unmap(ioas, 0, u64::MAX).unwrap();
     drop(mem);
 }
+
+/// A page written again after a harvest is dirty again, though the port
+/// cached its translation before the harvest (the harvest makes the
+/// port's cache stale, so the write walks and sets the D bit anew), for
+/// 4 KiB and 2 MiB leaves.
+#[test]
+fn a_page_written_after_a_harvest_is_dirty_again() {
+    let IommuModel::Vtd(unit) = parse_iommu("vtd:ssads=1").unwrap() else { unreachable!() };
+    const MIB2: u64 = 2 << 20;
+    for piece in [PS, MIB2] {
+        let ctx = Iommufd::new();
+        let ioas = ctx.ioas_alloc().unwrap();
+        let mem = vec![0u8; (2 * MIB2) as usize];
+        let host = (mem.as_ptr() as u64).next_multiple_of(MIB2);
+        for off in (0..MIB2).step_by(piece as usize) {
+            ctx.ioas_map(ioas, 1 | 2 | 4, host + off, piece, IOVA + off).unwrap();
+        }
+        let vdev: Arc<dyn IommuDevice> = Arc::new(VtdDevice::new(&unit, "0000:00:04.0"));
+        let (dev_id, edge) = device::bind(&ctx, vdev).unwrap();
+        let mut holder = None;
+        let mut reader = |_: &mut [u8]| Ok(());
+        let args = HwptAllocArgs {
+            flags: abi::IOMMU_HWPT_ALLOC_DIRTY_TRACKING,
+            dev_id,
+            pt_id: ioas,
+            fault_id: 0,
+            data: UserData { data_type: 0, len: 0, reader: &mut reader },
+        };
+        let p = hwpt::hwpt_alloc(&ctx, &mut holder, args).unwrap();
+        let hwpt_id = p.id();
+        p.publish();
+        drop(holder);
+        edge.arc().change_pt(&ctx, NO_PASID, hwpt_id, false).unwrap();
+        let port = DevicePort::new(edge.arc());
+        hwpt::set_dirty_tracking(&ctx, hwpt_id, true).unwrap();
+        let mut bitmap = [0u64; 1];
+        let b = DirtyBitmap {
+            iova: IOVA,
+            length: PAGES * PS,
+            page_size: PS,
+            data: bitmap.as_mut_ptr() as u64,
+            no_clear: false,
+        };
+        // With 2 MiB leaves, the whole leaf is dirty as one.
+        let want = if piece == PS { 1u64 << 5 } else { u64::MAX };
+        for round in 0..3 {
+            for _ in 0..4 {
+                port.dma_write(IOVA + 5 * PS, &[round; 8], DmaAttrs::default()).unwrap();
+            }
+            bitmap[0] = 0;
+            hwpt::get_dirty_bitmap(&ctx, hwpt_id, &b).unwrap();
+            assert_eq!(bitmap[0], want, "round {round}, {piece:#x} leaves");
+        }
+        edge.arc().detach(&ctx, NO_PASID);
+        ctx.ioas_unmap(ioas, 0, u64::MAX).unwrap();
+        drop(mem);
+    }
+}

@@ -183,7 +183,10 @@ pub trait Domain: AnyDomain + Send + Sync {
     fn map_pages(&self, iova: u64, paddr: u64, pgsize: u64, pgcount: u64, prot: Prot) -> Result<(), (Errno, u64)>;
 
     /// Unmap the leaves covering `pgcount` pages of `pgsize` bytes at `iova`;
-    /// returns the bytes unmapped.
+    /// returns the bytes unmapped. Callers go through [`unmap`], which also
+    /// invalidates devices' translation caches (`uiommufd_memory::atc`):
+    /// for a paging domain this is the only way a present translation
+    /// changes (besides dirty bits, which the engine's harvest covers).
     fn unmap_pages(&self, iova: u64, pgsize: u64, pgcount: u64) -> u64;
 
     /// The physical address `iova` maps to, if any (`iommu_iova_to_phys`).
@@ -327,6 +330,11 @@ pub fn unmap(domain: &dyn Domain, iova: u64, size: u64, max_pgsize: u64) -> u64 
             break;
         }
         done = done.saturating_add(n).min(size);
+    }
+    if done != 0 {
+        // Devices' translation caches may hold what just went (the
+        // kernel's iotlb_sync; see `uiommufd_memory::atc`).
+        uiommufd_memory::atc::invalidate();
     }
     done
 }

@@ -666,6 +666,24 @@ pub fn copy_phys(dst: u64, src: u64, len: usize) -> Result<(), Errno> {
     Ok(())
 }
 
+/// The host address of emulated physical address `paddr` and the bytes
+/// from there to the end of its run (host-contiguous), for a device
+/// translation cache to keep ([`crate::atc`]); `None` when no frame backs it
+/// or a relocation is in progress (then nothing may be cached). Called
+/// inside the DMA-fence section of the request that translated `paddr`.
+pub fn atc_host(paddr: u64) -> Option<(u64, u64)> {
+    let shift = page_shift();
+    let reg = read();
+    let run = host_run(&reg, paddr >> shift)?;
+    // Under the read lock: a relocation has either finished with the
+    // registry or still blocks fills.
+    if !crate::atc::fills_allowed() {
+        return None;
+    }
+    let off = paddr - (run.pfn << shift);
+    Some((run.host + off, (run.npages << shift) - off))
+}
+
 /// The program's own page that holds physical address `paddr`, when its
 /// frame is pinned in place (`None` for relocated or file frames, which the
 /// program cannot reach at that address).
@@ -806,8 +824,25 @@ pub fn before_munmap(va: u64, len: u64) {
         return;
     }
     let _gate = crate::forkgate::enter();
+    let _atc = relocation_ahead(va, len);
     let mut reg = write();
     let _ = relocate(&mut reg, va, len);
+}
+
+/// Device translation caches must let go of in-place frames in
+/// `[va, va + len)` before they move: a [`crate::atc::Relocation`] when the
+/// range holds any (taken before the registry's write lock, as it waits for
+/// DMA in flight).
+fn relocation_ahead(va: u64, len: u64) -> Option<crate::atc::Relocation> {
+    let end = va.saturating_add(len);
+    let touched = {
+        let reg = read();
+        let first = reg.by_va.prev(va).map_or(va, |(v, _)| v);
+        reg.by_va
+            .range(first, end.saturating_sub(1))
+            .any(|(_, &pfn)| reg.by_pfn.get(pfn).is_some_and(|r| r.host_end() > va))
+    };
+    touched.then(crate::atc::Relocation::begin)
 }
 
 /// The program is about to `madvise(va, len, MADV_DONTNEED)` (or another
@@ -819,6 +854,7 @@ pub fn before_madvise_dontneed(va: u64, len: u64) {
         return;
     }
     let _gate = crate::forkgate::enter();
+    let _atc = relocation_ahead(va, len);
     let mut reg = write();
     let Ok(maps) = vma::current() else { return };
     let end = va.saturating_add(len);
@@ -861,6 +897,9 @@ pub fn around_mremap(
         return real();
     }
     let _gate = crate::forkgate::enter();
+    // Pinned pages in the old range may move (the tail relocated, the rest
+    // following the mapping).
+    let _atc = relocation_ahead(old, old_len.max(new_len));
     let mut reg = write();
     let ps = page();
     // PAGE_ALIGN as the kernel computes it: a length within a page of the

@@ -17,6 +17,7 @@
 //! - user ranges are `(addr, length)` with `length` in bytes; a range whose
 //!   end overflows `u64` is refused with `EOVERFLOW` before any access.
 
+pub mod atc;
 pub mod coherency;
 pub mod dma_fence;
 pub mod failpoint;

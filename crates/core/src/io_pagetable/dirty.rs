@@ -54,6 +54,8 @@ impl IoPagetable {
     /// every mapped area, so the first harvest starts clean.
     pub fn set_dirty_tracking(&self, domain: &dyn Domain, enable: bool) -> Result<()> {
         let ops = domain.dirty_ops().ok_or(eopnotsupp("the domain cannot track dirty pages"))?;
+        // Afterwards, device writes walk again to set dirty bits.
+        let _atc = uiommufd_memory::atc::InvalidateOnDrop;
         let st = lock_read(&self.iova);
         if enable {
             for (iova, a) in st.areas.iter() {
@@ -78,6 +80,8 @@ impl IoPagetable {
     pub fn read_and_clear_dirty(&self, domain: &dyn Domain, b: &DirtyBitmap, report_errors: bool) -> Result<()> {
         let last = self.check_dirty_range(b)?;
         let ops = domain.dirty_ops().ok_or(eopnotsupp("the domain cannot track dirty pages"))?;
+        // Cleared dirty bits: device writes must walk again to set them.
+        let _atc = uiommufd_memory::atc::InvalidateOnDrop;
         let st = lock_read(&self.iova);
         let nbits = (last - b.iova) / b.page_size + 1;
         let window_bits = WINDOW_BYTES * 8;

@@ -1,0 +1,189 @@
+//! A device's translation cache: what recent requests of one port
+//! translated to, down to the host address of the frame, so that a
+//! request that hits does no page walk, no IOTLB lookup and no frame
+//! registry lookup (modelled on a PCIe Address Translation Cache, which
+//! the IOMMU keeps coherent by invalidation).
+//!
+//! An entry says: in domain `dom`, `[iova, iova + len)` translates for
+//! the accesses in `perm` to host memory `[host, host + len)`. It was
+//! filled from the model's own translations (each for the access it
+//! grants, so a write translation has already set a dirty bit where the
+//! domain tracks them) and the frame registry, inside one request's
+//! DMA-fence section, and it carries the generation
+//! (`uiommufd_memory::atc`) read at the start of that request: any unmap,
+//! dirty harvest, attachment change or frame relocation since makes it
+//! stale. Only paging domains are cached. A nested domain's stage 1
+//! belongs to the guest, which may change it without telling the host;
+//! the models keep such stale entries exactly as their IOTLBs would (and
+//! drop them on the guest's invalidation or on eviction), so requests
+//! through a nested domain always ask the model.
+//!
+//! Concurrency: entries are seqlocks of atomics. A port normally serves one
+//! requester at a time (the DMA engine's ring lock), but nothing breaks if
+//! several threads share one: a reader that sees an entry change under it
+//! ignores the entry, and writers claim an entry with a compare-and-swap.
+
+use std::sync::atomic::{fence, AtomicU64, AtomicUsize, Ordering};
+
+/// Entries per device (a DMA engine's working set is its ring, a source
+/// and a destination; a few more for a second buffer pair).
+const ENTRIES: usize = 8;
+
+/// The access bits of an entry.
+pub(crate) const READ: u64 = 1;
+pub(crate) const WRITE: u64 = 2;
+
+#[repr(align(64))]
+#[derive(Default)]
+struct Entry {
+    /// Odd while a writer changes the entry.
+    seq: AtomicU64,
+    gen: AtomicU64,
+    dom: AtomicUsize,
+    iova: AtomicU64,
+    len: AtomicU64,
+    host: AtomicU64,
+    perm: AtomicU64,
+}
+
+/// One entry's contents, as read under its seqlock.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Value {
+    gen: u64,
+    dom: usize,
+    iova: u64,
+    len: u64,
+    host: u64,
+    perm: u64,
+}
+
+impl Entry {
+    fn read(&self) -> Option<Value> {
+        let s = self.seq.load(Ordering::Acquire);
+        if s & 1 != 0 {
+            return None;
+        }
+        let v = Value {
+            gen: self.gen.load(Ordering::Relaxed),
+            dom: self.dom.load(Ordering::Relaxed),
+            iova: self.iova.load(Ordering::Relaxed),
+            len: self.len.load(Ordering::Relaxed),
+            host: self.host.load(Ordering::Relaxed),
+            perm: self.perm.load(Ordering::Relaxed),
+        };
+        fence(Ordering::Acquire);
+        (self.seq.load(Ordering::Relaxed) == s).then_some(v)
+    }
+
+    /// Replace the contents unless another writer holds the entry.
+    fn write(&self, v: Value) {
+        let s = self.seq.load(Ordering::Relaxed);
+        if s & 1 != 0 || self.seq.compare_exchange(s, s + 1, Ordering::Acquire, Ordering::Relaxed).is_err() {
+            return;
+        }
+        fence(Ordering::Release);
+        self.gen.store(v.gen, Ordering::Relaxed);
+        self.dom.store(v.dom, Ordering::Relaxed);
+        self.iova.store(v.iova, Ordering::Relaxed);
+        self.len.store(v.len, Ordering::Relaxed);
+        self.host.store(v.host, Ordering::Relaxed);
+        self.perm.store(v.perm, Ordering::Relaxed);
+        self.seq.store(s + 2, Ordering::Release);
+    }
+}
+
+/// The cache of one port (see the module documentation).
+#[derive(Default)]
+pub(crate) struct Atc {
+    entries: [Entry; ENTRIES],
+    /// Next entry to replace (round robin).
+    victim: AtomicUsize,
+}
+
+impl Atc {
+    /// Host address of `iova` and the bytes cached from there, if a valid
+    /// entry of domain `dom` in generation `gen` grants `perm`.
+    #[inline]
+    pub(crate) fn lookup(&self, dom: usize, gen: u64, iova: u64, perm: u64) -> Option<(u64, u64)> {
+        for e in &self.entries {
+            // Cheap filters before the consistent read.
+            let base = e.iova.load(Ordering::Relaxed);
+            if iova.wrapping_sub(base) >= e.len.load(Ordering::Relaxed) {
+                continue;
+            }
+            let Some(v) = e.read() else { continue };
+            let off = iova.wrapping_sub(v.iova);
+            if v.gen == gen && v.dom == dom && off < v.len && v.perm & perm == perm {
+                return Some((v.host + off, v.len - off));
+            }
+        }
+        None
+    }
+
+    /// Remember that `[iova, iova + len)` of `dom` reaches host memory
+    /// `[host, host + len)` for `perm`, as translated in generation `gen`.
+    /// An entry for the same translation gains `perm`; otherwise the next
+    /// victim (or a stale entry) is replaced.
+    pub(crate) fn fill(&self, dom: usize, gen: u64, iova: u64, len: u64, host: u64, perm: u64) {
+        if len == 0 {
+            return;
+        }
+        let mut victim = None;
+        for e in &self.entries {
+            let Some(v) = e.read() else { continue };
+            if v.gen == gen && v.dom == dom && v.iova == iova && v.len == len && v.host == host {
+                if v.perm & perm != perm {
+                    e.write(Value { perm: v.perm | perm, ..v });
+                }
+                return;
+            }
+            if v.gen != gen && victim.is_none() {
+                victim = Some(e);
+            }
+        }
+        let e = victim.unwrap_or_else(|| {
+            let i = self.victim.load(Ordering::Relaxed);
+            self.victim.store((i + 1) % ENTRIES, Ordering::Relaxed);
+            &self.entries[i % ENTRIES]
+        });
+        e.write(Value { gen, dom, iova, len, host, perm });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hits_only_its_domain_generation_range_and_access() {
+        let atc = Atc::default();
+        assert_eq!(atc.lookup(1, 0, 0, READ), None, "empty entries cover nothing");
+        atc.fill(1, 5, 0x10000, 0x2000, 0x7000_0000, READ);
+        assert_eq!(atc.lookup(1, 5, 0x10800, READ), Some((0x7000_0800, 0x1800)));
+        assert_eq!(atc.lookup(1, 5, 0x12000, READ), None, "past the end");
+        assert_eq!(atc.lookup(1, 5, 0xffff, READ), None, "before the start");
+        assert_eq!(atc.lookup(1, 5, 0x10800, WRITE), None, "not granted for writes");
+        assert_eq!(atc.lookup(2, 5, 0x10800, READ), None, "another domain");
+        assert_eq!(atc.lookup(1, 6, 0x10800, READ), None, "another generation");
+        atc.fill(1, 5, 0x10000, 0x2000, 0x7000_0000, WRITE);
+        assert_eq!(atc.lookup(1, 5, 0x10000, READ | WRITE), Some((0x7000_0000, 0x2000)), "gained write");
+    }
+
+    #[test]
+    fn replaces_stale_entries_first_then_round_robin() {
+        let atc = Atc::default();
+        for i in 0..ENTRIES as u64 {
+            atc.fill(1, 1, i << 20, 4096, i << 30, READ);
+        }
+        // One more in a new generation takes a stale slot; in the same
+        // generation, the oldest.
+        atc.fill(1, 2, 99 << 20, 4096, 1 << 40, READ);
+        assert!(atc.lookup(1, 2, 99 << 20, READ).is_some());
+        for i in 0..ENTRIES as u64 {
+            atc.fill(1, 2, (100 + i) << 20, 4096, 1 << 40, READ);
+        }
+        let live = (0..ENTRIES as u64).filter(|i| atc.lookup(1, 2, (100 + i) << 20, READ).is_some()).count();
+        assert_eq!(live, ENTRIES, "the newest fills are kept");
+        assert!(atc.lookup(1, 2, 99 << 20, READ).is_none(), "the oldest went");
+    }
+}
