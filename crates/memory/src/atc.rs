@@ -39,7 +39,8 @@ pub fn invalidate() {
 }
 
 /// A change of pinned frames' host memory in progress (the frame registry's
-/// relocation and move on the program's `munmap`, `madvise` and `mremap`).
+/// relocation and move on the program's `munmap`, `madvise` and `mremap`;
+/// an owner dropping its mapped frames before it unmaps them).
 /// Begun outside the registry lock: it stops new fills, invalidates, and
 /// waits for requests that may be using older entries; the registry then
 /// changes under its write lock, and fills resume when this is dropped.

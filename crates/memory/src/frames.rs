@@ -547,8 +547,9 @@ pub fn pin_mapped(host: u64, npages: u64) -> Result<PinnedRun, Errno> {
 /// The engine mapping `[host, host + len)` is going away: drop every mapped
 /// frame inside it, pinned or not, so no device access can reach it again.
 pub fn forget_mapped(host: u64, len: u64) {
-    // As in `unpin`: in-flight requests finish before the owner unmaps.
-    crate::dma_fence::synchronize();
+    // As in `unpin`: in-flight requests finish before the owner unmaps,
+    // and device translation caches let go of the mapping first.
+    let _atc = crate::atc::Relocation::begin();
     let end = host.saturating_add(len);
     let mut reg = write();
     let gone: Vec<u64> =
