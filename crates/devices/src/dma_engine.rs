@@ -40,7 +40,7 @@
 
 use std::ffi::CString;
 use std::os::fd::BorrowedFd;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
@@ -155,6 +155,10 @@ pub(crate) struct Inner {
     pub(crate) ctl: AtomicU32,
     pub(crate) pasid_width: Option<u8>,
     port: Mutex<Arc<dyn DmaPort>>,
+    /// Bumped (under `port`) by every `set_dma_port`: the ring keeps the
+    /// port it used last while this has not moved, so a descriptor costs
+    /// no lock and no reference count for it.
+    pub(crate) port_gen: AtomicU64,
     irqs: IrqLines,
     /// An MSI-X message was held back by Function Mask (PBA bit 0).
     msix_pending: AtomicBool,
@@ -372,6 +376,7 @@ impl DmaEngine {
             ctl: AtomicU32::new(0),
             pasid_width: options.pasid_width,
             port: Mutex::new(Arc::new(BlockedPort)),
+            port_gen: AtomicU64::new(0),
             irqs: IrqLines::new(counts),
             msix_pending: AtomicBool::new(false),
             ring: Mutex::new(ring::Ring::default()),
@@ -659,7 +664,9 @@ impl PciDevice for DmaEngine {
     }
 
     fn set_dma_port(&self, port: Arc<dyn DmaPort>) {
-        *lock(&self.inner.port) = port;
+        let mut slot = lock(&self.inner.port);
+        *slot = port;
+        self.inner.port_gen.fetch_add(1, Ordering::AcqRel);
     }
 
     fn pasid_width(&self) -> Option<u8> {

@@ -214,6 +214,7 @@ impl DeviceMigration for DmaEngine {
                 errors: image.errors,
                 resume: image.resume,
                 scratch,
+                ..Ring::default()
             };
             let m = self.inner.regs.mapping();
             for (i, w) in bar.chunks_exact(8).enumerate() {

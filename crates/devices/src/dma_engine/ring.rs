@@ -24,6 +24,7 @@
 //! with `checked_add` before any request, so no request wraps.
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use uiommufd_hw::dma::{DmaAttrs, DmaError, DmaPort};
 
@@ -56,6 +57,20 @@ pub(crate) struct Ring {
     pub(super) resume: Option<(u32, u64)>,
     /// Reused data buffer for FILL and COMPARE.
     pub(super) scratch: Vec<u8>,
+    /// The port the last descriptor used, with `Inner::port_gen` then.
+    pub(super) port: Option<CachedPort>,
+}
+
+/// A DMA port held by the ring between descriptors.
+pub(super) struct CachedPort {
+    gen: u64,
+    port: Arc<dyn DmaPort>,
+}
+
+impl std::fmt::Debug for CachedPort {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CachedPort").field("gen", &self.gen).finish_non_exhaustive()
+    }
 }
 
 /// Why a request was not issued or did not complete.
@@ -263,10 +278,21 @@ impl Inner {
         }
     }
 
-    /// Run the descriptor at HEAD.
+    /// Run the descriptor at HEAD, through the port the ring holds while
+    /// no `set_dma_port` replaced it.
     fn process_one(&self, ring: &mut Ring, ctrl: u32, stop: &AtomicBool) -> Step {
-        let port = self.port();
-        let bus = Bus { port: &*port, inner: self };
+        let gen = self.port_gen.load(Ordering::Acquire);
+        let port = match ring.port.take() {
+            Some(c) if c.gen == gen => c.port,
+            _ => self.port(),
+        };
+        let step = self.process_with(&*port, ring, ctrl, stop);
+        ring.port = Some(CachedPort { gen, port });
+        step
+    }
+
+    fn process_with(&self, port: &dyn DmaPort, ring: &mut Ring, ctrl: u32, stop: &AtomicBool) -> Step {
+        let bus = Bus { port, inner: self };
         let index = ring.head;
         let addr = ring.base + u64::from(index) * regs::DESC_SIZE;
         let mut raw = [0u8; regs::DESC_SIZE as usize];
