@@ -66,14 +66,14 @@ pub(crate) fn fmt_ns(ns: f64) -> String {
 
 /// Anonymous memory that is reserved but not touched (page tables, not
 /// pages, are what map/unmap work on).
-struct Region {
-    addr: u64,
+pub(crate) struct Region {
+    pub(crate) addr: u64,
     base: u64,
     len: usize,
 }
 
 impl Region {
-    fn new(len: usize, populate: bool) -> Region {
+    pub(crate) fn new(len: usize, populate: bool) -> Region {
         Self::try_new(len, populate).unwrap_or_else(|| panic!("cannot reserve {len} bytes"))
     }
 
@@ -584,6 +584,8 @@ pub(crate) fn map_unmap_256(d: &dyn Domain, quick: bool) -> (f64, f64) {
 /// What `uiommufd bench` prints and saves.
 pub struct BenchArgs {
     pub quick: bool,
+    /// Add the scale cases (millions of mappings, threads; minutes).
+    pub scale: bool,
     /// Print the run as JSON on stdout (the tables go to stderr).
     pub json: bool,
     /// A saved `--json` run: print each case's ratio to it.
@@ -591,7 +593,7 @@ pub struct BenchArgs {
 }
 
 pub fn bench(args: BenchArgs) -> Result<ExitCode, String> {
-    let BenchArgs { quick, json, compare } = args;
+    let BenchArgs { quick, scale, json, compare } = args;
     let saved = match &compare {
         Some(path) => {
             let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
@@ -609,7 +611,7 @@ pub fn bench(args: BenchArgs) -> Result<ExitCode, String> {
     // (for profiling one case).
     let only = std::env::var("UIOMMUFD_BENCH_ONLY").ok();
     type Section = (&'static str, fn(bool) -> Vec<Row>);
-    let sections: [Section; 8] = [
+    let mut sections: Vec<Section> = vec![
         ("IOAS map + unmap (selftest mock IOMMU)", bench_map_unmap),
         ("Large map (one IOMMU_IOAS_MAP of untouched anonymous memory)", bench_big_map),
         ("Emulated-device access (IOMMU_TEST_OP_ACCESS_RW engine path)", bench_access_rw),
@@ -619,6 +621,9 @@ pub fn bench(args: BenchArgs) -> Result<ExitCode, String> {
         ("Arm SMMUv3 model (beside VT-d in the same run)", crate::bench_smmu::bench_smmu),
         ("AMD-Vi model (beside VT-d in the same run)", crate::bench_amd::bench_amd),
     ];
+    if scale {
+        sections.push(("Scale (many mappings, threads, devices)", crate::bench_scale::bench_scale));
+    }
     let mut records = Vec::new();
     let total = sections.len();
     for (i, (title, run)) in sections.into_iter().enumerate() {

@@ -25,6 +25,7 @@ mod amd_info;
 mod bench;
 mod bench_amd;
 mod bench_report;
+mod bench_scale;
 mod bench_smmu;
 mod demo;
 mod info;
@@ -94,6 +95,10 @@ Examples:
         /// Fewer iterations and a 1 GiB (not 16 GiB) large map.
         #[arg(long)]
         quick: bool,
+        /// Also run the scale cases: 1 M separate mappings, 1 TiB of IOVA,
+        /// two threads, two devices (minutes; with --quick, smaller).
+        #[arg(long)]
+        scale: bool,
         /// Print the run as JSON on stdout (tables on stderr), to save it
         /// for a later --compare.
         #[arg(long)]
@@ -273,7 +278,7 @@ fn main() -> ExitCode {
         Cmd::Trace(t) => t.config().and_then(|(cfg, out)| run::run(t.run.traced(out, cfg))),
         Cmd::Demo => demo::demo(),
         Cmd::Info(args) => info::info(args),
-        Cmd::Bench { quick, json, compare } => bench::bench(bench::BenchArgs { quick, json, compare }),
+        Cmd::Bench { quick, scale, json, compare } => bench::bench(bench::BenchArgs { quick, scale, json, compare }),
         Cmd::Inspect(args) => inspect::inspect(args),
         Cmd::Completions { shell } => completions(shell),
         Cmd::Man { command, dir } => man(command, dir),
