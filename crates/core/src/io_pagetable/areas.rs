@@ -51,6 +51,13 @@ impl Areas {
         };
         let old = self.index.insert(iova, i);
         debug_assert!(old.is_none(), "two areas at one IOVA");
+        if let Some(j) = old {
+            // A caller bug (checked above in debug builds): the replaced
+            // area's slot goes back to the free list rather than leaking
+            // with its `Pages`.
+            self.slots[j as usize] = None;
+            self.free.push(j);
+        }
     }
 
     pub fn remove(&mut self, iova: u64) -> Option<Area> {
