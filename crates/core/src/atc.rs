@@ -23,7 +23,7 @@
 //! several threads share one: a reader that sees an entry change under it
 //! ignores the entry, and writers claim an entry with a compare-and-swap.
 
-use std::sync::atomic::{fence, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 /// Entries per device (a DMA engine's working set is its ring, a source
 /// and a destination; a few more for a second buffer pair).
@@ -44,6 +44,9 @@ struct Entry {
     len: AtomicU64,
     host: AtomicU64,
     perm: AtomicU64,
+    /// Hit since the replacement hand last passed (CLOCK): a hint outside
+    /// the seqlock.
+    used: AtomicBool,
 }
 
 /// One entry's contents, as read under its seqlock.
@@ -98,6 +101,8 @@ pub(crate) struct Atc {
     entries: [Entry; ENTRIES],
     /// Next entry to replace (round robin).
     victim: AtomicUsize,
+    /// The entry of the last hit found by a scan.
+    hint: AtomicUsize,
 }
 
 impl Atc {
@@ -105,19 +110,39 @@ impl Atc {
     /// entry of domain `dom` in generation `gen` grants `perm`.
     #[inline]
     pub(crate) fn lookup(&self, dom: usize, gen: u64, iova: u64, perm: u64) -> Option<(u64, u64)> {
-        for e in &self.entries {
-            // Cheap filters before the consistent read.
-            let base = e.iova.load(Ordering::Relaxed);
-            if iova.wrapping_sub(base) >= e.len.load(Ordering::Relaxed) {
-                continue;
-            }
-            let Some(v) = e.read() else { continue };
-            let off = iova.wrapping_sub(v.iova);
-            if v.gen == gen && v.dom == dom && off < v.len && v.perm & perm == perm {
-                return Some((v.host + off, v.len - off));
+        // The entry of the previous hit first: a request usually continues
+        // where the last one of its kind was.
+        let hint = self.hint.load(Ordering::Relaxed) % ENTRIES;
+        if let Some(hit) = Self::hit(&self.entries[hint], dom, gen, iova, perm) {
+            return Some(hit);
+        }
+        for (i, e) in self.entries.iter().enumerate() {
+            if let Some(hit) = Self::hit(e, dom, gen, iova, perm) {
+                self.hint.store(i, Ordering::Relaxed);
+                return Some(hit);
             }
         }
         None
+    }
+
+    #[inline]
+    fn hit(e: &Entry, dom: usize, gen: u64, iova: u64, perm: u64) -> Option<(u64, u64)> {
+        {
+            // Cheap filters before the consistent read.
+            let base = e.iova.load(Ordering::Relaxed);
+            if iova.wrapping_sub(base) >= e.len.load(Ordering::Relaxed) {
+                return None;
+            }
+            let v = e.read()?;
+            let off = iova.wrapping_sub(v.iova);
+            if v.gen != gen || v.dom != dom || off >= v.len || v.perm & perm != perm {
+                return None;
+            }
+            if !e.used.load(Ordering::Relaxed) {
+                e.used.store(true, Ordering::Relaxed);
+            }
+            Some((v.host + off, v.len - off))
+        }
     }
 
     /// Remember that `[iova, iova + len)` of `dom` reaches host memory
@@ -142,10 +167,18 @@ impl Atc {
             }
         }
         let e = victim.unwrap_or_else(|| {
-            let i = self.victim.load(Ordering::Relaxed);
+            // CLOCK: the first entry not hit since the hand last passed.
+            let mut i = self.victim.load(Ordering::Relaxed);
+            for _ in 0..ENTRIES {
+                if !self.entries[i % ENTRIES].used.swap(false, Ordering::Relaxed) {
+                    break;
+                }
+                i += 1;
+            }
             self.victim.store((i + 1) % ENTRIES, Ordering::Relaxed);
             &self.entries[i % ENTRIES]
         });
+        e.used.store(false, Ordering::Relaxed);
         e.write(Value { gen, dom, iova, len, host, perm });
     }
 }
@@ -170,7 +203,17 @@ mod tests {
     }
 
     #[test]
-    fn replaces_stale_entries_first_then_round_robin() {
+    fn entries_in_use_survive_a_stream_of_new_ones() {
+        let atc = Atc::default();
+        atc.fill(1, 1, 0, 4096, 1 << 30, READ);
+        for i in 1..100u64 {
+            assert!(atc.lookup(1, 1, 0, READ).is_some(), "the hot entry was evicted after {i} fills");
+            atc.fill(1, 1, i << 20, 4096, 2 << 30, READ);
+        }
+    }
+
+    #[test]
+    fn replaces_stale_entries_first_then_unused_ones() {
         let atc = Atc::default();
         for i in 0..ENTRIES as u64 {
             atc.fill(1, 1, i << 20, 4096, i << 30, READ);
@@ -183,7 +226,8 @@ mod tests {
             atc.fill(1, 2, (100 + i) << 20, 4096, 1 << 40, READ);
         }
         let live = (0..ENTRIES as u64).filter(|i| atc.lookup(1, 2, (100 + i) << 20, READ).is_some()).count();
-        assert_eq!(live, ENTRIES, "the newest fills are kept");
-        assert!(atc.lookup(1, 2, 99 << 20, READ).is_none(), "the oldest went");
+        // The one hit (99) stays; one of the new ones never hit went.
+        assert_eq!(live, ENTRIES - 1, "the newest fills are kept");
+        assert!(atc.lookup(1, 2, 99 << 20, READ).is_some(), "the entry in use went");
     }
 }

@@ -31,7 +31,7 @@
 //! strict mode ([`uiommufd_memory::coherency`]) the program pages they hit
 //! are watched until [`flush_caches`] so a premature read is reported.
 
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
 use uiommufd_abi as abi;
@@ -64,6 +64,8 @@ pub struct DevicePort {
     next_grpid: AtomicU32,
     stats: DmaStats,
     atc: Atc,
+    /// The translation cache is in use (see [`DevicePort::set_translation_cache`]).
+    atc_on: AtomicBool,
 }
 
 /// Where a piece of a request lands: an emulated physical address the
@@ -83,13 +85,15 @@ fn dom_key(d: &Arc<dyn Domain>) -> usize {
 
 /// Consecutive translations of one direction of a request that continue
 /// each other physically, collected to be cached as one entry: `(iova,
-/// paddr, bytes)` from the start of the first leaf granule to the end of
-/// the last leaf seen.
+/// paddr, bytes)` from as far back into the first leaf as is known to be
+/// in it to the end of the last leaf seen; `at` is where the request
+/// entered it.
 #[derive(Clone, Copy)]
 struct FillRun {
     iova: u64,
     paddr: u64,
     len: u64,
+    at: u64,
 }
 
 /// Filling the port's cache from a request's translations (the slow path).
@@ -98,15 +102,41 @@ struct Filler<'a> {
     dom: usize,
     gen: u64,
     perm: u64,
-    /// The domain's smallest page (capped at the host page): entries start
-    /// on it, so later requests into the same leaf hit.
-    gran: u64,
+    /// The domain's page sizes.
+    bitmap: u64,
     run: Option<FillRun>,
 }
 
 impl Filler<'_> {
+    /// How far back from `at` the leaf of translation `t` reaches, as far
+    /// as one more translation confirms: the leaf ends at `at + t.len`; the
+    /// smallest page size no smaller than `t.len` that divides that end is
+    /// a candidate start, which holds if the translation there reaches the
+    /// same end from the matching physical address (then it is one leaf).
+    fn leaf_back(&self, route: &Route<'_>, at: u64, t: &uiommufd_hw::Translation) -> u64 {
+        let Some(end) = at.checked_add(t.len) else { return 0 };
+        let mut sizes = self.bitmap;
+        while sizes != 0 {
+            let s = sizes & sizes.wrapping_neg();
+            sizes &= sizes - 1;
+            if s < t.len || end & (s - 1) != 0 {
+                continue;
+            }
+            let back = s - t.len;
+            if back == 0 || back > at || back > t.paddr {
+                return 0;
+            }
+            let access = if self.perm == atc::WRITE { Access::Write } else { Access::Read };
+            return match route.translate(end - s, access) {
+                Ok(u) if u.len == s && u.paddr == t.paddr - back => back,
+                _ => 0,
+            };
+        }
+        0
+    }
+
     /// `t` translated `at` for this filler's access.
-    fn add(&mut self, at: u64, t: &uiommufd_hw::Translation) {
+    fn add(&mut self, route: &Route<'_>, at: u64, t: &uiommufd_hw::Translation) {
         if let Some(r) = &mut self.run {
             // Within or right after the run, and physically continuing it
             // (the other end of a copy may have cut the last step short).
@@ -117,19 +147,25 @@ impl Filler<'_> {
             }
         }
         self.commit();
-        // The leaf holding `at` starts at or before the granule holding it
-        // (when the two addresses agree within the granule, as leaves
-        // are aligned).
-        let off = if (at ^ t.paddr) & (self.gran - 1) == 0 { at & (self.gran - 1) } else { 0 };
-        self.run = Some(FillRun { iova: at - off, paddr: t.paddr - off, len: t.len + off });
+        let back = self.leaf_back(route, at, t);
+        self.run = Some(FillRun { iova: at - back, paddr: t.paddr - back, len: t.len + back, at });
     }
 
     /// Cache the collected run, cut to what is contiguous in host memory.
     fn commit(&mut self) {
         let Some(r) = self.run.take() else { return };
-        if let Some((host, avail)) = frames::atc_host(r.paddr) {
-            self.atc.fill(self.dom, self.gen, r.iova, r.len.min(avail), host, self.perm);
-        }
+        // From the leaf's start when one frame run holds it all the way to
+        // where the request entered, else from there.
+        let lead = r.at - r.iova;
+        let from = |back: u64| frames::atc_host(r.paddr + back).filter(|&(_, avail)| avail > lead - back);
+        let (back, host, avail) = match from(0) {
+            Some((host, avail)) => (0, host, avail),
+            None => match frames::atc_host(r.paddr + lead) {
+                Some((host, avail)) => (lead, host, avail),
+                None => return,
+            },
+        };
+        self.atc.fill(self.dom, self.gen, r.iova + back, (r.len - back).min(avail), host, self.perm);
     }
 }
 
@@ -192,7 +228,15 @@ impl DevicePort {
             next_grpid: AtomicU32::new(1),
             stats: DmaStats::default(),
             atc: Atc::default(),
+            atc_on: AtomicBool::new(true),
         })
+    }
+
+    /// Turn the port's translation cache on (the default) or off (every
+    /// request then walks the domain and looks its frames up, as a device
+    /// without an ATC: for measuring the cache, and for ruling it out).
+    pub fn set_translation_cache(&self, on: bool) {
+        self.atc_on.store(on, Ordering::Relaxed);
     }
 
     pub fn stats(&self) -> &DmaStats {
@@ -276,10 +320,15 @@ impl DevicePort {
 
     /// The cache key of `route`'s domain when the port's cache may serve
     /// (or learn) a request with `attrs`: the requester ID's domain, and no
-    /// No Snoop write (strict coherency must see its physical pages).
-    fn cacheable(route: &Route<'_>, attrs: &DmaAttrs, write: bool) -> Option<usize> {
+    /// No Snoop write under strict coherency (which must see the physical
+    /// pages it watches; otherwise a non-coherent write is only counted).
+    fn cacheable(&self, route: &Route<'_>, attrs: &DmaAttrs, write: bool) -> Option<usize> {
         match route {
-            Route::Rid(d) if !(write && attrs.no_snoop) => Some(dom_key(d)),
+            Route::Rid(d)
+                if !(write && attrs.no_snoop && coherency::strict()) && self.atc_on.load(Ordering::Relaxed) =>
+            {
+                Some(dom_key(d))
+            }
             _ => None,
         }
     }
@@ -292,9 +341,7 @@ impl DevicePort {
         if d.is_nested() {
             return None;
         }
-        let bitmap = d.pgsize_bitmap();
-        let gran = (bitmap & bitmap.wrapping_neg()).clamp(1, uiommufd_memory::page_size() as u64);
-        Some(Filler { atc: &self.atc, dom, gen, perm, gran, run: None })
+        Some(Filler { atc: &self.atc, dom, gen, perm, bitmap: d.pgsize_bitmap(), run: None })
     }
 
     /// Walk `[iova, iova + len)`, handing each physically contiguous piece
@@ -318,17 +365,21 @@ impl DevicePort {
             let route = self.route(&pasid, attrs, &section).ok_or(Self::blocked(iova, write))?;
             let access = if write { Access::Write } else { Access::Read };
             let perm = if write { atc::WRITE } else { atc::READ };
-            let dom = Self::cacheable(&route, attrs, write);
+            let dom = self.cacheable(&route, attrs, write);
             // Read in the section: a change after this makes what we fill
             // stale, and one before it is seen.
             let gen = uiommufd_memory::atc::generation();
             let mut done = 0u64;
+            let noncoherent = write && attrs.no_snoop && !route.domain().forces_snoop();
             if let Some(dom) = dom {
                 while done < len {
                     let at = iova.wrapping_add(done);
                     let Some((host, avail)) = self.atc.lookup(dom, gen, at, perm) else { break };
                     let n = (len - done).min(avail);
                     each(Loc::Host(host), done, n).map_err(|_| self.memory(at, write))?;
+                    if noncoherent {
+                        bump(&self.stats.noncoherent_bytes, n);
+                    }
                     done += n;
                 }
                 if done == len {
@@ -336,7 +387,6 @@ impl DevicePort {
                 }
             }
             let mut filler = self.filler(&route, dom, gen, perm);
-            let noncoherent = write && attrs.no_snoop && !route.domain().forces_snoop();
             // Translations that continue each other physically are handed
             // on as one piece: (paddr, offset in the request, bytes).
             let mut pending: Option<(u64, u64, u64)> = None;
@@ -365,7 +415,7 @@ impl DevicePort {
                     }
                 };
                 if let Some(f) = &mut filler {
-                    f.add(at, &t);
+                    f.add(&route, at, &t);
                 }
                 let n = (len - done).min(t.len.max(1));
                 pending = match pending {
@@ -454,9 +504,10 @@ impl DmaPort for DevicePort {
         let failed = {
             let section = dma_fence::enter();
             let route = self.route(&pasid, &attrs, &section).ok_or(Self::blocked(src, false))?;
-            let dom = Self::cacheable(&route, &attrs, attrs.no_snoop);
+            let dom = self.cacheable(&route, &attrs, attrs.no_snoop);
             let gen = uiommufd_memory::atc::generation();
             let mut done = 0u64;
+            let noncoherent = attrs.no_snoop && !route.domain().forces_snoop();
             if let Some(dom) = dom {
                 // Both ends from the port's cache, host to host.
                 while done < len {
@@ -465,63 +516,72 @@ impl DmaPort for DevicePort {
                     let Some((dh, davail)) = self.atc.lookup(dom, gen, d, atc::WRITE) else { break };
                     let n = (len - done).min(savail).min(davail);
                     user::copy_own_to_own(dh, sh, n as usize).map_err(|_| self.memory(d, true))?;
+                    if noncoherent {
+                        bump(&self.stats.noncoherent_bytes, n);
+                    }
                     done += n;
                 }
             }
-            let mut fill_src = self.filler(&route, dom, gen, atc::READ);
-            let mut fill_dst = self.filler(&route, dom, gen, atc::WRITE);
-            let noncoherent = attrs.no_snoop && !route.domain().forces_snoop();
-            // The physically contiguous piece not yet copied:
-            // (dst pa, src pa, bytes, offset in the request).
-            let mut pending: Option<(u64, u64, u64, u64)> = None;
-            let flush = |p: Option<(u64, u64, u64, u64)>| -> Result<(), DmaError> {
-                let Some((dpa, spa, n, at)) = p else { return Ok(()) };
-                frames::copy_phys(dpa, spa, n as usize).map_err(|_| self.memory(dst.wrapping_add(at), true))?;
-                if noncoherent {
-                    self.noncoherent(dpa, n);
+            // The rest (all of it on a miss): translation by translation.
+            let failed = 'slow: {
+                if done == len {
+                    break 'slow None;
                 }
-                Ok(())
+                let mut fill_src = self.filler(&route, dom, gen, atc::READ);
+                let mut fill_dst = self.filler(&route, dom, gen, atc::WRITE);
+                // The physically contiguous piece not yet copied:
+                // (dst pa, src pa, bytes, offset in the request).
+                let mut pending: Option<(u64, u64, u64, u64)> = None;
+                let flush = |p: Option<(u64, u64, u64, u64)>| -> Result<(), DmaError> {
+                    let Some((dpa, spa, n, at)) = p else { return Ok(()) };
+                    frames::copy_phys(dpa, spa, n as usize).map_err(|_| self.memory(dst.wrapping_add(at), true))?;
+                    if noncoherent {
+                        self.noncoherent(dpa, n);
+                    }
+                    Ok(())
+                };
+                let mut failed = None;
+                while done < len {
+                    let (s, d) = (src.wrapping_add(done), dst.wrapping_add(done));
+                    let ts = if s < src { Err(XlateFault::OutOfRange) } else { route.translate(s, Access::Read) };
+                    let ts = match ts {
+                        Ok(t) => t,
+                        Err(fault) => {
+                            failed = Some(Failed { iova: s, write: false, fault, domain: route.domain_arc() });
+                            break;
+                        }
+                    };
+                    let td = if d < dst { Err(XlateFault::OutOfRange) } else { route.translate(d, Access::Write) };
+                    let td = match td {
+                        Ok(t) => t,
+                        Err(fault) => {
+                            failed = Some(Failed { iova: d, write: true, fault, domain: route.domain_arc() });
+                            break;
+                        }
+                    };
+                    if let (Some(fs), Some(fd)) = (&mut fill_src, &mut fill_dst) {
+                        fs.add(&route, s, &ts);
+                        fd.add(&route, d, &td);
+                    }
+                    let n = (len - done).min(ts.len.max(1)).min(td.len.max(1));
+                    pending = match pending {
+                        Some((dpa, spa, m, at)) if dpa + m == td.paddr && spa + m == ts.paddr => {
+                            Some((dpa, spa, m + n, at))
+                        }
+                        p => {
+                            flush(p)?;
+                            Some((td.paddr, ts.paddr, n, done))
+                        }
+                    };
+                    done += n;
+                }
+                // What was translated before a fault still lands.
+                flush(pending)?;
+                for f in [&mut fill_src, &mut fill_dst].into_iter().flatten() {
+                    f.commit();
+                }
+                failed
             };
-            let mut failed = None;
-            while done < len {
-                let (s, d) = (src.wrapping_add(done), dst.wrapping_add(done));
-                let ts = if s < src { Err(XlateFault::OutOfRange) } else { route.translate(s, Access::Read) };
-                let ts = match ts {
-                    Ok(t) => t,
-                    Err(fault) => {
-                        failed = Some(Failed { iova: s, write: false, fault, domain: route.domain_arc() });
-                        break;
-                    }
-                };
-                let td = if d < dst { Err(XlateFault::OutOfRange) } else { route.translate(d, Access::Write) };
-                let td = match td {
-                    Ok(t) => t,
-                    Err(fault) => {
-                        failed = Some(Failed { iova: d, write: true, fault, domain: route.domain_arc() });
-                        break;
-                    }
-                };
-                if let (Some(fs), Some(fd)) = (&mut fill_src, &mut fill_dst) {
-                    fs.add(s, &ts);
-                    fd.add(d, &td);
-                }
-                let n = (len - done).min(ts.len.max(1)).min(td.len.max(1));
-                pending = match pending {
-                    Some((dpa, spa, m, at)) if dpa + m == td.paddr && spa + m == ts.paddr => {
-                        Some((dpa, spa, m + n, at))
-                    }
-                    p => {
-                        flush(p)?;
-                        Some((td.paddr, ts.paddr, n, done))
-                    }
-                };
-                done += n;
-            }
-            // What was translated before a fault still lands.
-            flush(pending)?;
-            for f in [&mut fill_src, &mut fill_dst].into_iter().flatten() {
-                f.commit();
-            }
             failed
         };
         if let Some(f) = failed {

