@@ -15,7 +15,7 @@
 //! after requests that may have translated to them have finished, as an
 //! IOTLB invalidation waits for requests that used the old entries.
 //!
-//! Each port keeps a translation cache ([`crate::atc`], as a device's ATC):
+//! Each port keeps a translation cache (`crate::atc`, as a device's ATC):
 //! a request through the requester ID's paging domain whose pages it holds
 //! copies straight to and from host memory, with no walk and no frame
 //! registry lookup; every unmap, dirty harvest, attachment change and frame
@@ -334,7 +334,7 @@ impl DevicePort {
     }
 
     /// A filler for the cache, when `route` may be cached (a paging
-    /// domain: see [`crate::atc`]).
+    /// domain: see `crate::atc`).
     fn filler(&self, route: &Route<'_>, dom: Option<usize>, gen: u64, perm: u64) -> Option<Filler<'_>> {
         let dom = dom?;
         let d = route.domain();

@@ -11,7 +11,7 @@
 //! go), a dirty-bit harvest or a switch of dirty tracking (so the next
 //! write walks and sets the dirty bit again), a change of the domain a
 //! device is attached to, and a relocation or move of pinned frames (see
-//! [`Relocation`]). A cached entry carries the generation read at the start
+//! `Relocation`). A cached entry carries the generation read at the start
 //! of the request that filled it, so one filled across a change is stale
 //! from birth.
 //!
