@@ -3,16 +3,26 @@
 //! A request is `dir << 30 | size << 16 | type << 8 | nr`. iommufd and VFIO
 //! use `_IO` (no direction, no size) for every command.
 
+/// Width in bits of the command-number field of an ioctl request.
 pub const IOC_NRBITS: u32 = 8;
+/// Width in bits of the type (magic) field of an ioctl request.
 pub const IOC_TYPEBITS: u32 = 8;
+/// Width in bits of the argument-size field of an ioctl request.
 pub const IOC_SIZEBITS: u32 = 14;
+/// Bit position of the command-number field.
 pub const IOC_NRSHIFT: u32 = 0;
+/// Bit position of the type field.
 pub const IOC_TYPESHIFT: u32 = IOC_NRSHIFT + IOC_NRBITS;
+/// Bit position of the argument-size field.
 pub const IOC_SIZESHIFT: u32 = IOC_TYPESHIFT + IOC_TYPEBITS;
+/// Bit position of the two-bit direction field.
 pub const IOC_DIRSHIFT: u32 = IOC_SIZESHIFT + IOC_SIZEBITS;
 
+/// Direction `_IOC_NONE`: the request carries no declared data transfer.
 pub const IOC_NONE: u32 = 0;
+/// Direction `_IOC_WRITE`: user space writes the argument to the kernel.
 pub const IOC_WRITE: u32 = 1;
+/// Direction `_IOC_READ`: the kernel writes the argument back to user space.
 pub const IOC_READ: u32 = 2;
 
 /// `_IOC(dir, type, nr, size)`.

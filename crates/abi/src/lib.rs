@@ -15,6 +15,7 @@
 //!   fields keep their C names (`type` becomes `type_`).
 
 #![forbid(unsafe_code)]
+#![deny(missing_docs)]
 
 #[macro_use]
 mod macros;
