@@ -6,11 +6,12 @@
 use std::sync::Arc;
 
 use uiommufd_abi as abi;
-use uiommufd_core::device::{self, NO_PASID};
+use uiommufd_core::device::{self, Device, NO_PASID};
 use uiommufd_core::dma::DevicePort;
 use uiommufd_core::hwpt::{self, HwptAllocArgs};
 use uiommufd_core::io_pagetable::DirtyBitmap;
-use uiommufd_core::Iommufd;
+use uiommufd_core::object::Dep;
+use uiommufd_core::{Iommufd, ObjectId};
 use uiommufd_devices::platform::{parse_iommu, IommuModel};
 use uiommufd_hw::device::IommuDevice;
 use uiommufd_hw::dma::{DmaAttrs, DmaPort};
@@ -21,16 +22,14 @@ const PS: u64 = 4096;
 const IOVA: u64 = 1 << 30;
 const PAGES: u64 = 64;
 
-#[test]
-fn dma_writes_are_reported_dirty_and_reads_are_not() {
-    let IommuModel::Vtd(unit) = parse_iommu("vtd:ssads=1").unwrap() else { unreachable!() };
-    let ctx = Iommufd::new();
-    let ioas = ctx.ioas_alloc().unwrap();
-    let mem = vec![0u8; ((PAGES + 1) * PS) as usize];
-    let host = (mem.as_ptr() as u64).next_multiple_of(PS);
-    ctx.ioas_map(ioas, 1 | 2 | 4, host, PAGES * PS, IOVA).unwrap();
-    let vdev: Arc<dyn IommuDevice> = Arc::new(VtdDevice::new(&unit, "0000:00:04.0"));
-    let (dev_id, edge) = device::bind(&ctx, vdev).unwrap();
+/// Bind `dev`, allocate a dirty-tracking-capable paging HWPT on `ioas` for
+/// it and attach it: (the device, the HWPT, a DMA port of the device).
+fn attach_dirty_capable(
+    ctx: &Arc<Iommufd>,
+    dev: Arc<dyn IommuDevice>,
+    ioas: ObjectId,
+) -> (Dep<Device>, ObjectId, Arc<DevicePort>) {
+    let (dev_id, edge) = device::bind(ctx, dev).unwrap();
     let mut holder = None;
     let mut reader = |_: &mut [u8]| Ok(());
     let args = HwptAllocArgs {
@@ -40,12 +39,25 @@ fn dma_writes_are_reported_dirty_and_reads_are_not() {
         fault_id: 0,
         data: UserData { data_type: 0, len: 0, reader: &mut reader },
     };
-    let p = hwpt::hwpt_alloc(&ctx, &mut holder, args).unwrap();
+    let p = hwpt::hwpt_alloc(ctx, &mut holder, args).unwrap();
     let hwpt_id = p.id();
     p.publish();
     drop(holder);
-    edge.arc().change_pt(&ctx, NO_PASID, hwpt_id, false).unwrap();
+    edge.arc().change_pt(ctx, NO_PASID, hwpt_id, false).unwrap();
     let port = DevicePort::new(edge.arc());
+    (edge, hwpt_id, port)
+}
+
+#[test]
+fn dma_writes_are_reported_dirty_and_reads_are_not() {
+    let IommuModel::Vtd(unit) = parse_iommu("vtd:ssads=1").unwrap() else { unreachable!() };
+    let ctx = Iommufd::new();
+    let ioas = ctx.ioas_alloc().unwrap();
+    let mem = vec![0u8; ((PAGES + 1) * PS) as usize];
+    let host = (mem.as_ptr() as u64).next_multiple_of(PS);
+    ctx.ioas_map(ioas, 1 | 2 | 4, host, PAGES * PS, IOVA).unwrap();
+    let vdev: Arc<dyn IommuDevice> = Arc::new(VtdDevice::new(&unit, "0000:00:04.0"));
+    let (edge, hwpt_id, port) = attach_dirty_capable(&ctx, vdev, ioas);
     let attrs = DmaAttrs::default();
 
     // Before tracking starts, writes leave no trace.
@@ -97,22 +109,7 @@ fn the_mock_iommu_marks_device_writes_dirty_too() {
     ctx.option(abi::IOMMU_OPTION_HUGE_PAGES, abi::IOMMU_OPTION_OP_SET, ioas, 0).unwrap();
     ctx.ioas_map(ioas, 1 | 2 | 4, host, PAGES * PS, iova).unwrap();
     let mock: Arc<dyn IommuDevice> = Arc::new(uiommufd_hw::mock::MockDevice::new(0).unwrap());
-    let (dev_id, edge) = device::bind(&ctx, mock).unwrap();
-    let mut holder = None;
-    let mut reader = |_: &mut [u8]| Ok(());
-    let args = HwptAllocArgs {
-        flags: abi::IOMMU_HWPT_ALLOC_DIRTY_TRACKING,
-        dev_id,
-        pt_id: ioas,
-        fault_id: 0,
-        data: UserData { data_type: 0, len: 0, reader: &mut reader },
-    };
-    let p = hwpt::hwpt_alloc(&ctx, &mut holder, args).unwrap();
-    let hwpt_id = p.id();
-    p.publish();
-    drop(holder);
-    edge.arc().change_pt(&ctx, NO_PASID, hwpt_id, false).unwrap();
-    let port = DevicePort::new(edge.arc());
+    let (edge, hwpt_id, port) = attach_dirty_capable(&ctx, mock, ioas);
     hwpt::set_dirty_tracking(&ctx, hwpt_id, true).unwrap();
     // One write spanning pages 2 and 3 (and several 2 KiB mock entries).
     port.dma_write(iova + 3 * PS - 100, &[9; 200], DmaAttrs::default()).unwrap();
@@ -143,22 +140,7 @@ fn a_page_written_after_a_harvest_is_dirty_again() {
             ctx.ioas_map(ioas, 1 | 2 | 4, host + off, piece, IOVA + off).unwrap();
         }
         let vdev: Arc<dyn IommuDevice> = Arc::new(VtdDevice::new(&unit, "0000:00:04.0"));
-        let (dev_id, edge) = device::bind(&ctx, vdev).unwrap();
-        let mut holder = None;
-        let mut reader = |_: &mut [u8]| Ok(());
-        let args = HwptAllocArgs {
-            flags: abi::IOMMU_HWPT_ALLOC_DIRTY_TRACKING,
-            dev_id,
-            pt_id: ioas,
-            fault_id: 0,
-            data: UserData { data_type: 0, len: 0, reader: &mut reader },
-        };
-        let p = hwpt::hwpt_alloc(&ctx, &mut holder, args).unwrap();
-        let hwpt_id = p.id();
-        p.publish();
-        drop(holder);
-        edge.arc().change_pt(&ctx, NO_PASID, hwpt_id, false).unwrap();
-        let port = DevicePort::new(edge.arc());
+        let (edge, hwpt_id, port) = attach_dirty_capable(&ctx, vdev, ioas);
         hwpt::set_dirty_tracking(&ctx, hwpt_id, true).unwrap();
         let mut bitmap = [0u64; 1];
         let b = DirtyBitmap {
