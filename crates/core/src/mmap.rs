@@ -106,6 +106,24 @@ impl MmapSpace {
         self.lock().remove(&offset);
     }
 
+    /// Forget every region of `owner`, which is being destroyed: each
+    /// driver destroys its regions in its vIOMMU's destroy (the mock's
+    /// `mock_viommu_destroy`, Tegra241's VINTF teardown), so the memory
+    /// and its descriptor go with the vIOMMU, not at some later `alloc`.
+    pub fn release_owner(&self, owner: *const Viommu) {
+        self.lock().retain(|_, r| !std::ptr::eq(r.owner.as_ptr(), owner));
+    }
+
+    /// How many regions are registered (live owners or not).
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Whether no region is registered.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// The region `mmap(2)` at `offset` for `length` bytes reaches: it must
     /// be exactly a registered region of a live owner (`ENXIO` otherwise)
     /// with memory behind it (`ENODEV` otherwise).
@@ -115,11 +133,13 @@ impl MmapSpace {
         if offset >= start + r.length {
             return Err(Errno::ENXIO);
         }
-        let owner = r.owner.upgrade().ok_or(Errno::ENXIO)?;
-        if offset != start || length != r.length {
+        if offset != start || length != r.length || r.owner.strong_count() == 0 {
             return Err(Errno::ENXIO);
         }
         let fd = r.fd.as_ref().ok_or(Errno::ENODEV)?;
+        // Upgraded last and moved out: a vIOMMU whose last reference this
+        // were must not be dropped under the lock its drop takes.
+        let owner = r.owner.upgrade().ok_or(Errno::ENXIO)?;
         Ok(MmapTarget { fd: Arc::clone(fd), owner })
     }
 

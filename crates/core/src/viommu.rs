@@ -202,6 +202,12 @@ impl ViommuCore for Viommu {
     }
 }
 
+impl Drop for Viommu {
+    fn drop(&mut self) {
+        self.mmaps.release_owner(self);
+    }
+}
+
 impl ObjectType for Viommu {
     const KIND: ObjectKind = ObjectKind::Viommu;
     fn header(&self) -> &ObjHeader {

@@ -244,6 +244,12 @@ fn viommu_data_loops_back() {
     assert_eq!(mock.page_word(), 0xbeef);
     assert_eq!(mock.mmap_region(), Some((out.out_mmap_offset, out.out_mmap_length)));
     drop(v);
+    // Destroying the vIOMMU destroys its region (and closes its memory):
+    // the offset no longer maps, and nothing is left registered.
+    let regions = f.ctx.mmap_space().len();
+    f.ctx.destroy(id).unwrap();
+    assert_eq!(f.ctx.mmap_space().len(), regions - 1);
+    assert!(f.ctx.mmap_space().lookup(out.out_mmap_offset, out.out_mmap_length).is_err());
     // Too short to hold `out_data`.
     let mut short = vec![0u8; 4];
     assert_eq!(errno(viommu_alloc_with(&f.ctx, f.dev, f.parent, sel, Some(&mut short))), Errno::EINVAL);
