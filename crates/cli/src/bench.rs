@@ -226,6 +226,12 @@ fn bench_map_unmap(quick: bool) -> Vec<Row> {
                 let u = unmap.as_mut_bytes().as_mut_ptr() as u64;
                 file.ioctl(&fds, abi::IOMMU_IOAS_UNMAP as u64, u).expect("unmap ioctl");
             });
+            // The same through a typed handle (no object-table lookup).
+            let handle = ctx.ioas_handle(ioas).expect("handle");
+            let by_handle = measure(iters, || {
+                handle.map(RW, region.addr, len, IOVA).expect("map");
+                handle.unmap(IOVA, len).expect("unmap");
+            });
             let case = format!("IOAS map+unmap {name}, {domains} mock domain(s), Rust API");
             let mut row = Row::new(case, api).vs("ioctl path", ioctl);
             if len == 4096 && domains == 1 {
@@ -233,6 +239,12 @@ fn bench_map_unmap(quick: bool) -> Vec<Row> {
                 row = Row::new("  (same) vs the kernel's page-table code alone", api)
                     .vs("kernel (fixed)", KERNEL_PT_PAIR_NS)
                     .target(Target::MaxNs(100.0));
+            }
+            rows.push(row);
+            let case = format!("IOAS map+unmap {name}, {domains} mock domain(s), IoasHandle");
+            let mut row = Row::new(case, by_handle).vs("ioctl path", ioctl);
+            if len == 4096 && domains >= 1 {
+                row = row.target(Target::MaxNs(if domains == 1 { 100.0 } else { 150.0 }));
             }
             rows.push(row);
         }

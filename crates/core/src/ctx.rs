@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, Weak};
 use uiommufd_abi as abi;
 
 use crate::error::{einval, eopnotsupp, eperm, Result};
-use crate::ioas::Ioas;
+use crate::ioas::{Ioas, IoasHandle};
 use crate::object::{Borrowed, ObjectId, ObjectType, Pending, Table};
 use crate::release::KernelRelease;
 
@@ -132,6 +132,13 @@ impl Iommufd {
     /// Borrow IOAS `id` (`ENOENT` if it is not one).
     pub fn ioas(&self, id: ObjectId) -> Result<Borrowed<Ioas>> {
         self.get::<Ioas>(id)
+    }
+
+    /// A typed handle on IOAS `id` (`ENOENT` if it is not one): map and
+    /// unmap without a table lookup per call. See [`IoasHandle`].
+    pub fn ioas_handle(self: &Arc<Self>, id: ObjectId) -> Result<IoasHandle> {
+        let ioas = self.ioas(id)?;
+        Ok(IoasHandle::new(Arc::clone(self), Arc::clone(ioas.arc())))
     }
 
     /// `IOMMU_IOAS_MAP`: see [`Ioas::map`].

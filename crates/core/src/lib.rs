@@ -56,6 +56,7 @@ pub mod viommu;
 
 pub use ctx::{AccountMode, Iommufd};
 pub use error::{Error, Result};
+pub use ioas::IoasHandle;
 pub use object::{ObjectId, ObjectKind};
 pub use release::KernelRelease;
 pub use uiommufd_abi::Errno;

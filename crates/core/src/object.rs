@@ -80,8 +80,43 @@ impl ObjHeader {
         self.users.load(Ordering::Acquire)
     }
 
-    fn busy(&self) -> bool {
-        self.users.load(Ordering::Acquire) != 0 || self.shortterm.load(Ordering::Acquire) != 0
+    /// Take the object out of service if nothing uses it: no short-term
+    /// holder (then none can come: see [`Table::enter`]) and no dependency
+    /// edge. Called with the table's write lock held, by every path that
+    /// removes a published object, which removes it on `true`; `false` is
+    /// `EBUSY`.
+    fn retire(&self) -> bool {
+        if self.users.load(Ordering::Acquire) != 0 {
+            return false;
+        }
+        // One compare-and-swap decides against a concurrent `enter`: either
+        // it counted itself first (busy) or it sees `RETIRED`.
+        if self.shortterm.compare_exchange(0, RETIRED, Ordering::AcqRel, Ordering::Acquire).is_err() {
+            return false;
+        }
+        // Edges are taken only under a short-term borrow, so none can
+        // appear after the swap; one taken just before it is seen here.
+        if self.users.load(Ordering::Acquire) != 0 {
+            self.shortterm.fetch_sub(RETIRED, Ordering::AcqRel);
+            return false;
+        }
+        true
+    }
+}
+
+/// Set in `shortterm` once the object is destroyed, under the table's
+/// write lock; cleared again only by a `retire` that finds an edge before
+/// that lock is released.
+const RETIRED: u32 = 1 << 31;
+
+/// A short-term use taken by [`Table::enter`].
+pub(crate) struct ShortTerm<'a> {
+    hdr: &'a ObjHeader,
+}
+
+impl Drop for ShortTerm<'_> {
+    fn drop(&mut self) {
+        self.hdr.shortterm.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -115,6 +150,15 @@ impl Object {
             Object::Vdevice(_) => ObjectKind::Vdevice,
             Object::Veventq(_) => ObjectKind::Veventq,
             Object::HwQueue(_) => ObjectKind::HwQueue,
+        }
+    }
+
+    /// Run the teardown of a removed object now, even where a typed handle
+    /// still holds it (for an IOAS: unmap and unpin everything, as the
+    /// kernel's destroy does); the rest goes with the last reference.
+    fn retired(self) {
+        if let Object::Ioas(ioas) = &self {
+            let _ = ioas.iopt().unmap_all();
         }
     }
 
@@ -206,6 +250,29 @@ impl Table {
         }
     }
 
+    /// A short-term use of the published object whose header is `hdr`,
+    /// held without a lookup (a typed handle such as
+    /// [`crate::IoasHandle`]): `None` once the object was destroyed.
+    /// Destroy meanwhile is `EBUSY`, as for a [`Borrowed`]. Two atomic
+    /// operations, no table lock, unless a destroy is deciding right now.
+    pub(crate) fn enter<'h>(&self, hdr: &'h ObjHeader) -> Option<ShortTerm<'h>> {
+        loop {
+            // shortterm: held until the ShortTerm drops (or undone at once).
+            if hdr.shortterm.fetch_add(1, Ordering::AcqRel) & RETIRED == 0 {
+                return Some(ShortTerm { hdr });
+            }
+            hdr.shortterm.fetch_sub(1, Ordering::AcqRel);
+            // A destroy holds the write lock while the bit is set: once it
+            // is released the object is gone for good, or the destroy
+            // found an edge and cleared the bit again.
+            let t = self.read();
+            if hdr.shortterm.load(Ordering::Acquire) & RETIRED != 0 {
+                return None;
+            }
+            drop(t);
+        }
+    }
+
     /// Borrow the object `id` for one operation if it is a `T`.
     pub fn get<T: ObjectType>(&self, id: ObjectId) -> Result<Borrowed<T>> {
         let t = self.read();
@@ -246,7 +313,7 @@ impl Table {
             if !pred(obj) {
                 return Err(enoent("object has another type"));
             }
-            if obj.header().busy() {
+            if !obj.header().retire() {
                 return Err(ebusy("object is in use"));
             }
             let Some(Slot::Live(obj)) = slot.take() else { unreachable!() };
@@ -255,7 +322,7 @@ impl Table {
             obj
         };
         // Teardown runs here, outside the table lock.
-        drop(removed);
+        removed.retired();
         Ok(())
     }
 
@@ -306,7 +373,7 @@ impl Table {
             if !pred(obj) {
                 return Err(enoent("object has another type"));
             }
-            if obj.header().busy() {
+            if !obj.header().retire() {
                 return Err(ebusy("object is in use"));
             }
             // A reserved slot nobody owns: invisible and never reused.
@@ -314,7 +381,7 @@ impl Table {
             t.live -= 1;
             obj
         };
-        drop(removed);
+        removed.retired();
         Ok(())
     }
 
@@ -373,7 +440,7 @@ impl Table {
                 let mut t = self.write();
                 let mut out = Vec::new();
                 for id in 0..t.slots.len() {
-                    let leaf = matches!(&t.slots[id], Some(Slot::Live(o)) if !o.header().busy());
+                    let leaf = matches!(&t.slots[id], Some(Slot::Live(o)) if o.header().retire());
                     if leaf {
                         if let Some(Slot::Live(o)) = t.slots[id].take() {
                             out.push(o);
@@ -387,7 +454,7 @@ impl Table {
             if batch.is_empty() {
                 break;
             }
-            drop(batch);
+            batch.into_iter().for_each(Object::retired);
         }
     }
 
