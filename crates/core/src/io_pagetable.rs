@@ -114,8 +114,8 @@ impl Area {
     }
     /// Page index range `[first, last]` of `pages` the area covers.
     fn index_range(&self, iova: u64) -> (u64, u64) {
-        let ps = page_size();
-        (self.start_byte / ps, (self.start_byte + self.len(iova) - 1) / ps)
+        let shift = crate::pages::page_shift();
+        (self.start_byte >> shift, (self.start_byte + self.len(iova) - 1) >> shift)
     }
 }
 
@@ -292,7 +292,7 @@ impl Iova {
             if prot.contains(Prot::WRITE) && !pages.writable() {
                 return Err(eperm("pages are not writable"));
             }
-            if (start_byte % page_size()) & (self.iova_alignment - 1) != 0 {
+            if start_byte & (page_size() - 1) & (self.iova_alignment - 1) != 0 {
                 return Err(einval("page offset breaks the IOAS alignment"));
             }
             let last = at.checked_add(len - 1).ok_or(eoverflow("IOVA range wraps"))?;
@@ -540,19 +540,19 @@ impl IoPagetable {
         let writable = prot.contains(Prot::WRITE);
         let mut guard = lock_write(&self.iova);
         let st = &mut *guard;
-        let mut pages = match st.pages_pool.pop() {
-            Some(mut p) => {
-                let unique = Arc::get_mut(&mut p).expect("pooled pages are unique");
-                if let Err(e) = unique.recycle(uptr, length, writable, mode) {
-                    st.pages_pool.push(p);
-                    return Err(e);
-                }
-                p
-            }
-            None => Arc::new(Pages::new(uptr, length, writable, mode)?),
+        let (mut pages, recycled) = match st.pages_pool.pop() {
+            Some(p) => (p, true),
+            None => (Arc::new(Pages::new(uptr, length, writable, mode)?), false),
         };
-        let start_byte = uptr - pages.uptr();
+        // Pooled pages are unique too (`retire` keeps only those).
         let p = Arc::get_mut(&mut pages).expect("not published yet");
+        if recycled {
+            if let Err(e) = p.recycle(uptr, length, writable, mode) {
+                st.pages_pool.push(pages);
+                return Err(e);
+            }
+        }
+        let start_byte = uptr - p.uptr();
         let start = match st.check_list(std::iter::once((&*p, start_byte, length)), length, iova, prot) {
             Ok(start) => start,
             Err(e) => {

@@ -70,7 +70,7 @@ pub fn page_size() -> u64 {
     uiommufd_memory::page_size() as u64
 }
 
-fn page_shift() -> u32 {
+pub(crate) fn page_shift() -> u32 {
     frames::page_shift()
 }
 
