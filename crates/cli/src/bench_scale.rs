@@ -41,6 +41,13 @@ fn resident() -> u64 {
     pages * 4096 // statm counts pages of the kernel's PAGE_SIZE (4 KiB on x86-64)
 }
 
+/// Give the memory earlier cases freed back to the system, so that what a
+/// case's mappings take shows as resident growth instead of reusing it.
+fn trim() {
+    // SAFETY: glibc's `malloc_trim` only releases free heap memory.
+    unsafe { libc::malloc_trim(0) };
+}
+
 struct Rng(u64);
 impl Rng {
     fn next(&mut self) -> u64 {
@@ -68,12 +75,43 @@ fn fmt_bytes(b: f64) -> String {
     }
 }
 
-/// The kernel's memory per IOMMU_IOAS_MAP of 4 KiB (one `struct
-/// iopt_area`, 136 bytes in a 192-byte slab, and one `struct iopt_pages`,
-/// about 230 bytes in a 256-byte slab, as laid out in Linux 7.3 on x86-64
-/// without lock debugging): an estimate from the structures, not a
-/// measurement; page-table pages come on top, as here.
-const KERNEL_AREA_BYTES: f64 = 448.0;
+/// The kernel's memory per IOMMU_IOAS_MAP (Linux 7.3, x86-64, no lock
+/// debugging), from the structure layouts in `io_pagetable.h`: one
+/// `struct iopt_area` (two 48-byte interval-tree nodes, three pointers,
+/// four 32-bit fields: 144 bytes) from the 192-byte kmalloc cache, and one
+/// `struct iopt_pages` (refcount, a 24-byte mutex, three counts, three
+/// owner pointers, the type, a 48-byte union for the dma-buf case, the
+/// flags, an empty xarray and two cached rb-roots: 192 bytes) from the same
+/// cache. The pinned PFNs of an area mapped into a domain live in the
+/// domain's page table (its storage domain), not in the xarray, so
+/// nothing else is allocated per mapping; page-table pages come on top,
+/// as here.
+const KERNEL_AREA_BYTES: f64 = 192.0 + 192.0;
+
+/// Bytes of one VT-d model page-table node: 512 entries and 512 child
+/// links (the kernel's table page is the 4 KiB of entries alone).
+const PT_NODE_BYTES: f64 = 8200.0;
+
+/// The parts of a mapping's memory: what the engine's structures hold
+/// (capacities) and the page-table nodes (`pt_bytes` in all), per mapping,
+/// beside the resident growth measured (`resident`, per mapping): the
+/// difference is the allocator's rounding and headers.
+fn breakdown(ctx: &Iommufd, ioas: u32, n: u64, pt_bytes: f64, resident: f64) -> String {
+    let m = ctx.ioas(ioas).expect("ioas").iopt().memory_use();
+    let per = |b: usize| fmt_bytes(b as f64 / n as f64);
+    let known = m.slot_bytes + m.index_bytes + m.pages_bytes + m.pin_record_bytes;
+    format!(
+        "    per mapping: area slot {}, IOVA index {}, Pages {} ({} B each), pin records {}, \
+         page tables {}; allocator and the rest {}",
+        per(m.slot_bytes),
+        per(m.index_bytes),
+        per(m.pages_bytes),
+        m.pages_bytes / m.pages.max(1),
+        per(m.pin_record_bytes),
+        fmt_bytes(pt_bytes / n as f64),
+        fmt_bytes((resident - (known as f64 + pt_bytes) / n as f64).max(0.0)),
+    )
+}
 
 /// N separate 4 KiB mappings: map, access, unmap.
 fn many_mappings(n: u64, rows: &mut Vec<Row>, notes: &mut Vec<String>) {
@@ -86,6 +124,7 @@ fn many_mappings(n: u64, rows: &mut Vec<Row>, notes: &mut Vec<String>) {
         n => n.to_string(),
     };
     let iova = |i: u64| BASE + i * 2 * K4;
+    trim();
     let before = resident();
     let t = Instant::now();
     for i in 0..n {
@@ -94,10 +133,12 @@ fn many_mappings(n: u64, rows: &mut Vec<Row>, notes: &mut Vec<String>) {
     let map = t.elapsed().as_nanos() as f64 / n as f64;
     let per_mapping = resident().saturating_sub(before) as f64 / n as f64;
     notes.push(format!(
-        "{label} x 4 KiB mappings: {} resident per mapping (the kernel: ~{} of slab, estimated)",
+        "{label} x 4 KiB mappings: {} resident per mapping (the kernel: {} of slab per mapping, from its structures)",
         fmt_bytes(per_mapping),
         fmt_bytes(KERNEL_AREA_BYTES)
     ));
+    // Every mapping takes 8 KiB of IOVA: one leaf table per 256 of them.
+    notes.push(breakdown(&ctx, ioas, n, (n * 2 * K4).div_ceil(M2) as f64 * PT_NODE_BYTES, per_mapping));
     rows.push(Row::new(format!("map 4 KiB into an IOAS filling to {label} mappings (mean)"), map));
     let access = selftest::create_access(&ctx, ioas, 0).expect("access");
     let mut rng = Rng(0x2545_f491_4f6c_dd1d);
@@ -122,6 +163,7 @@ fn huge_iova(len: u64, rows: &mut Vec<Row>, notes: &mut Vec<String>) {
     let (ctx, ioas) = vtd_ioas();
     let n = len / M2;
     let label = if len >= 1 << 40 { format!("{} TiB", len >> 40) } else { format!("{} GiB", len >> 30) };
+    trim();
     let before = resident();
     let t = Instant::now();
     for i in 0..n {
@@ -130,6 +172,8 @@ fn huge_iova(len: u64, rows: &mut Vec<Row>, notes: &mut Vec<String>) {
     let map = t.elapsed().as_nanos() as f64 / n as f64;
     let per_mapping = resident().saturating_sub(before) as f64 / n as f64;
     notes.push(format!("{label} in 2 MiB mappings: {} resident per mapping", fmt_bytes(per_mapping)));
+    // One level-2 table per 512 mappings.
+    notes.push(breakdown(&ctx, ioas, n, n.div_ceil(512) as f64 * PT_NODE_BYTES, per_mapping));
     let t = Instant::now();
     for i in 0..n {
         ctx.ioas_unmap(ioas, BASE + i * M2, M2).expect("unmap");
@@ -215,33 +259,58 @@ fn devices_copying(devices: usize, iters: u64, buf: &Region) -> f64 {
     ns
 }
 
+/// Whether the case `name` runs: `UIOMMUFD_SCALE_ONLY` (a comma list of
+/// `many`, `huge`, `threads`, `devices`) picks some, for profiling one.
+fn wanted(name: &str) -> bool {
+    std::env::var("UIOMMUFD_SCALE_ONLY").map_or(true, |v| v.split(',').any(|w| w == name))
+}
+
 pub(crate) fn bench_scale(quick: bool) -> Vec<Row> {
     let mut rows = Vec::new();
     let mut notes = Vec::new();
-    let sizes: &[u64] = if quick { &[1_000, 10_000, 100_000] } else { &[1_000, 100_000, 1_000_000] };
-    for &n in sizes {
-        many_mappings(n, &mut rows, &mut notes);
+    let default: &[u64] = if quick { &[1_000, 10_000, 100_000] } else { &[1_000, 100_000, 1_000_000] };
+    // `UIOMMUFD_SCALE_N=1000000` (a comma list): other numbers of mappings.
+    let sizes: Vec<u64> = std::env::var("UIOMMUFD_SCALE_N")
+        .ok()
+        .map(|v| v.split(',').filter_map(|n| n.trim().parse().ok()).collect())
+        .unwrap_or_else(|| default.to_vec());
+    if wanted("many") {
+        for &n in &sizes {
+            many_mappings(n, &mut rows, &mut notes);
+        }
     }
-    huge_iova(if quick { 64 << 30 } else { 1 << 40 }, &mut rows, &mut notes);
+    if wanted("huge") {
+        huge_iova(if quick { 64 << 30 } else { 1 << 40 }, &mut rows, &mut notes);
+    }
+    if !wanted("threads") && !wanted("devices") {
+        for n in notes {
+            eprintln!("  {n}");
+        }
+        return rows;
+    }
 
     let buf = Region::new(M2 as usize, true);
-    let iters = if quick { 20_000 } else { 200_000 };
-    // A warm-up first: the first IOASes of the run grow their arenas.
-    threads_mapping(2, true, iters / 10, &buf);
-    let one = threads_mapping(1, false, iters, &buf);
-    rows.push(Row::new("map+unmap 4 KiB, 1 thread (VT-d domain)", one));
-    for (shared, what) in [(false, "separate IOASes"), (true, "one IOAS")] {
-        let two = threads_mapping(2, shared, iters, &buf);
-        rows.push(
-            Row::new(format!("map+unmap 4 KiB, 2 threads, {what} (per pair, aggregate)"), two).vs("1 thread", one),
-        );
+    if wanted("threads") {
+        let iters = if quick { 20_000 } else { 200_000 };
+        // A warm-up first: the first IOASes of the run grow their arenas.
+        threads_mapping(2, true, iters / 10, &buf);
+        let one = threads_mapping(1, false, iters, &buf);
+        rows.push(Row::new("map+unmap 4 KiB, 1 thread (VT-d domain)", one));
+        for (shared, what) in [(false, "separate IOASes"), (true, "one IOAS")] {
+            let two = threads_mapping(2, shared, iters, &buf);
+            rows.push(
+                Row::new(format!("map+unmap 4 KiB, 2 threads, {what} (per pair, aggregate)"), two).vs("1 thread", one),
+            );
+        }
     }
-    let iters = if quick { 50_000 } else { 500_000 };
-    devices_copying(2, iters / 10, &buf);
-    let one = devices_copying(1, iters, &buf);
-    rows.push(Row::new("DMA copy 4 KiB through VT-d, 1 device", one));
-    let two = devices_copying(2, iters, &buf);
-    rows.push(Row::new("DMA copy 4 KiB, 2 devices at once (per copy, aggregate)", two).vs("1 device", one));
+    if wanted("devices") {
+        let iters = if quick { 50_000 } else { 500_000 };
+        devices_copying(2, iters / 10, &buf);
+        let one = devices_copying(1, iters, &buf);
+        rows.push(Row::new("DMA copy 4 KiB through VT-d, 1 device", one));
+        let two = devices_copying(2, iters, &buf);
+        rows.push(Row::new("DMA copy 4 KiB, 2 devices at once (per copy, aggregate)", two).vs("1 device", one));
+    }
     for n in notes {
         eprintln!("  {n}");
     }

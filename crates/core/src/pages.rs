@@ -48,9 +48,11 @@
 //! [`Pages::add_user_exclusive`] / [`Pages::remove_user_exclusive`], which
 //! take no lock at all.
 //!
-//! Storage: the pin records are an arena map ([`SlabMap`]) of segments; a
-//! `Pages` that an IOAS recycles ([`Pages::recycle`]) keeps its nodes, so
-//! pinning and releasing the usual single segment allocates nothing.
+//! Storage: the pin records are a [`SmallMap`] of segments: the usual
+//! single segment is kept inline in the `Pages` (no node storage at all),
+//! more go to an arena map whose nodes a `Pages` that an IOAS recycles
+//! ([`Pages::recycle`]) keeps; pinning and releasing the usual single
+//! segment allocates nothing.
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -59,7 +61,7 @@ use uiommufd_memory::filemap::{FileInfo, FileKind, FileMapping};
 pub use uiommufd_memory::frames;
 use uiommufd_memory::frames::PinnedRuns;
 use uiommufd_memory::inline_vec::InlineVec;
-use uiommufd_memory::slabmap::SlabMap;
+use uiommufd_memory::slabmap::SmallMap;
 use uiommufd_memory::user;
 
 use crate::account::{Account, AccountMode};
@@ -84,12 +86,11 @@ struct Seg {
 }
 
 /// The pin records: which pages are pinned, to which frames, by how many
-/// users. An arena map ([`SlabMap`]): the usual `Pages` holds one segment,
-/// and inserting and removing it again reuses the same node.
+/// users. A [`SmallMap`]: the usual `Pages` holds one segment, inline.
 #[derive(Debug, Default)]
 struct State {
     /// start index -> segment. Disjoint.
-    segs: SlabMap<Seg>,
+    segs: SmallMap<Seg>,
     npinned: u64,
 }
 
@@ -112,8 +113,9 @@ enum Source {
     /// another one (the kernel's `source_mm`).
     User(Option<user::Process>),
     /// A file from byte `Pages::uptr`, through the engine's mapping of it
-    /// (`None`: a file whose pages cannot be pinned).
-    File(Option<FileMapping>),
+    /// (`None`: a file whose pages cannot be pinned). Boxed: most `Pages`
+    /// are user memory, and each mapping has its own.
+    File(Option<Box<FileMapping>>),
 }
 
 /// Who the pinned pages are charged to (the kernel's `source_mm`,
@@ -230,7 +232,7 @@ impl Pages {
         let npages = (length + (start - base)).div_ceil(ps);
         let mapping = match info.kind {
             FileKind::Shmem | FileKind::Hugetlb { .. } => {
-                Some(FileMapping::new(fd, base, npages, writable, info.kind).ctx("mapping the file")?)
+                Some(Box::new(FileMapping::new(fd, base, npages, writable, info.kind).ctx("mapping the file")?))
             }
             FileKind::DmaBuf { .. } | FileKind::Other => None,
         };
@@ -304,6 +306,11 @@ impl Pages {
 
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Bytes of pin-record storage beyond the structure itself.
+    pub fn pin_record_bytes(&self) -> usize {
+        self.lock().segs.capacity_bytes()
     }
 
     /// Number of pages currently pinned.
@@ -668,7 +675,7 @@ impl Drop for Pages {
 }
 
 /// Uncovered `[start, end)` pieces of `[from, to)`.
-fn holes(segs: &SlabMap<Seg>, from: u64, to: u64) -> Vec<(u64, u64)> {
+fn holes(segs: &SmallMap<Seg>, from: u64, to: u64) -> Vec<(u64, u64)> {
     let mut out = Vec::new();
     let mut cur = from;
     if to <= from {
@@ -694,7 +701,7 @@ fn holes(segs: &SlabMap<Seg>, from: u64, to: u64) -> Vec<(u64, u64)> {
 }
 
 /// Make `at` a segment boundary if it falls inside a segment.
-fn split_at(segs: &mut SlabMap<Seg>, at: u64) {
+fn split_at(segs: &mut SmallMap<Seg>, at: u64) {
     let Some((s, &seg)) = segs.prev_below(at) else { return };
     if seg.end > at {
         segs.insert(s, Seg { end: at, ..seg });
@@ -703,7 +710,7 @@ fn split_at(segs: &mut SlabMap<Seg>, at: u64) {
 }
 
 /// Re-merge neighbours in and around `[from, to)` that continue each other.
-fn merge_around(segs: &mut SlabMap<Seg>, from: u64, to: u64) {
+fn merge_around(segs: &mut SmallMap<Seg>, from: u64, to: u64) {
     let begin = segs.prev_below(from).map_or(from, |(k, _)| k);
     let keys = segs.keys_in(begin, to);
     let mut prev: Option<u64> = None;
@@ -721,7 +728,7 @@ fn merge_around(segs: &mut SlabMap<Seg>, from: u64, to: u64) {
     }
 }
 
-fn runs_of(segs: &SlabMap<Seg>, first: u64, last: u64) -> PfnRuns {
+fn runs_of(segs: &SmallMap<Seg>, first: u64, last: u64) -> PfnRuns {
     let mut out = PfnRuns::new();
     let begin = segs.prev(first).map_or(first, |(k, _)| k);
     for (s, seg) in segs.range(begin, last) {

@@ -105,6 +105,22 @@ impl<V: Copy + Default> SlabMap<V> {
         self.len == 0
     }
 
+    /// Bytes of one leaf node (for memory accounting and tools).
+    pub const LEAF_BYTES: usize = std::mem::size_of::<Leaf<V>>();
+    /// Bytes of one inner node.
+    pub const INNER_BYTES: usize = std::mem::size_of::<Inner>();
+
+    /// Leaf nodes in use (not on the free list), for memory accounting.
+    pub fn leaves_in_use(&self) -> usize {
+        let mut free = 0;
+        let mut i = self.free_leaf;
+        while i != NIL {
+            free += 1;
+            i = self.leaves[i as usize].next;
+        }
+        self.leaves.len() - free
+    }
+
     /// Bytes of node storage held (for memory accounting).
     pub fn capacity_bytes(&self) -> usize {
         self.leaves.capacity() * std::mem::size_of::<Leaf<V>>() + self.inners.capacity() * std::mem::size_of::<Inner>()
@@ -321,8 +337,12 @@ impl<V: Copy + Default> SlabMap<V> {
         let mut path = [(NIL, 0usize); MAX_HEIGHT];
         self.descend(key, &mut path);
         // Split the full leaf in two halves, then insert into the right one.
+        // Appending past the last key of the whole map (an IOAS filled in
+        // IOVA order, PFNs handed out in order) leaves the full leaf as it
+        // is and starts a new one: nodes then stay full instead of half.
+        let append = at == B && self.leaves[l as usize].next == NIL;
         let r = self.alloc_leaf();
-        let half = B / 2;
+        let half = if append { B } else { B / 2 };
         let (left_next, right_keys, right_vals) = {
             let leaf = &self.leaves[l as usize];
             let mut keys = [0u64; B];
@@ -344,13 +364,13 @@ impl<V: Copy + Default> SlabMap<V> {
         }
         self.leaves[l as usize].n = half as u32;
         self.leaves[l as usize].next = r;
-        if at <= half {
+        if at <= half && half < B {
             Self::leaf_insert(&mut self.leaves[l as usize], at, key, val);
         } else {
             Self::leaf_insert(&mut self.leaves[r as usize], at - half, key, val);
         }
         let sep = self.leaves[r as usize].keys[0];
-        self.insert_child(&path, self.height as usize, sep, r);
+        self.insert_child(&path, self.height as usize, sep, r, append);
         None
     }
 
@@ -368,8 +388,9 @@ impl<V: Copy + Default> SlabMap<V> {
     }
 
     /// Add `child` (smallest key `sep`) after the child at `path[depth - 1]`
-    /// (`depth` 0: the root split).
-    fn insert_child(&mut self, path: &[(u32, usize); MAX_HEIGHT], depth: usize, sep: u64, child: u32) {
+    /// (`depth` 0: the root split). `append`: `child` is the new last node
+    /// of its level (see [`insert`](Self::insert)).
+    fn insert_child(&mut self, path: &[(u32, usize); MAX_HEIGHT], depth: usize, sep: u64, child: u32, append: bool) {
         if depth == 0 {
             let old = self.root;
             let root = self.alloc_inner();
@@ -389,7 +410,7 @@ impl<V: Copy + Default> SlabMap<V> {
             return;
         }
         let r = self.alloc_inner();
-        let half = B / 2;
+        let half = if append && at == B { B } else { B / 2 };
         let (keys, kids) = {
             let inner = &self.inners[node as usize];
             let mut keys = [0u64; B];
@@ -405,14 +426,14 @@ impl<V: Copy + Default> SlabMap<V> {
             right.n = (B - half) as u32;
         }
         self.inners[node as usize].n = half as u32;
-        if at <= half {
+        if at <= half && half < B {
             Self::inner_insert(&mut self.inners[node as usize], at, sep, child);
         } else {
             Self::inner_insert(&mut self.inners[r as usize], at - half, sep, child);
         }
         // The right node's first key bounds everything under it.
         let up = self.inners[r as usize].keys[0];
-        self.insert_child(path, depth - 1, up, r);
+        self.insert_child(path, depth - 1, up, r, append && at == B);
     }
 
     fn inner_insert(inner: &mut Inner, at: usize, key: u64, child: u32) {
@@ -519,6 +540,156 @@ impl<'a, V: Copy + Default> Iterator for Iter<'a, V> {
             None
         };
         Some((key, &leaf.vals[i]))
+    }
+}
+
+/// A [`SlabMap`] that keeps a single entry inline: no node storage at all
+/// until a second key arrives (then the nodes live behind one box). For
+/// maps that usually hold one entry: a `Pages`' pin records, whose usual
+/// state is one segment, where a leaf node (with its vector's spare
+/// capacity) would cost several times the rest of a mapping.
+#[derive(Clone, Default)]
+pub enum SmallMap<V: Copy + Default> {
+    #[default]
+    Empty,
+    One(u64, V),
+    /// Once promoted, a map stays a tree (emptied or not), keeping its
+    /// nodes for reuse.
+    Many(Box<SlabMap<V>>),
+}
+
+impl<V: Copy + Default + std::fmt::Debug> std::fmt::Debug for SmallMap<V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map().entries(self.iter()).finish()
+    }
+}
+
+impl<V: Copy + Default> SmallMap<V> {
+    pub fn len(&self) -> usize {
+        match self {
+            SmallMap::Empty => 0,
+            SmallMap::One(..) => 1,
+            SmallMap::Many(m) => m.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Bytes held beyond the enum itself (for memory accounting).
+    pub fn capacity_bytes(&self) -> usize {
+        match self {
+            SmallMap::Many(m) => std::mem::size_of::<SlabMap<V>>() + m.capacity_bytes(),
+            _ => 0,
+        }
+    }
+
+    pub fn get(&self, key: u64) -> Option<&V> {
+        match self {
+            SmallMap::Empty => None,
+            SmallMap::One(k, v) => (*k == key).then_some(v),
+            SmallMap::Many(m) => m.get(key),
+        }
+    }
+
+    pub fn get_mut(&mut self, key: u64) -> Option<&mut V> {
+        match self {
+            SmallMap::Empty => None,
+            SmallMap::One(k, v) => (*k == key).then_some(v),
+            SmallMap::Many(m) => m.get_mut(key),
+        }
+    }
+
+    /// Insert or replace; returns the value replaced.
+    pub fn insert(&mut self, key: u64, val: V) -> Option<V> {
+        match self {
+            SmallMap::Empty => {
+                *self = SmallMap::One(key, val);
+                None
+            }
+            SmallMap::One(k, v) if *k == key => Some(std::mem::replace(v, val)),
+            SmallMap::One(k, v) => {
+                let mut m = Box::new(SlabMap::new());
+                m.insert(*k, *v);
+                m.insert(key, val);
+                *self = SmallMap::Many(m);
+                None
+            }
+            SmallMap::Many(m) => m.insert(key, val),
+        }
+    }
+
+    /// Remove `key`; returns its value.
+    pub fn remove(&mut self, key: u64) -> Option<V> {
+        match self {
+            SmallMap::One(k, v) if *k == key => {
+                let v = *v;
+                *self = SmallMap::Empty;
+                Some(v)
+            }
+            SmallMap::Many(m) => m.remove(key),
+            _ => None,
+        }
+    }
+
+    /// The entry with the largest key at or below `key`.
+    pub fn prev(&self, key: u64) -> Option<(u64, &V)> {
+        match self {
+            SmallMap::Empty => None,
+            SmallMap::One(k, v) => (*k <= key).then_some((*k, v)),
+            SmallMap::Many(m) => m.prev(key),
+        }
+    }
+
+    /// The entry with the largest key below `key`.
+    pub fn prev_below(&self, key: u64) -> Option<(u64, &V)> {
+        key.checked_sub(1).and_then(|k| self.prev(k))
+    }
+
+    /// The entry with the smallest key at or above `key`.
+    pub fn next(&self, key: u64) -> Option<(u64, &V)> {
+        match self {
+            SmallMap::Empty => None,
+            SmallMap::One(k, v) => (*k >= key).then_some((*k, v)),
+            SmallMap::Many(m) => m.next(key),
+        }
+    }
+
+    /// Entries with keys in `from..=to`, in order.
+    pub fn range(&self, from: u64, to: u64) -> SmallIter<'_, V> {
+        match self {
+            SmallMap::Empty => SmallIter::One(None),
+            SmallMap::One(k, v) => SmallIter::One((from <= *k && *k <= to).then_some((*k, v))),
+            SmallMap::Many(m) => SmallIter::Many(m.range(from, to)),
+        }
+    }
+
+    /// Every entry, in order.
+    pub fn iter(&self) -> SmallIter<'_, V> {
+        self.range(0, u64::MAX)
+    }
+
+    /// Keys in `from..=to`, collected (for loops that change the map).
+    pub fn keys_in(&self, from: u64, to: u64) -> Vec<u64> {
+        self.range(from, to).map(|(k, _)| k).collect()
+    }
+}
+
+/// In-order iterator over a key range of a [`SmallMap`].
+pub enum SmallIter<'a, V: Copy + Default> {
+    One(Option<(u64, &'a V)>),
+    Many(Iter<'a, V>),
+}
+
+impl<'a, V: Copy + Default> Iterator for SmallIter<'a, V> {
+    type Item = (u64, &'a V);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        match self {
+            SmallIter::One(e) => e.take(),
+            SmallIter::Many(it) => it.next(),
+        }
     }
 }
 
@@ -636,5 +807,61 @@ mod tests {
             m.remove(42);
         }
         assert_eq!(m.leaves.len(), before);
+    }
+    /// The small map against `BTreeMap`: single entries inline, then a
+    /// tree, emptied and refilled.
+    #[test]
+    fn small_map_behaves_like_btreemap() {
+        let mut rng = Rng(0x5eed_1234_5678_9abd);
+        let mut m = SmallMap::<u32>::default();
+        let mut r = BTreeMap::new();
+        for op in 0..20_000u32 {
+            let k = rng.next() % if op % 4000 < 2000 { 3 } else { 200 };
+            if rng.next() % 2 == 0 {
+                assert_eq!(m.insert(k, op), r.insert(k, op));
+            } else {
+                assert_eq!(m.remove(k), r.remove(&k));
+            }
+            assert_eq!(m.len(), r.len());
+            let p = rng.next() % 210;
+            assert_eq!(m.get(p), r.get(&p));
+            assert_eq!(m.prev(p).map(|(k, &v)| (k, v)), r.range(..=p).next_back().map(|(&k, &v)| (k, v)));
+            assert_eq!(m.next(p).map(|(k, &v)| (k, v)), r.range(p..).next().map(|(&k, &v)| (k, v)));
+            assert!(m.range(p, p + 20).map(|(k, &v)| (k, v)).eq(r.range(p..=p + 20).map(|(&k, &v)| (k, v))));
+        }
+        let mut one = SmallMap::<u32>::default();
+        one.insert(7, 1);
+        assert!(matches!(one, SmallMap::One(7, 1)) && one.capacity_bytes() == 0);
+        *one.get_mut(7).unwrap() = 2;
+        assert_eq!(one.remove(7), Some(2));
+        assert!(one.is_empty() && matches!(one, SmallMap::Empty));
+    }
+
+    /// Keys inserted in ascending order fill their nodes (the split at the
+    /// end of the map leaves the full node as it is), and the map still
+    /// agrees with `BTreeMap` after removals in and around them.
+    #[test]
+    fn ascending_inserts_fill_nodes() {
+        let mut m = SlabMap::<u32>::new();
+        let mut r = BTreeMap::new();
+        let n = 100_000u64;
+        for k in 0..n {
+            m.insert(k * 8192, k as u32);
+            r.insert(k * 8192, k as u32);
+        }
+        let full = (n as usize).div_ceil(B);
+        assert!(m.leaves_in_use() <= full + 1, "{} leaves for {n} keys", m.leaves_in_use());
+        check(&m, &r, &[0, 8191, 8192, 5 * 8192 + 1, (n - 1) * 8192, u64::MAX]);
+        let mut rng = Rng(3);
+        for _ in 0..20_000 {
+            let k = (rng.next() % (n + 10)) * 8192 + rng.next() % 2;
+            if rng.next() % 2 == 0 {
+                assert_eq!(m.remove(k), r.remove(&k));
+            } else {
+                assert_eq!(m.insert(k, 1), r.insert(k, 1));
+            }
+        }
+        let probes: Vec<u64> = (0..50).map(|_| rng.next() % (n * 8192)).collect();
+        check(&m, &r, &probes);
     }
 }

@@ -82,8 +82,16 @@ impl Areas {
 
     /// Bytes held for areas and their index (for memory accounting).
     pub fn capacity_bytes(&self) -> usize {
+        self.index_bytes() + self.slot_bytes()
+    }
+
+    /// Bytes of the IOVA index's nodes.
+    pub fn index_bytes(&self) -> usize {
         self.index.capacity_bytes()
-            + self.slots.capacity() * std::mem::size_of::<Option<Area>>()
-            + self.free.capacity() * 4
+    }
+
+    /// Bytes of the area slots (with the free list).
+    pub fn slot_bytes(&self) -> usize {
+        self.slots.capacity() * std::mem::size_of::<Option<Area>>() + self.free.capacity() * 4
     }
 }
