@@ -392,12 +392,15 @@ fn huge_page_size() -> u64 {
     512 * page_size()
 }
 
+/// The IOAS locks are held briefly and wanted back to back by threads
+/// mapping into one IOAS: spin a while before sleeping
+/// ([`uiommufd_memory::lockwait`]).
 fn lock_read<T>(l: &RwLock<T>) -> RwLockReadGuard<'_, T> {
-    l.read().unwrap_or_else(|p| p.into_inner())
+    uiommufd_memory::lockwait::read(l)
 }
 
 fn lock_write<T>(l: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
-    l.write().unwrap_or_else(|p| p.into_inner())
+    uiommufd_memory::lockwait::write(l)
 }
 
 impl Default for IoPagetable {
@@ -1136,24 +1139,23 @@ impl IoPagetable {
             return Err(einval("length is zero"));
         }
         let last = iova.checked_add(data.len() as u64 - 1).ok_or(eoverflow("IOVA range wraps"))?;
-        // The usual case, one area holding the whole range: no list.
-        let single = {
+        // The usual case, one area holding the whole range: no list, and
+        // the copy made under the read lock, as the kernel makes it under
+        // `iova_rwsem` (no reference taken: with a million areas the
+        // `Pages` is a cache miss, and a count would write its line).
+        {
             let st = lock_read(&self.iova);
-            match st.areas.at_or_before(iova) {
-                Some((a_iova, a)) if a.last >= last && !a.prevent_access => {
-                    a.pages.as_ref().map(|p| (a.start_byte + (iova - a_iova), Arc::clone(p), a.prot))
+            if let Some((a_iova, a)) = st.areas.at_or_before(iova) {
+                if let (true, Some(pages)) = (a.last >= last && !a.prevent_access, a.pages.as_ref()) {
+                    if !prot_ok(a.prot, write) {
+                        return Err(eperm("mapping lacks the access permission"));
+                    }
+                    if pages.dmabuf().is_some() {
+                        return Err(einval("dma-buf memory cannot be reached by an access"));
+                    }
+                    return pages.rw(a.start_byte + (iova - a_iova), data, write, slow);
                 }
-                _ => None,
             }
-        };
-        if let Some((sb, pages, prot)) = single {
-            if !prot_ok(prot, write) {
-                return Err(eperm("mapping lacks the access permission"));
-            }
-            if pages.dmabuf().is_some() {
-                return Err(einval("dma-buf memory cannot be reached by an access"));
-            }
-            return pages.rw(sb, data, write, slow);
         }
         // The contiguous areas from `iova`, and why the walk stopped short
         // of `last`, if it did.

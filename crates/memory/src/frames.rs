@@ -217,11 +217,13 @@ fn registry() -> &'static RwLock<Registry> {
 }
 
 fn read() -> RwLockReadGuard<'static, Registry> {
-    registry().read().unwrap_or_else(|p| p.into_inner())
+    crate::lockwait::read(registry())
 }
 
+/// Pins and unpins of any IOAS meet here: spin a while before sleeping
+/// (see [`crate::lockwait`]).
 fn write() -> RwLockWriteGuard<'static, Registry> {
-    registry().write().unwrap_or_else(|p| p.into_inner())
+    crate::lockwait::write(registry())
 }
 
 /// PFNs stop meaning what they meant (see [`GENERATION`]); write lock held.

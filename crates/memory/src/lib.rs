@@ -26,6 +26,7 @@ pub mod forkgate;
 pub mod frames;
 pub mod guard;
 pub mod inline_vec;
+pub mod lockwait;
 pub mod shared;
 pub mod slabmap;
 pub mod sys;
