@@ -3,8 +3,11 @@
 # (Linux 6.12 and 7.3, fetched by the conformance script), the Rust
 # workspace tests (the ABI tests then must find both), then the three
 # kernel-selftest conformance runs, then unmodified QEMU against uiommufd
-# (tests/qemu/run.sh, which fetches QEMU, a kernel and busybox into build/). Installs what it needs on a fresh Debian
-# machine (gcc, libcap-dev, linux-source-6.12) when missing.
+# (tests/qemu/run.sh, which fetches QEMU, a kernel and busybox into build/),
+# then bounded runs of the coverage-guided fuzzers and of AddressSanitizer
+# (scripts/fuzz.sh --ci, scripts/sanitize.sh; UIOMMUFD_CI_FUZZ=0 skips
+# them). Installs what it needs on a fresh Debian machine (gcc, g++,
+# libcap-dev, linux-source-6.12) when missing.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -12,6 +15,8 @@ cd "$root"
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 need_pkgs=()
 command -v gcc >/dev/null || need_pkgs+=(gcc libc6-dev)
+command -v g++ >/dev/null || need_pkgs+=(g++)  # libfuzzer-sys compiles libFuzzer
+command -v python3 >/dev/null || need_pkgs+=(python3)
 [ -f /usr/src/linux-source-6.12.tar.xz ] || need_pkgs+=(linux-source-6.12)
 [ -f /usr/include/linux/vfio.h ] || need_pkgs+=(linux-libc-dev)
 [ -f /usr/include/sys/capability.h ] || need_pkgs+=(libcap-dev)
@@ -30,3 +35,15 @@ UIOMMUFD_REQUIRE_KSRC=1 cargo test --profile checked --workspace
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --workspace
 scripts/conformance.sh --no-build
 tests/qemu/run.sh --no-build
+# Bounded fuzzing and sanitizer runs (docs/TESTING.md), about ten minutes
+# on two cores: every fuzz target for UIOMMUFD_CI_FUZZ_SECONDS (60) under
+# libFuzzer with AddressSanitizer, from the committed corpus (a crash
+# fails and prints the input and how to replay it); then, built with
+# AddressSanitizer, the engine's stress and randomized tests in-process,
+# the shim serving both kernel selftest suites, and a 20 s soak.
+if [ "${UIOMMUFD_CI_FUZZ:-1}" != 0 ]; then
+  start=$SECONDS
+  scripts/fuzz.sh --ci "${UIOMMUFD_CI_FUZZ_SECONDS:-60}"
+  SOAK_SECONDS=20 scripts/sanitize.sh engine shim soak
+  echo "test: fuzzing and sanitizers took $((SECONDS - start)) s" >&2
+fi
