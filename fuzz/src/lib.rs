@@ -16,7 +16,7 @@
 //! - [`vfio_cdev`]: a VFIO device cdev (a DMA engine behind the mock IOMMU)
 //!   with its ioctls and region reads and writes.
 //!
-//! `libfuzzer/` wraps each in a cargo-fuzz target; `tests/corpus.rs`
+//! `libfuzzer/` wraps each in a libFuzzer target; `tests/corpus.rs`
 //! replays `corpus/<target>.hex` as an ordinary test.
 
 pub mod dma_engine;
