@@ -433,11 +433,12 @@ impl Pages {
 
     /// Pin `npages` pages from index `first` out of the source.
     fn pin_source(&self, first: u64, npages: u64) -> Result<PinnedRuns> {
+        let pin = || frames::pin_user(self.uptr + (first << page_shift()), npages, self.writable);
         match &self.source {
-            Source::User(process) => user::with_process(*process, || {
-                frames::pin_user(self.uptr + (first << page_shift()), npages, self.writable)
-            })
-            .ctx("pinning user pages"),
+            // Our own pages asked for by our own thread (the usual case):
+            // nothing to switch.
+            Source::User(None) if user::current_process().is_none() => pin().ctx("pinning user pages"),
+            Source::User(process) => user::with_process(*process, pin).ctx("pinning user pages"),
             // The engine's own mapping of the file, whoever asks.
             Source::File(Some(m)) => user::with_process(None, || m.pin(first, npages))
                 .map(|r| std::iter::once(r).collect())
