@@ -1111,6 +1111,23 @@ fn descriptors_as_on_the_kernel() {
     run(uiommufd_run(&[], &[&exe])).assert_c_passed();
 }
 
+/// The shim's own descriptors never take a number the program could get,
+/// not even for an instant (tests/c/fd_transient.c): a thread opening
+/// /dev/null and listing /proc/self/fd over and over always sees the
+/// lowest free number and only the program's descriptors below 768, while
+/// forked children map shared memory through the inherited iommufd (the
+/// parent's engine reads their /proc/PID/maps and stat) and another thread
+/// discards pages with pages pinned (a look at /proc/self/maps). Before
+/// those reads moved to a thread with a descriptor table of its own
+/// (uiommufd_memory::procfs), hundreds of such moments showed per run.
+#[test]
+fn no_transient_shim_descriptor_at_a_low_number() {
+    let exe = c_program!("fd_transient");
+    let ran = run(uiommufd_run(&[], &[&exe]));
+    ran.assert_c_passed();
+    assert!(ran.stdout.contains(", 0 transient descriptors"), "{}", ran.report());
+}
+
 /// The classic VFIO type1 user (Documentation/driver-api/vfio.rst): the
 /// group from sysfs, /dev/vfio/vfio and /dev/vfio/$GROUP, SET_CONTAINER,
 /// SET_IOMMU, MAP_DMA, GET_DEVICE_FD, BAR0 mapped and the DMA engine

@@ -27,6 +27,7 @@ pub mod frames;
 pub mod guard;
 pub mod inline_vec;
 pub mod lockwait;
+pub mod procfs;
 pub mod shared;
 pub mod slabmap;
 pub mod sys;

@@ -82,14 +82,14 @@ pub fn parse(text: &str) -> Vec<Vma> {
 
 /// The current maps of this process.
 pub fn current() -> Result<Vec<Vma>, Errno> {
-    let text = std::fs::read_to_string("/proc/self/maps").map_err(|_| Errno::EFAULT)?;
+    let text = crate::procfs::read_to_string("/proc/self/maps".into()).map_err(|_| Errno::EFAULT)?;
     Ok(parse(&text))
 }
 
 /// The current maps of process `pid` (`EFAULT` if they cannot be read: the
 /// process is gone, or we may not look).
 pub fn of_process(pid: u32) -> Result<Vec<Vma>, Errno> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/maps")).map_err(|_| Errno::EFAULT)?;
+    let text = crate::procfs::read_to_string(format!("/proc/{pid}/maps")).map_err(|_| Errno::EFAULT)?;
     Ok(parse(&text))
 }
 

@@ -504,7 +504,7 @@ unsafe fn proc_status_fopen(path: *const c_char, mode: *const c_char) -> Option<
     if cmode.to_bytes().iter().any(|&c| c != b'r' && c != b'e') || uiommufd_memory::vmstat::get(pid) == (0, 0) {
         return None;
     }
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let text = uiommufd_memory::procfs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let text = uiommufd_memory::vmstat::adjust_status(pid, &text);
     // SAFETY: memfd_create with a NUL-terminated name; then writing our own
     // buffer to the new descriptor and handing it to a stream.
