@@ -1,11 +1,12 @@
 //! The soak (tests/soak/soak.c) under the shim: worker threads and forked
 //! children mapping, copying, attaching, accessing and unmapping while a
 //! DMA engine runs FILL descriptors, with RSS, descriptor count and pinned
-//! pages sampled once a second and required flat (see the program).
+//! pages sampled once a second: descriptors and pins exactly as at the
+//! first sample, RSS levelling off (see the program).
 //!
 //! The normal test run soaks for `UIOMMUFD_SOAK_SECONDS` (default 20);
 //! the long run is the same test with a larger value, e.g.
-//! `UIOMMUFD_SOAK_SECONDS=3600 UIOMMUFD_SOAK_THREADS=8 cargo test --release
+//! `UIOMMUFD_SOAK_SECONDS=3600 UIOMMUFD_SOAK_THREADS=4 cargo test --release
 //! -p uiommufd --test soak -- --nocapture` (docs/TESTING.md).
 
 use std::io::Read;
