@@ -43,39 +43,6 @@ static volatile int done, checking;
 static pthread_mutex_t phase = PTHREAD_MUTEX_INITIALIZER;
 static unsigned long checks, misses;
 
-static int map_at(__u32 ioas, void *va, __u64 len, __u64 iova)
-{
-	struct iommu_ioas_map c = {
-		.size = sizeof(c),
-		.flags = IOMMU_IOAS_MAP_FIXED_IOVA | IOMMU_IOAS_MAP_READABLE | IOMMU_IOAS_MAP_WRITEABLE,
-		.ioas_id = ioas,
-		.user_va = (uintptr_t)va,
-		.length = len,
-		.iova = iova,
-	};
-	return ioctl(iommufd, IOMMU_IOAS_MAP, &c);
-}
-
-static int unmap_at(__u32 ioas, __u64 iova, __u64 len)
-{
-	struct iommu_ioas_unmap c = { .size = sizeof(c), .ioas_id = ioas, .iova = iova, .length = len };
-	return ioctl(iommufd, IOMMU_IOAS_UNMAP, &c);
-}
-
-static int copy_at(__u64 iova, __u64 len)
-{
-	struct iommu_ioas_copy c = {
-		.size = sizeof(c),
-		.flags = IOMMU_IOAS_MAP_FIXED_IOVA | IOMMU_IOAS_MAP_READABLE | IOMMU_IOAS_MAP_WRITEABLE,
-		.dst_ioas_id = ioas_b,
-		.src_ioas_id = ioas_a,
-		.length = len,
-		.dst_iova = iova,
-		.src_iova = iova,
-	};
-	return ioctl(iommufd, IOMMU_IOAS_COPY, &c);
-}
-
 /* Descriptors below 768, the directory's own included. */
 static int program_fds(int *dir_fd)
 {
@@ -157,8 +124,8 @@ static void child(int k, int go, int maps)
 		_exit(3);
 	for (int i = 0; i < maps; i++) {
 		va[0] = (char)i;
-		if (map_at(ioas_a, va, ps, iova) || copy_at(iova, ps) || unmap_at(ioas_b, iova, ps) ||
-		    unmap_at(ioas_a, iova, ps)) {
+		if (ioas_map_fixed(iommufd, ioas_a, va, ps, iova) || ioas_copy_fixed(iommufd, ioas_b, ioas_a, iova, ps) ||
+		    ioas_unmap(iommufd, ioas_b, iova, ps) || ioas_unmap(iommufd, ioas_a, iova, ps)) {
 			fprintf(stderr, "child %d: %s\n", k, strerror(errno));
 			_exit(2);
 		}
@@ -191,7 +158,7 @@ int main(int argc, char **argv)
 	char *own = mmap(NULL, ps, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	CHECK_TRUE(own != MAP_FAILED);
 	own[0] = 1;
-	CHECK_OK(map_at(ioas_a, own, ps, MOCK_APERTURE_START));
+	CHECK_OK(ioas_map_fixed(iommufd, ioas_a, own, ps, MOCK_APERTURE_START));
 	CHECK_OK(pipe2(go, O_CLOEXEC));
 
 	/* A first child before the baseline: the shim's server and its
@@ -245,7 +212,7 @@ int main(int argc, char **argv)
 	printf("fd_transient: %lu checks, %lu transient descriptors\n", checks, misses);
 	CHECK_TRUE(checks > 0);
 	CHECK_EQ(misses, 0);
-	CHECK_OK(unmap_at(ioas_a, MOCK_APERTURE_START, ps));
+	CHECK_OK(ioas_unmap(iommufd, ioas_a, MOCK_APERTURE_START, ps));
 	pass();
 	return 0;
 }

@@ -28,6 +28,46 @@ static inline int obj_destroy(int fd, __u32 id)
 	return ioctl(fd, IOMMU_DESTROY, &cmd);
 }
 
+/* IOMMU_IOAS_MAP of [va, va + len) at a fixed IOVA, readable and
+ * writable. */
+static inline int ioas_map_fixed(int fd, __u32 ioas, void *va, __u64 len, __u64 iova)
+{
+	struct iommu_ioas_map cmd = {
+		.size = sizeof(cmd),
+		.flags = IOMMU_IOAS_MAP_FIXED_IOVA | IOMMU_IOAS_MAP_READABLE | IOMMU_IOAS_MAP_WRITEABLE,
+		.ioas_id = ioas,
+		.user_va = (uintptr_t)va,
+		.length = len,
+		.iova = iova,
+	};
+
+	return ioctl(fd, IOMMU_IOAS_MAP, &cmd);
+}
+
+/* IOMMU_IOAS_UNMAP of [iova, iova + len). */
+static inline int ioas_unmap(int fd, __u32 ioas, __u64 iova, __u64 len)
+{
+	struct iommu_ioas_unmap cmd = { .size = sizeof(cmd), .ioas_id = ioas, .iova = iova, .length = len };
+
+	return ioctl(fd, IOMMU_IOAS_UNMAP, &cmd);
+}
+
+/* IOMMU_IOAS_COPY of [iova, iova + len) from src to the same IOVA in dst. */
+static inline int ioas_copy_fixed(int fd, __u32 dst, __u32 src, __u64 iova, __u64 len)
+{
+	struct iommu_ioas_copy cmd = {
+		.size = sizeof(cmd),
+		.flags = IOMMU_IOAS_MAP_FIXED_IOVA | IOMMU_IOAS_MAP_READABLE | IOMMU_IOAS_MAP_WRITEABLE,
+		.dst_ioas_id = dst,
+		.src_ioas_id = src,
+		.length = len,
+		.dst_iova = iova,
+		.src_iova = iova,
+	};
+
+	return ioctl(fd, IOMMU_IOAS_COPY, &cmd);
+}
+
 /* IOMMU_OPTION get HUGE_PAGES of IOAS id: 0 if the IOAS exists, else -1
  * (ENOENT). Looks an object up without changing anything. */
 static inline int ioas_lookup(int fd, __u32 id)
