@@ -21,7 +21,7 @@
 //! is direct, as before.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicPtr, Ordering};
+use std::sync::atomic::{AtomicPtr, AtomicU32, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 
 /// One read the helper runs for a caller.
@@ -56,9 +56,15 @@ fn raw_getpid() -> u32 {
     unsafe { libc::syscall(libc::SYS_getpid) as u32 }
 }
 
+/// The process that may start a helper: the first to ask, then each forked
+/// child (see [`after_fork_child`]). A `vfork` child, which shares our
+/// memory but runs no fork handler, is never it: it reads directly.
+static OWNER: AtomicU32 = AtomicU32::new(0);
+
 /// In a forked child (single-threaded, from the fork handler): the parent's
 /// helper is not here.
 pub fn after_fork_child() {
+    OWNER.store(raw_getpid(), Ordering::Release);
     HELPER.store(std::ptr::null_mut(), Ordering::Release);
 }
 
@@ -66,6 +72,10 @@ pub fn after_fork_child() {
 /// child or when no thread can be started.
 fn helper() -> Option<&'static Helper> {
     let pid = raw_getpid();
+    let owner = OWNER.compare_exchange(0, pid, Ordering::AcqRel, Ordering::Acquire).unwrap_or_else(|o| o);
+    if owner != pid {
+        return None;
+    }
     let cur = HELPER.load(Ordering::Acquire);
     if !cur.is_null() {
         // SAFETY: helpers are leaked, never freed.
