@@ -167,6 +167,8 @@ pub(crate) struct Inner {
     pub(crate) aborting: AtomicUsize,
     /// A `region_write` happened since the worker last looked.
     kicked: AtomicBool,
+    /// The worker is (about to be) waiting on `wake`.
+    sleeping: AtomicBool,
     signal: Mutex<()>,
     wake: Condvar,
     /// The BAR's memfd was handed out: stores may bypass `region_write`.
@@ -275,10 +277,20 @@ impl Inner {
         }
     }
 
+    /// Tell the worker to look. The lock and the wake-up (a system call)
+    /// only when it sleeps: a doorbell while it runs or spins, or on a
+    /// device without a worker, is one store.
     fn kick(&self) {
-        self.kicked.store(true, Ordering::Release);
-        let _g = lock(&self.signal);
-        self.wake.notify_all();
+        // Sequentially consistent with the worker's `sleeping` store and
+        // `kicked` load: either it sees the kick before it sleeps, or we
+        // see it asleep and wake it (it waits under `signal`, which we
+        // take, so the notification cannot fall between its check and its
+        // wait).
+        self.kicked.store(true, Ordering::SeqCst);
+        if self.sleeping.load(Ordering::SeqCst) {
+            let _g = lock(&self.signal);
+            self.wake.notify_all();
+        }
     }
 
     /// The registers whose change means work: `CTRL` and `TAIL`.
@@ -290,13 +302,14 @@ impl Inner {
     /// Sleep until kicked, stopped, or `timeout` (forever if `None`).
     fn wait_for_kick(&self, stop: &AtomicBool, timeout: Option<Duration>) {
         let g = lock(&self.signal);
-        if self.kicked.load(Ordering::Acquire) || stop.load(Ordering::Acquire) {
-            return;
+        self.sleeping.store(true, Ordering::SeqCst);
+        if !self.kicked.load(Ordering::SeqCst) && !stop.load(Ordering::SeqCst) {
+            match timeout {
+                Some(t) => drop(self.wake.wait_timeout(g, t)),
+                None => drop(self.wake.wait(g)),
+            }
         }
-        match timeout {
-            Some(t) => drop(self.wake.wait_timeout(g, t)),
-            None => drop(self.wake.wait(g)),
-        }
+        self.sleeping.store(false, Ordering::Relaxed);
     }
 }
 
@@ -382,6 +395,7 @@ impl DmaEngine {
             ring: Mutex::new(ring::Ring::default()),
             aborting: AtomicUsize::new(0),
             kicked: AtomicBool::new(false),
+            sleeping: AtomicBool::new(false),
             signal: Mutex::new(()),
             wake: Condvar::new(),
             mmap_exposed: AtomicBool::new(false),

@@ -775,6 +775,28 @@ fn pwrite_doorbell_wakes_the_worker() {
     assert!(!dev.worker_running());
 }
 
+/// A doorbell reaches a worker that is spinning, going to sleep or asleep
+/// (the doorbell only wakes it when it sleeps: a lost wake-up leaves the
+/// descriptor pending for ever, since without an mmap it sleeps without a
+/// timeout).
+#[test]
+fn doorbells_reach_the_worker_whenever_it_goes_to_sleep() {
+    let (dev, mem) = engine_with(DmaEngineOptions::default());
+    let mut ring = TestRing::setup(&dev, &mem, RING, 8, 0);
+    for round in 0..300u64 {
+        ring.submit(&dev, &mem, &[Descriptor::fill(DATA + (round % 64) * 8, 8, round)]);
+        let tail = ring.tail();
+        assert!(wait_until(WAIT, || dev.ring_state().head == tail), "round {round}: {:?}", dev.ring_state());
+        // Ring again at varying points of the worker's way to sleep.
+        match round % 3 {
+            0 => {}
+            1 => std::thread::yield_now(),
+            _ => std::thread::sleep(Duration::from_micros(round % 50)),
+        }
+    }
+    assert_eq!(dev.ring_state().completed, 300);
+}
+
 /// Threads named `dma-engine:<name>` (comm is cut at 15 bytes).
 fn worker_threads(name: &str) -> usize {
     let want = format!("dma-engine:{name}");
