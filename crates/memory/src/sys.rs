@@ -173,20 +173,6 @@ pub mod mm {
     }
 }
 
-/// `membarrier(2)` with `cmd` (`MEMBARRIER_CMD_*` of
-/// `<linux/membarrier.h>`, no flags): the command's non-negative result,
-/// or its errno.
-pub fn membarrier(cmd: i32) -> Result<i64, uiommufd_abi::Errno> {
-    // SAFETY: membarrier takes no pointers; any command and flags are
-    // checked by the kernel.
-    let rc = unsafe { libc::syscall(libc::SYS_membarrier, cmd, 0, 0) };
-    if rc < 0 {
-        Err(uiommufd_abi::Errno(std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::ENOSYS)))
-    } else {
-        Ok(rc)
-    }
-}
-
 /// The calling thread's id (`gettid(2)`).
 pub fn gettid() -> i32 {
     // SAFETY: gettid has no preconditions.
