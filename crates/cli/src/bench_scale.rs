@@ -48,15 +48,7 @@ fn trim() {
     unsafe { libc::malloc_trim(0) };
 }
 
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
+use uiommufd_memory::rng::XorShift64 as Rng;
 
 /// A fresh IOAS with a VT-d second-stage domain.
 fn vtd_ioas() -> (Arc<Iommufd>, u32) {

@@ -37,15 +37,7 @@ fn slot_iova(s: u64) -> u64 {
     DATA_IOVA + s * 2 * SLOT_LEN
 }
 
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
+use uiommufd_memory::rng::XorShift64 as Rng;
 
 /// Page-aligned memory of `len` bytes.
 struct Mem {

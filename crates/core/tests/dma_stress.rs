@@ -33,15 +33,7 @@ fn slot_iova(s: u64) -> u64 {
     MOCK_APERTURE_START + s * SLOT_PAGES * ps() * 2
 }
 
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
+use uiommufd_memory::rng::XorShift64 as Rng;
 
 #[test]
 fn concurrent_dma_while_mapping_and_unmapping() {

@@ -16,21 +16,7 @@ use uiommufd_abi::test_cmd::{MOCK_APERTURE_START, MOCK_PAGE_SIZE};
 use uiommufd_dispatch::{File, LocalFds, Node};
 use uiommufd_memory::frames;
 
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    fn pick<T: Copy>(&mut self, v: &[T]) -> T {
-        v[self.below(v.len() as u64) as usize]
-    }
-}
+use uiommufd_memory::rng::XorShift64 as Rng;
 
 const PS: u64 = 4096;
 const ARENA_PAGES: u64 = 64;

@@ -28,6 +28,7 @@ pub mod guard;
 pub mod inline_vec;
 pub mod lockwait;
 pub mod procfs;
+pub mod rng;
 pub mod shared;
 pub mod slabmap;
 pub mod sys;

@@ -698,15 +698,7 @@ mod tests {
     use super::*;
     use std::collections::BTreeMap;
 
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
-    }
+    use crate::rng::XorShift64 as Rng;
 
     fn check(m: &SlabMap<u32>, r: &BTreeMap<u64, u32>, probes: &[u64]) {
         assert_eq!(m.len(), r.len());
