@@ -1,0 +1,53 @@
+//! A loop of 4 KiB IOAS map+unmap pairs through an `IoasHandle` with N mock
+//! domains, for instruction profiles:
+//!
+//! ```sh
+//! cargo build --release -p uiommufd --example map_profile
+//! valgrind --tool=callgrind --toggle-collect='*map_profile::pairs*' \
+//!     target/release/examples/map_profile 1 2000
+//! ```
+use std::hint::black_box;
+use std::sync::Arc;
+
+use uiommufd_abi::iommufd as abi;
+use uiommufd_core::{hwpt, selftest, IoasHandle, Iommufd};
+
+const RW: u32 = abi::IOMMU_IOAS_MAP_READABLE | abi::IOMMU_IOAS_MAP_WRITEABLE | abi::IOMMU_IOAS_MAP_FIXED_IOVA;
+const IOVA: u64 = uiommufd_abi::test_cmd::MOCK_APERTURE_START;
+
+#[inline(never)]
+fn pairs(h: &IoasHandle, va: u64, n: u64) {
+    for _ in 0..n {
+        h.map(RW, black_box(va), 4096, IOVA).expect("map");
+        h.unmap(IOVA, 4096).expect("unmap");
+    }
+}
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let domains: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(1);
+    let n: u64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(2000);
+    let ctx = Iommufd::new();
+    let ioas = ctx.ioas_alloc().expect("ioas");
+    let leaked: &'static Arc<Iommufd> = Box::leak(Box::new(Arc::clone(&ctx)));
+    let mut devs = Vec::new();
+    if domains > 0 {
+        let dev = selftest::mock_domain(leaked, ioas, 0).expect("mock device");
+        for _ in 1..domains {
+            let mut reader = |_: &mut [u8]| Ok(());
+            let data = uiommufd_hw::UserData { data_type: 0, len: 0, reader: &mut reader };
+            let args = hwpt::HwptAllocArgs { flags: 0, dev_id: dev.idev_id, pt_id: ioas, fault_id: 0, data };
+            let mut holder = None;
+            hwpt::hwpt_alloc(leaked, &mut holder, args).expect("hwpt").publish();
+        }
+        devs.push(dev);
+    }
+    let buf = vec![0x5au8; 3 << 12];
+    let va = (buf.as_ptr() as u64).next_multiple_of(4096);
+    let h = ctx.ioas_handle(ioas).expect("handle");
+    pairs(&h, va, 10);
+    let t = std::time::Instant::now();
+    pairs(&h, va, n);
+    eprintln!("{domains} domain(s): {:.1} ns per pair", t.elapsed().as_nanos() as f64 / n as f64);
+    drop(devs);
+}
