@@ -472,8 +472,8 @@ fn bench_dma(quick: bool) -> Vec<Row> {
         let ctx = Iommufd::new();
         let ioas = ctx.ioas_alloc().expect("ioas");
         let iova = if model == "mock" { abi::test_cmd::MOCK_APERTURE_START } else { IOVA };
-        let len = if model == "mock" { LEN / 2 } else { LEN };
-        for off in (0..len).step_by(piece as usize) {
+        let len_mapped = if model == "mock" { LEN / 2 } else { LEN };
+        for off in (0..len_mapped).step_by(piece as usize) {
             ctx.ioas_map(ioas, RW, region.addr + off, piece, iova + off).expect("map");
         }
         let idev: Arc<dyn IommuDevice> = match parse_iommu(model).expect("model") {
@@ -493,16 +493,23 @@ fn bench_dma(quick: bool) -> Vec<Row> {
         let mut cmd = [0u8; 2];
         engine.config_read(4, &mut cmd).expect("config");
         engine.config_write(4, &(u16::from_le_bytes(cmd) | 4).to_le_bytes()).expect("bus master");
-        // The ring in the first page, data from 64 KiB on.
+        // The ring (1024 descriptors of 64 bytes) in the first 64 KiB; the
+        // source at 64 KiB and the destination at 1 MiB + 64 KiB: disjoint,
+        // outside the ring, and inside the 2 MiB the mock maps.
+        const RING: u64 = 1024;
+        const SRC: u64 = RING * 64;
+        const DST: u64 = (1 << 20) + SRC;
         engine.write_reg64(regs::REG_RING_BASE, iova).expect("ring");
-        engine.write_reg32(regs::REG_RING_SIZE, 1024).expect("ring size");
+        engine.write_reg32(regs::REG_RING_SIZE, RING as u32).expect("ring size");
         engine.write_reg32(regs::REG_CTRL, regs::CTRL_ENABLE).expect("enable");
         let mut tail = 0u32;
         for &(len, name, target) in &[(4096u64, "4 KiB", 0.9), (65536, "64 KiB", 0.97)] {
             let iters = if quick { 5_000 } else { 100_000 } * 4096 / len;
-            let (src, dst) = (len / 4, len / 2);
+            let (src, dst) = (SRC, DST);
+            debug_assert!(src + len <= dst && dst + len <= len_mapped);
             let memcpy = measure(iters, || {
-                // SAFETY: between two disjoint parts of our own populated
+                // SAFETY: between two disjoint parts (SRC and DST are 1 MiB
+                // apart, len is at most 64 KiB) of our own populated
                 // region, which nothing else writes meanwhile.
                 unsafe {
                     std::ptr::copy_nonoverlapping(
@@ -523,11 +530,11 @@ fn bench_dma(quick: bool) -> Vec<Row> {
             );
             let desc = Descriptor::copy(iova + dst, iova + src, len).to_bytes();
             let ns = measure(iters, || {
-                let slot = (tail % 1024) as u64;
+                let slot = (tail % RING as u32) as u64;
                 // SAFETY: the ring slot lies in our own populated region.
                 unsafe { std::ptr::copy_nonoverlapping(desc.as_ptr(), (region.addr + slot * 64) as *mut u8, 64) };
                 tail = tail.wrapping_add(1);
-                engine.write_reg32(regs::REG_TAIL, tail % 1024).expect("doorbell");
+                engine.write_reg32(regs::REG_TAIL, tail % RING as u32).expect("doorbell");
                 engine.run_until_idle();
             });
             rows.push(
