@@ -14,7 +14,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use crate::bench::{fmt_ns, Row, Target};
+use crate::bench::{fmt_ns, Row};
 
 /// One measured row of one section.
 #[derive(Clone, Debug, PartialEq)]
@@ -29,13 +29,9 @@ pub(crate) struct Record {
 
 impl Record {
     pub(crate) fn of(section: &str, r: &Row) -> Record {
-        let (target, met) = match r.target {
+        let (target, met) = match r.target.map(|t| t.judge(r)) {
             None => (None, None),
-            Some(Target::MaxNs(max)) => (Some(format!("<= {}", fmt_ns(max))), Some(r.ours <= max)),
-            Some(Target::MinRatio(min)) => {
-                let got = r.reference.as_ref().map_or(0.0, |(_, ns)| ns / r.ours);
-                (Some(format!(">= {min:.2}x")), Some(got >= min))
-            }
+            Some((what, met)) => (Some(what), Some(met)),
         };
         Record {
             section: section.to_string(),
@@ -386,5 +382,19 @@ mod tests {
         assert!(out.contains("new"), "{out}");
         assert!(out.contains("In the saved run only"), "{out}");
         assert!(out.contains("geometric mean of saved/now: 2.00"), "{out}");
+    }
+
+    #[test]
+    fn targets_judge_rows() {
+        use crate::bench::{Row, Target};
+        let row = |ns: f64, reference: f64| Row::new("r", ns).vs("ref", reference);
+        assert_eq!(Target::MaxOverRef(100.0).judge(&row(1100.0, 1000.0)), ("<= ref + 100.0 ns".into(), true));
+        assert!(!Target::MaxOverRef(100.0).judge(&row(1100.1, 1000.0)).1);
+        assert!(!Target::MaxOverRef(100.0).judge(&Row::new("no reference", 1.0)).1);
+        assert!(Target::MinRatio(0.9).judge(&row(100.0, 90.0)).1);
+        assert!(!Target::MinRatio(0.9).judge(&row(100.0, 89.0)).1);
+        assert!(Target::MaxNs(100.0).judge(&row(100.0, 1.0)).1);
+        let rec = Record::of("S", &row(1200.0, 1000.0).target(Target::MaxOverRef(100.0)));
+        assert_eq!((rec.target.as_deref(), rec.met), (Some("<= ref + 100.0 ns"), Some(false)));
     }
 }

@@ -26,6 +26,7 @@ mod bench;
 mod bench_amd;
 mod bench_report;
 mod bench_scale;
+mod bench_shim;
 mod bench_smmu;
 mod demo;
 mod info;
@@ -108,6 +109,9 @@ Examples:
         #[arg(long, value_name = "FILE")]
         compare: Option<std::path::PathBuf>,
     },
+    /// Internal: the part of `bench` that runs under the shim.
+    #[command(hide = true)]
+    BenchShimChild { iters: u64 },
     /// Show the iommufd state of a program running under `uiommufd run
     /// --inspect`: objects and their references, IOAS areas and what backs
     /// them, HWPTs and the devices and PASIDs on them, pending faults and
@@ -279,6 +283,7 @@ fn main() -> ExitCode {
         Cmd::Demo => demo::demo(),
         Cmd::Info(args) => info::info(args),
         Cmd::Bench { quick, scale, json, compare } => bench::bench(bench::BenchArgs { quick, scale, json, compare }),
+        Cmd::BenchShimChild { iters } => bench_shim::child(iters),
         Cmd::Inspect(args) => inspect::inspect(args),
         Cmd::Completions { shell } => completions(shell),
         Cmd::Man { command, dir } => man(command, dir),
