@@ -180,6 +180,7 @@ pub fn open_parent() {
 /// After `fork`, in the child: the only thread is this one.
 pub fn open_child() {
     crate::procfs::after_fork_child();
+    crate::vmstat::after_fork_child();
     CLOSER.with(|c| c.set(false));
     TOOK.with(|t| t.set(false));
     COUNT.store(u32::from(COUNTED.with(Cell::get)), Ordering::Release);

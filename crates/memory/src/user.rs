@@ -69,7 +69,7 @@ impl Process {
 }
 
 /// `(start time, zombie)` from `/proc/PID/stat`.
-fn stat_of(pid: u32) -> Option<(u64, bool)> {
+pub(crate) fn stat_of(pid: u32) -> Option<(u64, bool)> {
     let text = crate::procfs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // "pid (comm) state ppid ...": comm may hold spaces and parentheses,
     // the last ')' ends it. State is field 3, the start time field 22.

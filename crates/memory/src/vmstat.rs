@@ -12,11 +12,23 @@
 //!
 //! The table is shared memory (`MAP_SHARED | MAP_ANONYMOUS`) made when the
 //! first context opens, so the processes a program forks afterwards read
-//! and update the same counters. It holds [`SLOTS`] processes; a slot is
-//! claimed by the first charge of a process and never given back (a
-//! process beyond the last slot is not counted).
+//! and update the same counters. It holds [`SLOTS`] processes, found by a
+//! hash of the pid. A slot is claimed by the first charge of a process and
+//! given back when its counters return to zero; a process beyond the last
+//! slot is not counted. Each slot records the start time of the process it
+//! counts (field 22 of `/proc/PID/stat`), so a process that died holding
+//! charges does not leave them to the next process given its pid: a slot
+//! whose start time is not the current holder's of that pid is stale and
+//! starts again from zero; stale slots of dead processes are reclaimed
+//! when the table fills.
+//!
+//! Each slot has a lock word holding the pid of the process that holds it
+//! (the table's claims have one too), so that freeing a slot cannot race
+//! with another process's update of it; a lock whose holder is gone (killed
+//! inside the few instructions it is held) is broken by the next taker.
 
-use std::sync::atomic::{AtomicI32, AtomicI64, Ordering};
+use std::hint::spin_loop;
+use std::sync::atomic::{AtomicI32, AtomicI64, AtomicU32, AtomicU64, Ordering};
 use std::sync::OnceLock;
 
 /// Processes the table can hold.
@@ -24,17 +36,29 @@ pub const SLOTS: usize = 256;
 
 #[repr(C)]
 struct Slot {
+    /// The process counted here (0: free).
     pid: AtomicI32,
+    /// Pid of the process holding the slot's lock (0: none).
+    lock: AtomicI32,
+    /// Start time of the process counted (clock ticks since boot).
+    start: AtomicU64,
     pinned: AtomicI64,
     locked: AtomicI64,
+}
+
+/// The shared table: its claims' lock, then the slots.
+#[repr(C)]
+struct Table {
+    claim: AtomicI32,
+    slots: [Slot; SLOTS],
 }
 
 /// Address of the shared table (0: none could be made).
 static TABLE: OnceLock<usize> = OnceLock::new();
 
-fn table() -> Option<&'static [Slot]> {
+fn table() -> Option<&'static Table> {
     let addr = *TABLE.get_or_init(|| {
-        let len = SLOTS * std::mem::size_of::<Slot>();
+        let len = std::mem::size_of::<Table>();
         // SAFETY: a fresh shared anonymous mapping the kernel places.
         let p = unsafe {
             libc::mmap(
@@ -53,8 +77,8 @@ fn table() -> Option<&'static [Slot]> {
         }
     });
     // SAFETY: `addr` is a live, zero-initialised, never-unmapped mapping of
-    // SLOTS slots; a slot is only atomics, for which all-zero is valid.
-    (addr != 0).then(|| unsafe { std::slice::from_raw_parts(addr as *const Slot, SLOTS) })
+    // one `Table`, which is only atomics, for which all-zero is valid.
+    (addr != 0).then(|| unsafe { &*(addr as *const Table) })
 }
 
 /// Make the table now (before the program forks), if it does not exist.
@@ -62,37 +86,179 @@ pub fn init() {
     let _ = table();
 }
 
-fn slot(pid: u32, claim: bool) -> Option<&'static Slot> {
-    let t = table()?;
-    let pid = pid as i32;
-    if let Some(s) = t.iter().find(|s| s.pid.load(Ordering::Acquire) == pid) {
-        return Some(s);
+/// This process's pid and start time, learnt on first use (0: not yet);
+/// [`after_fork_child`] forgets them in a forked child.
+static MY_PID: AtomicU32 = AtomicU32::new(0);
+static MY_START: AtomicU64 = AtomicU64::new(0);
+
+/// In a forked child: it is another process.
+pub fn after_fork_child() {
+    MY_PID.store(0, Ordering::Release);
+    MY_START.store(0, Ordering::Release);
+}
+
+fn my_pid() -> u32 {
+    match MY_PID.load(Ordering::Acquire) {
+        0 => {
+            let pid = std::process::id();
+            MY_PID.store(pid, Ordering::Release);
+            pid
+        }
+        pid => pid,
     }
-    if !claim {
-        return None;
+}
+
+/// The start time of process `pid` (0 if it cannot be read: gone).
+fn start_of(pid: u32) -> u64 {
+    if pid == my_pid() {
+        let cached = MY_START.load(Ordering::Acquire);
+        if cached != 0 {
+            return cached;
+        }
+        let start = crate::user::stat_of(pid).map_or(0, |(s, _)| s);
+        MY_START.store(start, Ordering::Release);
+        return start;
     }
-    t.iter().find(|s| {
-        s.pid.compare_exchange(0, pid, Ordering::AcqRel, Ordering::Acquire).is_ok()
-            || s.pid.load(Ordering::Acquire) == pid
-    })
+    crate::user::stat_of(pid).map_or(0, |(s, _)| s)
+}
+
+fn alive(pid: i32) -> bool {
+    // SAFETY: signal 0 only checks that the process exists.
+    unsafe { libc::kill(pid, 0) == 0 || *libc::__errno_location() != libc::ESRCH }
+}
+
+/// Take a lock word: it holds our pid while held. A holder that no longer
+/// exists (killed while holding it) loses it.
+fn lock(word: &AtomicI32) -> LockGuard<'_> {
+    let me = my_pid() as i32;
+    let mut tries = 0u32;
+    loop {
+        match word.compare_exchange_weak(0, me, Ordering::Acquire, Ordering::Relaxed) {
+            Ok(_) => return LockGuard(word),
+            Err(holder) => {
+                tries += 1;
+                if tries % 4096 == 0 && holder != 0 && holder != me && !alive(holder) {
+                    let _ = word.compare_exchange(holder, 0, Ordering::AcqRel, Ordering::Relaxed);
+                }
+                if tries % 64 == 0 {
+                    std::thread::yield_now();
+                }
+                spin_loop();
+            }
+        }
+    }
+}
+
+struct LockGuard<'a>(&'a AtomicI32);
+
+impl Drop for LockGuard<'_> {
+    fn drop(&mut self) {
+        self.0.store(0, Ordering::Release);
+    }
+}
+
+/// Slots in probe order for `pid`: from its hash on, every slot once.
+fn probe(t: &Table, pid: u32) -> impl Iterator<Item = &Slot> {
+    let first = (pid as usize).wrapping_mul(0x9e37_79b9) % SLOTS;
+    (0..SLOTS).map(move |i| &t.slots[(first + i) % SLOTS])
+}
+
+fn find(t: &Table, pid: u32) -> Option<&Slot> {
+    probe(t, pid).find(|s| s.pid.load(Ordering::Acquire) == pid as i32)
+}
+
+/// Whether the slot (locked, counting `pid`) counts the process now
+/// holding that pid: only checked for our own pid, where the start time
+/// is cached; another process's is trusted (see [`get`] for reads).
+fn current(s: &Slot, pid: u32) -> bool {
+    pid != my_pid() || s.start.load(Ordering::Relaxed) == start_of(pid)
+}
+
+/// Free slots whose process is gone; called with the claim lock held.
+fn reclaim_dead(t: &Table) {
+    for s in &t.slots {
+        let pid = s.pid.load(Ordering::Acquire);
+        if pid != 0 && !alive(pid) {
+            let _g = lock(&s.lock);
+            if s.pid.load(Ordering::Acquire) == pid {
+                free(s);
+            }
+        }
+    }
+}
+
+fn free(s: &Slot) {
+    s.pinned.store(0, Ordering::Relaxed);
+    s.locked.store(0, Ordering::Relaxed);
+    s.start.store(0, Ordering::Relaxed);
+    s.pid.store(0, Ordering::Release);
 }
 
 /// Add `pinned` pages to process `pid`'s `VmPin` and `locked` to its
 /// `VmLck` (negative to take them away).
 pub fn add(pid: u32, pinned: i64, locked: i64) {
-    if pinned == 0 && locked == 0 {
+    if pinned == 0 && locked == 0 || pid == 0 || pid > i32::MAX as u32 {
         return;
     }
-    if let Some(s) = slot(pid, true) {
-        s.pinned.fetch_add(pinned, Ordering::AcqRel);
-        s.locked.fetch_add(locked, Ordering::AcqRel);
+    let Some(t) = table() else { return };
+    loop {
+        if let Some(s) = find(t, pid) {
+            let _g = lock(&s.lock);
+            if s.pid.load(Ordering::Acquire) != pid as i32 {
+                continue; // freed meanwhile: look again
+            }
+            if !current(s, pid) {
+                // A dead process's charges under our pid: not ours.
+                free(s);
+                continue;
+            }
+            let p = s.pinned.fetch_add(pinned, Ordering::AcqRel) + pinned;
+            let l = s.locked.fetch_add(locked, Ordering::AcqRel) + locked;
+            if p == 0 && l == 0 {
+                free(s);
+            }
+            return;
+        }
+        if pinned <= 0 && locked <= 0 {
+            // A credit to a process that is not counted (beyond the last
+            // slot, or its slot reclaimed): nothing to take away.
+            return;
+        }
+        let _claim = lock(&t.claim);
+        if find(t, pid).is_some() {
+            continue; // claimed by another thread meanwhile
+        }
+        let start = start_of(pid);
+        let mut claimed = false;
+        for round in 0..2 {
+            if round == 1 {
+                reclaim_dead(t);
+            }
+            if let Some(s) = probe(t, pid).find(|s| s.pid.load(Ordering::Acquire) == 0) {
+                let _g = lock(&s.lock);
+                s.start.store(start, Ordering::Relaxed);
+                s.pinned.store(pinned, Ordering::Relaxed);
+                s.locked.store(locked, Ordering::Relaxed);
+                s.pid.store(pid as i32, Ordering::Release);
+                claimed = true;
+                break;
+            }
+        }
+        let _ = claimed; // beyond the last slot: not counted
+        return;
     }
 }
 
 /// The engine's share of process `pid`'s counters, in pages:
-/// `(pinned, locked)`.
+/// `(pinned, locked)`; none for a slot left by a dead process whose pid
+/// another one has now.
 pub fn get(pid: u32) -> (i64, i64) {
-    slot(pid, false).map_or((0, 0), |s| (s.pinned.load(Ordering::Acquire), s.locked.load(Ordering::Acquire)))
+    let Some(s) = table().and_then(|t| find(t, pid)) else { return (0, 0) };
+    let _g = lock(&s.lock);
+    if s.pid.load(Ordering::Acquire) != pid as i32 || s.start.load(Ordering::Relaxed) != start_of(pid) {
+        return (0, 0);
+    }
+    (s.pinned.load(Ordering::Acquire), s.locked.load(Ordering::Acquire))
 }
 
 /// `text`, the kernel's `/proc/PID/status` of process `pid`, with the
@@ -126,9 +292,8 @@ pub fn adjust_status(pid: u32, text: &str) -> String {
 mod tests {
     use super::*;
 
-    #[test]
     fn counters_move_between_processes() {
-        // Pids no process here has.
+        // Pids no process here has (above any pid_max: dead to kill(2)).
         let (a, b) = (0x7ff0_0001, 0x7ff0_0002);
         add(a, 3, 1);
         assert_eq!(get(a), (3, 1));
@@ -142,5 +307,53 @@ mod tests {
         assert!(got.contains(&format!("VmLck:\t{:>8} kB\n", 8 + kb)), "{got}");
         assert!(got.starts_with("Name:\tx\n") && got.ends_with("Threads:\t1\n"));
         add(b, -3, -1);
+        assert!(find(table().unwrap(), b).is_none(), "a slot back at zero is given back");
+    }
+
+    /// One test: the table is shared by every test thread of the process,
+    /// and the last part frees dead processes' slots.
+    #[test]
+    fn counters_slots_and_stale_pids() {
+        counters_move_between_processes();
+        slots_are_given_back_and_never_inherited();
+    }
+
+    fn slots_are_given_back_and_never_inherited() {
+        let t = table().unwrap();
+        // Far more processes than slots, one after another, each charging
+        // and then uncharging: every one is counted.
+        for pid in 0x7fe0_0000..0x7fe0_0000 + 4 * SLOTS as u32 {
+            add(pid, 2, 0);
+            assert_eq!(get(pid), (2, 0), "pid {pid:#x}");
+            add(pid, -2, 0);
+            assert_eq!(get(pid), (0, 0));
+        }
+        // A dead process's charges under our pid (another start time) are
+        // not ours: reading shows none, the next charge starts from zero.
+        let me = std::process::id();
+        add(me, 5, 0);
+        let s = find(t, me).unwrap();
+        s.start.fetch_add(1, Ordering::Relaxed);
+        assert_eq!(get(me), (0, 0));
+        add(me, 1, 0);
+        assert_eq!(get(me), (1, 0));
+        add(me, -1, 0);
+        assert!(find(t, me).is_none());
+        // A full table of dead processes' slots: a new process reclaims one.
+        let dead = 0x7fd0_0000u32;
+        for pid in dead..dead + SLOTS as u32 {
+            add(pid, 1, 0);
+        }
+        assert_eq!(t.slots.iter().filter(|s| s.pid.load(Ordering::Acquire) != 0).count(), SLOTS);
+        add(me, 7, 0);
+        assert_eq!(get(me), (7, 0));
+        add(me, -7, 0);
+        for pid in dead..dead + SLOTS as u32 {
+            add(pid, -1, 0);
+        }
+        assert!(t
+            .slots
+            .iter()
+            .all(|s| s.pid.load(Ordering::Acquire) == 0 || s.pid.load(Ordering::Acquire) >= 0x7ff0_0000));
     }
 }
