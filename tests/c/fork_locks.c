@@ -15,6 +15,9 @@
  *    prepare handler (which runs before the shim's) and its child handler
  *    (which runs after the shim's); in the child the count must be 0, with
  *    served descriptors of its own and inherited ones (a grandchild).
+ *    Only the forking thread's calls count: the shim's other threads (its
+ *    fork server, its /proc reader) may allocate meanwhile, as any
+ *    program's threads may, and the child has none of them.
  *
  * 2. A stopped child never blocks its parent's fork: a child keeps
  *    allocating fault queues through its inherited iommufd (the parent's
@@ -57,19 +60,19 @@ static void *advise(void *arg)
 	return NULL;
 }
 
-/* 3: malloc counted in the fork window. */
+/* 3: malloc counted in the fork window, on the forking thread. */
 extern void *__libc_malloc(size_t);
 extern void __libc_free(void *);
 extern void *__libc_calloc(size_t, size_t);
 extern void *__libc_realloc(void *, size_t);
 extern void *__libc_memalign(size_t, size_t);
-static int counting;
-static int allocs;
+static __thread int counting;
+static __thread int allocs;
 
 static void count(void)
 {
-	if (__atomic_load_n(&counting, __ATOMIC_RELAXED))
-		__atomic_fetch_add(&allocs, 1, __ATOMIC_RELAXED);
+	if (counting)
+		allocs++;
 }
 
 void *malloc(size_t n)
@@ -120,21 +123,21 @@ void *memalign(size_t align, size_t n)
 
 static void start_counting(void)
 {
-	__atomic_store_n(&allocs, 0, __ATOMIC_RELAXED);
-	__atomic_store_n(&counting, 1, __ATOMIC_RELAXED);
+	allocs = 0;
+	counting = 1;
 }
 
 static int child_allocs = -1;
 
 static void stop_counting_child(void)
 {
-	__atomic_store_n(&counting, 0, __ATOMIC_RELAXED);
-	child_allocs = __atomic_load_n(&allocs, __ATOMIC_RELAXED);
+	counting = 0;
+	child_allocs = allocs;
 }
 
 static void stop_counting_parent(void)
 {
-	__atomic_store_n(&counting, 0, __ATOMIC_RELAXED);
+	counting = 0;
 }
 
 static void no_allocation_at_fork(void)
@@ -203,8 +206,9 @@ static void registry_lock(void)
 		fflush(stdout);
 		pid_t pid = (pid_t)CHECK_OK(fork());
 		if (pid == 0) {
-			/* A hang here is the registry inherited held. */
-			alarm(5);
+			/* A hang here is the registry inherited held (the alarm
+			 * is generous: a machine under heavy load is not a hang). */
+			alarm(30);
 			CHECK_OK(munmap(spare, ps));
 			CHECK_OK(madvise(advised, ps, MADV_DONTNEED));
 			_exit(0);
@@ -236,8 +240,9 @@ static void stopped_child(void)
 			ioctl(fd, IOMMU_DESTROY, &d);
 		}
 	}
-	/* A fork that waits for the stopped child hangs: SIGALRM ends us. */
-	alarm(30);
+	/* A fork that waits for the stopped child hangs: SIGALRM ends us
+	 * (150 rounds take about a second on an idle machine). */
+	alarm(120);
 	for (int i = 0; i < STOPS; i++) {
 		usleep((unsigned)(rand() % 500));
 		CHECK_OK(kill(busy, SIGSTOP));
