@@ -182,6 +182,24 @@ pub trait Domain: AnyDomain + Send + Sync {
     /// Returns `Err((errno, bytes_mapped))` if it stopped part way.
     fn map_pages(&self, iova: u64, paddr: u64, pgsize: u64, pgcount: u64, prot: Prot) -> Result<(), (Errno, u64)>;
 
+    /// `iommu_map()` of `size` bytes at `iova` to `paddr` (what [`map`]
+    /// does). The default, [`map_split`], splits the range into page sizes
+    /// and calls [`map_pages`](Self::map_pages) for each. A model may take a
+    /// shorter way for ranges it can map in one go, with exactly the
+    /// default's outcome: the same entries, errors and leftovers.
+    fn map_range(&self, iova: u64, paddr: u64, size: u64, prot: Prot, max_pgsize: u64) -> Result<(), Errno> {
+        map_split(self, iova, paddr, size, prot, max_pgsize)
+    }
+
+    /// `iommu_unmap()` of `size` bytes at `iova` without the invalidation
+    /// of devices' translation caches that [`unmap`] adds; returns the bytes
+    /// unmapped. The default, [`unmap_split`], calls
+    /// [`unmap_pages`](Self::unmap_pages) per page-size chunk; as for
+    /// [`map_range`](Self::map_range), an override must have its outcome.
+    fn unmap_range(&self, iova: u64, size: u64, max_pgsize: u64) -> u64 {
+        unmap_split(self, iova, size, max_pgsize)
+    }
+
     /// Unmap the leaves covering `pgcount` pages of `pgsize` bytes at `iova`;
     /// returns the bytes unmapped. Callers go through [`unmap`], which also
     /// invalidates devices' translation caches (`uiommufd_memory::atc`):
@@ -236,6 +254,7 @@ const fn genmask(n: u32) -> u64 {
 /// largest supported size that fits in `size` and that both addresses are
 /// aligned to. Returns `(pgsize, pgcount)`; the count stops at the boundary
 /// where the next larger size becomes usable, if the range reaches past it.
+#[inline]
 pub fn pgsize(bitmap: u64, iova: u64, paddr: u64, size: u64) -> Option<(u64, u64)> {
     if size == 0 {
         return None;
@@ -273,7 +292,25 @@ pub fn pgsize(bitmap: u64, iova: u64, paddr: u64, size: u64) -> Option<(u64, u64
 /// `EINVAL` if the addresses or size are not aligned to the smallest page
 /// size (or no page size is left), `EOVERFLOW` if either range wraps past
 /// the end of the 64-bit address space; otherwise the domain's error.
+///
+/// The domain's [`Domain::map_range`] does it ([`map_split`] unless the
+/// model has a shorter way).
+#[inline]
 pub fn map(domain: &dyn Domain, iova: u64, paddr: u64, size: u64, prot: Prot, max_pgsize: u64) -> Result<(), Errno> {
+    domain.map_range(iova, paddr, size, prot, max_pgsize)
+}
+
+/// [`map`] the general way: the checks, then one
+/// [`map_pages`](Domain::map_pages) per chunk [`pgsize`] picks, and on
+/// failure [`Domain::unmap_range`] of what was mapped.
+pub fn map_split<D: Domain + ?Sized>(
+    domain: &D,
+    iova: u64,
+    paddr: u64,
+    size: u64,
+    prot: Prot,
+    max_pgsize: u64,
+) -> Result<(), Errno> {
     let bitmap = restrict(domain.pgsize_bitmap(), max_pgsize);
     let min = bitmap & bitmap.wrapping_neg();
     if min == 0 || (iova | paddr | size) & (min - 1) != 0 {
@@ -300,8 +337,8 @@ pub fn map(domain: &dyn Domain, iova: u64, paddr: u64, size: u64, prot: Prot, ma
     match failure {
         None => Ok(()),
         Some(e) => {
-            if done != 0 {
-                unmap(domain, iova, done, 0);
+            if done != 0 && domain.unmap_range(iova, done, 0) != 0 {
+                uiommufd_memory::atc::invalidate();
             }
             Err(e)
         }
@@ -312,7 +349,24 @@ pub fn map(domain: &dyn Domain, iova: u64, paddr: u64, size: u64, prot: Prot, ma
 /// Like the kernel, it picks page sizes as if `paddr == iova`, stops at the
 /// first chunk the domain unmaps nothing of, and does nothing (returns 0)
 /// for a range not aligned to the smallest page size or wrapping around.
+///
+/// The domain's [`Domain::unmap_range`] does it ([`unmap_split`] unless the
+/// model has a shorter way); then devices' translation caches are
+/// invalidated if anything went.
+#[inline]
 pub fn unmap(domain: &dyn Domain, iova: u64, size: u64, max_pgsize: u64) -> u64 {
+    let done = domain.unmap_range(iova, size, max_pgsize);
+    if done != 0 {
+        // Devices' translation caches may hold what just went (the
+        // kernel's iotlb_sync; see `uiommufd_memory::atc`).
+        uiommufd_memory::atc::invalidate();
+    }
+    done
+}
+
+/// [`unmap`] the general way, without the invalidation: one
+/// [`unmap_pages`](Domain::unmap_pages) per chunk [`pgsize`] picks.
+pub fn unmap_split<D: Domain + ?Sized>(domain: &D, iova: u64, size: u64, max_pgsize: u64) -> u64 {
     let bitmap = restrict(domain.pgsize_bitmap(), max_pgsize);
     let min = bitmap & bitmap.wrapping_neg();
     if min == 0 || (iova | size) & (min - 1) != 0 {
@@ -331,15 +385,11 @@ pub fn unmap(domain: &dyn Domain, iova: u64, size: u64, max_pgsize: u64) -> u64 
         }
         done = done.saturating_add(n).min(size);
     }
-    if done != 0 {
-        // Devices' translation caches may hold what just went (the
-        // kernel's iotlb_sync; see `uiommufd_memory::atc`).
-        uiommufd_memory::atc::invalidate();
-    }
     done
 }
 
 /// `bitmap` without the sizes above `max_pgsize` (0: no limit).
+#[inline]
 fn restrict(bitmap: u64, max_pgsize: u64) -> u64 {
     if max_pgsize == 0 {
         bitmap

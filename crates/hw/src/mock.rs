@@ -524,6 +524,163 @@ impl MockDomain {
         Some(done + self.pt.unmap(iova + done, IO, count - cleared))
     }
 
+    /// [`crate::map_split`], out of the shortcut's way.
+    #[cold]
+    #[inline(never)]
+    fn map_split(&self, iova: u64, paddr: u64, size: u64, prot: Prot, max_pgsize: u64) -> Result<(), Errno> {
+        crate::map_split(self, iova, paddr, size, prot, max_pgsize)
+    }
+
+    /// [`crate::unmap_split`], out of the shortcut's way.
+    #[cold]
+    #[inline(never)]
+    fn unmap_split(&self, iova: u64, size: u64, max_pgsize: u64) -> u64 {
+        crate::unmap_split(self, iova, size, max_pgsize)
+    }
+
+    /// The usual map through [`crate::map`] (a guest page, a ring): `size`
+    /// bytes, less than 1 MiB, inside one 1 MiB block of the aperture,
+    /// whose 2 KiB slots are all empty. Each chunk [`crate::pgsize`] picks
+    /// gets the pieces its `map_pages` call would write (START on its first
+    /// piece, LAST on its last, the generic table's CONTIG size of its
+    /// page), stored in place after one walk and one check that the slots
+    /// are free, so every entry reads as through [`crate::map_split`].
+    /// `false`: not that case, nothing mapped (the walk may have linked the
+    /// tables above the block, as the general path's own walk does).
+    ///
+    /// With fault injection armed (`failpoint::nth() != 0`) the general
+    /// path runs, so its injection points are passed as before.
+    #[inline]
+    fn map_in_block(&self, iova: u64, paddr: u64, size: u64, prot: Prot, max_pgsize: u64) -> bool {
+        const IO: u64 = MOCK_IO_PAGE_SIZE;
+        let bitmap = crate::restrict(self.pgsize_bitmap, max_pgsize);
+        let min = bitmap & bitmap.wrapping_neg();
+        // `map_split`'s checks: anything it would refuse, it refuses.
+        if min == 0 || (iova | paddr | size) & (min - 1) != 0 || size == 0 || size >= MOCK_HUGE_PAGE_SIZE {
+            return false;
+        }
+        let (Some(last), Some(_)) = (iova.checked_add(size - 1), paddr.checked_add(size - 1)) else { return false };
+        if (iova ^ last) >= MOCK_HUGE_PAGE_SIZE
+            || !self.in_aperture(iova, last)
+            || uiommufd_memory::failpoint::nth() != 0
+        {
+            return false;
+        }
+        let Ok(slots) = self.pt.leaf_slots(iova, 0, (size / IO) as usize) else { return false };
+        if slots.iter().any(|s| s.load(Ordering::Relaxed) != 0) {
+            return false;
+        }
+        if bitmap & (MOCK_HUGE_PAGE_SIZE - 1) == IO {
+            // 2 KiB is the only size below 1 MiB (6.12's mock): one
+            // `map_pages` call of pieces.
+            Self::write_pieces(slots, paddr, prot, 0);
+        } else if size & bitmap != 0 && size.is_power_of_two() && (iova | paddr) & (size - 1) == 0 {
+            // One page of `size` (a 7.3 page of 4 KiB: two pieces).
+            Self::write_pieces(slots, paddr, prot, self.contig_bits(size));
+        } else {
+            return Self::map_chunks_in_block(self, slots, iova, paddr, prot, bitmap);
+        }
+        true
+    }
+
+    /// The CONTIG bits of 7.3's pages of `pgsize` (below 1 MiB): 2^k
+    /// pieces; none on 6.12's.
+    #[inline]
+    fn contig_bits(&self, pgsize: u64) -> u64 {
+        if self.generic {
+            u64::from((pgsize / MOCK_IO_PAGE_SIZE).trailing_zeros()) << bits::CONTIG_SHIFT
+        } else {
+            0
+        }
+    }
+
+    /// The pieces one `map_pages` call writes into `slots` (empty, all of
+    /// the call's): consecutive memory from `paddr`, each with `contig`,
+    /// START on the first and LAST on the last.
+    #[inline]
+    fn write_pieces(slots: &[AtomicU64], paddr: u64, prot: Prot, contig: u64) {
+        let leaf = MockFormat::make_leaf(paddr, prot, 0);
+        let last = slots.len() - 1;
+        for (n, slot) in slots.iter().enumerate() {
+            let mut e = (leaf + n as u64 * MOCK_IO_PAGE_SIZE) | contig;
+            if n == 0 {
+                e |= bits::START;
+            }
+            if n == last {
+                e |= bits::LAST;
+            }
+            slot.store(e, Ordering::Release);
+        }
+    }
+
+    /// [`map_in_block`](Self::map_in_block) of a range that
+    /// [`crate::pgsize`] splits into several pages: each chunk is one
+    /// `map_pages` call's pieces.
+    #[cold]
+    #[inline(never)]
+    fn map_chunks_in_block(&self, slots: &[AtomicU64], iova: u64, paddr: u64, prot: Prot, bitmap: u64) -> bool {
+        let size = slots.len() as u64 * MOCK_IO_PAGE_SIZE;
+        let mut done = 0u64;
+        let mut at = 0usize;
+        while done < size {
+            // Never `None` after `map_in_block`'s checks (the smallest size
+            // fits and divides everything); if it were, undo and let the
+            // general path answer.
+            let Some((pgsize, count)) = crate::pgsize(bitmap, iova + done, paddr + done, size - done) else {
+                for s in &slots[..at] {
+                    s.store(0, Ordering::Release);
+                }
+                return false;
+            };
+            let bytes = pgsize * count;
+            let pieces = (bytes / MOCK_IO_PAGE_SIZE) as usize;
+            Self::write_pieces(&slots[at..at + pieces], paddr + done, prot, self.contig_bits(pgsize));
+            at += pieces;
+            done += bytes;
+        }
+        true
+    }
+
+    /// The usual unmap through [`crate::unmap`]: `size` bytes inside one
+    /// 1 MiB block whose first piece is a 2 KiB leaf (so the block is a
+    /// table of pieces, and no span or 1 MiB leaf is involved). What
+    /// [`crate::unmap_split`] does there, after one walk: 6.12's edge
+    /// checks (only 2 KiB pages without huge pages: one `unmap_pages`
+    /// call), every slot cleared, every byte counted (holes count as
+    /// unmapped). `None`: not that case, nothing done.
+    #[inline]
+    fn unmap_in_block_range(&self, iova: u64, size: u64, max_pgsize: u64) -> Option<u64> {
+        const IO: u64 = MOCK_IO_PAGE_SIZE;
+        let bitmap = crate::restrict(self.pgsize_bitmap, max_pgsize);
+        let min = bitmap & bitmap.wrapping_neg();
+        if min == 0 || (iova | size) & (min - 1) != 0 || size == 0 {
+            return None;
+        }
+        let last = iova.checked_add(size - 1)?;
+        if (iova ^ last) >= MOCK_HUGE_PAGE_SIZE {
+            return None;
+        }
+        let slots = self.pt.existing_leaf_slots(iova, 0, (size / IO) as usize)?;
+        let first = slots[0].load(Ordering::Acquire);
+        if !MockFormat::is_present(first) {
+            return None;
+        }
+        if !self.huge_iova() && !self.generic {
+            const EDGE: u64 = bits::START | bits::LAST;
+            let tail = slots[slots.len() - 1].load(Ordering::Acquire);
+            if first & EDGE == 0 {
+                self.warn();
+            }
+            if MockFormat::is_present(tail) && tail & EDGE == 0 {
+                self.warn();
+            }
+        }
+        for s in slots {
+            s.store(0, Ordering::Release);
+        }
+        Some(size)
+    }
+
     /// The contiguous page (start, size) the generic page table's leaf
     /// `entry` at `level` for `iova` belongs to.
     fn contig_page(iova: u64, entry: u64, level: u32) -> (u64, u64) {
@@ -689,6 +846,20 @@ impl Domain for MockDomain {
 
     fn aperture(&self) -> Aperture {
         self.aperture
+    }
+
+    fn map_range(&self, iova: u64, paddr: u64, size: u64, prot: Prot, max_pgsize: u64) -> Result<(), Errno> {
+        if self.map_in_block(iova, paddr, size, prot, max_pgsize) {
+            return Ok(());
+        }
+        self.map_split(iova, paddr, size, prot, max_pgsize)
+    }
+
+    fn unmap_range(&self, iova: u64, size: u64, max_pgsize: u64) -> u64 {
+        match self.unmap_in_block_range(iova, size, max_pgsize) {
+            Some(n) => n,
+            None => self.unmap_split(iova, size, max_pgsize),
+        }
     }
 
     /// `mock_domain_map_pages()`. Differences from the kernel, which trusts
@@ -1545,6 +1716,132 @@ mod tests {
             // 6.12's edge check: the span's map was cut (its piece 1 is
             // not LAST, piece 2 not START).
             assert_eq!(d.warnings(), if d.is_generic() { 0 } else { 2 });
+        }
+    }
+
+    /// The mock without its shortcuts: [`Domain::map_range`] and
+    /// [`Domain::unmap_range`] are the general split into `map_pages` and
+    /// `unmap_pages` calls (the trait's defaults).
+    struct Split(MockDomain);
+
+    impl Domain for Split {
+        fn pgsize_bitmap(&self) -> u64 {
+            self.0.pgsize_bitmap()
+        }
+        fn aperture(&self) -> Aperture {
+            self.0.aperture()
+        }
+        fn map_pages(&self, iova: u64, paddr: u64, pgsize: u64, pgcount: u64, prot: Prot) -> Result<(), (Errno, u64)> {
+            self.0.map_pages(iova, paddr, pgsize, pgcount, prot)
+        }
+        fn unmap_pages(&self, iova: u64, pgsize: u64, pgcount: u64) -> u64 {
+            self.0.unmap_pages(iova, pgsize, pgcount)
+        }
+        fn translate(&self, iova: u64, access: Access) -> Result<Translation, Fault> {
+            self.0.translate(iova, access)
+        }
+    }
+
+    #[derive(Clone, Debug)]
+    enum RangeOp {
+        Map { off: u64, size: u64, paddr: u64, max_pgsize: u64, write: bool },
+        Unmap { off: u64, size: u64, max_pgsize: u64 },
+        Dirty { off: u64 },
+    }
+
+    /// Offsets and sizes in 1 KiB steps, mostly aligned to 2 or 4 KiB,
+    /// sometimes to 1 MiB, in an 8 MiB window that starts 2 MiB below the
+    /// mock aperture.
+    fn range_op() -> impl proptest::strategy::Strategy<Value = RangeOp> {
+        use proptest::prelude::*;
+        let align = prop_oneof![1 => Just(1024u64), 6 => Just(IO), 6 => Just(2 * IO), 2 => Just(HUGE)];
+        let off = (align.clone(), 0u64..8 << 10).prop_map(|(a, k)| (k << 10) / a * a);
+        let size = prop_oneof![
+            6 => (1u64..=8).prop_map(|n| n * IO),
+            3 => (1u64..=700).prop_map(|n| n * IO),
+            1 => (1u64..=3).prop_map(|n| n * HUGE),
+            1 => Just(1024u64),
+        ];
+        let max = prop_oneof![4 => Just(0u64), 1 => Just(IO), 1 => Just(2 * IO)];
+        prop_oneof![
+            5 => (off.clone(), size.clone(), align, 0u64..1 << 20, max.clone(), any::<bool>()).prop_map(
+                |(off, size, a, p, max_pgsize, write)| RangeOp::Map {
+                    off,
+                    size,
+                    paddr: 0x1_0000_0000 + (p << 10) / a * a,
+                    max_pgsize,
+                    write,
+                }
+            ),
+            4 => (off.clone(), size, max).prop_map(|(off, size, max_pgsize)| RangeOp::Unmap { off, size, max_pgsize }),
+            1 => off.prop_map(|off| RangeOp::Dirty { off }),
+        ]
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 128, ..Default::default() })]
+        /// The map and unmap shortcuts of one 1 MiB block
+        /// (`map_in_block`, `unmap_in_block_range`) against the general
+        /// split on random ranges: the same results, warnings and raw
+        /// entries, for 6.12's mock with and without huge pages and 7.3's
+        /// in both shapes.
+        #[test]
+        fn block_shortcuts_match_the_split(kind in 0u32..4, ops in proptest::collection::vec(range_op(), 1..48)) {
+            let make = || match kind {
+                0 => MockDomain::with_dirty_ops(false),
+                1 => MockDomain::with_dirty_ops(true),
+                2 => MockDomain::generic(MockIommuPt::Default, true),
+                _ => MockDomain::generic(MockIommuPt::Huge, true),
+            }
+            .unwrap();
+            let (fast, split) = (make(), Split(make()));
+            fast.set_dirty_tracking(true).unwrap();
+            split.0.set_dirty_tracking(true).unwrap();
+            let window = BASE - 2 * HUGE;
+            let dump = |d: &MockDomain| {
+                let mut v = Vec::new();
+                d.page_table().for_each_leaf(window, 8 * HUGE, |i, l, e| v.push((i, l, e)));
+                v
+            };
+            for op in &ops {
+                match *op {
+                    RangeOp::Map { off, size, paddr, max_pgsize, write } => {
+                        let prot = if write { RW } else { Prot::READ };
+                        let a = crate::map(&fast, window + off, paddr, size, prot, max_pgsize);
+                        let b = crate::map(&split, window + off, paddr, size, prot, max_pgsize);
+                        proptest::prop_assert_eq!(a, b, "{:?}", op);
+                    }
+                    RangeOp::Unmap { off, size, max_pgsize } => {
+                        let a = crate::unmap(&fast, window + off, size, max_pgsize);
+                        let b = crate::unmap(&split, window + off, size, max_pgsize);
+                        proptest::prop_assert_eq!(a, b, "{:?}", op);
+                    }
+                    RangeOp::Dirty { off } => {
+                        proptest::prop_assert_eq!(fast.mark_dirty(window + off), split.0.mark_dirty(window + off));
+                    }
+                }
+                proptest::prop_assert_eq!(fast.warnings(), split.0.warnings(), "{:?}", op);
+                proptest::prop_assert_eq!(dump(&fast), dump(&split.0), "{:?}", op);
+            }
+        }
+    }
+
+    /// The common cases take the shortcuts (what the property test above
+    /// compares is not the general path twice).
+    #[test]
+    fn small_ranges_take_the_block_shortcuts() {
+        for d in [MockDomain::generic(MockIommuPt::Default, false).unwrap(), MockDomain::new(false).unwrap()] {
+            assert!(d.map_in_block(BASE + 8 * IO, 0x1_0000_0000, 2 * IO, RW, 0));
+            assert!(!d.map_in_block(BASE + 8 * IO, 0x1_0000_0000, 2 * IO, RW, 0), "slots in use");
+            assert!(!d.map_in_block(BASE + HUGE - IO, 0x1_0000_0000, 2 * IO, RW, 0), "two blocks");
+            assert!(!d.map_in_block(BASE - IO, 0x1_0000_0000, IO, RW, 0), "outside the aperture");
+            let e = d.entry_at(BASE + 8 * IO).unwrap();
+            assert!(e.start && !e.last && e.paddr == 0x1_0000_0000);
+            assert!(d.entry_at(BASE + 9 * IO).unwrap().last);
+            assert_eq!(d.unmap_in_block_range(BASE + 8 * IO, 2 * IO, 0), Some(2 * IO));
+            assert_eq!(d.unmap_in_block_range(BASE + 8 * IO, 2 * IO, 0), None, "a hole first");
+            assert!(d.is_empty());
+            assert_eq!(d.warnings(), 0);
         }
     }
 

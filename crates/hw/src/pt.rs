@@ -751,8 +751,36 @@ impl<F: Format, const N: usize> PageTable<F, N> {
         n
     }
 
+    /// The `count` slots of `level` from `iova`, which must all lie in one
+    /// node, creating the nodes above them: for a model that writes a run
+    /// of leaves in place after one walk (the mock's small map). The
+    /// caller owns these slots as [`map_entries`](Self::map_entries) does
+    /// (plain stores of leaves into empty slots). `EINVAL` for a level
+    /// without leaves, an IOVA past [`max_iova`](Self::max_iova) or a run
+    /// leaving the node; `EEXIST` if a leaf above maps `iova`; `ENOMEM`.
+    #[inline]
+    pub(crate) fn leaf_slots(&self, iova: u64, level: u32, count: usize) -> Result<&[AtomicU64], Errno> {
+        let first = Self::index(iova, level);
+        if !Self::leaf_level(level) || iova > Self::max_iova() || count > N - first {
+            return Err(Errno::EINVAL);
+        }
+        Ok(&self.node_for(iova, level)?.entries[first..first + count])
+    }
+
+    /// [`leaf_slots`](Self::leaf_slots) where the walk exists already (no
+    /// allocation): `None` if it does not, or a leaf above maps `iova`.
+    #[inline]
+    pub(crate) fn existing_leaf_slots(&self, iova: u64, level: u32, count: usize) -> Option<&[AtomicU64]> {
+        let first = Self::index(iova, level);
+        if !Self::leaf_level(level) || iova > Self::max_iova() || count > N - first {
+            return None;
+        }
+        Some(&self.node_for_existing(iova, level)?.entries[first..first + count])
+    }
+
     /// The node holding the level-`target` entry for `iova`, if the walk
     /// down to it exists (no allocation).
+    #[inline]
     fn node_for_existing(&self, iova: u64, target: u32) -> Option<&Node<N>> {
         let mut node: &Node<N> = &self.root;
         let mut level = F::LEVELS - 1;
@@ -770,40 +798,50 @@ impl<F: Format, const N: usize> PageTable<F, N> {
 
     /// The node holding the level-`target` entry for `iova`, creating and
     /// linking intermediate nodes on the way.
+    #[inline]
     fn node_for(&self, iova: u64, target: u32) -> Result<&Node<N>, Errno> {
         let mut node: &Node<N> = &self.root;
         let mut level = F::LEVELS - 1;
         while level > target {
             let idx = Self::index(iova, level);
-            let slot = &node.entries[idx];
-            let mut entry = slot.load(Ordering::Acquire);
-            loop {
-                if F::is_present(entry) {
-                    if Self::is_leaf_at(entry, level) {
-                        // A larger page already maps this IOVA.
-                        return Err(Errno::EEXIST);
-                    }
-                    break;
-                }
-                // Attach a child to the slot (once for the table's life),
-                // then link it in the hardware-visible entry.
-                let child = node.children[idx].get_or_try_init(Node::new)?;
-                match slot.compare_exchange(
-                    entry,
-                    F::make_table_at(child.pa, level),
-                    Ordering::AcqRel,
-                    Ordering::Acquire,
-                ) {
-                    Ok(_) => break,
-                    Err(now) => entry = now,
-                }
-            }
-            // The child was attached before any table entry for this slot
-            // could be published, so it is there.
-            node = node.children[idx].get().ok_or(Errno::EEXIST)?;
+            let entry = node.entries[idx].load(Ordering::Acquire);
+            // The usual step: a linked table.
+            node = match node.children[idx].get() {
+                Some(child) if F::is_present(entry) && !Self::is_leaf_at(entry, level) => child,
+                _ => Self::link_child(node, idx, level, entry)?,
+            };
             level -= 1;
         }
         Ok(node)
+    }
+
+    /// [`node_for`](Self::node_for)'s step at `level` where slot `idx`
+    /// held `entry` and is not (yet) a linked table with its child: link
+    /// one (attached to the slot once for the table's life), or `EEXIST`
+    /// if a leaf is there.
+    #[cold]
+    #[inline(never)]
+    fn link_child(node: &Node<N>, idx: usize, level: u32, mut entry: u64) -> Result<&Node<N>, Errno> {
+        let slot = &node.entries[idx];
+        loop {
+            if F::is_present(entry) {
+                if Self::is_leaf_at(entry, level) {
+                    // A larger page already maps this IOVA.
+                    return Err(Errno::EEXIST);
+                }
+                break;
+            }
+            // Attach a child to the slot (once for the table's life),
+            // then link it in the hardware-visible entry.
+            let child = node.children[idx].get_or_try_init(Node::new)?;
+            match slot.compare_exchange(entry, F::make_table_at(child.pa, level), Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => break,
+                Err(now) => entry = now,
+            }
+        }
+        // The child was attached before any table entry for this slot
+        // could be published, so it is there.
+        node.children[idx].get().ok_or(Errno::EEXIST)
     }
 
     fn install_leaf(node: &Node<N>, idx: usize, level: u32, leaf: u64) -> Result<(), Errno> {
