@@ -194,6 +194,13 @@ impl Iova {
         self.areas.first_in(start, last)
     }
 
+    /// Whether an area overlaps `[start, last]`, with one lookup: areas
+    /// are disjoint and sorted, so only the last one starting at or before
+    /// `last` can (if it ends before `start`, every earlier one does).
+    fn any_area_overlaps(&self, start: u64, last: u64) -> bool {
+        self.areas.at_or_before(last).is_some_and(|(_, a)| a.last >= start)
+    }
+
     fn reserved_overlapping(&self, start: u64, last: u64) -> bool {
         self.reserved.iter().any(|r| overlaps(r.start, r.last, start, last))
     }
@@ -211,7 +218,7 @@ impl Iova {
         if self.reserved_overlapping(iova, last) {
             return Err(einval("IOVA range intersects a reserved range"));
         }
-        if self.area_overlapping(iova, last).is_some() {
+        if self.any_area_overlaps(iova, last) {
             return Err(eexist("IOVA range is already mapped"));
         }
         Ok(())
@@ -827,25 +834,29 @@ impl IoPagetable {
         }
         let mut guard = lock_write(&self.iova);
         let st = &mut *guard;
-        let area = st.areas.get_mut(start)?;
+        // Taken out at once (one lookup); if it is not the common case it
+        // goes back before anyone can look (the lock is held).
+        let mut area = st.areas.remove(start)?;
         // A revoked dma-buf import is in no domain: the general path knows.
         if area.last != last
             || area.num_accesses != 0
             || area.num_locks != 0
             || area.pages.as_ref().is_none_or(|p| p.revoked())
         {
+            st.areas.insert(start, area);
             return None;
         }
         let (first, last_index) = area.index_range(start);
         let len = area.len(start);
         let mut pages = area.pages.take().expect("checked");
-        st.areas.remove(start);
+        // Out of every domain, devices' translation caches invalidated
+        // once, then unpinned.
+        hw::unmap_each(st.domains.iter().map(|d| d.domain.as_ref()), start, len, 0);
         match Arc::get_mut(&mut pages) {
             // Only this area held them: no lock needed for the pin records,
             // and they can be reused.
             Some(p) => {
-                for d in &st.domains {
-                    hw::unmap(d.domain.as_ref(), start, len, 0);
+                for _ in &st.domains {
                     p.remove_user_exclusive(first, last_index);
                 }
                 if st.pages_pool.len() < PAGES_POOL && p.recyclable() {
@@ -853,8 +864,7 @@ impl IoPagetable {
                 }
             }
             None => {
-                for d in &st.domains {
-                    hw::unmap(d.domain.as_ref(), start, len, 0);
+                for _ in &st.domains {
                     pages.remove_user(first, last_index);
                 }
             }
@@ -878,7 +888,7 @@ impl IoPagetable {
         let ap = domain.aperture();
         let owner = Owner::Domain(token);
         let reserve = |st: &mut Iova, s: u64, l: u64| -> Result<()> {
-            if st.area_overlapping(s, l).is_some() || st.allowed_overlapping(s, l) {
+            if st.any_area_overlaps(s, l) || st.allowed_overlapping(s, l) {
                 return Err(Error::new(Errno::EADDRINUSE, "domain aperture excludes mapped or allowed IOVA"));
             }
             st.reserved.push(Reserved { start: s, last: l, owner });
@@ -968,7 +978,7 @@ impl IoPagetable {
     /// `iopt_reserve_iova`.
     pub fn reserve(&self, start: u64, last: u64, owner: Owner) -> Result<()> {
         let mut st = lock_write(&self.iova);
-        if st.area_overlapping(start, last).is_some() || st.allowed_overlapping(start, last) {
+        if st.any_area_overlaps(start, last) || st.allowed_overlapping(start, last) {
             return Err(Error::new(Errno::EADDRINUSE, "range is mapped or allowed"));
         }
         st.reserved.push(Reserved { start, last, owner });
@@ -979,7 +989,7 @@ impl IoPagetable {
     pub fn reserve_all(&self, ranges: &[(u64, u64)], owner: Owner) -> Result<()> {
         let mut st = lock_write(&self.iova);
         for &(s, l) in ranges {
-            if st.area_overlapping(s, l).is_some() || st.allowed_overlapping(s, l) {
+            if st.any_area_overlaps(s, l) || st.allowed_overlapping(s, l) {
                 st.reserved.retain(|r| r.owner != owner);
                 return Err(Error::new(Errno::EADDRINUSE, "reserved region is mapped or allowed"));
             }

@@ -86,6 +86,11 @@ impl Ioas {
     /// returns the IOVA (chosen unless `FIXED_IOVA`).
     pub fn map(&self, flags: u32, user_va: u64, length: u64, iova: u64, process_accounting: bool) -> Result<u64> {
         check_map_flags(flags, &[iova, length])?;
+        self.map_checked(flags, user_va, length, iova, process_accounting)
+    }
+
+    /// [`map`](Self::map) once [`check_map_flags`] passed.
+    fn map_checked(&self, flags: u32, user_va: u64, length: u64, iova: u64, process_accounting: bool) -> Result<u64> {
         let fixed = (flags & map_flags::FIXED_IOVA != 0).then_some(iova);
         let mode: AccountMode = Account::mode_for(process_accounting);
         self.iopt.map_user(user_va, length, fixed, prot_from_flags(flags), mode)
@@ -156,7 +161,7 @@ impl IoasHandle {
         check_map_flags(flags, &[iova, length])?;
         let _use = self.enter()?;
         let process = self.ctx.account_mode() == crate::ctx::AccountMode::Process;
-        self.ioas.map(flags, user_va, length, iova, process)
+        self.ioas.map_checked(flags, user_va, length, iova, process)
     }
 
     /// `IOMMU_IOAS_UNMAP`, as [`crate::Iommufd::ioas_unmap`].

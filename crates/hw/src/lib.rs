@@ -364,6 +364,26 @@ pub fn unmap(domain: &dyn Domain, iova: u64, size: u64, max_pgsize: u64) -> u64 
     done
 }
 
+/// [`unmap`] of one range from each of `domains`, with one invalidation
+/// of devices' translation caches after all of them instead of one per
+/// domain (the engine taking an area out of every domain of an IOAS before
+/// it unpins the memory). Returns whether anything was unmapped.
+pub fn unmap_each<'a>(
+    domains: impl IntoIterator<Item = &'a dyn Domain>,
+    iova: u64,
+    size: u64,
+    max_pgsize: u64,
+) -> bool {
+    let mut any = false;
+    for domain in domains {
+        any |= domain.unmap_range(iova, size, max_pgsize) != 0;
+    }
+    if any {
+        uiommufd_memory::atc::invalidate();
+    }
+    any
+}
+
 /// [`unmap`] the general way, without the invalidation: one
 /// [`unmap_pages`](Domain::unmap_pages) per chunk [`pgsize`] picks.
 pub fn unmap_split<D: Domain + ?Sized>(domain: &D, iova: u64, size: u64, max_pgsize: u64) -> u64 {
