@@ -330,6 +330,13 @@ impl Pages {
     /// `Pages` being built): no lock taken.
     pub fn add_user_exclusive(&mut self, first: u64, last: u64) -> Result<PfnRuns> {
         debug_assert!(first <= last && last < self.npages);
+        if self.state.get_mut().unwrap_or_else(|p| p.into_inner()).segs.is_empty() {
+            // The usual case (an area filled into its first domain), with
+            // the state left in place: pin, then record.
+            let runs = self.pin_first(first, last)?;
+            Self::record_first(self.state.get_mut().unwrap_or_else(|p| p.into_inner()), &runs);
+            return Ok(runs);
+        }
         let st = self.state.get_mut().unwrap_or_else(|p| p.into_inner());
         let mut st = std::mem::take(st);
         let r = self.add_user_locked(&mut st, first, last);
@@ -401,6 +408,14 @@ impl Pages {
     /// case: an area filled into its first domain): pin the range, record
     /// it with one user, hand the frames back in the pinning's own vector.
     fn add_first_user(&self, st: &mut State, first: u64, last: u64) -> Result<PfnRuns> {
+        let runs = self.pin_first(first, last)?;
+        Self::record_first(st, &runs);
+        Ok(runs)
+    }
+
+    /// The pinning half of [`add_first_user`](Self::add_first_user):
+    /// charge and pin `[first, last]`, uncharging again on failure.
+    fn pin_first(&self, first: u64, last: u64) -> Result<PfnRuns> {
         let total = last - first + 1;
         self.account.charge(total)?;
         self.vm_pages(total as i64);
@@ -412,23 +427,23 @@ impl Pages {
                 return Err(err);
             }
         };
+        // Runs as pinned are already merged where frames continue.
+        let mut out = PfnRuns::new();
         let mut idx = first;
         for r in pinned.iter() {
-            st.segs.insert(idx, Seg { end: idx + r.npages, pfn: r.pfn, users: 1 });
+            out.push(PfnRun { index: idx, pfn: r.pfn, npages: r.npages });
             idx += r.npages;
         }
-        st.npinned += total;
-        // Runs as pinned are already merged where frames continue, and
-        // nothing else is in `segs` to merge with.
-        let mut idx = first;
-        Ok(pinned
-            .iter()
-            .map(|r| {
-                let run = PfnRun { index: idx, pfn: r.pfn, npages: r.npages };
-                idx += r.npages;
-                run
-            })
-            .collect())
+        Ok(out)
+    }
+
+    /// The recording half: `runs`, just pinned, become segments with one
+    /// user each (nothing else is in `segs` to merge with).
+    fn record_first(st: &mut State, runs: &PfnRuns) {
+        for r in runs.iter() {
+            st.segs.insert(r.index, Seg { end: r.index + r.npages, pfn: r.pfn, users: 1 });
+            st.npinned += r.npages;
+        }
     }
 
     /// Pin `npages` pages from index `first` out of the source.

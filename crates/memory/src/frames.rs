@@ -34,6 +34,12 @@
 //! registry has grown to its working size, and a released run at the top of
 //! the PFN space gives its PFNs back to the bump allocator.
 //!
+//! Released runs. A small in-place run whose last pin goes is not released
+//! at once but kept, with no pins, in a bounded cache (see
+//! [`Registry::cache`]): pinning the same pages again, what a VMM does
+//! when a guest maps and unmaps one buffer over and over, finds their
+//! frames with one lookup. Cached runs are frames for nobody.
+//!
 //! Mapped frames. A file's pages (`IOMMU_IOAS_MAP_FILE`, the kernel's
 //! `memfd_pin_folios`) have no address in the program; the engine maps the
 //! file itself ([`crate::filemap`]) and registers pages of that mapping with
@@ -115,6 +121,7 @@ pub struct PinnedRun {
 pub type PinnedRuns = InlineVec<PinnedRun, 2>;
 
 /// Append to `out`, merging with the previous run when frames continue it.
+#[inline]
 fn push_run(out: &mut PinnedRuns, r: PinnedRun) {
     if let Some(last) = out.last_mut() {
         if last.pfn + last.npages == r.pfn && last.va + last.npages * page() == r.va {
@@ -135,20 +142,38 @@ struct Run {
     /// Host address of the run's first page.
     host: u64,
     npages: u64,
-    /// Pins of each page of the run (at least one).
+    /// Pins of each page of the run: at least one, or zero for a run kept
+    /// in the cache of released runs (see [`Registry::cache`]).
     pins: u32,
     /// True while `host` is the program's own mapping of the pages.
     in_place: bool,
     /// True when `host` is an engine mapping owned by someone else (a
     /// file's pages, see [`pin_mapped`]).
     mapped: bool,
+    /// A cached run's slot in [`Registry::cache`] (meaningless while
+    /// pinned).
+    slot: u16,
 }
 
 impl Run {
     fn host_end(&self) -> u64 {
         self.host + self.npages * page()
     }
+
+    /// Whether the run, its last pin gone, may wait in the cache.
+    fn cacheable(&self) -> bool {
+        self.in_place && !self.mapped && self.npages <= CACHE_RUN_PAGES
+    }
 }
+
+/// In-place runs whose last pin went are kept, unpinned, for this many
+/// releases (see [`Registry::cache`]).
+const CACHE_SLOTS: usize = 64;
+/// Runs longer than this (2 MiB of 4 KiB pages) are released at once: the
+/// cache is for the small mappings a VMM makes and drops again and again.
+const CACHE_RUN_PAGES: u64 = 512;
+/// An empty slot of [`Registry::cache`].
+const NO_RUN: u64 = u64::MAX;
 
 struct Registry {
     /// Every run, keyed by first PFN.
@@ -157,6 +182,29 @@ struct Registry {
     by_va: SlabMap<u64>,
     next_pfn: u64,
     arena: Arena,
+    /// Released runs kept for a re-pin: in-place runs of at most
+    /// [`CACHE_RUN_PAGES`] pages whose last pin went stay indexed with no
+    /// pins, so pinning the same pages again (a VMM mapping and unmapping
+    /// one buffer over and over) is a lookup and an increment, and
+    /// unpinning them a decrement: no PFN allocation, no index insert or
+    /// remove. A ring of their first PFNs in the order they were released
+    /// ([`NO_RUN`]: a slot whose run was pinned again or dropped); the
+    /// slot `cache_next` is filled next, and the run still in it, the
+    /// oldest, is released for real then. Each cached run is in exactly
+    /// one slot (its `slot`); cached runs are never split or merged.
+    ///
+    /// A cached run is no frame for anyone: device lookups, [`pfn_at`],
+    /// [`pin_count`], [`pinned_pages`] and [`total_pins`] pass over it,
+    /// and the generation moves when a run enters the cache, so no
+    /// thread's [`LAST_RUN`] reaches it either. Its PFNs keep their host
+    /// address, which is why a re-pin may hand them out again without a
+    /// generation bump. The shim's hooks drop cached runs in a range the
+    /// program unmaps or remaps (they are never relocated).
+    cache: [u64; CACHE_SLOTS],
+    cache_next: usize,
+    /// `(host, first PFN)` of the run that entered the cache last: where a
+    /// re-pin looks first (a hint, checked against the run it names).
+    last_cached: (u64, u64),
 }
 
 /// Pages pinned in place; lets the shim's hooks return at once in programs
@@ -198,7 +246,7 @@ fn host_run(reg: &Registry, pfn: u64) -> Option<HostRun> {
         return Some(run);
     }
     let (start, r) = reg.by_pfn.prev(pfn)?;
-    if pfn >= start + r.npages {
+    if pfn >= start + r.npages || r.pins == 0 {
         return None;
     }
     let run = HostRun { pfn: start, npages: r.npages, host: r.host, guarded: r.in_place || r.mapped };
@@ -207,12 +255,7 @@ fn host_run(reg: &Registry, pfn: u64) -> Option<HostRun> {
 }
 
 fn registry() -> &'static RwLock<Registry> {
-    static R: RwLock<Registry> = RwLock::new(Registry {
-        by_pfn: SlabMap::new(),
-        by_va: SlabMap::new(),
-        next_pfn: FIRST_PFN,
-        arena: Arena { base: 0, next: 0 },
-    });
+    static R: RwLock<Registry> = RwLock::new(Registry::new(FIRST_PFN));
     &R
 }
 
@@ -232,11 +275,98 @@ fn invalidate() {
 }
 
 impl Registry {
-    /// The in-place run holding virtual address `va`, as its first PFN.
-    fn in_place_at(&self, va: u64) -> Option<u64> {
+    const fn new(next_pfn: u64) -> Registry {
+        Registry {
+            by_pfn: SlabMap::new(),
+            by_va: SlabMap::new(),
+            next_pfn,
+            arena: Arena { base: 0, next: 0 },
+            cache: [NO_RUN; CACHE_SLOTS],
+            cache_next: 0,
+            last_cached: (u64::MAX, NO_RUN),
+        }
+    }
+
+    /// The in-place run holding virtual address `va` (pinned or cached):
+    /// its first PFN and itself.
+    fn in_place_at(&self, va: u64) -> Option<(u64, Run)> {
         let (_, &pfn) = self.by_va.prev(va)?;
         let run = self.by_pfn.get(pfn)?;
-        (va < run.host_end()).then_some(pfn)
+        (va < run.host_end()).then_some((pfn, *run))
+    }
+
+    /// The *pinned* in-place run holding `va`, as [`in_place_at`] (cached
+    /// runs are not frames).
+    ///
+    /// [`in_place_at`]: Self::in_place_at
+    fn pinned_at(&self, va: u64) -> Option<(u64, Run)> {
+        self.in_place_at(va).filter(|(_, r)| r.pins != 0)
+    }
+
+    /// The last pin of the run at `pfn` went: keep it in the cache if it
+    /// is a small in-place run (releasing the oldest cached one if its
+    /// slot is taken), else release it. Either way it stops being a frame
+    /// for devices now.
+    fn unpinned(&mut self, pfn: u64) {
+        let run = self.by_pfn.get_mut(pfn).expect("run indexed by its first PFN");
+        if run.cacheable() {
+            run.slot = self.cache_next as u16;
+            let host = run.host;
+            self.cache_push(pfn, host);
+        } else {
+            self.release(pfn);
+        }
+    }
+
+    /// Put the run at `pfn`, whose `slot` is already `cache_next`, in the
+    /// cache; the run in that slot before, if any, is released.
+    fn cache_push(&mut self, pfn: u64, host: u64) {
+        self.last_cached = (host, pfn);
+        let slot = self.cache_next;
+        self.cache_next = (slot + 1) % CACHE_SLOTS;
+        let oldest = std::mem::replace(&mut self.cache[slot], pfn);
+        if oldest != NO_RUN {
+            self.release(oldest);
+        } else {
+            invalidate();
+        }
+    }
+
+    /// The cached run at `pfn` is released for real.
+    fn drop_cached(&mut self, pfn: u64, run: &Run) {
+        debug_assert!(run.pins == 0 && self.cache[usize::from(run.slot)] == pfn);
+        self.cache[usize::from(run.slot)] = NO_RUN;
+        self.release(pfn);
+    }
+
+    /// Release every cached run that holds a page of `[va, end)`.
+    fn drop_cached_in(&mut self, va: u64, end: u64) {
+        if end <= va {
+            return;
+        }
+        let first = self.by_va.prev(va).map_or(va, |(v, _)| v);
+        let cached: InlineVec<(u64, Run), 4> = self
+            .by_va
+            .range(first, end - 1)
+            .filter_map(|(_, &pfn)| Some((pfn, *self.by_pfn.get(pfn)?)))
+            .filter(|(_, r)| r.pins == 0 && r.host_end() > va)
+            .collect();
+        for (pfn, run) in cached.iter() {
+            self.drop_cached(*pfn, run);
+        }
+    }
+
+    /// Release every cached run (when PFN space runs out).
+    fn drop_all_cached(&mut self) -> bool {
+        let mut any = false;
+        for slot in 0..CACHE_SLOTS {
+            let pfn = std::mem::replace(&mut self.cache[slot], NO_RUN);
+            if pfn != NO_RUN {
+                self.release(pfn);
+                any = true;
+            }
+        }
+        any
     }
 
     /// The run holding `pfn`: its first PFN and itself.
@@ -291,6 +421,13 @@ impl Registry {
         }
     }
 
+    /// [`alloc_pfns`](Self::alloc_pfns), dropping the cache and trying
+    /// again if PFN space ran out.
+    fn alloc_pfns_or_drop_cache(&mut self, va: u64, npages: u64) -> Result<u64, Errno> {
+        self.alloc_pfns(va, npages)
+            .or_else(|e| if self.drop_all_cached() { self.alloc_pfns(va, npages) } else { Err(e) })
+    }
+
     fn insert(&mut self, pfn: u64, run: Run) {
         if run.in_place {
             let n = IN_PLACE_PAGES.load(Ordering::Relaxed);
@@ -328,6 +465,7 @@ impl Registry {
     fn split(&mut self, pfn: u64, at: u64) {
         let k = at - pfn;
         let left = self.run_mut(pfn);
+        debug_assert!(left.pins != 0, "cached runs are never split");
         let right = Run { host: left.host + k * page(), npages: left.npages - k, ..*left };
         left.npages = k;
         // Same pages in place as before: only the by-VA index changes.
@@ -410,11 +548,35 @@ pub fn pin_user(va: u64, npages: u64, write: bool) -> Result<PinnedRuns, Errno> 
         return Ok(out);
     }
     check_user_range(va, npages, write)?;
-    let mut reg = self::write();
+    let mut guard = self::write();
+    let reg = &mut *guard;
     let mut cur = va;
     while cur < end {
-        if let Some(pfn) = reg.in_place_at(cur) {
-            let run = *reg.by_pfn.get(pfn).expect("indexed run");
+        // The usual case first: a cached run, all of it wanted again (the
+        // last one cached, or found by address). Its frames are as they
+        // were.
+        let pfn = match reg.last_cached {
+            (host, pfn) if host == cur => Some(pfn),
+            _ => reg.by_va.prev(cur).map(|(_, &pfn)| pfn),
+        };
+        if let Some(run) = pfn.and_then(|pfn| reg.by_pfn.get_mut(pfn)) {
+            if run.pins == 0 && run.in_place && run.host == cur && run.npages * ps <= end - cur {
+                run.pins = 1;
+                reg.cache[usize::from(run.slot)] = NO_RUN;
+                push_run(&mut out, PinnedRun { va: cur, pfn: pfn.unwrap_or_default(), npages: run.npages });
+                cur += run.npages * ps;
+                continue;
+            }
+        }
+        if let Some((pfn, run)) = reg.in_place_at(cur) {
+            if run.pins == 0 {
+                {
+                    // Part of one: let it go and pin the range afresh
+                    // (cached runs are never split).
+                    reg.drop_cached(pfn, &run);
+                }
+                continue;
+            }
             let first = pfn + (cur - run.host) / ps;
             let n = (end.min(run.host_end()) - cur) / ps;
             // The pages pinned again become a run of their own.
@@ -431,17 +593,17 @@ pub fn pin_user(va: u64, npages: u64, write: bool) -> Result<PinnedRuns, Errno> 
         } else {
             let gap_end = reg.by_va.next(cur).map_or(end, |(v, _)| v.min(end));
             let n = (gap_end - cur) / ps;
-            let pfn = match reg.alloc_pfns(cur, n) {
+            let pfn = match reg.alloc_pfns_or_drop_cache(cur, n) {
                 Ok(p) => p,
                 Err(e) => {
-                    drop(reg);
+                    drop(guard);
                     for r in out.iter() {
                         unpin(r.pfn, r.npages);
                     }
                     return Err(e);
                 }
             };
-            reg.insert(pfn, Run { host: cur, npages: n, pins: 1, in_place: true, mapped: false });
+            reg.insert(pfn, Run { host: cur, npages: n, pins: 1, in_place: true, mapped: false, slot: 0 });
             push_run(&mut out, PinnedRun { va: cur, pfn, npages: n });
             cur = gap_end;
         }
@@ -497,10 +659,29 @@ pub fn unpin(pfn: u64, npages: u64) {
     // mapping went away may still be copying: let it finish before a frame
     // can be released (and its PFN reused).
     crate::dma_fence::synchronize();
-    let mut reg = write();
+    let mut guard = write();
+    let reg = &mut *guard;
     let end = pfn.saturating_add(npages);
     let mut cur = pfn;
     while cur < end {
+        // The usual case first: a whole pinned run, found with one lookup.
+        if let Some(run) = reg.by_pfn.get_mut(cur) {
+            let run_end = cur + run.npages;
+            if run_end <= end && run.pins != 0 {
+                run.pins -= 1;
+                if run.pins != 0 {
+                    reg.merge_around(cur);
+                } else if run.cacheable() {
+                    run.slot = reg.cache_next as u16;
+                    let host = run.host;
+                    reg.cache_push(cur, host);
+                } else {
+                    reg.release(cur);
+                }
+                cur = run_end;
+                continue;
+            }
+        }
         let Some((start, run)) = reg.run_of_pfn(cur) else {
             // Skip to the next run.
             match reg.by_pfn.next(cur) {
@@ -512,6 +693,11 @@ pub fn unpin(pfn: u64, npages: u64) {
             }
         };
         let run_end = start + run.npages;
+        if run.pins == 0 {
+            // Cached: not pinned, as unknown as a released frame.
+            cur = run_end;
+            continue;
+        }
         let n = end.min(run_end) - cur;
         if cur != start {
             reg.split(start, cur);
@@ -520,9 +706,9 @@ pub fn unpin(pfn: u64, npages: u64) {
             reg.split(cur, cur + n);
         }
         let r = reg.run_mut(cur);
-        r.pins = r.pins.saturating_sub(1);
+        r.pins -= 1;
         if r.pins == 0 {
-            reg.release(cur);
+            reg.unpinned(cur);
         } else {
             reg.merge_around(cur);
         }
@@ -542,7 +728,7 @@ pub fn pin_mapped(host: u64, npages: u64) -> Result<PinnedRun, Errno> {
     npages.checked_mul(page()).and_then(|len| host.checked_add(len)).ok_or(Errno::EINVAL)?;
     let mut reg = write();
     let pfn = reg.alloc_pfns(host, npages)?;
-    reg.insert(pfn, Run { host, npages, pins: 1, in_place: false, mapped: true });
+    reg.insert(pfn, Run { host, npages, pins: 1, in_place: false, mapped: true, slot: 0 });
     Ok(PinnedRun { va: host, pfn, npages })
 }
 
@@ -565,16 +751,13 @@ pub fn forget_mapped(host: u64, len: u64) {
 /// not a frame in place).
 pub fn pin_count(va: u64) -> u32 {
     let va = va & !(page() - 1);
-    let reg = read();
-    reg.in_place_at(va).map_or(0, |pfn| reg.by_pfn.get(pfn).expect("run").pins)
+    read().in_place_at(va).map_or(0, |(_, run)| run.pins)
 }
 
 /// The PFN of the pinned page at virtual address `va`, if it is one.
 pub fn pfn_at(va: u64) -> Option<u64> {
     let va = va & !(page() - 1);
-    let reg = read();
-    let pfn = reg.in_place_at(va)?;
-    let run = reg.by_pfn.get(pfn)?;
+    let (pfn, run) = read().pinned_at(va)?;
     Some(pfn + (va - run.host) / page())
 }
 
@@ -600,7 +783,7 @@ pub fn mapped_pin_count(host: u64) -> u32 {
 
 /// Number of frames currently pinned (all runs, all pages).
 pub fn pinned_pages() -> u64 {
-    read().by_pfn.iter().map(|(_, r)| r.npages).sum()
+    read().by_pfn.iter().filter(|(_, r)| r.pins != 0).map(|(_, r)| r.npages).sum()
 }
 
 /// Sum of pin counts over all frames (what a leak check compares to zero).
@@ -694,7 +877,7 @@ pub fn program_page(paddr: u64) -> Option<u64> {
     let shift = page_shift();
     let reg = read();
     let (start, run) = reg.run_of_pfn(paddr >> shift)?;
-    run.in_place.then(|| run.host + (((paddr >> shift) - start) << shift))
+    (run.in_place && run.pins != 0).then(|| run.host + (((paddr >> shift) - start) << shift))
 }
 
 fn phys_io(
@@ -770,6 +953,8 @@ impl Arena {
 fn relocate(reg: &mut Registry, va: u64, len: u64) -> Result<Vec<(u64, u64, u64)>, Errno> {
     let end = va.saturating_add(len);
     let mut moved = Vec::new();
+    // Cached runs are nobody's frames: they go rather than move.
+    reg.drop_cached_in(va, end);
     // Collect affected in-place runs first: the loop below re-indexes them.
     let mut pieces = Vec::new();
     let first = reg.by_va.prev(va).map_or(va, |(v, _)| v);
@@ -843,7 +1028,7 @@ fn relocation_ahead(va: u64, len: u64) -> Option<crate::atc::Relocation> {
         let first = reg.by_va.prev(va).map_or(va, |(v, _)| v);
         reg.by_va
             .range(first, end.saturating_sub(1))
-            .any(|(_, &pfn)| reg.by_pfn.get(pfn).is_some_and(|r| r.host_end() > va))
+            .any(|(_, &pfn)| reg.by_pfn.get(pfn).is_some_and(|r| r.pins != 0 && r.host_end() > va))
     };
     touched.then(crate::atc::Relocation::begin)
 }
@@ -916,6 +1101,8 @@ pub fn around_mremap(
         drop(reg);
         return real();
     };
+    // Cached runs in the old range are dropped, not moved.
+    reg.drop_cached_in(old, old + old_len);
     let mut tail = Vec::new();
     if new_len < old_len {
         tail = relocate(&mut reg, old + new_len, old_len - new_len).unwrap_or_default();
@@ -927,9 +1114,8 @@ pub fn around_mremap(
             // Runs reaching over either edge are cut there first: only the
             // pages that moved change their host.
             for edge in [old, old + keep] {
-                if let Some(pfn) = reg.in_place_at(edge) {
-                    let host = reg.by_pfn.get(pfn).expect("indexed run").host;
-                    reg.cut_at(pfn + (edge - host) / ps);
+                if let Some((pfn, run)) = reg.in_place_at(edge) {
+                    reg.cut_at(pfn + (edge - run.host) / ps);
                 }
             }
             let firsts: Vec<(u64, u64)> = if keep == 0 {
@@ -1027,7 +1213,8 @@ pub(crate) mod tests {
     fn partial_pins_split_and_merge_runs() {
         let _g = SERIAL.lock().unwrap();
         let m = Map::new(8, libc::MAP_PRIVATE);
-        let runs_here = || read().by_pfn.iter().filter(|(_, r)| r.host >= m.0 && r.host < m.0 + m.1).count();
+        let runs_here =
+            || read().by_pfn.iter().filter(|(_, r)| r.pins != 0 && r.host >= m.0 && r.host < m.0 + m.1).count();
         let a = pin_user(m.0, 8, true).unwrap();
         assert_eq!(a.len(), 1);
         let b = pin_user(m.0 + 2 * page(), 3, false).unwrap();
@@ -1226,10 +1413,9 @@ pub(crate) mod tests {
     #[test]
     fn released_pfn_space_is_reused_when_the_bump_runs_out() {
         // A private registry whose bump pointer is at the very end.
-        let run = |n: u64| Run { host: 0, npages: n, pins: 1, in_place: false, mapped: true };
+        let run = |n: u64| Run { host: 0, npages: n, pins: 1, in_place: false, mapped: true, slot: 0 };
         let limit = PHYS_ADDR_LIMIT >> page_shift();
-        let mut r =
-            Registry { by_pfn: SlabMap::new(), by_va: SlabMap::new(), next_pfn: limit - 2, arena: Arena::default() };
+        let mut r = Registry::new(limit - 2);
         r.insert(FIRST_PFN, run(3));
         r.insert(FIRST_PFN + 8, run(8));
         // One page: the bump still has room.
@@ -1241,6 +1427,151 @@ pub(crate) mod tests {
         assert_eq!(r.alloc_pfns(0x3000, 2), Ok(FIRST_PFN + 3));
         // Too big for any gap and for the bump: ENOMEM.
         assert_eq!(r.alloc_pfns(0, limit), Err(Errno::ENOMEM));
+    }
+
+    /// Whether the page at `va` is in a cached (released, zero-pin) run.
+    fn cached(va: u64) -> bool {
+        read().in_place_at(va).is_some_and(|(_, r)| r.pins == 0)
+    }
+
+    /// A released run waits in the cache: no frame for anyone (counts,
+    /// lookups, device copies, even right after this thread's copy
+    /// through it), and pinning the same pages again gives the same PFNs.
+    #[test]
+    fn released_runs_are_cached_invisibly_and_repinned_with_their_frames() {
+        let _g = SERIAL.lock().unwrap();
+        let m = Map::new(2, libc::MAP_PRIVATE);
+        let (pages, pins) = (pinned_pages(), total_pins());
+        let r = pin_user(m.0, 2, true).unwrap();
+        assert_eq!((pinned_pages(), total_pins()), (pages + 2, pins + 2));
+        write_phys(phys(&r[0], 0), b"x").unwrap();
+        unpin(r[0].pfn, 2);
+        assert!(cached(m.0));
+        assert_eq!((pinned_pages(), total_pins()), (pages, pins));
+        assert_eq!(pin_count(m.0), 0);
+        assert_eq!(pfn_at(m.0), None);
+        assert_eq!(program_page(phys(&r[0], 0)), None);
+        let mut b = [0u8];
+        assert_eq!(read_phys(phys(&r[0], 0), &mut b), Err(Errno::EFAULT), "not through this thread's last run");
+        assert_eq!(read_phys(phys(&r[0], 1), &mut b), Err(Errno::EFAULT));
+        assert_eq!(atc_host(phys(&r[0], 0)), None);
+        // An unpin of a cached frame is as ignored as one of an unknown one.
+        unpin(r[0].pfn, 2);
+        assert!(cached(m.0));
+        let again = pin_user(m.0, 2, false).unwrap();
+        assert_eq!(again, r, "same frames");
+        assert!(!cached(m.0));
+        assert_eq!(pin_count(m.0 + page()), 1);
+        read_phys(phys(&r[0], 0), &mut b).unwrap();
+        assert_eq!(b[0], b'x');
+        unpin(r[0].pfn, 2);
+    }
+
+    /// A pin of part of a cached run (or of more than it) drops it and
+    /// pins the range as if nothing were cached; a whole cached run inside
+    /// a larger range is re-pinned in place.
+    #[test]
+    fn partial_pins_of_cached_runs() {
+        let _g = SERIAL.lock().unwrap();
+        let m = Map::new(6, libc::MAP_PRIVATE);
+        let a = pin_user(m.0 + page(), 4, true).unwrap();
+        unpin(a[0].pfn, 4);
+        assert!(cached(m.0 + page()));
+        let b = pin_user(m.0 + 2 * page(), 2, true).unwrap();
+        assert!(!cached(m.0 + page()) && !cached(m.0 + 4 * page()), "the cached run went");
+        let counts: Vec<u32> = (0..6).map(|i| pin_count(m.0 + i * page())).collect();
+        assert_eq!(counts, [0, 0, 1, 1, 0, 0]);
+        unpin(b[0].pfn, 2);
+        assert!(cached(m.0 + 2 * page()));
+        let c = pin_user(m.0 + page(), 4, true).unwrap();
+        assert_eq!(pfn_at(m.0 + 2 * page()), Some(b[0].pfn), "the cached run inside is pinned again");
+        let counts: Vec<u32> = (0..6).map(|i| pin_count(m.0 + i * page())).collect();
+        assert_eq!(counts, [0, 1, 1, 1, 1, 0]);
+        for r in c.iter() {
+            unpin(r.pfn, r.npages);
+        }
+        // [1, 5) cached in one or more runs: pin [0, 6) around them.
+        let d = pin_user(m.0, 6, true).unwrap();
+        let counts: Vec<u32> = (0..6).map(|i| pin_count(m.0 + i * page())).collect();
+        assert_eq!(counts, [1; 6]);
+        assert_eq!(pfn_at(m.0 + page()), Some(c[0].pfn), "the cached frames are pinned again");
+        for r in d.iter() {
+            unpin(r.pfn, r.npages);
+        }
+        assert_eq!(total_pins_in(m.0, m.1), 0);
+    }
+
+    fn total_pins_in(va: u64, len: u64) -> u64 {
+        (0..len / page()).map(|i| u64::from(pin_count(va + i * page()))).sum()
+    }
+
+    /// The program unmapping, discarding or moving its memory drops the
+    /// cached runs there (never relocated: nothing is pinned).
+    #[test]
+    fn hooks_drop_cached_runs() {
+        let _g = SERIAL.lock().unwrap();
+        let m = Map::new(3, libc::MAP_PRIVATE);
+        let cache = |va: u64| {
+            let r = pin_user(va, 1, true).unwrap();
+            unpin(r[0].pfn, 1);
+            assert!(cached(va));
+        };
+        cache(m.0);
+        cache(m.0 + 2 * page());
+        before_madvise_dontneed(m.0, page());
+        assert!(!cached(m.0));
+        assert!(cached(m.0 + 2 * page()), "outside the range");
+        cache(m.0);
+        let res = around_mremap(m.0, page(), page(), || Ok(m.0));
+        assert_eq!(res, Ok(m.0));
+        assert!(!cached(m.0));
+        let arena = read().arena.next;
+        before_munmap(m.0, m.1);
+        assert!(!cached(m.0 + 2 * page()));
+        assert_eq!(read().arena.next, arena, "nothing relocated");
+        // SAFETY: unmapping our own mapping (after the hook, as the shim does).
+        unsafe { libc::munmap(m.0 as *mut _, m.1 as usize) };
+    }
+
+    /// At most `CACHE_SLOTS` runs wait, the oldest released first; runs
+    /// past `CACHE_RUN_PAGES` are not kept at all.
+    #[test]
+    fn the_cache_is_bounded() {
+        let _g = SERIAL.lock().unwrap();
+        let n = CACHE_SLOTS as u64 + 8;
+        let m = Map::new(n, libc::MAP_PRIVATE);
+        let mut pfns = Vec::new();
+        for i in 0..n {
+            let r = pin_user(m.0 + i * page(), 1, true).unwrap();
+            unpin(r[0].pfn, 1);
+            pfns.push(r[0].pfn);
+        }
+        let cached_pages: Vec<bool> = (0..n).map(|i| cached(m.0 + i * page())).collect();
+        assert_eq!(cached_pages.iter().filter(|&&c| c).count(), CACHE_SLOTS);
+        assert!(cached_pages[8..].iter().all(|&c| c), "the newest are kept");
+        assert_eq!(read().by_pfn.iter().filter(|(_, r)| r.pins == 0).count(), CACHE_SLOTS);
+        let last = pin_user(m.0 + (n - 1) * page(), 1, true).unwrap();
+        assert_eq!(last[0].pfn, pfns[n as usize - 1]);
+        unpin(last[0].pfn, 1);
+        let big = Map::new(CACHE_RUN_PAGES + 1, libc::MAP_PRIVATE);
+        let r = pin_user(big.0, CACHE_RUN_PAGES + 1, false).unwrap();
+        unpin(r[0].pfn, r[0].npages);
+        assert!(!cached(big.0));
+    }
+
+    #[test]
+    fn pfn_space_running_out_drops_the_cache() {
+        let limit = PHYS_ADDR_LIMIT >> page_shift();
+        let mut r = Registry::new(limit - 2);
+        let run = Run { host: 1 << 30, npages: 1, pins: 0, in_place: true, mapped: false, slot: 0 };
+        r.insert(FIRST_PFN, run);
+        r.cache_push(FIRST_PFN, run.host);
+        // Everything from FIRST_PFN up, 1 GiB aligned like VPN 0: only
+        // there once the cached run is gone.
+        let all = limit - FIRST_PFN;
+        assert_eq!(r.alloc_pfns(0, all), Err(Errno::ENOMEM));
+        assert_eq!(r.alloc_pfns_or_drop_cache(0, all), Ok(FIRST_PFN));
+        assert!(r.by_pfn.is_empty());
     }
 
     #[test]

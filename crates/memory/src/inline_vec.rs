@@ -19,12 +19,28 @@ impl<T: Copy + Default, const N: usize> InlineVec<T, N> {
         Self::default()
     }
 
+    /// One item (the usual content), inline.
+    #[inline]
+    pub fn one(item: T) -> Self {
+        let mut a = [T::default(); N];
+        a[0] = item;
+        InlineVec::Inline(a, 1)
+    }
+
+    #[inline]
     pub fn push(&mut self, item: T) {
         match self {
             InlineVec::Inline(a, n) if *n < N => {
                 a[*n] = item;
                 *n += 1;
             }
+            _ => self.push_spilled(item),
+        }
+    }
+
+    #[cold]
+    fn push_spilled(&mut self, item: T) {
+        match self {
             InlineVec::Inline(a, n) => {
                 let mut v = Vec::with_capacity(2 * N.max(1));
                 v.extend_from_slice(&a[..*n]);
@@ -38,6 +54,7 @@ impl<T: Copy + Default, const N: usize> InlineVec<T, N> {
 
 impl<T: Copy + Default, const N: usize> std::ops::Deref for InlineVec<T, N> {
     type Target = [T];
+    #[inline]
     fn deref(&self) -> &[T] {
         match self {
             InlineVec::Inline(a, n) => &a[..*n],
@@ -47,6 +64,7 @@ impl<T: Copy + Default, const N: usize> std::ops::Deref for InlineVec<T, N> {
 }
 
 impl<T: Copy + Default, const N: usize> std::ops::DerefMut for InlineVec<T, N> {
+    #[inline]
     fn deref_mut(&mut self) -> &mut [T] {
         match self {
             InlineVec::Inline(a, n) => &mut a[..*n],
@@ -95,6 +113,7 @@ mod tests {
     fn spills_past_n() {
         let mut v = InlineVec::<u32, 2>::new();
         assert!(v.is_empty());
+        assert_eq!(InlineVec::<u32, 2>::one(7), vec![7]);
         v.push(1);
         v.push(2);
         assert!(matches!(v, InlineVec::Inline(_, 2)));

@@ -42,25 +42,50 @@ fn pause(try_no: u32) {
 
 /// `l.write()`, spinning first while it is held (poisoning ignored, as
 /// everywhere in the engine: the data stay consistent at every unwind
-/// point that can poison them).
+/// point that can poison them). The uncontended case is one inlined
+/// `try_write`; the loop is out of line.
+#[inline]
 pub fn write<T>(l: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    match l.try_write() {
+        Ok(g) => g,
+        Err(TryLockError::Poisoned(p)) => p.into_inner(),
+        Err(TryLockError::WouldBlock) => write_contended(l),
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn write_contended<T>(l: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
     for i in 0..tries() {
+        pause(i);
         match l.try_write() {
             Ok(g) => return g,
             Err(TryLockError::Poisoned(p)) => return p.into_inner(),
-            Err(TryLockError::WouldBlock) => pause(i),
+            Err(TryLockError::WouldBlock) => {}
         }
     }
     l.write().unwrap_or_else(|p| p.into_inner())
 }
 
 /// `l.read()`, spinning first while a writer holds it.
+#[inline]
 pub fn read<T>(l: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    match l.try_read() {
+        Ok(g) => g,
+        Err(TryLockError::Poisoned(p)) => p.into_inner(),
+        Err(TryLockError::WouldBlock) => read_contended(l),
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn read_contended<T>(l: &RwLock<T>) -> RwLockReadGuard<'_, T> {
     for i in 0..tries() {
+        pause(i);
         match l.try_read() {
             Ok(g) => return g,
             Err(TryLockError::Poisoned(p)) => return p.into_inner(),
-            Err(TryLockError::WouldBlock) => pause(i),
+            Err(TryLockError::WouldBlock) => {}
         }
     }
     l.read().unwrap_or_else(|p| p.into_inner())
