@@ -121,7 +121,7 @@ pub struct PinnedRun {
 pub type PinnedRuns = InlineVec<PinnedRun, 2>;
 
 /// Append to `out`, merging with the previous run when frames continue it.
-#[inline]
+#[inline(always)]
 fn push_run(out: &mut PinnedRuns, r: PinnedRun) {
     if let Some(last) = out.last_mut() {
         if last.pfn + last.npages == r.pfn && last.va + last.npages * page() == r.va {
@@ -301,6 +301,15 @@ impl Registry {
     /// [`in_place_at`]: Self::in_place_at
     fn pinned_at(&self, va: u64) -> Option<(u64, Run)> {
         self.in_place_at(va).filter(|(_, r)| r.pins != 0)
+    }
+
+    /// Where the next pinned in-place run at or above `va` starts, or
+    /// `end` if none does below it.
+    fn next_pinned(&self, va: u64, end: u64) -> u64 {
+        self.by_va
+            .range(va, end - 1)
+            .find(|(_, &pfn)| self.by_pfn.get(pfn).is_some_and(|r| r.pins != 0))
+            .map_or(end, |(v, _)| v)
     }
 
     /// The last pin of the run at `pfn` went: keep it in the cache if it
@@ -552,31 +561,22 @@ pub fn pin_user(va: u64, npages: u64, write: bool) -> Result<PinnedRuns, Errno> 
     let reg = &mut *guard;
     let mut cur = va;
     while cur < end {
-        // The usual case first: a cached run, all of it wanted again (the
-        // last one cached, or found by address). Its frames are as they
-        // were.
+        // The usual case first: a cached run that is the rest of the range
+        // (the last one cached, or found by address). Its frames are as
+        // they were.
         let pfn = match reg.last_cached {
             (host, pfn) if host == cur => Some(pfn),
             _ => reg.by_va.prev(cur).map(|(_, &pfn)| pfn),
         };
         if let Some(run) = pfn.and_then(|pfn| reg.by_pfn.get_mut(pfn)) {
-            if run.pins == 0 && run.in_place && run.host == cur && run.npages * ps <= end - cur {
+            if run.pins == 0 && run.in_place && run.host == cur && run.npages * ps == end - cur {
                 run.pins = 1;
                 reg.cache[usize::from(run.slot)] = NO_RUN;
                 push_run(&mut out, PinnedRun { va: cur, pfn: pfn.unwrap_or_default(), npages: run.npages });
-                cur += run.npages * ps;
-                continue;
+                break;
             }
         }
-        if let Some((pfn, run)) = reg.in_place_at(cur) {
-            if run.pins == 0 {
-                {
-                    // Part of one: let it go and pin the range afresh
-                    // (cached runs are never split).
-                    reg.drop_cached(pfn, &run);
-                }
-                continue;
-            }
+        if let Some((pfn, run)) = reg.pinned_at(cur) {
             let first = pfn + (cur - run.host) / ps;
             let n = (end.min(run.host_end()) - cur) / ps;
             // The pages pinned again become a run of their own.
@@ -590,23 +590,38 @@ pub fn pin_user(va: u64, npages: u64, write: bool) -> Result<PinnedRuns, Errno> 
             reg.merge_around(first);
             push_run(&mut out, PinnedRun { va: cur, pfn: first, npages: n });
             cur += n * ps;
-        } else {
-            let gap_end = reg.by_va.next(cur).map_or(end, |(v, _)| v.min(end));
-            let n = (gap_end - cur) / ps;
-            let pfn = match reg.alloc_pfns_or_drop_cache(cur, n) {
-                Ok(p) => p,
-                Err(e) => {
-                    drop(guard);
-                    for r in out.iter() {
-                        unpin(r.pfn, r.npages);
-                    }
-                    return Err(e);
-                }
-            };
-            reg.insert(pfn, Run { host: cur, npages: n, pins: 1, in_place: true, mapped: false, slot: 0 });
-            push_run(&mut out, PinnedRun { va: cur, pfn, npages: n });
-            cur = gap_end;
+            continue;
         }
+        // A gap: pages up to the next pinned run. One cached run that is
+        // all of it is pinned again; otherwise cached runs in it go and it
+        // gets new frames, as if nothing were cached (contiguous, aligned
+        // like the program's pages: a cached page inside a larger range
+        // does not split the range's frames).
+        let gap_end = reg.next_pinned(cur, end);
+        let n = (gap_end - cur) / ps;
+        if let Some((pfn, run)) = reg.in_place_at(cur) {
+            if run.host == cur && run.npages == n {
+                reg.cache[usize::from(run.slot)] = NO_RUN;
+                reg.run_mut(pfn).pins = 1;
+                push_run(&mut out, PinnedRun { va: cur, pfn, npages: n });
+                cur = gap_end;
+                continue;
+            }
+        }
+        reg.drop_cached_in(cur, gap_end);
+        let pfn = match reg.alloc_pfns_or_drop_cache(cur, n) {
+            Ok(p) => p,
+            Err(e) => {
+                drop(guard);
+                for r in out.iter() {
+                    unpin(r.pfn, r.npages);
+                }
+                return Err(e);
+            }
+        };
+        reg.insert(pfn, Run { host: cur, npages: n, pins: 1, in_place: true, mapped: false, slot: 0 });
+        push_run(&mut out, PinnedRun { va: cur, pfn, npages: n });
+        cur = gap_end;
     }
     Ok(out)
 }
@@ -1467,35 +1482,36 @@ pub(crate) mod tests {
         unpin(r[0].pfn, 2);
     }
 
-    /// A pin of part of a cached run (or of more than it) drops it and
-    /// pins the range as if nothing were cached; a whole cached run inside
-    /// a larger range is re-pinned in place.
+    /// A pin of part of a cached run, or of a range it is only part of,
+    /// drops it and pins the range as if nothing were cached (one run of
+    /// new frames: a cached page does not split a larger range's frames);
+    /// a cached run that is all of a gap between pinned runs is pinned
+    /// again with its frames.
     #[test]
     fn partial_pins_of_cached_runs() {
         let _g = SERIAL.lock().unwrap();
         let m = Map::new(6, libc::MAP_PRIVATE);
+        let counts = || -> Vec<u32> { (0..6).map(|i| pin_count(m.0 + i * page())).collect() };
         let a = pin_user(m.0 + page(), 4, true).unwrap();
         unpin(a[0].pfn, 4);
         assert!(cached(m.0 + page()));
         let b = pin_user(m.0 + 2 * page(), 2, true).unwrap();
         assert!(!cached(m.0 + page()) && !cached(m.0 + 4 * page()), "the cached run went");
-        let counts: Vec<u32> = (0..6).map(|i| pin_count(m.0 + i * page())).collect();
-        assert_eq!(counts, [0, 0, 1, 1, 0, 0]);
+        assert_eq!(counts(), [0, 0, 1, 1, 0, 0]);
         unpin(b[0].pfn, 2);
         assert!(cached(m.0 + 2 * page()));
         let c = pin_user(m.0 + page(), 4, true).unwrap();
-        assert_eq!(pfn_at(m.0 + 2 * page()), Some(b[0].pfn), "the cached run inside is pinned again");
-        let counts: Vec<u32> = (0..6).map(|i| pin_count(m.0 + i * page())).collect();
-        assert_eq!(counts, [0, 1, 1, 1, 1, 0]);
-        for r in c.iter() {
-            unpin(r.pfn, r.npages);
-        }
-        // [1, 5) cached in one or more runs: pin [0, 6) around them.
-        let d = pin_user(m.0, 6, true).unwrap();
-        let counts: Vec<u32> = (0..6).map(|i| pin_count(m.0 + i * page())).collect();
-        assert_eq!(counts, [1; 6]);
-        assert_eq!(pfn_at(m.0 + page()), Some(c[0].pfn), "the cached frames are pinned again");
-        for r in d.iter() {
+        assert_eq!(c.len(), 1, "one run of frames");
+        assert_eq!(counts(), [0, 1, 1, 1, 1, 0]);
+        unpin(c[0].pfn, 4);
+        // [1, 3) cached, [3, 5) pinned: pinning [1, 5) pins [1, 3) again.
+        let x = pin_user(m.0 + page(), 2, true).unwrap();
+        let y = pin_user(m.0 + 3 * page(), 2, true).unwrap();
+        unpin(x[0].pfn, 2);
+        let d = pin_user(m.0 + page(), 4, true).unwrap();
+        assert_eq!(pfn_at(m.0 + page()), Some(x[0].pfn), "the cached frames are pinned again");
+        assert_eq!(counts(), [0, 1, 1, 2, 2, 0]);
+        for r in d.iter().chain(y.iter()) {
             unpin(r.pfn, r.npages);
         }
         assert_eq!(total_pins_in(m.0, m.1), 0);
