@@ -415,6 +415,7 @@ impl Pages {
 
     /// The pinning half of [`add_first_user`](Self::add_first_user):
     /// charge and pin `[first, last]`, uncharging again on failure.
+    #[inline(always)]
     fn pin_first(&self, first: u64, last: u64) -> Result<PfnRuns> {
         let total = last - first + 1;
         self.account.charge(total)?;
@@ -447,6 +448,7 @@ impl Pages {
     }
 
     /// Pin `npages` pages from index `first` out of the source.
+    #[inline(always)]
     fn pin_source(&self, first: u64, npages: u64) -> Result<PinnedRuns> {
         let pin = || frames::pin_user(self.uptr + (first << page_shift()), npages, self.writable);
         match &self.source {
