@@ -101,48 +101,63 @@ pub(crate) struct Atc {
     entries: [Entry; ENTRIES],
     /// Next entry to replace (round robin).
     victim: AtomicUsize,
-    /// The entry of the last hit found by a scan.
-    hint: AtomicUsize,
+    /// The entry of the last hit found by a scan, for reads and for writes
+    /// (a copy looks up its source and its destination in turn: one hint
+    /// would send every other lookup scanning).
+    hint: [AtomicUsize; 2],
 }
 
 impl Atc {
     /// Host address of `iova` and the bytes cached from there, if a valid
     /// entry of domain `dom` in generation `gen` grants `perm`.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn lookup(&self, dom: usize, gen: u64, iova: u64, perm: u64) -> Option<(u64, u64)> {
         // The entry of the previous hit first: a request usually continues
         // where the last one of its kind was.
-        let hint = self.hint.load(Ordering::Relaxed) % ENTRIES;
-        if let Some(hit) = Self::hit(&self.entries[hint], dom, gen, iova, perm) {
+        let hint = &self.hint[(perm >> 1) as usize & 1];
+        let h = hint.load(Ordering::Relaxed) % ENTRIES;
+        if let Some(hit) = Self::hit(&self.entries[h], dom, gen, iova, perm) {
             return Some(hit);
         }
+        self.scan(hint, dom, gen, iova, perm)
+    }
+
+    /// [`Self::lookup`] past its hint: every entry, remembering the hit.
+    #[inline(never)]
+    fn scan(&self, hint: &AtomicUsize, dom: usize, gen: u64, iova: u64, perm: u64) -> Option<(u64, u64)> {
         for (i, e) in self.entries.iter().enumerate() {
             if let Some(hit) = Self::hit(e, dom, gen, iova, perm) {
-                self.hint.store(i, Ordering::Relaxed);
+                hint.store(i, Ordering::Relaxed);
                 return Some(hit);
             }
         }
         None
     }
 
-    #[inline]
+    /// `e`'s host address for `iova` and the bytes from there, read once
+    /// under the entry's seqlock (the range test first: most entries a
+    /// scan passes do not cover the address).
+    #[inline(always)]
     fn hit(e: &Entry, dom: usize, gen: u64, iova: u64, perm: u64) -> Option<(u64, u64)> {
+        let s = e.seq.load(Ordering::Acquire);
+        let off = iova.wrapping_sub(e.iova.load(Ordering::Relaxed));
+        let len = e.len.load(Ordering::Relaxed);
+        if off >= len
+            || e.gen.load(Ordering::Relaxed) != gen
+            || e.dom.load(Ordering::Relaxed) != dom
+            || e.perm.load(Ordering::Relaxed) & perm != perm
         {
-            // Cheap filters before the consistent read.
-            let base = e.iova.load(Ordering::Relaxed);
-            if iova.wrapping_sub(base) >= e.len.load(Ordering::Relaxed) {
-                return None;
-            }
-            let v = e.read()?;
-            let off = iova.wrapping_sub(v.iova);
-            if v.gen != gen || v.dom != dom || off >= v.len || v.perm & perm != perm {
-                return None;
-            }
-            if !e.used.load(Ordering::Relaxed) {
-                e.used.store(true, Ordering::Relaxed);
-            }
-            Some((v.host + off, v.len - off))
+            return None;
         }
+        let host = e.host.load(Ordering::Relaxed);
+        fence(Ordering::Acquire);
+        if s & 1 != 0 || e.seq.load(Ordering::Relaxed) != s {
+            return None;
+        }
+        if !e.used.load(Ordering::Relaxed) {
+            e.used.store(true, Ordering::Relaxed);
+        }
+        Some((host + off, len - off))
     }
 
     /// Remember that `[iova, iova + len)` of `dom` reaches host memory

@@ -344,6 +344,62 @@ impl DevicePort {
         Some(Filler { atc: &self.atc, dom, gen, perm, bitmap: d.pgsize_bitmap(), run: None })
     }
 
+    /// The common request, served whole from the port's cache: no PASID,
+    /// the requester ID's domain published, the cache on, and one entry
+    /// granting `perm` for every byte (`len` > 0). `None` sends the request
+    /// down the general path, which redoes it from the start (nothing was
+    /// moved here then). `with` gets the host address inside the section.
+    /// A No Snoop write is served unless strict coherency watches pages
+    /// (which needs the physical pages), and counted when the domain does
+    /// not force snooping.
+    #[inline]
+    fn cached<R>(&self, iova: u64, len: u64, write: bool, attrs: &DmaAttrs, with: impl FnOnce(u64) -> R) -> Option<R> {
+        let no_snoop_write = write && attrs.no_snoop;
+        if attrs.pasid.is_some() || (no_snoop_write && coherency::strict()) {
+            return None;
+        }
+        let section = dma_fence::enter();
+        let d = self.rid.read(&section)?;
+        if !self.atc_on.load(Ordering::Relaxed) {
+            return None;
+        }
+        let gen = uiommufd_memory::atc::generation();
+        let perm = if write { atc::WRITE } else { atc::READ };
+        let (host, avail) = self.atc.lookup(dom_key(d), gen, iova, perm)?;
+        if avail < len {
+            return None;
+        }
+        let r = with(host);
+        if no_snoop_write && !d.forces_snoop() {
+            bump(&self.stats.noncoherent_bytes, len);
+        }
+        Some(r)
+    }
+
+    /// [`Self::cached`] for a copy: both ends whole from one entry each.
+    #[inline]
+    fn copy_cached(&self, dst: u64, src: u64, len: u64, attrs: &DmaAttrs) -> Option<Result<(), uiommufd_abi::Errno>> {
+        if attrs.pasid.is_some() || (attrs.no_snoop && coherency::strict()) {
+            return None;
+        }
+        let section = dma_fence::enter();
+        let d = self.rid.read(&section)?;
+        if !self.atc_on.load(Ordering::Relaxed) {
+            return None;
+        }
+        let (dom, gen) = (dom_key(d), uiommufd_memory::atc::generation());
+        let (sh, savail) = self.atc.lookup(dom, gen, src, atc::READ)?;
+        let (dh, davail) = self.atc.lookup(dom, gen, dst, atc::WRITE)?;
+        if savail < len || davail < len {
+            return None;
+        }
+        let r = user::copy_own_to_own(dh, sh, len as usize);
+        if attrs.no_snoop && !d.forces_snoop() {
+            bump(&self.stats.noncoherent_bytes, len);
+        }
+        Some(r)
+    }
+
     /// Walk `[iova, iova + len)`, handing each physically contiguous piece
     /// `(where, offset, n)` to `each`: from the port's cache while it
     /// holds the pages, then translation by translation.
@@ -357,6 +413,9 @@ impl DevicePort {
     ) -> Result<(), DmaError> {
         if len == 0 {
             return Ok(());
+        }
+        if let Some(r) = self.cached(iova, len, write, attrs, |host| each(Loc::Host(host), 0, len)) {
+            return r.map_err(|_| self.memory(iova, write));
         }
         let pasid = attrs.pasid.and_then(|p| self.pasid_domain(p));
         let failed = {
@@ -497,6 +556,12 @@ impl DmaPort for DevicePort {
     /// other physically on both sides are coalesced into one copy.
     fn dma_copy(&self, dst: u64, src: u64, len: u64, attrs: DmaAttrs) -> Result<(), DmaError> {
         if len == 0 {
+            return Ok(());
+        }
+        if let Some(r) = self.copy_cached(dst, src, len, &attrs) {
+            r.map_err(|_| self.memory(dst, true))?;
+            bump(&self.stats.bytes_read, len);
+            bump(&self.stats.bytes_written, len);
             return Ok(());
         }
         // One device, one PASID: both ends go through the same domain.

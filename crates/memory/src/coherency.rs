@@ -71,7 +71,9 @@ pub fn set_strict(on: bool) -> bool {
 /// first use).
 pub fn strict() -> bool {
     static ENV_READ: AtomicBool = AtomicBool::new(false);
-    if !ENV_READ.swap(true, Ordering::AcqRel) && std::env::var_os("UIOMMUFD_STRICT_COHERENCY").is_some_and(|v| v == "1")
+    if !ENV_READ.load(Ordering::Relaxed)
+        && !ENV_READ.swap(true, Ordering::AcqRel)
+        && std::env::var_os("UIOMMUFD_STRICT_COHERENCY").is_some_and(|v| v == "1")
     {
         set_strict(true);
     }

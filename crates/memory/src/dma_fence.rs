@@ -10,103 +10,260 @@
 //! module is that wait: every request runs inside a read-side section
 //! ([`enter`]); releasing frames first calls [`synchronize`], which returns
 //! once every section that began before it has ended (a grace period, as in
-//! sleepable RCU). Sections are short (one request's copies) and never
-//! block on the releaser: no lock a releaser may hold while it waits is
-//! taken inside a section.
+//! RCU). Sections are short (one request's copies) and never block on the
+//! releaser: no lock a releaser may hold while it waits is taken inside a
+//! section.
 //!
 //! [`Published`] uses the same grace periods for what every request looks
 //! up (a device's domain): readers borrow it for their section without a
 //! lock or a reference count; a replaced value is dropped after a grace
 //! period.
+//!
+//! Each thread that enters a section owns a slot (taken on its first
+//! section, given back when the thread exits). Entering swaps the current
+//! grace-period count into the slot: one locked instruction on a cache line
+//! no other thread writes, which is also the full barrier that orders the
+//! slot before the section's loads. Leaving stores 0 with release ordering
+//! (a plain store). A grace period increments the count (a locked
+//! instruction, so everything the releaser unpublished before it is
+//! visible first), then waits for each slot holding an older, non-zero
+//! count. Either a reader's swap precedes the increment in the single
+//! order of sequentially consistent operations, and the scan sees the
+//! slot and waits, or it follows it, and the reader's loads see the
+//! unpublished translation and the bumped cache generation. Readers that
+//! entered after the increment are not waited for, grace periods need no
+//! lock between them, and they cost no system call: a process whose only
+//! slot is the caller's own (single-threaded DMA), or that has no slot at
+//! all (no DMA yet), skips the scan.
+//!
+//! History: a read side without any locked instruction (a plain store,
+//! grace periods through `membarrier(2)`) was tried and reverted: every
+//! unpin in a process with a DMA worker thread then paid a system call
+//! (microseconds per unmap), to save one uncontended locked instruction
+//! per request. Sections were two locked read-modify-writes on striped
+//! shared counters before this design.
+//!
+//! `fork`: the child has one thread, but its copy of the slots still shows
+//! the parent's other threads, possibly inside sections that will never end
+//! there. A `pthread_atfork` child handler frees every slot but the forking
+//! thread's. Under the shim no section is open at a fork anyway: DMA
+//! engines run their rings inside the fork gate, which the fork drains.
 
+use std::cell::Cell;
+use std::marker::PhantomData;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Once, OnceLock};
 
-/// Counters are striped to keep concurrent devices off one cache line.
-const STRIPES: usize = 16;
-
+/// One thread's slot: 0 outside sections, else the grace-period count read
+/// when its outermost section began. On its own cache line.
 #[repr(align(64))]
-struct Stripe([AtomicU64; 2]);
-
-#[allow(clippy::declare_interior_mutable_const)]
-const STRIPE_INIT: Stripe = Stripe([AtomicU64::new(0), AtomicU64::new(0)]);
-static READERS: [Stripe; STRIPES] = [STRIPE_INIT; STRIPES];
-/// The current phase (its low bit picks the counter new readers use).
-static EPOCH: AtomicUsize = AtomicUsize::new(0);
-/// Serialises grace periods.
-static SYNC: Mutex<()> = Mutex::new(());
-/// Set by the first section: until a device has issued DMA there is nothing
-/// to wait for, and releasing frames costs nothing extra.
-static USED: AtomicBool = AtomicBool::new(false);
-
-fn stripe() -> usize {
-    thread_local! {
-        static STRIPE: usize = {
-            static NEXT: AtomicUsize = AtomicUsize::new(0);
-            NEXT.fetch_add(1, Ordering::Relaxed) % STRIPES
-        };
-    }
-    STRIPE.with(|s| *s)
+struct Slot {
+    count: AtomicU64,
+    owned: AtomicBool,
 }
 
-/// A read-side section: DMA between a translation and its copies.
+/// Slots come in chunks that are never freed (a thread's slot is reused by
+/// later threads), so a slot reference is `'static`.
+const CHUNK: usize = 16;
+
+struct Chunk {
+    slots: [Slot; CHUNK],
+    /// How many of `slots` (from the first) were ever taken: slots are
+    /// taken lowest first, so the rest never held a section.
+    used: AtomicUsize,
+    next: OnceLock<&'static Chunk>,
+}
+
+impl Chunk {
+    const fn new() -> Chunk {
+        Chunk {
+            slots: [const { Slot { count: AtomicU64::new(0), owned: AtomicBool::new(false) } }; CHUNK],
+            used: AtomicUsize::new(0),
+            next: OnceLock::new(),
+        }
+    }
+
+    fn all() -> impl Iterator<Item = &'static Slot> {
+        std::iter::successors(Some(&FIRST), |c| c.next.get().copied())
+            .flat_map(|c| c.slots[..c.used.load(Ordering::SeqCst)].iter())
+    }
+}
+
+static FIRST: Chunk = Chunk::new();
+/// Slots owned by threads now.
+static OWNED: AtomicUsize = AtomicUsize::new(0);
+/// The grace-period counter (never 0, which marks a slot outside sections).
+static COUNTER: AtomicU64 = AtomicU64::new(1);
+/// Registers the fork handler, once.
+static ATFORK: Once = Once::new();
+
+thread_local! {
+    /// This thread's slot and section depth (sections nest).
+    static LOCAL: Local = const { Local { slot: Cell::new(None), depth: Cell::new(0) } };
+    /// Gives the slot back when the thread exits.
+    static EXIT: Exit = const { Exit(Cell::new(None)) };
+}
+
+struct Local {
+    slot: Cell<Option<&'static Slot>>,
+    depth: Cell<u32>,
+}
+
+struct Exit(Cell<Option<&'static Slot>>);
+
+impl Drop for Exit {
+    fn drop(&mut self) {
+        if let Some(slot) = self.0.take() {
+            let _ = LOCAL.try_with(|l| l.slot.set(None));
+            // The thread is gone: no section of it remains.
+            slot.count.store(0, Ordering::Release);
+            slot.owned.store(false, Ordering::Release);
+            OWNED.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+}
+
+fn register_atfork() {
+    ATFORK.call_once(|| {
+        // SAFETY: registers a plain extern "C" handler that touches only
+        // atomics and this thread's locals (async-signal-safe).
+        unsafe { libc::pthread_atfork(None, None, Some(after_fork_child)) };
+    });
+}
+
+/// Take a slot for this thread (its first section).
+#[cold]
+fn register(local: &Local) -> &'static Slot {
+    register_atfork();
+    let mut chunk = &FIRST;
+    let slot = 'found: loop {
+        for (i, s) in chunk.slots.iter().enumerate() {
+            if !s.owned.load(Ordering::Relaxed)
+                && s.owned.compare_exchange(false, true, Ordering::SeqCst, Ordering::Relaxed).is_ok()
+            {
+                // Before the slot's first use (as the count below).
+                chunk.used.fetch_max(i + 1, Ordering::SeqCst);
+                break 'found s;
+            }
+        }
+        chunk = chunk.next.get_or_init(|| Box::leak(Box::new(Chunk::new())));
+    };
+    // Counted before the slot's first use: a grace period that sees the
+    // count without this thread began before its first section.
+    OWNED.fetch_add(1, Ordering::SeqCst);
+    local.slot.set(Some(slot));
+    // A thread whose locals are already being destroyed keeps the slot.
+    let _ = EXIT.try_with(|e| e.0.set(Some(slot)));
+    slot
+}
+
+/// A read-side section: DMA between a translation and its copies. Sections
+/// nest; they belong to the thread that entered them.
 #[must_use]
 pub struct Section {
-    stripe: usize,
-    phase: usize,
+    _thread: PhantomData<*const ()>,
 }
 
 /// Begin a read-side section.
+#[inline]
 pub fn enter() -> Section {
-    if !USED.load(Ordering::Relaxed) {
-        USED.store(true, Ordering::SeqCst);
-    }
-    let stripe = stripe();
-    loop {
-        let phase = EPOCH.load(Ordering::SeqCst) & 1;
-        READERS[stripe].0[phase].fetch_add(1, Ordering::SeqCst);
-        // If a grace period flipped the phase meanwhile, it may already
-        // have checked our counter: count ourselves in the new phase.
-        if EPOCH.load(Ordering::SeqCst) & 1 == phase {
-            return Section { stripe, phase };
+    LOCAL.with(|l| {
+        let depth = l.depth.get();
+        l.depth.set(depth + 1);
+        if depth == 0 {
+            let slot = match l.slot.get() {
+                Some(s) => s,
+                None => register(l),
+            };
+            // The swap is a full barrier: the slot is visible to a grace
+            // period's scan before any load of the section, or the section
+            // sees what the grace period's releaser did before it.
+            slot.count.swap(COUNTER.load(Ordering::SeqCst), Ordering::SeqCst);
         }
-        READERS[stripe].0[phase].fetch_sub(1, Ordering::SeqCst);
-    }
+    });
+    Section { _thread: PhantomData }
 }
 
 impl Drop for Section {
+    #[inline]
     fn drop(&mut self) {
-        READERS[self.stripe].0[self.phase].fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
-fn drain(phase: usize) {
-    let mut spins = 0u32;
-    while READERS.iter().any(|s| s.0[phase].load(Ordering::SeqCst) != 0) {
-        spins += 1;
-        if spins < 64 {
-            std::hint::spin_loop();
-        } else {
-            std::thread::yield_now();
-        }
+        LOCAL.with(|l| {
+            let depth = l.depth.get() - 1;
+            l.depth.set(depth);
+            if depth == 0 {
+                if let Some(slot) = l.slot.get() {
+                    slot.count.store(0, Ordering::Release);
+                }
+            }
+        });
     }
 }
 
 /// Wait until every read-side section that began before this call has
 /// ended. Must not be called inside a section.
+///
+/// What the caller unpublished must be ordered before this call by a
+/// sequentially consistent read-modify-write (every caller bumps the
+/// translation-cache generation or swaps a [`Published`] pointer first):
+/// then a section that begins after the check of the owned slots below,
+/// whose registration is such an operation too, sees it.
 pub fn synchronize() {
-    if !USED.load(Ordering::SeqCst) {
+    let mine = LOCAL.try_with(|l| {
+        debug_assert_eq!(l.depth.get(), 0, "dma_fence::synchronize inside a section");
+        l.slot.get()
+    });
+    let mine = mine.ok().flatten();
+    // No other thread has a slot: no section but ours can be open, and a
+    // thread taking its first slot after this load sees what we did (no
+    // shared cache line is written here, so unmaps in a process without
+    // DMA threads do not contend).
+    let alone = |owned: usize| owned == 0 || (owned == 1 && mine.is_some());
+    if alone(OWNED.load(Ordering::SeqCst)) {
         return;
     }
-    let _g = SYNC.lock().unwrap_or_else(|p| p.into_inner());
-    // Every section that began before the flip counted itself in the old
-    // phase: `enter` re-reads the epoch after counting, and all of it is
-    // sequentially consistent, so either its count precedes the flip (and
-    // the drain sees it) or it saw the flip and moved to the new phase.
-    // The previous grace period drained the new phase before returning,
-    // and grace periods are serialised.
-    let old = EPOCH.fetch_add(1, Ordering::SeqCst) & 1;
-    drain(old);
+    // Sections that read this count or a later one began after us. The
+    // locked increment also makes what the caller unpublished visible
+    // before the slots are read.
+    let now = COUNTER.fetch_add(1, Ordering::SeqCst) + 1;
+    // A slot taken after this load belongs to a thread whose first section
+    // reads the count after the increment above (both sequentially
+    // consistent): nothing to wait for.
+    if alone(OWNED.load(Ordering::SeqCst)) {
+        return;
+    }
+    let mut spins = 0u32;
+    for slot in Chunk::all() {
+        if mine.is_some_and(|m| std::ptr::eq(m, slot)) {
+            continue;
+        }
+        loop {
+            let c = slot.count.load(Ordering::Acquire);
+            if c == 0 || c >= now {
+                break;
+            }
+            spins += 1;
+            if spins < 64 {
+                std::hint::spin_loop();
+            } else {
+                std::thread::yield_now();
+            }
+        }
+    }
+}
+
+/// In a forked child: the other threads are gone, and with them their
+/// sections and slots.
+extern "C" fn after_fork_child() {
+    let mine = LOCAL.try_with(|l| l.slot.get()).ok().flatten();
+    for slot in Chunk::all() {
+        if mine.is_some_and(|m| std::ptr::eq(m, slot)) {
+            continue;
+        }
+        slot.count.store(0, Ordering::Relaxed);
+        if slot.owned.swap(false, Ordering::Relaxed) {
+            OWNED.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
 }
 
 /// A value DMA reads inside sections without locks or reference counts
@@ -164,13 +321,35 @@ impl<T: Send + Sync> Drop for Published<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::AtomicU32;
     use std::sync::Arc;
+    use std::time::{Duration, Instant};
 
-    #[test]
-    fn synchronize_waits_for_sections_that_began_before_it() {
+    /// The tests that count slots, watch grace periods or fork run one at
+    /// a time, and not beside the crate's other tests that release frames
+    /// (each release is a grace period).
+    fn serial() -> std::sync::MutexGuard<'static, ()> {
+        crate::frames::tests::SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn wait_for(what: &str, cond: impl Fn() -> bool) {
+        let start = Instant::now();
+        while !cond() {
+            assert!(start.elapsed() < Duration::from_secs(10), "timed out waiting for {what}");
+            std::thread::yield_now();
+        }
+    }
+
+    /// A thread holding a section until told to leave it.
+    struct Holder {
+        release: Arc<AtomicBool>,
+        thread: Option<std::thread::JoinHandle<()>>,
+    }
+
+    fn hold_section() -> Holder {
         let inside = Arc::new(AtomicBool::new(false));
         let release = Arc::new(AtomicBool::new(false));
-        let t = {
+        let thread = {
             let (inside, release) = (Arc::clone(&inside), Arc::clone(&release));
             std::thread::spawn(move || {
                 let s = enter();
@@ -181,24 +360,189 @@ mod tests {
                 drop(s);
             })
         };
-        while !inside.load(Ordering::SeqCst) {
-            std::thread::yield_now();
+        wait_for("the section", || inside.load(Ordering::SeqCst));
+        Holder { release, thread: Some(thread) }
+    }
+
+    impl Holder {
+        fn leave(mut self) {
+            self.release.store(true, Ordering::SeqCst);
+            self.thread.take().unwrap().join().unwrap();
         }
+    }
+
+    impl Drop for Holder {
+        /// A failing test still ends the section (else every later grace
+        /// period of the test binary would wait for it).
+        fn drop(&mut self) {
+            self.release.store(true, Ordering::SeqCst);
+        }
+    }
+
+    /// `synchronize` on another thread; the flag is set when it returns.
+    fn synchronize_in_background() -> (Arc<AtomicBool>, std::thread::JoinHandle<()>) {
         let done = Arc::new(AtomicBool::new(false));
-        let waiter = {
+        let t = {
             let done = Arc::clone(&done);
             std::thread::spawn(move || {
                 synchronize();
                 done.store(true, Ordering::SeqCst);
             })
         };
-        std::thread::sleep(std::time::Duration::from_millis(20));
-        assert!(!done.load(Ordering::SeqCst), "returned while a section was open");
-        release.store(true, Ordering::SeqCst);
+        (done, t)
+    }
+
+    #[test]
+    fn synchronize_waits_for_sections_that_began_before_it_only() {
+        let _s = serial();
+        let before = hold_section();
+        let count = COUNTER.load(Ordering::SeqCst);
+        let (done, waiter) = synchronize_in_background();
+        // The grace period has begun; a section entered now is not waited for.
+        wait_for("the grace period to begin", || COUNTER.load(Ordering::SeqCst) > count);
+        let after = hold_section();
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(!done.load(Ordering::SeqCst), "returned while a section that began before it was open");
+        before.leave();
+        wait_for("the grace period to end while a later section is open", || done.load(Ordering::SeqCst));
         waiter.join().unwrap();
-        t.join().unwrap();
-        assert!(done.load(Ordering::SeqCst));
+        after.leave();
         // With nothing in flight it returns at once.
         synchronize();
+    }
+
+    #[test]
+    fn nested_sections_end_with_the_outermost() {
+        let _s = serial();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+        let t = std::thread::spawn(move || {
+            let outer = enter();
+            drop(enter());
+            tx.send(()).unwrap();
+            go_rx.recv().unwrap();
+            drop(outer);
+        });
+        rx.recv().unwrap();
+        let (done, waiter) = synchronize_in_background();
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(!done.load(Ordering::SeqCst), "the inner section's end ended the outer one");
+        go_tx.send(()).unwrap();
+        waiter.join().unwrap();
+        t.join().unwrap();
+    }
+
+    #[test]
+    fn a_thread_that_exits_gives_its_slot_back() {
+        let _s = serial();
+        let slot = std::thread::spawn(|| {
+            drop(enter());
+            LOCAL.with(|l| l.slot.get().map(|s| s as *const Slot as usize)).unwrap()
+        })
+        .join()
+        .unwrap();
+        let slot = Chunk::all().find(|s| *s as *const Slot as usize == slot).unwrap();
+        assert!(!slot.owned.load(Ordering::SeqCst), "the exited thread still owns its slot");
+        assert_eq!(slot.count.load(Ordering::SeqCst), 0);
+        // And a new thread reuses slots rather than adding chunks.
+        let chunks = || std::iter::successors(Some(&FIRST), |c| c.next.get().copied()).count();
+        let before = chunks();
+        for _ in 0..(3 * CHUNK) {
+            std::thread::spawn(|| drop(enter())).join().unwrap();
+        }
+        assert_eq!(chunks(), before);
+    }
+
+    /// Values published to many reading threads are freed only after every
+    /// reader that could see them has left its section.
+    #[test]
+    fn many_threads_never_see_a_freed_value() {
+        let _s = serial();
+        const IDS: usize = 256;
+        static FREED: [AtomicBool; IDS] = [const { AtomicBool::new(false) }; IDS];
+        struct Canary(usize);
+        impl Drop for Canary {
+            fn drop(&mut self) {
+                FREED[self.0].store(true, Ordering::SeqCst);
+            }
+        }
+        let published = Arc::new(Published::new(Some(Canary(0))));
+        let stop = Arc::new(AtomicBool::new(false));
+        let reads = Arc::new(AtomicU32::new(0));
+        let readers: Vec<_> = (0..6)
+            .map(|_| {
+                let (published, stop, reads) = (Arc::clone(&published), Arc::clone(&stop), Arc::clone(&reads));
+                std::thread::spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        let s = enter();
+                        if let Some(c) = published.read(&s) {
+                            let id = c.0;
+                            for _ in 0..50 {
+                                assert!(!FREED[id].load(Ordering::SeqCst), "value {id} freed inside a section");
+                                std::hint::spin_loop();
+                            }
+                        }
+                        drop(s);
+                        reads.fetch_add(1, Ordering::Relaxed);
+                        // Let the replacing thread run on this small machine.
+                        std::thread::yield_now();
+                    }
+                })
+            })
+            .collect();
+        // Replace only while readers are reading (on a loaded machine the
+        // loop could otherwise end before any reader ran).
+        wait_for("the readers", || reads.load(Ordering::Relaxed) >= 6);
+        for id in 1..IDS {
+            published.replace(Some(Canary(id)));
+            assert!(FREED[id - 1].load(Ordering::SeqCst), "a replaced value was not freed");
+        }
+        stop.store(true, Ordering::SeqCst);
+        for r in readers {
+            r.join().unwrap();
+        }
+    }
+
+    /// A forked child has none of the parent's other threads: a section one
+    /// of them held at the fork does not hold up the child's grace periods.
+    #[test]
+    fn a_forked_child_can_synchronize() {
+        let _s = serial();
+        // This thread has a slot, as the child's only thread will.
+        drop(enter());
+        let held = hold_section();
+        // SAFETY: the child only runs the fence's atomics and system calls
+        // (no allocation, no lock another thread may hold) and `_exit`s.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork failed");
+        if pid == 0 {
+            synchronize();
+            drop(enter());
+            synchronize();
+            // SAFETY: leaving the child without running the parent's
+            // destructors.
+            unsafe { libc::_exit(0) };
+        }
+        let start = Instant::now();
+        let status = loop {
+            let mut status = 0;
+            // SAFETY: waiting for our own child.
+            let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+            if r == pid {
+                break Some(status);
+            }
+            if start.elapsed() > Duration::from_secs(10) {
+                // SAFETY: our own child.
+                unsafe {
+                    libc::kill(pid, libc::SIGKILL);
+                    libc::waitpid(pid, &mut status, 0);
+                }
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        held.leave();
+        let status = status.expect("the child's grace period waited for a thread it does not have");
+        assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "child status {status:#x}");
     }
 }

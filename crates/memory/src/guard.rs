@@ -186,6 +186,7 @@ mod imp {
     /// # Safety
     /// `dst..dst+len` must be memory the caller may write and nothing else
     /// reads meanwhile; `src` may be any address.
+    #[inline]
     pub unsafe fn copy(dst: *mut u8, src: *const u8, len: usize) -> bool {
         static AVX: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
         // `rep movsb` starts slowly (and more so when the two ends alias
@@ -233,29 +234,34 @@ static STATE: AtomicU8 = AtomicU8::new(0);
 
 /// Whether guarded access is in use (installing the handler on first call).
 /// `UIOMMUFD_GUARDED_COPY=0` disables it.
+#[inline]
 pub fn available() -> bool {
     match STATE.load(Ordering::Acquire) {
         2 => true,
-        0 => {
-            let off = std::env::var_os("UIOMMUFD_GUARDED_COPY").is_some_and(|v| v == "0");
-            // One thread installs; a racing one waits for it and sees the
-            // outcome (never our own handler recorded as the program's).
-            chain::locked(|| {
-                if STATE.load(Ordering::Acquire) == 0 {
-                    let s = if off {
-                        3
-                    } else if imp::our_action().is_some_and(|a| chain::install(&a)) {
-                        2
-                    } else {
-                        1
-                    };
-                    STATE.store(s, Ordering::Release);
-                }
-            });
-            STATE.load(Ordering::Acquire) == 2
-        }
+        0 => install(),
         _ => false,
     }
+}
+
+/// The first call of [`available`]: install the handler (or not).
+#[cold]
+fn install() -> bool {
+    let off = std::env::var_os("UIOMMUFD_GUARDED_COPY").is_some_and(|v| v == "0");
+    // One thread installs; a racing one waits for it and sees the
+    // outcome (never our own handler recorded as the program's).
+    chain::locked(|| {
+        if STATE.load(Ordering::Acquire) == 0 {
+            let s = if off {
+                3
+            } else if imp::our_action().is_some_and(|a| chain::install(&a)) {
+                2
+            } else {
+                1
+            };
+            STATE.store(s, Ordering::Release);
+        }
+    });
+    STATE.load(Ordering::Acquire) == 2
 }
 
 /// The program's `sigaction(sig, new, old)`. For a signal our handler
@@ -566,6 +572,7 @@ mod chain {
 }
 
 /// Copy `src` (user memory, any address) into `dst`. False after a fault.
+#[inline]
 pub fn copy_in(dst: &mut [u8], src: u64) -> bool {
     // SAFETY: `dst` is an exclusive slice we write; `src` is only read, and
     // a fault there is recovered by the handler.
@@ -573,6 +580,7 @@ pub fn copy_in(dst: &mut [u8], src: u64) -> bool {
 }
 
 /// Copy `src` into user memory at `dst` (any address). False after a fault.
+#[inline]
 pub fn copy_out(dst: u64, src: &[u8]) -> bool {
     // SAFETY: `src` is only read; writes to `dst` that fault are recovered.
     // The destination is user memory the caller asked us to write, never a
@@ -581,6 +589,7 @@ pub fn copy_out(dst: u64, src: &[u8]) -> bool {
 }
 
 /// Copy `len` bytes between two user addresses. False after a fault.
+#[inline]
 pub fn copy_user(dst: u64, src: u64, len: usize) -> bool {
     // SAFETY: both ends are user memory (never Rust-owned objects) the
     // caller asked us to copy between; faults on either are recovered.

@@ -92,6 +92,7 @@ impl SharedMapping {
     }
 
     /// The word holding byte `offset`, which must lie in the mapping.
+    #[inline]
     fn word(&self, offset: usize) -> &AtomicU64 {
         assert!(offset < self.len, "offset {offset:#x} outside a {:#x}-byte mapping", self.len);
         let index = offset / 8;
@@ -105,18 +106,21 @@ impl SharedMapping {
     }
 
     /// Load the 8-byte word at `offset` (8-aligned).
+    #[inline]
     pub fn load_u64(&self, offset: usize) -> u64 {
         assert!(offset.is_multiple_of(8), "misaligned u64 offset {offset:#x}");
         self.word(offset).load(Ordering::Acquire)
     }
 
     /// Store the 8-byte word at `offset` (8-aligned).
+    #[inline]
     pub fn store_u64(&self, offset: usize, value: u64) {
         assert!(offset.is_multiple_of(8), "misaligned u64 offset {offset:#x}");
         self.word(offset).store(value, Ordering::Release)
     }
 
     /// Load the 4-byte value at `offset` (4-aligned).
+    #[inline]
     pub fn load_u32(&self, offset: usize) -> u32 {
         assert!(offset.is_multiple_of(4), "misaligned u32 offset {offset:#x}");
         (self.word(offset).load(Ordering::Acquire) >> ((offset % 8) * 8)) as u32

@@ -110,6 +110,7 @@ pub fn with_process<R>(process: Option<Process>, f: impl FnOnce() -> R) -> R {
     f()
 }
 
+#[inline]
 fn check_range(addr: u64, len: usize) -> Result<(), Errno> {
     addr.checked_add(len as u64).ok_or(Errno::EFAULT)?;
     if addr > usize::MAX as u64 {
@@ -154,6 +155,7 @@ pub fn copy_user_to_user(dst: u64, src: u64, len: usize) -> Result<(), Errno> {
 
 /// [`copy_from_user`] in this process's own address space, whatever the
 /// thread's current process.
+#[inline]
 pub fn copy_from_own(dst: &mut [u8], addr: u64) -> Result<(), Errno> {
     if dst.is_empty() {
         return Ok(());
@@ -171,6 +173,7 @@ pub fn copy_from_own(dst: &mut [u8], addr: u64) -> Result<(), Errno> {
 }
 
 /// [`copy_to_user`] in this process's own address space.
+#[inline]
 pub fn copy_to_own(addr: u64, src: &[u8]) -> Result<(), Errno> {
     if src.is_empty() {
         return Ok(());
@@ -188,6 +191,7 @@ pub fn copy_to_own(addr: u64, src: &[u8]) -> Result<(), Errno> {
 }
 
 /// [`copy_user_to_user`] in this process's own address space.
+#[inline]
 pub fn copy_own_to_own(dst: u64, src: u64, len: usize) -> Result<(), Errno> {
     if len == 0 {
         return Ok(());

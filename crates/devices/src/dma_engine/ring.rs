@@ -59,6 +59,11 @@ pub(crate) struct Ring {
     pub(super) scratch: Vec<u8>,
     /// The port the last descriptor used, with `Inner::port_gen` then.
     pub(super) port: Option<CachedPort>,
+    /// `TAIL` as read by the publish that ended the last descriptor, taken
+    /// by the next look at the registers: when `TAIL` is still the same
+    /// there, the registers already say all there is (no second publish
+    /// per descriptor).
+    pub(super) fresh: Option<u32>,
 }
 
 /// A DMA port held by the ring between descriptors.
@@ -150,8 +155,9 @@ impl Ring {
 }
 
 impl Inner {
-    /// Mirror the ring state into STATUS, HEAD and the counters.
-    pub(super) fn publish(&self, ring: &Ring) {
+    /// Mirror the ring state into STATUS, HEAD and the counters; returns
+    /// the `TAIL` it computed `BUSY` from.
+    pub(super) fn publish(&self, ring: &Ring) -> u32 {
         let m = self.regs.mapping();
         let tail = m.load_u32(regs::REG_TAIL as usize);
         let mut st = 0;
@@ -171,6 +177,7 @@ impl Inner {
         m.store_u64(regs::REG_ERRORS as usize, ring.errors);
         m.store_u64(regs::REG_STATUS as usize, u64::from(st));
         m.store_u64(regs::REG_HEAD as usize, u64::from(ring.head));
+        tail
     }
 
     fn record_error(&self, code: u32, iova: u64, index: u32) {
@@ -220,6 +227,7 @@ impl Inner {
     pub(crate) fn service(&self, ring: &mut Ring, stop: &AtomicBool) {
         let m = self.regs.mapping();
         loop {
+            let fresh = ring.fresh.take();
             if self.should_stop(stop) {
                 self.publish(ring);
                 return;
@@ -269,7 +277,9 @@ impl Inner {
                 return;
             }
             if tail == ring.head {
-                self.publish(ring);
+                if fresh != Some(tail) {
+                    self.publish(ring);
+                }
                 return;
             }
             if let Step::Stop = self.process_one(ring, ctrl, stop) {
@@ -332,7 +342,7 @@ impl Inner {
             let iova = if matches!(code, status::READ_FAULT | status::WRITE_FAULT) { result } else { 0 };
             self.record_error(code, iova, index);
         }
-        self.publish(ring);
+        let tail = self.publish(ring);
         if d.flags & flags::IRQ != 0 {
             self.raise_msix();
         }
@@ -340,6 +350,7 @@ impl Inner {
             self.halt(ring, halt::DESC_ERROR, 0);
             return Step::Stop;
         }
+        ring.fresh = Some(tail);
         Step::Next
     }
 
