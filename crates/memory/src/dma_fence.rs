@@ -24,17 +24,18 @@
 //! grace-period count into the slot: one locked instruction on a cache line
 //! no other thread writes, which is also the full barrier that orders the
 //! slot before the section's loads. Leaving stores 0 with release ordering
-//! (a plain store). A grace period increments the count (a locked
-//! instruction, so everything the releaser unpublished before it is
-//! visible first), then waits for each slot holding an older, non-zero
-//! count. Either a reader's swap precedes the increment in the single
-//! order of sequentially consistent operations, and the scan sees the
-//! slot and waits, or it follows it, and the reader's loads see the
-//! unpublished translation and the bumped cache generation. Readers that
-//! entered after the increment are not waited for, grace periods need no
-//! lock between them, and they cost no system call: a process whose only
-//! slot is the caller's own (single-threaded DMA), or that has no slot at
-//! all (no DMA yet), skips the scan.
+//! (a plain store). A grace period first reads the other threads' slots:
+//! when none is inside a section it is over (no shared cache line
+//! written: the common case, a DMA thread idle between requests, costs a
+//! few loads per unpin). Otherwise it increments the count and waits for
+//! each slot holding an older, non-zero count. Either a reader's swap
+//! precedes the grace period's loads in the single order of sequentially
+//! consistent operations, and the scan sees the slot and waits, or it
+//! follows them, and the reader's loads see the unpublished translation
+//! and the bumped cache generation (the caller unpublishes with a
+//! sequentially consistent read-modify-write: see [`synchronize`]).
+//! Readers that entered after the increment are not waited for, grace
+//! periods need no lock between them, and they cost no system call.
 //!
 //! History: a read side without any locked instruction (a plain store,
 //! grace periods through `membarrier(2)`) was tried and reverted: every
@@ -92,8 +93,12 @@ impl Chunk {
 static FIRST: Chunk = Chunk::new();
 /// Slots owned by threads now.
 static OWNED: AtomicUsize = AtomicUsize::new(0);
-/// The grace-period counter (never 0, which marks a slot outside sections).
-static COUNTER: AtomicU64 = AtomicU64::new(1);
+/// The grace-period counter (never 0, which marks a slot outside sections),
+/// on its own cache line: every section reads it, grace periods that find
+/// a section open write it.
+#[repr(align(64))]
+struct Counter(AtomicU64);
+static COUNTER: Counter = Counter(AtomicU64::new(1));
 /// Registers the fork handler, once.
 static ATFORK: Once = Once::new();
 
@@ -178,7 +183,7 @@ pub fn enter() -> Section {
             // The swap is a full barrier: the slot is visible to a grace
             // period's scan before any load of the section, or the section
             // sees what the grace period's releaser did before it.
-            slot.count.swap(COUNTER.load(Ordering::SeqCst), Ordering::SeqCst);
+            slot.count.swap(COUNTER.0.load(Ordering::SeqCst), Ordering::SeqCst);
         }
     });
     Section { _thread: PhantomData }
@@ -221,21 +226,21 @@ pub fn synchronize() {
     if alone(OWNED.load(Ordering::SeqCst)) {
         return;
     }
-    // Sections that read this count or a later one began after us. The
-    // locked increment also makes what the caller unpublished visible
-    // before the slots are read.
-    let now = COUNTER.fetch_add(1, Ordering::SeqCst) + 1;
-    // A slot taken after this load belongs to a thread whose first section
-    // reads the count after the increment above (both sequentially
-    // consistent): nothing to wait for.
-    if alone(OWNED.load(Ordering::SeqCst)) {
+    // No other thread inside a section now: a section that begins after
+    // these loads begins with a swap that follows them in the single order
+    // of sequentially consistent operations, so it sees what the caller
+    // unpublished. The common case when a DMA thread is idle, and it
+    // writes no shared cache line (unmaps on several threads do not
+    // contend here).
+    let other = |slot: &Slot| !mine.is_some_and(|m| std::ptr::eq(m, slot));
+    if !Chunk::all().any(|slot| other(slot) && slot.count.load(Ordering::SeqCst) != 0) {
         return;
     }
+    // Sections that read this count or a later one began after us (a
+    // thread that re-enters is not waited for).
+    let now = COUNTER.0.fetch_add(1, Ordering::SeqCst) + 1;
     let mut spins = 0u32;
-    for slot in Chunk::all() {
-        if mine.is_some_and(|m| std::ptr::eq(m, slot)) {
-            continue;
-        }
+    for slot in Chunk::all().filter(|s| other(s)) {
         loop {
             let c = slot.count.load(Ordering::Acquire);
             if c == 0 || c >= now {
@@ -396,10 +401,10 @@ mod tests {
     fn synchronize_waits_for_sections_that_began_before_it_only() {
         let _s = serial();
         let before = hold_section();
-        let count = COUNTER.load(Ordering::SeqCst);
+        let count = COUNTER.0.load(Ordering::SeqCst);
         let (done, waiter) = synchronize_in_background();
         // The grace period has begun; a section entered now is not waited for.
-        wait_for("the grace period to begin", || COUNTER.load(Ordering::SeqCst) > count);
+        wait_for("the grace period to begin", || COUNTER.0.load(Ordering::SeqCst) > count);
         let after = hold_section();
         std::thread::sleep(Duration::from_millis(20));
         assert!(!done.load(Ordering::SeqCst), "returned while a section that began before it was open");
