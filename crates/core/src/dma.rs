@@ -376,6 +376,50 @@ impl DevicePort {
         Some(r)
     }
 
+    /// [`Self::cached`] for two writes in order (`dma_write_then`): both
+    /// whole from the cache, in one section.
+    #[inline]
+    fn write_pair_cached(
+        &self,
+        first: (u64, &[u8]),
+        second: (u64, &[u8]),
+        attrs: &DmaAttrs,
+    ) -> Option<Result<(), DmaError>> {
+        if attrs.pasid.is_some() || (attrs.no_snoop && coherency::strict()) {
+            return None;
+        }
+        let (l1, l2) = (first.1.len() as u64, second.1.len() as u64);
+        if l1 == 0 || l2 == 0 {
+            return None;
+        }
+        let section = dma_fence::enter();
+        let d = self.rid.read(&section)?;
+        if !self.atc_on.load(Ordering::Relaxed) {
+            return None;
+        }
+        let (dom, gen) = (dom_key(d), uiommufd_memory::atc::generation());
+        let (h1, a1) = self.atc.lookup(dom, gen, first.0, atc::WRITE)?;
+        let (h2, a2) = self.atc.lookup(dom, gen, second.0, atc::WRITE)?;
+        if a1 < l1 || a2 < l2 {
+            return None;
+        }
+        let r = match user::copy_to_own(h1, first.1) {
+            Err(_) => Err(first.0),
+            Ok(()) => user::copy_to_own(h2, second.1).map_err(|_| second.0),
+        };
+        if attrs.no_snoop && !d.forces_snoop() {
+            bump(&self.stats.noncoherent_bytes, l1 + l2);
+        }
+        drop(section);
+        Some(match r {
+            Ok(()) => {
+                bump(&self.stats.bytes_written, l1 + l2);
+                Ok(())
+            }
+            Err(iova) => Err(self.memory(iova, true)),
+        })
+    }
+
     /// [`Self::cached`] for a copy: both ends whole from one entry each.
     #[inline]
     fn copy_cached(&self, dst: u64, src: u64, len: u64, attrs: &DmaAttrs) -> Option<Result<(), uiommufd_abi::Errno>> {
@@ -550,6 +594,16 @@ impl DmaPort for DevicePort {
             bump(&self.stats.bytes_written, data.len() as u64);
         }
         r
+    }
+
+    /// Both writes in one section when the cache holds both whole (a DMA
+    /// engine's result and status), else two requests.
+    fn dma_write_then(&self, first: (u64, &[u8]), second: (u64, &[u8]), attrs: DmaAttrs) -> Result<(), DmaError> {
+        if let Some(r) = self.write_pair_cached(first, second, &attrs) {
+            return r;
+        }
+        self.dma_write(first.0, first.1, attrs)?;
+        self.dma_write(second.0, second.1, attrs)
     }
 
     /// Frame to frame, no bounce buffer: translations that continue each

@@ -79,6 +79,16 @@ pub trait DmaPort: Send + Sync {
     /// Write `data` at `iova`.
     fn dma_write(&self, iova: u64, data: &[u8], attrs: DmaAttrs) -> Result<(), DmaError>;
 
+    /// Write `first`, then `second` (each `(iova, bytes)`), with `attrs`:
+    /// two requests in that order (a completion record written field by
+    /// field, the later field the one a driver polls); the second is not
+    /// issued when the first fails. The default makes two `dma_write`
+    /// calls; a port may serve both at once, keeping the order.
+    fn dma_write_then(&self, first: (u64, &[u8]), second: (u64, &[u8]), attrs: DmaAttrs) -> Result<(), DmaError> {
+        self.dma_write(first.0, first.1, attrs)?;
+        self.dma_write(second.0, second.1, attrs)
+    }
+
     /// Copy `len` bytes from `src` to `dst` (a DMA engine's memory-to-memory
     /// copy: reads then writes, both with `attrs`). The default bounces
     /// through a buffer; a port that can reach both ends directly copies

@@ -127,6 +127,17 @@ impl Bus<'_> {
         self.port.dma_write(iova, data, attrs).map_err(Fault::Dma)
     }
 
+    /// The completion record: `result`, then `status` (no PASID), two
+    /// writes in that order issued together (Bus Master Enable read once
+    /// for both).
+    fn complete(&self, addr: u64, result: u64, code: u32) -> Result<(), Fault> {
+        let attrs = self.attrs(None, false)?;
+        let (result, code) = (result.to_le_bytes(), code.to_le_bytes());
+        self.port
+            .dma_write_then((addr + regs::DESC_RESULT, &result), (addr + regs::DESC_STATUS, &code), attrs)
+            .map_err(Fault::Dma)
+    }
+
     fn copy(&self, dst: u64, src: u64, len: u64, pasid: Option<u32>, privileged: bool) -> Result<(), Fault> {
         let attrs = self.attrs(pasid, privileged)?;
         self.port.dma_copy(dst, src, len, attrs).map_err(Fault::Dma)
@@ -327,10 +338,7 @@ impl Inner {
                 return Step::Stop;
             }
         };
-        let done = bus
-            .write(addr + regs::DESC_RESULT, &result.to_le_bytes(), None, false)
-            .and_then(|()| bus.write(addr + regs::DESC_STATUS, &code.to_le_bytes(), None, false));
-        if let Err(f) = done {
+        if let Err(f) = bus.complete(addr, result, code) {
             return self.halt_on(ring, f, halt::COMPLETION_FAULT);
         }
         ring.head = (index + 1) & (ring.size - 1);
