@@ -196,7 +196,10 @@ impl Pages {
         self.writable = writable;
         self.mode = mode;
         self.account = Account::new(mode);
-        self.source = Source::User(user::current_process());
+        // User pages (see `recyclable`): only the process changes.
+        if let Source::User(p) = &mut self.source {
+            *p = user::current_process();
+        }
         *self.owner.get_mut().unwrap_or_else(|p| p.into_inner()) =
             if mode == AccountMode::None { Owner { pid: 0, uid: 0 } } else { Owner::current() };
         Ok(())
@@ -429,6 +432,9 @@ impl Pages {
             }
         };
         // Runs as pinned are already merged where frames continue.
+        if let [r] = &pinned[..] {
+            return Ok(PfnRuns::one(PfnRun { index: first, pfn: r.pfn, npages: r.npages }));
+        }
         let mut out = PfnRuns::new();
         let mut idx = first;
         for r in pinned.iter() {
@@ -441,6 +447,11 @@ impl Pages {
     /// The recording half: `runs`, just pinned, become segments with one
     /// user each (nothing else is in `segs` to merge with).
     fn record_first(st: &mut State, runs: &PfnRuns) {
+        if let ([r], SmallMap::Empty) = (&runs[..], &st.segs) {
+            st.segs = SmallMap::One(r.index, Seg { end: r.index + r.npages, pfn: r.pfn, users: 1 });
+            st.npinned += r.npages;
+            return;
+        }
         for r in runs.iter() {
             st.segs.insert(r.index, Seg { end: r.index + r.npages, pfn: r.pfn, users: 1 });
             st.npinned += r.npages;
@@ -489,8 +500,17 @@ impl Pages {
 
     /// Drop the user; returns the pages released (to credit).
     fn remove_user_locked(st: &mut State, first: u64, last: u64) -> u64 {
-        // The usual case: the range is exactly one segment whose only user
-        // goes (an area unfilled from its last domain).
+        // The usual case: the range is exactly the one segment, inline,
+        // whose only user goes (an area unfilled from its last domain).
+        if let SmallMap::One(k, seg) = st.segs {
+            if k == first && seg.end == last + 1 && seg.users == 1 {
+                st.segs = SmallMap::Empty;
+                frames::unpin(seg.pfn, seg.end - first);
+                st.npinned -= seg.end - first;
+                return seg.end - first;
+            }
+        }
+        // Or exactly one segment of several.
         if let Some(seg) = st.segs.get_mut(first) {
             if seg.end == last + 1 && seg.users == 1 {
                 let seg = st.segs.remove(first).expect("found");
@@ -802,6 +822,32 @@ mod tests {
         p.remove_user(2, 6);
         assert_eq!(p.npinned(), 0);
         assert!(!p.is_pinned(2, 2));
+    }
+
+    /// The map path's steady state: a `Pages` pinned, released and pinned
+    /// again gets the same frames back (the frame registry's cache of
+    /// released runs), and between the two nothing reads as pinned.
+    #[test]
+    fn exclusive_repin_keeps_its_frames_and_reads_unpinned_between() {
+        let mut b = buf(2);
+        let va = aligned(&mut b);
+        let mut p = Pages::new(va, page_size(), true, AccountMode::None).unwrap();
+        let a = p.add_user_exclusive(0, 0).unwrap();
+        assert_eq!(frames::pin_count(va), 1);
+        p.remove_user_exclusive(0, 0);
+        assert_eq!(frames::pin_count(va), 0);
+        assert_eq!(frames::pfn_at(va), None);
+        assert_eq!(p.npinned(), 0);
+        // A pin elsewhere meanwhile does not take the released frame.
+        let other = frames::pin_user(va + page_size(), 1, false).unwrap();
+        assert_ne!(other[0].pfn, a[0].pfn);
+        assert!(p.recyclable());
+        p.recycle(va, page_size(), true, AccountMode::None).unwrap();
+        let again = p.add_user_exclusive(0, 0).unwrap();
+        assert_eq!(again, a);
+        assert_eq!(frames::pfn_at(va), Some(a[0].pfn));
+        p.remove_user_exclusive(0, 0);
+        frames::unpin(other[0].pfn, 1);
     }
 
     #[test]

@@ -572,7 +572,11 @@ pub fn pin_user(va: u64, npages: u64, write: bool) -> Result<PinnedRuns, Errno> 
             if run.pins == 0 && run.in_place && run.host == cur && run.npages * ps == end - cur {
                 run.pins = 1;
                 reg.cache[usize::from(run.slot)] = NO_RUN;
-                push_run(&mut out, PinnedRun { va: cur, pfn: pfn.unwrap_or_default(), npages: run.npages });
+                let r = PinnedRun { va: cur, pfn: pfn.unwrap_or_default(), npages: run.npages };
+                if cur == va {
+                    return Ok(PinnedRuns::one(r));
+                }
+                push_run(&mut out, r);
                 break;
             }
         }
