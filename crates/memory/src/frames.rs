@@ -999,9 +999,17 @@ fn relocate(reg: &mut Registry, va: u64, len: u64) -> Result<Vec<(u64, u64, u64)
         let align = if maps.iter().any(|m| m.start <= s && s < m.end && m.hugetlb) { 1 << 30 } else { 1 << 21 };
         let dst = reg.arena.alloc(e - s, s, align)?;
         // SAFETY: `[s, e)` holds pinned pages of the program that it is
-        // about to unmap; `dst` is an arena block we own. mremap moves the
-        // pages (and their contents) without copying.
-        unsafe { mm::mremap_fixed(s, e - s, e - s, dst)? };
+        // about to unmap or discard; `dst` is an arena block we own. mremap
+        // moves the pages (and their contents) without copying; with
+        // DONTUNMAP the program's range stays mapped until its own call, so
+        // no other thread's mmap can land in a hole there meanwhile (and
+        // then lose its mapping to the program's munmap). Kernels that
+        // cannot keep this mapping get the plain move.
+        unsafe {
+            if mm::mremap_fixed_keep(s, e - s, dst).is_err() {
+                mm::mremap_fixed(s, e - s, e - s, dst)?;
+            }
+        }
         // Devices may write what they could write before; the program may
         // have left the pages read-only or inaccessible.
         // SAFETY: `dst` is ours now.
@@ -1300,6 +1308,26 @@ pub(crate) mod tests {
         m.set(page() + 3, 42);
         let r = pin_user(m.0 + page(), 1, true).unwrap();
         before_munmap(m.0, m.1);
+        // Until the program's own munmap its range stays mapped: no hole
+        // another thread's mmap could land in (and then lose to that
+        // munmap). A kernel without MREMAP_DONTUNMAP for this mapping
+        // leaves one; this machine's has it.
+        for at in [m.0, m.0 + page()] {
+            // SAFETY: NOREPLACE never replaces a mapping; a success maps
+            // one page of our own, unmapped again below.
+            let probe = unsafe {
+                libc::mmap(
+                    at as *mut _,
+                    page() as usize,
+                    libc::PROT_READ,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
+                    -1,
+                    0,
+                )
+            };
+            assert_eq!(probe, libc::MAP_FAILED, "a hole at {at:#x} before the program's munmap");
+            assert_eq!(std::io::Error::last_os_error().raw_os_error(), Some(libc::EEXIST));
+        }
         // SAFETY: unmapping our own mapping (after the hook, as the shim does).
         assert_eq!(unsafe { libc::munmap(m.0 as *mut _, m.1 as usize) }, 0);
         assert_eq!(m.get(page() + 3), Err(Errno::EFAULT), "program no longer sees it");

@@ -162,6 +162,21 @@ pub mod mm {
         ret(unsafe { libc::syscall(libc::SYS_mremap, old, old_len, new_len, flags, new_addr) })
     }
 
+    /// `mremap(2)` of `len` bytes to a fixed address, leaving the source
+    /// mapped (`MREMAP_DONTUNMAP`, Linux 5.7; any mapping since 5.13): its
+    /// pages go to `new_addr`, the source range stays a mapping of the same
+    /// kind, now without them (a private anonymous one reads zeros). No
+    /// hole opens at the source, so no other thread's `mmap` can land
+    /// there. `Err` where the kernel cannot (then nothing moved).
+    ///
+    /// # Safety
+    /// As [`mremap_fixed`]: the caller must own both ranges.
+    pub unsafe fn mremap_fixed_keep(old: u64, len: u64, new_addr: u64) -> Result<u64, Errno> {
+        let flags = libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED | libc::MREMAP_DONTUNMAP;
+        // SAFETY: as above; the kernel validates the ranges and flags.
+        ret(unsafe { libc::syscall(libc::SYS_mremap, old, len, len, flags, new_addr) })
+    }
+
     /// `mprotect(2)`.
     ///
     /// # Safety
