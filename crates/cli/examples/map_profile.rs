@@ -1,10 +1,10 @@
-//! A loop of 4 KiB IOAS map+unmap pairs through an `IoasHandle` with N mock
-//! domains, for instruction profiles:
+//! A loop of IOAS map+unmap pairs (4 KiB, or LEN bytes) through an
+//! `IoasHandle` with N mock domains, for instruction profiles:
 //!
 //! ```sh
 //! cargo build --release -p uiommufd --example map_profile
 //! valgrind --tool=callgrind --toggle-collect='*map_profile::pairs*' \
-//!     target/release/examples/map_profile 1 2000
+//!     target/release/examples/map_profile 1 2000 [LEN]
 //! ```
 use std::hint::black_box;
 use std::sync::Arc;
@@ -16,10 +16,10 @@ const RW: u32 = abi::IOMMU_IOAS_MAP_READABLE | abi::IOMMU_IOAS_MAP_WRITEABLE | a
 const IOVA: u64 = uiommufd_abi::test_cmd::MOCK_APERTURE_START;
 
 #[inline(never)]
-fn pairs(h: &IoasHandle, va: u64, n: u64) {
+fn pairs(h: &IoasHandle, va: u64, len: u64, n: u64) {
     for _ in 0..n {
-        h.map(RW, black_box(va), 4096, IOVA).expect("map");
-        h.unmap(IOVA, 4096).expect("unmap");
+        h.map(RW, black_box(va), len, IOVA).expect("map");
+        h.unmap(IOVA, len).expect("unmap");
     }
 }
 
@@ -27,6 +27,7 @@ fn main() {
     let mut args = std::env::args().skip(1);
     let domains: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(1);
     let n: u64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(2000);
+    let len: u64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(4096);
     let ctx = Iommufd::new();
     let ioas = ctx.ioas_alloc().expect("ioas");
     let leaked: &'static Arc<Iommufd> = Box::leak(Box::new(Arc::clone(&ctx)));
@@ -42,12 +43,12 @@ fn main() {
         }
         devs.push(dev);
     }
-    let buf = vec![0x5au8; 3 << 12];
-    let va = (buf.as_ptr() as u64).next_multiple_of(4096);
+    let buf = vec![0x5au8; (len + (2 << 20)) as usize];
+    let va = (buf.as_ptr() as u64).next_multiple_of(2 << 20);
     let h = ctx.ioas_handle(ioas).expect("handle");
-    pairs(&h, va, 10);
+    pairs(&h, va, len, 10);
     let t = std::time::Instant::now();
-    pairs(&h, va, n);
+    pairs(&h, va, len, n);
     eprintln!("{domains} domain(s): {:.1} ns per pair", t.elapsed().as_nanos() as f64 / n as f64);
     drop(devs);
 }
