@@ -36,7 +36,7 @@
 //!
 //! Released runs. A small in-place run whose last pin goes is not released
 //! at once but kept, with no pins, in a bounded cache (see
-//! [`Registry::cache`]): pinning the same pages again, what a VMM does
+//! `Registry::cache`): pinning the same pages again, what a VMM does
 //! when a guest maps and unmaps one buffer over and over, finds their
 //! frames with one lookup. Cached runs are frames for nobody.
 //!
