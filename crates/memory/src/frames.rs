@@ -746,7 +746,8 @@ pub fn pin_mapped(host: u64, npages: u64) -> Result<PinnedRun, Errno> {
     }
     npages.checked_mul(page()).and_then(|len| host.checked_add(len)).ok_or(Errno::EINVAL)?;
     let mut reg = write();
-    let pfn = reg.alloc_pfns(host, npages)?;
+    // As for the program's pages: released runs kept for reuse give way.
+    let pfn = reg.alloc_pfns_or_drop_cache(host, npages)?;
     reg.insert(pfn, Run { host, npages, pins: 1, in_place: false, mapped: true, slot: 0 });
     Ok(PinnedRun { va: host, pfn, npages })
 }
