@@ -229,7 +229,8 @@ pub fn add(pid: u32, pinned: i64, locked: i64) {
             continue; // claimed by another thread meanwhile
         }
         let start = start_of(pid);
-        let mut claimed = false;
+        // A free slot, else one a dead process left; with neither, the
+        // process is beyond the last slot and not counted.
         for round in 0..2 {
             if round == 1 {
                 reclaim_dead(t);
@@ -240,11 +241,9 @@ pub fn add(pid: u32, pinned: i64, locked: i64) {
                 s.pinned.store(pinned, Ordering::Relaxed);
                 s.locked.store(locked, Ordering::Relaxed);
                 s.pid.store(pid as i32, Ordering::Release);
-                claimed = true;
                 break;
             }
         }
-        let _ = claimed; // beyond the last slot: not counted
         return;
     }
 }
