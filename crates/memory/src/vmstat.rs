@@ -137,10 +137,10 @@ fn lock(word: &AtomicI32) -> LockGuard<'_> {
             Ok(_) => return LockGuard(word),
             Err(holder) => {
                 tries += 1;
-                if tries % 4096 == 0 && holder != 0 && holder != me && !alive(holder) {
+                if tries.is_multiple_of(4096) && holder != 0 && holder != me && !alive(holder) {
                     let _ = word.compare_exchange(holder, 0, Ordering::AcqRel, Ordering::Relaxed);
                 }
-                if tries % 64 == 0 {
+                if tries.is_multiple_of(64) {
                     std::thread::yield_now();
                 }
                 spin_loop();
