@@ -72,9 +72,12 @@ pub fn after_fork_child() {
 /// child or when no thread can be started.
 fn helper() -> Option<&'static Helper> {
     let pid = raw_getpid();
-    let owner = OWNER.compare_exchange(0, pid, Ordering::AcqRel, Ordering::Acquire).unwrap_or_else(|o| o);
-    if owner != pid {
-        return None;
+    // The first to ask becomes the owner (`Ok`: the CAS took 0 to `pid`);
+    // otherwise the owner must be us.
+    match OWNER.compare_exchange(0, pid, Ordering::AcqRel, Ordering::Acquire) {
+        Ok(_) => {}
+        Err(owner) if owner == pid => {}
+        Err(_) => return None,
     }
     let cur = HELPER.load(Ordering::Acquire);
     if !cur.is_null() {
@@ -217,5 +220,38 @@ mod tests {
         assert!(tid > 0);
         assert!(fds_of_thread(crate::sys::gettid()) >= 3);
         assert_eq!(fds_of_thread(tid), 0, "the helper thread shares our descriptor table");
+    }
+
+    /// The very first read of a process (the one that makes it the owner)
+    /// goes through the helper too. It used to be read directly: the
+    /// owner CAS's success (`Ok(0)`) was taken for another owner, so a
+    /// program's first /proc read by the shim (e.g. a madvise hook's look
+    /// at /proc/self/maps) put a descriptor at its lowest free number.
+    #[test]
+    fn the_first_read_of_a_process_goes_through_the_helper() {
+        // A forked child starts as a fresh process would: no owner, no
+        // helper (glibc's fork leaves malloc usable in the child).
+        // SAFETY: the child only resets our statics, reads, and exits.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0);
+        if pid == 0 {
+            OWNER.store(0, Ordering::Release);
+            HELPER.store(std::ptr::null_mut(), Ordering::Release);
+            let me = raw_getpid();
+            let ok = read_to_string("/proc/self/stat".into()).is_ok_and(|t| t.starts_with(&format!("{me} ")));
+            let cur = HELPER.load(Ordering::Acquire);
+            // SAFETY: helpers are leaked, never freed.
+            let served = !cur.is_null() && unsafe { (*cur).pid == me && (*cur).tid.load(Ordering::Acquire) > 0 };
+            // SAFETY: leaving the forked child without running the
+            // harness's exit path.
+            unsafe { libc::_exit(if ok && served { 0 } else { 1 }) };
+        }
+        let mut st = 0;
+        // SAFETY: waiting for our own child.
+        assert_eq!(unsafe { libc::waitpid(pid, &mut st, 0) }, pid);
+        assert!(
+            libc::WIFEXITED(st) && libc::WEXITSTATUS(st) == 0,
+            "the first read did not use the helper (status {st:#x})"
+        );
     }
 }
