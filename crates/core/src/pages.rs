@@ -478,8 +478,9 @@ impl Pages {
     /// Drop a user from pages `[first, last]`; pages left without users are
     /// unpinned and uncharged. Never fails.
     pub fn remove_user(&self, first: u64, last: u64) {
+        let base = self.user_base();
         let mut st = self.lock();
-        let released = Self::remove_user_locked(&mut st, first, last);
+        let released = Self::remove_user_locked(&mut st, base, first, last);
         drop(st);
         if released != 0 {
             self.account.credit(released);
@@ -490,22 +491,34 @@ impl Pages {
     /// [`remove_user`](Self::remove_user) on pages nobody else can reach:
     /// no lock taken.
     pub fn remove_user_exclusive(&mut self, first: u64, last: u64) {
+        let base = self.user_base();
         let st = self.state.get_mut().unwrap_or_else(|p| p.into_inner());
-        let released = Self::remove_user_locked(st, first, last);
+        let released = Self::remove_user_locked(st, base, first, last);
         if released != 0 {
             self.account.credit(released);
             self.vm_pages(-(released as i64));
         }
     }
 
-    /// Drop the user; returns the pages released (to credit).
-    fn remove_user_locked(st: &mut State, first: u64, last: u64) -> u64 {
+    /// The user address of index 0 for pages pinned in place (what lets
+    /// [`frames::unpin_user`] find a run kept hot), `None` for a file's.
+    fn user_base(&self) -> Option<u64> {
+        matches!(self.source, Source::User(_)).then_some(self.uptr)
+    }
+
+    /// Drop the user; returns the pages released (to credit). `base`: see
+    /// [`user_base`](Self::user_base).
+    fn remove_user_locked(st: &mut State, base: Option<u64>, first: u64, last: u64) -> u64 {
+        let unpin = |index: u64, pfn: u64, npages: u64| match base {
+            Some(b) => frames::unpin_user(b + (index << page_shift()), pfn, npages),
+            None => frames::unpin(pfn, npages),
+        };
         // The usual case: the range is exactly the one segment, inline,
         // whose only user goes (an area unfilled from its last domain).
         if let SmallMap::One(k, seg) = st.segs {
             if k == first && seg.end == last + 1 && seg.users == 1 {
                 st.segs = SmallMap::Empty;
-                frames::unpin(seg.pfn, seg.end - first);
+                unpin(first, seg.pfn, seg.end - first);
                 st.npinned -= seg.end - first;
                 return seg.end - first;
             }
@@ -514,7 +527,7 @@ impl Pages {
         if let Some(seg) = st.segs.get_mut(first) {
             if seg.end == last + 1 && seg.users == 1 {
                 let seg = st.segs.remove(first).expect("found");
-                frames::unpin(seg.pfn, seg.end - first);
+                unpin(first, seg.pfn, seg.end - first);
                 st.npinned -= seg.end - first;
                 return seg.end - first;
             }
@@ -532,7 +545,7 @@ impl Pages {
             seg.users = seg.users.saturating_sub(1);
             if seg.users == 0 {
                 let seg = st.segs.remove(k).expect("present");
-                frames::unpin(seg.pfn, seg.end - k);
+                unpin(k, seg.pfn, seg.end - k);
                 released += seg.end - k;
             }
         }

@@ -35,10 +35,12 @@
 //! the PFN space gives its PFNs back to the bump allocator.
 //!
 //! Released runs. A small in-place run whose last pin goes is not released
-//! at once but kept, with no pins, in a bounded cache (see
-//! `Registry::cache`): pinning the same pages again, what a VMM does
-//! when a guest maps and unmaps one buffer over and over, finds their
-//! frames with one lookup. Cached runs are frames for nobody.
+//! at once but kept, with no pins, in a slot of a bounded table (the hot
+//! table, see the `hot` module): pinning exactly the same pages again,
+//! what a VMM does when a guest maps and unmaps one buffer over and over,
+//! takes them back with one compare-and-swap on the slot's word, and the
+//! unpin of that pin ([`unpin_user`]) gives them back with another, both
+//! without the registry's lock. Cached runs are frames for nobody.
 //!
 //! Mapped frames. A file's pages (`IOMMU_IOAS_MAP_FILE`, the kernel's
 //! `memfd_pin_folios`) have no address in the program; the engine maps the
@@ -58,7 +60,10 @@
 //! release take for writing.
 //!
 //! Locking: one `RwLock` over the registry. It is a leaf: nothing is called
-//! under it that could re-enter the engine. Every path that takes it runs
+//! under it that could re-enter the engine. The one change made without it
+//! is a hot run's pin state (cached or pinned once), in its slot's word;
+//! whoever holds the write lock takes a hot run out of its slot before
+//! doing anything else with it. Every path that takes it runs
 //! inside the fork gate ([`crate::forkgate`]: engine calls, the DMA
 //! engines' rings, the munmap/madvise/mremap hooks here), so a forked
 //! child never inherits it held.
@@ -82,6 +87,8 @@ use crate::inline_vec::InlineVec;
 use crate::slabmap::SlabMap;
 use crate::sys::mm;
 use crate::{user, vma};
+
+mod hot;
 
 /// First PFN handed out (4 GiB of emulated physical space below it are left
 /// unused, as real machines keep low memory for other things).
@@ -142,17 +149,19 @@ struct Run {
     /// Host address of the run's first page.
     host: u64,
     npages: u64,
-    /// Pins of each page of the run: at least one, or zero for a run kept
-    /// in the cache of released runs (see [`Registry::cache`]).
+    /// Pins of each page of the run: at least one, unless the run is hot
+    /// (then its slot's state says: see [`Registry::pins`]); zero only
+    /// for a run released to the hot table, or, under the write lock, one
+    /// just taken out of it.
     pins: u32,
     /// True while `host` is the program's own mapping of the pages.
     in_place: bool,
     /// True when `host` is an engine mapping owned by someone else (a
     /// file's pages, see [`pin_mapped`]).
     mapped: bool,
-    /// A cached run's slot in [`Registry::cache`] (meaningless while
-    /// pinned).
-    slot: u16,
+    /// The slot of the hot table ([`hot`]) that holds the run, plus one;
+    /// 0 for an ordinary run.
+    hot: u16,
 }
 
 impl Run {
@@ -166,14 +175,10 @@ impl Run {
     }
 }
 
-/// In-place runs whose last pin went are kept, unpinned, for this many
-/// releases (see [`Registry::cache`]).
-const CACHE_SLOTS: usize = 64;
 /// Runs longer than this (2 MiB of 4 KiB pages) are released at once: the
-/// cache is for the small mappings a VMM makes and drops again and again.
+/// hot table is for the small mappings a VMM makes and drops again and
+/// again.
 const CACHE_RUN_PAGES: u64 = 512;
-/// An empty slot of [`Registry::cache`].
-const NO_RUN: u64 = u64::MAX;
 
 struct Registry {
     /// Every run, keyed by first PFN.
@@ -182,29 +187,25 @@ struct Registry {
     by_va: SlabMap<u64>,
     next_pfn: u64,
     arena: Arena,
-    /// Released runs kept for a re-pin: in-place runs of at most
-    /// [`CACHE_RUN_PAGES`] pages whose last pin went stay indexed with no
-    /// pins, so pinning the same pages again (a VMM mapping and unmapping
-    /// one buffer over and over) is a lookup and an increment, and
-    /// unpinning them a decrement: no PFN allocation, no index insert or
-    /// remove. A ring of their first PFNs in the order they were released
-    /// ([`NO_RUN`]: a slot whose run was pinned again or dropped); the
-    /// slot `cache_next` is filled next, and the run still in it, the
-    /// oldest, is released for real then. Each cached run is in exactly
-    /// one slot (its `slot`); cached runs are never split or merged.
+    /// Released runs kept for a re-pin, and their one pin: in-place runs
+    /// of at most [`CACHE_RUN_PAGES`] pages whose last pin went are kept,
+    /// indexed with their PFNs, in a slot of this table (their `hot`),
+    /// where a pin of exactly their pages and its unpin find them without
+    /// this lock (see [`hot`]). Invariants, outside the write lock: a run
+    /// with no pins is hot (cached); a hot run's pin count (0 or 1) is its
+    /// slot's state, not `pins`; hot runs are never split, merged, moved
+    /// or released: whoever holds the write lock takes a run out of its
+    /// slot first (`detach`), after which no other thread can change it.
     ///
     /// A cached run is no frame for anyone: device lookups, [`pfn_at`],
-    /// [`pin_count`], [`pinned_pages`] and [`total_pins`] pass over it,
-    /// and the generation moves when a run enters the cache, so no
+    /// [`pin_count`], [`pinned_pages`] and [`total_pins`] pass over it;
+    /// the generation moves when a run enters the table, and a device
+    /// copy's per-thread cache of a hot run checks the slot's word, so no
     /// thread's [`LAST_RUN`] reaches it either. Its PFNs keep their host
     /// address, which is why a re-pin may hand them out again without a
     /// generation bump. The shim's hooks drop cached runs in a range the
     /// program unmaps or remaps (they are never relocated).
-    cache: [u64; CACHE_SLOTS],
-    cache_next: usize,
-    /// `(host, first PFN)` of the run that entered the cache last: where a
-    /// re-pin looks first (a hint, checked against the run it names).
-    last_cached: (u64, u64),
+    hot: &'static hot::Table,
 }
 
 /// Pages pinned in place; lets the shim's hooks return at once in programs
@@ -212,8 +213,10 @@ struct Registry {
 static IN_PLACE_PAGES: AtomicUsize = AtomicUsize::new(0);
 
 /// Bumped, under the write lock, whenever a PFN stops meaning the host
-/// memory it meant (a run released, relocated or moved); splitting or
-/// merging runs changes no PFN's host address and leaves it alone.
+/// memory it meant (a run released, relocated or moved) or a run enters
+/// the hot table (whose re-pins and unpins do not take the lock, and are
+/// seen through the slot's word instead); splitting or merging runs
+/// changes no PFN's host address and leaves it alone.
 static GENERATION: AtomicU64 = AtomicU64::new(0);
 
 /// The host side of one run, as device copies need it.
@@ -224,38 +227,61 @@ struct HostRun {
     host: u64,
     /// In place or mapped: reached through the fault-safe copies.
     guarded: bool,
+    /// A hot run's slot and the word it had (pinned) when this was looked
+    /// up: the run is still pinned while the word is the same.
+    hot: Option<(&'static hot::Slot, u64)>,
 }
 
 thread_local! {
     /// The run this thread's last device copy used, with the generation it
     /// was looked up in (`u64::MAX`: none).
     static LAST_RUN: std::cell::Cell<(u64, HostRun)> = const {
-        std::cell::Cell::new((u64::MAX, HostRun { pfn: 0, npages: 0, host: 0, guarded: true }))
+        std::cell::Cell::new((u64::MAX, HostRun { pfn: 0, npages: 0, host: 0, guarded: true, hot: None }))
     };
 }
 
 /// The run holding `pfn`, for a copy made under the registry's read lock
 /// `reg`: from this thread's cache when no PFN changed its host since it
 /// was filled (the generation only moves under the write lock, so it is
-/// stable while `reg` is held), else from the index.
+/// stable while `reg` is held) and, for a hot run, its slot's word is
+/// still the one it was pinned with (its lock-free unpin changes that),
+/// else from the index.
 #[inline]
 fn host_run(reg: &Registry, pfn: u64) -> Option<HostRun> {
     let gen = GENERATION.load(Ordering::Relaxed);
     let (cached_gen, run) = LAST_RUN.with(|c| c.get());
-    if cached_gen == gen && pfn.wrapping_sub(run.pfn) < run.npages {
+    if cached_gen == gen
+        && pfn.wrapping_sub(run.pfn) < run.npages
+        && run.hot.is_none_or(|(slot, word)| slot.word() == word)
+    {
         return Some(run);
     }
     let (start, r) = reg.by_pfn.prev(pfn)?;
-    if pfn >= start + r.npages || r.pins == 0 {
+    if pfn >= start + r.npages {
         return None;
     }
-    let run = HostRun { pfn: start, npages: r.npages, host: r.host, guarded: r.in_place || r.mapped };
+    let hot = match r.hot {
+        0 if r.pins == 0 => return None,
+        0 => None,
+        i => {
+            let slot = reg.hot.slot(usize::from(i - 1));
+            let word = slot.word();
+            if hot::state(word) != hot::PINNED {
+                return None;
+            }
+            Some((slot, word))
+        }
+    };
+    let run = HostRun { pfn: start, npages: r.npages, host: r.host, guarded: r.in_place || r.mapped, hot };
     LAST_RUN.with(|c| c.set((gen, run)));
     Some(run)
 }
 
+/// The hot table of the process's registry (see [`hot`]).
+static HOT: hot::Table = hot::Table::new();
+
 fn registry() -> &'static RwLock<Registry> {
-    static R: RwLock<Registry> = RwLock::new(Registry::new(FIRST_PFN));
+    static R: RwLock<Registry> = RwLock::new(Registry::new(FIRST_PFN, &HOT));
     &R
 }
 
@@ -275,15 +301,15 @@ fn invalidate() {
 }
 
 impl Registry {
-    const fn new(next_pfn: u64) -> Registry {
-        Registry {
-            by_pfn: SlabMap::new(),
-            by_va: SlabMap::new(),
-            next_pfn,
-            arena: Arena { base: 0, next: 0 },
-            cache: [NO_RUN; CACHE_SLOTS],
-            cache_next: 0,
-            last_cached: (u64::MAX, NO_RUN),
+    const fn new(next_pfn: u64, hot: &'static hot::Table) -> Registry {
+        Registry { by_pfn: SlabMap::new(), by_va: SlabMap::new(), next_pfn, arena: Arena { base: 0, next: 0 }, hot }
+    }
+
+    /// The pins of each page of `run`: a hot run's from its slot.
+    fn pins(&self, run: &Run) -> u32 {
+        match run.hot {
+            0 => run.pins,
+            i => u32::from(hot::state(self.hot.slot(usize::from(i - 1)).word()) == hot::PINNED),
         }
     }
 
@@ -300,7 +326,7 @@ impl Registry {
     ///
     /// [`in_place_at`]: Self::in_place_at
     fn pinned_at(&self, va: u64) -> Option<(u64, Run)> {
-        self.in_place_at(va).filter(|(_, r)| r.pins != 0)
+        self.in_place_at(va).filter(|(_, r)| self.pins(r) != 0)
     }
 
     /// Where the next pinned in-place run at or above `va` starts, or
@@ -308,69 +334,113 @@ impl Registry {
     fn next_pinned(&self, va: u64, end: u64) -> u64 {
         self.by_va
             .range(va, end - 1)
-            .find(|(_, &pfn)| self.by_pfn.get(pfn).is_some_and(|r| r.pins != 0))
+            .find(|(_, &pfn)| self.by_pfn.get(pfn).is_some_and(|r| self.pins(r) != 0))
             .map_or(end, |(v, _)| v)
     }
 
-    /// The last pin of the run at `pfn` went: keep it in the cache if it
-    /// is a small in-place run (releasing the oldest cached one if its
-    /// slot is taken), else release it. Either way it stops being a frame
-    /// for devices now.
-    fn unpinned(&mut self, pfn: u64) {
-        let run = self.by_pfn.get_mut(pfn).expect("run indexed by its first PFN");
-        if run.cacheable() {
-            run.slot = self.cache_next as u16;
-            let host = run.host;
-            self.cache_push(pfn, host);
-        } else {
-            self.release(pfn);
-        }
-    }
-
-    /// Put the run at `pfn`, whose `slot` is already `cache_next`, in the
-    /// cache; the run in that slot before, if any, is released.
-    fn cache_push(&mut self, pfn: u64, host: u64) {
-        self.last_cached = (host, pfn);
-        let slot = self.cache_next;
-        self.cache_next = (slot + 1) % CACHE_SLOTS;
-        let oldest = std::mem::replace(&mut self.cache[slot], pfn);
-        if oldest != NO_RUN {
-            self.release(oldest);
-        } else {
-            invalidate();
-        }
-    }
-
-    /// The cached run at `pfn` is released for real.
-    fn drop_cached(&mut self, pfn: u64, run: &Run) {
-        debug_assert!(run.pins == 0 && self.cache[usize::from(run.slot)] == pfn);
-        self.cache[usize::from(run.slot)] = NO_RUN;
-        self.release(pfn);
-    }
-
-    /// Release every cached run that holds a page of `[va, end)`.
-    fn drop_cached_in(&mut self, va: u64, end: u64) {
+    /// The in-place runs that hold a page of `[va, end)`: their first PFNs.
+    fn in_place_in(&self, va: u64, end: u64) -> InlineVec<u64, 4> {
         if end <= va {
-            return;
+            return InlineVec::default();
         }
         let first = self.by_va.prev(va).map_or(va, |(v, _)| v);
-        let cached: InlineVec<(u64, Run), 4> = self
-            .by_va
+        self.by_va
             .range(first, end - 1)
-            .filter_map(|(_, &pfn)| Some((pfn, *self.by_pfn.get(pfn)?)))
-            .filter(|(_, r)| r.pins == 0 && r.host_end() > va)
-            .collect();
-        for (pfn, run) in cached.iter() {
-            self.drop_cached(*pfn, run);
+            .filter(|(_, &pfn)| self.by_pfn.get(pfn).is_some_and(|r| r.host_end() > va))
+            .map(|(_, &pfn)| pfn)
+            .collect()
+    }
+
+    /// Take the hot run at `pfn`, if it is one, out of its slot: an
+    /// ordinary run again, pinned once or (cached) not at all, which no
+    /// other thread can change any more. A cached one must then be pinned
+    /// or released before the write lock goes.
+    fn detach(&mut self, pfn: u64) {
+        let Some(run) = self.by_pfn.get_mut(pfn) else { return };
+        if run.hot == 0 {
+            return;
+        }
+        let (state, _) = self.hot.take(usize::from(run.hot - 1));
+        debug_assert_ne!(state, hot::EMPTY, "a hot run's slot is in use");
+        run.pins = u32::from(state == hot::PINNED);
+        run.hot = 0;
+    }
+
+    /// [`detach`](Self::detach) every hot run holding a page of
+    /// `[va, end)`.
+    fn detach_in(&mut self, va: u64, end: u64) {
+        for pfn in self.in_place_in(va, end).iter() {
+            self.detach(*pfn);
         }
     }
 
-    /// Release every cached run (when PFN space runs out).
+    /// [`detach`](Self::detach) the run at `pfn` if it is hot and pinned
+    /// now; false if it is a cached hot run (and stays one).
+    fn detach_if_pinned(&mut self, pfn: u64) -> bool {
+        let Some(run) = self.by_pfn.get_mut(pfn) else { return false };
+        if run.hot == 0 {
+            return true;
+        }
+        if !self.hot.take_if(usize::from(run.hot - 1), hot::PINNED) {
+            return false;
+        }
+        run.pins = 1;
+        run.hot = 0;
+        true
+    }
+
+    /// The last pin of the run at `pfn` went: keep it in the hot table if
+    /// it is a small in-place run, else release it. Either way it stops
+    /// being a frame for devices now.
+    fn unpinned(&mut self, pfn: u64) {
+        let run = *self.by_pfn.get(pfn).expect("run indexed by its first PFN");
+        if !run.cacheable() {
+            self.release(pfn);
+            return;
+        }
+        // The slot's run before: released if cached (the table is
+        // direct-mapped: the newest release wins), an ordinary pinned run
+        // if pinned.
+        let i = hot::Table::index(run.host);
+        match self.hot.take(i) {
+            (hot::CACHED, old) => {
+                self.run_mut(old).hot = 0;
+                self.release(old);
+            }
+            (hot::PINNED, old) => {
+                let r = self.run_mut(old);
+                r.hot = 0;
+                r.pins = 1;
+            }
+            _ => {}
+        }
+        let r = self.run_mut(pfn);
+        r.pins = 0;
+        r.hot = i as u16 + 1;
+        self.hot.put(i, run.host, pfn, run.npages);
+        // Per-thread lookups of it as an ordinary run go.
+        invalidate();
+    }
+
+    /// Release every cached run that holds a page of `[va, end)` (hot ones
+    /// are taken out of the table first).
+    fn drop_cached_in(&mut self, va: u64, end: u64) {
+        self.detach_in(va, end);
+        for pfn in self.in_place_in(va, end).iter() {
+            if self.by_pfn.get(*pfn).is_some_and(|r| r.pins == 0) {
+                self.release(*pfn);
+            }
+        }
+    }
+
+    /// Release every cached run (when PFN space runs out); whether there
+    /// was one. Pinned hot runs stay.
     fn drop_all_cached(&mut self) -> bool {
         let mut any = false;
-        for slot in 0..CACHE_SLOTS {
-            let pfn = std::mem::replace(&mut self.cache[slot], NO_RUN);
-            if pfn != NO_RUN {
+        for i in 0..hot::SLOTS {
+            if self.hot.take_if(i, hot::CACHED) {
+                let pfn = self.hot.pfn(i);
+                self.run_mut(pfn).hot = 0;
                 self.release(pfn);
                 any = true;
             }
@@ -460,6 +530,7 @@ impl Registry {
     /// to the bump allocator) and relocated memory is released.
     fn release(&mut self, pfn: u64) {
         let run = self.remove(pfn);
+        debug_assert_eq!(run.hot, 0, "a hot run is taken out of its slot first");
         invalidate();
         if !run.in_place && !run.mapped {
             self.arena.release(run.host, run.npages * page());
@@ -474,7 +545,7 @@ impl Registry {
     fn split(&mut self, pfn: u64, at: u64) {
         let k = at - pfn;
         let left = self.run_mut(pfn);
-        debug_assert!(left.pins != 0, "cached runs are never split");
+        debug_assert!(left.pins != 0 && left.hot == 0, "cached and hot runs are never split");
         let right = Run { host: left.host + k * page(), npages: left.npages - k, ..*left };
         left.npages = k;
         // Same pages in place as before: only the by-VA index changes.
@@ -502,6 +573,8 @@ impl Registry {
                 && a.pins == b.pins
                 && a.in_place == b.in_place
                 && a.mapped == b.mapped
+                && a.hot == 0
+                && b.hot == 0
         };
         let mut start = pfn;
         let mut run = *self.by_pfn.get(pfn).expect("run");
@@ -547,36 +620,44 @@ pub fn pin_user(va: u64, npages: u64, write: bool) -> Result<PinnedRuns, Errno> 
         return Err(Errno::EFAULT);
     }
     let ps = page();
-    if !va.is_multiple_of(ps) {
+    // (A mask, not `is_multiple_of`: the page size is a power of two, and
+    // a division costs more than the rest of a re-pin.)
+    if va & (ps - 1) != 0 {
         return Err(Errno::EINVAL);
     }
     let len = npages.checked_mul(ps).ok_or(Errno::EFAULT)?;
     let end = va.checked_add(len).ok_or(Errno::EFAULT)?;
-    let mut out = PinnedRuns::default();
     if npages == 0 {
-        return Ok(out);
+        return Ok(PinnedRuns::default());
     }
-    check_user_range(va, npages, write)?;
+    check_user_range(va, end, write)?;
+    // The usual case: the run released last from these very pages, taken
+    // back from the hot table without the lock.
+    if let Some(pfn) = HOT.pin(va, npages) {
+        return Ok(PinnedRuns::one(PinnedRun { va, pfn, npages }));
+    }
+    pin_user_locked(va, end)
+}
+
+/// [`pin_user`] of `[va, end)` (checked) under the registry's lock.
+#[inline(never)]
+fn pin_user_locked(va: u64, end: u64) -> Result<PinnedRuns, Errno> {
+    let ps = page();
+    let mut out = PinnedRuns::default();
     let mut guard = self::write();
     let reg = &mut *guard;
+    // Nothing in the range changes behind our back from here on; cached
+    // runs there are now ordinary runs with no pins, each pinned again or
+    // released below.
+    reg.detach_in(va, end);
     let mut cur = va;
     while cur < end {
-        // The usual case first: a cached run that is the rest of the range
-        // (the last one cached, or found by address). Its frames are as
+        // A cached run that is the rest of the range: its frames are as
         // they were.
-        let pfn = match reg.last_cached {
-            (host, pfn) if host == cur => Some(pfn),
-            _ => reg.by_va.prev(cur).map(|(_, &pfn)| pfn),
-        };
-        if let Some(run) = pfn.and_then(|pfn| reg.by_pfn.get_mut(pfn)) {
-            if run.pins == 0 && run.in_place && run.host == cur && run.npages * ps == end - cur {
-                run.pins = 1;
-                reg.cache[usize::from(run.slot)] = NO_RUN;
-                let r = PinnedRun { va: cur, pfn: pfn.unwrap_or_default(), npages: run.npages };
-                if cur == va {
-                    return Ok(PinnedRuns::one(r));
-                }
-                push_run(&mut out, r);
+        if let Some((pfn, run)) = reg.in_place_at(cur) {
+            if run.pins == 0 && run.host == cur && run.npages * ps == end - cur {
+                reg.run_mut(pfn).pins = 1;
+                push_run(&mut out, PinnedRun { va: cur, pfn, npages: run.npages });
                 break;
             }
         }
@@ -605,7 +686,7 @@ pub fn pin_user(va: u64, npages: u64, write: bool) -> Result<PinnedRuns, Errno> 
         let n = (gap_end - cur) / ps;
         if let Some((pfn, run)) = reg.in_place_at(cur) {
             if run.host == cur && run.npages == n {
-                reg.cache[usize::from(run.slot)] = NO_RUN;
+                debug_assert_eq!(run.pins, 0, "a gap holds no pinned run");
                 reg.run_mut(pfn).pins = 1;
                 push_run(&mut out, PinnedRun { va: cur, pfn, npages: n });
                 cur = gap_end;
@@ -616,6 +697,8 @@ pub fn pin_user(va: u64, npages: u64, write: bool) -> Result<PinnedRuns, Errno> 
         let pfn = match reg.alloc_pfns_or_drop_cache(cur, n) {
             Ok(p) => p,
             Err(e) => {
+                // Cached runs taken out of the table above go.
+                reg.drop_cached_in(cur, end);
                 drop(guard);
                 for r in out.iter() {
                     unpin(r.pfn, r.npages);
@@ -623,7 +706,7 @@ pub fn pin_user(va: u64, npages: u64, write: bool) -> Result<PinnedRuns, Errno> 
                 return Err(e);
             }
         };
-        reg.insert(pfn, Run { host: cur, npages: n, pins: 1, in_place: true, mapped: false, slot: 0 });
+        reg.insert(pfn, Run { host: cur, npages: n, pins: 1, in_place: true, mapped: false, hot: 0 });
         push_run(&mut out, PinnedRun { va: cur, pfn, npages: n });
         cur = gap_end;
     }
@@ -636,12 +719,13 @@ pub fn pin_user(va: u64, npages: u64, write: bool) -> Result<PinnedRuns, Errno> 
 /// cost (tens of microseconds) does not grow with the size.
 const PROBE_PAGES: u64 = 4096;
 
-/// `EFAULT` unless every page of the range is mapped readable (and
+/// `EFAULT` unless every page of `[va, end)` is mapped readable (and
 /// writable when `write`), in the current process, and when that is
 /// another one, unless it is alive and the range is the same shared
 /// memory as ours (see [`pin_user`]).
-fn check_user_range(va: u64, npages: u64, write: bool) -> Result<(), Errno> {
-    let end = va + npages * page();
+#[inline]
+fn check_user_range(va: u64, end: u64, write: bool) -> Result<(), Errno> {
+    let npages = (end - va) >> page_shift();
     let probe = npages <= PROBE_PAGES && crate::guard::available();
     if let Some(p) = user::current_process() {
         if !p.alive() {
@@ -656,20 +740,22 @@ fn check_user_range(va: u64, npages: u64, write: bool) -> Result<(), Errno> {
     } else if !probe {
         return vma::check(&vma::current()?, va, end, write).map(|_| ());
     }
-    for i in 0..npages {
-        let page = va + i * page();
+    let ps = page();
+    let mut page = va;
+    while page < end {
         if write {
             user::probe_own_page_write(page)?;
         } else {
             user::probe_own_page(page)?;
         }
+        page += ps;
     }
     Ok(())
 }
 
 /// Drop one pin from each of `npages` frames starting at `pfn`. Frames whose
-/// last pin goes are released. Unknown frames are ignored (a bug upstream
-/// must not become a crash here).
+/// last pin goes are released (or kept for a re-pin, in the hot table). Unknown
+/// frames are ignored (a bug upstream must not become a crash here).
 pub fn unpin(pfn: u64, npages: u64) {
     if npages == 0 {
         return;
@@ -678,29 +764,32 @@ pub fn unpin(pfn: u64, npages: u64) {
     // mapping went away may still be copying: let it finish before a frame
     // can be released (and its PFN reused).
     crate::dma_fence::synchronize();
+    unpin_locked(pfn, npages);
+}
+
+/// [`unpin`] of frames [`pin_user`] returned for the `npages` pages at
+/// `va` (where the caller knows it: it finds a run kept hot without the
+/// registry's lock).
+#[inline]
+pub fn unpin_user(va: u64, pfn: u64, npages: u64) {
+    if npages == 0 {
+        return;
+    }
+    // As in `unpin`: the run's PFNs are not reused before it is released,
+    // but a request older than this unpin must not outlive a later
+    // release that no grace period precedes.
+    crate::dma_fence::synchronize();
+    if !HOT.unpin(va, pfn, npages) {
+        unpin_locked(pfn, npages);
+    }
+}
+
+fn unpin_locked(pfn: u64, npages: u64) {
     let mut guard = write();
     let reg = &mut *guard;
     let end = pfn.saturating_add(npages);
     let mut cur = pfn;
     while cur < end {
-        // The usual case first: a whole pinned run, found with one lookup.
-        if let Some(run) = reg.by_pfn.get_mut(cur) {
-            let run_end = cur + run.npages;
-            if run_end <= end && run.pins != 0 {
-                run.pins -= 1;
-                if run.pins != 0 {
-                    reg.merge_around(cur);
-                } else if run.cacheable() {
-                    run.slot = reg.cache_next as u16;
-                    let host = run.host;
-                    reg.cache_push(cur, host);
-                } else {
-                    reg.release(cur);
-                }
-                cur = run_end;
-                continue;
-            }
-        }
         let Some((start, run)) = reg.run_of_pfn(cur) else {
             // Skip to the next run.
             match reg.by_pfn.next(cur) {
@@ -712,8 +801,10 @@ pub fn unpin(pfn: u64, npages: u64) {
             }
         };
         let run_end = start + run.npages;
-        if run.pins == 0 {
-            // Cached: not pinned, as unknown as a released frame.
+        // A hot run pinned (through the table or not) becomes an ordinary
+        // run with its one pin; a cached one, hot or not, is not pinned,
+        // as unknown as a released frame.
+        if !reg.detach_if_pinned(start) || reg.run_mut(start).pins == 0 {
             cur = run_end;
             continue;
         }
@@ -748,7 +839,7 @@ pub fn pin_mapped(host: u64, npages: u64) -> Result<PinnedRun, Errno> {
     let mut reg = write();
     // As for the program's pages: released runs kept for reuse give way.
     let pfn = reg.alloc_pfns_or_drop_cache(host, npages)?;
-    reg.insert(pfn, Run { host, npages, pins: 1, in_place: false, mapped: true, slot: 0 });
+    reg.insert(pfn, Run { host, npages, pins: 1, in_place: false, mapped: true, hot: 0 });
     Ok(PinnedRun { va: host, pfn, npages })
 }
 
@@ -771,7 +862,8 @@ pub fn forget_mapped(host: u64, len: u64) {
 /// not a frame in place).
 pub fn pin_count(va: u64) -> u32 {
     let va = va & !(page() - 1);
-    read().in_place_at(va).map_or(0, |(_, run)| run.pins)
+    let reg = read();
+    reg.in_place_at(va).map_or(0, |(_, run)| reg.pins(&run))
 }
 
 /// The PFN of the pinned page at virtual address `va`, if it is one.
@@ -803,12 +895,14 @@ pub fn mapped_pin_count(host: u64) -> u32 {
 
 /// Number of frames currently pinned (all runs, all pages).
 pub fn pinned_pages() -> u64 {
-    read().by_pfn.iter().filter(|(_, r)| r.pins != 0).map(|(_, r)| r.npages).sum()
+    let reg = read();
+    reg.by_pfn.iter().filter(|(_, r)| reg.pins(r) != 0).map(|(_, r)| r.npages).sum()
 }
 
 /// Sum of pin counts over all frames (what a leak check compares to zero).
 pub fn total_pins() -> u64 {
-    read().by_pfn.iter().map(|(_, r)| r.npages * u64::from(r.pins)).sum()
+    let reg = read();
+    reg.by_pfn.iter().map(|(_, r)| r.npages * u64::from(reg.pins(r))).sum()
 }
 
 /// Bytes of index storage the registry holds (for memory accounting).
@@ -897,7 +991,7 @@ pub fn program_page(paddr: u64) -> Option<u64> {
     let shift = page_shift();
     let reg = read();
     let (start, run) = reg.run_of_pfn(paddr >> shift)?;
-    (run.in_place && run.pins != 0).then(|| run.host + (((paddr >> shift) - start) << shift))
+    (run.in_place && reg.pins(&run) != 0).then(|| run.host + (((paddr >> shift) - start) << shift))
 }
 
 fn phys_io(
@@ -1040,25 +1134,32 @@ pub fn before_munmap(va: u64, len: u64) {
         return;
     }
     let _gate = crate::forkgate::enter();
-    let _atc = relocation_ahead(va, len);
-    let mut reg = write();
+    let (_atc, mut reg) = write_for_hook(va, len);
     let _ = relocate(&mut reg, va, len);
 }
 
-/// Device translation caches must let go of in-place frames in
-/// `[va, va + len)` before they move: a [`crate::atc::Relocation`] when the
-/// range holds any (taken before the registry's write lock, as it waits for
-/// DMA in flight).
-fn relocation_ahead(va: u64, len: u64) -> Option<crate::atc::Relocation> {
+/// The registry's write lock for a hook about to move or drop the runs in
+/// `[va, va + len)`, with the cached runs there released and the hot ones
+/// taken out of the table (so nothing there is pinned or unpinned without
+/// the lock any more), and, when pinned runs are there, a
+/// [`crate::atc::Relocation`] begun first: device translation caches must
+/// let go of frames before they move. The relocation waits for DMA in
+/// flight, so it is begun outside the lock; finding pinned runs without one
+/// (a pin, through the hot table or not, won the race with this hook),
+/// the hook lets the lock go, begins it and starts again.
+fn write_for_hook(va: u64, len: u64) -> (Option<crate::atc::Relocation>, RwLockWriteGuard<'static, Registry>) {
     let end = va.saturating_add(len);
-    let touched = {
-        let reg = read();
-        let first = reg.by_va.prev(va).map_or(va, |(v, _)| v);
-        reg.by_va
-            .range(first, end.saturating_sub(1))
-            .any(|(_, &pfn)| reg.by_pfn.get(pfn).is_some_and(|r| r.pins != 0 && r.host_end() > va))
-    };
-    touched.then(crate::atc::Relocation::begin)
+    let mut atc = None;
+    loop {
+        let mut reg = write();
+        reg.drop_cached_in(va, end);
+        let pinned = reg.in_place_in(va, end).iter().any(|pfn| reg.by_pfn.get(*pfn).is_some_and(|r| r.pins != 0));
+        if atc.is_some() || !pinned {
+            return (atc, reg);
+        }
+        drop(reg);
+        atc = Some(crate::atc::Relocation::begin());
+    }
 }
 
 /// The program is about to `madvise(va, len, MADV_DONTNEED)` (or another
@@ -1070,8 +1171,7 @@ pub fn before_madvise_dontneed(va: u64, len: u64) {
         return;
     }
     let _gate = crate::forkgate::enter();
-    let _atc = relocation_ahead(va, len);
-    let mut reg = write();
+    let (_atc, mut reg) = write_for_hook(va, len);
     let Ok(maps) = vma::current() else { return };
     let end = va.saturating_add(len);
     let private: Vec<vma::Vma> = maps.into_iter().filter(|m| !m.shared && m.start < end && va < m.end).collect();
@@ -1113,10 +1213,6 @@ pub fn around_mremap(
         return real();
     }
     let _gate = crate::forkgate::enter();
-    // Pinned pages in the old range may move (the tail relocated, the rest
-    // following the mapping).
-    let _atc = relocation_ahead(old, old_len.max(new_len));
-    let mut reg = write();
     let ps = page();
     // PAGE_ALIGN as the kernel computes it: a length within a page of the
     // top wraps to 0 (which mremap then refuses, or for old_len takes as
@@ -1126,11 +1222,11 @@ pub fn around_mremap(
     // A range past the top of the address space is no mapping: mremap
     // refuses it, and nothing of ours can be in it.
     let (Some(_), Some(_)) = (old.checked_add(old_len), old.checked_add(new_len)) else {
-        drop(reg);
         return real();
     };
-    // Cached runs in the old range are dropped, not moved.
-    reg.drop_cached_in(old, old + old_len);
+    // Pinned pages in the old range may move (the tail relocated, the rest
+    // following the mapping); cached runs there are dropped, not moved.
+    let (_atc, mut reg) = write_for_hook(old, old_len.max(new_len));
     let mut tail = Vec::new();
     if new_len < old_len {
         tail = relocate(&mut reg, old + new_len, old_len - new_len).unwrap_or_default();
@@ -1241,8 +1337,10 @@ pub(crate) mod tests {
     fn partial_pins_split_and_merge_runs() {
         let _g = SERIAL.lock().unwrap();
         let m = Map::new(8, libc::MAP_PRIVATE);
-        let runs_here =
-            || read().by_pfn.iter().filter(|(_, r)| r.pins != 0 && r.host >= m.0 && r.host < m.0 + m.1).count();
+        let runs_here = || {
+            let reg = read();
+            reg.by_pfn.iter().filter(|(_, r)| reg.pins(r) != 0 && r.host >= m.0 && r.host < m.0 + m.1).count()
+        };
         let a = pin_user(m.0, 8, true).unwrap();
         assert_eq!(a.len(), 1);
         let b = pin_user(m.0 + 2 * page(), 3, false).unwrap();
@@ -1461,9 +1559,9 @@ pub(crate) mod tests {
     #[test]
     fn released_pfn_space_is_reused_when_the_bump_runs_out() {
         // A private registry whose bump pointer is at the very end.
-        let run = |n: u64| Run { host: 0, npages: n, pins: 1, in_place: false, mapped: true, slot: 0 };
+        let run = |n: u64| Run { host: 0, npages: n, pins: 1, in_place: false, mapped: true, hot: 0 };
         let limit = PHYS_ADDR_LIMIT >> page_shift();
-        let mut r = Registry::new(limit - 2);
+        let mut r = private_registry(limit - 2);
         r.insert(FIRST_PFN, run(3));
         r.insert(FIRST_PFN + 8, run(8));
         // One page: the bump still has room.
@@ -1477,9 +1575,15 @@ pub(crate) mod tests {
         assert_eq!(r.alloc_pfns(0, limit), Err(Errno::ENOMEM));
     }
 
+    /// A registry of the tests' own, with a hot table of its own.
+    fn private_registry(next_pfn: u64) -> Registry {
+        Registry::new(next_pfn, Box::leak(Box::new(hot::Table::new())))
+    }
+
     /// Whether the page at `va` is in a cached (released, zero-pin) run.
     fn cached(va: u64) -> bool {
-        read().in_place_at(va).is_some_and(|(_, r)| r.pins == 0)
+        let reg = read();
+        reg.in_place_at(va).is_some_and(|(_, r)| reg.pins(&r) == 0)
     }
 
     /// A released run waits in the cache: no frame for anyone (counts,
@@ -1582,12 +1686,12 @@ pub(crate) mod tests {
         unsafe { libc::munmap(m.0 as *mut _, m.1 as usize) };
     }
 
-    /// At most `CACHE_SLOTS` runs wait, the oldest released first; runs
-    /// past `CACHE_RUN_PAGES` are not kept at all.
+    /// At most `hot::SLOTS` runs wait, the newest released of those that
+    /// share a slot; runs past `CACHE_RUN_PAGES` are not kept at all.
     #[test]
     fn the_cache_is_bounded() {
         let _g = SERIAL.lock().unwrap();
-        let n = CACHE_SLOTS as u64 + 8;
+        let n = hot::SLOTS as u64 + 8;
         let m = Map::new(n, libc::MAP_PRIVATE);
         let mut pfns = Vec::new();
         for i in 0..n {
@@ -1595,10 +1699,14 @@ pub(crate) mod tests {
             unpin(r[0].pfn, 1);
             pfns.push(r[0].pfn);
         }
-        let cached_pages: Vec<bool> = (0..n).map(|i| cached(m.0 + i * page())).collect();
-        assert_eq!(cached_pages.iter().filter(|&&c| c).count(), CACHE_SLOTS);
-        assert!(cached_pages[8..].iter().all(|&c| c), "the newest are kept");
-        assert_eq!(read().by_pfn.iter().filter(|(_, r)| r.pins == 0).count(), CACHE_SLOTS);
+        let slot = |i: u64| hot::Table::index(m.0 + i * page());
+        for i in 0..n {
+            let newest = (i + 1..n).all(|j| slot(j) != slot(i));
+            assert_eq!(cached(m.0 + i * page()), newest, "page {i}: kept if no later release shares its slot");
+        }
+        let reg = read();
+        assert!(reg.by_pfn.iter().filter(|(_, r)| reg.pins(r) == 0).count() <= hot::SLOTS);
+        drop(reg);
         let last = pin_user(m.0 + (n - 1) * page(), 1, true).unwrap();
         assert_eq!(last[0].pfn, pfns[n as usize - 1]);
         unpin(last[0].pfn, 1);
@@ -1610,17 +1718,196 @@ pub(crate) mod tests {
 
     #[test]
     fn pfn_space_running_out_drops_the_cache() {
+        // The registry's in-place page count is shared with the others.
+        let _g = SERIAL.lock().unwrap();
         let limit = PHYS_ADDR_LIMIT >> page_shift();
-        let mut r = Registry::new(limit - 2);
-        let run = Run { host: 1 << 30, npages: 1, pins: 0, in_place: true, mapped: false, slot: 0 };
+        let mut r = private_registry(limit - 2);
+        let run = Run { host: 1 << 30, npages: 1, pins: 0, in_place: true, mapped: false, hot: 0 };
         r.insert(FIRST_PFN, run);
-        r.cache_push(FIRST_PFN, run.host);
+        r.unpinned(FIRST_PFN);
+        assert!(r.run_mut(FIRST_PFN).hot != 0, "kept in the hot table");
         // Everything from FIRST_PFN up, 1 GiB aligned like VPN 0: only
         // there once the cached run is gone.
         let all = limit - FIRST_PFN;
         assert_eq!(r.alloc_pfns(0, all), Err(Errno::ENOMEM));
         assert_eq!(r.alloc_pfns_or_drop_cache(0, all), Ok(FIRST_PFN));
         assert!(r.by_pfn.is_empty());
+    }
+
+    /// The steady state of a VMM mapping and unmapping one buffer: the
+    /// re-pin and its unpin go through the hot table and take no lock at
+    /// all (here they complete while this thread holds the registry's
+    /// write lock), with the same frames and exact counts after.
+    #[test]
+    fn hot_repins_and_unpins_take_no_lock() {
+        let _g = SERIAL.lock().unwrap();
+        let m = Map::new(2, libc::MAP_PRIVATE);
+        let (pages, pins) = (pinned_pages(), total_pins());
+        let r = pin_user(m.0, 2, true).unwrap();
+        unpin_user(m.0, r[0].pfn, 2);
+        assert!(cached(m.0));
+        let held = write();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let va = m.0;
+        let t = std::thread::spawn(move || {
+            let again = pin_user(va, 2, true).unwrap();
+            tx.send(again[0]).unwrap();
+            unpin_user(va, again[0].pfn, 2);
+            let again = pin_user(va, 2, false).unwrap();
+            tx.send(again[0]).unwrap();
+        });
+        let first = rx.recv_timeout(std::time::Duration::from_secs(20)).expect("a re-pin waited for the lock");
+        let second = rx.recv_timeout(std::time::Duration::from_secs(20)).expect("an unpin waited for the lock");
+        drop(held);
+        t.join().unwrap();
+        assert_eq!((first, second), (r[0], r[0]), "the same frames");
+        assert_eq!((pinned_pages(), total_pins()), (pages + 2, pins + 2));
+        assert_eq!((pin_count(m.0 + page()), pfn_at(m.0 + page())), (1, Some(r[0].pfn + 1)));
+        let mut b = [0u8];
+        m.set(page(), 7);
+        read_phys(phys(&r[0], 1), &mut b).unwrap();
+        assert_eq!(b[0], 7);
+        unpin_user(m.0, r[0].pfn, 2);
+        assert_eq!((pinned_pages(), total_pins()), (pages, pins));
+        assert_eq!(read_phys(phys(&r[0], 1), &mut b), Err(Errno::EFAULT), "not through this thread's last run");
+        assert_eq!(atc_host(phys(&r[0], 0)), None);
+    }
+
+    /// A second pin of a run the hot table holds pinned takes it out of
+    /// the table (an ordinary run pinned twice); unpins of either kind,
+    /// given its address or not, count exactly, and the last one puts it
+    /// back.
+    #[test]
+    fn more_pins_of_a_hot_run_make_it_ordinary() {
+        let _g = SERIAL.lock().unwrap();
+        let m = Map::new(1, libc::MAP_PRIVATE);
+        let r = pin_user(m.0, 1, true).unwrap();
+        unpin(r[0].pfn, 1);
+        let a = pin_user(m.0, 1, true).unwrap();
+        let b = pin_user(m.0, 1, false).unwrap();
+        assert_eq!((a[0], b[0]), (r[0], r[0]));
+        assert_eq!(pin_count(m.0), 2);
+        // The table no longer has it: this unpin goes to the registry.
+        unpin_user(m.0, r[0].pfn, 1);
+        assert_eq!(pin_count(m.0), 1);
+        unpin(r[0].pfn, 1);
+        assert_eq!(pin_count(m.0), 0);
+        assert!(cached(m.0));
+        // A stray unpin of a cached run changes nothing.
+        unpin_user(m.0, r[0].pfn, 1);
+        unpin(r[0].pfn, 1);
+        assert!(cached(m.0));
+        assert_eq!(pin_user(m.0, 1, true).unwrap()[0], r[0]);
+        // Part of it, or a wrong PFN, is no hot unpin either.
+        unpin_user(m.0, r[0].pfn + 1, 1);
+        assert_eq!(pin_count(m.0), 1);
+        unpin_user(m.0, r[0].pfn, 1);
+        assert_eq!(pin_count(m.0), 0);
+    }
+
+    /// The program's `MADV_DONTNEED` (its hook on another thread) racing a
+    /// re-pin through the hot table, in either order: the pin returned is
+    /// a live frame, the program's page if the hook came first, the old
+    /// page relocated with the device's view if the pin did; never a
+    /// released frame or one the registry lost; counts exact.
+    #[test]
+    fn hooks_racing_hot_repins_never_leave_a_stale_frame() {
+        let _g = SERIAL.lock().unwrap();
+        const ROUNDS: u64 = 300;
+        let m = Map::new(1, libc::MAP_PRIVATE);
+        let va = m.0;
+        let (pages, pins) = (pinned_pages(), total_pins());
+        let barrier = std::sync::Arc::new(std::sync::Barrier::new(2));
+        let b2 = std::sync::Arc::clone(&barrier);
+        let hook = std::thread::spawn(move || {
+            for i in 0..ROUNDS {
+                b2.wait();
+                for _ in 0..(i * 7) % 13 * 40 {
+                    std::hint::spin_loop();
+                }
+                before_madvise_dontneed(va, page());
+                // SAFETY: advising the test's own mapping.
+                unsafe { libc::madvise(va as *mut _, page() as usize, libc::MADV_DONTNEED) };
+                b2.wait();
+            }
+        });
+        let (mut in_place, mut moved) = (0, 0);
+        for i in 0..ROUNDS {
+            let r = pin_user(va, 1, true).unwrap();
+            unpin_user(va, r[0].pfn, 1);
+            barrier.wait();
+            for _ in 0..(i * 5) % 11 * 40 {
+                std::hint::spin_loop();
+            }
+            let r = pin_user(va, 1, true).unwrap();
+            barrier.wait();
+            let tag = (i % 250) as u8 + 1;
+            write_phys(phys(&r[0], 0), &[tag]).unwrap();
+            let mut b = [0u8];
+            read_phys(phys(&r[0], 0), &mut b).unwrap();
+            assert_eq!(b[0], tag, "round {i}: a live frame");
+            let here = pfn_at(va) == Some(r[0].pfn);
+            assert_eq!(pin_count(va), u32::from(here), "round {i}");
+            assert_eq!(m.get(0).unwrap(), if here { tag } else { 0 }, "round {i}: the program's view");
+            assert_eq!((pinned_pages(), total_pins()), (pages + 1, pins + 1), "round {i}");
+            if here {
+                in_place += 1;
+            } else {
+                moved += 1;
+            }
+            unpin_user(va, r[0].pfn, 1);
+            assert_eq!((pinned_pages(), total_pins()), (pages, pins), "round {i}");
+        }
+        hook.join().unwrap();
+        eprintln!("hook first / pin first: {in_place} / {moved}");
+        assert!(moved > 0, "the pin never won the race: the test tests nothing");
+    }
+
+    /// PFN space running out (every cached run released under the lock)
+    /// racing re-pins and unpins through the table on another thread: a
+    /// run the other thread holds is never released, one released is never
+    /// pinned again.
+    #[test]
+    fn dropping_the_cache_races_hot_repins() {
+        use std::sync::atomic::AtomicBool;
+        use std::sync::Arc;
+        let _g = SERIAL.lock().unwrap();
+        let table: &'static hot::Table = Box::leak(Box::new(hot::Table::new()));
+        let mut r = Registry::new(FIRST_PFN, table);
+        let host = 7 << 30;
+        let mut pfn = FIRST_PFN;
+        r.insert(pfn, Run { host, npages: 1, pins: 0, in_place: true, mapped: false, hot: 0 });
+        r.unpinned(pfn);
+        let released = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (rel, st) = (Arc::clone(&released), Arc::clone(&stop));
+        let pinner = std::thread::spawn(move || {
+            let mut pinned = 0u64;
+            while !st.load(Ordering::Relaxed) {
+                if let Some(p) = table.pin(host, 1) {
+                    assert!(p > rel.load(Ordering::SeqCst), "pinned a released run");
+                    pinned += 1;
+                    assert!(table.unpin(host, p, 1), "a held run was taken from the table");
+                }
+            }
+            pinned
+        });
+        let mut dropped = 0;
+        for _ in 0..20_000 {
+            if r.drop_all_cached() {
+                dropped += 1;
+                released.store(pfn, Ordering::SeqCst);
+                pfn += 1;
+                r.insert(pfn, Run { host, npages: 1, pins: 0, in_place: true, mapped: false, hot: 0 });
+                r.unpinned(pfn);
+            }
+            std::hint::spin_loop();
+        }
+        stop.store(true, Ordering::Relaxed);
+        let pinned = pinner.join().unwrap();
+        assert!(r.drop_all_cached());
+        assert!(r.by_pfn.is_empty());
+        assert!(pinned > 0 && dropped > 0, "no race: {pinned} pins, {dropped} drops");
     }
 
     #[test]
