@@ -23,7 +23,7 @@
 //! several threads share one: a reader that sees an entry change under it
 //! ignores the entry, and writers claim an entry with a compare-and-swap.
 
-use std::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 
 /// Entries per device (a DMA engine's working set is its ring, a source
 /// and a destination; a few more for a second buffer pair).
@@ -101,10 +101,21 @@ pub(crate) struct Atc {
     entries: [Entry; ENTRIES],
     /// Next entry to replace (round robin).
     victim: AtomicUsize,
-    /// The entry of the last hit found by a scan, for reads and for writes
-    /// (a copy looks up its source and its destination in turn: one hint
-    /// would send every other lookup scanning).
-    hint: [AtomicUsize; 2],
+    /// The entry a scan last found for an address of each 4 KiB page
+    /// hashed here: requests that take turns (a DMA engine's descriptor
+    /// fetch, its copy's source and destination, its completion record)
+    /// each find theirs at once instead of sending each other scanning.
+    hint: [AtomicU8; HINTS],
+}
+
+/// Hint slots (see `Atc::hint`).
+const HINTS: usize = 16;
+
+/// The hint slot of `iova`'s 4 KiB page (a multiplicative hash, so pages
+/// a power-of-two stride apart spread).
+#[inline(always)]
+fn hint_slot(iova: u64) -> usize {
+    ((iova >> 12).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 60) as usize % HINTS
 }
 
 impl Atc {
@@ -112,10 +123,9 @@ impl Atc {
     /// entry of domain `dom` in generation `gen` grants `perm`.
     #[inline(always)]
     pub(crate) fn lookup(&self, dom: usize, gen: u64, iova: u64, perm: u64) -> Option<(u64, u64)> {
-        // The entry of the previous hit first: a request usually continues
-        // where the last one of its kind was.
-        let hint = &self.hint[(perm >> 1) as usize & 1];
-        let h = hint.load(Ordering::Relaxed) % ENTRIES;
+        // The entry a previous request to this page found first.
+        let hint = &self.hint[hint_slot(iova)];
+        let h = hint.load(Ordering::Relaxed) as usize % ENTRIES;
         if let Some(hit) = Self::hit(&self.entries[h], dom, gen, iova, perm) {
             return Some(hit);
         }
@@ -124,10 +134,10 @@ impl Atc {
 
     /// [`Self::lookup`] past its hint: every entry, remembering the hit.
     #[inline(never)]
-    fn scan(&self, hint: &AtomicUsize, dom: usize, gen: u64, iova: u64, perm: u64) -> Option<(u64, u64)> {
+    fn scan(&self, hint: &AtomicU8, dom: usize, gen: u64, iova: u64, perm: u64) -> Option<(u64, u64)> {
         for (i, e) in self.entries.iter().enumerate() {
             if let Some(hit) = Self::hit(e, dom, gen, iova, perm) {
-                hint.store(i, Ordering::Relaxed);
+                hint.store(i as u8, Ordering::Relaxed);
                 return Some(hit);
             }
         }

@@ -76,6 +76,24 @@ enum Loc {
     Host(u64),
 }
 
+/// The port's cache as one cached request sees it: the domain and the
+/// generation read in its section.
+struct Hit<'a> {
+    atc: &'a Atc,
+    dom: usize,
+    gen: u64,
+}
+
+impl Hit<'_> {
+    /// The host address of `[iova, iova + len)` when one entry grants
+    /// `perm` for all of it.
+    #[inline(always)]
+    fn host(&self, iova: u64, len: u64, perm: u64) -> Option<u64> {
+        let (host, avail) = self.atc.lookup(self.dom, self.gen, iova, perm)?;
+        (avail >= len).then_some(host)
+    }
+}
+
 /// The key of a domain in the port's cache: its address, stable while the
 /// domain is published (a replaced one is dropped only after a grace
 /// period, and the replacement bumps the generation).
@@ -248,6 +266,9 @@ impl DevicePort {
     /// PASID's own attachment, else, where the IOMMU takes PASID tables from
     /// the guest, the requester ID's nested domain, translating by PASID.
     fn pasid_domain(&self, pasid: u32) -> Option<(Arc<dyn Domain>, Option<u32>)> {
+        // A caller's hold must not keep a grace period waiting while we
+        // wait for the lock its thread may hold.
+        dma_fence::quiesce();
         let dev = self.dev.upgrade()?;
         if let Some(d) = dev.dma_domain(pasid) {
             return Some((d, None));
@@ -278,6 +299,8 @@ impl DevicePort {
     /// the HWPT when it has one. Called outside any section (reporting
     /// takes the device's attachment lock).
     fn fault(&self, failed: Failed, attrs: &DmaAttrs) -> DmaError {
+        // As in `pasid_domain`: reporting takes the attachment lock.
+        dma_fence::quiesce();
         let Failed { iova, write, fault, domain } = failed;
         self.stats.faults.fetch_add(1, Ordering::Relaxed);
         let reason = match fault {
@@ -346,107 +369,34 @@ impl DevicePort {
 
     /// The common request, served whole from the port's cache: no PASID,
     /// the requester ID's domain published, the cache on, and one entry
-    /// granting `perm` for every byte (`len` > 0). `None` sends the request
-    /// down the general path, which redoes it from the start (nothing was
-    /// moved here then). `with` gets the host address inside the section.
-    /// A No Snoop write is served unless strict coherency watches pages
-    /// (which needs the physical pages), and counted when the domain does
-    /// not force snooping.
-    #[inline]
-    fn cached<R>(&self, iova: u64, len: u64, write: bool, attrs: &DmaAttrs, with: impl FnOnce(u64) -> R) -> Option<R> {
-        let no_snoop_write = write && attrs.no_snoop;
-        if attrs.pasid.is_some() || (no_snoop_write && coherency::strict()) {
+    /// granting each piece `f` asks for ([`Hit::host`]) for all its bytes.
+    /// `None` (from here or from `f`) sends the request down the general
+    /// path, which redoes it from the start: `f` must move nothing before it
+    /// knows it can finish. `f` runs inside the request's section. A No
+    /// Snoop write (`written` bytes > 0) is served unless strict coherency
+    /// watches pages (which needs the physical pages), and counted when the
+    /// domain does not force snooping.
+    #[inline(always)]
+    fn cached<R>(&self, attrs: &DmaAttrs, written: u64, f: impl FnOnce(&Hit<'_>) -> Option<R>) -> Option<R> {
+        let no_snoop_write = written != 0 && attrs.no_snoop;
+        if attrs.pasid.is_some() || (no_snoop_write && coherency::strict()) || !self.atc_on.load(Ordering::Relaxed) {
             return None;
         }
         let section = dma_fence::enter();
         let d = self.rid.read(&section)?;
-        if !self.atc_on.load(Ordering::Relaxed) {
-            return None;
-        }
-        let gen = uiommufd_memory::atc::generation();
-        let perm = if write { atc::WRITE } else { atc::READ };
-        let (host, avail) = self.atc.lookup(dom_key(d), gen, iova, perm)?;
-        if avail < len {
-            return None;
-        }
-        let r = with(host);
+        let hit = Hit { atc: &self.atc, dom: dom_key(d), gen: uiommufd_memory::atc::generation() };
+        let r = f(&hit)?;
         if no_snoop_write && !d.forces_snoop() {
-            bump(&self.stats.noncoherent_bytes, len);
+            bump(&self.stats.noncoherent_bytes, written);
         }
         Some(r)
     }
 
-    /// [`Self::cached`] for two writes in order (`dma_write_then`): both
-    /// whole from the cache, in one section.
-    #[inline]
-    fn write_pair_cached(
-        &self,
-        first: (u64, &[u8]),
-        second: (u64, &[u8]),
-        attrs: &DmaAttrs,
-    ) -> Option<Result<(), DmaError>> {
-        if attrs.pasid.is_some() || (attrs.no_snoop && coherency::strict()) {
-            return None;
-        }
-        let (l1, l2) = (first.1.len() as u64, second.1.len() as u64);
-        if l1 == 0 || l2 == 0 {
-            return None;
-        }
-        let section = dma_fence::enter();
-        let d = self.rid.read(&section)?;
-        if !self.atc_on.load(Ordering::Relaxed) {
-            return None;
-        }
-        let (dom, gen) = (dom_key(d), uiommufd_memory::atc::generation());
-        let (h1, a1) = self.atc.lookup(dom, gen, first.0, atc::WRITE)?;
-        let (h2, a2) = self.atc.lookup(dom, gen, second.0, atc::WRITE)?;
-        if a1 < l1 || a2 < l2 {
-            return None;
-        }
-        let r = match user::copy_to_own(h1, first.1) {
-            Err(_) => Err(first.0),
-            Ok(()) => user::copy_to_own(h2, second.1).map_err(|_| second.0),
-        };
-        if attrs.no_snoop && !d.forces_snoop() {
-            bump(&self.stats.noncoherent_bytes, l1 + l2);
-        }
-        drop(section);
-        Some(match r {
-            Ok(()) => {
-                bump(&self.stats.bytes_written, l1 + l2);
-                Ok(())
-            }
-            Err(iova) => Err(self.memory(iova, true)),
-        })
-    }
-
-    /// [`Self::cached`] for a copy: both ends whole from one entry each.
-    #[inline]
-    fn copy_cached(&self, dst: u64, src: u64, len: u64, attrs: &DmaAttrs) -> Option<Result<(), uiommufd_abi::Errno>> {
-        if attrs.pasid.is_some() || (attrs.no_snoop && coherency::strict()) {
-            return None;
-        }
-        let section = dma_fence::enter();
-        let d = self.rid.read(&section)?;
-        if !self.atc_on.load(Ordering::Relaxed) {
-            return None;
-        }
-        let (dom, gen) = (dom_key(d), uiommufd_memory::atc::generation());
-        let (sh, savail) = self.atc.lookup(dom, gen, src, atc::READ)?;
-        let (dh, davail) = self.atc.lookup(dom, gen, dst, atc::WRITE)?;
-        if savail < len || davail < len {
-            return None;
-        }
-        let r = user::copy_own_to_own(dh, sh, len as usize);
-        if attrs.no_snoop && !d.forces_snoop() {
-            bump(&self.stats.noncoherent_bytes, len);
-        }
-        Some(r)
-    }
-
-    /// Walk `[iova, iova + len)`, handing each physically contiguous piece
-    /// `(where, offset, n)` to `each`: from the port's cache while it
-    /// holds the pages, then translation by translation.
+    /// Walk `[iova, iova + len)` (`len` > 0), handing each physically
+    /// contiguous piece `(where, offset, n)` to `each`: from the port's
+    /// cache while it holds the pages, then translation by translation (the
+    /// general path of a read or write that [`Self::cached`] did not serve).
+    #[inline(never)]
     fn walk(
         &self,
         iova: u64,
@@ -455,12 +405,6 @@ impl DevicePort {
         attrs: &DmaAttrs,
         mut each: impl FnMut(Loc, u64, u64) -> Result<(), uiommufd_abi::Errno>,
     ) -> Result<(), DmaError> {
-        if len == 0 {
-            return Ok(());
-        }
-        if let Some(r) = self.cached(iova, len, write, attrs, |host| each(Loc::Host(host), 0, len)) {
-            return r.map_err(|_| self.memory(iova, write));
-        }
         let pasid = attrs.pasid.and_then(|p| self.pasid_domain(p));
         let failed = {
             // Frames translated here stay allocated until the section ends.
@@ -569,29 +513,43 @@ fn page_prot(page: u64) -> i32 {
 
 impl DmaPort for DevicePort {
     fn dma_read(&self, iova: u64, buf: &mut [u8], attrs: DmaAttrs) -> Result<(), DmaError> {
-        let r = self.walk(iova, buf.len() as u64, false, &attrs, |at, off, n| {
-            let dst = &mut buf[off as usize..(off + n) as usize];
-            match at {
-                Loc::Phys(pa) => frames::read_phys(pa, dst),
-                Loc::Host(host) => user::copy_from_own(dst, host),
-            }
-        });
+        let len = buf.len() as u64;
+        if len == 0 {
+            return Ok(());
+        }
+        let r = match self.cached(&attrs, 0, |h| Some(user::copy_from_own(buf, h.host(iova, len, atc::READ)?))) {
+            Some(r) => r.map_err(|_| self.memory(iova, false)),
+            None => self.walk(iova, len, false, &attrs, |at, off, n| {
+                let dst = &mut buf[off as usize..(off + n) as usize];
+                match at {
+                    Loc::Phys(pa) => frames::read_phys(pa, dst),
+                    Loc::Host(host) => user::copy_from_own(dst, host),
+                }
+            }),
+        };
         if r.is_ok() {
-            bump(&self.stats.bytes_read, buf.len() as u64);
+            bump(&self.stats.bytes_read, len);
         }
         r
     }
 
     fn dma_write(&self, iova: u64, data: &[u8], attrs: DmaAttrs) -> Result<(), DmaError> {
-        let r = self.walk(iova, data.len() as u64, true, &attrs, |at, off, n| {
-            let src = &data[off as usize..(off + n) as usize];
-            match at {
-                Loc::Phys(pa) => frames::write_phys(pa, src),
-                Loc::Host(host) => user::copy_to_own(host, src),
-            }
-        });
+        let len = data.len() as u64;
+        if len == 0 {
+            return Ok(());
+        }
+        let r = match self.cached(&attrs, len, |h| Some(user::copy_to_own(h.host(iova, len, atc::WRITE)?, data))) {
+            Some(r) => r.map_err(|_| self.memory(iova, true)),
+            None => self.walk(iova, len, true, &attrs, |at, off, n| {
+                let src = &data[off as usize..(off + n) as usize];
+                match at {
+                    Loc::Phys(pa) => frames::write_phys(pa, src),
+                    Loc::Host(host) => user::copy_to_own(host, src),
+                }
+            }),
+        };
         if r.is_ok() {
-            bump(&self.stats.bytes_written, data.len() as u64);
+            bump(&self.stats.bytes_written, len);
         }
         r
     }
@@ -599,11 +557,27 @@ impl DmaPort for DevicePort {
     /// Both writes in one section when the cache holds both whole (a DMA
     /// engine's result and status), else two requests.
     fn dma_write_then(&self, first: (u64, &[u8]), second: (u64, &[u8]), attrs: DmaAttrs) -> Result<(), DmaError> {
-        if let Some(r) = self.write_pair_cached(first, second, &attrs) {
-            return r;
+        let (l1, l2) = (first.1.len() as u64, second.1.len() as u64);
+        let both = (l1 != 0 && l2 != 0).then(|| {
+            self.cached(&attrs, l1 + l2, |h| {
+                let (h1, h2) = (h.host(first.0, l1, atc::WRITE)?, h.host(second.0, l2, atc::WRITE)?);
+                Some(match user::copy_to_own(h1, first.1) {
+                    Err(_) => Err(first.0),
+                    Ok(()) => user::copy_to_own(h2, second.1).map_err(|_| second.0),
+                })
+            })
+        });
+        match both.flatten() {
+            Some(Ok(())) => {
+                bump(&self.stats.bytes_written, l1 + l2);
+                Ok(())
+            }
+            Some(Err(iova)) => Err(self.memory(iova, true)),
+            None => {
+                self.dma_write(first.0, first.1, attrs)?;
+                self.dma_write(second.0, second.1, attrs)
+            }
         }
-        self.dma_write(first.0, first.1, attrs)?;
-        self.dma_write(second.0, second.1, attrs)
     }
 
     /// Frame to frame, no bounce buffer: translations that continue each
@@ -612,18 +586,33 @@ impl DmaPort for DevicePort {
         if len == 0 {
             return Ok(());
         }
-        if let Some(r) = self.copy_cached(dst, src, len, &attrs) {
-            r.map_err(|_| self.memory(dst, true))?;
-            bump(&self.stats.bytes_read, len);
-            bump(&self.stats.bytes_written, len);
-            return Ok(());
+        let r = self.cached(&attrs, len, |h| {
+            let (sh, dh) = (h.host(src, len, atc::READ)?, h.host(dst, len, atc::WRITE)?);
+            Some(user::copy_own_to_own(dh, sh, len as usize))
+        });
+        match r {
+            Some(Ok(())) => {
+                bump(&self.stats.bytes_read, len);
+                bump(&self.stats.bytes_written, len);
+                Ok(())
+            }
+            Some(Err(_)) => Err(self.memory(dst, true)),
+            None => self.copy_slow(dst, src, len, &attrs),
         }
+    }
+}
+
+impl DevicePort {
+    /// [`DmaPort::dma_copy`] past its cached request: both ends from the
+    /// port's cache while it holds them, then translation by translation.
+    #[inline(never)]
+    fn copy_slow(&self, dst: u64, src: u64, len: u64, attrs: &DmaAttrs) -> Result<(), DmaError> {
         // One device, one PASID: both ends go through the same domain.
         let pasid = attrs.pasid.and_then(|p| self.pasid_domain(p));
         let failed = {
             let section = dma_fence::enter();
-            let route = self.route(&pasid, &attrs, &section).ok_or(Self::blocked(src, false))?;
-            let dom = self.cacheable(&route, &attrs, attrs.no_snoop);
+            let route = self.route(&pasid, attrs, &section).ok_or(Self::blocked(src, false))?;
+            let dom = self.cacheable(&route, attrs, attrs.no_snoop);
             let gen = uiommufd_memory::atc::generation();
             let mut done = 0u64;
             let noncoherent = attrs.no_snoop && !route.domain().forces_snoop();
@@ -704,7 +693,7 @@ impl DmaPort for DevicePort {
             failed
         };
         if let Some(f) = failed {
-            return Err(self.fault(f, &attrs));
+            return Err(self.fault(f, attrs));
         }
         bump(&self.stats.bytes_read, len);
         bump(&self.stats.bytes_written, len);

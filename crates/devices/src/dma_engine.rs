@@ -16,7 +16,9 @@
 //! A worker thread is started lazily, on the first `region_write` to BAR0
 //! or when the BAR's memfd is handed out for mmap, and runs until the
 //! device is reset or dropped (Drop joins it; no thread outlives the
-//! device). It wakes at once on a `region_write` (a condvar kick). Because
+//! device). It wakes at once on a `region_write` (a condvar kick); a
+//! doorbell takes the worker slot's lock only when no worker is known to
+//! run, and a device built without a worker is not kicked at all. Because
 //! program stores through an mmap do not trap, while the BAR is exposed
 //! for mmap the worker also polls `CTRL` and `TAIL` in the shared memory:
 //! it spins for a few rounds after activity, then sleeps with a doubling
@@ -167,6 +169,9 @@ pub(crate) struct Inner {
     pub(crate) aborting: AtomicUsize,
     /// A `region_write` happened since the worker last looked.
     kicked: AtomicBool,
+    /// A worker thread was started and has not stopped (false at worst
+    /// spuriously, which only sends a doorbell to the worker slot's lock).
+    worker_up: AtomicBool,
     /// The worker is (about to be) waiting on `wake`.
     sleeping: AtomicBool,
     signal: Mutex<()>,
@@ -395,6 +400,7 @@ impl DmaEngine {
             ring: Mutex::new(ring::Ring::default()),
             aborting: AtomicUsize::new(0),
             kicked: AtomicBool::new(false),
+            worker_up: AtomicBool::new(false),
             sleeping: AtomicBool::new(false),
             signal: Mutex::new(()),
             wake: Condvar::new(),
@@ -488,9 +494,14 @@ impl DmaEngine {
     }
 
     /// Start the worker if it is not running (and the options want one).
-    /// A failed spawn leaves none; the next register write retries.
+    /// A failed spawn leaves none; the next register write retries. A
+    /// doorbell while the worker runs takes no lock.
+    #[inline]
     fn ensure_worker(&self) {
         if !self.options.worker || self.inner.paused.load(Ordering::Acquire) {
+            return;
+        }
+        if self.inner.worker_up.load(Ordering::Acquire) {
             return;
         }
         let mut slot = lock(&self.worker);
@@ -507,15 +518,25 @@ impl DmaEngine {
         }
         let stop = Arc::new(AtomicBool::new(false));
         let (inner, s) = (Arc::clone(&self.inner), Arc::clone(&stop));
-        let spawned = thread::Builder::new()
-            .name(format!("dma-engine:{}", self.inner.name))
-            .spawn(move || worker_main(&inner, &s));
+        let spawned = thread::Builder::new().name(format!("dma-engine:{}", self.inner.name)).spawn(move || {
+            /// However the worker ends, doorbells look at the slot again.
+            struct Down<'a>(&'a Inner);
+            impl Drop for Down<'_> {
+                fn drop(&mut self) {
+                    self.0.worker_up.store(false, Ordering::Release);
+                }
+            }
+            let _down = Down(&inner);
+            worker_main(&inner, &s)
+        });
         if let Ok(handle) = spawned {
             *slot = Some(Worker { handle, stop });
+            self.inner.worker_up.store(true, Ordering::Release);
         }
     }
 
     fn stop_worker(slot: &mut Option<Worker>, inner: &Inner) {
+        inner.worker_up.store(false, Ordering::Release);
         if let Some(w) = slot.take() {
             w.stop.store(true, Ordering::Release);
             inner.kick();
@@ -600,7 +621,7 @@ impl PciDevice for DmaEngine {
                 check_bar(offset, data.len(), regs::BAR0_SIZE)?;
                 let word = offset & !7;
                 self.inner.regs.mapping().write(offset, data, regs::writable_mask(word))?;
-                if word == regs::REG_CTRL || word == regs::REG_TAIL {
+                if (word == regs::REG_CTRL || word == regs::REG_TAIL) && self.options.worker {
                     self.ensure_worker();
                     self.inner.kick();
                 }

@@ -37,6 +37,14 @@
 //! Readers that entered after the increment are not waited for, grace
 //! periods need no lock between them, and they cost no system call.
 //!
+//! A thread that issues several requests in a row (a DMA engine's
+//! descriptor fetch, data and completion record) may keep one section
+//! across them with a [`Hold`]: the slot keeps its count between the
+//! requests, so only the first one pays the locked instruction. Grace
+//! periods that begin meanwhile wait for the hold as for a section; the
+//! holder ends it early ([`quiesce`]) before anything that may wait for a
+//! lock a grace period's caller holds (reporting a fault).
+//!
 //! History: a read side without any locked instruction (a plain store,
 //! grace periods through `membarrier(2)`) was tried and reverted: every
 //! unpin in a process with a DMA worker thread then paid a system call
@@ -51,7 +59,6 @@
 //! engines run their rings inside the fork gate, which the fork drains.
 
 use std::cell::Cell;
-use std::marker::PhantomData;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Once, OnceLock};
 
@@ -103,15 +110,50 @@ static COUNTER: Counter = Counter(AtomicU64::new(1));
 static ATFORK: Once = Once::new();
 
 thread_local! {
-    /// This thread's slot and section depth (sections nest).
-    static LOCAL: Local = const { Local { slot: Cell::new(None), depth: Cell::new(0) } };
+    /// This thread's slot, its open sections and holds.
+    static LOCAL: Local = const {
+        Local { slot: Cell::new(None), pins: Cell::new(0), holds: Cell::new(0), live: Cell::new(false) }
+    };
     /// Gives the slot back when the thread exits.
     static EXIT: Exit = const { Exit(Cell::new(None)) };
 }
 
 struct Local {
     slot: Cell<Option<&'static Slot>>,
-    depth: Cell<u32>,
+    /// Open sections and holds together (sections nest, holds too).
+    pins: Cell<u32>,
+    /// Open holds.
+    holds: Cell<u32>,
+    /// The slot holds a count: a section is open, or a hold kept the last
+    /// one's.
+    live: Cell<bool>,
+}
+
+impl Local {
+    /// Store the current count into the slot (taking one first if need
+    /// be): the section's beginning.
+    #[inline(always)]
+    fn open(&self) {
+        let slot = match self.slot.get() {
+            Some(s) => s,
+            None => register(self),
+        };
+        // The swap is a full barrier: the slot is visible to a grace
+        // period's scan before any load of the section, or the section
+        // sees what the grace period's releaser did before it.
+        slot.count.swap(COUNTER.0.load(Ordering::SeqCst), Ordering::SeqCst);
+        self.live.set(true);
+    }
+
+    /// Clear the slot (a plain store): no section of this thread is open
+    /// for grace periods any more.
+    #[inline(always)]
+    fn close(&self) {
+        if let Some(slot) = self.slot.get() {
+            slot.count.store(0, Ordering::Release);
+        }
+        self.live.set(false);
+    }
 }
 
 struct Exit(Cell<Option<&'static Slot>>);
@@ -119,7 +161,10 @@ struct Exit(Cell<Option<&'static Slot>>);
 impl Drop for Exit {
     fn drop(&mut self) {
         if let Some(slot) = self.0.take() {
-            let _ = LOCAL.try_with(|l| l.slot.set(None));
+            let _ = LOCAL.try_with(|l| {
+                l.slot.set(None);
+                l.live.set(false);
+            });
             // The thread is gone: no section of it remains.
             slot.count.store(0, Ordering::Release);
             slot.owned.store(false, Ordering::Release);
@@ -166,42 +211,91 @@ fn register(local: &Local) -> &'static Slot {
 /// nest; they belong to the thread that entered them.
 #[must_use]
 pub struct Section {
-    _thread: PhantomData<*const ()>,
+    /// The thread's [`LOCAL`] (which makes the section `!Send`).
+    local: *const Local,
 }
 
-/// Begin a read-side section.
-#[inline]
+/// Begin a read-side section: one locked instruction, none when it
+/// nests in another or when a [`Hold`] kept this thread's last one open.
+#[inline(always)]
 pub fn enter() -> Section {
-    LOCAL.with(|l| {
-        let depth = l.depth.get();
-        l.depth.set(depth + 1);
-        if depth == 0 {
-            let slot = match l.slot.get() {
-                Some(s) => s,
-                None => register(l),
-            };
-            // The swap is a full barrier: the slot is visible to a grace
-            // period's scan before any load of the section, or the section
-            // sees what the grace period's releaser did before it.
-            slot.count.swap(COUNTER.0.load(Ordering::SeqCst), Ordering::SeqCst);
+    let local = LOCAL.with(|l| {
+        if !l.live.get() {
+            l.open();
         }
+        l.pins.set(l.pins.get() + 1);
+        l as *const Local
     });
-    Section { _thread: PhantomData }
+    Section { local }
 }
 
 impl Drop for Section {
+    #[inline(always)]
+    fn drop(&mut self) {
+        // SAFETY: `local` is this thread's `LOCAL` (a section is `!Send`),
+        // which has no destructor: its storage lives as long as the thread,
+        // longer than anything on the thread's stack or in its other
+        // thread locals.
+        let l = unsafe { &*self.local };
+        let pins = l.pins.get() - 1;
+        l.pins.set(pins);
+        if pins == 0 {
+            l.close();
+        }
+    }
+}
+
+/// Requests of this thread in a row, kept in one section: while a hold
+/// lives, the end of the thread's outermost section leaves its slot as it
+/// is, so the next section begins without a locked instruction (a DMA
+/// engine's descriptor fetch, copy and completion record pay one between
+/// them). Grace periods that begin meanwhile wait for the hold, as for a
+/// section. So a holder, between its sections, must not wait for anything
+/// a thread in a grace period may hold (a lock) without [`quiesce`] first,
+/// and must keep the hold short (one descriptor). Holds nest; they belong
+/// to the thread that took them.
+#[must_use]
+pub struct Hold {
+    /// The thread's [`LOCAL`], as in [`Section`].
+    local: *const Local,
+}
+
+/// Take a [`Hold`] (no section is entered until the first request).
+#[inline]
+pub fn hold() -> Hold {
+    let local = LOCAL.with(|l| {
+        l.pins.set(l.pins.get() + 1);
+        l.holds.set(l.holds.get() + 1);
+        l as *const Local
+    });
+    Hold { local }
+}
+
+impl Drop for Hold {
     #[inline]
     fn drop(&mut self) {
-        LOCAL.with(|l| {
-            let depth = l.depth.get() - 1;
-            l.depth.set(depth);
-            if depth == 0 {
-                if let Some(slot) = l.slot.get() {
-                    slot.count.store(0, Ordering::Release);
-                }
-            }
-        });
+        // SAFETY: as in `Section::drop`.
+        let l = unsafe { &*self.local };
+        l.holds.set(l.holds.get() - 1);
+        let pins = l.pins.get() - 1;
+        l.pins.set(pins);
+        if pins == 0 && l.live.get() {
+            l.close();
+        }
     }
+}
+
+/// End the section a [`Hold`] keeps open between this thread's sections,
+/// before a wait that a grace period could be waiting behind (a lock its
+/// caller holds): the next section begins afresh. Nothing to do outside a
+/// hold. Must not be called inside a section.
+pub fn quiesce() {
+    let _ = LOCAL.try_with(|l| {
+        debug_assert_eq!(l.pins.get(), l.holds.get(), "dma_fence::quiesce inside a section");
+        if l.live.get() && l.pins.get() == l.holds.get() {
+            l.close();
+        }
+    });
 }
 
 /// Wait until every read-side section that began before this call has
@@ -214,7 +308,7 @@ impl Drop for Section {
 /// whose registration is such an operation too, sees it.
 pub fn synchronize() {
     let mine = LOCAL.try_with(|l| {
-        debug_assert_eq!(l.depth.get(), 0, "dma_fence::synchronize inside a section");
+        debug_assert_eq!(l.pins.get(), l.holds.get(), "dma_fence::synchronize inside a section");
         l.slot.get()
     });
     let mine = mine.ok().flatten();
@@ -414,6 +508,47 @@ mod tests {
         after.leave();
         // With nothing in flight it returns at once.
         synchronize();
+    }
+
+    /// A hold keeps the thread's section open between its requests (grace
+    /// periods wait for it) until it ends or is quiesced; sections under
+    /// it enter without taking the slot again.
+    #[test]
+    fn a_hold_spans_its_sections_until_it_ends_or_quiesces() {
+        let _s = serial();
+        for end_by_quiesce in [false, true] {
+            let (tx, rx) = std::sync::mpsc::channel();
+            let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+            let t = std::thread::spawn(move || {
+                let hold = hold();
+                drop(enter());
+                let count = LOCAL.with(|l| l.slot.get().unwrap().count.load(Ordering::SeqCst));
+                drop(enter());
+                let again = LOCAL.with(|l| l.slot.get().unwrap().count.load(Ordering::SeqCst));
+                tx.send((count, again)).unwrap();
+                go_rx.recv().unwrap();
+                if end_by_quiesce {
+                    quiesce();
+                    assert_eq!(LOCAL.with(|l| l.slot.get().unwrap().count.load(Ordering::SeqCst)), 0);
+                    go_rx.recv().unwrap();
+                }
+                drop(hold);
+                assert_eq!(LOCAL.with(|l| l.slot.get().unwrap().count.load(Ordering::SeqCst)), 0);
+            });
+            let (count, again) = rx.recv().unwrap();
+            assert_ne!(count, 0, "the hold's section is not open after its first request");
+            assert_eq!(count, again, "a section under the hold entered afresh");
+            let (done, waiter) = synchronize_in_background();
+            std::thread::sleep(Duration::from_millis(20));
+            assert!(!done.load(Ordering::SeqCst), "a grace period ended while a hold kept a section open");
+            go_tx.send(()).unwrap();
+            waiter.join().unwrap();
+            assert!(done.load(Ordering::SeqCst));
+            if end_by_quiesce {
+                go_tx.send(()).unwrap();
+            }
+            t.join().unwrap();
+        }
     }
 
     #[test]

@@ -3,9 +3,9 @@
 //! The kernel copies to and from user memory with plain instructions and an
 //! *exception table*: when one of the listed instructions faults, the fault
 //! handler resumes execution at a fixup that reports `-EFAULT`. We do the
-//! same in user space. A few routines written in assembly (a `rep movsb`
-//! copy, a one-byte read probe, a one-byte atomic write probe) run the
-//! accesses; a `SIGSEGV`/`SIGBUS` handler that recognises a fault at one of
+//! same in user space. A few routines written in assembly (copies: plain
+//! moves up to 64 bytes, an AVX loop, `rep movsb`; a one-byte read probe, a
+//! one-byte atomic write probe) run the accesses; a `SIGSEGV`/`SIGBUS` handler that recognises a fault at one of
 //! their instructions moves the saved instruction pointer to the fixup,
 //! which returns a failure code. Faults anywhere else are passed on to the
 //! handler that was installed before ours (or to the default action).
@@ -99,6 +99,73 @@ mod imp {
         "    vzeroupper",
         "    mov eax, 1",
         "    ret",
+        // Short copies (0 to 64 bytes: descriptors, completion records,
+        // register-sized values), where `rep movsb` starts slowly: all the
+        // loads, then all the stores, each piece a move from the start and
+        // one ending at the end (overlapping when the length is not the
+        // piece's double). Every instruction between _small and _small_end
+        // may fault; the plain fixup returns (nothing is pushed here, and
+        // only SSE2 registers are used: no upper ymm state to clear).
+        ".p2align 4",
+        ".globl uiommufd_guard_copy_small",
+        ".hidden uiommufd_guard_copy_small",
+        "uiommufd_guard_copy_small:",
+        "    cmp rdx, 16",
+        "    jb 4f",
+        "    cmp rdx, 32",
+        "    ja 5f",
+        "    movdqu xmm0, [rsi]",
+        "    movdqu xmm1, [rsi + rdx - 16]",
+        "    movdqu [rdi], xmm0",
+        "    movdqu [rdi + rdx - 16], xmm1",
+        "    xor eax, eax",
+        "    ret",
+        "5:",
+        "    movdqu xmm0, [rsi]",
+        "    movdqu xmm1, [rsi + 16]",
+        "    movdqu xmm2, [rsi + rdx - 32]",
+        "    movdqu xmm3, [rsi + rdx - 16]",
+        "    movdqu [rdi], xmm0",
+        "    movdqu [rdi + 16], xmm1",
+        "    movdqu [rdi + rdx - 32], xmm2",
+        "    movdqu [rdi + rdx - 16], xmm3",
+        "    xor eax, eax",
+        "    ret",
+        "4:",
+        "    cmp rdx, 8",
+        "    jb 6f",
+        "    mov rax, [rsi]",
+        "    mov rcx, [rsi + rdx - 8]",
+        "    mov [rdi], rax",
+        "    mov [rdi + rdx - 8], rcx",
+        "    xor eax, eax",
+        "    ret",
+        "6:",
+        "    cmp rdx, 4",
+        "    jb 7f",
+        "    mov eax, [rsi]",
+        "    mov ecx, [rsi + rdx - 4]",
+        "    mov [rdi], eax",
+        "    mov [rdi + rdx - 4], ecx",
+        "    xor eax, eax",
+        "    ret",
+        "7:",
+        "    test rdx, rdx",
+        "    jz 8f",
+        "    mov r8, rdx",
+        "    shr r8, 1",
+        "    movzx eax, byte ptr [rsi]",
+        "    movzx ecx, byte ptr [rsi + rdx - 1]",
+        "    movzx r9d, byte ptr [rsi + r8]",
+        "    mov [rdi], al",
+        "    mov [rdi + rdx - 1], cl",
+        "    mov [rdi + r8], r9b",
+        "8:",
+        "    xor eax, eax",
+        "    ret",
+        ".globl uiommufd_guard_copy_small_end",
+        ".hidden uiommufd_guard_copy_small_end",
+        "uiommufd_guard_copy_small_end:",
         // The signal restorer: rt_sigreturn, spelled as the bytes unwinders
         // (libgcc's fallback) recognise as a signal frame, so backtraces
         // taken in a program's crash handler reach the faulting code.
@@ -115,6 +182,8 @@ mod imp {
     extern "C" {
         fn uiommufd_guard_copy(dst: *mut u8, src: *const u8, len: usize) -> u32;
         fn uiommufd_guard_copy_avx(dst: *mut u8, src: *const u8, len: usize) -> u32;
+        fn uiommufd_guard_copy_small(dst: *mut u8, src: *const u8, len: usize) -> u32;
+        static uiommufd_guard_copy_small_end: u8;
         static uiommufd_guard_copy_avx_end: u8;
         static uiommufd_guard_avx_fixup: u8;
         fn uiommufd_guard_read(addr: *const u8) -> u32;
@@ -144,7 +213,10 @@ mod imp {
         let ip = gregs[libc::REG_RIP as usize] as usize;
         let in_avx = (uiommufd_guard_copy_avx as *const () as usize..&raw const uiommufd_guard_copy_avx_end as usize)
             .contains(&ip);
-        let ours = in_avx || insn_addrs().contains(&ip);
+        let in_small = (uiommufd_guard_copy_small as *const () as usize
+            ..&raw const uiommufd_guard_copy_small_end as usize)
+            .contains(&ip);
+        let ours = in_avx || in_small || insn_addrs().contains(&ip);
         // SAFETY: the kernel passes a valid siginfo_t for SA_SIGINFO handlers.
         let code = unsafe { (*info).si_code };
         if sig == libc::SIGSEGV && code > 0 {
@@ -181,18 +253,30 @@ mod imp {
         })
     }
 
+    /// The CPU has AVX (set before the handler is marked installed).
+    static AVX: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+    /// Learn what [`copy`] may use (before the first guarded copy).
+    pub fn detect() {
+        AVX.store(std::arch::is_x86_feature_detected!("avx"), std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// Copy `len` bytes; false if a fault stopped it.
     ///
     /// # Safety
     /// `dst..dst+len` must be memory the caller may write and nothing else
     /// reads meanwhile; `src` may be any address.
-    #[inline]
+    #[inline(always)]
     pub unsafe fn copy(dst: *mut u8, src: *const u8, len: usize) -> bool {
-        static AVX: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        if len <= 64 {
+            // SAFETY: forwarded contract; faults anywhere in the routine
+            // are recovered by the handler.
+            return unsafe { uiommufd_guard_copy_small(dst, src, len) == 0 };
+        }
         // `rep movsb` starts slowly (and more so when the two ends alias
         // modulo 4 KiB, as page-to-page copies do); for large copies it is
         // the fastest there is.
-        if (256..=8192).contains(&len) && *AVX.get_or_init(|| std::arch::is_x86_feature_detected!("avx")) {
+        if (256..=8192).contains(&len) && AVX.load(std::sync::atomic::Ordering::Relaxed) {
             // SAFETY: forwarded contract; the CPU has AVX; faults anywhere
             // in the routine are recovered by the handler.
             return unsafe { uiommufd_guard_copy_avx(dst, src, len) == 0 };
@@ -215,6 +299,7 @@ mod imp {
 
 #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
 mod imp {
+    pub fn detect() {}
     pub fn our_action() -> Option<super::chain::KSigaction> {
         None
     }
@@ -253,7 +338,10 @@ fn install() -> bool {
         if STATE.load(Ordering::Acquire) == 0 {
             let s = if off {
                 3
-            } else if imp::our_action().is_some_and(|a| chain::install(&a)) {
+            } else if imp::our_action().is_some_and(|a| {
+                imp::detect();
+                chain::install(&a)
+            }) {
                 2
             } else {
                 1
@@ -630,6 +718,52 @@ mod tests {
         // A read-only page: the code of this very function.
         assert!(!probe_write(guarded_ops_recover_from_faults as fn() as usize as u64));
         assert!(probe_read(guarded_ops_recover_from_faults as fn() as usize as u64));
+    }
+
+    /// Every length the short routine serves (0 to 64 bytes, overlapping
+    /// pieces), whole, and stopped by a fault on the last byte of either
+    /// end.
+    #[test]
+    fn short_copies_of_every_length() {
+        let _g = crate::frames::tests::SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+        if !available() {
+            return;
+        }
+        let ps = 4096usize;
+        // SAFETY: a fresh anonymous mapping owned by this test.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                2 * ps,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        } as u64;
+        assert_ne!(base, libc::MAP_FAILED as u64);
+        // SAFETY: the second page of our mapping.
+        assert_eq!(unsafe { libc::mprotect((base + ps as u64) as *mut libc::c_void, ps, libc::PROT_NONE) }, 0);
+        let src: Vec<u8> = (0..80u8).map(|i| i.wrapping_mul(37).wrapping_add(1)).collect();
+        for len in 0..=64usize {
+            let mut dst = [0xeeu8; 80];
+            assert!(copy_in(&mut dst[3..3 + len], src.as_ptr() as u64 + 5), "length {len}");
+            assert_eq!(&dst[3..3 + len], &src[5..5 + len], "length {len}");
+            assert!(dst[..3].iter().chain(&dst[3 + len..]).all(|&b| b == 0xee), "length {len} wrote outside");
+            if len == 0 {
+                continue;
+            }
+            // Ending one byte into the hole: read side, then write side.
+            let at = base + (ps - len + 1) as u64;
+            assert!(!copy_in(&mut dst[..len], at), "length {len} read past the end");
+            assert!(!copy_out(at, &src[..len]), "length {len} wrote past the end");
+            let inside = base + (ps - len) as u64;
+            assert!(copy_out(inside, &src[..len]), "length {len} at the end");
+            assert!(copy_in(&mut dst[..len], inside));
+            assert_eq!(&dst[..len], &src[..len]);
+        }
+        // SAFETY: our mapping.
+        unsafe { libc::munmap(base as *mut libc::c_void, 2 * ps) };
     }
 
     #[test]

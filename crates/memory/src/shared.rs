@@ -183,9 +183,13 @@ impl SharedMapping {
     /// any other size, alignment or range.
     pub fn write(&self, offset: u64, data: &[u8], writable: u64) -> Result<(), Errno> {
         let shift = self.check_access(offset, data.len())?;
-        let mut bytes = [0u8; 8];
-        bytes[..data.len()].copy_from_slice(data);
-        let value = u64::from_le_bytes(bytes) << shift;
+        let value = match *data {
+            [a] => u64::from(a),
+            [a, b] => u64::from(u16::from_le_bytes([a, b])),
+            [a, b, c, d] => u64::from(u32::from_le_bytes([a, b, c, d])),
+            [a, b, c, d, e, f, g, h] => u64::from_le_bytes([a, b, c, d, e, f, g, h]),
+            _ => return Err(Errno::EINVAL),
+        } << shift;
         let width = if data.len() == 8 { u64::MAX } else { ((1u64 << (data.len() * 8)) - 1) << shift };
         let mask = width & writable;
         if mask != 0 {

@@ -155,15 +155,21 @@ pub fn copy_user_to_user(dst: u64, src: u64, len: usize) -> Result<(), Errno> {
 
 /// [`copy_from_user`] in this process's own address space, whatever the
 /// thread's current process.
-#[inline]
+#[inline(always)]
 pub fn copy_from_own(dst: &mut [u8], addr: u64) -> Result<(), Errno> {
+    if crate::guard::available() && check_range(addr, dst.len()).is_ok() {
+        return if crate::guard::copy_in(dst, addr) { Ok(()) } else { Err(Errno::EFAULT) };
+    }
+    copy_from_own_slow(dst, addr)
+}
+
+/// [`copy_from_own`] without the guarded copy, or for a bad range.
+#[cold]
+fn copy_from_own_slow(dst: &mut [u8], addr: u64) -> Result<(), Errno> {
     if dst.is_empty() {
         return Ok(());
     }
     check_range(addr, dst.len())?;
-    if crate::guard::available() {
-        return if crate::guard::copy_in(dst, addr) { Ok(()) } else { Err(Errno::EFAULT) };
-    }
     let local = libc::iovec { iov_base: dst.as_mut_ptr().cast(), iov_len: dst.len() };
     let remote = libc::iovec { iov_base: addr as usize as *mut libc::c_void, iov_len: dst.len() };
     // SAFETY: `local` describes `dst`, a live exclusive buffer of exactly
@@ -173,15 +179,21 @@ pub fn copy_from_own(dst: &mut [u8], addr: u64) -> Result<(), Errno> {
 }
 
 /// [`copy_to_user`] in this process's own address space.
-#[inline]
+#[inline(always)]
 pub fn copy_to_own(addr: u64, src: &[u8]) -> Result<(), Errno> {
+    if crate::guard::available() && check_range(addr, src.len()).is_ok() {
+        return if crate::guard::copy_out(addr, src) { Ok(()) } else { Err(Errno::EFAULT) };
+    }
+    copy_to_own_slow(addr, src)
+}
+
+/// [`copy_to_own`] without the guarded copy, or for a bad range.
+#[cold]
+fn copy_to_own_slow(addr: u64, src: &[u8]) -> Result<(), Errno> {
     if src.is_empty() {
         return Ok(());
     }
     check_range(addr, src.len())?;
-    if crate::guard::available() {
-        return if crate::guard::copy_out(addr, src) { Ok(()) } else { Err(Errno::EFAULT) };
-    }
     let local = libc::iovec { iov_base: src.as_ptr() as *mut libc::c_void, iov_len: src.len() };
     let remote = libc::iovec { iov_base: addr as usize as *mut libc::c_void, iov_len: src.len() };
     // SAFETY: `local` describes `src`, which the kernel only reads; `remote`
@@ -191,16 +203,22 @@ pub fn copy_to_own(addr: u64, src: &[u8]) -> Result<(), Errno> {
 }
 
 /// [`copy_user_to_user`] in this process's own address space.
-#[inline]
+#[inline(always)]
 pub fn copy_own_to_own(dst: u64, src: u64, len: usize) -> Result<(), Errno> {
+    if crate::guard::available() && check_range(src, len).is_ok() && check_range(dst, len).is_ok() {
+        return if crate::guard::copy_user(dst, src, len) { Ok(()) } else { Err(Errno::EFAULT) };
+    }
+    copy_own_to_own_slow(dst, src, len)
+}
+
+/// [`copy_own_to_own`] without the guarded copy, or for a bad range.
+#[cold]
+fn copy_own_to_own_slow(dst: u64, src: u64, len: usize) -> Result<(), Errno> {
     if len == 0 {
         return Ok(());
     }
     check_range(src, len)?;
     check_range(dst, len)?;
-    if crate::guard::available() {
-        return if crate::guard::copy_user(dst, src, len) { Ok(()) } else { Err(Errno::EFAULT) };
-    }
     with_process(None, || bounce(dst, src, len))
 }
 

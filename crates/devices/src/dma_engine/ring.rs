@@ -19,6 +19,9 @@
 //! 5. Advance HEAD, count, publish registers, raise the interrupt if asked,
 //!    halt if it failed under `HALT_ON_ERROR`.
 //!
+//! Steps 2 to 4 run under one DMA-fence hold (`dma_fence::hold`): the
+//! requests of a descriptor share one section.
+//!
 //! Arithmetic: `RING_BASE + (RING_SIZE - 1) * 64` is checked when the ring
 //! is enabled; a descriptor's ranges are checked as `addr + (len - 1)`
 //! with `checked_add` before any request, so no request wraps.
@@ -93,6 +96,14 @@ enum Interrupted {
     Aborted {
         done: u64,
     },
+}
+
+/// Why a descriptor ended before its completion record was written.
+enum Stopped {
+    /// Halt with this fault and code.
+    Halt(Fault, u8),
+    /// Abandoned (see [`Interrupted::Aborted`]): HEAD stays.
+    Aborted,
 }
 
 /// What the consumer loop does next.
@@ -316,31 +327,22 @@ impl Inner {
         let bus = Bus { port, inner: self };
         let index = ring.head;
         let addr = ring.base + u64::from(index) * regs::DESC_SIZE;
-        let mut raw = [0u8; regs::DESC_SIZE as usize];
-        if let Err(f) = bus.read(addr, &mut raw, None, false) {
-            return self.halt_on(ring, f, halt::DESC_FETCH_FAULT);
-        }
-        let d = Descriptor::from_bytes(&raw);
-        let start = match ring.resume.take() {
-            Some((i, done)) if i == index => done,
-            _ => 0,
+        // The fetch, the data requests and the completion record in one
+        // DMA-fence section (one locked instruction per descriptor, not
+        // one per request). Halts, interrupts and the register mirror
+        // come after it.
+        let done = {
+            let _hold = uiommufd_memory::dma_fence::hold();
+            self.fetch_run_complete(&bus, ring, index, addr, stop)
         };
-        let (code, result) = match self.execute(&mut ring.scratch, &bus, &d, start, stop) {
-            Ok(c) => c,
-            Err(Interrupted::BusMaster) => {
-                // Nothing of it was issued since `start`: keep that.
-                ring.resume = (start != 0).then_some((index, start));
-                return self.halt_on(ring, Fault::BusMaster, 0);
-            }
-            Err(Interrupted::Aborted { done }) => {
-                ring.resume = (done != 0).then_some((index, done));
+        let (d, code, result) = match done {
+            Ok(done) => done,
+            Err(Stopped::Halt(f, code)) => return self.halt_on(ring, f, code),
+            Err(Stopped::Aborted) => {
                 self.publish(ring);
                 return Step::Stop;
             }
         };
-        if let Err(f) = bus.complete(addr, result, code) {
-            return self.halt_on(ring, f, halt::COMPLETION_FAULT);
-        }
         ring.head = (index + 1) & (ring.size - 1);
         ring.completed += 1;
         let failed = status::is_error(code);
@@ -360,6 +362,39 @@ impl Inner {
         }
         ring.fresh = Some(tail);
         Step::Next
+    }
+
+    /// Fetch the descriptor at `index` (at `addr`), run it and write its
+    /// completion record: the descriptor, its status and result.
+    fn fetch_run_complete(
+        &self,
+        bus: &Bus<'_>,
+        ring: &mut Ring,
+        index: u32,
+        addr: u64,
+        stop: &AtomicBool,
+    ) -> Result<(Descriptor, u32, u64), Stopped> {
+        let mut raw = [0u8; regs::DESC_SIZE as usize];
+        bus.read(addr, &mut raw, None, false).map_err(|f| Stopped::Halt(f, halt::DESC_FETCH_FAULT))?;
+        let d = Descriptor::from_bytes(&raw);
+        let start = match ring.resume.take() {
+            Some((i, done)) if i == index => done,
+            _ => 0,
+        };
+        let (code, result) = match self.execute(&mut ring.scratch, bus, &d, start, stop) {
+            Ok(c) => c,
+            Err(Interrupted::BusMaster) => {
+                // Nothing of it was issued since `start`: keep that.
+                ring.resume = (start != 0).then_some((index, start));
+                return Err(Stopped::Halt(Fault::BusMaster, 0));
+            }
+            Err(Interrupted::Aborted { done }) => {
+                ring.resume = (done != 0).then_some((index, done));
+                return Err(Stopped::Aborted);
+            }
+        };
+        bus.complete(addr, result, code).map_err(|f| Stopped::Halt(f, halt::COMPLETION_FAULT))?;
+        Ok((d, code, result))
     }
 
     /// Validate and run one descriptor's operation from byte `start` (its
