@@ -720,6 +720,27 @@ mod tests {
         assert!(probe_read(guarded_ops_recover_from_faults as fn() as usize as u64));
     }
 
+    /// `n` read-write 4 KiB pages followed by an inaccessible one (unmap
+    /// `n + 1` pages at the end).
+    fn pages_then_hole(n: usize) -> u64 {
+        let ps = 4096usize;
+        // SAFETY: a fresh anonymous mapping owned by the caller.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                (n + 1) * ps,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        } as u64;
+        assert_ne!(base, libc::MAP_FAILED as u64);
+        // SAFETY: the last page of that mapping.
+        assert_eq!(unsafe { libc::mprotect((base + (n * ps) as u64) as *mut libc::c_void, ps, libc::PROT_NONE) }, 0);
+        base
+    }
+
     /// Every length the short routine serves (0 to 64 bytes, overlapping
     /// pieces), whole, and stopped by a fault on the last byte of either
     /// end.
@@ -730,20 +751,7 @@ mod tests {
             return;
         }
         let ps = 4096usize;
-        // SAFETY: a fresh anonymous mapping owned by this test.
-        let base = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                2 * ps,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        } as u64;
-        assert_ne!(base, libc::MAP_FAILED as u64);
-        // SAFETY: the second page of our mapping.
-        assert_eq!(unsafe { libc::mprotect((base + ps as u64) as *mut libc::c_void, ps, libc::PROT_NONE) }, 0);
+        let base = pages_then_hole(1);
         let src: Vec<u8> = (0..80u8).map(|i| i.wrapping_mul(37).wrapping_add(1)).collect();
         for len in 0..=64usize {
             let mut dst = [0xeeu8; 80];
@@ -774,21 +782,7 @@ mod tests {
             return;
         }
         let ps = 4096usize;
-        // Three pages, the last inaccessible.
-        // SAFETY: a fresh anonymous mapping owned by this test.
-        let base = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                3 * ps,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        } as u64;
-        assert_ne!(base, libc::MAP_FAILED as u64);
-        // SAFETY: the third page of our mapping.
-        assert_eq!(unsafe { libc::mprotect((base + 2 * ps as u64) as *mut libc::c_void, ps, libc::PROT_NONE) }, 0);
+        let base = pages_then_hole(2);
         let src: Vec<u8> = (0..2 * ps).map(|i| (i * 7) as u8).collect();
         // Page-aliased (the vector path), whole, then running into the hole.
         assert!(copy_out(base, &src[..ps]));
