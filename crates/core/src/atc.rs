@@ -95,6 +95,15 @@ impl Entry {
     }
 }
 
+/// A hit: the host address of the IOVA looked up, the bytes the entry
+/// holds from there, and the accesses it grants.
+#[derive(Clone, Copy)]
+pub(crate) struct Found {
+    pub(crate) host: u64,
+    pub(crate) avail: u64,
+    pub(crate) perm: u64,
+}
+
 /// The cache of one port (see the module documentation).
 #[derive(Default)]
 pub(crate) struct Atc {
@@ -123,6 +132,12 @@ impl Atc {
     /// entry of domain `dom` in generation `gen` grants `perm`.
     #[inline(always)]
     pub(crate) fn lookup(&self, dom: usize, gen: u64, iova: u64, perm: u64) -> Option<(u64, u64)> {
+        self.find(dom, gen, iova, perm).map(|f| (f.host, f.avail))
+    }
+
+    /// [`Self::lookup`], with the accesses the entry grants.
+    #[inline(always)]
+    pub(crate) fn find(&self, dom: usize, gen: u64, iova: u64, perm: u64) -> Option<Found> {
         // The entry a previous request to this page found first.
         let hint = &self.hint[hint_slot(iova)];
         let h = hint.load(Ordering::Relaxed) as usize % ENTRIES;
@@ -132,9 +147,9 @@ impl Atc {
         self.scan(hint, dom, gen, iova, perm)
     }
 
-    /// [`Self::lookup`] past its hint: every entry, remembering the hit.
+    /// [`Self::find`] past its hint: every entry, remembering the hit.
     #[inline(never)]
-    fn scan(&self, hint: &AtomicU8, dom: usize, gen: u64, iova: u64, perm: u64) -> Option<(u64, u64)> {
+    fn scan(&self, hint: &AtomicU8, dom: usize, gen: u64, iova: u64, perm: u64) -> Option<Found> {
         for (i, e) in self.entries.iter().enumerate() {
             if let Some(hit) = Self::hit(e, dom, gen, iova, perm) {
                 hint.store(i as u8, Ordering::Relaxed);
@@ -144,18 +159,19 @@ impl Atc {
         None
     }
 
-    /// `e`'s host address for `iova` and the bytes from there, read once
-    /// under the entry's seqlock (the range test first: most entries a
-    /// scan passes do not cover the address).
+    /// What `e` holds for `iova`, read once under the entry's seqlock (the
+    /// range test first: most entries a scan passes do not cover the
+    /// address).
     #[inline(always)]
-    fn hit(e: &Entry, dom: usize, gen: u64, iova: u64, perm: u64) -> Option<(u64, u64)> {
+    fn hit(e: &Entry, dom: usize, gen: u64, iova: u64, perm: u64) -> Option<Found> {
         let s = e.seq.load(Ordering::Acquire);
         let off = iova.wrapping_sub(e.iova.load(Ordering::Relaxed));
         let len = e.len.load(Ordering::Relaxed);
+        let granted = e.perm.load(Ordering::Relaxed);
         if off >= len
             || e.gen.load(Ordering::Relaxed) != gen
             || e.dom.load(Ordering::Relaxed) != dom
-            || e.perm.load(Ordering::Relaxed) & perm != perm
+            || granted & perm != perm
         {
             return None;
         }
@@ -167,7 +183,7 @@ impl Atc {
         if !e.used.load(Ordering::Relaxed) {
             e.used.store(true, Ordering::Relaxed);
         }
-        Some((host + off, len - off))
+        Some(Found { host: host + off, avail: len - off, perm: granted })
     }
 
     /// Remember that `[iova, iova + len)` of `dom` reaches host memory

@@ -480,12 +480,26 @@ impl DmaEngine {
 
     /// `region_write` of a 32-bit BAR0 register.
     pub fn write_reg32(&self, offset: u64, value: u32) -> Result<(), Errno> {
-        self.region_write(VFIO_PCI_BAR0_REGION_INDEX, offset, &value.to_le_bytes())
+        self.bar0_write(offset, &value.to_le_bytes())
     }
 
     /// `region_write` of a 64-bit BAR0 register.
     pub fn write_reg64(&self, offset: u64, value: u64) -> Result<(), Errno> {
-        self.region_write(VFIO_PCI_BAR0_REGION_INDEX, offset, &value.to_le_bytes())
+        self.bar0_write(offset, &value.to_le_bytes())
+    }
+
+    /// `region_write` to BAR0: the registers' writable bits, and a
+    /// doorbell (`CTRL`, `TAIL`) tells the worker.
+    #[inline(always)]
+    fn bar0_write(&self, offset: u64, data: &[u8]) -> Result<(), Errno> {
+        check_bar(offset, data.len(), regs::BAR0_SIZE)?;
+        let word = offset & !7;
+        self.inner.regs.mapping().write(offset, data, regs::writable_mask(word))?;
+        if (word == regs::REG_CTRL || word == regs::REG_TAIL) && self.options.worker {
+            self.ensure_worker();
+            self.inner.kick();
+        }
+        Ok(())
     }
 
     /// Whether a worker thread is running (for tests and diagnostics).
@@ -617,16 +631,7 @@ impl PciDevice for DmaEngine {
 
     fn region_write(&self, index: u32, offset: u64, data: &[u8]) -> Result<(), Errno> {
         match index {
-            VFIO_PCI_BAR0_REGION_INDEX => {
-                check_bar(offset, data.len(), regs::BAR0_SIZE)?;
-                let word = offset & !7;
-                self.inner.regs.mapping().write(offset, data, regs::writable_mask(word))?;
-                if (word == regs::REG_CTRL || word == regs::REG_TAIL) && self.options.worker {
-                    self.ensure_worker();
-                    self.inner.kick();
-                }
-                Ok(())
-            }
+            VFIO_PCI_BAR0_REGION_INDEX => self.bar0_write(offset, data),
             regs::MSIX_BAR => {
                 check_bar(offset, data.len(), regs::BAR2_SIZE)?;
                 self.inner.regs.mapping().write(regs::MSIX_MEM + offset, data, regs::msix_writable_mask(offset & !7))
@@ -715,6 +720,7 @@ impl PciDevice for DmaEngine {
 
 /// An access of `len` bytes at `offset` must lie inside a BAR of `size`
 /// (the memfd behind them is larger).
+#[inline]
 fn check_bar(offset: u64, len: usize, size: u64) -> Result<(), Errno> {
     match offset.checked_add(len as u64) {
         Some(end) if end <= size => Ok(()),

@@ -69,13 +69,19 @@ pub fn set_strict(on: bool) -> bool {
 
 /// Whether strict mode is on (also set by `UIOMMUFD_STRICT_COHERENCY=1` at
 /// first use).
+#[inline]
 pub fn strict() -> bool {
     static ENV_READ: AtomicBool = AtomicBool::new(false);
-    if !ENV_READ.load(Ordering::Relaxed)
-        && !ENV_READ.swap(true, Ordering::AcqRel)
-        && std::env::var_os("UIOMMUFD_STRICT_COHERENCY").is_some_and(|v| v == "1")
-    {
-        set_strict(true);
+    #[cold]
+    fn read_env() {
+        if !ENV_READ.swap(true, Ordering::AcqRel)
+            && std::env::var_os("UIOMMUFD_STRICT_COHERENCY").is_some_and(|v| v == "1")
+        {
+            set_strict(true);
+        }
+    }
+    if !ENV_READ.load(Ordering::Relaxed) {
+        read_env();
     }
     STRICT.load(Ordering::Acquire)
 }

@@ -86,8 +86,13 @@ mod imp {
         "    jae 2b",
         "    vzeroupper",
         "3:",
+        // No tail (a multiple of 128 bytes, as a page is): no `rep movsb`,
+        // whose microcode costs cycles even for zero bytes.
+        "    test rdx, rdx",
+        "    jz 4f",
         "    mov rcx, rdx",
         "    rep movsb",
+        "4:",
         "    xor eax, eax",
         "    ret",
         ".globl uiommufd_guard_copy_avx_end",

@@ -157,6 +157,7 @@ impl SharedMapping {
 
     /// Check a register access: 1, 2, 4 or 8 bytes, naturally aligned,
     /// inside the mapping. Returns the byte shift inside the word.
+    #[inline]
     fn check_access(&self, offset: u64, size: usize) -> Result<usize, Errno> {
         if !matches!(size, 1 | 2 | 4 | 8) || !offset.is_multiple_of(size as u64) {
             return Err(Errno::EINVAL);
@@ -181,6 +182,7 @@ impl SharedMapping {
     /// changing only the bits set in `writable` (a mask over the containing
     /// 8-byte word, bit 0 = bit 0 of the word's first byte); `EINVAL` for
     /// any other size, alignment or range.
+    #[inline]
     pub fn write(&self, offset: u64, data: &[u8], writable: u64) -> Result<(), Errno> {
         let shift = self.check_access(offset, data.len())?;
         let value = match *data {
