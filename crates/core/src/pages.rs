@@ -172,7 +172,9 @@ impl Pages {
         }
         uptr.checked_add(length).ok_or(crate::error::eoverflow("user range wraps"))?;
         let base = uptr & !(ps - 1);
-        Ok((base, (length + (uptr - base)).div_ceil(ps)))
+        // `div_ceil` by a power of two, without the division.
+        let bytes = length + (uptr - base);
+        Ok((base, (bytes >> ps.trailing_zeros()) + u64::from(bytes & (ps - 1) != 0)))
     }
 
     /// Whether these pages, once nobody else holds them, may be reused by
@@ -188,6 +190,7 @@ impl Pages {
     /// allocates nothing. On failure the pages are left recyclable.
     ///
     /// [`recyclable`]: Pages::recyclable
+    #[inline]
     pub fn recycle(&mut self, uptr: u64, length: u64, writable: bool, mode: AccountMode) -> Result<()> {
         debug_assert!(self.recyclable());
         let (base, npages) = Self::user_geometry(uptr, length)?;
@@ -423,6 +426,14 @@ impl Pages {
         let total = last - first + 1;
         self.account.charge(total)?;
         self.vm_pages(total as i64);
+        // The map path's steady state: our own pages, released last into
+        // the frame registry's hot table, taken back without its lock.
+        if let Source::User(None) = self.source {
+            let va = self.uptr + (first << page_shift());
+            if let Some(pfn) = frames::repin_user(va, total, self.writable) {
+                return Ok(PfnRuns::one(PfnRun { index: first, pfn, npages: total }));
+            }
+        }
         let pinned = match self.pin_source(first, total) {
             Ok(runs) => runs,
             Err(err) => {
@@ -446,6 +457,7 @@ impl Pages {
 
     /// The recording half: `runs`, just pinned, become segments with one
     /// user each (nothing else is in `segs` to merge with).
+    #[inline(always)]
     fn record_first(st: &mut State, runs: &PfnRuns) {
         if let ([r], SmallMap::Empty) = (&runs[..], &st.segs) {
             st.segs = SmallMap::One(r.index, Seg { end: r.index + r.npages, pfn: r.pfn, users: 1 });
@@ -493,7 +505,10 @@ impl Pages {
     pub fn remove_user_exclusive(&mut self, first: u64, last: u64) {
         let base = self.user_base();
         let st = self.state.get_mut().unwrap_or_else(|p| p.into_inner());
-        let released = Self::remove_user_locked(st, base, first, last);
+        let released = match Self::remove_only_user(st, base, first, last) {
+            Some(n) => n,
+            None => Self::remove_user_locked(st, base, first, last),
+        };
         if released != 0 {
             self.account.credit(released);
             self.vm_pages(-(released as i64));
@@ -506,23 +521,37 @@ impl Pages {
         matches!(self.source, Source::User(_)).then_some(self.uptr)
     }
 
+    /// Unpin `npages` frames from `pfn` recorded for index `index`.
+    #[inline(always)]
+    fn unpin_seg(base: Option<u64>, index: u64, pfn: u64, npages: u64) {
+        match base {
+            Some(b) => frames::unpin_user(b + (index << page_shift()), pfn, npages),
+            None => frames::unpin(pfn, npages),
+        }
+    }
+
+    /// The usual case of [`remove_user_locked`](Self::remove_user_locked):
+    /// the range is exactly the one segment, inline, whose only user goes
+    /// (an area unfilled from its last domain). `None` if it is not that.
+    #[inline(always)]
+    fn remove_only_user(st: &mut State, base: Option<u64>, first: u64, last: u64) -> Option<u64> {
+        let SmallMap::One(k, seg) = st.segs else { return None };
+        if k != first || seg.end != last + 1 || seg.users != 1 {
+            return None;
+        }
+        st.segs = SmallMap::Empty;
+        Self::unpin_seg(base, first, seg.pfn, seg.end - first);
+        st.npinned -= seg.end - first;
+        Some(seg.end - first)
+    }
+
     /// Drop the user; returns the pages released (to credit). `base`: see
     /// [`user_base`](Self::user_base).
     fn remove_user_locked(st: &mut State, base: Option<u64>, first: u64, last: u64) -> u64 {
-        let unpin = |index: u64, pfn: u64, npages: u64| match base {
-            Some(b) => frames::unpin_user(b + (index << page_shift()), pfn, npages),
-            None => frames::unpin(pfn, npages),
-        };
-        // The usual case: the range is exactly the one segment, inline,
-        // whose only user goes (an area unfilled from its last domain).
-        if let SmallMap::One(k, seg) = st.segs {
-            if k == first && seg.end == last + 1 && seg.users == 1 {
-                st.segs = SmallMap::Empty;
-                unpin(first, seg.pfn, seg.end - first);
-                st.npinned -= seg.end - first;
-                return seg.end - first;
-            }
+        if let Some(n) = Self::remove_only_user(st, base, first, last) {
+            return n;
         }
+        let unpin = |index: u64, pfn: u64, npages: u64| Self::unpin_seg(base, index, pfn, npages);
         // Or exactly one segment of several.
         if let Some(seg) = st.segs.get_mut(first) {
             if seg.end == last + 1 && seg.users == 1 {

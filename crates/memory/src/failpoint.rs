@@ -23,6 +23,7 @@ pub fn set_nth(n: u32) {
 }
 
 /// The calling thread's countdown (0: disarmed or already fired).
+#[inline]
 pub fn nth() -> u32 {
     NTH.with(|c| c.get())
 }

@@ -104,10 +104,12 @@ const MAX_CONGRUENCE_SHIFT: u32 = 18;
 /// Address-space reserved for relocated frames.
 const ARENA_SIZE: u64 = 1 << 40;
 
+#[inline]
 pub fn page_shift() -> u32 {
     crate::page_size().trailing_zeros()
 }
 
+#[inline]
 fn page() -> u64 {
     crate::page_size() as u64
 }
@@ -615,6 +617,10 @@ impl Registry {
 /// pinned in place at our address. Private memory of another process, or
 /// a process that is gone, is `EFAULT`: an engine inside this process
 /// cannot reach it for a device.
+///
+/// Inlined into callers for its usual case, a re-pin through the hot
+/// table; the rest is out of line.
+#[inline]
 pub fn pin_user(va: u64, npages: u64, write: bool) -> Result<PinnedRuns, Errno> {
     if crate::failpoint::should_fail() {
         return Err(Errno::EFAULT);
@@ -630,7 +636,7 @@ pub fn pin_user(va: u64, npages: u64, write: bool) -> Result<PinnedRuns, Errno> 
     if npages == 0 {
         return Ok(PinnedRuns::default());
     }
-    check_user_range(va, end, write)?;
+    check_user_range(va, end, write, ps)?;
     // The usual case: the run released last from these very pages, taken
     // back from the hot table without the lock.
     if let Some(pfn) = HOT.pin(va, npages) {
@@ -713,6 +719,25 @@ fn pin_user_locked(va: u64, end: u64) -> Result<PinnedRuns, Errno> {
     Ok(out)
 }
 
+/// The usual case of [`pin_user`], inlined into its callers: `npages` of
+/// our own pages at `va` that went last into the hot table, taken back
+/// after the same checks; `None` for anything else (a failure included,
+/// and an armed failpoint): then [`pin_user`] does the whole work and
+/// reports what failed. The thread's current process must be this one.
+#[inline(always)]
+pub fn repin_user(va: u64, npages: u64, write: bool) -> Option<u64> {
+    if crate::failpoint::nth() != 0 {
+        return None;
+    }
+    let ps = page();
+    let end = va.checked_add(npages.checked_mul(ps)?)?;
+    if va & (ps - 1) != 0 || npages == 0 || npages > CACHE_RUN_PAGES {
+        return None;
+    }
+    check_user_range(va, end, write, ps).ok()?;
+    HOT.pin(va, npages)
+}
+
 /// Up to this many pages (16 MiB) are checked by touching each: a few ns a
 /// page once present, and it faults missing pages in as `pin_user_pages`
 /// does. Larger ranges are checked against the memory map instead, whose
@@ -723,8 +748,33 @@ const PROBE_PAGES: u64 = 4096;
 /// writable when `write`), in the current process, and when that is
 /// another one, unless it is alive and the range is the same shared
 /// memory as ours (see [`pin_user`]).
-#[inline]
-fn check_user_range(va: u64, end: u64, write: bool) -> Result<(), Errno> {
+/// (`ps`: the page size.)
+#[inline(always)]
+fn check_user_range(va: u64, end: u64, write: bool, ps: u64) -> Result<(), Errno> {
+    // The usual case: a few of our own pages, probed one by one.
+    if end - va <= PROBE_PAGES * ps && crate::guard::available() && user::current_process().is_none() {
+        return probe_range(va, end, write, ps);
+    }
+    check_user_range_slow(va, end, write)
+}
+
+/// Touch each page of `[va, end)`, in our own address space, as
+/// [`check_user_range`] does (the guarded probes are available).
+#[inline(always)]
+fn probe_range(va: u64, end: u64, write: bool, ps: u64) -> Result<(), Errno> {
+    let mut page = va;
+    while page < end {
+        let ok = if write { crate::guard::probe_write(page) } else { crate::guard::probe_read(page) };
+        if !ok {
+            return Err(Errno::EFAULT);
+        }
+        page += ps;
+    }
+    Ok(())
+}
+
+#[inline(never)]
+fn check_user_range_slow(va: u64, end: u64, write: bool) -> Result<(), Errno> {
     let npages = (end - va) >> page_shift();
     let probe = npages <= PROBE_PAGES && crate::guard::available();
     if let Some(p) = user::current_process() {
@@ -740,17 +790,7 @@ fn check_user_range(va: u64, end: u64, write: bool) -> Result<(), Errno> {
     } else if !probe {
         return vma::check(&vma::current()?, va, end, write).map(|_| ());
     }
-    let ps = page();
-    let mut page = va;
-    while page < end {
-        if write {
-            user::probe_own_page_write(page)?;
-        } else {
-            user::probe_own_page(page)?;
-        }
-        page += ps;
-    }
-    Ok(())
+    probe_range(va, end, write, page())
 }
 
 /// Drop one pin from each of `npages` frames starting at `pfn`. Frames whose
@@ -1773,6 +1813,34 @@ pub(crate) mod tests {
         assert_eq!(atc_host(phys(&r[0], 0)), None);
     }
 
+    /// The inlined re-pin checks what `pin_user` checks: a cached run whose
+    /// pages the program made read-only is no writable pin (`pin_user`
+    /// then says `EFAULT`), and an armed failpoint is left to `pin_user`.
+    #[test]
+    fn repin_checks_like_pin_user() {
+        let _g = SERIAL.lock().unwrap();
+        let m = Map::new(1, libc::MAP_PRIVATE);
+        let r = pin_user(m.0, 1, true).unwrap();
+        unpin_user(m.0, r[0].pfn, 1);
+        let protect = |prot| {
+            // SAFETY: changing the protection of the test's own mapping.
+            assert_eq!(unsafe { libc::mprotect(m.0 as *mut _, m.1 as usize, prot) }, 0);
+        };
+        protect(libc::PROT_READ);
+        assert_eq!(repin_user(m.0, 1, true), None);
+        assert_eq!(pin_user(m.0, 1, true), Err(Errno::EFAULT));
+        assert!(cached(m.0), "a failed pin leaves the run cached");
+        assert_eq!(repin_user(m.0, 1, false), Some(r[0].pfn));
+        unpin_user(m.0, r[0].pfn, 1);
+        protect(libc::PROT_READ | libc::PROT_WRITE);
+        crate::failpoint::set_nth(1);
+        assert_eq!(repin_user(m.0, 1, true), None);
+        assert_eq!(crate::failpoint::nth(), 1, "not consumed");
+        assert_eq!(pin_user(m.0, 1, true), Err(Errno::EFAULT));
+        assert_eq!(repin_user(m.0, 1, true), Some(r[0].pfn));
+        unpin_user(m.0, r[0].pfn, 1);
+    }
+
     /// A second pin of a run the hot table holds pinned takes it out of
     /// the table (an ordinary run pinned twice); unpins of either kind,
     /// given its address or not, count exactly, and the last one puts it
@@ -1880,20 +1948,24 @@ pub(crate) mod tests {
         r.unpinned(pfn);
         let released = Arc::new(AtomicU64::new(0));
         let stop = Arc::new(AtomicBool::new(false));
-        let (rel, st) = (Arc::clone(&released), Arc::clone(&stop));
+        let pinned = Arc::new(AtomicU64::new(0));
+        let (rel, st, pins) = (Arc::clone(&released), Arc::clone(&stop), Arc::clone(&pinned));
         let pinner = std::thread::spawn(move || {
-            let mut pinned = 0u64;
             while !st.load(Ordering::Relaxed) {
                 if let Some(p) = table.pin(host, 1) {
                     assert!(p > rel.load(Ordering::SeqCst), "pinned a released run");
-                    pinned += 1;
+                    pins.fetch_add(1, Ordering::Relaxed);
                     assert!(table.unpin(host, p, 1), "a held run was taken from the table");
                 }
             }
-            pinned
         });
+        // Until both sides did enough (the other thread may start late on
+        // a busy machine), within a bound.
         let mut dropped = 0;
-        for _ in 0..20_000 {
+        let start = std::time::Instant::now();
+        while (dropped < 20_000 || pinned.load(Ordering::Relaxed) < 20_000)
+            && start.elapsed() < std::time::Duration::from_secs(20)
+        {
             if r.drop_all_cached() {
                 dropped += 1;
                 released.store(pfn, Ordering::SeqCst);
@@ -1904,7 +1976,8 @@ pub(crate) mod tests {
             std::hint::spin_loop();
         }
         stop.store(true, Ordering::Relaxed);
-        let pinned = pinner.join().unwrap();
+        pinner.join().unwrap();
+        let pinned = pinned.load(Ordering::Relaxed);
         assert!(r.drop_all_cached());
         assert!(r.by_pfn.is_empty());
         assert!(pinned > 0 && dropped > 0, "no race: {pinned} pins, {dropped} drops");

@@ -91,6 +91,7 @@ thread_local! {
 
 /// The process whose memory user addresses name on this thread: `None`
 /// for this process.
+#[inline]
 pub fn current_process() -> Option<Process> {
     CURRENT.with(|c| c.get())
 }

@@ -128,7 +128,7 @@ impl Table {
 
     /// Lock-free: pin the cached run that is exactly `npages` pages from
     /// `va`, if the table holds one; its first PFN.
-    #[inline]
+    #[inline(always)]
     pub(super) fn pin(&self, va: u64, npages: u64) -> Option<u64> {
         let seen = self.find(va, npages, CACHED)?;
         self.swap(&seen, PINNED).then_some(seen.pfn)
@@ -137,7 +137,7 @@ impl Table {
     /// Lock-free: unpin the run of `npages` pages from `va` at `pfn` if
     /// the table holds it pinned; whether it did (else the registry has
     /// the pin).
-    #[inline]
+    #[inline(always)]
     pub(super) fn unpin(&self, va: u64, pfn: u64, npages: u64) -> bool {
         self.find(va, npages, PINNED).is_some_and(|seen| seen.pfn == pfn && self.swap(&seen, CACHED))
     }
