@@ -97,6 +97,7 @@ struct Area {
 impl Area {
     /// `length` bytes at `iova` from byte `start_byte` of pages not yet
     /// attached (a placeholder until `pages` is set).
+    #[inline(always)]
     fn new(iova: u64, length: u64, start_byte: u64, prot: Prot) -> Area {
         Area {
             last: iova + length - 1,
@@ -109,10 +110,12 @@ impl Area {
         }
     }
 
+    #[inline(always)]
     fn len(&self, iova: u64) -> u64 {
         self.last - iova + 1
     }
     /// Page index range `[first, last]` of `pages` the area covers.
+    #[inline(always)]
     fn index_range(&self, iova: u64) -> (u64, u64) {
         let shift = crate::pages::page_shift();
         (self.start_byte >> shift, (self.start_byte + self.len(iova) - 1) >> shift)
@@ -175,6 +178,14 @@ const SMALL_BYTES: u64 = 64 << 12;
 /// Recycled `Pages` kept per IOAS.
 const PAGES_POOL: usize = 16;
 
+/// [`Arc::get_mut`] without a locked instruction (see
+/// [`uiommufd_memory::unique`]): the small map and unmap ask it of their
+/// `Pages` on every call.
+#[inline]
+fn unique_pages(pages: &mut Arc<Pages>) -> Option<&mut Pages> {
+    uiommufd_memory::unique::arc_get_mut(pages)
+}
+
 /// A fresh identity for domains, devices and accesses.
 pub fn new_token() -> u64 {
     NEXT_TOKEN.fetch_add(1, Ordering::Relaxed)
@@ -197,10 +208,12 @@ impl Iova {
     /// Whether an area overlaps `[start, last]`, with one lookup: areas
     /// are disjoint and sorted, so only the last one starting at or before
     /// `last` can (if it ends before `start`, every earlier one does).
+    #[inline(always)]
     fn any_area_overlaps(&self, start: u64, last: u64) -> bool {
         self.areas.at_or_before(last).is_some_and(|(_, a)| a.last >= start)
     }
 
+    #[inline(always)]
     fn reserved_overlapping(&self, start: u64, last: u64) -> bool {
         self.reserved.iter().any(|r| overlaps(r.start, r.last, start, last))
     }
@@ -210,6 +223,7 @@ impl Iova {
     }
 
     /// `iopt_check_iova`.
+    #[inline(always)]
     fn check_iova(&self, iova: u64, length: u64) -> Result<()> {
         if iova & (self.iova_alignment - 1) != 0 {
             return Err(einval("IOVA is not aligned to the IOAS alignment"));
@@ -271,6 +285,7 @@ impl Iova {
     /// The checks `iopt_map_pages` makes before it inserts the areas of
     /// `list` (back to back, `length` bytes in all), in the kernel's order;
     /// returns the IOVA they go to (`iova`, or one allocated).
+    #[inline(always)]
     fn check_list<'a>(
         &self,
         list: impl Iterator<Item = (&'a Pages, u64, u64)> + Clone,
@@ -430,6 +445,7 @@ impl Default for IoPagetable {
 
 /// Map the pinned frames `runs` of an area (IOVA `iova`, pages from byte
 /// `start_byte`, `len` bytes) into `domain`.
+#[inline(always)]
 fn map_runs(
     domain: &dyn Domain,
     iova: u64,
@@ -547,15 +563,76 @@ impl IoPagetable {
         prot: Prot,
         mode: crate::account::AccountMode,
     ) -> Result<u64> {
-        let writable = prot.contains(Prot::WRITE);
+        Self::map_small_locked(&mut lock_write(&self.iova), uptr, length, iova, prot, mode)
+    }
+
+    /// [`map_user`](Self::map_user) for a caller without a short-term use
+    /// of the IOAS (a typed handle, [`crate::IoasHandle`]): `live` is asked
+    /// first, under the `iova` lock that a destroy must find free (see
+    /// [`quiesce`](Self::quiesce)), so a small map costs one lock
+    /// acquisition and no other shared write. `None`: not a small map, or
+    /// `live` said no; nothing was done (the caller takes the usual way).
+    #[inline]
+    pub(crate) fn map_user_if(
+        &self,
+        live: impl FnOnce() -> bool,
+        uptr: u64,
+        length: u64,
+        iova: Option<u64>,
+        prot: Prot,
+        mode: crate::account::AccountMode,
+    ) -> Option<Result<u64>> {
+        if length > SMALL_BYTES {
+            return None;
+        }
         let mut guard = lock_write(&self.iova);
-        let st = &mut *guard;
+        if !live() {
+            return None;
+        }
+        Some(Self::map_small_locked(&mut guard, uptr, length, iova, prot, mode))
+    }
+
+    /// Whether no thread holds the `iova` lock, waiting a little for one
+    /// that does: what removing the IOAS asks while it decides, so that a
+    /// call of [`map_user_if`](Self::map_user_if) or
+    /// [`unmap_if`](Self::unmap_if) in progress makes it `EBUSY` (or is
+    /// waited for) and every later one finds it gone. Never blocks: the
+    /// caller holds the object table's lock.
+    pub(crate) fn quiesce(&self) -> bool {
+        for _ in 0..256 {
+            if !matches!(self.iova.try_write(), Err(std::sync::TryLockError::WouldBlock)) {
+                return true;
+            }
+            std::hint::spin_loop();
+        }
+        false
+    }
+
+    /// The `iova` lock, held as a small map or unmap holds it (for tests of
+    /// what a destroy does meanwhile).
+    #[cfg(test)]
+    pub(crate) fn hold_for_test(&self) -> impl Drop + '_ {
+        lock_write(&self.iova)
+    }
+
+    /// The body of [`map_user_small`](Self::map_user_small), under the
+    /// `iova` lock.
+    #[inline(always)]
+    fn map_small_locked(
+        st: &mut Iova,
+        uptr: u64,
+        length: u64,
+        iova: Option<u64>,
+        prot: Prot,
+        mode: crate::account::AccountMode,
+    ) -> Result<u64> {
+        let writable = prot.contains(Prot::WRITE);
         let (mut pages, recycled) = match st.pages_pool.pop() {
             Some(p) => (p, true),
             None => (Arc::new(Pages::new(uptr, length, writable, mode)?), false),
         };
         // Pooled pages are unique too (`retire` keeps only those).
-        let p = Arc::get_mut(&mut pages).expect("not published yet");
+        let p = unique_pages(&mut pages).expect("not published yet");
         if recycled {
             if let Err(e) = p.recycle(uptr, length, writable, mode) {
                 st.pages_pool.push(pages);
@@ -570,36 +647,45 @@ impl IoPagetable {
                 return Err(e);
             }
         };
-        let area = Area::new(start, length, start_byte, prot);
-        let max_pgsize = Self::max_pgsize(st);
-        let (first, last) = area.index_range(start);
-        let mut failure = None;
-        for (j, d) in st.domains.iter().enumerate() {
-            let r = p.add_user_exclusive(first, last).and_then(|runs| {
-                map_runs(d.domain.as_ref(), start, area.start_byte, area.len(start), &runs, prot, max_pgsize)
-                    .inspect_err(|_| p.remove_user_exclusive(first, last))
-            });
-            if let Err(e) = r {
-                failure = Some((e, j));
-                break;
+        let mut area = Area::new(start, length, start_byte, prot);
+        if !st.domains.is_empty() {
+            // One user per domain, all taken at once (one pin), the same
+            // frames mapped into each.
+            let users = st.domains.len() as u32;
+            let (first, last) = area.index_range(start);
+            let runs = match p.add_users_exclusive(first, last, users) {
+                Ok(runs) => runs,
+                Err(e) => {
+                    Self::retire(st, pages);
+                    return Err(e);
+                }
+            };
+            let max_pgsize = Self::max_pgsize(st);
+            let mut failure = None;
+            for (j, d) in st.domains.iter().enumerate() {
+                if let Err(e) = map_runs(d.domain.as_ref(), start, start_byte, length, &runs, prot, max_pgsize) {
+                    failure = Some((e, j));
+                    break;
+                }
+            }
+            if let Some((e, j)) = failure {
+                for d in &st.domains[..j] {
+                    hw::unmap(d.domain.as_ref(), start, length, 0);
+                }
+                p.remove_users_exclusive(first, last, users);
+                Self::retire(st, pages);
+                return Err(e);
             }
         }
-        if let Some((e, j)) = failure {
-            for d in &st.domains[..j] {
-                hw::unmap(d.domain.as_ref(), start, area.len(start), 0);
-                p.remove_user_exclusive(first, last);
-            }
-            Self::retire(st, pages);
-            return Err(e);
-        }
-        st.areas.insert(start, Area { pages: Some(pages), ..area });
+        area.pages = Some(pages);
+        st.areas.insert(start, area);
         Ok(start)
     }
 
     /// A `Pages` nothing uses any more: kept for reuse when it can be.
     fn retire(st: &mut Iova, mut pages: Arc<Pages>) {
         if st.pages_pool.len() < PAGES_POOL {
-            if let Some(p) = Arc::get_mut(&mut pages) {
+            if let Some(p) = unique_pages(&mut pages) {
                 if p.recyclable() {
                     st.pages_pool.push(pages);
                 }
@@ -832,8 +918,30 @@ impl IoPagetable {
         if last - start >= SMALL_BYTES {
             return None;
         }
+        Self::unmap_small_locked(&mut lock_write(&self.iova), start, last)
+    }
+
+    /// [`unmap`](Self::unmap) for a caller without a short-term use of the
+    /// IOAS, as [`map_user_if`](Self::map_user_if): the small unmap of
+    /// exactly one area after `live` said yes under the lock; the bytes
+    /// unmapped. `None`: another case, or `live` said no; nothing was done.
+    #[inline]
+    pub(crate) fn unmap_if(&self, live: impl FnOnce() -> bool, iova: u64, length: u64) -> Option<u64> {
+        let last = iova.checked_add(length.checked_sub(1)?)?;
+        if last - iova >= SMALL_BYTES {
+            return None;
+        }
         let mut guard = lock_write(&self.iova);
-        let st = &mut *guard;
+        if !live() {
+            return None;
+        }
+        Self::unmap_small_locked(&mut guard, iova, last)
+    }
+
+    /// The body of [`unmap_small`](Self::unmap_small), under the `iova`
+    /// lock.
+    #[inline(always)]
+    fn unmap_small_locked(st: &mut Iova, start: u64, last: u64) -> Option<u64> {
         // Taken out at once (one lookup); if it is not the common case it
         // goes back before anyone can look (the lock is held).
         let mut area = st.areas.remove(start)?;
@@ -852,12 +960,12 @@ impl IoPagetable {
         // Out of every domain, devices' translation caches invalidated
         // once, then unpinned.
         hw::unmap_each(st.domains.iter().map(|d| d.domain.as_ref()), start, len, 0);
-        match Arc::get_mut(&mut pages) {
+        match unique_pages(&mut pages) {
             // Only this area held them: no lock needed for the pin records,
             // and they can be reused.
             Some(p) => {
-                for _ in &st.domains {
-                    p.remove_user_exclusive(first, last_index);
+                if !st.domains.is_empty() {
+                    p.remove_users_exclusive(first, last_index, st.domains.len() as u32);
                 }
                 if st.pages_pool.len() < PAGES_POOL && p.recyclable() {
                     st.pages_pool.push(pages);

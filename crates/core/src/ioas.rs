@@ -128,11 +128,15 @@ impl Ioas {
 /// A typed handle on one IOAS of a context, for callers that map and
 /// unmap through the Rust API many times: each call takes a short-term use
 /// of the IOAS directly (two atomic operations) instead of looking its ID
-/// up in the object table (its lock, the use, a reference count).
+/// up in the object table (its lock, the use, a reference count); a small
+/// map or unmap (one area of at most 64 pages) takes none at all: it
+/// checks that the IOAS is still published under the IOAS's own lock,
+/// which a destroy must find free.
 ///
 /// It does not keep the IOAS alive as an object: `IOMMU_DESTROY` of the ID
-/// works as without it (`EBUSY` only while a call through the handle is in
-/// progress, as for any ioctl on it; the mappings are torn down at once),
+/// works as without it (`EBUSY` while a call through the handle is in
+/// progress, as for any ioctl on it, or once it ends if it ends within a
+/// few hundred spins; the mappings are torn down at once),
 /// and every call after that is `ENOENT`, even once the ID names another
 /// object. It keeps its context open (an `Arc` of it).
 pub struct IoasHandle {
@@ -155,17 +159,38 @@ impl IoasHandle {
         self.ctx.objects().enter(self.ioas.header()).ok_or(crate::error::enoent("the IOAS was destroyed"))
     }
 
+    /// Whether the IOAS is still published: asked by the small map and
+    /// unmap under the IOAS's `iova` lock instead of taking a short-term
+    /// use (see [`IoPagetable::quiesce`]); on `false` (destroyed, or a
+    /// destroy deciding) they take the usual way through
+    /// [`enter`](Self::enter), which tells the two apart.
+    fn live(&self) -> bool {
+        !self.ioas.header().retired()
+    }
+
     /// `IOMMU_IOAS_MAP`, as [`crate::Iommufd::ioas_map`] (the same checks
     /// and errors in the same order).
     pub fn map(&self, flags: u32, user_va: u64, length: u64, iova: u64) -> Result<u64> {
         check_map_flags(flags, &[iova, length])?;
-        let _use = self.enter()?;
         let process = self.ctx.account_mode() == crate::ctx::AccountMode::Process;
+        let fixed = (flags & map_flags::FIXED_IOVA != 0).then_some(iova);
+        let mode = Account::mode_for(process);
+        let prot = prot_from_flags(flags);
+        if let Some(r) = self.ioas.iopt.map_user_if(|| self.live(), user_va, length, fixed, prot, mode) {
+            return r;
+        }
+        let _use = self.enter()?;
         self.ioas.map_checked(flags, user_va, length, iova, process)
     }
 
     /// `IOMMU_IOAS_UNMAP`, as [`crate::Iommufd::ioas_unmap`].
     pub fn unmap(&self, iova: u64, length: u64) -> Result<u64> {
+        // Unmap-all and the values `EOVERFLOW` refuses go the usual way.
+        if iova != u64::MAX && length != u64::MAX {
+            if let Some(n) = self.ioas.iopt.unmap_if(|| self.live(), iova, length) {
+                return Ok(n);
+            }
+        }
         let _use = self.enter()?;
         self.ioas.unmap(iova, length)
     }
@@ -252,6 +277,30 @@ mod tests {
         assert_eq!(ctx.ioas_alloc().unwrap(), id);
         assert_eq!(h.map(RW, va, 4096, 1 << 21).unwrap_err().errno, Errno::ENOENT);
         ctx.ioas_map(id, RW, va, 4096, 1 << 21).unwrap();
+    }
+
+    #[test]
+    fn destroy_is_busy_while_a_small_handle_call_holds_the_ioas() {
+        let ctx = Iommufd::new();
+        let id = ctx.ioas_alloc().unwrap();
+        let h = ctx.ioas_handle(id).unwrap();
+        let (_mem, va) = page();
+        h.map(RW, va, 4096, 1 << 20).unwrap();
+        // What a small map or unmap through the handle holds while it runs:
+        // the IOAS's lock, and no short-term use.
+        let in_progress = h.ioas.iopt().hold_for_test();
+        assert_eq!(ctx.destroy(id).unwrap_err().errno, Errno::EBUSY);
+        drop(in_progress);
+        // The failed destroy left the IOAS as it was.
+        assert_eq!(h.unmap(1 << 20, 4096).unwrap(), 4096);
+        h.map(RW, va, 4096, 1 << 20).unwrap();
+        ctx.destroy(id).unwrap();
+        assert_eq!(h.ioas.iopt().num_areas(), 0);
+        // Every later small call sees it gone.
+        assert_eq!(h.map(RW, va, 4096, 1 << 21).unwrap_err().errno, Errno::ENOENT);
+        assert_eq!(h.unmap(1 << 20, 4096).unwrap_err().errno, Errno::ENOENT);
+        assert_eq!(h.unmap(1 << 20, 0).unwrap_err().errno, Errno::ENOENT);
+        assert_eq!(h.unmap(u64::MAX, 4096).unwrap_err().errno, Errno::ENOENT);
     }
 
     #[test]

@@ -102,11 +102,23 @@ impl ObjHeader {
         }
         true
     }
+
+    /// Undo a [`retire`](Self::retire) that said yes (the object stays).
+    fn unretire(&self) {
+        self.shortterm.fetch_sub(RETIRED, Ordering::AcqRel);
+    }
+
+    /// Whether the object was removed (or a removal is deciding right now:
+    /// see [`Table::enter`] for telling the two apart).
+    pub(crate) fn retired(&self) -> bool {
+        self.shortterm.load(Ordering::Acquire) & RETIRED != 0
+    }
 }
 
 /// Set in `shortterm` once the object is destroyed, under the table's
-/// write lock; cleared again only by a `retire` that finds an edge before
-/// that lock is released.
+/// write lock; cleared again only by a `retire` that finds an edge, or a
+/// destroy that finds an IOAS's `iova` lock held, before that lock is
+/// released.
 const RETIRED: u32 = 1 << 31;
 
 /// A short-term use taken by [`Table::enter`].
@@ -160,6 +172,25 @@ impl Object {
         if let Object::Ioas(ioas) = &self {
             let _ = ioas.iopt().unmap_all();
         }
+    }
+
+    /// [`ObjHeader::retire`] for a destroy the user asked for: also no
+    /// call in progress that holds no short-term use (an IOAS's typed
+    /// handle runs its small maps and unmaps under the IOAS's `iova` lock
+    /// alone, after checking [`ObjHeader::retired`] there: a destroy that
+    /// finds that lock free after retiring has every later such call see
+    /// the bit).
+    fn retire_for_destroy(&self) -> bool {
+        if !self.header().retire() {
+            return false;
+        }
+        if let Object::Ioas(ioas) = self {
+            if !ioas.iopt().quiesce() {
+                self.header().unretire();
+                return false;
+            }
+        }
+        true
     }
 
     fn header(&self) -> &ObjHeader {
@@ -313,7 +344,7 @@ impl Table {
             if !pred(obj) {
                 return Err(enoent("object has another type"));
             }
-            if !obj.header().retire() {
+            if !obj.retire_for_destroy() {
                 return Err(ebusy("object is in use"));
             }
             let Some(Slot::Live(obj)) = slot.take() else { unreachable!() };
@@ -373,7 +404,7 @@ impl Table {
             if !pred(obj) {
                 return Err(enoent("object has another type"));
             }
-            if !obj.header().retire() {
+            if !obj.retire_for_destroy() {
                 return Err(ebusy("object is in use"));
             }
             // A reserved slot nobody owns: invisible and never reused.

@@ -515,6 +515,51 @@ impl Pages {
         }
     }
 
+    /// [`add_user_exclusive`](Self::add_user_exclusive) `users` times over
+    /// (at least once): an area filled into that many domains at once
+    /// pins once and counts them all.
+    #[inline]
+    pub fn add_users_exclusive(&mut self, first: u64, last: u64, users: u32) -> Result<PfnRuns> {
+        let runs = self.add_user_exclusive(first, last)?;
+        if users > 1 {
+            let st = self.state.get_mut().unwrap_or_else(|p| p.into_inner());
+            match &mut st.segs {
+                // The usual case: the range is the one segment, just pinned.
+                SmallMap::One(k, seg) if *k == first && seg.end == last + 1 => seg.users += users - 1,
+                _ => {
+                    for added in 1..users {
+                        // The range is pinned now: only counts change.
+                        if let Err(e) = self.add_user_exclusive(first, last) {
+                            self.remove_users_exclusive(first, last, added);
+                            return Err(e);
+                        }
+                    }
+                }
+            }
+        }
+        Ok(runs)
+    }
+
+    /// [`remove_user_exclusive`](Self::remove_user_exclusive) `users`
+    /// times over.
+    #[inline]
+    pub fn remove_users_exclusive(&mut self, first: u64, last: u64, users: u32) {
+        if users > 1 {
+            let st = self.state.get_mut().unwrap_or_else(|p| p.into_inner());
+            match &mut st.segs {
+                SmallMap::One(k, seg) if *k == first && seg.end == last + 1 && seg.users >= users => {
+                    seg.users -= users - 1;
+                }
+                _ => {
+                    for _ in 1..users {
+                        self.remove_user_exclusive(first, last);
+                    }
+                }
+            }
+        }
+        self.remove_user_exclusive(first, last);
+    }
+
     /// The user address of index 0 for pages pinned in place (what lets
     /// [`frames::unpin_user`] find a run kept hot), `None` for a file's.
     fn user_base(&self) -> Option<u64> {
@@ -840,6 +885,32 @@ mod tests {
     fn aligned(v: &mut [u8]) -> u64 {
         let ps = page_size();
         (v.as_mut_ptr() as u64 + ps - 1) & !(ps - 1)
+    }
+
+    #[test]
+    fn several_users_at_once_count_like_one_at_a_time() {
+        let mut b = buf(8);
+        let va = aligned(&mut b);
+        let mut p = Pages::new(va, 4 * page_size(), true, AccountMode::None).unwrap();
+        // The usual case: one segment, three users (three domains).
+        let runs = p.add_users_exclusive(0, 3, 3).unwrap();
+        assert_eq!((runs.len(), runs[0].npages), (1, 4));
+        assert_eq!((p.npinned(), frames::pin_count(va)), (4, 1));
+        p.remove_user_exclusive(0, 3);
+        p.remove_users_exclusive(0, 3, 1);
+        assert_eq!((p.npinned(), frames::pin_count(va)), (4, 1));
+        p.remove_user_exclusive(0, 3);
+        assert_eq!((p.npinned(), frames::pin_count(va)), (0, 0));
+        // Beside other segments: the general path, the same counts.
+        p.add_user_exclusive(0, 1).unwrap();
+        p.add_users_exclusive(1, 3, 2).unwrap();
+        p.remove_users_exclusive(1, 3, 2);
+        assert_eq!(
+            (p.npinned(), frames::pin_count(va + page_size()), frames::pin_count(va + 2 * page_size())),
+            (2, 1, 0)
+        );
+        p.remove_users_exclusive(0, 1, 1);
+        assert_eq!((p.npinned(), frames::pin_count(va)), (0, 0));
     }
 
     #[test]

@@ -32,6 +32,7 @@ pub mod rng;
 pub mod shared;
 pub mod slabmap;
 pub mod sys;
+pub mod unique;
 pub mod user;
 pub mod vma;
 pub mod vmstat;

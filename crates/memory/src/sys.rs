@@ -47,6 +47,7 @@ pub fn has_cap_sys_resource() -> bool {
 
 /// `capable(CAP_IPC_LOCK)`: pinned memory is not charged against
 /// `RLIMIT_MEMLOCK`. `UIOMMUFD_CAP_IPC_LOCK=0|1` forces the answer.
+#[inline]
 pub fn capable_ipc_lock() -> bool {
     env_override(1, "UIOMMUFD_CAP_IPC_LOCK").unwrap_or_else(|| has_cap(CAP_IPC_LOCK))
 }
@@ -57,19 +58,24 @@ pub fn capable_sys_rawio() -> bool {
 }
 
 /// The `0|1` override in environment variable `name`, read once (slot
-/// `slot` caches it: 0 unread, 1 none, 2 false, 3 true).
+/// `slot` caches it: 0 unread, 1 none, 2 false, 3 true). Inlined: every
+/// map asks; the first read of the variable is out of line.
+#[inline]
 fn env_override(slot: usize, name: &str) -> Option<bool> {
     static CACHE: [AtomicU8; 2] = [AtomicU8::new(0), AtomicU8::new(0)];
+    #[cold]
+    #[inline(never)]
+    fn read(cache: &AtomicU8, name: &str) -> u8 {
+        let v = match std::env::var(name).as_deref() {
+            Ok("0") => 2,
+            Ok("1") => 3,
+            _ => 1,
+        };
+        cache.store(v, Ordering::Relaxed);
+        v
+    }
     let v = match CACHE[slot].load(Ordering::Relaxed) {
-        0 => {
-            let v = match std::env::var(name).as_deref() {
-                Ok("0") => 2,
-                Ok("1") => 3,
-                _ => 1,
-            };
-            CACHE[slot].store(v, Ordering::Relaxed);
-            v
-        }
+        0 => read(&CACHE[slot], name),
         v => v,
     };
     match v {
@@ -95,6 +101,7 @@ pub fn capabilities_changed() {
 /// effective set. The set is read with `capget` once per
 /// [`capabilities_changed`], not on every check: the kernel's `capable()`
 /// is a memory read, and every map asks.
+#[inline]
 fn has_cap(cap: u32) -> bool {
     debug_assert!(cap < 32);
     let gen = CAPS_GENERATION.load(Ordering::Acquire) & 0xffff_ffff;
@@ -110,6 +117,8 @@ fn has_cap(cap: u32) -> bool {
 }
 
 /// The low word of the effective capability set, from `capget(2)`.
+#[cold]
+#[inline(never)]
 fn read_effective_low() -> u32 {
     let mut hdr = CapHeader { version: LINUX_CAPABILITY_VERSION_3, pid: 0 };
     let mut data = [CapData::default(); 2];

@@ -24,6 +24,7 @@ use std::sync::OnceLock;
 use uiommufd_abi::Errno;
 
 /// The system page size (what `sysconf(_SC_PAGESIZE)` returns).
+#[inline]
 pub fn page_size() -> usize {
     static PAGE: OnceLock<usize> = OnceLock::new();
     *PAGE.get_or_init(|| {
