@@ -294,3 +294,82 @@ fn writes_after_the_program_unmaps_pinned_pages_reach_the_pinned_page() {
         }
     }
 }
+
+/// A completion record's two writes (`dma_write_then`) land whatever the
+/// cache holds of them: the second in the first's entry, before it, in
+/// another page (another entry with 4 KiB leaves), or in a page that is
+/// not mapped (the first lands, the second faults).
+#[test]
+fn write_pairs_land_in_every_layout() {
+    for m in &MODELS {
+        let ctx = Iommufd::new();
+        let ioas = ctx.ioas_alloc().unwrap();
+        let a = Mem::new(MIB2, 0);
+        map(&ctx, ioas, m, &a, 64 << 10);
+        let d = bind(&ctx, m, ioas);
+        warm(&d.port, m.iova);
+        let cases: [(u64, u64); 4] = [(0x30, 0x38), (0x138, 0x130), (0x2000, 0x5000), (0x7000, 0x3008)];
+        for (round, (x, y)) in cases.into_iter().enumerate() {
+            let v = round as u8 + 1;
+            for _ in 0..3 {
+                d.port.dma_write_then((m.iova + x, &[v; 8]), (m.iova + y, &[v + 0x10; 4]), NS).unwrap();
+                assert_eq!(a.byte(x), v, "{}: first of ({x:#x}, {y:#x})", m.name);
+                assert!((0..4).all(|i| a.byte(y + i) == v + 0x10), "{}: second of ({x:#x}, {y:#x})", m.name);
+            }
+        }
+        // The second write past the mapping: the first still lands.
+        let e = d.port.dma_write_then((m.iova + 0x40, &[0x77; 8]), (m.iova + (64 << 10), &[1; 4]), NS).unwrap_err();
+        assert_eq!((e.reason, e.iova), (DmaFaultReason::NotPresent, m.iova + (64 << 10)), "{}", m.name);
+        assert_eq!(a.byte(0x40), 0x77, "{}: the first write of a failed pair", m.name);
+        d.dev.detach(&ctx, NO_PASID);
+        ctx.ioas_unmap(ioas, 0, u64::MAX).unwrap();
+    }
+}
+
+/// A DMA engine runs a descriptor's requests under one fence hold: an
+/// unmap that begins meanwhile returns only after the hold ends (or the
+/// port quiesces it to report a fault), and the holder's request after
+/// the unmap returned faults (its cached translation is not used).
+#[test]
+fn an_unmap_waits_for_a_hold_and_nothing_cached_is_used_after_it() {
+    for m in &MODELS {
+        let ctx = Iommufd::new();
+        let ioas = ctx.ioas_alloc().unwrap();
+        let a = Mem::new(MIB2, 0x33);
+        map(&ctx, ioas, m, &a, MIB2);
+        let d = bind(&ctx, m, ioas);
+        warm(&d.port, m.iova);
+        let unmapped = AtomicBool::new(false);
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let hold = uiommufd_memory::dma_fence::hold();
+                let mut got = [0u8; 16];
+                d.port.dma_read(m.iova, &mut got, NS).unwrap();
+                tx.send(()).unwrap();
+                std::thread::sleep(std::time::Duration::from_millis(50));
+                assert!(!unmapped.load(Ordering::SeqCst), "{}: the unmap returned inside a hold", m.name);
+                // Still inside the hold, the unmap under way: a request
+                // sees the old page or the fault (it re-reads the cache
+                // generation, which the unmap bumped before it waited).
+                match d.port.dma_read(m.iova, &mut got, NS) {
+                    Ok(()) => assert_eq!(got, [0x33; 16], "{}", m.name),
+                    Err(e) => assert_eq!(e.reason, DmaFaultReason::NotPresent, "{}", m.name),
+                }
+                drop(hold);
+                let t = std::time::Instant::now();
+                while !unmapped.load(Ordering::SeqCst) {
+                    assert!(t.elapsed() < std::time::Duration::from_secs(30), "{}: the unmap hung", m.name);
+                    std::thread::yield_now();
+                }
+                let e = d.port.dma_read(m.iova, &mut got, NS).unwrap_err();
+                assert_eq!(e.reason, DmaFaultReason::NotPresent, "{}: read after the unmap", m.name);
+            });
+            rx.recv().unwrap();
+            ctx.ioas_unmap(ioas, m.iova, MIB2).unwrap();
+            unmapped.store(true, Ordering::SeqCst);
+        });
+        d.dev.detach(&ctx, NO_PASID);
+        ctx.ioas_unmap(ioas, 0, u64::MAX).unwrap();
+    }
+}

@@ -520,6 +520,9 @@ impl DmaEngine {
         }
         let mut slot = lock(&self.worker);
         if slot.as_ref().is_some_and(|w| !w.handle.is_finished()) {
+            // Running (a stopped worker that could not be joined, its own
+            // thread, cleared the flag on its way out).
+            self.inner.worker_up.store(true, Ordering::Release);
             return;
         }
         Self::stop_worker(&mut slot, &self.inner);
