@@ -331,15 +331,6 @@ impl Registry {
         self.in_place_at(va).filter(|(_, r)| self.pins(r) != 0)
     }
 
-    /// Where the next pinned in-place run at or above `va` starts, or
-    /// `end` if none does below it.
-    fn next_pinned(&self, va: u64, end: u64) -> u64 {
-        self.by_va
-            .range(va, end - 1)
-            .find(|(_, &pfn)| self.by_pfn.get(pfn).is_some_and(|r| self.pins(r) != 0))
-            .map_or(end, |(v, _)| v)
-    }
-
     /// The in-place runs that hold a page of `[va, end)`: their first PFNs.
     fn in_place_in(&self, va: u64, end: u64) -> InlineVec<u64, 4> {
         if end <= va {
@@ -357,22 +348,51 @@ impl Registry {
     /// ordinary run again, pinned once or (cached) not at all, which no
     /// other thread can change any more. A cached one must then be pinned
     /// or released before the write lock goes.
-    fn detach(&mut self, pfn: u64) {
-        let Some(run) = self.by_pfn.get_mut(pfn) else { return };
-        if run.hot == 0 {
-            return;
+    fn detach(&mut self, pfn: u64) -> Option<Run> {
+        let run = self.by_pfn.get_mut(pfn)?;
+        if run.hot != 0 {
+            let (state, _) = self.hot.take(usize::from(run.hot - 1));
+            debug_assert_ne!(state, hot::EMPTY, "a hot run's slot is in use");
+            run.pins = u32::from(state == hot::PINNED);
+            run.hot = 0;
         }
-        let (state, _) = self.hot.take(usize::from(run.hot - 1));
-        debug_assert_ne!(state, hot::EMPTY, "a hot run's slot is in use");
-        run.pins = u32::from(state == hot::PINNED);
-        run.hot = 0;
+        Some(*run)
+    }
+
+    /// [`in_place_at`](Self::in_place_at), the run taken out of the hot
+    /// table first if it is in it.
+    fn in_place_at_detached(&mut self, va: u64) -> Option<(u64, Run)> {
+        let (pfn, run) = self.in_place_at(va)?;
+        if run.hot == 0 {
+            return Some((pfn, run));
+        }
+        Some((pfn, self.detach(pfn)?))
+    }
+
+    /// Where the next pinned in-place run starting in `[va, end)` starts
+    /// (`end` if none does), taking every run it meets out of the hot
+    /// table; and whether it met a cached one before it.
+    fn next_pinned_detaching(&mut self, va: u64, end: u64) -> (u64, bool) {
+        let mut at = va;
+        let mut met = false;
+        while let Some((v, &pfn)) = self.by_va.next(at) {
+            if v >= end {
+                break;
+            }
+            if self.detach(pfn).is_some_and(|r| r.pins != 0) {
+                return (v, met);
+            }
+            met = true;
+            at = v + 1;
+        }
+        (end, met)
     }
 
     /// [`detach`](Self::detach) every hot run holding a page of
     /// `[va, end)`.
     fn detach_in(&mut self, va: u64, end: u64) {
         for pfn in self.in_place_in(va, end).iter() {
-            self.detach(*pfn);
+            let _ = self.detach(*pfn);
         }
     }
 
@@ -394,8 +414,8 @@ impl Registry {
     /// The last pin of the run at `pfn` went: keep it in the hot table if
     /// it is a small in-place run, else release it. Either way it stops
     /// being a frame for devices now.
-    fn unpinned(&mut self, pfn: u64) {
-        let run = *self.by_pfn.get(pfn).expect("run indexed by its first PFN");
+    /// (`run`: a copy of it.)
+    fn unpinned(&mut self, pfn: u64, run: Run) {
         if !run.cacheable() {
             self.release(pfn);
             return;
@@ -428,8 +448,14 @@ impl Registry {
     /// are taken out of the table first).
     fn drop_cached_in(&mut self, va: u64, end: u64) {
         self.detach_in(va, end);
+        self.release_cached_in(va, end);
+    }
+
+    /// Release every ordinary cached run (one taken out of the hot table
+    /// under this lock) that holds a page of `[va, end)`.
+    fn release_cached_in(&mut self, va: u64, end: u64) {
         for pfn in self.in_place_in(va, end).iter() {
-            if self.by_pfn.get(*pfn).is_some_and(|r| r.pins == 0) {
+            if self.by_pfn.get(*pfn).is_some_and(|r| r.pins == 0 && r.hot == 0) {
                 self.release(*pfn);
             }
         }
@@ -652,59 +678,58 @@ fn pin_user_locked(va: u64, end: u64) -> Result<PinnedRuns, Errno> {
     let mut out = PinnedRuns::default();
     let mut guard = self::write();
     let reg = &mut *guard;
-    // Nothing in the range changes behind our back from here on; cached
-    // runs there are now ordinary runs with no pins, each pinned again or
-    // released below.
-    reg.detach_in(va, end);
+    // Runs met are taken out of the hot table first (nothing changes them
+    // behind our back then); each cached one met is pinned again or
+    // released before the lock goes.
     let mut cur = va;
     while cur < end {
-        // A cached run that is the rest of the range: its frames are as
-        // they were.
-        if let Some((pfn, run)) = reg.in_place_at(cur) {
+        let here = reg.in_place_at_detached(cur);
+        if let Some((pfn, run)) = here {
+            // A cached run that is the rest of the range: its frames are
+            // as they were.
             if run.pins == 0 && run.host == cur && run.npages * ps == end - cur {
                 reg.run_mut(pfn).pins = 1;
                 push_run(&mut out, PinnedRun { va: cur, pfn, npages: run.npages });
                 break;
             }
-        }
-        if let Some((pfn, run)) = reg.pinned_at(cur) {
-            let first = pfn + (cur - run.host) / ps;
-            let n = (end.min(run.host_end()) - cur) / ps;
-            // The pages pinned again become a run of their own.
-            if first != pfn {
-                reg.split(pfn, first);
+            if run.pins != 0 {
+                let first = pfn + (cur - run.host) / ps;
+                let n = (end.min(run.host_end()) - cur) / ps;
+                // The pages pinned again become a run of their own.
+                if first != pfn {
+                    reg.split(pfn, first);
+                }
+                if first + n != pfn + run.npages {
+                    reg.split(first, first + n);
+                }
+                reg.run_mut(first).pins += 1;
+                reg.merge_around(first);
+                push_run(&mut out, PinnedRun { va: cur, pfn: first, npages: n });
+                cur += n * ps;
+                continue;
             }
-            if first + n != pfn + run.npages {
-                reg.split(first, first + n);
-            }
-            reg.run_mut(first).pins += 1;
-            reg.merge_around(first);
-            push_run(&mut out, PinnedRun { va: cur, pfn: first, npages: n });
-            cur += n * ps;
-            continue;
         }
         // A gap: pages up to the next pinned run. One cached run that is
         // all of it is pinned again; otherwise cached runs in it go and it
         // gets new frames, as if nothing were cached (contiguous, aligned
         // like the program's pages: a cached page inside a larger range
         // does not split the range's frames).
-        let gap_end = reg.next_pinned(cur, end);
+        let (gap_end, met_cached) = reg.next_pinned_detaching(cur, end);
         let n = (gap_end - cur) / ps;
-        if let Some((pfn, run)) = reg.in_place_at(cur) {
+        if let Some((pfn, run)) = here {
             if run.host == cur && run.npages == n {
-                debug_assert_eq!(run.pins, 0, "a gap holds no pinned run");
                 reg.run_mut(pfn).pins = 1;
                 push_run(&mut out, PinnedRun { va: cur, pfn, npages: n });
                 cur = gap_end;
                 continue;
             }
         }
-        reg.drop_cached_in(cur, gap_end);
+        if here.is_some() || met_cached {
+            reg.release_cached_in(cur, gap_end);
+        }
         let pfn = match reg.alloc_pfns_or_drop_cache(cur, n) {
             Ok(p) => p,
             Err(e) => {
-                // Cached runs taken out of the table above go.
-                reg.drop_cached_in(cur, end);
                 drop(guard);
                 for r in out.iter() {
                     unpin(r.pfn, r.npages);
@@ -830,7 +855,7 @@ fn unpin_locked(pfn: u64, npages: u64) {
     let end = pfn.saturating_add(npages);
     let mut cur = pfn;
     while cur < end {
-        let Some((start, run)) = reg.run_of_pfn(cur) else {
+        let Some((start, mut run)) = reg.run_of_pfn(cur) else {
             // Skip to the next run.
             match reg.by_pfn.next(cur) {
                 Some((s, _)) if s < end => {
@@ -844,7 +869,25 @@ fn unpin_locked(pfn: u64, npages: u64) {
         // A hot run pinned (through the table or not) becomes an ordinary
         // run with its one pin; a cached one, hot or not, is not pinned,
         // as unknown as a released frame.
-        if !reg.detach_if_pinned(start) || reg.run_mut(start).pins == 0 {
+        if run.hot != 0 {
+            if !reg.detach_if_pinned(start) {
+                cur = run_end;
+                continue;
+            }
+            (run.hot, run.pins) = (0, 1);
+        }
+        if run.pins == 0 {
+            cur = run_end;
+            continue;
+        }
+        // The usual case: a whole run.
+        if cur == start && run_end <= end {
+            if run.pins == 1 {
+                reg.unpinned(start, run);
+            } else {
+                reg.run_mut(start).pins -= 1;
+                reg.merge_around(start);
+            }
             cur = run_end;
             continue;
         }
@@ -858,7 +901,8 @@ fn unpin_locked(pfn: u64, npages: u64) {
         let r = reg.run_mut(cur);
         r.pins -= 1;
         if r.pins == 0 {
-            reg.unpinned(cur);
+            let r = *r;
+            reg.unpinned(cur, r);
         } else {
             reg.merge_around(cur);
         }
@@ -1764,7 +1808,7 @@ pub(crate) mod tests {
         let mut r = private_registry(limit - 2);
         let run = Run { host: 1 << 30, npages: 1, pins: 0, in_place: true, mapped: false, hot: 0 };
         r.insert(FIRST_PFN, run);
-        r.unpinned(FIRST_PFN);
+        r.unpinned(FIRST_PFN, run);
         assert!(r.run_mut(FIRST_PFN).hot != 0, "kept in the hot table");
         // Everything from FIRST_PFN up, 1 GiB aligned like VPN 0: only
         // there once the cached run is gone.
@@ -1944,8 +1988,9 @@ pub(crate) mod tests {
         let mut r = Registry::new(FIRST_PFN, table);
         let host = 7 << 30;
         let mut pfn = FIRST_PFN;
-        r.insert(pfn, Run { host, npages: 1, pins: 0, in_place: true, mapped: false, hot: 0 });
-        r.unpinned(pfn);
+        let run = Run { host, npages: 1, pins: 0, in_place: true, mapped: false, hot: 0 };
+        r.insert(pfn, run);
+        r.unpinned(pfn, run);
         let released = Arc::new(AtomicU64::new(0));
         let stop = Arc::new(AtomicBool::new(false));
         let pinned = Arc::new(AtomicU64::new(0));
@@ -1970,8 +2015,9 @@ pub(crate) mod tests {
                 dropped += 1;
                 released.store(pfn, Ordering::SeqCst);
                 pfn += 1;
-                r.insert(pfn, Run { host, npages: 1, pins: 0, in_place: true, mapped: false, hot: 0 });
-                r.unpinned(pfn);
+                let run = Run { host, npages: 1, pins: 0, in_place: true, mapped: false, hot: 0 };
+                r.insert(pfn, run);
+                r.unpinned(pfn, run);
             }
             std::hint::spin_loop();
         }
