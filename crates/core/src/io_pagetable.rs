@@ -543,27 +543,11 @@ impl IoPagetable {
         mode: crate::account::AccountMode,
     ) -> Result<u64> {
         if length <= SMALL_BYTES {
-            return self.map_user_small(uptr, length, iova, prot, mode);
+            return Self::map_small_locked(&mut lock_write(&self.iova), uptr, length, iova, prot, mode);
         }
         let pages = Arc::new(Pages::new(uptr, length, prot.contains(Prot::WRITE), mode)?);
         let start_byte = uptr - pages.uptr();
         self.map_list(&[PagesSlice { pages, start_byte, length }], length, iova, prot)
-    }
-
-    /// [`map_user`](Self::map_user) of a small range: everything (the
-    /// `Pages`, the IOVA, pinning, every domain, the area) under one hold
-    /// of the `iova` lock, with a recycled `Pages` whose pin records need
-    /// no lock while nobody else can see them. The same checks and
-    /// outcomes as the general path, in its order.
-    fn map_user_small(
-        &self,
-        uptr: u64,
-        length: u64,
-        iova: Option<u64>,
-        prot: Prot,
-        mode: crate::account::AccountMode,
-    ) -> Result<u64> {
-        Self::map_small_locked(&mut lock_write(&self.iova), uptr, length, iova, prot, mode)
     }
 
     /// [`map_user`](Self::map_user) for a caller without a short-term use
@@ -615,8 +599,11 @@ impl IoPagetable {
         lock_write(&self.iova)
     }
 
-    /// The body of [`map_user_small`](Self::map_user_small), under the
-    /// `iova` lock.
+    /// [`map_user`](Self::map_user) of a small range under the `iova`
+    /// lock: everything (the `Pages`, the IOVA, pinning, every domain, the
+    /// area) under one hold of it, with a recycled `Pages` whose pin
+    /// records need no lock while nobody else can see them. The same checks
+    /// and outcomes as the general path, in its order.
     #[inline(always)]
     fn map_small_locked(
         st: &mut Iova,

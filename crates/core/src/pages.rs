@@ -162,6 +162,7 @@ impl Pages {
 
     /// The checks of [`Pages::new`], in its order: the page-aligned start
     /// and the number of pages.
+    #[inline]
     fn user_geometry(uptr: u64, length: u64) -> Result<(u64, u64)> {
         if uiommufd_memory::failpoint::should_fail() {
             return Err(crate::error::enomem("injected failure: pages allocation"));
@@ -180,6 +181,7 @@ impl Pages {
     /// Whether these pages, once nobody else holds them, may be reused by
     /// [`Pages::recycle`] (user pages with nothing pinned; their source is
     /// only a process handle).
+    #[inline]
     pub fn recyclable(&mut self) -> bool {
         let st = self.state.get_mut().unwrap_or_else(|p| p.into_inner());
         matches!(self.source, Source::User(_)) && self.dmabuf.is_none() && st.npinned == 0 && st.segs.is_empty()

@@ -166,7 +166,7 @@ impl<V: Copy + Default> SlabMap<V> {
     }
 
     /// The leaf `key` belongs in (`NIL` for a map never inserted into).
-    #[inline]
+    #[inline(always)]
     fn leaf_for(&self, key: u64) -> u32 {
         let mut node = self.root;
         for _ in 0..self.height {
@@ -190,7 +190,7 @@ impl<V: Copy + Default> SlabMap<V> {
     }
 
     /// Position of `key` in a leaf: `Ok(i)` found, `Err(i)` insertion point.
-    #[inline]
+    #[inline(always)]
     fn search(leaf: &Leaf<V>, key: u64) -> Result<usize, usize> {
         let n = leaf.n as usize;
         let mut i = 0;
@@ -333,7 +333,16 @@ impl<V: Copy + Default> SlabMap<V> {
             Self::leaf_insert(&mut self.leaves[l as usize], at, key, val);
             return None;
         }
-        // A split (rare): walk down again, noting the path.
+        self.insert_split(l, at, key, val);
+        None
+    }
+
+    /// [`insert`](Self::insert) of `key` at position `at` of the full leaf
+    /// `l` (rare: out of the usual way).
+    #[cold]
+    #[inline(never)]
+    fn insert_split(&mut self, l: u32, at: usize, key: u64, val: V) {
+        // Walk down again, noting the path.
         let mut path = [(NIL, 0usize); MAX_HEIGHT];
         self.descend(key, &mut path);
         // Split the full leaf in two halves, then insert into the right one.
@@ -371,7 +380,6 @@ impl<V: Copy + Default> SlabMap<V> {
         }
         let sep = self.leaves[r as usize].keys[0];
         self.insert_child(&path, self.height as usize, sep, r, append);
-        None
     }
 
     fn leaf_insert(leaf: &mut Leaf<V>, at: usize, key: u64, val: V) {
@@ -462,20 +470,28 @@ impl<V: Copy + Default> SlabMap<V> {
         leaf.n -= 1;
         self.len -= 1;
         if leaf.n == 0 && self.height > 0 {
-            let mut path = [(NIL, 0usize); MAX_HEIGHT];
-            self.descend(key, &mut path);
-            let leaf = &self.leaves[l as usize];
-            let (prev, next) = (leaf.prev, leaf.next);
-            if prev != NIL {
-                self.leaves[prev as usize].next = next;
-            }
-            if next != NIL {
-                self.leaves[next as usize].prev = prev;
-            }
-            self.free_leaf(l);
-            self.remove_child(&path, self.height as usize);
+            self.unlink_leaf(key, l);
         }
         Some(val)
+    }
+
+    /// Unlink and free the leaf `l` that [`remove`](Self::remove) of `key`
+    /// emptied (rare: out of the usual way).
+    #[cold]
+    #[inline(never)]
+    fn unlink_leaf(&mut self, key: u64, l: u32) {
+        let mut path = [(NIL, 0usize); MAX_HEIGHT];
+        self.descend(key, &mut path);
+        let leaf = &self.leaves[l as usize];
+        let (prev, next) = (leaf.prev, leaf.next);
+        if prev != NIL {
+            self.leaves[prev as usize].next = next;
+        }
+        if next != NIL {
+            self.leaves[next as usize].prev = prev;
+        }
+        self.free_leaf(l);
+        self.remove_child(&path, self.height as usize);
     }
 
     /// Drop the child at `path[depth - 1]`, which has been freed.

@@ -38,6 +38,7 @@ impl Areas {
     }
 
     /// Add the area starting at `iova` (no area may start there).
+    #[inline]
     pub fn insert(&mut self, iova: u64, area: Area) {
         let i = match self.free.pop() {
             Some(i) => {
@@ -60,6 +61,7 @@ impl Areas {
         }
     }
 
+    #[inline]
     pub fn remove(&mut self, iova: u64) -> Option<Area> {
         let i = self.index.remove(iova)?;
         self.free.push(i);
@@ -67,6 +69,7 @@ impl Areas {
     }
 
     /// The area starting at or before `iova` (it may end before `iova`).
+    #[inline]
     pub fn at_or_before(&self, iova: u64) -> Option<(u64, &Area)> {
         self.index.prev(iova).map(|(k, &i)| (k, self.slot(i)))
     }
