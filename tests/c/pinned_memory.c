@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
  * Pinned pages outlive the program's mapping of them, as with the kernel:
- * after munmap, MADV_DONTNEED or mremap of a buffer mapped into an IOAS with
+ * after munmap, mmap(MAP_FIXED) over them, MADV_DONTNEED or mremap of a buffer mapped into an IOAS with
  * an IOMMU domain attached, the device (here: the selftest's access, which
  * reads through the pinned frames on its slow path) still sees the old
  * pages and their contents, and the program sees what the kernel would show
@@ -129,6 +129,26 @@ static void test_munmap(void)
 	CHECK_OK(munmap(again, 4 * ps));
 }
 
+/* mmap(MAP_FIXED) over a pinned buffer unmaps it implicitly: the device
+ * keeps the pinned pages, the program gets new memory. */
+static void test_mmap_fixed_over(void)
+{
+	char *buf = new_buffer(MAP_PRIVATE, 'm');
+
+	CHECK_OK(map_fixed(buf, 4 * ps, IOVA));
+	CHECK_OK(check_refs(buf, 4 * ps, 1));
+	char *over = mmap(buf, 4 * ps, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
+	CHECK_TRUE(over == buf);
+	CHECK_EQ(over[ps], 0);
+	CHECK_OK(check_refs(over, 4 * ps, 0));
+	expect_device_sees('m');
+	/* What the program writes now is not what the device reads. */
+	over[0] = 'P';
+	expect_device_sees('m');
+	CHECK_EQ(unmap(IOVA, 4 * ps), 0);
+	CHECK_OK(munmap(over, 4 * ps));
+}
+
 static void test_dontneed_private(void)
 {
 	char *buf = new_buffer(MAP_PRIVATE, 'k');
@@ -233,6 +253,7 @@ int main(void)
 	access_fd = ca.create_access.out_access_fd;
 
 	test_munmap();
+	test_mmap_fixed_over();
 	test_dontneed_private();
 	test_dontneed_shared();
 	test_mremap();

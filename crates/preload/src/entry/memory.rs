@@ -120,6 +120,15 @@ fn mmap_served(fd: c_int, addr: *mut c_void, len: usize, prot: c_int, flags: c_i
     })
 }
 
+/// `MAP_FIXED` replaces what was mapped in the range (an implicit
+/// `munmap`): pinned pages there keep living for devices, as with
+/// [`munmap`]. (`MAP_FIXED_NOREPLACE` fails on a mapped range instead.)
+fn before_fixed_map(addr: *mut c_void, len: usize, flags: c_int) {
+    if flags & libc::MAP_FIXED != 0 {
+        let _ = catch_unwind(|| uiommufd_memory::frames::before_munmap(addr as u64, len as u64));
+    }
+}
+
 /// # Safety
 /// C `mmap(2)`.
 #[no_mangle]
@@ -131,6 +140,7 @@ pub unsafe extern "C" fn mmap(
     fd: c_int,
     off: libc::off_t,
 ) -> *mut c_void {
+    before_fixed_map(addr, len, flags);
     if fd >= 0 && flags & libc::MAP_ANONYMOUS == 0 && fdtable::is_ours(fd) {
         let served = catch_unwind(AssertUnwindSafe(|| mmap_served(fd, addr, len, prot, flags, off)));
         match served {
@@ -157,6 +167,7 @@ pub unsafe extern "C" fn mmap64(
     fd: c_int,
     off: libc::off64_t,
 ) -> *mut c_void {
+    before_fixed_map(addr, len, flags);
     if fd >= 0 && flags & libc::MAP_ANONYMOUS == 0 && fdtable::is_ours(fd) {
         let served = catch_unwind(AssertUnwindSafe(|| mmap_served(fd, addr, len, prot, flags, off)));
         match served {
