@@ -660,6 +660,35 @@ impl Pages {
     /// File pages have no user mapping and always take the slow path, and
     /// so do pages of a process that has exited (`mmget_not_zero` failing):
     /// only what is still pinned can be reached then.
+    /// The slow path's access to one page of user memory, as the kernel's
+    /// (`iopt_pages_rw_page`): the page pinned afresh from the program's
+    /// current mapping at its address, not the page the areas pinned, so
+    /// after the program unmapped the range it is `EFAULT`, and after it
+    /// mapped other memory there it is that memory. The failure point
+    /// comes first, with the kernel's `EINVAL`; the pin has none.
+    fn rw_user_page(
+        &self,
+        process: Option<user::Process>,
+        index: u64,
+        offset: u64,
+        data: &mut [u8],
+        write: bool,
+    ) -> Result<()> {
+        if uiommufd_memory::failpoint::should_fail() {
+            return Err(einval("injected failure"));
+        }
+        let va = self.uptr + (index << page_shift());
+        let runs =
+            user::with_process(process, || frames::pin_user_unfailing(va, 1, write)).ctx("pinning a user page")?;
+        let Some(r) = runs.first().copied() else {
+            return Err(einval("pinning one page gave none"));
+        };
+        let pa = (r.pfn << page_shift()) + offset;
+        let res = if write { frames::write_phys(pa, data) } else { frames::read_phys(pa, data) };
+        frames::unpin_user(va, r.pfn, 1);
+        res.ctx("accessing a user page")
+    }
+
     pub fn rw(&self, start_byte: u64, data: &mut [u8], write: bool, slow: bool) -> Result<()> {
         if data.is_empty() {
             return Ok(());
@@ -682,6 +711,11 @@ impl Pages {
         let ps = page_size();
         let first = start_byte / ps;
         let last = (start_byte + data.len() as u64 - 1) / ps;
+        if let (true, Source::User(process)) = (first == last, &self.source) {
+            if process.is_none_or(|p| p.alive()) {
+                return self.rw_user_page(*process, first, start_byte % ps, data, write);
+            }
+        }
         let runs = self.add_user(first, last)?;
         let res = copy_runs(&runs, start_byte, data, write);
         self.remove_user(first, last);

@@ -651,6 +651,14 @@ pub fn pin_user(va: u64, npages: u64, write: bool) -> Result<PinnedRuns, Errno> 
     if crate::failpoint::should_fail() {
         return Err(Errno::EFAULT);
     }
+    pin_user_unfailing(va, npages, write)
+}
+
+/// [`pin_user`] without its failure injection point: for a caller that
+/// models a kernel path whose pin has none (`pin_user_pages_remote` of
+/// one page for an access), the caller's own point coming first.
+#[inline]
+pub fn pin_user_unfailing(va: u64, npages: u64, write: bool) -> Result<PinnedRuns, Errno> {
     let ps = page();
     // (A mask, not `is_multiple_of`: the page size is a power of two, and
     // a division costs more than the rest of a re-pin.)
