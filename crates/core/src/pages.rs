@@ -653,13 +653,6 @@ impl Pages {
         holes(&self.lock().segs, first, last + 1).is_empty()
     }
 
-    /// `iopt_pages_rw_access`: copy between `data` and the pages' bytes from
-    /// `start_byte`. The fast path goes straight to the user's mapping, as
-    /// the kernel's `copy_to/from_user` path does (it does not look at pins);
-    /// the slow path pins the pages for the copy and goes through frames.
-    /// File pages have no user mapping and always take the slow path, and
-    /// so do pages of a process that has exited (`mmget_not_zero` failing):
-    /// only what is still pinned can be reached then.
     /// The slow path's access to one page of user memory, as the kernel's
     /// (`iopt_pages_rw_page`): the page pinned afresh from the program's
     /// current mapping at its address, not the page the areas pinned, so
@@ -689,6 +682,15 @@ impl Pages {
         res.ctx("accessing a user page")
     }
 
+    /// `iopt_pages_rw_access`: copy between `data` and the pages' bytes from
+    /// `start_byte`. The fast path goes straight to the user's mapping, as
+    /// the kernel's `copy_to/from_user` path does (it does not look at pins);
+    /// the slow path pins the pages for the copy and goes through frames:
+    /// within one page of user memory, the page at its address now
+    /// (`rw_user_page`), else the pages as `Pages`
+    /// pinned them. File pages have no user mapping and always take the
+    /// slow path through what is pinned, and so do pages of a process that
+    /// has exited (`mmget_not_zero` failing).
     pub fn rw(&self, start_byte: u64, data: &mut [u8], write: bool, slow: bool) -> Result<()> {
         if data.is_empty() {
             return Ok(());
