@@ -72,11 +72,20 @@ impl Account {
     }
 
     /// Charge `npages`; `ENOMEM` if the limit would be exceeded.
+    #[inline(always)]
     pub fn charge(&self, npages: u64) -> Result<()> {
         if uiommufd_memory::failpoint::should_fail() {
             return Err(enomem("injected failure: accounting"));
         }
-        let Some(c) = self.counter() else { return Ok(()) };
+        match self.counter() {
+            // Not charged (`CAP_IPC_LOCK`): nothing to do, inlined.
+            None => Ok(()),
+            Some(c) => Self::charge_counter(c, npages),
+        }
+    }
+
+    #[inline(never)]
+    fn charge_counter(c: &AtomicU64, npages: u64) -> Result<()> {
         let limit = limit_pages();
         let mut cur = c.load(Ordering::Relaxed);
         loop {

@@ -50,7 +50,9 @@ pub use dirty::DirtyBitmap;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak};
+use std::sync::{Arc, Weak};
+
+use uiommufd_memory::rwlock::{ReadGuard, RwLock, WriteGuard};
 
 use uiommufd_hw::{self as hw, Domain, Prot};
 
@@ -95,10 +97,16 @@ struct Area {
 }
 
 impl Area {
-    /// `length` bytes at `iova` from byte `start_byte` of pages not yet
-    /// attached (a placeholder until `pages` is set).
+    /// `length` bytes at `iova` from byte `start_byte` of `pages`.
     #[inline(always)]
-    fn new(iova: u64, length: u64, start_byte: u64, prot: Prot) -> Area {
+    fn new(iova: u64, length: u64, start_byte: u64, prot: Prot, pages: Arc<Pages>) -> Area {
+        Area { pages: Some(pages), ..Self::placeholder(iova, length, start_byte, prot) }
+    }
+
+    /// [`new`](Self::new) without the pages: an area being set up or torn
+    /// down, which others see as busy.
+    #[inline(always)]
+    fn placeholder(iova: u64, length: u64, start_byte: u64, prot: Prot) -> Area {
         Area {
             last: iova + length - 1,
             pages: None,
@@ -151,7 +159,42 @@ struct Iova {
     domains: Vec<DomainEntry>,
     /// Unused user `Pages` kept for the next small map (their pin records
     /// keep their storage): the steady state allocates nothing.
-    pages_pool: Vec<Arc<Pages>>,
+    pages_pool: PagesPool,
+}
+
+/// Up to [`PAGES_POOL`] unused `Pages`, a stack in place.
+#[derive(Default)]
+struct PagesPool {
+    slots: [Option<Arc<Pages>>; PAGES_POOL],
+    len: usize,
+}
+
+impl PagesPool {
+    #[inline(always)]
+    fn pop(&mut self) -> Option<Arc<Pages>> {
+        let i = self.len.checked_sub(1)?;
+        self.len = i;
+        self.slots[i].take()
+    }
+
+    #[inline(always)]
+    fn is_full(&self) -> bool {
+        self.len == PAGES_POOL
+    }
+
+    /// Keep `pages` (dropped when the pool is full).
+    #[inline(always)]
+    fn push(&mut self, pages: Arc<Pages>) {
+        if let Some(slot) = self.slots.get_mut(self.len) {
+            *slot = Some(pages);
+            self.len += 1;
+        }
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.len
+    }
 }
 
 /// One piece of a list of pages to map (`struct iopt_pages_list`).
@@ -415,14 +458,16 @@ fn huge_page_size() -> u64 {
 }
 
 /// The IOAS locks are held briefly and wanted back to back by threads
-/// mapping into one IOAS: spin a while before sleeping
-/// ([`uiommufd_memory::lockwait`]).
-fn lock_read<T>(l: &RwLock<T>) -> RwLockReadGuard<'_, T> {
-    uiommufd_memory::lockwait::read(l)
+/// mapping into one IOAS: one word each, spinning a while before sleeping
+/// ([`uiommufd_memory::rwlock`]).
+#[inline(always)]
+fn lock_read<T>(l: &RwLock<T>) -> ReadGuard<'_, T> {
+    l.read()
 }
 
-fn lock_write<T>(l: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
-    uiommufd_memory::lockwait::write(l)
+#[inline(always)]
+fn lock_write<T>(l: &RwLock<T>) -> WriteGuard<'_, T> {
+    l.write()
 }
 
 impl Default for IoPagetable {
@@ -437,7 +482,7 @@ impl Default for IoPagetable {
                 disable_large_pages: false,
                 accesses: BTreeMap::new(),
                 domains: Vec::new(),
-                pages_pool: Vec::new(),
+                pages_pool: PagesPool::default(),
             }),
         }
     }
@@ -584,7 +629,7 @@ impl IoPagetable {
     /// caller holds the object table's lock.
     pub(crate) fn quiesce(&self) -> bool {
         for _ in 0..256 {
-            if !matches!(self.iova.try_write(), Err(std::sync::TryLockError::WouldBlock)) {
+            if self.iova.try_write().is_some() {
                 return true;
             }
             std::hint::spin_loop();
@@ -614,18 +659,19 @@ impl IoPagetable {
         mode: crate::account::AccountMode,
     ) -> Result<u64> {
         let writable = prot.contains(Prot::WRITE);
-        let (mut pages, recycled) = match st.pages_pool.pop() {
-            Some(p) => (p, true),
-            None => (Arc::new(Pages::new(uptr, length, writable, mode)?), false),
-        };
-        // Pooled pages are unique too (`retire` keeps only those).
-        let p = unique_pages(&mut pages).expect("not published yet");
-        if recycled {
-            if let Err(e) = p.recycle(uptr, length, writable, mode) {
-                st.pages_pool.push(pages);
-                return Err(e);
+        let mut pages = match st.pages_pool.pop() {
+            Some(mut pages) => {
+                // Pooled pages are unique (`retire` keeps only those).
+                let p = unique_pages(&mut pages).expect("pooled pages are unique");
+                if let Err(e) = p.recycle(uptr, length, writable, mode) {
+                    st.pages_pool.push(pages);
+                    return Err(e);
+                }
+                pages
             }
-        }
+            None => Arc::new(Pages::new(uptr, length, writable, mode)?),
+        };
+        let p = unique_pages(&mut pages).expect("not published yet");
         let start_byte = uptr - p.uptr();
         let start = match st.check_list(std::iter::once((&*p, start_byte, length)), length, iova, prot) {
             Ok(start) => start,
@@ -634,44 +680,60 @@ impl IoPagetable {
                 return Err(e);
             }
         };
-        let mut area = Area::new(start, length, start_byte, prot);
-        if !st.domains.is_empty() {
-            // One user per domain, all taken at once (one pin), the same
-            // frames mapped into each.
-            let users = st.domains.len() as u32;
-            let (first, last) = area.index_range(start);
-            let runs = match p.add_users_exclusive(first, last, users) {
-                Ok(runs) => runs,
-                Err(e) => {
-                    Self::retire(st, pages);
-                    return Err(e);
-                }
-            };
-            let max_pgsize = Self::max_pgsize(st);
-            let mut failure = None;
-            for (j, d) in st.domains.iter().enumerate() {
-                if let Err(e) = map_runs(d.domain.as_ref(), start, start_byte, length, &runs, prot, max_pgsize) {
-                    failure = Some((e, j));
-                    break;
-                }
-            }
-            if let Some((e, j)) = failure {
-                for d in &st.domains[..j] {
-                    hw::unmap(d.domain.as_ref(), start, length, 0);
-                }
-                p.remove_users_exclusive(first, last, users);
-                Self::retire(st, pages);
-                return Err(e);
-            }
+        if let Err(e) = Self::fill_small(st, p, start, start_byte, length, prot) {
+            Self::retire(st, pages);
+            return Err(e);
         }
-        area.pages = Some(pages);
-        st.areas.insert(start, area);
+        st.areas.insert(start, Area::new(start, length, start_byte, prot, pages));
         Ok(start)
+    }
+
+    /// The small map's pin and page tables: `length` bytes from byte
+    /// `start_byte` of `p` (nothing pinned in it yet) at `start`, into
+    /// every domain, one user each, pinned once. On failure nothing is
+    /// left pinned or mapped.
+    #[inline(always)]
+    fn fill_small(st: &Iova, p: &mut Pages, start: u64, start_byte: u64, length: u64, prot: Prot) -> Result<()> {
+        if st.domains.is_empty() {
+            return Ok(());
+        }
+        let users = st.domains.len() as u32;
+        let shift = crate::pages::page_shift();
+        let (first, last) = (start_byte >> shift, (start_byte + length - 1) >> shift);
+        let max_pgsize = Self::max_pgsize(st);
+        let (e, j) = 'failed: {
+            match p.pin_fresh_exclusive(first, last, users)? {
+                // The usual case: one run of frames for the whole area.
+                Some(run) => {
+                    let pa = (run.pfn << shift) + (start_byte - (first << shift));
+                    for (j, d) in st.domains.iter().enumerate() {
+                        if let Err(e) = hw::map(d.domain.as_ref(), start, pa, length, prot, max_pgsize) {
+                            break 'failed (Error::new(e, "mapping into the IOMMU domain"), j);
+                        }
+                    }
+                }
+                None => {
+                    let runs = p.pfns(first, last);
+                    for (j, d) in st.domains.iter().enumerate() {
+                        if let Err(e) = map_runs(d.domain.as_ref(), start, start_byte, length, &runs, prot, max_pgsize)
+                        {
+                            break 'failed (e, j);
+                        }
+                    }
+                }
+            }
+            return Ok(());
+        };
+        for d in &st.domains[..j] {
+            hw::unmap(d.domain.as_ref(), start, length, 0);
+        }
+        p.remove_users_exclusive(first, last, users);
+        Err(e)
     }
 
     /// A `Pages` nothing uses any more: kept for reuse when it can be.
     fn retire(st: &mut Iova, mut pages: Arc<Pages>) {
-        if st.pages_pool.len() < PAGES_POOL {
+        if !st.pages_pool.is_full() {
             if let Some(p) = unique_pages(&mut pages) {
                 if p.recyclable() {
                     st.pages_pool.push(pages);
@@ -687,7 +749,7 @@ impl IoPagetable {
 
     /// The area for `elm` placed at `at`, not yet published.
     fn placeholder(at: u64, elm: &PagesSlice, prot: Prot) -> Area {
-        Area::new(at, elm.length, elm.start_byte, prot)
+        Area::placeholder(at, elm.length, elm.start_byte, prot)
     }
 
     /// [`map_pages`](Self::map_pages) over a borrowed list (no allocation
@@ -941,25 +1003,28 @@ impl IoPagetable {
             st.areas.insert(start, area);
             return None;
         }
-        let (first, last_index) = area.index_range(start);
-        let len = area.len(start);
+        let len = last - start + 1;
         let mut pages = area.pages.take().expect("checked");
+        if st.domains.is_empty() {
+            Self::retire(st, pages);
+            return Some(len);
+        }
         // Out of every domain, devices' translation caches invalidated
         // once, then unpinned.
         hw::unmap_each(st.domains.iter().map(|d| d.domain.as_ref()), start, len, 0);
+        let shift = crate::pages::page_shift();
+        let (first, last_index) = (area.start_byte >> shift, (area.start_byte + len - 1) >> shift);
+        let users = st.domains.len() as u32;
         match unique_pages(&mut pages) {
             // Only this area held them: no lock needed for the pin records,
             // and they can be reused.
             Some(p) => {
-                if !st.domains.is_empty() {
-                    p.remove_users_exclusive(first, last_index, st.domains.len() as u32);
-                }
-                if st.pages_pool.len() < PAGES_POOL && p.recyclable() {
+                if p.unpin_users_exclusive(first, last_index, users) {
                     st.pages_pool.push(pages);
                 }
             }
             None => {
-                for _ in &st.domains {
+                for _ in 0..users {
                     pages.remove_user(first, last_index);
                 }
             }

@@ -562,6 +562,79 @@ impl Pages {
         self.remove_user_exclusive(first, last);
     }
 
+    /// The small map's pin: [`add_users_exclusive`](Self::add_users_exclusive)
+    /// on pages nothing is pinned in yet (a `Pages` just made or recycled),
+    /// with the frames handed back as one run when they are one (the usual
+    /// case) and `None` otherwise ([`pfns`](Self::pfns) has them then).
+    ///
+    /// The steady state (our own pages, released last into the frame
+    /// registry's hot table) re-pins first and charges after, giving the pin
+    /// back if the charge fails: the same outcome as charging first (pages
+    /// not charged are not pinned, the run is as cached as before), without
+    /// a second injection point (the re-pin is not tried while injection is
+    /// armed).
+    #[inline(always)]
+    pub fn pin_fresh_exclusive(&mut self, first: u64, last: u64, users: u32) -> Result<Option<PfnRun>> {
+        debug_assert!(users >= 1 && first <= last && last < self.npages);
+        let total = last - first + 1;
+        let fresh = matches!(self.state.get_mut().unwrap_or_else(|p| p.into_inner()).segs, SmallMap::Empty);
+        if let (true, Source::User(None)) = (fresh, &self.source) {
+            let va = self.uptr + (first << page_shift());
+            if let Some(pfn) = frames::repin_user(va, total, self.writable) {
+                if let Err(e) = self.account.charge(total) {
+                    frames::unpin_user(va, pfn, total);
+                    return Err(e);
+                }
+                self.vm_pages(total as i64);
+                let st = self.state.get_mut().unwrap_or_else(|p| p.into_inner());
+                st.segs = SmallMap::One(first, Seg { end: last + 1, pfn, users });
+                st.npinned += total;
+                return Ok(Some(PfnRun { index: first, pfn, npages: total }));
+            }
+        }
+        self.pin_fresh_exclusive_slow(first, last, users)
+    }
+
+    #[inline(never)]
+    fn pin_fresh_exclusive_slow(&mut self, first: u64, last: u64, users: u32) -> Result<Option<PfnRun>> {
+        let runs = self.add_users_exclusive(first, last, users)?;
+        Ok(match &runs[..] {
+            [r] => Some(*r),
+            _ => None,
+        })
+    }
+
+    /// The small unmap's unpin: [`remove_users_exclusive`](Self::remove_users_exclusive)
+    /// of the `users` users of `[first, last]`; then whether the pages are
+    /// [`recyclable`](Self::recyclable). The usual case, the range being
+    /// the one segment with exactly those users, is one unpin.
+    #[inline(always)]
+    pub fn unpin_users_exclusive(&mut self, first: u64, last: u64, users: u32) -> bool {
+        let base = self.user_base();
+        let st = self.state.get_mut().unwrap_or_else(|p| p.into_inner());
+        if let SmallMap::One(k, seg) = st.segs {
+            if k == first && seg.end == last + 1 && seg.users == users {
+                let n = seg.end - first;
+                st.segs = SmallMap::Empty;
+                st.npinned -= n;
+                let recyclable = st.npinned == 0 && base.is_some() && self.dmabuf.is_none();
+                Self::unpin_seg(base, first, seg.pfn, n);
+                if self.mode != AccountMode::None {
+                    self.account.credit(n);
+                    self.vm_pages(-(n as i64));
+                }
+                return recyclable;
+            }
+        }
+        self.unpin_users_exclusive_slow(first, last, users)
+    }
+
+    #[inline(never)]
+    fn unpin_users_exclusive_slow(&mut self, first: u64, last: u64, users: u32) -> bool {
+        self.remove_users_exclusive(first, last, users);
+        self.recyclable()
+    }
+
     /// The user address of index 0 for pages pinned in place (what lets
     /// [`frames::unpin_user`] find a run kept hot), `None` for a file's.
     fn user_base(&self) -> Option<u64> {
@@ -634,10 +707,15 @@ impl Pages {
     /// (every charged mode) and `VmLck` (process mode) as `/proc/PID/status`
     /// shows them ([`uiommufd_memory::vmstat`]). Pages that are not charged
     /// (`CAP_IPC_LOCK`) are not shown (the kernel counts them in `VmPin`).
+    #[inline(always)]
     fn vm_pages(&self, npages: i64) {
-        if self.mode == AccountMode::None {
-            return;
+        if self.mode != AccountMode::None {
+            self.vm_pages_charged(npages);
         }
+    }
+
+    #[inline(never)]
+    fn vm_pages_charged(&self, npages: i64) {
         let pid = self.owner.lock().unwrap_or_else(|e| e.into_inner()).pid;
         let locked = if self.mode == AccountMode::Process { npages } else { 0 };
         uiommufd_memory::vmstat::add(pid, npages, locked);

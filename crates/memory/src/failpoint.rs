@@ -4,33 +4,50 @@
 //! injection point that thread passes fail; every point passed counts the
 //! value down, and it reads back as 0 once the failure has fired. The
 //! engine calls [`should_fail`] at each fallible step (allocation, pinning,
-//! page-table allocation, mapping): with injection off (the value 0) that
-//! costs one thread-local read.
+//! page-table allocation, mapping): while no thread of the process has
+//! ever armed injection that costs one load of a global flag (the map path
+//! passes several points a call), after that one thread-local read.
 //!
 //! The preload shim serves the `fail-nth` file on top of [`set_nth`] and
 //! [`nth`]; Rust users can call them directly.
 
 use std::cell::Cell;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 thread_local! {
     static NTH: Cell<u32> = const { Cell::new(0) };
 }
 
+/// Set for good once any thread arms itself: until then every thread's
+/// countdown is 0 and the points need not read it. A thread that arms
+/// itself sees its own store; other threads' countdowns stay 0 whatever
+/// they read here.
+static EVER_ARMED: AtomicBool = AtomicBool::new(false);
+
 /// Arm the calling thread: its `n`-th injection point from now fails
 /// (0 disarms).
 pub fn set_nth(n: u32) {
+    if n != 0 {
+        EVER_ARMED.store(true, Ordering::Relaxed);
+    }
     NTH.with(|c| c.set(n));
 }
 
 /// The calling thread's countdown (0: disarmed or already fired).
 #[inline]
 pub fn nth() -> u32 {
+    if !EVER_ARMED.load(Ordering::Relaxed) {
+        return 0;
+    }
     NTH.with(|c| c.get())
 }
 
 /// An injection point: true if this step must fail now.
 #[inline]
 pub fn should_fail() -> bool {
+    if !EVER_ARMED.load(Ordering::Relaxed) {
+        return false;
+    }
     NTH.with(|c| {
         let n = c.get();
         if n == 0 {

@@ -29,6 +29,7 @@ pub mod inline_vec;
 pub mod lockwait;
 pub mod procfs;
 pub mod rng;
+pub mod rwlock;
 pub mod shared;
 pub mod slabmap;
 pub mod sys;
