@@ -45,6 +45,40 @@ pub(crate) fn measure(iters: u64, mut f: impl FnMut()) -> f64 {
     rounds[ROUNDS / 2]
 }
 
+/// Median nanoseconds per call of `f(false)` (the reference) and of
+/// `f(true)` (ours), measured interleaved: each of the `ROUNDS` rounds runs
+/// `iters` calls of both in `SLICES` alternating slices (the order swapped
+/// every slice) and sums each side's time, so that a change of load on the
+/// shared machine (other builds start and stop within a run) falls on both
+/// alike instead of on whichever ran during it. The same calls and
+/// iteration counts as [`measure`] of each separately.
+pub(crate) fn measure_vs(iters: u64, mut f: impl FnMut(bool)) -> (f64, f64) {
+    const SLICES: u64 = 8;
+    for _ in 0..iters.div_ceil(10).max(1) {
+        f(false);
+        f(true);
+    }
+    let (mut reference, mut ours) = (Vec::new(), Vec::new());
+    for _ in 0..ROUNDS {
+        let mut ns = [0u128; 2];
+        for slice in 0..SLICES {
+            let n = iters / SLICES + u64::from(slice < iters % SLICES);
+            for side in [slice % 2 == 1, slice % 2 == 0] {
+                let t = Instant::now();
+                for _ in 0..n {
+                    f(side);
+                }
+                ns[usize::from(side)] += t.elapsed().as_nanos();
+            }
+        }
+        reference.push(ns[0] as f64 / iters as f64);
+        ours.push(ns[1] as f64 / iters as f64);
+    }
+    reference.sort_by(f64::total_cmp);
+    ours.sort_by(f64::total_cmp);
+    (reference[ROUNDS / 2], ours[ROUNDS / 2])
+}
+
 /// Median of `ROUNDS` runs of `f`, which returns nanoseconds.
 fn median_of(mut f: impl FnMut() -> f64) -> f64 {
     let mut v: Vec<f64> = (0..ROUNDS).map(|_| f()).collect();
@@ -420,32 +454,45 @@ fn bench_frames(quick: bool) -> Vec<Row> {
         let mut buf = vec![0u8; len];
         let src_va = region.addr;
         let dst_va = region.addr + LEN / 2;
-        let memcpy_in = measure(iters, || {
+        let memcpy_in = |buf: &mut Vec<u8>| {
             // SAFETY: `len` bytes of our own populated region into `buf`
             // (`len` long); nothing else uses either meanwhile.
             unsafe { std::ptr::copy_nonoverlapping(black_box(src_va) as *const u8, buf.as_mut_ptr(), len) };
-            black_box(&mut buf);
-        });
-        let memcpy_mm = measure(iters, || {
+            black_box(buf);
+        };
+        let memcpy_mm = || {
             // SAFETY: between two disjoint halves of our own populated
             // region, which nothing else uses meanwhile.
             unsafe { std::ptr::copy_nonoverlapping(black_box(src_va) as *const u8, black_box(dst_va) as *mut u8, len) };
-        });
+        };
         let (src_pa, dst_pa) = (pa(0), pa(LEN / 2));
-        let read = measure(iters, || {
-            frames::read_phys(black_box(src_pa), &mut buf).expect("read_phys");
-            black_box(&mut buf);
+        // Each beside its reference, in alternating rounds.
+        let (memcpy_r, read) = measure_vs(iters, |ours| {
+            if ours {
+                frames::read_phys(black_box(src_pa), &mut buf).expect("read_phys");
+                black_box(&mut buf);
+            } else {
+                memcpy_in(&mut buf);
+            }
         });
-        let write = measure(iters, || {
-            frames::write_phys(black_box(dst_pa), black_box(&buf)).expect("write_phys");
+        let (memcpy_w, write) = measure_vs(iters, |ours| {
+            if ours {
+                frames::write_phys(black_box(dst_pa), black_box(&buf)).expect("write_phys");
+            } else {
+                memcpy_in(&mut buf);
+            }
         });
-        let copy = measure(iters, || {
-            frames::copy_phys(black_box(dst_pa), black_box(src_pa), len).expect("copy_phys");
+        let (memcpy_c, copy) = measure_vs(iters, |ours| {
+            if ours {
+                frames::copy_phys(black_box(dst_pa), black_box(src_pa), len).expect("copy_phys");
+            } else {
+                memcpy_mm();
+            }
         });
         let t = Target::MinRatio(target);
-        rows.push(Row::new(format!("read_phys {name}"), read).vs(format!("memcpy {name}"), memcpy_in).target(t));
-        rows.push(Row::new(format!("write_phys {name}"), write).vs(format!("memcpy {name}"), memcpy_in).target(t));
-        rows.push(Row::new(format!("copy_phys {name}"), copy).vs(format!("memcpy {name}"), memcpy_mm).target(t));
+        rows.push(Row::new(format!("read_phys {name}"), read).vs(format!("memcpy {name}"), memcpy_r).target(t));
+        rows.push(Row::new(format!("write_phys {name}"), write).vs(format!("memcpy {name}"), memcpy_w).target(t));
+        rows.push(Row::new(format!("copy_phys {name}"), copy).vs(format!("memcpy {name}"), memcpy_c).target(t));
     }
     for r in &runs {
         frames::unpin(r.pfn, r.npages);
@@ -520,7 +567,7 @@ fn bench_dma(quick: bool) -> Vec<Row> {
             let iters = if quick { 5_000 } else { 100_000 } * 4096 / len;
             let (src, dst) = (SRC, DST);
             debug_assert!(src + len <= dst && dst + len <= len_mapped);
-            let memcpy = measure(iters, || {
+            let memcpy = || {
                 // SAFETY: between two disjoint parts (SRC and DST are 1 MiB
                 // apart, len is at most 64 KiB) of our own populated
                 // region, which nothing else writes meanwhile.
@@ -531,18 +578,26 @@ fn bench_dma(quick: bool) -> Vec<Row> {
                         len as usize,
                     )
                 };
-            });
+            };
             let attrs = DmaAttrs::default();
-            let ns = measure(iters, || {
-                port.dma_copy(black_box(iova + dst), iova + src, len, attrs).expect("dma_copy");
+            // Beside the reference, in alternating rounds.
+            let (memcpy_ns, ns) = measure_vs(iters, |ours| {
+                if ours {
+                    port.dma_copy(black_box(iova + dst), iova + src, len, attrs).expect("dma_copy");
+                } else {
+                    memcpy();
+                }
             });
             rows.push(
                 Row::new(format!("{label}: device DMA copy {name} (port)"), ns)
-                    .vs(format!("memcpy {name}"), memcpy)
+                    .vs(format!("memcpy {name}"), memcpy_ns)
                     .target(Target::MinRatio(target)),
             );
             let desc = Descriptor::copy(iova + dst, iova + src, len).to_bytes();
-            let ns = measure(iters, || {
+            let (memcpy_ns, ns) = measure_vs(iters, |ours| {
+                if !ours {
+                    return memcpy();
+                }
                 let slot = (tail % RING as u32) as u64;
                 // SAFETY: the ring slot lies in our own populated region.
                 unsafe { std::ptr::copy_nonoverlapping(desc.as_ptr(), (region.addr + slot * 64) as *mut u8, 64) };
@@ -552,7 +607,7 @@ fn bench_dma(quick: bool) -> Vec<Row> {
             });
             rows.push(
                 Row::new(format!("{label}: DMA engine COPY descriptor {name}"), ns)
-                    .vs(format!("memcpy {name}"), memcpy),
+                    .vs(format!("memcpy {name}"), memcpy_ns),
             );
         }
         drop(engine);
