@@ -659,19 +659,18 @@ impl IoPagetable {
         mode: crate::account::AccountMode,
     ) -> Result<u64> {
         let writable = prot.contains(Prot::WRITE);
-        let mut pages = match st.pages_pool.pop() {
-            Some(mut pages) => {
-                // Pooled pages are unique (`retire` keeps only those).
-                let p = unique_pages(&mut pages).expect("pooled pages are unique");
-                if let Err(e) = p.recycle(uptr, length, writable, mode) {
-                    st.pages_pool.push(pages);
-                    return Err(e);
-                }
-                pages
-            }
-            None => Arc::new(Pages::new(uptr, length, writable, mode)?),
+        let (mut pages, recycled) = match st.pages_pool.pop() {
+            Some(pages) => (pages, true),
+            None => (Arc::new(Pages::new(uptr, length, writable, mode)?), false),
         };
+        // Pooled pages are unique too (`retire` keeps only those).
         let p = unique_pages(&mut pages).expect("not published yet");
+        if recycled {
+            if let Err(e) = p.recycle(uptr, length, writable, mode) {
+                st.pages_pool.push(pages);
+                return Err(e);
+            }
+        }
         let start_byte = uptr - p.uptr();
         let start = match st.check_list(std::iter::once((&*p, start_byte, length)), length, iova, prot) {
             Ok(start) => start,

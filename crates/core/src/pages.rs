@@ -68,10 +68,12 @@ use crate::account::{Account, AccountMode};
 use crate::error::{einval, eoverflow, eperm, ErrnoExt, Result};
 
 /// Host page size and shift (the unit of pinning).
+#[inline]
 pub fn page_size() -> u64 {
     uiommufd_memory::page_size() as u64
 }
 
+#[inline]
 pub(crate) fn page_shift() -> u32 {
     frames::page_shift()
 }

@@ -19,13 +19,31 @@
 //! process's address space: the engine's own host addresses (frames, file
 //! mappings) go through them.
 
+#[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
 use std::sync::OnceLock;
 
 use uiommufd_abi::Errno;
 
 /// The system page size (what `sysconf(_SC_PAGESIZE)` returns).
+///
+/// On x86-64 Linux a constant: the architecture has 4 KiB base pages
+/// only (`PAGE_SHIFT` 12, `arch/x86/include/asm/page_types.h`), so every
+/// page computation of the engine folds instead of reading a lazily set
+/// value (the small map path asked it about ten times).
 #[inline]
 pub fn page_size() -> usize {
+    #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+    {
+        4096
+    }
+    #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+    {
+        page_size_of_system()
+    }
+}
+
+#[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+fn page_size_of_system() -> usize {
     static PAGE: OnceLock<usize> = OnceLock::new();
     *PAGE.get_or_init(|| {
         // SAFETY: sysconf has no memory-safety preconditions.
