@@ -11,6 +11,9 @@
 //! `try_write` / `try_read` (which succeed whenever the lock is free,
 //! queued sleepers or not) with a growing pause between tries, for about
 //! as long as a few critical sections take, and only then blocks.
+//!
+//! The frame registry's lock is taken this way; the IOAS's locks are
+//! [`crate::rwlock`]'s, which spin the same way before sleeping.
 
 use std::hint::spin_loop;
 use std::sync::atomic::{AtomicU32, Ordering};
