@@ -45,13 +45,15 @@ pub(crate) fn measure(iters: u64, mut f: impl FnMut()) -> f64 {
     rounds[ROUNDS / 2]
 }
 
-/// Median nanoseconds per call of `f(false)` (the reference) and of
-/// `f(true)` (ours), measured interleaved: each of the `ROUNDS` rounds runs
-/// `iters` calls of both in `SLICES` alternating slices (the order swapped
-/// every slice) and sums each side's time, so that a change of load on the
-/// shared machine (other builds start and stop within a run) falls on both
-/// alike instead of on whichever ran during it. The same calls and
-/// iteration counts as [`measure`] of each separately.
+/// Nanoseconds per call of `f(false)` (the reference) and of `f(true)`
+/// (ours), measured interleaved: each of the `ROUNDS` rounds runs `iters`
+/// calls of each in `SLICES` slices that alternate between the two (the
+/// order swapped every pair), and each side's figure is the median over
+/// all its slices. A change of load on the shared machine (other builds
+/// start and stop within a run) then falls on both alike instead of on
+/// whichever ran during it, and a slice the scheduler preempted is an
+/// outlier rather than part of a round's sum. The same calls and iteration
+/// counts as [`measure`] of each separately.
 pub(crate) fn measure_vs(iters: u64, mut f: impl FnMut(bool)) -> (f64, f64) {
     const SLICES: u64 = 8;
     for _ in 0..iters.div_ceil(10).max(1) {
@@ -60,23 +62,21 @@ pub(crate) fn measure_vs(iters: u64, mut f: impl FnMut(bool)) -> (f64, f64) {
     }
     let (mut reference, mut ours) = (Vec::new(), Vec::new());
     for _ in 0..ROUNDS {
-        let mut ns = [0u128; 2];
         for slice in 0..SLICES {
-            let n = iters / SLICES + u64::from(slice < iters % SLICES);
+            let n = (iters / SLICES + u64::from(slice < iters % SLICES)).max(1);
             for side in [slice % 2 == 1, slice % 2 == 0] {
                 let t = Instant::now();
                 for _ in 0..n {
                     f(side);
                 }
-                ns[usize::from(side)] += t.elapsed().as_nanos();
+                let ns = t.elapsed().as_nanos() as f64 / n as f64;
+                if side { &mut ours } else { &mut reference }.push(ns);
             }
         }
-        reference.push(ns[0] as f64 / iters as f64);
-        ours.push(ns[1] as f64 / iters as f64);
     }
     reference.sort_by(f64::total_cmp);
     ours.sort_by(f64::total_cmp);
-    (reference[ROUNDS / 2], ours[ROUNDS / 2])
+    (reference[reference.len() / 2], ours[ours.len() / 2])
 }
 
 /// Median of `ROUNDS` runs of `f`, which returns nanoseconds.
