@@ -6,6 +6,13 @@
 //! valgrind --tool=callgrind --toggle-collect='*map_profile::pairs*' \
 //!     target/release/examples/map_profile 1 2000 [LEN]
 //! ```
+//!
+//! The pages are charged as for the process running it: not at all with
+//! `CAP_IPC_LOCK` (root), against the user's locked pages with
+//! `UIOMMUFD_CAP_IPC_LOCK=0` (a VMM running as a normal user), and against
+//! the process's with `MAP_PROFILE_RLIMIT_MODE=1` as well
+//! (`IOMMU_OPTION_RLIMIT_MODE`, which needs `CAP_SYS_RESOURCE`: root, or
+//! `UIOMMUFD_CAP_SYS_RESOURCE=1`).
 use std::hint::black_box;
 use std::sync::Arc;
 
@@ -29,6 +36,9 @@ fn main() {
     let n: u64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(2000);
     let len: u64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(4096);
     let ctx = Iommufd::new();
+    if std::env::var("MAP_PROFILE_RLIMIT_MODE").as_deref() == Ok("1") {
+        ctx.option(abi::IOMMU_OPTION_RLIMIT_MODE, abi::IOMMU_OPTION_OP_SET, 0, 1).expect("RLIMIT_MODE");
+    }
     let ioas = ctx.ioas_alloc().expect("ioas");
     let leaked: &'static Arc<Iommufd> = Box::leak(Box::new(Arc::clone(&ctx)));
     let mut devs = Vec::new();

@@ -42,7 +42,7 @@
 //!
 //! Lock: `state` is the kernel's `pages->mutex`, the innermost engine lock
 //! (the frame registry lock nests inside it). Only [`change_process`] holds
-//! several at once, taken in address order; `owner` nests inside them.
+//! several at once, taken in address order; `owner` is one atomic word.
 //! Whoever holds the only reference (`&mut Pages`: a `Pages` being built,
 //! or one only its IOAS's area held, changed under that IOAS's lock) uses
 //! [`Pages::add_user_exclusive`] / [`Pages::remove_user_exclusive`], which
@@ -54,6 +54,7 @@
 //! ([`Pages::recycle`]) keeps; pinning and releasing the usual single
 //! segment allocates nothing.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use uiommufd_memory::filemap::{FileInfo, FileKind, FileMapping};
@@ -129,10 +130,60 @@ struct Owner {
 }
 
 impl Owner {
-    /// The thread's current process (see [`user::current_process`]).
+    /// The thread's current process (see [`user::current_process`]) and
+    /// this process's real user, as the kernel takes them at each map
+    /// (`current->mm`, `current_user()`). Both are cached, so a map makes
+    /// no system call for them: the pid per process (forgotten in a forked
+    /// child), the uid until the process changes its user IDs (the shim
+    /// sees each `setuid`; see [`uiommufd_memory::sys::getuid`]).
+    #[inline]
     fn current() -> Owner {
-        let pid = user::current_process().map_or_else(std::process::id, |p| p.pid());
+        let pid = user::current_process().map_or_else(uiommufd_memory::sys::pid, |p| p.pid());
         Owner { pid, uid: uiommufd_memory::sys::getuid() }
+    }
+
+    /// Nobody (pages that are not charged).
+    const NONE: Owner = Owner { pid: 0, uid: 0 };
+
+    /// The owner of pages in mode `mode`.
+    #[inline]
+    fn for_mode(mode: AccountMode) -> Owner {
+        // Only charged pages look at their owner (`charged_elsewhere`).
+        if mode == AccountMode::None {
+            Owner::NONE
+        } else {
+            Owner::current()
+        }
+    }
+}
+
+/// An [`Owner`] in one word, read and replaced whole (no lock: every map
+/// and unmap of charged pages reads it).
+#[derive(Debug)]
+struct OwnerCell(AtomicU64);
+
+impl OwnerCell {
+    fn new(o: Owner) -> OwnerCell {
+        OwnerCell(AtomicU64::new(Self::pack(o)))
+    }
+
+    fn pack(o: Owner) -> u64 {
+        (u64::from(o.pid) << 32) | u64::from(o.uid)
+    }
+
+    #[inline]
+    fn get(&self) -> Owner {
+        let v = self.0.load(Ordering::Acquire);
+        Owner { pid: (v >> 32) as u32, uid: v as u32 }
+    }
+
+    fn set(&self, o: Owner) {
+        self.0.store(Self::pack(o), Ordering::Release);
+    }
+
+    #[inline]
+    fn set_mut(&mut self, o: Owner) {
+        *self.0.get_mut() = Self::pack(o);
     }
 }
 
@@ -147,7 +198,7 @@ pub struct Pages {
     mode: AccountMode,
     account: Account,
     source: Source,
-    owner: Mutex<Owner>,
+    owner: OwnerCell,
     state: Mutex<State>,
     /// An import of this dma-buf ([`crate::dmabuf`]), if it is one.
     dmabuf: Option<Arc<crate::dmabuf::DmaBuf>>,
@@ -207,8 +258,7 @@ impl Pages {
         if let Source::User(p) = &mut self.source {
             *p = user::current_process();
         }
-        *self.owner.get_mut().unwrap_or_else(|p| p.into_inner()) =
-            if mode == AccountMode::None { Owner { pid: 0, uid: 0 } } else { Owner::current() };
+        self.owner.set_mut(Owner::for_mode(mode));
         Ok(())
     }
 
@@ -257,9 +307,7 @@ impl Pages {
             mode,
             account: Account::new(mode),
             source,
-            // Only charged pages look at their owner (`charged_elsewhere`);
-            // uncharged ones skip the two system calls.
-            owner: Mutex::new(if mode == AccountMode::None { Owner { pid: 0, uid: 0 } } else { Owner::current() }),
+            owner: OwnerCell::new(Owner::for_mode(mode)),
             state: Mutex::default(),
             dmabuf: None,
             revoked: std::sync::atomic::AtomicBool::new(false),
@@ -718,7 +766,7 @@ impl Pages {
 
     #[inline(never)]
     fn vm_pages_charged(&self, npages: i64) {
-        let pid = self.owner.lock().unwrap_or_else(|e| e.into_inner()).pid;
+        let pid = self.owner.get().pid;
         let locked = if self.mode == AccountMode::Process { npages } else { 0 };
         uiommufd_memory::vmstat::add(pid, npages, locked);
     }
@@ -880,7 +928,7 @@ pub fn change_process(all: &[Arc<Pages>]) -> Result<()> {
             // owner's counters for the caller's.
             p.vm_pages(-(st.npinned as i64));
         }
-        *p.owner.lock().unwrap_or_else(|e| e.into_inner()) = now;
+        p.owner.set(now);
         if m && st.npinned != 0 {
             p.vm_pages(st.npinned as i64);
         }
@@ -892,7 +940,7 @@ impl Pages {
     /// `need_charge_update`: whether the pinned pages are charged to
     /// someone other than `now`.
     fn charged_elsewhere(&self, now: Owner) -> bool {
-        let owner = *self.owner.lock().unwrap_or_else(|e| e.into_inner());
+        let owner = self.owner.get();
         match self.mode {
             AccountMode::None => false,
             AccountMode::Process => owner.pid != now.pid,

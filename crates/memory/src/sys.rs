@@ -8,7 +8,7 @@ const CAP_IPC_LOCK: u32 = 14;
 const CAP_SYS_RAWIO: u32 = 17;
 const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
 
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 
 #[repr(C)]
 struct CapHeader {
@@ -90,9 +90,10 @@ fn env_override(slot: usize, name: &str) -> Option<bool> {
 static CAPS_CACHE: AtomicU64 = AtomicU64::new(u64::MAX);
 static CAPS_GENERATION: AtomicU64 = AtomicU64::new(0);
 
-/// Forget the cached capabilities: the process may have changed them
-/// (`capset`, the `setuid` family). The shim calls this after each such
-/// call; library users who change capabilities call it themselves.
+/// Forget the cached capabilities and real user ID ([`getuid`]): the
+/// process may have changed them (`capset`, the `setuid` family). The shim
+/// calls this after each such call; library users who change capabilities
+/// or user IDs call it themselves.
 pub fn capabilities_changed() {
     CAPS_GENERATION.fetch_add(1, Ordering::AcqRel);
 }
@@ -408,10 +409,64 @@ pub fn memlock_limit() -> Option<u64> {
     Some(rl.rlim_cur)
 }
 
-/// The real user ID (`getuid(2)`).
+/// The real user ID (`getuid(2)`), whose user the kernel charges pinned
+/// pages to (`current_user()` at each map). Cached like the capabilities:
+/// read once per [`capabilities_changed`], which the shim calls after every
+/// call of the `setuid` family, so a map after a change of user charges the
+/// new one, without a system call on every map. (A fork keeps the user.)
+#[inline]
 pub fn getuid() -> u32 {
-    // SAFETY: getuid has no preconditions.
-    unsafe { libc::getuid() }
+    static UID_CACHE: AtomicU64 = AtomicU64::new(u64::MAX);
+    #[cold]
+    #[inline(never)]
+    fn read(gen: u64) -> u32 {
+        // SAFETY: getuid has no preconditions.
+        let uid = unsafe { libc::getuid() };
+        UID_CACHE.store((gen << 32) | uid as u64, Ordering::Release);
+        uid
+    }
+    let gen = CAPS_GENERATION.load(Ordering::Acquire) & 0xffff_ffff;
+    let cached = UID_CACHE.load(Ordering::Acquire);
+    if cached >> 32 == gen {
+        cached as u32
+    } else {
+        read(gen)
+    }
+}
+
+/// This process's ID (`getpid(2)`), read once per process rather than on
+/// every map: a `pthread_atfork` child handler, registered before the first
+/// read, forgets it in a forked child (and [`crate::vmstat`]'s caches of
+/// this process's slot with it). A `vfork` child, which runs no fork
+/// handler, sees its parent's: it must only `exec` or `_exit`.
+#[inline]
+pub fn pid() -> u32 {
+    match PID.load(Ordering::Acquire) {
+        0 => read_pid(),
+        pid => pid,
+    }
+}
+
+static PID: AtomicU32 = AtomicU32::new(0);
+
+#[cold]
+#[inline(never)]
+fn read_pid() -> u32 {
+    static ATFORK: std::sync::Once = std::sync::Once::new();
+    // SAFETY: registers a plain extern "C" handler that only stores to
+    // atomics (async-signal-safe, as a fork child handler must be).
+    ATFORK.call_once(|| unsafe {
+        libc::pthread_atfork(None, None, Some(pid_after_fork_child));
+    });
+    // SAFETY: getpid has no preconditions.
+    let pid = unsafe { libc::getpid() } as u32;
+    PID.store(pid, Ordering::Release);
+    pid
+}
+
+extern "C" fn pid_after_fork_child() {
+    PID.store(0, Ordering::Release);
+    crate::vmstat::after_fork_child();
 }
 
 #[cfg(test)]

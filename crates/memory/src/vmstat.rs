@@ -14,13 +14,16 @@
 //! first context opens, so the processes a program forks afterwards read
 //! and update the same counters. It holds [`SLOTS`] processes, found by a
 //! hash of the pid. A slot is claimed by the first charge of a process and
-//! given back when its counters return to zero; a process beyond the last
-//! slot is not counted. Each slot records the start time of the process it
-//! counts (field 22 of `/proc/PID/stat`), so a process that died holding
-//! charges does not leave them to the next process given its pid: a slot
-//! whose start time is not the current holder's of that pid is stale and
-//! starts again from zero; stale slots of dead processes are reclaimed
-//! when the table fills.
+//! kept while the process lives, also when its counters return to zero, so
+//! that a process mapping and unmapping over and over finds its slot at
+//! once (each process remembers where its own is); when the table fills,
+//! the slots of dead processes and those back at zero are given back, so a
+//! process beyond the last slot is only left uncounted when [`SLOTS`] live
+//! processes all hold charges. Each slot records the start time of the
+//! process it counts (field 22 of `/proc/PID/stat`), so a process that
+//! died holding charges does not leave them to the next process given its
+//! pid: a slot whose start time is not the current holder's of that pid is
+//! stale and starts again from zero.
 //!
 //! Each slot has a lock word holding the pid of the process that holds it
 //! (the table's claims have one too), so that freeing a slot cannot race
@@ -28,7 +31,7 @@
 //! inside the few instructions it is held) is broken by the next taker.
 
 use std::hint::spin_loop;
-use std::sync::atomic::{AtomicI32, AtomicI64, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::OnceLock;
 
 /// Processes the table can hold.
@@ -86,26 +89,25 @@ pub fn init() {
     let _ = table();
 }
 
-/// This process's pid and start time, learnt on first use (0: not yet);
-/// [`after_fork_child`] forgets them in a forked child.
-static MY_PID: AtomicU32 = AtomicU32::new(0);
+/// This process's start time, learnt on first use (0: not yet), and the
+/// index of the slot that last counted it (a hint, checked before use:
+/// [`SLOTS`] or more for none). [`after_fork_child`] forgets both in a
+/// forked child (the pid itself is [`crate::sys::pid`]'s, which forgets it
+/// there too).
 static MY_START: AtomicU64 = AtomicU64::new(0);
+static MY_SLOT: AtomicUsize = AtomicUsize::new(usize::MAX);
 
-/// In a forked child: it is another process.
+/// In a forked child: it is another process, whose slot is not its
+/// parent's. Called from [`crate::sys::pid`]'s fork handler (and the
+/// shim's).
 pub fn after_fork_child() {
-    MY_PID.store(0, Ordering::Release);
     MY_START.store(0, Ordering::Release);
+    MY_SLOT.store(usize::MAX, Ordering::Release);
 }
 
+#[inline]
 fn my_pid() -> u32 {
-    match MY_PID.load(Ordering::Acquire) {
-        0 => {
-            let pid = std::process::id();
-            MY_PID.store(pid, Ordering::Release);
-            pid
-        }
-        pid => pid,
-    }
+    crate::sys::pid()
 }
 
 /// The start time of process `pid` (0 if it cannot be read: gone).
@@ -129,8 +131,18 @@ fn alive(pid: i32) -> bool {
 
 /// Take a lock word: it holds our pid while held. A holder that no longer
 /// exists (killed while holding it) loses it.
+#[inline]
 fn lock(word: &AtomicI32) -> LockGuard<'_> {
     let me = my_pid() as i32;
+    if word.compare_exchange(0, me, Ordering::Acquire, Ordering::Relaxed).is_ok() {
+        return LockGuard(word);
+    }
+    lock_contended(word, me)
+}
+
+#[cold]
+#[inline(never)]
+fn lock_contended(word: &AtomicI32, me: i32) -> LockGuard<'_> {
     let mut tries = 0u32;
     loop {
         match word.compare_exchange_weak(0, me, Ordering::Acquire, Ordering::Relaxed) {
@@ -159,12 +171,33 @@ impl Drop for LockGuard<'_> {
 
 /// Slots in probe order for `pid`: from its hash on, every slot once.
 fn probe(t: &Table, pid: u32) -> impl Iterator<Item = &Slot> {
-    let first = (pid as usize).wrapping_mul(0x9e37_79b9) % SLOTS;
+    let first = slot_hash(pid);
     (0..SLOTS).map(move |i| &t.slots[(first + i) % SLOTS])
 }
 
+/// Where `pid`'s probe starts.
+fn slot_hash(pid: u32) -> usize {
+    (pid as usize).wrapping_mul(0x9e37_79b9) % SLOTS
+}
+
+/// The slot counting `pid`, if any: for this process, the one it last
+/// used when that one still counts its pid (one load), else a probe.
+#[inline]
 fn find(t: &Table, pid: u32) -> Option<&Slot> {
-    probe(t, pid).find(|s| s.pid.load(Ordering::Acquire) == pid as i32)
+    let mine = pid == my_pid();
+    if mine {
+        if let Some(s) = t.slots.get(MY_SLOT.load(Ordering::Relaxed)) {
+            if s.pid.load(Ordering::Acquire) == pid as i32 {
+                return Some(s);
+            }
+        }
+    }
+    let first = slot_hash(pid);
+    let i = (0..SLOTS).map(|i| (first + i) % SLOTS).find(|&i| t.slots[i].pid.load(Ordering::Acquire) == pid as i32)?;
+    if mine {
+        MY_SLOT.store(i, Ordering::Relaxed);
+    }
+    Some(&t.slots[i])
 }
 
 /// Whether the slot (locked, counting `pid`) counts the process now
@@ -174,15 +207,19 @@ fn current(s: &Slot, pid: u32) -> bool {
     pid != my_pid() || s.start.load(Ordering::Relaxed) == start_of(pid)
 }
 
-/// Free slots whose process is gone; called with the claim lock held.
-fn reclaim_dead(t: &Table) {
+/// Free the slots that count nothing now and those whose process is gone
+/// (the table is full); called with the claim lock held. A live process
+/// whose slot is given back claims one again at its next charge.
+fn reclaim(t: &Table) {
     for s in &t.slots {
         let pid = s.pid.load(Ordering::Acquire);
-        if pid != 0 && !alive(pid) {
-            let _g = lock(&s.lock);
-            if s.pid.load(Ordering::Acquire) == pid {
-                free(s);
-            }
+        if pid == 0 {
+            continue;
+        }
+        let _g = lock(&s.lock);
+        let zero = s.pinned.load(Ordering::Acquire) == 0 && s.locked.load(Ordering::Acquire) == 0;
+        if s.pid.load(Ordering::Acquire) == pid && (zero || !alive(pid)) {
+            free(s);
         }
     }
 }
@@ -196,7 +233,40 @@ fn free(s: &Slot) {
 
 /// Add `pinned` pages to process `pid`'s `VmPin` and `locked` to its
 /// `VmLck` (negative to take them away).
+///
+/// Inlined: the usual call (every map and unmap of charged pages), this
+/// process's own counters in the slot it remembers, is a check of that
+/// slot and two atomic additions under its lock.
+#[inline]
 pub fn add(pid: u32, pinned: i64, locked: i64) {
+    if pid == my_pid() {
+        if let Some(s) = table().and_then(|t| t.slots.get(MY_SLOT.load(Ordering::Relaxed))) {
+            let _g = lock(&s.lock);
+            let start = MY_START.load(Ordering::Relaxed);
+            if s.pid.load(Ordering::Acquire) == pid as i32 && start != 0 && s.start.load(Ordering::Relaxed) == start {
+                add_counts(s, pinned, locked);
+                return;
+            }
+        }
+    }
+    add_slow(pid, pinned, locked);
+}
+
+/// Add to a slot's counters (its lock held).
+#[inline]
+fn add_counts(s: &Slot, pinned: i64, locked: i64) {
+    if pinned != 0 {
+        s.pinned.fetch_add(pinned, Ordering::AcqRel);
+    }
+    if locked != 0 {
+        s.locked.fetch_add(locked, Ordering::AcqRel);
+    }
+}
+
+/// [`add`] without a remembered slot: find one, or claim one.
+#[cold]
+#[inline(never)]
+fn add_slow(pid: u32, pinned: i64, locked: i64) {
     if pinned == 0 && locked == 0 || pid == 0 || pid > i32::MAX as u32 {
         return;
     }
@@ -212,11 +282,9 @@ pub fn add(pid: u32, pinned: i64, locked: i64) {
                 free(s);
                 continue;
             }
-            let p = s.pinned.fetch_add(pinned, Ordering::AcqRel) + pinned;
-            let l = s.locked.fetch_add(locked, Ordering::AcqRel) + locked;
-            if p == 0 && l == 0 {
-                free(s);
-            }
+            // Back at zero, the slot stays: the process's next charge is
+            // [`add`]'s fast path, not a claim.
+            add_counts(s, pinned, locked);
             return;
         }
         if pinned <= 0 && locked <= 0 {
@@ -229,11 +297,12 @@ pub fn add(pid: u32, pinned: i64, locked: i64) {
             continue; // claimed by another thread meanwhile
         }
         let start = start_of(pid);
-        // A free slot, else one a dead process left; with neither, the
-        // process is beyond the last slot and not counted.
+        // A free slot, else one given back by a process that counts
+        // nothing or is dead; with neither, the process is beyond the last
+        // slot and not counted.
         for round in 0..2 {
             if round == 1 {
-                reclaim_dead(t);
+                reclaim(t);
             }
             if let Some(s) = probe(t, pid).find(|s| s.pid.load(Ordering::Acquire) == 0) {
                 let _g = lock(&s.lock);
@@ -291,6 +360,10 @@ pub fn adjust_status(pid: u32, text: &str) -> String {
 mod tests {
     use super::*;
 
+    fn occupied(t: &Table) -> usize {
+        t.slots.iter().filter(|s| s.pid.load(Ordering::Acquire) != 0).count()
+    }
+
     fn counters_move_between_processes() {
         // Pids no process here has (above any pid_max: dead to kill(2)).
         let (a, b) = (0x7ff0_0001, 0x7ff0_0002);
@@ -306,7 +379,8 @@ mod tests {
         assert!(got.contains(&format!("VmLck:\t{:>8} kB\n", 8 + kb)), "{got}");
         assert!(got.starts_with("Name:\tx\n") && got.ends_with("Threads:\t1\n"));
         add(b, -3, -1);
-        assert!(find(table().unwrap(), b).is_none(), "a slot back at zero is given back");
+        assert_eq!(get(b), (0, 0));
+        assert_eq!(adjust_status(b, text), text, "a slot back at zero adds nothing");
     }
 
     /// One test: the table is shared by every test thread of the process,
@@ -314,13 +388,15 @@ mod tests {
     #[test]
     fn counters_slots_and_stale_pids() {
         counters_move_between_processes();
-        slots_are_given_back_and_never_inherited();
+        slots_are_reclaimed_and_never_inherited();
+        a_forked_child_has_its_own_slot();
     }
 
-    fn slots_are_given_back_and_never_inherited() {
+    fn slots_are_reclaimed_and_never_inherited() {
         let t = table().unwrap();
         // Far more processes than slots, one after another, each charging
-        // and then uncharging: every one is counted.
+        // and then uncharging: every one is counted (the full table gives
+        // back the slots at zero).
         for pid in 0x7fe0_0000..0x7fe0_0000 + 4 * SLOTS as u32 {
             add(pid, 2, 0);
             assert_eq!(get(pid), (2, 0), "pid {pid:#x}");
@@ -336,23 +412,63 @@ mod tests {
         assert_eq!(get(me), (0, 0));
         add(me, 1, 0);
         assert_eq!(get(me), (1, 0));
+        // Back at zero, a live process keeps its slot (its next charge
+        // finds it at once)...
         add(me, -1, 0);
-        assert!(find(t, me).is_none());
-        // A full table of dead processes' slots: a new process reclaims one.
+        assert_eq!(get(me), (0, 0));
+        let kept = find(t, me).expect("kept while we live") as *const Slot;
+        add(me, 1, 0);
+        assert_eq!((find(t, me).unwrap() as *const Slot, get(me)), (kept, (1, 0)));
+        add(me, -1, 0);
+        // ...until the table fills: then it is given back with the dead
+        // processes' slots, and a new process is counted.
         let dead = 0x7fd0_0000u32;
-        for pid in dead..dead + SLOTS as u32 {
+        let mut pid = dead;
+        while occupied(t) < SLOTS {
             add(pid, 1, 0);
+            pid += 1;
         }
-        assert_eq!(t.slots.iter().filter(|s| s.pid.load(Ordering::Acquire) != 0).count(), SLOTS);
+        assert!(find(t, me).is_some());
+        add(pid, 7, 0);
+        assert_eq!(get(pid), (7, 0));
+        assert!(find(t, me).is_none(), "our slot at zero is given back to a full table");
         add(me, 7, 0);
         assert_eq!(get(me), (7, 0));
         add(me, -7, 0);
-        for pid in dead..dead + SLOTS as u32 {
-            add(pid, -1, 0);
+        add(pid, -7, 0);
+        for p in dead..pid {
+            add(p, -1, 0);
         }
-        assert!(t
-            .slots
-            .iter()
-            .all(|s| s.pid.load(Ordering::Acquire) == 0 || s.pid.load(Ordering::Acquire) >= 0x7ff0_0000));
+        assert!(t.slots.iter().all(|s| {
+            s.pinned.load(Ordering::Acquire) == 0 && s.locked.load(Ordering::Acquire) == 0
+                || s.pid.load(Ordering::Acquire) >= 0x7ff0_0000
+        }));
+    }
+
+    /// A forked child charges its own slot, not the one its parent
+    /// remembers: the fork handler forgets the parent's pid and slot.
+    fn a_forked_child_has_its_own_slot() {
+        let me = crate::sys::pid();
+        add(me, 1, 0);
+        assert_eq!(get(me), (1, 0));
+        // SAFETY: the child only touches the shared table, reads its own
+        // /proc entry and leaves with _exit.
+        let child = unsafe { libc::fork() };
+        assert!(child >= 0);
+        if child == 0 {
+            let pid = crate::sys::pid();
+            add(pid, 3, 0);
+            let ok = pid != me && get(pid) == (3, 0) && get(me) == (1, 0);
+            add(pid, -3, 0);
+            // SAFETY: leaving the child without running the parent's exit
+            // handlers.
+            unsafe { libc::_exit(if ok { 0 } else { 1 }) };
+        }
+        let mut status = 0;
+        // SAFETY: waits for our own child.
+        assert_eq!(unsafe { libc::waitpid(child, &mut status, 0) }, child);
+        assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "child status {status:#x}");
+        assert_eq!(get(me), (1, 0));
+        add(me, -1, 0);
     }
 }
