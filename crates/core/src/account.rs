@@ -71,12 +71,19 @@ impl Account {
         }
     }
 
-    /// Charge `npages`; `ENOMEM` if the limit would be exceeded.
+    /// The failure point every charge passes first, charged or not.
     #[inline(always)]
-    pub fn charge(&self, npages: u64) -> Result<()> {
+    pub fn failpoint() -> Result<()> {
         if uiommufd_memory::failpoint::should_fail() {
             return Err(enomem("injected failure: accounting"));
         }
+        Ok(())
+    }
+
+    /// Charge `npages`; `ENOMEM` if the limit would be exceeded.
+    #[inline(always)]
+    pub fn charge(&self, npages: u64) -> Result<()> {
+        Self::failpoint()?;
         match self.counter() {
             // Not charged (`CAP_IPC_LOCK`): nothing to do, inlined.
             None => Ok(()),
@@ -84,7 +91,7 @@ impl Account {
         }
     }
 
-    #[inline(never)]
+    #[inline]
     fn charge_counter(c: &AtomicU64, npages: u64) -> Result<()> {
         let limit = limit_pages();
         let mut cur = c.load(Ordering::Relaxed);

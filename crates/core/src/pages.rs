@@ -421,8 +421,7 @@ impl Pages {
         let mut pinned: Vec<(u64, PinnedRuns)> = Vec::new();
         let total: u64 = holes.iter().map(|(s, e)| e - s).sum();
         if total != 0 {
-            self.account.charge(total)?;
-            self.vm_pages(total as i64);
+            self.charge(total)?;
         }
         for &(s, e) in &holes {
             match self.pin_source(s, e - s) {
@@ -434,8 +433,7 @@ impl Pages {
                         }
                     }
                     if total != 0 {
-                        self.account.credit(total);
-                        self.vm_pages(-(total as i64));
+                        self.uncharge(total);
                     }
                     return Err(err);
                 }
@@ -476,8 +474,7 @@ impl Pages {
     #[inline(always)]
     fn pin_first(&self, first: u64, last: u64) -> Result<PfnRuns> {
         let total = last - first + 1;
-        self.account.charge(total)?;
-        self.vm_pages(total as i64);
+        self.charge(total)?;
         // The map path's steady state: our own pages, released last into
         // the frame registry's hot table, taken back without its lock.
         if let Source::User(None) = self.source {
@@ -489,8 +486,7 @@ impl Pages {
         let pinned = match self.pin_source(first, total) {
             Ok(runs) => runs,
             Err(err) => {
-                self.account.credit(total);
-                self.vm_pages(-(total as i64));
+                self.uncharge(total);
                 return Err(err);
             }
         };
@@ -547,8 +543,7 @@ impl Pages {
         let released = Self::remove_user_locked(&mut st, base, first, last);
         drop(st);
         if released != 0 {
-            self.account.credit(released);
-            self.vm_pages(-(released as i64));
+            self.uncharge(released);
         }
     }
 
@@ -562,8 +557,7 @@ impl Pages {
             None => Self::remove_user_locked(st, base, first, last),
         };
         if released != 0 {
-            self.account.credit(released);
-            self.vm_pages(-(released as i64));
+            self.uncharge(released);
         }
     }
 
@@ -631,11 +625,10 @@ impl Pages {
         if let (true, Source::User(None)) = (fresh, &self.source) {
             let va = self.uptr + (first << page_shift());
             if let Some(pfn) = frames::repin_user(va, total, self.writable) {
-                if let Err(e) = self.account.charge(total) {
+                if let Err(e) = self.charge(total) {
                     frames::unpin_user(va, pfn, total);
                     return Err(e);
                 }
-                self.vm_pages(total as i64);
                 let st = self.state.get_mut().unwrap_or_else(|p| p.into_inner());
                 st.segs = SmallMap::One(first, Seg { end: last + 1, pfn, users });
                 st.npinned += total;
@@ -669,10 +662,7 @@ impl Pages {
                 st.npinned -= n;
                 let recyclable = st.npinned == 0 && base.is_some() && self.dmabuf.is_none();
                 Self::unpin_seg(base, first, seg.pfn, n);
-                if self.mode != AccountMode::None {
-                    self.account.credit(n);
-                    self.vm_pages(-(n as i64));
-                }
+                self.uncharge(n);
                 return recyclable;
             }
         }
@@ -753,6 +743,39 @@ impl Pages {
         released
     }
 
+    /// Charge `npages` newly pinned pages: to the mode's counter (`ENOMEM`
+    /// past `RLIMIT_MEMLOCK`, nothing changed) and, when charged, to the
+    /// owner's `VmPin` (and `VmLck`). Uncharged pages (`CAP_IPC_LOCK`)
+    /// only pass the failure point, inlined; charged ones make one call.
+    #[inline(always)]
+    fn charge(&self, npages: u64) -> Result<()> {
+        if self.mode == AccountMode::None {
+            return Account::failpoint();
+        }
+        self.charge_charged(npages)
+    }
+
+    #[inline(never)]
+    fn charge_charged(&self, npages: u64) -> Result<()> {
+        self.account.charge(npages)?;
+        self.vm_pages_charged(npages as i64);
+        Ok(())
+    }
+
+    /// Give back a [`charge`](Self::charge) of `npages`.
+    #[inline(always)]
+    fn uncharge(&self, npages: u64) {
+        if self.mode != AccountMode::None {
+            self.uncharge_charged(npages);
+        }
+    }
+
+    #[inline(never)]
+    fn uncharge_charged(&self, npages: u64) {
+        self.account.credit(npages);
+        self.vm_pages_charged(-(npages as i64));
+    }
+
     /// Mirror a charge (`npages > 0`) or a credit in the owner's `VmPin`
     /// (every charged mode) and `VmLck` (process mode) as `/proc/PID/status`
     /// shows them ([`uiommufd_memory::vmstat`]). Pages that are not charged
@@ -764,7 +787,7 @@ impl Pages {
         }
     }
 
-    #[inline(never)]
+    #[inline(always)]
     fn vm_pages_charged(&self, npages: i64) {
         let pid = self.owner.get().pid;
         let locked = if self.mode == AccountMode::Process { npages } else { 0 };
@@ -959,8 +982,7 @@ impl Drop for Pages {
             frames::unpin(seg.pfn, seg.end - s);
         }
         if st.npinned != 0 {
-            self.account.credit(st.npinned);
-            self.vm_pages(-(st.npinned as i64));
+            self.uncharge(st.npinned);
         }
     }
 }

@@ -58,8 +58,21 @@ struct Table {
 
 /// Address of the shared table (0: none could be made).
 static TABLE: OnceLock<usize> = OnceLock::new();
+/// The same, once made (0: not yet): one load on every charge.
+static TABLE_ADDR: AtomicUsize = AtomicUsize::new(0);
 
+#[inline]
 fn table() -> Option<&'static Table> {
+    match TABLE_ADDR.load(Ordering::Acquire) {
+        // SAFETY: as in `make_table`, which stored it.
+        addr if addr != 0 => Some(unsafe { &*(addr as *const Table) }),
+        _ => make_table(),
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn make_table() -> Option<&'static Table> {
     let addr = *TABLE.get_or_init(|| {
         let len = std::mem::size_of::<Table>();
         // SAFETY: a fresh shared anonymous mapping the kernel places.
@@ -79,6 +92,7 @@ fn table() -> Option<&'static Table> {
             p as usize
         }
     });
+    TABLE_ADDR.store(addr, Ordering::Release);
     // SAFETY: `addr` is a live, zero-initialised, never-unmapped mapping of
     // one `Table`, which is only atomics, for which all-zero is valid.
     (addr != 0).then(|| unsafe { &*(addr as *const Table) })
@@ -164,6 +178,7 @@ fn lock_contended(word: &AtomicI32, me: i32) -> LockGuard<'_> {
 struct LockGuard<'a>(&'a AtomicI32);
 
 impl Drop for LockGuard<'_> {
+    #[inline]
     fn drop(&mut self) {
         self.0.store(0, Ordering::Release);
     }
