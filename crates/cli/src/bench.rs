@@ -294,6 +294,18 @@ fn bench_map_unmap(quick: bool) -> Vec<Row> {
                 row = row.target(Target::MaxNs(if domains == 1 { 100.0 } else { 150.0 }));
             }
             rows.push(row);
+            if len == 4096 && domains == 1 {
+                // A VMM run as a user: the pages charged to RLIMIT_MEMLOCK
+                // and shown in VmPin (docs/BENCHMARKS.md, seventh round).
+                let charged = uiommufd_memory::sys::with_ipc_lock_forced(false, || {
+                    measure(iters, || {
+                        handle.map(RW, region.addr, len, IOVA).expect("map");
+                        handle.unmap(IOVA, len).expect("unmap");
+                    })
+                });
+                let case = format!("IOAS map+unmap {name}, {domains} mock domain(s), IoasHandle, without CAP_IPC_LOCK");
+                rows.push(Row::new(case, charged).vs("with it", by_handle));
+            }
         }
     }
     rows

@@ -57,12 +57,31 @@ pub fn capable_sys_rawio() -> bool {
     has_cap(CAP_SYS_RAWIO)
 }
 
+/// Run `f` with [`capable_ipc_lock`] answering `cap`, as
+/// `UIOMMUFD_CAP_IPC_LOCK` would, then give the previous answer back.
+/// Process-wide (every thread sees it meanwhile): for the bench's rows of
+/// a process with and without the capability.
+pub fn with_ipc_lock_forced<R>(cap: bool, f: impl FnOnce() -> R) -> R {
+    let _ = capable_ipc_lock(); // the variable read, so the restore keeps it
+    let prev = OVERRIDES[1].swap(if cap { 3 } else { 2 }, Ordering::Relaxed);
+    struct Restore(u8);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            OVERRIDES[1].store(self.0, Ordering::Relaxed);
+        }
+    }
+    let _restore = Restore(prev);
+    f()
+}
+
+/// [`env_override`]'s answers, by slot.
+static OVERRIDES: [AtomicU8; 2] = [AtomicU8::new(0), AtomicU8::new(0)];
+
 /// The `0|1` override in environment variable `name`, read once (slot
 /// `slot` caches it: 0 unread, 1 none, 2 false, 3 true). Inlined: every
 /// map asks; the first read of the variable is out of line.
 #[inline]
 fn env_override(slot: usize, name: &str) -> Option<bool> {
-    static CACHE: [AtomicU8; 2] = [AtomicU8::new(0), AtomicU8::new(0)];
     #[cold]
     #[inline(never)]
     fn read(cache: &AtomicU8, name: &str) -> u8 {
@@ -74,8 +93,8 @@ fn env_override(slot: usize, name: &str) -> Option<bool> {
         cache.store(v, Ordering::Relaxed);
         v
     }
-    let v = match CACHE[slot].load(Ordering::Relaxed) {
-        0 => read(&CACHE[slot], name),
+    let v = match OVERRIDES[slot].load(Ordering::Relaxed) {
+        0 => read(&OVERRIDES[slot], name),
         v => v,
     };
     match v {
