@@ -941,6 +941,16 @@ fn run_failures_are_reported() {
 
 // 8. Pinned memory and signals.
 
+/// RLIMIT_MEMLOCK changed with setrlimit and prlimit by a program without
+/// CAP_IPC_LOCK holds from the next map on (tests/c/memlock.c, which passes
+/// on the 7.3 oracle): the engine caches the limit, and the shim's hooks of
+/// both calls must drop the cache.
+#[test]
+fn memlock_limit_changes_hold_from_the_next_map() {
+    let exe = c_program!("memlock");
+    run(uiommufd_run(&[], &[&exe])).assert_c_passed();
+}
+
 /// Pages pinned by an IOMMU domain outlive munmap, MADV_DONTNEED and
 /// mremap of the program's mapping, keeping their contents for the device;
 /// the program's own SIGSEGV handler still gets the program's faults while

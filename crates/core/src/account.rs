@@ -32,9 +32,10 @@ pub fn locked_pages() -> (u64, u64) {
     (USER_LOCKED.load(Ordering::Relaxed), PROCESS_LOCKED.load(Ordering::Relaxed))
 }
 
-/// `RLIMIT_MEMLOCK` in pages.
-fn limit_pages() -> u64 {
-    match uiommufd_memory::sys::memlock_limit() {
+/// `RLIMIT_MEMLOCK` in pages (`fresh`: read now, not the cached value).
+fn limit_pages(fresh: bool) -> u64 {
+    let limit = if fresh { uiommufd_memory::sys::memlock_limit_fresh() } else { uiommufd_memory::sys::memlock_limit() };
+    match limit {
         None => u64::MAX,
         Some(bytes) => bytes / uiommufd_memory::page_size() as u64,
     }
@@ -93,12 +94,19 @@ impl Account {
 
     #[inline]
     fn charge_counter(c: &AtomicU64, npages: u64) -> Result<()> {
-        let limit = limit_pages();
+        let mut limit = limit_pages(false);
+        let mut fresh = false;
         let mut cur = c.load(Ordering::Relaxed);
         loop {
             let new = cur.checked_add(npages).ok_or(enomem("locked page count overflows"))?;
             if new > limit {
-                return Err(enomem("RLIMIT_MEMLOCK exceeded"));
+                // The cached limit may be older than a raise: refuse only
+                // on the limit as it is now.
+                if fresh {
+                    return Err(enomem("RLIMIT_MEMLOCK exceeded"));
+                }
+                (limit, fresh) = (limit_pages(true), true);
+                continue;
             }
             match c.compare_exchange_weak(cur, new, Ordering::AcqRel, Ordering::Relaxed) {
                 Ok(_) => return Ok(()),

@@ -367,6 +367,8 @@ fn set_memlock(pages: u64) {
         rl.rlim_cur = if pages == u64::MAX { rl.rlim_max } else { (pages * ps()).min(rl.rlim_max) };
         assert_eq!(libc::setrlimit(libc::RLIMIT_MEMLOCK, &rl), 0);
     }
+    // The engine caches the limit; a library user changing it says so.
+    uiommufd_memory::sys::limits_changed();
 }
 
 #[test]
@@ -467,4 +469,51 @@ fn hugetlbfs_memfd() {
         }
     }
     assert_eq!(frames::total_pins(), baseline);
+}
+
+/// Set `RLIMIT_MEMLOCK`'s soft limit behind the engine's back (no
+/// `limits_changed`), as a raw system call or another process would.
+fn set_memlock_unannounced(pages: u64) {
+    let mut rl = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit on our own limits.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut rl), 0);
+        rl.rlim_cur = if pages == u64::MAX { rl.rlim_max } else { (pages * ps()).min(rl.rlim_max) };
+        assert_eq!(libc::setrlimit(libc::RLIMIT_MEMLOCK, &rl), 0);
+    }
+}
+
+/// The engine caches `RLIMIT_MEMLOCK` (a `getrlimit` per charged map was
+/// most of its time): an announced change is seen at once, a raise is seen
+/// at once even unannounced (a charge is refused only on the limit as it
+/// is now), and an unannounced lowering within a bounded number of charges.
+#[test]
+fn memlock_limit_cache_sees_changes() {
+    let _g = serial();
+    let acc = uiommufd_core::account::Account::new(AccountMode::Process);
+    let base = locked_pages().1;
+    // Announced lowering: refused at once.
+    set_memlock(base);
+    assert_eq!(acc.charge(1).map_err(|e| e.errno), Err(Errno::ENOMEM));
+    // Unannounced raise: seen by the charge that the cache would refuse.
+    set_memlock_unannounced(base + 1);
+    acc.charge(1).expect("a raised limit is honoured at once");
+    acc.credit(1);
+    // Unannounced lowering: seen within the recheck bound.
+    set_memlock_unannounced(base);
+    let refused = (0..1000).position(|_| match acc.charge(1) {
+        Ok(()) => {
+            acc.credit(1);
+            false
+        }
+        Err(e) => {
+            assert_eq!(e.errno, Errno::ENOMEM);
+            true
+        }
+    });
+    assert!(refused.is_some_and(|n| n <= 256), "a lowered limit is seen within 256 charges: {refused:?}");
+    set_memlock(u64::MAX);
+    acc.charge(1).expect("unlimited again");
+    acc.credit(1);
+    assert_eq!(locked_pages().1, base);
 }

@@ -418,14 +418,71 @@ pub mod internal {
     }
 }
 
-/// `RLIMIT_MEMLOCK`'s soft limit in bytes (`None`: unlimited).
-pub fn memlock_limit() -> Option<u64> {
+/// `RLIMIT_MEMLOCK`'s soft limit in bytes (`None`: unlimited), read now
+/// (`getrlimit`).
+pub fn memlock_limit_fresh() -> Option<u64> {
     let mut rl = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: getrlimit writes one rlimit into `rl`.
     if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut rl) } != 0 || rl.rlim_cur == libc::RLIM_INFINITY {
         return None;
     }
     Some(rl.rlim_cur)
+}
+
+/// [`memlock_limit`]'s cache: the limit (`u64::MAX`: unlimited) and the
+/// [`LIMITS_GENERATION`] it was read in (`u64::MAX`: never read).
+static MEMLOCK_CACHE: [AtomicU64; 2] = [AtomicU64::new(0), AtomicU64::new(u64::MAX)];
+static LIMITS_GENERATION: AtomicU64 = AtomicU64::new(0);
+
+/// A thread reads the limit afresh at least every this many charges.
+const MEMLOCK_RECHECK: u32 = 256;
+
+/// Forget the cached resource limits ([`memlock_limit`]): the process may
+/// have changed them. The shim calls this after each `setrlimit` and
+/// `prlimit`; library users who change `RLIMIT_MEMLOCK` themselves call it.
+pub fn limits_changed() {
+    LIMITS_GENERATION.fetch_add(1, Ordering::AcqRel);
+}
+
+/// `RLIMIT_MEMLOCK`'s soft limit in bytes (`None`: unlimited), as a charge
+/// sees it. The kernel reads the limit from the task at every charge (a
+/// memory read); a `getrlimit` on every map would be most of a charged
+/// map's time, so the limit is cached: read again after
+/// [`limits_changed`], and by each thread at least every
+/// [`MEMLOCK_RECHECK`] charges, which bounds how long a change made
+/// behind the shim's back (a raw `prlimit64` system call, or another
+/// process's `prlimit` on this one) goes unseen. A charge that the cached
+/// limit would refuse asks [`memlock_limit_fresh`] before refusing, so a
+/// raised limit is always seen.
+#[inline]
+pub fn memlock_limit() -> Option<u64> {
+    thread_local! {
+        static UNTIL_RECHECK: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+    }
+    #[cold]
+    #[inline(never)]
+    fn refresh(gen: u64) -> Option<u64> {
+        let v = memlock_limit_fresh();
+        MEMLOCK_CACHE[0].store(v.unwrap_or(u64::MAX), Ordering::Relaxed);
+        MEMLOCK_CACHE[1].store(gen, Ordering::Release);
+        let _ = UNTIL_RECHECK.try_with(|c| c.set(MEMLOCK_RECHECK));
+        v
+    }
+    let gen = LIMITS_GENERATION.load(Ordering::Acquire);
+    let due = UNTIL_RECHECK
+        .try_with(|c| {
+            let n = c.get();
+            c.set(n.saturating_sub(1));
+            n == 0
+        })
+        .unwrap_or(true);
+    if due || MEMLOCK_CACHE[1].load(Ordering::Acquire) != gen {
+        return refresh(gen);
+    }
+    match MEMLOCK_CACHE[0].load(Ordering::Relaxed) {
+        u64::MAX => None,
+        v => Some(v),
+    }
 }
 
 /// The real user ID (`getuid(2)`), whose user the kernel charges pinned

@@ -87,6 +87,10 @@ real_fns! {
     SETEUID: "seteuid" => fn seteuid(uid: libc::uid_t) -> c_int;
     SETREUID: "setreuid" => fn setreuid(ruid: libc::uid_t, euid: libc::uid_t) -> c_int;
     SETRESUID: "setresuid" => fn setresuid(ruid: libc::uid_t, euid: libc::uid_t, suid: libc::uid_t) -> c_int;
+    SETRLIMIT: "setrlimit" => fn setrlimit(resource: c_int, rl: *const libc::rlimit) -> c_int;
+    SETRLIMIT64: "setrlimit64" => fn setrlimit64(resource: c_int, rl: *const libc::rlimit64) -> c_int;
+    PRLIMIT: "prlimit" => fn prlimit(pid: libc::pid_t, resource: c_int, new: *const libc::rlimit, old: *mut libc::rlimit) -> c_int;
+    PRLIMIT64: "prlimit64" => fn prlimit64(pid: libc::pid_t, resource: c_int, new: *const libc::rlimit64, old: *mut libc::rlimit64) -> c_int;
     WRITE: "write" => fn write(fd: c_int, buf: *const c_void, count: usize) -> isize;
     PREAD: "pread" => fn pread(fd: c_int, buf: *mut c_void, count: usize, off: libc::off_t) -> isize;
     PREAD64: "pread64" => fn pread64(fd: c_int, buf: *mut c_void, count: usize, off: libc::off64_t) -> isize;

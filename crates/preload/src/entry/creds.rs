@@ -1,4 +1,4 @@
-//! Capability changes.
+//! Capability, user and resource-limit changes.
 
 use libc::{c_int, c_void};
 
@@ -55,5 +55,65 @@ pub unsafe extern "C" fn setresuid(ruid: libc::uid_t, euid: libc::uid_t, suid: l
     // SAFETY: forwarded per setresuid(2).
     let rc = unsafe { real::setresuid(ruid, euid, suid) };
     uiommufd_memory::sys::capabilities_changed();
+    rc
+}
+
+// Resource-limit changes: the engine caches RLIMIT_MEMLOCK (every charged
+// map reads it, as the kernel's accounting does from the task); a change
+// of this process's limits drops the cache. (Another process's `prlimit`
+// on this one, or a raw system call, is seen within a bounded number of
+// charges: `uiommufd_memory::sys::memlock_limit`.)
+
+/// # Safety
+/// C `setrlimit(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn setrlimit(resource: c_int, rl: *const libc::rlimit) -> c_int {
+    // SAFETY: forwarded per setrlimit(2).
+    let rc = unsafe { real::setrlimit(resource, rl) };
+    uiommufd_memory::sys::limits_changed();
+    rc
+}
+
+/// # Safety
+/// C `setrlimit64(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn setrlimit64(resource: c_int, rl: *const libc::rlimit64) -> c_int {
+    // SAFETY: forwarded per setrlimit(2).
+    let rc = unsafe { real::setrlimit64(resource, rl) };
+    uiommufd_memory::sys::limits_changed();
+    rc
+}
+
+/// # Safety
+/// C `prlimit(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn prlimit(
+    pid: libc::pid_t,
+    resource: c_int,
+    new: *const libc::rlimit,
+    old: *mut libc::rlimit,
+) -> c_int {
+    // SAFETY: forwarded per prlimit(2).
+    let rc = unsafe { real::prlimit(pid, resource, new, old) };
+    if !new.is_null() {
+        uiommufd_memory::sys::limits_changed();
+    }
+    rc
+}
+
+/// # Safety
+/// C `prlimit64(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn prlimit64(
+    pid: libc::pid_t,
+    resource: c_int,
+    new: *const libc::rlimit64,
+    old: *mut libc::rlimit64,
+) -> c_int {
+    // SAFETY: forwarded per prlimit(2).
+    let rc = unsafe { real::prlimit64(pid, resource, new, old) };
+    if !new.is_null() {
+        uiommufd_memory::sys::limits_changed();
+    }
     rc
 }
