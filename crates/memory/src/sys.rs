@@ -449,7 +449,7 @@ pub fn limits_changed() {
 /// memory read); a `getrlimit` on every map would be most of a charged
 /// map's time, so the limit is cached: read again after
 /// [`limits_changed`], and by each thread at least every
-/// [`MEMLOCK_RECHECK`] charges, which bounds how long a change made
+/// 256 charges, which bounds how long a change made
 /// behind the shim's back (a raw `prlimit64` system call, or another
 /// process's `prlimit` on this one) goes unseen. A charge that the cached
 /// limit would refuse asks [`memlock_limit_fresh`] before refusing, so a
