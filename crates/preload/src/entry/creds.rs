@@ -62,7 +62,10 @@ pub unsafe extern "C" fn setresuid(ruid: libc::uid_t, euid: libc::uid_t, suid: l
 // map reads it, as the kernel's accounting does from the task); a change
 // of this process's limits drops the cache. (Another process's `prlimit`
 // on this one, or a raw system call, is seen within a bounded number of
-// charges: `uiommufd_memory::sys::memlock_limit`.)
+// charges: `uiommufd_memory::sys::memlock_limit`.) Only RLIMIT_MEMLOCK is
+// looked at, and before anything else: sanitizer runtimes call setrlimit
+// for other limits while they start, before their shadow memory exists,
+// when no instrumented code of ours may run.
 
 /// # Safety
 /// C `setrlimit(2)`.
@@ -70,7 +73,7 @@ pub unsafe extern "C" fn setresuid(ruid: libc::uid_t, euid: libc::uid_t, suid: l
 pub unsafe extern "C" fn setrlimit(resource: c_int, rl: *const libc::rlimit) -> c_int {
     // SAFETY: forwarded per setrlimit(2).
     let rc = unsafe { real::setrlimit(resource, rl) };
-    uiommufd_memory::sys::limits_changed();
+    memlock_changed(resource, true);
     rc
 }
 
@@ -80,7 +83,7 @@ pub unsafe extern "C" fn setrlimit(resource: c_int, rl: *const libc::rlimit) -> 
 pub unsafe extern "C" fn setrlimit64(resource: c_int, rl: *const libc::rlimit64) -> c_int {
     // SAFETY: forwarded per setrlimit(2).
     let rc = unsafe { real::setrlimit64(resource, rl) };
-    uiommufd_memory::sys::limits_changed();
+    memlock_changed(resource, true);
     rc
 }
 
@@ -95,9 +98,7 @@ pub unsafe extern "C" fn prlimit(
 ) -> c_int {
     // SAFETY: forwarded per prlimit(2).
     let rc = unsafe { real::prlimit(pid, resource, new, old) };
-    if !new.is_null() {
-        uiommufd_memory::sys::limits_changed();
-    }
+    memlock_changed(resource, !new.is_null());
     rc
 }
 
@@ -112,8 +113,15 @@ pub unsafe extern "C" fn prlimit64(
 ) -> c_int {
     // SAFETY: forwarded per prlimit(2).
     let rc = unsafe { real::prlimit64(pid, resource, new, old) };
-    if !new.is_null() {
+    memlock_changed(resource, !new.is_null());
+    rc
+}
+
+/// A call that may have set `resource` (`set`) ran: drop the engine's
+/// cached `RLIMIT_MEMLOCK` when it was that limit.
+#[inline(always)]
+fn memlock_changed(resource: c_int, set: bool) {
+    if set && resource == libc::RLIMIT_MEMLOCK as c_int {
         uiommufd_memory::sys::limits_changed();
     }
-    rc
 }
