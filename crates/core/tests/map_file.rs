@@ -358,16 +358,10 @@ fn change_process_takes_only_file_mappings() {
     drop(buf);
 }
 
-/// Set `RLIMIT_MEMLOCK`'s soft limit to `pages` pages.
+/// Set `RLIMIT_MEMLOCK`'s soft limit to `pages` pages, as a library user
+/// does: telling the engine, which caches the limit.
 fn set_memlock(pages: u64) {
-    let mut rl = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: getrlimit/setrlimit on our own limits.
-    unsafe {
-        assert_eq!(libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut rl), 0);
-        rl.rlim_cur = if pages == u64::MAX { rl.rlim_max } else { (pages * ps()).min(rl.rlim_max) };
-        assert_eq!(libc::setrlimit(libc::RLIMIT_MEMLOCK, &rl), 0);
-    }
-    // The engine caches the limit; a library user changing it says so.
+    set_memlock_unannounced(pages);
     uiommufd_memory::sys::limits_changed();
 }
 
