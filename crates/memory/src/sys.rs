@@ -429,31 +429,38 @@ pub fn memlock_limit_fresh() -> Option<u64> {
     Some(rl.rlim_cur)
 }
 
-/// [`memlock_limit`]'s cache: the limit (`u64::MAX`: unlimited) and the
-/// [`LIMITS_GENERATION`] it was read in (`u64::MAX`: never read).
-static MEMLOCK_CACHE: [AtomicU64; 2] = [AtomicU64::new(0), AtomicU64::new(u64::MAX)];
+/// [`memlock_limit`]'s cache in one word, so that a limit and the
+/// [`LIMITS_GENERATION`] it was read in are always read and replaced
+/// together: the generation's low 16 bits above the limit in 4 KiB units
+/// (48 bits: 1 EiB; [`MEMLOCK_UNLIMITED`] for none). Unset at first: a
+/// thread's first read is always a fresh one (its recheck count starts
+/// due).
+static MEMLOCK_CACHE: AtomicU64 = AtomicU64::new(u64::MAX);
 static LIMITS_GENERATION: AtomicU64 = AtomicU64::new(0);
+const MEMLOCK_UNLIMITED: u64 = (1 << 48) - 1;
 
 /// A thread reads the limit afresh at least every this many charges.
 const MEMLOCK_RECHECK: u32 = 256;
 
 /// Forget the cached resource limits ([`memlock_limit`]): the process may
 /// have changed them. The shim calls this after each `setrlimit` and
-/// `prlimit`; library users who change `RLIMIT_MEMLOCK` themselves call it.
+/// `prlimit` of `RLIMIT_MEMLOCK`; library users who change that limit
+/// themselves call it.
 pub fn limits_changed() {
     LIMITS_GENERATION.fetch_add(1, Ordering::AcqRel);
 }
 
 /// `RLIMIT_MEMLOCK`'s soft limit in bytes (`None`: unlimited), as a charge
-/// sees it. The kernel reads the limit from the task at every charge (a
+/// sees it, rounded down to 4 KiB (a whole number of pages on every page
+/// size). The kernel reads the limit from the task at every charge (a
 /// memory read); a `getrlimit` on every map would be most of a charged
 /// map's time, so the limit is cached: read again after
-/// [`limits_changed`], and by each thread at least every
-/// 256 charges, which bounds how long a change made
-/// behind the shim's back (a raw `prlimit64` system call, or another
-/// process's `prlimit` on this one) goes unseen. A charge that the cached
-/// limit would refuse asks [`memlock_limit_fresh`] before refusing, so a
-/// raised limit is always seen.
+/// [`limits_changed`], and by each thread at least every 256 charges,
+/// which bounds how long a change made behind the shim's back (a raw
+/// `prlimit64` system call, or another process's `prlimit` on this one)
+/// goes unseen. A charge that the cached limit would refuse asks
+/// [`memlock_limit_fresh`] before refusing, so a raised limit is always
+/// seen.
 #[inline]
 pub fn memlock_limit() -> Option<u64> {
     thread_local! {
@@ -463,12 +470,12 @@ pub fn memlock_limit() -> Option<u64> {
     #[inline(never)]
     fn refresh(gen: u64) -> Option<u64> {
         let v = memlock_limit_fresh();
-        MEMLOCK_CACHE[0].store(v.unwrap_or(u64::MAX), Ordering::Relaxed);
-        MEMLOCK_CACHE[1].store(gen, Ordering::Release);
+        let units = v.map_or(MEMLOCK_UNLIMITED, |b| (b >> 12).min(MEMLOCK_UNLIMITED));
+        MEMLOCK_CACHE.store(gen << 48 | units, Ordering::Release);
         let _ = UNTIL_RECHECK.try_with(|c| c.set(MEMLOCK_RECHECK));
-        v
+        v.map(|b| b & !0xfff)
     }
-    let gen = LIMITS_GENERATION.load(Ordering::Acquire);
+    let gen = LIMITS_GENERATION.load(Ordering::Acquire) & 0xffff;
     let due = UNTIL_RECHECK
         .try_with(|c| {
             let n = c.get();
@@ -476,12 +483,13 @@ pub fn memlock_limit() -> Option<u64> {
             n == 0
         })
         .unwrap_or(true);
-    if due || MEMLOCK_CACHE[1].load(Ordering::Acquire) != gen {
+    let cached = MEMLOCK_CACHE.load(Ordering::Acquire);
+    if due || cached >> 48 != gen {
         return refresh(gen);
     }
-    match MEMLOCK_CACHE[0].load(Ordering::Relaxed) {
-        u64::MAX => None,
-        v => Some(v),
+    match cached & MEMLOCK_UNLIMITED {
+        MEMLOCK_UNLIMITED => None,
+        units => Some(units << 12),
     }
 }
 
