@@ -125,9 +125,16 @@ impl Area {
     /// Page index range `[first, last]` of `pages` the area covers.
     #[inline(always)]
     fn index_range(&self, iova: u64) -> (u64, u64) {
-        let shift = crate::pages::page_shift();
-        (self.start_byte >> shift, (self.start_byte + self.len(iova) - 1) >> shift)
+        page_indexes(self.start_byte, self.len(iova))
     }
+}
+
+/// The first and last page index of `len` bytes from byte `start_byte` of
+/// a `Pages`.
+#[inline(always)]
+fn page_indexes(start_byte: u64, len: u64) -> (u64, u64) {
+    let shift = crate::pages::page_shift();
+    (start_byte >> shift, (start_byte + len - 1) >> shift)
 }
 
 /// An attached domain.
@@ -698,7 +705,7 @@ impl IoPagetable {
         }
         let users = st.domains.len() as u32;
         let shift = crate::pages::page_shift();
-        let (first, last) = (start_byte >> shift, (start_byte + length - 1) >> shift);
+        let (first, last) = page_indexes(start_byte, length);
         let max_pgsize = Self::max_pgsize(st);
         let (e, j) = 'failed: {
             match p.pin_fresh_exclusive(first, last, users)? {
@@ -1011,8 +1018,7 @@ impl IoPagetable {
         // Out of every domain, devices' translation caches invalidated
         // once, then unpinned.
         hw::unmap_each(st.domains.iter().map(|d| d.domain.as_ref()), start, len, 0);
-        let shift = crate::pages::page_shift();
-        let (first, last_index) = (area.start_byte >> shift, (area.start_byte + len - 1) >> shift);
+        let (first, last_index) = page_indexes(area.start_byte, len);
         let users = st.domains.len() as u32;
         match unique_pages(&mut pages) {
             // Only this area held them: no lock needed for the pin records,
