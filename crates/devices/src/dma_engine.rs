@@ -9,8 +9,9 @@
 //!   decoded copy of the bits the DMA path reads per request (`ctl`:
 //!   Bus Master Enable, Enable No Snoop, PASID and Privileged Mode Enable,
 //!   MSI-X Enable and Function Mask), refreshed after every config write;
-//! - the ring's consumer state (`ring::Ring`) behind the ring lock, the
-//!   DMA port, and the MSI-X triggers.
+//! - the ring's consumer state (`ring::Ring`, and the DMA port it last
+//!   used: `ring::Consumer`) behind the ring lock, the DMA port, and the
+//!   MSI-X triggers.
 //!
 //! Who runs the ring: one consumer at a time, whoever holds the ring lock.
 //! A worker thread is started lazily, on the first `region_write` to BAR0
@@ -148,6 +149,26 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// The register memory (BAR0, then BAR2's MSI-X structures at
+/// [`regs::MSIX_MEM`]) as the 64-bit words every access goes through.
+/// Indexed with the `regs` constants, a register costs one load or store:
+/// no bounds check or panic path per access, as `SharedMapping`'s
+/// accessors take for offsets they cannot know (one per view instead).
+pub(crate) type RegFile = [AtomicU64; (regs::MEM_SIZE / 8) as usize];
+
+/// The word holding register `offset` (8-aligned for 64-bit registers;
+/// a 32-bit register is one half of its word).
+#[inline(always)]
+pub(crate) fn reg(r: &RegFile, offset: u64) -> &AtomicU64 {
+    &r[(offset / 8) as usize]
+}
+
+/// Load the 32-bit register at `offset` (4-aligned).
+#[inline(always)]
+pub(crate) fn load32(r: &RegFile, offset: u64) -> u32 {
+    (reg(r, offset).load(Ordering::Acquire) >> ((offset % 8) * 8)) as u32
+}
+
 /// What the worker thread and the device share.
 pub(crate) struct Inner {
     name: String,
@@ -164,7 +185,7 @@ pub(crate) struct Inner {
     irqs: IrqLines,
     /// An MSI-X message was held back by Function Mask (PBA bit 0).
     msix_pending: AtomicBool,
-    ring: Mutex<ring::Ring>,
+    ring: Mutex<ring::Consumer>,
     /// Resets in progress: consumers stop at the next boundary.
     pub(crate) aborting: AtomicUsize,
     /// A `region_write` happened since the worker last looked.
@@ -188,8 +209,14 @@ impl Inner {
         lock(&self.port).clone()
     }
 
-    fn lock_ring(&self) -> MutexGuard<'_, ring::Ring> {
+    fn lock_ring(&self) -> MutexGuard<'_, ring::Consumer> {
         lock(&self.ring)
+    }
+
+    /// The registers as words (see [`RegFile`]).
+    #[inline]
+    pub(crate) fn reg_file(&self) -> &RegFile {
+        self.regs.mapping().words().first_chunk().expect("the register memory is MEM_SIZE bytes")
     }
 
     /// [`Inner::service`], with a panic in the device model (a bug of
@@ -300,8 +327,8 @@ impl Inner {
 
     /// The registers whose change means work: `CTRL` and `TAIL`.
     fn watch(&self) -> (u64, u64) {
-        let m = self.regs.mapping();
-        (m.load_u64(regs::REG_CTRL as usize), m.load_u64(regs::REG_TAIL as usize))
+        let r = self.reg_file();
+        (reg(r, regs::REG_CTRL).load(Ordering::Acquire), reg(r, regs::REG_TAIL).load(Ordering::Acquire))
     }
 
     /// Sleep until kicked, stopped, or `timeout` (forever if `None`).
@@ -397,7 +424,7 @@ impl DmaEngine {
             port_gen: AtomicU64::new(0),
             irqs: IrqLines::new(counts),
             msix_pending: AtomicBool::new(false),
-            ring: Mutex::new(ring::Ring::default()),
+            ring: Mutex::new(ring::Consumer::default()),
             aborting: AtomicUsize::new(0),
             kicked: AtomicBool::new(false),
             worker_up: AtomicBool::new(false),
@@ -450,17 +477,17 @@ impl DmaEngine {
 
     /// The ring registers as a driver would read them now.
     pub fn ring_state(&self) -> RingState {
-        let m = self.inner.regs.mapping();
-        let err = m.load_u64(regs::REG_ERR_CODE as usize);
+        let r = self.inner.reg_file();
+        let err = reg(r, regs::REG_ERR_CODE).load(Ordering::Acquire);
         RingState {
-            status: m.load_u32(regs::REG_STATUS as usize),
-            head: m.load_u32(regs::REG_HEAD as usize),
-            tail: m.load_u32(regs::REG_TAIL as usize),
-            completed: m.load_u64(regs::REG_COMPLETED as usize),
-            errors: m.load_u64(regs::REG_ERRORS as usize),
+            status: load32(r, regs::REG_STATUS),
+            head: load32(r, regs::REG_HEAD),
+            tail: load32(r, regs::REG_TAIL),
+            completed: reg(r, regs::REG_COMPLETED).load(Ordering::Acquire),
+            errors: reg(r, regs::REG_ERRORS).load(Ordering::Acquire),
             err_code: err as u32,
             err_index: (err >> 32) as u32,
-            err_iova: m.load_u64(regs::REG_ERR_IOVA as usize),
+            err_iova: reg(r, regs::REG_ERR_IOVA).load(Ordering::Acquire),
         }
     }
 

@@ -105,6 +105,19 @@ impl SharedMapping {
         unsafe { AtomicU64::from_ptr(self.addr.as_ptr().add(index * 8).cast::<u64>()) }
     }
 
+    /// The whole mapping as its words (word `i` holds bytes `8 * i ..
+    /// 8 * i + 8`): for a caller that indexes registers by constants, so
+    /// that the bounds check is one per view rather than one per access.
+    #[inline]
+    pub fn words(&self) -> &[AtomicU64] {
+        // SAFETY: `len` is a multiple of 8 and the base is page aligned,
+        // so the slice covers exactly the mapping, in aligned words; it
+        // lives as long as `&self`; and every access this process makes
+        // is through an `AtomicU64` of a whole word (module comment), which
+        // is all a `&[AtomicU64]` allows.
+        unsafe { std::slice::from_raw_parts(self.addr.as_ptr().cast::<AtomicU64>(), self.len / 8) }
+    }
+
     /// Load the 8-byte word at `offset` (8-aligned).
     #[inline]
     pub fn load_u64(&self, offset: usize) -> u64 {

@@ -202,7 +202,7 @@ impl DeviceMigration for DmaEngine {
         {
             let mut ring = self.inner.lock_ring();
             let scratch = std::mem::take(&mut ring.scratch);
-            *ring = Ring {
+            **ring = Ring {
                 enabled: image.enabled,
                 halted: image.halted,
                 halt_code: image.halt_code,

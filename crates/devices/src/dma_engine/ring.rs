@@ -26,13 +26,14 @@
 //! is enabled; a descriptor's ranges are checked as `addr + (len - 1)`
 //! with `checked_add` before any request, so no request wraps.
 
+use std::ops::{Deref, DerefMut};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use uiommufd_hw::dma::{DmaAttrs, DmaError, DmaPort};
 
 use super::regs::{self, flags, halt, opcode, status, Descriptor};
-use super::{Inner, CTL_BUS_MASTER, CTL_NO_SNOOP, CTL_PASID, CTL_PRIV};
+use super::{load32, reg, Inner, CTL_BUS_MASTER, CTL_NO_SNOOP, CTL_PASID, CTL_PRIV};
 
 /// Bytes per FILL write request.
 const FILL_CHUNK: usize = 64 * 1024;
@@ -60,8 +61,6 @@ pub(crate) struct Ring {
     pub(super) resume: Option<(u32, u64)>,
     /// Reused data buffer for FILL and COMPARE.
     pub(super) scratch: Vec<u8>,
-    /// The port the last descriptor used, with `Inner::port_gen` then.
-    pub(super) port: Option<CachedPort>,
     /// `TAIL` as read by the publish that ended the last descriptor, taken
     /// by the next look at the registers: when `TAIL` is still the same
     /// there, the registers already say all there is (no second publish
@@ -69,8 +68,31 @@ pub(crate) struct Ring {
     pub(super) fresh: Option<u32>,
 }
 
+/// What the ring lock guards: the ring, and the DMA port the last
+/// descriptor used (beside the ring, so that a descriptor borrows both at
+/// once without moving the port out and back).
+#[derive(Debug, Default)]
+pub(crate) struct Consumer {
+    ring: Ring,
+    /// With `Inner::port_gen` when it was taken.
+    port: Option<CachedPort>,
+}
+
+impl Deref for Consumer {
+    type Target = Ring;
+    fn deref(&self) -> &Ring {
+        &self.ring
+    }
+}
+
+impl DerefMut for Consumer {
+    fn deref_mut(&mut self) -> &mut Ring {
+        &mut self.ring
+    }
+}
+
 /// A DMA port held by the ring between descriptors.
-pub(super) struct CachedPort {
+struct CachedPort {
     gen: u64,
     port: Arc<dyn DmaPort>,
 }
@@ -180,8 +202,8 @@ impl Inner {
     /// Mirror the ring state into STATUS, HEAD and the counters; returns
     /// the `TAIL` it computed `BUSY` from.
     pub(super) fn publish(&self, ring: &Ring) -> u32 {
-        let m = self.regs.mapping();
-        let tail = m.load_u32(regs::REG_TAIL as usize);
+        let r = self.reg_file();
+        let tail = load32(r, regs::REG_TAIL);
         let mut st = 0;
         if ring.enabled {
             st |= regs::STATUS_ENABLED;
@@ -195,21 +217,22 @@ impl Inner {
         if ring.error_seen {
             st |= regs::STATUS_ERROR;
         }
-        m.store_u64(regs::REG_COMPLETED as usize, ring.completed);
-        m.store_u64(regs::REG_ERRORS as usize, ring.errors);
-        m.store_u64(regs::REG_STATUS as usize, u64::from(st));
-        m.store_u64(regs::REG_HEAD as usize, u64::from(ring.head));
+        reg(r, regs::REG_COMPLETED).store(ring.completed, Ordering::Release);
+        reg(r, regs::REG_ERRORS).store(ring.errors, Ordering::Release);
+        reg(r, regs::REG_STATUS).store(u64::from(st), Ordering::Release);
+        reg(r, regs::REG_HEAD).store(u64::from(ring.head), Ordering::Release);
         tail
     }
 
     fn record_error(&self, code: u32, iova: u64, index: u32) {
-        let m = self.regs.mapping();
-        m.store_u64(regs::REG_ERR_IOVA as usize, iova);
-        m.store_u64(regs::REG_ERR_CODE as usize, u64::from(code) | u64::from(index) << 32);
+        let r = self.reg_file();
+        reg(r, regs::REG_ERR_IOVA).store(iova, Ordering::Release);
+        reg(r, regs::REG_ERR_CODE).store(u64::from(code) | u64::from(index) << 32, Ordering::Release);
     }
 
     /// Stop the ring with `code`; `ERR_*` record it (a `DESC_ERROR` halt
     /// keeps the descriptor's own error there).
+    #[cold]
     fn halt(&self, ring: &mut Ring, code: u8, iova: u64) {
         ring.halted = true;
         ring.halt_code = code;
@@ -217,7 +240,7 @@ impl Inner {
             self.record_error(u32::from(code), iova, ring.head);
         }
         self.publish(ring);
-        if self.regs.mapping().load_u32(regs::REG_CTRL as usize) & regs::CTRL_HALT_IRQ != 0 {
+        if load32(self.reg_file(), regs::REG_CTRL) & regs::CTRL_HALT_IRQ != 0 {
             self.raise_msix();
         }
     }
@@ -229,6 +252,7 @@ impl Inner {
         self.halt(ring, halt::INTERNAL, 0);
     }
 
+    #[cold]
     fn halt_on(&self, ring: &mut Ring, f: Fault, code: u8) -> Step {
         match f {
             Fault::BusMaster => self.halt(ring, halt::BUS_MASTER, 0),
@@ -237,6 +261,7 @@ impl Inner {
         Step::Stop
     }
 
+    #[inline]
     fn should_stop(&self, stop: &AtomicBool) -> bool {
         stop.load(Ordering::Acquire)
             || self.aborting.load(Ordering::Acquire) != 0
@@ -246,21 +271,22 @@ impl Inner {
     /// Act on the registers until there is nothing to do: ring reset,
     /// disable, enable, then consume descriptors until HEAD == TAIL, a
     /// halt, a disable, or `stop` / a reset in progress.
-    pub(crate) fn service(&self, ring: &mut Ring, stop: &AtomicBool) {
-        let m = self.regs.mapping();
+    pub(crate) fn service(&self, c: &mut Consumer, stop: &AtomicBool) {
+        let r = self.reg_file();
         loop {
+            let ring = &mut c.ring;
             let fresh = ring.fresh.take();
             if self.should_stop(stop) {
                 self.publish(ring);
                 return;
             }
-            let ctrl = m.load_u32(regs::REG_CTRL as usize);
+            let ctrl = load32(r, regs::REG_CTRL);
             if ctrl & regs::CTRL_RESET != 0 {
                 ring.reset();
-                m.store_u64(regs::REG_TAIL as usize, 0);
-                m.store_u64(regs::REG_ERR_IOVA as usize, 0);
-                m.store_u64(regs::REG_ERR_CODE as usize, 0);
-                m.update_u64(regs::REG_CTRL as usize, |w| w & !u64::from(regs::CTRL_RESET | regs::CTRL_ENABLE));
+                reg(r, regs::REG_TAIL).store(0, Ordering::Release);
+                reg(r, regs::REG_ERR_IOVA).store(0, Ordering::Release);
+                reg(r, regs::REG_ERR_CODE).store(0, Ordering::Release);
+                reg(r, regs::REG_CTRL).fetch_and(!u64::from(regs::CTRL_RESET | regs::CTRL_ENABLE), Ordering::AcqRel);
                 self.publish(ring);
                 continue;
             }
@@ -276,24 +302,10 @@ impl Inner {
             if ring.halted {
                 return;
             }
-            if !ring.enabled {
-                ring.enabled = true;
-                let base = m.load_u64(regs::REG_RING_BASE as usize);
-                let size = m.load_u32(regs::REG_RING_SIZE as usize);
-                let ok = size.is_power_of_two()
-                    && (2..=regs::MAX_RING_SIZE).contains(&size)
-                    && base.is_multiple_of(regs::DESC_SIZE)
-                    && base.checked_add((u64::from(size) - 1) * regs::DESC_SIZE).is_some()
-                    && ring.head < size;
-                if !ok {
-                    self.halt(ring, halt::BAD_RING, 0);
-                    return;
-                }
-                ring.base = base;
-                ring.size = size;
-                self.publish(ring);
+            if !ring.enabled && !self.enable(ring) {
+                return;
             }
-            let tail = m.load_u32(regs::REG_TAIL as usize);
+            let tail = load32(r, regs::REG_TAIL);
             if tail >= ring.size {
                 self.halt(ring, halt::BAD_TAIL, 0);
                 return;
@@ -304,25 +316,48 @@ impl Inner {
                 }
                 return;
             }
-            if let Step::Stop = self.process_one(ring, ctrl, stop) {
+            if let Step::Stop = self.process_one(c, ctrl, stop) {
                 return;
             }
         }
     }
 
-    /// Run the descriptor at HEAD, through the port the ring holds while
-    /// no `set_dma_port` replaced it.
-    fn process_one(&self, ring: &mut Ring, ctrl: u32, stop: &AtomicBool) -> Step {
-        let gen = self.port_gen.load(Ordering::Acquire);
-        let port = match ring.port.take() {
-            Some(c) if c.gen == gen => c.port,
-            _ => self.port(),
-        };
-        let step = self.process_with(&*port, ring, ctrl, stop);
-        ring.port = Some(CachedPort { gen, port });
-        step
+    /// `CTRL.ENABLE` seen: latch and check `RING_BASE` and `RING_SIZE`;
+    /// false if that halted the ring.
+    #[cold]
+    fn enable(&self, ring: &mut Ring) -> bool {
+        let r = self.reg_file();
+        ring.enabled = true;
+        let base = reg(r, regs::REG_RING_BASE).load(Ordering::Acquire);
+        let size = load32(r, regs::REG_RING_SIZE);
+        let ok = size.is_power_of_two()
+            && (2..=regs::MAX_RING_SIZE).contains(&size)
+            && base.is_multiple_of(regs::DESC_SIZE)
+            && base.checked_add((u64::from(size) - 1) * regs::DESC_SIZE).is_some()
+            && ring.head < size;
+        if !ok {
+            self.halt(ring, halt::BAD_RING, 0);
+            return false;
+        }
+        ring.base = base;
+        ring.size = size;
+        self.publish(ring);
+        true
     }
 
+    /// Run the descriptor at HEAD, through the port the ring holds while
+    /// no `set_dma_port` replaced it.
+    #[inline]
+    fn process_one(&self, c: &mut Consumer, ctrl: u32, stop: &AtomicBool) -> Step {
+        let gen = self.port_gen.load(Ordering::Acquire);
+        if c.port.as_ref().is_some_and(|p| p.gen != gen) {
+            c.port = None;
+        }
+        let cached = c.port.get_or_insert_with(|| CachedPort { gen, port: self.port() });
+        self.process_with(&*cached.port, &mut c.ring, ctrl, stop)
+    }
+
+    #[inline]
     fn process_with(&self, port: &dyn DmaPort, ring: &mut Ring, ctrl: u32, stop: &AtomicBool) -> Step {
         let bus = Bus { port, inner: self };
         let index = ring.head;
@@ -335,7 +370,7 @@ impl Inner {
             let _hold = uiommufd_memory::dma_fence::hold();
             self.fetch_run_complete(&bus, ring, index, addr, stop)
         };
-        let (d, code, result) = match done {
+        let (desc_flags, code, result) = match done {
             Ok(done) => done,
             Err(Stopped::Halt(f, code)) => return self.halt_on(ring, f, code),
             Err(Stopped::Aborted) => {
@@ -353,7 +388,7 @@ impl Inner {
             self.record_error(code, iova, index);
         }
         let tail = self.publish(ring);
-        if d.flags & flags::IRQ != 0 {
+        if desc_flags & flags::IRQ != 0 {
             self.raise_msix();
         }
         if failed && ctrl & regs::CTRL_HALT_ON_ERROR != 0 {
@@ -365,7 +400,8 @@ impl Inner {
     }
 
     /// Fetch the descriptor at `index` (at `addr`), run it and write its
-    /// completion record: the descriptor, its status and result.
+    /// completion record: the descriptor's flags, its status and result.
+    #[inline(always)]
     fn fetch_run_complete(
         &self,
         bus: &Bus<'_>,
@@ -373,15 +409,33 @@ impl Inner {
         index: u32,
         addr: u64,
         stop: &AtomicBool,
-    ) -> Result<(Descriptor, u32, u64), Stopped> {
+    ) -> Result<(u8, u32, u64), Stopped> {
         let mut raw = [0u8; regs::DESC_SIZE as usize];
         bus.read(addr, &mut raw, None, false).map_err(|f| Stopped::Halt(f, halt::DESC_FETCH_FAULT))?;
         let d = Descriptor::from_bytes(&raw);
-        let start = match ring.resume.take() {
-            Some((i, done)) if i == index => done,
-            _ => 0,
+        // A COPY without PASID, within the length limit and not wrapping,
+        // with nothing to resume: what every check of `execute` lets
+        // through to the same one request, tested at once.
+        let plain_copy = d.opcode == opcode::COPY
+            && d.flags & !flags::IRQ == 0
+            && d.len.wrapping_sub(1) < regs::MAX_XFER
+            && range_ok(d.dst, d.len)
+            && range_ok(d.src, d.len)
+            && ring.resume.is_none();
+        let (start, ran) = if plain_copy {
+            let ran = match bus.copy(d.dst, d.src, d.len, None, false) {
+                Ok(()) => Ok((status::SUCCESS, 0)),
+                Err(f) => data_fault(f),
+            };
+            (0, ran)
+        } else {
+            let start = match ring.resume.take() {
+                Some((i, done)) if i == index => done,
+                _ => 0,
+            };
+            (start, self.execute(&mut ring.scratch, bus, &d, start, stop))
         };
-        let (code, result) = match self.execute(&mut ring.scratch, bus, &d, start, stop) {
+        let (code, result) = match ran {
             Ok(c) => c,
             Err(Interrupted::BusMaster) => {
                 // Nothing of it was issued since `start`: keep that.
@@ -394,7 +448,7 @@ impl Inner {
             }
         };
         bus.complete(addr, result, code).map_err(|f| Stopped::Halt(f, halt::COMPLETION_FAULT))?;
-        Ok((d, code, result))
+        Ok((d.flags, code, result))
     }
 
     /// Validate and run one descriptor's operation from byte `start` (its
