@@ -507,21 +507,56 @@ impl DmaEngine {
 
     /// `region_write` of a 32-bit BAR0 register.
     pub fn write_reg32(&self, offset: u64, value: u32) -> Result<(), Errno> {
-        self.bar0_write(offset, &value.to_le_bytes())
+        self.bar0_store(offset, u64::from(value), 4)
     }
 
     /// `region_write` of a 64-bit BAR0 register.
     pub fn write_reg64(&self, offset: u64, value: u64) -> Result<(), Errno> {
-        self.bar0_write(offset, &value.to_le_bytes())
+        self.bar0_store(offset, value, 8)
     }
 
-    /// `region_write` to BAR0: the registers' writable bits, and a
+    /// `region_write` to BAR0 of 1, 2, 4 or 8 bytes (`EINVAL` otherwise).
+    fn bar0_write(&self, offset: u64, data: &[u8]) -> Result<(), Errno> {
+        let value = match *data {
+            [a] => u64::from(a),
+            [a, b] => u64::from(u16::from_le_bytes([a, b])),
+            [a, b, c, d] => u64::from(u32::from_le_bytes([a, b, c, d])),
+            [a, b, c, d, e, f, g, h] => u64::from_le_bytes([a, b, c, d, e, f, g, h]),
+            _ => return Err(Errno::EINVAL),
+        };
+        self.bar0_store(offset, value, data.len())
+    }
+
+    /// Store the `size`-byte `value` (1, 2, 4 or 8) at `offset` in BAR0,
+    /// naturally aligned (`EINVAL` otherwise): the register's writable bits
+    /// change, the rest of its word stays as it is at that moment; and a
     /// doorbell (`CTRL`, `TAIL`) tells the worker.
     #[inline(always)]
-    fn bar0_write(&self, offset: u64, data: &[u8]) -> Result<(), Errno> {
-        check_bar(offset, data.len(), regs::BAR0_SIZE)?;
+    fn bar0_store(&self, offset: u64, value: u64, size: usize) -> Result<(), Errno> {
+        check_bar(offset, size, regs::BAR0_SIZE)?;
+        if !offset.is_multiple_of(size as u64) {
+            return Err(Errno::EINVAL);
+        }
         let word = offset & !7;
-        self.inner.regs.mapping().write(offset, data, regs::writable_mask(word))?;
+        let shift = (offset % 8) * 8;
+        let width = if size == 8 { u64::MAX } else { ((1u64 << (size * 8)) - 1) << shift };
+        let mask = width & regs::writable_mask(word);
+        if mask != 0 {
+            let value = value << shift;
+            let w = reg(self.inner.reg_file(), word);
+            if width & regs::register_bits(word) == regs::register_bits(word) {
+                // The whole register (a doorbell): its new value does not
+                // depend on its old one, so a load and a store serve for
+                // an atomic update (no locked instruction): a store to it
+                // by the device or the program in between reads as if it
+                // came first. Only the word's other bits, which are no
+                // register's, could lose a store made in that window.
+                w.store((w.load(Ordering::Acquire) & !mask) | (value & mask), Ordering::Release);
+            } else {
+                // Cannot fail: the closure always returns a value.
+                let _ = w.fetch_update(Ordering::AcqRel, Ordering::Acquire, |old| Some((old & !mask) | (value & mask)));
+            }
+        }
         if (word == regs::REG_CTRL || word == regs::REG_TAIL) && self.options.worker {
             self.ensure_worker();
             self.inner.kick();

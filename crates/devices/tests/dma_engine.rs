@@ -629,6 +629,14 @@ fn regions_and_bar_access_rules() {
     assert_eq!(dev.read_reg64(regs::REG_RING_BASE).unwrap(), 0x1234_5678_beef_0000);
     dev.write_reg32(regs::REG_CTRL, !regs::CTRL_ENABLE & !regs::CTRL_RESET).unwrap();
     assert_eq!(dev.read_reg32(regs::REG_CTRL).unwrap(), regs::CTRL_HALT_ON_ERROR | regs::CTRL_HALT_IRQ);
+    // A whole-register write (the doorbell's) and narrower ones agree.
+    dev.write_reg32(regs::REG_TAIL, 0x1234_5678).unwrap();
+    dev.region_write(0, regs::REG_TAIL + 2, &[0xab]).unwrap();
+    dev.region_write(0, regs::REG_TAIL + 4, &[0xff; 4]).unwrap();
+    assert_eq!(dev.read_reg64(regs::REG_TAIL).unwrap(), 0x12ab_5678);
+    dev.write_reg64(regs::REG_TAIL, u64::MAX).unwrap();
+    assert_eq!(dev.read_reg64(regs::REG_TAIL).unwrap(), 0xffff_ffff);
+    assert_eq!(dev.write_reg32(regs::REG_TAIL + 2, 0), Err(Errno::EINVAL));
 }
 
 #[test]

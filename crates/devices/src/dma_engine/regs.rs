@@ -315,6 +315,17 @@ pub(crate) const fn writable_mask(word: u64) -> u64 {
     }
 }
 
+/// The bits of the writable BAR0 word at `word` that hold its register
+/// (the rest of the word is no register: each writable register sits alone
+/// in its word). A `region_write` that covers all of them can store the
+/// word whole; a narrower one must keep a concurrent store to the rest.
+pub(crate) const fn register_bits(word: u64) -> u64 {
+    match word {
+        REG_RING_BASE => u64::MAX,
+        _ => 0xffff_ffff,
+    }
+}
+
 /// Writable bits of the BAR2 word at byte offset `word`: MSI-X table entry
 /// 0's Message Address, Upper Address, Data and Vector Control's Mask Bit
 /// (§7.7.2.5-§7.7.2.8); the PBA is read-only.

@@ -395,6 +395,13 @@ impl Inner {
             self.halt(ring, halt::DESC_ERROR, 0);
             return Step::Stop;
         }
+        if tail == ring.head {
+            // Idle, and the registers say so: stop without another look. A
+            // `CTRL` or `TAIL` written since is one the next service acts
+            // on, as if it came just after this one (the worker compares
+            // both with what it saw before this service).
+            return Step::Stop;
+        }
         ring.fresh = Some(tail);
         Step::Next
     }
