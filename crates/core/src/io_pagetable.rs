@@ -997,18 +997,11 @@ impl IoPagetable {
     /// lock.
     #[inline(always)]
     fn unmap_small_locked(st: &mut Iova, start: u64, last: u64) -> Option<u64> {
-        // Taken out at once (one lookup); if it is not the common case it
-        // goes back before anyone can look (the lock is held).
-        let mut area = st.areas.remove(start)?;
-        // A revoked dma-buf import is in no domain: the general path knows.
-        if area.last != last
-            || area.num_accesses != 0
-            || area.num_locks != 0
-            || area.pages.as_ref().is_none_or(|p| p.revoked())
-        {
-            st.areas.insert(start, area);
-            return None;
-        }
+        // Taken out if it is the common case (one lookup). A revoked
+        // dma-buf import is in no domain: the general path knows.
+        let mut area = st.areas.remove_if(start, |a| {
+            a.last == last && a.num_accesses == 0 && a.num_locks == 0 && a.pages.as_ref().is_some_and(|p| !p.revoked())
+        })?;
         let len = last - start + 1;
         let mut pages = area.pages.take().expect("checked");
         if st.domains.is_empty() {

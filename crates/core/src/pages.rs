@@ -630,7 +630,12 @@ impl Pages {
                     return Err(e);
                 }
                 let st = self.state.get_mut().unwrap_or_else(|p| p.into_inner());
-                st.segs = SmallMap::One(first, Seg { end: last + 1, pfn, users });
+                // `fresh`: what is replaced is `Empty` (`&mut self` since
+                // then), which owns nothing; not dropping it spares the
+                // test and call of its drop.
+                let old = std::mem::replace(&mut st.segs, SmallMap::One(first, Seg { end: last + 1, pfn, users }));
+                debug_assert!(matches!(old, SmallMap::Empty));
+                std::mem::forget(old);
                 st.npinned += total;
                 return Ok(Some(PfnRun { index: first, pfn, npages: total }));
             }

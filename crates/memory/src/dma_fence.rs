@@ -306,18 +306,32 @@ pub fn quiesce() {
 /// translation-cache generation or swaps a [`Published`] pointer first):
 /// then a section that begins after the check of the owned slots below,
 /// whose registration is such an operation too, sees it.
+///
+/// Inlined as far as the load of the owned slots' count: in a process
+/// where no thread ever entered a section (no device DMA) it is zero, and
+/// every unpin of the map path asks.
+#[inline]
 pub fn synchronize() {
+    let owned = OWNED.load(Ordering::SeqCst);
+    if owned != 0 {
+        synchronize_owned(owned);
+    }
+}
+
+/// [`synchronize`] once `owned` threads were seen to have a slot.
+#[inline(never)]
+fn synchronize_owned(owned: usize) {
     let mine = LOCAL.try_with(|l| {
         debug_assert_eq!(l.pins.get(), l.holds.get(), "dma_fence::synchronize inside a section");
         l.slot.get()
     });
     let mine = mine.ok().flatten();
-    // No other thread has a slot: no section but ours can be open, and a
-    // thread taking its first slot after this load sees what we did (no
-    // shared cache line is written here, so unmaps in a process without
-    // DMA threads do not contend).
-    let alone = |owned: usize| owned == 0 || (owned == 1 && mine.is_some());
-    if alone(OWNED.load(Ordering::SeqCst)) {
+    // No other thread has a slot (none at all was `synchronize`'s own
+    // test): no section but ours can be open, and a thread taking its
+    // first slot after the load sees what we did (no shared cache line is
+    // written here, so unmaps in a process without DMA threads do not
+    // contend).
+    if owned == 1 && mine.is_some() {
         return;
     }
     // No other thread inside a section now: a section that begins after

@@ -39,6 +39,14 @@ pub fn nth() -> u32 {
     if !EVER_ARMED.load(Ordering::Relaxed) {
         return 0;
     }
+    nth_armed()
+}
+
+/// [`nth`] once some thread armed injection: out of line, so the callers'
+/// usual way does not compute the thread-local's address.
+#[cold]
+#[inline(never)]
+fn nth_armed() -> u32 {
     NTH.with(|c| c.get())
 }
 
@@ -48,6 +56,14 @@ pub fn should_fail() -> bool {
     if !EVER_ARMED.load(Ordering::Relaxed) {
         return false;
     }
+    should_fail_armed()
+}
+
+/// [`should_fail`] once some thread armed injection (out of line, as
+/// [`nth_armed`]).
+#[cold]
+#[inline(never)]
+fn should_fail_armed() -> bool {
     NTH.with(|c| {
         let n = c.get();
         if n == 0 {

@@ -843,7 +843,7 @@ pub fn unpin(pfn: u64, npages: u64) {
 /// [`unpin`] of frames [`pin_user`] returned for the `npages` pages at
 /// `va` (where the caller knows it: it finds a run kept hot without the
 /// registry's lock).
-#[inline]
+#[inline(always)]
 pub fn unpin_user(va: u64, pfn: u64, npages: u64) {
     if npages == 0 {
         return;
@@ -857,6 +857,7 @@ pub fn unpin_user(va: u64, pfn: u64, npages: u64) {
     }
 }
 
+#[inline(never)]
 fn unpin_locked(pfn: u64, npages: u64) {
     let mut guard = write();
     let reg = &mut *guard;

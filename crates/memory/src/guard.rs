@@ -329,11 +329,13 @@ mod imp {
         unsafe { uiommufd_guard_copy(dst, src, len) == 0 }
     }
 
+    #[inline]
     pub fn probe_read(addr: u64) -> bool {
         // SAFETY: the probe only reads one byte; faults are recovered.
         unsafe { uiommufd_guard_read(addr as *const u8) == 0 }
     }
 
+    #[inline]
     pub fn probe_write(addr: u64) -> bool {
         // SAFETY: an atomic add of zero leaves the byte unchanged for every
         // concurrent reader or writer; faults are recovered.
@@ -729,12 +731,14 @@ pub fn copy_user(dst: u64, src: u64, len: usize) -> bool {
 }
 
 /// Whether the byte at `addr` can be read.
+#[inline]
 pub fn probe_read(addr: u64) -> bool {
     imp::probe_read(addr)
 }
 
 /// Whether the byte at `addr` can be written (checked by an atomic add of
 /// zero, which faults in the page for writing without changing it).
+#[inline]
 pub fn probe_write(addr: u64) -> bool {
     imp::probe_write(addr)
 }

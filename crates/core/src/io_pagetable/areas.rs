@@ -37,12 +37,17 @@ impl Areas {
         self.slots[i as usize].as_mut()
     }
 
-    /// Add the area starting at `iova` (no area may start there).
-    #[inline]
+    /// Add the area starting at `iova` (no area may start there). Inlined
+    /// into the small map, so the area is built in its slot.
+    #[inline(always)]
     pub fn insert(&mut self, iova: u64, area: Area) {
         let i = match self.free.pop() {
             Some(i) => {
-                self.slots[i as usize] = Some(area);
+                // A free slot is `None` (`remove` took its area): nothing
+                // to drop, and no call to the drop of an area for it.
+                let old = std::mem::replace(&mut self.slots[i as usize], Some(area));
+                debug_assert!(old.is_none(), "a free slot holds an area");
+                std::mem::forget(old);
                 i
             }
             None => {
@@ -61,9 +66,18 @@ impl Areas {
         }
     }
 
-    #[inline]
+    #[inline(always)]
     pub fn remove(&mut self, iova: u64) -> Option<Area> {
         let i = self.index.remove(iova)?;
+        self.free.push(i);
+        self.slots[i as usize].take()
+    }
+
+    /// Remove the area starting at `iova` if `take` says it is to go.
+    #[inline(always)]
+    pub fn remove_if(&mut self, iova: u64, take: impl FnOnce(&Area) -> bool) -> Option<Area> {
+        let slots = &self.slots;
+        let i = self.index.remove_if(iova, |&i| slots[i as usize].as_ref().is_some_and(take))?;
         self.free.push(i);
         self.slots[i as usize].take()
     }

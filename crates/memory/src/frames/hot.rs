@@ -139,7 +139,10 @@ impl Table {
     /// the pin).
     #[inline(always)]
     pub(super) fn unpin(&self, va: u64, pfn: u64, npages: u64) -> bool {
-        self.find(va, npages, PINNED).is_some_and(|seen| seen.pfn == pfn && self.swap(&seen, CACHED))
+        match self.find(va, npages, PINNED) {
+            Some(seen) => seen.pfn == pfn && self.swap(&seen, CACHED),
+            None => false,
+        }
     }
 
     /// The first half of a lock-free change: the slot of the run of
