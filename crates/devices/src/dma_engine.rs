@@ -517,14 +517,7 @@ impl DmaEngine {
 
     /// `region_write` to BAR0 of 1, 2, 4 or 8 bytes (`EINVAL` otherwise).
     fn bar0_write(&self, offset: u64, data: &[u8]) -> Result<(), Errno> {
-        let value = match *data {
-            [a] => u64::from(a),
-            [a, b] => u64::from(u16::from_le_bytes([a, b])),
-            [a, b, c, d] => u64::from(u32::from_le_bytes([a, b, c, d])),
-            [a, b, c, d, e, f, g, h] => u64::from_le_bytes([a, b, c, d, e, f, g, h]),
-            _ => return Err(Errno::EINVAL),
-        };
-        self.bar0_store(offset, value, data.len())
+        self.bar0_store(offset, crate::mmio::register_value(data)?, data.len())
     }
 
     /// Store the `size`-byte `value` (1, 2, 4 or 8) at `offset` in BAR0,

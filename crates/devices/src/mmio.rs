@@ -3,4 +3,4 @@
 //! [`uiommufd_memory::shared`] (IOMMU models use it as well, for register
 //! pages a program maps); devices use it through these names.
 
-pub use uiommufd_memory::shared::{SharedMapping, SharedMemory};
+pub use uiommufd_memory::shared::{register_value, SharedMapping, SharedMemory};

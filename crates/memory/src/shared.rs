@@ -198,13 +198,7 @@ impl SharedMapping {
     #[inline]
     pub fn write(&self, offset: u64, data: &[u8], writable: u64) -> Result<(), Errno> {
         let shift = self.check_access(offset, data.len())?;
-        let value = match *data {
-            [a] => u64::from(a),
-            [a, b] => u64::from(u16::from_le_bytes([a, b])),
-            [a, b, c, d] => u64::from(u32::from_le_bytes([a, b, c, d])),
-            [a, b, c, d, e, f, g, h] => u64::from_le_bytes([a, b, c, d, e, f, g, h]),
-            _ => return Err(Errno::EINVAL),
-        } << shift;
+        let value = register_value(data)? << shift;
         let width = if data.len() == 8 { u64::MAX } else { ((1u64 << (data.len() * 8)) - 1) << shift };
         let mask = width & writable;
         if mask != 0 {
@@ -212,6 +206,19 @@ impl SharedMapping {
         }
         Ok(())
     }
+}
+
+/// The value of a 1, 2, 4 or 8-byte register access, little-endian (as a
+/// PCIe device's registers are); `EINVAL` for any other size.
+#[inline]
+pub fn register_value(data: &[u8]) -> Result<u64, Errno> {
+    Ok(match *data {
+        [a] => u64::from(a),
+        [a, b] => u64::from(u16::from_le_bytes([a, b])),
+        [a, b, c, d] => u64::from(u32::from_le_bytes([a, b, c, d])),
+        [a, b, c, d, e, f, g, h] => u64::from_le_bytes([a, b, c, d, e, f, g, h]),
+        _ => return Err(Errno::EINVAL),
+    })
 }
 
 impl Drop for SharedMapping {
