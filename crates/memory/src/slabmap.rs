@@ -473,11 +473,14 @@ impl<V: Copy + Default> SlabMap<V> {
             return None;
         }
         let l = self.leaf_for(key);
-        let i = Self::search(&self.leaves[l as usize], key).ok()?;
-        if !take(&self.leaves[l as usize].vals[i]) {
+        let leaf = &mut self.leaves[l as usize];
+        let i = Self::search(leaf, key).ok()?;
+        if !take(&leaf.vals[i]) {
             return None;
         }
-        Some(self.remove_at(key, l, i))
+        let val = Self::leaf_remove(leaf, i);
+        self.removed(key, l);
+        Some(val)
     }
 
     /// Remove `key`; returns its value. Inlined (the IOAS unmap removes an
@@ -488,14 +491,16 @@ impl<V: Copy + Default> SlabMap<V> {
             return None;
         }
         let l = self.leaf_for(key);
-        let i = Self::search(&self.leaves[l as usize], key).ok()?;
-        Some(self.remove_at(key, l, i))
+        let leaf = &mut self.leaves[l as usize];
+        let i = Self::search(leaf, key).ok()?;
+        let val = Self::leaf_remove(leaf, i);
+        self.removed(key, l);
+        Some(val)
     }
 
-    /// Remove `key`, found at position `i` of leaf `l`; its value.
+    /// Take entry `i` out of `leaf`; its value.
     #[inline(always)]
-    fn remove_at(&mut self, key: u64, l: u32, i: usize) -> V {
-        let leaf = &mut self.leaves[l as usize];
+    fn leaf_remove(leaf: &mut Leaf<V>, i: usize) -> V {
         let val = leaf.vals[i];
         let n = leaf.n as usize;
         for j in i..n - 1 {
@@ -503,11 +508,17 @@ impl<V: Copy + Default> SlabMap<V> {
             leaf.vals[j] = leaf.vals[j + 1];
         }
         leaf.n -= 1;
+        val
+    }
+
+    /// The count after [`leaf_remove`](Self::leaf_remove) of `key` from
+    /// leaf `l`, which is unlinked if that emptied it.
+    #[inline(always)]
+    fn removed(&mut self, key: u64, l: u32) {
         self.len -= 1;
-        if leaf.n == 0 && self.height > 0 {
+        if self.height > 0 && self.leaves[l as usize].n == 0 {
             self.unlink_leaf(key, l);
         }
-        val
     }
 
     /// Unlink and free the leaf `l` that [`remove`](Self::remove) of `key`
