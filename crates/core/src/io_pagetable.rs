@@ -999,11 +999,18 @@ impl IoPagetable {
     fn unmap_small_locked(st: &mut Iova, start: u64, last: u64) -> Option<u64> {
         // Taken out if it is the common case (one lookup). A revoked
         // dma-buf import is in no domain: the general path knows.
-        let mut area = st.areas.remove_if(start, |a| {
-            a.last == last && a.num_accesses == 0 && a.num_locks == 0 && a.pages.as_ref().is_some_and(|p| !p.revoked())
-        })?;
+        let (pages, start_byte) = st.areas.remove_if(
+            start,
+            |a| {
+                a.last == last
+                    && a.num_accesses == 0
+                    && a.num_locks == 0
+                    && a.pages.as_ref().is_some_and(|p| !p.revoked())
+            },
+            |a| (a.pages.take(), a.start_byte),
+        )?;
         let len = last - start + 1;
-        let mut pages = area.pages.take().expect("checked");
+        let mut pages = pages.expect("checked");
         if st.domains.is_empty() {
             Self::retire(st, pages);
             return Some(len);
@@ -1011,7 +1018,7 @@ impl IoPagetable {
         // Out of every domain, devices' translation caches invalidated
         // once, then unpinned.
         hw::unmap_each(st.domains.iter().map(|d| d.domain.as_ref()), start, len, 0);
-        let (first, last_index) = page_indexes(area.start_byte, len);
+        let (first, last_index) = page_indexes(start_byte, len);
         let users = st.domains.len() as u32;
         match unique_pages(&mut pages) {
             // Only this area held them: no lock needed for the pin records,

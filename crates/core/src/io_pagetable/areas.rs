@@ -73,13 +73,23 @@ impl Areas {
         self.slots[i as usize].take()
     }
 
-    /// Remove the area starting at `iova` if `take` says it is to go.
+    /// Remove the area starting at `iova` if `take` says it is to go;
+    /// what `keep` takes out of it then (in its slot: the rest of the area
+    /// is not moved anywhere).
     #[inline(always)]
-    pub fn remove_if(&mut self, iova: u64, take: impl FnOnce(&Area) -> bool) -> Option<Area> {
+    pub fn remove_if<R>(
+        &mut self,
+        iova: u64,
+        take: impl FnOnce(&Area) -> bool,
+        keep: impl FnOnce(&mut Area) -> R,
+    ) -> Option<R> {
         let slots = &self.slots;
         let i = self.index.remove_if(iova, |&i| slots[i as usize].as_ref().is_some_and(take))?;
         self.free.push(i);
-        self.slots[i as usize].take()
+        let slot = &mut self.slots[i as usize];
+        let kept = keep(slot.as_mut().expect("indexed slot holds an area"));
+        *slot = None;
+        Some(kept)
     }
 
     /// The area starting at or before `iova` (it may end before `iova`).
