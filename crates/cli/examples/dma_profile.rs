@@ -12,7 +12,10 @@
 //! ```
 //!
 //! Models: `vtd` (2 MiB leaves), `vtd4k` (4 KiB leaves), `amd4k`, `mock`;
-//! modes: `port`, `engine`, `memcpy` (the reference), and `unmap`: 4 KiB
+//! modes: `port`, `engine`, `memcpy` (the reference), `read_phys`,
+//! `write_phys` and `copy_phys` (the frames copies, after translation, into
+//! and out of a page-aligned buffer as `uiommufd bench` measures them; the
+//! model does not matter), and `unmap`: 4 KiB
 //! map+unmap pairs in the IOAS the device is attached to while another
 //! thread that has done DMA is alive (a VMM with a DMA worker: every unmap
 //! then waits for a DMA-fence grace period).
@@ -58,6 +61,27 @@ fn unmap_loop(ctx: &Iommufd, ioas: u32, va: u64, iova: u64, n: u64) {
     for _ in 0..n {
         ctx.ioas_map(ioas, RW, black_box(va), 4096, iova).expect("map");
         ctx.ioas_unmap(ioas, iova, 4096).expect("unmap");
+    }
+}
+
+/// Which frames copy [`frames_loop`] runs.
+#[derive(Clone, Copy)]
+enum Phys {
+    Read,
+    Write,
+    Copy,
+}
+
+#[inline(never)]
+fn frames_loop(what: Phys, src_pa: u64, dst_pa: u64, buf: &mut [u8], n: u64) {
+    use uiommufd_memory::frames;
+    for _ in 0..n {
+        match what {
+            Phys::Read => frames::read_phys(black_box(src_pa), buf).expect("read_phys"),
+            Phys::Write => frames::write_phys(black_box(dst_pa), buf).expect("write_phys"),
+            Phys::Copy => frames::copy_phys(black_box(dst_pa), black_box(src_pa), buf.len()).expect("copy_phys"),
+        }
+        black_box(&mut *buf);
     }
 }
 
@@ -131,14 +155,48 @@ fn main() {
         worker
     });
     let pair_iova = iova + mapped + (2 << 20);
-    let run = |n: u64, tail: &mut u32| match mode.as_str() {
+    let pa = |va: u64| uiommufd_memory::frames::pfn_at(va).expect("pinned") * 4096 + va % 4096;
+    let (src_pa, dst_pa) = (pa(base + SRC), pa(base + DST));
+    let mut store = vec![0u8; len as usize + 4096];
+    let at = store.as_ptr().align_offset(4096);
+    let phys_buf = &mut store[at..at + len as usize];
+    let mut run = |n: u64, tail: &mut u32| match mode.as_str() {
         "unmap" => unmap_loop(&ctx, ioas, base, pair_iova, n),
         "port" => port_loop(&port, iova, len, n),
         "engine" => engine_loop(&engine, base, &desc, tail, n),
         "memcpy" => memcpy_loop(base, len, n),
+        "read_phys" => frames_loop(Phys::Read, src_pa, dst_pa, phys_buf, n),
+        "write_phys" => frames_loop(Phys::Write, src_pa, dst_pa, phys_buf, n),
+        "copy_phys" => frames_loop(Phys::Copy, src_pa, dst_pa, phys_buf, n),
         m => panic!("unknown mode {m}"),
     };
     run(100, &mut tail);
+    if let Ok(rounds) = std::env::var("VS_MEMCPY").map(|r| r.parse::<usize>().expect("rounds")) {
+        // Wall time beside memcpy, interleaved slices of `n` (min and
+        // median of each): a rough check on a noisy host.
+        let (mut ours, mut reference) = (Vec::new(), Vec::new());
+        for _ in 0..rounds {
+            let t = std::time::Instant::now();
+            run(n, &mut tail);
+            ours.push(t.elapsed().as_nanos() as f64 / n as f64);
+            let t = std::time::Instant::now();
+            memcpy_loop(base, len, n);
+            reference.push(t.elapsed().as_nanos() as f64 / n as f64);
+        }
+        for v in [&mut ours, &mut reference] {
+            v.sort_by(f64::total_cmp);
+        }
+        let (m, r) = (ours.len() / 2, reference.len() / 2);
+        eprintln!(
+            "{model} {mode} {len}: min {:.1} ns (memcpy {:.1}, ratio {:.2}), median {:.1} ns (memcpy {:.1}, ratio {:.2})",
+            ours[0],
+            reference[0],
+            reference[0] / ours[0],
+            ours[m],
+            reference[r],
+            reference[r] / ours[m]
+        );
+    }
     let t = std::time::Instant::now();
     run(n, &mut tail);
     eprintln!("{model} {mode} {len}: {:.1} ns per operation", t.elapsed().as_nanos() as f64 / n as f64);

@@ -4,223 +4,333 @@
 //! registry lookup (modelled on a PCIe Address Translation Cache, which
 //! the IOMMU keeps coherent by invalidation).
 //!
-//! An entry says: in domain `dom`, `[iova, iova + len)` translates for
-//! the accesses in `perm` to host memory `[host, host + len)`. It was
-//! filled from the model's own translations (each for the access it
-//! grants, so a write translation has already set a dirty bit where the
-//! domain tracks them) and the frame registry, inside one request's
-//! DMA-fence section, and it carries the generation
-//! (`uiommufd_memory::atc`) read at the start of that request: any unmap,
-//! dirty harvest, attachment change or frame relocation since makes it
-//! stale. Only paging domains are cached. A nested domain's stage 1
-//! belongs to the guest, which may change it without telling the host;
-//! the models keep such stale entries exactly as their IOTLBs would (and
-//! drop them on the guest's invalidation or on eviction), so requests
-//! through a nested domain always ask the model.
+//! An entry says: `[start, end)` translates to host memory `[start +
+//! delta, end + delta)`, for reads up to `end_r` and for writes up to
+//! `end_w` (each `end` or 0, so one compare tests the range and the
+//! access). It was filled from the model's own translations (each for the
+//! access it grants, so a write translation has already set a dirty bit
+//! where the domain tracks them) and the frame registry, inside one
+//! request's DMA-fence section. All entries belong to one domain (the
+//! port's requester-ID domain, keyed by its published cell's address, see
+//! `crate::dma`) and one generation (`uiommufd_memory::atc`), kept once
+//! for the whole cache: a request compares both once, and any unmap, dirty
+//! harvest, attachment change or frame relocation since the fill makes
+//! every entry stale together. A fill in a newer generation or for another
+//! domain starts the cache afresh; one from a request that began before
+//! the current generation is dropped (what it translated may be gone).
+//! Only paging domains are cached. A nested domain's stage 1 belongs to
+//! the guest, which may change it without telling the host; the models
+//! keep such stale entries exactly as their IOTLBs would (and drop them on
+//! the guest's invalidation or on eviction), so requests through a nested
+//! domain always ask the model.
 //!
-//! Concurrency: entries are seqlocks of atomics. A port normally serves one
-//! requester at a time (the DMA engine's ring lock), but nothing breaks if
-//! several threads share one: a reader that sees an entry change under it
-//! ignores the entry, and writers claim an entry with a compare-and-swap.
+//! Concurrency: the cache is one sequence lock over atomics. A port
+//! normally serves one requester at a time (the DMA engine's ring lock),
+//! but nothing breaks if several threads share one: a reader ([`View`])
+//! checks the sequence before its lookups and again before it uses what
+//! they found, and ignores the cache if a fill changed it meanwhile;
+//! fills claim the whole cache with a compare-and-swap and give up if
+//! another fill holds it (it is only a cache).
 
 use std::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 
 /// Entries per device (a DMA engine's working set is its ring, a source
-/// and a destination; a few more for a second buffer pair).
+/// and a destination; a few more for a second buffer pair). A power of
+/// two (hints are masked to it).
 const ENTRIES: usize = 8;
+const _: () = assert!(ENTRIES.is_power_of_two() && ENTRIES <= 32);
 
-/// The access bits of an entry.
+/// The access bits of a fill.
 pub(crate) const READ: u64 = 1;
 pub(crate) const WRITE: u64 = 2;
 
-#[repr(align(64))]
-#[derive(Default)]
-struct Entry {
-    /// Odd while a writer changes the entry.
-    seq: AtomicU64,
-    gen: AtomicU64,
-    dom: AtomicUsize,
-    iova: AtomicU64,
-    len: AtomicU64,
-    host: AtomicU64,
-    perm: AtomicU64,
-    /// Hit since the replacement hand last passed (CLOCK): a hint outside
-    /// the seqlock.
-    used: AtomicBool,
-}
+/// An empty entry's start: no request range lies at or above it with a
+/// non-zero end at or below 0.
+const EMPTY: u64 = u64::MAX;
 
-/// One entry's contents, as read under its seqlock.
-#[derive(Clone, Copy, PartialEq, Eq)]
-struct Value {
-    gen: u64,
-    dom: usize,
-    iova: u64,
-    len: u64,
-    host: u64,
-    perm: u64,
+#[repr(align(32))]
+struct Entry {
+    start: AtomicU64,
+    /// The end of the range when it may be read, else 0.
+    end_r: AtomicU64,
+    /// The end of the range when it may be written, else 0.
+    end_w: AtomicU64,
+    /// Host address minus IOVA (wrapping).
+    delta: AtomicU64,
 }
 
 impl Entry {
-    fn read(&self) -> Option<Value> {
-        let s = self.seq.load(Ordering::Acquire);
-        if s & 1 != 0 {
-            return None;
+    const fn new() -> Entry {
+        Entry {
+            start: AtomicU64::new(EMPTY),
+            end_r: AtomicU64::new(0),
+            end_w: AtomicU64::new(0),
+            delta: AtomicU64::new(0),
         }
-        let v = Value {
-            gen: self.gen.load(Ordering::Relaxed),
-            dom: self.dom.load(Ordering::Relaxed),
-            iova: self.iova.load(Ordering::Relaxed),
-            len: self.len.load(Ordering::Relaxed),
-            host: self.host.load(Ordering::Relaxed),
-            perm: self.perm.load(Ordering::Relaxed),
-        };
-        fence(Ordering::Acquire);
-        (self.seq.load(Ordering::Relaxed) == s).then_some(v)
     }
 
-    /// Replace the contents unless another writer holds the entry.
-    fn write(&self, v: Value) {
-        let s = self.seq.load(Ordering::Relaxed);
-        if s & 1 != 0 || self.seq.compare_exchange(s, s + 1, Ordering::Acquire, Ordering::Relaxed).is_err() {
-            return;
+    fn end(&self, write: bool) -> &AtomicU64 {
+        if write {
+            &self.end_w
+        } else {
+            &self.end_r
         }
-        fence(Ordering::Release);
-        self.gen.store(v.gen, Ordering::Relaxed);
-        self.dom.store(v.dom, Ordering::Relaxed);
-        self.iova.store(v.iova, Ordering::Relaxed);
-        self.len.store(v.len, Ordering::Relaxed);
-        self.host.store(v.host, Ordering::Relaxed);
-        self.perm.store(v.perm, Ordering::Relaxed);
-        self.seq.store(s + 2, Ordering::Release);
+    }
+
+    /// Under the writer's claim: the entry's range, if it holds one.
+    fn span(&self) -> Option<(u64, u64)> {
+        let start = self.start.load(Ordering::Relaxed);
+        let end = self.end_r.load(Ordering::Relaxed).max(self.end_w.load(Ordering::Relaxed));
+        (start != EMPTY).then_some((start, end))
+    }
+
+    /// Under the writer's claim.
+    fn clear(&self) {
+        self.start.store(EMPTY, Ordering::Relaxed);
+        self.end_r.store(0, Ordering::Relaxed);
+        self.end_w.store(0, Ordering::Relaxed);
     }
 }
 
-/// A hit: the host address of the IOVA looked up, the bytes the entry
-/// holds from there, and the accesses it grants.
-#[derive(Clone, Copy)]
-pub(crate) struct Found {
-    pub(crate) host: u64,
-    pub(crate) avail: u64,
-    pub(crate) perm: u64,
-}
-
-/// The cache of one port (see the module documentation).
-#[derive(Default)]
-pub(crate) struct Atc {
-    entries: [Entry; ENTRIES],
-    /// Next entry to replace (round robin).
-    victim: AtomicUsize,
-    /// The entry a scan last found for an address of each 4 KiB page
+/// What every request reads first, on one cache line.
+#[repr(align(64))]
+struct Head {
+    /// Odd while a fill changes the cache.
+    seq: AtomicU64,
+    /// The generation every entry was filled in (`u64::MAX` while the
+    /// cache is off: no request ever reads that one).
+    gen: AtomicU64,
+    /// The domain every entry belongs to (0: none yet).
+    dom: AtomicUsize,
+    /// The entry a lookup last found for an address of each 4 KiB page
     /// hashed here: requests that take turns (a DMA engine's descriptor
     /// fetch, its copy's source and destination, its completion record)
     /// each find theirs at once instead of sending each other scanning.
+    /// Also what fills spare: an entry a hint names is in use.
     hint: [AtomicU8; HINTS],
+    /// Where the next fill looks for an entry to replace (round robin
+    /// among those no hint names).
+    hand: AtomicU8,
+    /// The cache is in use (see [`Atc::set_enabled`]); read by fills only.
+    on: AtomicBool,
 }
 
-/// Hint slots (see `Atc::hint`).
+/// The cache of one port (see the module documentation).
+pub(crate) struct Atc {
+    head: Head,
+    entries: [Entry; ENTRIES],
+}
+
+impl Default for Atc {
+    fn default() -> Atc {
+        Atc {
+            head: Head {
+                seq: AtomicU64::new(0),
+                gen: AtomicU64::new(0),
+                dom: AtomicUsize::new(0),
+                hint: [const { AtomicU8::new(0) }; HINTS],
+                hand: AtomicU8::new(0),
+                on: AtomicBool::new(true),
+            },
+            entries: [const { Entry::new() }; ENTRIES],
+        }
+    }
+}
+
+/// Hint slots (see `Head::hint`).
 const HINTS: usize = 16;
 
 /// The hint slot of `iova`'s 4 KiB page (a multiplicative hash, so pages
 /// a power-of-two stride apart spread).
 #[inline(always)]
 fn hint_slot(iova: u64) -> usize {
-    ((iova >> 12).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 60) as usize % HINTS
+    ((iova >> 12).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 60) as usize
+}
+
+/// One request's look at the cache: taken after the request's section
+/// began and it read the generation and its domain; lookups, then
+/// [`View::confirm`] before anything they returned is used.
+pub(crate) struct View<'a> {
+    atc: &'a Atc,
+    seq: u64,
+}
+
+impl View<'_> {
+    /// The host address of `[iova, iova + len)` when one entry holds all
+    /// of it for reads (`write` false) or writes.
+    #[inline(always)]
+    pub(crate) fn host(&self, iova: u64, len: u64, write: bool) -> Option<u64> {
+        let end = iova.checked_add(len)?;
+        // The entry the hint of the page names, then every entry.
+        let e = &self.atc.entries
+            [usize::from(self.atc.head.hint[hint_slot(iova)].load(Ordering::Relaxed) & (ENTRIES as u8 - 1))];
+        if iova >= e.start.load(Ordering::Relaxed) && end <= e.end(write).load(Ordering::Relaxed) {
+            return Some(iova.wrapping_add(e.delta.load(Ordering::Relaxed)));
+        }
+        self.atc.scan(iova, end, write).map(|(host, _)| host)
+    }
+
+    /// Whether what the lookups returned is what the cache held (no fill
+    /// changed it since the view was taken).
+    #[inline(always)]
+    #[must_use]
+    pub(crate) fn confirm(&self) -> bool {
+        // Orders the lookups' loads before the check (a seqlock's read
+        // side: the fill's stores come after its claim, which the check
+        // would then see).
+        fence(Ordering::Acquire);
+        self.atc.head.seq.load(Ordering::Relaxed) == self.seq
+    }
 }
 
 impl Atc {
-    /// Host address of `iova` and the bytes cached from there, if a valid
-    /// entry of domain `dom` in generation `gen` grants `perm`.
+    /// A view for a request of domain `dom` in generation `gen` (read in
+    /// the request's section), if the cache holds entries of both and no
+    /// fill is changing it.
     #[inline(always)]
-    pub(crate) fn lookup(&self, dom: usize, gen: u64, iova: u64, perm: u64) -> Option<(u64, u64)> {
-        self.find(dom, gen, iova, perm).map(|f| (f.host, f.avail))
-    }
-
-    /// [`Self::lookup`], with the accesses the entry grants.
-    #[inline(always)]
-    pub(crate) fn find(&self, dom: usize, gen: u64, iova: u64, perm: u64) -> Option<Found> {
-        // The entry a previous request to this page found first.
-        let hint = &self.hint[hint_slot(iova)];
-        let h = hint.load(Ordering::Relaxed) as usize % ENTRIES;
-        if let Some(hit) = Self::hit(&self.entries[h], dom, gen, iova, perm) {
-            return Some(hit);
+    pub(crate) fn view(&self, dom: usize, gen: u64) -> Option<View<'_>> {
+        let seq = self.head.seq.load(Ordering::Acquire);
+        if seq & 1 != 0 || self.head.gen.load(Ordering::Relaxed) != gen || self.head.dom.load(Ordering::Relaxed) != dom
+        {
+            return None;
         }
-        self.scan(hint, dom, gen, iova, perm)
+        Some(View { atc: self, seq })
     }
 
-    /// [`Self::find`] past its hint: every entry, remembering the hit.
+    /// Host address of `iova` and the bytes the entry holding it has from
+    /// there for the access, if the cache holds entries of `dom` in `gen`
+    /// (a request's general path, piece by piece).
+    pub(crate) fn lookup(&self, dom: usize, gen: u64, iova: u64, write: bool) -> Option<(u64, u64)> {
+        let v = self.view(dom, gen)?;
+        let (host, end) = self.scan(iova, iova.checked_add(1)?, write)?;
+        v.confirm().then_some((host, end - iova))
+    }
+
+    /// Whether the cache is on (see [`Self::set_enabled`]).
+    pub(crate) fn enabled(&self) -> bool {
+        self.head.on.load(Ordering::Relaxed)
+    }
+
+    /// Host address and entry end of the entry holding `[iova, end)` for
+    /// the access, every entry tried; the hint of `iova`'s page then names
+    /// it.
     #[inline(never)]
-    fn scan(&self, hint: &AtomicU8, dom: usize, gen: u64, iova: u64, perm: u64) -> Option<Found> {
+    fn scan(&self, iova: u64, end: u64, write: bool) -> Option<(u64, u64)> {
         for (i, e) in self.entries.iter().enumerate() {
-            if let Some(hit) = Self::hit(e, dom, gen, iova, perm) {
-                hint.store(i as u8, Ordering::Relaxed);
-                return Some(hit);
+            let e_end = e.end(write).load(Ordering::Relaxed);
+            if iova >= e.start.load(Ordering::Relaxed) && end <= e_end {
+                let hint = &self.head.hint[hint_slot(iova)];
+                if hint.load(Ordering::Relaxed) != i as u8 {
+                    hint.store(i as u8, Ordering::Relaxed);
+                }
+                return Some((iova.wrapping_add(e.delta.load(Ordering::Relaxed)), e_end));
             }
         }
         None
     }
 
-    /// What `e` holds for `iova`, read once under the entry's seqlock (the
-    /// range test first: most entries a scan passes do not cover the
-    /// address).
-    #[inline(always)]
-    fn hit(e: &Entry, dom: usize, gen: u64, iova: u64, perm: u64) -> Option<Found> {
-        let s = e.seq.load(Ordering::Acquire);
-        let off = iova.wrapping_sub(e.iova.load(Ordering::Relaxed));
-        let len = e.len.load(Ordering::Relaxed);
-        let granted = e.perm.load(Ordering::Relaxed);
-        if off >= len
-            || e.gen.load(Ordering::Relaxed) != gen
-            || e.dom.load(Ordering::Relaxed) != dom
-            || granted & perm != perm
-        {
+    /// Claim the cache for a change; `None` if another fill holds it.
+    fn claim(&self) -> Option<Claim<'_>> {
+        let s = self.head.seq.load(Ordering::Relaxed);
+        if s & 1 != 0 || self.head.seq.compare_exchange(s, s + 1, Ordering::Acquire, Ordering::Relaxed).is_err() {
             return None;
         }
-        let host = e.host.load(Ordering::Relaxed);
-        fence(Ordering::Acquire);
-        if s & 1 != 0 || e.seq.load(Ordering::Relaxed) != s {
-            return None;
-        }
-        if !e.used.load(Ordering::Relaxed) {
-            e.used.store(true, Ordering::Relaxed);
-        }
-        Some(Found { host: host + off, avail: len - off, perm: granted })
+        // The seqlock's write side: the claim is visible before any of the
+        // changes below (a reader that sees a change sees the odd count at
+        // its confirm).
+        fence(Ordering::Release);
+        Some(Claim { atc: self, seq: s + 2 })
     }
 
     /// Remember that `[iova, iova + len)` of `dom` reaches host memory
     /// `[host, host + len)` for `perm`, as translated in generation `gen`.
-    /// An entry for the same translation gains `perm`; otherwise the next
-    /// victim (or a stale entry) is replaced.
+    /// An entry for the same translation gains `perm`; otherwise an empty
+    /// entry or one no hint names is replaced.
     pub(crate) fn fill(&self, dom: usize, gen: u64, iova: u64, len: u64, host: u64, perm: u64) {
-        if len == 0 {
+        let Some(end) = iova.checked_add(len) else { return };
+        if len == 0 || dom == 0 {
             return;
         }
+        let Some(_claim) = self.claim() else { return };
+        if !self.head.on.load(Ordering::Relaxed) {
+            return;
+        }
+        let (cur_gen, cur_dom) = (self.head.gen.load(Ordering::Relaxed), self.head.dom.load(Ordering::Relaxed));
+        if gen < cur_gen {
+            // Filled from a request that began before the last change:
+            // what it translated may be gone.
+            return;
+        }
+        if gen != cur_gen || dom != cur_dom {
+            for e in &self.entries {
+                e.clear();
+            }
+            self.head.gen.store(gen, Ordering::Relaxed);
+            self.head.dom.store(dom, Ordering::Relaxed);
+        }
+        let delta = host.wrapping_sub(iova);
         let mut victim = None;
         for e in &self.entries {
-            let Some(v) = e.read() else { continue };
-            if v.gen == gen && v.dom == dom && v.iova == iova && v.len == len && v.host == host {
-                if v.perm & perm != perm {
-                    e.write(Value { perm: v.perm | perm, ..v });
+            match e.span() {
+                Some((s, e_end)) if s == iova && e_end == end && e.delta.load(Ordering::Relaxed) == delta => {
+                    // The same translation gains an access.
+                    if perm & READ != 0 {
+                        e.end_r.store(end, Ordering::Relaxed);
+                    }
+                    if perm & WRITE != 0 {
+                        e.end_w.store(end, Ordering::Relaxed);
+                    }
+                    return;
                 }
-                return;
-            }
-            if v.gen != gen && victim.is_none() {
-                victim = Some(e);
+                None if victim.is_none() => victim = Some(e),
+                _ => {}
             }
         }
         let e = victim.unwrap_or_else(|| {
-            // CLOCK: the first entry not hit since the hand last passed.
-            let mut i = self.victim.load(Ordering::Relaxed);
-            for _ in 0..ENTRIES {
-                if !self.entries[i % ENTRIES].used.swap(false, Ordering::Relaxed) {
-                    break;
-                }
-                i += 1;
-            }
-            self.victim.store((i + 1) % ENTRIES, Ordering::Relaxed);
-            &self.entries[i % ENTRIES]
+            // In use: the entries a hint names.
+            let named =
+                self.head.hint.iter().fold(0u32, |m, h| m | 1 << (h.load(Ordering::Relaxed) as usize % ENTRIES));
+            let hand = self.head.hand.load(Ordering::Relaxed) as usize;
+            let i =
+                (0..ENTRIES).map(|k| (hand + k) % ENTRIES).find(|&i| named & (1 << i) == 0).unwrap_or(hand % ENTRIES);
+            self.head.hand.store(((i + 1) % ENTRIES) as u8, Ordering::Relaxed);
+            &self.entries[i]
         });
-        e.used.store(false, Ordering::Relaxed);
-        e.write(Value { gen, dom, iova, len, host, perm });
+        e.start.store(iova, Ordering::Relaxed);
+        e.delta.store(delta, Ordering::Relaxed);
+        e.end_r.store(if perm & READ != 0 { end } else { 0 }, Ordering::Relaxed);
+        e.end_w.store(if perm & WRITE != 0 { end } else { 0 }, Ordering::Relaxed);
+    }
+
+    /// Turn the cache on (the default) or off. Off, it holds nothing and
+    /// fills do nothing; on again, it fills afresh.
+    pub(crate) fn set_enabled(&self, on: bool) {
+        let claim = loop {
+            if let Some(c) = self.claim() {
+                break c;
+            }
+            std::hint::spin_loop();
+        };
+        self.head.on.store(on, Ordering::Relaxed);
+        for e in &self.entries {
+            e.clear();
+        }
+        // No request reads generation u64::MAX; 0 lets any fill start.
+        self.head.gen.store(if on { 0 } else { u64::MAX }, Ordering::Relaxed);
+        self.head.dom.store(0, Ordering::Relaxed);
+        drop(claim);
+    }
+}
+
+/// A fill's hold of the whole cache (see [`Atc::claim`]); released on drop.
+struct Claim<'a> {
+    atc: &'a Atc,
+    seq: u64,
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        self.atc.head.seq.store(self.seq, Ordering::Release);
     }
 }
 
@@ -228,19 +338,71 @@ impl Atc {
 mod tests {
     use super::*;
 
+    fn lookup(atc: &Atc, dom: usize, gen: u64, iova: u64, len: u64, write: bool) -> Option<u64> {
+        let v = atc.view(dom, gen)?;
+        let h = v.host(iova, len, write)?;
+        v.confirm().then_some(h)
+    }
+
     #[test]
     fn hits_only_its_domain_generation_range_and_access() {
         let atc = Atc::default();
-        assert_eq!(atc.lookup(1, 0, 0, READ), None, "empty entries cover nothing");
+        assert_eq!(lookup(&atc, 1, 0, 0, 1, false), None, "empty entries cover nothing");
+        assert_eq!(lookup(&atc, 1, 0, u64::MAX - 1, 1, false), None, "empty entries cover nothing");
         atc.fill(1, 5, 0x10000, 0x2000, 0x7000_0000, READ);
-        assert_eq!(atc.lookup(1, 5, 0x10800, READ), Some((0x7000_0800, 0x1800)));
-        assert_eq!(atc.lookup(1, 5, 0x12000, READ), None, "past the end");
-        assert_eq!(atc.lookup(1, 5, 0xffff, READ), None, "before the start");
-        assert_eq!(atc.lookup(1, 5, 0x10800, WRITE), None, "not granted for writes");
-        assert_eq!(atc.lookup(2, 5, 0x10800, READ), None, "another domain");
-        assert_eq!(atc.lookup(1, 6, 0x10800, READ), None, "another generation");
+        assert_eq!(lookup(&atc, 1, 5, 0x10800, 0x1800, false), Some(0x7000_0800));
+        assert_eq!(lookup(&atc, 1, 5, 0x10800, 0x1801, false), None, "past the end");
+        assert_eq!(lookup(&atc, 1, 5, 0x12000, 1, false), None, "past the end");
+        assert_eq!(lookup(&atc, 1, 5, 0xffff, 1, false), None, "before the start");
+        assert_eq!(lookup(&atc, 1, 5, 0x10800, 1, true), None, "not granted for writes");
+        assert_eq!(lookup(&atc, 2, 5, 0x10800, 1, false), None, "another domain");
+        assert_eq!(lookup(&atc, 1, 6, 0x10800, 1, false), None, "another generation");
+        assert_eq!(lookup(&atc, 1, 5, 0x10800, u64::MAX, false), None, "a range that wraps");
+        assert_eq!(atc.lookup(1, 5, 0x10800, false), Some((0x7000_0800, 0x1800)));
+        assert_eq!(atc.lookup(1, 5, 0x10800, true), None);
         atc.fill(1, 5, 0x10000, 0x2000, 0x7000_0000, WRITE);
-        assert_eq!(atc.lookup(1, 5, 0x10000, READ | WRITE), Some((0x7000_0000, 0x2000)), "gained write");
+        assert_eq!(lookup(&atc, 1, 5, 0x10000, 0x2000, true), Some(0x7000_0000), "gained write");
+        assert_eq!(lookup(&atc, 1, 5, 0x10000, 0x2000, false), Some(0x7000_0000), "kept read");
+    }
+
+    #[test]
+    fn a_newer_generation_or_domain_starts_afresh_and_an_older_fill_is_dropped() {
+        let atc = Atc::default();
+        atc.fill(1, 5, 0, 4096, 1 << 30, READ);
+        atc.fill(1, 4, 1 << 20, 4096, 2 << 30, READ);
+        assert_eq!(lookup(&atc, 1, 4, 1 << 20, 1, false), None, "a fill of an older generation was kept");
+        assert!(lookup(&atc, 1, 5, 0, 1, false).is_some(), "an older fill dropped the newer entries");
+        atc.fill(1, 6, 1 << 20, 4096, 2 << 30, READ);
+        assert!(lookup(&atc, 1, 6, 1 << 20, 1, false).is_some());
+        assert_eq!(lookup(&atc, 1, 6, 0, 1, false), None, "an entry of the old generation survived");
+        atc.fill(2, 6, 3 << 20, 4096, 3 << 30, READ);
+        assert_eq!(lookup(&atc, 2, 6, 1 << 20, 1, false), None, "an entry of the old domain survived");
+        assert!(lookup(&atc, 2, 6, 3 << 20, 1, false).is_some());
+    }
+
+    #[test]
+    fn a_view_taken_before_a_fill_is_not_confirmed() {
+        let atc = Atc::default();
+        atc.fill(1, 1, 0, 4096, 1 << 30, READ);
+        let v = atc.view(1, 1).unwrap();
+        assert!(v.host(0, 4096, false).is_some());
+        atc.fill(1, 1, 1 << 20, 4096, 2 << 30, READ);
+        assert!(!v.confirm(), "a view survived a change of the cache");
+        let _claim = atc.claim().unwrap();
+        assert!(atc.view(1, 1).is_none(), "a view while a fill holds the cache");
+    }
+
+    #[test]
+    fn off_holds_nothing_and_on_again_fills_afresh() {
+        let atc = Atc::default();
+        atc.fill(1, 1, 0, 4096, 1 << 30, READ);
+        atc.set_enabled(false);
+        assert_eq!(lookup(&atc, 1, 1, 0, 1, false), None);
+        atc.fill(1, 1, 0, 4096, 1 << 30, READ);
+        assert_eq!(lookup(&atc, 1, 1, 0, 1, false), None, "filled while off");
+        atc.set_enabled(true);
+        atc.fill(1, 1, 0, 4096, 1 << 30, READ);
+        assert!(lookup(&atc, 1, 1, 0, 1, false).is_some());
     }
 
     #[test]
@@ -248,27 +410,27 @@ mod tests {
         let atc = Atc::default();
         atc.fill(1, 1, 0, 4096, 1 << 30, READ);
         for i in 1..100u64 {
-            assert!(atc.lookup(1, 1, 0, READ).is_some(), "the hot entry was evicted after {i} fills");
+            assert!(lookup(&atc, 1, 1, 0, 4096, false).is_some(), "the hot entry was evicted after {i} fills");
             atc.fill(1, 1, i << 20, 4096, 2 << 30, READ);
         }
     }
 
     #[test]
-    fn replaces_stale_entries_first_then_unused_ones() {
+    fn fills_take_empty_entries_first_then_unnamed_ones() {
         let atc = Atc::default();
         for i in 0..ENTRIES as u64 {
             atc.fill(1, 1, i << 20, 4096, i << 30, READ);
         }
-        // One more in a new generation takes a stale slot; in the same
-        // generation, the oldest.
-        atc.fill(1, 2, 99 << 20, 4096, 1 << 40, READ);
-        assert!(atc.lookup(1, 2, 99 << 20, READ).is_some());
         for i in 0..ENTRIES as u64 {
-            atc.fill(1, 2, (100 + i) << 20, 4096, 1 << 40, READ);
+            assert!(lookup(&atc, 1, 1, i << 20, 1, false).is_some(), "entry {i} went while others were empty");
         }
-        let live = (0..ENTRIES as u64).filter(|i| atc.lookup(1, 2, (100 + i) << 20, READ).is_some()).count();
-        // The one hit (99) stays; one of the new ones never hit went.
-        assert_eq!(live, ENTRIES - 1, "the newest fills are kept");
-        assert!(atc.lookup(1, 2, 99 << 20, READ).is_some(), "the entry in use went");
+        // The last looked up is named by a hint; the next fill replaces
+        // another.
+        let last = (ENTRIES as u64 - 1) << 20;
+        atc.fill(1, 1, 99 << 20, 4096, 1 << 40, READ);
+        assert!(lookup(&atc, 1, 1, 99 << 20, 1, false).is_some());
+        assert!(lookup(&atc, 1, 1, last, 1, false).is_some(), "the entry in use went");
+        let live = (0..ENTRIES as u64).filter(|i| lookup(&atc, 1, 1, i << 20, 1, false).is_some()).count();
+        assert_eq!(live, ENTRIES - 1);
     }
 }

@@ -31,7 +31,7 @@
 //! strict mode ([`uiommufd_memory::coherency`]) the program pages they hit
 //! are watched until [`flush_caches`] so a premature read is reported.
 
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
 use uiommufd_abi as abi;
@@ -40,7 +40,7 @@ use uiommufd_hw::{Access, Domain, Fault as XlateFault};
 use uiommufd_memory::dma_fence::{self, Published};
 use uiommufd_memory::{coherency, frames, user};
 
-use crate::atc::{self, Atc};
+use crate::atc::{self, Atc, View};
 use crate::device::{Device, NO_PASID};
 use crate::fault::PageRequest;
 
@@ -64,8 +64,6 @@ pub struct DevicePort {
     next_grpid: AtomicU32,
     stats: DmaStats,
     atc: Atc,
-    /// The translation cache is in use (see [`DevicePort::set_translation_cache`]).
-    atc_on: AtomicBool,
 }
 
 /// Where a piece of a request lands: an emulated physical address the
@@ -76,46 +74,14 @@ enum Loc {
     Host(u64),
 }
 
-/// The port's cache as one cached request sees it: the domain and the
-/// generation read in its section.
-struct Hit<'a> {
-    atc: &'a Atc,
-    dom: usize,
-    gen: u64,
-}
-
-impl Hit<'_> {
-    /// The host address of `[iova, iova + len)` when one entry grants
-    /// `perm` for all of it.
-    #[inline(always)]
-    fn host(&self, iova: u64, len: u64, perm: u64) -> Option<u64> {
-        let (host, avail) = self.atc.lookup(self.dom, self.gen, iova, perm)?;
-        (avail >= len).then_some(host)
-    }
-
-    /// [`Self::host`] for two ranges `(iova, len, perm)`: one lookup when
-    /// the entry of the first holds the second too (a completion record's
-    /// two fields). Not for a copy's two ends: with 4 KiB leaves they are
-    /// never in one entry, and the test costs more than it saves there.
-    #[inline(always)]
-    fn host_pair(&self, a: (u64, u64, u64), b: (u64, u64, u64)) -> Option<(u64, u64)> {
-        let f = self.atc.find(self.dom, self.gen, a.0, a.2)?;
-        if f.avail < a.1 {
-            return None;
-        }
-        let off = b.0.wrapping_sub(a.0);
-        if f.perm & b.2 == b.2 && off < f.avail && f.avail - off >= b.1 {
-            return Some((f.host, f.host + off));
-        }
-        Some((f.host, self.host(b.0, b.1, b.2)?))
-    }
-}
-
-/// The key of a domain in the port's cache: its address, stable while the
-/// domain is published (a replaced one is dropped only after a grace
-/// period, and the replacement bumps the generation).
+/// The key of the RID's domain in the port's cache: where the device
+/// published it (`d` is what `Published::read` lent: its address is the
+/// published box's, so the key costs no load of the domain itself).
+/// Stable while the domain is published: a replaced one is dropped only
+/// after a grace period, and the replacement bumps the generation, so an
+/// address used again never meets entries of the old.
 fn dom_key(d: &Arc<dyn Domain>) -> usize {
-    Arc::as_ptr(d) as *const () as usize
+    d as *const Arc<dyn Domain> as usize
 }
 
 /// Consecutive translations of one direction of a request that continue
@@ -263,7 +229,6 @@ impl DevicePort {
             next_grpid: AtomicU32::new(1),
             stats: DmaStats::default(),
             atc: Atc::default(),
-            atc_on: AtomicBool::new(true),
         })
     }
 
@@ -271,7 +236,7 @@ impl DevicePort {
     /// request then walks the domain and looks its frames up, as a device
     /// without an ATC: for measuring the cache, and for ruling it out).
     pub fn set_translation_cache(&self, on: bool) {
-        self.atc_on.store(on, Ordering::Relaxed);
+        self.atc.set_enabled(on);
     }
 
     pub fn stats(&self) -> &DmaStats {
@@ -364,9 +329,7 @@ impl DevicePort {
     /// pages it watches; otherwise a non-coherent write is only counted).
     fn cacheable(&self, route: &Route<'_>, attrs: &DmaAttrs, write: bool) -> Option<usize> {
         match route {
-            Route::Rid(d)
-                if !(write && attrs.no_snoop && coherency::strict()) && self.atc_on.load(Ordering::Relaxed) =>
-            {
+            Route::Rid(d) if !(write && attrs.no_snoop && coherency::strict()) && self.atc.enabled() => {
                 Some(dom_key(d))
             }
             _ => None,
@@ -385,28 +348,56 @@ impl DevicePort {
     }
 
     /// The common request, served whole from the port's cache: no PASID,
-    /// the requester ID's domain published, the cache on, and one entry
-    /// granting each piece `f` asks for ([`Hit::host`]) for all its bytes.
-    /// `None` (from here or from `f`) sends the request down the general
-    /// path, which redoes it from the start: `f` must move nothing before it
-    /// knows it can finish. `f` runs inside the request's section. A No
-    /// Snoop write (`written` bytes > 0) is served unless strict coherency
-    /// watches pages (which needs the physical pages), and counted when the
-    /// domain does not force snooping.
+    /// the requester ID's domain published and the cache holding entries
+    /// of it in the current generation. A No Snoop write (`written`: the
+    /// bytes a write request writes; `None` for a read) is served unless
+    /// strict coherency watches pages (which needs the physical pages: the
+    /// general path), and counted when the domain does not force snooping. `find` looks up the host address of each piece
+    /// ([`View::host`]: one entry holding all its bytes); once the view is
+    /// confirmed ([`View::confirm`]), `copy` moves the bytes there
+    /// (false: a fault). `None` sends the request down the general path,
+    /// which redoes it from the start. Both run inside the request's
+    /// section.
+    ///
+    /// Ordering: the section's entry is a full barrier (`dma_fence`), and
+    /// the generation is read after it, so an unmap whose generation bump
+    /// this request missed waits for its section before releasing
+    /// anything (its grace period follows the bump); one whose bump it saw
+    /// left no entry it could use (the cache's generation is older).
     #[inline(always)]
-    fn cached<R>(&self, attrs: &DmaAttrs, written: u64, f: impl FnOnce(&Hit<'_>) -> Option<R>) -> Option<R> {
-        let no_snoop_write = written != 0 && attrs.no_snoop;
-        if attrs.pasid.is_some() || (no_snoop_write && coherency::strict()) || !self.atc_on.load(Ordering::Relaxed) {
+    fn fast<H>(
+        &self,
+        attrs: &DmaAttrs,
+        written: Option<u64>,
+        find: impl FnOnce(&View<'_>) -> Option<H>,
+        copy: impl FnOnce(H) -> bool,
+    ) -> Option<bool> {
+        let no_snoop_write = attrs.no_snoop && written.is_some();
+        if attrs.pasid.is_some() || (no_snoop_write && coherency::strict()) {
             return None;
         }
-        let section = dma_fence::enter();
-        let d = self.rid.read(&section)?;
-        let hit = Hit { atc: &self.atc, dom: dom_key(d), gen: uiommufd_memory::atc::generation() };
-        let r = f(&hit)?;
-        if no_snoop_write && !d.forces_snoop() {
+        let section = dma_fence::enter_leaf()?;
+        let dom = self.rid.read(&section);
+        let view = self.atc.view(dom.map_or(0, dom_key), uiommufd_memory::atc::generation())?;
+        let hosts = find(&view)?;
+        if !view.confirm() {
+            return None;
+        }
+        let copied = copy(hosts);
+        if no_snoop_write {
+            self.count_noncoherent(dom, written.unwrap_or(0));
+        }
+        drop(section);
+        Some(copied)
+    }
+
+    /// A No Snoop write the port's cache served: counted unless the domain
+    /// forces snooping.
+    #[inline(never)]
+    fn count_noncoherent(&self, dom: Option<&Arc<dyn Domain>>, written: u64) {
+        if dom.is_some_and(|d| !d.forces_snoop()) {
             bump(&self.stats.noncoherent_bytes, written);
         }
-        Some(r)
     }
 
     /// Walk `[iova, iova + len)` (`len` > 0), handing each physically
@@ -438,7 +429,7 @@ impl DevicePort {
             if let Some(dom) = dom {
                 while done < len {
                     let at = iova.wrapping_add(done);
-                    let Some((host, avail)) = self.atc.lookup(dom, gen, at, perm) else { break };
+                    let Some((host, avail)) = self.atc.lookup(dom, gen, at, write) else { break };
                     let n = (len - done).min(avail);
                     each(Loc::Host(host), done, n).map_err(|_| self.memory(at, write))?;
                     if noncoherent {
@@ -504,6 +495,42 @@ impl DevicePort {
         }
     }
 
+    /// [`DmaPort::dma_read`] past its cached request.
+    #[inline(never)]
+    fn read_slow(&self, iova: u64, buf: &mut [u8], attrs: &DmaAttrs) -> Result<(), DmaError> {
+        let len = buf.len() as u64;
+        if len == 0 {
+            return Ok(());
+        }
+        self.walk(iova, len, false, attrs, |at, off, n| {
+            let dst = &mut buf[off as usize..(off + n) as usize];
+            match at {
+                Loc::Phys(pa) => frames::read_phys(pa, dst),
+                Loc::Host(host) => user::copy_from_own(dst, host),
+            }
+        })?;
+        bump(&self.stats.bytes_read, len);
+        Ok(())
+    }
+
+    /// [`DmaPort::dma_write`] past its cached request.
+    #[inline(never)]
+    fn write_slow(&self, iova: u64, data: &[u8], attrs: &DmaAttrs) -> Result<(), DmaError> {
+        let len = data.len() as u64;
+        if len == 0 {
+            return Ok(());
+        }
+        self.walk(iova, len, true, attrs, |at, off, n| {
+            let src = &data[off as usize..(off + n) as usize];
+            match at {
+                Loc::Phys(pa) => frames::write_phys(pa, src),
+                Loc::Host(host) => user::copy_to_own(host, src),
+            }
+        })?;
+        bump(&self.stats.bytes_written, len);
+        Ok(())
+    }
+
     fn noncoherent(&self, paddr: u64, n: u64) {
         bump(&self.stats.noncoherent_bytes, n);
         if !coherency::strict() {
@@ -531,65 +558,58 @@ fn page_prot(page: u64) -> i32 {
 impl DmaPort for DevicePort {
     fn dma_read(&self, iova: u64, buf: &mut [u8], attrs: DmaAttrs) -> Result<(), DmaError> {
         let len = buf.len() as u64;
-        if len == 0 {
-            return Ok(());
+        let to = buf.as_mut_ptr() as u64;
+        match self.fast(&attrs, None, |v| v.host(iova, len, false), |host| user::copy_own_known(to, host, len as usize))
+        {
+            Some(true) => {
+                bump(&self.stats.bytes_read, len);
+                Ok(())
+            }
+            Some(false) => Err(self.memory(iova, false)),
+            None => self.read_slow(iova, buf, &attrs),
         }
-        let r = match self.cached(&attrs, 0, |h| Some(user::copy_from_own(buf, h.host(iova, len, atc::READ)?))) {
-            Some(r) => r.map_err(|_| self.memory(iova, false)),
-            None => self.walk(iova, len, false, &attrs, |at, off, n| {
-                let dst = &mut buf[off as usize..(off + n) as usize];
-                match at {
-                    Loc::Phys(pa) => frames::read_phys(pa, dst),
-                    Loc::Host(host) => user::copy_from_own(dst, host),
-                }
-            }),
-        };
-        if r.is_ok() {
-            bump(&self.stats.bytes_read, len);
-        }
-        r
     }
 
     fn dma_write(&self, iova: u64, data: &[u8], attrs: DmaAttrs) -> Result<(), DmaError> {
         let len = data.len() as u64;
-        if len == 0 {
-            return Ok(());
+        let from = data.as_ptr() as u64;
+        match self.fast(
+            &attrs,
+            Some(len),
+            |v| v.host(iova, len, true),
+            |host| user::copy_own_known(host, from, len as usize),
+        ) {
+            Some(true) => {
+                bump(&self.stats.bytes_written, len);
+                Ok(())
+            }
+            Some(false) => Err(self.memory(iova, true)),
+            None => self.write_slow(iova, data, &attrs),
         }
-        let r = match self.cached(&attrs, len, |h| Some(user::copy_to_own(h.host(iova, len, atc::WRITE)?, data))) {
-            Some(r) => r.map_err(|_| self.memory(iova, true)),
-            None => self.walk(iova, len, true, &attrs, |at, off, n| {
-                let src = &data[off as usize..(off + n) as usize];
-                match at {
-                    Loc::Phys(pa) => frames::write_phys(pa, src),
-                    Loc::Host(host) => user::copy_to_own(host, src),
-                }
-            }),
-        };
-        if r.is_ok() {
-            bump(&self.stats.bytes_written, len);
-        }
-        r
     }
 
     /// Both writes in one section when the cache holds both whole (a DMA
     /// engine's result and status), else two requests.
     fn dma_write_then(&self, first: (u64, &[u8]), second: (u64, &[u8]), attrs: DmaAttrs) -> Result<(), DmaError> {
         let (l1, l2) = (first.1.len() as u64, second.1.len() as u64);
-        let both = (l1 != 0 && l2 != 0).then(|| {
-            self.cached(&attrs, l1 + l2, |h| {
-                let (h1, h2) = h.host_pair((first.0, l1, atc::WRITE), (second.0, l2, atc::WRITE))?;
-                Some(match user::copy_to_own(h1, first.1) {
-                    Err(_) => Err(first.0),
-                    Ok(()) => user::copy_to_own(h2, second.1).map_err(|_| second.0),
-                })
-            })
-        });
-        match both.flatten() {
-            Some(Ok(())) => {
+        let mut failed = first.0;
+        let fast = self.fast(
+            &attrs,
+            Some(l1 + l2),
+            |v| Some((v.host(first.0, l1, true)?, v.host(second.0, l2, true)?)),
+            |(h1, h2)| {
+                user::copy_own_known(h1, first.1.as_ptr() as u64, l1 as usize) && {
+                    failed = second.0;
+                    user::copy_own_known(h2, second.1.as_ptr() as u64, l2 as usize)
+                }
+            },
+        );
+        match fast {
+            Some(true) => {
                 bump(&self.stats.bytes_written, l1 + l2);
                 Ok(())
             }
-            Some(Err(iova)) => Err(self.memory(iova, true)),
+            Some(false) => Err(self.memory(failed, true)),
             None => {
                 self.dma_write(first.0, first.1, attrs)?;
                 self.dma_write(second.0, second.1, attrs)
@@ -600,20 +620,19 @@ impl DmaPort for DevicePort {
     /// Frame to frame, no bounce buffer: translations that continue each
     /// other physically on both sides are coalesced into one copy.
     fn dma_copy(&self, dst: u64, src: u64, len: u64, attrs: DmaAttrs) -> Result<(), DmaError> {
-        if len == 0 {
-            return Ok(());
-        }
-        let r = self.cached(&attrs, len, |h| {
-            let (sh, dh) = (h.host(src, len, atc::READ)?, h.host(dst, len, atc::WRITE)?);
-            Some(user::copy_own_to_own(dh, sh, len as usize))
-        });
-        match r {
-            Some(Ok(())) => {
+        let fast = self.fast(
+            &attrs,
+            Some(len),
+            |v| Some((v.host(src, len, false)?, v.host(dst, len, true)?)),
+            |(sh, dh)| user::copy_own_known(dh, sh, len as usize),
+        );
+        match fast {
+            Some(true) => {
                 bump(&self.stats.bytes_read, len);
                 bump(&self.stats.bytes_written, len);
                 Ok(())
             }
-            Some(Err(_)) => Err(self.memory(dst, true)),
+            Some(false) => Err(self.memory(dst, true)),
             None => self.copy_slow(dst, src, len, &attrs),
         }
     }
@@ -624,6 +643,9 @@ impl DevicePort {
     /// port's cache while it holds them, then translation by translation.
     #[inline(never)]
     fn copy_slow(&self, dst: u64, src: u64, len: u64, attrs: &DmaAttrs) -> Result<(), DmaError> {
+        if len == 0 {
+            return Ok(());
+        }
         // One device, one PASID: both ends go through the same domain.
         let pasid = attrs.pasid.and_then(|p| self.pasid_domain(p));
         let failed = {
@@ -637,8 +659,8 @@ impl DevicePort {
                 // Both ends from the port's cache, host to host.
                 while done < len {
                     let (s, d) = (src.wrapping_add(done), dst.wrapping_add(done));
-                    let Some((sh, savail)) = self.atc.lookup(dom, gen, s, atc::READ) else { break };
-                    let Some((dh, davail)) = self.atc.lookup(dom, gen, d, atc::WRITE) else { break };
+                    let Some((sh, savail)) = self.atc.lookup(dom, gen, s, false) else { break };
+                    let Some((dh, davail)) = self.atc.lookup(dom, gen, d, true) else { break };
                     let n = (len - done).min(savail).min(davail);
                     user::copy_own_to_own(dh, sh, n as usize).map_err(|_| self.memory(d, true))?;
                     if noncoherent {

@@ -45,6 +45,11 @@
 //! holder ends it early ([`quiesce`]) before anything that may wait for a
 //! lock a grace period's caller holds (reporting a fault).
 //!
+//! A request that only looks up and copies (a device port's
+//! translation-cache path) takes a [`Leaf`]: the same swap into the slot
+//! and plain store at its end, without counting itself among the thread's
+//! sections (nothing can nest in it), or nothing at all inside a hold.
+//!
 //! History: a read side without any locked instruction (a plain store,
 //! grace periods through `membarrier(2)`) was tried and reverted: every
 //! unpin in a process with a DMA worker thread then paid a system call
@@ -245,6 +250,69 @@ impl Drop for Section {
     }
 }
 
+/// A section for one request that does nothing but look up and copy (the
+/// translation-cache path of a device port): no other section and no
+/// hold begins or ends inside it, and it touches only this thread's slot,
+/// without counting itself in the thread's open sections. Inside a hold
+/// or another section it costs nothing; otherwise it is [`enter`]'s one
+/// locked instruction, and a plain store when it ends.
+#[must_use]
+pub struct Leaf {
+    /// The slot this leaf opened (and closes when it ends); `None` when the
+    /// thread's slot was already open (a hold or a section of its own
+    /// closes it), or is left open for a hold.
+    opened: Option<&'static Slot>,
+    /// Belongs to the thread that entered it.
+    _thread: std::marker::PhantomData<*const ()>,
+}
+
+/// Begin a [`Leaf`] section; `None` before this thread's first section
+/// (which takes its slot: [`enter`] does that, out of the leaf's way).
+#[inline(always)]
+pub fn enter_leaf() -> Option<Leaf> {
+    let opened = LOCAL.with(|l| {
+        if l.live.get() {
+            return Some(None);
+        }
+        let slot = l.slot.get()?;
+        // As in `Local::open`: the full barrier that orders the slot before
+        // the section's loads.
+        slot.count.swap(COUNTER.0.load(Ordering::SeqCst), Ordering::SeqCst);
+        if l.pins.get() != 0 {
+            // Under a hold with no section open: the section stays open for
+            // the hold's next request, as `enter` leaves it.
+            l.live.set(true);
+            return Some(None);
+        }
+        // `live` stays false: nothing inside a leaf asks, and its end is
+        // this slot's store alone.
+        Some(Some(slot))
+    })?;
+    Some(Leaf { opened, _thread: std::marker::PhantomData })
+}
+
+impl Drop for Leaf {
+    #[inline(always)]
+    fn drop(&mut self) {
+        if let Some(slot) = self.opened {
+            // Nothing inside closed it (a section begun and ended inside
+            // would have).
+            debug_assert_ne!(slot.count.load(Ordering::Relaxed), 0, "a section ended inside a dma_fence::Leaf");
+            slot.count.store(0, Ordering::Release);
+        }
+    }
+}
+
+/// A section of either kind, as what is read inside one asks for it.
+pub trait Inside: inside::Sealed {}
+impl Inside for Section {}
+impl Inside for Leaf {}
+mod inside {
+    pub trait Sealed {}
+    impl Sealed for super::Section {}
+    impl Sealed for super::Leaf {}
+}
+
 /// Requests of this thread in a row, kept in one section: while a hold
 /// lives, the end of the thread's outermost section leaves its slot as it
 /// is, so the next section begins without a locked instruction (a DMA
@@ -400,7 +468,7 @@ impl<T: Send + Sync> Published<T> {
     }
 
     /// The current value, valid for the section.
-    pub fn read<'s>(&'s self, _section: &'s Section) -> Option<&'s T> {
+    pub fn read<'s>(&'s self, _section: &'s impl Inside) -> Option<&'s T> {
         let p = self.ptr.load(Ordering::Acquire);
         // SAFETY: `p` is null or a live box published with Release; a
         // replaced box is freed only after `synchronize`, which waits for
@@ -563,6 +631,46 @@ mod tests {
             }
             t.join().unwrap();
         }
+    }
+
+    /// A leaf is a section for grace periods; it needs the thread's slot
+    /// taken first, and under a hold it leaves the section open for the
+    /// hold's next request.
+    #[test]
+    fn a_leaf_is_waited_for_and_keeps_a_holds_section_open() {
+        let _s = serial();
+        let count = || LOCAL.with(|l| l.slot.get().map_or(0, |s| s.count.load(Ordering::SeqCst)));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+        let t = std::thread::spawn(move || {
+            assert!(enter_leaf().is_none(), "a leaf before the thread's slot was taken");
+            drop(enter());
+            let leaf = enter_leaf().expect("the slot is taken");
+            tx.send(count()).unwrap();
+            go_rx.recv().unwrap();
+            drop(leaf);
+            assert_eq!(count(), 0, "a leaf left its section open");
+            let hold = hold();
+            drop(enter_leaf().unwrap());
+            let kept = count();
+            drop(enter_leaf().unwrap());
+            let again = count();
+            drop(hold);
+            tx.send(kept).unwrap();
+            tx.send(again).unwrap();
+            tx.send(count()).unwrap();
+        });
+        assert_ne!(rx.recv().unwrap(), 0, "the leaf's section is not open");
+        let (done, waiter) = synchronize_in_background();
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(!done.load(Ordering::SeqCst), "a grace period ended while a leaf was open");
+        go_tx.send(()).unwrap();
+        waiter.join().unwrap();
+        let (kept, again, after) = (rx.recv().unwrap(), rx.recv().unwrap(), rx.recv().unwrap());
+        assert_ne!(kept, 0, "under a hold, a leaf closed the section");
+        assert_eq!(kept, again, "under a hold, the next leaf entered afresh");
+        assert_eq!(after, 0, "the hold's end left the section open");
+        t.join().unwrap();
     }
 
     #[test]

@@ -70,13 +70,15 @@
 //!
 //! Lookup cache. Device copies still run under the read lock (that is what
 //! keeps relocation and release from changing a frame under a copy), but
-//! each thread remembers the last run it copied through, with the value of
-//! a generation counter that every change of a PFN's host memory (release,
-//! relocation, move) bumps, under the write lock. A hit costs a compare
-//! instead of two tree searches; a stale entry is never used, as the
-//! generation cannot move while the read lock is held. Splitting and
-//! merging runs leave it alone: every PFN keeps its host address, which is
-//! all a cached run says.
+//! each thread remembers the last run it copied through on each side (what
+//! devices read, what they write: a copy's two ends are often in different
+//! runs), with the value of a generation counter that every change of a
+//! PFN's host memory (release, relocation, move) bumps, under the write
+//! lock. A hit costs a compare instead of two tree searches, and a request
+//! that the cached run holds whole is one range check and one guarded
+//! copy; a stale entry is never used, as the generation cannot move while
+//! the read lock is held. Splitting and merging runs leave it alone: every
+//! PFN keeps its host address, which is all a cached run says.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -203,7 +205,7 @@ struct Registry {
     /// [`pin_count`], [`pinned_pages`] and [`total_pins`] pass over it;
     /// the generation moves when a run enters the table, and a device
     /// copy's per-thread cache of a hot run checks the slot's word, so no
-    /// thread's [`LAST_RUN`] reaches it either. Its PFNs keep their host
+    /// thread's [`LAST_RUNS`] reaches it either. Its PFNs keep their host
     /// address, which is why a re-pin may hand them out again without a
     /// generation bump. The shim's hooks drop cached runs in a range the
     /// program unmaps or remaps (they are never relocated).
@@ -229,34 +231,72 @@ struct HostRun {
     host: u64,
     /// In place or mapped: reached through the fault-safe copies.
     guarded: bool,
-    /// A hot run's slot and the word it had (pinned) when this was looked
-    /// up: the run is still pinned while the word is the same.
+}
+
+/// A run as this thread's device copies remember it: physical addresses
+/// `[start, end)` at host `start + delta`, looked up in generation `gen`
+/// (`u64::MAX`: none), and for a hot run its slot and the word it had.
+#[derive(Clone, Copy)]
+struct Cached {
+    gen: u64,
+    start: u64,
+    end: u64,
+    delta: u64,
+    guarded: bool,
     hot: Option<(&'static hot::Slot, u64)>,
 }
 
+/// Which of a thread's [`LAST_RUNS`] a lookup uses: a copy's source and its
+/// destination are often in different runs.
+#[derive(Clone, Copy)]
+enum Side {
+    /// What devices read (`read_phys`, a copy's source).
+    Src = 0,
+    /// What devices write (`write_phys`, a copy's destination, cache fills).
+    Dst = 1,
+}
+
 thread_local! {
-    /// The run this thread's last device copy used, with the generation it
-    /// was looked up in (`u64::MAX`: none).
-    static LAST_RUN: std::cell::Cell<(u64, HostRun)> = const {
-        std::cell::Cell::new((u64::MAX, HostRun { pfn: 0, npages: 0, host: 0, guarded: true, hot: None }))
+    /// The runs this thread's last device copies used, one per [`Side`].
+    static LAST_RUNS: [std::cell::Cell<Cached>; 2] = const {
+        let none = Cached { gen: u64::MAX, start: 0, end: 0, delta: 0, guarded: true, hot: None };
+        [std::cell::Cell::new(none), std::cell::Cell::new(none)]
     };
 }
 
-/// The run holding `pfn`, for a copy made under the registry's read lock
-/// `reg`: from this thread's cache when no PFN changed its host since it
-/// was filled (the generation only moves under the write lock, so it is
-/// stable while `reg` is held) and, for a hot run, its slot's word is
-/// still the one it was pinned with (its lock-free unpin changes that),
-/// else from the index.
-#[inline]
-fn host_run(reg: &Registry, pfn: u64) -> Option<HostRun> {
+/// The host address of physical `[paddr, paddr + len)` and whether it is
+/// reached through the fault-safe copies, when this thread's cached run on
+/// `side` holds all of it, for a copy made under the registry's read lock
+/// (the hot path of [`read_phys`], [`write_phys`] and [`copy_phys`]): no PFN
+/// changed its host since the run was cached (the generation only moves
+/// under the write lock, so it is stable while the read lock is held) and,
+/// for a hot run, its slot's word is still the one it was pinned with (its
+/// lock-free unpin changes that).
+#[inline(always)]
+fn cached_host(_reg: &Registry, side: Side, paddr: u64, len: u64) -> Option<(u64, bool)> {
     let gen = GENERATION.load(Ordering::Relaxed);
-    let (cached_gen, run) = LAST_RUN.with(|c| c.get());
-    if cached_gen == gen
-        && pfn.wrapping_sub(run.pfn) < run.npages
-        && run.hot.is_none_or(|(slot, word)| slot.word() == word)
-    {
-        return Some(run);
+    let c = LAST_RUNS.with(|l| l[side as usize].get());
+    let end = paddr.checked_add(len)?;
+    if c.gen != gen || paddr < c.start || end > c.end || c.hot.is_some_and(|(slot, word)| slot.word() != word) {
+        return None;
+    }
+    Some((paddr.wrapping_add(c.delta), c.guarded))
+}
+
+/// The run holding `pfn`, for a copy made under the registry's read lock
+/// `reg`: this thread's cached run on `side` when it holds `pfn` (see
+/// [`cached_host`]), else the index's, which then becomes the cached one.
+fn host_run(reg: &Registry, side: Side, pfn: u64) -> Option<HostRun> {
+    let shift = page_shift();
+    if let Some((host, guarded)) = cached_host(reg, side, pfn << shift, 1) {
+        let c = LAST_RUNS.with(|l| l[side as usize].get());
+        let first = c.start >> shift;
+        return Some(HostRun {
+            pfn: first,
+            npages: (c.end - c.start) >> shift,
+            host: host - ((pfn - first) << shift),
+            guarded,
+        });
     }
     let (start, r) = reg.by_pfn.prev(pfn)?;
     if pfn >= start + r.npages {
@@ -274,8 +314,11 @@ fn host_run(reg: &Registry, pfn: u64) -> Option<HostRun> {
             Some((slot, word))
         }
     };
-    let run = HostRun { pfn: start, npages: r.npages, host: r.host, guarded: r.in_place || r.mapped, hot };
-    LAST_RUN.with(|c| c.set((gen, run)));
+    let run = HostRun { pfn: start, npages: r.npages, host: r.host, guarded: r.in_place || r.mapped };
+    let (first, end) = (start << shift, (start + r.npages) << shift);
+    let gen = GENERATION.load(Ordering::Relaxed);
+    let cached = Cached { gen, start: first, end, delta: r.host.wrapping_sub(first), guarded: run.guarded, hot };
+    LAST_RUNS.with(|l| l[side as usize].set(cached));
     Some(run)
 }
 
@@ -1006,7 +1049,14 @@ pub fn index_bytes() -> usize {
 
 /// Copy from emulated physical memory at `paddr` into `buf`.
 pub fn read_phys(paddr: u64, buf: &mut [u8]) -> Result<(), Errno> {
-    phys_io(paddr, buf.len(), |host, guarded, off, n| {
+    let reg = read();
+    // The whole range in this thread's cached run, guarded copies in use.
+    if let Some((host, _)) = cached_host(&reg, Side::Src, paddr, buf.len() as u64) {
+        if let Some(ok) = crate::guard::try_copy_user(buf.as_mut_ptr() as u64, host, buf.len()) {
+            return if ok { Ok(()) } else { Err(Errno::EFAULT) };
+        }
+    }
+    phys_io(&reg, Side::Src, paddr, buf.len(), |host, guarded, off, n| {
         let dst = &mut buf[off..off + n];
         // Relocated frames too where the guarded copy is installed: it
         // never faults on them, and unlike glibc's `memcpy` (`rep movsb`)
@@ -1016,8 +1066,8 @@ pub fn read_phys(paddr: u64, buf: &mut [u8]) -> Result<(), Errno> {
             user::copy_from_own(dst, host)
         } else {
             // SAFETY: `host` lies in arena memory owned by a live relocated
-            // run; the registry read lock held by phys_io keeps it mapped
-            // and nothing else holds a Rust reference into it.
+            // run; the registry read lock held by our caller keeps it
+            // mapped and nothing else holds a Rust reference into it.
             unsafe { std::ptr::copy_nonoverlapping(host as *const u8, dst.as_mut_ptr(), n) };
             Ok(())
         }
@@ -1026,7 +1076,14 @@ pub fn read_phys(paddr: u64, buf: &mut [u8]) -> Result<(), Errno> {
 
 /// Copy `data` into emulated physical memory at `paddr`.
 pub fn write_phys(paddr: u64, data: &[u8]) -> Result<(), Errno> {
-    phys_io(paddr, data.len(), |host, guarded, off, n| {
+    let reg = read();
+    // As in read_phys.
+    if let Some((host, _)) = cached_host(&reg, Side::Dst, paddr, data.len() as u64) {
+        if let Some(ok) = crate::guard::try_copy_user(host, data.as_ptr() as u64, data.len()) {
+            return if ok { Ok(()) } else { Err(Errno::EFAULT) };
+        }
+    }
+    phys_io(&reg, Side::Dst, paddr, data.len(), |host, guarded, off, n| {
         let src = &data[off..off + n];
         // As in read_phys.
         if guarded || crate::guard::available() {
@@ -1044,17 +1101,31 @@ pub fn write_phys(paddr: u64, data: &[u8]) -> Result<(), Errno> {
 /// without a bounce buffer (what a DMA engine's copy does). The ranges must
 /// not overlap. `EFAULT` if either end is not backed by a frame.
 pub fn copy_phys(dst: u64, src: u64, len: usize) -> Result<(), Errno> {
-    let shift = page_shift();
     let reg = read();
-    let host_of = |pa: u64| -> Result<(u64, u64), Errno> {
-        let run = host_run(&reg, pa >> shift).ok_or(Errno::EFAULT)?;
+    // Each end whole in this thread's cached run of its side.
+    if let (Some((d, _)), Some((s, _))) =
+        (cached_host(&reg, Side::Dst, dst, len as u64), cached_host(&reg, Side::Src, src, len as u64))
+    {
+        if let Some(ok) = crate::guard::try_copy_user(d, s, len) {
+            return if ok { Ok(()) } else { Err(Errno::EFAULT) };
+        }
+    }
+    copy_phys_runs(&reg, dst, src, len)
+}
+
+/// [`copy_phys`] run by run.
+#[inline(never)]
+fn copy_phys_runs(reg: &Registry, dst: u64, src: u64, len: usize) -> Result<(), Errno> {
+    let shift = page_shift();
+    let host_of = |side: Side, pa: u64| -> Result<(u64, u64), Errno> {
+        let run = host_run(reg, side, pa >> shift).ok_or(Errno::EFAULT)?;
         let off = pa - (run.pfn << shift);
         Ok((run.host + off, (run.npages << shift) - off))
     };
     let mut done = 0usize;
     while done < len {
-        let (d, davail) = host_of(dst.checked_add(done as u64).ok_or(Errno::EFAULT)?)?;
-        let (s, savail) = host_of(src.checked_add(done as u64).ok_or(Errno::EFAULT)?)?;
+        let (d, davail) = host_of(Side::Dst, dst.checked_add(done as u64).ok_or(Errno::EFAULT)?)?;
+        let (s, savail) = host_of(Side::Src, src.checked_add(done as u64).ok_or(Errno::EFAULT)?)?;
         let n = ((len - done) as u64).min(davail).min(savail) as usize;
         // Every kind of frame goes through the fault-safe copy: arena
         // frames never fault, and the copy costs the same.
@@ -1072,7 +1143,7 @@ pub fn copy_phys(dst: u64, src: u64, len: usize) -> Result<(), Errno> {
 pub fn atc_host(paddr: u64) -> Option<(u64, u64)> {
     let shift = page_shift();
     let reg = read();
-    let run = host_run(&reg, paddr >> shift)?;
+    let run = host_run(&reg, Side::Dst, paddr >> shift)?;
     // Under the read lock: a relocation has either finished with the
     // registry or still blocks fills.
     if !crate::atc::fills_allowed() {
@@ -1092,17 +1163,21 @@ pub fn program_page(paddr: u64) -> Option<u64> {
     (run.in_place && reg.pins(&run) != 0).then(|| run.host + (((paddr >> shift) - start) << shift))
 }
 
+/// [`read_phys`] or [`write_phys`] run by run, under the read lock `reg`:
+/// `f(host, guarded, offset, bytes)` for each piece.
+#[inline(never)]
 fn phys_io(
+    reg: &Registry,
+    side: Side,
     paddr: u64,
     len: usize,
     mut f: impl FnMut(u64, bool, usize, usize) -> Result<(), Errno>,
 ) -> Result<(), Errno> {
     let shift = page_shift();
-    let reg = read();
     let mut done = 0usize;
     while done < len {
         let pa = paddr.checked_add(done as u64).ok_or(Errno::EFAULT)?;
-        let run = host_run(&reg, pa >> shift).ok_or(Errno::EFAULT)?;
+        let run = host_run(reg, side, pa >> shift).ok_or(Errno::EFAULT)?;
         let off_in_run = pa - (run.pfn << shift);
         let avail = (run.npages << shift) - off_in_run;
         let n = (len - done).min(avail as usize);

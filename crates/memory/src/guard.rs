@@ -19,7 +19,7 @@
 //! pointer is exactly one of our guarded instructions; it does not touch any
 //! other state and never runs Rust code that could allocate or lock.
 
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
 mod imp {
@@ -303,6 +303,27 @@ mod imp {
         AVX.store(std::arch::is_x86_feature_detected!("avx"), std::sync::atomic::Ordering::Relaxed);
     }
 
+    /// Whether the CPU has AVX (after [`detect`]).
+    pub fn has_avx() -> bool {
+        AVX.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// [`copy`] where the CPU has AVX.
+    ///
+    /// # Safety
+    /// As for [`copy`]; the CPU has AVX.
+    #[inline(always)]
+    pub unsafe fn copy_avx(dst: *mut u8, src: *const u8, len: usize) -> bool {
+        if len <= 64 {
+            // SAFETY: forwarded contract; faults anywhere in the routine
+            // are recovered by the handler.
+            return unsafe { uiommufd_guard_copy_small(dst, src, len) == 0 };
+        }
+        // SAFETY: forwarded contract; the CPU has AVX; faults anywhere in
+        // the routine are recovered by the handler.
+        unsafe { uiommufd_guard_copy_avx(dst, src, len) == 0 }
+    }
+
     /// Copy `len` bytes; false if a fault stopped it.
     ///
     /// # Safety
@@ -346,6 +367,12 @@ mod imp {
 #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
 mod imp {
     pub fn detect() {}
+    pub fn has_avx() -> bool {
+        false
+    }
+    pub unsafe fn copy_avx(_: *mut u8, _: *const u8, _: usize) -> bool {
+        false
+    }
     pub fn our_action() -> Option<super::chain::KSigaction> {
         None
     }
@@ -362,6 +389,9 @@ mod imp {
 
 /// 0 unknown, 1 unavailable, 2 installed, 3 disabled by the user.
 static STATE: AtomicU8 = AtomicU8::new(0);
+/// Installed (`STATE` 2) on a CPU with AVX: the copies' common case in one
+/// load (see [`try_copy_user`]). Set after `STATE`.
+static AVX_READY: AtomicBool = AtomicBool::new(false);
 
 /// Whether guarded access is in use (installing the handler on first call).
 /// `UIOMMUFD_GUARDED_COPY=0` disables it.
@@ -393,6 +423,9 @@ fn install() -> bool {
                 1
             };
             STATE.store(s, Ordering::Release);
+            if s == 2 && imp::has_avx() {
+                AVX_READY.store(true, Ordering::Release);
+            }
         }
     });
     STATE.load(Ordering::Acquire) == 2
@@ -728,6 +761,26 @@ pub fn copy_user(dst: u64, src: u64, len: usize) -> bool {
     // SAFETY: both ends are user memory (never Rust-owned objects) the
     // caller asked us to copy between; faults on either are recovered.
     unsafe { imp::copy(dst as *mut u8, src as *const u8, len) }
+}
+
+/// [`copy_user`] when guarded access is in use (`None`: it is not), in
+/// one check where the CPU has AVX (the device copies' hot path).
+#[inline(always)]
+pub fn try_copy_user(dst: u64, src: u64, len: usize) -> Option<bool> {
+    if AVX_READY.load(Ordering::Acquire) {
+        // SAFETY: both ends are user memory (never Rust-owned objects) the
+        // caller asked us to copy between; faults on either are recovered;
+        // the CPU has AVX.
+        return Some(unsafe { imp::copy_avx(dst as *mut u8, src as *const u8, len) });
+    }
+    try_copy_user_slow(dst, src, len)
+}
+
+/// [`try_copy_user`] before the handler is installed, without AVX or
+/// without guarded access.
+#[inline(never)]
+fn try_copy_user_slow(dst: u64, src: u64, len: usize) -> Option<bool> {
+    available().then(|| copy_user(dst, src, len))
 }
 
 /// Whether the byte at `addr` can be read.

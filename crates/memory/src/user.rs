@@ -177,8 +177,10 @@ pub fn copy_user_to_user(dst: u64, src: u64, len: usize) -> Result<(), Errno> {
 /// thread's current process.
 #[inline(always)]
 pub fn copy_from_own(dst: &mut [u8], addr: u64) -> Result<(), Errno> {
-    if crate::guard::available() && check_range(addr, dst.len()).is_ok() {
-        return if crate::guard::copy_in(dst, addr) { Ok(()) } else { Err(Errno::EFAULT) };
+    if check_range(addr, dst.len()).is_ok() {
+        if let Some(ok) = crate::guard::try_copy_user(dst.as_mut_ptr() as u64, addr, dst.len()) {
+            return if ok { Ok(()) } else { Err(Errno::EFAULT) };
+        }
     }
     copy_from_own_slow(dst, addr)
 }
@@ -201,8 +203,10 @@ fn copy_from_own_slow(dst: &mut [u8], addr: u64) -> Result<(), Errno> {
 /// [`copy_to_user`] in this process's own address space.
 #[inline(always)]
 pub fn copy_to_own(addr: u64, src: &[u8]) -> Result<(), Errno> {
-    if crate::guard::available() && check_range(addr, src.len()).is_ok() {
-        return if crate::guard::copy_out(addr, src) { Ok(()) } else { Err(Errno::EFAULT) };
+    if check_range(addr, src.len()).is_ok() {
+        if let Some(ok) = crate::guard::try_copy_user(addr, src.as_ptr() as u64, src.len()) {
+            return if ok { Ok(()) } else { Err(Errno::EFAULT) };
+        }
     }
     copy_to_own_slow(addr, src)
 }
@@ -225,10 +229,24 @@ fn copy_to_own_slow(addr: u64, src: &[u8]) -> Result<(), Errno> {
 /// [`copy_user_to_user`] in this process's own address space.
 #[inline(always)]
 pub fn copy_own_to_own(dst: u64, src: u64, len: usize) -> Result<(), Errno> {
-    if crate::guard::available() && check_range(src, len).is_ok() && check_range(dst, len).is_ok() {
-        return if crate::guard::copy_user(dst, src, len) { Ok(()) } else { Err(Errno::EFAULT) };
+    if check_range(src, len).is_ok() && check_range(dst, len).is_ok() {
+        if let Some(ok) = crate::guard::try_copy_user(dst, src, len) {
+            return if ok { Ok(()) } else { Err(Errno::EFAULT) };
+        }
     }
     copy_own_to_own_slow(dst, src, len)
+}
+
+/// [`copy_own_to_own`] for ranges known to lie in this process's address
+/// space without wrapping (the host ranges of pinned frames a device
+/// translation cache holds, or a buffer of ours): the guarded copy
+/// without the range checks. False if either end faulted.
+#[inline(always)]
+pub fn copy_own_known(dst: u64, src: u64, len: usize) -> bool {
+    match crate::guard::try_copy_user(dst, src, len) {
+        Some(ok) => ok,
+        None => copy_own_to_own_slow(dst, src, len).is_ok(),
+    }
 }
 
 /// [`copy_own_to_own`] without the guarded copy, or for a bad range.
