@@ -349,15 +349,15 @@ impl DevicePort {
 
     /// The common request, served whole from the port's cache: no PASID,
     /// the requester ID's domain published and the cache holding entries
-    /// of it in the current generation. A No Snoop write (`written`: the
-    /// bytes a write request writes; `None` for a read) is served unless
-    /// strict coherency watches pages (which needs the physical pages: the
-    /// general path), and counted when the domain does not force snooping. `find` looks up the host address of each piece
-    /// ([`View::host`]: one entry holding all its bytes); once the view is
-    /// confirmed ([`View::confirm`]), `copy` moves the bytes there
-    /// (false: a fault). `None` sends the request down the general path,
-    /// which redoes it from the start. Both run inside the request's
-    /// section.
+    /// of it in the current generation. `find` looks up the host address
+    /// of each piece ([`View::host`]: one entry holding all its bytes);
+    /// once the view is confirmed ([`View::confirm`]), `copy` moves the
+    /// bytes there (false: a fault). `None` sends the request down the
+    /// general path, which redoes it from the start. Both run inside the
+    /// request's section. A No Snoop write (`written`: the bytes a write
+    /// request writes; `None` for a read) is served unless strict
+    /// coherency watches pages (which needs the physical pages: the
+    /// general path), and counted when the domain does not force snooping.
     ///
     /// Ordering: the section's entry is a full barrier (`dma_fence`), and
     /// the generation is read after it, so an unmap whose generation bump
@@ -403,7 +403,7 @@ impl DevicePort {
     /// Walk `[iova, iova + len)` (`len` > 0), handing each physically
     /// contiguous piece `(where, offset, n)` to `each`: from the port's
     /// cache while it holds the pages, then translation by translation (the
-    /// general path of a read or write that [`Self::cached`] did not serve).
+    /// general path of a read or write that [`Self::fast`] did not serve).
     #[inline(never)]
     fn walk(
         &self,
