@@ -223,6 +223,25 @@ pub fn gettid() -> i32 {
     unsafe { libc::gettid() }
 }
 
+/// `MEMBARRIER_CMD_PRIVATE_EXPEDITED` (`<linux/membarrier.h>`, Linux 4.14).
+pub const MEMBARRIER_CMD_PRIVATE_EXPEDITED: i32 = 1 << 3;
+/// `MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED` (Linux 4.14).
+pub const MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED: i32 = 1 << 4;
+
+/// `membarrier(cmd, 0, 0)` (`membarrier(2)`); `Err(errno)` on failure
+/// (`ENOSYS` where it is missing or filtered, `EPERM` for
+/// `PRIVATE_EXPEDITED` before this process registered, `EINVAL` for a
+/// command the kernel lacks).
+pub fn membarrier(cmd: i32) -> Result<(), i32> {
+    // SAFETY: membarrier takes no pointers; the kernel validates `cmd`.
+    let rc = unsafe { libc::syscall(libc::SYS_membarrier, cmd, 0u32, 0i32) };
+    if rc < 0 {
+        Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::ENOSYS))
+    } else {
+        Ok(())
+    }
+}
+
 /// Write `buf` to stderr with one `write(2)` (async-signal-safe; errors
 /// ignored).
 pub fn write_stderr(buf: &[u8]) {
