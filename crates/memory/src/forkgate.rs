@@ -144,6 +144,10 @@ struct Local {
     /// This thread's [`close`] took the gate (another fork may hold it).
     took: Cell<bool>,
     way: Cell<Way>,
+    /// The slot of `way` (`Plain` or `Fenced`).
+    slot: Cell<Option<&'static AtomicU32>>,
+    /// The slot, if entered with plain stores (the inlined fast path).
+    plain: Cell<Option<&'static AtomicU32>>,
 }
 
 thread_local! {
@@ -157,6 +161,8 @@ thread_local! {
             closer: Cell::new(false),
             took: Cell::new(false),
             way: Cell::new(Way::Unclaimed),
+            slot: Cell::new(None),
+            plain: Cell::new(None),
         }
     };
 }
@@ -254,6 +260,10 @@ fn claim(l: &Local) -> Way {
     }
     let way = if mode == MEMBARRIER { Way::Plain(i as u32) } else { Way::Fenced(i as u32) };
     l.way.set(way);
+    l.slot.set(Some(&SLOT[i].0));
+    if mode == MEMBARRIER {
+        l.plain.set(Some(&SLOT[i].0));
+    }
     way
 }
 
@@ -268,6 +278,8 @@ extern "C" fn thread_exit(value: *mut libc::c_void) {
             let inside = l.held.get() == Held::Slot;
             if !inside {
                 l.way.set(Way::Shared);
+                l.slot.set(None);
+                l.plain.set(None);
             }
             !inside
         })
@@ -279,46 +291,50 @@ extern "C" fn thread_exit(value: *mut libc::c_void) {
 
 /// One attempt to enter (outermost, not the closer): false if the gate is
 /// closed (then nothing is held).
-#[inline]
+#[inline(always)]
 fn try_acquire(l: &Local) -> bool {
-    let mut way = l.way.get();
-    if way == Way::Unclaimed {
-        way = claim(l);
+    if let Some(slot) = l.plain.get() {
+        slot.store(1, Ordering::Relaxed);
+        // Keeps the store before the load in the instruction stream (the
+        // closer's `membarrier` does the rest: module doc).
+        compiler_fence(Ordering::SeqCst);
+        if COUNT.0.load(Ordering::Acquire) & CLOSED == 0 {
+            l.held.set(Held::Slot);
+            return true;
+        }
+        slot.store(0, Ordering::Release);
+        return false;
     }
-    match way {
-        Way::Plain(i) => {
-            let slot = &SLOT[i as usize].0;
-            slot.store(1, Ordering::Relaxed);
-            // Keeps the store before the load in the instruction stream
-            // (the closer's `membarrier` does the rest: module doc).
-            compiler_fence(Ordering::SeqCst);
-            if COUNT.0.load(Ordering::Acquire) & CLOSED != 0 {
-                slot.store(0, Ordering::Release);
-                return false;
-            }
-            l.held.set(Held::Slot);
+    try_acquire_other(l)
+}
+
+/// [`try_acquire`] for a thread without a plain slot.
+#[inline(never)]
+fn try_acquire_other(l: &Local) -> bool {
+    if l.way.get() == Way::Unclaimed {
+        claim(l);
+        if l.plain.get().is_some() {
+            return try_acquire(l);
         }
-        Way::Fenced(i) => {
-            let slot = &SLOT[i as usize].0;
-            slot.swap(1, Ordering::SeqCst);
-            if closed() {
-                slot.store(0, Ordering::Release);
-                return false;
-            }
-            l.held.set(Held::Slot);
+    }
+    if let Some(slot) = l.slot.get() {
+        slot.swap(1, Ordering::SeqCst);
+        if closed() {
+            slot.store(0, Ordering::Release);
+            return false;
         }
-        Way::Shared | Way::Unclaimed => {
-            if !try_shared() {
-                return false;
-            }
-            l.held.set(Held::Shared);
+        l.held.set(Held::Slot);
+    } else {
+        if !try_shared() {
+            return false;
         }
+        l.held.set(Held::Shared);
     }
     true
 }
 
 /// Enter (outermost, not the closer), waiting while the gate is closed.
-#[inline]
+#[inline(always)]
 fn acquire(l: &Local) {
     if !try_acquire(l) {
         acquire_slow(l);
@@ -326,6 +342,7 @@ fn acquire(l: &Local) {
 }
 
 #[cold]
+#[inline(never)]
 fn acquire_slow(l: &Local) {
     let mut spins = 0;
     loop {
@@ -339,13 +356,13 @@ fn acquire_slow(l: &Local) {
 }
 
 /// Leave (outermost).
-#[inline]
+#[inline(always)]
 fn release(l: &Local) {
     match l.held.replace(Held::No) {
         Held::No => {}
         Held::Slot => {
-            if let Way::Plain(i) | Way::Fenced(i) = l.way.get() {
-                SLOT[i as usize].0.store(0, Ordering::Release);
+            if let Some(slot) = l.slot.get() {
+                slot.store(0, Ordering::Release);
             }
         }
         Held::Shared => {
@@ -475,16 +492,14 @@ pub fn close() {
     let (own_count, own_slot) = LOCAL.with(|l| {
         l.took.set(true);
         l.closer.set(true);
-        let own_slot = match l.way.get() {
-            Way::Plain(i) | Way::Fenced(i) => Some(i as usize),
-            _ => None,
-        };
+        let own_slot = l.slot.get();
         (u32::from(l.held.get() == Held::Shared), own_slot)
     });
     barrier();
+    let is_own = |s: &AtomicU32| own_slot.is_some_and(|o| std::ptr::eq(o, s));
     let drained = || {
         COUNT.0.load(Ordering::SeqCst) == CLOSED | own_count
-            && SLOT.iter().enumerate().all(|(i, s)| Some(i) == own_slot || s.0.load(Ordering::SeqCst) != 1)
+            && SLOT.iter().all(|s| is_own(&s.0) || s.0.load(Ordering::SeqCst) != 1)
     };
     while !drained() {
         if start.elapsed() > LIMIT {
@@ -514,14 +529,11 @@ pub fn open_child() {
     let (own_count, own_slot) = LOCAL.with(|l| {
         l.closer.set(false);
         l.took.set(false);
-        let own_slot = match l.way.get() {
-            Way::Plain(i) | Way::Fenced(i) => Some(i as usize),
-            _ => None,
-        };
+        let own_slot = l.slot.get();
         (u32::from(l.held.get() == Held::Shared), own_slot)
     });
-    for (i, s) in SLOT.iter().enumerate() {
-        if Some(i) != own_slot {
+    for s in SLOT.iter() {
+        if !own_slot.is_some_and(|o| std::ptr::eq(o, &s.0)) {
             s.0.store(FREE, Ordering::Relaxed);
         }
     }
