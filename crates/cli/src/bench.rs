@@ -712,6 +712,15 @@ pub fn bench(args: BenchArgs) -> Result<ExitCode, String> {
         "uiommufd bench{}: ratio = reference time / our time (higher is better)",
         if quick { " --quick" } else { "" }
     ));
+    // What the copies' references are measured against depends on the CPU.
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("model name").map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned()))
+        })
+        .unwrap_or_else(|| "unknown".into());
+    say(format!("CPU: {cpu}; guarded copies: {}", uiommufd_memory::guard::copy_routine()));
     // UIOMMUFD_BENCH_ONLY=word runs only the sections whose title has it
     // (for profiling one case).
     let only = std::env::var("UIOMMUFD_BENCH_ONLY").ok();

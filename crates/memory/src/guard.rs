@@ -23,6 +23,8 @@ use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
 mod imp {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
     // (dst rdi, src rsi, len rdx) -> eax 0, or 1 after a fault.
     // (addr rdi) -> eax 0, or 1 after a fault.
     core::arch::global_asm!(
@@ -132,6 +134,72 @@ mod imp {
         "    vzeroupper",
         "    xor eax, eax",
         "    ret",
+        // The AVX-512 copy, for more than 64 bytes, where the CPU has
+        // AVX-512F and its vendor's `memcpy` uses it (Intel: glibc's
+        // `__memmove_avx512_unaligned_erms`): the shape of the AVX loop
+        // with 64-byte moves (zmm0-8 only, which `vzeroupper` clears).
+        // Up to 128 bytes: the AVX routine's short case. Up to 256: two
+        // zmm moves from the start, two ending at the end. Beyond: the
+        // first 64 and the last 256 loaded up front, 256 a loop iteration
+        // to a destination aligned to 64 bytes (one cache line a store).
+        // Inside _avx.._avx_end, so a fault takes the AVX fixup.
+        ".p2align 4",
+        ".globl uiommufd_guard_copy_avx512",
+        ".hidden uiommufd_guard_copy_avx512",
+        "uiommufd_guard_copy_avx512:",
+        "    cmp rdx, 256",
+        "    jbe 6f",
+        "    vmovdqu64 zmm4, [rsi]",
+        "    vmovdqu64 zmm5, [rsi + rdx - 256]",
+        "    vmovdqu64 zmm6, [rsi + rdx - 192]",
+        "    vmovdqu64 zmm7, [rsi + rdx - 128]",
+        "    vmovdqu64 zmm8, [rsi + rdx - 64]",
+        "    lea r8, [rdi + rdx - 256]",
+        "    vmovdqu64 [rdi], zmm4",
+        "    mov rcx, rdi",
+        "    neg rcx",
+        "    and ecx, 63",
+        "    add rsi, rcx",
+        "    add rdi, rcx",
+        "    sub rdx, rcx",
+        "    cmp rdx, 256",
+        "    jbe 3f",
+        "2:",
+        "    vmovdqu64 zmm0, [rsi]",
+        "    vmovdqu64 zmm1, [rsi + 64]",
+        "    vmovdqu64 zmm2, [rsi + 128]",
+        "    vmovdqu64 zmm3, [rsi + 192]",
+        "    vmovdqu64 [rdi], zmm0",
+        "    vmovdqu64 [rdi + 64], zmm1",
+        "    vmovdqu64 [rdi + 128], zmm2",
+        "    vmovdqu64 [rdi + 192], zmm3",
+        "    add rsi, 256",
+        "    add rdi, 256",
+        "    sub rdx, 256",
+        "    cmp rdx, 256",
+        "    ja 2b",
+        "3:",
+        "    vmovdqu64 [r8], zmm5",
+        "    vmovdqu64 [r8 + 64], zmm6",
+        "    vmovdqu64 [r8 + 128], zmm7",
+        "    vmovdqu64 [r8 + 192], zmm8",
+        "    vzeroupper",
+        "    xor eax, eax",
+        "    ret",
+        "6:",
+        "    cmp rdx, 128",
+        "    jbe uiommufd_guard_copy_avx",
+        "    vmovdqu64 zmm0, [rsi]",
+        "    vmovdqu64 zmm1, [rsi + 64]",
+        "    vmovdqu64 zmm2, [rsi + rdx - 128]",
+        "    vmovdqu64 zmm3, [rsi + rdx - 64]",
+        "    vmovdqu64 [rdi], zmm0",
+        "    vmovdqu64 [rdi + 64], zmm1",
+        "    vmovdqu64 [rdi + rdx - 128], zmm2",
+        "    vmovdqu64 [rdi + rdx - 64], zmm3",
+        "    vzeroupper",
+        "    xor eax, eax",
+        "    ret",
         ".globl uiommufd_guard_copy_avx_end",
         ".hidden uiommufd_guard_copy_avx_end",
         "uiommufd_guard_copy_avx_end:",
@@ -224,6 +292,7 @@ mod imp {
     extern "C" {
         fn uiommufd_guard_copy(dst: *mut u8, src: *const u8, len: usize) -> u32;
         fn uiommufd_guard_copy_avx(dst: *mut u8, src: *const u8, len: usize) -> u32;
+        fn uiommufd_guard_copy_avx512(dst: *mut u8, src: *const u8, len: usize) -> u32;
         fn uiommufd_guard_copy_small(dst: *mut u8, src: *const u8, len: usize) -> u32;
         static uiommufd_guard_copy_small_end: u8;
         static uiommufd_guard_copy_avx_end: u8;
@@ -298,14 +367,108 @@ mod imp {
     /// The CPU has AVX (set before the handler is marked installed).
     static AVX: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
-    /// Learn what [`copy`] may use (before the first guarded copy).
+    /// Copies of at least this many bytes use `rep movsb` (where the CPU
+    /// has AVX; `usize::MAX`: never). Set by [`detect`].
+    static REP_FROM: AtomicUsize = AtomicUsize::new(usize::MAX);
+    /// Copies of 65 bytes up to (not including) this many use the AVX-512
+    /// loop (where the CPU has AVX; 0: never). Set by [`detect`].
+    static ZMM_BELOW: AtomicUsize = AtomicUsize::new(0);
+
+    /// Which routine copies of more than 64 bytes take.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum Kernel {
+        /// The AVX loop at every size.
+        Avx,
+        /// The AVX-512 loop below 32 KiB, `rep movsb` from there.
+        Avx512,
+        /// `rep movsb` from 4 KiB, the AVX loop below.
+        Rep,
+    }
+
+    /// Learn what [`copy`] may use (before the first guarded copy), and
+    /// choose the routine for copies of more than 64 bytes as the CPU's
+    /// own `memcpy` would, measured on each machine class
+    /// (docs/BENCHMARKS.md, "Sixth session: copies on Intel"):
+    /// - AMD (Zen 3): the AVX loop at every size. `rep movsb` starts
+    ///   slowly and runs ~20 times slower when the two ends differ in
+    ///   their offset modulo 32 (36 us for 64 KiB against 1.5 us).
+    /// - Intel with fast `rep movsb` (CPUID.7.0:EBX.ERMS) and AVX-512F
+    ///   (Sapphire Rapids class, whose glibc `memcpy` is its AVX-512
+    ///   variant): the AVX-512 loop below 32 KiB (4 KiB in 19 ns against
+    ///   29 ns for the AVX loop and 22 ns for glibc's), `rep movsb` from
+    ///   there (the AVX-512 loop falls 5-10 % behind once the data is in
+    ///   L2; glibc switches at 8 KiB).
+    /// - Intel with ERMS, without AVX-512: `rep movsb` from 4 KiB (glibc's
+    ///   threshold for its AVX variant), the AVX loop below.
+    ///
+    /// `UIOMMUFD_GUARD_COPY=avx|avx512|rep` overrides the choice (for
+    /// measuring one against another; a routine the CPU lacks is not
+    /// taken).
     pub fn detect() {
-        AVX.store(std::arch::is_x86_feature_detected!("avx"), std::sync::atomic::Ordering::Relaxed);
+        use std::arch::x86_64::{__cpuid, __cpuid_count};
+        let avx = std::arch::is_x86_feature_detected!("avx");
+        let avx512 = avx && std::arch::is_x86_feature_detected!("avx512f");
+        // CPUID is safe on x86-64; leaf 7 is read only when leaf 0 reports it.
+        let vendor = __cpuid(0);
+        let intel = (vendor.ebx, vendor.edx, vendor.ecx) == (0x756e_6547, 0x4965_6e69, 0x6c65_746e);
+        let erms = vendor.eax >= 7 && __cpuid_count(7, 0).ebx & (1 << 9) != 0;
+        let chosen = match std::env::var("UIOMMUFD_GUARD_COPY").as_deref() {
+            Ok("avx") => Kernel::Avx,
+            Ok("avx512") if avx512 => Kernel::Avx512,
+            Ok("rep") => Kernel::Rep,
+            _ if intel && erms && avx512 => Kernel::Avx512,
+            _ if intel && erms => Kernel::Rep,
+            _ => Kernel::Avx,
+        };
+        set_kernel(chosen);
+        AVX.store(avx, Ordering::Relaxed);
+    }
+
+    /// Take `k` for copies of more than 64 bytes from now on (every
+    /// routine gives the same result: a copy racing this takes either).
+    pub fn set_kernel(k: Kernel) {
+        let (zmm_below, rep_from) = match k {
+            Kernel::Avx => (0, usize::MAX),
+            Kernel::Avx512 => (32 << 10, 32 << 10),
+            Kernel::Rep => (0, 4 << 10),
+        };
+        ZMM_BELOW.store(zmm_below, Ordering::Relaxed);
+        REP_FROM.store(rep_from, Ordering::Relaxed);
+    }
+
+    /// The routine copies of more than 64 bytes take.
+    pub fn kernel() -> Kernel {
+        match (ZMM_BELOW.load(Ordering::Relaxed), REP_FROM.load(Ordering::Relaxed)) {
+            (0, usize::MAX) => Kernel::Avx,
+            (0, _) => Kernel::Rep,
+            _ => Kernel::Avx512,
+        }
     }
 
     /// Whether the CPU has AVX (after [`detect`]).
     pub fn has_avx() -> bool {
-        AVX.load(std::sync::atomic::Ordering::Relaxed)
+        AVX.load(Ordering::Relaxed)
+    }
+
+    /// Whether the CPU can run `k` (after [`detect`]).
+    #[cfg(test)]
+    pub fn supports(k: Kernel) -> bool {
+        match k {
+            Kernel::Avx | Kernel::Rep => has_avx(),
+            Kernel::Avx512 => has_avx() && std::arch::is_x86_feature_detected!("avx512f"),
+        }
+    }
+
+    /// The routines copies take, in words.
+    pub fn describe() -> &'static str {
+        if !has_avx() {
+            return "rep movsb (no AVX)";
+        }
+        match kernel() {
+            Kernel::Avx => "AVX loop",
+            Kernel::Avx512 => "AVX-512 loop below 32 KiB, rep movsb from 32 KiB",
+            Kernel::Rep => "AVX loop below 4 KiB, rep movsb from 4 KiB",
+        }
     }
 
     /// [`copy`] where the CPU has AVX.
@@ -318,6 +481,28 @@ mod imp {
             // SAFETY: forwarded contract; faults anywhere in the routine
             // are recovered by the handler.
             return unsafe { uiommufd_guard_copy_small(dst, src, len) == 0 };
+        }
+        // SAFETY: forwarded contract; the CPU has AVX.
+        unsafe { copy_vector(dst, src, len) }
+    }
+
+    /// A copy of more than 64 bytes where the CPU has AVX, by the routine
+    /// [`detect`] chose for its length.
+    ///
+    /// # Safety
+    /// As for [`copy`]; the CPU has AVX; `len > 64`.
+    #[inline(always)]
+    unsafe fn copy_vector(dst: *mut u8, src: *const u8, len: usize) -> bool {
+        if len >= REP_FROM.load(Ordering::Relaxed) {
+            // SAFETY: forwarded contract; faults at the one instruction
+            // are recovered by the handler.
+            return unsafe { uiommufd_guard_copy(dst, src, len) == 0 };
+        }
+        if len < ZMM_BELOW.load(Ordering::Relaxed) {
+            // SAFETY: forwarded contract; `detect` sets ZMM_BELOW only
+            // where the CPU has AVX-512F (and the OS keeps its state);
+            // faults anywhere in the routine are recovered.
+            return unsafe { uiommufd_guard_copy_avx512(dst, src, len) == 0 };
         }
         // SAFETY: forwarded contract; the CPU has AVX; faults anywhere in
         // the routine are recovered by the handler.
@@ -336,15 +521,9 @@ mod imp {
             // are recovered by the handler.
             return unsafe { uiommufd_guard_copy_small(dst, src, len) == 0 };
         }
-        // The AVX loop at every larger size (`rep movsb` only without
-        // AVX): measured on this machine class (AMD Zen 3) it is as fast
-        // as `rep movsb` or faster from 64 B to 8 MiB, 1-3 % at 64 KiB
-        // (docs/BENCHMARKS.md, "Seventh round"), and `rep movsb` there is
-        // ~20 times slower when the two ends differ modulo 32.
-        if AVX.load(std::sync::atomic::Ordering::Relaxed) {
-            // SAFETY: forwarded contract; the CPU has AVX; faults anywhere
-            // in the routine are recovered by the handler.
-            return unsafe { uiommufd_guard_copy_avx(dst, src, len) == 0 };
+        if AVX.load(Ordering::Relaxed) {
+            // SAFETY: forwarded contract; the CPU has AVX.
+            return unsafe { copy_vector(dst, src, len) };
         }
         // SAFETY: forwarded contract; faults are recovered by the handler.
         unsafe { uiommufd_guard_copy(dst, src, len) == 0 }
@@ -370,6 +549,9 @@ mod imp {
     pub fn has_avx() -> bool {
         false
     }
+    pub fn describe() -> &'static str {
+        "none"
+    }
     pub unsafe fn copy_avx(_: *mut u8, _: *const u8, _: usize) -> bool {
         false
     }
@@ -392,6 +574,17 @@ static STATE: AtomicU8 = AtomicU8::new(0);
 /// Installed (`STATE` 2) on a CPU with AVX: the copies' common case in one
 /// load (see [`try_copy_user`]). Set after `STATE`.
 static AVX_READY: AtomicBool = AtomicBool::new(false);
+
+/// The routines guarded copies take on this CPU, in words (for reports
+/// beside measurements): "system calls" where guarded access is not in
+/// use.
+pub fn copy_routine() -> &'static str {
+    if available() {
+        imp::describe()
+    } else {
+        "system calls"
+    }
+}
 
 /// Whether guarded access is in use (installing the handler on first call).
 /// `UIOMMUFD_GUARDED_COPY=0` disables it.
@@ -881,36 +1074,64 @@ mod tests {
     /// lengths around a page at odd offsets; exactly the bytes asked for
     /// are written. Then stopped by a fault on the last byte of either
     /// end.
+    /// `f` once with each routine for copies of more than 64 bytes that
+    /// the CPU has (the choice restored after), so every routine's
+    /// results and fault recovery are checked on any machine that has it.
+    fn each_kernel(mut f: impl FnMut(&str)) {
+        #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+        {
+            use imp::Kernel;
+            let was = imp::kernel();
+            for k in [Kernel::Avx, Kernel::Avx512, Kernel::Rep] {
+                if imp::supports(k) {
+                    imp::set_kernel(k);
+                    f(&format!("{k:?}"));
+                }
+            }
+            imp::set_kernel(was);
+        }
+        #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+        f("default");
+    }
+
     #[test]
     fn vector_copies_of_every_length_and_offset() {
         let _g = crate::frames::tests::SERIAL.lock().unwrap_or_else(|p| p.into_inner());
         if !available() {
             return;
         }
-        let src: Vec<u8> = (0..12400u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
-        let mut dst = vec![0u8; 12400];
-        let lens = (65..=600).chain([4095, 4096, 4097, 8191, 8192, 8193, 8900]);
+        each_kernel(vector_copies);
+    }
+
+    fn vector_copies(kernel: &str) {
+        let src: Vec<u8> = (0..40000u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+        let mut dst = vec![0u8; 40000];
+        let lens = (65..=600).chain([4095, 4096, 4097, 8191, 8192, 8193, 8900, 32767, 32768, 32769, 33100]);
         for len in lens {
             for (d, s) in (0..32usize).map(|d| (d, (d * 7 + 3) % 41)) {
                 dst.fill(0xee);
-                assert!(copy_in(&mut dst[d..d + len], src.as_ptr() as u64 + s as u64), "length {len} at {d}");
-                assert!(dst[d..d + len] == src[s..s + len], "length {len} at {d}");
-                assert!(dst[..d].iter().chain(&dst[d + len..]).all(|&b| b == 0xee), "length {len} at {d} spilled");
+                assert!(copy_in(&mut dst[d..d + len], src.as_ptr() as u64 + s as u64), "{kernel}: length {len} at {d}");
+                assert!(dst[d..d + len] == src[s..s + len], "{kernel}: length {len} at {d}");
+                assert!(
+                    dst[..d].iter().chain(&dst[d + len..]).all(|&b| b == 0xee),
+                    "{kernel}: length {len} at {d} spilled"
+                );
             }
         }
         let ps = 4096usize;
-        let base = pages_then_hole(3);
-        for len in [65, 100, 128, 129, 200, 4096, 3 * ps] {
-            let at = base + (3 * ps - len + 1) as u64;
-            assert!(!copy_in(&mut dst[..len], at), "length {len} read past the end");
-            assert!(!copy_out(at, &src[..len]), "length {len} wrote past the end");
-            let inside = base + (3 * ps - len) as u64;
-            assert!(copy_out(inside, &src[..len]), "length {len} at the end");
+        let pages = 9;
+        let base = pages_then_hole(pages);
+        for len in [65, 100, 128, 129, 200, 256, 257, 4096, 3 * ps, pages * ps] {
+            let at = base + (pages * ps - len + 1) as u64;
+            assert!(!copy_in(&mut dst[..len], at), "{kernel}: length {len} read past the end");
+            assert!(!copy_out(at, &src[..len]), "{kernel}: length {len} wrote past the end");
+            let inside = base + (pages * ps - len) as u64;
+            assert!(copy_out(inside, &src[..len]), "{kernel}: length {len} at the end");
             assert!(copy_in(&mut dst[..len], inside));
-            assert!(dst[..len] == src[..len], "length {len} at the end");
+            assert!(dst[..len] == src[..len], "{kernel}: length {len} at the end");
         }
         // SAFETY: our mapping.
-        unsafe { libc::munmap(base as *mut libc::c_void, 4 * ps) };
+        unsafe { libc::munmap(base as *mut libc::c_void, (pages + 1) * ps) };
     }
 
     #[test]
@@ -920,6 +1141,10 @@ mod tests {
         if !available() {
             return;
         }
+        each_kernel(|_| large_and_aliased_copies());
+    }
+
+    fn large_and_aliased_copies() {
         let ps = 4096usize;
         let base = pages_then_hole(2);
         let src: Vec<u8> = (0..2 * ps).map(|i| (i * 7) as u8).collect();
