@@ -439,6 +439,19 @@ fn threads_share_the_descriptor_table() {
     run(uiommufd_run(&[], &[&exe])).assert_c_passed();
 }
 
+/// `close` racing `ioctl` on the same file (tests/c/close_race.c): the
+/// shim's `ioctl` uses the file by reference, and a close of a duplicate
+/// or of the last descriptor waits for calls in flight; every call
+/// succeeds or fails with `EBADF`, the file lives on in another
+/// descriptor, and a new open starts a new context.
+#[test]
+fn close_races_ioctl_on_the_same_file() {
+    let exe = c_program!("close_race");
+    let ran = run(uiommufd_run(&[], &[&exe]));
+    ran.assert_c_passed();
+    assert!(ran.stdout.contains("calls before the closes: at least one each"), "{}", ran.report());
+}
+
 // 5. fork.
 
 /// A forked child drives its inherited descriptor and exits 0; parent and

@@ -542,6 +542,39 @@ pub fn open_child() {
     COUNT.0.store(own_count, Ordering::Release);
 }
 
+/// This thread's slot index while it is inside the gate through its slot
+/// with plain stores (`None` otherwise: not inside, another mode, or no
+/// slot). Other modules key per-thread words on it that their writers
+/// make visible with [`barrier_others`], as the gate's own slots are.
+#[inline]
+pub fn plain_slot() -> Option<usize> {
+    LOCAL.with(|l| {
+        if l.held.get() != Held::Slot {
+            return None;
+        }
+        let s = l.plain.get()?;
+        Some((s as *const AtomicU32 as usize - SLOT.as_ptr() as usize) / std::mem::size_of::<Slot>())
+    })
+}
+
+/// This thread's slot index, in any mode (`None`: it has none).
+pub fn own_slot() -> Option<usize> {
+    LOCAL.with(|l| {
+        let s = l.slot.get()?;
+        Some((s as *const AtomicU32 as usize - SLOT.as_ptr() as usize) / std::mem::size_of::<Slot>())
+    })
+}
+
+/// What [`close`] does before its scan, for the per-thread words of
+/// [`plain_slot`]: afterwards every other thread's earlier plain store to
+/// its word is visible to this thread's loads, or that thread's next loads
+/// see this thread's earlier stores (`membarrier` in the plain mode; in
+/// the others no thread writes such words).
+pub fn barrier_others() {
+    barrier();
+    std::sync::atomic::fence(Ordering::SeqCst);
+}
+
 /// Whether this thread is running our own code: inside the gate, or the
 /// thread that closed it (the fork handlers). A descriptor of ours closed
 /// from here is ours to close (see `sys::internal`).

@@ -28,13 +28,34 @@
 //!   entries turn remote before the first look at the table (nothing to
 //!   do, and no cost, when there are none).
 //!
+//! Borrowing (the `ioctl` path): a call inside the fork gate through a
+//! plain slot ([`uiommufd_memory::forkgate::plain_slot`]) takes no lock and
+//! no reference: it publishes the slot's value in its thread's hazard word
+//! (a plain store), loads the slot again, and if it still holds the same
+//! value uses the file by reference until it clears the word. Whoever
+//! clears a slot of a local file ([`remove`], a replacing [`install`])
+//! then calls `membarrier` ([`uiommufd_memory::forkgate::barrier_others`])
+//! and waits until no other hazard word holds the value before it may drop
+//! its reference (the file's teardown). Either a borrower's barrier point
+//! falls after its hazard store, and the wait sees the store, or it falls
+//! before its second load, which then sees the cleared slot and the
+//! borrower takes the locked path instead: the gate's own argument. So
+//! the engine's teardown still runs when the last descriptor closes,
+//! after any call in flight on the file (the kernel's file reference
+//! gives the same), and an `ioctl` costs no locked instruction here (four
+//! with the lock and the reference: the lock's two and the count's two).
+//! A close nested in a borrowed call of its own thread on the same file
+//! (a signal handler) leaves the drop to that call's end.
+//!
 //! Known limit: a signal handler that calls into the shim while its own
 //! thread holds the lock would spin; the windows are a few instructions.
 
-use std::sync::atomic::{AtomicPtr, AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{compiler_fence, AtomicPtr, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Once};
 
 use uiommufd_dispatch::File;
+
+use uiommufd_memory::forkgate::SLOTS;
 
 use crate::fork_server::{self, Remote};
 
@@ -118,6 +139,11 @@ extern "C" fn atfork_parent() {
 
 extern "C" fn atfork_child() {
     PID.store(raw_getpid(), Ordering::Relaxed);
+    // The parent's other threads are not here; none was inside a call
+    // (the gate drained them), so their words read 0 already.
+    for h in &HAZARD {
+        h.0.store(0, Ordering::Relaxed);
+    }
     crate::handoff::child_after_fork();
     let _ = std::panic::catch_unwind(fork_server::child_locked);
     atfork_release();
@@ -203,8 +229,9 @@ fn slot_or_create(fd: i32) -> Option<&'static AtomicUsize> {
     Some(unsafe { &(*chunk)[i] })
 }
 
-/// Whether `fd` is served by us. One atomic load; may race with a close in
-/// another thread, as any descriptor use can.
+/// Whether `fd` is served by us (or being closed: see [`CLOSING`]). One
+/// atomic load; may race with a close in another thread, as any
+/// descriptor use can.
 #[inline]
 pub fn is_ours(fd: i32) -> bool {
     slot(fd).is_some_and(|s| s.load(Ordering::Acquire) != 0)
@@ -220,6 +247,19 @@ pub enum Entry {
 }
 
 const REMOTE_TAG: usize = 1;
+
+/// A slot whose descriptor `close` is closing: taken out of the table, the
+/// number not yet closed in the kernel. A call on it fails with `EBADF`, as
+/// on the kernel once its close has removed the descriptor (`pick_file`);
+/// never a value of [`Entry::into_raw`] (those are 8-byte aligned, with the
+/// remote tag at most).
+const CLOSING: usize = 2;
+
+/// Whether a slot value refers to a file (not empty, not closing).
+#[inline]
+fn live(raw: usize) -> bool {
+    raw != 0 && raw != CLOSING
+}
 
 impl Entry {
     fn into_raw(self) -> usize {
@@ -267,15 +307,15 @@ impl Entry {
 /// What `fd` refers to, if it is ours.
 pub fn get_entry(fd: i32) -> Option<Entry> {
     let s = slot(fd)?;
-    if s.load(Ordering::Acquire) == 0 {
+    if !live(s.load(Ordering::Acquire)) {
         return None;
     }
     read_lock();
     let raw = s.load(Ordering::Acquire);
-    // SAFETY: a non-zero slot holds a value from Entry::into_raw whose
+    // SAFETY: a live slot holds a value from Entry::into_raw whose
     // reference the slot owns; writers only release it after clearing the
     // slot under the write lock, which excludes us here.
-    let out = (raw != 0).then(|| unsafe { Entry::clone_raw(raw) });
+    let out = live(raw).then(|| unsafe { Entry::clone_raw(raw) });
     read_unlock();
     out
 }
@@ -287,6 +327,145 @@ pub fn get(fd: i32) -> Option<Arc<File>> {
         Entry::Local(f) => Some(f),
         Entry::Remote(_) => None,
     }
+}
+
+/// A word on its own cache line.
+#[repr(align(64))]
+struct Word(AtomicUsize);
+
+/// Per gate slot: the local file value (`Arc::into_raw`) its thread is
+/// using by reference, or 0 (see the module doc).
+static HAZARD: [Word; SLOTS] = [const { Word(AtomicUsize::new(0)) }; SLOTS];
+/// Per gate slot: a local file value whose last reference a close nested
+/// in that thread's borrowed call left for the call to drop, or 0.
+static DEFERRED: [Word; SLOTS] = [const { Word(AtomicUsize::new(0)) }; SLOTS];
+
+/// What an `ioctl` on `fd` uses: a local file by reference (no lock, no
+/// reference count), or an owned entry.
+pub enum Use {
+    Borrowed(Borrowed),
+    Owned(Entry),
+    /// Being closed: the call fails with `EBADF`.
+    Closing,
+}
+
+/// A local file used by reference, its hazard word set until dropped.
+pub struct Borrowed {
+    file: std::mem::ManuallyDrop<Arc<File>>,
+    slot: usize,
+}
+
+impl Borrowed {
+    pub fn file(&self) -> &Arc<File> {
+        &self.file
+    }
+}
+
+impl Drop for Borrowed {
+    #[inline]
+    fn drop(&mut self) {
+        HAZARD[self.slot].0.store(0, Ordering::Release);
+        if DEFERRED[self.slot].0.load(Ordering::Relaxed) != 0 {
+            drop_deferred(self.slot);
+        }
+    }
+}
+
+#[cold]
+fn drop_deferred(slot: usize) {
+    let raw = DEFERRED[slot].0.swap(0, Ordering::Relaxed);
+    if raw != 0 {
+        // SAFETY: a value from Entry::into_raw whose slot reference `retire`
+        // handed to this thread's borrowed call, which has now ended.
+        drop(unsafe { Entry::from_raw(raw) });
+    }
+}
+
+/// What `fd` refers to for a call inside the fork gate (see the module
+/// doc): by reference when this thread holds the gate through a plain slot
+/// and the descriptor is a local file, else as [`get_entry`].
+#[inline]
+pub fn use_entry(fd: i32) -> Option<Use> {
+    let s = slot(fd)?;
+    loop {
+        let raw = s.load(Ordering::Acquire);
+        if raw == 0 {
+            return None;
+        }
+        if raw == CLOSING {
+            return Some(Use::Closing);
+        }
+        if raw & REMOTE_TAG == 0 {
+            if let Some(i) = uiommufd_memory::forkgate::plain_slot() {
+                let h = &HAZARD[i].0;
+                // Not nested in a borrowed call of this thread (a signal
+                // handler's): one word per thread.
+                if h.load(Ordering::Relaxed) == 0 {
+                    h.store(raw, Ordering::Relaxed);
+                    // Keeps the store before the load below (the
+                    // clearer's `membarrier` does the rest).
+                    compiler_fence(Ordering::SeqCst);
+                    if s.load(Ordering::Acquire) == raw {
+                        // SAFETY: a local file value the slot still held
+                        // after our hazard store: its clearer waits for
+                        // the hazard word before dropping the slot's
+                        // reference, so the file lives until `Borrowed`
+                        // clears it; ManuallyDrop keeps us from releasing
+                        // a reference we never took.
+                        let file = std::mem::ManuallyDrop::new(unsafe { Arc::from_raw(raw as *const File) });
+                        return Some(Use::Borrowed(Borrowed { file, slot: i }));
+                    }
+                    h.store(0, Ordering::Release);
+                    // Changed meanwhile (closing, or another file): again.
+                    continue;
+                }
+            }
+        }
+        return match get_entry(fd) {
+            Some(e) => Some(Use::Owned(e)),
+            None => (s.load(Ordering::Acquire) == CLOSING).then_some(Use::Closing),
+        };
+    }
+}
+
+/// A slot just gave up `raw` (its reference is the caller's now): wait
+/// until no call borrows it. `false`: this thread's own borrowed call (a
+/// nested close) does; the reference went to that call, which drops it.
+fn retire(raw: usize) -> bool {
+    if raw & REMOTE_TAG != 0 {
+        return true;
+    }
+    uiommufd_memory::forkgate::barrier_others();
+    let own = uiommufd_memory::forkgate::own_slot();
+    for (i, h) in HAZARD.iter().enumerate() {
+        if h.0.load(Ordering::Acquire) != raw {
+            continue;
+        }
+        if own == Some(i) {
+            // This thread's hazard word is written only by this thread;
+            // the call it protects drops what we leave here.
+            let prev = DEFERRED[i].0.swap(raw, Ordering::Relaxed);
+            if prev != 0 {
+                // SAFETY: an earlier deferred value whose call ended
+                // before it could drop it cannot exist (the call drops it
+                // when it clears its hazard); a second nested close of
+                // the same borrowed file finds the slot empty. Defensive:
+                // an Entry::into_raw value handed to us.
+                drop(unsafe { Entry::from_raw(prev) });
+            }
+            return false;
+        }
+        let mut spins = 0u32;
+        while h.0.load(Ordering::Acquire) == raw {
+            if spins < 128 {
+                spins += 1;
+                std::hint::spin_loop();
+            } else {
+                std::thread::yield_now();
+            }
+        }
+    }
+    true
 }
 
 /// Make `fd` refer to `file`. Returns what `fd` referred to before, if
@@ -307,7 +486,7 @@ pub fn install_entry(fd: i32, entry: Entry) -> Result<Option<Entry>, Entry> {
     write_lock();
     let old = s.swap(raw, Ordering::AcqRel);
     write_unlock();
-    if old == 0 {
+    if !live(old) {
         let n = OCCUPIED.fetch_add(1, Ordering::Relaxed) + 1;
         // Room for the fork handlers' snapshot, made now: they allocate
         // nothing.
@@ -316,29 +495,91 @@ pub fn install_entry(fd: i32, entry: Entry) -> Result<Option<Entry>, Entry> {
         Ok(None)
     } else {
         crate::handoff::rewrite();
+        if !retire(old) {
+            return Ok(None);
+        }
         // SAFETY: `old` was stored by a previous install and its reference
-        // is now ours.
+        // is now ours (no call borrows it any more).
         Ok(Some(unsafe { Entry::from_raw(old) }))
     }
 }
 
 /// Forget `fd`, returning what it referred to if it was ours.
 pub fn remove(fd: i32) -> Option<Entry> {
+    take(fd).and_then(Taken::finish)
+}
+
+/// What a descriptor referred to, taken out of the table but perhaps still
+/// borrowed by calls in flight: [`Taken::finish`] waits for them (dropping
+/// it does the same). `close` closes the number in between, so a call
+/// racing it never finds the number open but not ours.
+pub struct Taken {
+    /// The slot's reference, not released before the wait.
+    entry: std::mem::ManuallyDrop<Entry>,
+    raw: usize,
+    /// The slot, [`CLOSING`] until the descriptor is closed.
+    slot: &'static AtomicUsize,
+}
+
+impl Taken {
+    /// What the descriptor referred to.
+    pub fn entry(&self) -> &Entry {
+        &self.entry
+    }
+
+    /// The number is closed (or was never given up): the slot is free.
+    pub fn reopen(&self) {
+        // Unless an open that reused the number installed a file there.
+        let _ = self.slot.compare_exchange(CLOSING, 0, Ordering::AcqRel, Ordering::Relaxed);
+    }
+
+    /// Once the number is closed: free the slot, and wait until no call
+    /// borrows the file; then it is the caller's (`None`: a call of this
+    /// very thread borrows it, and drops it at its end).
+    pub fn finish(self) -> Option<Entry> {
+        self.reopen();
+        let mut this = std::mem::ManuallyDrop::new(self);
+        if !retire(this.raw) {
+            return None;
+        }
+        // SAFETY: taken once, from a value `Drop` will never see.
+        Some(unsafe { std::mem::ManuallyDrop::take(&mut this.entry) })
+    }
+}
+
+impl Drop for Taken {
+    fn drop(&mut self) {
+        self.reopen();
+        if retire(self.raw) {
+            // SAFETY: dropped once, here.
+            unsafe { std::mem::ManuallyDrop::drop(&mut self.entry) };
+        }
+    }
+}
+
+/// Take `fd` out of the table (see [`Taken`]): the slot reads
+/// [`CLOSING`] until the `Taken` is finished or dropped, which the caller
+/// does once the number is closed.
+pub fn take(fd: i32) -> Option<Taken> {
     let s = slot(fd)?;
-    if s.load(Ordering::Acquire) == 0 {
+    if !live(s.load(Ordering::Acquire)) {
         return None;
     }
     write_lock();
-    let old = s.swap(0, Ordering::AcqRel);
+    let old = s.load(Ordering::Acquire);
+    if live(old) {
+        s.store(CLOSING, Ordering::Release);
+    }
     write_unlock();
-    if old == 0 {
+    if !live(old) {
         return None;
     }
     OCCUPIED.fetch_sub(1, Ordering::Relaxed);
     crate::handoff::rewrite();
     // SAFETY: `old` came from Entry::into_raw in `install_entry`; clearing
-    // the slot under the write lock transferred its reference to us.
-    Some(unsafe { Entry::from_raw(old) })
+    // the slot under the write lock transferred its reference to us (held,
+    // not released, until no call borrows it).
+    Some(Taken { entry: std::mem::ManuallyDrop::new(unsafe { Entry::from_raw(old) }), raw: old, slot: s })
 }
 
 /// Call `f` with every served descriptor and what it refers to, for the
@@ -356,7 +597,7 @@ pub(crate) fn for_each_locked(mut f: impl FnMut(i32, Entry)) {
         // SAFETY: chunks live forever once published.
         for (i, s) in unsafe { &*chunk }.iter().enumerate() {
             let raw = s.load(Ordering::Acquire);
-            if raw != 0 {
+            if live(raw) {
                 // SAFETY: the slot owns the reference and cannot change: the
                 // caller holds the write lock.
                 f((c * CHUNK + i) as i32, unsafe { Entry::clone_raw(raw) });
@@ -380,7 +621,7 @@ pub(crate) fn snapshot() -> Vec<(i32, Entry)> {
         // SAFETY: chunks live forever once published.
         for (i, s) in unsafe { &*chunk }.iter().enumerate() {
             let raw = s.load(Ordering::Acquire);
-            if raw != 0 && out.len() < out.capacity() {
+            if live(raw) && out.len() < out.capacity() {
                 // SAFETY: the slot owns the reference; writers wait for the
                 // read lock before they release it.
                 out.push(((c * CHUNK + i) as i32, unsafe { Entry::clone_raw(raw) }));
@@ -404,12 +645,15 @@ pub(crate) fn replace(fd: i32, entry: Entry) -> Option<Entry> {
     write_lock();
     let old = s.swap(entry.into_raw(), Ordering::AcqRel);
     write_unlock();
-    if old == 0 {
+    if !live(old) {
         OCCUPIED.fetch_add(1, Ordering::Relaxed);
         return None;
     }
+    if !retire(old) {
+        return None;
+    }
     // SAFETY: `old` came from Entry::into_raw and the slot's reference is
-    // now ours.
+    // now ours (no call borrows it any more).
     Some(unsafe { Entry::from_raw(old) })
 }
 
@@ -457,5 +701,54 @@ mod tests {
         assert!(get(5001).is_none());
         assert!(install(MAX_FD as i32, f).is_err(), "past the table");
         assert!(!is_ours(-1));
+    }
+
+    /// A borrowed file outlives the close that removes its last descriptor
+    /// in another thread: the close waits for the borrowing call, and the
+    /// file is dropped when it returns (not before, not never).
+    #[test]
+    fn a_close_waits_for_a_borrowing_call() {
+        use std::sync::atomic::AtomicBool;
+        let f = Arc::new(File::open(Node::Iommu));
+        let weak = Arc::downgrade(&f);
+        assert!(install(7100, f).is_ok());
+        let gate = EngineGuard::enter();
+        let Some(Use::Borrowed(b)) = use_entry(7100) else {
+            // Not the plain mode (no membarrier here): nothing to test.
+            return;
+        };
+        let closed = Arc::new(AtomicBool::new(false));
+        let c2 = Arc::clone(&closed);
+        let closer = std::thread::spawn(move || {
+            let _g = EngineGuard::enter();
+            let e = remove(7100);
+            c2.store(true, Ordering::SeqCst);
+            drop(e);
+        });
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert!(!closed.load(Ordering::SeqCst), "the close waited for the call");
+        assert!(weak.upgrade().is_some(), "alive while the call runs");
+        drop(b);
+        closer.join().unwrap();
+        assert!(closed.load(Ordering::SeqCst));
+        assert!(weak.upgrade().is_none(), "the last reference went with the close");
+        drop(gate);
+    }
+
+    /// A close nested in a borrowed call of the same thread (as from a
+    /// signal handler) leaves the file to the call, which drops it at its
+    /// end.
+    #[test]
+    fn a_nested_close_leaves_the_file_to_the_call() {
+        let f = Arc::new(File::open(Node::Iommu));
+        let weak = Arc::downgrade(&f);
+        assert!(install(7200, f).is_ok());
+        let _gate = EngineGuard::enter();
+        let Some(Use::Borrowed(b)) = use_entry(7200) else { return };
+        assert!(remove(7200).is_none(), "the reference went to the call");
+        assert!(!is_ours(7200));
+        assert!(weak.upgrade().is_some(), "alive while the call runs");
+        drop(b);
+        assert!(weak.upgrade().is_none(), "dropped at the call's end");
     }
 }

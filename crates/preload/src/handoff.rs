@@ -27,6 +27,7 @@
 //! of its own at fork (the child handler, with system calls only), so a
 //! child that `exec`s at once (libvirt's way) hands over what it inherited.
 
+use std::cell::RefCell;
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
@@ -59,9 +60,35 @@ enum Spec {
     Stale,
 }
 
+thread_local! {
+    /// The file this thread last found in `DIRTY_FILES`: a program's calls
+    /// go to one or two files over and over, and each would otherwise take
+    /// the list's read lock (two locked instructions). The weak reference
+    /// keeps the allocation, and so the address, from being reused by
+    /// another file while it is held, and dirtiness is sticky: an equal
+    /// address is the same file, still dirty.
+    static KNOWN_DIRTY: RefCell<Weak<File>> = const { RefCell::new(Weak::new()) };
+}
+
 fn is_dirty_file(f: &Arc<File>) -> bool {
-    let v = DIRTY_FILES.read().unwrap_or_else(|p| p.into_inner());
-    v.iter().any(|w| std::ptr::eq(w.as_ptr(), Arc::as_ptr(f)))
+    let known = KNOWN_DIRTY
+        .try_with(|k| k.try_borrow().is_ok_and(|w| std::ptr::eq(w.as_ptr(), Arc::as_ptr(f))))
+        .unwrap_or(false);
+    if known {
+        return true;
+    }
+    let dirty = {
+        let v = DIRTY_FILES.read().unwrap_or_else(|p| p.into_inner());
+        v.iter().any(|w| std::ptr::eq(w.as_ptr(), Arc::as_ptr(f)))
+    };
+    if dirty {
+        let _ = KNOWN_DIRTY.try_with(|k| {
+            if let Ok(mut w) = k.try_borrow_mut() {
+                *w = Arc::downgrade(f);
+            }
+        });
+    }
+    dirty
 }
 
 fn is_dirty_remote(r: &Arc<Remote>) -> bool {

@@ -55,7 +55,7 @@ impl FdHost for ShimFds {
     }
 
     fn uninstall(&self, fd: i32) {
-        let file = fdtable::remove(fd);
+        let file = fdtable::take(fd);
         // SAFETY: closing the backing descriptor of a file we just served.
         unsafe { real::close(fd) };
         drop(file);
@@ -219,11 +219,19 @@ pub unsafe extern "C" fn close(fd: c_int) -> c_int {
     let mut entry = None;
     let rc = guard(|| {
         // Forget the number before the kernel can hand it out again.
-        entry = fdtable::remove(fd);
+        // Calls on the number fail with `EBADF` from here on.
+        let taken = fdtable::take(fd);
         // SAFETY: closing the backing descriptor of a file we served.
         let rc = unsafe { real::close(fd) };
         let errno = real::errno();
-        trace::close(fd, entry.as_ref(), rc, errno);
+        // The number is free (an open may reuse it now).
+        if let Some(t) = &taken {
+            t.reopen();
+        }
+        trace::close(fd, taken.as_ref().map(fdtable::Taken::entry), rc, errno);
+        // Calls still using the file by reference end before it is ours
+        // to drop.
+        entry = taken.and_then(fdtable::Taken::finish);
         set_errno(errno);
         rc
     });

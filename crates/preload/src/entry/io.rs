@@ -5,6 +5,7 @@ use std::sync::Arc;
 use libc::{c_int, c_long, c_ulong, c_void};
 use uiommufd_abi::Errno;
 use uiommufd_decode::io::Buf;
+use uiommufd_dispatch::File;
 
 use super::{fail, guard, guard_io, ShimFds};
 use crate::fdtable::Entry;
@@ -26,24 +27,29 @@ pub unsafe extern "C" fn ioctl(fd: c_int, request: c_ulong, arg: *mut c_void) ->
         // SAFETY: forwarded per ioctl(2).
         return unsafe { real::ioctl(fd, request, arg) };
     }
-    guard(|| {
-        let file = match fdtable::get_entry(fd) {
-            Some(Entry::Local(file)) => file,
-            Some(Entry::Remote(remote)) => return remote_ioctl(fd, &remote, request, arg as u64),
-            // Closed under our feet by another thread: behave as the kernel
-            // would for whatever the number now is.
-            // SAFETY: forwarded per ioctl(2).
-            None => return unsafe { real::ioctl(fd, request, arg) },
-        };
-        let res = trace::ioctl(fd, &file, request, arg as u64, || file.ioctl(&ShimFds, request, arg as u64));
-        match res {
-            Ok(v) => {
-                crate::handoff::after_local_call(&file);
-                v
-            }
-            Err(e) => fail(e.errno.0),
-        }
+    guard(|| match fdtable::use_entry(fd) {
+        Some(fdtable::Use::Borrowed(b)) => local_ioctl(fd, b.file(), request, arg),
+        Some(fdtable::Use::Owned(Entry::Local(file))) => local_ioctl(fd, &file, request, arg),
+        Some(fdtable::Use::Owned(Entry::Remote(remote))) => remote_ioctl(fd, &remote, request, arg as u64),
+        Some(fdtable::Use::Closing) => fail(libc::EBADF),
+        // Closed under our feet by another thread: behave as the kernel
+        // would for whatever the number now is.
+        // SAFETY: forwarded per ioctl(2).
+        None => unsafe { real::ioctl(fd, request, arg) },
     })
+}
+
+/// `ioctl` on a file of this process's engine.
+#[inline(always)]
+fn local_ioctl(fd: c_int, file: &Arc<File>, request: c_ulong, arg: *mut c_void) -> c_int {
+    let res = trace::ioctl(fd, file, request, arg as u64, || file.ioctl(&ShimFds, request, arg as u64));
+    match res {
+        Ok(v) => {
+            crate::handoff::after_local_call(file);
+            v
+        }
+        Err(e) => fail(e.errno.0),
+    }
 }
 
 /// `ioctl` on a descriptor inherited from the parent: the parent's engine
