@@ -47,8 +47,11 @@
 //! A close nested in a borrowed call of its own thread on the same file
 //! (a signal handler) leaves the drop to that call's end.
 //!
-//! Known limit: a signal handler that calls into the shim while its own
+//! Known limits: a signal handler that calls into the shim while its own
 //! thread holds the lock would spin; the windows are a few instructions.
+//! A close waits for another thread's call on the same file even while
+//! that thread is stopped (a debugger's breakpoint inside the call): the
+//! kernel's close would return and leave the release to the call.
 
 use std::sync::atomic::{compiler_fence, AtomicPtr, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Once};
