@@ -216,12 +216,60 @@ struct Registry {
 /// that pin nothing. Changed only under the write lock.
 static IN_PLACE_PAGES: AtomicUsize = AtomicUsize::new(0);
 
-/// Bumped, under the write lock, whenever a PFN stops meaning the host
-/// memory it meant (a run released, relocated or moved) or a run enters
-/// the hot table (whose re-pins and unpins do not take the lock, and are
-/// seen through the slot's word instead); splitting or merging runs
-/// changes no PFN's host address and leaves it alone.
+/// What validates this thread's cached runs ([`LAST_RUNS`]): a generation
+/// in the high bits ([`GEN_ONE`] each), and in the low bits ([`CHANGES`])
+/// how many [`Change`]s are in progress. The generation moves, under the
+/// write lock, whenever a PFN stops meaning the host memory it meant (a
+/// run released, relocated or moved) or a run enters the hot table (whose
+/// re-pins and unpins do not take the lock, and are seen through the
+/// slot's word instead); and, before any grace period that precedes such
+/// a change, when a [`Change`] begins (a sequentially consistent
+/// read-modify-write: what lets a device copy validate its cached run
+/// without the lock). Splitting or merging runs changes no PFN's host
+/// address and leaves it alone.
 static GENERATION: AtomicU64 = AtomicU64::new(0);
+/// [`GENERATION`]'s count of changes in progress.
+const CHANGES: u64 = (1 << 16) - 1;
+/// One step of [`GENERATION`]'s generation.
+const GEN_ONE: u64 = 1 << 16;
+
+/// A change of frames that devices may be copying through without the
+/// registry's lock (an unpin that may release frames, a relocation or
+/// move of pinned pages, an owner dropping its mapped frames), from
+/// before its grace period until it is done: every thread's cached run
+/// is stale from its beginning, and none is cached until its end (a run
+/// looked up meanwhile may be about to change under the write lock). So
+/// a lock-free copy ([`read_phys`], [`write_phys`], [`copy_phys`]) that
+/// validated its run against the generation before the change began is
+/// waited for by the grace period (it validates inside a
+/// [`crate::dma_fence::Leaf`] section, after the section's full barrier),
+/// and one that validates later fails and takes the lock.
+///
+/// Begun outside the registry's lock and outside any DMA-fence section
+/// (it waits for sections).
+struct Change(#[allow(dead_code)] Option<crate::atc::Relocation>);
+
+impl Change {
+    /// Begin a change; with `relocation`, one that device translation
+    /// caches must let go of too ([`crate::atc::Relocation`], whose grace
+    /// period is then this change's).
+    fn begin(relocation: bool) -> Change {
+        // Before the grace period, sequentially consistent: see
+        // `dma_fence::synchronize`.
+        GENERATION.fetch_add(GEN_ONE + 1, Ordering::SeqCst);
+        if relocation {
+            return Change(Some(crate::atc::Relocation::begin()));
+        }
+        crate::dma_fence::synchronize();
+        Change(None)
+    }
+}
+
+impl Drop for Change {
+    fn drop(&mut self) {
+        GENERATION.fetch_sub(1, Ordering::SeqCst);
+    }
+}
 
 /// The host side of one run, as device copies need it.
 #[derive(Clone, Copy)]
@@ -266,29 +314,47 @@ thread_local! {
 
 /// The host address of physical `[paddr, paddr + len)` and whether it is
 /// reached through the fault-safe copies, when this thread's cached run on
-/// `side` holds all of it, for a copy made under the registry's read lock
-/// (the hot path of [`read_phys`], [`write_phys`] and [`copy_phys`]): no PFN
-/// changed its host since the run was cached (the generation only moves
-/// under the write lock, so it is stable while the read lock is held) and,
-/// for a hot run, its slot's word is still the one it was pinned with (its
-/// lock-free unpin changes that).
+/// `side` holds all of it and is still what it says: no PFN changed its
+/// host since the run was cached and no [`Change`] is in progress (the
+/// whole [`GENERATION`] word is the one it was cached with) and, for a hot
+/// run, its slot's word is still the one it was pinned with (its lock-free
+/// unpin changes that).
+///
+/// Two callers. Under the registry's read lock ([`host_run`]): what it
+/// finds then stays so while the lock is held (the host memory of a PFN
+/// changes only under the write lock, which also moves the generation).
+/// Without the lock, with `lock_free` (the steady state of [`read_phys`],
+/// [`write_phys`] and [`copy_phys`]), inside a DMA-fence section begun
+/// before this call: every change that could take the run's memory away
+/// begins with a [`Change`], whose generation bump precedes its grace
+/// period, so either this load sees the bump or the grace period waits for
+/// the section. A hot run is not served then (its lock-free unpin is no
+/// [`Change`]): `None`, and the caller takes the lock.
 #[inline(always)]
-fn cached_host(_reg: &Registry, side: Side, paddr: u64, len: u64) -> Option<(u64, bool)> {
-    let gen = GENERATION.load(Ordering::Relaxed);
+fn cached_host(side: Side, paddr: u64, len: u64, lock_free: bool) -> Option<(u64, bool)> {
+    // Sequentially consistent, after the section's entry: see above.
+    let gen = GENERATION.load(Ordering::SeqCst);
     let c = LAST_RUNS.with(|l| l[side as usize].get());
     let end = paddr.checked_add(len)?;
-    if c.gen != gen || paddr < c.start || end > c.end || c.hot.is_some_and(|(slot, word)| slot.word() != word) {
+    if c.gen != gen || paddr < c.start || end > c.end {
         return None;
+    }
+    if let Some((slot, word)) = c.hot {
+        if lock_free || slot.word() != word {
+            return None;
+        }
     }
     Some((paddr.wrapping_add(c.delta), c.guarded))
 }
 
 /// The run holding `pfn`, for a copy made under the registry's read lock
-/// `reg`: this thread's cached run on `side` when it holds `pfn` (see
-/// [`cached_host`]), else the index's, which then becomes the cached one.
+/// `_reg`: this thread's cached run on `side` when it holds `pfn` (see
+/// [`cached_host`]), else the index's, which then becomes the cached one
+/// (unless a [`Change`] is in progress: a run looked up now may be about
+/// to change, and a lock-free copy must not find it).
 fn host_run(reg: &Registry, side: Side, pfn: u64) -> Option<HostRun> {
     let shift = page_shift();
-    if let Some((host, guarded)) = cached_host(reg, side, pfn << shift, 1) {
+    if let Some((host, guarded)) = cached_host(side, pfn << shift, 1, false) {
         let c = LAST_RUNS.with(|l| l[side as usize].get());
         let first = c.start >> shift;
         return Some(HostRun {
@@ -315,10 +381,15 @@ fn host_run(reg: &Registry, side: Side, pfn: u64) -> Option<HostRun> {
         }
     };
     let run = HostRun { pfn: start, npages: r.npages, host: r.host, guarded: r.in_place || r.mapped };
-    let (first, end) = (start << shift, (start + r.npages) << shift);
-    let gen = GENERATION.load(Ordering::Relaxed);
-    let cached = Cached { gen, start: first, end, delta: r.host.wrapping_sub(first), guarded: run.guarded, hot };
-    LAST_RUNS.with(|l| l[side as usize].set(cached));
+    // Under the read lock: a change either is done with the registry (and
+    // its end, which this load then sees, follows that) or is counted here
+    // (it began before this load, which sees its count).
+    let gen = GENERATION.load(Ordering::SeqCst);
+    if gen & CHANGES == 0 {
+        let (first, end) = (start << shift, (start + r.npages) << shift);
+        let cached = Cached { gen, start: first, end, delta: r.host.wrapping_sub(first), guarded: run.guarded, hot };
+        LAST_RUNS.with(|l| l[side as usize].set(cached));
+    }
     Some(run)
 }
 
@@ -341,8 +412,9 @@ fn write() -> RwLockWriteGuard<'static, Registry> {
 }
 
 /// PFNs stop meaning what they meant (see [`GENERATION`]); write lock held.
+/// (A read-modify-write: [`Change`]s bump it without the lock.)
 fn invalidate() {
-    GENERATION.store(GENERATION.load(Ordering::Relaxed).wrapping_add(1), Ordering::Relaxed);
+    GENERATION.fetch_add(GEN_ONE, Ordering::SeqCst);
 }
 
 impl Registry {
@@ -878,8 +950,9 @@ pub fn unpin(pfn: u64, npages: u64) {
     }
     // A device request that translated to these frames before their
     // mapping went away may still be copying: let it finish before a frame
-    // can be released (and its PFN reused).
-    crate::dma_fence::synchronize();
+    // can be released (and its PFN reused). Lock-free copies through a
+    // thread's cached run are waited for or see the change (see `Change`).
+    let _change = Change::begin(false);
     unpin_locked(pfn, npages);
 }
 
@@ -893,10 +966,11 @@ pub fn unpin_user(va: u64, pfn: u64, npages: u64) {
     }
     // As in `unpin`: the run's PFNs are not reused before it is released,
     // but a request older than this unpin must not outlive a later
-    // release that no grace period precedes.
+    // release that no grace period precedes. (A hot run's lock-free copies
+    // take the lock: the table's unpin needs no `Change`.)
     crate::dma_fence::synchronize();
     if !HOT.unpin(va, pfn, npages) {
-        unpin_locked(pfn, npages);
+        unpin(pfn, npages);
     }
 }
 
@@ -984,7 +1058,7 @@ pub fn pin_mapped(host: u64, npages: u64) -> Result<PinnedRun, Errno> {
 pub fn forget_mapped(host: u64, len: u64) {
     // As in `unpin`: in-flight requests finish before the owner unmaps,
     // and device translation caches let go of the mapping first.
-    let _atc = crate::atc::Relocation::begin();
+    let _change = Change::begin(true);
     let end = host.saturating_add(len);
     let mut reg = write();
     let gone: Vec<u64> =
@@ -1047,11 +1121,57 @@ pub fn index_bytes() -> usize {
     reg.by_pfn.capacity_bytes() + reg.by_va.capacity_bytes()
 }
 
+/// The steady state of a device copy of `len` bytes: both ends' host
+/// addresses from `ends` (this thread's cached runs, [`cached_host`] with
+/// `lock_free`), copied with the guarded copy, without the registry's lock,
+/// inside a DMA-fence leaf section begun before `ends` looks (see
+/// [`Change`]). `None` when a cached run does not hold its range or the
+/// guarded copy is not in use: the caller then takes the lock.
+#[inline(always)]
+fn lock_free_copy(len: usize, ends: impl FnOnce() -> Option<(u64, u64)>) -> Option<Result<(), Errno>> {
+    let leaf = leaf()?;
+    let (dst, src) = ends()?;
+    let ok = crate::guard::try_copy_user(dst, src, len)?;
+    drop(leaf);
+    Some(if ok { Ok(()) } else { Err(Errno::EFAULT) })
+}
+
+/// A DMA-fence leaf section for a lock-free copy (no locked instruction
+/// inside another section or a hold).
+#[inline(always)]
+fn leaf() -> Option<crate::dma_fence::Leaf> {
+    match crate::dma_fence::enter_leaf() {
+        Some(leaf) => Some(leaf),
+        None => first_leaf(),
+    }
+}
+
+/// [`leaf`] on a thread that never entered a section: a section takes the
+/// thread's slot first.
+#[cold]
+#[inline(never)]
+fn first_leaf() -> Option<crate::dma_fence::Leaf> {
+    drop(crate::dma_fence::enter());
+    crate::dma_fence::enter_leaf()
+}
+
 /// Copy from emulated physical memory at `paddr` into `buf`.
+#[inline]
 pub fn read_phys(paddr: u64, buf: &mut [u8]) -> Result<(), Errno> {
+    let (dst, len) = (buf.as_mut_ptr() as u64, buf.len());
+    if let Some(res) = lock_free_copy(len, || Some((dst, cached_host(Side::Src, paddr, len as u64, true)?.0))) {
+        return res;
+    }
+    read_phys_locked(paddr, buf)
+}
+
+/// [`read_phys`] under the registry's read lock.
+#[inline(never)]
+fn read_phys_locked(paddr: u64, buf: &mut [u8]) -> Result<(), Errno> {
     let reg = read();
-    // The whole range in this thread's cached run, guarded copies in use.
-    if let Some((host, _)) = cached_host(&reg, Side::Src, paddr, buf.len() as u64) {
+    // The whole range in this thread's cached run (a hot one), guarded
+    // copies in use.
+    if let Some((host, _)) = cached_host(Side::Src, paddr, buf.len() as u64, false) {
         if let Some(ok) = crate::guard::try_copy_user(buf.as_mut_ptr() as u64, host, buf.len()) {
             return if ok { Ok(()) } else { Err(Errno::EFAULT) };
         }
@@ -1075,10 +1195,22 @@ pub fn read_phys(paddr: u64, buf: &mut [u8]) -> Result<(), Errno> {
 }
 
 /// Copy `data` into emulated physical memory at `paddr`.
+#[inline]
 pub fn write_phys(paddr: u64, data: &[u8]) -> Result<(), Errno> {
+    let (src, len) = (data.as_ptr() as u64, data.len());
+    // As in read_phys.
+    if let Some(res) = lock_free_copy(len, || Some((cached_host(Side::Dst, paddr, len as u64, true)?.0, src))) {
+        return res;
+    }
+    write_phys_locked(paddr, data)
+}
+
+/// [`write_phys`] under the registry's read lock.
+#[inline(never)]
+fn write_phys_locked(paddr: u64, data: &[u8]) -> Result<(), Errno> {
     let reg = read();
     // As in read_phys.
-    if let Some((host, _)) = cached_host(&reg, Side::Dst, paddr, data.len() as u64) {
+    if let Some((host, _)) = cached_host(Side::Dst, paddr, data.len() as u64, false) {
         if let Some(ok) = crate::guard::try_copy_user(host, data.as_ptr() as u64, data.len()) {
             return if ok { Ok(()) } else { Err(Errno::EFAULT) };
         }
@@ -1100,11 +1232,25 @@ pub fn write_phys(paddr: u64, data: &[u8]) -> Result<(), Errno> {
 /// Copy `len` bytes of emulated physical memory from `src` to `dst`
 /// without a bounce buffer (what a DMA engine's copy does). The ranges must
 /// not overlap. `EFAULT` if either end is not backed by a frame.
+#[inline]
 pub fn copy_phys(dst: u64, src: u64, len: usize) -> Result<(), Errno> {
-    let reg = read();
     // Each end whole in this thread's cached run of its side.
+    let ends = || {
+        let d = cached_host(Side::Dst, dst, len as u64, true)?.0;
+        Some((d, cached_host(Side::Src, src, len as u64, true)?.0))
+    };
+    if let Some(res) = lock_free_copy(len, ends) {
+        return res;
+    }
+    copy_phys_locked(dst, src, len)
+}
+
+/// [`copy_phys`] under the registry's read lock.
+#[inline(never)]
+fn copy_phys_locked(dst: u64, src: u64, len: usize) -> Result<(), Errno> {
+    let reg = read();
     if let (Some((d, _)), Some((s, _))) =
-        (cached_host(&reg, Side::Dst, dst, len as u64), cached_host(&reg, Side::Src, src, len as u64))
+        (cached_host(Side::Dst, dst, len as u64, false), cached_host(Side::Src, src, len as u64, false))
     {
         if let Some(ok) = crate::guard::try_copy_user(d, s, len) {
             return if ok { Ok(()) } else { Err(Errno::EFAULT) };
@@ -1307,31 +1453,33 @@ pub fn before_munmap(va: u64, len: u64) {
         return;
     }
     let _gate = crate::forkgate::enter();
-    let (_atc, mut reg) = write_for_hook(va, len);
+    let (_change, mut reg) = write_for_hook(va, len);
     let _ = relocate(&mut reg, va, len);
 }
 
 /// The registry's write lock for a hook about to move or drop the runs in
 /// `[va, va + len)`, with the cached runs there released and the hot ones
 /// taken out of the table (so nothing there is pinned or unpinned without
-/// the lock any more), and, when pinned runs are there, a
-/// [`crate::atc::Relocation`] begun first: device translation caches must
-/// let go of frames before they move. The relocation waits for DMA in
-/// flight, so it is begun outside the lock; finding pinned runs without one
-/// (a pin, through the hot table or not, won the race with this hook),
-/// the hook lets the lock go, begins it and starts again.
-fn write_for_hook(va: u64, len: u64) -> (Option<crate::atc::Relocation>, RwLockWriteGuard<'static, Registry>) {
+/// the lock any more), and, when pinned runs are there, a [`Change`] with
+/// a [`crate::atc::Relocation`] begun first: device translation caches and
+/// lock-free device copies must let go of frames before they move. The
+/// change waits for DMA in flight, so it is begun outside the lock; finding
+/// pinned runs without one (a pin, through the hot table or not, won the
+/// race with this hook), the hook lets the lock go, begins it and starts
+/// again. (Cached runs, which it drops, are no lock-free copy's: see
+/// [`cached_host`].)
+fn write_for_hook(va: u64, len: u64) -> (Option<Change>, RwLockWriteGuard<'static, Registry>) {
     let end = va.saturating_add(len);
-    let mut atc = None;
+    let mut change = None;
     loop {
         let mut reg = write();
         reg.drop_cached_in(va, end);
         let pinned = reg.in_place_in(va, end).iter().any(|pfn| reg.by_pfn.get(*pfn).is_some_and(|r| r.pins != 0));
-        if atc.is_some() || !pinned {
-            return (atc, reg);
+        if change.is_some() || !pinned {
+            return (change, reg);
         }
         drop(reg);
-        atc = Some(crate::atc::Relocation::begin());
+        change = Some(Change::begin(true));
     }
 }
 
@@ -1344,7 +1492,7 @@ pub fn before_madvise_dontneed(va: u64, len: u64) {
         return;
     }
     let _gate = crate::forkgate::enter();
-    let (_atc, mut reg) = write_for_hook(va, len);
+    let (_change, mut reg) = write_for_hook(va, len);
     let Ok(maps) = vma::current() else { return };
     let end = va.saturating_add(len);
     let private: Vec<vma::Vma> = maps.into_iter().filter(|m| !m.shared && m.start < end && va < m.end).collect();
@@ -1399,7 +1547,7 @@ pub fn around_mremap(
     };
     // Pinned pages in the old range may move (the tail relocated, the rest
     // following the mapping); cached runs there are dropped, not moved.
-    let (_atc, mut reg) = write_for_hook(old, old_len.max(new_len));
+    let (_change, mut reg) = write_for_hook(old, old_len.max(new_len));
     let mut tail = Vec::new();
     if new_len < old_len {
         tail = relocate(&mut reg, old + new_len, old_len - new_len).unwrap_or_default();
@@ -2116,6 +2264,94 @@ pub(crate) mod tests {
         assert!(r.drop_all_cached());
         assert!(r.by_pfn.is_empty());
         assert!(pinned > 0 && dropped > 0, "no race: {pinned} pins, {dropped} drops");
+    }
+
+    /// A `read_phys` on another thread racing the unpin of its frames
+    /// never reads a released frame: its copy through the thread's cached
+    /// run (without the lock) ends before the unpin returns, or the read
+    /// fails; after the unpin the program fills its pages with a value no
+    /// pinned frame ever holds. The run is too long for the hot table, so
+    /// each unpin releases it (the next pin gets new frames, often at the
+    /// same PFNs); both kinds of unpin.
+    #[test]
+    fn read_phys_racing_unpins_never_reads_a_released_frame() {
+        use std::sync::atomic::AtomicBool;
+        use std::sync::Arc;
+        let _g = SERIAL.lock().unwrap();
+        const ROUNDS: u64 = 300;
+        const RELEASED: u8 = 0xee;
+        // The reader's copy: 64 KiB at the end of the run.
+        const READ: u64 = 64 << 10;
+        let pages = CACHE_RUN_PAGES + 1;
+        let m = Map::new(pages, libc::MAP_PRIVATE);
+        let fill = |v: u8| user::copy_to_user(m.0, &vec![v; m.1 as usize]).unwrap();
+        // The physical address the reader reads (0: none yet), its
+        // successful reads and its failed ones.
+        let at = Arc::new(AtomicU64::new(0));
+        let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let stop = Arc::new(AtomicBool::new(false));
+        let reader = {
+            let (at, ok, failed, stop) = (Arc::clone(&at), Arc::clone(&ok), Arc::clone(&failed), Arc::clone(&stop));
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; READ as usize];
+                while !stop.load(Ordering::Relaxed) {
+                    let pa = at.load(Ordering::SeqCst);
+                    if pa == 0 {
+                        std::hint::spin_loop();
+                        continue;
+                    }
+                    match read_phys(pa, &mut buf) {
+                        Ok(()) => {
+                            let stale = buf.iter().position(|&b| b == RELEASED);
+                            assert_eq!(stale, None, "read a released frame");
+                            ok.fetch_add(1, Ordering::SeqCst);
+                        }
+                        Err(e) => {
+                            assert_eq!(e, Errno::EFAULT);
+                            failed.fetch_add(1, Ordering::SeqCst);
+                        }
+                    }
+                }
+            })
+        };
+        let (pins, start) = (total_pins(), std::time::Instant::now());
+        for i in 0..ROUNDS {
+            fill((i % 200) as u8 + 1);
+            let r = pin_user(m.0, pages, true).unwrap();
+            assert_eq!(r.len(), 1);
+            at.store(phys(&r[0], 0) + m.1 - READ, Ordering::SeqCst);
+            // Two reads at least: the second through the reader's cached
+            // run (unless the reader is starved: then go on).
+            let seen = ok.load(Ordering::SeqCst);
+            let waiting = || !reader.is_finished() && start.elapsed() < std::time::Duration::from_secs(30);
+            while ok.load(Ordering::SeqCst) < seen + 2 && waiting() {
+                std::thread::yield_now();
+            }
+            for _ in 0..(i * 7) % 13 * 50 {
+                std::hint::spin_loop();
+            }
+            if i % 2 == 0 {
+                unpin(r[0].pfn, pages);
+            } else {
+                unpin_user(m.0, r[0].pfn, pages);
+            }
+            let (o, f) = (ok.load(Ordering::SeqCst), failed.load(Ordering::SeqCst));
+            // The pages are the program's alone now.
+            fill(RELEASED);
+            // A few reads of the stale address: all fail (one that ended
+            // before the unpin returned may count late).
+            while ok.load(Ordering::SeqCst) + failed.load(Ordering::SeqCst) < o + f + 3 && waiting() {
+                std::thread::yield_now();
+            }
+            let late = ok.load(Ordering::SeqCst) - o;
+            assert!(late <= 1, "round {i}: {late} reads succeeded after the unpin returned");
+        }
+        stop.store(true, Ordering::Relaxed);
+        reader.join().unwrap();
+        assert_eq!(total_pins(), pins);
+        let (ok, failed) = (ok.load(Ordering::SeqCst), failed.load(Ordering::SeqCst));
+        eprintln!("reads {ok}, failed {failed}");
+        assert!(ok >= ROUNDS && failed >= 3 * ROUNDS, "the reader was starved: {ok} reads, {failed} failed");
     }
 
     #[test]
