@@ -1156,7 +1156,6 @@ fn first_leaf() -> Option<crate::dma_fence::Leaf> {
 }
 
 /// Copy from emulated physical memory at `paddr` into `buf`.
-#[inline]
 pub fn read_phys(paddr: u64, buf: &mut [u8]) -> Result<(), Errno> {
     let (dst, len) = (buf.as_mut_ptr() as u64, buf.len());
     if let Some(res) = lock_free_copy(len, || Some((dst, cached_host(Side::Src, paddr, len as u64, true)?.0))) {
@@ -1195,7 +1194,6 @@ fn read_phys_locked(paddr: u64, buf: &mut [u8]) -> Result<(), Errno> {
 }
 
 /// Copy `data` into emulated physical memory at `paddr`.
-#[inline]
 pub fn write_phys(paddr: u64, data: &[u8]) -> Result<(), Errno> {
     let (src, len) = (data.as_ptr() as u64, data.len());
     // As in read_phys.
@@ -1232,7 +1230,6 @@ fn write_phys_locked(paddr: u64, data: &[u8]) -> Result<(), Errno> {
 /// Copy `len` bytes of emulated physical memory from `src` to `dst`
 /// without a bounce buffer (what a DMA engine's copy does). The ranges must
 /// not overlap. `EFAULT` if either end is not backed by a frame.
-#[inline]
 pub fn copy_phys(dst: u64, src: u64, len: usize) -> Result<(), Errno> {
     // Each end whole in this thread's cached run of its side.
     let ends = || {
