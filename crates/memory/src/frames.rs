@@ -57,28 +57,37 @@
 //! `munmap`, which no preload can see, or a file truncated under a mapping)
 //! costs an `EFAULT`, never a crash. Relocated frames are engine memory and
 //! are copied directly, under the registry's read lock, which relocation and
-//! release take for writing.
+//! release take for writing, or (the steady state, see "Lookup cache") by
+//! the guarded copy without the lock.
 //!
 //! Locking: one `RwLock` over the registry. It is a leaf: nothing is called
 //! under it that could re-enter the engine. The one change made without it
-//! is a hot run's pin state (cached or pinned once), in its slot's word;
+//! (besides a `Change`'s count, whose work is under it) is a hot run's
+//! pin state (cached or pinned once), in its slot's word;
 //! whoever holds the write lock takes a hot run out of its slot before
 //! doing anything else with it. Every path that takes it runs
 //! inside the fork gate ([`crate::forkgate`]: engine calls, the DMA
 //! engines' rings, the munmap/madvise/mremap hooks here), so a forked
 //! child never inherits it held.
 //!
-//! Lookup cache. Device copies still run under the read lock (that is what
-//! keeps relocation and release from changing a frame under a copy), but
-//! each thread remembers the last run it copied through on each side (what
-//! devices read, what they write: a copy's two ends are often in different
-//! runs), with the value of a generation counter that every change of a
-//! PFN's host memory (release, relocation, move) bumps, under the write
-//! lock. A hit costs a compare instead of two tree searches, and a request
-//! that the cached run holds whole is one range check and one guarded
-//! copy; a stale entry is never used, as the generation cannot move while
-//! the read lock is held. Splitting and merging runs leave it alone: every
-//! PFN keeps its host address, which is all a cached run says.
+//! Lookup cache. Each thread remembers the last run it copied through on
+//! each side (what devices read, what they write: a copy's two ends are
+//! often in different runs), with the value of a generation word
+//! (`GENERATION`) that every change of a PFN's host memory (release,
+//! relocation, move) moves. A request that the cached run holds whole (the
+//! steady state of [`read_phys`], [`write_phys`] and [`copy_phys`]) takes
+//! no lock at all: inside a DMA-fence leaf section ([`crate::dma_fence`])
+//! it checks the generation and the range and makes one guarded copy.
+//! Every change that could take a run's memory from under such a copy (an
+//! unpin, which may release frames; a relocation or move of pinned pages;
+//! an owner dropping mapped frames) is a `Change`: it moves the
+//! generation, and counts itself in the same word (no run is cached while
+//! one is in progress), *before* its grace period, so a copy that
+//! validated earlier is waited for and one that validates later falls
+//! back to the read lock. Hot runs are not served without the lock (their
+//! lock-free unpin is no `Change`). Splitting and merging runs leave the
+//! generation alone: every PFN keeps its host address, which is all a
+//! cached run says.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
