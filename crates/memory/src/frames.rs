@@ -227,15 +227,15 @@ static IN_PLACE_PAGES: AtomicUsize = AtomicUsize::new(0);
 
 /// What validates this thread's cached runs ([`LAST_RUNS`]): a generation
 /// in the high bits ([`GEN_ONE`] each), and in the low bits ([`CHANGES`])
-/// how many [`Change`]s are in progress. The generation moves, under the
-/// write lock, whenever a PFN stops meaning the host memory it meant (a
-/// run released, relocated or moved) or a run enters the hot table (whose
-/// re-pins and unpins do not take the lock, and are seen through the
-/// slot's word instead); and, before any grace period that precedes such
-/// a change, when a [`Change`] begins (a sequentially consistent
+/// how many [`Change`]s are in progress. The generation moves when a
+/// [`Change`] begins, before its grace period (a sequentially consistent
 /// read-modify-write: what lets a device copy validate its cached run
-/// without the lock). Splitting or merging runs changes no PFN's host
-/// address and leaves it alone.
+/// without the lock), and, under the write lock when no [`Change`] is in
+/// progress ([`invalidate`]), whenever a PFN stops meaning the host memory
+/// it meant (a run released, relocated or moved) or a run enters the hot
+/// table (whose re-pins and unpins do not take the lock, and are seen
+/// through the slot's word instead). Splitting or merging runs changes no
+/// PFN's host address and leaves it alone.
 static GENERATION: AtomicU64 = AtomicU64::new(0);
 /// [`GENERATION`]'s count of changes in progress.
 const CHANGES: u64 = (1 << 16) - 1;
@@ -421,9 +421,14 @@ fn write() -> RwLockWriteGuard<'static, Registry> {
 }
 
 /// PFNs stop meaning what they meant (see [`GENERATION`]); write lock held.
-/// (A read-modify-write: [`Change`]s bump it without the lock.)
+/// (A read-modify-write: [`Change`]s bump it without the lock.) Nothing to
+/// do while a [`Change`] is in progress (this one's, or another that will
+/// end after this lock goes): no run has been cached since it began, and
+/// every run cached before is stale already.
 fn invalidate() {
-    GENERATION.fetch_add(GEN_ONE, Ordering::SeqCst);
+    if GENERATION.load(Ordering::SeqCst) & CHANGES == 0 {
+        GENERATION.fetch_add(GEN_ONE, Ordering::SeqCst);
+    }
 }
 
 impl Registry {
@@ -976,11 +981,16 @@ pub fn unpin_user(va: u64, pfn: u64, npages: u64) {
     // As in `unpin`: the run's PFNs are not reused before it is released,
     // but a request older than this unpin must not outlive a later
     // release that no grace period precedes. (A hot run's lock-free copies
-    // take the lock: the table's unpin needs no `Change`.)
-    crate::dma_fence::synchronize();
-    if !HOT.unpin(va, pfn, npages) {
-        unpin(pfn, npages);
+    // take the lock: the table's unpin needs no `Change`.) A pin the table
+    // does not hold now is the registry's: it cannot move into the table
+    // while we hold it, and `unpin` has its own grace period.
+    if HOT.holds_pinned(va, pfn, npages) {
+        crate::dma_fence::synchronize();
+        if HOT.unpin(va, pfn, npages) {
+            return;
+        }
     }
+    unpin(pfn, npages);
 }
 
 #[inline(never)]

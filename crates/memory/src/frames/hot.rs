@@ -145,6 +145,14 @@ impl Table {
         }
     }
 
+    /// Whether the table holds the run of `npages` pages from `va` at
+    /// `pfn` pinned now (what [`unpin`](Self::unpin) would undo), without
+    /// changing anything.
+    #[inline(always)]
+    pub(super) fn holds_pinned(&self, va: u64, pfn: u64, npages: u64) -> bool {
+        self.find(va, npages, PINNED).is_some_and(|seen| seen.pfn == pfn)
+    }
+
     /// The first half of a lock-free change: the slot of the run of
     /// `npages` pages at `va` if it holds that run in state `want`, as
     /// read under one version of its word.
