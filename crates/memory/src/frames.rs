@@ -2291,32 +2291,50 @@ pub(crate) mod tests {
     /// same PFNs); both kinds of unpin.
     #[test]
     fn read_phys_racing_unpins_never_reads_a_released_frame() {
+        device_copies_racing_unpins(false);
+    }
+
+    /// As [`read_phys_racing_unpins_never_reads_a_released_frame`], for
+    /// `write_phys`: no write lands in the program's pages after the unpin
+    /// returned.
+    #[test]
+    fn write_phys_racing_unpins_never_writes_a_released_frame() {
+        device_copies_racing_unpins(true);
+    }
+
+    /// A device thread reading (or writing) the last 64 KiB of a pinned
+    /// run over and over while this thread pins and unpins it.
+    fn device_copies_racing_unpins(write: bool) {
         use std::sync::atomic::AtomicBool;
         use std::sync::Arc;
         let _g = SERIAL.lock().unwrap();
         const ROUNDS: u64 = 300;
+        // What the program writes once its pages are no frames, and what
+        // the device writes.
         const RELEASED: u8 = 0xee;
-        // The reader's copy: 64 KiB at the end of the run.
-        const READ: u64 = 64 << 10;
+        const WRITTEN: u8 = 0xdd;
+        // The device's copy: 64 KiB at the end of the run.
+        const LEN: u64 = 64 << 10;
         let pages = CACHE_RUN_PAGES + 1;
         let m = Map::new(pages, libc::MAP_PRIVATE);
         let fill = |v: u8| user::copy_to_user(m.0, &vec![v; m.1 as usize]).unwrap();
-        // The physical address the reader reads (0: none yet), its
-        // successful reads and its failed ones.
+        // The physical address the device copies at (0: none yet), its
+        // successful copies and its failed ones.
         let at = Arc::new(AtomicU64::new(0));
         let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
         let stop = Arc::new(AtomicBool::new(false));
-        let reader = {
+        let device = {
             let (at, ok, failed, stop) = (Arc::clone(&at), Arc::clone(&ok), Arc::clone(&failed), Arc::clone(&stop));
             std::thread::spawn(move || {
-                let mut buf = vec![0u8; READ as usize];
+                let mut buf = vec![WRITTEN; LEN as usize];
                 while !stop.load(Ordering::Relaxed) {
                     let pa = at.load(Ordering::SeqCst);
                     if pa == 0 {
                         std::hint::spin_loop();
                         continue;
                     }
-                    match read_phys(pa, &mut buf) {
+                    let res = if write { write_phys(pa, &buf) } else { read_phys(pa, &mut buf) };
+                    match res {
                         Ok(()) => {
                             let stale = buf.iter().position(|&b| b == RELEASED);
                             assert_eq!(stale, None, "read a released frame");
@@ -2335,11 +2353,11 @@ pub(crate) mod tests {
             fill((i % 200) as u8 + 1);
             let r = pin_user(m.0, pages, true).unwrap();
             assert_eq!(r.len(), 1);
-            at.store(phys(&r[0], 0) + m.1 - READ, Ordering::SeqCst);
-            // Two reads at least: the second through the reader's cached
-            // run (unless the reader is starved: then go on).
+            at.store(phys(&r[0], 0) + m.1 - LEN, Ordering::SeqCst);
+            // Two copies at least: the second through the device thread's
+            // cached run (unless it is starved: then go on).
             let seen = ok.load(Ordering::SeqCst);
-            let waiting = || !reader.is_finished() && start.elapsed() < std::time::Duration::from_secs(30);
+            let waiting = || !device.is_finished() && start.elapsed() < std::time::Duration::from_secs(30);
             while ok.load(Ordering::SeqCst) < seen + 2 && waiting() {
                 std::thread::yield_now();
             }
@@ -2354,20 +2372,22 @@ pub(crate) mod tests {
             let (o, f) = (ok.load(Ordering::SeqCst), failed.load(Ordering::SeqCst));
             // The pages are the program's alone now.
             fill(RELEASED);
-            // A few reads of the stale address: all fail (one that ended
+            // A few copies at the stale address: all fail (one that ended
             // before the unpin returned may count late).
             while ok.load(Ordering::SeqCst) + failed.load(Ordering::SeqCst) < o + f + 3 && waiting() {
                 std::thread::yield_now();
             }
             let late = ok.load(Ordering::SeqCst) - o;
-            assert!(late <= 1, "round {i}: {late} reads succeeded after the unpin returned");
+            assert!(late <= 1, "round {i}: {late} copies succeeded after the unpin returned");
+            let landed = (0..LEN).filter(|&off| m.get(m.1 - LEN + off) == Ok(WRITTEN)).count();
+            assert_eq!(landed, 0, "round {i}: bytes written after the unpin returned");
         }
         stop.store(true, Ordering::Relaxed);
-        reader.join().unwrap();
+        device.join().unwrap();
         assert_eq!(total_pins(), pins);
         let (ok, failed) = (ok.load(Ordering::SeqCst), failed.load(Ordering::SeqCst));
-        eprintln!("reads {ok}, failed {failed}");
-        assert!(ok >= ROUNDS && failed >= 3 * ROUNDS, "the reader was starved: {ok} reads, {failed} failed");
+        eprintln!("copies {ok}, failed {failed}");
+        assert!(ok >= ROUNDS && failed >= 3 * ROUNDS, "the device thread was starved: {ok} copies, {failed} failed");
     }
 
     #[test]
