@@ -64,7 +64,7 @@
 //! engines run their rings inside the fork gate, which the fork drains.
 
 use std::cell::Cell;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{compiler_fence, fence, AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Once, OnceLock};
 
 /// One thread's slot: 0 outside sections, else the grace-period count read
@@ -73,6 +73,10 @@ use std::sync::{Once, OnceLock};
 struct Slot {
     count: AtomicU64,
     owned: AtomicBool,
+    /// The epoch its thread last promoted itself at (0: never, since the
+    /// slot was taken): while it is not below [`Words::done`] the thread
+    /// may be entering light, and a grace period needs `membarrier`.
+    light: AtomicU64,
 }
 
 /// Slots come in chunks that are never freed (a thread's slot is reused by
@@ -90,7 +94,8 @@ struct Chunk {
 impl Chunk {
     const fn new() -> Chunk {
         Chunk {
-            slots: [const { Slot { count: AtomicU64::new(0), owned: AtomicBool::new(false) } }; CHUNK],
+            slots: [const { Slot { count: AtomicU64::new(0), owned: AtomicBool::new(false), light: AtomicU64::new(0) } };
+                CHUNK],
             used: AtomicUsize::new(0),
             next: OnceLock::new(),
         }
@@ -105,19 +110,50 @@ impl Chunk {
 static FIRST: Chunk = Chunk::new();
 /// Slots owned by threads now.
 static OWNED: AtomicUsize = AtomicUsize::new(0);
-/// The grace-period counter (never 0, which marks a slot outside sections),
-/// on its own cache line: every section reads it, grace periods that find
-/// a section open write it.
+/// What every section reads, on its own cache line: only grace periods
+/// write it (those that find a section open, or a light reader).
 #[repr(align(64))]
-struct Counter(AtomicU64);
-static COUNTER: Counter = Counter(AtomicU64::new(1));
+struct Words {
+    /// The grace-period counter (never 0, which marks a slot outside
+    /// sections).
+    count: AtomicU64,
+    /// The light epoch: a thread enters light only while it reads the
+    /// epoch it promoted itself at. Bumped by every grace period that may
+    /// find a light reader, before its `membarrier`.
+    epoch: AtomicU64,
+    /// The highest epoch a bump to which was followed by a completed
+    /// `membarrier`: a thread that promoted itself at an earlier epoch
+    /// enters light no more, and its light sections are visible to scans.
+    done: AtomicU64,
+}
+static WORDS: Words = Words { count: AtomicU64::new(1), epoch: AtomicU64::new(1), done: AtomicU64::new(1) };
+
+/// Fenced entries before a thread promotes itself to light ones (at first,
+/// and again after a light run that paid for its `membarrier`). A
+/// `membarrier` costs the grace period that demotes the thread some
+/// microseconds; a light entry saves the reader some nanoseconds.
+const PROMOTE: u32 = if cfg!(test) { 8 } else { 1024 };
+/// The most fenced entries between promotions: a thread demoted after a
+/// light run shorter than [`PROMOTE`] (unmaps are frequent) doubles its
+/// wait, up to this.
+const PROMOTE_MAX: u32 = 1 << 20;
+/// Never promote (no `membarrier` in this process).
+const NEVER: u32 = u32::MAX;
 /// Registers the fork handler, once.
 static ATFORK: Once = Once::new();
 
 thread_local! {
     /// This thread's slot, its open sections and holds.
     static LOCAL: Local = const {
-        Local { slot: Cell::new(None), pins: Cell::new(0), holds: Cell::new(0), live: Cell::new(false) }
+        Local {
+            slot: Cell::new(None),
+            pins: Cell::new(0),
+            holds: Cell::new(0),
+            live: Cell::new(false),
+            light: Cell::new(0),
+            run: Cell::new(PROMOTE),
+            wait: Cell::new(PROMOTE),
+        }
     };
     /// Gives the slot back when the thread exits.
     static EXIT: Exit = const { Exit(Cell::new(None)) };
@@ -132,6 +168,14 @@ struct Local {
     /// The slot holds a count: a section is open, or a hold kept the last
     /// one's.
     live: Cell<bool>,
+    /// The epoch this thread enters light at (a plain store), 0 if it
+    /// enters fenced (a locked swap).
+    light: Cell<u64>,
+    /// Fenced: entries left before it promotes itself. Light: entries since
+    /// it did.
+    run: Cell<u32>,
+    /// Fenced entries between a demotion and the next promotion.
+    wait: Cell<u32>,
 }
 
 impl Local {
@@ -143,11 +187,81 @@ impl Local {
             Some(s) => s,
             None => register(self),
         };
+        self.open_slot(slot);
+        self.live.set(true);
+    }
+
+    /// Store the current count into this thread's `slot`: a plain store
+    /// while the thread is light and its epoch current, else the locked
+    /// swap (module doc).
+    #[inline(always)]
+    fn open_slot(&self, slot: &'static Slot) {
+        let light = self.light.get();
+        if light != 0 {
+            // Acquire: a count bumped by a grace period that did not wait
+            // for this section comes with what its caller unpublished.
+            slot.count.store(WORDS.count.load(Ordering::Acquire), Ordering::Relaxed);
+            // The store stays before the epoch's load (and the section's)
+            // in the instruction stream; `membarrier` does the rest.
+            compiler_fence(Ordering::SeqCst);
+            if WORDS.epoch.load(Ordering::Relaxed) == light {
+                self.run.set(self.run.get().saturating_add(1));
+                return;
+            }
+            self.demote();
+        }
         // The swap is a full barrier: the slot is visible to a grace
         // period's scan before any load of the section, or the section
         // sees what the grace period's releaser did before it.
-        slot.count.swap(COUNTER.0.load(Ordering::SeqCst), Ordering::SeqCst);
-        self.live.set(true);
+        slot.count.swap(WORDS.count.load(Ordering::SeqCst), Ordering::SeqCst);
+        let run = self.run.get();
+        if run > 1 {
+            self.run.set(run - 1);
+        } else {
+            self.promote(slot);
+        }
+    }
+
+    /// A grace period bumped the epoch: enter fenced again, for longer if
+    /// the light run was short.
+    #[cold]
+    #[inline(never)]
+    fn demote(&self) {
+        self.light.set(0);
+        let wait =
+            if self.run.get() < PROMOTE { (self.wait.get().saturating_mul(2)).min(PROMOTE_MAX) } else { PROMOTE };
+        self.wait.set(wait);
+        self.run.set(wait);
+    }
+
+    /// Enough fenced entries: enter light from now on, if this process
+    /// has `membarrier` and no grace period bumps the epoch meanwhile.
+    /// Inside the section the fenced entry just opened.
+    #[cold]
+    #[inline(never)]
+    fn promote(&self, slot: &'static Slot) {
+        match light_allowed() {
+            Some(true) => {}
+            // Another thread is deciding whether `membarrier` works.
+            None => {
+                self.run.set(self.wait.get());
+                return;
+            }
+            Some(false) => {
+                self.run.set(NEVER);
+                return;
+            }
+        }
+        let epoch = WORDS.epoch.load(Ordering::SeqCst);
+        // The slot says so before the epoch is read again (module doc).
+        slot.light.swap(epoch, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
+        if WORDS.epoch.load(Ordering::SeqCst) == epoch {
+            self.light.set(epoch);
+            self.run.set(0);
+        } else {
+            self.run.set(self.wait.get());
+        }
     }
 
     /// Clear the slot (a plain store): no section of this thread is open
@@ -169,9 +283,11 @@ impl Drop for Exit {
             let _ = LOCAL.try_with(|l| {
                 l.slot.set(None);
                 l.live.set(false);
+                l.light.set(0);
             });
             // The thread is gone: no section of it remains.
             slot.count.store(0, Ordering::Release);
+            slot.light.store(0, Ordering::Release);
             slot.owned.store(false, Ordering::Release);
             OWNED.fetch_sub(1, Ordering::SeqCst);
         }
@@ -207,6 +323,9 @@ fn register(local: &Local) -> &'static Slot {
     // count without this thread began before its first section.
     OWNED.fetch_add(1, Ordering::SeqCst);
     local.slot.set(Some(slot));
+    // A new slot begins fenced.
+    local.light.set(0);
+    local.run.set(local.wait.get());
     // A thread whose locals are already being destroyed keeps the slot.
     let _ = EXIT.try_with(|e| e.0.set(Some(slot)));
     slot
@@ -275,9 +394,8 @@ pub fn enter_leaf() -> Option<Leaf> {
             return Some(None);
         }
         let slot = l.slot.get()?;
-        // As in `Local::open`: the full barrier that orders the slot before
-        // the section's loads.
-        slot.count.swap(COUNTER.0.load(Ordering::SeqCst), Ordering::SeqCst);
+        // As in `Local::open`.
+        l.open_slot(slot);
         if l.pins.get() != 0 {
             // Under a hold with no section open: the section stays open for
             // the hold's next request, as `enter` leaves it.
@@ -409,12 +527,19 @@ fn synchronize_owned(owned: usize) {
     // writes no shared cache line (unmaps on several threads do not
     // contend here).
     let other = |slot: &Slot| !mine.is_some_and(|m| std::ptr::eq(m, slot));
+    // A thread that may enter light: demote it and make its slot visible
+    // (module doc). Once per light run of a thread; none where no thread
+    // is light.
+    let done = WORDS.done.load(Ordering::SeqCst);
+    if Chunk::all().any(|slot| other(slot) && slot.light.load(Ordering::SeqCst) >= done) {
+        light_barrier();
+    }
     if !Chunk::all().any(|slot| other(slot) && slot.count.load(Ordering::SeqCst) != 0) {
         return;
     }
     // Sections that read this count or a later one began after us (a
     // thread that re-enters is not waited for).
-    let now = COUNTER.0.fetch_add(1, Ordering::SeqCst) + 1;
+    let now = WORDS.count.fetch_add(1, Ordering::SeqCst) + 1;
     let mut spins = 0u32;
     for slot in Chunk::all().filter(|s| other(s)) {
         loop {
@@ -432,6 +557,36 @@ fn synchronize_owned(owned: usize) {
     }
 }
 
+/// Bump the epoch (light readers enter fenced from their next section on),
+/// then `membarrier`: every other thread's light slot store is visible, or
+/// its next loads see what the caller unpublished and the bumped epoch.
+#[cold]
+#[inline(never)]
+fn light_barrier() {
+    let epoch = WORDS.epoch.fetch_add(1, Ordering::SeqCst) + 1;
+    if crate::forkgate::expedited_barrier() {
+        WORDS.done.fetch_max(epoch, Ordering::SeqCst);
+    } else {
+        // Cannot happen: a thread promotes itself only where the
+        // registration succeeded, and a forked child's other slots are
+        // freed. Promote no thread any more.
+        LIGHT_OFF.store(true, Ordering::SeqCst);
+        crate::sys::write_stderr(b"uiommufd: dma_fence: membarrier failed; DMA may reach a frame being released\n");
+    }
+}
+
+/// Set if `membarrier` failed once a thread was light.
+static LIGHT_OFF: AtomicBool = AtomicBool::new(false);
+
+/// Whether a thread may promote itself (`membarrier` registered); `None`
+/// while that is being decided.
+fn light_allowed() -> Option<bool> {
+    if LIGHT_OFF.load(Ordering::SeqCst) {
+        return Some(false);
+    }
+    crate::forkgate::expedited_membarrier()
+}
+
 /// In a forked child: the other threads are gone, and with them their
 /// sections and slots.
 extern "C" fn after_fork_child() {
@@ -441,6 +596,7 @@ extern "C" fn after_fork_child() {
             continue;
         }
         slot.count.store(0, Ordering::Relaxed);
+        slot.light.store(0, Ordering::Relaxed);
         if slot.owned.swap(false, Ordering::Relaxed) {
             OWNED.fetch_sub(1, Ordering::SeqCst);
         }
@@ -577,10 +733,10 @@ mod tests {
     fn synchronize_waits_for_sections_that_began_before_it_only() {
         let _s = serial();
         let before = hold_section();
-        let count = COUNTER.0.load(Ordering::SeqCst);
+        let count = WORDS.count.load(Ordering::SeqCst);
         let (done, waiter) = synchronize_in_background();
         // The grace period has begun; a section entered now is not waited for.
-        wait_for("the grace period to begin", || COUNTER.0.load(Ordering::SeqCst) > count);
+        wait_for("the grace period to begin", || WORDS.count.load(Ordering::SeqCst) > count);
         let after = hold_section();
         std::thread::sleep(Duration::from_millis(20));
         assert!(!done.load(Ordering::SeqCst), "returned while a section that began before it was open");
@@ -731,12 +887,19 @@ mod tests {
         let published = Arc::new(Published::new(Some(Canary(0))));
         let stop = Arc::new(AtomicBool::new(false));
         let reads = Arc::new(AtomicU32::new(0));
+        // Reads in light sections (readers promote themselves after a few
+        // sections, and each replace demotes them).
+        let light_reads = Arc::new(AtomicU32::new(0));
         let readers: Vec<_> = (0..6)
             .map(|_| {
-                let (published, stop, reads) = (Arc::clone(&published), Arc::clone(&stop), Arc::clone(&reads));
+                let (published, stop, reads, light_reads) =
+                    (Arc::clone(&published), Arc::clone(&stop), Arc::clone(&reads), Arc::clone(&light_reads));
                 std::thread::spawn(move || {
                     while !stop.load(Ordering::Relaxed) {
                         let s = enter();
+                        if is_light() {
+                            light_reads.fetch_add(1, Ordering::Relaxed);
+                        }
                         if let Some(c) = published.read(&s) {
                             let id = c.0;
                             for _ in 0..50 {
@@ -754,7 +917,7 @@ mod tests {
             .collect();
         // Replace only while readers are reading (on a loaded machine the
         // loop could otherwise end before any reader ran).
-        wait_for("the readers", || reads.load(Ordering::Relaxed) >= 6);
+        wait_for("the readers", || reads.load(Ordering::Relaxed) >= 6 * (PROMOTE + 2));
         for id in 1..IDS {
             published.replace(Some(Canary(id)));
             assert!(FREED[id - 1].load(Ordering::SeqCst), "a replaced value was not freed");
@@ -763,6 +926,153 @@ mod tests {
         for r in readers {
             r.join().unwrap();
         }
+        if membarrier() {
+            assert_ne!(light_reads.load(Ordering::SeqCst), 0, "no reader ever read in a light section");
+        }
+    }
+
+    /// This thread enters its sections light (a plain store).
+    fn is_light() -> bool {
+        LOCAL.with(|l| l.light.get() != 0)
+    }
+
+    /// Whether this process may have light readers (else the light tests
+    /// have nothing to test: the fenced test covers that process).
+    fn membarrier() -> bool {
+        let ok = crate::forkgate::expedited_membarrier() == Some(true);
+        if !ok {
+            eprintln!("no membarrier here: light sections not tested");
+        }
+        ok
+    }
+
+    /// A thread that promotes itself to light sections, then holds one
+    /// until told; it reports whether it was light, and after the section
+    /// whether its next one was.
+    fn light_holder() -> (std::sync::mpsc::Receiver<bool>, std::sync::mpsc::Sender<()>, std::thread::JoinHandle<()>) {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+        let t = std::thread::spawn(move || {
+            for _ in 0..=PROMOTE {
+                drop(enter());
+            }
+            let light = is_light();
+            let s = enter();
+            // The plain store is the section, for grace periods.
+            let count = LOCAL.with(|l| l.slot.get().unwrap().count.load(Ordering::Relaxed));
+            tx.send(light && count != 0).unwrap();
+            go_rx.recv().unwrap();
+            drop(s);
+            drop(enter());
+            tx.send(is_light()).unwrap();
+            go_rx.recv().unwrap();
+        });
+        (rx, go_tx, t)
+    }
+
+    /// A grace period waits for a light section (its `membarrier` makes the
+    /// plain store visible) and demotes the light reader: its next section
+    /// is fenced, and the next grace period needs no `membarrier` (the
+    /// epoch stays).
+    #[test]
+    fn a_light_section_is_waited_for_and_the_grace_period_demotes_it() {
+        let _s = serial();
+        if !membarrier() {
+            return;
+        }
+        let (rx, go, t) = light_holder();
+        assert!(rx.recv().unwrap(), "the thread did not promote itself to light sections");
+        let epoch = WORDS.epoch.load(Ordering::SeqCst);
+        let (done, waiter) = synchronize_in_background();
+        wait_for("the epoch's bump", || WORDS.epoch.load(Ordering::SeqCst) > epoch);
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(!done.load(Ordering::SeqCst), "a grace period ended while a light section was open");
+        go.send(()).unwrap();
+        waiter.join().unwrap();
+        assert!(!rx.recv().unwrap(), "the grace period left the reader light");
+        assert!(WORDS.done.load(Ordering::SeqCst) > epoch);
+        let epoch = WORDS.epoch.load(Ordering::SeqCst);
+        synchronize();
+        assert_eq!(WORDS.epoch.load(Ordering::SeqCst), epoch, "a grace period with no light reader bumped the epoch");
+        go.send(()).unwrap();
+        t.join().unwrap();
+    }
+
+    /// A thread that promotes itself just as a grace period bumps the
+    /// epoch stays fenced; its next promotion waits longer after a short
+    /// light run.
+    #[test]
+    fn promotion_backs_off_after_a_short_light_run() {
+        let _s = serial();
+        if !membarrier() {
+            return;
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+        let t = std::thread::spawn(move || {
+            for _ in 0..=PROMOTE {
+                drop(enter());
+            }
+            tx.send(is_light()).unwrap();
+            go_rx.recv().unwrap();
+            // Demoted after a light run of none: twice the wait.
+            // Sections until the thread is light again (the first finds
+            // the bumped epoch and enters fenced, the last promotes).
+            let mut fenced = 0;
+            loop {
+                drop(enter());
+                fenced += 1;
+                if is_light() {
+                    break;
+                }
+                assert!(fenced <= 4 * PROMOTE, "never promoted again");
+            }
+            tx.send(fenced == 2 * PROMOTE).unwrap();
+        });
+        assert!(rx.recv().unwrap(), "the thread did not promote itself");
+        synchronize();
+        go_tx.send(()).unwrap();
+        assert!(rx.recv().unwrap(), "a short light run did not double the wait before the next promotion");
+        t.join().unwrap();
+    }
+
+    /// Without `membarrier` (forced in a child process) every section is
+    /// fenced and grace periods never bump the epoch.
+    #[test]
+    fn fenced_without_membarrier_in_a_child_process() {
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "dma_fence::tests::fenced_without_membarrier_inner", "--include-ignored", "--nocapture"])
+            .env("UIOMMUFD_TEST_FORKGATE_FENCED", "1")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && stdout.contains("1 passed"),
+            "{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    #[test]
+    #[ignore = "run by fenced_without_membarrier_in_a_child_process"]
+    fn fenced_without_membarrier_inner() {
+        if std::env::var_os("UIOMMUFD_TEST_FORKGATE_FENCED").is_none() {
+            return;
+        }
+        let _s = serial();
+        assert_eq!(crate::forkgate::expedited_membarrier(), Some(false));
+        let (rx, go, t) = light_holder();
+        assert!(!rx.recv().unwrap(), "a thread entered light without membarrier");
+        let epoch = WORDS.epoch.load(Ordering::SeqCst);
+        let (done, waiter) = synchronize_in_background();
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(!done.load(Ordering::SeqCst), "a grace period ended while a fenced section was open");
+        go.send(()).unwrap();
+        waiter.join().unwrap();
+        assert!(!rx.recv().unwrap());
+        assert_eq!(WORDS.epoch.load(Ordering::SeqCst), epoch, "the epoch moved without light readers");
+        go.send(()).unwrap();
+        t.join().unwrap();
     }
 
     /// A forked child has none of the parent's other threads: a section one

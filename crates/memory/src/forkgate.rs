@@ -471,6 +471,34 @@ fn barrier() {
     }
 }
 
+/// Whether this process's threads may rely on
+/// `membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED)`: the gate's registration
+/// succeeded (decided now if no thread entered the gate yet; `None` while
+/// another thread decides). The DMA fence's light readers need it.
+pub(crate) fn expedited_membarrier() -> Option<bool> {
+    let mode = match MODE.load(Ordering::SeqCst) {
+        UNDECIDED => decide(),
+        m => m,
+    };
+    match mode {
+        DECIDING => None,
+        m => Some(m == MEMBARRIER),
+    }
+}
+
+/// `membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED)`, registering first where
+/// this process is not registered (a forked child); false if it failed.
+pub(crate) fn expedited_barrier() -> bool {
+    match membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED) {
+        Ok(()) => true,
+        Err(libc::EPERM) => {
+            membarrier(MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED).is_ok()
+                && membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED).is_ok()
+        }
+        Err(_) => false,
+    }
+}
+
 /// Close the gate and wait, at most [`LIMIT`], until no other thread is
 /// inside. For the prepare handler; pair with [`open_parent`] and
 /// [`open_child`].
