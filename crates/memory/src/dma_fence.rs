@@ -20,11 +20,14 @@
 //! period.
 //!
 //! Each thread that enters a section owns a slot (taken on its first
-//! section, given back when the thread exits). Entering swaps the current
-//! grace-period count into the slot: one locked instruction on a cache line
-//! no other thread writes, which is also the full barrier that orders the
-//! slot before the section's loads. Leaving stores 0 with release ordering
-//! (a plain store). A grace period first reads the other threads' slots:
+//! section, given back when the thread exits). Entering stores the current
+//! grace-period count into the slot; leaving stores 0 with release ordering
+//! (a plain store). Entering has two forms, chosen per thread (see *Light
+//! sections* below). *Fenced*: a swap, one locked instruction on a cache
+//! line no other thread writes, which is also the full barrier that orders
+//! the slot before the section's loads. *Light*: a plain store, then a load
+//! of the epoch word. What follows is the fenced form's argument. A grace
+//! period first reads the other threads' slots:
 //! when none is inside a section it is over (no shared cache line
 //! written: the common case, a DMA thread idle between requests, costs a
 //! few loads per unpin). Otherwise it increments the count and waits for
@@ -40,27 +43,88 @@
 //! A thread that issues several requests in a row (a DMA engine's
 //! descriptor fetch, data and completion record) may keep one section
 //! across them with a [`Hold`]: the slot keeps its count between the
-//! requests, so only the first one pays the locked instruction. Grace
+//! requests, so only the first one enters. Grace
 //! periods that begin meanwhile wait for the hold as for a section; the
 //! holder ends it early ([`quiesce`]) before anything that may wait for a
 //! lock a grace period's caller holds (reporting a fault).
 //!
 //! A request that only looks up and copies (a device port's
-//! translation-cache path) takes a [`Leaf`]: the same swap into the slot
+//! translation-cache path) takes a [`Leaf`]: the same entry into the slot
 //! and plain store at its end, without counting itself among the thread's
 //! sections (nothing can nest in it), or nothing at all inside a hold.
 //!
-//! History: a read side without any locked instruction (a plain store,
-//! grace periods through `membarrier(2)`) was tried and reverted: every
-//! unpin in a process with a DMA worker thread then paid a system call
-//! (microseconds per unmap), to save one uncontended locked instruction
-//! per request. Sections were two locked read-modify-writes on striped
-//! shared counters before this design.
+//! # Light sections
+//!
+//! On Intel hosts the swap waits for the previous request's copy to drain
+//! from the store buffer: 6 to 10 ns on a 4 KiB copy of some 20 (measured
+//! on a Xeon with a C loop; about 1 ns on AMD Zen 3). So a thread that
+//! enters many sections promotes itself to light ones, and grace periods
+//! pay for them with `membarrier(2)`, once per light run:
+//!
+//! - An epoch word, on the grace-period counter's cache line. A light
+//!   thread enters with a plain store of the count into its slot, a
+//!   compiler fence, and a load of the epoch: if that is still the epoch
+//!   the thread promoted itself at, the section is open; else the thread
+//!   is demoted and enters fenced (the swap), from this section on.
+//! - A fenced thread counts its entries; after `PROMOTE` (1024) of them it
+//!   promotes itself: it swaps the epoch into its slot's `light` word, runs
+//!   a full fence and reads the epoch again. Unchanged, the thread is light
+//!   from its next section on; else it stays fenced.
+//! - A grace period, after its caller's unpublish, reads `done` (the
+//!   highest epoch a bump to which was followed by a completed
+//!   `membarrier`), then the other slots' `light`. If one is at least
+//!   `done`, it bumps the epoch, calls
+//!   `membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED)`, raises `done` to the
+//!   bumped epoch, and scans the slots as above. Else it scans with no
+//!   system call.
+//!
+//! Why a grace period G still waits for every light section that could
+//! miss its caller's unpublish, for a thread R promoted at epoch e (all
+//! orders below are the single order of sequentially consistent
+//! operations):
+//!
+//! 1. G reads R's `light` before R's promotion swap: G's unpublish precedes
+//!    R's fence after that swap, so every later load of R sees it.
+//! 2. G reads e (or a later promotion's epoch) and it is at least `done`: G
+//!    calls `membarrier`, which returns once every other thread has run a
+//!    full barrier at some point of its instruction stream during the call.
+//!    If R's point lies after a section's plain store, G's scan sees the
+//!    store and waits for the section: its count is older than G's bump of
+//!    the counter, or was read (with acquire ordering) from that bump or a
+//!    later one, and then the section's loads see the unpublish. If the
+//!    point lies before the store, the section's loads see the unpublish.
+//! 3. G reads a `light` below `done`: another grace period G' bumped the
+//!    epoch past e after R's promotion read it again, and G''s
+//!    `membarrier` returned before G read `done`. R's entries whose epoch
+//!    load follows R's barrier point in G''s call see the bump and enter
+//!    fenced; the others' plain stores precede that point, so G's scan sees
+//!    them. (A grace period that reads `done` before G' raised it is in
+//!    case 2: it calls `membarrier` itself.)
+//!
+//! Cost: a light entry is three loads and a store, no locked instruction.
+//! A grace period that finds a light thread pays a `membarrier` (some
+//! microseconds) and demotes it, so the next ones pay none until the thread
+//! has entered `PROMOTE` fenced sections again: at most one system call per
+//! `PROMOTE` requests of each DMA thread. A thread demoted after a light run
+//! shorter than `LIGHT_RUN` (50 µs: unmaps come often) waits twice as many
+//! fenced sections before its next promotion, up to `PROMOTE_MAX`. Where
+//! `membarrier` is not registered (the fork gate's registration is reused:
+//! seccomp filters, old kernels, valgrind), threads stay fenced.
+//!
+//! History: a read side without locked instructions at all (plain stores,
+//! every grace period through `membarrier(2)`) was tried and reverted:
+//! every unpin in a process with a DMA worker thread then paid a system
+//! call (microseconds per unmap). The always-fenced read side that followed
+//! cost one locked instruction per request: negligible on the AMD Zen 3
+//! host it was tuned on, a third of a 4 KiB copy's time on Intel. The
+//! adaptive scheme keeps both common cases free: no system call per unmap,
+//! no locked instruction per request. Sections were two locked
+//! read-modify-writes on striped shared counters before these designs.
 //!
 //! `fork`: the child has one thread, but its copy of the slots still shows
 //! the parent's other threads, possibly inside sections that will never end
 //! there. A `pthread_atfork` child handler frees every slot but the forking
-//! thread's. Under the shim no section is open at a fork anyway: DMA
+//! thread's (and their light marks: no other thread can be light). Under the shim no section is open at a fork anyway: DMA
 //! engines run their rings inside the fork gate, which the fork drains.
 
 use std::cell::Cell;
@@ -68,10 +132,17 @@ use std::sync::atomic::{compiler_fence, fence, AtomicBool, AtomicU64, AtomicUsiz
 use std::sync::{Once, OnceLock};
 
 /// One thread's slot: 0 outside sections, else the grace-period count read
-/// when its outermost section began. On its own cache line.
+/// when its outermost section began, on its own cache line.
 #[repr(align(64))]
 struct Slot {
     count: AtomicU64,
+    /// What the thread rarely writes, on the next line: a grace period
+    /// reads `light` without taking the line `count` is on from its thread.
+    rare: Rare,
+}
+
+#[repr(align(64))]
+struct Rare {
     owned: AtomicBool,
     /// The epoch its thread last promoted itself at (0: never, since the
     /// slot was taken): while it is not below [`Words::done`] the thread
@@ -94,8 +165,12 @@ struct Chunk {
 impl Chunk {
     const fn new() -> Chunk {
         Chunk {
-            slots: [const { Slot { count: AtomicU64::new(0), owned: AtomicBool::new(false), light: AtomicU64::new(0) } };
-                CHUNK],
+            slots: [const {
+                Slot {
+                    count: AtomicU64::new(0),
+                    rare: Rare { owned: AtomicBool::new(false), light: AtomicU64::new(0) },
+                }
+            }; CHUNK],
             used: AtomicUsize::new(0),
             next: OnceLock::new(),
         }
@@ -134,9 +209,13 @@ static WORDS: Words = Words { count: AtomicU64::new(1), epoch: AtomicU64::new(1)
 /// microseconds; a light entry saves the reader some nanoseconds.
 const PROMOTE: u32 = if cfg!(test) { 8 } else { 1024 };
 /// The most fenced entries between promotions: a thread demoted after a
-/// light run shorter than [`PROMOTE`] (unmaps are frequent) doubles its
+/// light run shorter than [`LIGHT_RUN`] (unmaps are frequent) doubles its
 /// wait, up to this.
 const PROMOTE_MAX: u32 = 1 << 20;
+/// A light run this long saved its thread more than the `membarrier` that
+/// ends it costs (a light entry saves some 8 ns of a 30 ns request). Ten
+/// seconds under test: a test's light run is short however slowly it runs.
+const LIGHT_RUN: std::time::Duration = std::time::Duration::from_micros(if cfg!(test) { 10_000_000 } else { 50 });
 /// Never promote (no `membarrier` in this process).
 const NEVER: u32 = u32::MAX;
 /// Registers the fork handler, once.
@@ -152,6 +231,7 @@ thread_local! {
             live: Cell::new(false),
             light: Cell::new(0),
             run: Cell::new(PROMOTE),
+            since: Cell::new(None),
             wait: Cell::new(PROMOTE),
         }
     };
@@ -171,9 +251,10 @@ struct Local {
     /// The epoch this thread enters light at (a plain store), 0 if it
     /// enters fenced (a locked swap).
     light: Cell<u64>,
-    /// Fenced: entries left before it promotes itself. Light: entries since
-    /// it did.
+    /// Fenced entries left before it promotes itself.
     run: Cell<u32>,
+    /// When it last promoted itself.
+    since: Cell<Option<std::time::Instant>>,
     /// Fenced entries between a demotion and the next promotion.
     wait: Cell<u32>,
 }
@@ -205,7 +286,6 @@ impl Local {
             // in the instruction stream; `membarrier` does the rest.
             compiler_fence(Ordering::SeqCst);
             if WORDS.epoch.load(Ordering::Relaxed) == light {
-                self.run.set(self.run.get().saturating_add(1));
                 return;
             }
             self.demote();
@@ -228,8 +308,8 @@ impl Local {
     #[inline(never)]
     fn demote(&self) {
         self.light.set(0);
-        let wait =
-            if self.run.get() < PROMOTE { (self.wait.get().saturating_mul(2)).min(PROMOTE_MAX) } else { PROMOTE };
+        let short = self.since.get().is_none_or(|t| t.elapsed() < LIGHT_RUN);
+        let wait = if short { (self.wait.get().saturating_mul(2)).min(PROMOTE_MAX) } else { PROMOTE };
         self.wait.set(wait);
         self.run.set(wait);
     }
@@ -254,11 +334,11 @@ impl Local {
         }
         let epoch = WORDS.epoch.load(Ordering::SeqCst);
         // The slot says so before the epoch is read again (module doc).
-        slot.light.swap(epoch, Ordering::SeqCst);
+        slot.rare.light.swap(epoch, Ordering::SeqCst);
         fence(Ordering::SeqCst);
         if WORDS.epoch.load(Ordering::SeqCst) == epoch {
             self.light.set(epoch);
-            self.run.set(0);
+            self.since.set(Some(std::time::Instant::now()));
         } else {
             self.run.set(self.wait.get());
         }
@@ -287,8 +367,8 @@ impl Drop for Exit {
             });
             // The thread is gone: no section of it remains.
             slot.count.store(0, Ordering::Release);
-            slot.light.store(0, Ordering::Release);
-            slot.owned.store(false, Ordering::Release);
+            slot.rare.light.store(0, Ordering::Release);
+            slot.rare.owned.store(false, Ordering::Release);
             OWNED.fetch_sub(1, Ordering::SeqCst);
         }
     }
@@ -309,8 +389,8 @@ fn register(local: &Local) -> &'static Slot {
     let mut chunk = &FIRST;
     let slot = 'found: loop {
         for (i, s) in chunk.slots.iter().enumerate() {
-            if !s.owned.load(Ordering::Relaxed)
-                && s.owned.compare_exchange(false, true, Ordering::SeqCst, Ordering::Relaxed).is_ok()
+            if !s.rare.owned.load(Ordering::Relaxed)
+                && s.rare.owned.compare_exchange(false, true, Ordering::SeqCst, Ordering::Relaxed).is_ok()
             {
                 // Before the slot's first use (as the count below).
                 chunk.used.fetch_max(i + 1, Ordering::SeqCst);
@@ -339,8 +419,10 @@ pub struct Section {
     local: *const Local,
 }
 
-/// Begin a read-side section: one locked instruction, none when it
-/// nests in another or when a [`Hold`] kept this thread's last one open.
+/// Begin a read-side section: a store into this thread's slot (a locked
+/// swap, or a plain store once the thread is light: module doc); nothing
+/// when it nests in another or when a [`Hold`] kept this thread's last one
+/// open.
 #[inline(always)]
 pub fn enter() -> Section {
     let local = LOCAL.with(|l| {
@@ -373,8 +455,8 @@ impl Drop for Section {
 /// translation-cache path of a device port): no other section and no
 /// hold begins or ends inside it, and it touches only this thread's slot,
 /// without counting itself in the thread's open sections. Inside a hold
-/// or another section it costs nothing; otherwise it is [`enter`]'s one
-/// locked instruction, and a plain store when it ends.
+/// or another section it costs nothing; otherwise it is [`enter`]'s store
+/// into the slot, and a plain store when it ends.
 #[must_use]
 pub struct Leaf {
     /// The slot this leaf opened (and closes when it ends); `None` when the
@@ -531,7 +613,7 @@ fn synchronize_owned(owned: usize) {
     // (module doc). Once per light run of a thread; none where no thread
     // is light.
     let done = WORDS.done.load(Ordering::SeqCst);
-    if Chunk::all().any(|slot| other(slot) && slot.light.load(Ordering::SeqCst) >= done) {
+    if Chunk::all().any(|slot| other(slot) && slot.rare.light.load(Ordering::SeqCst) >= done) {
         light_barrier();
     }
     if !Chunk::all().any(|slot| other(slot) && slot.count.load(Ordering::SeqCst) != 0) {
@@ -596,8 +678,8 @@ extern "C" fn after_fork_child() {
             continue;
         }
         slot.count.store(0, Ordering::Relaxed);
-        slot.light.store(0, Ordering::Relaxed);
-        if slot.owned.swap(false, Ordering::Relaxed) {
+        slot.rare.light.store(0, Ordering::Relaxed);
+        if slot.rare.owned.swap(false, Ordering::Relaxed) {
             OWNED.fetch_sub(1, Ordering::SeqCst);
         }
     }
@@ -860,7 +942,7 @@ mod tests {
         .join()
         .unwrap();
         let slot = Chunk::all().find(|s| *s as *const Slot as usize == slot).unwrap();
-        assert!(!slot.owned.load(Ordering::SeqCst), "the exited thread still owns its slot");
+        assert!(!slot.rare.owned.load(Ordering::SeqCst), "the exited thread still owns its slot");
         assert_eq!(slot.count.load(Ordering::SeqCst), 0);
         // And a new thread reuses slots rather than adding chunks.
         let chunks = || std::iter::successors(Some(&FIRST), |c| c.next.get().copied()).count();
