@@ -610,13 +610,28 @@ fn synchronize_owned(owned: usize) {
     // contend here).
     let other = |slot: &Slot| !mine.is_some_and(|m| std::ptr::eq(m, slot));
     // A thread that may enter light: demote it and make its slot visible
-    // (module doc). Once per light run of a thread; none where no thread
-    // is light.
+    // (module doc), then look again. Once per light run of a thread; none
+    // where no thread is light. Each slot's mark is read before its count.
     let done = WORDS.done.load(Ordering::SeqCst);
-    if Chunk::all().any(|slot| other(slot) && slot.rare.light.load(Ordering::SeqCst) >= done) {
-        light_barrier();
+    let (mut light, mut open) = (false, false);
+    let mut chunk = Some(&FIRST);
+    'scan: while let Some(c) = chunk {
+        for slot in &c.slots[..c.used.load(Ordering::SeqCst)] {
+            if other(slot) {
+                if slot.rare.light.load(Ordering::SeqCst) >= done {
+                    light = true;
+                    break 'scan;
+                }
+                open |= slot.count.load(Ordering::SeqCst) != 0;
+            }
+        }
+        chunk = c.next.get().copied();
     }
-    if !Chunk::all().any(|slot| other(slot) && slot.count.load(Ordering::SeqCst) != 0) {
+    if light {
+        light_barrier();
+        open = Chunk::all().any(|slot| other(slot) && slot.count.load(Ordering::SeqCst) != 0);
+    }
+    if !open {
         return;
     }
     // Sections that read this count or a later one began after us (a
