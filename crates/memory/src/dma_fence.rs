@@ -218,6 +218,18 @@ const PROMOTE_MAX: u32 = 1 << 20;
 const LIGHT_RUN: std::time::Duration = std::time::Duration::from_micros(if cfg!(test) { 10_000_000 } else { 50 });
 /// Never promote (no `membarrier` in this process).
 const NEVER: u32 = u32::MAX;
+
+/// Fenced sections before a promotion, and whether short light runs back
+/// off: [`PROMOTE`] and yes, or `UIOMMUFD_FENCE_PROMOTE=N` (for stress
+/// tests of the other crates: promote after N, never back off, so DMA
+/// threads race unmaps in light sections all along).
+fn tuning() -> (u32, bool) {
+    static TUNING: OnceLock<(u32, bool)> = OnceLock::new();
+    *TUNING.get_or_init(|| match std::env::var("UIOMMUFD_FENCE_PROMOTE").ok().and_then(|v| v.parse::<u32>().ok()) {
+        Some(n) => (n.clamp(1, PROMOTE_MAX), false),
+        None => (PROMOTE, true),
+    })
+}
 /// Registers the fork handler, once.
 static ATFORK: Once = Once::new();
 
@@ -309,7 +321,8 @@ impl Local {
     fn demote(&self) {
         self.light.set(0);
         let short = self.since.get().is_none_or(|t| t.elapsed() < LIGHT_RUN);
-        let wait = if short { (self.wait.get().saturating_mul(2)).min(PROMOTE_MAX) } else { PROMOTE };
+        let (promote, back_off) = tuning();
+        let wait = if short && back_off { (self.wait.get().saturating_mul(2)).min(PROMOTE_MAX) } else { promote };
         self.wait.set(wait);
         self.run.set(wait);
     }
@@ -405,6 +418,7 @@ fn register(local: &Local) -> &'static Slot {
     local.slot.set(Some(slot));
     // A new slot begins fenced.
     local.light.set(0);
+    local.wait.set(tuning().0);
     local.run.set(local.wait.get());
     // A thread whose locals are already being destroyed keeps the slot.
     let _ = EXIT.try_with(|e| e.0.set(Some(slot)));
