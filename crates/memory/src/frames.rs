@@ -251,7 +251,7 @@ const GEN_ONE: u64 = 1 << 16;
 /// a lock-free copy ([`read_phys`], [`write_phys`], [`copy_phys`]) that
 /// validated its run against the generation before the change began is
 /// waited for by the grace period (it validates inside a
-/// [`crate::dma_fence::Leaf`] section, after the section's full barrier),
+/// [`crate::dma_fence::Leaf`] section, after the section's entry),
 /// and one that validates later fails and takes the lock.
 ///
 /// Begun outside the registry's lock and outside any DMA-fence section
