@@ -102,14 +102,20 @@
 //!    case 2: it calls `membarrier` itself.)
 //!
 //! Cost: a light entry is three loads and a store, no locked instruction.
-//! A grace period that finds a light thread pays a `membarrier` (some
-//! microseconds) and demotes it, so the next ones pay none until the thread
-//! has entered `PROMOTE` fenced sections again: at most one system call per
-//! `PROMOTE` requests of each DMA thread. A thread demoted after a light run
-//! shorter than `LIGHT_RUN` (50 µs: unmaps come often) waits twice as many
-//! fenced sections before its next promotion, up to `PROMOTE_MAX`. Where
-//! `membarrier` is not registered (the fork gate's registration is reused:
-//! seccomp filters, old kernels, valgrind), threads stay fenced.
+//! A grace period that finds a light thread pays a `membarrier` and demotes
+//! it, so the next ones pay none until the thread has entered `PROMOTE`
+//! fenced sections again: at most one system call per `PROMOTE` requests of
+//! each DMA thread. The call is cheap while the other threads sleep, but an
+//! IPI to each CPU running one: 10 to 25 µs in the 2-vCPU CI virtual
+//! machine (a grace period that finds the DMA thread light costs some 23 µs
+//! there, against 0.25 µs fenced), as much as 3000 light 4 KiB requests
+//! save. So a thread demoted after a light run shorter than `LIGHT_RUN`
+//! (1 ms: unmaps come often) waits twice as many fenced sections before
+//! its next promotion, up to `PROMOTE_MAX` (some 40 ms of 4 KiB requests):
+//! with unmaps every 100 µs the DMA thread soon stays fenced and unmaps pay
+//! a `membarrier` about once per 40 ms. Where `membarrier` is not
+//! registered (the fork gate's registration is reused: seccomp filters, old
+//! kernels, old valgrind), threads stay fenced.
 //!
 //! History: a read side without locked instructions at all (plain stores,
 //! every grace period through `membarrier(2)`) was tried and reverted:
@@ -212,10 +218,11 @@ const PROMOTE: u32 = if cfg!(test) { 8 } else { 1024 };
 /// light run shorter than [`LIGHT_RUN`] (unmaps are frequent) doubles its
 /// wait, up to this.
 const PROMOTE_MAX: u32 = 1 << 20;
-/// A light run this long saved its thread more than the `membarrier` that
-/// ends it costs (a light entry saves some 8 ns of a 30 ns request). Ten
+/// A light run this long of a busy DMA thread saved it some 40 times the
+/// `membarrier` that ends it (a light entry saves some 7 ns of a 30 ns
+/// request; the call costs up to 25 µs where the thread is running). Ten
 /// seconds under test: a test's light run is short however slowly it runs.
-const LIGHT_RUN: std::time::Duration = std::time::Duration::from_micros(if cfg!(test) { 10_000_000 } else { 50 });
+const LIGHT_RUN: std::time::Duration = std::time::Duration::from_micros(if cfg!(test) { 10_000_000 } else { 1000 });
 /// Never promote (no `membarrier` in this process).
 const NEVER: u32 = u32::MAX;
 
