@@ -251,17 +251,42 @@ pub enum Entry {
 
 const REMOTE_TAG: usize = 1;
 
-/// A slot whose descriptor `close` is closing: taken out of the table, the
-/// number not yet closed in the kernel. A call on it fails with `EBADF`, as
-/// on the kernel once its close has removed the descriptor (`pick_file`);
-/// never a value of [`Entry::into_raw`] (those are 8-byte aligned, with the
-/// remote tag at most).
+/// The tag of a slot whose descriptor `close` is closing: taken out of the
+/// table, the number not yet closed in the kernel (or just closed, and
+/// perhaps reused by another thread's open). The other bits name the
+/// closing thread ([`closer_mark`]). Never a value of [`Entry::into_raw`]
+/// (8-byte aligned, with the remote tag at most).
 const CLOSING: usize = 2;
 
 /// Whether a slot value refers to a file (not empty, not closing).
 #[inline]
 fn live(raw: usize) -> bool {
-    raw != 0 && raw != CLOSING
+    raw != 0 && raw & 3 != CLOSING
+}
+
+/// Whether a slot value is a closing mark.
+#[inline]
+fn closing(raw: usize) -> bool {
+    raw & 3 == CLOSING
+}
+
+thread_local! {
+    /// This thread's id (0 until asked).
+    static TID: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// The closing mark of this thread.
+fn closer_mark() -> usize {
+    let tid = TID
+        .try_with(|t| {
+            if t.get() == 0 {
+                // SAFETY: gettid has no preconditions.
+                t.set(unsafe { libc::syscall(libc::SYS_gettid) } as u32);
+            }
+            t.get()
+        })
+        .unwrap_or(0);
+    ((tid as usize) << 2) | CLOSING
 }
 
 impl Entry {
@@ -348,7 +373,8 @@ static DEFERRED: [Word; SLOTS] = [const { Word(AtomicUsize::new(0)) }; SLOTS];
 pub enum Use {
     Borrowed(Borrowed),
     Owned(Entry),
-    /// Being closed: the call fails with `EBADF`.
+    /// Being closed by this very thread (a signal handler's call inside
+    /// its close): the call fails with `EBADF`.
     Closing,
 }
 
@@ -395,8 +421,17 @@ pub fn use_entry(fd: i32) -> Option<Use> {
         if raw == 0 {
             return None;
         }
-        if raw == CLOSING {
-            return Some(Use::Closing);
+        if closing(raw) {
+            // This thread's own close (a signal handler's call in it): the
+            // kernel's close is done or not begun; say it is done.
+            if raw == closer_mark() {
+                return Some(Use::Closing);
+            }
+            // Another thread's close finishes in a moment: then the number
+            // is closed (`EBADF`) or another file's (which may be ours
+            // again, or the kernel's).
+            std::thread::yield_now();
+            continue;
         }
         if raw & REMOTE_TAG == 0 {
             if let Some(i) = uiommufd_memory::forkgate::plain_slot() {
@@ -426,7 +461,9 @@ pub fn use_entry(fd: i32) -> Option<Use> {
         }
         return match get_entry(fd) {
             Some(e) => Some(Use::Owned(e)),
-            None => (s.load(Ordering::Acquire) == CLOSING).then_some(Use::Closing),
+            // Closing meanwhile: as above.
+            None if closing(s.load(Ordering::Acquire)) => continue,
+            None => None,
         };
     }
 }
@@ -520,8 +557,10 @@ pub struct Taken {
     /// The slot's reference, not released before the wait.
     entry: std::mem::ManuallyDrop<Entry>,
     raw: usize,
-    /// The slot, [`CLOSING`] until the descriptor is closed.
+    /// The slot, with this thread's closing mark until the descriptor is
+    /// closed.
     slot: &'static AtomicUsize,
+    mark: usize,
 }
 
 impl Taken {
@@ -533,7 +572,7 @@ impl Taken {
     /// The number is closed (or was never given up): the slot is free.
     pub fn reopen(&self) {
         // Unless an open that reused the number installed a file there.
-        let _ = self.slot.compare_exchange(CLOSING, 0, Ordering::AcqRel, Ordering::Relaxed);
+        let _ = self.slot.compare_exchange(self.mark, 0, Ordering::AcqRel, Ordering::Relaxed);
     }
 
     /// Once the number is closed: free the slot, and wait until no call
@@ -560,18 +599,22 @@ impl Drop for Taken {
     }
 }
 
-/// Take `fd` out of the table (see [`Taken`]): the slot reads
-/// [`CLOSING`] until the `Taken` is finished or dropped, which the caller
-/// does once the number is closed.
+/// Take `fd` out of the table (see [`Taken`]): the slot reads this
+/// thread's closing mark until the `Taken` is finished or dropped, which
+/// the caller does once the number is closed. An `ioctl` of another thread
+/// on the number waits for that meanwhile (then the number is closed, or
+/// another file's), so it sees what the kernel would: the file before the
+/// close, `EBADF` or the new file after it.
 pub fn take(fd: i32) -> Option<Taken> {
     let s = slot(fd)?;
     if !live(s.load(Ordering::Acquire)) {
         return None;
     }
+    let mark = closer_mark();
     write_lock();
     let old = s.load(Ordering::Acquire);
     if live(old) {
-        s.store(CLOSING, Ordering::Release);
+        s.store(mark, Ordering::Release);
     }
     write_unlock();
     if !live(old) {
@@ -582,7 +625,7 @@ pub fn take(fd: i32) -> Option<Taken> {
     // SAFETY: `old` came from Entry::into_raw in `install_entry`; clearing
     // the slot under the write lock transferred its reference to us (held,
     // not released, until no call borrows it).
-    Some(Taken { entry: std::mem::ManuallyDrop::new(unsafe { Entry::from_raw(old) }), raw: old, slot: s })
+    Some(Taken { entry: std::mem::ManuallyDrop::new(unsafe { Entry::from_raw(old) }), raw: old, slot: s, mark })
 }
 
 /// Call `f` with every served descriptor and what it refers to, for the
