@@ -980,13 +980,15 @@ pub fn unpin_user(va: u64, pfn: u64, npages: u64) {
     }
     // As in `unpin`: the run's PFNs are not reused before it is released,
     // but a request older than this unpin must not outlive a later
-    // release that no grace period precedes. (A hot run's lock-free copies
-    // take the lock: the table's unpin needs no `Change`.) A pin the table
-    // does not hold now is the registry's: it cannot move into the table
-    // while we hold it, and `unpin` has its own grace period.
-    if HOT.holds_pinned(va, pfn, npages) {
+    // release that no grace period precedes. (Device copies of a hot run
+    // take the registry's lock: the table's unpin needs no `Change`.) A
+    // pin the table does not hold now is the registry's (it cannot move
+    // into the table while we hold it), and so is one the registry takes
+    // from the table meanwhile (the swap fails): `unpin` then, with its
+    // own grace period.
+    if let Some(pinned) = HOT.pinned(va, pfn, npages) {
         crate::dma_fence::synchronize();
-        if HOT.unpin(va, pfn, npages) {
+        if HOT.unpin_seen(&pinned) {
             return;
         }
     }

@@ -26,7 +26,8 @@
 //!
 //! Who changes what:
 //! - lock-free, anyone: `CACHED -> PINNED` ([`Table::pin`]) and
-//!   `PINNED -> CACHED` ([`Table::unpin`]), each one compare-and-swap
+//!   `PINNED -> CACHED` ([`Table::pinned`], then [`Table::unpin_seen`]
+//!   once the unpinner's grace period is over), each one compare-and-swap
 //!   that checks the run's address, length (and for the unpin its first
 //!   PFN) read from the slot under the word's version;
 //! - under the registry's write lock only: `EMPTY -> CACHED` with new
@@ -106,6 +107,9 @@ struct Seen {
     pfn: u64,
 }
 
+/// A pin the table held, as [`Table::pinned`] saw it.
+pub(super) struct Pinned(Seen);
+
 pub(super) struct Table {
     slots: [Slot; SLOTS],
 }
@@ -136,8 +140,9 @@ impl Table {
 
     /// Lock-free: unpin the run of `npages` pages from `va` at `pfn` if
     /// the table holds it pinned; whether it did (else the registry has
-    /// the pin).
-    #[inline(always)]
+    /// the pin). (The tests' one step; `frames::unpin_user` waits between
+    /// [`pinned`](Self::pinned) and [`unpin_seen`](Self::unpin_seen).)
+    #[cfg(test)]
     pub(super) fn unpin(&self, va: u64, pfn: u64, npages: u64) -> bool {
         match self.find(va, npages, PINNED) {
             Some(seen) => seen.pfn == pfn && self.swap(&seen, CACHED),
@@ -145,12 +150,21 @@ impl Table {
         }
     }
 
-    /// Whether the table holds the run of `npages` pages from `va` at
-    /// `pfn` pinned now (what [`unpin`](Self::unpin) would undo), without
-    /// changing anything.
+    /// The table's pin of the run of `npages` pages from `va` at `pfn`,
+    /// if it holds that run pinned now, without changing anything: for an
+    /// unpin that must wait between seeing the pin and giving it back
+    /// ([`Self::unpin_seen`]).
     #[inline(always)]
-    pub(super) fn holds_pinned(&self, va: u64, pfn: u64, npages: u64) -> bool {
-        self.find(va, npages, PINNED).is_some_and(|seen| seen.pfn == pfn)
+    pub(super) fn pinned(&self, va: u64, pfn: u64, npages: u64) -> Option<Pinned> {
+        self.find(va, npages, PINNED).filter(|seen| seen.pfn == pfn).map(Pinned)
+    }
+
+    /// Lock-free: give back the pin [`pinned`](Self::pinned) saw, if the
+    /// slot did not change since; whether it did (else the registry took
+    /// the run out of the table, and has the pin now).
+    #[inline(always)]
+    pub(super) fn unpin_seen(&self, pinned: &Pinned) -> bool {
+        self.swap(&pinned.0, CACHED)
     }
 
     /// The first half of a lock-free change: the slot of the run of
