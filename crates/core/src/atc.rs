@@ -269,11 +269,31 @@ impl Atc {
             self.head.dom.store(dom, Ordering::Relaxed);
         }
         let delta = host.wrapping_sub(iova);
+        // Each access `perm` grants reaches exactly to `iova` in the entry:
+        // the entry and the fill are one host-contiguous range for it.
+        let continues = |e: &Entry| {
+            (perm & READ == 0 || e.end_r.load(Ordering::Relaxed) == iova)
+                && (perm & WRITE == 0 || e.end_w.load(Ordering::Relaxed) == iova)
+        };
         let mut victim = None;
         for e in &self.entries {
             match e.span() {
                 Some((s, e_end)) if s == iova && e_end == end && e.delta.load(Ordering::Relaxed) == delta => {
                     // The same translation gains an access.
+                    if perm & READ != 0 {
+                        e.end_r.store(end, Ordering::Relaxed);
+                    }
+                    if perm & WRITE != 0 {
+                        e.end_w.store(end, Ordering::Relaxed);
+                    }
+                    return;
+                }
+                Some((s, _)) if s < iova && e.delta.load(Ordering::Relaxed) == delta && continues(e) => {
+                    // The fill continues the entry (a request served its
+                    // start from the entry and translated the rest, as
+                    // with 4 KiB leaves, where an entry holds what one
+                    // request translated): one entry for both, so the next
+                    // such request is served whole.
                     if perm & READ != 0 {
                         e.end_r.store(end, Ordering::Relaxed);
                     }
@@ -342,6 +362,32 @@ mod tests {
         let v = atc.view(dom, gen)?;
         let h = v.host(iova, len, write)?;
         v.confirm().then_some(h)
+    }
+
+    /// A fill that continues an entry host-contiguously for the same
+    /// accesses extends it (a request then is served whole); one that
+    /// does not (another host address, or an access the entry does not
+    /// reach the fill with) takes an entry of its own.
+    #[test]
+    fn a_continuing_fill_extends_its_entry() {
+        let atc = Atc::default();
+        atc.fill(1, 5, 0x10000, 0x1000, 0x7000_0000, READ);
+        atc.fill(1, 5, 0x11000, 0xf000, 0x7000_1000, READ);
+        assert_eq!(lookup(&atc, 1, 5, 0x10000, 0x10000, false), Some(0x7000_0000), "one entry for both");
+        assert_eq!(lookup(&atc, 1, 5, 0x10000, 0x1000, true), None, "no write gained");
+        // Not host-contiguous: two entries.
+        atc.fill(1, 5, 0x40000, 0x1000, 0x8000_0000, READ);
+        atc.fill(1, 5, 0x41000, 0x1000, 0x9000_0000, READ);
+        assert_eq!(lookup(&atc, 1, 5, 0x40000, 0x2000, false), None);
+        assert_eq!(lookup(&atc, 1, 5, 0x41000, 0x1000, false), Some(0x9000_0000));
+        // Write granted only to the first page: a write fill after it
+        // continues it, a read fill does not (read never reached it).
+        atc.fill(1, 5, 0x60000, 0x1000, 0xa000_0000, WRITE);
+        atc.fill(1, 5, 0x61000, 0x1000, 0xa000_1000, READ);
+        assert_eq!(lookup(&atc, 1, 5, 0x60000, 0x1000, false), None, "read not granted on the first page");
+        assert_eq!(lookup(&atc, 1, 5, 0x61000, 0x1000, false), Some(0xa000_1000));
+        atc.fill(1, 5, 0x61000, 0x1000, 0xa000_1000, WRITE);
+        assert_eq!(lookup(&atc, 1, 5, 0x60000, 0x2000, true), Some(0xa000_0000), "write continued");
     }
 
     #[test]
