@@ -1169,17 +1169,7 @@ mod tests {
     /// fenced and grace periods never bump the epoch.
     #[test]
     fn fenced_without_membarrier_in_a_child_process() {
-        let out = std::process::Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", "dma_fence::tests::fenced_without_membarrier_inner", "--include-ignored", "--nocapture"])
-            .env("UIOMMUFD_TEST_FORKGATE_FENCED", "1")
-            .output()
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success() && stdout.contains("1 passed"),
-            "{stdout}\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        crate::forkgate::run_fenced_child("dma_fence::tests::fenced_without_membarrier_inner");
     }
 
     #[test]

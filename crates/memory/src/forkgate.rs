@@ -224,6 +224,19 @@ fn force_fenced() -> bool {
     std::env::var_os("UIOMMUFD_TEST_FORKGATE_FENCED").is_some()
 }
 
+/// Run the ignored test `name` of this test binary in a child process
+/// whose gate runs fenced (no `membarrier`), and assert that it passed.
+#[cfg(test)]
+pub(crate) fn run_fenced_child(name: &str) {
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", name, "--include-ignored", "--nocapture"])
+        .env("UIOMMUFD_TEST_FORKGATE_FENCED", "1")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && stdout.contains("1 passed"), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+}
+
 #[cfg(not(test))]
 fn force_fenced() -> bool {
     false
@@ -794,17 +807,7 @@ mod tests {
     /// The same in a process that cannot use `membarrier` (fenced mode).
     #[test]
     fn fenced_mode_in_a_child_process() {
-        let out = std::process::Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", "forkgate::tests::fenced_mode_inner", "--include-ignored", "--nocapture"])
-            .env("UIOMMUFD_TEST_FORKGATE_FENCED", "1")
-            .output()
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success() && stdout.contains("1 passed"),
-            "{stdout}\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        run_fenced_child("forkgate::tests::fenced_mode_inner");
     }
 
     #[test]
