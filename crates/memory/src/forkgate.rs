@@ -462,25 +462,11 @@ fn barrier() {
         FENCED | SHARED => return,
         _ => {}
     }
-    match membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED) {
-        Ok(()) => {}
-        // Not registered (a child whose memory is not, or no thread
-        // decided yet): register, then again.
-        Err(libc::EPERM) => {
-            if membarrier(MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED).is_ok()
-                && membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED).is_err()
-                && MODE.load(Ordering::SeqCst) == MEMBARRIER
-            {
-                crate::sys::write_stderr(b"uiommufd: fork: membarrier failed; forking anyway\n");
-            }
-        }
-        // Unavailable: then no thread entered with plain stores (its
-        // registration failed too, so the mode is fenced).
-        Err(_) => {
-            if MODE.load(Ordering::SeqCst) == MEMBARRIER {
-                crate::sys::write_stderr(b"uiommufd: fork: membarrier failed; forking anyway\n");
-            }
-        }
+    // Where it is unavailable no thread entered with plain stores (its
+    // registration failed too, so the mode is fenced); a failure in the
+    // plain mode is worth a word.
+    if !expedited_barrier() && MODE.load(Ordering::SeqCst) == MEMBARRIER {
+        crate::sys::write_stderr(b"uiommufd: membarrier failed; going ahead\n");
     }
 }
 
@@ -589,21 +575,18 @@ pub fn open_child() {
 /// make visible with [`barrier_others`], as the gate's own slots are.
 #[inline]
 pub fn plain_slot() -> Option<usize> {
-    LOCAL.with(|l| {
-        if l.held.get() != Held::Slot {
-            return None;
-        }
-        let s = l.plain.get()?;
-        Some((s as *const AtomicU32 as usize - SLOT.as_ptr() as usize) / std::mem::size_of::<Slot>())
-    })
+    LOCAL.with(|l| if l.held.get() == Held::Slot { l.plain.get().map(slot_index) } else { None })
 }
 
 /// This thread's slot index, in any mode (`None`: it has none).
 pub fn own_slot() -> Option<usize> {
-    LOCAL.with(|l| {
-        let s = l.slot.get()?;
-        Some((s as *const AtomicU32 as usize - SLOT.as_ptr() as usize) / std::mem::size_of::<Slot>())
-    })
+    LOCAL.with(|l| l.slot.get().map(slot_index))
+}
+
+/// The index in [`SLOT`] of one of its slots' words.
+#[inline]
+fn slot_index(s: &AtomicU32) -> usize {
+    (s as *const AtomicU32 as usize - SLOT.as_ptr() as usize) / std::mem::size_of::<Slot>()
 }
 
 /// What [`close`] does before its scan, for the per-thread words of

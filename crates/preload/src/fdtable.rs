@@ -145,7 +145,7 @@ extern "C" fn atfork_child() {
     // The parent's other threads are not here; none was inside a call
     // (the gate drained them), so their words read 0 already.
     for h in &HAZARD {
-        h.0.store(0, Ordering::Relaxed);
+        h.word.store(0, Ordering::Relaxed);
     }
     crate::handoff::child_after_fork();
     let _ = std::panic::catch_unwind(fork_server::child_locked);
@@ -357,16 +357,19 @@ pub fn get(fd: i32) -> Option<Arc<File>> {
     }
 }
 
-/// A word on its own cache line.
+/// One gate slot's words, on their own cache line (a borrowed call
+/// writes the first and reads the second as it ends).
 #[repr(align(64))]
-struct Word(AtomicUsize);
+struct Hazard {
+    /// The local file value (`Arc::into_raw`) the slot's thread is using
+    /// by reference, or 0 (see the module doc).
+    word: AtomicUsize,
+    /// A local file value whose last reference a close nested in that
+    /// thread's borrowed call left for the call to drop, or 0.
+    deferred: AtomicUsize,
+}
 
-/// Per gate slot: the local file value (`Arc::into_raw`) its thread is
-/// using by reference, or 0 (see the module doc).
-static HAZARD: [Word; SLOTS] = [const { Word(AtomicUsize::new(0)) }; SLOTS];
-/// Per gate slot: a local file value whose last reference a close nested
-/// in that thread's borrowed call left for the call to drop, or 0.
-static DEFERRED: [Word; SLOTS] = [const { Word(AtomicUsize::new(0)) }; SLOTS];
+static HAZARD: [Hazard; SLOTS] = [const { Hazard { word: AtomicUsize::new(0), deferred: AtomicUsize::new(0) } }; SLOTS];
 
 /// What an `ioctl` on `fd` uses: a local file by reference (no lock, no
 /// reference count), or an owned entry.
@@ -393,8 +396,9 @@ impl Borrowed {
 impl Drop for Borrowed {
     #[inline]
     fn drop(&mut self) {
-        HAZARD[self.slot].0.store(0, Ordering::Release);
-        if DEFERRED[self.slot].0.load(Ordering::Relaxed) != 0 {
+        let h = &HAZARD[self.slot];
+        h.word.store(0, Ordering::Release);
+        if h.deferred.load(Ordering::Relaxed) != 0 {
             drop_deferred(self.slot);
         }
     }
@@ -402,7 +406,7 @@ impl Drop for Borrowed {
 
 #[cold]
 fn drop_deferred(slot: usize) {
-    let raw = DEFERRED[slot].0.swap(0, Ordering::Relaxed);
+    let raw = HAZARD[slot].deferred.swap(0, Ordering::Relaxed);
     if raw != 0 {
         // SAFETY: a value from Entry::into_raw whose slot reference `retire`
         // handed to this thread's borrowed call, which has now ended.
@@ -435,7 +439,7 @@ pub fn use_entry(fd: i32) -> Option<Use> {
         }
         if raw & REMOTE_TAG == 0 {
             if let Some(i) = uiommufd_memory::forkgate::plain_slot() {
-                let h = &HAZARD[i].0;
+                let h = &HAZARD[i].word;
                 // Not nested in a borrowed call of this thread (a signal
                 // handler's): one word per thread.
                 if h.load(Ordering::Relaxed) == 0 {
@@ -478,25 +482,25 @@ fn retire(raw: usize) -> bool {
     uiommufd_memory::forkgate::barrier_others();
     let own = uiommufd_memory::forkgate::own_slot();
     for (i, h) in HAZARD.iter().enumerate() {
-        if h.0.load(Ordering::Acquire) != raw {
+        if h.word.load(Ordering::Acquire) != raw {
             continue;
         }
         if own == Some(i) {
             // This thread's hazard word is written only by this thread;
             // the call it protects drops what we leave here.
-            let prev = DEFERRED[i].0.swap(raw, Ordering::Relaxed);
+            let prev = h.deferred.swap(raw, Ordering::Relaxed);
             if prev != 0 {
-                // SAFETY: an earlier deferred value whose call ended
-                // before it could drop it cannot exist (the call drops it
-                // when it clears its hazard); a second nested close of
-                // the same borrowed file finds the slot empty. Defensive:
-                // an Entry::into_raw value handed to us.
+                // Not expected (the call drops what it was left when it
+                // ends, and a second nested close finds the slot empty),
+                // but then ours to drop.
+                // SAFETY: a value from Entry::into_raw whose reference was
+                // handed to this word.
                 drop(unsafe { Entry::from_raw(prev) });
             }
             return false;
         }
         let mut spins = 0u32;
-        while h.0.load(Ordering::Acquire) == raw {
+        while h.word.load(Ordering::Acquire) == raw {
             if spins < 128 {
                 spins += 1;
                 std::hint::spin_loop();

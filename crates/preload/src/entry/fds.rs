@@ -219,7 +219,8 @@ pub unsafe extern "C" fn close(fd: c_int) -> c_int {
     let mut entry = None;
     let rc = guard(|| {
         // Forget the number before the kernel can hand it out again.
-        // Calls on the number fail with `EBADF` from here on.
+        // Other threads' calls on the number wait for the close from here
+        // on (then `EBADF`, or the file an open put there since).
         let taken = fdtable::take(fd);
         // SAFETY: closing the backing descriptor of a file we served.
         let rc = unsafe { real::close(fd) };
