@@ -87,7 +87,6 @@ mod imp {
         "    vmovdqu ymm6, [rsi + rdx - 96]",
         "    vmovdqu ymm7, [rsi + rdx - 64]",
         "    vmovdqu ymm8, [rsi + rdx - 32]",
-        "    lea r8, [rdi + rdx - 128]",
         "    vmovdqu [rdi], ymm4",
         // Skip to the next 32-byte boundary of the destination (0 to 31
         // bytes, which the first 32 covered); what is left after the last
@@ -114,11 +113,12 @@ mod imp {
         "    sub rdx, 128",
         "    cmp rdx, 128",
         "    ja 2b",
+        // rdi + rdx is still the end.
         "3:",
-        "    vmovdqu [r8], ymm5",
-        "    vmovdqu [r8 + 32], ymm6",
-        "    vmovdqu [r8 + 64], ymm7",
-        "    vmovdqu [r8 + 96], ymm8",
+        "    vmovdqu [rdi + rdx - 128], ymm5",
+        "    vmovdqu [rdi + rdx - 96], ymm6",
+        "    vmovdqu [rdi + rdx - 64], ymm7",
+        "    vmovdqu [rdi + rdx - 32], ymm8",
         "    vzeroupper",
         "    xor eax, eax",
         "    ret",
@@ -154,7 +154,6 @@ mod imp {
         "    vmovdqu64 zmm6, [rsi + rdx - 192]",
         "    vmovdqu64 zmm7, [rsi + rdx - 128]",
         "    vmovdqu64 zmm8, [rsi + rdx - 64]",
-        "    lea r8, [rdi + rdx - 256]",
         "    vmovdqu64 [rdi], zmm4",
         "    mov rcx, rdi",
         "    neg rcx",
@@ -179,10 +178,10 @@ mod imp {
         "    cmp rdx, 256",
         "    ja 2b",
         "3:",
-        "    vmovdqu64 [r8], zmm5",
-        "    vmovdqu64 [r8 + 64], zmm6",
-        "    vmovdqu64 [r8 + 128], zmm7",
-        "    vmovdqu64 [r8 + 192], zmm8",
+        "    vmovdqu64 [rdi + rdx - 256], zmm5",
+        "    vmovdqu64 [rdi + rdx - 192], zmm6",
+        "    vmovdqu64 [rdi + rdx - 128], zmm7",
+        "    vmovdqu64 [rdi + rdx - 64], zmm8",
         "    vzeroupper",
         "    xor eax, eax",
         "    ret",
@@ -260,22 +259,40 @@ mod imp {
         "    xor eax, eax",
         "    ret",
         "7:",
+        // 1 to 3 bytes: the first, the last and the middle one.
         "    test rdx, rdx",
         "    jz 8f",
-        "    mov r8, rdx",
-        "    shr r8, 1",
         "    movzx eax, byte ptr [rsi]",
         "    movzx ecx, byte ptr [rsi + rdx - 1]",
-        "    movzx r9d, byte ptr [rsi + r8]",
         "    mov [rdi], al",
         "    mov [rdi + rdx - 1], cl",
-        "    mov [rdi + r8], r9b",
+        "    shr rdx, 1",
+        "    movzx eax, byte ptr [rsi + rdx]",
+        "    mov [rdi + rdx], al",
         "8:",
         "    xor eax, eax",
         "    ret",
         ".globl uiommufd_guard_copy_small_end",
         ".hidden uiommufd_guard_copy_small_end",
         "uiommufd_guard_copy_small_end:",
+        // The routine for a copy's length, as `copy_avx` chooses (where
+        // the CPU has AVX): one direct call from `call_copy`, with no
+        // function pointer to hold and no GOT load per static. Nothing
+        // here can fault.
+        ".p2align 4",
+        ".globl uiommufd_guard_copy_any",
+        ".hidden uiommufd_guard_copy_any",
+        "uiommufd_guard_copy_any:",
+        "    cmp rdx, 64",
+        "    jbe uiommufd_guard_copy_small",
+        "    cmp rdx, qword ptr [rip + {rep_from}]",
+        "    jb 9f",
+        "    test dil, 63",
+        "    jz uiommufd_guard_copy",
+        "9:",
+        "    cmp rdx, qword ptr [rip + {zmm_below}]",
+        "    jb uiommufd_guard_copy_avx512",
+        "    jmp uiommufd_guard_copy_avx",
         // The signal restorer: rt_sigreturn, spelled as the bytes unwinders
         // (libgcc's fallback) recognise as a signal frame, so backtraces
         // taken in a program's crash handler reach the faulting code.
@@ -287,6 +304,8 @@ mod imp {
         "    .byte 0x48, 0xc7, 0xc0, 0x0f, 0x00, 0x00, 0x00",
         "    syscall",
         ".popsection",
+        rep_from = sym REP_FROM,
+        zmm_below = sym ZMM_BELOW,
     );
 
     extern "C" {
@@ -294,6 +313,7 @@ mod imp {
         fn uiommufd_guard_copy_avx(dst: *mut u8, src: *const u8, len: usize) -> u32;
         fn uiommufd_guard_copy_avx512(dst: *mut u8, src: *const u8, len: usize) -> u32;
         fn uiommufd_guard_copy_small(dst: *mut u8, src: *const u8, len: usize) -> u32;
+        fn uiommufd_guard_copy_any(dst: *mut u8, src: *const u8, len: usize) -> u32;
         static uiommufd_guard_copy_small_end: u8;
         static uiommufd_guard_copy_avx_end: u8;
         static uiommufd_guard_avx_fixup: u8;
@@ -475,19 +495,59 @@ mod imp {
         }
     }
 
-    /// [`copy`] where the CPU has AVX.
+    /// [`copy`] where the CPU has AVX: the routine for the length
+    /// (`uiommufd_guard_copy_any` chooses it as [`copy_vector`] does), by
+    /// [`call_copy`].
     ///
     /// # Safety
     /// As for [`copy`]; the CPU has AVX.
     #[inline(always)]
     pub unsafe fn copy_avx(dst: *mut u8, src: *const u8, len: usize) -> bool {
-        if len <= 64 {
-            // SAFETY: forwarded contract; faults anywhere in the routine
-            // are recovered by the handler.
-            return unsafe { uiommufd_guard_copy_small(dst, src, len) == 0 };
+        // SAFETY: forwarded contract (`detect` sets ZMM_BELOW only where
+        // the CPU has AVX-512F and the OS keeps its state); faults anywhere
+        // in the routines are recovered by the handler.
+        unsafe { call_copy(dst, src, len) }
+    }
+
+    /// Call `uiommufd_guard_copy_any` from inline assembly that names exactly the
+    /// registers the routines use (rax, rcx, rdx, rsi, rdi and xmm0-8,
+    /// whose upper halves they clear; r8-r11 they leave alone), so
+    /// the caller keeps its values in the others across the call. A call
+    /// by the C ABI clobbers all nine caller-saved registers, and a device
+    /// port's request then saved its values on the stack around the copy:
+    /// each store costs about a cycle of the store bandwidth a 4 KiB copy
+    /// runs at (docs/BENCHMARKS.md, "Seventh session").
+    ///
+    /// # Safety
+    /// The contract of [`copy`] holds for these arguments, and the CPU
+    /// has AVX.
+    #[inline(always)]
+    unsafe fn call_copy(dst: *mut u8, src: *const u8, len: usize) -> bool {
+        let failed: u32;
+        // SAFETY: the routines follow the C ABI's stack rules (no red
+        // zone is assumed: the block may push) and touch no register but
+        // the ones named; the caller's contract covers the memory.
+        unsafe {
+            core::arch::asm!(
+                "call {any}",
+                any = sym uiommufd_guard_copy_any,
+                inout("rdi") dst => _,
+                inout("rsi") src => _,
+                inout("rdx") len => _,
+                out("eax") failed,
+                out("rcx") _,
+                out("xmm0") _,
+                out("xmm1") _,
+                out("xmm2") _,
+                out("xmm3") _,
+                out("xmm4") _,
+                out("xmm5") _,
+                out("xmm6") _,
+                out("xmm7") _,
+                out("xmm8") _,
+            );
         }
-        // SAFETY: forwarded contract; the CPU has AVX.
-        unsafe { copy_vector(dst, src, len) }
+        failed == 0
     }
 
     /// A copy of more than 64 bytes where the CPU has AVX, by the routine
@@ -975,6 +1035,31 @@ pub fn try_copy_user(dst: u64, src: u64, len: usize) -> Option<bool> {
         return Some(unsafe { imp::copy_avx(dst as *mut u8, src as *const u8, len) });
     }
     try_copy_user_slow(dst, src, len)
+}
+
+/// Proof that guarded copies run on the AVX routines here (the handler is
+/// installed and the CPU has AVX), for a hot path that calls nothing but
+/// its copy: take it with [`lean`] before the path begins, so the copy
+/// itself has no other way out, and copy with [`Lean::copy`].
+#[derive(Clone, Copy)]
+pub struct Lean(());
+
+/// A [`Lean`], where the AVX routines are ready.
+#[inline(always)]
+pub fn lean() -> Option<Lean> {
+    AVX_READY.load(Ordering::Acquire).then_some(Lean(()))
+}
+
+impl Lean {
+    /// [`try_copy_user`]'s copy, clobbering only the routine's own
+    /// registers (`imp::call_copy`); false if a fault stopped it.
+    #[inline(always)]
+    pub fn copy(self, dst: u64, src: u64, len: usize) -> bool {
+        // SAFETY: as in `try_copy_user` (both ends are user memory the
+        // caller asked us to copy between; faults are recovered); the
+        // token proves the CPU has AVX and the handler is installed.
+        unsafe { imp::copy_avx(dst as *mut u8, src as *const u8, len) }
+    }
 }
 
 /// [`try_copy_user`] before the handler is installed, without AVX or
