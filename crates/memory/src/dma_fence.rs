@@ -252,6 +252,7 @@ thread_local! {
             run: Cell::new(PROMOTE),
             since: Cell::new(None),
             wait: Cell::new(PROMOTE),
+            spare: AtomicU64::new(0),
         }
     };
     /// Gives the slot back when the thread exits.
@@ -276,6 +277,9 @@ struct Local {
     since: Cell<Option<std::time::Instant>>,
     /// Fenced entries between a demotion and the next promotion.
     wait: Cell<u32>,
+    /// What a [`Leaf`] that opened nothing clears when it ends (so every
+    /// leaf's end is one store, with no branch).
+    spare: AtomicU64,
 }
 
 impl Local {
@@ -480,10 +484,11 @@ impl Drop for Section {
 /// into the slot, and a plain store when it ends.
 #[must_use]
 pub struct Leaf {
-    /// The slot this leaf opened (and closes when it ends); `None` when the
-    /// thread's slot was already open (a hold or a section of its own
-    /// closes it), or is left open for a hold.
-    opened: Option<&'static Slot>,
+    /// The count of the slot this leaf opened, which it clears when it
+    /// ends; the thread's `spare` word when the slot was already open (a
+    /// hold or a section of its own closes it) or is left open for a
+    /// hold.
+    end: *const AtomicU64,
     /// Belongs to the thread that entered it.
     _thread: std::marker::PhantomData<*const ()>,
 }
@@ -492,9 +497,9 @@ pub struct Leaf {
 /// (which takes its slot: [`enter`] does that, out of the leaf's way).
 #[inline(always)]
 pub fn enter_leaf() -> Option<Leaf> {
-    let opened = LOCAL.with(|l| {
+    let end = LOCAL.with(|l| {
         if l.live.get() {
-            return Some(None);
+            return Some(&raw const l.spare);
         }
         let slot = l.slot.get()?;
         // As in `Local::open`.
@@ -503,24 +508,65 @@ pub fn enter_leaf() -> Option<Leaf> {
             // Under a hold with no section open: the section stays open for
             // the hold's next request, as `enter` leaves it.
             l.live.set(true);
-            return Some(None);
+            return Some(&raw const l.spare);
         }
         // `live` stays false: nothing inside a leaf asks, and its end is
         // this slot's store alone.
-        Some(Some(slot))
+        Some(&raw const slot.count)
     })?;
-    Some(Leaf { opened, _thread: std::marker::PhantomData })
+    Some(Leaf { end, _thread: std::marker::PhantomData })
+}
+
+/// [`enter_leaf`] only where it takes no call: inside a hold or another
+/// section (nothing to do), or on a light thread's plain store; `None`
+/// otherwise (a fenced thread, one without a slot yet, or a grace period
+/// bumped the epoch), and the caller takes its general path, whose
+/// [`enter`] swaps, promotes and demotes. For a hot path that keeps its
+/// values in registers across its one call (a device port's guarded copy).
+#[inline(always)]
+pub fn enter_light() -> Option<Leaf> {
+    let end = LOCAL.with(|l| {
+        if l.live.get() {
+            return Some(&raw const l.spare);
+        }
+        let light = l.light.get();
+        let slot = l.slot.get()?;
+        if light == 0 {
+            return None;
+        }
+        // As in `Local::open_slot`'s light entry.
+        slot.count.store(WORDS.count.load(Ordering::Acquire), Ordering::Relaxed);
+        compiler_fence(Ordering::SeqCst);
+        if WORDS.epoch.load(Ordering::Relaxed) != light {
+            // Not entered after all (nothing was read inside): the
+            // general path's `enter` demotes the thread.
+            slot.count.store(0, Ordering::Release);
+            return None;
+        }
+        if l.pins.get() != 0 {
+            // Under a hold with no section open: as in `enter_leaf`.
+            l.live.set(true);
+            return Some(&raw const l.spare);
+        }
+        Some(&raw const slot.count)
+    })?;
+    Some(Leaf { end, _thread: std::marker::PhantomData })
 }
 
 impl Drop for Leaf {
     #[inline(always)]
     fn drop(&mut self) {
-        if let Some(slot) = self.opened {
-            // Nothing inside closed it (a section begun and ended inside
-            // would have).
-            debug_assert_ne!(slot.count.load(Ordering::Relaxed), 0, "a section ended inside a dma_fence::Leaf");
-            slot.count.store(0, Ordering::Release);
-        }
+        // SAFETY: `end` is this thread's slot count (slots live as long as
+        // the process) or its `spare` word (a leaf never leaves the thread,
+        // which outlives it).
+        let end = unsafe { &*self.end };
+        // Nothing inside closed an opened slot (a section begun and ended
+        // inside would have).
+        debug_assert!(
+            LOCAL.with(|l| std::ptr::eq(end, &l.spare)) || end.load(Ordering::Relaxed) != 0,
+            "a section ended inside a dma_fence::Leaf"
+        );
+        end.store(0, Ordering::Release);
     }
 }
 
