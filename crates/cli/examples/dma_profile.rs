@@ -12,7 +12,8 @@
 //! ```
 //!
 //! Models: `vtd` (2 MiB leaves), `vtd4k` (4 KiB leaves), `amd4k`, `mock`;
-//! modes: `port`, `engine`, `memcpy` (the reference), `read_phys`,
+//! modes: `port`, `engine`, `memcpy` (the reference), `guard` (the
+//! guarded copy alone between the same two buffers), `read_phys`,
 //! `write_phys` and `copy_phys` (the frames copies, after translation, into
 //! and out of a page-aligned buffer as `uiommufd bench` measures them; the
 //! model does not matter), and `unmap`: 4 KiB
@@ -82,6 +83,14 @@ fn frames_loop(what: Phys, src_pa: u64, dst_pa: u64, buf: &mut [u8], n: u64) {
             Phys::Copy => frames::copy_phys(black_box(dst_pa), black_box(src_pa), buf.len()).expect("copy_phys"),
         }
         black_box(&mut *buf);
+    }
+}
+
+/// The guarded copy alone, between the port copy's two host addresses.
+#[inline(never)]
+fn guard_loop(base: u64, len: u64, n: u64) {
+    for _ in 0..n {
+        assert!(uiommufd_memory::user::copy_own_known(black_box(base + DST), black_box(base + SRC), len as usize));
     }
 }
 
@@ -165,6 +174,7 @@ fn main() {
         "port" => port_loop(&port, iova, len, n),
         "engine" => engine_loop(&engine, base, &desc, tail, n),
         "memcpy" => memcpy_loop(base, len, n),
+        "guard" => guard_loop(base, len, n),
         "read_phys" => frames_loop(Phys::Read, src_pa, dst_pa, phys_buf, n),
         "write_phys" => frames_loop(Phys::Write, src_pa, dst_pa, phys_buf, n),
         "copy_phys" => frames_loop(Phys::Copy, src_pa, dst_pa, phys_buf, n),

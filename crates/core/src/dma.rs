@@ -38,6 +38,7 @@ use uiommufd_abi as abi;
 use uiommufd_hw::dma::{DmaAttrs, DmaError, DmaFaultReason, DmaPort};
 use uiommufd_hw::{Access, Domain, Fault as XlateFault};
 use uiommufd_memory::dma_fence::{self, Published};
+use uiommufd_memory::guard::{self, Lean};
 use uiommufd_memory::{coherency, frames, user};
 
 use crate::atc::{self, Atc, View};
@@ -47,8 +48,6 @@ use crate::fault::PageRequest;
 /// Counters of one port, for tools and tests.
 #[derive(Debug, Default)]
 pub struct DmaStats {
-    pub bytes_read: AtomicU64,
-    pub bytes_written: AtomicU64,
     pub faults: AtomicU64,
     /// Bytes written with No Snoop into a domain that does not force
     /// snooping.
@@ -348,16 +347,19 @@ impl DevicePort {
     }
 
     /// The common request, served whole from the port's cache: no PASID,
-    /// the requester ID's domain published and the cache holding entries
-    /// of it in the current generation. `find` looks up the host address
-    /// of each piece ([`View::host`]: one entry holding all its bytes);
-    /// once the view is confirmed ([`View::confirm`]), `copy` moves the
-    /// bytes there (false: a fault). `None` sends the request down the
-    /// general path, which redoes it from the start. Both run inside the
-    /// request's section. A No Snoop write (`written`: the bytes a write
-    /// request writes; `None` for a read) is served unless strict
-    /// coherency watches pages (which needs the physical pages: the
-    /// general path), and counted when the domain does not force snooping.
+    /// the thread's DMA-fence entry a plain store
+    /// ([`dma_fence::enter_light`]), the requester ID's domain published
+    /// and the cache holding entries of it in the current generation.
+    /// `find` looks up the host address of each piece ([`View::host`]: one
+    /// entry holding all its bytes); once the view is confirmed
+    /// ([`View::confirm`]), `copy` moves the bytes there (false: a fault).
+    /// `None` sends the request down the general path, which redoes it
+    /// from the start. Both run inside the request's section. A No Snoop
+    /// write (`written`: the bytes a write request writes; `None` for a
+    /// read) is served unless strict coherency watches pages (which needs
+    /// the physical pages: the general path), and counted when the domain
+    /// does not force snooping. The copy's call keeps the caller's
+    /// registers (`uiommufd_memory::guard::Lean`).
     ///
     /// Ordering: the section's entry is a full barrier (`dma_fence`), and
     /// the generation is read after it, so an unmap whose generation bump
@@ -368,25 +370,28 @@ impl DevicePort {
     fn fast<H>(
         &self,
         attrs: &DmaAttrs,
-        written: Option<u64>,
         find: impl FnOnce(&View<'_>) -> Option<H>,
-        copy: impl FnOnce(H) -> bool,
+        written: Option<u64>,
+        copy: impl FnOnce(Lean, H) -> bool,
     ) -> Option<bool> {
         let no_snoop_write = attrs.no_snoop && written.is_some();
         if attrs.pasid.is_some() || (no_snoop_write && coherency::strict()) {
             return None;
         }
-        let section = dma_fence::enter_leaf()?;
-        let dom = self.rid.read(&section);
-        let view = self.atc.view(dom.map_or(0, dom_key), uiommufd_memory::atc::generation())?;
+        let lean = guard::lean()?;
+        let section = dma_fence::enter_light()?;
+        let dom = self.rid.read(&section)?;
+        let view = self.atc.view(dom_key(dom), uiommufd_memory::atc::generation())?;
         let hosts = find(&view)?;
         if !view.confirm() {
             return None;
         }
-        let copied = copy(hosts);
+        // Counted before the copy, so that nothing but the section's end
+        // is left after it.
         if no_snoop_write {
             self.count_noncoherent(dom, written.unwrap_or(0));
         }
+        let copied = copy(lean, hosts);
         drop(section);
         Some(copied)
     }
@@ -394,8 +399,8 @@ impl DevicePort {
     /// A No Snoop write the port's cache served: counted unless the domain
     /// forces snooping.
     #[inline(never)]
-    fn count_noncoherent(&self, dom: Option<&Arc<dyn Domain>>, written: u64) {
-        if dom.is_some_and(|d| !d.forces_snoop()) {
+    fn count_noncoherent(&self, dom: &Arc<dyn Domain>, written: u64) {
+        if !dom.forces_snoop() {
             bump(&self.stats.noncoherent_bytes, written);
         }
     }
@@ -509,7 +514,6 @@ impl DevicePort {
                 Loc::Host(host) => user::copy_from_own(dst, host),
             }
         })?;
-        bump(&self.stats.bytes_read, len);
         Ok(())
     }
 
@@ -527,7 +531,6 @@ impl DevicePort {
                 Loc::Host(host) => user::copy_to_own(host, src),
             }
         })?;
-        bump(&self.stats.bytes_written, len);
         Ok(())
     }
 
@@ -559,12 +562,8 @@ impl DmaPort for DevicePort {
     fn dma_read(&self, iova: u64, buf: &mut [u8], attrs: DmaAttrs) -> Result<(), DmaError> {
         let len = buf.len() as u64;
         let to = buf.as_mut_ptr() as u64;
-        match self.fast(&attrs, None, |v| v.host(iova, len, false), |host| user::copy_own_known(to, host, len as usize))
-        {
-            Some(true) => {
-                bump(&self.stats.bytes_read, len);
-                Ok(())
-            }
+        match self.fast(&attrs, |v| v.host(iova, len, false), None, |g, host| g.copy(to, host, len as usize)) {
+            Some(true) => Ok(()),
             Some(false) => Err(self.memory(iova, false)),
             None => self.read_slow(iova, buf, &attrs),
         }
@@ -573,16 +572,8 @@ impl DmaPort for DevicePort {
     fn dma_write(&self, iova: u64, data: &[u8], attrs: DmaAttrs) -> Result<(), DmaError> {
         let len = data.len() as u64;
         let from = data.as_ptr() as u64;
-        match self.fast(
-            &attrs,
-            Some(len),
-            |v| v.host(iova, len, true),
-            |host| user::copy_own_known(host, from, len as usize),
-        ) {
-            Some(true) => {
-                bump(&self.stats.bytes_written, len);
-                Ok(())
-            }
+        match self.fast(&attrs, |v| v.host(iova, len, true), Some(len), |g, host| g.copy(host, from, len as usize)) {
+            Some(true) => Ok(()),
             Some(false) => Err(self.memory(iova, true)),
             None => self.write_slow(iova, data, &attrs),
         }
@@ -595,20 +586,17 @@ impl DmaPort for DevicePort {
         let mut failed = first.0;
         let fast = self.fast(
             &attrs,
-            Some(l1 + l2),
             |v| Some((v.host(first.0, l1, true)?, v.host(second.0, l2, true)?)),
-            |(h1, h2)| {
-                user::copy_own_known(h1, first.1.as_ptr() as u64, l1 as usize) && {
+            Some(l1 + l2),
+            |g, (h1, h2)| {
+                g.copy(h1, first.1.as_ptr() as u64, l1 as usize) && {
                     failed = second.0;
-                    user::copy_own_known(h2, second.1.as_ptr() as u64, l2 as usize)
+                    g.copy(h2, second.1.as_ptr() as u64, l2 as usize)
                 }
             },
         );
         match fast {
-            Some(true) => {
-                bump(&self.stats.bytes_written, l1 + l2);
-                Ok(())
-            }
+            Some(true) => Ok(()),
             Some(false) => Err(self.memory(failed, true)),
             None => {
                 self.dma_write(first.0, first.1, attrs)?;
@@ -622,18 +610,14 @@ impl DmaPort for DevicePort {
     fn dma_copy(&self, dst: u64, src: u64, len: u64, attrs: DmaAttrs) -> Result<(), DmaError> {
         let fast = self.fast(
             &attrs,
-            Some(len),
             |v| Some((v.host(src, len, false)?, v.host(dst, len, true)?)),
-            |(sh, dh)| user::copy_own_known(dh, sh, len as usize),
+            Some(len),
+            |g, (sh, dh)| g.copy(dh, sh, len as usize),
         );
         match fast {
-            Some(true) => {
-                bump(&self.stats.bytes_read, len);
-                bump(&self.stats.bytes_written, len);
-                Ok(())
-            }
+            Some(true) => Ok(()),
             Some(false) => Err(self.memory(dst, true)),
-            None => self.copy_slow(dst, src, len, &attrs),
+            None => self.copy_slow(dst, src, len, attrs),
         }
     }
 }
@@ -642,7 +626,8 @@ impl DevicePort {
     /// [`DmaPort::dma_copy`] past its cached request: both ends from the
     /// port's cache while it holds them, then translation by translation.
     #[inline(never)]
-    fn copy_slow(&self, dst: u64, src: u64, len: u64, attrs: &DmaAttrs) -> Result<(), DmaError> {
+    fn copy_slow(&self, dst: u64, src: u64, len: u64, attrs: DmaAttrs) -> Result<(), DmaError> {
+        let attrs = &attrs;
         if len == 0 {
             return Ok(());
         }
@@ -734,8 +719,6 @@ impl DevicePort {
         if let Some(f) = failed {
             return Err(self.fault(f, attrs));
         }
-        bump(&self.stats.bytes_read, len);
-        bump(&self.stats.bytes_written, len);
         Ok(())
     }
 }
