@@ -197,6 +197,25 @@ impl Atc {
         Some(View { atc: self, seq })
     }
 
+    /// A view for a request in generation `gen` (read in the request's
+    /// section) whatever domain the entries were filled through, if the
+    /// cache holds entries of `gen` and no fill is changing it: the fast
+    /// path's, which does not read the port's domain. The generation
+    /// stands for it: the device bumps it after every change of its
+    /// requester-ID domain (attach, replace, detach, and its end), so
+    /// entries of `gen` were filled through the domain published when the
+    /// request's section began, or through the one it replaced while the
+    /// change was still running (as a request in flight during the change
+    /// would use on hardware; the change waits for it before it returns).
+    #[inline(always)]
+    pub(crate) fn current(&self, gen: u64) -> Option<View<'_>> {
+        let seq = self.head.seq.load(Ordering::Acquire);
+        if seq & 1 != 0 || self.head.gen.load(Ordering::Relaxed) != gen {
+            return None;
+        }
+        Some(View { atc: self, seq })
+    }
+
     /// Host address of `iova` and the bytes the entry holding it has from
     /// there for the access, if the cache holds entries of `dom` in `gen`
     /// (a request's general path, piece by piece).

@@ -87,8 +87,9 @@ impl Device {
     fn publish_rid(&self, map: &BTreeMap<u32, HwptDep>, pasid: u32) {
         if pasid == NO_PASID {
             self.dma_rid.replace(map.get(&NO_PASID).map(|h| Arc::clone(h.domain())));
-            // Translations ports cached through the old domain are gone
-            // (ports also key them by domain; see `crate::atc`).
+            // Translations ports cached through the old domain are gone:
+            // ports' fast paths check the generation alone (the domain key
+            // only sorts fills; see `crate::atc::Atc::current`).
             uiommufd_memory::atc::invalidate();
         }
     }
@@ -402,6 +403,9 @@ impl Drop for Device {
         // context closing) still releases what it holds.
         let map = std::mem::take(&mut *self.lock());
         self.dma_rid.replace(None);
+        // As in `publish_rid`: ports' fast paths take the generation for
+        // the domain (`crate::atc::Atc::current`).
+        uiommufd_memory::atc::invalidate();
         let ctx = self.ctx.upgrade();
         for (pasid, h) in map {
             if let Some(f) = h.fault() {

@@ -380,8 +380,9 @@ impl DevicePort {
         }
         let lean = guard::lean()?;
         let section = dma_fence::enter_light()?;
-        let dom = self.rid.read(&section)?;
-        let view = self.atc.view(dom_key(dom), uiommufd_memory::atc::generation())?;
+        // The port's domain is not read: the generation stands for it
+        // (`Atc::current`).
+        let view = self.atc.current(uiommufd_memory::atc::generation())?;
         let hosts = find(&view)?;
         if !view.confirm() {
             return None;
@@ -389,7 +390,7 @@ impl DevicePort {
         // Counted before the copy, so that nothing but the section's end
         // is left after it.
         if no_snoop_write {
-            self.count_noncoherent(dom, written.unwrap_or(0));
+            self.count_noncoherent(&section, written.unwrap_or(0));
         }
         let copied = copy(lean, hosts);
         drop(section);
@@ -399,8 +400,8 @@ impl DevicePort {
     /// A No Snoop write the port's cache served: counted unless the domain
     /// forces snooping.
     #[inline(never)]
-    fn count_noncoherent(&self, dom: &Arc<dyn Domain>, written: u64) {
-        if !dom.forces_snoop() {
+    fn count_noncoherent(&self, section: &dma_fence::Leaf, written: u64) {
+        if self.rid.read(section).is_some_and(|d| !d.forces_snoop()) {
             bump(&self.stats.noncoherent_bytes, written);
         }
     }

@@ -237,6 +237,30 @@ fn attaching_another_ioas_stops_cached_translations_of_the_first() {
 }
 
 #[test]
+fn a_device_gone_while_attached_reaches_nothing_through_its_cache() {
+    for m in &MODELS {
+        let ctx = Iommufd::new();
+        let ioas = ctx.ioas_alloc().unwrap();
+        let a = Mem::new(MIB2, 0xaa);
+        map(&ctx, ioas, m, &a, MIB2);
+        let Bound { _edge, dev, port } = bind(&ctx, m, ioas);
+        warm(&port, m.iova);
+        // The device object goes while attached (its file closed): its
+        // drop lets the domain go; the IOAS and its mappings stay, and so
+        // does the port.
+        let id = dev.id();
+        drop((_edge, dev));
+        ctx.destroy(id).unwrap();
+        let (first, second) = (a.byte(4096), a.byte(8192));
+        let err = port.dma_write(m.iova + 4096, &[0x5a; 64], NS).unwrap_err();
+        assert_eq!(err.reason, DmaFaultReason::Blocked, "{}: write", m.name);
+        let err = port.dma_copy(m.iova + 8192, m.iova + 4096, 4096, NS).unwrap_err();
+        assert_eq!(err.reason, DmaFaultReason::Blocked, "{}: copy", m.name);
+        assert_eq!((a.byte(4096), a.byte(8192)), (first, second), "{}: a cached page was written", m.name);
+    }
+}
+
+#[test]
 fn writes_after_the_program_unmaps_pinned_pages_reach_the_pinned_page() {
     for m in &MODELS {
         let ctx = Iommufd::new();
