@@ -13,9 +13,10 @@
 //! request's DMA-fence section. All entries belong to one domain (the
 //! port's requester-ID domain, keyed by its published cell's address, see
 //! `crate::dma`) and one generation (`uiommufd_memory::atc`), kept once
-//! for the whole cache: a request compares both once, and any unmap, dirty
-//! harvest, attachment change or frame relocation since the fill makes
-//! every entry stale together. A fill in a newer generation or for another
+//! for the whole cache: a request's general path compares both once, its
+//! fast path the generation alone (every change of the port's domain bumps
+//! it: [`Atc::current`]), and any unmap, dirty harvest, attachment change
+//! or frame relocation since the fill makes every entry stale together. A fill in a newer generation or for another
 //! domain starts the cache afresh; one from a request that began before
 //! the current generation is dropped (what it translated may be gone).
 //! Only paging domains are cached. A nested domain's stage 1 belongs to
