@@ -4,8 +4,12 @@
 //! ```sh
 //! cargo build --release -p uiommufd --example map_profile
 //! valgrind --tool=callgrind --toggle-collect='*map_profile::pairs*' \
-//!     target/release/examples/map_profile 1 2000 [LEN]
+//!     target/release/examples/map_profile 1 2000 [LEN] [id]
 //! ```
+//!
+//! With a fourth argument `id` the pairs go through `Iommufd::ioas_map` and
+//! `Iommufd::ioas_unmap` by object ID (a table lookup per call, as the
+//! ioctls do) instead of the handle.
 //!
 //! The pages are charged as for the process running it: not at all with
 //! `CAP_IPC_LOCK` (root), against the user's locked pages with
@@ -30,11 +34,20 @@ fn pairs(h: &IoasHandle, va: u64, len: u64, n: u64) {
     }
 }
 
+#[inline(never)]
+fn pairs_by_id(ctx: &Iommufd, ioas: u32, va: u64, len: u64, n: u64) {
+    for _ in 0..n {
+        ctx.ioas_map(black_box(ioas), RW, black_box(va), len, IOVA).expect("map");
+        ctx.ioas_unmap(black_box(ioas), IOVA, len).expect("unmap");
+    }
+}
+
 fn main() {
     let mut args = std::env::args().skip(1);
     let domains: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(1);
     let n: u64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(2000);
     let len: u64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(4096);
+    let by_id = args.next().as_deref() == Some("id");
     let ctx = Iommufd::new();
     if std::env::var("MAP_PROFILE_RLIMIT_MODE").as_deref() == Ok("1") {
         ctx.option(abi::IOMMU_OPTION_RLIMIT_MODE, abi::IOMMU_OPTION_OP_SET, 0, 1).expect("RLIMIT_MODE");
@@ -56,9 +69,10 @@ fn main() {
     let buf = vec![0x5au8; (len + (2 << 20)) as usize];
     let va = (buf.as_ptr() as u64).next_multiple_of(2 << 20);
     let h = ctx.ioas_handle(ioas).expect("handle");
-    pairs(&h, va, len, 10);
+    let run = |n| if by_id { pairs_by_id(&ctx, ioas, va, len, n) } else { pairs(&h, va, len, n) };
+    run(10);
     let t = std::time::Instant::now();
-    pairs(&h, va, len, n);
+    run(n);
     eprintln!("{domains} domain(s): {:.1} ns per pair", t.elapsed().as_nanos() as f64 / n as f64);
     drop(devs);
 }

@@ -16,6 +16,16 @@
 //! - Destroy removes the object from the table under the table lock and runs
 //!   its teardown (its `Drop`) after the lock is released, so teardown may
 //!   take any engine lock.
+//! - Lookups ([`Table::get`]) take neither the table lock nor a count: the
+//!   published objects are also in an [`objindex::Index`]
+//!   (`uiommufd-memory`), where a lookup holds its object by a *hazard*
+//!   (its address in one of the thread's hazard cells: a plain store, and
+//!   a plain store again when the [`Borrowed`] drops). Every removal, after
+//!   `ObjHeader::retire` said yes, takes the object out of the index,
+//!   which fails while a hazard on it lives: that is `EBUSY`, as a
+//!   short-term count would make it. A lookup that races a removal
+//!   deciding waits for it on the read lock and looks again, as a lookup
+//!   under the lock did.
 //!
 //! Lock order: the table lock is a leaf: nothing else is taken while it is
 //! held, and no object teardown runs under it.
@@ -23,6 +33,8 @@
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, RwLock};
+
+use uiommufd_memory::objindex::{self, Index, Lookup};
 
 use crate::access::Access;
 use crate::device::Device;
@@ -62,6 +74,9 @@ pub enum ObjectKind {
 pub struct ObjHeader {
     id: ObjectId,
     users: AtomicU32,
+    /// Short-term uses other than lookups' (which hold hazards in the
+    /// table's index): typed handles' calls, detached borrows; and the
+    /// `RETIRED` bit.
     shortterm: AtomicU32,
 }
 
@@ -83,8 +98,9 @@ impl ObjHeader {
     /// Take the object out of service if nothing uses it: no short-term
     /// holder (then none can come: see [`Table::enter`]) and no dependency
     /// edge. Called with the table's write lock held, by every path that
-    /// removes a published object, which removes it on `true`; `false` is
-    /// `EBUSY`.
+    /// removes a published object, which then takes it out of the index
+    /// (`EBUSY` and [`unretire`](Self::unretire) if a lookup holds it);
+    /// `false` is `EBUSY`.
     fn retire(&self) -> bool {
         if self.users.load(Ordering::Acquire) != 0 {
             return false;
@@ -236,6 +252,9 @@ struct Slots {
 #[derive(Default)]
 pub struct Table {
     inner: RwLock<Slots>,
+    /// The published objects again, for lookups without the lock: written
+    /// under the write lock, with `inner`.
+    index: Index<Object>,
 }
 
 impl Table {
@@ -305,16 +324,53 @@ impl Table {
     }
 
     /// Borrow the object `id` for one operation if it is a `T`.
+    ///
+    /// No lock and no locked instruction where `membarrier(2)` works: a
+    /// hazard in the index (see the module doc), cleared when the
+    /// [`Borrowed`] drops.
+    #[inline]
     pub fn get<T: ObjectType>(&self, id: ObjectId) -> Result<Borrowed<T>> {
-        let t = self.read();
-        match t.slots.get(id as usize) {
-            Some(Some(Slot::Live(obj))) => {
-                let arc = T::from_object(obj).ok_or(enoent("object has another type"))?;
-                // shortterm: held until the Borrowed drops.
-                arc.header().shortterm.fetch_add(1, Ordering::AcqRel);
-                Ok(Borrowed { obj: Arc::clone(arc) })
+        match self.index.get(id, T::from_object) {
+            Lookup::Found(r) => Ok(Borrowed(Inner::Table(r))),
+            Lookup::Missing => Err(enoent("no object with this ID")),
+            Lookup::Refused => Err(enoent("object has another type")),
+            Lookup::Deciding => self.get_after_removal(id),
+        }
+    }
+
+    /// [`get`](Self::get) met a removal of `id` deciding (under the write
+    /// lock) or done meanwhile: once the lock is free, look again, as a
+    /// lookup under the lock did (the object is gone, replaced, or still
+    /// there: the removal found it busy).
+    #[cold]
+    #[inline(never)]
+    fn get_after_removal<T: ObjectType>(&self, id: ObjectId) -> Result<Borrowed<T>> {
+        let _t = self.read();
+        match self.index.get(id, T::from_object) {
+            Lookup::Found(r) => Ok(Borrowed(Inner::Table(r))),
+            Lookup::Refused => Err(enoent("object has another type")),
+            // No removal decides under the read lock.
+            Lookup::Missing | Lookup::Deciding => Err(enoent("no object with this ID")),
+        }
+    }
+
+    /// The last step of every removal, under the write lock, after
+    /// [`ObjHeader::retire`] said yes: take `id` out of the index, unless a
+    /// lookup holds it, or took an edge before it let go (then undo the
+    /// retire: `false`, `EBUSY`). The index's reference goes here (the
+    /// slot's stays for the teardown).
+    fn unpublish(&self, id: ObjectId, obj: &Object) -> bool {
+        // Edges are taken only under a borrow: with no lookup's left (and
+        // none possible), an edge is there now or never.
+        match self.index.take(id, |o| o.header().users() == 0) {
+            Ok(taken) => {
+                debug_assert!(taken.is_some(), "a live object missing from the index");
+                true
             }
-            _ => Err(enoent("no object with this ID")),
+            Err(objindex::InUse) => {
+                obj.header().unretire();
+                false
+            }
         }
     }
 
@@ -344,7 +400,7 @@ impl Table {
             if !pred(obj) {
                 return Err(enoent("object has another type"));
             }
-            if !obj.retire_for_destroy() {
+            if !obj.retire_for_destroy() || !self.unpublish(id, obj) {
                 return Err(ebusy("object is in use"));
             }
             let Some(Slot::Live(obj)) = slot.take() else { unreachable!() };
@@ -404,7 +460,7 @@ impl Table {
             if !pred(obj) {
                 return Err(enoent("object has another type"));
             }
-            if !obj.retire_for_destroy() {
+            if !obj.retire_for_destroy() || !self.unpublish(id, obj) {
                 return Err(ebusy("object is in use"));
             }
             // A reserved slot nobody owns: invisible and never reused.
@@ -471,7 +527,8 @@ impl Table {
                 let mut t = self.write();
                 let mut out = Vec::new();
                 for id in 0..t.slots.len() {
-                    let leaf = matches!(&t.slots[id], Some(Slot::Live(o)) if o.header().retire());
+                    let leaf = matches!(&t.slots[id], Some(Slot::Live(o))
+                        if o.header().retire() && self.unpublish(id as ObjectId, o));
                     if leaf {
                         if let Some(Slot::Live(o)) = t.slots[id].take() {
                             out.push(o);
@@ -492,8 +549,9 @@ impl Table {
     fn publish(&self, id: ObjectId, obj: Object) {
         let mut t = self.write();
         debug_assert!(matches!(t.slots[id as usize], Some(Slot::Reserved)));
-        t.slots[id as usize] = Some(Slot::Live(obj));
+        t.slots[id as usize] = Some(Slot::Live(obj.clone()));
         t.live += 1;
+        self.index.publish(id, obj);
     }
 }
 
@@ -527,13 +585,25 @@ impl Drop for Pending<'_> {
 }
 
 /// A short-term borrow of an object for the length of one operation.
-pub struct Borrowed<T: ObjectType> {
-    obj: Arc<T>,
+/// From a lookup it holds a hazard on the object in the table's index (no
+/// count, no `Arc` clone: the object stays in the table while it lives).
+pub struct Borrowed<T: ObjectType>(Inner<T>);
+
+enum Inner<T: ObjectType> {
+    /// From [`Table::get`].
+    Table(objindex::Ref<Arc<T>>),
+    /// From [`Borrowed::detached`]: a short-term count, given back in
+    /// `Drop`.
+    Detached(Arc<T>),
 }
 
 impl<T: ObjectType> Borrowed<T> {
+    #[inline]
     pub fn arc(&self) -> &Arc<T> {
-        &self.obj
+        match &self.0 {
+            Inner::Table(r) => r,
+            Inner::Detached(arc) => arc,
+        }
     }
 
     /// A borrow of an object that is being built and not yet published
@@ -541,20 +611,24 @@ impl<T: ObjectType> Borrowed<T> {
     pub fn detached(obj: &Arc<T>) -> Borrowed<T> {
         // shortterm: held until the Borrowed drops.
         obj.header().shortterm.fetch_add(1, Ordering::AcqRel);
-        Borrowed { obj: Arc::clone(obj) }
+        Borrowed(Inner::Detached(Arc::clone(obj)))
     }
 }
 
 impl<T: ObjectType> std::ops::Deref for Borrowed<T> {
     type Target = T;
+    #[inline]
     fn deref(&self) -> &T {
-        &self.obj
+        self.arc()
     }
 }
 
 impl<T: ObjectType> Drop for Borrowed<T> {
+    #[inline]
     fn drop(&mut self) {
-        self.obj.header().shortterm.fetch_sub(1, Ordering::AcqRel);
+        if let Inner::Detached(arc) = &self.0 {
+            arc.header().shortterm.fetch_sub(1, Ordering::AcqRel);
+        }
     }
 }
 
@@ -568,8 +642,8 @@ impl<T: ObjectType> Dep<T> {
     /// Add an edge to the object behind `b`.
     pub fn new(b: &Borrowed<T>) -> Self {
         // users: one dependency edge, released in Drop.
-        b.obj.header().users.fetch_add(1, Ordering::AcqRel);
-        Dep { obj: Arc::clone(&b.obj) }
+        b.header().users.fetch_add(1, Ordering::AcqRel);
+        Dep { obj: Arc::clone(b.arc()) }
     }
 
     pub fn arc(&self) -> &Arc<T> {
@@ -641,6 +715,78 @@ mod tests {
         assert_eq!(t.destroy(id).unwrap_err().errno, Errno::ENOENT);
         assert_eq!(t.destroy(0).unwrap_err().errno, Errno::ENOENT);
         assert_eq!(t.destroy(u32::MAX).unwrap_err().errno, Errno::ENOENT);
+    }
+
+    /// Lookups on another thread race destroys and re-creations of the
+    /// same ID: a destroy never succeeds while a lookup's borrow lives, or
+    /// an edge taken under one, a lookup never returns a destroyed object
+    /// (it would be busy, so the destroy that removed it could not have
+    /// succeeded), and the wrong type is always `ENOENT`.
+    #[test]
+    fn lookups_race_destroy_and_reuse() {
+        use std::sync::atomic::{AtomicBool, AtomicU64};
+        let t = Arc::new(Table::default());
+        assert_eq!(alloc(&t), 1);
+        let held = Arc::new(AtomicBool::new(false));
+        let found = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let reader = {
+            let (t, held, found, stop) = (Arc::clone(&t), Arc::clone(&held), Arc::clone(&found), Arc::clone(&stop));
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    assert_eq!(t.get::<Device>(1).err().unwrap().errno, Errno::ENOENT);
+                    if let Ok(b) = t.get::<Ioas>(1) {
+                        held.store(true, Ordering::SeqCst);
+                        assert_eq!(b.header().id(), 1);
+                        for _ in 0..32 {
+                            std::hint::spin_loop();
+                        }
+                        held.store(false, Ordering::SeqCst);
+                        // Every fourth: an edge taken under the borrow keeps
+                        // the object once the borrow is gone.
+                        let edge = (found.load(Ordering::Relaxed) % 4 == 0).then(|| Dep::new(&b));
+                        drop(b);
+                        if let Some(edge) = edge {
+                            for _ in 0..32 {
+                                std::hint::spin_loop();
+                            }
+                            let again = t.get::<Ioas>(1).expect("destroyed under an edge");
+                            assert!(Arc::ptr_eq(again.arc(), edge.arc()), "destroyed under an edge");
+                        }
+                        found.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            })
+        };
+        let (mut destroyed, mut busy) = (0u64, 0u64);
+        while destroyed < 2000 || found.load(Ordering::Relaxed) < 2000 {
+            assert!(destroyed + busy < 5_000_000, "no progress");
+            match t.destroy(1) {
+                Ok(()) => {
+                    assert!(!held.load(Ordering::SeqCst), "destroyed under a live borrow");
+                    destroyed += 1;
+                    assert_eq!(alloc(&t), 1);
+                }
+                Err(e) => {
+                    assert_eq!(e.errno, Errno::EBUSY);
+                    busy += 1;
+                }
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+        reader.join().unwrap();
+        t.destroy(1).unwrap();
+        assert!(t.is_empty());
+    }
+
+    #[test]
+    fn a_borrow_may_outlive_its_table() {
+        let t = Table::default();
+        let id = alloc(&t);
+        let b = t.get::<Ioas>(id).unwrap();
+        drop(t);
+        assert_eq!(b.header().id(), id);
+        assert_eq!(b.iopt().num_areas(), 0);
     }
 
     #[test]

@@ -27,6 +27,7 @@ pub mod frames;
 pub mod guard;
 pub mod inline_vec;
 pub mod lockwait;
+pub mod objindex;
 pub mod procfs;
 pub mod rng;
 pub mod rwlock;
