@@ -9,10 +9,12 @@
 //!   failed create leaves no trace.
 //! - Every object embeds an [`ObjHeader`] with two counts. `users` counts
 //!   dependency edges (a HWPT on an IOAS, a device on a HWPT); `shortterm`
-//!   counts borrows held during one operation ([`Borrowed`]). `IOMMU_DESTROY`
-//!   fails with `EBUSY` while either is non-zero, as the kernel's does (its
-//!   `users` includes the short-term holders). Neither is ever inferred from
-//!   `Arc::strong_count`.
+//!   counts uses held during one operation without a lookup (a typed
+//!   handle's call, a detached [`Borrowed`]); a lookup's [`Borrowed`] holds
+//!   a hazard in the index instead (below). `IOMMU_DESTROY` fails with
+//!   `EBUSY` while either count is non-zero or a hazard holds the object,
+//!   as the kernel's does (its `users` includes the short-term holders).
+//!   None is ever inferred from `Arc::strong_count`.
 //! - Destroy removes the object from the table under the table lock and runs
 //!   its teardown (its `Drop`) after the lock is released, so teardown may
 //!   take any engine lock.
@@ -110,8 +112,11 @@ impl ObjHeader {
         if self.shortterm.compare_exchange(0, RETIRED, Ordering::AcqRel, Ordering::Acquire).is_err() {
             return false;
         }
-        // Edges are taken only under a short-term borrow, so none can
-        // appear after the swap; one taken just before it is seen here.
+        // Edges are taken only under a borrow. Under a counted one (a
+        // handle's call, a detached borrow) none can appear after the
+        // swap, and one taken just before it is seen here; a lookup's
+        // borrow (a hazard) is waited for when the object leaves the
+        // index, and the edges checked once more then (`unpublish`).
         if self.users.load(Ordering::Acquire) != 0 {
             self.shortterm.fetch_sub(RETIRED, Ordering::AcqRel);
             return false;
