@@ -92,6 +92,7 @@ impl Iommufd {
     }
 
     /// Borrow object `id` as a `T` for one operation (`ENOENT` otherwise).
+    #[inline]
     pub fn get<T: ObjectType>(&self, id: ObjectId) -> Result<Borrowed<T>> {
         self.objects.get(id)
     }
@@ -130,6 +131,7 @@ impl Iommufd {
     }
 
     /// Borrow IOAS `id` (`ENOENT` if it is not one).
+    #[inline]
     pub fn ioas(&self, id: ObjectId) -> Result<Borrowed<Ioas>> {
         self.get::<Ioas>(id)
     }

@@ -333,7 +333,7 @@ impl Table {
     /// No lock and no locked instruction where `membarrier(2)` works: a
     /// hazard in the index (see the module doc), cleared when the
     /// [`Borrowed`] drops.
-    #[inline]
+    #[inline(always)]
     pub fn get<T: ObjectType>(&self, id: ObjectId) -> Result<Borrowed<T>> {
         match self.index.get(id, T::from_object) {
             Lookup::Found(r) => Ok(Borrowed(Inner::Table(r))),
