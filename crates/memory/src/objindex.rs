@@ -39,7 +39,7 @@
 //! After `fork` the child's copies of other threads' hazards stay, as the
 //! short-term counts they replace would (the values they hold stay busy).
 
-use std::cell::Cell as StdCell;
+use std::cell::{Cell as StdCell, RefCell};
 use std::ptr::NonNull;
 use std::sync::atomic::{compiler_fence, AtomicBool, AtomicPtr, AtomicUsize, Ordering};
 use std::sync::OnceLock;
@@ -80,35 +80,34 @@ static FENCED_ONLY: AtomicBool = AtomicBool::new(false);
 
 thread_local! {
     /// This thread's records (the first one; more hang off `extra`).
-    static MINE: Mine = const { Mine { first: StdCell::new(None), extra: StdCell::new(None), light: StdCell::new(None) } };
+    static MINE: Mine = const {
+        Mine { first: StdCell::new(None), extra: RefCell::new(Vec::new()), light: StdCell::new(None) }
+    };
 }
 
 struct Mine {
     first: StdCell<Option<&'static Record>>,
-    /// Records this thread took when its first one was full (leaked
-    /// vector; given back with the first one).
-    extra: StdCell<Option<&'static std::sync::Mutex<Vec<&'static Record>>>>,
+    /// Records this thread took when its first one was full (given back
+    /// with the first one).
+    extra: RefCell<Vec<&'static Record>>,
     /// Whether hazards are stored light (plain store), once decided.
     light: StdCell<Option<bool>>,
 }
 
 impl Drop for Mine {
     fn drop(&mut self) {
-        if let Some(r) = self.first.get() {
+        let extra = std::mem::take(self.extra.get_mut());
+        for r in self.first.get().into_iter().chain(extra) {
             r.owned.store(false, Ordering::Release);
-        }
-        if let Some(extra) = self.extra.get() {
-            for r in extra.lock().unwrap_or_else(|p| p.into_inner()).iter() {
-                r.owned.store(false, Ordering::Release);
-            }
         }
     }
 }
 
-/// Take a free record (cells may still hold hazards of `Ref`s that
-/// outlived a thread: those cells stay taken until the Refs drop).
+/// Take a free record with a free cell (a record given back by a thread
+/// that exited may hold hazards of `Ref`s that outlived it: those cells
+/// stay taken until the Refs drop), and that cell.
 #[cold]
-fn take_record() -> &'static Record {
+fn take_record() -> (&'static Record, &'static AtomicPtr<()>) {
     let mut i = 0;
     let mut r = &FIRST;
     loop {
@@ -116,11 +115,21 @@ fn take_record() -> &'static Record {
             && r.owned.compare_exchange(false, true, Ordering::AcqRel, Ordering::Relaxed).is_ok()
         {
             TAKEN.fetch_max(i + 1, Ordering::SeqCst);
-            return r;
+            match null_cell(r) {
+                Some(c) => return (r, c),
+                // Full of outliving hazards: keep it (owned) until our
+                // thread exits, so that the search does not come back.
+                None => MINE.with(|m| m.extra.borrow_mut().push(r)),
+            }
         }
         i += 1;
         r = r.next.get_or_init(|| Box::leak(Box::new(Record::new())));
     }
+}
+
+/// A free cell of `r`.
+fn null_cell(r: &'static Record) -> Option<&'static AtomicPtr<()>> {
+    r.cells.iter().find(|c| c.load(Ordering::Relaxed).is_null())
 }
 
 /// Whether this thread may store hazards light.
@@ -160,34 +169,19 @@ fn free_cell(mine: &Mine) -> &'static AtomicPtr<()> {
 #[cold]
 #[inline(never)]
 fn free_cell_slow(mine: &Mine) -> &'static AtomicPtr<()> {
-    let first = match mine.first.get() {
-        Some(r) => r,
-        None => {
-            let r = take_record();
-            mine.first.set(Some(r));
-            return &r.cells[0];
-        }
-    };
-    if let Some(c) = first.cells.iter().find(|c| c.load(Ordering::Relaxed).is_null()) {
+    if let Some(c) = mine.first.get().and_then(null_cell) {
         return c;
     }
-    let extra = match mine.extra.get() {
-        Some(e) => e,
-        None => {
-            let e: &'static _ = Box::leak(Box::new(std::sync::Mutex::new(Vec::new())));
-            mine.extra.set(Some(e));
-            e
-        }
-    };
-    let mut extra = extra.lock().unwrap_or_else(|p| p.into_inner());
-    for r in extra.iter() {
-        if let Some(c) = r.cells.iter().find(|c| c.load(Ordering::Relaxed).is_null()) {
-            return c;
-        }
+    if let Some(c) = mine.extra.borrow().iter().find_map(|&r| null_cell(r)) {
+        return c;
     }
-    let r = take_record();
-    extra.push(r);
-    &r.cells[0]
+    let (r, c) = take_record();
+    if mine.first.get().is_none() {
+        mine.first.set(Some(r));
+    } else {
+        mine.extra.borrow_mut().push(r);
+    }
+    c
 }
 
 /// A hazard cell for a lookup on a thread whose thread-locals are being
@@ -195,9 +189,30 @@ fn free_cell_slow(mine: &Mine) -> &'static AtomicPtr<()> {
 /// thread-local destructor).
 #[cold]
 fn exiting_thread_hazard(p: *mut ()) -> &'static AtomicPtr<()> {
-    let r = take_record();
-    r.cells[0].swap(p, Ordering::SeqCst);
-    &r.cells[0]
+    let r = exiting_record();
+    let c = null_cell(r).expect("a fresh record has free cells");
+    c.swap(p, Ordering::SeqCst);
+    c
+}
+
+/// A record nobody ever owned (without touching this thread's locals).
+#[cold]
+fn exiting_record() -> &'static Record {
+    let mut i = 0;
+    let mut r = &FIRST;
+    loop {
+        if r.cells.iter().all(|c| c.load(Ordering::Relaxed).is_null())
+            && !r.owned.load(Ordering::Relaxed)
+            && r.owned.compare_exchange(false, true, Ordering::AcqRel, Ordering::Relaxed).is_ok()
+        {
+            TAKEN.fetch_max(i + 1, Ordering::SeqCst);
+            if null_cell(r).is_some() {
+                return r;
+            }
+        }
+        i += 1;
+        r = r.next.get_or_init(|| Box::leak(Box::new(Record::new())));
+    }
 }
 
 /// Clears a hazard when dropped.
@@ -569,6 +584,50 @@ mod tests {
         let Lookup::Found(r) = ix.get(1, |v| Some(v)) else { panic!() };
         std::thread::spawn(move || drop(r)).join().unwrap();
         assert_eq!(ix.take(1, |_| true).unwrap(), Some(9));
+    }
+
+    /// A thread exits while its Refs live (its records go back full);
+    /// later threads taking records keep those hazards.
+    #[test]
+    fn refs_outliving_their_thread_keep_their_hazards() {
+        let ix: Arc<Index<u64>> = Arc::new(Index::new());
+        ix.publish(3, 30);
+        ix.publish(4, 40);
+        let get = |ix: &Index<u64>, id| match ix.get(id, |v| Some(v)) {
+            Lookup::Found(r) => r,
+            _ => panic!("{id} not found"),
+        };
+        // A thread leaves one hazard in its record.
+        let outliving: Vec<Ref<u64>> = [1]
+            .into_iter()
+            .flat_map(|n| {
+                let ix = Arc::clone(&ix);
+                std::thread::spawn(move || (0..n).map(|_| get(&ix, 3)).collect::<Vec<_>>()).join().unwrap()
+            })
+            .collect();
+        for _ in 0..4 {
+            let ix2 = Arc::clone(&ix);
+            std::thread::spawn(move || {
+                let held: Vec<_> = (0..PER_RECORD + 1).map(|_| get(&ix2, 4)).collect();
+                drop(held);
+            })
+            .join()
+            .unwrap();
+            assert!(ix.take(3, |_| true).is_err(), "a hazard of an exited thread was overwritten");
+        }
+        assert!(ix.take(3, |_| true).is_err());
+        drop(outliving);
+        // A thread leaves a full record: a later thread passes it by.
+        let full: Vec<Ref<u64>> = {
+            let ix = Arc::clone(&ix);
+            std::thread::spawn(move || (0..PER_RECORD).map(|_| get(&ix, 3)).collect()).join().unwrap()
+        };
+        let ix2 = Arc::clone(&ix);
+        std::thread::spawn(move || drop(get(&ix2, 4))).join().unwrap();
+        assert!(ix.take(3, |_| true).is_err());
+        drop(full);
+        assert_eq!(ix.take(3, |_| true).unwrap(), Some(30));
+        assert_eq!(ix.take(4, |_| true).unwrap(), Some(40));
     }
 
     #[test]
