@@ -345,7 +345,10 @@ impl<V: Send + Sync + 'static> Index<V> {
         let hazard = MINE.try_with(|mine| {
             let hazard = free_cell(mine);
             if light(mine) {
-                hazard.store(p.cast(), Ordering::Relaxed);
+                // Release (a plain store on x86): this thread's reads of
+                // the value its Ref held before in this cell come before a
+                // take that sees the new hazard (and frees that value).
+                hazard.store(p.cast(), Ordering::Release);
                 // The store stays before the load below in the instruction
                 // stream; `membarrier` in `take` does the rest.
                 compiler_fence(Ordering::SeqCst);
@@ -728,7 +731,7 @@ mod tests {
                 Ok(None) => panic!("ID {id} vanished"),
                 Err(InUse) => busy += 1,
             }
-            if round % 64 == 0 {
+            if round.is_multiple_of(64) {
                 std::thread::yield_now();
             }
         }
