@@ -688,6 +688,15 @@ impl Domain for SmmuDomain {
         if !self.cfg.hd || access == Access::Read {
             return self.table.translate(iova, access);
         }
+        self.translate_write_hd(iova, access)
+    }
+}
+
+impl SmmuDomain {
+    /// A write into a dirty-tracking stage 1, out of line: a writable-clean
+    /// leaf becomes dirty (AP\[2\] cleared).
+    #[inline(never)]
+    fn translate_write_hd(&self, iova: u64, access: Access) -> Result<Translation, Fault> {
         let (t, entry) = self.table.translate_entry(iova, access)?;
         if entry & (desc::AP_RDONLY | desc::DBM) == desc::AP_RDONLY | desc::DBM {
             self.table.clear_leaf_bits(iova, desc::AP_RDONLY);

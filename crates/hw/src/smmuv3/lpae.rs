@@ -300,15 +300,15 @@ pub fn leaf_prot<const S2: bool>(entry: u64) -> Prot {
             p |= Prot::PRIV.0;
         } else {
             p |= Prot::READ.0;
-            if entry & desc::AP_RDONLY == 0 || entry & desc::DBM != 0 {
+            // AP[2] clear, or DBM set.
+            if entry & (desc::AP_RDONLY | desc::DBM) != desc::AP_RDONLY {
                 p |= Prot::WRITE.0;
             }
         }
-        match (entry & desc::ATTRINDX_MASK) >> desc::ATTRINDX_SHIFT {
-            mair::IDX_CACHE => p |= Prot::CACHE.0,
-            mair::IDX_DEV => p |= Prot::MMIO.0,
-            _ => {}
-        }
+        // AttrIndx -> CACHE / MMIO: a byte per index.
+        const ATTR: u64 =
+            (Prot::CACHE.0 as u64) << (8 * mair::IDX_CACHE) | (Prot::MMIO.0 as u64) << (8 * mair::IDX_DEV);
+        p |= (ATTR >> (8 * ((entry & desc::ATTRINDX_MASK) >> desc::ATTRINDX_SHIFT))) as u32 & 0xff;
     } else {
         if entry & desc::S2AP_R != 0 {
             p |= Prot::READ.0;
@@ -509,6 +509,43 @@ impl LpaeTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// [`leaf_prot`]'s stage 1 grants against the rules as written (AP\[1\]
+    /// EL0 access, AP\[2\] clear or DBM for writes, AttrIndx 1 cacheable
+    /// and 2 Device, either XN bit), over every combination of the bits it
+    /// reads.
+    #[test]
+    fn s1_leaf_prot_every_combination() {
+        for bits in 0u64..1 << 8 {
+            let flag = |i: u32, d: u64| if bits >> i & 1 != 0 { d } else { 0 };
+            let entry = flag(0, desc::AP_UNPRIV)
+                | flag(1, desc::AP_RDONLY)
+                | flag(2, desc::DBM)
+                | ((bits >> 3 & 7) << desc::ATTRINDX_SHIFT)
+                | flag(6, desc::PXN)
+                | flag(7, desc::UXN)
+                | desc::TYPE_TABLE
+                | desc::AF;
+            let mut want = 0;
+            if entry & desc::AP_UNPRIV == 0 {
+                want |= Prot::PRIV.0;
+            } else {
+                want |= Prot::READ.0;
+                if entry & desc::AP_RDONLY == 0 || entry & desc::DBM != 0 {
+                    want |= Prot::WRITE.0;
+                }
+            }
+            match bits >> 3 & 7 {
+                mair::IDX_CACHE => want |= Prot::CACHE.0,
+                mair::IDX_DEV => want |= Prot::MMIO.0,
+                _ => {}
+            }
+            if bits >> 6 & 3 != 0 {
+                want |= Prot::NOEXEC.0;
+            }
+            assert_eq!(leaf_prot::<false>(entry), Prot(want), "entry {entry:#x}");
+        }
+    }
 
     const RW: Prot = Prot(Prot::READ.0 | Prot::WRITE.0);
     type S1 = LpaeFormat<false, 4, 12>;
