@@ -42,7 +42,7 @@ use super::domain::SmmuDomain;
 use super::event::{id, FaultClass, SmmuFault};
 use super::lpae::mair;
 use super::ste::{self, cdf, stef, CdConfig, CdTable, SteConfig};
-use super::tlb::{CdCache, TlbHit};
+use super::tlb::{CdCache, Tlb, TlbHit};
 use super::viommu::SmmuViommu;
 use super::walk::{walk_s1, S1Request};
 use crate::{Access, Aperture, Domain, Fault, Prot, Translation};
@@ -87,6 +87,8 @@ pub struct SmmuNested {
     enable_ats: bool,
     cfg: SteConfig,
     cds: Arc<CdCache>,
+    /// The unit's TLB (one pointer less on a hit).
+    tlb: Arc<Tlb>,
 }
 
 impl core::fmt::Debug for SmmuNested {
@@ -133,6 +135,7 @@ impl SmmuNested {
             enable_ats,
             cfg,
             cds: Arc::new(CdCache::new(split)),
+            tlb: Arc::clone(unit.tlb()),
         })
     }
 
@@ -240,8 +243,62 @@ impl SmmuNested {
         Ok(cd)
     }
 
-    /// Translate one transaction.
+    /// Translate one transaction: the STE and SubstreamID checks and a
+    /// TLB hit through the hot CD inline, the rest (the CD, a walk) out of
+    /// line.
+    #[inline(always)]
     pub fn translate_req(&self, req: SmmuRequest) -> Result<Translation, SmmuFault> {
+        let table = match &self.cfg {
+            SteConfig::Nested(t) => t,
+            _ => return self.translate_cold(req),
+        };
+        let ssid = match req.ssid {
+            None if table.cdmax == 0 => 0,
+            _ => return self.translate_cold(req),
+        };
+        self.translate_ssid(req, table, ssid)
+    }
+
+    /// The rest of a translation once the STE gave a CD table and the
+    /// request a SubstreamID: the fast path (the hot CD's ASID and address
+    /// check, then the TLB) inline, the CD and a walk out of line.
+    #[inline(always)]
+    fn translate_ssid(&self, req: SmmuRequest, table: &CdTable, ssid: u32) -> Result<Translation, SmmuFault> {
+        if let Some(t) = self.hot_hit(ssid, req) {
+            return Ok(t);
+        }
+        self.translate_slow(req, table, ssid)
+    }
+
+    /// A TLB hit through the hot CD that serves `req`, if there is one.
+    #[inline(always)]
+    fn hot_hit(&self, ssid: u32, req: SmmuRequest) -> Option<Translation> {
+        let asid = self.cds.hot_asid(ssid, req.addr)?;
+        let hit = self.tlb.lookup(self.vmid, asid, req.addr)?;
+        Self::serve(hit, req)
+    }
+
+    /// [`Domain::translate`] past its inline hit (the same steps as
+    /// [`Self::translate_req`]): `table` given, the rest of a request
+    /// without SubstreamID (CD 0).
+    #[inline(never)]
+    fn translate_dma_slow(&self, table: &CdTable, iova: u64, write: bool) -> Result<Translation, Fault> {
+        let req = SmmuRequest { ssid: None, addr: iova, write, privileged: false };
+        self.translate_slow(req, table, 0).map_err(|f| f.to_fault())
+    }
+
+    /// [`Domain::translate`] for a stream whose STE is not nested or whose
+    /// CD table has SubstreamIDs.
+    #[inline(never)]
+    fn translate_dma_cold(&self, iova: u64, write: bool) -> Result<Translation, Fault> {
+        let req = SmmuRequest { ssid: None, addr: iova, write, privileged: false };
+        self.translate_cold(req).map_err(|f| f.to_fault())
+    }
+
+    /// [`Self::translate_req`] for what its inline part does not decide:
+    /// a SubstreamID, a stream that is not nested.
+    #[inline(never)]
+    fn translate_cold(&self, req: SmmuRequest) -> Result<Translation, SmmuFault> {
         let table = match self.cfg {
             SteConfig::Abort => return Err(SmmuFault::ABORT),
             SteConfig::Illegal => return Err(SmmuFault::config(id::C_BAD_STE)),
@@ -263,21 +320,20 @@ impl SmmuNested {
                 _ => 0,
             },
         };
-        // The fast path: the hot CD's ASID and address check, then the TLB.
-        if let Some(asid) = self.cds.hot_asid(ssid, req.addr) {
-            if let Some(hit) = self.unit.tlb().lookup(self.vmid, asid, req.addr) {
-                if let Some(t) = Self::serve(hit, req) {
-                    return Ok(t);
-                }
-            }
-        }
-        let cd = self.cd(&table, ssid)?;
+        self.translate_ssid(req, &table, ssid)
+    }
+
+    /// The CD (cached or fetched), a TLB lookup with its ASID, and on a
+    /// miss the walk and the fill.
+    #[inline(never)]
+    fn translate_slow(&self, req: SmmuRequest, table: &CdTable, ssid: u32) -> Result<Translation, SmmuFault> {
+        let cd = self.cd(table, ssid)?;
         let Some(tt) = ste::select_tt(&cd, req.addr) else {
             let mut f = SmmuFault::stage1(id::F_TRANSLATION, cd.record);
             f.out_of_range = true;
             return Err(f);
         };
-        if let Some(hit) = self.unit.tlb().lookup(self.vmid, cd.asid, req.addr) {
+        if let Some(hit) = self.tlb.lookup(self.vmid, cd.asid, req.addr) {
             if let Some(t) = Self::serve(hit, req) {
                 return Ok(t);
             }
@@ -393,11 +449,22 @@ impl Domain for SmmuNested {
         0
     }
 
-    /// A transaction without SubstreamID, unprivileged.
+    /// A transaction without SubstreamID, unprivileged:
+    /// [`SmmuNested::translate_req`], with everything past a TLB hit
+    /// through the hot CD out of line.
     #[inline]
     fn translate(&self, iova: u64, access: Access) -> Result<Translation, Fault> {
-        let req = SmmuRequest { ssid: None, addr: iova, write: access == Access::Write, privileged: false };
-        self.translate_req(req).map_err(|f| f.to_fault())
+        let write = access == Access::Write;
+        if let SteConfig::Nested(table) = &self.cfg {
+            if table.cdmax == 0 {
+                let req = SmmuRequest { ssid: None, addr: iova, write, privileged: false };
+                if let Some(t) = self.hot_hit(0, req) {
+                    return Ok(t);
+                }
+                return self.translate_dma_slow(table, iova, write);
+            }
+        }
+        self.translate_dma_cold(iova, write)
     }
 
     /// A transaction with SubstreamID `pasid`: the CD table is the

@@ -163,15 +163,26 @@ impl Tlb {
 
     #[inline]
     fn index(&self, vmid: u16, class: usize, vpn: u64) -> usize {
-        let h = (vpn ^ ((u64::from(vmid) << 8 | class as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 40))
-            .wrapping_mul(0xff51_afd7_ed55_8ccd);
-        ((h >> 32) as usize) & self.c.mask()
+        let h = vpn ^ ((u64::from(vmid) << 8 | class as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 40);
+        (h as usize) & self.c.mask()
     }
 
     /// The cached translation of `va` for `(vmid, asid)`: an entry of that
-    /// ASID or a global one, smallest page size first.
-    #[inline]
+    /// ASID or a global one, smallest page size first. A 4KB entry of the
+    /// ASID is probed inline (the hot case); the rest out of line.
+    #[inline(always)]
     pub fn lookup(&self, vmid: u16, asid: u16, va: u64) -> Option<TlbHit> {
+        let vpn = va >> CLASS_SHIFTS[0];
+        if let Some(data) = self.c.lookup(self.index(vmid, 0, vpn), make_tag(vmid, asid, false, 0), vpn) {
+            return Some(TlbHit { data, page_shift: CLASS_SHIFTS[0] });
+        }
+        self.lookup_rest(vmid, asid, va)
+    }
+
+    /// [`Self::lookup`] after its first probe: the global 4KB entries,
+    /// then the larger sizes.
+    #[inline(never)]
+    fn lookup_rest(&self, vmid: u16, asid: u16, va: u64) -> Option<TlbHit> {
         let globals = self.c.live_flagged() != 0;
         for (c, &shift) in CLASS_SHIFTS.iter().enumerate() {
             if self.c.live(c) == 0 {
@@ -179,8 +190,10 @@ impl Tlb {
             }
             let vpn = va >> shift;
             let idx = self.index(vmid, c, vpn);
-            if let Some(data) = self.c.lookup(idx, make_tag(vmid, asid, false, c), vpn) {
-                return Some(TlbHit { data, page_shift: shift });
+            if c != 0 {
+                if let Some(data) = self.c.lookup(idx, make_tag(vmid, asid, false, c), vpn) {
+                    return Some(TlbHit { data, page_shift: shift });
+                }
             }
             if globals {
                 if let Some(data) = self.c.lookup(idx, make_tag(vmid, 0, true, c), vpn) {
@@ -289,7 +302,7 @@ struct CdCacheInner {
 }
 
 /// One CD packed into words (see [`HotCd::pack`]).
-type PackedCd = [u64; 4];
+type PackedCd = [u64; 8];
 
 /// The CD used last, readable without a lock: a seqlock (odd while the
 /// writer, who holds the cache's write lock, changes it) over the packed
@@ -297,18 +310,26 @@ type PackedCd = [u64; 4];
 #[derive(Default)]
 struct HotCd {
     seq: AtomicU32,
-    words: [AtomicU64; 4],
+    words: [AtomicU64; 8],
 }
 
 impl HotCd {
-    /// Word 3 bit 63: the slot holds a CD.
-    const VALID: u64 = 1 << 63;
+    /// Word 3 bit 31: the slot holds a CD.
+    const VALID: u64 = 1 << 31;
+    /// Word 3's VALID and SubstreamID bits (one compare finds the slot
+    /// `ssid`'s).
+    const KEY: u64 = 0xffff_ffff_0000_0000 | Self::VALID;
 
     /// Words 0 and 1: TTB0/TTB1 (bits 51:4) with bit 0 set when the table
     /// is walked, bit 1 HADx, T0SZ/T1SZ in bits 57:52 and the granule's
     /// log2 minus 12 in bits 61:58; word 2 the MAIR; word 3 the ASID
     /// (15:0), the output size (22:16), the flags TBI0, TBI1, HA, HD, R, A,
-    /// S (bits 30:24), the SubstreamID (51:32) and VALID.
+    /// S (bits 30:24), VALID (31) and the SubstreamID (63:32); words 4..7
+    /// what `select_tt()` checks of TTB0's and TTB1's range, precomputed
+    /// as a mask and the value an address in range has under it: the
+    /// address bits from the top (55 with TBIx, else 63) down to the
+    /// table's input size, all 0 (TTB0) or all 1 (TTB1); mask 0 and value
+    /// 1 (no address) when the table is not walked.
     fn pack(ssid: u32, cd: &CdConfig) -> PackedCd {
         let tt = |t: &Option<super::ste::TtConfig>| {
             t.map_or(0, |t| {
@@ -323,7 +344,16 @@ impl HotCd {
             .enumerate()
             .fold(0u64, |acc, (i, &b)| acc | u64::from(b) << (24 + i));
         let w3 = u64::from(cd.asid) | u64::from(cd.oas) << 16 | flags | u64::from(ssid) << 32 | Self::VALID;
-        [tt(&cd.tt[0]), tt(&cd.tt[1]), cd.mair, w3]
+        let range = |i: usize| {
+            cd.tt[i].map_or((0, 1), |t| {
+                let top = if cd.tbi[i] { 55 } else { 63 };
+                let ia = t.ia_bits();
+                let mask = ((1u64 << (top + 1 - ia)) - 1) << ia;
+                (mask, if i == 1 { mask } else { 0 })
+            })
+        };
+        let ((m0, v0), (m1, v1)) = (range(0), range(1));
+        [tt(&cd.tt[0]), tt(&cd.tt[1]), cd.mair, w3, m0, v0, m1, v1]
     }
 
     fn unpack(w: &PackedCd) -> CdConfig {
@@ -350,6 +380,12 @@ impl HotCd {
         }
     }
 
+    /// Word 3's [`Self::KEY`] bits of a slot holding `ssid`'s CD.
+    #[inline(always)]
+    const fn key(ssid: u32) -> u64 {
+        (ssid as u64) << 32 | Self::VALID
+    }
+
     /// The hot CD if it is `ssid`'s.
     #[inline]
     fn get(&self, ssid: u32) -> Option<CdConfig> {
@@ -362,35 +398,28 @@ impl HotCd {
         if self.seq.load(Ordering::Relaxed) != s1 {
             return None;
         }
-        let valid = w[3] & Self::VALID != 0 && (w[3] >> 32) as u32 & 0xf_ffff == ssid;
+        let valid = w[3] & Self::KEY == Self::key(ssid);
         valid.then(|| Self::unpack(&w))
     }
 
     /// What a TLB lookup needs of the hot CD, if it is `ssid`'s: its ASID,
     /// if `va` is in the range of a walked table (`select_tt()` on the
     /// packed words).
-    #[inline]
+    #[inline(always)]
     fn asid_for(&self, ssid: u32, va: u64) -> Option<u16> {
         let s1 = self.seq.load(Ordering::Acquire);
         if s1 & 1 != 0 {
             return None;
         }
-        let upper = va >> 55 & 1 != 0;
-        let tt = self.words[usize::from(upper)].load(Ordering::Relaxed);
+        let half = 4 + 2 * (va >> 55 & 1) as usize;
+        let mask = self.words[half].load(Ordering::Relaxed);
+        let want = self.words[half + 1].load(Ordering::Relaxed);
         let w3 = self.words[3].load(Ordering::Relaxed);
         fence(Ordering::Acquire);
         if self.seq.load(Ordering::Relaxed) != s1 {
             return None;
         }
-        if w3 & Self::VALID == 0 || (w3 >> 32) as u32 & 0xf_ffff != ssid || tt & 1 == 0 {
-            return None;
-        }
-        let tbi = w3 >> (24 + u32::from(upper)) & 1 != 0;
-        let top = if tbi { 55 } else { 63 };
-        let ia = 64 - ((tt >> 52) & 0x3f) as u32;
-        let bits = (va >> ia) & ((1u64 << (top + 1 - ia)) - 1);
-        let want = if upper { (1u64 << (top + 1 - ia)) - 1 } else { 0 };
-        (bits == want).then_some(w3 as u16)
+        (w3 & Self::KEY == Self::key(ssid) && va & mask == want).then_some(w3 as u16)
     }
 
     /// Replace the slot (caller holds the cache's write lock).
@@ -449,7 +478,7 @@ impl CdCache {
 
     /// The ASID of `ssid`'s CD if it is the hot one and translates `va`
     /// (the lock-free part of a TLB hit; `None` says nothing either way).
-    #[inline]
+    #[inline(always)]
     pub fn hot_asid(&self, ssid: u32, va: u64) -> Option<u16> {
         self.hot.asid_for(ssid, va)
     }
@@ -483,7 +512,7 @@ impl CdCache {
     pub fn invalidate(&self, ssid: u32, leaf: bool) {
         self.gen.fetch_add(1, Ordering::AcqRel);
         let mut inner = self.inner.write().unwrap_or_else(|e| e.into_inner());
-        self.hot.set([0; 4]);
+        self.hot.set([0; 8]);
         inner.cds.remove(&ssid);
         if !leaf && self.split != 0 {
             inner.l1.remove(&(ssid >> self.split));
@@ -494,7 +523,7 @@ impl CdCache {
     pub fn invalidate_all(&self) {
         self.gen.fetch_add(1, Ordering::AcqRel);
         let mut inner = self.inner.write().unwrap_or_else(|e| e.into_inner());
-        self.hot.set([0; 4]);
+        self.hot.set([0; 8]);
         inner.cds.clear();
         inner.l1.clear();
     }
@@ -600,6 +629,39 @@ mod tests {
     }
 
     #[test]
+    fn hot_asid_is_select_tt() {
+        use crate::smmuv3::ste::{select_tt, TtConfig};
+        let tt = |tsz| Some(TtConfig { ttb: 0x4000, tsz, granule_shift: 12, had: false });
+        let hot = HotCd::default();
+        for (t0, t1) in [(16, 16), (25, 39), (48, 12), (63, 16)] {
+            for (tt0, tt1) in [(tt(t0), tt(t1)), (tt(t0), None), (None, tt(t1)), (None, None)] {
+                for tbi in [[false, false], [true, false], [false, true], [true, true]] {
+                    let cd = CdConfig {
+                        tt: [tt0, tt1],
+                        oas: 48,
+                        asid: 0x1234,
+                        tbi,
+                        ha: false,
+                        hd: false,
+                        record: true,
+                        abort: false,
+                        stall: false,
+                        mair: 0,
+                    };
+                    hot.set(HotCd::pack(3, &cd));
+                    for bit in 0..64 {
+                        for va in [1u64 << bit, (1u64 << bit) - 1, !(1u64 << bit), !((1u64 << bit) - 1), 0x5000] {
+                            let want = select_tt(&cd, va).map(|_| cd.asid);
+                            assert_eq!(hot.asid_for(3, va), want, "{cd:?} va {va:#x}");
+                            assert_eq!(hot.asid_for(4, va), None);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
     fn hot_cd_round_trips() {
         use crate::smmuv3::ste::TtConfig;
         let cd = CdConfig {
@@ -627,7 +689,7 @@ mod tests {
         let cd2 = CdConfig { tt: [None, Some(TtConfig { ttb: 0x1000, tsz: 16, granule_shift: 14, had: false })], ..cd };
         hot.set(HotCd::pack(0, &cd2));
         assert_eq!(hot.get(0), Some(cd2));
-        hot.set([0; 4]);
+        hot.set([0; 8]);
         assert_eq!(hot.get(0), None);
     }
 
