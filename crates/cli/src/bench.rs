@@ -21,9 +21,10 @@ use uiommufd_core::pages::frames;
 use uiommufd_core::Iommufd;
 use uiommufd_core::{hwpt, selftest};
 use uiommufd_dispatch::{File, LocalFds};
-use uiommufd_hw::vtd::sl::{SlConfig, VtdSlDomain};
 use uiommufd_hw::{Domain, Prot};
 use zerocopy::IntoBytes;
+
+use crate::bench_guest::vtd_domain;
 
 pub(crate) const ROUNDS: usize = 7;
 
@@ -314,23 +315,6 @@ fn bench_map_unmap(quick: bool) -> Vec<Row> {
 /// VFIO type1 mapping 16 GiB of 4 KiB pages on a fast server (the issue's
 /// reference figure).
 const TYPE1_16G_NS: f64 = 260e6;
-
-/// A VT-d second-stage domain (4 levels, 48-bit, 4 KiB / 2 MiB / 1 GiB
-/// leaves) as the Intel driver allocates for a modern unit.
-pub(crate) fn vtd_domain() -> VtdSlDomain {
-    const K4: u64 = 1 << 12;
-    let cfg = SlConfig {
-        agaw: 2,
-        gaw: 48,
-        pgsize_bitmap: K4 | (K4 << 9) | (K4 << 18),
-        force_snooping: false,
-        nest_parent: false,
-        dirty_ops: false,
-        coherent: true,
-        iotlb_sync_map: false,
-    };
-    VtdSlDomain::new(cfg).expect("vtd domain")
-}
 
 /// Map `len` bytes of untouched anonymous memory in one IOAS_MAP, with
 /// the domain `domain` attached (none: only the IOAS), then unmap it.

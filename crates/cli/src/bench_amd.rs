@@ -15,8 +15,9 @@ use uiommufd_hw::vtd::fl::fspte;
 use uiommufd_hw::{Access, Domain, Prot};
 use zerocopy::IntoBytes;
 
-use crate::bench::{map_unmap_256, measure, vtd_domain, Row, Target};
-use crate::bench_smmu::{hit, user_data, vtd_nested, Mem, HOST, IOVA, RAM};
+use crate::bench::{map_unmap_256, measure, Row, Target};
+use crate::bench_guest::{user_data, vtd_domain, vtd_nested, Mem, HOST, IOVA, RAM};
+use crate::bench_smmu::hit;
 
 const K4: u64 = 1 << 12;
 /// The guest's GCR3 table (one level) and its table root.

@@ -25,7 +25,8 @@ use uiommufd_abi as abi;
 use uiommufd_core::io_pagetable::new_token;
 use uiommufd_core::{selftest, Iommufd};
 
-use crate::bench::{measure, vtd_domain, Region, Row};
+use crate::bench::{measure, Region, Row};
+use crate::bench_guest::vtd_domain;
 
 const RW: u32 = abi::IOMMU_IOAS_MAP_READABLE | abi::IOMMU_IOAS_MAP_WRITEABLE | abi::IOMMU_IOAS_MAP_FIXED_IOVA;
 const K4: u64 = 4096;

@@ -24,6 +24,7 @@
 mod amd_info;
 mod bench;
 mod bench_amd;
+mod bench_guest;
 mod bench_report;
 mod bench_scale;
 mod bench_shim;
