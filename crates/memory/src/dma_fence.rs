@@ -504,17 +504,25 @@ pub fn enter_leaf() -> Option<Leaf> {
         let slot = l.slot.get()?;
         // As in `Local::open`.
         l.open_slot(slot);
-        if l.pins.get() != 0 {
+        Some(l.leaf_end(slot))
+    })?;
+    Some(Leaf { end, _thread: std::marker::PhantomData })
+}
+
+impl Local {
+    /// What a leaf that just opened `slot` clears when it ends.
+    #[inline(always)]
+    fn leaf_end(&self, slot: &'static Slot) -> *const AtomicU64 {
+        if self.pins.get() != 0 {
             // Under a hold with no section open: the section stays open for
             // the hold's next request, as `enter` leaves it.
-            l.live.set(true);
-            return Some(&raw const l.spare);
+            self.live.set(true);
+            return &raw const self.spare;
         }
         // `live` stays false: nothing inside a leaf asks, and its end is
         // this slot's store alone.
-        Some(&raw const slot.count)
-    })?;
-    Some(Leaf { end, _thread: std::marker::PhantomData })
+        &raw const slot.count
+    }
 }
 
 /// [`enter_leaf`] only where it takes no call: inside a hold or another
@@ -543,12 +551,7 @@ pub fn enter_light() -> Option<Leaf> {
             slot.count.store(0, Ordering::Release);
             return None;
         }
-        if l.pins.get() != 0 {
-            // Under a hold with no section open: as in `enter_leaf`.
-            l.live.set(true);
-            return Some(&raw const l.spare);
-        }
-        Some(&raw const slot.count)
+        Some(l.leaf_end(slot))
     })?;
     Some(Leaf { end, _thread: std::marker::PhantomData })
 }
