@@ -764,13 +764,20 @@ mod tests {
             })
         };
         let (mut destroyed, mut busy) = (0u64, 0u64);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
         while destroyed < 2000 || found.load(Ordering::Relaxed) < 2000 {
-            assert!(destroyed + busy < 5_000_000, "no progress");
+            assert!(std::time::Instant::now() < deadline, "no progress: {destroyed} destroyed, {busy} busy");
             match t.destroy(1) {
                 Ok(()) => {
                     assert!(!held.load(Ordering::SeqCst), "destroyed under a live borrow");
                     destroyed += 1;
                     assert_eq!(alloc(&t), 1);
+                    // A lookup that met a destroy waits on the table's lock,
+                    // which this loop (a writer) would otherwise take again
+                    // at once: on a loaded machine the reader then starved.
+                    if destroyed > found.load(Ordering::Relaxed) + 64 {
+                        std::thread::sleep(std::time::Duration::from_micros(50));
+                    }
                 }
                 Err(e) => {
                     assert_eq!(e.errno, Errno::EBUSY);
