@@ -23,27 +23,14 @@ use uiommufd_hw::{Access, Domain, Prot};
 mod bench_guest;
 use bench_guest::{smmu_nested, vtd_domain, vtd_nested, HOST, IOVA, K4, TARGET_GPA};
 
+/// `n` translations of `addr(i)` for i = 1, 2, ... (as the bench's
+/// rows make them), timed when `n` is large.
 #[inline(never)]
-fn run_loop_hit(d: &dyn Domain, n: u64) {
+fn run_loop(d: &dyn Domain, n: u64, addr: impl Fn(u64) -> u64) {
     let t0 = std::time::Instant::now();
     let d = black_box(d);
-    let mut i = 0u64;
-    for _ in 0..n {
-        i = i.wrapping_add(8);
-        black_box(d.translate(black_box(IOVA + (i & 0xff8)), Access::Read).ok());
-    }
-    if n > 100_000 {
-        eprintln!("{:.2} ns", t0.elapsed().as_nanos() as f64 / n as f64);
-    }
-}
-#[inline(never)]
-fn run_loop_walk(d: &dyn Domain, n: u64) {
-    let t0 = std::time::Instant::now();
-    let d = black_box(d);
-    let mut i = 0u64;
-    for _ in 0..n {
-        i = i.wrapping_add(1);
-        black_box(d.translate(black_box((i & 1023) << 12), Access::Read).ok());
+    for i in 1..n + 1 {
+        black_box(d.translate(black_box(addr(i)), Access::Read).ok());
     }
     if n > 100_000 {
         eprintln!("{:.2} ns", t0.elapsed().as_nanos() as f64 / n as f64);
@@ -58,19 +45,19 @@ fn main() {
             let (d, _k) = if mode == "smmu_hit" { smmu_nested() } else { vtd_nested() };
             let t = d.translate(IOVA, Access::Read).expect("maps");
             assert_eq!(t.paddr, HOST + TARGET_GPA);
-            run_loop_hit(&*d, n);
+            run_loop(&*d, n, |i| IOVA + ((i * 8) & 0xff8));
         }
         "smmu_walk" => {
             let unit = SmmuIommu::new(SmmuRegs::default()).expect("SMMU");
             let master = SmmuDevice::new(&unit, "0000:00:04.0", 0x20).expect("master");
             let s1 = master.alloc_paging(&PagingRequest::default()).expect("s1");
             s1.map_pages(0, HOST, K4, 1024, Prot::READ | Prot::WRITE | Prot::CACHE).expect("map");
-            run_loop_walk(&*s1, n);
+            run_loop(&*s1, n, |i| (i & 1023) << 12);
         }
         "vtd_walk" => {
             let d = vtd_domain();
             d.map_pages(0, HOST, K4, 1024, Prot::READ | Prot::WRITE | Prot::CACHE).expect("map");
-            run_loop_walk(&d, n);
+            run_loop(&d, n, |i| (i & 1023) << 12);
         }
         _ => panic!("mode"),
     }
