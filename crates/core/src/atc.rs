@@ -16,9 +16,10 @@
 //! for the whole cache: a request's general path compares both once, its
 //! fast path the generation alone (every change of the port's domain bumps
 //! it: [`Atc::current`]), and any unmap, dirty harvest, attachment change
-//! or frame relocation since the fill makes every entry stale together. A fill in a newer generation or for another
-//! domain starts the cache afresh; one from a request that began before
-//! the current generation is dropped (what it translated may be gone).
+//! or frame relocation since the fill makes every entry stale together. A
+//! fill in a newer generation or for another domain starts the cache
+//! afresh; one from a request that began before the current generation
+//! is dropped (what it translated may be gone).
 //! Only paging domains are cached. A nested domain's stage 1 belongs to
 //! the guest, which may change it without telling the host; the models
 //! keep such stale entries exactly as their IOTLBs would (and drop them on

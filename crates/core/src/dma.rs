@@ -348,8 +348,9 @@ impl DevicePort {
 
     /// The common request, served whole from the port's cache: no PASID,
     /// the thread's DMA-fence entry a plain store
-    /// ([`dma_fence::enter_light`]), the requester ID's domain published
-    /// and the cache holding entries of it in the current generation.
+    /// ([`dma_fence::enter_light`]) and the cache holding entries of the
+    /// current generation (which stands for the requester ID's domain:
+    /// [`Atc::current`]).
     /// `find` looks up the host address of each piece ([`View::host`]: one
     /// entry holding all its bytes); once the view is confirmed
     /// ([`View::confirm`]), `copy` moves the bytes there (false: a fault).
@@ -618,7 +619,7 @@ impl DmaPort for DevicePort {
         match fast {
             Some(true) => Ok(()),
             Some(false) => Err(self.memory(dst, true)),
-            None => self.copy_slow(dst, src, len, attrs),
+            None => self.copy_slow(dst, src, len, &attrs),
         }
     }
 }
@@ -627,8 +628,7 @@ impl DevicePort {
     /// [`DmaPort::dma_copy`] past its cached request: both ends from the
     /// port's cache while it holds them, then translation by translation.
     #[inline(never)]
-    fn copy_slow(&self, dst: u64, src: u64, len: u64, attrs: DmaAttrs) -> Result<(), DmaError> {
-        let attrs = &attrs;
+    fn copy_slow(&self, dst: u64, src: u64, len: u64, attrs: &DmaAttrs) -> Result<(), DmaError> {
         if len == 0 {
             return Ok(());
         }

@@ -275,10 +275,16 @@ mod imp {
         ".globl uiommufd_guard_copy_small_end",
         ".hidden uiommufd_guard_copy_small_end",
         "uiommufd_guard_copy_small_end:",
-        // The routine for a copy's length, as `copy_avx` chooses (where
-        // the CPU has AVX): one direct call from `call_copy`, with no
-        // function pointer to hold and no GOT load per static. Nothing
-        // here can fault.
+        // The routine for a copy's length, where the CPU has AVX (the
+        // statics are `detect`'s): up to 64 bytes the short moves; from
+        // REP_FROM `rep movsb`, but only to a destination aligned to a
+        // cache line (glibc aligns it first: to a heap buffer's 16-byte
+        // alignment it ran 6 % slower than the AVX loop for 64 KiB, the
+        // ACCESS_RW rows of docs/BENCHMARKS.md "Sixth session: copies on
+        // Intel"); below ZMM_BELOW (set only where the CPU has AVX-512F
+        // and the OS keeps its state) the AVX-512 loop; else the AVX loop.
+        // One direct call from `call_copy`, with no function pointer to
+        // hold and no GOT load per static. Nothing here can fault.
         ".p2align 4",
         ".globl uiommufd_guard_copy_any",
         ".hidden uiommufd_guard_copy_any",
@@ -311,7 +317,6 @@ mod imp {
     extern "C" {
         fn uiommufd_guard_copy(dst: *mut u8, src: *const u8, len: usize) -> u32;
         fn uiommufd_guard_copy_avx(dst: *mut u8, src: *const u8, len: usize) -> u32;
-        fn uiommufd_guard_copy_avx512(dst: *mut u8, src: *const u8, len: usize) -> u32;
         fn uiommufd_guard_copy_small(dst: *mut u8, src: *const u8, len: usize) -> u32;
         fn uiommufd_guard_copy_any(dst: *mut u8, src: *const u8, len: usize) -> u32;
         static uiommufd_guard_copy_small_end: u8;
@@ -495,9 +500,8 @@ mod imp {
         }
     }
 
-    /// [`copy`] where the CPU has AVX: the routine for the length
-    /// (`uiommufd_guard_copy_any` chooses it as [`copy_vector`] does), by
-    /// [`call_copy`].
+    /// [`copy`] where the CPU has AVX: the routine for the length, which
+    /// `uiommufd_guard_copy_any` chooses, by [`call_copy`].
     ///
     /// # Safety
     /// As for [`copy`]; the CPU has AVX.
@@ -509,9 +513,9 @@ mod imp {
         unsafe { call_copy(dst, src, len) }
     }
 
-    /// Call `uiommufd_guard_copy_any` from inline assembly that names exactly the
-    /// registers the routines use (rax, rcx, rdx, rsi, rdi and xmm0-8,
-    /// whose upper halves they clear; r8-r11 they leave alone), so
+    /// Call `uiommufd_guard_copy_any` from inline assembly that names
+    /// exactly the registers the routines use (rax, rcx, rdx, rsi, rdi and
+    /// xmm0-8, whose upper halves they clear; r8-r11 they leave alone), so
     /// the caller keeps its values in the others across the call. A call
     /// by the C ABI clobbers all nine caller-saved registers, and a device
     /// port's request then saved its values on the stack around the copy:
@@ -550,33 +554,6 @@ mod imp {
         failed == 0
     }
 
-    /// A copy of more than 64 bytes where the CPU has AVX, by the routine
-    /// [`detect`] chose for its length.
-    ///
-    /// # Safety
-    /// As for [`copy`]; the CPU has AVX; `len > 64`.
-    #[inline(always)]
-    unsafe fn copy_vector(dst: *mut u8, src: *const u8, len: usize) -> bool {
-        // `rep movsb` only to a destination aligned to a cache line (glibc
-        // aligns it first): to a heap buffer's 16-byte alignment it ran
-        // 6 % slower than the AVX loop for 64 KiB (the ACCESS_RW rows,
-        // docs/BENCHMARKS.md "Sixth session: copies on Intel").
-        if len >= REP_FROM.load(Ordering::Relaxed) && dst as usize & 63 == 0 {
-            // SAFETY: forwarded contract; faults at the one instruction
-            // are recovered by the handler.
-            return unsafe { uiommufd_guard_copy(dst, src, len) == 0 };
-        }
-        if len < ZMM_BELOW.load(Ordering::Relaxed) {
-            // SAFETY: forwarded contract; `detect` sets ZMM_BELOW only
-            // where the CPU has AVX-512F (and the OS keeps its state);
-            // faults anywhere in the routine are recovered.
-            return unsafe { uiommufd_guard_copy_avx512(dst, src, len) == 0 };
-        }
-        // SAFETY: forwarded contract; the CPU has AVX; faults anywhere in
-        // the routine are recovered by the handler.
-        unsafe { uiommufd_guard_copy_avx(dst, src, len) == 0 }
-    }
-
     /// Copy `len` bytes; false if a fault stopped it.
     ///
     /// # Safety
@@ -584,14 +561,14 @@ mod imp {
     /// reads meanwhile; `src` may be any address.
     #[inline(always)]
     pub unsafe fn copy(dst: *mut u8, src: *const u8, len: usize) -> bool {
+        if AVX.load(Ordering::Relaxed) {
+            // SAFETY: forwarded contract; the CPU has AVX.
+            return unsafe { copy_avx(dst, src, len) };
+        }
         if len <= 64 {
             // SAFETY: forwarded contract; faults anywhere in the routine
             // are recovered by the handler.
             return unsafe { uiommufd_guard_copy_small(dst, src, len) == 0 };
-        }
-        if AVX.load(Ordering::Relaxed) {
-            // SAFETY: forwarded contract; the CPU has AVX.
-            return unsafe { copy_vector(dst, src, len) };
         }
         // SAFETY: forwarded contract; faults are recovered by the handler.
         unsafe { uiommufd_guard_copy(dst, src, len) == 0 }
