@@ -404,7 +404,8 @@ impl Drop for Device {
         let map = std::mem::take(&mut *self.lock());
         self.dma_rid.replace(None);
         // As in `publish_rid`: ports' fast paths take the generation for
-        // the domain (`crate::atc::Atc::current`).
+        // the domain (`crate::atc::Atc::current`). At a context's close the
+        // IOAS's unmaps bump it as well, but only after the device is gone.
         uiommufd_memory::atc::invalidate();
         let ctx = self.ctx.upgrade();
         for (pasid, h) in map {

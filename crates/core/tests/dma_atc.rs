@@ -245,9 +245,9 @@ fn a_device_gone_while_attached_reaches_nothing_through_its_cache() {
         map(&ctx, ioas, m, &a, MIB2);
         let Bound { _edge, dev, port } = bind(&ctx, m, ioas);
         warm(&port, m.iova);
-        // The device object goes while attached (its file closed): its
-        // drop lets the domain go; the IOAS and its mappings stay, and so
-        // does the port.
+        // The device object goes while attached (its file closed): the
+        // destroy detaches it; the IOAS and its mappings stay, and so does
+        // the port.
         let id = dev.id();
         drop((_edge, dev));
         ctx.destroy(id).unwrap();
