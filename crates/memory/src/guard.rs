@@ -519,8 +519,9 @@ mod imp {
     /// the caller keeps its values in the others across the call. A call
     /// by the C ABI clobbers all nine caller-saved registers, and a device
     /// port's request then saved its values on the stack around the copy:
-    /// each store costs about a cycle of the store bandwidth a 4 KiB copy
-    /// runs at (docs/BENCHMARKS.md, "Seventh session").
+    /// on the Intel host each such store cost about a third of a
+    /// nanosecond of a 4 KiB copy's ~17 (docs/BENCHMARKS.md, "Seventh
+    /// session: the 4 KiB port copy on the Intel host").
     ///
     /// # Safety
     /// The contract of [`copy`] holds for these arguments, and the CPU
